@@ -1,0 +1,119 @@
+//! What the coordinator asks of a Bitcoin node, as the [`BitcoinNode`] trait.
+//!
+//! Amounts are [`bitcoin::Amount`] and fee rates [`bitcoin::FeeRate`]: nothing
+//! here does arithmetic on floating-point BTC. With the `mock` feature the
+//! crate exports `MockBitcoinNode`, a mockall double for other crates' tests.
+
+pub use bitcoin;
+
+use bitcoin::{Amount, Block, BlockHash, FeeRate, OutPoint, Transaction, TxOut, Txid};
+
+/// What went wrong talking to the node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The node could not be reached, or the connection broke.
+    #[error("bitcoin node unreachable: {0}")]
+    Transport(String),
+    /// The node did not answer in time.
+    #[error("bitcoin node timed out")]
+    Timeout,
+    /// The node answered with an HTTP status and no RPC error object.
+    #[error("bitcoin node answered http {status}")]
+    Http {
+        /// The status code.
+        status: u16,
+    },
+    /// The node answered with a JSON-RPC error.
+    #[error("bitcoin node rpc error {code}: {message}")]
+    Rpc {
+        /// bitcoind's error code (for example -25, -26, -27).
+        code: i64,
+        /// bitcoind's message.
+        message: String,
+    },
+    /// The answer could not be decoded.
+    #[error("bitcoin node answer could not be decoded: {0}")]
+    Decode(String),
+}
+
+impl Error {
+    /// Returns whether trying again later may succeed (unreachable node,
+    /// timeout, 5xx, an undecodable answer from a node in a bad state).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Transport(_) | Error::Timeout | Error::Decode(_) => true,
+            Error::Http { status } => *status >= 500 || *status == 429,
+            // -28: still warming up; -9/-10: not connected / in initial download.
+            Error::Rpc { code, .. } => matches!(code, -28 | -9 | -10),
+        }
+    }
+}
+
+/// A transaction as the node knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxStatus {
+    /// The transaction.
+    pub tx: Transaction,
+    /// Confirmations: 0 in the mempool, 1 in the tip block.
+    pub confirmations: u32,
+    /// The block holding it, if confirmed.
+    pub block_hash: Option<BlockHash>,
+}
+
+/// An unspent output of the peg wallet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Utxo {
+    /// Where it is.
+    pub outpoint: OutPoint,
+    /// Its value and script.
+    pub txout: TxOut,
+    /// Confirmations (0 for unconfirmed).
+    pub confirmations: u32,
+}
+
+impl Utxo {
+    /// Returns the output's value.
+    pub fn amount(&self) -> Amount {
+        self.txout.value
+    }
+}
+
+/// The node's verdict on a transaction from `testmempoolaccept`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MempoolAcceptance {
+    /// It would be accepted.
+    Allowed,
+    /// It would be rejected, with bitcoind's reason.
+    Rejected(String),
+}
+
+/// What the coordinator asks of a Bitcoin node.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait BitcoinNode {
+    /// Returns the height of the best chain's tip (`getblockcount`).
+    fn get_block_count(&self) -> Result<u64, Error>;
+
+    /// Returns the hash of the best-chain block at `height` (`getblockhash`).
+    fn get_block_hash(&self, height: u64) -> Result<BlockHash, Error>;
+
+    /// Returns a block with its transactions (`getblock`).
+    fn get_block(&self, hash: &BlockHash) -> Result<Block, Error>;
+
+    /// Returns a transaction and its confirmations, or `None` if the node
+    /// does not know it (`getrawtransaction`).
+    fn get_raw_transaction(&self, txid: &Txid) -> Result<Option<TxStatus>, Error>;
+
+    /// Broadcasts a transaction (`sendrawtransaction`). A transaction already
+    /// in the mempool or the chain is a success with the same txid.
+    fn send_raw_transaction(&self, tx: &Transaction) -> Result<Txid, Error>;
+
+    /// Asks whether the mempool would accept a transaction (`testmempoolaccept`).
+    fn test_mempool_accept(&self, tx: &Transaction) -> Result<MempoolAcceptance, Error>;
+
+    /// Returns the fee rate for confirmation within `target_blocks`, or `None`
+    /// when the node has no estimate (`estimatesmartfee`).
+    fn estimate_smart_fee(&self, target_blocks: u16) -> Result<Option<FeeRate>, Error>;
+
+    /// Returns the unspent outputs paying `script_pubkey` (the peg wallet).
+    fn list_unspent(&self, script_pubkey: &bitcoin::Script) -> Result<Vec<Utxo>, Error>;
+}
