@@ -1,0 +1,946 @@
+//! The coordinator's configuration: a TOML file, overridden by environment
+//! variables, checked field by field before anything starts.
+//!
+//! Reading is two-phase: the file and the environment are merged into a
+//! [`RawConfig`] of plain values, then [`Config::from_raw`] parses every field
+//! into a real type (URLs, keys, amounts, networks, the signer set and the
+//! allowlist) and reports every bad field at once, each by name.
+//!
+//! An environment variable `SBTC_COORDINATOR__A__B` sets the field `b` of the
+//! table `a`; its value is read as a TOML value (numbers, booleans) and
+//! otherwise taken as a string.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use bitcoin::{Amount, FeeRate, Network};
+use frost_coordinator::SignerSet;
+use peg_ops::BurnHeight;
+use serde::Deserialize;
+use stacks_wire::{ContractId, StacksAddress, StacksNetwork};
+
+use crate::allowlist::Allowlist;
+use crate::secret::Secret;
+
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "SBTC_COORDINATOR__";
+
+/// The configuration file as written, before checking.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `mainnet`, `testnet`, `signet` or `regtest`; default `testnet`.
+    pub network: Option<String>,
+    /// The sBTC contract, `ADDRESS.name`.
+    pub contract: Option<String>,
+    /// The Stacks private key, hex (64 digits, or 66 ending in `01` for compressed).
+    pub stacks_private_key: Option<String>,
+    /// The stacks-node RPC URL.
+    pub stacks_node_url: Option<String>,
+    /// Where the queue and key material live.
+    pub data_dir: Option<PathBuf>,
+    /// `stacks-node` (the node's burn_ops endpoint) or `bitcoin` (parse blocks).
+    pub op_source: Option<String>,
+    /// The first Bitcoin height to scan when nothing has been scanned.
+    pub start_height: Option<u64>,
+    /// How long to wait between polls when idle, in milliseconds.
+    pub poll_interval_ms: Option<u64>,
+    /// The closed-alpha allowlist file.
+    pub allowlist_file: Option<PathBuf>,
+    /// Timeout of every node call, in milliseconds.
+    pub rpc_timeout_ms: Option<u64>,
+    /// The bitcoind connection.
+    #[serde(default)]
+    pub bitcoin_node: RawBitcoinNode,
+    /// The relay and the signers.
+    #[serde(default)]
+    pub relay: RawRelay,
+    /// Confirmation depths.
+    #[serde(default)]
+    pub confirmations: RawConfirmations,
+    /// Fee policy.
+    #[serde(default)]
+    pub fees: RawFees,
+}
+
+/// `[bitcoin_node]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBitcoinNode {
+    /// The JSON-RPC URL.
+    pub url: Option<String>,
+    /// RPC user (with `password`).
+    pub user: Option<String>,
+    /// RPC password (with `user`).
+    pub password: Option<String>,
+    /// Bitcoin Core's cookie file (instead of user and password).
+    pub cookie_file: Option<PathBuf>,
+}
+
+/// `[relay]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelay {
+    /// The relay's URL.
+    pub url: Option<String>,
+    /// The key that signs the coordinator's relay messages, hex.
+    pub network_private_key: Option<String>,
+    /// The signer set file (shared with the signers).
+    pub signer_config: Option<PathBuf>,
+    /// How long DKG may take, in milliseconds.
+    pub dkg_timeout_ms: Option<u64>,
+    /// How long one signing round may take, in milliseconds.
+    pub sign_timeout_ms: Option<u64>,
+}
+
+/// `[confirmations]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfirmations {
+    /// Bitcoin confirmations before acting on a peg-in or peg-out request.
+    pub ops: Option<u32>,
+    /// Bitcoin confirmations before a fulfilment counts as done.
+    pub fulfillment: Option<u32>,
+}
+
+/// `[fees]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFees {
+    /// Lowest Stacks fee, µSTX.
+    pub stacks_fee_floor: Option<u64>,
+    /// Highest Stacks fee, µSTX.
+    pub stacks_fee_cap: Option<u64>,
+    /// Lowest Bitcoin fee rate, sat/vB.
+    pub bitcoin_fee_rate_floor: Option<u64>,
+    /// Highest Bitcoin fee rate, sat/vB.
+    pub bitcoin_fee_rate_cap: Option<u64>,
+    /// Confirmation target for `estimatesmartfee`, blocks.
+    pub bitcoin_fee_target_blocks: Option<u16>,
+    /// How much of a fulfilment's miner fee the peg wallet may pay beyond the
+    /// user's fulfilment fee, sats.
+    pub fulfillment_subsidy_sats: Option<u64>,
+    /// Warn when the coordinator's STX balance falls below this, µSTX.
+    pub stx_low_balance_warning: Option<u64>,
+}
+
+/// Where peg operations are read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpSourceKind {
+    /// The stacks-node's `/v2/burn_ops` endpoint.
+    StacksNode,
+    /// Bitcoin blocks, parsed by the coordinator.
+    Bitcoin,
+}
+
+/// A Stacks private key and how its public key is encoded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StacksPrivateKey {
+    /// The key.
+    pub key: SecretKey,
+    /// Whether the public key is used compressed (hex ended in `01`).
+    pub compressed: bool,
+}
+
+impl fmt::Debug for StacksPrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StacksPrivateKey([redacted])")
+    }
+}
+
+/// How the coordinator authenticates to bitcoind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BitcoinAuth {
+    /// User and password.
+    UserPass {
+        /// The user.
+        user: String,
+        /// The password.
+        password: Secret<String>,
+    },
+    /// Bitcoin Core's cookie file, read at each connection.
+    Cookie(PathBuf),
+    /// No authentication (test nodes only).
+    None,
+}
+
+/// Fee policy, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeePolicy {
+    /// Lowest Stacks fee, µSTX.
+    pub stacks_fee_floor: u64,
+    /// Highest Stacks fee, µSTX.
+    pub stacks_fee_cap: u64,
+    /// Lowest Bitcoin fee rate.
+    pub bitcoin_fee_rate_floor: FeeRate,
+    /// Highest Bitcoin fee rate.
+    pub bitcoin_fee_rate_cap: FeeRate,
+    /// `estimatesmartfee` target.
+    pub bitcoin_fee_target_blocks: u16,
+    /// Most the peg wallet pays toward one fulfilment's fee.
+    pub fulfillment_subsidy: Amount,
+    /// STX balance warning threshold, µSTX.
+    pub stx_low_balance_warning: u64,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The Bitcoin network.
+    pub network: Network,
+    /// The Stacks network (mainnet with Bitcoin mainnet, testnet otherwise).
+    pub stacks_network: StacksNetwork,
+    /// The sBTC contract.
+    pub contract: ContractId,
+    /// The coordinator's Stacks key.
+    pub stacks_private_key: Secret<StacksPrivateKey>,
+    /// The stacks-node RPC URL.
+    pub stacks_node_url: String,
+    /// The bitcoind JSON-RPC URL.
+    pub bitcoin_node_url: String,
+    /// bitcoind authentication.
+    pub bitcoin_auth: BitcoinAuth,
+    /// The relay URL.
+    pub relay_url: String,
+    /// The coordinator's relay message key.
+    pub network_private_key: Secret<SecretKey>,
+    /// The signer set.
+    pub signer_set: SignerSet,
+    /// DKG time limit.
+    pub dkg_timeout: Duration,
+    /// Signing round time limit.
+    pub sign_timeout: Duration,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Where ops come from.
+    pub op_source: OpSourceKind,
+    /// First height to scan.
+    pub start_height: BurnHeight,
+    /// Idle poll interval.
+    pub poll_interval: Duration,
+    /// Node call timeout.
+    pub rpc_timeout: Duration,
+    /// Confirmations before acting on an op.
+    pub op_confirmations: u32,
+    /// Confirmations before a fulfilment is done.
+    pub fulfillment_confirmations: u32,
+    /// Fee policy.
+    pub fees: FeePolicy,
+    /// The allowlist.
+    pub allowlist: Allowlist,
+}
+
+impl Config {
+    /// Returns the coordinator's Stacks address.
+    pub fn stacks_address(&self) -> StacksAddress {
+        let k = self.stacks_private_key.expose();
+        let public = k.key.public_key(&Secp256k1::signing_only());
+        StacksAddress::p2pkh(self.stacks_network, &public, k.compressed)
+    }
+
+    /// Returns the coordinator's relay message public key.
+    pub fn network_public_key(&self) -> PublicKey {
+        self.network_private_key
+            .expose()
+            .public_key(&Secp256k1::signing_only())
+    }
+}
+
+/// One bad field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field, as written in the file (`bitcoin_node.url`).
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The file is not valid TOML or has unknown fields or wrong types.
+    #[error("config file {path}: {reason}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// One or more fields are invalid.
+    #[error("invalid configuration:{}", .0.iter().map(|e| format!("\n  {}: {}", e.field, e.problem)).collect::<String>())]
+    Invalid(Vec<FieldError>),
+}
+
+impl RawConfig {
+    /// Reads `path`, then applies the environment overrides in `env`.
+    ///
+    /// # Errors
+    /// When the file cannot be read or parsed.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, env).map_err(|reason| ConfigError::Syntax {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    /// Parses TOML text, then applies environment overrides.
+    ///
+    /// # Errors
+    /// A message for invalid TOML, unknown fields or wrong types.
+    pub fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<RawConfig, String> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+        let overrides: BTreeMap<String, String> = env
+            .into_iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(ENV_PREFIX)
+                    .map(|k| (k.to_ascii_lowercase(), v))
+            })
+            .collect();
+        for (key, value) in overrides {
+            let path: Vec<&str> = key.split("__").collect();
+            set_path(&mut table, &path, env_value(&value))
+                .map_err(|e| format!("environment {ENV_PREFIX}{}: {e}", key.to_uppercase()))?;
+        }
+        RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| e.to_string())
+    }
+}
+
+fn env_value(s: &str) -> toml::Value {
+    match format!("v = {s}").parse::<toml::Table>() {
+        Ok(mut t) => match t.remove("v") {
+            Some(
+                v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_)),
+            ) => v,
+            Some(v @ toml::Value::String(_)) if s.starts_with('"') || s.starts_with('\'') => v,
+            _ => toml::Value::String(s.to_owned()),
+        },
+        Err(_) => toml::Value::String(s.to_owned()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[&str], value: toml::Value) -> Result<(), String> {
+    match path {
+        [] => Err("empty key".into()),
+        [last] => {
+            table.insert((*last).to_owned(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry((*first).to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => Err(format!("{first} is not a table")),
+            }
+        }
+    }
+}
+
+/// Collects field errors while parsing.
+struct Checker {
+    errors: Vec<FieldError>,
+    base_dir: PathBuf,
+}
+
+impl Checker {
+    fn fail(&mut self, field: &str, problem: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.to_owned(),
+            problem: problem.into(),
+        });
+    }
+
+    fn required<'a, T>(&mut self, field: &str, v: &'a Option<T>) -> Option<&'a T> {
+        if v.is_none() {
+            self.fail(field, "is required");
+        }
+        v.as_ref()
+    }
+
+    fn url(&mut self, field: &str, v: &Option<String>) -> String {
+        let Some(u) = self.required(field, v) else {
+            return String::new();
+        };
+        let u = u.trim_end_matches('/').to_owned();
+        let rest = u
+            .strip_prefix("http://")
+            .or_else(|| u.strip_prefix("https://"));
+        match rest {
+            Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => u,
+            _ => {
+                self.fail(field, format!("{u:?} is not an http:// or https:// URL"));
+                String::new()
+            }
+        }
+    }
+
+    fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    fn positive_ms(&mut self, field: &str, v: Option<u64>, default: u64) -> Duration {
+        let ms = v.unwrap_or(default);
+        if ms == 0 {
+            self.fail(field, "must be above 0");
+        }
+        Duration::from_millis(ms)
+    }
+}
+
+fn parse_secret_key(s: &str) -> Result<(SecretKey, bool), String> {
+    let bytes = hex::decode(s.trim()).map_err(|_| "is not hex".to_owned())?;
+    let (key, compressed) = match bytes.len() {
+        32 => (&bytes[..], false),
+        33 if bytes[32] == 1 => (&bytes[..32], true),
+        n => return Err(format!("has {n} bytes; expected 32, or 33 ending in 01")),
+    };
+    let key = SecretKey::from_slice(key).map_err(|_| "is not a valid secp256k1 key".to_owned())?;
+    Ok((key, compressed))
+}
+
+impl Config {
+    /// Checks every field of `raw`. Relative paths are taken from `base_dir`
+    /// (the config file's folder). `signer_config` overrides `relay.signer_config`.
+    ///
+    /// # Errors
+    /// Every invalid field, each named with its problem.
+    pub fn from_raw(
+        raw: &RawConfig,
+        base_dir: &Path,
+        signer_config: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let mut c = Checker {
+            errors: Vec::new(),
+            base_dir: base_dir.to_owned(),
+        };
+
+        let network = match raw.network.as_deref().unwrap_or("testnet") {
+            "mainnet" | "bitcoin" => Network::Bitcoin,
+            "testnet" => Network::Testnet,
+            "signet" => Network::Signet,
+            "regtest" => Network::Regtest,
+            other => {
+                c.fail(
+                    "network",
+                    format!("{other:?} is not one of mainnet, testnet, signet, regtest"),
+                );
+                Network::Testnet
+            }
+        };
+        let stacks_network = if network == Network::Bitcoin {
+            StacksNetwork::Mainnet
+        } else {
+            StacksNetwork::Testnet
+        };
+
+        let contract = match c
+            .required("contract", &raw.contract)
+            .map(|s| s.parse::<ContractId>())
+        {
+            Some(Ok(id)) => {
+                if id.address.network() != Some(stacks_network) {
+                    c.fail(
+                        "contract",
+                        format!("{id} is not a {stacks_network:?} address"),
+                    );
+                }
+                Some(id)
+            }
+            Some(Err(e)) => {
+                c.fail("contract", e.to_string());
+                None
+            }
+            None => None,
+        };
+
+        let stacks_private_key = match c
+            .required("stacks_private_key", &raw.stacks_private_key)
+            .map(|s| parse_secret_key(s))
+        {
+            Some(Ok((key, compressed))) => Some(StacksPrivateKey { key, compressed }),
+            Some(Err(e)) => {
+                c.fail("stacks_private_key", e);
+                None
+            }
+            None => None,
+        };
+
+        let stacks_node_url = c.url("stacks_node_url", &raw.stacks_node_url);
+        let bitcoin_node_url = c.url("bitcoin_node.url", &raw.bitcoin_node.url);
+        let b = &raw.bitcoin_node;
+        let bitcoin_auth = match (&b.user, &b.password, &b.cookie_file) {
+            (Some(user), Some(password), None) => BitcoinAuth::UserPass {
+                user: user.clone(),
+                password: Secret::new(password.clone()),
+            },
+            (None, None, Some(cookie)) => BitcoinAuth::Cookie(c.path(cookie)),
+            (None, None, None) => BitcoinAuth::None,
+            (Some(_), None, None) | (None, Some(_), None) => {
+                c.fail("bitcoin_node", "user and password go together");
+                BitcoinAuth::None
+            }
+            _ => {
+                c.fail(
+                    "bitcoin_node",
+                    "give either user and password, or cookie_file, not both",
+                );
+                BitcoinAuth::None
+            }
+        };
+
+        let relay_url = c.url("relay.url", &raw.relay.url);
+        let network_private_key = match c
+            .required("relay.network_private_key", &raw.relay.network_private_key)
+            .map(|s| parse_secret_key(s))
+        {
+            Some(Ok((k, _))) => Some(k),
+            Some(Err(e)) => {
+                c.fail("relay.network_private_key", e);
+                None
+            }
+            None => None,
+        };
+
+        let signer_path = signer_config
+            .map(Path::to_owned)
+            .or_else(|| raw.relay.signer_config.as_ref().map(|p| c.path(p)));
+        let signer_set = match signer_path {
+            None => {
+                c.fail(
+                    "relay.signer_config",
+                    "is required (or pass --signer-config)",
+                );
+                None
+            }
+            Some(p) => match load_signer_set(&p) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    c.fail("relay.signer_config", e);
+                    None
+                }
+            },
+        };
+        let dkg_timeout = c.positive_ms("relay.dkg_timeout_ms", raw.relay.dkg_timeout_ms, 60_000);
+        let sign_timeout =
+            c.positive_ms("relay.sign_timeout_ms", raw.relay.sign_timeout_ms, 10_000);
+
+        let data_dir = c
+            .required("data_dir", &raw.data_dir)
+            .map(|p| c.path(p))
+            .unwrap_or_default();
+
+        let op_source = match raw.op_source.as_deref().unwrap_or("stacks-node") {
+            "stacks-node" => OpSourceKind::StacksNode,
+            "bitcoin" => OpSourceKind::Bitcoin,
+            other => {
+                c.fail(
+                    "op_source",
+                    format!("{other:?} is not stacks-node or bitcoin"),
+                );
+                OpSourceKind::StacksNode
+            }
+        };
+        let poll_interval = c.positive_ms("poll_interval_ms", raw.poll_interval_ms, 5_000);
+        let rpc_timeout = c.positive_ms("rpc_timeout_ms", raw.rpc_timeout_ms, 10_000);
+
+        let default_depth = match network {
+            Network::Bitcoin => 6,
+            Network::Regtest => 1,
+            _ => 3,
+        };
+        let op_confirmations = raw.confirmations.ops.unwrap_or(default_depth);
+        if op_confirmations == 0 {
+            c.fail("confirmations.ops", "must be at least 1");
+        }
+        let fulfillment_confirmations = raw.confirmations.fulfillment.unwrap_or(1);
+        if fulfillment_confirmations == 0 {
+            c.fail("confirmations.fulfillment", "must be at least 1");
+        }
+
+        let f = &raw.fees;
+        let stacks_fee_floor = f.stacks_fee_floor.unwrap_or(1_000);
+        let stacks_fee_cap = f.stacks_fee_cap.unwrap_or(1_000_000);
+        if stacks_fee_floor > stacks_fee_cap {
+            c.fail("fees.stacks_fee_floor", "is above fees.stacks_fee_cap");
+        }
+        let rate_floor = f.bitcoin_fee_rate_floor.unwrap_or(1);
+        let rate_cap = f.bitcoin_fee_rate_cap.unwrap_or(500);
+        if rate_floor == 0 {
+            c.fail("fees.bitcoin_fee_rate_floor", "must be at least 1 sat/vB");
+        }
+        if rate_floor > rate_cap {
+            c.fail(
+                "fees.bitcoin_fee_rate_floor",
+                "is above fees.bitcoin_fee_rate_cap",
+            );
+        }
+        let target = f.bitcoin_fee_target_blocks.unwrap_or(6);
+        if !(1..=1008).contains(&target) {
+            c.fail("fees.bitcoin_fee_target_blocks", "must be 1 to 1008");
+        }
+        let fees = FeePolicy {
+            stacks_fee_floor,
+            stacks_fee_cap,
+            bitcoin_fee_rate_floor: FeeRate::from_sat_per_vb(rate_floor).unwrap_or(FeeRate::MAX),
+            bitcoin_fee_rate_cap: FeeRate::from_sat_per_vb(rate_cap).unwrap_or(FeeRate::MAX),
+            bitcoin_fee_target_blocks: target,
+            fulfillment_subsidy: Amount::from_sat(f.fulfillment_subsidy_sats.unwrap_or(0)),
+            stx_low_balance_warning: f.stx_low_balance_warning.unwrap_or(10_000_000),
+        };
+
+        let allowlist = match c.required("allowlist_file", &raw.allowlist_file) {
+            Some(p) => {
+                let p = c.path(p);
+                match Allowlist::load(&p, network) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        c.fail("allowlist_file", e);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+
+        match (
+            contract,
+            stacks_private_key,
+            network_private_key,
+            signer_set,
+            allowlist,
+        ) {
+            (Some(contract), Some(sk), Some(nk), Some(signer_set), Some(allowlist))
+                if c.errors.is_empty() =>
+            {
+                Ok(Config {
+                    network,
+                    stacks_network,
+                    contract,
+                    stacks_private_key: Secret::new(sk),
+                    stacks_node_url,
+                    bitcoin_node_url,
+                    bitcoin_auth,
+                    relay_url,
+                    network_private_key: Secret::new(nk),
+                    signer_set,
+                    dkg_timeout,
+                    sign_timeout,
+                    data_dir,
+                    op_source,
+                    start_height: BurnHeight(raw.start_height.unwrap_or(0)),
+                    poll_interval,
+                    rpc_timeout,
+                    op_confirmations,
+                    fulfillment_confirmations,
+                    fees,
+                    allowlist,
+                })
+            }
+            _ => Err(ConfigError::Invalid(c.errors)),
+        }
+    }
+
+    /// Reads, overrides from `env` and checks a configuration file.
+    ///
+    /// # Errors
+    /// See [`RawConfig::load`] and [`Config::from_raw`].
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+        signer_config: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let raw = RawConfig::load(path, env)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_raw(&raw, base, signer_config)
+    }
+}
+
+/// The parts of the shared signer file the coordinator reads.
+#[derive(Deserialize)]
+struct SignerFile {
+    #[serde(flatten)]
+    set: SignerSet,
+}
+
+fn load_signer_set(path: &Path) -> Result<SignerSet, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file: SignerFile =
+        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+    file.set
+        .validate()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(file.set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conf")
+    }
+
+    fn sample() -> String {
+        std::fs::read_to_string(conf_dir().join("coordinator.toml")).unwrap()
+    }
+
+    fn check(text: &str, env: Vec<(&str, &str)>) -> Result<Config, ConfigError> {
+        let env = env.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let raw = RawConfig::parse(text, env).map_err(|reason| ConfigError::Syntax {
+            path: "test".into(),
+            reason,
+        })?;
+        Config::from_raw(&raw, &conf_dir(), None)
+    }
+
+    fn problems(r: Result<Config, ConfigError>) -> Vec<FieldError> {
+        match r {
+            Err(ConfigError::Invalid(v)) => v,
+            other => panic!("expected field errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_sample_config_loads() {
+        let c = Config::load(&conf_dir().join("coordinator.toml"), vec![], None).unwrap();
+        assert_eq!(c.network, Network::Regtest);
+        assert_eq!(c.stacks_network, StacksNetwork::Testnet);
+        assert_eq!(
+            c.contract.to_string(),
+            "ST3Z0MHYA9ZHQQKX0XYZ6MJYJXDJYBFZEZCGP88N0.sbtc-alpha"
+        );
+        // The sample's contract is deployed by the coordinator's own key.
+        assert_eq!(c.stacks_address(), c.contract.address);
+        assert_eq!(c.signer_set.num_signers(), 3);
+        assert_eq!(c.signer_set.threshold, 2);
+        assert_eq!(c.op_confirmations, 1);
+        assert_eq!(c.allowlist.len(), (2, 1));
+        assert_eq!(c.op_source, OpSourceKind::Bitcoin);
+        assert!(c.data_dir.ends_with("conf/../data"));
+    }
+
+    #[test]
+    fn the_default_network_is_not_mainnet() {
+        let text = sample().replace("network = \"regtest\"", "");
+        // The regtest allowlist address does not fit testnet: the error proves
+        // which network was chosen.
+        let p = problems(check(&text, vec![]));
+        assert!(
+            p.iter()
+                .any(|e| e.field == "allowlist_file" && e.problem.contains("testnet")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn missing_fields_are_each_named() {
+        let p = problems(check("", vec![]));
+        let fields: Vec<&str> = p.iter().map(|e| e.field.as_str()).collect();
+        for f in [
+            "contract",
+            "stacks_private_key",
+            "stacks_node_url",
+            "bitcoin_node.url",
+            "relay.url",
+            "relay.network_private_key",
+            "relay.signer_config",
+            "data_dir",
+            "allowlist_file",
+        ] {
+            assert!(fields.contains(&f), "{f} not reported in {fields:?}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_named_with_their_problem() {
+        let cases = [
+            (
+                "network = \"regtest\"",
+                "network = \"mainnett\"",
+                "network",
+                "not one of",
+            ),
+            (
+                "http://127.0.0.1:20443",
+                "127.0.0.1:20443",
+                "stacks_node_url",
+                "not an http",
+            ),
+            (".sbtc-alpha", ".9bad", "contract", "contract name"),
+            (
+                "ST3Z0MHYA9ZHQQKX0XYZ6MJYJXDJYBFZEZCGP88N0",
+                "SP3Z0MHYA9ZHQQKX0XYZ6MJYJXDJYBFZEZCGP88N0",
+                "contract",
+                "",
+            ),
+            (
+                "abae88ba05c601\"",
+                "abae88ba05c6zz\"",
+                "stacks_private_key",
+                "not hex",
+            ),
+            (
+                "abae88ba05c601\"",
+                "abae88ba05c6aa01\"",
+                "stacks_private_key",
+                "34 bytes",
+            ),
+            (
+                "abae88ba05c601\"",
+                "abae88ba05c699\"",
+                "stacks_private_key",
+                "33 ending in 01",
+            ),
+            (
+                "poll_interval_ms = 5000",
+                "poll_interval_ms = 0",
+                "poll_interval_ms",
+                "above 0",
+            ),
+            ("ops = 1", "ops = 0", "confirmations.ops", "at least 1"),
+            (
+                "bitcoin_fee_rate_floor = 1 ",
+                "bitcoin_fee_rate_floor = 900 ",
+                "fees.bitcoin_fee_rate_floor",
+                "above",
+            ),
+            (
+                "signer.toml",
+                "missing.toml",
+                "relay.signer_config",
+                "cannot read",
+            ),
+            (
+                "allowlist.toml",
+                "missing.toml",
+                "allowlist_file",
+                "cannot read",
+            ),
+            (
+                "password = \"devnet\"",
+                "cookie_file = \"x\"",
+                "bitcoin_node",
+                "not both",
+            ),
+        ];
+        for (from, to, field, problem) in cases {
+            let text = sample().replacen(from, to, 1);
+            assert_ne!(text, sample(), "case {to} did not change the sample");
+            let p = problems(check(&text, vec![]));
+            assert!(
+                p.iter()
+                    .any(|e| e.field == field && e.problem.contains(problem)),
+                "{to}: expected {field} / {problem}, got {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_contract_on_the_wrong_network_is_refused() {
+        // A mainnet (SP) deployer in a regtest config.
+        let text = sample().replace(
+            "ST3Z0MHYA9ZHQQKX0XYZ6MJYJXDJYBFZEZCGP88N0.sbtc-alpha",
+            "SP2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKNRV9EJ7.sbtc-alpha",
+        );
+        let p = problems(check(&text, vec![]));
+        assert!(
+            p.iter()
+                .any(|e| e.field == "contract" && e.problem.contains("Testnet")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_are_syntax_errors() {
+        for text in [
+            format!("{}\nstacks_privte_key = \"x\"", sample()),
+            sample().replace("ops = 1", "ops = \"one\""),
+        ] {
+            match check(&text, vec![]) {
+                Err(ConfigError::Syntax { reason, .. }) => {
+                    assert!(
+                        reason.contains("unknown field") || reason.contains("invalid type"),
+                        "{reason}"
+                    )
+                }
+                other => panic!("expected a syntax error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn environment_overrides_fields_and_tables() {
+        let key = "3d5740417385093d2eae10736f7b834066ab3a9191c729df6186aa3cb34df428";
+        let c = check(
+            &sample(),
+            vec![
+                ("SBTC_COORDINATOR__STACKS_PRIVATE_KEY", key),
+                ("SBTC_COORDINATOR__BITCOIN_NODE__PASSWORD", "from-env"),
+                ("SBTC_COORDINATOR__CONFIRMATIONS__OPS", "4"),
+                ("SBTC_COORDINATOR__POLL_INTERVAL_MS", "250"),
+                ("UNRELATED", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            hex::encode(c.stacks_private_key.expose().key.secret_bytes()),
+            key
+        );
+        assert!(!c.stacks_private_key.expose().compressed);
+        assert!(
+            matches!(&c.bitcoin_auth, BitcoinAuth::UserPass { password, .. } if password.expose() == "from-env")
+        );
+        assert_eq!(c.op_confirmations, 4);
+        assert_eq!(c.poll_interval, Duration::from_millis(250));
+
+        let bad = check(&sample(), vec![("SBTC_COORDINATOR__NETWORK__X", "1")]);
+        assert!(
+            matches!(bad, Err(ConfigError::Syntax { reason, .. }) if reason.contains("NETWORK__X"))
+        );
+    }
+
+    #[test]
+    fn secrets_never_reach_debug_output() {
+        let c = check(
+            &sample(),
+            vec![("SBTC_COORDINATOR__BITCOIN_NODE__PASSWORD", "pw-s3cret")],
+        )
+        .unwrap();
+        let dump = format!("{c:?}");
+        for secret in [
+            "11468a462ac5b1df92cacf04a65179ecd02f514196909f7dbc63abae88ba05c6",
+            "3fc28575885bcd10113f8fd6338d18ae5f56756686a1b38868aa86f0eaec2502",
+            "pw-s3cret",
+        ] {
+            assert!(!dump.contains(secret), "{secret} leaked");
+        }
+        assert!(dump.contains("[redacted]"));
+    }
+}

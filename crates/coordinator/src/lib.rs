@@ -1,0 +1,869 @@
+//! The sBTC coordinator's event loop, generic over its components' traits.
+//!
+//! [`StacksCoordinator`] scans confirmed blocks for peg operations, stores
+//! them in the [`PegQueue`], and walks each through its states:
+//!
+//! - a **peg-in** is checked (paid to our peg wallet, amount above zero,
+//!   recipient on the allowlist and on our network, deep enough), then
+//!   minted;
+//! - a **peg-out request** is checked (fee paid to our peg wallet, recipient
+//!   address on our network and on the allowlist, requester recovered from
+//!   the signature, amount above zero, deep enough), then burned; only when
+//!   the contract reports the burn as done is the fulfilment built, signed by
+//!   the signers and broadcast.
+//!
+//! Every step's outcome is stored before the next step starts. Signed
+//! transactions are stored before they are broadcast and re-broadcast, never
+//! rebuilt, after a restart. Node errors back off per operation and never end
+//! the loop; only a failing queue does, since without it nothing can be
+//! promised.
+//!
+//! The loop never prints; it logs through the `log` crate.
+
+pub mod allowlist;
+pub mod config;
+pub mod secret;
+pub mod source;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{Network, OutPoint, ScriptBuf, Transaction, Txid};
+use bitcoin_node_client::BitcoinNode;
+use fee_wallet::{next_nonce, BitcoinWallet, FulfillmentInputs, StacksWallet};
+use frost_coordinator::FrostCoordinator;
+use log::{debug, error, info, warn};
+use peg_ops::{contract, BurnHeight, PegOp, PegOutRequestOp, SignedStacksTx};
+use peg_queue::{OpState, PegQueue, QueuedOp};
+use stacks_node_client::StacksNode;
+use stacks_wire::{ContractId, PrincipalData, StacksNetwork, Value};
+
+pub use allowlist::Allowlist;
+pub use bitcoin;
+pub use config::Config;
+pub use source::{OpSource, SourceError, StacksNodeSource};
+
+/// Why the loop stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The queue failed; the loop cannot go on without its record.
+    #[error("peg queue failed")]
+    Queue(#[source] peg_queue::Error),
+    /// A one-off command named an operation the queue does not hold.
+    #[error("no operation with txid {0} in the queue")]
+    UnknownOp(Txid),
+}
+
+/// The most steps one op takes in one tick. A full peg-out is seven steps;
+/// the limit only stops a node that keeps refusing from spinning the loop.
+pub const MAX_STEPS_PER_DRIVE: usize = 16;
+
+/// What the loop needs to know, taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct LoopSettings {
+    /// The Bitcoin network.
+    pub network: Network,
+    /// The Stacks network.
+    pub stacks_network: StacksNetwork,
+    /// The sBTC contract.
+    pub contract: ContractId,
+    /// First height to scan when nothing has been scanned.
+    pub start_height: BurnHeight,
+    /// Confirmations before acting on an op.
+    pub op_confirmations: u32,
+    /// Confirmations before a fulfilment counts as done.
+    pub fulfillment_confirmations: u32,
+    /// Sleep between idle ticks.
+    pub poll_interval: Duration,
+    /// First delay after a failed step; doubles up to `backoff_max`.
+    pub backoff_base: Duration,
+    /// Longest delay between retries.
+    pub backoff_max: Duration,
+    /// `estimatesmartfee` target.
+    pub fee_target_blocks: u16,
+    /// Most heights scanned in one tick, so ops start moving during a long catch-up.
+    pub max_heights_per_tick: u64,
+    /// The closed-alpha allowlist.
+    pub allowlist: Allowlist,
+}
+
+impl LoopSettings {
+    /// Takes the loop's settings from a checked configuration.
+    pub fn from_config(c: &Config) -> Self {
+        LoopSettings {
+            network: c.network,
+            stacks_network: c.stacks_network,
+            contract: c.contract.clone(),
+            start_height: c.start_height,
+            op_confirmations: c.op_confirmations,
+            fulfillment_confirmations: c.fulfillment_confirmations,
+            poll_interval: c.poll_interval,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(120),
+            fee_target_blocks: c.fees.bitcoin_fee_target_blocks,
+            max_heights_per_tick: 100,
+            allowlist: c.allowlist.clone(),
+        }
+    }
+}
+
+/// The components the loop drives.
+#[derive(Debug)]
+pub struct Components<Q, S, B, SW, BW, F, O> {
+    /// The persistent queue.
+    pub queue: Q,
+    /// The stacks-node.
+    pub stacks: S,
+    /// The Bitcoin node.
+    pub bitcoin: B,
+    /// The Stacks wallet.
+    pub stacks_wallet: SW,
+    /// The Bitcoin (peg) wallet.
+    pub bitcoin_wallet: BW,
+    /// The FROST coordinator.
+    pub frost: F,
+    /// Where ops come from.
+    pub source: O,
+}
+
+/// The outcome of one step of one op.
+#[derive(Debug)]
+enum Step {
+    /// The op moves to this state (stored before the next step).
+    Moved(OpState),
+    /// Nothing to do until the chain moves.
+    Wait(String),
+}
+
+/// A step that failed; it is recorded and retried after a backoff.
+#[derive(Debug)]
+enum StepError {
+    Retry { message: String, transient: bool },
+    Fatal(peg_queue::Error),
+}
+
+impl StepError {
+    fn retry(message: impl Into<String>, transient: bool) -> Self {
+        StepError::Retry {
+            message: message.into(),
+            transient,
+        }
+    }
+}
+
+macro_rules! retry_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StepError {
+            fn from(e: $t) -> Self {
+                StepError::retry(e.to_string(), e.is_transient())
+            }
+        }
+    )*};
+}
+retry_from!(
+    stacks_node_client::Error,
+    bitcoin_node_client::Error,
+    fee_wallet::Error,
+    frost_coordinator::Error
+);
+
+impl From<SourceError> for StepError {
+    fn from(e: SourceError) -> Self {
+        StepError::retry(e.message, e.transient)
+    }
+}
+
+impl From<peg_queue::Error> for StepError {
+    fn from(e: peg_queue::Error) -> Self {
+        StepError::Fatal(e)
+    }
+}
+
+/// The verdict on an op seen on chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Accept,
+    Reject(String),
+    Wait(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    next_try: Instant,
+    delay: Duration,
+}
+
+/// What a tick did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Heights scanned.
+    pub heights_scanned: u64,
+    /// State changes stored.
+    pub steps: usize,
+    /// Steps that failed and will be retried.
+    pub failures: usize,
+}
+
+/// The coordinator's event loop.
+#[derive(Debug)]
+pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
+    c: Components<Q, S, B, SW, BW, F, O>,
+    settings: LoopSettings,
+    backoff: HashMap<Txid, Backoff>,
+    scan_backoff: Option<Backoff>,
+}
+
+impl<Q, S, B, SW, BW, F, O> StacksCoordinator<Q, S, B, SW, BW, F, O>
+where
+    Q: PegQueue,
+    S: StacksNode,
+    B: BitcoinNode,
+    SW: StacksWallet,
+    BW: BitcoinWallet,
+    F: FrostCoordinator,
+    O: OpSource,
+{
+    /// Creates the loop.
+    pub fn new(components: Components<Q, S, B, SW, BW, F, O>, settings: LoopSettings) -> Self {
+        StacksCoordinator {
+            c: components,
+            settings,
+            backoff: HashMap::new(),
+            scan_backoff: None,
+        }
+    }
+
+    /// Returns the components, for the caller's own use between runs.
+    pub fn components(&self) -> &Components<Q, S, B, SW, BW, F, O> {
+        &self.c
+    }
+
+    /// Runs until `stop` is set: each tick scans new blocks and advances every
+    /// pending op as far as it can go; an idle tick sleeps for the poll
+    /// interval. A stop finishes the current step, which is stored, and returns.
+    ///
+    /// # Errors
+    /// Only when the queue fails.
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), Error> {
+        info!("coordinator loop started");
+        while !stop.load(Ordering::SeqCst) {
+            let report = self.tick(stop)?;
+            if report.steps == 0 && report.heights_scanned == 0 {
+                sleep_unless_stopped(self.settings.poll_interval, stop);
+            }
+        }
+        info!("stop requested: state stored, loop ended");
+        Ok(())
+    }
+
+    /// Scans new blocks, then advances every pending op that is not backing off.
+    ///
+    /// # Errors
+    /// Only when the queue fails.
+    pub fn tick(&mut self, stop: &AtomicBool) -> Result<TickReport, Error> {
+        let mut report = TickReport::default();
+        let tip = match self.scan(&mut report) {
+            Ok(tip) => Some(tip),
+            Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
+            Err(StepError::Retry { message, transient }) => {
+                log_failure("scanning", &message, transient);
+                self.scan_backoff = Some(self.next_backoff(self.scan_backoff));
+                None
+            }
+        };
+        let pending = self.c.queue.pending().map_err(Error::Queue)?;
+        let now = Instant::now();
+        for op in pending {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if self
+                .backoff
+                .get(&op.op.txid())
+                .is_some_and(|b| b.next_try > now)
+            {
+                continue;
+            }
+            self.drive(op, tip, stop, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    /// Advances one op as far as it can go now, for one-off commands.
+    /// Returns its state afterwards.
+    ///
+    /// # Errors
+    /// When the op is unknown or the queue fails.
+    pub fn process_one(&mut self, txid: &Txid, stop: &AtomicBool) -> Result<OpState, Error> {
+        let op = self
+            .c
+            .queue
+            .get(txid)
+            .map_err(Error::Queue)?
+            .ok_or(Error::UnknownOp(*txid))?;
+        let tip = match self.c.source.tip_height() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log_failure("reading the chain tip", &e.message, e.transient);
+                None
+            }
+        };
+        let mut report = TickReport::default();
+        self.drive(op, tip, stop, &mut report)?;
+        Ok(self
+            .c
+            .queue
+            .get(txid)
+            .map_err(Error::Queue)?
+            .ok_or(Error::UnknownOp(*txid))?
+            .state)
+    }
+
+    fn next_backoff(&self, prev: Option<Backoff>) -> Backoff {
+        let delay = match prev {
+            None => self.settings.backoff_base,
+            Some(b) => (b.delay * 2).min(self.settings.backoff_max),
+        };
+        Backoff {
+            next_try: Instant::now() + delay,
+            delay,
+        }
+    }
+
+    /// Scans every new height deep enough to act on; returns the tip.
+    fn scan(&mut self, report: &mut TickReport) -> Result<BurnHeight, StepError> {
+        let tip = self.c.source.tip_height()?;
+        if self
+            .scan_backoff
+            .is_some_and(|b| b.next_try > Instant::now())
+        {
+            return Ok(tip);
+        }
+        let depth = u64::from(self.settings.op_confirmations.max(1));
+        // A block at height h has tip - h + 1 confirmations.
+        let Some(deepest) = (tip.0 + 1).checked_sub(depth) else {
+            return Ok(tip);
+        };
+        let mut next = match self.c.queue.last_scanned_height()? {
+            Some(h) => h.0 + 1,
+            None => self.settings.start_height.0,
+        };
+        let last = deepest.min(next.saturating_add(self.settings.max_heights_per_tick) - 1);
+        while next <= last {
+            let Some(ops) = self.c.source.ops_at(BurnHeight(next))? else {
+                debug!("height {next} not processed by the op source yet");
+                break;
+            };
+            if !ops.is_empty() {
+                info!("height {next}: {} peg operation(s)", ops.len());
+            }
+            self.c.queue.record_scanned_block(BurnHeight(next), &ops)?;
+            report.heights_scanned += 1;
+            next += 1;
+        }
+        self.scan_backoff = None;
+        Ok(tip)
+    }
+
+    /// Steps one op until it waits, ends, fails a step, or a stop is requested.
+    fn drive(
+        &mut self,
+        mut q: QueuedOp,
+        tip: Option<BurnHeight>,
+        stop: &AtomicBool,
+        report: &mut TickReport,
+    ) -> Result<(), Error> {
+        let txid = q.op.txid();
+        let mut steps = 0;
+        while !q.state.is_terminal() && !stop.load(Ordering::SeqCst) {
+            if steps == MAX_STEPS_PER_DRIVE {
+                debug!("{} {txid}: step limit reached this tick", q.op.kind());
+                break;
+            }
+            steps += 1;
+            match self.step(&q, tip) {
+                Ok(Step::Moved(state)) => {
+                    self.c
+                        .queue
+                        .set_state(&txid, &state)
+                        .map_err(Error::Queue)?;
+                    info!("{} {txid}: {} -> {state}", q.op.kind(), q.state.name());
+                    self.backoff.remove(&txid);
+                    report.steps += 1;
+                    q.state = state;
+                }
+                Ok(Step::Wait(why)) => {
+                    debug!(
+                        "{} {txid}: waiting in {}: {why}",
+                        q.op.kind(),
+                        q.state.name()
+                    );
+                    break;
+                }
+                Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
+                Err(StepError::Retry { message, transient }) => {
+                    let what = format!("{} {txid} in {}", q.op.kind(), q.state.name());
+                    log_failure(&what, &message, transient);
+                    self.c
+                        .queue
+                        .record_failure(&txid, &message)
+                        .map_err(Error::Queue)?;
+                    let prev = self.backoff.get(&txid).copied();
+                    let b = self.next_backoff(prev);
+                    self.backoff.insert(txid, b);
+                    report.failures += 1;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides and performs the next step of one op.
+    fn step(&mut self, q: &QueuedOp, tip: Option<BurnHeight>) -> Result<Step, StepError> {
+        match (&q.state, &q.op) {
+            (OpState::Detected, op) => {
+                let Some(tip) = tip else {
+                    return Err(StepError::retry("chain tip unknown", true));
+                };
+                let peg_script = self.peg_wallet_script()?;
+                Ok(match self.check(op, tip, &peg_script) {
+                    Verdict::Accept => Step::Moved(OpState::Accepted),
+                    Verdict::Reject(reason) => {
+                        warn!("{} {}: rejected: {reason}", op.kind(), op.txid());
+                        Step::Moved(OpState::Rejected { reason })
+                    }
+                    Verdict::Wait(why) => Step::Wait(why),
+                })
+            }
+            (OpState::Accepted, op) => {
+                let nonce = self.next_stacks_nonce()?;
+                Ok(Step::Moved(OpState::StacksTxSigned {
+                    tx: self.sign_stacks_tx(op, nonce, None)?,
+                }))
+            }
+            (OpState::StacksTxSigned { tx }, op) => self.broadcast_stacks_tx(op, tx),
+            (OpState::StacksTxBroadcast { tx }, op) => self.confirm_stacks_tx(op, tx),
+            (OpState::BurnConfirmed, PegOp::PegOutRequest(op)) => self.build_fulfillment(op),
+            (OpState::BitcoinTxSigned { tx }, PegOp::PegOutRequest(_)) => {
+                self.broadcast_fulfillment(tx)
+            }
+            (OpState::BitcoinTxBroadcast { tx }, PegOp::PegOutRequest(_)) => {
+                self.confirm_fulfillment(tx)
+            }
+            (state, op) => Ok(Step::Moved(OpState::Failed {
+                reason: format!("a {} cannot be in state {}", op.kind(), state.name()),
+            })),
+        }
+    }
+
+    fn aggregate_key(&self) -> Result<PublicKey, StepError> {
+        self.c
+            .frost
+            .aggregate_public_key()
+            .ok_or_else(|| StepError::retry("no aggregate key yet: dkg has not run", true))
+    }
+
+    fn peg_wallet_script(&self) -> Result<ScriptBuf, StepError> {
+        let key = self.aggregate_key()?;
+        Ok(self
+            .c
+            .bitcoin_wallet
+            .peg_wallet_address(&key)
+            .script_pubkey())
+    }
+
+    /// Checks an op against the rules of the peg (see the crate docs).
+    fn check(&self, op: &PegOp, tip: BurnHeight, peg_script: &ScriptBuf) -> Verdict {
+        let s = &self.settings;
+        match op {
+            PegOp::PegIn(op) => {
+                if op.peg_wallet_address.script_pubkey() != *peg_script {
+                    return Verdict::Reject(format!(
+                        "pays {}, not our peg wallet",
+                        op.peg_wallet_address
+                    ));
+                }
+                if op.amount.to_sat() == 0 {
+                    return Verdict::Reject("amount is zero".into());
+                }
+                if op.recipient.address().network() != Some(s.stacks_network) {
+                    return Verdict::Reject(format!(
+                        "recipient {} is not a {:?} principal",
+                        op.recipient, s.stacks_network
+                    ));
+                }
+                if !s.allowlist.allows_principal(&op.recipient) {
+                    return Verdict::Reject(format!(
+                        "recipient {} is not on the allowlist",
+                        op.recipient
+                    ));
+                }
+            }
+            PegOp::PegOutRequest(op) => {
+                if op.peg_wallet_address.script_pubkey() != *peg_script {
+                    return Verdict::Reject(format!(
+                        "fulfilment fee pays {}, not our peg wallet",
+                        op.peg_wallet_address
+                    ));
+                }
+                if op.amount.to_sat() == 0 {
+                    return Verdict::Reject("amount is zero".into());
+                }
+                if op.recipient.require_network(s.network).is_none() {
+                    return Verdict::Reject(format!(
+                        "recipient {} is not a {} address",
+                        op.recipient, s.network
+                    ));
+                }
+                if !s.allowlist.allows_script(&op.recipient.script_pubkey()) {
+                    return Verdict::Reject(format!(
+                        "recipient {} is not on the allowlist",
+                        op.recipient
+                    ));
+                }
+                if let Err(e) = op.requester(s.stacks_network) {
+                    return Verdict::Reject(format!("requester cannot be recovered: {e}"));
+                }
+            }
+        }
+        let confirmations = (tip.0 + 1).saturating_sub(op.block_height().0);
+        if confirmations < u64::from(s.op_confirmations) {
+            return Verdict::Wait(format!(
+                "{confirmations} of {} confirmations",
+                s.op_confirmations
+            ));
+        }
+        Verdict::Accept
+    }
+
+    fn next_stacks_nonce(&self) -> Result<u64, StepError> {
+        let me = PrincipalData::Standard(self.c.stacks_wallet.address());
+        let account = self.c.stacks.get_account(&me)?;
+        Ok(next_nonce(
+            account.nonce,
+            self.c.queue.last_signed_stacks_nonce()?,
+        ))
+    }
+
+    fn sign_stacks_tx(
+        &self,
+        op: &PegOp,
+        nonce: u64,
+        min_fee: Option<u64>,
+    ) -> Result<SignedStacksTx, StepError> {
+        Ok(match op {
+            PegOp::PegIn(op) => self.c.stacks_wallet.build_mint(op, nonce, min_fee)?,
+            PegOp::PegOutRequest(op) => {
+                let requester = op
+                    .requester(self.settings.stacks_network)
+                    .map_err(|e| StepError::retry(format!("requester: {e}"), false))?;
+                self.c
+                    .stacks_wallet
+                    .build_burn(op, &requester, nonce, min_fee)?
+            }
+        })
+    }
+
+    /// Asks the contract whether the op's mint or burn has taken effect.
+    fn processed(&self, op: &PegOp) -> Result<bool, StepError> {
+        let function = match op {
+            PegOp::PegIn(_) => contract::WAS_MINTED,
+            PegOp::PegOutRequest(_) => contract::WAS_BURNED,
+        };
+        let sender = PrincipalData::Standard(self.c.stacks_wallet.address());
+        let result = self.c.stacks.call_read(
+            &self.settings.contract,
+            function,
+            &[contract::txid_arg(&op.txid())],
+            &sender,
+        )?;
+        match result {
+            Value::Bool(b) => Ok(b),
+            other => Err(StepError::retry(
+                format!("{function} returned {other}, expected a bool"),
+                false,
+            )),
+        }
+    }
+
+    fn after_stacks_effect(op: &PegOp) -> OpState {
+        match op {
+            PegOp::PegIn(_) => OpState::Done,
+            PegOp::PegOutRequest(_) => OpState::BurnConfirmed,
+        }
+    }
+
+    fn broadcast_stacks_tx(&self, op: &PegOp, tx: &SignedStacksTx) -> Result<Step, StepError> {
+        match self.c.stacks.broadcast_transaction(&tx.raw) {
+            Ok(txid) => {
+                if txid != tx.txid {
+                    warn!("node reports txid {txid} for our transaction {}", tx.txid);
+                }
+                Ok(Step::Moved(OpState::StacksTxBroadcast { tx: tx.clone() }))
+            }
+            Err(stacks_node_client::Error::Rejected(r)) => {
+                // A rebroadcast after a crash can be refused because the
+                // transaction was already mined: ask the contract first.
+                if self.processed(op)? {
+                    return Ok(Step::Moved(Self::after_stacks_effect(op)));
+                }
+                match r.reason.as_str() {
+                    "FeeTooLow" => {
+                        let expected = r.reason_data_u64("expected");
+                        match expected {
+                            Some(fee) if fee > tx.fee => {
+                                // Same nonce, the fee the node asks for.
+                                warn!(
+                                    "{} {}: fee {} too low, signing again with {fee}",
+                                    op.kind(),
+                                    op.txid(),
+                                    tx.fee
+                                );
+                                let again = self.sign_stacks_tx(op, tx.nonce, Some(fee))?;
+                                Ok(Step::Moved(OpState::StacksTxSigned { tx: again }))
+                            }
+                            _ => Err(StepError::retry(format!("node refused the fee: {r}"), true)),
+                        }
+                    }
+                    "BadNonce" => {
+                        match (r.reason_data_u64("expected"), r.reason_data_u64("actual")) {
+                            // Our nonce was consumed by another transaction:
+                            // this one can never be mined. Sign again with a
+                            // fresh nonce; the contract's replay guard makes a
+                            // second mint or burn of one Bitcoin txid impossible.
+                            (Some(expected), Some(actual)) if expected > actual => {
+                                warn!(
+                                    "{} {}: nonce {actual} already used, signing again",
+                                    op.kind(),
+                                    op.txid()
+                                );
+                                Ok(Step::Moved(OpState::Accepted))
+                            }
+                            _ => Err(StepError::retry(
+                                format!("node refused the nonce: {r}"),
+                                true,
+                            )),
+                        }
+                    }
+                    "ConflictingNonceInMempool" | "TooMuchChaining" => Err(StepError::retry(
+                        format!("node refused the transaction for now: {r}"),
+                        true,
+                    )),
+                    "NotEnoughFunds" => Err(StepError::retry(
+                        "the coordinator's STX balance cannot pay the fee; top it up",
+                        true,
+                    )),
+                    _ => Ok(Step::Moved(OpState::Failed {
+                        reason: format!("node rejected the transaction: {r}"),
+                    })),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn confirm_stacks_tx(&self, op: &PegOp, tx: &SignedStacksTx) -> Result<Step, StepError> {
+        if self.processed(op)? {
+            return Ok(Step::Moved(Self::after_stacks_effect(op)));
+        }
+        let me = PrincipalData::Standard(self.c.stacks_wallet.address());
+        let account = self.c.stacks.get_account(&me)?;
+        if account.nonce <= tx.nonce {
+            // Still pending. Offer the same bytes again in case the mempool
+            // dropped them; the node answers with the same txid if it has them.
+            if let Err(e) = self.c.stacks.broadcast_transaction(&tx.raw) {
+                debug!("rebroadcast of {}: {e}", tx.txid);
+            }
+            return Ok(Step::Wait(format!("stacks tx {} not yet mined", tx.txid)));
+        }
+        // Our nonce was consumed. The nonce was read after the first check,
+        // so if the transaction had succeeded the contract would now say so.
+        if self.processed(op)? {
+            return Ok(Step::Moved(Self::after_stacks_effect(op)));
+        }
+        let what = match op {
+            PegOp::PegIn(_) => "mint",
+            PegOp::PegOutRequest(_) => "burn",
+        };
+        error!(
+            "{} {}: the {what} transaction {} was mined but did not take effect",
+            op.kind(),
+            op.txid(),
+            tx.txid
+        );
+        Ok(Step::Moved(OpState::Failed {
+            reason: format!(
+                "{what} transaction {} (nonce {}) was mined but did not take effect",
+                tx.txid, tx.nonce
+            ),
+        }))
+    }
+
+    fn build_fulfillment(&mut self, op: &PegOutRequestOp) -> Result<Step, StepError> {
+        let key = self.aggregate_key()?;
+        let peg_script = self
+            .c
+            .bitcoin_wallet
+            .peg_wallet_address(&key)
+            .script_pubkey();
+        let utxos = self.c.bitcoin.list_unspent(&peg_script)?;
+        let fee_rate = self
+            .c
+            .bitcoin
+            .estimate_smart_fee(self.settings.fee_target_blocks)?;
+        let info = self.c.stacks.get_info()?;
+        let inputs = FulfillmentInputs {
+            utxos,
+            fee_rate,
+            stacks_chain_tip: info.stacks_tip,
+        };
+        let unsigned = self.c.bitcoin_wallet.build_fulfillment(op, &key, &inputs)?;
+        if let Err(reason) = check_fulfillment(op, &unsigned.tx, &peg_script) {
+            error!(
+                "peg-out {}: refusing an unsafe fulfilment: {reason}",
+                op.txid
+            );
+            return Ok(Step::Moved(OpState::Failed {
+                reason: format!("wallet built an unsafe fulfilment: {reason}"),
+            }));
+        }
+        let mut signatures = Vec::with_capacity(unsigned.sighashes.len());
+        for sighash in &unsigned.sighashes {
+            signatures.push(self.c.frost.sign_message(sighash)?);
+        }
+        let tx = self
+            .c
+            .bitcoin_wallet
+            .finalize_fulfillment(&unsigned, &signatures)?;
+        if let Err(reason) = check_fulfillment(op, &tx, &peg_script) {
+            return Ok(Step::Moved(OpState::Failed {
+                reason: format!("wallet finalized an unsafe fulfilment: {reason}"),
+            }));
+        }
+        Ok(Step::Moved(OpState::BitcoinTxSigned { tx }))
+    }
+
+    fn broadcast_fulfillment(&self, tx: &Transaction) -> Result<Step, StepError> {
+        match self.c.bitcoin.send_raw_transaction(tx) {
+            Ok(_) => Ok(Step::Moved(OpState::BitcoinTxBroadcast { tx: tx.clone() })),
+            Err(e) if e.is_transient() => Err(e.into()),
+            Err(e) => {
+                // Refused for good (inputs spent, fee policy). If the chain
+                // already has it, move on; otherwise build a new one. Any
+                // fulfilment of this request spends its output 2, so two can
+                // never both confirm.
+                if self
+                    .c
+                    .bitcoin
+                    .get_raw_transaction(&tx.compute_txid())?
+                    .is_some()
+                {
+                    return Ok(Step::Moved(OpState::BitcoinTxBroadcast { tx: tx.clone() }));
+                }
+                warn!(
+                    "fulfilment {} refused: {e}; building a new one",
+                    tx.compute_txid()
+                );
+                Ok(Step::Moved(OpState::BurnConfirmed))
+            }
+        }
+    }
+
+    fn confirm_fulfillment(&self, tx: &Transaction) -> Result<Step, StepError> {
+        let txid = tx.compute_txid();
+        match self.c.bitcoin.get_raw_transaction(&txid)? {
+            Some(status) if status.confirmations >= self.settings.fulfillment_confirmations => {
+                Ok(Step::Moved(OpState::Done))
+            }
+            Some(status) => Ok(Step::Wait(format!(
+                "fulfilment {txid}: {} of {} confirmations",
+                status.confirmations, self.settings.fulfillment_confirmations
+            ))),
+            None => {
+                // Dropped from the mempool: offer the same bytes again.
+                warn!("fulfilment {txid} is unknown to the node; rebroadcasting");
+                self.broadcast_fulfillment(tx).map(|step| match step {
+                    Step::Moved(OpState::BitcoinTxBroadcast { .. }) => {
+                        Step::Wait(format!("fulfilment {txid} rebroadcast"))
+                    }
+                    other => other,
+                })
+            }
+        }
+    }
+}
+
+/// Checks the money invariants of a fulfilment independently of the wallet
+/// that built it: input 0 spends the request's output 2, output 1 pays the
+/// request's recipient exactly the amount, and every other non-OP_RETURN
+/// output returns change to the peg wallet.
+fn check_fulfillment(
+    op: &PegOutRequestOp,
+    tx: &Transaction,
+    peg_script: &ScriptBuf,
+) -> Result<(), String> {
+    let fee_outpoint = OutPoint::new(op.txid, 2);
+    match tx.input.first() {
+        Some(i) if i.previous_output == fee_outpoint => {}
+        _ => {
+            return Err(format!(
+                "input 0 does not spend the request's output {fee_outpoint}"
+            ))
+        }
+    }
+    let recipient = op.recipient.script_pubkey();
+    match tx.output.get(1) {
+        Some(o) if o.script_pubkey == recipient && o.value == op.amount => {}
+        Some(o) => {
+            return Err(format!(
+                "output 1 pays {} to {:?}, not {} to the recipient {}",
+                o.value, o.script_pubkey, op.amount, op.recipient
+            ))
+        }
+        None => return Err("no output 1".into()),
+    }
+    if !tx
+        .output
+        .first()
+        .is_some_and(|o| o.script_pubkey.is_op_return())
+    {
+        return Err("output 0 is not an OP_RETURN".into());
+    }
+    if tx
+        .output
+        .iter()
+        .skip(2)
+        .any(|o| o.script_pubkey != *peg_script)
+    {
+        return Err("an output beyond 1 pays someone other than the peg wallet".into());
+    }
+    Ok(())
+}
+
+fn log_failure(what: &str, message: &str, transient: bool) {
+    if transient {
+        warn!("{what}: {message}; will retry");
+    } else {
+        error!("{what}: {message}; will retry after backoff");
+    }
+}
+
+fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) {
+    let end = Instant::now() + total;
+    while !stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+#[cfg(test)]
+mod tests;

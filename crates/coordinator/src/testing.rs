@@ -1,0 +1,559 @@
+//! Doubles of every component, answering from a small simulated [`World`].
+//!
+//! The mockall doubles answer from the world (chain tip, Stacks nonce, what
+//! the contract says was minted or burned, Bitcoin confirmations), so a test
+//! scripts a situation and asserts what the loop did about it. The queue
+//! double, [`MemQueue`], is an in-memory [`PegQueue`] shared with the test, so
+//! a "restart" is a new loop over the same queue.
+//!
+//! Only for tests and the loop demo (feature `testing`); nothing here moves
+//! real money.
+#![allow(missing_docs, missing_debug_implementations)]
+// A poisoned lock or a bad fixture is a bug in the test itself.
+#![allow(clippy::unwrap_in_result)]
+
+use crate::*;
+use std::collections::HashMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bitcoin::hashes::{sha256, Hash};
+use bitcoin::key::{Secp256k1, UntweakedPublicKey};
+use bitcoin::secp256k1::{schnorr, SecretKey};
+use bitcoin::{absolute, transaction, Address, Amount, BlockHash, TxIn, TxOut, Witness};
+use bitcoin_node_client::{TxStatus, Utxo};
+use fee_wallet::UnsignedFulfillment;
+use peg_ops::{peg_out_request_sighash, BtcAddress, MessageSignature, PegInOp, PegOutRequestOp};
+use stacks_node_client::{AccountInfo, NodeInfo};
+use stacks_wire::{StacksAddress, StacksTxid};
+
+pub use crate::source::MockOpSource;
+pub use bitcoin_node_client::MockBitcoinNode;
+pub use fee_wallet::{MockBitcoinWallet, MockStacksWallet};
+pub use frost_coordinator::MockFrostCoordinator;
+pub use stacks_node_client::MockStacksNode;
+
+// ---------------------------------------------------------------- the queue double
+
+#[derive(Default)]
+pub struct MemInner {
+    pub ops: BTreeMap<Txid, QueuedOp>,
+    pub order: Vec<Txid>,
+    pub scanned: Option<BurnHeight>,
+    pub fail_next_set_state: bool,
+}
+
+/// An in-memory queue, shared between the test and the loops it builds.
+#[derive(Clone, Default)]
+pub struct MemQueue(pub Arc<Mutex<MemInner>>);
+
+impl MemQueue {
+    pub fn state(&self, txid: &Txid) -> OpState {
+        self.0.lock().unwrap().ops[txid].state.clone()
+    }
+    pub fn get_op(&self, txid: &Txid) -> QueuedOp {
+        self.0.lock().unwrap().ops[txid].clone()
+    }
+    pub fn set(&self, txid: &Txid, state: OpState) {
+        self.0.lock().unwrap().ops.get_mut(txid).unwrap().state = state;
+    }
+}
+
+impl PegQueue for MemQueue {
+    fn record_scanned_block(
+        &self,
+        height: BurnHeight,
+        ops: &[PegOp],
+    ) -> Result<(), peg_queue::Error> {
+        for op in ops {
+            self.insert_op(op)?;
+        }
+        self.0.lock().unwrap().scanned = Some(height);
+        Ok(())
+    }
+    fn last_scanned_height(&self) -> Result<Option<BurnHeight>, peg_queue::Error> {
+        Ok(self.0.lock().unwrap().scanned)
+    }
+    fn insert_op(&self, op: &PegOp) -> Result<bool, peg_queue::Error> {
+        let mut g = self.0.lock().unwrap();
+        if g.ops.contains_key(&op.txid()) {
+            return Ok(false);
+        }
+        g.order.push(op.txid());
+        g.ops.insert(
+            op.txid(),
+            QueuedOp {
+                op: op.clone(),
+                state: OpState::Detected,
+                attempts: 0,
+                last_error: None,
+            },
+        );
+        Ok(true)
+    }
+    fn pending(&self) -> Result<Vec<QueuedOp>, peg_queue::Error> {
+        let g = self.0.lock().unwrap();
+        Ok(g.order
+            .iter()
+            .map(|t| g.ops[t].clone())
+            .filter(|q| !q.state.is_terminal())
+            .collect())
+    }
+    fn get(&self, txid: &Txid) -> Result<Option<QueuedOp>, peg_queue::Error> {
+        Ok(self.0.lock().unwrap().ops.get(txid).cloned())
+    }
+    fn set_state(&self, txid: &Txid, state: &OpState) -> Result<(), peg_queue::Error> {
+        let mut g = self.0.lock().unwrap();
+        if std::mem::take(&mut g.fail_next_set_state) {
+            return Err(peg_queue::Error::Storage("disk full".into()));
+        }
+        let q = g
+            .ops
+            .get_mut(txid)
+            .ok_or(peg_queue::Error::UnknownOp(*txid))?;
+        q.state = state.clone();
+        q.last_error = None;
+        Ok(())
+    }
+    fn record_failure(&self, txid: &Txid, error: &str) -> Result<u32, peg_queue::Error> {
+        let mut g = self.0.lock().unwrap();
+        let q = g
+            .ops
+            .get_mut(txid)
+            .ok_or(peg_queue::Error::UnknownOp(*txid))?;
+        q.attempts += 1;
+        q.last_error = Some(error.to_owned());
+        Ok(q.attempts)
+    }
+    fn last_signed_stacks_nonce(&self) -> Result<Option<u64>, peg_queue::Error> {
+        let g = self.0.lock().unwrap();
+        Ok(g.ops
+            .values()
+            .filter_map(|q| match &q.state {
+                OpState::StacksTxSigned { tx } | OpState::StacksTxBroadcast { tx } => {
+                    Some(tx.nonce)
+                }
+                _ => None,
+            })
+            .max())
+    }
+}
+
+// ---------------------------------------------------------------- the simulated world
+
+/// What the doubles answer from.
+#[derive(Default)]
+pub struct World {
+    pub tip: u64,
+    pub blocks: BTreeMap<u64, Vec<PegOp>>,
+    /// Heights whose ops_at fails transiently (once each).
+    pub flaky_heights: HashSet<u64>,
+    pub account_nonce: u64,
+    /// Bitcoin txids the contract reports as minted or burned.
+    pub processed: HashSet<Txid>,
+    /// Mine each Stacks tx as it is broadcast.
+    pub auto_mine: bool,
+    /// Ops whose mint/burn fails on chain when mined (nonce used, no effect).
+    pub fail_on_chain: HashSet<Txid>,
+    /// Scripted answers to the next Stacks broadcasts.
+    pub stacks_broadcast_script: VecDeque<Result<StacksTxid, stacks_node_client::Error>>,
+    pub stacks_broadcasts: Vec<Vec<u8>>,
+    pub signed: Vec<(Txid, u64, u64)>,
+    /// Scripted failures of the next signing rounds.
+    pub frost_failures: VecDeque<frost_coordinator::Error>,
+    pub sign_calls: usize,
+    pub btc_broadcasts: Vec<Transaction>,
+    pub btc_broadcast_script: VecDeque<bitcoin_node_client::Error>,
+    /// Confirmations of Bitcoin txs the node knows.
+    pub btc_known: HashMap<Txid, u32>,
+    /// The wallet pays this script instead of the recipient (a bug to catch).
+    pub evil_wallet_script: Option<ScriptBuf>,
+    pub fulfillments_built: usize,
+}
+
+pub type W = Arc<Mutex<World>>;
+
+pub fn secp() -> Secp256k1<bitcoin::secp256k1::All> {
+    Secp256k1::new()
+}
+
+pub fn aggregate_key() -> PublicKey {
+    SecretKey::from_slice(&[3; 32]).unwrap().public_key(&secp())
+}
+
+pub fn peg_address() -> Address {
+    let (xonly, _) = aggregate_key().x_only_public_key();
+    Address::p2tr(
+        &secp(),
+        UntweakedPublicKey::from(xonly),
+        None,
+        Network::Regtest,
+    )
+}
+
+pub fn wallet_address() -> StacksAddress {
+    let k = SecretKey::from_slice(&[9; 32]).unwrap().public_key(&secp());
+    StacksAddress::p2pkh(StacksNetwork::Testnet, &k, true)
+}
+
+pub fn allowed_principal() -> PrincipalData {
+    let k = SecretKey::from_slice(&[5; 32]).unwrap().public_key(&secp());
+    StacksAddress::p2pkh(StacksNetwork::Testnet, &k, true).into()
+}
+
+pub fn stranger_principal() -> PrincipalData {
+    let k = SecretKey::from_slice(&[6; 32]).unwrap().public_key(&secp());
+    StacksAddress::p2pkh(StacksNetwork::Testnet, &k, true).into()
+}
+
+pub const ALLOWED_BTC: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+pub const STRANGER_BTC: &str = "bcrt1q6rhpng9evdsfnn833a4f4vej0asu6dk5srld6x";
+
+pub fn txid(n: u8) -> Txid {
+    Txid::from_byte_array([n; 32])
+}
+
+pub fn peg_in(n: u8, height: u64, recipient: PrincipalData, amount: u64) -> PegOp {
+    PegOp::PegIn(PegInOp {
+        recipient,
+        peg_wallet_address: peg_address().into(),
+        amount: Amount::from_sat(amount),
+        memo: vec![],
+        txid: txid(n),
+        vtxindex: u32::from(n),
+        block_height: BurnHeight(height),
+        burn_header_hash: BlockHash::all_zeros(),
+    })
+}
+
+pub fn peg_out(n: u8, height: u64, recipient: &str, amount: u64) -> PegOp {
+    let recipient: BtcAddress = recipient.parse().unwrap();
+    let amount = Amount::from_sat(amount);
+    let digest = peg_out_request_sighash(amount, &recipient.script_pubkey());
+    let requester_key = SecretKey::from_slice(&[5; 32]).unwrap();
+    PegOp::PegOutRequest(PegOutRequestOp {
+        amount,
+        recipient,
+        signature: MessageSignature::sign(digest, &requester_key),
+        peg_wallet_address: peg_address().into(),
+        fulfillment_fee: Amount::from_sat(5_000),
+        memo: vec![],
+        txid: txid(n),
+        vtxindex: u32::from(n),
+        block_height: BurnHeight(height),
+        burn_header_hash: BlockHash::all_zeros(),
+    })
+}
+
+/// A signed Stacks tx whose bytes name the op, nonce and fee.
+pub fn fake_stacks_tx(op: Txid, nonce: u64, fee: u64) -> SignedStacksTx {
+    let raw = format!("{op}:{nonce}:{fee}").into_bytes();
+    SignedStacksTx {
+        txid: StacksTxid(sha256::Hash::hash(&raw).to_byte_array()),
+        nonce,
+        fee,
+        raw,
+    }
+}
+
+pub fn parse_fake(raw: &[u8]) -> (Txid, u64) {
+    let s = std::str::from_utf8(raw).unwrap();
+    let mut parts = s.split(':');
+    (
+        parts.next().unwrap().parse().unwrap(),
+        parts.next().unwrap().parse().unwrap(),
+    )
+}
+
+/// Mines a fake Stacks tx in the world: the nonce advances, the effect
+/// happens unless the op is set to fail on chain.
+pub fn mine(w: &mut World, raw: &[u8]) {
+    let (op, nonce) = parse_fake(raw);
+    if nonce == w.account_nonce {
+        w.account_nonce += 1;
+        if !w.fail_on_chain.contains(&op) {
+            w.processed.insert(op);
+        }
+    }
+}
+
+pub fn stacks_node(w: &W) -> MockStacksNode {
+    let mut m = MockStacksNode::new();
+    let w1 = w.clone();
+    m.expect_get_account().returning(move |p| {
+        assert_eq!(*p, PrincipalData::Standard(wallet_address()));
+        Ok(AccountInfo {
+            balance: 1_000_000_000,
+            nonce: w1.lock().unwrap().account_nonce,
+        })
+    });
+    let w2 = w.clone();
+    m.expect_broadcast_transaction().returning(move |raw| {
+        let mut g = w2.lock().unwrap();
+        g.stacks_broadcasts.push(raw.to_vec());
+        if let Some(r) = g.stacks_broadcast_script.pop_front() {
+            return r;
+        }
+        if g.auto_mine {
+            mine(&mut g, raw);
+        }
+        Ok(StacksTxid(sha256::Hash::hash(raw).to_byte_array()))
+    });
+    let w3 = w.clone();
+    m.expect_call_read().returning(move |c, f, args, _| {
+        assert_eq!(c.to_string(), contract_id().to_string());
+        assert!(
+            f == contract::WAS_MINTED || f == contract::WAS_BURNED,
+            "{f}"
+        );
+        let Value::StringAscii(t) = &args[0] else {
+            panic!("txid arg is a string-ascii")
+        };
+        Ok(Value::Bool(
+            w3.lock()
+                .unwrap()
+                .processed
+                .contains(&t.parse::<Txid>().unwrap()),
+        ))
+    });
+    m.expect_get_info().returning(|| {
+        Ok(NodeInfo {
+            burn_block_height: 0,
+            stacks_tip_height: 10,
+            stacks_tip: [0xaa; 32],
+        })
+    });
+    m
+}
+
+pub fn stacks_wallet(w: &W) -> MockStacksWallet {
+    let mut m = MockStacksWallet::new();
+    m.expect_address().returning(wallet_address);
+    let w1 = w.clone();
+    m.expect_build_mint().returning(move |op, nonce, min_fee| {
+        let fee = min_fee.unwrap_or(1_000);
+        w1.lock().unwrap().signed.push((op.txid, nonce, fee));
+        Ok(fake_stacks_tx(op.txid, nonce, fee))
+    });
+    let w2 = w.clone();
+    m.expect_build_burn()
+        .returning(move |op, requester, nonce, min_fee| {
+            assert_eq!(PrincipalData::Standard(*requester), allowed_principal());
+            let fee = min_fee.unwrap_or(1_000);
+            w2.lock().unwrap().signed.push((op.txid, nonce, fee));
+            Ok(fake_stacks_tx(op.txid, nonce, fee))
+        });
+    m
+}
+
+pub fn peg_utxo() -> Utxo {
+    Utxo {
+        outpoint: OutPoint::new(txid(200), 0),
+        txout: TxOut {
+            value: Amount::from_sat(10_000_000),
+            script_pubkey: peg_address().script_pubkey(),
+        },
+        confirmations: 10,
+    }
+}
+
+pub fn bitcoin_wallet(w: &W) -> MockBitcoinWallet {
+    let mut m = MockBitcoinWallet::new();
+    m.expect_peg_wallet_address().returning(|k| {
+        assert_eq!(*k, aggregate_key());
+        peg_address()
+    });
+    let w1 = w.clone();
+    m.expect_build_fulfillment()
+        .returning(move |op, _, inputs| {
+            let mut g = w1.lock().unwrap();
+            g.fulfillments_built += 1;
+            assert_eq!(inputs.stacks_chain_tip, [0xaa; 32]);
+            let pay_to = g
+                .evil_wallet_script
+                .clone()
+                .unwrap_or_else(|| op.recipient.script_pubkey());
+            let tx = Transaction {
+                version: transaction::Version::TWO,
+                lock_time: absolute::LockTime::ZERO,
+                input: [OutPoint::new(op.txid, 2), peg_utxo().outpoint]
+                    .into_iter()
+                    .map(|previous_output| TxIn {
+                        previous_output,
+                        ..Default::default()
+                    })
+                    .collect(),
+                output: vec![
+                    TxOut {
+                        value: Amount::ZERO,
+                        script_pubkey: ScriptBuf::new_op_return([b'!'; 3]),
+                    },
+                    TxOut {
+                        value: op.amount,
+                        script_pubkey: pay_to,
+                    },
+                    TxOut {
+                        value: Amount::from_sat(9_000_000),
+                        script_pubkey: peg_address().script_pubkey(),
+                    },
+                ],
+            };
+            Ok(UnsignedFulfillment {
+                tx,
+                prevouts: vec![],
+                sighashes: vec![[1; 32], [2; 32]],
+            })
+        });
+    m.expect_finalize_fulfillment().returning(|u, sigs| {
+        assert_eq!(sigs.len(), u.sighashes.len());
+        let mut tx = u.tx.clone();
+        for (i, s) in tx.input.iter_mut().zip(sigs) {
+            i.witness = Witness::from_slice(&[s.as_ref().to_vec()]);
+        }
+        Ok(tx)
+    });
+    m
+}
+
+pub fn bitcoin_node(w: &W) -> MockBitcoinNode {
+    let mut m = MockBitcoinNode::new();
+    m.expect_list_unspent().returning(|s| {
+        assert_eq!(*s, *peg_address().script_pubkey());
+        Ok(vec![peg_utxo()])
+    });
+    m.expect_estimate_smart_fee()
+        .returning(|_| Ok(bitcoin::FeeRate::from_sat_per_vb(2)));
+    let w1 = w.clone();
+    m.expect_send_raw_transaction().returning(move |tx| {
+        let mut g = w1.lock().unwrap();
+        if let Some(e) = g.btc_broadcast_script.pop_front() {
+            return Err(e);
+        }
+        g.btc_broadcasts.push(tx.clone());
+        g.btc_known.entry(tx.compute_txid()).or_insert(0);
+        Ok(tx.compute_txid())
+    });
+    let w2 = w.clone();
+    m.expect_get_raw_transaction().returning(move |t| {
+        let g = w2.lock().unwrap();
+        Ok(g.btc_known.get(t).map(|c| TxStatus {
+            tx: g
+                .btc_broadcasts
+                .iter()
+                .find(|x| x.compute_txid() == *t)
+                .cloned()
+                .unwrap(),
+            confirmations: *c,
+            block_hash: None,
+        }))
+    });
+    m
+}
+
+pub fn frost(w: &W) -> MockFrostCoordinator {
+    let mut m = MockFrostCoordinator::new();
+    m.expect_aggregate_public_key()
+        .returning(|| Some(aggregate_key()));
+    let w1 = w.clone();
+    m.expect_sign_message().returning(move |_| {
+        let mut g = w1.lock().unwrap();
+        g.sign_calls += 1;
+        if let Some(e) = g.frost_failures.pop_front() {
+            return Err(e);
+        }
+        Ok(schnorr::Signature::from_slice(&[7; 64]).unwrap())
+    });
+    m
+}
+
+pub fn source(w: &W) -> MockOpSource {
+    let mut m = MockOpSource::new();
+    let w1 = w.clone();
+    m.expect_tip_height()
+        .returning(move || Ok(BurnHeight(w1.lock().unwrap().tip)));
+    let w2 = w.clone();
+    m.expect_ops_at().returning(move |h| {
+        let mut g = w2.lock().unwrap();
+        if g.flaky_heights.remove(&h.0) {
+            return Err(SourceError {
+                message: "node 503".into(),
+                transient: true,
+            });
+        }
+        if h.0 > g.tip {
+            return Ok(None);
+        }
+        Ok(Some(g.blocks.get(&h.0).cloned().unwrap_or_default()))
+    });
+    m
+}
+
+pub fn contract_id() -> ContractId {
+    format!("{}.sbtc-alpha", wallet_address()).parse().unwrap()
+}
+
+pub fn settings() -> LoopSettings {
+    LoopSettings {
+        network: Network::Regtest,
+        stacks_network: StacksNetwork::Testnet,
+        contract: contract_id(),
+        start_height: BurnHeight(1),
+        op_confirmations: 1,
+        fulfillment_confirmations: 1,
+        poll_interval: Duration::from_millis(1),
+        backoff_base: Duration::ZERO,
+        backoff_max: Duration::ZERO,
+        fee_target_blocks: 6,
+        max_heights_per_tick: 100,
+        allowlist: Allowlist::new(
+            [allowed_principal()],
+            [ALLOWED_BTC.parse::<BtcAddress>().unwrap().script_pubkey()],
+        ),
+    }
+}
+
+pub type Loop = StacksCoordinator<
+    MemQueue,
+    MockStacksNode,
+    MockBitcoinNode,
+    MockStacksWallet,
+    MockBitcoinWallet,
+    MockFrostCoordinator,
+    MockOpSource,
+>;
+
+pub fn coordinator(w: &W, q: &MemQueue, settings: LoopSettings) -> Loop {
+    StacksCoordinator::new(
+        Components {
+            queue: q.clone(),
+            stacks: stacks_node(w),
+            bitcoin: bitcoin_node(w),
+            stacks_wallet: stacks_wallet(w),
+            bitcoin_wallet: bitcoin_wallet(w),
+            frost: frost(w),
+            source: source(w),
+        },
+        settings,
+    )
+}
+
+pub fn world(tip: u64, blocks: Vec<(u64, Vec<PegOp>)>) -> W {
+    Arc::new(Mutex::new(World {
+        tip,
+        blocks: blocks.into_iter().collect(),
+        auto_mine: true,
+        ..World::default()
+    }))
+}
+
+pub fn no_stop() -> AtomicBool {
+    AtomicBool::new(false)
+}
+
+pub fn run_ticks(l: &mut Loop, n: usize) {
+    for _ in 0..n {
+        l.tick(&no_stop()).unwrap();
+    }
+}

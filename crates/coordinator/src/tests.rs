@@ -1,0 +1,625 @@
+//! The loop's decision logic, against the doubles of [`crate::testing`].
+
+// A poisoned lock or a bad fixture is a bug in the test itself.
+#![allow(clippy::unwrap_in_result)]
+
+use super::*;
+use crate::testing::*;
+use bitcoin::{absolute, transaction, Amount, TxIn, TxOut};
+use peg_queue::MockPegQueue;
+use stacks_node_client::Rejection;
+use std::sync::Arc;
+
+// ---------------------------------------------------------------- peg-ins
+
+#[test]
+fn peg_in_is_minted_once_and_done() {
+    let w = world(
+        3,
+        vec![(2, vec![peg_in(1, 2, allowed_principal(), 100_000)])],
+    );
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings());
+    run_ticks(&mut l, 3);
+    assert_eq!(q.state(&txid(1)), OpState::Done);
+    let g = w.lock().unwrap();
+    assert_eq!(g.signed, vec![(txid(1), 0, 1_000)], "one mint, nonce 0");
+    assert_eq!(g.stacks_broadcasts.len(), 1);
+    assert!(g.processed.contains(&txid(1)));
+    assert_eq!(q.last_scanned_height().unwrap(), Some(BurnHeight(3)));
+}
+
+#[test]
+fn peg_in_to_another_wallet_is_rejected_without_minting() {
+    let mut op = peg_in(1, 2, allowed_principal(), 100_000);
+    let PegOp::PegIn(p) = &mut op else {
+        unreachable!()
+    };
+    p.peg_wallet_address = ALLOWED_BTC.parse().unwrap();
+    let w = world(3, vec![(2, vec![op])]);
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 2);
+    match q.state(&txid(1)) {
+        OpState::Rejected { reason } => assert!(reason.contains("not our peg wallet"), "{reason}"),
+        other => panic!("expected rejected, got {other}"),
+    }
+    assert!(w.lock().unwrap().signed.is_empty());
+}
+
+#[test]
+fn zero_amount_and_wrong_network_recipients_are_rejected() {
+    let mainnet_recipient: PrincipalData =
+        "SP2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKNRV9EJ7".parse().unwrap();
+    let w = world(
+        3,
+        vec![(
+            2,
+            vec![
+                peg_in(1, 2, allowed_principal(), 0),
+                peg_in(2, 2, mainnet_recipient, 5),
+            ],
+        )],
+    );
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 2);
+    assert!(matches!(q.state(&txid(1)), OpState::Rejected { reason } if reason.contains("zero")));
+    assert!(
+        matches!(q.state(&txid(2)), OpState::Rejected { reason } if reason.contains("Testnet"))
+    );
+    assert!(w.lock().unwrap().signed.is_empty());
+}
+
+#[test]
+fn non_allowlisted_peg_in_is_rejected_and_the_loop_continues() {
+    let w = world(
+        3,
+        vec![(
+            2,
+            vec![
+                peg_in(1, 2, stranger_principal(), 100),
+                peg_in(2, 2, allowed_principal(), 200),
+            ],
+        )],
+    );
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 3);
+    match q.state(&txid(1)) {
+        OpState::Rejected { reason } => assert!(reason.contains("allowlist"), "{reason}"),
+        other => panic!("expected rejected, got {other}"),
+    }
+    assert_eq!(q.state(&txid(2)), OpState::Done);
+    assert_eq!(w.lock().unwrap().signed, vec![(txid(2), 0, 1_000)]);
+}
+
+#[test]
+fn shallow_ops_wait_for_the_configured_depth() {
+    let w = world(5, vec![]);
+    let q = MemQueue::default();
+    q.insert_op(&peg_in(1, 5, allowed_principal(), 100))
+        .unwrap();
+    let mut s = settings();
+    s.op_confirmations = 3;
+    let mut l = coordinator(&w, &q, s);
+    run_ticks(&mut l, 2);
+    assert_eq!(q.state(&txid(1)), OpState::Detected, "1 of 3 confirmations");
+    // Scanning stops at the deepest height with 3 confirmations.
+    assert_eq!(q.last_scanned_height().unwrap(), Some(BurnHeight(3)));
+    w.lock().unwrap().tip = 7;
+    run_ticks(&mut l, 2);
+    assert_eq!(q.state(&txid(1)), OpState::Done);
+}
+
+// ---------------------------------------------------------------- peg-outs
+
+fn assert_paid(w: &W, op: &PegOp) {
+    let PegOp::PegOutRequest(op) = op else {
+        unreachable!()
+    };
+    let g = w.lock().unwrap();
+    assert_eq!(g.btc_broadcasts.len(), 1, "exactly one payout");
+    let tx = &g.btc_broadcasts[0];
+    assert_eq!(tx.input[0].previous_output, OutPoint::new(op.txid, 2));
+    assert_eq!(
+        tx.output[1].script_pubkey,
+        op.recipient.script_pubkey(),
+        "pays the recipient"
+    );
+    assert_eq!(tx.output[1].value, op.amount);
+}
+
+#[test]
+fn peg_out_burns_then_pays_the_recipient_once() {
+    let op = peg_out(1, 2, ALLOWED_BTC, 40_000);
+    let w = world(3, vec![(2, vec![op.clone()])]);
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings());
+    run_ticks(&mut l, 2);
+    // Broadcast but not yet confirmed.
+    assert!(matches!(
+        q.state(&txid(1)),
+        OpState::BitcoinTxBroadcast { .. }
+    ));
+    let fulfil = w.lock().unwrap().btc_broadcasts[0].compute_txid();
+    w.lock().unwrap().btc_known.insert(fulfil, 1);
+    run_ticks(&mut l, 1);
+    assert_eq!(q.state(&txid(1)), OpState::Done);
+    assert_paid(&w, &op);
+    let g = w.lock().unwrap();
+    assert_eq!(g.signed.len(), 1, "one burn");
+    assert_eq!(g.sign_calls, 2, "one signing round per input");
+}
+
+#[test]
+fn a_burn_that_fails_on_chain_never_leads_to_a_payout() {
+    let w = world(3, vec![(2, vec![peg_out(1, 2, ALLOWED_BTC, 40_000)])]);
+    w.lock().unwrap().fail_on_chain.insert(txid(1));
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 4);
+    match q.state(&txid(1)) {
+        OpState::Failed { reason } => assert!(reason.contains("burn transaction"), "{reason}"),
+        other => panic!("expected failed, got {other}"),
+    }
+    let g = w.lock().unwrap();
+    assert_eq!(g.fulfillments_built, 0);
+    assert_eq!(g.sign_calls, 0);
+    assert!(g.btc_broadcasts.is_empty());
+}
+
+#[test]
+fn a_burn_only_in_the_mempool_releases_nothing() {
+    let w = world(3, vec![(2, vec![peg_out(1, 2, ALLOWED_BTC, 40_000)])]);
+    w.lock().unwrap().auto_mine = false;
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 5);
+    assert!(matches!(
+        q.state(&txid(1)),
+        OpState::StacksTxBroadcast { .. }
+    ));
+    let g = w.lock().unwrap();
+    assert_eq!(g.fulfillments_built, 0);
+    assert!(g.btc_broadcasts.is_empty());
+    // The same bytes were offered again while waiting, never new ones.
+    assert_eq!(g.signed.len(), 1);
+    assert!(g.stacks_broadcasts.len() > 1);
+    assert!(g
+        .stacks_broadcasts
+        .iter()
+        .all(|b| *b == g.stacks_broadcasts[0]));
+}
+
+#[test]
+fn a_transient_error_mid_peg_out_resumes_at_the_right_step() {
+    let op = peg_out(1, 2, ALLOWED_BTC, 40_000);
+    let w = world(3, vec![(2, vec![op.clone()])]);
+    w.lock()
+        .unwrap()
+        .frost_failures
+        .push_back(frost_coordinator::Error::Timeout {
+            round: "signing",
+            waited: Duration::from_secs(10),
+            answered: 2,
+            needed: 3,
+        });
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings());
+    run_ticks(&mut l, 1);
+    let after_failure = q.get_op(&txid(1));
+    assert_eq!(after_failure.state, OpState::BurnConfirmed);
+    assert_eq!(after_failure.attempts, 1);
+    assert!(after_failure.last_error.unwrap().contains("timed out"));
+    run_ticks(&mut l, 1);
+    assert!(matches!(
+        q.state(&txid(1)),
+        OpState::BitcoinTxBroadcast { .. }
+    ));
+    let g = w.lock().unwrap();
+    assert_eq!(g.signed.len(), 1, "the burn is not repeated");
+    assert_eq!(g.stacks_broadcasts.len(), 1);
+    drop(g);
+    assert_paid(&w, &op);
+}
+
+#[test]
+fn an_unsafe_fulfilment_is_refused_before_signing() {
+    let w = world(3, vec![(2, vec![peg_out(1, 2, ALLOWED_BTC, 40_000)])]);
+    w.lock().unwrap().evil_wallet_script = Some(peg_address().script_pubkey());
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 3);
+    match q.state(&txid(1)) {
+        OpState::Failed { reason } => assert!(reason.contains("output 1"), "{reason}"),
+        other => panic!("expected failed, got {other}"),
+    }
+    let g = w.lock().unwrap();
+    assert_eq!(g.sign_calls, 0);
+    assert!(g.btc_broadcasts.is_empty());
+}
+
+#[test]
+fn peg_out_checks_recipient_allowlist_network_and_signature() {
+    let mut bad_sig = peg_out(3, 2, ALLOWED_BTC, 40_000);
+    let PegOp::PegOutRequest(p) = &mut bad_sig else {
+        unreachable!()
+    };
+    p.signature.0[0] = 7;
+    let w = world(
+        3,
+        vec![(
+            2,
+            vec![
+                peg_out(1, 2, STRANGER_BTC, 40_000),
+                peg_out(2, 2, "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4", 40_000),
+                bad_sig,
+            ],
+        )],
+    );
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 2);
+    assert!(
+        matches!(q.state(&txid(1)), OpState::Rejected { reason } if reason.contains("allowlist"))
+    );
+    assert!(
+        matches!(q.state(&txid(2)), OpState::Rejected { reason } if reason.contains("regtest"))
+    );
+    assert!(
+        matches!(q.state(&txid(3)), OpState::Rejected { reason } if reason.contains("requester"))
+    );
+    assert!(w.lock().unwrap().signed.is_empty());
+}
+
+#[test]
+fn refused_fulfilment_is_rebuilt_and_a_dropped_one_rebroadcast() {
+    let op = peg_out(1, 2, ALLOWED_BTC, 40_000);
+    let w = world(3, vec![(2, vec![op.clone()])]);
+    w.lock()
+        .unwrap()
+        .btc_broadcast_script
+        .push_back(bitcoin_node_client::Error::Rpc {
+            code: -26,
+            message: "min relay fee not met".into(),
+        });
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings());
+    run_ticks(&mut l, 2);
+    assert!(matches!(
+        q.state(&txid(1)),
+        OpState::BitcoinTxBroadcast { .. }
+    ));
+    assert_eq!(
+        w.lock().unwrap().fulfillments_built,
+        2,
+        "built again after the refusal"
+    );
+    // The node forgets it: the same bytes are offered again.
+    let first = w.lock().unwrap().btc_broadcasts[0].clone();
+    w.lock().unwrap().btc_known.clear();
+    run_ticks(&mut l, 1);
+    let g = w.lock().unwrap();
+    assert_eq!(g.btc_broadcasts.len(), 2);
+    assert_eq!(g.btc_broadcasts[1], first);
+    assert_eq!(g.fulfillments_built, 2);
+}
+
+// ---------------------------------------------------------------- restarts and node answers
+
+#[test]
+fn after_a_crash_the_stored_bytes_are_rebroadcast_not_resigned() {
+    let w = world(3, vec![]);
+    let q = MemQueue::default();
+    let op = peg_in(1, 2, allowed_principal(), 100);
+    q.insert_op(&op).unwrap();
+    let stored = fake_stacks_tx(txid(1), 0, 1_000);
+    q.set(&txid(1), OpState::StacksTxSigned { tx: stored.clone() });
+    // A fresh loop over the same queue, as after a restart.
+    run_ticks(&mut coordinator(&w, &q, settings()), 2);
+    assert_eq!(q.state(&txid(1)), OpState::Done);
+    let g = w.lock().unwrap();
+    assert!(g.signed.is_empty(), "nothing signed anew");
+    assert_eq!(g.stacks_broadcasts, vec![stored.raw]);
+}
+
+#[test]
+fn a_refused_rebroadcast_of_a_mined_tx_is_recognised() {
+    let w = world(3, vec![]);
+    let q = MemQueue::default();
+    q.insert_op(&peg_in(1, 2, allowed_principal(), 100))
+        .unwrap();
+    q.set(
+        &txid(1),
+        OpState::StacksTxSigned {
+            tx: fake_stacks_tx(txid(1), 0, 1_000),
+        },
+    );
+    {
+        let mut g = w.lock().unwrap();
+        g.processed.insert(txid(1));
+        g.account_nonce = 1;
+        g.stacks_broadcast_script
+            .push_back(Err(stacks_node_client::Error::Rejected(Rejection {
+                reason: "BadNonce".into(),
+                reason_data: Some(serde_json::json!({"expected": 1, "actual": 0})),
+            })));
+    }
+    run_ticks(&mut coordinator(&w, &q, settings()), 1);
+    assert_eq!(q.state(&txid(1)), OpState::Done);
+    assert!(w.lock().unwrap().signed.is_empty());
+}
+
+#[test]
+fn fee_too_low_resigns_with_the_same_nonce_and_the_expected_fee() {
+    let w = world(3, vec![(2, vec![peg_in(1, 2, allowed_principal(), 100)])]);
+    w.lock()
+        .unwrap()
+        .stacks_broadcast_script
+        .push_back(Err(stacks_node_client::Error::Rejected(Rejection {
+            reason: "FeeTooLow".into(),
+            reason_data: Some(serde_json::json!({"expected": 2500, "actual": 1000})),
+        })));
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 2);
+    assert_eq!(q.state(&txid(1)), OpState::Done);
+    assert_eq!(
+        w.lock().unwrap().signed,
+        vec![(txid(1), 0, 1_000), (txid(1), 0, 2_500)]
+    );
+}
+
+#[test]
+fn a_consumed_nonce_is_replaced_by_a_fresh_one() {
+    let w = world(3, vec![]);
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings());
+    {
+        // Our nonce 0 was signed; then someone else used nonces 0..4.
+        let mut g = w.lock().unwrap();
+        g.auto_mine = false;
+        g.stacks_broadcast_script
+            .push_back(Err(stacks_node_client::Error::Rejected(Rejection {
+                reason: "BadNonce".into(),
+                reason_data: Some(serde_json::json!({"expected": 4, "actual": 0})),
+            })));
+    }
+    q.insert_op(&peg_in(1, 2, allowed_principal(), 100))
+        .unwrap();
+    q.set(
+        &txid(1),
+        OpState::StacksTxSigned {
+            tx: fake_stacks_tx(txid(1), 0, 1_000),
+        },
+    );
+    {
+        let mut g = w.lock().unwrap();
+        g.account_nonce = 4;
+        g.auto_mine = true;
+    }
+    run_ticks(&mut l, 2);
+    assert_eq!(q.state(&txid(1)), OpState::Done);
+    let signed: Vec<u64> = w.lock().unwrap().signed.iter().map(|s| s.1).collect();
+    assert_eq!(signed, vec![4], "signed again with the next free nonce");
+}
+
+#[test]
+fn a_permanent_rejection_fails_the_op_for_the_operator() {
+    let w = world(3, vec![(2, vec![peg_in(1, 2, allowed_principal(), 100)])]);
+    w.lock()
+        .unwrap()
+        .stacks_broadcast_script
+        .push_back(Err(stacks_node_client::Error::Rejected(Rejection {
+            reason: "NoSuchContract".into(),
+            reason_data: None,
+        })));
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 3);
+    assert!(
+        matches!(q.state(&txid(1)), OpState::Failed { reason } if reason.contains("NoSuchContract"))
+    );
+    assert_eq!(w.lock().unwrap().signed.len(), 1);
+}
+
+#[test]
+fn nonces_follow_the_ops_in_order() {
+    let w = world(
+        3,
+        vec![(
+            2,
+            vec![
+                peg_in(1, 2, allowed_principal(), 1),
+                peg_in(2, 2, allowed_principal(), 2),
+            ],
+        )],
+    );
+    w.lock().unwrap().auto_mine = false;
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 1);
+    // Neither is mined yet: the second must take the next nonce, not reuse 0.
+    let nonces: Vec<u64> = w.lock().unwrap().signed.iter().map(|s| s.1).collect();
+    assert_eq!(nonces, vec![0, 1]);
+}
+
+// ---------------------------------------------------------------- scanning, backoff, stop, storage
+
+#[test]
+fn scanning_never_skips_a_height_on_errors() {
+    let w = world(4, vec![(3, vec![peg_in(1, 3, allowed_principal(), 100)])]);
+    w.lock().unwrap().flaky_heights.insert(3);
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings());
+    run_ticks(&mut l, 1);
+    assert_eq!(q.last_scanned_height().unwrap(), Some(BurnHeight(2)));
+    assert!(q.get(&txid(1)).unwrap().is_none());
+    run_ticks(&mut l, 2);
+    assert_eq!(q.last_scanned_height().unwrap(), Some(BurnHeight(4)));
+    assert_eq!(q.state(&txid(1)), OpState::Done);
+}
+
+#[test]
+fn a_failed_op_backs_off_and_others_go_on() {
+    let w = world(
+        3,
+        vec![(
+            2,
+            vec![
+                peg_out(1, 2, ALLOWED_BTC, 40_000),
+                peg_in(2, 2, allowed_principal(), 100),
+            ],
+        )],
+    );
+    w.lock()
+        .unwrap()
+        .frost_failures
+        .push_back(frost_coordinator::Error::Relay("down".into()));
+    let q = MemQueue::default();
+    let mut s = settings();
+    s.backoff_base = Duration::from_secs(3600);
+    s.backoff_max = Duration::from_secs(3600);
+    let mut l = coordinator(&w, &q, s);
+    run_ticks(&mut l, 3);
+    assert_eq!(
+        q.state(&txid(1)),
+        OpState::BurnConfirmed,
+        "waiting out its backoff"
+    );
+    assert_eq!(q.get_op(&txid(1)).attempts, 1);
+    assert_eq!(
+        w.lock().unwrap().sign_calls,
+        1,
+        "not retried during the backoff"
+    );
+    assert_eq!(q.state(&txid(2)), OpState::Done);
+}
+
+#[test]
+fn a_failing_queue_ends_the_loop_with_an_error() {
+    let w = world(3, vec![(2, vec![peg_in(1, 2, allowed_principal(), 100)])]);
+    let q = MemQueue::default();
+    q.0.lock().unwrap().fail_next_set_state = true;
+    let err = coordinator(&w, &q, settings()).run(&no_stop()).unwrap_err();
+    assert!(
+        matches!(err, Error::Queue(peg_queue::Error::Storage(_))),
+        "{err:?}"
+    );
+    assert_eq!(q.state(&txid(1)), OpState::Detected);
+}
+
+#[test]
+fn queue_errors_from_the_double_are_fatal_too() {
+    let w = world(3, vec![]);
+    let mut queue = MockPegQueue::new();
+    queue
+        .expect_last_scanned_height()
+        .returning(|| Err(peg_queue::Error::Corrupt("bad row".into())));
+    let mut l = StacksCoordinator::new(
+        Components {
+            queue,
+            stacks: stacks_node(&w),
+            bitcoin: bitcoin_node(&w),
+            stacks_wallet: stacks_wallet(&w),
+            bitcoin_wallet: bitcoin_wallet(&w),
+            frost: frost(&w),
+            source: source(&w),
+        },
+        settings(),
+    );
+    assert!(matches!(
+        l.tick(&no_stop()),
+        Err(Error::Queue(peg_queue::Error::Corrupt(_)))
+    ));
+}
+
+#[test]
+fn a_stop_finishes_the_current_step_and_returns() {
+    let w = world(3, vec![(2, vec![peg_in(1, 2, allowed_principal(), 100)])]);
+    let q = MemQueue::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut l = coordinator(&w, &q, settings());
+    // Replace the wallet double with one that requests a stop while signing.
+    let stop2 = stop.clone();
+    let mut sw = MockStacksWallet::new();
+    sw.expect_address().returning(wallet_address);
+    sw.expect_build_mint().returning(move |op, nonce, _| {
+        stop2.store(true, Ordering::SeqCst);
+        Ok(fake_stacks_tx(op.txid, nonce, 1_000))
+    });
+    l.c.stacks_wallet = sw;
+    l.run(&stop).unwrap();
+    // The signing step finished and was stored; nothing after it ran.
+    assert!(matches!(q.state(&txid(1)), OpState::StacksTxSigned { .. }));
+    assert!(w.lock().unwrap().stacks_broadcasts.is_empty());
+}
+
+#[test]
+fn process_one_drives_a_single_op_and_names_unknown_ones() {
+    let w = world(3, vec![]);
+    let q = MemQueue::default();
+    q.insert_op(&peg_in(1, 2, allowed_principal(), 100))
+        .unwrap();
+    q.insert_op(&peg_in(2, 2, allowed_principal(), 100))
+        .unwrap();
+    let mut l = coordinator(&w, &q, settings());
+    assert_eq!(l.process_one(&txid(1), &no_stop()).unwrap(), OpState::Done);
+    assert_eq!(q.state(&txid(2)), OpState::Detected, "others untouched");
+    assert!(matches!(
+        l.process_one(&txid(9), &no_stop()),
+        Err(Error::UnknownOp(_))
+    ));
+}
+
+#[test]
+fn fulfilment_check_rejects_each_unsafe_shape() {
+    let PegOp::PegOutRequest(op) = peg_out(1, 2, ALLOWED_BTC, 40_000) else {
+        unreachable!()
+    };
+    let peg = peg_address().script_pubkey();
+    let good = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::new(op.txid, 2),
+            ..Default::default()
+        }],
+        output: vec![
+            TxOut {
+                value: Amount::ZERO,
+                script_pubkey: ScriptBuf::new_op_return([1u8]),
+            },
+            TxOut {
+                value: op.amount,
+                script_pubkey: op.recipient.script_pubkey(),
+            },
+            TxOut {
+                value: Amount::from_sat(1),
+                script_pubkey: peg.clone(),
+            },
+        ],
+    };
+    assert_eq!(check_fulfillment(&op, &good, &peg), Ok(()));
+    let mut t = good.clone();
+    t.input[0].previous_output.vout = 1;
+    assert!(check_fulfillment(&op, &t, &peg).is_err());
+    let mut t = good.clone();
+    t.output[1].value = op.amount + Amount::from_sat(1);
+    assert!(check_fulfillment(&op, &t, &peg).is_err());
+    let mut t = good.clone();
+    t.output[2].script_pubkey = op.recipient.script_pubkey();
+    assert!(check_fulfillment(&op, &t, &peg).is_err());
+    let mut t = good;
+    t.output[0].script_pubkey = peg.clone();
+    assert!(check_fulfillment(&op, &t, &peg).is_err());
+}
+
+#[test]
+fn a_node_that_keeps_refusing_cannot_spin_the_loop() {
+    let w = world(3, vec![(2, vec![peg_in(1, 2, allowed_principal(), 100)])]);
+    {
+        let mut g = w.lock().unwrap();
+        for _ in 0..100 {
+            g.stacks_broadcast_script
+                .push_back(Err(stacks_node_client::Error::Rejected(Rejection {
+                    reason: "BadNonce".into(),
+                    reason_data: Some(serde_json::json!({"expected": 4, "actual": 0})),
+                })));
+        }
+    }
+    let q = MemQueue::default();
+    let report = coordinator(&w, &q, settings()).tick(&no_stop()).unwrap();
+    assert!(report.steps <= MAX_STEPS_PER_DRIVE + 1, "{report:?}");
+}
