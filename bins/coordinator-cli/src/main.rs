@@ -1,0 +1,141 @@
+//! `coordinator-cli`: the sBTC coordinator's command line.
+//!
+//! This binary is glue: it parses the command line and the configuration,
+//! wires the library crates together, and maps the outcome to an exit code:
+//! 0 success, 1 runtime failure, 2 bad usage or configuration, 3 a command
+//! whose backing crates are not built yet.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::{ArgAction, Parser, Subcommand};
+use coordinator::bitcoin::Txid;
+use coordinator::config::{Config, ConfigError};
+
+/// Exit code for a command that cannot run yet.
+const EXIT_NOT_AVAILABLE: u8 = 3;
+/// Exit code for bad usage or configuration.
+const EXIT_CONFIG: u8 = 2;
+
+/// Runs the sBTC alpha peg: mints for peg-ins, burns and pays out for peg-outs.
+#[derive(Debug, Parser)]
+#[command(name = "coordinator-cli", version, about, long_about = None)]
+struct Cli {
+    /// The coordinator's configuration file.
+    #[arg(short, long, default_value = "conf/coordinator.toml", global = true)]
+    config: PathBuf,
+
+    /// The signer set file, instead of `relay.signer_config` in the configuration.
+    #[arg(long, global = true)]
+    signer_config: Option<PathBuf>,
+
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Watch Bitcoin for peg operations and process them until stopped (SIGINT/SIGTERM).
+    Run {
+        /// Rescan from this Bitcoin height (ops already in the queue are kept as they are).
+        #[arg(long)]
+        start_height: Option<u64>,
+    },
+    /// Run distributed key generation with the signers; print the aggregate key and peg wallet address.
+    Dkg,
+    /// Run DKG, then sign a message with the signers and verify the signature.
+    DkgSign {
+        /// The message to sign (hashed with SHA-256).
+        #[arg(default_value = "sbtc-coordinator dkg-sign")]
+        message: String,
+    },
+    /// Process one peg-in now, through the same checks as `run`.
+    ProcessPegIn {
+        /// The peg-in's Bitcoin txid.
+        txid: Txid,
+    },
+    /// Process one peg-out request now, through the same checks as `run`.
+    ProcessPegOut {
+        /// The peg-out request's Bitcoin txid.
+        txid: Txid,
+    },
+    /// Show the queue, balances and the aggregate key.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_timestamp_millis()
+        .init();
+}
+
+fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
+    Config::load(&cli.config, std::env::vars(), cli.signer_config.as_deref())
+}
+
+fn not_available(command: &str, issue: &str) -> ExitCode {
+    eprintln!("error: `{command}` is not available yet: it needs {issue}, which is not built yet");
+    ExitCode::from(EXIT_NOT_AVAILABLE)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    log::debug!("configuration: {config:?}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("error: cannot install the handler for signal {signal}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+
+    match cli.command {
+        Command::Run { .. } | Command::ProcessPegIn { .. } | Command::ProcessPegOut { .. } => {
+            not_available(
+                command_name(&cli.command),
+                "the SQLite queue and the node clients",
+            )
+        }
+        Command::Status { .. } => not_available("status", "the SQLite queue and the node clients"),
+        Command::Dkg | Command::DkgSign { .. } => {
+            not_available(command_name(&cli.command), "the relay FROST coordinator")
+        }
+    }
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Run { .. } => "run",
+        Command::Dkg => "dkg",
+        Command::DkgSign { .. } => "dkg-sign",
+        Command::ProcessPegIn { .. } => "process-peg-in",
+        Command::ProcessPegOut { .. } => "process-peg-out",
+        Command::Status { .. } => "status",
+    }
+}
