@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace, as CI does.
+# On a fresh Debian machine it first installs what the build needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# shellcheck source=scripts/prereqs.sh
+source scripts/prereqs.sh
+ensure_build_prereqs
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+echo "==> cargo test"
+cargo test --workspace --all-features
