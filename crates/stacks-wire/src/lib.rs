@@ -5,7 +5,9 @@
 //!
 //! - [`StacksAddress`], [`PrincipalData`] and [`ContractId`] with c32check text
 //!   forms (`SP…`, `SP….contract`), checksums verified;
-//! - Clarity [`Value`]s with their consensus serialization and hex form.
+//! - Clarity [`Value`]s with their consensus serialization and hex form;
+//! - [`StacksTransaction`]s: single-sig P2PKH, contract calls and token
+//!   transfers, post conditions; signing, verification and txids.
 //!
 //! Everything that decodes takes untrusted bytes: lengths are bounded by the
 //! input, trailing bytes are refused, and nothing panics. The encodings are
@@ -17,12 +19,17 @@ pub mod address;
 mod c32;
 pub mod clarity;
 mod codec;
+pub mod transaction;
 
 use std::fmt;
 use std::str::FromStr;
 
 pub use address::{ContractId, ContractName, PrincipalData, StacksAddress, StacksNetwork};
 pub use clarity::Value;
+pub use transaction::{
+    AnchorMode, AssetInfo, FungibleConditionCode, Payload, PostCondition, PostConditionMode,
+    PostConditionPrincipal, StacksPrivateKey, StacksTransaction,
+};
 
 /// Why text or bytes could not be read as a Stacks type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +103,12 @@ pub enum Error {
     /// Text that is not hex.
     #[error("invalid hex")]
     InvalidHex,
+    /// A valid encoding of something this crate does not handle.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A transaction signature that does not verify.
+    #[error("bad signature: {0}")]
+    BadSignature(&'static str),
 }
 
 /// A Stacks transaction id: SHA512/256 of the signed transaction, shown as
