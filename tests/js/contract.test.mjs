@@ -1,0 +1,183 @@
+// The sBTC alpha contract on the real Clarity VM (clarinet simnet, offline).
+// Covers every public function, every error path and the replay guard.
+import { test, beforeEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { initSimnet } from '@stacks/clarinet-sdk';
+import { Cl } from '@stacks/transactions';
+
+const simnet = await initSimnet(new URL('../../contracts/Clarinet.toml', import.meta.url).pathname);
+const accounts = simnet.getAccounts();
+const owner = accounts.get('deployer');
+const coordinator = accounts.get('wallet_1');
+const alice = accounts.get('wallet_2');
+const bob = accounts.get('wallet_3');
+
+const ERR = {
+  NOT_OWNER: 1001, NOT_COORDINATOR: 1002, INVALID_AMOUNT: 1003, ALREADY_MINTED: 1004,
+  ALREADY_BURNED: 1005, SUPPLY_CAP: 1006, INSUFFICIENT_BALANCE: 1007, NOT_TOKEN_OWNER: 1008,
+  TRADING_HALTED: 1009, INVALID_TXID: 1010,
+};
+const KEY = Cl.bufferFromHex('02' + '11'.repeat(32));
+const TXID_A = 'd81bec73a0ea0bdcf9bc011f567944eb1eae5889bf002bf7ae641d7096157771';
+const TXID_B = '3292a7d2a7e941499b5c0dcff2a5656c159010718450948a60c2be9e1c221dc4';
+
+// Each test gets its own deployment of the contract, so tests never share state.
+let contract = 'sbtc-alpha';
+let deployed = 0;
+const call = (fn, args, sender) => simnet.callPublicFn(contract, fn, args, sender).result;
+const read = (fn, args = []) => simnet.callReadOnlyFn(contract, fn, args, owner).result;
+const ok = (v) => Cl.ok(v);
+const err = (code) => Cl.error(Cl.uint(code));
+const mint = (amount, dst, txid, sender = coordinator) =>
+  call('mint!', [Cl.uint(amount), Cl.principal(dst), Cl.stringAscii(txid)], sender);
+const burn = (amount, src, txid, sender = coordinator) =>
+  call('burn!', [Cl.uint(amount), Cl.principal(src), Cl.stringAscii(txid)], sender);
+const balance = (who) => read('get-balance', [Cl.principal(who)]);
+
+beforeEach(() => {
+  // Each test starts from a fresh deployment with the coordinator set.
+  deployed += 1;
+  contract = `sbtc-alpha-${deployed}`;
+  const r = simnet.deployContract(
+    contract,
+    simnet.getContractSource('sbtc-alpha'),
+    { clarityVersion: 2 },
+    owner,
+  );
+  assert.deepEqual(r.result, Cl.bool(true));
+  assert.deepEqual(
+    call('set-coordinator-data', [Cl.tuple({ addr: Cl.principal(coordinator), key: KEY })], owner),
+    ok(Cl.bool(true)),
+  );
+});
+
+test('SIP-010 metadata', () => {
+  assert.deepEqual(read('get-name'), ok(Cl.stringAscii('sBTC')));
+  assert.deepEqual(read('get-symbol'), ok(Cl.stringAscii('sBTC')));
+  assert.deepEqual(read('get-decimals'), ok(Cl.uint(8)));
+  assert.deepEqual(read('get-token-uri'), ok(Cl.none()));
+  assert.deepEqual(read('get-total-supply'), ok(Cl.uint(0)));
+});
+
+test('the coordinator mints once per bitcoin txid', () => {
+  assert.deepEqual(read('was-minted', [Cl.stringAscii(TXID_A)]), Cl.bool(false));
+  assert.deepEqual(mint(150000, alice, TXID_A), ok(Cl.bool(true)));
+  assert.deepEqual(balance(alice), ok(Cl.uint(150000)));
+  assert.deepEqual(read('was-minted', [Cl.stringAscii(TXID_A)]), Cl.bool(true));
+  // Replay: same txid, even another amount or recipient, is refused and changes nothing.
+  assert.deepEqual(mint(150000, alice, TXID_A), err(ERR.ALREADY_MINTED));
+  assert.deepEqual(mint(5, bob, TXID_A), err(ERR.ALREADY_MINTED));
+  assert.deepEqual(balance(alice), ok(Cl.uint(150000)));
+  assert.deepEqual(balance(bob), ok(Cl.uint(0)));
+  assert.deepEqual(read('get-total-supply'), ok(Cl.uint(150000)));
+  // Minting into a contract principal works too.
+  assert.deepEqual(mint(7, `${owner}.sbtc-alpha`, TXID_B), ok(Cl.bool(true)));
+});
+
+test('mint error paths', () => {
+  assert.deepEqual(mint(1, alice, TXID_A, alice), err(ERR.NOT_COORDINATOR));
+  assert.deepEqual(mint(1, alice, TXID_A, owner), err(ERR.NOT_COORDINATOR));
+  assert.deepEqual(mint(0, alice, TXID_A), err(ERR.INVALID_AMOUNT));
+  assert.deepEqual(mint(1, alice, ''), err(ERR.INVALID_TXID));
+  // Above the 21M BTC cap: refused, and the txid is not marked (the call rolled back).
+  assert.deepEqual(mint(2100000000000001, alice, TXID_A), err(ERR.SUPPLY_CAP));
+  assert.deepEqual(read('was-minted', [Cl.stringAscii(TXID_A)]), Cl.bool(false));
+  assert.deepEqual(mint(2100000000000000, alice, TXID_A), ok(Cl.bool(true)));
+  assert.deepEqual(mint(1, alice, TXID_B), err(ERR.SUPPLY_CAP));
+});
+
+test('the coordinator burns once per bitcoin txid', () => {
+  mint(1000, alice, TXID_A);
+  assert.deepEqual(burn(400, alice, TXID_B), ok(Cl.bool(true)));
+  assert.deepEqual(balance(alice), ok(Cl.uint(600)));
+  assert.deepEqual(read('was-burned', [Cl.stringAscii(TXID_B)]), Cl.bool(true));
+  assert.deepEqual(burn(400, alice, TXID_B), err(ERR.ALREADY_BURNED));
+  assert.deepEqual(balance(alice), ok(Cl.uint(600)));
+  assert.deepEqual(read('get-total-supply'), ok(Cl.uint(600)));
+});
+
+test('burn error paths', () => {
+  mint(1000, alice, TXID_A);
+  assert.deepEqual(burn(1, alice, TXID_B, alice), err(ERR.NOT_COORDINATOR));
+  assert.deepEqual(burn(0, alice, TXID_B), err(ERR.INVALID_AMOUNT));
+  assert.deepEqual(burn(1, alice, ''), err(ERR.INVALID_TXID));
+  // More than the balance: refused, txid not marked, balance untouched.
+  assert.deepEqual(burn(1001, alice, TXID_B), err(ERR.INSUFFICIENT_BALANCE));
+  assert.deepEqual(read('was-burned', [Cl.stringAscii(TXID_B)]), Cl.bool(false));
+  assert.deepEqual(balance(alice), ok(Cl.uint(1000)));
+});
+
+test('transfer, and trading halted by the coordinator', () => {
+  mint(1000, alice, TXID_A);
+  const transfer = (amount, from, to, sender) =>
+    call('transfer', [Cl.uint(amount), Cl.principal(from), Cl.principal(to), Cl.none()], sender);
+  assert.deepEqual(transfer(100, alice, bob, alice), ok(Cl.bool(true)));
+  assert.deepEqual(
+    call('transfer', [Cl.uint(1), Cl.principal(alice), Cl.principal(bob), Cl.some(Cl.bufferFromHex('00ff'))], alice),
+    ok(Cl.bool(true)),
+  );
+  assert.deepEqual(balance(bob), ok(Cl.uint(101)));
+  assert.deepEqual(transfer(1, alice, bob, bob), err(ERR.NOT_TOKEN_OWNER));
+  assert.deepEqual(transfer(0, alice, bob, alice), err(ERR.INVALID_AMOUNT));
+  assert.deepEqual(transfer(5000, alice, bob, alice), err(ERR.INSUFFICIENT_BALANCE));
+  assert.deepEqual(call('set-trading-halted', [Cl.bool(true)], alice), err(ERR.NOT_COORDINATOR));
+  assert.deepEqual(call('set-trading-halted', [Cl.bool(true)], coordinator), ok(Cl.bool(true)));
+  assert.deepEqual(read('get-trading-halted'), Cl.bool(true));
+  assert.deepEqual(transfer(1, alice, bob, alice), err(ERR.TRADING_HALTED));
+  // Halting trading does not stop the peg.
+  assert.deepEqual(mint(1, bob, TXID_B), ok(Cl.bool(true)));
+  call('set-trading-halted', [Cl.bool(false)], coordinator);
+  assert.deepEqual(transfer(1, alice, bob, alice), ok(Cl.bool(true)));
+});
+
+test('peg wallet key: coordinator only', () => {
+  assert.deepEqual(read('get-bitcoin-wallet-public-key'), Cl.none());
+  assert.deepEqual(call('set-bitcoin-wallet-public-key', [KEY], alice), err(ERR.NOT_COORDINATOR));
+  assert.deepEqual(call('set-bitcoin-wallet-public-key', [KEY], owner), err(ERR.NOT_COORDINATOR));
+  assert.deepEqual(call('set-bitcoin-wallet-public-key', [KEY], coordinator), ok(Cl.bool(true)));
+  assert.deepEqual(read('get-bitcoin-wallet-public-key'), Cl.some(KEY));
+});
+
+test('owner-only configuration', () => {
+  const signer = Cl.tuple({
+    addr: Cl.principal(bob),
+    'public-key': KEY,
+    'key-ids': Cl.list([Cl.uint(1), Cl.uint(2)]),
+  });
+  const cases = [
+    ['set-coordinator-data', [Cl.tuple({ addr: Cl.principal(alice), key: KEY })]],
+    ['set-signer-data', [Cl.uint(0), signer]],
+    ['delete-signer-data', [Cl.uint(0)]],
+    ['set-num-keys', [Cl.uint(5)]],
+    ['set-num-signers', [Cl.uint(5)]],
+    ['set-threshold', [Cl.uint(3)]],
+    ['set-contract-owner', [Cl.principal(alice)]],
+  ];
+  for (const [fn, args] of cases) {
+    assert.deepEqual(call(fn, args, alice), err(ERR.NOT_OWNER), fn);
+    assert.deepEqual(call(fn, args, coordinator), err(ERR.NOT_OWNER), fn);
+  }
+  assert.deepEqual(call('set-signer-data', [Cl.uint(0), signer], owner), ok(Cl.bool(true)));
+  assert.deepEqual(read('get-signer-data', [Cl.uint(0)]), Cl.some(signer));
+  assert.deepEqual(call('delete-signer-data', [Cl.uint(0)], owner), ok(Cl.bool(true)));
+  assert.deepEqual(read('get-signer-data', [Cl.uint(0)]), Cl.none());
+  for (const [fn, getter, v] of [['set-num-keys', 'get-num-keys', 5], ['set-num-signers', 'get-num-signers', 4], ['set-threshold', 'get-threshold', 3]]) {
+    assert.deepEqual(call(fn, [Cl.uint(v)], owner), ok(Cl.bool(true)));
+    assert.deepEqual(read(getter), Cl.uint(v));
+  }
+  assert.deepEqual(
+    read('get-coordinator-data'),
+    Cl.some(Cl.tuple({ addr: Cl.principal(coordinator), key: KEY })),
+  );
+  // Handing over ownership: the old owner loses it.
+  assert.deepEqual(call('set-contract-owner', [Cl.principal(alice)], owner), ok(Cl.bool(true)));
+  assert.deepEqual(read('get-contract-owner'), Cl.principal(alice));
+  assert.deepEqual(call('set-num-keys', [Cl.uint(1)], owner), err(ERR.NOT_OWNER));
+  assert.deepEqual(call('set-num-keys', [Cl.uint(1)], alice), ok(Cl.bool(true)));
+});
+
+test('a contract with no coordinator refuses every coordinator call', () => {
+  simnet.deployContract('sbtc-fresh', simnet.getContractSource('sbtc-alpha'), { clarityVersion: 2 }, owner);
+  const r = simnet.callPublicFn('sbtc-fresh', 'mint!', [Cl.uint(1), Cl.principal(alice), Cl.stringAscii(TXID_A)], owner);
+  assert.deepEqual(r.result, err(ERR.NOT_COORDINATOR));
+});
