@@ -18,7 +18,7 @@ apt_install() {
 
 ensure_build_prereqs() {
     if ! command -v cargo >/dev/null 2>&1; then
-        echo "error: cargo is not installed; install Rust with rustup (https://rustup.rs)" >&2
+        echo "error: cargo is not installed; install the Rust toolchain with rustup" >&2
         return 1
     fi
     # wsts builds p256k1 with bindgen, which needs libclang (and rustfmt).
@@ -37,5 +37,24 @@ ensure_build_prereqs() {
     fi
     if ! rustup component list --installed 2>/dev/null | grep -q '^rustfmt'; then
         rustup component add rustfmt clippy
+    fi
+}
+
+# Installs the pinned JavaScript packages of tests/js (stacks.js, clarinet
+# simnet) when missing or when the lockfile changed since the last install.
+ensure_js_deps() {
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm
+    fi
+    local major
+    major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')
+    if [ "$major" -lt 20 ]; then
+        echo "error: node $(node --version) is too old; the JavaScript checks need Node.js 20+" >&2
+        return 1
+    fi
+    local marker=tests/js/node_modules/.package-lock.json
+    if [ ! -f "$marker" ] || [ tests/js/package-lock.json -nt "$marker" ]; then
+        echo "==> npm ci (tests/js)"
+        (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
     fi
 }

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/prereqs.sh
 source scripts/prereqs.sh
 ensure_build_prereqs
+ensure_js_deps
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -16,3 +17,6 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 echo "==> cargo test"
 cargo test --workspace --all-features
+
+echo "==> contract tests on the Clarity VM (clarinet simnet)"
+(cd tests/js && node --test contract.test.mjs)
