@@ -11,6 +11,9 @@
 //! `MockBitcoinWallet`.
 
 pub use bitcoin;
+pub use stacks::{ContractCallWallet, StacksFeePolicy};
+
+mod stacks;
 
 use bitcoin::secp256k1::{schnorr, PublicKey};
 use bitcoin::{Address, Amount, FeeRate, Transaction, TxOut};
@@ -109,6 +112,16 @@ pub trait StacksWallet {
     fn build_set_wallet_public_key(
         &self,
         key: &PublicKey,
+        nonce: u64,
+    ) -> Result<SignedStacksTx, Error>;
+
+    /// Builds the owner's `set-coordinator-data` naming `coordinator` and its
+    /// relay message key, signed with `nonce` (the wallet's key must own the
+    /// contract).
+    fn build_set_coordinator_data(
+        &self,
+        coordinator: &StacksAddress,
+        message_key: &PublicKey,
         nonce: u64,
     ) -> Result<SignedStacksTx, Error>;
 }

@@ -4,6 +4,9 @@
 use bitcoin::Txid;
 use stacks_wire::Value;
 
+/// The token's name in the contract (`define-fungible-token sbtc`).
+pub const SBTC_ASSET_NAME: &str = "sbtc";
+
 /// `(mint! (amount uint) (dst principal) (peg-in-txid (string-ascii 72)))`.
 pub const MINT: &str = "mint!";
 /// `(burn! (amount uint) (src principal) (peg-out-txid (string-ascii 72)))`.
