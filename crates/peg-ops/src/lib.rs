@@ -12,6 +12,7 @@
 pub mod contract;
 mod ops;
 mod signature;
+pub mod wire;
 
 pub use bitcoin;
 pub use ops::{
