@@ -5,6 +5,9 @@
 //! crate exports `MockBitcoinNode`, a mockall double for other crates' tests.
 
 pub use bitcoin;
+pub use rpc::{Auth, UreqBitcoinNode};
+
+mod rpc;
 
 use bitcoin::{Amount, Block, BlockHash, FeeRate, OutPoint, Transaction, TxOut, Txid};
 
