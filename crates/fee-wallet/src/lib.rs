@@ -11,8 +11,10 @@
 //! `MockBitcoinWallet`.
 
 pub use bitcoin;
+pub use peg::{peg_wallet_address, verify_spends, BitcoinFeePolicy, PegWallet};
 pub use stacks::{ContractCallWallet, StacksFeePolicy};
 
+mod peg;
 mod stacks;
 
 use bitcoin::secp256k1::{schnorr, PublicKey};
@@ -158,6 +160,8 @@ pub struct FulfillmentInputs {
     pub fee_rate: Option<FeeRate>,
     /// The Stacks chain tip to commit to in the OP_RETURN.
     pub stacks_chain_tip: [u8; 32],
+    /// Fee outputs of other peg-out requests: never spent by this fulfilment.
+    pub reserved: Vec<bitcoin::OutPoint>,
 }
 
 /// Builds peg-out fulfilments spending the peg wallet.

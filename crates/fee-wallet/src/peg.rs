@@ -1,0 +1,314 @@
+//! The Bitcoin half: the peg wallet's address and peg-out fulfilments.
+//!
+//! A fulfilment, as the stacks-node parses it (op `!`):
+//!
+//! | | |
+//! |---|---|
+//! | input 0 | the request's output 2 (its fulfilment fee, paid to the peg wallet) |
+//! | inputs 1.. | confirmed peg-wallet outputs, largest first, never another request's fee output |
+//! | output 0 | `OP_RETURN magic ‖ '!' ‖ Stacks chain tip (32 bytes)` |
+//! | output 1 | the request's recipient, exactly the requested amount |
+//! | output 2 | change to the peg wallet, when above dust |
+//!
+//! Every input is a taproot key-path spend of the peg wallet signalling RBF.
+//! The miner fee is the fee rate (the node's estimate within the configured
+//! floor and cap) times the real vsize, computed with 64-byte signature
+//! placeholders. The request's fulfilment fee pays it; a surplus goes to
+//! change; a shortfall up to the configured subsidy is paid by the peg wallet,
+//! beyond it the fulfilment waits for lower fees.
+
+use std::collections::HashSet;
+
+use bitcoin::key::{Secp256k1, UntweakedPublicKey};
+use bitcoin::secp256k1::{schnorr, PublicKey};
+use bitcoin::sighash::{Prevouts, SighashCache};
+use bitcoin::{
+    absolute, transaction, Address, Amount, FeeRate, Network, OutPoint, ScriptBuf, Sequence,
+    TapSighashType, Transaction, TxIn, TxOut, Witness,
+};
+use bitcoin_node_client::Utxo;
+use peg_ops::PegOutRequestOp;
+
+use crate::{BitcoinWallet, Error, FulfillmentInputs, UnsignedFulfillment};
+
+/// Fee policy for fulfilments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BitcoinFeePolicy {
+    /// Lowest fee rate (also used when the node has no estimate).
+    pub floor: FeeRate,
+    /// Highest fee rate.
+    pub cap: FeeRate,
+    /// Most the peg wallet adds to one fulfilment's fee beyond the user's fee.
+    pub subsidy: Amount,
+}
+
+/// Returns the peg wallet address of an aggregate key: P2TR with the BIP-0341
+/// tweak and no script tree.
+pub fn peg_wallet_address(aggregate_key: &PublicKey, network: Network) -> Address {
+    let (xonly, _) = aggregate_key.x_only_public_key();
+    Address::p2tr(
+        &Secp256k1::verification_only(),
+        UntweakedPublicKey::from(xonly),
+        None,
+        network,
+    )
+}
+
+/// Builds fulfilments that spend the peg wallet.
+#[derive(Debug, Clone)]
+pub struct PegWallet {
+    network: Network,
+    magic: [u8; 2],
+    fees: BitcoinFeePolicy,
+}
+
+impl PegWallet {
+    /// Creates the wallet for `network`, writing `magic` in the OP_RETURN
+    /// (the stacks-node's `burnchain.magic_bytes`).
+    pub fn new(network: Network, magic: [u8; 2], fees: BitcoinFeePolicy) -> Self {
+        PegWallet {
+            network,
+            magic,
+            fees,
+        }
+    }
+
+    fn op_return(&self, chain_tip: &[u8; 32]) -> ScriptBuf {
+        let mut data = [0u8; 35];
+        data[..2].copy_from_slice(&self.magic);
+        data[2] = peg_ops::wire::OP_PEG_OUT_FULFILL;
+        data[3..].copy_from_slice(chain_tip);
+        ScriptBuf::new_op_return(data)
+    }
+}
+
+/// The vsize of `tx` once each input carries a 64-byte key-path signature.
+fn signed_vsize(tx: &Transaction) -> u64 {
+    let mut t = tx.clone();
+    for i in &mut t.input {
+        i.witness = Witness::from_slice(&[[0u8; 64]]);
+    }
+    t.vsize() as u64
+}
+
+fn fee_at(rate: FeeRate, vsize: u64) -> Result<Amount, Error> {
+    rate.fee_vb(vsize)
+        .ok_or_else(|| Error::Build(format!("fee overflow at {rate} for {vsize} vB")))
+}
+
+impl BitcoinWallet for PegWallet {
+    fn peg_wallet_address(&self, aggregate_key: &PublicKey) -> Address {
+        peg_wallet_address(aggregate_key, self.network)
+    }
+
+    fn build_fulfillment(
+        &self,
+        op: &PegOutRequestOp,
+        aggregate_key: &PublicKey,
+        inputs: &FulfillmentInputs,
+    ) -> Result<UnsignedFulfillment, Error> {
+        let peg_script = self.peg_wallet_address(aggregate_key).script_pubkey();
+        let recipient = op
+            .recipient
+            .require_network(self.network)
+            .ok_or_else(|| {
+                Error::Build(format!(
+                    "recipient {} is not a {} address",
+                    op.recipient, self.network
+                ))
+            })?
+            .script_pubkey();
+        if op.amount < recipient.minimal_non_dust() {
+            return Err(Error::Build(format!(
+                "amount {} is below the recipient's dust limit",
+                op.amount
+            )));
+        }
+
+        // Input 0: the request's own fee output.
+        let fee_outpoint = OutPoint::new(op.txid, 2);
+        let fee_utxo = inputs
+            .utxos
+            .iter()
+            .find(|u| u.outpoint == fee_outpoint && u.txout.script_pubkey == peg_script)
+            .ok_or(Error::MissingFeeUtxo)?;
+
+        // Candidates: confirmed peg-wallet outputs that are no request's fee output.
+        let reserved: HashSet<OutPoint> = inputs.reserved.iter().copied().collect();
+        let mut candidates: Vec<&Utxo> = inputs
+            .utxos
+            .iter()
+            .filter(|u| {
+                u.outpoint != fee_outpoint
+                    && u.txout.script_pubkey == peg_script
+                    && u.confirmations >= 1
+                    && !reserved.contains(&u.outpoint)
+            })
+            .collect();
+        candidates.sort_by(|a, b| {
+            b.amount()
+                .cmp(&a.amount())
+                .then(a.outpoint.cmp(&b.outpoint))
+        });
+        let available = candidates.iter().fold(Amount::ZERO, |s, u| s + u.amount());
+
+        let rate = inputs
+            .fee_rate
+            .unwrap_or(self.fees.floor)
+            .max(self.fees.floor)
+            .min(self.fees.cap);
+        let change_dust = peg_script.minimal_non_dust();
+
+        let mut selected: Vec<&Utxo> = vec![fee_utxo];
+        let mut next = candidates.into_iter();
+        loop {
+            let total_in = selected.iter().fold(Amount::ZERO, |s, u| s + u.amount());
+            let mut tx = Transaction {
+                version: transaction::Version::TWO,
+                lock_time: absolute::LockTime::ZERO,
+                input: selected
+                    .iter()
+                    .map(|u| TxIn {
+                        previous_output: u.outpoint,
+                        sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                        ..TxIn::default()
+                    })
+                    .collect(),
+                output: vec![
+                    TxOut {
+                        value: Amount::ZERO,
+                        script_pubkey: self.op_return(&inputs.stacks_chain_tip),
+                    },
+                    TxOut {
+                        value: op.amount,
+                        script_pubkey: recipient.clone(),
+                    },
+                    TxOut {
+                        value: Amount::ZERO,
+                        script_pubkey: peg_script.clone(),
+                    },
+                ],
+            };
+            let fee_with_change = fee_at(rate, signed_vsize(&tx))?;
+            let mut no_change = tx.clone();
+            no_change.output.truncate(2);
+            let fee_without = fee_at(rate, signed_vsize(&no_change))?;
+
+            // The user's fee pays the miner; the wallet may add up to the subsidy.
+            let shortfall = fee_without
+                .checked_sub(fee_utxo.amount())
+                .unwrap_or(Amount::ZERO);
+            if shortfall > self.fees.subsidy {
+                return Err(Error::FeeShortfall {
+                    offered: fee_utxo.amount(),
+                    required: fee_without,
+                });
+            }
+
+            let spend_with_change = op.amount + fee_with_change;
+            if let Some(change) = total_in.checked_sub(spend_with_change) {
+                let prevouts: Vec<TxOut> = selected.iter().map(|u| u.txout.clone()).collect();
+                if change >= change_dust {
+                    tx.output[2].value = change;
+                } else {
+                    // Change would be dust: leave it to the miner.
+                    tx = no_change;
+                }
+                let sighashes = sighashes(&tx, &prevouts)?;
+                return Ok(UnsignedFulfillment {
+                    tx,
+                    prevouts,
+                    sighashes,
+                });
+            }
+            if total_in >= op.amount + fee_without {
+                let prevouts: Vec<TxOut> = selected.iter().map(|u| u.txout.clone()).collect();
+                let sighashes = sighashes(&no_change, &prevouts)?;
+                return Ok(UnsignedFulfillment {
+                    tx: no_change,
+                    prevouts,
+                    sighashes,
+                });
+            }
+            match next.next() {
+                Some(u) => selected.push(u),
+                None => {
+                    return Err(Error::InsufficientFunds {
+                        needed: op.amount + fee_without,
+                        available: available + fee_utxo.amount(),
+                    })
+                }
+            }
+        }
+    }
+
+    fn finalize_fulfillment(
+        &self,
+        unsigned: &UnsignedFulfillment,
+        signatures: &[schnorr::Signature],
+    ) -> Result<Transaction, Error> {
+        if signatures.len() != unsigned.tx.input.len()
+            || unsigned.prevouts.len() != unsigned.tx.input.len()
+        {
+            return Err(Error::SignatureCount {
+                expected: unsigned.tx.input.len(),
+                actual: signatures.len(),
+            });
+        }
+        let mut tx = unsigned.tx.clone();
+        for (input, sig) in tx.input.iter_mut().zip(signatures) {
+            // SIGHASH_DEFAULT: the bare 64-byte signature.
+            input.witness = Witness::from_slice(&[sig.as_ref()]);
+        }
+        verify_spends(&tx, &unsigned.prevouts)?;
+        Ok(tx)
+    }
+}
+
+/// Returns the BIP-0341 key-path sighash (SIGHASH_DEFAULT) of every input.
+fn sighashes(tx: &Transaction, prevouts: &[TxOut]) -> Result<Vec<[u8; 32]>, Error> {
+    let mut cache = SighashCache::new(tx);
+    (0..tx.input.len())
+        .map(|i| {
+            cache
+                .taproot_key_spend_signature_hash(
+                    i,
+                    &Prevouts::All(prevouts),
+                    TapSighashType::Default,
+                )
+                .map(|h| h.to_raw_hash().to_byte_array())
+                .map_err(|e| Error::Build(format!("sighash of input {i}: {e}")))
+        })
+        .collect()
+}
+
+/// Checks every input of `tx` with libbitcoinconsensus (Bitcoin Core 26),
+/// taproot rules on, against the outputs it spends.
+pub fn verify_spends(tx: &Transaction, prevouts: &[TxOut]) -> Result<(), Error> {
+    let bytes = bitcoin::consensus::serialize(tx);
+    let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
+        .iter()
+        .map(|o| bitcoinconsensus::Utxo {
+            script_pubkey: o.script_pubkey.as_bytes().as_ptr(),
+            script_pubkey_len: u32::try_from(o.script_pubkey.len()).unwrap_or(u32::MAX),
+            value: i64::try_from(o.value.to_sat()).unwrap_or(i64::MAX),
+        })
+        .collect();
+    for (i, prevout) in prevouts.iter().enumerate() {
+        bitcoinconsensus::verify_with_flags(
+            prevout.script_pubkey.as_bytes(),
+            prevout.value.to_sat(),
+            &bytes,
+            Some(&utxos),
+            i,
+            bitcoinconsensus::VERIFY_ALL_PRE_TAPROOT | bitcoinconsensus::VERIFY_TAPROOT,
+        )
+        .map_err(|e| Error::Consensus {
+            input: i,
+            reason: format!("{e:?}"),
+        })?;
+    }
+    Ok(())
+}
+
+use bitcoin::hashes::Hash as _;
