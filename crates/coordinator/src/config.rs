@@ -46,6 +46,10 @@ pub struct RawConfig {
     pub op_source: Option<String>,
     /// The first Bitcoin height to scan when nothing has been scanned.
     pub start_height: Option<u64>,
+    /// The two OP_RETURN magic bytes of peg operations (the stacks-node's
+    /// `burnchain.magic_bytes`); default `X2` mainnet, `T2` testnet and
+    /// signet, `id` regtest.
+    pub magic_bytes: Option<String>,
     /// How long to wait between polls when idle, in milliseconds.
     pub poll_interval_ms: Option<u64>,
     /// The closed-alpha allowlist file.
@@ -217,6 +221,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where ops come from.
     pub op_source: OpSourceKind,
+    /// OP_RETURN magic bytes of peg operations.
+    pub magic_bytes: [u8; 2],
     /// First height to scan.
     pub start_height: BurnHeight,
     /// Idle poll interval.
@@ -566,6 +572,22 @@ impl Config {
                 OpSourceKind::StacksNode
             }
         };
+        let default_magic = match network {
+            Network::Bitcoin => "X2",
+            Network::Regtest => "id",
+            _ => "T2",
+        };
+        let magic_text = raw.magic_bytes.as_deref().unwrap_or(default_magic);
+        let magic_bytes = match magic_text.as_bytes() {
+            [a, b] if a.is_ascii_graphic() && b.is_ascii_graphic() => [*a, *b],
+            _ => {
+                c.fail(
+                    "magic_bytes",
+                    format!("{magic_text:?} is not two printable ASCII characters"),
+                );
+                [0, 0]
+            }
+        };
         let poll_interval = c.positive_ms("poll_interval_ms", raw.poll_interval_ms, 5_000);
         let rpc_timeout = c.positive_ms("rpc_timeout_ms", raw.rpc_timeout_ms, 10_000);
 
@@ -653,6 +675,7 @@ impl Config {
                     sign_timeout,
                     data_dir,
                     op_source,
+                    magic_bytes,
                     start_height: BurnHeight(raw.start_height.unwrap_or(0)),
                     poll_interval,
                     rpc_timeout,
@@ -743,6 +766,7 @@ mod tests {
         assert_eq!(c.op_confirmations, 1);
         assert_eq!(c.allowlist.len(), (2, 1));
         assert_eq!(c.op_source, OpSourceKind::Bitcoin);
+        assert_eq!(&c.magic_bytes, b"id");
         assert!(c.data_dir.ends_with("conf/../data"));
     }
 

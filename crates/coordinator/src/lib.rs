@@ -43,7 +43,7 @@ use stacks_wire::{ContractId, PrincipalData, StacksNetwork, Value};
 pub use allowlist::Allowlist;
 pub use bitcoin;
 pub use config::Config;
-pub use source::{OpSource, SourceError, StacksNodeSource};
+pub use source::{BitcoinBlockSource, OpSource, SourceError, StacksNodeSource};
 
 /// Why the loop stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -715,10 +715,20 @@ where
             .bitcoin
             .estimate_smart_fee(self.settings.fee_target_blocks)?;
         let info = self.c.stacks.get_info()?;
+        // Other requests' fee outputs belong to their own fulfilments.
+        let reserved = self
+            .c
+            .queue
+            .pending()?
+            .iter()
+            .filter(|q| q.op.kind() == peg_ops::PegOpKind::PegOutRequest && q.op.txid() != op.txid)
+            .map(|q| OutPoint::new(q.op.txid(), 2))
+            .collect();
         let inputs = FulfillmentInputs {
             utxos,
             fee_rate,
             stacks_chain_tip: info.stacks_tip,
+            reserved,
         };
         let unsigned = self.c.bitcoin_wallet.build_fulfillment(op, &key, &inputs)?;
         if let Err(reason) = check_fulfillment(op, &unsigned.tx, &peg_script) {

@@ -1,6 +1,9 @@
 //! Where peg operations come from: the stacks-node's `/v2/burn_ops`, or
 //! Bitcoin blocks parsed by the coordinator.
 
+use bitcoin::Network;
+use bitcoin_node_client::BitcoinNode;
+use log::warn;
 use peg_ops::{BurnHeight, PegOp};
 use stacks_node_client::StacksNode;
 
@@ -80,6 +83,52 @@ impl<S: StacksNode> OpSource for StacksNodeSource<S> {
     }
 }
 
+/// Reads ops straight from Bitcoin blocks: the stacks-node's `/v2/burn_ops`
+/// never shipped in a tagged release.
+#[derive(Debug)]
+pub struct BitcoinBlockSource<B> {
+    node: B,
+    magic: [u8; 2],
+    network: Network,
+}
+
+impl<B: BitcoinNode> BitcoinBlockSource<B> {
+    /// Reads blocks from `node`, taking ops under `magic` on `network`.
+    pub fn new(node: B, magic: [u8; 2], network: Network) -> Self {
+        BitcoinBlockSource {
+            node,
+            magic,
+            network,
+        }
+    }
+}
+
+fn btc_error(e: bitcoin_node_client::Error) -> SourceError {
+    SourceError {
+        transient: e.is_transient(),
+        message: e.to_string(),
+    }
+}
+
+impl<B: BitcoinNode> OpSource for BitcoinBlockSource<B> {
+    fn tip_height(&self) -> Result<BurnHeight, SourceError> {
+        Ok(BurnHeight(self.node.get_block_count().map_err(btc_error)?))
+    }
+
+    fn ops_at(&self, height: BurnHeight) -> Result<Option<Vec<PegOp>>, SourceError> {
+        if height.0 > self.node.get_block_count().map_err(btc_error)? {
+            return Ok(None);
+        }
+        let hash = self.node.get_block_hash(height.0).map_err(btc_error)?;
+        let block = self.node.get_block(&hash).map_err(btc_error)?;
+        let (ops, malformed) = peg_ops::wire::parse_block(&block, height, self.magic, self.network);
+        for (txid, e) in malformed {
+            warn!("height {height}: transaction {txid} carries our magic but is no valid op: {e}");
+        }
+        Ok(Some(ops))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +141,48 @@ mod tests {
         node.expect_get_peg_out_request_ops().never();
         let src = StacksNodeSource::new(node);
         assert_eq!(src.ops_at(BurnHeight(7)).unwrap(), None);
+    }
+
+    #[test]
+    fn blocks_are_parsed_for_ops_and_future_heights_wait() {
+        use bitcoin::hashes::Hash;
+        use bitcoin::{Amount, Block, TxIn};
+        use bitcoin_node_client::MockBitcoinNode;
+        use peg_ops::wire;
+        use stacks_wire::PrincipalData;
+
+        let who: PrincipalData = "ST2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKQYAC0RQ".parse().unwrap();
+        let peg: bitcoin::Address = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+            .parse::<bitcoin::Address<_>>()
+            .unwrap()
+            .assume_checked();
+        let peg_in = wire::peg_in_transaction(
+            vec![TxIn::default()],
+            wire::peg_in_op_return(*b"id", &who, b"").unwrap(),
+            &peg,
+            Amount::from_sat(777),
+            None,
+        );
+        let mut block: Block = bitcoin::blockdata::constants::genesis_block(Network::Regtest);
+        block.txdata.push(peg_in.clone());
+        let hash = block.block_hash();
+        let mut node = MockBitcoinNode::new();
+        node.expect_get_block_count().returning(|| Ok(5));
+        node.expect_get_block_hash()
+            .withf(|h| *h == 5)
+            .returning(move |_| Ok(hash));
+        node.expect_get_block()
+            .returning(move |_| Ok(block.clone()));
+        let src = BitcoinBlockSource::new(node, *b"id", Network::Regtest);
+        assert_eq!(src.tip_height().unwrap(), BurnHeight(5));
+        assert_eq!(src.ops_at(BurnHeight(6)).unwrap(), None);
+        let ops = src.ops_at(BurnHeight(5)).unwrap().unwrap();
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].txid(), peg_in.compute_txid());
+        assert_eq!(ops[0].block_height(), BurnHeight(5));
+        assert_eq!(ops[0].burn_header_hash(), hash);
+        assert_eq!(ops[0].amount(), Amount::from_sat(777));
+        let _ = bitcoin::Txid::all_zeros();
     }
 
     #[test]

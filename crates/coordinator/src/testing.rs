@@ -171,6 +171,8 @@ pub struct World {
     /// The wallet pays this script instead of the recipient (a bug to catch).
     pub evil_wallet_script: Option<ScriptBuf>,
     pub fulfillments_built: usize,
+    /// The reserved outpoints passed to each fulfilment build.
+    pub reserved_seen: Vec<Vec<OutPoint>>,
 }
 
 pub type W = Arc<Mutex<World>>;
@@ -370,6 +372,7 @@ pub fn bitcoin_wallet(w: &W) -> MockBitcoinWallet {
         .returning(move |op, _, inputs| {
             let mut g = w1.lock().unwrap();
             g.fulfillments_built += 1;
+            g.reserved_seen.push(inputs.reserved.clone());
             assert_eq!(inputs.stacks_chain_tip, [0xaa; 32]);
             let pay_to = g
                 .evil_wallet_script

@@ -623,3 +623,28 @@ fn a_node_that_keeps_refusing_cannot_spin_the_loop() {
     let report = coordinator(&w, &q, settings()).tick(&no_stop()).unwrap();
     assert!(report.steps <= MAX_STEPS_PER_DRIVE + 1, "{report:?}");
 }
+
+#[test]
+fn a_fulfilment_never_spends_another_pending_requests_fee_output() {
+    let w = world(
+        3,
+        vec![(
+            2,
+            vec![
+                peg_out(1, 2, ALLOWED_BTC, 40_000),
+                peg_out(2, 2, ALLOWED_BTC, 50_000),
+            ],
+        )],
+    );
+    // The second request's burn stays in the mempool, so it is still pending
+    // while the first is fulfilled.
+    w.lock().unwrap().fail_on_chain.insert(txid(99));
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings());
+    run_ticks(&mut l, 1);
+    let g = w.lock().unwrap();
+    assert!(!g.reserved_seen.is_empty());
+    let first = &g.reserved_seen[0];
+    assert!(first.contains(&OutPoint::new(txid(2), 2)), "{first:?}");
+    assert!(!first.contains(&OutPoint::new(txid(1), 2)), "{first:?}");
+}
