@@ -32,8 +32,7 @@ fn main() -> ExitCode {
         .push_back(frost_coordinator::Error::Timeout {
             round: "signing",
             waited: Duration::from_secs(10),
-            answered: 1,
-            needed: 2,
+            missing: vec![3],
         });
     let q = MemQueue::default();
     let mut l = coordinator(&w, &q, settings());

@@ -544,7 +544,7 @@ impl Config {
                 );
                 None
             }
-            Some(p) => match load_signer_set(&p) {
+            Some(p) => match load_signer_set(&p, network_private_key.as_ref()) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     c.fail("relay.signer_config", e);
@@ -704,21 +704,20 @@ impl Config {
     }
 }
 
-/// The parts of the shared signer file the coordinator reads.
-#[derive(Deserialize)]
-struct SignerFile {
-    #[serde(flatten)]
-    set: SignerSet,
-}
-
-fn load_signer_set(path: &Path) -> Result<SignerSet, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let file: SignerFile =
-        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
-    file.set
-        .validate()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+/// Reads the shared signer file and checks that its coordinator key is ours:
+/// otherwise every signer would drop every packet we send.
+fn load_signer_set(path: &Path, ours: Option<&SecretKey>) -> Result<SignerSet, String> {
+    let file = frost_coordinator::SignerFile::load(path)?;
+    if let Some(k) = ours {
+        let ours = k.public_key(&Secp256k1::signing_only());
+        if file.coordinator_public_key != ours {
+            return Err(format!(
+                "{}: coordinator_public_key {} is not the public key of relay.network_private_key ({ours})",
+                path.display(),
+                file.coordinator_public_key
+            ));
+        }
+    }
     Ok(file.set)
 }
 

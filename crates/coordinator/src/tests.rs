@@ -197,8 +197,7 @@ fn a_transient_error_mid_peg_out_resumes_at_the_right_step() {
         .push_back(frost_coordinator::Error::Timeout {
             round: "signing",
             waited: Duration::from_secs(10),
-            answered: 2,
-            needed: 3,
+            missing: vec![3],
         });
     let q = MemQueue::default();
     let mut l = coordinator(&w, &q, settings());

@@ -7,10 +7,11 @@
 //!
 //! With the `mock` feature the crate exports `MockFrostCoordinator`.
 
-mod signer_set;
+mod relay_coordinator;
 
 pub use bitcoin;
-pub use signer_set::{SignerInfo, SignerSet, SignerSetError};
+pub use frost_net::{SignerFile, SignerInfo, SignerSet, SignerSetError};
+pub use relay_coordinator::{RelayCoordinatorOptions, RelayFrostCoordinator};
 pub use wsts;
 
 use bitcoin::secp256k1::{schnorr, PublicKey};
@@ -20,16 +21,14 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// Too few signers answered within the configured time.
-    #[error("{round} timed out after {waited:?}: {answered} of {needed} signers answered")]
+    #[error("{round} timed out after {waited:?}; no answer from signers {missing:?}")]
     Timeout {
         /// Which round ("dkg" or "signing").
         round: &'static str,
         /// How long it waited.
         waited: Duration,
-        /// How many answered.
-        answered: usize,
-        /// How many were needed.
-        needed: usize,
+        /// The (1-based) signers that did not answer, when known.
+        missing: Vec<u32>,
     },
     /// DKG failed; the signers named sent bad shares or polynomials.
     #[error("dkg failed, bad signers {bad_signers:?}: {reason}")]
@@ -70,29 +69,4 @@ pub trait FrostCoordinator {
 
     /// Returns the current aggregate key, if DKG has run.
     fn aggregate_public_key(&self) -> Option<PublicKey>;
-}
-
-/// Converts a wsts curve point into a secp256k1 public key.
-///
-/// # Errors
-/// When the point is the identity, which has no public key.
-pub fn point_to_public_key(point: &wsts::curve::point::Point) -> Result<PublicKey, Error> {
-    PublicKey::from_slice(point.compress().as_bytes())
-        .map_err(|e| Error::SigningFailed(format!("aggregate point is not a public key: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generator_point_converts_to_the_generator_key() {
-        let g = wsts::curve::point::Point::from(wsts::curve::scalar::Scalar::from(1u32));
-        let key = point_to_public_key(&g).unwrap();
-        assert_eq!(
-            key.to_string(),
-            "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
-        );
-        assert!(point_to_public_key(&wsts::curve::point::Point::new()).is_err());
-    }
 }

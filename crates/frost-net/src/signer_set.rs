@@ -1,26 +1,57 @@
 //! The signer set: who the signers are, which key ids each holds, and how many
 //! keys a signature needs. The coordinator and every signer read the same file.
+//!
+//! Numbering: signer ids and key ids are **1-based** in configuration, on the
+//! command line and in logs (`stacks-signer --id 1` is the first signer).
+//! wsts numbers signers from 0; [`SignerInfo::wsts_id`] converts, and nothing
+//! outside this crate sees the 0-based form.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
-use bitcoin::secp256k1::PublicKey;
+use bitcoin::secp256k1::{PublicKey, SecretKey};
 use serde::{Deserialize, Serialize};
 
 /// One signer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignerInfo {
-    /// The signer id, 0-based (wsts numbering).
+    /// The signer id, 1-based.
     pub id: u32,
     /// The key that signs this signer's relay messages.
     pub public_key: PublicKey,
-    /// The FROST key ids this signer holds, 1-based (wsts numbering).
+    /// The FROST key ids this signer holds, 1-based.
     pub key_ids: Vec<u32>,
+    /// The signer's message key, hex — in a shared demo file only. A real
+    /// signer keeps its key to itself (`--private-key-file` or the
+    /// environment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+}
+
+impl std::fmt::Debug for SignerInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignerInfo")
+            .field("id", &self.id)
+            .field("public_key", &self.public_key)
+            .field("key_ids", &self.key_ids)
+            .field(
+                "private_key",
+                &self.private_key.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+impl SignerInfo {
+    /// Returns the wsts (0-based) signer id.
+    pub fn wsts_id(&self) -> u32 {
+        self.id.saturating_sub(1)
+    }
 }
 
 /// The signer set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SignerSet {
     /// How many keys a signature needs.
     pub threshold: u32,
@@ -37,8 +68,8 @@ pub enum SignerSetError {
     /// No signers.
     #[error("the signer set is empty")]
     Empty,
-    /// Signer ids must be 0, 1, … with no gaps.
-    #[error("signer ids must be 0..{expected} in order; found {found:?}")]
+    /// Signer ids must be 1, 2, … with no gaps.
+    #[error("signer ids must be 1..={expected} in order; found {found:?}")]
     BadSignerIds {
         /// How many signers there are.
         expected: usize,
@@ -69,6 +100,17 @@ pub enum SignerSetError {
         /// The number of keys.
         num_keys: u32,
     },
+    /// The DKG threshold is below the signing threshold.
+    #[error("dkg_threshold {dkg} is below threshold {threshold}")]
+    DkgBelowThreshold {
+        /// DKG threshold.
+        dkg: u32,
+        /// Signing threshold.
+        threshold: u32,
+    },
+    /// A demo private key that is not the signer's public key.
+    #[error("signer {0}: private_key does not match public_key")]
+    KeyMismatch(u32),
 }
 
 impl SignerSet {
@@ -90,8 +132,13 @@ impl SignerSet {
         self.dkg_threshold.unwrap_or_else(|| self.num_keys())
     }
 
-    /// Checks the set is consistent: ids in order, key ids covering 1..=n once
-    /// each, thresholds within range, message keys distinct.
+    /// Returns a signer by (1-based) id.
+    pub fn signer(&self, id: u32) -> Option<&SignerInfo> {
+        self.signers.iter().find(|s| s.id == id)
+    }
+
+    /// Checks the set is consistent: ids 1..=n in order, key ids covering
+    /// 1..=k once each, thresholds within range, message keys distinct.
     pub fn validate(&self) -> Result<(), SignerSetError> {
         if self.signers.is_empty() {
             return Err(SignerSetError::Empty);
@@ -100,7 +147,7 @@ impl SignerSet {
         if ids
             .iter()
             .enumerate()
-            .any(|(i, id)| usize::try_from(*id).ok() != Some(i))
+            .any(|(i, id)| usize::try_from(*id).ok() != Some(i + 1))
         {
             return Err(SignerSetError::BadSignerIds {
                 expected: ids.len(),
@@ -133,6 +180,16 @@ impl SignerSet {
             {
                 return Err(SignerSetError::DuplicateKey(a.id, b.id));
             }
+            if let Some(k) = &a.private_key {
+                let secp = bitcoin::secp256k1::Secp256k1::signing_only();
+                let matches = hex::decode(k)
+                    .ok()
+                    .and_then(|b| SecretKey::from_slice(&b).ok())
+                    .is_some_and(|sk| sk.public_key(&secp) == a.public_key);
+                if !matches {
+                    return Err(SignerSetError::KeyMismatch(a.id));
+                }
+            }
         }
         let num_keys = self.num_keys();
         for (what, value) in [
@@ -147,14 +204,54 @@ impl SignerSet {
                 });
             }
         }
+        if self.dkg_threshold() < self.threshold {
+            return Err(SignerSetError::DkgBelowThreshold {
+                dkg: self.dkg_threshold(),
+                threshold: self.threshold,
+            });
+        }
         Ok(())
+    }
+}
+
+/// The shared signer file (`conf/signer.toml`): the signer set plus what the
+/// signers need to find the relay and the coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerFile {
+    /// The relay's URL.
+    pub relay_url: String,
+    /// The coordinator's relay message key.
+    pub coordinator_public_key: PublicKey,
+    /// Where signers keep their DKG state (relative to the file's folder).
+    #[serde(default)]
+    pub state_dir: Option<String>,
+    /// The signer set.
+    #[serde(flatten)]
+    pub set: SignerSet,
+}
+
+impl SignerFile {
+    /// Reads and checks a signer file.
+    ///
+    /// # Errors
+    /// A message naming the file and the problem.
+    pub fn load(path: &Path) -> Result<SignerFile, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let file: SignerFile =
+            toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+        file.set
+            .validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(file)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bitcoin::secp256k1::{Secp256k1, SecretKey};
+    use bitcoin::secp256k1::Secp256k1;
 
     fn key(i: u8) -> PublicKey {
         SecretKey::from_slice(&[i + 1; 32])
@@ -166,11 +263,12 @@ mod tests {
         SignerSet {
             threshold: 3,
             dkg_threshold: None,
-            signers: (0..3)
+            signers: (1..=3)
                 .map(|i| SignerInfo {
                     id: u32::from(i),
                     public_key: key(i),
-                    key_ids: vec![u32::from(i) * 2 + 1, u32::from(i) * 2 + 2],
+                    key_ids: vec![u32::from(i) * 2 - 1, u32::from(i) * 2],
+                    private_key: None,
                 })
                 .collect(),
         }
@@ -180,8 +278,11 @@ mod tests {
     fn a_consistent_set_validates() {
         let s = set();
         assert_eq!(s.validate(), Ok(()));
-        assert_eq!(s.num_keys(), 6);
-        assert_eq!(s.dkg_threshold(), 6);
+        assert_eq!(
+            (s.num_keys(), s.num_signers(), s.dkg_threshold()),
+            (6, 3, 6)
+        );
+        assert_eq!(s.signer(2).unwrap().wsts_id(), 1);
     }
 
     #[test]
@@ -192,18 +293,21 @@ mod tests {
             s.validate(),
             Err(SignerSetError::BadSignerIds { .. })
         ));
-
+        let mut s = set();
+        s.signers[0].id = 0;
+        assert!(
+            matches!(s.validate(), Err(SignerSetError::BadSignerIds { .. })),
+            "ids are 1-based"
+        );
         let mut s = set();
         s.signers[2].key_ids = vec![4, 7];
         assert!(matches!(
             s.validate(),
             Err(SignerSetError::BadKeyIds { .. })
         ));
-
         let mut s = set();
-        s.signers[2].public_key = key(0);
-        assert_eq!(s.validate(), Err(SignerSetError::DuplicateKey(0, 2)));
-
+        s.signers[2].public_key = key(1);
+        assert_eq!(s.validate(), Err(SignerSetError::DuplicateKey(1, 3)));
         let mut s = set();
         s.threshold = 7;
         assert!(matches!(
@@ -213,9 +317,23 @@ mod tests {
                 ..
             })
         ));
-
+        let mut s = set();
+        s.dkg_threshold = Some(2);
+        assert!(matches!(
+            s.validate(),
+            Err(SignerSetError::DkgBelowThreshold { .. })
+        ));
         let mut s = set();
         s.signers[0].key_ids.clear();
-        assert_eq!(s.validate(), Err(SignerSetError::NoKeys(0)));
+        assert_eq!(s.validate(), Err(SignerSetError::NoKeys(1)));
+        let mut s = set();
+        s.signers[0].private_key = Some(hex::encode([9u8; 32]));
+        assert_eq!(s.validate(), Err(SignerSetError::KeyMismatch(1)));
+        s.signers[0].private_key = Some(hex::encode([2u8; 32]));
+        assert_eq!(s.validate(), Ok(()));
+        assert!(
+            !format!("{s:?}").contains(&hex::encode([2u8; 32])),
+            "private keys stay out of Debug"
+        );
     }
 }
