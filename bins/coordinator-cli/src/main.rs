@@ -12,6 +12,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::{ArgAction, Parser, Subcommand};
+
+mod frost;
 use coordinator::bitcoin::Txid;
 use coordinator::config::{Config, ConfigError};
 
@@ -49,12 +51,19 @@ enum Command {
         start_height: Option<u64>,
     },
     /// Run distributed key generation with the signers; print the aggregate key and peg wallet address.
-    Dkg,
-    /// Run DKG, then sign a message with the signers and verify the signature.
+    Dkg {
+        /// Replace an existing aggregate key (funds at its address then need the old key).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run DKG (unless a key exists), then sign a message with the signers and verify the signature.
     DkgSign {
         /// The message to sign (hashed with SHA-256).
         #[arg(default_value = "sbtc-coordinator dkg-sign")]
         message: String,
+        /// Run a new DKG even if an aggregate key exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Process one peg-in now, through the same checks as `run`.
     ProcessPegIn {
@@ -123,8 +132,17 @@ fn main() -> ExitCode {
             )
         }
         Command::Status { .. } => not_available("status", "the SQLite queue and the node clients"),
-        Command::Dkg | Command::DkgSign { .. } => {
-            not_available(command_name(&cli.command), "the relay FROST coordinator")
+        Command::Dkg { force } => exit(frost::dkg(&config, force).map(|_| ())),
+        Command::DkgSign { message, force } => exit(frost::dkg_sign(&config, &message, force)),
+    }
+}
+
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -132,7 +150,7 @@ fn main() -> ExitCode {
 fn command_name(c: &Command) -> &'static str {
     match c {
         Command::Run { .. } => "run",
-        Command::Dkg => "dkg",
+        Command::Dkg { .. } => "dkg",
         Command::DkgSign { .. } => "dkg-sign",
         Command::ProcessPegIn { .. } => "process-peg-in",
         Command::ProcessPegOut { .. } => "process-peg-out",

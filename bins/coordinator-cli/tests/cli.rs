@@ -91,7 +91,7 @@ fn an_environment_override_is_checked_like_the_file() {
 #[test]
 fn commands_not_built_yet_say_so_and_exit_3() {
     let config = conf("coordinator.toml");
-    for args in [vec!["run"], vec!["dkg"], vec!["status", "--json"]] {
+    for args in [vec!["run"], vec!["status", "--json"]] {
         let mut all = vec!["--config", config.to_str().unwrap()];
         all.extend(args.iter());
         let o = cli(&all, &[]);

@@ -196,7 +196,7 @@ impl RelayFrostCoordinator {
     fn post(&mut self, p: &Packet) -> Result<(), Error> {
         self.rounds.sent(&p.msg);
         self.relay
-            .post(&encode_packet(p))
+            .post_tagged(&encode_packet(p), frost_net::relay_tag(&p.msg))
             .map(|_| ())
             .map_err(|e| Error::Relay(e.to_string()))
     }
@@ -224,7 +224,7 @@ impl RelayFrostCoordinator {
             let wait = (deadline - now).min(Duration::from_millis(100));
             let batch = self
                 .relay
-                .poll(self.cursor, wait)
+                .poll_tags(self.cursor, wait, frost_net::COORDINATOR_TAGS)
                 .map_err(|e| Error::Relay(e.to_string()))?;
             self.cursor = batch.last_seq(self.cursor);
             let mut inbound = Vec::with_capacity(batch.messages.len());

@@ -269,7 +269,10 @@ fn forged_and_replayed_packets_are_dropped_on_both_sides() {
             p.msg,
             wsts::net::Message::DkgBegin(_) | wsts::net::Message::NonceRequest(_)
         ) {
-            relay.post(&frost_net::encode_packet(p)).unwrap();
+            // An attacker tags replays so that they are delivered.
+            relay
+                .post_tagged(&frost_net::encode_packet(p), frost_net::relay_tag(&p.msg))
+                .unwrap();
         }
     }
     // A forgery: a nonce request signed by an unknown key.
@@ -284,7 +287,9 @@ fn forged_and_replayed_packets_are_dropped_on_both_sides() {
     }
     use wsts::net::Signable;
     forged.sig = forged.msg.sign(&frost_net::scalar(&key(0x66, 0))).unwrap();
-    relay.post(&frost_net::encode_packet(&forged)).unwrap();
+    relay
+        .post_tagged(&frost_net::encode_packet(&forged), frost_net::TAG_REQUEST)
+        .unwrap();
     std::thread::sleep(Duration::from_millis(800));
 
     // Signing still works, and the signers dropped every replay and the forgery.
@@ -307,7 +312,12 @@ fn forged_and_replayed_packets_are_dropped_on_both_sides() {
         .iter()
         .find(|p| matches!(p.msg, wsts::net::Message::NonceResponse(_)))
         .unwrap();
-    relay.post(&frost_net::encode_packet(old_response)).unwrap();
+    relay
+        .post_tagged(
+            &frost_net::encode_packet(old_response),
+            frost_net::TAG_RESPONSE,
+        )
+        .unwrap();
     let before = coord.rejected();
     // Post it during the next round, too, by racing it in just after the start.
     let relay2 = RelayClient::new(&c.relay.url(), Duration::from_secs(5));
@@ -315,7 +325,9 @@ fn forged_and_replayed_packets_are_dropped_on_both_sides() {
     let racer = std::thread::spawn(move || {
         for _ in 0..5 {
             std::thread::sleep(Duration::from_millis(20));
-            relay2.post(&replay).unwrap();
+            relay2
+                .post_tagged(&replay, frost_net::TAG_RESPONSE)
+                .unwrap();
         }
     });
     let sig = coord.sign_message(&[7; 32]).unwrap();

@@ -129,6 +129,51 @@ pub fn decode_packet(bytes: &[u8]) -> Result<Packet, NetError> {
     serde_json::from_slice(bytes).map_err(|e| NetError::Packet(e.to_string()))
 }
 
+/// Relay tag of the coordinator's requests.
+pub const TAG_REQUEST: &str = "req";
+/// Relay tag of DKG shares signers broadcast to each other.
+pub const TAG_DKG: &str = "dkg";
+/// Relay tag of responses only the coordinator reads.
+pub const TAG_RESPONSE: &str = "resp";
+/// What signers poll for.
+pub const SIGNER_TAGS: &[&str] = &[TAG_REQUEST, TAG_DKG];
+/// What the coordinator polls for.
+pub const COORDINATOR_TAGS: &[&str] = &[TAG_DKG, TAG_RESPONSE];
+
+/// Returns the relay tag for a message: a routing hint only, so parties are
+/// not woken by traffic they ignore. Security never depends on it.
+pub fn relay_tag(m: &Message) -> &'static str {
+    match m {
+        Message::DkgBegin(_)
+        | Message::DkgPrivateBegin(_)
+        | Message::DkgEndBegin(_)
+        | Message::NonceRequest(_)
+        | Message::SignatureShareRequest(_) => TAG_REQUEST,
+        Message::DkgPublicShares(_) | Message::DkgPrivateShares(_) => TAG_DKG,
+        Message::DkgEnd(_) | Message::NonceResponse(_) | Message::SignatureShareResponse(_) => {
+            TAG_RESPONSE
+        }
+    }
+}
+
+/// Returns the message kind of an encoded packet without decoding it (the
+/// JSON starts `{"msg":{"<Kind>":`), or `None` if it does not look so.
+/// Lets a party skip the full decode of messages it ignores anyway.
+pub fn peek_kind(bytes: &[u8]) -> Option<&str> {
+    let rest = bytes.strip_prefix(br#"{"msg":{""#)?;
+    let end = rest.iter().take(32).position(|b| *b == b'"')?;
+    std::str::from_utf8(rest.get(..end)?).ok()
+}
+
+/// Returns whether a signer can skip an encoded packet unread: responses
+/// are for the coordinator. Anything unrecognised is read (and judged) in full.
+pub fn signer_ignores(bytes: &[u8]) -> bool {
+    matches!(
+        peek_kind(bytes),
+        Some("NonceResponse" | "SignatureShareResponse" | "DkgEnd")
+    )
+}
+
 /// Verifies packets against the configured keys.
 #[derive(Clone)]
 pub struct Verifier {
@@ -363,6 +408,21 @@ mod tests {
         assert_eq!(decode_packet(&encode_packet(&p)).unwrap(), p);
         assert!(decode_packet(b"{\"msg\": 5}").is_err());
         assert!(decode_packet(&vec![b' '; MAX_PACKET_LEN + 1]).is_err());
+    }
+
+    #[test]
+    fn kinds_are_peeked_without_decoding() {
+        let sk = SecretKey::from_slice(&[7; 32]).unwrap();
+        let msg = Message::DkgBegin(DkgBegin { dkg_id: 3 });
+        let bytes = encode_packet(&Packet {
+            sig: msg.sign(&scalar(&sk)).unwrap(),
+            msg,
+        });
+        assert_eq!(peek_kind(&bytes), Some("DkgBegin"));
+        assert!(!signer_ignores(&bytes));
+        assert!(signer_ignores(br#"{"msg":{"NonceResponse":{}}}"#));
+        assert_eq!(peek_kind(b"garbage"), None);
+        assert_eq!(peek_kind(br#"{"msg":{"no-closing-quote"#), None);
     }
 
     #[test]

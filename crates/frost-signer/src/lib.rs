@@ -235,7 +235,7 @@ impl SignerNode {
     pub fn step(&mut self) -> Result<usize, SignerError> {
         let batch = self
             .relay
-            .poll(self.cursor, self.poll_wait)
+            .poll_tags(self.cursor, self.poll_wait, frost_net::SIGNER_TAGS)
             .map_err(|e| SignerError::Config(format!("relay: {e}")))?;
         if batch.lowest > self.cursor + 1 {
             warn!(
@@ -248,6 +248,9 @@ impl SignerNode {
         self.cursor = batch.last_seq(self.cursor);
         let mut processed = 0;
         for (seq, bytes) in batch.messages {
+            if frost_net::signer_ignores(&bytes) {
+                continue;
+            }
             let packet = match decode_packet(&bytes) {
                 Ok(p) => p,
                 Err(e) => {
@@ -323,7 +326,10 @@ impl SignerNode {
                     self.id, self.rounds.dkg_id
                 );
             }
-            if let Err(e) = self.relay.post(&encode_packet(&out)) {
+            if let Err(e) = self
+                .relay
+                .post_tagged(&encode_packet(&out), frost_net::relay_tag(&out.msg))
+            {
                 warn!(
                     "signer {}: could not post a {}: {e}",
                     self.id,

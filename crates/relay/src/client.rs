@@ -76,9 +76,18 @@ impl RelayClient {
     /// # Errors
     /// Unreachable relay, refusal (size, empty) or a malformed answer.
     pub fn post(&self, bytes: &[u8]) -> Result<u64, RelayError> {
+        self.post_tagged(bytes, "")
+    }
+
+    /// Posts a message with a routing tag (letters, digits, `-`, `_`), so
+    /// that clients polling for other tags are not woken by it.
+    ///
+    /// # Errors
+    /// As [`RelayClient::post`].
+    pub fn post_tagged(&self, bytes: &[u8], tag: &str) -> Result<u64, RelayError> {
         let mut resp = self
             .agent
-            .post(format!("{}/messages", self.url))
+            .post(format!("{}/messages?tag={tag}", self.url))
             .config()
             .timeout_global(Some(self.timeout))
             .build()
@@ -107,12 +116,27 @@ impl RelayClient {
     /// # Errors
     /// Unreachable relay or a malformed answer.
     pub fn poll(&self, after: u64, wait: Duration) -> Result<Batch, RelayError> {
+        self.poll_tags(after, wait, &[])
+    }
+
+    /// Returns the messages after `after` tagged with one of `tags` (every
+    /// message when empty), waiting up to `wait` for one.
+    ///
+    /// # Errors
+    /// As [`RelayClient::poll`].
+    pub fn poll_tags(
+        &self,
+        after: u64,
+        wait: Duration,
+        tags: &[&str],
+    ) -> Result<Batch, RelayError> {
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         let mut resp = self
             .agent
             .get(format!(
-                "{}/messages?after={after}&wait_ms={wait_ms}",
-                self.url
+                "{}/messages?after={after}&wait_ms={wait_ms}&tags={}",
+                self.url,
+                tags.join(",")
             ))
             .config()
             .timeout_global(Some(self.timeout + wait))

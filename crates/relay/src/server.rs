@@ -49,8 +49,12 @@ impl Default for RelayConfig {
 struct Entry {
     seq: u64,
     at: Instant,
+    tag: String,
     bytes: Arc<Vec<u8>>,
 }
+
+/// The longest routing tag.
+const MAX_TAG_LEN: usize = 32;
 
 struct Log {
     entries: VecDeque<Entry>,
@@ -76,14 +80,15 @@ impl Log {
         }
     }
 
-    /// Messages after `after`, at most `max`.
-    fn after(&self, after: u64, max: usize) -> Vec<(u64, Arc<Vec<u8>>)> {
+    /// Messages after `after` tagged with one of `tags` (all when empty), at most `max`.
+    fn after(&self, after: u64, max: usize, tags: &[&str]) -> Vec<(u64, Arc<Vec<u8>>)> {
         let lowest = self.lowest();
         let start =
             usize::try_from(after.saturating_add(1).saturating_sub(lowest)).unwrap_or(usize::MAX);
         self.entries
             .iter()
             .skip(start)
+            .filter(|e| tags.is_empty() || tags.contains(&e.tag.as_str()))
             .take(max)
             .map(|e| (e.seq, e.bytes.clone()))
             .collect()
@@ -127,7 +132,7 @@ impl RelayServer {
     /// # Errors
     /// When the address cannot be bound.
     pub fn start(addr: &str, config: RelayConfig) -> std::io::Result<RelayServer> {
-        let server = Server::http(addr).map_err(std::io::Error::other)?;
+        let server = Server::from_listener(listener(addr)?, None).map_err(std::io::Error::other)?;
         let addr = server
             .server_addr()
             .to_ip()
@@ -195,6 +200,24 @@ impl Drop for RelayServer {
     }
 }
 
+/// Binds `addr` with TCP_NODELAY, which accepted connections inherit: the
+/// server writes headers and body separately, and with Nagle's algorithm
+/// each small answer would wait for a delayed ACK (~40 ms a hop).
+fn listener(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let addr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{addr} resolves to no address")))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 fn worker(server: &Server, shared: &Shared) {
     while !shared.stop.load(Ordering::SeqCst) {
         match server.recv() {
@@ -224,35 +247,65 @@ fn error(req: Request, status: u16, message: &str) {
     let _ = req.respond(resp);
 }
 
-/// Parses `a=1&b=2` into the values of the known keys.
-fn query_u64(query: &str, key: &str) -> Result<Option<u64>, String> {
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
+/// Returns the value of `key` in a query `a=1&b=2`.
+fn query_value<'q>(query: &'q str, key: &str) -> Option<&'q str> {
+    query.split('&').filter(|p| !p.is_empty()).find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k == key {
-            return v
-                .parse()
-                .map(Some)
-                .map_err(|_| format!("{key}={v:?} is not a number"));
-        }
-    }
-    Ok(None)
+        (k == key).then_some(v)
+    })
+}
+
+fn query_u64(query: &str, key: &str) -> Result<Option<u64>, String> {
+    query_value(query, key)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| format!("{key}={v:?} is not a number"))
+        })
+        .transpose()
+}
+
+/// A routing tag: up to 32 of `[A-Za-z0-9_-]`.
+fn valid_tag(t: &str) -> bool {
+    t.len() <= MAX_TAG_LEN
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn handle(req: Request, shared: &Shared) {
     let url = req.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     match (req.method(), path) {
-        (Method::Post, "/messages") => post(req, shared),
-        (Method::Get, "/messages") => match (
-            query_u64(query, "after"),
-            query_u64(query, "wait_ms"),
-            query_u64(query, "max"),
-        ) {
-            (Ok(after), Ok(wait), Ok(max)) => {
-                get(req, shared, after.unwrap_or(0), wait.unwrap_or(0), max)
+        (Method::Post, "/messages") => {
+            let tag = query_value(query, "tag").unwrap_or("").to_owned();
+            if valid_tag(&tag) {
+                post(req, shared, tag)
+            } else {
+                error(req, 400, "tag must be up to 32 letters, digits, - or _")
             }
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => error(req, 400, &e),
-        },
+        }
+        (Method::Get, "/messages") => {
+            let tags: Vec<&str> = query_value(query, "tags")
+                .map(|t| t.split(',').filter(|t| !t.is_empty()).collect())
+                .unwrap_or_default();
+            if !tags.iter().all(|t| valid_tag(t)) {
+                return error(req, 400, "tags must be a comma-separated list of tags");
+            }
+            match (
+                query_u64(query, "after"),
+                query_u64(query, "wait_ms"),
+                query_u64(query, "max"),
+            ) {
+                (Ok(after), Ok(wait), Ok(max)) => get(
+                    req,
+                    shared,
+                    after.unwrap_or(0),
+                    wait.unwrap_or(0),
+                    max,
+                    &tags,
+                ),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => error(req, 400, &e),
+            }
+        }
         (Method::Get, "/head") => {
             let (next, lowest) = {
                 let log = shared.lock();
@@ -275,7 +328,7 @@ fn handle(req: Request, shared: &Shared) {
     }
 }
 
-fn post(mut req: Request, shared: &Shared) {
+fn post(mut req: Request, shared: &Shared, tag: String) {
     let limit = shared.config.max_message_len;
     if req.body_length().is_some_and(|n| n > limit) {
         return error(req, 413, &format!("message larger than {limit} bytes"));
@@ -302,6 +355,7 @@ fn post(mut req: Request, shared: &Shared) {
         log.entries.push_back(Entry {
             seq,
             at: Instant::now(),
+            tag,
             bytes: Arc::new(body),
         });
         log.evict(&shared.config, Instant::now());
@@ -314,7 +368,7 @@ fn post(mut req: Request, shared: &Shared) {
     );
 }
 
-fn get(req: Request, shared: &Shared, after: u64, wait_ms: u64, max: Option<u64>) {
+fn get(req: Request, shared: &Shared, after: u64, wait_ms: u64, max: Option<u64>, tags: &[&str]) {
     let max = max
         .map_or(shared.config.max_batch, |m| {
             usize::try_from(m).unwrap_or(usize::MAX)
@@ -325,7 +379,7 @@ fn get(req: Request, shared: &Shared, after: u64, wait_ms: u64, max: Option<u64>
         let mut log = shared.lock();
         loop {
             log.evict(&shared.config, Instant::now());
-            let found = log.after(after, max);
+            let found = log.after(after, max, tags);
             let now = Instant::now();
             if !found.is_empty() || now >= deadline || shared.stop.load(Ordering::SeqCst) {
                 break (found, log.next_seq, log.lowest());

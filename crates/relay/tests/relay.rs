@@ -215,3 +215,39 @@ fn shutdown_answers_waiting_polls_promptly() {
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(r.map(|b| b.messages.is_empty()).unwrap_or(true));
 }
+
+#[test]
+fn tagged_polls_wake_only_for_their_tags() {
+    let (_s, c) = start(RelayConfig::default());
+    c.post_tagged(b"response", "resp").unwrap();
+    c.post_tagged(b"request", "req").unwrap();
+    c.post(b"untagged").unwrap();
+    let b = c.poll_tags(0, Duration::ZERO, &["req", "dkg"]).unwrap();
+    assert_eq!(b.messages, vec![(2, b"request".to_vec())]);
+    assert_eq!(
+        c.poll(0, Duration::ZERO).unwrap().messages.len(),
+        3,
+        "no filter: everything"
+    );
+    // A long poll for `req` sleeps through a `resp`, wakes for a `req`.
+    let c2 = c.clone();
+    let poster = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        c2.post_tagged(b"r2", "resp").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        c2.post_tagged(b"q2", "req").unwrap();
+    });
+    let t = Instant::now();
+    let b = c.poll_tags(3, Duration::from_secs(5), &["req"]).unwrap();
+    assert_eq!(b.messages, vec![(5, b"q2".to_vec())]);
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "woke early: {:?}",
+        t.elapsed()
+    );
+    poster.join().unwrap();
+    assert!(matches!(
+        c.post_tagged(b"x", "bad.tag"),
+        Err(RelayError::Http { status: 400, .. })
+    ));
+}

@@ -1,0 +1,298 @@
+//! Benchmark: DKG and one taproot signing round through the relay (real HTTP
+//! on 127.0.0.1, one thread per signer) against the same rounds run in one
+//! thread with no network (every packet still JSON-encoded and verified by
+//! each party that processes it), for 15×1 and 15×10 (signers × keys each);
+//! and relay delivery latency to 128 long-polling clients.
+//!
+//! `cargo run --release -p frost-coordinator --example frost_bench`
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    missing_docs
+)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use bitcoin::secp256k1::{Secp256k1, SecretKey};
+use frost_coordinator::{
+    FrostCoordinator, RelayCoordinatorOptions, RelayFrostCoordinator, SignerFile, SignerInfo,
+    SignerSet,
+};
+use frost_net::{
+    decode_packet, encode_packet, scalar, Admit, CoordinatorRounds, SignerRounds, Verifier,
+};
+use frost_signer::{SignerNode, SignerOptions};
+use relay::{RelayClient, RelayConfig, RelayServer};
+use wsts::net::{Packet, SignatureType};
+use wsts::state_machine::coordinator::{fire, Config, Coordinator as _};
+use wsts::state_machine::OperationResult;
+
+fn key(tag: u8, i: u32) -> SecretKey {
+    let mut b = [tag; 32];
+    b[..4].copy_from_slice(&(i + 1).to_be_bytes());
+    SecretKey::from_slice(&b).unwrap()
+}
+
+fn signer_set(n: u32, k: u32) -> SignerSet {
+    let secp = Secp256k1::new();
+    SignerSet {
+        threshold: n * k * 7 / 10,
+        dkg_threshold: None,
+        signers: (0..n)
+            .map(|i| SignerInfo {
+                id: i + 1,
+                public_key: key(0x5e, i).public_key(&secp),
+                key_ids: (i * k + 1..=i * k + k).collect(),
+                private_key: None,
+            })
+            .collect(),
+    }
+}
+
+/// All parties in one thread; packets go through JSON and verification.
+fn in_process(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
+    let set = signer_set(n, k);
+    let secp = Secp256k1::new();
+    let ckey = key(0xc0, 0);
+    let verifier = Verifier::new(&set, &ckey.public_key(&secp)).unwrap();
+    let config = Config::with_timeouts(
+        n,
+        n * k,
+        set.threshold,
+        set.dkg_threshold(),
+        scalar(&ckey),
+        None,
+        None,
+        None,
+        None,
+        None,
+        set.wsts_key_ids(),
+        set.wsts_signer_points().unwrap(),
+    );
+    let mut coord = fire::Coordinator::<wsts::v2::Aggregator>::new(config);
+    let mut rng = wsts::util::create_rng();
+    let keys = set.wsts_public_keys().unwrap();
+    let mut signers: Vec<(
+        frost_signer::WstsSigner,
+        SignerRounds,
+        wsts::curve::scalar::Scalar,
+    )> = set
+        .signers
+        .iter()
+        .map(|s| {
+            let sk = scalar(&key(0x5e, s.id - 1));
+            let w = frost_signer::WstsSigner::new(
+                set.threshold,
+                set.dkg_threshold(),
+                n,
+                n * k,
+                s.wsts_id(),
+                s.key_ids.clone(),
+                sk,
+                keys.clone(),
+                &mut rng,
+            )
+            .unwrap();
+            (w, SignerRounds::default(), sk)
+        })
+        .collect();
+    let mut run =
+        |start: Packet, coord: &mut fire::Coordinator<wsts::v2::Aggregator>| -> OperationResult {
+            let mut c_rounds = CoordinatorRounds::default();
+            c_rounds.sent(&start.msg);
+            // What every signer reads next: the coordinator's requests and the
+            // other signers' broadcasts, as the relay would deliver them.
+            let mut to_signers: Vec<Vec<u8>> = vec![encode_packet(&start)];
+            loop {
+                let mut produced = Vec::new();
+                for (s, r, sk) in signers.iter_mut() {
+                    for bytes in &to_signers {
+                        if frost_net::signer_ignores(bytes) {
+                            continue;
+                        }
+                        let p = decode_packet(bytes).unwrap();
+                        if r.admit(&p.msg) != Admit::Accept || !verifier.verify(&p) {
+                            continue;
+                        }
+                        for out in s.process(&p.msg, &mut rng).unwrap() {
+                            use wsts::net::Signable;
+                            let sig = out.sign(sk).unwrap();
+                            produced.push(encode_packet(&Packet { msg: out, sig }));
+                        }
+                    }
+                }
+                let inbound: Vec<Packet> = produced
+                    .iter()
+                    .map(|b| decode_packet(b).unwrap())
+                    .filter(|p| c_rounds.admit(&p.msg) == Admit::Accept && verifier.verify(p))
+                    .collect();
+                let (out, results) = coord.process_inbound_messages(&inbound).unwrap();
+                for p in out {
+                    c_rounds.sent(&p.msg);
+                    produced.push(encode_packet(&p));
+                }
+                if let Some(r) = results.into_iter().next() {
+                    return r;
+                }
+                to_signers = produced;
+            }
+        };
+    let t = Instant::now();
+    let start = coord.start_dkg_round().unwrap();
+    assert!(matches!(run(start, &mut coord), OperationResult::Dkg(_)));
+    let dkg = t.elapsed();
+    let mut signs = vec![];
+    for i in 0..rounds {
+        let t = Instant::now();
+        let start = coord
+            .start_signing_round(&[i as u8; 32], SignatureType::Taproot(None))
+            .unwrap();
+        assert!(matches!(
+            run(start, &mut coord),
+            OperationResult::SignTaproot(_)
+        ));
+        signs.push(t.elapsed());
+    }
+    (dkg, signs)
+}
+
+/// Relay server, one thread per signer, the coordinator: real HTTP on 127.0.0.1.
+fn through_relay(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
+    let relay = RelayServer::start("127.0.0.1:0", RelayConfig::default()).unwrap();
+    let set = signer_set(n, k);
+    let secp = Secp256k1::new();
+    let ckey = key(0xc0, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = SignerFile {
+        relay_url: relay.url(),
+        coordinator_public_key: ckey.public_key(&secp),
+        state_dir: None,
+        set: set.clone(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (1..=n)
+        .map(|id| {
+            let mut node = SignerNode::new(SignerOptions {
+                id,
+                file: file.clone(),
+                private_key: key(0x5e, id - 1),
+                state_path: dir.path().join(format!("s{id}.json")),
+                poll_wait: Duration::from_millis(500),
+            })
+            .unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || node.run(&stop))
+        })
+        .collect();
+    let mut coord = RelayFrostCoordinator::new(RelayCoordinatorOptions {
+        set,
+        private_key: ckey,
+        relay_url: relay.url(),
+        dkg_timeout: Duration::from_secs(120),
+        sign_timeout: Duration::from_secs(30),
+        state_path: None,
+    })
+    .unwrap();
+    let t = Instant::now();
+    coord.run_dkg_round().unwrap();
+    let dkg = t.elapsed();
+    let mut signs = vec![];
+    for i in 0..rounds {
+        let t = Instant::now();
+        coord.sign_message(&[i as u8; 32]).unwrap();
+        signs.push(t.elapsed());
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    (dkg, signs)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn relay_latency(clients: usize, messages: usize) -> (Duration, Duration, Duration) {
+    let relay = RelayServer::start("127.0.0.1:0", RelayConfig::default()).unwrap();
+    let poster = RelayClient::new(&relay.url(), Duration::from_secs(5));
+    let ready = Arc::new(Barrier::new(clients + 1));
+    let start_times = Arc::new(std::sync::Mutex::new(vec![None; messages + 1]));
+    let readers: Vec<_> = (0..clients)
+        .map(|_| {
+            let c = poster.clone();
+            let ready = ready.clone();
+            let starts = start_times.clone();
+            std::thread::spawn(move || {
+                ready.wait();
+                let mut lat = vec![];
+                let mut after = 0;
+                while lat.len() < messages {
+                    let b = c.poll(after, Duration::from_secs(5)).unwrap();
+                    let now = Instant::now();
+                    after = b.last_seq(after);
+                    for (seq, _) in b.messages {
+                        let sent: Option<Instant> = starts.lock().unwrap()[seq as usize];
+                        lat.push(now - sent.unwrap_or(now));
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    ready.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 1..=messages {
+        start_times.lock().unwrap()[i] = Some(Instant::now());
+        poster.post(&[0u8; 512]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut all: Vec<Duration> = readers
+        .into_iter()
+        .flat_map(|r| r.join().unwrap())
+        .collect();
+    all.sort();
+    (
+        all[all.len() / 2],
+        all[all.len() * 99 / 100],
+        *all.last().unwrap(),
+    )
+}
+
+fn main() {
+    let rounds = 10;
+    println!("FROST rounds (wsts v2 + FIRE), median of {rounds} signing rounds");
+    println!("| signers × keys | path | DKG | signing round (median) |");
+    println!("|---|---|---|---|");
+    for (n, k) in [(15, 1), (15, 10)] {
+        let (d_in, s_in) = in_process(n, k, rounds);
+        eprintln!("{n}x{k} in-process done");
+        let (d_relay, s_relay) = through_relay(n, k, rounds);
+        eprintln!("{n}x{k} relay done");
+        let (m_in, m_relay) = (median(s_in), median(s_relay));
+        println!(
+            "| {n}×{k} | in-process | {:.0} ms | {:.1} ms |",
+            d_in.as_secs_f64() * 1e3,
+            m_in.as_secs_f64() * 1e3
+        );
+        println!(
+            "| {n}×{k} | relay | {:.0} ms ({:.2}×) | {:.1} ms ({:.2}×) |",
+            d_relay.as_secs_f64() * 1e3,
+            d_relay.as_secs_f64() / d_in.as_secs_f64(),
+            m_relay.as_secs_f64() * 1e3,
+            m_relay.as_secs_f64() / m_in.as_secs_f64()
+        );
+    }
+    let (p50, p99, max) = relay_latency(128, 50);
+    println!();
+    println!(
+        "relay delivery to 128 long-polling clients (50 messages of 512 bytes): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
+}
