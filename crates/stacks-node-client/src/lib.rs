@@ -4,7 +4,10 @@
 //! double for other crates' tests.
 
 pub use peg_ops;
+pub use rpc::UreqStacksNode;
 pub use stacks_wire;
+
+mod rpc;
 
 use peg_ops::{BurnHeight, PegInOp, PegOutRequestOp};
 use stacks_wire::{ContractId, PrincipalData, StacksTxid, Value};

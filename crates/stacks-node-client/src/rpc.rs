@@ -1,0 +1,277 @@
+//! [`StacksNode`] over the stacks-node's RPC, with ureq.
+
+use std::time::Duration;
+
+use peg_ops::{BurnHeight, PegInOp, PegOutRequestOp};
+use serde::Deserialize;
+use serde_json::{json, Value as Json};
+use stacks_wire::transaction::sha512_256;
+use stacks_wire::{ContractId, PrincipalData, StacksTxid, Value};
+
+use crate::{AccountInfo, Error, FeeEstimates, NodeInfo, Rejection, StacksNode};
+
+/// The most a response body may hold.
+const MAX_BODY: u64 = 8 << 20;
+
+/// A stacks-node RPC client.
+#[derive(Debug, Clone)]
+pub struct UreqStacksNode {
+    agent: ureq::Agent,
+    url: String,
+}
+
+fn transport(e: ureq::Error) -> Error {
+    match e {
+        ureq::Error::Timeout(_) => Error::Timeout,
+        ureq::Error::BodyExceedsLimit(n) => Error::Decode(format!("answer larger than {n} bytes")),
+        other => Error::Transport(other.to_string()),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, Error> {
+    serde_json::from_str(text).map_err(|e| Error::Decode(format!("{what}: {e}: {text:.120}")))
+}
+
+fn hex32(what: &str, s: &str) -> Result<[u8; 32], Error> {
+    let b = hex::decode(s.trim_start_matches("0x"))
+        .map_err(|_| Error::Decode(format!("{what} is not hex")))?;
+    b.try_into()
+        .map_err(|_| Error::Decode(format!("{what} is not 32 bytes")))
+}
+
+impl UreqStacksNode {
+    /// Creates a client for the node at `url` (e.g. `http://127.0.0.1:20443`)
+    /// with a per-call `timeout`.
+    pub fn new(url: &str, timeout: Duration) -> Self {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build();
+        UreqStacksNode {
+            agent: ureq::Agent::new_with_config(config),
+            url: url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    fn read(resp: &mut ureq::http::Response<ureq::Body>) -> Result<(u16, String), Error> {
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY)
+            .read_to_string()
+            .map_err(transport)?;
+        Ok((status, text))
+    }
+
+    fn get(&self, path: &str) -> Result<(u16, String), Error> {
+        let mut resp = self
+            .agent
+            .get(format!("{}{path}", self.url))
+            .call()
+            .map_err(transport)?;
+        Self::read(&mut resp)
+    }
+
+    fn post_json(&self, path: &str, body: &Json) -> Result<(u16, String), Error> {
+        let mut resp = self
+            .agent
+            .post(format!("{}{path}", self.url))
+            .header("Content-Type", "application/json")
+            .send(body.to_string().as_bytes())
+            .map_err(transport)?;
+        Self::read(&mut resp)
+    }
+
+    fn http(status: u16, text: &str) -> Error {
+        Error::Http {
+            status,
+            body: text.chars().take(200).collect(),
+        }
+    }
+
+    fn burn_ops<T: serde::de::DeserializeOwned>(
+        &self,
+        height: BurnHeight,
+        op: &str,
+    ) -> Result<Option<Vec<T>>, Error> {
+        let (status, text) = self.get(&format!("/v2/burn_ops/{height}/{op}"))?;
+        match status {
+            200 => {
+                let mut v: serde_json::Map<String, Json> = decode(op, &text)?;
+                let ops = v
+                    .remove(op)
+                    .ok_or_else(|| Error::Decode(format!("no {op:?} key in {text:.120}")))?;
+                serde_json::from_value(ops)
+                    .map(Some)
+                    .map_err(|e| Error::Decode(format!("{op}: {e}")))
+            }
+            // A plain-text 404: the node has not processed this height yet.
+            404 => Ok(None),
+            s => Err(Self::http(s, &text)),
+        }
+    }
+}
+
+impl StacksNode for UreqStacksNode {
+    fn get_info(&self) -> Result<NodeInfo, Error> {
+        #[derive(Deserialize)]
+        struct Info {
+            burn_block_height: u64,
+            stacks_tip_height: u64,
+            stacks_tip: String,
+            stacks_tip_consensus_hash: String,
+        }
+        let (status, text) = self.get("/v2/info")?;
+        if status != 200 {
+            return Err(Self::http(status, &text));
+        }
+        let info: Info = decode("/v2/info", &text)?;
+        let block_hash = hex32("stacks_tip", &info.stacks_tip)?;
+        let consensus = hex::decode(info.stacks_tip_consensus_hash.trim_start_matches("0x"))
+            .ok()
+            .filter(|b| b.len() == 20)
+            .ok_or_else(|| {
+                Error::Decode("stacks_tip_consensus_hash is not 20 bytes of hex".into())
+            })?;
+        // The index block hash (StacksBlockId): SHA512/256(block hash ‖ consensus hash).
+        let mut buf = block_hash.to_vec();
+        buf.extend_from_slice(&consensus);
+        Ok(NodeInfo {
+            burn_block_height: info.burn_block_height,
+            stacks_tip_height: info.stacks_tip_height,
+            stacks_tip: sha512_256(&buf),
+        })
+    }
+
+    fn get_peg_in_ops(&self, height: BurnHeight) -> Result<Option<Vec<PegInOp>>, Error> {
+        self.burn_ops(height, "peg_in")
+    }
+
+    fn get_peg_out_request_ops(
+        &self,
+        height: BurnHeight,
+    ) -> Result<Option<Vec<PegOutRequestOp>>, Error> {
+        self.burn_ops(height, "peg_out_request")
+    }
+
+    fn get_account(&self, principal: &PrincipalData) -> Result<AccountInfo, Error> {
+        #[derive(Deserialize)]
+        struct Account {
+            balance: String,
+            nonce: u64,
+        }
+        let (status, text) = self.get(&format!("/v2/accounts/{principal}?proof=0"))?;
+        if status != 200 {
+            return Err(Self::http(status, &text));
+        }
+        let a: Account = decode("/v2/accounts", &text)?;
+        let balance = u128::from_str_radix(a.balance.trim_start_matches("0x"), 16)
+            .map_err(|_| Error::Decode(format!("balance {:?} is not hex", a.balance)))?;
+        Ok(AccountInfo {
+            balance,
+            nonce: a.nonce,
+        })
+    }
+
+    fn broadcast_transaction(&self, raw: &[u8]) -> Result<StacksTxid, Error> {
+        let mut resp = self
+            .agent
+            .post(format!("{}/v2/transactions", self.url))
+            .header("Content-Type", "application/octet-stream")
+            .send(raw)
+            .map_err(transport)?;
+        let (status, text) = Self::read(&mut resp)?;
+        match status {
+            200 => {
+                let txid: String = decode("/v2/transactions", &text)?;
+                txid.parse()
+                    .map_err(|e| Error::Decode(format!("txid {txid:?}: {e}")))
+            }
+            400 => {
+                #[derive(Deserialize)]
+                struct Rejected {
+                    reason: String,
+                    #[serde(default)]
+                    reason_data: Option<Json>,
+                }
+                let r: Rejected = decode("transaction rejection", &text)?;
+                Err(Error::Rejected(Rejection {
+                    reason: r.reason,
+                    reason_data: r.reason_data,
+                }))
+            }
+            s => Err(Self::http(s, &text)),
+        }
+    }
+
+    fn estimate_fee(&self, payload: &[u8], estimated_len: u64) -> Result<FeeEstimates, Error> {
+        #[derive(Deserialize)]
+        struct Estimate {
+            fee: u64,
+        }
+        #[derive(Deserialize)]
+        struct Estimates {
+            estimations: Vec<Estimate>,
+        }
+        let body =
+            json!({"transaction_payload": hex::encode(payload), "estimated_len": estimated_len});
+        let (status, text) = self.post_json("/v2/fees/transaction", &body)?;
+        match status {
+            200 => {
+                let e: Estimates = decode("/v2/fees/transaction", &text)?;
+                match e.estimations.as_slice() {
+                    [low, middle, high] => Ok(FeeEstimates {
+                        low: low.fee,
+                        middle: middle.fee,
+                        high: high.fee,
+                    }),
+                    other => Err(Error::Decode(format!(
+                        "{} fee estimations, expected 3",
+                        other.len()
+                    ))),
+                }
+            }
+            400 if text.contains("NoEstimateAvailable") => Err(Error::NoEstimate),
+            s => Err(Self::http(s, &text)),
+        }
+    }
+
+    fn call_read(
+        &self,
+        contract: &ContractId,
+        function: &str,
+        args: &[Value],
+        sender: &PrincipalData,
+    ) -> Result<Value, Error> {
+        #[derive(Deserialize)]
+        struct CallRead {
+            okay: bool,
+            #[serde(default)]
+            result: Option<String>,
+            #[serde(default)]
+            cause: Option<String>,
+        }
+        let body = json!({
+            "sender": sender.to_string(),
+            "arguments": args.iter().map(Value::to_hex).collect::<Vec<_>>(),
+        });
+        let path = format!(
+            "/v2/contracts/call-read/{}/{}/{function}",
+            contract.address, contract.name
+        );
+        let (status, text) = self.post_json(&path, &body)?;
+        if status != 200 {
+            return Err(Self::http(status, &text));
+        }
+        let r: CallRead = decode("call-read", &text)?;
+        match (r.okay, r.result) {
+            (true, Some(hex)) => {
+                Value::from_hex(&hex).map_err(|e| Error::Decode(format!("call-read result: {e}")))
+            }
+            _ => Err(Error::CallReadFailed(
+                r.cause.unwrap_or_else(|| "no cause given".into()),
+            )),
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The stacks-node client against a local server answering as the node does,
+//! including rejections, plain-text 404s, 5xx, garbage and slow answers.
+
+use std::time::{Duration, Instant};
+
+use http_fixture::{FixtureServer, Reply};
+use stacks_node_client::peg_ops::BurnHeight;
+use stacks_node_client::{Error, StacksNode, UreqStacksNode};
+use stacks_wire::{ContractId, PrincipalData, Value};
+
+fn client(s: &FixtureServer) -> UreqStacksNode {
+    UreqStacksNode::new(&s.url(), Duration::from_millis(500))
+}
+
+const PEG_IN: &str = r#"{"peg_in":[{"amount":1337,"block_height":218,"burn_header_hash":"3292a7d2a7e941499b5c0dcff2a5656c159010718450948a60c2be9e1c221dc4","memo":"","peg_wallet_address":"tb1pqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqkgkkf5","recipient":"S0000000000000000000002AA028H.awesome_contract","txid":"d81bec73a0ea0bdcf9bc011f567944eb1eae5889bf002bf7ae641d7096157771","vtxindex":2}]}"#;
+
+#[test]
+fn burn_ops_and_the_not_there_yet_404() {
+    let s = FixtureServer::start(|r| match r.path.as_str() {
+        "/v2/burn_ops/218/peg_in" => Reply::json(200, PEG_IN),
+        "/v2/burn_ops/218/peg_out_request" => Reply::json(200, r#"{"peg_out_request":[]}"#),
+        _ => Reply::text(404, "No burn ops at that height"),
+    });
+    let c = client(&s);
+    let ops = c.get_peg_in_ops(BurnHeight(218)).unwrap().unwrap();
+    assert_eq!(ops[0].amount.to_sat(), 1337);
+    assert_eq!(
+        c.get_peg_out_request_ops(BurnHeight(218)).unwrap(),
+        Some(vec![])
+    );
+    // Not there yet, never "nothing there".
+    assert_eq!(c.get_peg_in_ops(BurnHeight(219)).unwrap(), None);
+}
+
+#[test]
+fn info_gives_the_index_block_hash() {
+    let s = FixtureServer::start(|_| {
+        Reply::json(
+            200,
+            r#"{"burn_block_height": 812, "stacks_tip_height": 99, "stacks_tip": "11111111111111111111111111111111111111111111111111111111111111aa", "stacks_tip_consensus_hash": "2222222222222222222222222222222222222222", "server_version": "x"}"#,
+        )
+    });
+    let info = client(&s).get_info().unwrap();
+    assert_eq!((info.burn_block_height, info.stacks_tip_height), (812, 99));
+    let mut buf =
+        hex::decode("11111111111111111111111111111111111111111111111111111111111111aa").unwrap();
+    buf.extend(hex::decode("2222222222222222222222222222222222222222").unwrap());
+    assert_eq!(info.stacks_tip, stacks_wire::transaction::sha512_256(&buf));
+}
+
+#[test]
+fn accounts_parse_hex_balances() {
+    let s = FixtureServer::start(|r| {
+        assert!(r.path.ends_with("?proof=0"), "{}", r.path);
+        Reply::json(
+            200,
+            r#"{"balance":"0x0000000000000000000000003b9aca00","locked":"0x0","unlock_height":0,"nonce":7}"#,
+        )
+    });
+    let who: PrincipalData = "ST2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKQYAC0RQ".parse().unwrap();
+    let a = client(&s).get_account(&who).unwrap();
+    assert_eq!((a.balance, a.nonce), (1_000_000_000, 7));
+}
+
+#[test]
+fn broadcast_success_and_rejections_with_reason_data() {
+    let s = FixtureServer::start(|r| {
+        assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+        match r.body.first() {
+            Some(1) => Reply::json(
+                200,
+                r#""98642a68528c7631be0dcefa910ce3a881480a7dbba9bca7b2d0f3c6fa5987dd""#,
+            ),
+            Some(2) => Reply::json(
+                400,
+                r#"{"txid":"98642a68528c7631be0dcefa910ce3a881480a7dbba9bca7b2d0f3c6fa5987dd","error":"transaction rejected","reason":"FeeTooLow","reason_data":{"expected":2500,"actual":180}}"#,
+            ),
+            _ => Reply::text(400, "not json at all"),
+        }
+    });
+    let c = client(&s);
+    assert_eq!(
+        c.broadcast_transaction(&[1]).unwrap().to_string(),
+        "98642a68528c7631be0dcefa910ce3a881480a7dbba9bca7b2d0f3c6fa5987dd"
+    );
+    match c.broadcast_transaction(&[2]) {
+        Err(Error::Rejected(r)) => {
+            assert_eq!(r.reason, "FeeTooLow");
+            assert_eq!(r.reason_data_u64("expected"), Some(2500));
+            assert_eq!(r.reason_data_u64("actual"), Some(180));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        c.broadcast_transaction(&[3]),
+        Err(Error::Decode(_))
+    ));
+}
+
+#[test]
+fn fee_estimates_and_no_estimate() {
+    let s = FixtureServer::start(|r| {
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        if v["estimated_len"] == 1 {
+            Reply::json(
+                400,
+                r#"{"error":"Estimation could not be performed","reason":"NoEstimateAvailable"}"#,
+            )
+        } else {
+            assert_eq!(v["transaction_payload"], "0211");
+            Reply::json(
+                200,
+                r#"{"estimated_cost":{},"estimated_cost_scalar":14,"cost_scalar_change_by_byte":0.004,"estimations":[{"fee_rate":1.5,"fee":180},{"fee_rate":2.5,"fee":240},{"fee_rate":9.1,"fee":900}]}"#,
+            )
+        }
+    });
+    let c = client(&s);
+    let e = c.estimate_fee(&[0x02, 0x11], 200).unwrap();
+    assert_eq!((e.low, e.middle, e.high), (180, 240, 900));
+    assert_eq!(c.estimate_fee(&[0x02], 1).unwrap_err(), Error::NoEstimate);
+}
+
+#[test]
+fn call_read_sends_hex_arguments_and_decodes_the_result() {
+    let s = FixtureServer::start(|r| {
+        assert!(r.path.ends_with("/v2/contracts/call-read/ST2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKQYAC0RQ/sbtc-alpha/was-minted"), "{}", r.path);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        // Hex-serialized Clarity values, not "u1" text.
+        assert_eq!(v["arguments"][0], "0x0100000000000000000000000000000001");
+        if v["sender"] == "ST2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKQYAC0RQ" {
+            Reply::json(200, r#"{"okay":true,"result":"0x03"}"#)
+        } else {
+            Reply::json(200, r#"{"okay":false,"cause":"Unchecked(NoSuchContract)"}"#)
+        }
+    });
+    let c = client(&s);
+    let contract: ContractId = "ST2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKQYAC0RQ.sbtc-alpha"
+        .parse()
+        .unwrap();
+    let me: PrincipalData = "ST2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKQYAC0RQ".parse().unwrap();
+    assert_eq!(
+        c.call_read(&contract, "was-minted", &[Value::UInt(1)], &me)
+            .unwrap(),
+        Value::Bool(true)
+    );
+    let other: PrincipalData = "ST3MEAPA680QRR7HKH16C57R7QBK0WM84G72NPHZC".parse().unwrap();
+    assert!(
+        matches!(c.call_read(&contract, "was-minted", &[Value::UInt(1)], &other), Err(Error::CallReadFailed(m)) if m.contains("NoSuchContract"))
+    );
+}
+
+#[test]
+fn broken_nodes_give_typed_errors_never_panics() {
+    type Case = (Reply, fn(&Error) -> bool);
+    let cases: Vec<Case> = vec![
+        (Reply::text(500, "internal"), |e| {
+            matches!(e, Error::Http { status: 500, .. }) && e.is_transient()
+        }),
+        (Reply::text(503, ""), |e| e.is_transient()),
+        (Reply::json(200, "{garbage"), |e| {
+            matches!(e, Error::Decode(_))
+        }),
+        (Reply::json(200, r#"{"burn_block_height":"high"}"#), |e| {
+            matches!(e, Error::Decode(_))
+        }),
+        (Reply::Close, |e| {
+            matches!(e, Error::Transport(_)) && e.is_transient()
+        }),
+        (
+            Reply::Raw(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"burn".to_vec()),
+            |e| matches!(e, Error::Transport(_) | Error::Decode(_)),
+        ),
+    ];
+    for (reply, expected) in cases {
+        let s = FixtureServer::start(move |_| reply.clone());
+        let e = client(&s).get_info().unwrap_err();
+        assert!(expected(&e), "{e:?}");
+        let e = client(&s).get_peg_in_ops(BurnHeight(1)).unwrap_err();
+        assert!(!matches!(e, Error::Rejected(_)), "{e:?}");
+    }
+    let slow = FixtureServer::start(|_| {
+        Reply::Delay(Duration::from_secs(3), Box::new(Reply::json(200, "{}")))
+    });
+    let t = Instant::now();
+    assert_eq!(client(&slow).get_info().unwrap_err(), Error::Timeout);
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
