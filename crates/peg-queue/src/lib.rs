@@ -10,6 +10,9 @@
 //! With the `mock` feature the crate exports `MockPegQueue`.
 
 pub use peg_ops;
+pub use sqlite::SqlitePegQueue;
+
+mod sqlite;
 
 use std::fmt;
 
@@ -171,7 +174,10 @@ pub trait PegQueue {
     /// Records a failed step; returns the number of failures so far.
     fn record_failure(&self, txid: &Txid, error: &str) -> Result<u32, Error>;
 
-    /// Returns the highest Stacks nonce the coordinator has signed, if any.
+    /// Returns the highest nonce among the coordinator's Stacks transactions
+    /// that are signed and not yet known to have taken effect (the "live"
+    /// ones). Together with the node's confirmed nonce this gives the next
+    /// nonce without reusing or skipping one across restarts.
     fn last_signed_stacks_nonce(&self) -> Result<Option<u64>, Error>;
 }
 

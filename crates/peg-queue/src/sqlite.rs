@@ -1,0 +1,317 @@
+//! [`PegQueue`] on SQLite: WAL, `synchronous=FULL`, every state change one
+//! transaction, versioned migrations. The schema is documented in
+//! `docs/QUEUE.md`; operators may read it with the `sqlite3` shell.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bitcoin::Txid;
+use peg_ops::{BurnHeight, PegOp};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::{Error, OpState, PegQueue, QueuedOp};
+
+/// Migrations, in order; `schema_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: operations and the scan cursor.
+    "CREATE TABLE ops (
+        txid TEXT PRIMARY KEY NOT NULL,
+        kind TEXT NOT NULL,
+        block_height INTEGER NOT NULL,
+        vtxindex INTEGER NOT NULL,
+        burn_header_hash TEXT NOT NULL,
+        op TEXT NOT NULL,
+        state TEXT NOT NULL,
+        state_data TEXT NOT NULL,
+        stacks_nonce INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX ops_by_state ON ops (state, block_height, vtxindex);
+    CREATE TABLE scan (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        last_scanned_height INTEGER NOT NULL
+    ) STRICT;",
+];
+
+/// States after which the coordinator does nothing more with an op.
+const TERMINAL: &str = "('rejected', 'done', 'failed')";
+
+fn storage(e: rusqlite::Error) -> Error {
+    Error::Storage(e.to_string())
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The SQLite queue.
+#[derive(Debug)]
+pub struct SqlitePegQueue {
+    conn: Mutex<Connection>,
+}
+
+impl SqlitePegQueue {
+    /// Opens (creating if needed) the queue at `path` and runs pending migrations.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or migrated.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Storage(format!("{}: {e}", dir.display())))?;
+        }
+        let mut conn = Connection::open(path)
+            .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(storage)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(storage)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(storage)?;
+        migrate(&mut conn)?;
+        Ok(SqlitePegQueue {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock left no partial transaction behind:
+        // SQLite rolled it back. The connection is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns every op, oldest first.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn all(&self) -> Result<Vec<QueuedOp>, Error> {
+        self.select("1 = 1")
+    }
+
+    /// Returns the number of ops in each state.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn counts(&self) -> Result<BTreeMap<String, u64>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT state, COUNT(*) FROM ops GROUP BY state")
+            .map_err(storage)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(storage)?;
+        rows.map(|r| {
+            r.map(|(s, n)| (s, u64::try_from(n).unwrap_or(0)))
+                .map_err(storage)
+        })
+        .collect()
+    }
+
+    fn select(&self, condition: &str) -> Result<Vec<QueuedOp>, Error> {
+        let conn = self.lock();
+        let sql = format!(
+            "SELECT op, state_data, attempts, last_error FROM ops WHERE {condition} ORDER BY block_height, vtxindex, txid"
+        );
+        let mut stmt = conn.prepare(&sql).map_err(storage)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })
+            .map_err(storage)?;
+        rows.map(|r| r.map_err(storage).and_then(row_to_op))
+            .collect()
+    }
+}
+
+fn row_to_op(
+    (op, state, attempts, last_error): (String, String, i64, Option<String>),
+) -> Result<QueuedOp, Error> {
+    Ok(QueuedOp {
+        op: serde_json::from_str(&op).map_err(|e| Error::Corrupt(format!("op: {e}")))?,
+        state: serde_json::from_str(&state).map_err(|e| Error::Corrupt(format!("state: {e}")))?,
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        last_error,
+    })
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    let tx = conn.transaction().map_err(storage)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL) STRICT")
+        .map_err(storage)?;
+    let version: i64 = tx
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .optional()
+        .map_err(storage)?
+        .unwrap_or(0);
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if version > known {
+        return Err(Error::Corrupt(format!(
+            "the queue has schema version {version}, newer than this coordinator knows ({known})"
+        )));
+    }
+    for (i, script) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        tx.execute_batch(script)
+            .map_err(|e| Error::Storage(format!("migration {}: {e}", i + 1)))?;
+    }
+    tx.execute("DELETE FROM schema_version", [])
+        .map_err(storage)?;
+    tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [known])
+        .map_err(storage)?;
+    tx.commit().map_err(storage)
+}
+
+fn insert(tx: &Transaction<'_>, op: &PegOp) -> Result<bool, Error> {
+    let kind = match op {
+        PegOp::PegIn(_) => "peg_in",
+        PegOp::PegOutRequest(_) => "peg_out_request",
+    };
+    let json = serde_json::to_string(op).map_err(|e| Error::Storage(e.to_string()))?;
+    let state =
+        serde_json::to_string(&OpState::Detected).map_err(|e| Error::Storage(e.to_string()))?;
+    let n = tx
+        .execute(
+            "INSERT INTO ops (txid, kind, block_height, vtxindex, burn_header_hash, op, state, state_data, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'detected', ?7, ?8, ?8)
+             ON CONFLICT (txid) DO NOTHING",
+            params![
+                op.txid().to_string(),
+                kind,
+                to_i64(op.block_height().0),
+                i64::from(match op {
+                    PegOp::PegIn(o) => o.vtxindex,
+                    PegOp::PegOutRequest(o) => o.vtxindex,
+                }),
+                op.burn_header_hash().to_string(),
+                json,
+                state,
+                now()
+            ],
+        )
+        .map_err(storage)?;
+    Ok(n == 1)
+}
+
+impl PegQueue for SqlitePegQueue {
+    fn record_scanned_block(&self, height: BurnHeight, ops: &[PegOp]) -> Result<(), Error> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(storage)?;
+        for op in ops {
+            insert(&tx, op)?;
+        }
+        tx.execute(
+            "INSERT INTO scan (id, last_scanned_height) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET last_scanned_height = excluded.last_scanned_height",
+            [to_i64(height.0)],
+        )
+        .map_err(storage)?;
+        tx.commit().map_err(storage)
+    }
+
+    fn last_scanned_height(&self) -> Result<Option<BurnHeight>, Error> {
+        let conn = self.lock();
+        let h: Option<i64> = conn
+            .query_row(
+                "SELECT last_scanned_height FROM scan WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(storage)?;
+        Ok(h.map(|h| BurnHeight(u64::try_from(h).unwrap_or(0))))
+    }
+
+    fn insert_op(&self, op: &PegOp) -> Result<bool, Error> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(storage)?;
+        let inserted = insert(&tx, op)?;
+        tx.commit().map_err(storage)?;
+        Ok(inserted)
+    }
+
+    fn pending(&self) -> Result<Vec<QueuedOp>, Error> {
+        self.select(&format!("state NOT IN {TERMINAL}"))
+    }
+
+    fn get(&self, txid: &Txid) -> Result<Option<QueuedOp>, Error> {
+        let conn = self.lock();
+        let row = conn
+            .query_row(
+                "SELECT op, state_data, attempts, last_error FROM ops WHERE txid = ?1",
+                [txid.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(storage)?;
+        row.map(row_to_op).transpose()
+    }
+
+    fn set_state(&self, txid: &Txid, state: &OpState) -> Result<(), Error> {
+        let nonce = match state {
+            OpState::StacksTxSigned { tx } | OpState::StacksTxBroadcast { tx } => {
+                Some(to_i64(tx.nonce))
+            }
+            _ => None,
+        };
+        let data = serde_json::to_string(state).map_err(|e| Error::Storage(e.to_string()))?;
+        let conn = self.lock();
+        let n = conn
+            .execute(
+                "UPDATE ops SET state = ?2, state_data = ?3, stacks_nonce = ?4, last_error = NULL, updated_at = ?5
+                 WHERE txid = ?1",
+                params![txid.to_string(), state.name(), data, nonce, now()],
+            )
+            .map_err(storage)?;
+        if n == 0 {
+            return Err(Error::UnknownOp(*txid));
+        }
+        Ok(())
+    }
+
+    fn record_failure(&self, txid: &Txid, error: &str) -> Result<u32, Error> {
+        let conn = self.lock();
+        let attempts: Option<i64> = conn
+            .query_row(
+                "UPDATE ops SET attempts = attempts + 1, last_error = ?2, updated_at = ?3 WHERE txid = ?1 RETURNING attempts",
+                params![txid.to_string(), error, now()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(storage)?;
+        attempts
+            .map(|a| u32::try_from(a).unwrap_or(u32::MAX))
+            .ok_or(Error::UnknownOp(*txid))
+    }
+
+    fn last_signed_stacks_nonce(&self) -> Result<Option<u64>, Error> {
+        let conn = self.lock();
+        let n: Option<i64> = conn
+            .query_row(
+                "SELECT MAX(stacks_nonce) FROM ops WHERE state IN ('stacks_tx_signed', 'stacks_tx_broadcast')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(storage)?;
+        Ok(n.map(|n| u64::try_from(n).unwrap_or(0)))
+    }
+}

@@ -1,0 +1,232 @@
+//! The SQLite queue on real files: idempotent inserts, atomic scans, state
+//! walks that survive reopening, the nonce high-water mark, migrations, and
+//! no acknowledged write lost when the writer is killed with SIGKILL.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use bitcoin::hashes::Hash;
+use bitcoin::{Amount, BlockHash, Txid};
+use peg_queue::peg_ops::{BurnHeight, PegInOp, PegOp, SignedStacksTx};
+use peg_queue::{OpState, PegQueue, SqlitePegQueue};
+
+fn op(n: u32, height: u64) -> PegOp {
+    let mut t = [0u8; 32];
+    t[..4].copy_from_slice(&n.to_be_bytes());
+    PegOp::PegIn(PegInOp {
+        recipient: "ST2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKQYAC0RQ".parse().unwrap(),
+        peg_wallet_address: "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+            .parse()
+            .unwrap(),
+        amount: Amount::from_sat(1000 + u64::from(n)),
+        memo: vec![],
+        txid: Txid::from_byte_array(t),
+        vtxindex: n,
+        block_height: BurnHeight(height),
+        burn_header_hash: BlockHash::all_zeros(),
+    })
+}
+
+fn stx(nonce: u64) -> SignedStacksTx {
+    SignedStacksTx {
+        txid: stacks_wire::StacksTxid([nonce as u8; 32]),
+        nonce,
+        fee: 1000,
+        raw: vec![1, 2, 3],
+    }
+}
+
+#[test]
+fn ops_are_stored_once_and_scans_are_atomic() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SqlitePegQueue::open(&dir.path().join("queue.sqlite")).unwrap();
+    assert_eq!(q.last_scanned_height().unwrap(), None);
+    q.record_scanned_block(BurnHeight(5), &[op(2, 5), op(1, 5)])
+        .unwrap();
+    // A rescan of the same block (or --start-height) changes nothing.
+    q.set_state(&op(1, 5).txid(), &OpState::Accepted).unwrap();
+    q.record_scanned_block(BurnHeight(5), &[op(2, 5), op(1, 5)])
+        .unwrap();
+    assert!(!q.insert_op(&op(1, 5)).unwrap());
+    assert_eq!(
+        q.get(&op(1, 5).txid()).unwrap().unwrap().state,
+        OpState::Accepted
+    );
+    assert_eq!(q.last_scanned_height().unwrap(), Some(BurnHeight(5)));
+    q.record_scanned_block(BurnHeight(6), &[]).unwrap();
+    assert_eq!(q.last_scanned_height().unwrap(), Some(BurnHeight(6)));
+    // Pending: by height, then position in the block.
+    q.insert_op(&op(0, 3)).unwrap();
+    let order: Vec<Txid> = q.pending().unwrap().iter().map(|o| o.op.txid()).collect();
+    assert_eq!(
+        order,
+        vec![op(0, 3).txid(), op(1, 5).txid(), op(2, 5).txid()]
+    );
+}
+
+#[test]
+fn states_failures_and_nonces_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.sqlite");
+    {
+        let q = SqlitePegQueue::open(&path).unwrap();
+        for i in 0..4 {
+            q.insert_op(&op(i, 1)).unwrap();
+        }
+        q.set_state(&op(0, 1).txid(), &OpState::StacksTxSigned { tx: stx(7) })
+            .unwrap();
+        q.set_state(&op(1, 1).txid(), &OpState::StacksTxBroadcast { tx: stx(8) })
+            .unwrap();
+        q.set_state(&op(2, 1).txid(), &OpState::Done).unwrap();
+        q.set_state(
+            &op(3, 1).txid(),
+            &OpState::Rejected {
+                reason: "not on the allowlist".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            q.record_failure(&op(0, 1).txid(), "node timed out")
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            q.record_failure(&op(0, 1).txid(), "node timed out again")
+                .unwrap(),
+            2
+        );
+        assert!(matches!(
+            q.set_state(&op(9, 1).txid(), &OpState::Done),
+            Err(peg_queue::Error::UnknownOp(_))
+        ));
+    }
+    let q = SqlitePegQueue::open(&path).unwrap();
+    let first = q.get(&op(0, 1).txid()).unwrap().unwrap();
+    assert_eq!(first.state, OpState::StacksTxSigned { tx: stx(7) });
+    assert_eq!(
+        (first.attempts, first.last_error.as_deref()),
+        (2, Some("node timed out again"))
+    );
+    assert_eq!(q.last_signed_stacks_nonce().unwrap(), Some(8));
+    // Once the broadcast one is done, only the live signed one counts.
+    q.set_state(&op(1, 1).txid(), &OpState::Done).unwrap();
+    assert_eq!(q.last_signed_stacks_nonce().unwrap(), Some(7));
+    let pending: Vec<Txid> = q.pending().unwrap().iter().map(|o| o.op.txid()).collect();
+    assert_eq!(pending, vec![op(0, 1).txid()]);
+    let counts = q.counts().unwrap();
+    assert_eq!(counts.get("done"), Some(&2));
+    assert_eq!(counts.get("rejected"), Some(&1));
+    // A state change clears the last error.
+    q.set_state(&op(0, 1).txid(), &OpState::StacksTxBroadcast { tx: stx(7) })
+        .unwrap();
+    assert_eq!(q.get(&op(0, 1).txid()).unwrap().unwrap().last_error, None);
+}
+
+#[test]
+fn migrations_are_versioned_and_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.sqlite");
+    drop(SqlitePegQueue::open(&path).unwrap());
+    drop(SqlitePegQueue::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 1);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    conn.execute("UPDATE schema_version SET version = 99", [])
+        .unwrap();
+    drop(conn);
+    assert!(
+        matches!(SqlitePegQueue::open(&path), Err(peg_queue::Error::Corrupt(m)) if m.contains("99"))
+    );
+}
+
+#[test]
+fn a_corrupt_row_is_reported_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.sqlite");
+    let q = SqlitePegQueue::open(&path).unwrap();
+    q.insert_op(&op(1, 1)).unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE ops SET state_data = 'garbage'", [])
+        .unwrap();
+    assert!(matches!(q.pending(), Err(peg_queue::Error::Corrupt(_))));
+}
+
+/// The writer half of the kill test: runs only in the child process.
+#[test]
+fn kill_test_writer() {
+    let Ok(path) = std::env::var("PEG_QUEUE_KILL_TEST_DB") else {
+        return;
+    };
+    let q = SqlitePegQueue::open(std::path::Path::new(&path)).unwrap();
+    let mut out = std::io::stdout();
+    for i in 0..100_000u32 {
+        q.record_scanned_block(BurnHeight(u64::from(i)), &[op(i, u64::from(i))])
+            .unwrap();
+        q.set_state(
+            &op(i, u64::from(i)).txid(),
+            &OpState::StacksTxSigned {
+                tx: stx(u64::from(i)),
+            },
+        )
+        .unwrap();
+        // Acknowledged: both writes committed.
+        writeln!(out, "acked {i}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn no_acknowledged_write_is_lost_to_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kill.sqlite");
+    for round in 0..3 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "kill_test_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("PEG_QUEUE_KILL_TEST_DB", &db)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut acked = None;
+        let stop_after = 40 + round * 37;
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(n) = line.strip_prefix("acked ") {
+                acked = Some(n.parse::<u32>().unwrap());
+                if acked == Some(stop_after) {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let acked = acked.expect("the writer acknowledged writes");
+        let q = SqlitePegQueue::open(&db).unwrap();
+        for i in 0..=acked {
+            let got = q
+                .get(&op(i, u64::from(i)).txid())
+                .unwrap()
+                .unwrap_or_else(|| panic!("acknowledged op {i} lost"));
+            assert_eq!(
+                got.state,
+                OpState::StacksTxSigned {
+                    tx: stx(u64::from(i))
+                },
+                "op {i}"
+            );
+        }
+        assert!(q.last_scanned_height().unwrap().unwrap().0 >= u64::from(acked));
+    }
+}
