@@ -2,8 +2,7 @@
 //!
 //! This binary is glue: it parses the command line and the configuration,
 //! wires the library crates together, and maps the outcome to an exit code:
-//! 0 success, 1 runtime failure, 2 bad usage or configuration, 3 a command
-//! whose backing crates are not built yet.
+//! 0 success, 1 runtime failure, 2 bad usage or configuration.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::PathBuf;
@@ -14,11 +13,12 @@ use std::sync::Arc;
 use clap::{ArgAction, Parser, Subcommand};
 
 mod frost;
+mod node;
+
 use coordinator::bitcoin::Txid;
 use coordinator::config::{Config, ConfigError};
+use peg_queue::peg_ops::PegOpKind;
 
-/// Exit code for a command that cannot run yet.
-const EXIT_NOT_AVAILABLE: u8 = 3;
 /// Exit code for bad usage or configuration.
 const EXIT_CONFIG: u8 = 2;
 
@@ -81,6 +81,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect or retry queued operations.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// List every operation and its state.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one operation in full.
+    Show {
+        /// The operation's Bitcoin txid.
+        txid: Txid,
+    },
+    /// Send a rejected op back to validation, or a failed one back to signing.
+    Retry {
+        /// The operation's Bitcoin txid.
+        txid: Txid,
+    },
 }
 
 fn init_logging(verbose: u8) {
@@ -96,11 +119,6 @@ fn init_logging(verbose: u8) {
 
 fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
     Config::load(&cli.config, std::env::vars(), cli.signer_config.as_deref())
-}
-
-fn not_available(command: &str, issue: &str) -> ExitCode {
-    eprintln!("error: `{command}` is not available yet: it needs {issue}, which is not built yet");
-    ExitCode::from(EXIT_NOT_AVAILABLE)
 }
 
 fn main() -> ExitCode {
@@ -124,16 +142,21 @@ fn main() -> ExitCode {
         }
     }
 
-    match cli.command {
-        Command::Run { .. } | Command::ProcessPegIn { .. } | Command::ProcessPegOut { .. } => {
-            not_available(
-                command_name(&cli.command),
-                "the SQLite queue and the node clients",
-            )
+    match &cli.command {
+        Command::Run { start_height } => exit(node::run(&config, *start_height, &stop)),
+        Command::ProcessPegIn { txid } => {
+            exit(node::process(&config, *txid, PegOpKind::PegIn, &stop))
         }
-        Command::Status { .. } => not_available("status", "the SQLite queue and the node clients"),
-        Command::Dkg { force } => exit(frost::dkg(&config, force).map(|_| ())),
-        Command::DkgSign { message, force } => exit(frost::dkg_sign(&config, &message, force)),
+        Command::ProcessPegOut { txid } => exit(node::process(
+            &config,
+            *txid,
+            PegOpKind::PegOutRequest,
+            &stop,
+        )),
+        Command::Status { json } => exit(node::status(&config, *json)),
+        Command::Queue(q) => exit(node::queue_command(&config, q)),
+        Command::Dkg { force } => exit(frost::dkg(&config, *force).map(|_| ())),
+        Command::DkgSign { message, force } => exit(frost::dkg_sign(&config, message, *force)),
     }
 }
 
@@ -144,16 +167,5 @@ fn exit(r: anyhow::Result<()>) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::Run { .. } => "run",
-        Command::Dkg { .. } => "dkg",
-        Command::DkgSign { .. } => "dkg-sign",
-        Command::ProcessPegIn { .. } => "process-peg-in",
-        Command::ProcessPegOut { .. } => "process-peg-out",
-        Command::Status { .. } => "status",
     }
 }

@@ -1,6 +1,7 @@
 //! The binary as an operator meets it: exit codes and messages.
 
 use std::path::{Path, PathBuf};
+
 use std::process::{Command, Output};
 
 fn conf(file: &str) -> PathBuf {
@@ -88,16 +89,70 @@ fn an_environment_override_is_checked_like_the_file() {
     assert!(!e.contains("11468a462ac5b1df92ca"), "a secret leaked: {e}");
 }
 
+/// A config whose data directory is `dir` and whose nodes are all down.
+fn config_in(dir: &Path) -> PathBuf {
+    let dead = "http://127.0.0.1:9";
+    let text = std::fs::read_to_string(conf("coordinator.toml"))
+        .unwrap()
+        .replace("\"../data\"", &format!("{:?}", dir.join("data")))
+        .replace("http://127.0.0.1:20443", dead)
+        .replace("http://127.0.0.1:18443", dead)
+        .replace("http://127.0.0.1:3000", dead)
+        .replace("rpc_timeout_ms = 10000", "rpc_timeout_ms = 500")
+        .replace("\"signer.toml\"", &format!("{:?}", conf("signer.toml")))
+        .replace(
+            "\"allowlist.toml\"",
+            &format!("{:?}", conf("allowlist.toml")),
+        );
+    let path = dir.join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 #[test]
-fn commands_not_built_yet_say_so_and_exit_3() {
-    let config = conf("coordinator.toml");
-    for args in [vec!["run"], vec!["status", "--json"]] {
-        let mut all = vec!["--config", config.to_str().unwrap()];
-        all.extend(args.iter());
-        let o = cli(&all, &[]);
-        assert_eq!(o.status.code(), Some(3), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains("not available yet"), "{}", stderr(&o));
-    }
+fn run_without_reachable_services_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config_in(dir.path());
+    let o = cli(&["--config", c.to_str().unwrap(), "run"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("127.0.0.1:9"), "{}", stderr(&o));
+}
+
+#[test]
+fn status_reports_what_it_can_and_names_what_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config_in(dir.path());
+    let o = cli(&["--config", c.to_str().unwrap(), "status", "--json"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["last_scanned_height"], serde_json::Value::Null);
+    assert_eq!(v["ops"], serde_json::json!({}));
+    assert_eq!(
+        v["stacks_address"],
+        "ST3Z0MHYA9ZHQQKX0XYZ6MJYJXDJYBFZEZCGP88N0"
+    );
+    assert!(
+        v["stx_balance"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{v}"
+    );
+}
+
+#[test]
+fn queue_commands_on_an_empty_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config_in(dir.path());
+    let c = c.to_str().unwrap();
+    let o = cli(&["--config", c, "queue", "list", "--json"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
+    let txid = "d81bec73a0ea0bdcf9bc011f567944eb1eae5889bf002bf7ae641d7096157771";
+    let o = cli(&["--config", c, "queue", "retry", txid], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no operation"), "{}", stderr(&o));
+    assert!(dir.path().join("data/queue.sqlite").exists());
 }
 
 #[test]

@@ -11,7 +11,6 @@
 //! otherwise taken as a string.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use bitcoin::{Amount, FeeRate, Network};
 use frost_coordinator::SignerSet;
 use peg_ops::BurnHeight;
 use serde::Deserialize;
-use stacks_wire::{ContractId, StacksAddress, StacksNetwork};
+use stacks_wire::{ContractId, StacksAddress, StacksNetwork, StacksPrivateKey};
 
 use crate::allowlist::Allowlist;
 use crate::secret::Secret;
@@ -138,21 +137,6 @@ pub enum OpSourceKind {
     StacksNode,
     /// Bitcoin blocks, parsed by the coordinator.
     Bitcoin,
-}
-
-/// A Stacks private key and how its public key is encoded.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StacksPrivateKey {
-    /// The key.
-    pub key: SecretKey,
-    /// Whether the public key is used compressed (hex ended in `01`).
-    pub compressed: bool,
-}
-
-impl fmt::Debug for StacksPrivateKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StacksPrivateKey([redacted])")
-    }
 }
 
 /// How the coordinator authenticates to bitcoind.

@@ -24,6 +24,7 @@ pub mod allowlist;
 pub mod config;
 pub mod secret;
 pub mod source;
+pub mod startup;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +43,11 @@ use stacks_wire::{ContractId, PrincipalData, StacksNetwork, Value};
 
 pub use allowlist::Allowlist;
 pub use bitcoin;
+
+/// Returns a Bitcoin height as the op types count it.
+pub fn bitcoin_height(h: u64) -> BurnHeight {
+    BurnHeight(h)
+}
 pub use config::Config;
 pub use source::{BitcoinBlockSource, OpSource, SourceError, StacksNodeSource};
 
@@ -213,6 +219,7 @@ pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
     settings: LoopSettings,
     backoff: HashMap<Txid, Backoff>,
     scan_backoff: Option<Backoff>,
+    rescan: Option<BurnHeight>,
 }
 
 impl<Q, S, B, SW, BW, F, O> StacksCoordinator<Q, S, B, SW, BW, F, O>
@@ -232,7 +239,14 @@ where
             settings,
             backoff: HashMap::new(),
             scan_backoff: None,
+            rescan: None,
         }
+    }
+
+    /// Scans again from `height` on the next tick (ops already stored keep
+    /// their state: a rescan only adds what is missing).
+    pub fn rescan_from(&mut self, height: BurnHeight) {
+        self.rescan = Some(height);
     }
 
     /// Returns the components, for the caller's own use between runs.
@@ -346,9 +360,10 @@ where
         let Some(deepest) = (tip.0 + 1).checked_sub(depth) else {
             return Ok(tip);
         };
-        let mut next = match self.c.queue.last_scanned_height()? {
-            Some(h) => h.0 + 1,
-            None => self.settings.start_height.0,
+        let mut next = match (self.rescan.take(), self.c.queue.last_scanned_height()?) {
+            (Some(h), _) => h.0,
+            (None, Some(h)) => h.0 + 1,
+            (None, None) => self.settings.start_height.0,
         };
         let last = deepest.min(next.saturating_add(self.settings.max_heights_per_tick) - 1);
         while next <= last {

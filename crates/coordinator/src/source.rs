@@ -29,6 +29,16 @@ pub trait OpSource {
     fn ops_at(&self, height: BurnHeight) -> Result<Option<Vec<PegOp>>, SourceError>;
 }
 
+impl<T: OpSource + ?Sized> OpSource for Box<T> {
+    fn tip_height(&self) -> Result<BurnHeight, SourceError> {
+        (**self).tip_height()
+    }
+
+    fn ops_at(&self, height: BurnHeight) -> Result<Option<Vec<PegOp>>, SourceError> {
+        (**self).ops_at(height)
+    }
+}
+
 /// Reads ops from a stacks-node's `/v2/burn_ops` endpoint.
 #[derive(Debug)]
 pub struct StacksNodeSource<S> {

@@ -1,0 +1,270 @@
+//! `run`, `process-peg-in/out`, `status` and `queue`: wiring the real crates.
+
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bitcoin_node_client::{Auth, BitcoinNode, UreqBitcoinNode};
+use coordinator::bitcoin::Txid;
+use coordinator::config::{BitcoinAuth, Config, OpSourceKind};
+use coordinator::startup::{contract_wallet_key, ensure_wallet_key};
+use coordinator::{
+    BitcoinBlockSource, Components, LoopSettings, OpSource, StacksCoordinator, StacksNodeSource,
+};
+use fee_wallet::{BitcoinFeePolicy, ContractCallWallet, PegWallet, StacksFeePolicy};
+use frost_coordinator::RelayFrostCoordinator;
+use peg_queue::peg_ops::{PegOp, PegOpKind};
+use peg_queue::{OpState, PegQueue, SqlitePegQueue};
+use stacks_node_client::{StacksNode, UreqStacksNode};
+use stacks_wire::PrincipalData;
+
+fn bitcoin_node(c: &Config) -> UreqBitcoinNode {
+    let auth = match &c.bitcoin_auth {
+        BitcoinAuth::UserPass { user, password } => {
+            Auth::UserPass(user.clone(), password.expose().clone())
+        }
+        BitcoinAuth::Cookie(p) => Auth::Cookie(p.clone()),
+        BitcoinAuth::None => Auth::None,
+    };
+    UreqBitcoinNode::new(&c.bitcoin_node_url, auth, c.rpc_timeout)
+}
+
+fn source(c: &Config) -> Box<dyn OpSource> {
+    match c.op_source {
+        OpSourceKind::StacksNode => Box::new(StacksNodeSource::new(UreqStacksNode::new(
+            &c.stacks_node_url,
+            c.rpc_timeout,
+        ))),
+        OpSourceKind::Bitcoin => Box::new(BitcoinBlockSource::new(
+            bitcoin_node(c),
+            c.magic_bytes,
+            c.network,
+        )),
+    }
+}
+
+pub(crate) fn queue(c: &Config) -> Result<SqlitePegQueue> {
+    let path = c.data_dir.join("queue.sqlite");
+    SqlitePegQueue::open(&path).with_context(|| format!("cannot open the queue {}", path.display()))
+}
+
+type Loop = StacksCoordinator<
+    SqlitePegQueue,
+    UreqStacksNode,
+    UreqBitcoinNode,
+    ContractCallWallet<UreqStacksNode>,
+    PegWallet,
+    RelayFrostCoordinator,
+    Box<dyn OpSource>,
+>;
+
+/// Builds every component, checks the contract holds our key, returns the loop.
+fn build(c: &Config, start_height: Option<u64>) -> Result<Loop> {
+    let stacks = UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout);
+    let stacks_wallet = ContractCallWallet::new(
+        c.stacks_network,
+        c.contract.clone(),
+        *c.stacks_private_key.expose(),
+        StacksFeePolicy {
+            floor: c.fees.stacks_fee_floor,
+            cap: c.fees.stacks_fee_cap,
+        },
+        stacks.clone(),
+    );
+    let bitcoin_wallet = PegWallet::new(
+        c.network,
+        c.magic_bytes,
+        BitcoinFeePolicy {
+            floor: c.fees.bitcoin_fee_rate_floor,
+            cap: c.fees.bitcoin_fee_rate_cap,
+            subsidy: c.fees.fulfillment_subsidy,
+        },
+    );
+    let mut frost = crate::frost::coordinator(c)?;
+    let queue = queue(c)?;
+    let key = ensure_wallet_key(
+        &stacks,
+        &stacks_wallet,
+        &mut frost,
+        &queue,
+        &c.contract,
+        Duration::from_secs(600),
+        c.poll_interval,
+    )
+    .context("start-up check of the peg wallet key")?;
+    log::info!(
+        "peg wallet: {}",
+        fee_wallet::peg_wallet_address(&key, c.network)
+    );
+    let mut settings = LoopSettings::from_config(c);
+    if let Some(h) = start_height {
+        settings.start_height = coordinator::bitcoin_height(h);
+    }
+    Ok(StacksCoordinator::new(
+        Components {
+            queue,
+            stacks,
+            bitcoin: bitcoin_node(c),
+            stacks_wallet,
+            bitcoin_wallet,
+            frost,
+            source: source(c),
+        },
+        settings,
+    ))
+}
+
+/// `run`: process operations until stopped.
+pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> Result<()> {
+    let mut l = build(c, start_height)?;
+    if let Some(h) = start_height {
+        l.rescan_from(coordinator::bitcoin_height(h));
+    }
+    l.run(stop).context("the coordinator loop stopped")
+}
+
+/// `process-peg-in` / `process-peg-out`: find one op (in the queue, else on
+/// chain) and drive it as far as it goes now.
+pub(crate) fn process(c: &Config, txid: Txid, kind: PegOpKind, stop: &AtomicBool) -> Result<()> {
+    let mut l = build(c, None)?;
+    let known = l.components().queue.get(&txid)?;
+    if known.is_none() {
+        let status = bitcoin_node(c)
+            .get_raw_transaction(&txid)
+            .context("looking the transaction up on the Bitcoin node")?
+            .ok_or_else(|| anyhow!("the Bitcoin node does not know transaction {txid}"))?;
+        if status.confirmations == 0 {
+            bail!("transaction {txid} is not confirmed yet");
+        }
+        let tip = bitcoin_node(c).get_block_count()?;
+        let height = tip + 1 - u64::from(status.confirmations);
+        let ops = l
+            .components()
+            .source
+            .ops_at(coordinator::bitcoin_height(height))
+            .map_err(|e| anyhow!("reading ops at height {height}: {e}"))?
+            .ok_or_else(|| anyhow!("the op source has not processed height {height} yet"))?;
+        let op = ops.into_iter().find(|o| o.txid() == txid).ok_or_else(|| {
+            anyhow!("transaction {txid} at height {height} is no valid peg operation")
+        })?;
+        l.components().queue.insert_op(&op)?;
+    }
+    let op = l
+        .components()
+        .queue
+        .get(&txid)?
+        .ok_or_else(|| anyhow!("{txid} vanished from the queue"))?;
+    if op.op.kind() != kind {
+        bail!("{txid} is a {}, not a {kind}", op.op.kind());
+    }
+    let state = l.process_one(&txid, stop)?;
+    println!("{kind} {txid}: {state}");
+    Ok(())
+}
+
+/// `status`: queue, balances and key; a failing node shows as an error field.
+pub(crate) fn status(c: &Config, json: bool) -> Result<()> {
+    let q = queue(c)?;
+    let stacks = UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout);
+    let me = PrincipalData::Standard(c.stacks_address());
+    let account = stacks.get_account(&me);
+    if let Ok(a) = &account {
+        if a.balance < u128::from(c.fees.stx_low_balance_warning) {
+            log::warn!(
+                "the coordinator's STX balance ({} µSTX) is below the warning threshold",
+                a.balance
+            );
+        }
+    }
+    let key = contract_wallet_key(&stacks, &c.contract, &me);
+    let peg = key
+        .as_ref()
+        .ok()
+        .and_then(|k| *k)
+        .map(|k| fee_wallet::peg_wallet_address(&k, c.network));
+    let peg_balance = peg.as_ref().map(|a| {
+        bitcoin_node(c)
+            .list_unspent(&a.script_pubkey())
+            .map(|u| u.iter().map(|u| u.txout.value.to_sat()).sum::<u64>())
+    });
+    let err = |e: &dyn std::fmt::Display| serde_json::json!({ "error": e.to_string() });
+    let v = serde_json::json!({
+        "last_scanned_height": q.last_scanned_height()?.map(|h| h.0),
+        "ops": q.counts()?,
+        "stacks_address": me.to_string(),
+        "stx_balance": account.as_ref().map(|a| serde_json::json!(a.balance.to_string())).unwrap_or_else(|e| err(e)),
+        "stacks_nonce": account.as_ref().map(|a| serde_json::json!(a.nonce)).unwrap_or_else(|e| err(e)),
+        "aggregate_key": key.as_ref().map(|k| serde_json::json!(k.map(|k| k.to_string()))).unwrap_or_else(|e| err(e)),
+        "peg_wallet_address": peg.as_ref().map(|a| a.to_string()),
+        "peg_wallet_sats": match peg_balance {
+            None => serde_json::Value::Null,
+            Some(Ok(s)) => serde_json::json!(s),
+            Some(Err(e)) => err(&e),
+        },
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (k, val) in v.as_object().into_iter().flatten() {
+            println!("{k:<20} {val}");
+        }
+    }
+    Ok(())
+}
+
+/// `queue list|show|retry`.
+pub(crate) fn queue_command(c: &Config, cmd: &crate::QueueCommand) -> Result<()> {
+    let q = queue(c)?;
+    match cmd {
+        crate::QueueCommand::List { json } => {
+            let all = q.all()?;
+            if *json {
+                let rows: Vec<_> = all
+                    .iter()
+                    .map(|o| serde_json::json!({"txid": o.op.txid().to_string(), "kind": o.op.kind(), "height": o.op.block_height().0, "state": o.state.name(), "attempts": o.attempts, "last_error": o.last_error}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for o in all {
+                    println!(
+                        "{}  {:<8} {:>8}  {}  attempts {}",
+                        o.op.txid(),
+                        o.op.kind().to_string(),
+                        o.op.block_height().0,
+                        o.state,
+                        o.attempts
+                    );
+                }
+            }
+        }
+        crate::QueueCommand::Show { txid } => {
+            let o = q
+                .get(txid)?
+                .ok_or_else(|| anyhow!("no operation {txid} in the queue"))?;
+            let op = match &o.op {
+                PegOp::PegIn(p) => serde_json::to_value(p)?,
+                PegOp::PegOutRequest(p) => serde_json::to_value(p)?,
+            };
+            let v = serde_json::json!({"kind": o.op.kind(), "op": op, "state": o.state, "attempts": o.attempts, "last_error": o.last_error});
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        crate::QueueCommand::Retry { txid } => {
+            let o = q
+                .get(txid)?
+                .ok_or_else(|| anyhow!("no operation {txid} in the queue"))?;
+            let next = match o.state {
+                // Nothing happened on chain: validate again.
+                OpState::Rejected { .. } => OpState::Detected,
+                // A mint or burn was mined without effect: sign a new one (the
+                // contract refuses a second effect for the same Bitcoin txid).
+                OpState::Failed { .. } => OpState::Accepted,
+                other => bail!(
+                    "{txid} is {other}; only rejected or failed operations are retried by hand"
+                ),
+            };
+            q.set_state(txid, &next)?;
+            println!("{txid}: {} -> {}", o.state.name(), next.name());
+        }
+    }
+    Ok(())
+}

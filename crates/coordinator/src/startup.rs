@@ -1,0 +1,306 @@
+//! Start-up: the peg wallet key in the contract must be ours.
+//!
+//! - The contract has no key: run DKG (unless we already hold a key), publish
+//!   it with `set-bitcoin-wallet-public-key`, and wait until the contract
+//!   shows it.
+//! - The contract has our key: go on.
+//! - The contract has another key: refuse to start. Silently running a new
+//!   DKG would move the peg wallet and strand every coin at the old address.
+
+use std::time::{Duration, Instant};
+
+use bitcoin::secp256k1::PublicKey;
+use fee_wallet::{next_nonce, StacksWallet};
+use frost_coordinator::FrostCoordinator;
+use log::info;
+use peg_ops::contract;
+use peg_queue::PegQueue;
+use stacks_node_client::StacksNode;
+use stacks_wire::{ContractId, PrincipalData, Value};
+
+/// Why start-up stopped. (Large variants are fine: start-up runs once.)
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The contract holds a key that is not ours.
+    #[error("the contract's peg wallet key is {contract}, but this coordinator's aggregate key is {ours}: refusing to start (a new DKG would strand the funds at the old address)")]
+    KeyMismatch {
+        /// The contract's key.
+        contract: PublicKey,
+        /// Ours.
+        ours: PublicKey,
+    },
+    /// The contract holds a key and we hold none.
+    #[error("the contract's peg wallet key is {0}, but this coordinator has no FROST state: restore frost-coordinator.json in the data directory (a new DKG would strand the funds)")]
+    NoLocalKey(PublicKey),
+    /// The contract answered something that is no key.
+    #[error("get-bitcoin-wallet-public-key returned {0}, expected (optional (buff 33))")]
+    BadContractAnswer(String),
+    /// A component failed.
+    #[error("{0}")]
+    Component(String),
+    /// The key transaction did not show in the contract in time.
+    #[error("set-bitcoin-wallet-public-key was broadcast but the contract did not show the key within {0:?}")]
+    NotConfirmed(Duration),
+}
+
+fn component(e: impl std::fmt::Display) -> StartupError {
+    StartupError::Component(e.to_string())
+}
+
+/// Reads the contract's peg wallet key.
+#[allow(clippy::result_large_err)] // runs once at start-up
+///
+/// # Errors
+/// A node failure or an answer that is no key.
+pub fn contract_wallet_key<S: StacksNode>(
+    stacks: &S,
+    contract_id: &ContractId,
+    sender: &PrincipalData,
+) -> Result<Option<PublicKey>, StartupError> {
+    let v = stacks
+        .call_read(
+            contract_id,
+            contract::GET_BITCOIN_WALLET_PUBLIC_KEY,
+            &[],
+            sender,
+        )
+        .map_err(component)?;
+    match v {
+        Value::Optional(None) => Ok(None),
+        Value::Optional(Some(b)) => match *b {
+            Value::Buffer(bytes) => PublicKey::from_slice(&bytes)
+                .map(Some)
+                .map_err(|_| StartupError::BadContractAnswer(format!("0x{}", hex::encode(&bytes)))),
+            other => Err(StartupError::BadContractAnswer(other.to_string())),
+        },
+        other => Err(StartupError::BadContractAnswer(other.to_string())),
+    }
+}
+
+/// Makes sure the contract holds our aggregate key; returns it.
+#[allow(clippy::result_large_err)] // runs once at start-up
+///
+/// # Errors
+/// See [`StartupError`].
+pub fn ensure_wallet_key<S, SW, F, Q>(
+    stacks: &S,
+    wallet: &SW,
+    frost: &mut F,
+    queue: &Q,
+    contract_id: &ContractId,
+    wait: Duration,
+    poll: Duration,
+) -> Result<PublicKey, StartupError>
+where
+    S: StacksNode,
+    SW: StacksWallet,
+    F: FrostCoordinator,
+    Q: PegQueue,
+{
+    let me = PrincipalData::Standard(wallet.address());
+    match (
+        contract_wallet_key(stacks, contract_id, &me)?,
+        frost.aggregate_public_key(),
+    ) {
+        (Some(theirs), Some(ours)) if theirs == ours => {
+            info!("peg wallet key {ours} is set in the contract");
+            Ok(ours)
+        }
+        (Some(theirs), Some(ours)) => Err(StartupError::KeyMismatch {
+            contract: theirs,
+            ours,
+        }),
+        (Some(theirs), None) => Err(StartupError::NoLocalKey(theirs)),
+        (None, ours) => {
+            let key = match ours {
+                Some(k) => k,
+                None => {
+                    info!("no peg wallet key anywhere: running DKG");
+                    frost.run_dkg_round().map_err(component)?
+                }
+            };
+            let account = stacks.get_account(&me).map_err(component)?;
+            let nonce = next_nonce(
+                account.nonce,
+                queue.last_signed_stacks_nonce().map_err(component)?,
+            );
+            let tx = wallet
+                .build_set_wallet_public_key(&key, nonce)
+                .map_err(component)?;
+            info!(
+                "publishing peg wallet key {key} (stacks tx {}, nonce {nonce})",
+                tx.txid
+            );
+            stacks.broadcast_transaction(&tx.raw).map_err(component)?;
+            let deadline = Instant::now() + wait;
+            loop {
+                if contract_wallet_key(stacks, contract_id, &me)? == Some(key) {
+                    info!("the contract shows peg wallet key {key}");
+                    return Ok(key);
+                }
+                if Instant::now() >= deadline {
+                    return Err(StartupError::NotConfirmed(wait));
+                }
+                std::thread::sleep(poll);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+    use fee_wallet::MockStacksWallet;
+    use frost_coordinator::MockFrostCoordinator;
+    use stacks_node_client::{AccountInfo, MockStacksNode};
+    use std::sync::{Arc, Mutex};
+
+    fn key_value(k: &PublicKey) -> Value {
+        Value::some(Value::Buffer(k.serialize().to_vec()))
+    }
+
+    /// A node whose contract key is `state`, set when the key tx is broadcast.
+    fn node(state: Arc<Mutex<Option<PublicKey>>>) -> MockStacksNode {
+        let mut n = MockStacksNode::new();
+        let s1 = state.clone();
+        n.expect_call_read().returning(move |_, f, _, _| {
+            assert_eq!(f, contract::GET_BITCOIN_WALLET_PUBLIC_KEY);
+            Ok(s1.lock().unwrap().map_or(Value::none(), |k| key_value(&k)))
+        });
+        n.expect_get_account().returning(|_| {
+            Ok(AccountInfo {
+                balance: 1,
+                nonce: 3,
+            })
+        });
+        n.expect_broadcast_transaction().returning(move |raw| {
+            *state.lock().unwrap() = Some(PublicKey::from_slice(raw).unwrap());
+            Ok(stacks_wire::StacksTxid([0; 32]))
+        });
+        n
+    }
+
+    fn wallet() -> MockStacksWallet {
+        let mut w = MockStacksWallet::new();
+        w.expect_address().returning(wallet_address);
+        w.expect_build_set_wallet_public_key()
+            .returning(|k, nonce| {
+                assert_eq!(nonce, 3);
+                // The fake "transaction" carries the key so the node double can apply it.
+                Ok(peg_ops::SignedStacksTx {
+                    txid: stacks_wire::StacksTxid([1; 32]),
+                    nonce,
+                    fee: 1,
+                    raw: k.serialize().to_vec(),
+                })
+            });
+        w
+    }
+
+    fn frost_with(key: Option<PublicKey>, dkg_runs: usize) -> MockFrostCoordinator {
+        let mut f = MockFrostCoordinator::new();
+        let held = Arc::new(Mutex::new(key));
+        let h = held.clone();
+        f.expect_aggregate_public_key()
+            .returning(move || *h.lock().unwrap());
+        f.expect_run_dkg_round().times(dkg_runs).returning(move || {
+            *held.lock().unwrap() = Some(aggregate_key());
+            Ok(aggregate_key())
+        });
+        f
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn run(
+        state: Arc<Mutex<Option<PublicKey>>>,
+        frost: &mut MockFrostCoordinator,
+    ) -> Result<PublicKey, StartupError> {
+        ensure_wallet_key(
+            &node(state),
+            &wallet(),
+            frost,
+            &MemQueue::default(),
+            &contract_id(),
+            Duration::from_secs(1),
+            Duration::from_millis(1),
+        )
+    }
+
+    #[test]
+    fn no_key_anywhere_runs_dkg_and_publishes_it() {
+        let state = Arc::new(Mutex::new(None));
+        assert_eq!(
+            run(state.clone(), &mut frost_with(None, 1)).unwrap(),
+            aggregate_key()
+        );
+        assert_eq!(*state.lock().unwrap(), Some(aggregate_key()));
+    }
+
+    #[test]
+    fn our_key_already_set_needs_nothing() {
+        let state = Arc::new(Mutex::new(Some(aggregate_key())));
+        assert_eq!(
+            run(state, &mut frost_with(Some(aggregate_key()), 0)).unwrap(),
+            aggregate_key()
+        );
+    }
+
+    #[test]
+    fn another_key_in_the_contract_refuses_to_start_without_a_new_dkg() {
+        let other = bitcoin::secp256k1::SecretKey::from_slice(&[8; 32])
+            .unwrap()
+            .public_key(&secp());
+        let state = Arc::new(Mutex::new(Some(other)));
+        let e = run(state.clone(), &mut frost_with(Some(aggregate_key()), 0)).unwrap_err();
+        assert!(matches!(e, StartupError::KeyMismatch { .. }), "{e}");
+        assert!(e.to_string().contains("strand"));
+        let e = run(state.clone(), &mut frost_with(None, 0)).unwrap_err();
+        assert!(matches!(e, StartupError::NoLocalKey(_)), "{e}");
+        assert_eq!(
+            *state.lock().unwrap(),
+            Some(other),
+            "the contract's key is untouched"
+        );
+    }
+
+    #[test]
+    fn a_key_that_never_shows_up_is_an_error() {
+        let mut n = MockStacksNode::new();
+        n.expect_call_read()
+            .returning(|_, _, _, _| Ok(Value::none()));
+        n.expect_get_account().returning(|_| {
+            Ok(AccountInfo {
+                balance: 1,
+                nonce: 3,
+            })
+        });
+        n.expect_broadcast_transaction()
+            .returning(|_| Ok(stacks_wire::StacksTxid([0; 32])));
+        let e = ensure_wallet_key(
+            &n,
+            &wallet(),
+            &mut frost_with(Some(aggregate_key()), 0),
+            &MemQueue::default(),
+            &contract_id(),
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+        )
+        .unwrap_err();
+        assert!(matches!(e, StartupError::NotConfirmed(_)));
+        let mut bad = MockStacksNode::new();
+        bad.expect_call_read()
+            .returning(|_, _, _, _| Ok(Value::UInt(5)));
+        let e = ensure_wallet_key(
+            &bad,
+            &wallet(),
+            &mut frost_with(None, 0),
+            &MemQueue::default(),
+            &contract_id(),
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+        )
+        .unwrap_err();
+        assert!(matches!(e, StartupError::BadContractAnswer(_)));
+    }
+}
