@@ -1,18 +1,20 @@
 //! `run`, `process-peg-in/out`, `status` and `queue`: wiring the real crates.
 
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bitcoin_node_client::{Auth, BitcoinNode, UreqBitcoinNode};
 use coordinator::bitcoin::Txid;
 use coordinator::config::{BitcoinAuth, Config, OpSourceKind};
+use coordinator::metrics::{StatusServer, StatusSnapshot};
 use coordinator::startup::{contract_wallet_key, ensure_wallet_key};
 use coordinator::{
     BitcoinBlockSource, Components, LoopSettings, OpSource, StacksCoordinator, StacksNodeSource,
 };
 use fee_wallet::{BitcoinFeePolicy, ContractCallWallet, PegWallet, StacksFeePolicy};
-use frost_coordinator::RelayFrostCoordinator;
+use frost_coordinator::{FrostCoordinator, RelayFrostCoordinator};
 use peg_queue::peg_ops::{PegOp, PegOpKind};
 use peg_queue::{OpState, PegQueue, SqlitePegQueue};
 use stacks_node_client::{StacksNode, UreqStacksNode};
@@ -120,7 +122,29 @@ pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> R
     if let Some(h) = start_height {
         l.rescan_from(coordinator::bitcoin_height(h));
     }
-    l.run(stop).context("the coordinator loop stopped")
+    let key = l.components().frost.aggregate_public_key();
+    let snapshot = Arc::new(Mutex::new(StatusSnapshot {
+        aggregate_key: key.map(|k| k.to_string()),
+        peg_wallet_address: key.map(|k| fee_wallet::peg_wallet_address(&k, c.network).to_string()),
+        stacks_address: c.stacks_address().to_string(),
+        ..StatusSnapshot::default()
+    }));
+    let _endpoint = match &c.status_listen {
+        Some(addr) => Some(
+            StatusServer::start(addr, l.metrics(), snapshot.clone())
+                .with_context(|| format!("cannot serve the status endpoint on {addr}"))?,
+        ),
+        None => None,
+    };
+    l.run_observed(stop, |l| {
+        let q = &l.components().queue;
+        if let (Ok(ops), Ok(h), Ok(mut s)) = (q.counts(), q.last_scanned_height(), snapshot.lock())
+        {
+            s.ops = ops;
+            s.last_scanned_height = h.map(|h| h.0);
+        }
+    })
+    .context("the coordinator loop stopped")
 }
 
 /// `process-peg-in` / `process-peg-out`: find one op (in the queue, else on

@@ -55,6 +55,9 @@ pub struct RawConfig {
     pub allowlist_file: Option<PathBuf>,
     /// Timeout of every node call, in milliseconds.
     pub rpc_timeout_ms: Option<u64>,
+    /// Where `run` serves /health, /status and /metrics (default
+    /// `127.0.0.1:9181`; `off` for none).
+    pub status_listen: Option<String>,
     /// The bitcoind connection.
     #[serde(default)]
     pub bitcoin_node: RawBitcoinNode,
@@ -213,6 +216,8 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Node call timeout.
     pub rpc_timeout: Duration,
+    /// The status endpoint's address, if any.
+    pub status_listen: Option<String>,
     /// Confirmations before acting on an op.
     pub op_confirmations: u32,
     /// Confirmations before a fulfilment is done.
@@ -663,6 +668,11 @@ impl Config {
                     start_height: BurnHeight(raw.start_height.unwrap_or(0)),
                     poll_interval,
                     rpc_timeout,
+                    status_listen: match raw.status_listen.as_deref() {
+                        Some("off" | "") => None,
+                        Some(a) => Some(a.to_owned()),
+                        None => Some("127.0.0.1:9181".to_owned()),
+                    },
                     op_confirmations,
                     fulfillment_confirmations,
                     fees,
@@ -750,6 +760,9 @@ mod tests {
         assert_eq!(c.allowlist.len(), (2, 1));
         assert_eq!(c.op_source, OpSourceKind::Bitcoin);
         assert_eq!(&c.magic_bytes, b"id");
+        assert_eq!(c.status_listen.as_deref(), Some("127.0.0.1:9181"));
+        let off = check(&sample(), vec![("SBTC_COORDINATOR__STATUS_LISTEN", "off")]).unwrap();
+        assert_eq!(off.status_listen, None);
         assert!(c.data_dir.ends_with("conf/../data"));
     }
 

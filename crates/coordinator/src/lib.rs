@@ -22,6 +22,7 @@
 
 pub mod allowlist;
 pub mod config;
+pub mod metrics;
 pub mod secret;
 pub mod source;
 pub mod startup;
@@ -220,6 +221,7 @@ pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
     backoff: HashMap<Txid, Backoff>,
     scan_backoff: Option<Backoff>,
     rescan: Option<BurnHeight>,
+    metrics: std::sync::Arc<metrics::Metrics>,
 }
 
 impl<Q, S, B, SW, BW, F, O> StacksCoordinator<Q, S, B, SW, BW, F, O>
@@ -240,7 +242,13 @@ where
             backoff: HashMap::new(),
             scan_backoff: None,
             rescan: None,
+            metrics: std::sync::Arc::default(),
         }
+    }
+
+    /// Returns the loop's counters, for the status endpoint.
+    pub fn metrics(&self) -> std::sync::Arc<metrics::Metrics> {
+        self.metrics.clone()
     }
 
     /// Scans again from `height` on the next tick (ops already stored keep
@@ -261,9 +269,23 @@ where
     /// # Errors
     /// Only when the queue fails.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), Error> {
+        self.run_observed(stop, |_| {})
+    }
+
+    /// Like [`StacksCoordinator::run`], calling `after_tick` after every tick
+    /// (the status endpoint refreshes its snapshot there).
+    ///
+    /// # Errors
+    /// Only when the queue fails.
+    pub fn run_observed(
+        &mut self,
+        stop: &AtomicBool,
+        mut after_tick: impl FnMut(&Self),
+    ) -> Result<(), Error> {
         info!("coordinator loop started");
         while !stop.load(Ordering::SeqCst) {
             let report = self.tick(stop)?;
+            after_tick(self);
             if report.steps == 0 && report.heights_scanned == 0 {
                 sleep_unless_stopped(self.settings.poll_interval, stop);
             }
@@ -302,6 +324,7 @@ where
             }
             self.drive(op, tip, stop, &mut report)?;
         }
+        self.metrics.tick();
         Ok(report)
     }
 
@@ -406,6 +429,7 @@ where
                         .map_err(Error::Queue)?;
                     info!("{} {txid}: {} -> {state}", q.op.kind(), q.state.name());
                     self.backoff.remove(&txid);
+                    self.metrics.steps.fetch_add(1, Ordering::Relaxed);
                     report.steps += 1;
                     q.state = state;
                 }
@@ -428,6 +452,7 @@ where
                     let prev = self.backoff.get(&txid).copied();
                     let b = self.next_backoff(prev);
                     self.backoff.insert(txid, b);
+                    self.metrics.step_failures.fetch_add(1, Ordering::Relaxed);
                     report.failures += 1;
                     break;
                 }
@@ -620,6 +645,9 @@ where
                 Ok(Step::Moved(OpState::StacksTxBroadcast { tx: tx.clone() }))
             }
             Err(stacks_node_client::Error::Rejected(r)) => {
+                self.metrics
+                    .stacks_broadcast_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 // A rebroadcast after a crash can be refused because the
                 // transaction was already mined: ask the contract first.
                 if self.processed(op)? {
@@ -757,7 +785,9 @@ where
         }
         let mut signatures = Vec::with_capacity(unsigned.sighashes.len());
         for sighash in &unsigned.sighashes {
+            let started = Instant::now();
             signatures.push(self.c.frost.sign_message(sighash)?);
+            self.metrics.signing_round(started.elapsed());
         }
         let tx = self
             .c
@@ -774,8 +804,16 @@ where
     fn broadcast_fulfillment(&self, tx: &Transaction) -> Result<Step, StepError> {
         match self.c.bitcoin.send_raw_transaction(tx) {
             Ok(_) => Ok(Step::Moved(OpState::BitcoinTxBroadcast { tx: tx.clone() })),
-            Err(e) if e.is_transient() => Err(e.into()),
+            Err(e) if e.is_transient() => {
+                self.metrics
+                    .bitcoin_broadcast_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(e.into())
+            }
             Err(e) => {
+                self.metrics
+                    .bitcoin_broadcast_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 // Refused for good (inputs spent, fee policy). If the chain
                 // already has it, move on; otherwise build a new one. Any
                 // fulfilment of this request spends its output 2, so two can
