@@ -222,6 +222,26 @@ pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
     scan_backoff: Option<Backoff>,
     rescan: Option<BurnHeight>,
     metrics: std::sync::Arc<metrics::Metrics>,
+    #[cfg(any(test, feature = "testing"))]
+    crash_point: Option<CrashPoint>,
+}
+
+#[cfg(not(any(test, feature = "testing")))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CrashPoint {
+    BeforeStoring(&'static str),
+    AfterStoring(&'static str),
+}
+
+/// Where a fault test makes the loop die (as if killed): just before or just
+/// after storing the move to the named state.
+#[cfg(any(test, feature = "testing"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The step's side effect (if any) happened; its outcome is not stored.
+    BeforeStoring(&'static str),
+    /// The outcome is stored; nothing after it ran.
+    AfterStoring(&'static str),
 }
 
 impl<Q, S, B, SW, BW, F, O> StacksCoordinator<Q, S, B, SW, BW, F, O>
@@ -243,8 +263,26 @@ where
             scan_backoff: None,
             rescan: None,
             metrics: std::sync::Arc::default(),
+            #[cfg(any(test, feature = "testing"))]
+            crash_point: None,
         }
     }
+
+    /// Makes the loop panic at `point` (fault tests only).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn set_crash_point(&mut self, point: Option<CrashPoint>) {
+        self.crash_point = point;
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    fn maybe_crash(&self, point: CrashPoint) {
+        if self.crash_point == Some(point) {
+            panic!("injected crash at {point:?}");
+        }
+    }
+
+    #[cfg(not(any(test, feature = "testing")))]
+    fn maybe_crash(&self, _: CrashPoint) {}
 
     /// Returns the loop's counters, for the status endpoint.
     pub fn metrics(&self) -> std::sync::Arc<metrics::Metrics> {
@@ -423,10 +461,12 @@ where
             steps += 1;
             match self.step(&q, tip) {
                 Ok(Step::Moved(state)) => {
+                    self.maybe_crash(CrashPoint::BeforeStoring(state.name()));
                     self.c
                         .queue
                         .set_state(&txid, &state)
                         .map_err(Error::Queue)?;
+                    self.maybe_crash(CrashPoint::AfterStoring(state.name()));
                     info!("{} {txid}: {} -> {state}", q.op.kind(), q.state.name());
                     self.backoff.remove(&txid);
                     self.metrics.steps.fetch_add(1, Ordering::Relaxed);

@@ -173,6 +173,9 @@ pub struct World {
     pub fulfillments_built: usize,
     /// The reserved outpoints passed to each fulfilment build.
     pub reserved_seen: Vec<Vec<OutPoint>>,
+    /// Stacks transactions mined per op (a second one would be a second
+    /// mint or burn attempt reaching the chain).
+    pub mined: HashMap<Txid, u32>,
 }
 
 pub type W = Arc<Mutex<World>>;
@@ -275,6 +278,7 @@ pub fn mine(w: &mut World, raw: &[u8]) {
     let (op, nonce) = parse_fake(raw);
     if nonce == w.account_nonce {
         w.account_nonce += 1;
+        *w.mined.entry(op).or_insert(0) += 1;
         if !w.fail_on_chain.contains(&op) {
             w.processed.insert(op);
         }
