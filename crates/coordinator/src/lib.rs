@@ -63,6 +63,10 @@ pub enum Error {
     UnknownOp(Txid),
 }
 
+/// How far below a reorged op's height the scan restarts: the new branch may
+/// hold the same transaction a little lower.
+pub const REORG_RESCAN_DEPTH: u64 = 6;
+
 /// The most steps one op takes in one tick. A full peg-out is seven steps;
 /// the limit only stops a node that keeps refusing from spinning the loop.
 pub const MAX_STEPS_PER_DRIVE: usize = 16;
@@ -142,6 +146,8 @@ enum Step {
     Moved(OpState),
     /// Nothing to do until the chain moves.
     Wait(String),
+    /// The op left the queue (its block left the best chain before we acted).
+    Removed,
 }
 
 /// A step that failed; it is recorded and retried after a backoff.
@@ -222,6 +228,7 @@ pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
     scan_backoff: Option<Backoff>,
     rescan: Option<BurnHeight>,
     metrics: std::sync::Arc<metrics::Metrics>,
+    chain_cache: HashMap<BurnHeight, Option<Vec<(Txid, bitcoin::BlockHash)>>>,
     #[cfg(any(test, feature = "testing"))]
     crash_point: Option<CrashPoint>,
 }
@@ -263,6 +270,7 @@ where
             scan_backoff: None,
             rescan: None,
             metrics: std::sync::Arc::default(),
+            chain_cache: HashMap::new(),
             #[cfg(any(test, feature = "testing"))]
             crash_point: None,
         }
@@ -338,6 +346,7 @@ where
     /// Only when the queue fails.
     pub fn tick(&mut self, stop: &AtomicBool) -> Result<TickReport, Error> {
         let mut report = TickReport::default();
+        self.chain_cache.clear();
         let tip = match self.scan(&mut report) {
             Ok(tip) => Some(tip),
             Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
@@ -386,6 +395,7 @@ where
             }
         };
         let mut report = TickReport::default();
+        self.chain_cache.clear();
         self.drive(op, tip, stop, &mut report)?;
         Ok(self
             .c
@@ -473,6 +483,7 @@ where
                     report.steps += 1;
                     q.state = state;
                 }
+                Ok(Step::Removed) => break,
                 Ok(Step::Wait(why)) => {
                     debug!(
                         "{} {txid}: waiting in {}: {why}",
@@ -501,13 +512,73 @@ where
         Ok(())
     }
 
+    /// Returns whether `op` is still in its block on the best chain (`None`:
+    /// the source has no block at that height now). Answers are cached for
+    /// the tick.
+    fn on_best_chain(&mut self, op: &PegOp) -> Result<Option<bool>, StepError> {
+        let h = op.block_height();
+        let ops = match self.chain_cache.get(&h) {
+            Some(v) => v.clone(),
+            None => {
+                let v = self.c.source.ops_at(h)?.map(|ops| {
+                    ops.iter()
+                        .map(|o| (o.txid(), o.burn_header_hash()))
+                        .collect::<Vec<_>>()
+                });
+                self.chain_cache.insert(h, v.clone());
+                v
+            }
+        };
+        Ok(ops.map(|ops| ops.contains(&(op.txid(), op.burn_header_hash()))))
+    }
+
     /// Decides and performs the next step of one op.
     fn step(&mut self, q: &QueuedOp, tip: Option<BurnHeight>) -> Result<Step, StepError> {
+        if q.state.has_acted() && self.on_best_chain(&q.op)? == Some(false) {
+            error!(
+                "{} {}: block {} at height {} left the best chain after the coordinator acted",
+                q.op.kind(),
+                q.op.txid(),
+                q.op.burn_header_hash(),
+                q.op.block_height()
+            );
+            return Ok(Step::Moved(OpState::Failed {
+                reason: format!(
+                    "its block {} left the best chain after the coordinator acted (in {}): operator attention",
+                    q.op.burn_header_hash(),
+                    q.state.name()
+                ),
+            }));
+        }
         match (&q.state, &q.op) {
             (OpState::Detected, op) => {
                 let Some(tip) = tip else {
                     return Err(StepError::retry("chain tip unknown", true));
                 };
+                match self.on_best_chain(op)? {
+                    None => {
+                        return Ok(Step::Wait(format!(
+                            "no block at height {} now",
+                            op.block_height()
+                        )))
+                    }
+                    Some(false) => {
+                        // Nothing was done for it: forget it, and scan the
+                        // heights again so the new branch's ops are found.
+                        let from = op.block_height().0.saturating_sub(REORG_RESCAN_DEPTH + 1);
+                        warn!(
+                            "{} {}: its block at height {} left the best chain; dropped, rescanning from height {}",
+                            op.kind(),
+                            op.txid(),
+                            op.block_height(),
+                            from + 1
+                        );
+                        self.c.queue.remove_unacted(&op.txid())?;
+                        self.c.queue.rewind_scan(Some(BurnHeight(from)))?;
+                        return Ok(Step::Removed);
+                    }
+                    Some(true) => {}
+                }
                 let peg_script = self.peg_wallet_script()?;
                 Ok(match self.check(op, tip, &peg_script) {
                     Verdict::Accept => Step::Moved(OpState::Accepted),

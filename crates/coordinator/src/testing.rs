@@ -127,6 +127,25 @@ impl PegQueue for MemQueue {
         q.last_error = Some(error.to_owned());
         Ok(q.attempts)
     }
+    fn remove_unacted(&self, txid: &Txid) -> Result<bool, peg_queue::Error> {
+        let mut g = self.0.lock().unwrap();
+        if g.ops.get(txid).is_some_and(|q| !q.state.has_acted()) {
+            g.ops.remove(txid);
+            g.order.retain(|t| t != txid);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn rewind_scan(&self, height: Option<BurnHeight>) -> Result<(), peg_queue::Error> {
+        let mut g = self.0.lock().unwrap();
+        g.scanned = match (height, g.scanned) {
+            (Some(h), Some(s)) => Some(h.min(s)),
+            (Some(_), None) | (None, _) => None,
+        };
+        Ok(())
+    }
+
     fn last_signed_stacks_nonce(&self) -> Result<Option<u64>, peg_queue::Error> {
         let g = self.0.lock().unwrap();
         Ok(g.ops

@@ -93,7 +93,7 @@ fn non_allowlisted_peg_in_is_rejected_and_the_loop_continues() {
 
 #[test]
 fn shallow_ops_wait_for_the_configured_depth() {
-    let w = world(5, vec![]);
+    let w = world(5, vec![(5, vec![peg_in(1, 5, allowed_principal(), 100)])]);
     let q = MemQueue::default();
     q.insert_op(&peg_in(1, 5, allowed_principal(), 100))
         .unwrap();
@@ -302,7 +302,7 @@ fn refused_fulfilment_is_rebuilt_and_a_dropped_one_rebroadcast() {
 
 #[test]
 fn after_a_crash_the_stored_bytes_are_rebroadcast_not_resigned() {
-    let w = world(3, vec![]);
+    let w = world(3, vec![(2, vec![peg_in(1, 2, allowed_principal(), 100)])]);
     let q = MemQueue::default();
     let op = peg_in(1, 2, allowed_principal(), 100);
     q.insert_op(&op).unwrap();
@@ -318,7 +318,7 @@ fn after_a_crash_the_stored_bytes_are_rebroadcast_not_resigned() {
 
 #[test]
 fn a_refused_rebroadcast_of_a_mined_tx_is_recognised() {
-    let w = world(3, vec![]);
+    let w = world(3, vec![(2, vec![peg_in(1, 2, allowed_principal(), 100)])]);
     let q = MemQueue::default();
     q.insert_op(&peg_in(1, 2, allowed_principal(), 100))
         .unwrap();
@@ -364,7 +364,7 @@ fn fee_too_low_resigns_with_the_same_nonce_and_the_expected_fee() {
 
 #[test]
 fn a_consumed_nonce_is_replaced_by_a_fresh_one() {
-    let w = world(3, vec![]);
+    let w = world(3, vec![(2, vec![peg_in(1, 2, allowed_principal(), 100)])]);
     let q = MemQueue::default();
     let mut l = coordinator(&w, &q, settings());
     {
@@ -547,7 +547,16 @@ fn a_stop_finishes_the_current_step_and_returns() {
 
 #[test]
 fn process_one_drives_a_single_op_and_names_unknown_ones() {
-    let w = world(3, vec![]);
+    let w = world(
+        3,
+        vec![(
+            2,
+            vec![
+                peg_in(1, 2, allowed_principal(), 100),
+                peg_in(2, 2, allowed_principal(), 100),
+            ],
+        )],
+    );
     let q = MemQueue::default();
     q.insert_op(&peg_in(1, 2, allowed_principal(), 100))
         .unwrap();
@@ -646,4 +655,54 @@ fn a_fulfilment_never_spends_another_pending_requests_fee_output() {
     let first = &g.reserved_seen[0];
     assert!(first.contains(&OutPoint::new(txid(2), 2)), "{first:?}");
     assert!(!first.contains(&OutPoint::new(txid(1), 2)), "{first:?}");
+}
+
+// ---------------------------------------------------------------- reorgs
+
+#[test]
+fn a_reorged_unprocessed_peg_in_is_dropped_then_minted_once_when_it_reappears() {
+    // The op was seen in block 2, which a reorg replaced with an empty one.
+    let w = world(3, vec![]);
+    let q = MemQueue::default();
+    q.record_scanned_block(BurnHeight(3), &[peg_in(1, 2, allowed_principal(), 100)])
+        .unwrap();
+    let mut l = coordinator(&w, &q, settings());
+    run_ticks(&mut l, 1);
+    assert!(q.get(&txid(1)).unwrap().is_none(), "dropped, not minted");
+    assert!(w.lock().unwrap().signed.is_empty());
+    // The same transaction reappears in the new branch's block 4.
+    {
+        let mut g = w.lock().unwrap();
+        g.tip = 4;
+        g.blocks
+            .insert(4, vec![peg_in(1, 4, allowed_principal(), 100)]);
+    }
+    run_ticks(&mut l, 2);
+    assert_eq!(q.state(&txid(1)), OpState::Done);
+    assert_eq!(w.lock().unwrap().signed.len(), 1, "minted exactly once");
+}
+
+#[test]
+fn a_reorg_after_acting_stops_the_op_for_the_operator() {
+    let w = world(3, vec![(2, vec![peg_out(1, 2, ALLOWED_BTC, 40_000)])]);
+    w.lock().unwrap().auto_mine = false;
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings());
+    run_ticks(&mut l, 1);
+    assert!(matches!(
+        q.state(&txid(1)),
+        OpState::StacksTxBroadcast { .. }
+    ));
+    // The request's block is replaced; the burn then confirms: no payout.
+    {
+        let mut g = w.lock().unwrap();
+        g.blocks.insert(2, vec![]);
+        g.auto_mine = true;
+    }
+    run_ticks(&mut l, 2);
+    match q.state(&txid(1)) {
+        OpState::Failed { reason } => assert!(reason.contains("best chain"), "{reason}"),
+        other => panic!("expected failed, got {other}"),
+    }
+    assert!(w.lock().unwrap().btc_broadcasts.is_empty());
 }

@@ -174,6 +174,14 @@ pub trait PegQueue {
     /// Records a failed step; returns the number of failures so far.
     fn record_failure(&self, txid: &Txid, error: &str) -> Result<u32, Error>;
 
+    /// Forgets an op that nothing was done for yet (its block left the best
+    /// chain). Returns `false`, changing nothing, if the op has been acted on.
+    fn remove_unacted(&self, txid: &Txid) -> Result<bool, Error>;
+
+    /// Moves the scan cursor back so heights after `height` are scanned
+    /// again (`None`: from the configured start). Stored ops keep their state.
+    fn rewind_scan(&self, height: Option<BurnHeight>) -> Result<(), Error>;
+
     /// Returns the highest nonce among the coordinator's Stacks transactions
     /// that are signed and not yet known to have taken effect (the "live"
     /// ones). Together with the node's confirmed nonce this gives the next

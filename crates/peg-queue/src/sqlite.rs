@@ -303,6 +303,31 @@ impl PegQueue for SqlitePegQueue {
             .ok_or(Error::UnknownOp(*txid))
     }
 
+    fn remove_unacted(&self, txid: &Txid) -> Result<bool, Error> {
+        let conn = self.lock();
+        let n = conn
+            .execute(
+                "DELETE FROM ops WHERE txid = ?1 AND state IN ('detected', 'accepted', 'rejected')",
+                [txid.to_string()],
+            )
+            .map_err(storage)?;
+        Ok(n == 1)
+    }
+
+    fn rewind_scan(&self, height: Option<BurnHeight>) -> Result<(), Error> {
+        let conn = self.lock();
+        match height {
+            Some(h) => conn
+                .execute(
+                    "UPDATE scan SET last_scanned_height = MIN(last_scanned_height, ?1) WHERE id = 1",
+                    [to_i64(h.0)],
+                )
+                .map_err(storage)?,
+            None => conn.execute("DELETE FROM scan", []).map_err(storage)?,
+        };
+        Ok(())
+    }
+
     fn last_signed_stacks_nonce(&self) -> Result<Option<u64>, Error> {
         let conn = self.lock();
         let n: Option<i64> = conn

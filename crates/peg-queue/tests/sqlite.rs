@@ -230,3 +230,30 @@ fn no_acknowledged_write_is_lost_to_sigkill() {
         assert!(q.last_scanned_height().unwrap().unwrap().0 >= u64::from(acked));
     }
 }
+
+#[test]
+fn only_unacted_ops_are_removed_and_the_scan_rewinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SqlitePegQueue::open(&dir.path().join("q.sqlite")).unwrap();
+    q.record_scanned_block(BurnHeight(9), &[op(1, 9), op(2, 9)])
+        .unwrap();
+    q.set_state(&op(2, 9).txid(), &OpState::StacksTxSigned { tx: stx(1) })
+        .unwrap();
+    assert!(q.remove_unacted(&op(1, 9).txid()).unwrap());
+    assert!(q.get(&op(1, 9).txid()).unwrap().is_none());
+    assert!(
+        !q.remove_unacted(&op(2, 9).txid()).unwrap(),
+        "acted on: kept"
+    );
+    assert!(q.get(&op(2, 9).txid()).unwrap().is_some());
+    q.rewind_scan(Some(BurnHeight(4))).unwrap();
+    assert_eq!(q.last_scanned_height().unwrap(), Some(BurnHeight(4)));
+    q.rewind_scan(Some(BurnHeight(7))).unwrap();
+    assert_eq!(
+        q.last_scanned_height().unwrap(),
+        Some(BurnHeight(4)),
+        "never forward"
+    );
+    q.rewind_scan(None).unwrap();
+    assert_eq!(q.last_scanned_height().unwrap(), None);
+}
