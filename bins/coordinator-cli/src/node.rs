@@ -9,7 +9,10 @@ use bitcoin_node_client::{Auth, BitcoinNode, UreqBitcoinNode};
 use coordinator::bitcoin::Txid;
 use coordinator::config::{BitcoinAuth, Config, OpSourceKind};
 use coordinator::metrics::{StatusServer, StatusSnapshot};
-use coordinator::startup::{contract_wallet_key, ensure_wallet_key};
+use coordinator::startup::{
+    contract_signer_set, contract_wallet_key, ensure_wallet_key, signer_set_differences,
+    StartupError,
+};
 use coordinator::{
     BitcoinBlockSource, Components, LoopSettings, OpSource, StacksCoordinator, StacksNodeSource,
 };
@@ -82,6 +85,7 @@ fn build(c: &Config, start_height: Option<u64>) -> Result<Loop> {
             subsidy: c.fees.fulfillment_subsidy,
         },
     );
+    check_signer_set(&stacks, c)?;
     let mut frost = crate::frost::coordinator(c)?;
     let queue = queue(c)?;
     let key = ensure_wallet_key(
@@ -114,6 +118,28 @@ fn build(c: &Config, start_height: Option<u64>) -> Result<Loop> {
         },
         settings,
     ))
+}
+
+/// The configured signer set must match the contract's, when it has one.
+fn check_signer_set(stacks: &UreqStacksNode, c: &Config) -> Result<()> {
+    let me = PrincipalData::Standard(c.stacks_address());
+    match contract_signer_set(stacks, &c.contract, &me)
+        .context("reading the contract's signer set")?
+    {
+        Some(theirs) => {
+            let d = signer_set_differences(&c.signer_set, &theirs);
+            if !d.is_empty() {
+                return Err(StartupError::SignerSetMismatch(d).into());
+            }
+            log::info!(
+                "the signer set matches the contract's ({} signers)",
+                theirs.signers.len()
+            );
+        }
+        None if c.signer_set_from_contract => return Err(StartupError::NoContractSigners.into()),
+        None => log::info!("the contract publishes no signer set; using the signer file"),
+    }
+    Ok(())
 }
 
 /// `run`: process operations until stopped.

@@ -100,6 +100,10 @@ pub struct RawRelay {
     pub dkg_timeout_ms: Option<u64>,
     /// How long one signing round may take, in milliseconds.
     pub sign_timeout_ms: Option<u64>,
+    /// Require the signer set published in the contract (it must match the
+    /// signer file). Without it, the contract's set is still compared when
+    /// there is one.
+    pub signer_set_from_contract: Option<bool>,
 }
 
 /// `[confirmations]`.
@@ -204,6 +208,8 @@ pub struct Config {
     pub dkg_timeout: Duration,
     /// Signing round time limit.
     pub sign_timeout: Duration,
+    /// Whether the contract must publish the signer set.
+    pub signer_set_from_contract: bool,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Where ops come from.
@@ -662,6 +668,7 @@ impl Config {
                     signer_set,
                     dkg_timeout,
                     sign_timeout,
+                    signer_set_from_contract: raw.relay.signer_set_from_contract.unwrap_or(false),
                     data_dir,
                     op_source,
                     magic_bytes,

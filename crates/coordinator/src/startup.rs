@@ -38,6 +38,12 @@ pub enum StartupError {
     /// A component failed.
     #[error("{0}")]
     Component(String),
+    /// The configured and the contract's signer sets differ.
+    #[error("the signer set in the configuration and in the contract differ:\n  {}", .0.join("\n  "))]
+    SignerSetMismatch(Vec<String>),
+    /// The configuration asks for the contract's signer set and there is none.
+    #[error("relay.signer_set_from_contract is set but the contract has no signers (get-num-signers is 0)")]
+    NoContractSigners,
     /// The key transaction did not show in the contract in time.
     #[error("set-bitcoin-wallet-public-key was broadcast but the contract did not show the key within {0:?}")]
     NotConfirmed(Duration),
@@ -45,6 +51,110 @@ pub enum StartupError {
 
 fn component(e: impl std::fmt::Display) -> StartupError {
     StartupError::Component(e.to_string())
+}
+
+/// Reads the signer set published in the contract (`get-num-signers`,
+/// `get-signer-data` for ids 1..=n, `get-threshold`); `None` when the
+/// contract has no signers.
+///
+/// # Errors
+/// A node failure or an answer of the wrong shape.
+#[allow(clippy::result_large_err)] // runs once at start-up
+pub fn contract_signer_set<S: StacksNode>(
+    stacks: &S,
+    contract_id: &ContractId,
+    sender: &PrincipalData,
+) -> Result<Option<frost_coordinator::SignerSet>, StartupError> {
+    let read = |f: &str, args: &[Value]| {
+        stacks
+            .call_read(contract_id, f, args, sender)
+            .map_err(component)
+    };
+    let uint = |v: Value, what: &str| match v {
+        Value::UInt(n) => u32::try_from(n)
+            .map_err(|_| StartupError::BadContractAnswer(format!("{what} u{n} is too large"))),
+        other => Err(StartupError::BadContractAnswer(format!(
+            "{what} returned {other}"
+        ))),
+    };
+    let n = uint(read(contract::GET_NUM_SIGNERS, &[])?, "get-num-signers")?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let threshold = uint(read(contract::GET_THRESHOLD, &[])?, "get-threshold")?;
+    let mut signers = Vec::new();
+    for id in 1..=n {
+        let v = read(contract::GET_SIGNER_DATA, &[Value::UInt(u128::from(id))])?;
+        let bad = |v: &Value| {
+            StartupError::BadContractAnswer(format!("get-signer-data u{id} returned {v}"))
+        };
+        let Value::Optional(Some(t)) = &v else {
+            return Err(bad(&v));
+        };
+        let Value::Tuple(fields) = t.as_ref() else {
+            return Err(bad(&v));
+        };
+        let key = match fields.get("public-key") {
+            Some(Value::Buffer(b)) => PublicKey::from_slice(b).map_err(|_| bad(&v))?,
+            _ => return Err(bad(&v)),
+        };
+        let key_ids = match fields.get("key-ids") {
+            Some(Value::List(ids)) => ids
+                .iter()
+                .map(|i| uint(i.clone(), "key id"))
+                .collect::<Result<Vec<u32>, _>>()?,
+            _ => return Err(bad(&v)),
+        };
+        signers.push(frost_coordinator::SignerInfo {
+            id,
+            public_key: key,
+            key_ids,
+            private_key: None,
+        });
+    }
+    Ok(Some(frost_coordinator::SignerSet {
+        threshold,
+        dkg_threshold: None,
+        signers,
+    }))
+}
+
+/// Returns the differences between the configured and the contract's signer
+/// sets (empty when they agree; demo private keys and the DKG threshold,
+/// which the contract does not hold, are not compared).
+pub fn signer_set_differences(
+    config: &frost_coordinator::SignerSet,
+    contract: &frost_coordinator::SignerSet,
+) -> Vec<String> {
+    let mut d = Vec::new();
+    if config.threshold != contract.threshold {
+        d.push(format!(
+            "threshold: config {}, contract {}",
+            config.threshold, contract.threshold
+        ));
+    }
+    if config.signers.len() != contract.signers.len() {
+        d.push(format!(
+            "signers: config has {}, contract {}",
+            config.signers.len(),
+            contract.signers.len()
+        ));
+    }
+    for (a, b) in config.signers.iter().zip(&contract.signers) {
+        if a.public_key != b.public_key {
+            d.push(format!(
+                "signer {}: public key config {}, contract {}",
+                a.id, a.public_key, b.public_key
+            ));
+        }
+        if a.key_ids != b.key_ids {
+            d.push(format!(
+                "signer {}: key ids config {:?}, contract {:?}",
+                a.id, a.key_ids, b.key_ids
+            ));
+        }
+    }
+    d
 }
 
 /// Reads the contract's peg wallet key.
@@ -225,6 +335,72 @@ mod tests {
             Duration::from_secs(1),
             Duration::from_millis(1),
         )
+    }
+
+    fn signer_node(threshold: u128, keys: Vec<(PublicKey, Vec<u128>)>) -> MockStacksNode {
+        let mut n = MockStacksNode::new();
+        let count = keys.len() as u128;
+        n.expect_call_read().returning(move |_, f, args, _| {
+            Ok(match f {
+                contract::GET_NUM_SIGNERS => Value::UInt(count),
+                contract::GET_THRESHOLD => Value::UInt(threshold),
+                contract::GET_SIGNER_DATA => {
+                    let Value::UInt(id) = args[0] else { panic!() };
+                    let (k, ids) = &keys[id as usize - 1];
+                    Value::some(
+                        Value::tuple([
+                            (
+                                "addr",
+                                Value::Principal(PrincipalData::Standard(wallet_address())),
+                            ),
+                            ("public-key", Value::Buffer(k.serialize().to_vec())),
+                            (
+                                "key-ids",
+                                Value::List(ids.iter().map(|i| Value::UInt(*i)).collect()),
+                            ),
+                        ])
+                        .unwrap(),
+                    )
+                }
+                other => panic!("{other}"),
+            })
+        });
+        n
+    }
+
+    #[test]
+    fn the_contract_signer_set_is_read_and_compared() {
+        let k1 = aggregate_key();
+        let k2 = bitcoin::secp256k1::SecretKey::from_slice(&[8; 32])
+            .unwrap()
+            .public_key(&secp());
+        let me = PrincipalData::Standard(wallet_address());
+        let set = contract_signer_set(
+            &signer_node(2, vec![(k1, vec![1]), (k2, vec![2, 3])]),
+            &contract_id(),
+            &me,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(set.threshold, 2);
+        assert_eq!(set.signers[1].id, 2);
+        assert_eq!(set.signers[1].key_ids, vec![2, 3]);
+        assert!(signer_set_differences(&set, &set).is_empty());
+        let mut other = set.clone();
+        other.threshold = 3;
+        other.signers[0].public_key = k2;
+        let d = signer_set_differences(&other, &set);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(
+            d.iter()
+                .any(|l| l.contains("threshold: config 3, contract 2")),
+            "{d:?}"
+        );
+        assert!(
+            contract_signer_set(&signer_node(2, vec![]), &contract_id(), &me)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -22,6 +22,14 @@ pub const WAS_BURNED: &str = "was-burned";
 /// Read-only `(get-bitcoin-wallet-public-key)` → `(optional (buff 33))`.
 pub const GET_BITCOIN_WALLET_PUBLIC_KEY: &str = "get-bitcoin-wallet-public-key";
 
+/// Read-only `(get-num-signers)` → `uint`.
+pub const GET_NUM_SIGNERS: &str = "get-num-signers";
+/// Read-only `(get-threshold)` → `uint`.
+pub const GET_THRESHOLD: &str = "get-threshold";
+/// Read-only `(get-signer-data (id uint))` → `(optional {addr, public-key, key-ids})`,
+/// `id` being the 1-based signer id.
+pub const GET_SIGNER_DATA: &str = "get-signer-data";
+
 /// Returns the Clarity argument naming a Bitcoin transaction: its txid as
 /// hex in Bitcoin's display order, as `string-ascii`.
 pub fn txid_arg(txid: &Txid) -> Value {
