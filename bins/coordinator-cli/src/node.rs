@@ -123,9 +123,12 @@ fn build(c: &Config, start_height: Option<u64>) -> Result<Loop> {
 /// The configured signer set must match the contract's, when it has one.
 fn check_signer_set(stacks: &UreqStacksNode, c: &Config) -> Result<()> {
     let me = PrincipalData::Standard(c.stacks_address());
-    match contract_signer_set(stacks, &c.contract, &me)
-        .context("reading the contract's signer set")?
-    {
+    match contract_signer_set(stacks, &c.contract, &me).with_context(|| {
+        format!(
+            "reading the contract's signer set from the stacks node at {}",
+            c.stacks_node_url
+        )
+    })? {
         Some(theirs) => {
             let d = signer_set_differences(&c.signer_set, &theirs);
             if !d.is_empty() {

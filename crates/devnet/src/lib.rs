@@ -1,0 +1,11 @@
+//! Emulated nodes for a local peg.
+//!
+//! [`stacks::StacksEmulator`] serves the stacks-node RPC the coordinator
+//! uses, with the node's shapes and checks, and runs [`model::SbtcModel`], a
+//! model of `contracts/sbtc-alpha.clar`. Nothing here is for real money.
+
+pub mod model;
+pub mod stacks;
+
+pub use model::SbtcModel;
+pub use stacks::{StacksEmulator, StacksState};

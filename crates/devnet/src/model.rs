@@ -1,0 +1,330 @@
+//! A Rust model of `contracts/sbtc-alpha.clar`: the same checks in the same
+//! order, the same error codes. Cross-checked against the Clarity VM.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use stacks_wire::{PrincipalData, StacksAddress, Value};
+
+/// `MAX-SUPPLY`: 21,000,000 BTC in sats.
+pub const MAX_SUPPLY: u128 = 2_100_000_000_000_000;
+
+/// The contract's error codes.
+pub mod err {
+    /// Not the contract owner.
+    pub const NOT_OWNER: u128 = 1001;
+    /// Not the coordinator.
+    pub const NOT_COORDINATOR: u128 = 1002;
+    /// Zero amount.
+    pub const INVALID_AMOUNT: u128 = 1003;
+    /// Txid minted already.
+    pub const ALREADY_MINTED: u128 = 1004;
+    /// Txid burned already.
+    pub const ALREADY_BURNED: u128 = 1005;
+    /// Past the supply cap.
+    pub const SUPPLY_CAP: u128 = 1006;
+    /// Balance too low.
+    pub const INSUFFICIENT_BALANCE: u128 = 1007;
+    /// Transfer of someone else's tokens.
+    pub const NOT_TOKEN_OWNER: u128 = 1008;
+    /// Trading halted.
+    pub const TRADING_HALTED: u128 = 1009;
+    /// Empty txid.
+    pub const INVALID_TXID: u128 = 1010;
+}
+
+/// The contract's state.
+#[derive(Debug, Clone)]
+pub struct SbtcModel {
+    /// `contract-owner`.
+    pub owner: PrincipalData,
+    /// `coordinator`: address and key.
+    pub coordinator: Option<(PrincipalData, Vec<u8>)>,
+    /// `bitcoin-wallet-public-key`.
+    pub wallet_key: Option<Vec<u8>>,
+    /// `trading-halted`.
+    pub halted: bool,
+    /// Token balances.
+    pub balances: HashMap<PrincipalData, u128>,
+    /// Total supply.
+    pub supply: u128,
+    /// Txids minted, with amounts.
+    pub minted: BTreeMap<String, u128>,
+    /// Txids burned, with amounts.
+    pub burned: BTreeMap<String, u128>,
+    /// `num-signers`, `threshold`, signer data.
+    pub num_signers: u128,
+    /// `threshold`.
+    pub threshold: u128,
+    /// `signers` map.
+    pub signers: BTreeMap<u128, Value>,
+}
+
+/// A public call's outcome and the tokens it moved out of each principal
+/// (for post-condition checks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallResult {
+    /// `(ok …)` or `(err …)`.
+    pub result: Value,
+    /// Tokens sent or burned, per principal.
+    pub sent: HashMap<PrincipalData, u128>,
+}
+
+fn ok_true() -> Value {
+    Value::Ok(Box::new(Value::Bool(true)))
+}
+
+fn error(code: u128) -> Value {
+    Value::Err(Box::new(Value::UInt(code)))
+}
+
+/// Why a call's arguments do not fit the function (the node refuses the
+/// transaction with `BadFunctionArgument`, or `NoSuchPublicFunction`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgError {
+    /// No such function.
+    NoSuchFunction(String),
+    /// Wrong count or types.
+    BadArgument(String),
+}
+
+fn txid_arg(v: &Value) -> Option<&str> {
+    match v {
+        Value::StringAscii(s) if s.len() <= 72 => Some(s),
+        _ => None,
+    }
+}
+
+impl SbtcModel {
+    /// A freshly deployed contract owned by `owner`.
+    pub fn new(owner: PrincipalData) -> Self {
+        SbtcModel {
+            owner,
+            coordinator: None,
+            wallet_key: None,
+            halted: false,
+            balances: HashMap::new(),
+            supply: 0,
+            minted: BTreeMap::new(),
+            burned: BTreeMap::new(),
+            num_signers: 0,
+            threshold: 0,
+            signers: BTreeMap::new(),
+        }
+    }
+
+    fn is_coordinator(&self, sender: &PrincipalData) -> bool {
+        self.coordinator.as_ref().is_some_and(|(a, _)| a == sender)
+    }
+
+    /// Checks a public call's function name and argument types, as the node
+    /// does when admitting the transaction.
+    pub fn check_args(function: &str, args: &[Value]) -> Result<(), ArgError> {
+        let bad =
+            || ArgError::BadArgument(format!("{function}: arguments do not match the signature"));
+        let ok = match (function, args) {
+            ("mint!" | "burn!", [Value::UInt(_), Value::Principal(_), t]) => txid_arg(t).is_some(),
+            ("set-bitcoin-wallet-public-key", [Value::Buffer(b)]) => b.len() <= 33,
+            ("set-coordinator-data", [Value::Tuple(t)]) => {
+                t.len() == 2
+                    && matches!(t.get("addr"), Some(Value::Principal(_)))
+                    && matches!(t.get("key"), Some(Value::Buffer(b)) if b.len() <= 33)
+            }
+            ("set-trading-halted", [Value::Bool(_)]) => true,
+            ("set-contract-owner", [Value::Principal(_)]) => true,
+            ("set-num-keys" | "set-num-signers" | "set-threshold", [Value::UInt(_)]) => true,
+            ("set-signer-data", [Value::UInt(_), Value::Tuple(_)]) => true,
+            (
+                "transfer",
+                [Value::UInt(_), Value::Principal(_), Value::Principal(_), Value::Optional(_)],
+            ) => true,
+            (
+                "mint!"
+                | "burn!"
+                | "set-bitcoin-wallet-public-key"
+                | "set-coordinator-data"
+                | "set-trading-halted"
+                | "set-contract-owner"
+                | "set-num-keys"
+                | "set-num-signers"
+                | "set-threshold"
+                | "set-signer-data"
+                | "transfer",
+                _,
+            ) => false,
+            (other, _) => return Err(ArgError::NoSuchFunction(other.to_owned())),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(bad())
+        }
+    }
+
+    /// Runs a public function as `sender`. Arguments must have passed
+    /// [`SbtcModel::check_args`]. An `(err …)` result leaves the state as it was.
+    pub fn call(&mut self, sender: &PrincipalData, function: &str, args: &[Value]) -> CallResult {
+        let mut sent = HashMap::new();
+        let result = match (function, args) {
+            ("mint!", [Value::UInt(amount), Value::Principal(dst), t]) => {
+                let txid = txid_arg(t).unwrap_or_default();
+                if !self.is_coordinator(sender) {
+                    error(err::NOT_COORDINATOR)
+                } else if *amount == 0 {
+                    error(err::INVALID_AMOUNT)
+                } else if txid.is_empty() {
+                    error(err::INVALID_TXID)
+                } else if *amount > MAX_SUPPLY - self.supply {
+                    error(err::SUPPLY_CAP)
+                } else if self.minted.contains_key(txid) {
+                    error(err::ALREADY_MINTED)
+                } else {
+                    self.minted.insert(txid.to_owned(), *amount);
+                    *self.balances.entry(dst.clone()).or_insert(0) += amount;
+                    self.supply += amount;
+                    ok_true()
+                }
+            }
+            ("burn!", [Value::UInt(amount), Value::Principal(src), t]) => {
+                let txid = txid_arg(t).unwrap_or_default();
+                let balance = self.balances.get(src).copied().unwrap_or(0);
+                if !self.is_coordinator(sender) {
+                    error(err::NOT_COORDINATOR)
+                } else if *amount == 0 {
+                    error(err::INVALID_AMOUNT)
+                } else if txid.is_empty() {
+                    error(err::INVALID_TXID)
+                } else if self.burned.contains_key(txid) {
+                    error(err::ALREADY_BURNED)
+                } else if balance < *amount {
+                    error(err::INSUFFICIENT_BALANCE)
+                } else {
+                    self.burned.insert(txid.to_owned(), *amount);
+                    self.balances.insert(src.clone(), balance - amount);
+                    self.supply -= amount;
+                    sent.insert(src.clone(), *amount);
+                    ok_true()
+                }
+            }
+            ("set-bitcoin-wallet-public-key", [Value::Buffer(k)]) => {
+                if self.is_coordinator(sender) {
+                    self.wallet_key = Some(k.clone());
+                    ok_true()
+                } else {
+                    error(err::NOT_COORDINATOR)
+                }
+            }
+            ("set-trading-halted", [Value::Bool(b)]) => {
+                if self.is_coordinator(sender) {
+                    self.halted = *b;
+                    ok_true()
+                } else {
+                    error(err::NOT_COORDINATOR)
+                }
+            }
+            ("set-coordinator-data", [Value::Tuple(t)]) => match (t.get("addr"), t.get("key")) {
+                (Some(Value::Principal(a)), Some(Value::Buffer(k))) if *sender == self.owner => {
+                    self.coordinator = Some((a.clone(), k.clone()));
+                    ok_true()
+                }
+                _ => error(err::NOT_OWNER),
+            },
+            ("set-contract-owner", [Value::Principal(p)]) if *sender == self.owner => {
+                self.owner = p.clone();
+                ok_true()
+            }
+            ("set-num-signers", [Value::UInt(n)]) if *sender == self.owner => {
+                self.num_signers = *n;
+                ok_true()
+            }
+            ("set-threshold", [Value::UInt(n)]) if *sender == self.owner => {
+                self.threshold = *n;
+                ok_true()
+            }
+            ("set-num-keys", [Value::UInt(_)]) if *sender == self.owner => ok_true(),
+            ("set-signer-data", [Value::UInt(id), data]) if *sender == self.owner => {
+                self.signers.insert(*id, data.clone());
+                ok_true()
+            }
+            (
+                "set-contract-owner" | "set-num-signers" | "set-threshold" | "set-num-keys"
+                | "set-signer-data",
+                _,
+            ) => error(err::NOT_OWNER),
+            (
+                "transfer",
+                [Value::UInt(amount), Value::Principal(from), Value::Principal(to), _],
+            ) => {
+                let balance = self.balances.get(from).copied().unwrap_or(0);
+                if self.halted {
+                    error(err::TRADING_HALTED)
+                } else if sender != from {
+                    error(err::NOT_TOKEN_OWNER)
+                } else if *amount == 0 {
+                    error(err::INVALID_AMOUNT)
+                } else if balance < *amount || from == to {
+                    error(err::INSUFFICIENT_BALANCE)
+                } else {
+                    self.balances.insert(from.clone(), balance - amount);
+                    *self.balances.entry(to.clone()).or_insert(0) += amount;
+                    sent.insert(from.clone(), *amount);
+                    ok_true()
+                }
+            }
+            _ => Value::Err(Box::new(Value::UInt(0))),
+        };
+        CallResult { result, sent }
+    }
+
+    /// Runs a read-only function.
+    pub fn read(&self, function: &str, args: &[Value]) -> Option<Value> {
+        Some(match (function, args) {
+            ("was-minted", [t]) => {
+                Value::Bool(txid_arg(t).is_some_and(|t| self.minted.contains_key(t)))
+            }
+            ("was-burned", [t]) => {
+                Value::Bool(txid_arg(t).is_some_and(|t| self.burned.contains_key(t)))
+            }
+            ("get-bitcoin-wallet-public-key", []) => {
+                Value::Optional(self.wallet_key.clone().map(|k| Box::new(Value::Buffer(k))))
+            }
+            ("get-coordinator-data", []) => {
+                Value::Optional(self.coordinator.as_ref().map(|(a, k)| {
+                    Box::new(
+                        Value::tuple([
+                            ("addr", Value::Principal(a.clone())),
+                            ("key", Value::Buffer(k.clone())),
+                        ])
+                        .expect("valid names"),
+                    )
+                }))
+            }
+            ("get-balance", [Value::Principal(p)]) => Value::Ok(Box::new(Value::UInt(
+                self.balances.get(p).copied().unwrap_or(0),
+            ))),
+            ("get-total-supply", []) => Value::Ok(Box::new(Value::UInt(self.supply))),
+            ("get-num-signers", []) => Value::UInt(self.num_signers),
+            ("get-threshold", []) => Value::UInt(self.threshold),
+            ("get-signer-data", [Value::UInt(id)]) => {
+                Value::Optional(self.signers.get(id).map(|v| Box::new(v.clone())))
+            }
+            ("get-contract-owner", []) => Value::Principal(self.owner.clone()),
+            ("get-trading-halted", []) => Value::Bool(self.halted),
+            ("get-decimals", []) => Value::Ok(Box::new(Value::UInt(8))),
+            _ => return None,
+        })
+    }
+
+    /// Returns the principals holding tokens, for summaries.
+    pub fn holders(&self) -> HashSet<&PrincipalData> {
+        self.balances
+            .iter()
+            .filter(|(_, b)| **b > 0)
+            .map(|(p, _)| p)
+            .collect()
+    }
+}
+
+/// Returns a standard principal.
+pub fn principal(a: StacksAddress) -> PrincipalData {
+    PrincipalData::Standard(a)
+}
