@@ -44,6 +44,10 @@ pub struct StacksState {
     pub model: SbtcModel,
     /// Transactions waiting to be mined, in arrival order.
     pub mempool: Vec<StacksTransaction>,
+    /// Their txids, for duplicate checks without re-hashing.
+    mempool_txids: std::collections::HashSet<stacks_wire::StacksTxid>,
+    /// Fees of mempool transactions per sender, for balance checks.
+    mempool_fees: std::collections::HashMap<StacksAddress, u128>,
     /// Every mined transaction.
     pub receipts: Vec<Receipt>,
     /// Stacks tip height.
@@ -65,6 +69,8 @@ impl StacksState {
             model: SbtcModel::new(owner),
             contract_id,
             mempool: Vec::new(),
+            mempool_txids: std::collections::HashSet::new(),
+            mempool_fees: std::collections::HashMap::new(),
             receipts: Vec::new(),
             height: 1,
             burn_height: 0,
@@ -102,7 +108,7 @@ impl StacksState {
         }
         let txid = tx.txid().to_string();
         let origin = tx.origin();
-        if self.mempool.iter().any(|t| t.txid() == tx.txid()) {
+        if self.mempool_txids.contains(&tx.txid()) {
             return Ok(txid);
         }
         let (balance, nonce) = self.account(&origin);
@@ -162,6 +168,8 @@ impl StacksState {
                 }
             }
         }
+        *self.mempool_fees.entry(origin).or_insert(0) += u128::from(tx.auth.fee);
+        self.mempool_txids.insert(tx.txid());
         self.mempool.push(tx);
         Ok(txid)
     }
@@ -180,6 +188,10 @@ impl StacksState {
             let Some(i) = next else { break };
             let tx = self.mempool.remove(i);
             let origin = tx.origin();
+            self.mempool_txids.remove(&tx.txid());
+            if let Some(f) = self.mempool_fees.get_mut(&origin) {
+                *f = f.saturating_sub(u128::from(tx.auth.fee));
+            }
             let (balance, nonce) = self.account(&origin);
             let fee = u128::from(tx.auth.fee);
             if balance < fee {
@@ -225,12 +237,15 @@ impl StacksState {
             } => {
                 let before = self.model.clone();
                 let r = self.model.call(&sender, function_name, args);
+                // An (err …) result rolls everything back; nothing moved, so
+                // there is nothing for post conditions to judge.
+                if matches!(r.result, Value::Err(_)) {
+                    self.model = before;
+                    return Ok(r.result);
+                }
                 if let Err(e) = check_post_conditions(tx, &sender, &r.sent, &self.contract_id) {
                     self.model = before;
                     return Err(e);
-                }
-                if matches!(r.result, Value::Err(_)) {
-                    self.model = before;
                 }
                 Ok(r.result)
             }
