@@ -161,3 +161,51 @@ fn a_malformed_txid_is_a_usage_error() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not-a-txid"), "{}", stderr(&o));
 }
+
+#[test]
+fn queue_retry_sends_a_rejected_op_back_to_validation() {
+    use peg_queue::{OpState, PegQueue, SqlitePegQueue};
+    let dir = tempfile::tempdir().unwrap();
+    let c = config_in(dir.path());
+    let op: peg_queue::peg_ops::PegOp = serde_json::from_value(serde_json::json!({
+        "kind": "peg_in", "amount": 1337, "block_height": 218,
+        "burn_header_hash": "3292a7d2a7e941499b5c0dcff2a5656c159010718450948a60c2be9e1c221dc4",
+        "memo": "", "peg_wallet_address": "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
+        "recipient": "ST2QPWVRY7F6P4T3S4GZKGWKN1N2VQSMPQSG22CB9",
+        "txid": "d81bec73a0ea0bdcf9bc011f567944eb1eae5889bf002bf7ae641d7096157771", "vtxindex": 2
+    }))
+    .unwrap();
+    {
+        let q = SqlitePegQueue::open(&dir.path().join("data/queue.sqlite")).unwrap();
+        q.insert_op(&op).unwrap();
+        q.set_state(
+            &op.txid(),
+            &OpState::Rejected {
+                reason: "not on the allowlist".into(),
+            },
+        )
+        .unwrap();
+    }
+    let txid = op.txid().to_string();
+    let o = cli(&["--config", c.to_str().unwrap(), "queue", "list"], &[]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("rejected (not on the allowlist)"));
+    let o = cli(
+        &["--config", c.to_str().unwrap(), "queue", "retry", &txid],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("rejected -> detected"));
+    let o = cli(
+        &["--config", c.to_str().unwrap(), "queue", "show", &txid],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"]["state"], "detected");
+    assert_eq!(v["op"]["amount"], 1337);
+    // A pending op is not retried by hand.
+    let o = cli(
+        &["--config", c.to_str().unwrap(), "queue", "retry", &txid],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+}

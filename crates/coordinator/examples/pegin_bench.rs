@@ -120,6 +120,7 @@ fn main() {
             fee_target_blocks: 6,
             max_heights_per_tick: 100,
             allowlist: Allowlist::new([recipient], []),
+            stx_low_balance_warning: 1,
         },
     );
     let stop = AtomicBool::new(false);

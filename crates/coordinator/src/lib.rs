@@ -98,6 +98,8 @@ pub struct LoopSettings {
     pub max_heights_per_tick: u64,
     /// The closed-alpha allowlist.
     pub allowlist: Allowlist,
+    /// Warn when the coordinator's STX balance is below this, µSTX.
+    pub stx_low_balance_warning: u128,
 }
 
 impl LoopSettings {
@@ -116,6 +118,7 @@ impl LoopSettings {
             fee_target_blocks: c.fees.bitcoin_fee_target_blocks,
             max_heights_per_tick: 100,
             allowlist: c.allowlist.clone(),
+            stx_low_balance_warning: u128::from(c.fees.stx_low_balance_warning),
         }
     }
 }
@@ -693,6 +696,12 @@ where
     fn next_stacks_nonce(&self) -> Result<u64, StepError> {
         let me = PrincipalData::Standard(self.c.stacks_wallet.address());
         let account = self.c.stacks.get_account(&me)?;
+        if account.balance < self.settings.stx_low_balance_warning {
+            warn!(
+                "the coordinator's STX balance is {} µSTX, below the warning threshold of {} µSTX: top up {me}",
+                account.balance, self.settings.stx_low_balance_warning
+            );
+        }
         Ok(next_nonce(
             account.nonce,
             self.c.queue.last_signed_stacks_nonce()?,

@@ -537,6 +537,7 @@ pub fn settings() -> LoopSettings {
             [allowed_principal()],
             [ALLOWED_BTC.parse::<BtcAddress>().unwrap().script_pubkey()],
         ),
+        stx_low_balance_warning: 1,
     }
 }
 

@@ -176,6 +176,7 @@ fn peg_ins_are_minted_once_through_real_http() {
         fee_target_blocks: 6,
         max_heights_per_tick: 100,
         allowlist: Allowlist::new([user(1), user(2)], []),
+        stx_low_balance_warning: 1,
     };
     let bitcoin = bitcoin_node_client::UreqBitcoinNode::new(
         "http://127.0.0.1:9",
