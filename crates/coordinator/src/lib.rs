@@ -67,8 +67,9 @@ pub enum Error {
 /// hold the same transaction a little lower.
 pub const REORG_RESCAN_DEPTH: u64 = 6;
 
-/// The most steps one op takes in one tick. A full peg-out is seven steps;
-/// the limit only stops a node that keeps refusing from spinning the loop.
+/// The most steps one op takes in one tick (and the most rounds a tick
+/// runs). A full peg-out is seven steps; the limit only stops a node that
+/// keeps refusing from spinning the loop.
 pub const MAX_STEPS_PER_DRIVE: usize = 16;
 
 /// What the loop needs to know, taken from the configuration.
@@ -232,6 +233,8 @@ pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
     rescan: Option<BurnHeight>,
     metrics: std::sync::Arc<metrics::Metrics>,
     chain_cache: HashMap<BurnHeight, Option<Vec<(Txid, bitcoin::BlockHash)>>>,
+    /// The highest nonce signed in the current round, not yet stored.
+    round_nonce: Option<u64>,
     #[cfg(any(test, feature = "testing"))]
     crash_point: Option<CrashPoint>,
 }
@@ -274,6 +277,7 @@ where
             rescan: None,
             metrics: std::sync::Arc::default(),
             chain_cache: HashMap::new(),
+            round_nonce: None,
             #[cfg(any(test, feature = "testing"))]
             crash_point: None,
         }
@@ -359,20 +363,81 @@ where
                 None
             }
         };
-        let pending = self.c.queue.pending().map_err(Error::Queue)?;
         let now = Instant::now();
-        for op in pending {
-            if stop.load(Ordering::SeqCst) {
+        let mut active: Vec<QueuedOp> = self
+            .c
+            .queue
+            .pending()
+            .map_err(Error::Queue)?
+            .into_iter()
+            .filter(|q| {
+                self.backoff
+                    .get(&q.op.txid())
+                    .is_none_or(|b| b.next_try <= now)
+            })
+            .collect();
+        // Rounds: every active op takes one step, then the whole round is
+        // stored in one transaction (one fsync), before any op takes its
+        // next step. A signed transaction is thus always stored before it is
+        // broadcast, which happens in a later round.
+        let mut rounds = 0;
+        while !active.is_empty() && !stop.load(Ordering::SeqCst) && rounds < MAX_STEPS_PER_DRIVE {
+            rounds += 1;
+            self.round_nonce = None;
+            let mut moves: Vec<(usize, OpState)> = Vec::new();
+            for (i, q) in active.iter().enumerate() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                match self.step(q, tip) {
+                    Ok(Step::Moved(state)) => moves.push((i, state)),
+                    Ok(Step::Removed) => {}
+                    Ok(Step::Wait(why)) => {
+                        debug!(
+                            "{} {}: waiting in {}: {why}",
+                            q.op.kind(),
+                            q.op.txid(),
+                            q.state.name()
+                        );
+                    }
+                    Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
+                    Err(StepError::Retry { message, transient }) => {
+                        self.failed_step(q, &message, transient, &mut report)?
+                    }
+                }
+            }
+            if moves.is_empty() {
                 break;
             }
-            if self
-                .backoff
-                .get(&op.op.txid())
-                .is_some_and(|b| b.next_try > now)
-            {
-                continue;
+            let batch: Vec<(Txid, OpState)> = moves
+                .iter()
+                .map(|(i, s)| (active[*i].op.txid(), s.clone()))
+                .collect();
+            for (_, s) in &batch {
+                self.maybe_crash(CrashPoint::BeforeStoring(s.name()));
             }
-            self.drive(op, tip, stop, &mut report)?;
+            self.c.queue.set_states(&batch).map_err(Error::Queue)?;
+            for (_, s) in &batch {
+                self.maybe_crash(CrashPoint::AfterStoring(s.name()));
+            }
+            let mut next = Vec::with_capacity(moves.len());
+            for (i, state) in moves {
+                let mut q = active[i].clone();
+                info!(
+                    "{} {}: {} -> {state}",
+                    q.op.kind(),
+                    q.op.txid(),
+                    q.state.name()
+                );
+                self.backoff.remove(&q.op.txid());
+                self.metrics.steps.fetch_add(1, Ordering::Relaxed);
+                report.steps += 1;
+                q.state = state;
+                if !q.state.is_terminal() {
+                    next.push(q);
+                }
+            }
+            active = next;
         }
         self.metrics.tick();
         Ok(report)
@@ -497,21 +562,37 @@ where
                 }
                 Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
                 Err(StepError::Retry { message, transient }) => {
-                    let what = format!("{} {txid} in {}", q.op.kind(), q.state.name());
-                    log_failure(&what, &message, transient);
-                    self.c
-                        .queue
-                        .record_failure(&txid, &message)
-                        .map_err(Error::Queue)?;
-                    let prev = self.backoff.get(&txid).copied();
-                    let b = self.next_backoff(prev);
-                    self.backoff.insert(txid, b);
-                    self.metrics.step_failures.fetch_add(1, Ordering::Relaxed);
-                    report.failures += 1;
+                    self.failed_step(&q, &message, transient, report)?;
                     break;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Records a failed step and backs the op off.
+    fn failed_step(
+        &mut self,
+        q: &QueuedOp,
+        message: &str,
+        transient: bool,
+        report: &mut TickReport,
+    ) -> Result<(), Error> {
+        let txid = q.op.txid();
+        log_failure(
+            &format!("{} {txid} in {}", q.op.kind(), q.state.name()),
+            message,
+            transient,
+        );
+        self.c
+            .queue
+            .record_failure(&txid, message)
+            .map_err(Error::Queue)?;
+        let prev = self.backoff.get(&txid).copied();
+        let b = self.next_backoff(prev);
+        self.backoff.insert(txid, b);
+        self.metrics.step_failures.fetch_add(1, Ordering::Relaxed);
+        report.failures += 1;
         Ok(())
     }
 
@@ -594,9 +675,9 @@ where
             }
             (OpState::Accepted, op) => {
                 let nonce = self.next_stacks_nonce()?;
-                Ok(Step::Moved(OpState::StacksTxSigned {
-                    tx: self.sign_stacks_tx(op, nonce, None)?,
-                }))
+                let tx = self.sign_stacks_tx(op, nonce, None)?;
+                self.round_nonce = self.round_nonce.max(Some(tx.nonce));
+                Ok(Step::Moved(OpState::StacksTxSigned { tx }))
             }
             (OpState::StacksTxSigned { tx }, op) => self.broadcast_stacks_tx(op, tx),
             (OpState::StacksTxBroadcast { tx }, op) => self.confirm_stacks_tx(op, tx),
@@ -702,10 +783,8 @@ where
                 account.balance, self.settings.stx_low_balance_warning
             );
         }
-        Ok(next_nonce(
-            account.nonce,
-            self.c.queue.last_signed_stacks_nonce()?,
-        ))
+        let stored = self.c.queue.last_signed_stacks_nonce()?;
+        Ok(next_nonce(account.nonce, stored.max(self.round_nonce)))
     }
 
     fn sign_stacks_tx(

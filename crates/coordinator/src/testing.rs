@@ -117,6 +117,19 @@ impl PegQueue for MemQueue {
         q.last_error = None;
         Ok(())
     }
+    fn set_states(&self, moves: &[(Txid, OpState)]) -> Result<(), peg_queue::Error> {
+        {
+            let g = self.0.lock().unwrap();
+            if let Some((t, _)) = moves.iter().find(|(t, _)| !g.ops.contains_key(t)) {
+                return Err(peg_queue::Error::UnknownOp(*t));
+            }
+        }
+        for (t, s) in moves {
+            self.set_state(t, s)?;
+        }
+        Ok(())
+    }
+
     fn record_failure(&self, txid: &Txid, error: &str) -> Result<u32, peg_queue::Error> {
         let mut g = self.0.lock().unwrap();
         let q = g

@@ -171,6 +171,11 @@ pub trait PegQueue {
     /// Moves an operation to `state`, clearing its last error.
     fn set_state(&self, txid: &Txid, state: &OpState) -> Result<(), Error>;
 
+    /// Moves several operations at once, in one transaction (a group commit:
+    /// one fsync for a whole round of steps). Fails, storing nothing, if any
+    /// txid is unknown.
+    fn set_states(&self, moves: &[(Txid, OpState)]) -> Result<(), Error>;
+
     /// Records a failed step; returns the number of failures so far.
     fn record_failure(&self, txid: &Txid, error: &str) -> Result<u32, Error>;
 

@@ -267,25 +267,33 @@ impl PegQueue for SqlitePegQueue {
     }
 
     fn set_state(&self, txid: &Txid, state: &OpState) -> Result<(), Error> {
-        let nonce = match state {
-            OpState::StacksTxSigned { tx } | OpState::StacksTxBroadcast { tx } => {
-                Some(to_i64(tx.nonce))
+        self.set_states(&[(*txid, state.clone())])
+    }
+
+    fn set_states(&self, moves: &[(Txid, OpState)]) -> Result<(), Error> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(storage)?;
+        for (txid, state) in moves {
+            let nonce = match state {
+                OpState::StacksTxSigned { tx } | OpState::StacksTxBroadcast { tx } => {
+                    Some(to_i64(tx.nonce))
+                }
+                _ => None,
+            };
+            let data = serde_json::to_string(state).map_err(|e| Error::Storage(e.to_string()))?;
+            let n = tx
+                .execute(
+                    "UPDATE ops SET state = ?2, state_data = ?3, stacks_nonce = ?4, last_error = NULL, updated_at = ?5
+                     WHERE txid = ?1",
+                    params![txid.to_string(), state.name(), data, nonce, now()],
+                )
+                .map_err(storage)?;
+            if n == 0 {
+                // Dropping the transaction rolls the whole round back.
+                return Err(Error::UnknownOp(*txid));
             }
-            _ => None,
-        };
-        let data = serde_json::to_string(state).map_err(|e| Error::Storage(e.to_string()))?;
-        let conn = self.lock();
-        let n = conn
-            .execute(
-                "UPDATE ops SET state = ?2, state_data = ?3, stacks_nonce = ?4, last_error = NULL, updated_at = ?5
-                 WHERE txid = ?1",
-                params![txid.to_string(), state.name(), data, nonce, now()],
-            )
-            .map_err(storage)?;
-        if n == 0 {
-            return Err(Error::UnknownOp(*txid));
         }
-        Ok(())
+        tx.commit().map_err(storage)
     }
 
     fn record_failure(&self, txid: &Txid, error: &str) -> Result<u32, Error> {

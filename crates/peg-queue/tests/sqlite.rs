@@ -257,3 +257,33 @@ fn only_unacted_ops_are_removed_and_the_scan_rewinds() {
     q.rewind_scan(None).unwrap();
     assert_eq!(q.last_scanned_height().unwrap(), None);
 }
+
+#[test]
+fn a_round_is_stored_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SqlitePegQueue::open(&dir.path().join("q.sqlite")).unwrap();
+    q.insert_op(&op(1, 1)).unwrap();
+    q.insert_op(&op(2, 1)).unwrap();
+    q.set_states(&[
+        (op(1, 1).txid(), OpState::Accepted),
+        (op(2, 1).txid(), OpState::StacksTxSigned { tx: stx(4) }),
+    ])
+    .unwrap();
+    assert_eq!(
+        q.get(&op(1, 1).txid()).unwrap().unwrap().state,
+        OpState::Accepted
+    );
+    assert_eq!(q.last_signed_stacks_nonce().unwrap(), Some(4));
+    // One unknown txid: nothing of the round is stored.
+    let e = q
+        .set_states(&[
+            (op(1, 1).txid(), OpState::Done),
+            (op(9, 1).txid(), OpState::Done),
+        ])
+        .unwrap_err();
+    assert!(matches!(e, peg_queue::Error::UnknownOp(_)));
+    assert_eq!(
+        q.get(&op(1, 1).txid()).unwrap().unwrap().state,
+        OpState::Accepted
+    );
+}
