@@ -15,6 +15,9 @@ cargo fmt --all -- --check
 echo "==> cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+echo "==> cargo build (the binaries the end-to-end tests start)"
+cargo build --workspace --all-features --bins
+
 echo "==> cargo test"
 cargo test --workspace --all-features
 

@@ -20,7 +20,7 @@ fn sibling(name: &str) -> PathBuf {
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-p", "relay-server", "-p", "stacks-signer"])
+            .args(["build", "--workspace", "--all-features", "--bins"])
             .status()
             .expect("cargo runs");
         assert!(

@@ -221,6 +221,8 @@ pub struct TickReport {
     pub steps: usize,
     /// Steps that failed and will be retried.
     pub failures: usize,
+    /// Rounds of steps stored, one transaction each.
+    pub rounds: usize,
 }
 
 /// The coordinator's event loop.
@@ -409,6 +411,7 @@ where
             if moves.is_empty() {
                 break;
             }
+            report.rounds += 1;
             let batch: Vec<(Txid, OpState)> = moves
                 .iter()
                 .map(|(i, s)| (active[*i].op.txid(), s.clone()))

@@ -331,7 +331,10 @@ impl StacksEmulator {
     /// # Errors
     /// When the address cannot be bound.
     pub fn start(addr: &str, state: StacksState) -> std::io::Result<Self> {
-        let server = Arc::new(Server::http(addr).map_err(std::io::Error::other)?);
+        let server = Arc::new(
+            Server::from_listener(relay::nodelay_listener(addr)?, None)
+                .map_err(std::io::Error::other)?,
+        );
         let addr = server
             .server_addr()
             .to_ip()

@@ -20,7 +20,7 @@ mod client;
 mod server;
 
 pub use client::{Batch, RelayClient, RelayError};
-pub use server::{RelayConfig, RelayServer};
+pub use server::{nodelay_listener, RelayConfig, RelayServer};
 
 /// Response header: the sequence number the next message will get.
 pub const HEADER_NEXT: &str = "X-Relay-Next";

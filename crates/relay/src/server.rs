@@ -132,7 +132,8 @@ impl RelayServer {
     /// # Errors
     /// When the address cannot be bound.
     pub fn start(addr: &str, config: RelayConfig) -> std::io::Result<RelayServer> {
-        let server = Server::from_listener(listener(addr)?, None).map_err(std::io::Error::other)?;
+        let server =
+            Server::from_listener(nodelay_listener(addr)?, None).map_err(std::io::Error::other)?;
         let addr = server
             .server_addr()
             .to_ip()
@@ -202,8 +203,12 @@ impl Drop for RelayServer {
 
 /// Binds `addr` with TCP_NODELAY, which accepted connections inherit: the
 /// server writes headers and body separately, and with Nagle's algorithm
-/// each small answer would wait for a delayed ACK (~40 ms a hop).
-fn listener(addr: &str) -> std::io::Result<std::net::TcpListener> {
+/// each small answer would wait for a delayed ACK (~40 ms a hop). For any
+/// tiny_http server (`Server::from_listener`).
+///
+/// # Errors
+/// When `addr` does not resolve or cannot be bound.
+pub fn nodelay_listener(addr: &str) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     use std::net::ToSocketAddrs;
     let addr = addr
