@@ -126,6 +126,12 @@ fn parse_recipient(data: &[u8]) -> Result<PrincipalData, ParseError> {
     Ok(PrincipalData::Contract(ContractId { address, name }))
 }
 
+/// Returns the op byte and data of `tx` if its output 0 is our OP_RETURN.
+fn op_of(tx: &Transaction, magic: [u8; 2]) -> Option<(u8, &[u8])> {
+    let (m, op, data) = parse_op_return(&tx.output.first()?.script_pubkey)?;
+    (m == magic).then_some((op, data))
+}
+
 /// Parses one transaction: `Ok(None)` when it is not a peg-in or peg-out
 /// request under `magic`, an error when it claims to be one but is malformed.
 pub fn parse_transaction(
@@ -134,15 +140,9 @@ pub fn parse_transaction(
     network: Network,
     at: Position,
 ) -> Result<Option<PegOp>, ParseError> {
-    let Some(first) = tx.output.first() else {
+    let Some((op, data)) = op_of(tx, magic) else {
         return Ok(None);
     };
-    let Some((m, op, data)) = parse_op_return(&first.script_pubkey) else {
-        return Ok(None);
-    };
-    if m != magic {
-        return Ok(None);
-    }
     let txid = tx.compute_txid();
     match op {
         OP_PEG_IN => {
@@ -204,15 +204,9 @@ pub fn parse_fulfillment(
     network: Network,
     at: Position,
 ) -> Result<Option<PegOutFulfillOp>, ParseError> {
-    let Some(first) = tx.output.first() else {
+    let Some((OP_PEG_OUT_FULFILL, data)) = op_of(tx, magic) else {
         return Ok(None);
     };
-    let Some((m, op, data)) = parse_op_return(&first.script_pubkey) else {
-        return Ok(None);
-    };
-    if m != magic || op != OP_PEG_OUT_FULFILL {
-        return Ok(None);
-    }
     if data.len() < 32 {
         return Err(ParseError::TooShort {
             op: '!',
