@@ -190,7 +190,15 @@ pub(crate) fn process(c: &Config, txid: Txid, kind: PegOpKind, stop: &AtomicBool
             bail!("transaction {txid} is not confirmed yet");
         }
         let tip = bitcoin_node(c).get_block_count()?;
-        let height = tip + 1 - u64::from(status.confirmations);
+        let height = tip
+            .saturating_add(1)
+            .checked_sub(u64::from(status.confirmations))
+            .ok_or_else(|| {
+                anyhow!(
+                    "the node reports {} confirmations at tip {tip}",
+                    status.confirmations
+                )
+            })?;
         let ops = l
             .components()
             .source

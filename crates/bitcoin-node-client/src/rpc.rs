@@ -310,8 +310,10 @@ impl BitcoinNode for UreqBitcoinNode {
                         value: btc(&u.amount)?,
                         script_pubkey: script_pubkey.to_owned(),
                     },
-                    confirmations: u32::try_from((scan.height + 1).saturating_sub(u.height))
-                        .unwrap_or(u32::MAX),
+                    confirmations: u32::try_from(
+                        scan.height.saturating_add(1).saturating_sub(u.height),
+                    )
+                    .unwrap_or(u32::MAX),
                 })
             })
             .collect()

@@ -499,7 +499,7 @@ where
         }
         let depth = u64::from(self.settings.op_confirmations.max(1));
         // A block at height h has tip - h + 1 confirmations.
-        let Some(deepest) = (tip.0 + 1).checked_sub(depth) else {
+        let Some(deepest) = tip.0.saturating_add(1).checked_sub(depth) else {
             return Ok(tip);
         };
         let mut next = match (self.rescan.take(), self.c.queue.last_scanned_height()?) {
@@ -767,7 +767,7 @@ where
                 }
             }
         }
-        let confirmations = (tip.0 + 1).saturating_sub(op.block_height().0);
+        let confirmations = tip.0.saturating_add(1).saturating_sub(op.block_height().0);
         if confirmations < u64::from(s.op_confirmations) {
             return Verdict::Wait(format!(
                 "{confirmations} of {} confirmations",

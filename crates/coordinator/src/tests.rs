@@ -706,3 +706,13 @@ fn a_reorg_after_acting_stops_the_op_for_the_operator() {
     }
     assert!(w.lock().unwrap().btc_broadcasts.is_empty());
 }
+
+#[test]
+fn a_node_reporting_an_absurd_tip_cannot_overflow_the_loop() {
+    let w = world(u64::MAX, vec![]);
+    let q = MemQueue::default();
+    q.record_scanned_block(BurnHeight(u64::MAX - 1), &[])
+        .unwrap();
+    let mut l = coordinator(&w, &q, settings());
+    l.tick(&no_stop()).unwrap();
+}
