@@ -4,8 +4,10 @@
 //! uses, with the node's shapes and checks, and runs [`model::SbtcModel`], a
 //! model of `contracts/sbtc-alpha.clar`. Nothing here is for real money.
 
+pub mod bitcoin;
 pub mod model;
 pub mod stacks;
 
+pub use bitcoin::{BitcoinEmulator, BitcoinState};
 pub use model::SbtcModel;
 pub use stacks::{StacksEmulator, StacksState};
