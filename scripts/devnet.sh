@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Starts a complete local peg. Until the embedded devnet (node emulators,
-# relay, signers) lands, this runs the coordinator's loop on simulated
-# components and checks the outcome.
+# Starts a complete local peg: emulated bitcoind and stacks-node, the relay,
+# five signers and the coordinator; plays a scenario (peg-ins, peg-outs, one
+# user off the allowlist) and checks the outcome. Extra arguments go to
+# `coordinator-cli devnet` (for example --serve to keep it running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,4 +10,4 @@ cd "$(dirname "$0")/.."
 source scripts/prereqs.sh
 ensure_build_prereqs
 
-exec cargo run --quiet -p coordinator --features testing --example loop_demo -- "$@"
+exec cargo run --quiet -p coordinator-cli -- devnet "$@"

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use clap::{ArgAction, Parser, Subcommand};
 
+mod devnet;
 mod frost;
 mod node;
 
@@ -84,6 +85,12 @@ enum Command {
     /// Inspect or retry queued operations.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Run a whole peg on this machine (emulated nodes, relay, signers, coordinator) and check it.
+    Devnet {
+        /// Keep everything running after the scenario.
+        #[arg(long)]
+        serve: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +132,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
 
+    if let Command::Devnet { serve } = cli.command {
+        let stop = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+                eprintln!("error: cannot install the handler for signal {signal}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return exit(devnet::run(serve, &stop));
+    }
+
     let config = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -155,6 +173,7 @@ fn main() -> ExitCode {
         )),
         Command::Status { json } => exit(node::status(&config, *json)),
         Command::Queue(q) => exit(node::queue_command(&config, q)),
+        Command::Devnet { .. } => unreachable!("handled before the configuration is read"),
         Command::Dkg { force } => exit(frost::dkg(&config, *force).map(|_| ())),
         Command::DkgSign { message, force } => exit(frost::dkg_sign(&config, message, *force)),
     }

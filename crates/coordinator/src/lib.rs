@@ -237,6 +237,8 @@ pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
     chain_cache: HashMap<BurnHeight, Option<Vec<(Txid, bitcoin::BlockHash)>>>,
     /// The highest nonce signed in the current round, not yet stored.
     round_nonce: Option<u64>,
+    /// Outputs spent by fulfilments built in the current round, not yet stored.
+    round_spent: Vec<OutPoint>,
     #[cfg(any(test, feature = "testing"))]
     crash_point: Option<CrashPoint>,
 }
@@ -280,6 +282,7 @@ where
             metrics: std::sync::Arc::default(),
             chain_cache: HashMap::new(),
             round_nonce: None,
+            round_spent: Vec::new(),
             #[cfg(any(test, feature = "testing"))]
             crash_point: None,
         }
@@ -386,6 +389,7 @@ where
         while !active.is_empty() && !stop.load(Ordering::SeqCst) && rounds < MAX_STEPS_PER_DRIVE {
             rounds += 1;
             self.round_nonce = None;
+            self.round_spent.clear();
             let mut moves: Vec<(usize, OpState)> = Vec::new();
             for (i, q) in active.iter().enumerate() {
                 if stop.load(Ordering::SeqCst) {
@@ -960,15 +964,18 @@ where
             .bitcoin
             .estimate_smart_fee(self.settings.fee_target_blocks)?;
         let info = self.c.stacks.get_info()?;
-        // Other requests' fee outputs belong to their own fulfilments.
-        let reserved = self
-            .c
-            .queue
-            .pending()?
-            .iter()
-            .filter(|q| q.op.kind() == peg_ops::PegOpKind::PegOutRequest && q.op.txid() != op.txid)
-            .map(|q| OutPoint::new(q.op.txid(), 2))
-            .collect();
+        // Other requests' fee outputs belong to their own fulfilments, and
+        // outputs our other fulfilments spend (stored, or built this round)
+        // are taken.
+        let mut reserved: Vec<OutPoint> = self.round_spent.clone();
+        for q in self.c.queue.pending()? {
+            if q.op.kind() == peg_ops::PegOpKind::PegOutRequest && q.op.txid() != op.txid {
+                reserved.push(OutPoint::new(q.op.txid(), 2));
+            }
+            if let OpState::BitcoinTxSigned { tx } | OpState::BitcoinTxBroadcast { tx } = &q.state {
+                reserved.extend(tx.input.iter().map(|i| i.previous_output));
+            }
+        }
         let inputs = FulfillmentInputs {
             utxos,
             fee_rate,
@@ -1000,6 +1007,8 @@ where
                 reason: format!("wallet finalized an unsafe fulfilment: {reason}"),
             }));
         }
+        self.round_spent
+            .extend(tx.input.iter().map(|i| i.previous_output));
         Ok(Step::Moved(OpState::BitcoinTxSigned { tx }))
     }
 

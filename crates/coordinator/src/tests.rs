@@ -716,3 +716,28 @@ fn a_node_reporting_an_absurd_tip_cannot_overflow_the_loop() {
     let mut l = coordinator(&w, &q, settings());
     l.tick(&no_stop()).unwrap();
 }
+
+#[test]
+fn two_fulfilments_built_in_one_round_never_pick_the_same_peg_wallet_output() {
+    let w = world(
+        3,
+        vec![(
+            2,
+            vec![
+                peg_out(1, 2, ALLOWED_BTC, 40_000),
+                peg_out(2, 2, ALLOWED_BTC, 50_000),
+            ],
+        )],
+    );
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 1);
+    let g = w.lock().unwrap();
+    assert_eq!(g.reserved_seen.len(), 2, "both built in the same tick");
+    // The first fulfilment spent the peg wallet's output: the second must not.
+    assert!(!g.reserved_seen[0].contains(&peg_utxo().outpoint));
+    assert!(
+        g.reserved_seen[1].contains(&peg_utxo().outpoint),
+        "{:?}",
+        g.reserved_seen[1]
+    );
+}

@@ -7,7 +7,9 @@
 pub mod bitcoin;
 pub mod model;
 pub mod stacks;
+pub mod user;
 
 pub use bitcoin::{BitcoinEmulator, BitcoinState};
 pub use model::SbtcModel;
 pub use stacks::{StacksEmulator, StacksState};
+pub use user::User;

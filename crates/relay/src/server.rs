@@ -227,6 +227,7 @@ fn worker(server: &Server, shared: &Shared) {
     while !shared.stop.load(Ordering::SeqCst) {
         match server.recv() {
             Ok(req) => handle(req, shared),
+            Err(_) if shared.stop.load(Ordering::SeqCst) => break,
             Err(e) => {
                 warn!("relay: accepting a request failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
