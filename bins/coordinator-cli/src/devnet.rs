@@ -335,7 +335,7 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
         );
         checks.push((
             format!(
-                "{} paid exactly {} once, to her scriptPubKey",
+                "{} paid exactly {} once, to their scriptPubKey",
                 u.name,
                 btc(Amount::from_sat(sats))
             ),

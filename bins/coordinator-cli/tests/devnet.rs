@@ -18,7 +18,7 @@ fn the_devnet_scenario_passes_every_check() {
     );
     assert!(!stdout.contains("[FAIL]"), "{stdout}");
     for line in [
-        "[ok] alice paid exactly 0.40000000 BTC once, to her scriptPubKey",
+        "[ok] alice paid exactly 0.40000000 BTC once, to their scriptPubKey",
         "[ok] mallory's peg-in rejected: not on the allowlist",
         "[ok] 3 mints and 2 burns reached the chain, no more",
     ] {
