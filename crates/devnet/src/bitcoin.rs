@@ -7,10 +7,9 @@
 //! coinbase spends are refused as bitcoind refuses them.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 
+use crate::server::{lock, Emulator};
 use bitcoin::block::{Header, Version};
 use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
 use bitcoin::hashes::Hash;
@@ -19,7 +18,7 @@ use bitcoin::{
     ScriptBuf, Sequence, Transaction, TxIn, TxMerkleNode, TxOut, Txid, Witness,
 };
 use serde_json::{json, Value as Json};
-use tiny_http::{Header as HttpHeader, Request, Response, Server};
+use tiny_http::{Header as HttpHeader, Request, Response};
 
 /// Blocks before a coinbase output may be spent.
 pub const COINBASE_MATURITY: u64 = 100;
@@ -399,26 +398,6 @@ fn rpc(state: &mut BitcoinState, method: &str, params: &[Json]) -> Result<Json, 
     }
 }
 
-/// The emulator's JSON-RPC server.
-pub struct BitcoinEmulator {
-    state: Arc<Mutex<BitcoinState>>,
-    server: Arc<Server>,
-    thread: Option<JoinHandle<()>>,
-    addr: SocketAddr,
-}
-
-impl std::fmt::Debug for BitcoinEmulator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BitcoinEmulator")
-            .field("addr", &self.addr)
-            .finish()
-    }
-}
-
-fn lock(s: &Mutex<BitcoinState>) -> MutexGuard<'_, BitcoinState> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn handle(mut req: Request, state: &Mutex<BitcoinState>) {
     let mut body = String::new();
     let _ = std::io::Read::read_to_string(
@@ -457,51 +436,15 @@ fn handle(mut req: Request, state: &Mutex<BitcoinState>) {
     );
 }
 
+/// The bitcoind emulator's JSON-RPC server.
+pub type BitcoinEmulator = Emulator<BitcoinState>;
+
 impl BitcoinEmulator {
     /// Serves `state` on `addr` (port 0 for a free one).
     ///
     /// # Errors
     /// When the address cannot be bound.
     pub fn start(addr: &str, state: BitcoinState) -> std::io::Result<Self> {
-        let server = Arc::new(
-            Server::from_listener(relay::nodelay_listener(addr)?, None)
-                .map_err(std::io::Error::other)?,
-        );
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| std::io::Error::other("no IP address"))?;
-        let state = Arc::new(Mutex::new(state));
-        let (s, st) = (server.clone(), state.clone());
-        let thread = std::thread::spawn(move || {
-            for req in s.incoming_requests() {
-                handle(req, &st);
-            }
-        });
-        Ok(BitcoinEmulator {
-            state,
-            server,
-            thread: Some(thread),
-            addr,
-        })
-    }
-
-    /// Returns `http://ADDR`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Runs `f` on the chain state.
-    pub fn with<R>(&self, f: impl FnOnce(&mut BitcoinState) -> R) -> R {
-        f(&mut lock(&self.state))
-    }
-}
-
-impl Drop for BitcoinEmulator {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Emulator::serve(addr, state, handle)
     }
 }

@@ -6,10 +6,12 @@
 
 pub mod bitcoin;
 pub mod model;
+mod server;
 pub mod stacks;
 pub mod user;
 
 pub use bitcoin::{BitcoinEmulator, BitcoinState};
 pub use model::SbtcModel;
+pub use server::Emulator;
 pub use stacks::{StacksEmulator, StacksState};
 pub use user::User;

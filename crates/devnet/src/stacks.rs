@@ -6,10 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 
+use crate::server::{lock, Emulator};
 use log::debug;
 use peg_ops::{PegInOp, PegOutRequestOp};
 use serde_json::json;
@@ -18,7 +17,7 @@ use stacks_wire::{
     ContractId, FungibleConditionCode, Payload, PostCondition, PostConditionMode,
     PostConditionPrincipal, PrincipalData, StacksAddress, StacksNetwork, StacksTransaction, Value,
 };
-use tiny_http::{Header, Method, Request, Response, Server};
+use tiny_http::{Header, Method, Request, Response};
 
 use crate::model::{ArgError, SbtcModel};
 
@@ -305,25 +304,8 @@ fn check_post_conditions(
     Ok(())
 }
 
-/// The emulator's HTTP server.
-pub struct StacksEmulator {
-    state: Arc<Mutex<StacksState>>,
-    server: Arc<Server>,
-    thread: Option<JoinHandle<()>>,
-    addr: SocketAddr,
-}
-
-impl std::fmt::Debug for StacksEmulator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StacksEmulator")
-            .field("addr", &self.addr)
-            .finish()
-    }
-}
-
-fn lock(s: &Mutex<StacksState>) -> MutexGuard<'_, StacksState> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// The stacks-node emulator's HTTP server.
+pub type StacksEmulator = Emulator<StacksState>;
 
 impl StacksEmulator {
     /// Serves `state` on `addr` (port 0 for a free one).
@@ -331,46 +313,7 @@ impl StacksEmulator {
     /// # Errors
     /// When the address cannot be bound.
     pub fn start(addr: &str, state: StacksState) -> std::io::Result<Self> {
-        let server = Arc::new(
-            Server::from_listener(relay::nodelay_listener(addr)?, None)
-                .map_err(std::io::Error::other)?,
-        );
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| std::io::Error::other("no IP address"))?;
-        let state = Arc::new(Mutex::new(state));
-        let (s, st) = (server.clone(), state.clone());
-        let thread = std::thread::spawn(move || {
-            for req in s.incoming_requests() {
-                handle(req, &st);
-            }
-        });
-        Ok(StacksEmulator {
-            state,
-            server,
-            thread: Some(thread),
-            addr,
-        })
-    }
-
-    /// Returns `http://ADDR`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Runs `f` on the chain state.
-    pub fn with<R>(&self, f: impl FnOnce(&mut StacksState) -> R) -> R {
-        f(&mut lock(&self.state))
-    }
-}
-
-impl Drop for StacksEmulator {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Emulator::serve(addr, state, handle)
     }
 }
 
