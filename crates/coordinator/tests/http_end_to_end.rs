@@ -41,6 +41,147 @@ fn user(i: u32) -> PrincipalData {
     StacksAddress::p2pkh(StacksNetwork::Testnet, &k, true).into()
 }
 
+/// The relay, three signers, the stacks-node emulator (the coordinator
+/// deployed the contract and is its coordinator), and a coordinator that ran
+/// start-up: DKG, the peg wallet key published and shown by the contract.
+/// Stops the signers when dropped.
+struct Stack {
+    _dir: tempfile::TempDir,
+    _relay: RelayServer,
+    stop: Arc<AtomicBool>,
+    signers: Vec<std::thread::JoinHandle<()>>,
+    stacks_em: StacksEmulator,
+    stacks: UreqStacksNode,
+    contract: stacks_wire::ContractId,
+    agg: bitcoin::secp256k1::PublicKey,
+    peg: bitcoin::Address,
+}
+
+impl Stack {
+    fn start() -> (
+        Stack,
+        ContractCallWallet<UreqStacksNode>,
+        RelayFrostCoordinator,
+        SqlitePegQueue,
+    ) {
+        let secp = Secp256k1::new();
+        let dir = tempfile::tempdir().unwrap();
+        let relay = RelayServer::start("127.0.0.1:0", RelayConfig::default()).unwrap();
+        let coordinator_msg_key = key(0xc0, 0);
+        let set = SignerSet {
+            threshold: 2,
+            dkg_threshold: None,
+            signers: (0..3)
+                .map(|i| SignerInfo {
+                    id: i + 1,
+                    public_key: key(0x5e, i).public_key(&secp),
+                    key_ids: vec![i + 1],
+                    private_key: None,
+                })
+                .collect(),
+        };
+        let file = SignerFile {
+            relay_url: relay.url(),
+            coordinator_public_key: coordinator_msg_key.public_key(&secp),
+            state_dir: None,
+            set: set.clone(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let signers = (1..=3)
+            .map(|id| {
+                let mut node = SignerNode::new(SignerOptions {
+                    id,
+                    file: file.clone(),
+                    private_key: key(0x5e, id - 1),
+                    state_path: dir.path().join(format!("signer-{id}.json")),
+                    poll_wait: Duration::from_millis(300),
+                })
+                .unwrap();
+                let stop = stop.clone();
+                std::thread::spawn(move || node.run(&stop))
+            })
+            .collect();
+        let stacks_key = StacksPrivateKey {
+            key: key(0xaa, 0),
+            compressed: true,
+        };
+        let me = stacks_key.address(StacksNetwork::Testnet);
+        let contract: stacks_wire::ContractId = format!("{me}.sbtc-alpha").parse().unwrap();
+        let mut state = StacksState::new(contract.clone());
+        state.fund(me, 100_000_000);
+        state.model.coordinator = Some((
+            me.into(),
+            coordinator_msg_key.public_key(&secp).serialize().to_vec(),
+        ));
+        let stacks_em = StacksEmulator::start("127.0.0.1:0", state).unwrap();
+        let stacks = UreqStacksNode::new(&stacks_em.url(), Duration::from_secs(5));
+        let wallet = ContractCallWallet::new(
+            StacksNetwork::Testnet,
+            contract.clone(),
+            stacks_key,
+            StacksFeePolicy {
+                floor: 200,
+                cap: 100_000,
+            },
+            stacks.clone(),
+        );
+        let mut frost = RelayFrostCoordinator::new(RelayCoordinatorOptions {
+            set,
+            private_key: coordinator_msg_key,
+            relay_url: relay.url(),
+            dkg_timeout: Duration::from_secs(15),
+            sign_timeout: Duration::from_secs(5),
+            state_path: Some(dir.path().join("frost.json")),
+        })
+        .unwrap();
+        let queue = SqlitePegQueue::open(&dir.path().join("queue.sqlite")).unwrap();
+        // The emulator mines while start-up waits for the key to show.
+        let mining = AtomicBool::new(true);
+        let agg = std::thread::scope(|s| {
+            s.spawn(|| {
+                while mining.load(Ordering::SeqCst) {
+                    stacks_em.with(|st| st.mine());
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+            let k = ensure_wallet_key(
+                &stacks,
+                &wallet,
+                &mut frost,
+                &queue,
+                &contract,
+                Duration::from_secs(10),
+                Duration::from_millis(20),
+            )
+            .unwrap();
+            mining.store(false, Ordering::SeqCst);
+            k
+        });
+        let peg = peg_wallet_address(&agg, Network::Regtest);
+        let stack = Stack {
+            _dir: dir,
+            _relay: relay,
+            stop,
+            signers,
+            stacks_em,
+            stacks,
+            contract,
+            agg,
+            peg,
+        };
+        (stack, wallet, frost, queue)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for s in self.signers.drain(..) {
+            let _ = s.join();
+        }
+    }
+}
+
 /// Signs every input of `tx` spending P2WPKH outputs of `sk`.
 fn sign_p2wpkh(tx: &mut bitcoin::Transaction, prevouts: &[bitcoin::TxOut], sk: &SecretKey) {
     use bitcoin::sighash::{EcdsaSighashType, SighashCache};
@@ -66,42 +207,13 @@ fn a_peg_in_then_a_peg_out_paid_on_bitcoin_through_real_http() {
     use peg_ops::wire;
 
     let secp = Secp256k1::new();
-    let dir = tempfile::tempdir().unwrap();
-    let relay = RelayServer::start("127.0.0.1:0", RelayConfig::default()).unwrap();
-    let coordinator_msg_key = key(0xc0, 0);
-    let set = SignerSet {
-        threshold: 2,
-        dkg_threshold: None,
-        signers: (0..3)
-            .map(|i| SignerInfo {
-                id: i + 1,
-                public_key: key(0x5e, i).public_key(&secp),
-                key_ids: vec![i + 1],
-                private_key: None,
-            })
-            .collect(),
-    };
-    let file = SignerFile {
-        relay_url: relay.url(),
-        coordinator_public_key: coordinator_msg_key.public_key(&secp),
-        state_dir: None,
-        set: set.clone(),
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let signers: Vec<_> = (1..=3)
-        .map(|id| {
-            let mut node = SignerNode::new(SignerOptions {
-                id,
-                file: file.clone(),
-                private_key: key(0x5e, id - 1),
-                state_path: dir.path().join(format!("signer-{id}.json")),
-                poll_wait: Duration::from_millis(300),
-            })
-            .unwrap();
-            let stop = stop.clone();
-            std::thread::spawn(move || node.run(&stop))
-        })
-        .collect();
+    let (stack, wallet, frost, queue) = Stack::start();
+    let (stacks_em, stacks, contract, peg) = (
+        &stack.stacks_em,
+        stack.stacks.clone(),
+        stack.contract.clone(),
+        stack.peg.clone(),
+    );
 
     // The user: one key for Bitcoin (P2WPKH) and Stacks (P2PKH), like a wallet would.
     let user_sk = key(0x11, 7);
@@ -117,63 +229,6 @@ fn a_peg_in_then_a_peg_out_paid_on_bitcoin_through_real_http() {
             b.mine(&ScriptBuf::new_op_return([0u8]));
         }
     });
-
-    let stacks_key = StacksPrivateKey {
-        key: key(0xaa, 0),
-        compressed: true,
-    };
-    let me = stacks_key.address(StacksNetwork::Testnet);
-    let contract: stacks_wire::ContractId = format!("{me}.sbtc-alpha").parse().unwrap();
-    let mut state = StacksState::new(contract.clone());
-    state.fund(me, 100_000_000);
-    state.model.coordinator = Some((
-        me.into(),
-        coordinator_msg_key.public_key(&secp).serialize().to_vec(),
-    ));
-    let stacks_em = StacksEmulator::start("127.0.0.1:0", state).unwrap();
-    let stacks = UreqStacksNode::new(&stacks_em.url(), Duration::from_secs(5));
-    let wallet = ContractCallWallet::new(
-        StacksNetwork::Testnet,
-        contract.clone(),
-        stacks_key,
-        StacksFeePolicy {
-            floor: 200,
-            cap: 100_000,
-        },
-        stacks.clone(),
-    );
-    let mut frost = RelayFrostCoordinator::new(RelayCoordinatorOptions {
-        set,
-        private_key: coordinator_msg_key,
-        relay_url: relay.url(),
-        dkg_timeout: Duration::from_secs(15),
-        sign_timeout: Duration::from_secs(5),
-        state_path: Some(dir.path().join("frost.json")),
-    })
-    .unwrap();
-    let queue = SqlitePegQueue::open(&dir.path().join("queue.sqlite")).unwrap();
-    let mining = AtomicBool::new(true);
-    let agg = std::thread::scope(|s| {
-        s.spawn(|| {
-            while mining.load(Ordering::SeqCst) {
-                stacks_em.with(|st| st.mine());
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        let k = ensure_wallet_key(
-            &stacks,
-            &wallet,
-            &mut frost,
-            &queue,
-            &contract,
-            Duration::from_secs(10),
-            Duration::from_millis(20),
-        )
-        .unwrap();
-        mining.store(false, Ordering::SeqCst);
-        k
-    });
-    let peg = peg_wallet_address(&agg, Network::Regtest);
 
     // The user pegs in 1 BTC from the matured coinbase.
     let coinbase = bitcoind.with(|b| b.block(1).unwrap().txdata[0].clone());
@@ -316,115 +371,18 @@ fn a_peg_in_then_a_peg_out_paid_on_bitcoin_through_real_http() {
             .sum();
         assert!(left >= Amount::from_sat(60_000_000), "{left}");
     });
-
-    stop.store(true, Ordering::SeqCst);
-    for s in signers {
-        s.join().unwrap();
-    }
 }
 
 #[test]
 fn peg_ins_are_minted_once_through_real_http() {
-    let secp = Secp256k1::new();
-    let dir = tempfile::tempdir().unwrap();
-
-    // Relay and three signers.
-    let relay = RelayServer::start("127.0.0.1:0", RelayConfig::default()).unwrap();
-    let coordinator_msg_key = key(0xc0, 0);
-    let set = SignerSet {
-        threshold: 2,
-        dkg_threshold: None,
-        signers: (0..3)
-            .map(|i| SignerInfo {
-                id: i + 1,
-                public_key: key(0x5e, i).public_key(&secp),
-                key_ids: vec![i + 1],
-                private_key: None,
-            })
-            .collect(),
-    };
-    let file = SignerFile {
-        relay_url: relay.url(),
-        coordinator_public_key: coordinator_msg_key.public_key(&secp),
-        state_dir: None,
-        set: set.clone(),
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let signers: Vec<_> = (1..=3)
-        .map(|id| {
-            let mut node = SignerNode::new(SignerOptions {
-                id,
-                file: file.clone(),
-                private_key: key(0x5e, id - 1),
-                state_path: dir.path().join(format!("signer-{id}.json")),
-                poll_wait: Duration::from_millis(300),
-            })
-            .unwrap();
-            let stop = stop.clone();
-            std::thread::spawn(move || node.run(&stop))
-        })
-        .collect();
-
-    // The stacks-node emulator: the coordinator deployed the contract and is its coordinator.
-    let stacks_key = StacksPrivateKey {
-        key: key(0xaa, 0),
-        compressed: true,
-    };
-    let me = stacks_key.address(StacksNetwork::Testnet);
-    let contract: stacks_wire::ContractId = format!("{me}.sbtc-alpha").parse().unwrap();
-    let mut state = StacksState::new(contract.clone());
-    state.fund(me, 100_000_000);
-    state.model.coordinator = Some((
-        me.into(),
-        coordinator_msg_key.public_key(&secp).serialize().to_vec(),
-    ));
-    let emulator = StacksEmulator::start("127.0.0.1:0", state).unwrap();
-    let stacks = UreqStacksNode::new(&emulator.url(), Duration::from_secs(5));
-    let wallet = ContractCallWallet::new(
-        StacksNetwork::Testnet,
-        contract.clone(),
-        stacks_key,
-        StacksFeePolicy {
-            floor: 200,
-            cap: 100_000,
-        },
-        stacks.clone(),
+    let (stack, wallet, frost, queue) = Stack::start();
+    let (emulator, stacks, contract, agg, peg) = (
+        &stack.stacks_em,
+        stack.stacks.clone(),
+        stack.contract.clone(),
+        stack.agg,
+        stack.peg.clone(),
     );
-    let mut frost = RelayFrostCoordinator::new(RelayCoordinatorOptions {
-        set,
-        private_key: coordinator_msg_key,
-        relay_url: relay.url(),
-        dkg_timeout: Duration::from_secs(15),
-        sign_timeout: Duration::from_secs(5),
-        state_path: Some(dir.path().join("frost.json")),
-    })
-    .unwrap();
-    let queue = SqlitePegQueue::open(&dir.path().join("queue.sqlite")).unwrap();
-
-    // Start-up: DKG, publish the key, wait for the contract to show it. The
-    // emulator mines while we wait.
-    let mining = AtomicBool::new(true);
-    let agg = std::thread::scope(|s| {
-        s.spawn(|| {
-            while mining.load(Ordering::SeqCst) {
-                emulator.with(|st| st.mine());
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        let k = ensure_wallet_key(
-            &stacks,
-            &wallet,
-            &mut frost,
-            &queue,
-            &contract,
-            Duration::from_secs(10),
-            Duration::from_millis(20),
-        )
-        .unwrap();
-        mining.store(false, Ordering::SeqCst);
-        k
-    });
-    let peg = peg_wallet_address(&agg, Network::Regtest);
 
     // Three peg-ins at burn height 5: two allowlisted users, one stranger.
     let peg_in = |n: u8, who: PrincipalData, sats: u64| PegInOp {
@@ -525,9 +483,4 @@ fn peg_ins_are_minted_once_through_real_http() {
         assert!(mints.iter().all(|r| r.result == Ok(Value::Ok(Box::new(Value::Bool(true))))));
         assert_eq!(st.model.wallet_key.as_deref(), Some(&agg.serialize()[..]));
     });
-
-    stop.store(true, Ordering::SeqCst);
-    for s in signers {
-        s.join().unwrap();
-    }
 }
