@@ -641,35 +641,40 @@ where
                 ),
             }));
         }
+        if matches!(q.state, OpState::Detected | OpState::Accepted) {
+            // Nothing was signed for it yet: act only while its block is on
+            // the best chain.
+            let op = &q.op;
+            match self.on_best_chain(op)? {
+                None => {
+                    return Ok(Step::Wait(format!(
+                        "no block at height {} now",
+                        op.block_height()
+                    )))
+                }
+                Some(false) => {
+                    // Forget it, and scan the heights again so the new
+                    // branch's ops are found.
+                    let from = op.block_height().0.saturating_sub(REORG_RESCAN_DEPTH + 1);
+                    warn!(
+                        "{} {}: its block at height {} left the best chain before anything was signed; dropped, rescanning from height {}",
+                        op.kind(),
+                        op.txid(),
+                        op.block_height(),
+                        from + 1
+                    );
+                    self.c.queue.remove_unacted(&op.txid())?;
+                    self.c.queue.rewind_scan(Some(BurnHeight(from)))?;
+                    return Ok(Step::Removed);
+                }
+                Some(true) => {}
+            }
+        }
         match (&q.state, &q.op) {
             (OpState::Detected, op) => {
                 let Some(tip) = tip else {
                     return Err(StepError::retry("chain tip unknown", true));
                 };
-                match self.on_best_chain(op)? {
-                    None => {
-                        return Ok(Step::Wait(format!(
-                            "no block at height {} now",
-                            op.block_height()
-                        )))
-                    }
-                    Some(false) => {
-                        // Nothing was done for it: forget it, and scan the
-                        // heights again so the new branch's ops are found.
-                        let from = op.block_height().0.saturating_sub(REORG_RESCAN_DEPTH + 1);
-                        warn!(
-                            "{} {}: its block at height {} left the best chain; dropped, rescanning from height {}",
-                            op.kind(),
-                            op.txid(),
-                            op.block_height(),
-                            from + 1
-                        );
-                        self.c.queue.remove_unacted(&op.txid())?;
-                        self.c.queue.rewind_scan(Some(BurnHeight(from)))?;
-                        return Ok(Step::Removed);
-                    }
-                    Some(true) => {}
-                }
                 let peg_script = self.peg_wallet_script()?;
                 Ok(match self.check(op, tip, &peg_script) {
                     Verdict::Accept => Step::Moved(OpState::Accepted),

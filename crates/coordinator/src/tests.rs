@@ -683,6 +683,21 @@ fn a_reorged_unprocessed_peg_in_is_dropped_then_minted_once_when_it_reappears() 
 }
 
 #[test]
+fn an_accepted_peg_in_whose_block_left_the_chain_is_dropped_before_signing() {
+    // Validated while its block was best (the Stacks side was down, say);
+    // a reorg replaced the block before the mint was signed.
+    let w = world(3, vec![]);
+    let q = MemQueue::default();
+    q.record_scanned_block(BurnHeight(3), &[peg_in(1, 2, allowed_principal(), 100)])
+        .unwrap();
+    q.set_state(&txid(1), &OpState::Accepted).unwrap();
+    let mut l = coordinator(&w, &q, settings());
+    run_ticks(&mut l, 1);
+    assert!(w.lock().unwrap().signed.is_empty(), "no mint signed");
+    assert!(q.get(&txid(1)).unwrap().is_none(), "dropped");
+}
+
+#[test]
 fn a_reorg_after_acting_stops_the_op_for_the_operator() {
     let w = world(3, vec![(2, vec![peg_out(1, 2, ALLOWED_BTC, 40_000)])]);
     w.lock().unwrap().auto_mine = false;
