@@ -23,6 +23,9 @@ use tiny_http::{Header as HttpHeader, Request, Response};
 /// Blocks before a coinbase output may be spent.
 pub const COINBASE_MATURITY: u64 = 100;
 
+/// bitcoind's `-limitancestorcount` and `-limitdescendantcount` defaults.
+pub const MEMPOOL_CHAIN_LIMIT: usize = 25;
+
 #[derive(Debug, Clone)]
 struct Coin {
     txout: TxOut,
@@ -172,6 +175,7 @@ impl BitcoinState {
             };
             prevouts.push(out);
         }
+        self.check_chain_limits(tx)?;
         let value_in = prevouts
             .iter()
             .try_fold(Amount::ZERO, |s, o| s.checked_add(o.value))
@@ -206,6 +210,59 @@ impl BitcoinState {
         fee_wallet::verify_spends(tx, &prevouts)
             .map_err(|e| refuse(-26, format!("mandatory-script-verify-flag-failed ({e})")))?;
         Ok(fee)
+    }
+
+    /// bitcoind's default package limits: a transaction with its in-mempool
+    /// ancestors, or an in-mempool transaction with its descendants, counts
+    /// at most [`MEMPOOL_CHAIN_LIMIT`] transactions.
+    fn check_chain_limits(&self, tx: &Transaction) -> Result<(), Refusal> {
+        let by_txid: HashMap<Txid, &Transaction> =
+            self.mempool.iter().map(|t| (t.compute_txid(), t)).collect();
+        let parents = |t: &Transaction| -> Vec<Txid> {
+            t.input
+                .iter()
+                .map(|i| i.previous_output.txid)
+                .filter(|p| by_txid.contains_key(p))
+                .collect()
+        };
+        let mut ancestors = HashSet::new();
+        let mut todo = parents(tx);
+        while let Some(t) = todo.pop() {
+            if ancestors.insert(t) {
+                todo.extend(parents(by_txid[&t]));
+            }
+        }
+        if ancestors.len() + 1 > MEMPOOL_CHAIN_LIMIT {
+            return Err(refuse(
+                -26,
+                format!(
+                    "too-long-mempool-chain, too many unconfirmed ancestors [limit: {MEMPOOL_CHAIN_LIMIT}]"
+                ),
+            ));
+        }
+        let mut children: HashMap<Txid, Vec<Txid>> = HashMap::new();
+        for (id, t) in &by_txid {
+            for p in parents(t) {
+                children.entry(p).or_default().push(*id);
+            }
+        }
+        for a in &ancestors {
+            let mut seen = HashSet::new();
+            let mut todo = children.get(a).cloned().unwrap_or_default();
+            while let Some(t) = todo.pop() {
+                if seen.insert(t) {
+                    todo.extend(children.get(&t).into_iter().flatten());
+                }
+            }
+            // The ancestor, its descendants, and the new one.
+            if seen.len() + 2 > MEMPOOL_CHAIN_LIMIT {
+                return Err(refuse(
+                    -26,
+                    format!("too-long-mempool-chain, too many descendants for tx {a} [limit: {MEMPOOL_CHAIN_LIMIT}]"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Adds a transaction to the mempool (`sendrawtransaction`).
@@ -286,6 +343,19 @@ impl BitcoinState {
         self.blocks.push(block);
         self.undo.push(undo);
         hash
+    }
+
+    /// Empties the mempool, returning what it held (to mine blocks without it).
+    pub fn take_mempool(&mut self) -> Vec<Transaction> {
+        std::mem::take(&mut self.mempool)
+    }
+
+    /// Offers `txs` to the mempool again; those no longer valid are dropped,
+    /// as bitcoind drops them.
+    pub fn restore_mempool(&mut self, txs: Vec<Transaction>) {
+        for tx in txs {
+            let _ = self.send(tx);
+        }
     }
 
     /// Removes the tip block (`invalidateblock` of the tip): its outputs

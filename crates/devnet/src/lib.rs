@@ -6,12 +6,14 @@
 
 pub mod bitcoin;
 pub mod model;
+pub mod peg;
 mod server;
 pub mod stacks;
 pub mod user;
 
 pub use bitcoin::{BitcoinEmulator, BitcoinState};
 pub use model::SbtcModel;
-pub use server::Emulator;
+pub use peg::{Peg, PegOptions};
+pub use server::{Emulator, Fault};
 pub use stacks::{StacksEmulator, StacksState};
 pub use user::User;

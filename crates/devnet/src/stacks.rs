@@ -55,6 +55,8 @@ pub struct StacksState {
     pub burn_height: u64,
     /// Peg ops per Bitcoin height, as `/v2/burn_ops` reports them.
     pub burn_ops: BTreeMap<u64, (Vec<PegInOp>, Vec<PegOutRequestOp>)>,
+    /// The Bitcoin block hash of every height in `burn_ops`.
+    pub burn_hashes: BTreeMap<u64, bitcoin::BlockHash>,
     /// The lowest fee admitted, µSTX.
     pub min_fee: u64,
 }
@@ -74,6 +76,7 @@ impl StacksState {
             height: 1,
             burn_height: 0,
             burn_ops: BTreeMap::new(),
+            burn_hashes: BTreeMap::new(),
             min_fee: 180,
         }
     }

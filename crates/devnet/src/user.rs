@@ -95,11 +95,67 @@ impl User {
             secp.sign_ecdsa(&Message::from_digest(h.to_byte_array()), &self.sk),
         );
         tx.input[0].witness = Witness::p2wpkh(&sig, &self.sk.public_key(&secp));
-        let txid = b.send(tx.clone())?;
+        let txid = match b.send(tx.clone()) {
+            Ok(t) => t,
+            Err(r) => {
+                // Refused: the coin is still ours.
+                self.coins.insert(i, (outpoint, prev));
+                return Err(r);
+            }
+        };
         let last = tx.output.len() - 1;
         self.coins
             .push((OutPoint::new(txid, last as u32), tx.output[last].clone()));
         Ok(txid)
+    }
+
+    /// Pays `amount` to `to` (change back to the user).
+    ///
+    /// # Errors
+    /// When the user lacks a coin or the node refuses the transaction.
+    pub fn pay(
+        &mut self,
+        b: &mut BitcoinState,
+        to: &bitcoin::Script,
+        amount: Amount,
+    ) -> Result<Txid, Refusal> {
+        let out = TxOut {
+            value: amount,
+            script_pubkey: to.to_owned(),
+        };
+        self.spend(
+            amount,
+            |input, change| Transaction {
+                version: bitcoin::transaction::Version::TWO,
+                lock_time: bitcoin::absolute::LockTime::ZERO,
+                input,
+                output: vec![out, change],
+            },
+            b,
+        )
+    }
+
+    /// Signs input `index` of `tx`, which spends the user's P2WPKH output `prev`.
+    pub fn sign_input(&self, tx: &mut Transaction, index: usize, prev: &TxOut) {
+        let secp = Secp256k1::signing_only();
+        if let Ok(h) = SighashCache::new(&*tx).p2wpkh_signature_hash(
+            index,
+            &prev.script_pubkey,
+            prev.value,
+            EcdsaSighashType::All,
+        ) {
+            let sig = bitcoin::ecdsa::Signature::sighash_all(
+                secp.sign_ecdsa(&Message::from_digest(h.to_byte_array()), &self.sk),
+            );
+            if let Some(i) = tx.input.get_mut(index) {
+                i.witness = Witness::p2wpkh(&sig, &self.sk.public_key(&secp));
+            }
+        }
+    }
+
+    /// The user's spendable coins, as the wallet tracks them.
+    pub fn coins(&self) -> &[(OutPoint, TxOut)] {
+        &self.coins
     }
 
     /// Pegs `amount` in to `recipient` (usually the user's own principal).

@@ -1,0 +1,574 @@
+//! A whole peg on this machine: both emulated nodes, the relay, the signers,
+//! and everything a coordinator needs to talk to them — in this process, or
+//! (through [`Peg::write_config`]) in a `coordinator-cli` process.
+//!
+//! `coordinator-cli devnet`, the end-to-end tests and the benchmarks all
+//! build their peg here, so they exercise the same setup.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use bitcoin::{Address, Amount, BlockHash, FeeRate, Network, ScriptBuf};
+use bitcoin_node_client::{Auth, UreqBitcoinNode};
+use coordinator::{Allowlist, BitcoinBlockSource, Components, LoopSettings, StacksCoordinator};
+use fee_wallet::{
+    peg_wallet_address, BitcoinFeePolicy, ContractCallWallet, PegWallet, StacksFeePolicy,
+};
+use frost_coordinator::{
+    RelayCoordinatorOptions, RelayFrostCoordinator, SignerFile, SignerInfo, SignerSet,
+};
+use frost_signer::{SignerNode, SignerOptions};
+use peg_ops::{BurnHeight, PegOp};
+use peg_queue::SqlitePegQueue;
+use relay::{RelayConfig, RelayServer};
+use stacks_node_client::UreqStacksNode;
+use stacks_wire::{ContractId, StacksNetwork, StacksPrivateKey};
+
+use crate::server::lock;
+use crate::{BitcoinEmulator, BitcoinState, StacksEmulator, StacksState, User};
+
+/// The OP_RETURN magic bytes of the devnet (Bitcoin regtest's `id`).
+pub const MAGIC: [u8; 2] = *b"id";
+
+/// A coordinator loop wired to a [`Peg`] over HTTP.
+pub type DevnetLoop = StacksCoordinator<
+    SqlitePegQueue,
+    UreqStacksNode,
+    UreqBitcoinNode,
+    ContractCallWallet<UreqStacksNode>,
+    PegWallet,
+    RelayFrostCoordinator,
+    BitcoinBlockSource<UreqBitcoinNode>,
+>;
+
+/// How big a peg to start.
+#[derive(Debug, Clone)]
+pub struct PegOptions {
+    /// Where the queue, FROST and signer state and config files live.
+    pub dir: PathBuf,
+    /// Signers, one key each.
+    pub signers: u32,
+    /// Keys a signature needs.
+    pub threshold: u32,
+    /// How long the coordinator waits for a signing round.
+    pub sign_timeout: Duration,
+    /// How long signers long-poll the relay.
+    pub signer_poll: Duration,
+}
+
+impl PegOptions {
+    /// Five signers, threshold three, state in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        PegOptions {
+            dir: dir.to_owned(),
+            signers: 5,
+            threshold: 3,
+            sign_timeout: Duration::from_secs(5),
+            signer_poll: Duration::from_millis(300),
+        }
+    }
+}
+
+/// Both chains, shared with a miner thread. Lock order: Bitcoin, then Stacks.
+#[derive(Clone)]
+struct Chains {
+    bitcoin: Arc<Mutex<BitcoinState>>,
+    stacks: Arc<Mutex<StacksState>>,
+}
+
+impl Chains {
+    /// Tells the stacks-node what the Bitcoin chain holds: its burn height
+    /// and the peg ops of every block (as `/v2/burn_ops` serves them).
+    fn sync_burn_ops(b: &BitcoinState, s: &mut StacksState) {
+        let height = b.height();
+        s.burn_ops.retain(|h, _| *h <= height);
+        s.burn_hashes.retain(|h, _| *h <= height);
+        // Read the heights whose block is new or changed (a reorg).
+        let mut h = height;
+        while h > 0 {
+            let Some(block) = b.block(h) else { break };
+            let hash = block.block_hash();
+            if s.burn_hashes.get(&h) == Some(&hash) {
+                break;
+            }
+            let (ops, _) =
+                peg_ops::wire::parse_block(block, BurnHeight(h), MAGIC, Network::Regtest);
+            let (mut ins, mut outs) = (Vec::new(), Vec::new());
+            for op in ops {
+                match op {
+                    PegOp::PegIn(o) => ins.push(o),
+                    PegOp::PegOutRequest(o) => outs.push(o),
+                }
+            }
+            s.burn_ops.insert(h, (ins, outs));
+            s.burn_hashes.insert(h, hash);
+            h -= 1;
+        }
+        s.burn_height = height;
+    }
+
+    fn mine_bitcoin(&self) -> BlockHash {
+        let mut b = lock(&self.bitcoin);
+        let hash = b.mine(&burn_script());
+        Self::sync_burn_ops(&b, &mut lock(&self.stacks));
+        hash
+    }
+
+    fn mine_stacks(&self) -> usize {
+        lock(&self.stacks).mine()
+    }
+}
+
+/// Where coinbases of blocks nobody owns go.
+pub fn burn_script() -> ScriptBuf {
+    ScriptBuf::new_op_return([0u8])
+}
+
+/// A background miner: a Bitcoin and a Stacks block every interval, until
+/// dropped.
+#[derive(Debug)]
+pub struct Miner {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Miner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct RunningSigner {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+/// The devnet: emulated bitcoind and stacks-node, the relay, the signers.
+pub struct Peg {
+    /// The emulated bitcoind.
+    pub bitcoind: BitcoinEmulator,
+    /// The emulated stacks-node, with the sBTC contract deployed.
+    pub stacks: StacksEmulator,
+    /// The relay signers and coordinator talk through.
+    pub relay: RelayServer,
+    /// The sBTC contract.
+    pub contract: ContractId,
+    opts: PegOptions,
+    file: SignerFile,
+    signers: Vec<Option<RunningSigner>>,
+    stacks_key: StacksPrivateKey,
+    coordinator_key: SecretKey,
+}
+
+impl std::fmt::Debug for Peg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peg")
+            .field("bitcoind", &self.bitcoind.url())
+            .field("stacks", &self.stacks.url())
+            .field("relay", &self.relay.url())
+            .field("signers", &self.opts.signers)
+            .finish()
+    }
+}
+
+fn key(tag: u8, i: u32) -> Result<SecretKey> {
+    let mut b = [tag; 32];
+    b[..4].copy_from_slice(&(i + 1).to_be_bytes());
+    SecretKey::from_slice(&b).context("devnet key")
+}
+
+impl Peg {
+    /// Starts both emulators, the relay and every signer. The coordinator's
+    /// Stacks account deployed the contract, is its coordinator, and holds
+    /// 1,000 STX for fees.
+    ///
+    /// # Errors
+    /// When a server cannot bind or a signer cannot start.
+    pub fn start(opts: PegOptions) -> Result<Peg> {
+        let secp = Secp256k1::new();
+        std::fs::create_dir_all(&opts.dir)
+            .with_context(|| format!("creating {}", opts.dir.display()))?;
+        let bitcoind = BitcoinEmulator::start("127.0.0.1:0", BitcoinState::new())?;
+        let relay = RelayServer::start("127.0.0.1:0", RelayConfig::default())?;
+        let coordinator_key = key(0xc0, 0)?;
+        let set = SignerSet {
+            threshold: opts.threshold,
+            dkg_threshold: None,
+            signers: (0..opts.signers)
+                .map(|i| {
+                    Ok(SignerInfo {
+                        id: i + 1,
+                        public_key: key(0x5e, i)?.public_key(&secp),
+                        key_ids: vec![i + 1],
+                        private_key: None,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        };
+        let file = SignerFile {
+            relay_url: relay.url(),
+            coordinator_public_key: coordinator_key.public_key(&secp),
+            state_dir: None,
+            set,
+        };
+        let stacks_key = StacksPrivateKey {
+            key: key(0xaa, 0)?,
+            compressed: true,
+        };
+        let me = stacks_key.address(StacksNetwork::Testnet);
+        let contract: ContractId = format!("{me}.sbtc-alpha").parse()?;
+        let mut state = StacksState::new(contract.clone());
+        state.fund(me, 1_000_000_000);
+        state.model.coordinator = Some((
+            me.into(),
+            coordinator_key.public_key(&secp).serialize().to_vec(),
+        ));
+        let stacks = StacksEmulator::start("127.0.0.1:0", state)?;
+        let mut peg = Peg {
+            bitcoind,
+            stacks,
+            relay,
+            contract,
+            signers: (0..opts.signers).map(|_| None).collect(),
+            opts,
+            file,
+            stacks_key,
+            coordinator_key,
+        };
+        for id in 1..=peg.opts.signers {
+            peg.start_signer(id)?;
+        }
+        Ok(peg)
+    }
+
+    /// Starts signer `id` (1-based) if it is not running; it resumes from
+    /// its saved state.
+    ///
+    /// # Errors
+    /// When `id` is unknown or its state cannot be read.
+    pub fn start_signer(&mut self, id: u32) -> Result<()> {
+        let slot = id
+            .checked_sub(1)
+            .and_then(|i| self.signers.get_mut(i as usize))
+            .ok_or_else(|| anyhow!("no signer {id}"))?;
+        if slot.is_some() {
+            return Ok(());
+        }
+        let mut node = SignerNode::new(SignerOptions {
+            id,
+            file: self.file.clone(),
+            private_key: key(0x5e, id - 1)?,
+            state_path: self.opts.dir.join(format!("signer-{id}.json")),
+            poll_wait: self.opts.signer_poll,
+        })
+        .with_context(|| format!("starting signer {id}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || node.run(&s));
+        *slot = Some(RunningSigner { stop, thread });
+        Ok(())
+    }
+
+    /// Stops signer `id` (1-based): it no longer answers the relay.
+    pub fn stop_signer(&mut self, id: u32) {
+        let slot = id
+            .checked_sub(1)
+            .and_then(|i| self.signers.get_mut(i as usize));
+        if let Some(s) = slot.and_then(Option::take) {
+            s.stop.store(true, Ordering::SeqCst);
+            let _ = s.thread.join();
+        }
+    }
+
+    fn chains(&self) -> Chains {
+        Chains {
+            bitcoin: self.bitcoind.shared(),
+            stacks: self.stacks.shared(),
+        }
+    }
+
+    /// Mines one Bitcoin block (the stacks-node learns its peg ops) and one
+    /// Stacks block.
+    pub fn mine(&self) {
+        let c = self.chains();
+        c.mine_bitcoin();
+        c.mine_stacks();
+    }
+
+    /// Mines a Bitcoin and a Stacks block every `every` on a thread, until
+    /// the returned miner is dropped.
+    pub fn miner(&self, every: Duration) -> Miner {
+        let c = self.chains();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                c.mine_bitcoin();
+                c.mine_stacks();
+                std::thread::sleep(every);
+            }
+        });
+        Miner {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Replaces the top `depth` Bitcoin blocks by `depth + 1` empty ones
+    /// (their transactions wait in the mempool), as a competing miner would.
+    pub fn reorg(&self, depth: u64) {
+        let c = self.chains();
+        let mut b = lock(&c.bitcoin);
+        for _ in 0..depth {
+            b.invalidate_tip();
+        }
+        let held = b.take_mempool();
+        for _ in 0..=depth {
+            b.mine(&ScriptBuf::new_op_return([1u8]));
+        }
+        b.restore_mempool(held);
+        Chains::sync_burn_ops(&b, &mut lock(&c.stacks));
+    }
+
+    /// Runs `f` on the Bitcoin chain, then tells the stacks-node what changed.
+    pub fn with_bitcoin<R>(&self, f: impl FnOnce(&mut BitcoinState) -> R) -> R {
+        let c = self.chains();
+        let mut b = lock(&c.bitcoin);
+        let r = f(&mut b);
+        Chains::sync_burn_ops(&b, &mut lock(&c.stacks));
+        r
+    }
+
+    /// `n` users named `user-1`…, each funded with a matured 50 BTC coinbase.
+    pub fn users(&self, n: u8) -> Vec<User> {
+        let burn = burn_script();
+        self.with_bitcoin(|b| {
+            (1..=n)
+                .map(|i| {
+                    let mut u = User::new(&format!("user-{i}"), i);
+                    u.fund(b, &burn);
+                    u
+                })
+                .collect()
+        })
+    }
+
+    /// A client of the emulated stacks-node.
+    pub fn stacks_client(&self) -> UreqStacksNode {
+        UreqStacksNode::new(&self.stacks.url(), Duration::from_secs(2))
+    }
+
+    /// A client of the emulated bitcoind.
+    pub fn bitcoin_client(&self) -> UreqBitcoinNode {
+        UreqBitcoinNode::new(&self.bitcoind.url(), Auth::None, Duration::from_secs(2))
+    }
+
+    /// The coordinator's Stacks wallet.
+    pub fn stacks_wallet(&self) -> ContractCallWallet<UreqStacksNode> {
+        ContractCallWallet::new(
+            StacksNetwork::Testnet,
+            self.contract.clone(),
+            self.stacks_key,
+            StacksFeePolicy {
+                floor: 200,
+                cap: 100_000,
+            },
+            self.stacks_client(),
+        )
+    }
+
+    /// The coordinator's FROST side, its state in the peg's folder (where
+    /// `coordinator-cli` keeps it too).
+    ///
+    /// # Errors
+    /// When the saved state cannot be read.
+    pub fn frost(&self) -> Result<RelayFrostCoordinator> {
+        Ok(RelayFrostCoordinator::new(RelayCoordinatorOptions {
+            set: self.file.set.clone(),
+            private_key: self.coordinator_key,
+            relay_url: self.relay.url(),
+            dkg_timeout: Duration::from_secs(30),
+            sign_timeout: self.opts.sign_timeout,
+            state_path: Some(self.opts.dir.join("frost-coordinator.json")),
+        })?)
+    }
+
+    /// The queue file.
+    pub fn queue_path(&self) -> PathBuf {
+        self.opts.dir.join("queue.sqlite")
+    }
+
+    /// Runs the coordinator's start-up: DKG with the signers, the key
+    /// published in the contract and seen there. Returns the aggregate key.
+    ///
+    /// # Errors
+    /// When DKG fails or the key does not show within 30 s.
+    pub fn publish_key(&self) -> Result<PublicKey> {
+        let mut frost = self.frost()?;
+        let queue = SqlitePegQueue::open(&self.queue_path())?;
+        let _miner = self.miner(Duration::from_millis(20));
+        coordinator::startup::ensure_wallet_key(
+            &self.stacks_client(),
+            &self.stacks_wallet(),
+            &mut frost,
+            &queue,
+            &self.contract,
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+        )
+        .map_err(|e| anyhow!("start-up: {e}"))
+    }
+
+    /// The peg wallet (the key the contract holds), once published.
+    ///
+    /// # Errors
+    /// Before the key is published.
+    pub fn peg_wallet(&self) -> Result<Address> {
+        let key = self
+            .stacks
+            .with(|s| s.model.wallet_key.clone())
+            .ok_or_else(|| anyhow!("no peg wallet key in the contract yet"))?;
+        let key = PublicKey::from_slice(&key).context("the contract's peg wallet key")?;
+        Ok(peg_wallet_address(&key, Network::Regtest))
+    }
+
+    /// Loop settings for this peg: regtest, one confirmation, quick polls,
+    /// scanning from the next Bitcoin block.
+    pub fn settings(&self, allowed: &[&User]) -> LoopSettings {
+        LoopSettings {
+            network: Network::Regtest,
+            stacks_network: StacksNetwork::Testnet,
+            contract: self.contract.clone(),
+            start_height: BurnHeight(self.bitcoind.with(|b| b.height()) + 1),
+            op_confirmations: 1,
+            fulfillment_confirmations: 1,
+            poll_interval: Duration::from_millis(20),
+            backoff_base: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+            fee_target_blocks: 6,
+            max_heights_per_tick: 100,
+            allowlist: Allowlist::new(
+                allowed.iter().map(|u| u.stx.clone()),
+                allowed.iter().map(|u| u.btc.script_pubkey()),
+            ),
+            stx_low_balance_warning: 1,
+        }
+    }
+
+    fn bitcoin_fees() -> BitcoinFeePolicy {
+        BitcoinFeePolicy {
+            floor: FeeRate::from_sat_per_vb_u32(2),
+            cap: FeeRate::from_sat_per_vb_u32(100),
+            subsidy: Amount::ZERO,
+        }
+    }
+
+    /// A coordinator loop in this process, over HTTP, with the queue in the
+    /// peg's folder. Run [`Peg::publish_key`] first.
+    ///
+    /// # Errors
+    /// When the queue or the FROST state cannot be opened.
+    pub fn coordinator(&self, settings: LoopSettings) -> Result<DevnetLoop> {
+        Ok(StacksCoordinator::new(
+            Components {
+                queue: SqlitePegQueue::open(&self.queue_path())?,
+                stacks: self.stacks_client(),
+                bitcoin: self.bitcoin_client(),
+                stacks_wallet: self.stacks_wallet(),
+                bitcoin_wallet: PegWallet::new(Network::Regtest, MAGIC, Self::bitcoin_fees()),
+                frost: self.frost()?,
+                source: BitcoinBlockSource::new(self.bitcoin_client(), MAGIC, Network::Regtest),
+            },
+            settings,
+        ))
+    }
+
+    /// Writes `coordinator.toml` (with `signer.toml` and `allowlist.toml`)
+    /// for a `coordinator-cli` process that shares this peg's folder, queue
+    /// and FROST state; returns its path.
+    ///
+    /// # Errors
+    /// When a file cannot be written.
+    pub fn write_config(&self, allowed: &[&User], start_height: u64) -> Result<PathBuf> {
+        let dir = &self.opts.dir;
+        let signers = toml::to_string(&self.file).context("the signer file")?;
+        std::fs::write(dir.join("signer.toml"), signers)?;
+        let list = |v: Vec<String>| {
+            v.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        std::fs::write(
+            dir.join("allowlist.toml"),
+            format!(
+                "stacks = [{}]\nbitcoin = [{}]\n",
+                list(allowed.iter().map(|u| u.stx.to_string()).collect()),
+                list(allowed.iter().map(|u| u.btc.to_string()).collect()),
+            ),
+        )?;
+        let config = format!(
+            r#"# Written by the devnet for a coordinator-cli process.
+network = "regtest"
+contract = "{contract}"
+stacks_private_key = "{stacks_key}01"
+stacks_node_url = "{stacks}"
+data_dir = "."
+op_source = "bitcoin"
+magic_bytes = "id"
+start_height = {start_height}
+poll_interval_ms = 20
+rpc_timeout_ms = 2000
+status_listen = "off"
+allowlist_file = "allowlist.toml"
+
+[bitcoin_node]
+url = "{bitcoind}"
+
+[relay]
+url = "{relay}"
+network_private_key = "{msg_key}"
+signer_config = "signer.toml"
+dkg_timeout_ms = 30000
+sign_timeout_ms = {sign_timeout}
+
+[confirmations]
+ops = 1
+fulfillment = 1
+
+[fees]
+stacks_fee_floor = 200
+stacks_fee_cap = 100000
+bitcoin_fee_rate_floor = 2
+bitcoin_fee_rate_cap = 100
+stx_low_balance_warning = 1
+"#,
+            contract = self.contract,
+            stacks_key = hex::encode(self.stacks_key.key.secret_bytes()),
+            stacks = self.stacks.url(),
+            bitcoind = self.bitcoind.url(),
+            relay = self.relay.url(),
+            msg_key = hex::encode(self.coordinator_key.secret_bytes()),
+            sign_timeout = self.opts.sign_timeout.as_millis(),
+        );
+        let path = dir.join("coordinator.toml");
+        std::fs::write(&path, config)?;
+        Ok(path)
+    }
+}
+
+impl Drop for Peg {
+    fn drop(&mut self) {
+        for id in 1..=self.opts.signers {
+            self.stop_signer(id);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The bitcoind emulator refuses what bitcoind refuses, with its error codes,
+//! and follows reorgs as bitcoind does.
+
+use bitcoin::{absolute, transaction, Amount, OutPoint, ScriptBuf, Transaction, TxIn, TxOut};
+use devnet::bitcoin::MEMPOOL_CHAIN_LIMIT;
+use devnet::{BitcoinState, User};
+
+fn burn() -> ScriptBuf {
+    ScriptBuf::new_op_return([0u8])
+}
+
+fn funded() -> (BitcoinState, User) {
+    let mut b = BitcoinState::new();
+    let mut u = User::new("u", 1);
+    u.fund(&mut b, &burn());
+    (b, u)
+}
+
+/// A transaction spending `prev` (the user's) to `outputs`, signed.
+fn spending(u: &User, prev: (OutPoint, TxOut), outputs: Vec<TxOut>) -> Transaction {
+    let mut tx = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: prev.0,
+            ..TxIn::default()
+        }],
+        output: outputs,
+    };
+    u.sign_input(&mut tx, 0, &prev.1);
+    tx
+}
+
+fn to(u: &User, sats: u64) -> TxOut {
+    TxOut {
+        value: Amount::from_sat(sats),
+        script_pubkey: u.btc.script_pubkey(),
+    }
+}
+
+#[test]
+fn a_valid_payment_is_accepted_and_mined() {
+    let (mut b, mut u) = funded();
+    let other = User::new("o", 2);
+    let txid = u
+        .pay(&mut b, &other.btc.script_pubkey(), Amount::from_sat(10_000))
+        .unwrap();
+    assert_eq!(
+        b.locate(&txid).map(|(_, h)| h),
+        Some(None),
+        "in the mempool"
+    );
+    b.mine(&burn());
+    assert_eq!(b.locate(&txid).map(|(_, h)| h), Some(Some(b.height())));
+    assert_eq!(b.unspent(&other.btc.script_pubkey()).len(), 1);
+}
+
+#[test]
+fn refusals_carry_bitcoinds_codes_and_reasons() {
+    let (mut b, u) = funded();
+    let coin = u.coins()[0].clone();
+    let value = coin.1.value.to_sat();
+
+    // Outputs above inputs.
+    let e = b
+        .send(spending(&u, coin.clone(), vec![to(&u, value + 1)]))
+        .unwrap_err();
+    assert_eq!((e.code, e.message.as_str()), (-26, "bad-txns-in-belowout"));
+
+    // No fee at all: under the minimum relay fee.
+    let e = b
+        .send(spending(&u, coin.clone(), vec![to(&u, value)]))
+        .unwrap_err();
+    assert_eq!(e.code, -26);
+    assert!(
+        e.message.starts_with("min relay fee not met"),
+        "{}",
+        e.message
+    );
+
+    // Dust output.
+    let e = b
+        .send(spending(
+            &u,
+            coin.clone(),
+            vec![to(&u, value - 10_000), to(&u, 100)],
+        ))
+        .unwrap_err();
+    assert_eq!((e.code, e.message.as_str()), (-26, "dust"));
+
+    // A signature by someone else.
+    let mut forged = spending(&u, coin.clone(), vec![to(&u, value - 10_000)]);
+    User::new("m", 9).sign_input(&mut forged, 0, &coin.1);
+    let e = b.send(forged).unwrap_err();
+    assert_eq!(e.code, -26);
+    assert!(
+        e.message.starts_with("mandatory-script-verify-flag-failed"),
+        "{}",
+        e.message
+    );
+
+    // A missing input.
+    let mut missing = coin.clone();
+    missing.0.vout = 7;
+    let e = b
+        .send(spending(&u, missing, vec![to(&u, 10_000)]))
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (-25, "bad-txns-inputs-missingorspent")
+    );
+
+    // A double spend of a mempool transaction's input.
+    let first = spending(&u, coin.clone(), vec![to(&u, value - 10_000)]);
+    b.send(first.clone()).unwrap();
+    let e = b
+        .send(spending(&u, coin.clone(), vec![to(&u, value - 20_000)]))
+        .unwrap_err();
+    assert_eq!((e.code, e.message.as_str()), (-26, "txn-mempool-conflict"));
+
+    // Once mined: the input is spent, the transaction itself is known.
+    b.mine(&burn());
+    let e = b
+        .send(spending(&u, coin, vec![to(&u, value - 20_000)]))
+        .unwrap_err();
+    assert_eq!(e.code, -25);
+    let e = b.send(first).unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (-27, "Transaction already in block chain")
+    );
+}
+
+#[test]
+fn an_immature_coinbase_cannot_be_spent() {
+    let mut b = BitcoinState::new();
+    let u = User::new("u", 1);
+    b.mine(&u.btc.script_pubkey());
+    let cb = b.block(b.height()).unwrap().txdata[0].clone();
+    let coin = (OutPoint::new(cb.compute_txid(), 0), cb.output[0].clone());
+    for _ in 0..98 {
+        b.mine(&burn());
+    }
+    let tx = spending(&u, coin, vec![to(&u, 49_0000_0000)]);
+    let e = b.send(tx.clone()).unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (-26, "bad-txns-premature-spend-of-coinbase")
+    );
+    b.mine(&burn());
+    b.send(tx).unwrap();
+}
+
+#[test]
+fn unconfirmed_chains_stop_at_bitcoinds_package_limit() {
+    let (mut b, mut u) = funded();
+    let other = User::new("o", 2).btc.script_pubkey();
+    // Each payment spends the previous one's change: a chain in the mempool.
+    for _ in 0..MEMPOOL_CHAIN_LIMIT {
+        u.pay(&mut b, &other, Amount::from_sat(10_000)).unwrap();
+    }
+    let e = u.pay(&mut b, &other, Amount::from_sat(10_000)).unwrap_err();
+    assert_eq!(e.code, -26);
+    assert!(
+        e.message.starts_with("too-long-mempool-chain"),
+        "{}",
+        e.message
+    );
+    // The refused payment did not cost the user its coin; a block clears it.
+    b.mine(&burn());
+    u.pay(&mut b, &other, Amount::from_sat(10_000)).unwrap();
+}
+
+#[test]
+fn one_unconfirmed_parent_has_at_most_24_children() {
+    let (mut b, u) = funded();
+    let coin = u.coins()[0].clone();
+    let fan: Vec<TxOut> = (0..30).map(|_| to(&u, 100_000)).collect();
+    let parent = spending(&u, coin, fan);
+    let pid = b.send(parent.clone()).unwrap();
+    for v in 0..30u32 {
+        let prev = (OutPoint::new(pid, v), parent.output[v as usize].clone());
+        let r = b.send(spending(&u, prev, vec![to(&u, 90_000)]));
+        if (v as usize) < MEMPOOL_CHAIN_LIMIT - 1 {
+            r.unwrap();
+        } else {
+            let e = r.unwrap_err();
+            assert!(e.message.contains("too many descendants"), "{}", e.message);
+        }
+    }
+}
+
+#[test]
+fn invalidating_the_tip_returns_its_transactions_to_the_mempool() {
+    let (mut b, mut u) = funded();
+    let other = User::new("o", 2).btc.script_pubkey();
+    let txid = u.pay(&mut b, &other, Amount::from_sat(10_000)).unwrap();
+    let h = b.height();
+    let old_tip = b.mine(&burn());
+    b.invalidate_tip();
+    assert_eq!(b.height(), h);
+    assert_eq!(
+        b.locate(&txid).map(|(_, h)| h),
+        Some(None),
+        "back in the mempool"
+    );
+    assert!(
+        b.unspent(&other).is_empty(),
+        "its outputs left the UTXO set"
+    );
+    // A competing block (different coinbase) mines it again.
+    let new_tip = b.mine(&u.btc.script_pubkey());
+    assert_ne!(new_tip, old_tip);
+    assert_eq!(b.locate(&txid).map(|(_, h)| h), Some(Some(h + 1)));
+    assert_eq!(b.unspent(&other).len(), 1);
+}
