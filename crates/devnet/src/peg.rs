@@ -27,7 +27,7 @@ use peg_ops::{BurnHeight, PegOp};
 use peg_queue::SqlitePegQueue;
 use relay::{RelayConfig, RelayServer};
 use stacks_node_client::UreqStacksNode;
-use stacks_wire::{ContractId, StacksNetwork, StacksPrivateKey};
+use stacks_wire::{ContractId, Payload, PrincipalData, StacksNetwork, StacksPrivateKey, Value};
 
 use crate::server::lock;
 use crate::{BitcoinEmulator, BitcoinState, StacksEmulator, StacksState, User};
@@ -357,6 +357,67 @@ impl Peg {
                     u.fund(b, &burn);
                     u
                 })
+                .collect()
+        })
+    }
+
+    /// Mined calls of contract function `function` (`mint!`, `burn!`) for
+    /// Bitcoin transaction `txid`: how many succeeded, how many failed.
+    pub fn contract_calls(&self, function: &str, txid: &bitcoin::Txid) -> (usize, usize) {
+        let arg = peg_ops::contract::txid_arg(txid);
+        self.stacks.with(|s| {
+            s.receipts
+                .iter()
+                .filter(|r| {
+                    matches!(&r.tx.payload, Payload::ContractCall { function_name, args, .. }
+                        if function_name == function && args.contains(&arg))
+                })
+                .fold((0, 0), |(ok, err), r| {
+                    if r.result.as_ref().is_ok_and(|v| matches!(v, Value::Ok(_))) {
+                        (ok + 1, err)
+                    } else {
+                        (ok, err + 1)
+                    }
+                })
+        })
+    }
+
+    /// Mined contract calls whose result was an error or a runtime failure.
+    pub fn failed_contract_calls(&self) -> Vec<String> {
+        self.stacks.with(|s| {
+            s.receipts
+                .iter()
+                .filter(|r| !r.result.as_ref().is_ok_and(|v| matches!(v, Value::Ok(_))))
+                .map(|r| {
+                    format!(
+                        "{} at Stacks height {}: {:?}",
+                        r.tx.txid(),
+                        r.height,
+                        r.result
+                    )
+                })
+                .collect()
+        })
+    }
+
+    /// The sBTC balance of `who`.
+    pub fn sbtc_balance(&self, who: &PrincipalData) -> u128 {
+        self.stacks
+            .with(|s| s.model.balances.get(who).copied().unwrap_or(0))
+    }
+
+    /// What fulfilments of peg-out request `request` (input 0 spends its
+    /// output 2) paid to `script`, over every block of the best chain.
+    pub fn payouts(&self, request: &bitcoin::Txid, script: &bitcoin::Script) -> Vec<Amount> {
+        let from = bitcoin::OutPoint::new(*request, 2);
+        self.bitcoind.with(|b| {
+            (0..=b.height())
+                .filter_map(|h| b.block(h))
+                .flat_map(|blk| blk.txdata.iter())
+                .filter(|tx| tx.input.first().map(|i| i.previous_output) == Some(from))
+                .flat_map(|tx| tx.output.iter())
+                .filter(|o| o.script_pubkey == *script)
+                .map(|o| o.value)
                 .collect()
         })
     }

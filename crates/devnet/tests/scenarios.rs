@@ -5,11 +5,10 @@
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use bitcoin::{Amount, OutPoint, Txid};
+use bitcoin::{Amount, Txid};
 use devnet::peg::{DevnetLoop, MAGIC};
 use devnet::{Fault, Peg, PegOptions, User};
 use peg_queue::{OpState, PegQueue};
-use stacks_wire::Payload;
 
 const BTC: u64 = 100_000_000;
 
@@ -41,40 +40,6 @@ fn tick_until(
         std::thread::sleep(Duration::from_millis(10));
     }
     false
-}
-
-/// Successful mint! (or burn!) transactions for Bitcoin txid `t`.
-fn effects(peg: &Peg, function: &str, t: &Txid) -> usize {
-    let arg = peg_ops::contract::txid_arg(t);
-    peg.stacks.with(|s| {
-        s.receipts
-            .iter()
-            .filter(|r| r.result.is_ok())
-            .filter(|r| {
-                matches!(&r.tx.payload, Payload::ContractCall { function_name, args, .. }
-                    if function_name.as_str() == function && args.contains(&arg))
-            })
-            .count()
-    })
-}
-
-fn balance(peg: &Peg, u: &User) -> u128 {
-    peg.stacks
-        .with(|s| s.model.balances.get(&u.stx).copied().unwrap_or(0))
-}
-
-/// BTC paid to `u` by fulfilments of request `t` (input 0 spends its output 2).
-fn payouts(peg: &Peg, t: &Txid, u: &User) -> Vec<Amount> {
-    peg.bitcoind.with(|b| {
-        (0..=b.height())
-            .filter_map(|h| b.block(h))
-            .flat_map(|blk| blk.txdata.iter())
-            .filter(|tx| tx.input.first().map(|i| i.previous_output) == Some(OutPoint::new(*t, 2)))
-            .flat_map(|tx| tx.output.iter())
-            .filter(|o| o.script_pubkey == u.btc.script_pubkey())
-            .map(|o| o.value)
-            .collect()
-    })
 }
 
 #[test]
@@ -119,17 +84,199 @@ fn a_reorg_removes_an_unminted_peg_in_which_is_minted_once_when_it_reappears() {
         peg.stacks.with(|s| s.mine());
     }
     assert_eq!(
-        effects(&peg, "mint!", &t),
-        0,
+        peg.contract_calls("mint!", &t),
+        (0, 0),
         "not minted off the best chain"
     );
-    assert_eq!(balance(&peg, u), 0);
+    assert_eq!(peg.sbtc_balance(&u.stx), 0);
 
     // The transaction is mined again in the new branch: minted once.
     let done = tick_until(&mut l, &peg, 20, true, |l| {
         state(l, &t) == Some(OpState::Done)
     });
     assert!(done, "{:?}", state(&l, &t));
-    assert_eq!(effects(&peg, "mint!", &t), 1);
-    assert_eq!(balance(&peg, u), u128::from(BTC));
+    assert_eq!(peg.contract_calls("mint!", &t), (1, 0));
+    assert_eq!(peg.sbtc_balance(&u.stx), u128::from(BTC));
+}
+
+/// Pegs in `sats` for each user, mines, and runs the loop until all are minted.
+fn peg_in_all(l: &mut DevnetLoop, peg: &Peg, users: &mut [User], sats: u64) -> Vec<Txid> {
+    let wallet = peg.peg_wallet().unwrap();
+    let ts: Vec<Txid> = peg.with_bitcoin(|b| {
+        users
+            .iter_mut()
+            .map(|u| {
+                let to = u.stx.clone();
+                u.peg_in(b, MAGIC, &wallet, &to, Amount::from_sat(sats))
+                    .unwrap()
+            })
+            .collect()
+    });
+    peg.mine();
+    let done = tick_until(l, peg, 30, true, |l| {
+        ts.iter().all(|t| state(l, t) == Some(OpState::Done))
+    });
+    assert!(done, "peg-ins not minted");
+    ts
+}
+
+/// Requests a peg-out of `sats` for user `u`.
+fn request_peg_out(peg: &Peg, u: &mut User, sats: u64) -> Txid {
+    let wallet = peg.peg_wallet().unwrap();
+    let t = peg
+        .with_bitcoin(|b| {
+            u.peg_out(
+                b,
+                MAGIC,
+                &wallet,
+                Amount::from_sat(sats),
+                Amount::from_sat(20_000),
+            )
+        })
+        .unwrap();
+    peg.mine();
+    t
+}
+
+#[test]
+fn payouts_go_on_without_one_signer_stop_without_a_quorum_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = PegOptions::new(dir.path());
+    opts.sign_timeout = Duration::from_secs(1);
+    let mut peg = Peg::start(opts).unwrap();
+    peg.publish_key().unwrap();
+    let mut users = peg.users(2);
+    let allowed: Vec<&User> = users.iter().collect();
+    let mut l = peg.coordinator(peg.settings(&allowed)).unwrap();
+    peg_in_all(&mut l, &peg, &mut users, BTC);
+
+    // Five signers, threshold three: one gone changes nothing.
+    peg.stop_signer(5);
+    let first = request_peg_out(&peg, &mut users[0], 10_000_000);
+    let paid = tick_until(&mut l, &peg, 30, true, |l| {
+        state(l, &first) == Some(OpState::Done)
+    });
+    assert!(paid, "{:?}", state(&l, &first));
+    assert_eq!(
+        peg.payouts(&first, &users[0].btc.script_pubkey()),
+        vec![Amount::from_sat(10_000_000)]
+    );
+
+    // Two more gone: no quorum. The burn happens; the payout waits, and the
+    // queue says which signers did not answer.
+    peg.stop_signer(4);
+    peg.stop_signer(3);
+    let second = request_peg_out(&peg, &mut users[1], 20_000_000);
+    let stuck = tick_until(&mut l, &peg, 30, true, |l| {
+        l.components()
+            .queue
+            .get(&second)
+            .unwrap()
+            .and_then(|o| o.last_error)
+            .is_some_and(|e| e.contains("signing"))
+    });
+    let op = l.components().queue.get(&second).unwrap().unwrap();
+    assert!(stuck, "{op:?}");
+    assert_eq!(op.state, OpState::BurnConfirmed, "burned, not paid");
+    let error = op.last_error.unwrap_or_default();
+    assert!(
+        error.contains('3') && error.contains('4') && error.contains('5'),
+        "the error names the missing signers: {error}"
+    );
+    assert!(peg
+        .payouts(&second, &users[1].btc.script_pubkey())
+        .is_empty());
+
+    // They come back: paid, once.
+    peg.start_signer(3).unwrap();
+    peg.start_signer(4).unwrap();
+    let paid = tick_until(&mut l, &peg, 30, true, |l| {
+        state(l, &second) == Some(OpState::Done)
+    });
+    assert!(paid, "{:?}", state(&l, &second));
+    assert_eq!(
+        peg.payouts(&second, &users[1].btc.script_pubkey()),
+        vec![Amount::from_sat(20_000_000)]
+    );
+    assert_eq!(peg.contract_calls("burn!", &second), (1, 0));
+    assert!(peg.failed_contract_calls().is_empty());
+}
+
+#[test]
+fn garbage_errors_hangs_and_truncated_answers_delay_but_do_not_derail_the_peg() {
+    let dir = tempfile::tempdir().unwrap();
+    let peg = Peg::start(PegOptions::new(dir.path())).unwrap();
+    peg.publish_key().unwrap();
+    let mut users = peg.users(3);
+    let allowed: Vec<&User> = users.iter().collect();
+    let mut l = peg.coordinator(peg.settings(&allowed)).unwrap();
+    let ins = peg_in_all(&mut l, &peg, &mut users[..1], BTC);
+
+    // New work is on chain; then each node misbehaves in each way in turn
+    // while the loop keeps ticking.
+    let wallet = peg.peg_wallet().unwrap();
+    let more: Vec<Txid> = peg.with_bitcoin(|b| {
+        users[1..]
+            .iter_mut()
+            .map(|u| {
+                let to = u.stx.clone();
+                u.peg_in(b, MAGIC, &wallet, &to, Amount::from_sat(BTC / 2))
+                    .unwrap()
+            })
+            .collect()
+    });
+    let out = request_peg_out(&peg, &mut users[0], 30_000_000);
+    let faults = [
+        Fault::Garbage,
+        Fault::ServerError,
+        Fault::Truncated,
+        Fault::Hang(Duration::from_secs(3)),
+    ];
+    let stop = AtomicBool::new(false);
+    for node in ["bitcoind", "stacks-node", "both"] {
+        for f in faults {
+            if node != "stacks-node" {
+                peg.bitcoind.set_fault(Some(f));
+            }
+            if node != "bitcoind" {
+                peg.stacks.set_fault(Some(f));
+            }
+            let until = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < until {
+                // A tick under faults returns (errors are retried later);
+                // only the queue can fail it.
+                l.tick(&stop).unwrap();
+                peg.mine();
+            }
+            peg.bitcoind.set_fault(None);
+            peg.stacks.set_fault(None);
+        }
+    }
+    let all: Vec<Txid> = ins.iter().chain(&more).copied().chain([out]).collect();
+    let done = tick_until(&mut l, &peg, 60, true, |l| {
+        all.iter().all(|t| state(l, t) == Some(OpState::Done))
+    });
+    let states: Vec<_> = all.iter().map(|t| state(&l, t)).collect();
+    assert!(done, "{states:?}");
+    for t in &all[..3] {
+        assert_eq!(peg.contract_calls("mint!", t), (1, 0));
+    }
+    assert_eq!(peg.contract_calls("burn!", &out), (1, 0));
+    assert_eq!(
+        peg.payouts(&out, &users[0].btc.script_pubkey()),
+        vec![Amount::from_sat(30_000_000)]
+    );
+    assert_eq!(
+        peg.sbtc_balance(&users[0].stx),
+        u128::from(BTC) - 30_000_000
+    );
+    assert_eq!(peg.sbtc_balance(&users[1].stx), u128::from(BTC / 2));
+    assert!(peg.failed_contract_calls().is_empty());
+    assert!(
+        l.metrics()
+            .step_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "the faults were felt"
+    );
 }
