@@ -4,37 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use bitcoin::secp256k1::{Secp256k1, SecretKey};
-use bitcoin::{Amount, FeeRate, Network, OutPoint, ScriptBuf, Txid};
-use bitcoin_node_client::{Auth, UreqBitcoinNode};
-use coordinator::startup::ensure_wallet_key;
-use coordinator::{Allowlist, BitcoinBlockSource, Components, LoopSettings, StacksCoordinator};
-use devnet::{BitcoinEmulator, BitcoinState, StacksEmulator, StacksState, User};
-use fee_wallet::{
-    peg_wallet_address, BitcoinFeePolicy, ContractCallWallet, PegWallet, StacksFeePolicy,
-};
-use frost_coordinator::{
-    RelayCoordinatorOptions, RelayFrostCoordinator, SignerFile, SignerInfo, SignerSet,
-};
-use frost_signer::{SignerNode, SignerOptions};
-use peg_queue::peg_ops::BurnHeight;
+use anyhow::{anyhow, bail, Result};
+use bitcoin::{Amount, Txid};
+use coordinator::config::OpSourceKind;
+use devnet::peg::{burn_script, MAGIC};
+use devnet::{Peg, PegOptions, User};
 use peg_queue::{OpState, PegQueue, SqlitePegQueue};
-use relay::{RelayConfig, RelayServer};
-use stacks_node_client::UreqStacksNode;
-use stacks_wire::{PrincipalData, StacksNetwork, StacksPrivateKey};
+use stacks_wire::PrincipalData;
 
-const MAGIC: [u8; 2] = *b"id";
 const SIGNERS: u32 = 5;
-
-fn key(tag: u8, i: u32) -> Result<SecretKey> {
-    let mut b = [tag; 32];
-    b[..4].copy_from_slice(&(i + 1).to_be_bytes());
-    SecretKey::from_slice(&b).context("devnet key")
-}
 
 fn btc(a: Amount) -> String {
     format!("{:.8} BTC", a.to_btc())
@@ -46,163 +26,43 @@ fn sbtc(sats: u128) -> String {
 
 /// Runs the devnet scenario; with `serve`, keeps everything running after it.
 pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
-    let secp = Secp256k1::new();
     let dir = std::env::temp_dir().join(format!("sbtc-devnet-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let burn = ScriptBuf::new_op_return([0u8]);
     println!("== sBTC devnet: emulated bitcoind and stacks-node, relay, {SIGNERS} signers, coordinator ==");
-
-    let bitcoind = BitcoinEmulator::start("127.0.0.1:0", BitcoinState::new())?;
-    let relay = RelayServer::start("127.0.0.1:0", RelayConfig::default())?;
-    let coordinator_msg_key = key(0xc0, 0)?;
-    let set = SignerSet {
-        threshold: 3,
-        dkg_threshold: None,
-        signers: (0..SIGNERS)
-            .map(|i| {
-                Ok(SignerInfo {
-                    id: i + 1,
-                    public_key: key(0x5e, i)?.public_key(&secp),
-                    key_ids: vec![i + 1],
-                    private_key: None,
-                })
-            })
-            .collect::<Result<_>>()?,
-    };
-    let file = SignerFile {
-        relay_url: relay.url(),
-        coordinator_public_key: coordinator_msg_key.public_key(&secp),
-        state_dir: None,
-        set: set.clone(),
-    };
-    let signer_stop = Arc::new(AtomicBool::new(false));
-    let mut signers = Vec::new();
-    for id in 1..=SIGNERS {
-        let mut node = SignerNode::new(SignerOptions {
-            id,
-            file: file.clone(),
-            private_key: key(0x5e, id - 1)?,
-            state_path: dir.join(format!("signer-{id}.json")),
-            poll_wait: Duration::from_millis(500),
-        })?;
-        let s = signer_stop.clone();
-        signers.push(std::thread::spawn(move || node.run(&s)));
-    }
-
-    let stacks_key = StacksPrivateKey {
-        key: key(0xaa, 0)?,
-        compressed: true,
-    };
-    let me = stacks_key.address(StacksNetwork::Testnet);
-    let contract: stacks_wire::ContractId = format!("{me}.sbtc-alpha").parse()?;
-    let mut state = StacksState::new(contract.clone());
-    state.fund(me, 1_000_000_000);
-    state.model.coordinator = Some((
-        me.into(),
-        coordinator_msg_key.public_key(&secp).serialize().to_vec(),
-    ));
-    let stacks_em = StacksEmulator::start("127.0.0.1:0", state)?;
-    println!("bitcoind emulator   {}", bitcoind.url());
-    println!("stacks-node emulator {}", stacks_em.url());
-    println!("relay               {}", relay.url());
-
-    let stacks = UreqStacksNode::new(&stacks_em.url(), Duration::from_secs(5));
-    let wallet = ContractCallWallet::new(
-        StacksNetwork::Testnet,
-        contract.clone(),
-        stacks_key,
-        StacksFeePolicy {
-            floor: 200,
-            cap: 100_000,
-        },
-        stacks.clone(),
-    );
-    let mut frost = RelayFrostCoordinator::new(RelayCoordinatorOptions {
-        set,
-        private_key: coordinator_msg_key,
-        relay_url: relay.url(),
-        dkg_timeout: Duration::from_secs(30),
-        sign_timeout: Duration::from_secs(10),
-        state_path: Some(dir.join("frost-coordinator.json")),
-    })?;
-    let queue = SqlitePegQueue::open(&dir.join("queue.sqlite"))?;
+    let mut opts = PegOptions::new(&dir);
+    opts.signers = SIGNERS;
+    opts.threshold = 3;
+    opts.signer_poll = Duration::from_millis(500);
+    opts.sign_timeout = Duration::from_secs(10);
+    let peg_net = Peg::start(opts)?;
+    println!("bitcoind emulator   {}", peg_net.bitcoind.url());
+    println!("stacks-node emulator {}", peg_net.stacks.url());
+    println!("relay               {}", peg_net.relay.url());
 
     println!("-- DKG with {SIGNERS} signers, publishing the peg wallet key in the contract");
-    let mining = AtomicBool::new(true);
-    let agg = std::thread::scope(|s| {
-        s.spawn(|| {
-            while mining.load(Ordering::SeqCst) {
-                stacks_em.with(|st| st.mine());
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        let k = ensure_wallet_key(
-            &stacks,
-            &wallet,
-            &mut frost,
-            &queue,
-            &contract,
-            Duration::from_secs(30),
-            Duration::from_millis(20),
-        )
-        .map_err(|e| anyhow!("{e}"));
-        mining.store(false, Ordering::SeqCst);
-        k
-    })?;
-    let peg = peg_wallet_address(&agg, Network::Regtest);
+    let agg = peg_net.publish_key()?;
+    let peg = peg_net.peg_wallet()?;
     println!("aggregate key {agg}\npeg wallet    {peg}");
+    let (bitcoind, stacks_em) = (&peg_net.bitcoind, &peg_net.stacks);
 
     let mut users: Vec<User> = ["alice", "bob", "carol", "mallory"]
         .iter()
         .zip(1u8..)
         .map(|(n, i)| User::new(n, i))
         .collect();
-    bitcoind.with(|b| {
+    peg_net.with_bitcoin(|b| {
         for u in &mut users {
-            u.fund(b, &burn);
+            u.fund(b, &burn_script());
         }
     });
-    let start_height = bitcoind.with(|b| b.height()) + 1;
     let allowed: Vec<&User> = users.iter().take(3).collect();
-    let settings = LoopSettings {
-        network: Network::Regtest,
-        stacks_network: StacksNetwork::Testnet,
-        contract: contract.clone(),
-        start_height: BurnHeight(start_height),
-        op_confirmations: 1,
-        fulfillment_confirmations: 1,
-        poll_interval: Duration::from_millis(50),
-        backoff_base: Duration::from_millis(50),
-        backoff_max: Duration::from_secs(1),
-        fee_target_blocks: 6,
-        max_heights_per_tick: 100,
-        allowlist: Allowlist::new(
-            allowed.iter().map(|u| u.stx.clone()),
-            allowed.iter().map(|u| u.btc.script_pubkey()),
-        ),
-        stx_low_balance_warning: 1,
-    };
-    let client = || UreqBitcoinNode::new(&bitcoind.url(), Auth::None, Duration::from_secs(5));
-    let fees = BitcoinFeePolicy {
-        floor: FeeRate::from_sat_per_vb(2).ok_or_else(|| anyhow!("fee rate"))?,
-        cap: FeeRate::from_sat_per_vb(100).ok_or_else(|| anyhow!("fee rate"))?,
-        subsidy: Amount::ZERO,
-    };
-    let mut l = StacksCoordinator::new(
-        Components {
-            queue,
-            stacks: stacks.clone(),
-            bitcoin: client(),
-            stacks_wallet: wallet,
-            bitcoin_wallet: PegWallet::new(Network::Regtest, MAGIC, fees),
-            frost,
-            source: BitcoinBlockSource::new(client(), MAGIC, Network::Regtest),
-        },
-        settings,
-    );
+    let mut settings = peg_net.settings(&allowed);
+    settings.poll_interval = Duration::from_millis(50);
+    settings.backoff_base = Duration::from_millis(50);
+    settings.backoff_max = Duration::from_secs(1);
+    let mut l = peg_net.coordinator(settings, OpSourceKind::Bitcoin)?;
 
     let mut names: BTreeMap<Txid, String> = BTreeMap::new();
-    let drive = |l: &mut StacksCoordinator<_, _, _, _, _, _, _>,
+    let drive = |l: &mut devnet::peg::DevnetLoop,
                  ops: &[Txid],
                  names: &BTreeMap<Txid, String>|
      -> Result<()> {
@@ -210,10 +70,7 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
         let mut last = String::new();
         loop {
             l.tick(stop)?;
-            stacks_em.with(|st| st.mine());
-            bitcoind.with(|b| {
-                b.mine(&ScriptBuf::new_op_return([0u8]));
-            });
+            peg_net.mine();
             let q: &SqlitePegQueue = &l.components().queue;
             let mut line = String::new();
             let mut all_done = true;
@@ -244,7 +101,7 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
     println!("-- peg-ins: alice 1.0, bob 0.5, carol 0.25, mallory 0.1 (not on the allowlist)");
     let amounts = [100_000_000u64, 50_000_000, 25_000_000, 10_000_000];
     let mut peg_ins = Vec::new();
-    bitcoind.with(|b| -> Result<()> {
+    peg_net.with_bitcoin(|b| -> Result<()> {
         for (u, sats) in users.iter_mut().zip(amounts) {
             let recipient = u.stx.clone();
             let t = u
@@ -253,15 +110,15 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
             names.insert(t, format!("{} peg-in", u.name));
             peg_ins.push(t);
         }
-        b.mine(&ScriptBuf::new_op_return([0u8]));
         Ok(())
     })?;
+    peg_net.mine();
     drive(&mut l, &peg_ins, &names)?;
 
     println!("-- peg-outs: alice 0.4, bob 0.2");
     let outs = [(0usize, 40_000_000u64), (1, 20_000_000)];
     let mut peg_outs = Vec::new();
-    bitcoind.with(|b| -> Result<()> {
+    peg_net.with_bitcoin(|b| -> Result<()> {
         for (i, sats) in outs {
             let u = &mut users[i];
             let t = u
@@ -276,17 +133,16 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
             names.insert(t, format!("{} peg-out", u.name));
             peg_outs.push(t);
         }
-        b.mine(&ScriptBuf::new_op_return([0u8]));
         Ok(())
     })?;
+    peg_net.mine();
     drive(&mut l, &peg_outs, &names)?;
 
     // Summary and checks.
     println!("== summary ==");
     let q: &SqlitePegQueue = &l.components().queue;
     let mut checks: Vec<(String, bool)> = Vec::new();
-    let balance =
-        |p: &PrincipalData| stacks_em.with(|st| st.model.balances.get(p).copied().unwrap_or(0));
+    let balance = |p: &PrincipalData| peg_net.sbtc_balance(p);
     let supply = stacks_em.with(|st| st.model.supply);
     let peg_btc: Amount = bitcoind.with(|b| {
         b.unspent(&peg.script_pubkey())
@@ -312,21 +168,7 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
     ));
     for (t, (i, sats)) in peg_outs.iter().zip(outs) {
         let u = &users[i];
-        let paid: Vec<Amount> = bitcoind.with(|b| {
-            (0..=b.height())
-                .filter_map(|h| b.block(h))
-                .flat_map(|blk| blk.txdata.iter())
-                .filter(|tx| {
-                    tx.input.first().map(|i| i.previous_output) == Some(OutPoint::new(*t, 2))
-                })
-                .filter_map(|tx| {
-                    tx.output
-                        .get(1)
-                        .filter(|o| o.script_pubkey == u.btc.script_pubkey())
-                        .map(|o| o.value)
-                })
-                .collect()
-        });
+        let paid = peg_net.payouts(t, &u.btc.script_pubkey());
         println!(
             "  {} paid {:?} to {}",
             u.name,
@@ -354,11 +196,19 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
         "mallory's peg-in rejected: not on the allowlist".into(),
         matches!(&mallory, Some(OpState::Rejected { reason }) if reason.contains("allowlist")),
     ));
-    let mints = stacks_em.with(|st| st.receipts.iter().filter(|r| matches!(&r.tx.payload, stacks_wire::Payload::ContractCall { function_name, .. } if function_name == "mint!")).count());
-    let burns = stacks_em.with(|st| st.receipts.iter().filter(|r| matches!(&r.tx.payload, stacks_wire::Payload::ContractCall { function_name, .. } if function_name == "burn!")).count());
+    let mints: Vec<_> = peg_ins
+        .iter()
+        .map(|t| peg_net.contract_calls("mint!", t))
+        .collect();
+    let burns: Vec<_> = peg_outs
+        .iter()
+        .map(|t| peg_net.contract_calls("burn!", t))
+        .collect();
     checks.push((
-        "3 mints and 2 burns reached the chain, no more".into(),
-        mints == 3 && burns == 2,
+        "one mint per allowed peg-in, one burn per peg-out, none failed".into(),
+        mints == [(1, 0), (1, 0), (1, 0), (0, 0)]
+            && burns == [(1, 0), (1, 0)]
+            && peg_net.failed_contract_calls().is_empty(),
     ));
     let mut ok = true;
     for (what, holds) in &checks {
@@ -370,22 +220,17 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
             "-- serving until Ctrl-C (bitcoind {}, stacks-node {}, relay {}); state in {}",
             bitcoind.url(),
             stacks_em.url(),
-            relay.url(),
+            peg_net.relay.url(),
             dir.display()
         );
         while !stop.load(Ordering::SeqCst) {
             l.tick(stop)?;
-            stacks_em.with(|st| st.mine());
-            bitcoind.with(|b| {
-                b.mine(&ScriptBuf::new_op_return([0u8]));
-            });
+            peg_net.mine();
             std::thread::sleep(Duration::from_secs(1));
         }
     }
-    signer_stop.store(true, Ordering::SeqCst);
-    for s in signers {
-        let _ = s.join();
-    }
+    drop(l);
+    drop(peg_net);
     if !serve {
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -15,7 +15,11 @@ use anyhow::{anyhow, Context, Result};
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use bitcoin::{Address, Amount, BlockHash, FeeRate, Network, ScriptBuf};
 use bitcoin_node_client::{Auth, UreqBitcoinNode};
-use coordinator::{Allowlist, BitcoinBlockSource, Components, LoopSettings, StacksCoordinator};
+use coordinator::config::OpSourceKind;
+use coordinator::{
+    Allowlist, BitcoinBlockSource, Components, LoopSettings, OpSource, StacksCoordinator,
+    StacksNodeSource,
+};
 use fee_wallet::{
     peg_wallet_address, BitcoinFeePolicy, ContractCallWallet, PegWallet, StacksFeePolicy,
 };
@@ -43,7 +47,7 @@ pub type DevnetLoop = StacksCoordinator<
     ContractCallWallet<UreqStacksNode>,
     PegWallet,
     RelayFrostCoordinator,
-    BitcoinBlockSource<UreqBitcoinNode>,
+    Box<dyn OpSource>,
 >;
 
 /// How big a peg to start.
@@ -533,11 +537,20 @@ impl Peg {
     }
 
     /// A coordinator loop in this process, over HTTP, with the queue in the
-    /// peg's folder. Run [`Peg::publish_key`] first.
+    /// peg's folder, reading peg ops from `source` (Bitcoin blocks, or the
+    /// stacks-node's `/v2/burn_ops`). Run [`Peg::publish_key`] first.
     ///
     /// # Errors
     /// When the queue or the FROST state cannot be opened.
-    pub fn coordinator(&self, settings: LoopSettings) -> Result<DevnetLoop> {
+    pub fn coordinator(&self, settings: LoopSettings, source: OpSourceKind) -> Result<DevnetLoop> {
+        let source: Box<dyn OpSource> = match source {
+            OpSourceKind::Bitcoin => Box::new(BitcoinBlockSource::new(
+                self.bitcoin_client(),
+                MAGIC,
+                Network::Regtest,
+            )),
+            OpSourceKind::StacksNode => Box::new(StacksNodeSource::new(self.stacks_client())),
+        };
         Ok(StacksCoordinator::new(
             Components {
                 queue: SqlitePegQueue::open(&self.queue_path())?,
@@ -546,7 +559,7 @@ impl Peg {
                 stacks_wallet: self.stacks_wallet(),
                 bitcoin_wallet: PegWallet::new(Network::Regtest, MAGIC, Self::bitcoin_fees()),
                 frost: self.frost()?,
-                source: BitcoinBlockSource::new(self.bitcoin_client(), MAGIC, Network::Regtest),
+                source,
             },
             settings,
         ))

@@ -1,11 +1,13 @@
-//! The peg on the devnet through misfortune: a Bitcoin reorg under a
-//! peg-in, signers going away and coming back, nodes answering garbage.
-//! Every scenario ends with each valid op done exactly once.
+//! The peg on the devnet over real HTTP on 127.0.0.1: the full flow with
+//! either op source, then misfortune — a Bitcoin reorg under a peg-in,
+//! signers going away and coming back, nodes answering garbage. Every
+//! scenario ends with each valid op done exactly once.
 
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use bitcoin::{Amount, Txid};
+use coordinator::config::OpSourceKind;
 use devnet::peg::{DevnetLoop, MAGIC};
 use devnet::{Fault, Peg, PegOptions, User};
 use peg_queue::{OpState, PegQueue};
@@ -50,7 +52,9 @@ fn a_reorg_removes_an_unminted_peg_in_which_is_minted_once_when_it_reappears() {
     let wallet = peg.peg_wallet().unwrap();
     let mut users = peg.users(1);
     let u = &mut users[0];
-    let mut l = peg.coordinator(peg.settings(&[u])).unwrap();
+    let mut l = peg
+        .coordinator(peg.settings(&[u]), OpSourceKind::Bitcoin)
+        .unwrap();
 
     // The stacks-node is down: the peg-in is seen, but cannot be minted yet.
     peg.stacks.set_fault(Some(Fault::ServerError));
@@ -147,7 +151,9 @@ fn payouts_go_on_without_one_signer_stop_without_a_quorum_and_resume() {
     peg.publish_key().unwrap();
     let mut users = peg.users(2);
     let allowed: Vec<&User> = users.iter().collect();
-    let mut l = peg.coordinator(peg.settings(&allowed)).unwrap();
+    let mut l = peg
+        .coordinator(peg.settings(&allowed), OpSourceKind::Bitcoin)
+        .unwrap();
     peg_in_all(&mut l, &peg, &mut users, BTC);
 
     // Five signers, threshold three: one gone changes nothing.
@@ -209,7 +215,9 @@ fn garbage_errors_hangs_and_truncated_answers_delay_but_do_not_derail_the_peg() 
     peg.publish_key().unwrap();
     let mut users = peg.users(3);
     let allowed: Vec<&User> = users.iter().collect();
-    let mut l = peg.coordinator(peg.settings(&allowed)).unwrap();
+    let mut l = peg
+        .coordinator(peg.settings(&allowed), OpSourceKind::Bitcoin)
+        .unwrap();
     let ins = peg_in_all(&mut l, &peg, &mut users[..1], BTC);
 
     // New work is on chain; then each node misbehaves in each way in turn
@@ -279,4 +287,94 @@ fn garbage_errors_hangs_and_truncated_answers_delay_but_do_not_derail_the_peg() 
             > 0,
         "the faults were felt"
     );
+}
+
+/// Four users peg in (one is not on the allowlist), two peg out: minted to
+/// the right principals, burned, paid to the right scriptPubKeys with the
+/// right amounts; supply = pegged in − pegged out, backed by the peg wallet.
+fn full_flow(source: OpSourceKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let peg = Peg::start(PegOptions::new(dir.path())).unwrap();
+    let agg = peg.publish_key().unwrap();
+    assert_eq!(
+        peg.stacks.with(|s| s.model.wallet_key.clone()),
+        Some(agg.serialize().to_vec()),
+        "start-up published the DKG key"
+    );
+    let mut users = peg.users(4);
+    let allowed: Vec<&User> = users.iter().take(3).collect();
+    let mut l = peg.coordinator(peg.settings(&allowed), source).unwrap();
+    let wallet = peg.peg_wallet().unwrap();
+    let amounts = [BTC, BTC / 2, BTC / 4, BTC / 10];
+    let ins: Vec<Txid> = peg.with_bitcoin(|b| {
+        users
+            .iter_mut()
+            .zip(amounts)
+            .map(|(u, sats)| {
+                let to = u.stx.clone();
+                u.peg_in(b, MAGIC, &wallet, &to, Amount::from_sat(sats))
+                    .unwrap()
+            })
+            .collect()
+    });
+    peg.mine();
+    let finished = tick_until(&mut l, &peg, 30, true, |l| {
+        ins.iter()
+            .all(|t| state(l, t).is_some_and(|s| s.is_terminal()))
+    });
+    assert!(finished);
+    match state(&l, &ins[3]) {
+        Some(OpState::Rejected { reason }) => assert!(reason.contains("allowlist"), "{reason}"),
+        other => panic!("the stranger's peg-in: {other:?}"),
+    }
+    let outs = [(0, 40_000_000u64), (1, 20_000_000)];
+    let out_ids: Vec<Txid> = outs
+        .iter()
+        .map(|(i, sats)| request_peg_out(&peg, &mut users[*i], *sats))
+        .collect();
+    let finished = tick_until(&mut l, &peg, 30, true, |l| {
+        out_ids.iter().all(|t| state(l, t) == Some(OpState::Done))
+    });
+    assert!(
+        finished,
+        "{:?}",
+        out_ids.iter().map(|t| state(&l, t)).collect::<Vec<_>>()
+    );
+
+    for (t, u) in ins.iter().zip(&users).take(3) {
+        assert_eq!(peg.contract_calls("mint!", t), (1, 0), "{}", u.name);
+    }
+    assert_eq!(peg.contract_calls("mint!", &ins[3]), (0, 0));
+    let expected = [BTC - 40_000_000, BTC / 2 - 20_000_000, BTC / 4, 0];
+    for (u, want) in users.iter().zip(expected) {
+        assert_eq!(peg.sbtc_balance(&u.stx), u128::from(want), "{}", u.name);
+    }
+    for (t, (i, sats)) in out_ids.iter().zip(outs) {
+        assert_eq!(peg.contract_calls("burn!", t), (1, 0));
+        assert_eq!(
+            peg.payouts(t, &users[i].btc.script_pubkey()),
+            vec![Amount::from_sat(sats)]
+        );
+    }
+    let supply = peg.stacks.with(|s| s.model.supply);
+    let pegged_in = BTC + BTC / 2 + BTC / 4;
+    assert_eq!(supply, u128::from(pegged_in - 60_000_000));
+    let held: Amount = peg.bitcoind.with(|b| {
+        b.unspent(&wallet.script_pubkey())
+            .iter()
+            .map(|(_, o, _)| o.value)
+            .sum()
+    });
+    assert!(u128::from(held.to_sat()) >= supply, "{held} backs {supply}");
+    assert!(peg.failed_contract_calls().is_empty());
+}
+
+#[test]
+fn full_flow_reading_bitcoin_blocks() {
+    full_flow(OpSourceKind::Bitcoin);
+}
+
+#[test]
+fn full_flow_reading_the_stacks_nodes_burn_ops() {
+    full_flow(OpSourceKind::StacksNode);
 }
