@@ -27,7 +27,7 @@ pub mod secret;
 pub mod source;
 pub mod startup;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -225,6 +225,15 @@ pub struct TickReport {
     pub rounds: usize,
 }
 
+/// The peg wallet as one round of fulfilments sees it.
+#[derive(Debug)]
+struct RoundChain {
+    utxos: Vec<bitcoin_node_client::Utxo>,
+    fee_rate: Option<bitcoin::FeeRate>,
+    stacks_tip: [u8; 32],
+    reserved: HashSet<OutPoint>,
+}
+
 /// The coordinator's event loop.
 #[derive(Debug)]
 pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
@@ -239,6 +248,10 @@ pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
     round_nonce: Option<u64>,
     /// Outputs spent by fulfilments built in the current round, not yet stored.
     round_spent: Vec<OutPoint>,
+    /// What every fulfilment of the current round builds on, read once per
+    /// round (not once per peg-out): the round's own spends are in
+    /// `round_spent`, nothing else changes the peg wallet meanwhile.
+    round_chain: Option<RoundChain>,
     #[cfg(any(test, feature = "testing"))]
     crash_point: Option<CrashPoint>,
 }
@@ -283,6 +296,7 @@ where
             chain_cache: HashMap::new(),
             round_nonce: None,
             round_spent: Vec::new(),
+            round_chain: None,
             #[cfg(any(test, feature = "testing"))]
             crash_point: None,
         }
@@ -390,6 +404,7 @@ where
             rounds += 1;
             self.round_nonce = None;
             self.round_spent.clear();
+            self.round_chain = None;
             let mut moves: Vec<(usize, OpState)> = Vec::new();
             for (i, q) in active.iter().enumerate() {
                 if stop.load(Ordering::SeqCst) {
@@ -787,6 +802,12 @@ where
     }
 
     fn next_stacks_nonce(&self) -> Result<u64, StepError> {
+        if let Some(n) = self.round_nonce {
+            // Read this round already; everything up to `n` is ours.
+            return n
+                .checked_add(1)
+                .ok_or_else(|| StepError::retry("the Stacks nonce is exhausted", false));
+        }
         let me = PrincipalData::Standard(self.c.stacks_wallet.address());
         let account = self.c.stacks.get_account(&me)?;
         if account.balance < self.settings.stx_low_balance_warning {
@@ -963,29 +984,49 @@ where
             .bitcoin_wallet
             .peg_wallet_address(&key)
             .script_pubkey();
-        let utxos = self.c.bitcoin.list_unspent(&peg_script)?;
-        let fee_rate = self
-            .c
-            .bitcoin
-            .estimate_smart_fee(self.settings.fee_target_blocks)?;
-        let info = self.c.stacks.get_info()?;
-        // Other requests' fee outputs belong to their own fulfilments, and
-        // outputs our other fulfilments spend (stored, or built this round)
-        // are taken.
-        let mut reserved: Vec<OutPoint> = self.round_spent.clone();
-        for q in self.c.queue.pending()? {
-            if q.op.kind() == peg_ops::PegOpKind::PegOutRequest && q.op.txid() != op.txid {
-                reserved.push(OutPoint::new(q.op.txid(), 2));
+        if self.round_chain.is_none() {
+            let utxos = self.c.bitcoin.list_unspent(&peg_script)?;
+            let fee_rate = self
+                .c
+                .bitcoin
+                .estimate_smart_fee(self.settings.fee_target_blocks)?;
+            let info = self.c.stacks.get_info()?;
+            // Requests' fee outputs belong to their own fulfilments, and
+            // outputs of stored fulfilments are taken.
+            let mut reserved = HashSet::new();
+            for q in self.c.queue.pending()? {
+                if q.op.kind() == peg_ops::PegOpKind::PegOutRequest {
+                    reserved.insert(OutPoint::new(q.op.txid(), 2));
+                }
+                if let OpState::BitcoinTxSigned { tx } | OpState::BitcoinTxBroadcast { tx } =
+                    &q.state
+                {
+                    reserved.extend(tx.input.iter().map(|i| i.previous_output));
+                }
             }
-            if let OpState::BitcoinTxSigned { tx } | OpState::BitcoinTxBroadcast { tx } = &q.state {
-                reserved.extend(tx.input.iter().map(|i| i.previous_output));
-            }
+            self.round_chain = Some(RoundChain {
+                utxos,
+                fee_rate,
+                stacks_tip: info.stacks_tip,
+                reserved,
+            });
         }
+        let chain = self
+            .round_chain
+            .as_ref()
+            .ok_or_else(|| StepError::retry("no chain view this round", true))?;
+        let own = OutPoint::new(op.txid, 2);
         let inputs = FulfillmentInputs {
-            utxos,
-            fee_rate,
-            stacks_chain_tip: info.stacks_tip,
-            reserved,
+            utxos: chain.utxos.clone(),
+            fee_rate: chain.fee_rate,
+            stacks_chain_tip: chain.stacks_tip,
+            reserved: chain
+                .reserved
+                .iter()
+                .filter(|o| **o != own)
+                .chain(&self.round_spent)
+                .copied()
+                .collect(),
         };
         let unsigned = self.c.bitcoin_wallet.build_fulfillment(op, &key, &inputs)?;
         if let Err(reason) = check_fulfillment(op, &unsigned.tx, &peg_script) {
