@@ -21,5 +21,5 @@ cargo build --workspace --all-features --bins
 echo "==> cargo test"
 cargo test --workspace --all-features
 
-echo "==> contract tests on the Clarity VM (clarinet simnet)"
-(cd tests/js && node --test contract.test.mjs)
+echo "==> contract tests on the Clarity VM (clarinet simnet), and the devnet's model against it"
+(cd tests/js && node --test contract.test.mjs model-crosscheck.test.mjs)

@@ -1,0 +1,173 @@
+// The devnet's Rust model of the sBTC alpha contract (crates/devnet/src/model.rs)
+// against the real Clarity VM (clarinet simnet): the same call sequences —
+// mints, burns, replays, unauthorized callers, transfers, halts, owner and
+// coordinator changes, the supply cap — must give the same result after
+// every call, the same balances and the same supply. The model side runs as
+// `cargo run -p devnet --example model_replay`.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { initSimnet } from '@stacks/clarinet-sdk';
+import { Cl, serializeCV } from '@stacks/transactions';
+
+const root = new URL('../../', import.meta.url).pathname;
+const simnet = await initSimnet(join(root, 'contracts/Clarinet.toml'));
+const accounts = simnet.getAccounts();
+const owner = accounts.get('deployer');
+const people = ['wallet_1', 'wallet_2', 'wallet_3'].map((w) => accounts.get(w));
+const everyone = [owner, ...people];
+const MAX_SUPPLY = 2_100_000_000_000_000n;
+
+// mulberry32: a small deterministic generator, so a failing seed reproduces.
+function rng(seed) {
+  let a = seed >>> 0;
+  const next = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return {
+    int: (n) => Math.floor(next() * n),
+    pick: (xs) => xs[Math.floor(next() * xs.length)],
+    chance: (p) => next() < p,
+  };
+}
+
+const TXIDS = [
+  'd81bec73a0ea0bdcf9bc011f567944eb1eae5889bf002bf7ae641d7096157771',
+  '3292a7d2a7e941499b5c0dcff2a5656c159010718450948a60c2be9e1c221dc4',
+  'a'.repeat(64),
+  'b'.repeat(64),
+  'x',
+  '', // empty: refused
+];
+const key = (b) => Cl.bufferFromHex('02' + b.repeat(32));
+
+/// A random but well-typed call sequence. The coordinator is usually the
+/// caller of mint!/burn!, so state builds up; others call too (unauthorized).
+function sequence(seed, length) {
+  const r = rng(seed);
+  let coordinator = people[0];
+  const steps = [
+    { sender: owner, fn: 'set-coordinator-data', args: [Cl.tuple({ addr: Cl.principal(coordinator), key: key('11') })] },
+  ];
+  const amount = () =>
+    r.pick([0n, 1n, 1000n, BigInt(r.int(100_000_000)), BigInt(r.int(5_000_000_000)), MAX_SUPPLY, MAX_SUPPLY + 1n, MAX_SUPPLY / 2n]);
+  const caller = (usual) => (r.chance(0.8) ? usual : r.pick(everyone));
+  for (let i = 0; i < length; i += 1) {
+    const kind = r.int(100);
+    if (kind < 35) {
+      steps.push({ sender: caller(coordinator), fn: 'mint!', args: [Cl.uint(amount()), Cl.principal(r.pick(people)), Cl.stringAscii(r.pick(TXIDS))] });
+    } else if (kind < 55) {
+      steps.push({ sender: caller(coordinator), fn: 'burn!', args: [Cl.uint(amount()), Cl.principal(r.pick(people)), Cl.stringAscii(r.pick(TXIDS))] });
+    } else if (kind < 80) {
+      const from = r.pick(people);
+      const memo = r.chance(0.5) ? Cl.none() : Cl.some(Cl.bufferFromHex('00'.repeat(r.int(34) + 1)));
+      steps.push({ sender: caller(from), fn: 'transfer', args: [Cl.uint(amount()), Cl.principal(from), Cl.principal(r.pick(everyone)), memo] });
+    } else if (kind < 87) {
+      steps.push({ sender: caller(coordinator), fn: 'set-trading-halted', args: [Cl.bool(r.chance(0.5))] });
+    } else if (kind < 92) {
+      steps.push({ sender: caller(coordinator), fn: 'set-bitcoin-wallet-public-key', args: [key(r.pick(['22', '33']))] });
+    } else if (kind < 96) {
+      // The owner hands the coordinator role to someone (it may fail if the
+      // owner changed; then the model must fail the same way).
+      const next = r.pick(people);
+      steps.push({ sender: caller(owner), fn: 'set-coordinator-data', args: [Cl.tuple({ addr: Cl.principal(next), key: key('44') })] });
+      coordinator = next;
+    } else {
+      steps.push({ sender: caller(owner), fn: r.pick(['set-threshold', 'set-num-signers', 'set-num-keys']), args: [Cl.uint(r.int(20))] });
+    }
+  }
+  return steps;
+}
+
+let deployed = 0;
+/// Runs `steps` on a fresh deployment; returns what the model prints.
+function onClarity(steps) {
+  deployed += 1;
+  const contract = `sbtc-alpha-x${deployed}`;
+  const d = simnet.deployContract(contract, simnet.getContractSource('sbtc-alpha'), { clarityVersion: 2 }, owner);
+  assert.deepEqual(d.result, Cl.bool(true));
+  const read = (fn, args) => serializeCV(simnet.callReadOnlyFn(contract, fn, args, owner).result);
+  return steps.map((s) => {
+    const result = serializeCV(simnet.callPublicFn(contract, s.fn, s.args, s.sender).result);
+    const balances = Object.fromEntries(everyone.map((p) => [p, read('get-balance', [Cl.principal(p)])]));
+    return { result, balances, supply: read('get-total-supply', []) };
+  });
+}
+
+function onModel(steps) {
+  const dir = mkdtempSync(join(tmpdir(), 'sbtc-model-'));
+  const file = join(dir, 'sequence.json');
+  writeFileSync(file, JSON.stringify({
+    owner,
+    principals: everyone,
+    steps: steps.map((s) => ({ sender: s.sender, function: s.fn, args: s.args.map((a) => serializeCV(a)) })),
+  }));
+  const out = execFileSync('cargo', ['run', '-q', '-p', 'devnet', '--example', 'model_replay', '--', file], {
+    cwd: root,
+    encoding: 'utf8',
+    maxBuffer: 64 << 20,
+  });
+  return JSON.parse(out);
+}
+
+function compare(steps, clarity, model) {
+  assert.equal(model.length, clarity.length);
+  for (let i = 0; i < steps.length; i += 1) {
+    const what = `step ${i}: ${steps[i].fn} by ${steps[i].sender} (${steps[i].args.map((a) => serializeCV(a)).join(', ')})`;
+    assert.deepEqual(model[i], clarity[i], what);
+  }
+}
+
+const outcomes = (results) => new Set(results.map((r) => r.result));
+
+for (const seed of [1, 2, 3, 4, 5, 6, 7, 8]) {
+  test(`random call sequence ${seed}: the model matches the Clarity VM`, () => {
+    const steps = sequence(seed, 150);
+    const clarity = onClarity(steps);
+    compare(steps, clarity, onModel(steps));
+    // The sequence reached more than the error paths.
+    assert.ok(clarity.some((r) => r.result === serializeCV(Cl.ok(Cl.bool(true)))), 'some calls succeed');
+    assert.ok(outcomes(clarity).size >= 4, 'several distinct outcomes');
+  });
+}
+
+test('the supply cap, replays and halts, step by step, match', () => {
+  const [c, a, b] = people;
+  const m = (amount, dst, txid, sender = c) => ({ sender, fn: 'mint!', args: [Cl.uint(amount), Cl.principal(dst), Cl.stringAscii(txid)] });
+  const burn = (amount, src, txid, sender = c) => ({ sender, fn: 'burn!', args: [Cl.uint(amount), Cl.principal(src), Cl.stringAscii(txid)] });
+  const t = (amount, from, to, sender = from) => ({ sender, fn: 'transfer', args: [Cl.uint(amount), Cl.principal(from), Cl.principal(to), Cl.none()] });
+  const steps = [
+    { sender: owner, fn: 'set-coordinator-data', args: [Cl.tuple({ addr: Cl.principal(c), key: key('11') })] },
+    m(MAX_SUPPLY - 1n, a, TXIDS[0]),
+    m(2n, b, TXIDS[1]), // past the cap
+    m(1n, b, TXIDS[1]), // exactly the cap
+    m(1n, b, TXIDS[2]), // nothing left
+    m(1n, b, TXIDS[0]), // replay
+    burn(5n, a, TXIDS[0]),
+    burn(5n, a, TXIDS[0]), // replay
+    burn(MAX_SUPPLY, b, TXIDS[3]), // more than b holds
+    t(10n, a, b),
+    t(10n, a, b, b), // b moving a's tokens
+    { sender: c, fn: 'set-trading-halted', args: [Cl.bool(true)] },
+    t(10n, a, b),
+    { sender: c, fn: 'set-trading-halted', args: [Cl.bool(false)] },
+    t(0n, a, b),
+    t(MAX_SUPPLY, a, b),
+    { sender: owner, fn: 'set-contract-owner', args: [Cl.principal(a)] },
+    { sender: owner, fn: 'set-coordinator-data', args: [Cl.tuple({ addr: Cl.principal(b), key: key('22') })] },
+    { sender: a, fn: 'set-coordinator-data', args: [Cl.tuple({ addr: Cl.principal(b), key: key('22') })] },
+    m(1n, a, TXIDS[3]), // the old coordinator
+    burn(1n, a, TXIDS[3], b),
+  ];
+  const clarity = onClarity(steps);
+  compare(steps, clarity, onModel(steps));
+  assert.equal(clarity[3].result, serializeCV(Cl.ok(Cl.bool(true))), 'minted up to the cap');
+  assert.equal(clarity[2].result, serializeCV(Cl.error(Cl.uint(1006))), 'the cap holds');
+});
