@@ -24,6 +24,11 @@ fn sbtc(sats: u128) -> String {
     format!("{}.{:08} sBTC", sats / 100_000_000, sats % 100_000_000)
 }
 
+/// The users on the allowlist: all but mallory.
+fn allowed_now(users: &[User]) -> Vec<&User> {
+    users.iter().filter(|u| u.name != "mallory").collect()
+}
+
 /// Runs the devnet scenario; with `serve`, keeps everything running after it.
 pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("sbtc-devnet-{}", std::process::id()));
@@ -216,12 +221,31 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
         ok &= holds;
     }
     if serve {
+        let start = peg_net.bitcoind.with(|b| b.height());
+        let config = peg_net.write_config(&allowed_now(&users), start)?;
         println!(
-            "-- serving until Ctrl-C (bitcoind {}, stacks-node {}, relay {}); state in {}",
-            bitcoind.url(),
-            stacks_em.url(),
-            peg_net.relay.url(),
+            "-- serving until Ctrl-C; a block on each chain every second; state in {}",
             dir.display()
+        );
+        println!("   bitcoind JSON-RPC   {}  (no auth; getblockcount, getblock, sendrawtransaction, generatetoaddress, …)", bitcoind.url());
+        println!(
+            "   stacks-node RPC     {}/v2/info, /v2/accounts/…, /v2/burn_ops/H/peg_in, …",
+            stacks_em.url()
+        );
+        println!("   relay               {}", peg_net.relay.url());
+        println!("   contract            {}", peg_net.contract);
+        println!("   peg wallet          {peg}");
+        for u in &users {
+            println!("   {:<8} {}  {}  key {}", u.name, u.btc, u.stx, u.wif());
+        }
+        println!("   inspect it (the running coordinator's queue and nodes):");
+        println!(
+            "     cargo run -p coordinator-cli -- --config {} status",
+            config.display()
+        );
+        println!(
+            "     cargo run -p coordinator-cli -- --config {} queue list",
+            config.display()
         );
         while !stop.load(Ordering::SeqCst) {
             l.tick(stop)?;

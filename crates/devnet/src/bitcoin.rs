@@ -464,6 +464,18 @@ fn rpc(state: &mut BitcoinState, method: &str, params: &[Json]) -> Result<Json, 
         "getblockchaininfo" => Ok(
             json!({"chain": "regtest", "blocks": state.height(), "bestblockhash": state.blocks.last().map(|b| b.block_hash().to_string())}),
         ),
+        "generatetoaddress" => {
+            let n = p(0).as_u64().filter(|n| *n <= 1000).ok_or_else(bad)?;
+            let address = p(1)
+                .as_str()
+                .and_then(|a| a.parse::<bitcoin::Address<_>>().ok())
+                .and_then(|a| a.require_network(Network::Regtest).ok())
+                .ok_or_else(|| refuse(-5, "Error: Invalid address"))?;
+            let to = address.script_pubkey();
+            Ok(json!((0..n)
+                .map(|_| state.mine(&to).to_string())
+                .collect::<Vec<_>>()))
+        }
         _ => Err(refuse(-32601, "Method not found")),
     }
 }

@@ -153,6 +153,12 @@ impl User {
         }
     }
 
+    /// The user's key as regtest WIF, for driving the devnet by hand with
+    /// other Bitcoin tools. A devnet key: never for real funds.
+    pub fn wif(&self) -> String {
+        bitcoin::PrivateKey::new(self.sk, Network::Regtest).to_wif()
+    }
+
     /// The user's spendable coins, as the wallet tracks them.
     pub fn coins(&self) -> &[(OutPoint, TxOut)] {
         &self.coins

@@ -214,3 +214,34 @@ fn invalidating_the_tip_returns_its_transactions_to_the_mempool() {
     assert_eq!(b.locate(&txid).map(|(_, h)| h), Some(Some(h + 1)));
     assert_eq!(b.unspent(&other).len(), 1);
 }
+
+#[test]
+fn generatetoaddress_mines_to_a_regtest_address_over_json_rpc() {
+    let em = devnet::BitcoinEmulator::start("127.0.0.1:0", BitcoinState::new()).unwrap();
+    let u = User::new("u", 1);
+    let call = |params: serde_json::Value| -> serde_json::Value {
+        // bitcoind answers errors with HTTP 500 and a JSON body.
+        ureq::post(&em.url())
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_json(serde_json::json!({"jsonrpc": "1.0", "id": 1, "method": "generatetoaddress", "params": params}))
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    };
+    let r = call(serde_json::json!([3, u.btc.to_string()]));
+    assert_eq!(r["result"].as_array().map(Vec::len), Some(3), "{r}");
+    em.with(|b| {
+        assert_eq!(b.height(), 3);
+        assert_eq!(b.unspent(&u.btc.script_pubkey()).len(), 3);
+    });
+    // A mainnet address is refused as bitcoind refuses it.
+    let r = call(serde_json::json!([
+        1,
+        "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"
+    ]));
+    assert_eq!(r["error"]["code"], -5, "{r}");
+    em.with(|b| assert_eq!(b.height(), 3));
+}
