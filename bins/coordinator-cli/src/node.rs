@@ -17,7 +17,7 @@ use coordinator::{
     BitcoinBlockSource, Components, LoopSettings, OpSource, StacksCoordinator, StacksNodeSource,
 };
 use fee_wallet::{BitcoinFeePolicy, ContractCallWallet, PegWallet, StacksFeePolicy};
-use frost_coordinator::{FrostCoordinator, RelayFrostCoordinator};
+use frost_coordinator::FrostCoordinator;
 use peg_queue::peg_ops::{PegOp, PegOpKind};
 use peg_queue::{OpState, PegQueue, SqlitePegQueue};
 use stacks_node_client::{StacksNode, UreqStacksNode};
@@ -53,15 +53,7 @@ pub(crate) fn queue(c: &Config) -> Result<SqlitePegQueue> {
     SqlitePegQueue::open(&path).with_context(|| format!("cannot open the queue {}", path.display()))
 }
 
-type Loop = StacksCoordinator<
-    SqlitePegQueue,
-    UreqStacksNode,
-    UreqBitcoinNode,
-    ContractCallWallet<UreqStacksNode>,
-    PegWallet,
-    RelayFrostCoordinator,
-    Box<dyn OpSource>,
->;
+type Loop = coordinator::HttpCoordinator;
 
 /// Builds every component, checks the contract holds our key, returns the loop.
 fn build(c: &Config, start_height: Option<u64>) -> Result<Loop> {

@@ -52,6 +52,19 @@ pub fn bitcoin_height(h: u64) -> BurnHeight {
 pub use config::Config;
 pub use source::{BitcoinBlockSource, OpSource, SourceError, StacksNodeSource};
 
+/// The loop wired to real nodes over HTTP: the SQLite queue, the stacks-node
+/// and bitcoind RPC clients, the contract-call and peg wallets, the relay
+/// FROST coordinator, and either op source.
+pub type HttpCoordinator = StacksCoordinator<
+    peg_queue::SqlitePegQueue,
+    stacks_node_client::UreqStacksNode,
+    bitcoin_node_client::UreqBitcoinNode,
+    fee_wallet::ContractCallWallet<stacks_node_client::UreqStacksNode>,
+    fee_wallet::PegWallet,
+    frost_coordinator::RelayFrostCoordinator,
+    Box<dyn OpSource>,
+>;
+
 /// Why the loop stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

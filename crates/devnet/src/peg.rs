@@ -40,15 +40,7 @@ use crate::{BitcoinEmulator, BitcoinState, StacksEmulator, StacksState, User};
 pub const MAGIC: [u8; 2] = *b"id";
 
 /// A coordinator loop wired to a [`Peg`] over HTTP.
-pub type DevnetLoop = StacksCoordinator<
-    SqlitePegQueue,
-    UreqStacksNode,
-    UreqBitcoinNode,
-    ContractCallWallet<UreqStacksNode>,
-    PegWallet,
-    RelayFrostCoordinator,
-    Box<dyn OpSource>,
->;
+pub type DevnetLoop = coordinator::HttpCoordinator;
 
 /// How big a peg to start.
 #[derive(Debug, Clone)]
