@@ -368,3 +368,41 @@ fn a_signer_sending_bad_private_shares_fails_dkg_and_is_named() {
     }
     assert_eq!(coord.aggregate_public_key(), None);
 }
+
+#[test]
+fn a_restarted_signer_refuses_the_signing_rounds_it_answered_before() {
+    let mut c = Cluster::new(3, 1, 2);
+    let mut coord = c.coordinator(Duration::from_secs(5));
+    let agg = coord.run_dkg_round().unwrap();
+    for m in [[7u8; 32], [8; 32]] {
+        verify(&agg, &m, &coord.sign_message(&m).unwrap());
+    }
+    let relay = RelayClient::new(&c.relay.url(), Duration::from_secs(5));
+    let old_requests: Vec<Vec<u8>> = relay
+        .poll(0, Duration::ZERO)
+        .unwrap()
+        .messages
+        .into_iter()
+        .map(|(_, b)| b)
+        .filter(|b| {
+            frost_net::decode_packet(b)
+                .is_ok_and(|p| matches!(p.msg, wsts::net::Message::NonceRequest(_)))
+        })
+        .collect();
+    assert_eq!(old_requests.len(), 2);
+
+    // Restarted (its DKG state file was written before these rounds), the
+    // signer is shown the old rounds' requests again: it answers none.
+    c.kill(1);
+    c.restart(1);
+    for b in &old_requests {
+        relay.post_tagged(b, frost_net::TAG_REQUEST).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    let node = c.kill(1);
+    assert_eq!(node.rejected(), 2, "both old rounds refused");
+    c.restart(1);
+    // New rounds are answered: signer 1 is needed with 2 of 3 after 3 stops.
+    c.kill(3);
+    verify(&agg, &[9; 32], &coord.sign_message(&[9; 32]).unwrap());
+}

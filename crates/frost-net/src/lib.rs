@@ -327,6 +327,21 @@ impl CoordinatorRounds {
 /// # Errors
 /// Any I/O failure.
 pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_private(path, bytes, true)
+}
+
+/// Like [`write_private_atomically`] without the syncs: readers see the old
+/// or the new contents, never a mix, and a killed process loses nothing; a
+/// power failure may bring the old contents back. For records whose loss is
+/// harmless but whose cost sits on every signing round.
+///
+/// # Errors
+/// Any I/O failure.
+pub fn replace_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_private(path, bytes, false)
+}
+
+fn write_private(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path
@@ -345,10 +360,15 @@ pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()
         .mode(0o600)
         .open(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     drop(f);
     std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    if sync {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

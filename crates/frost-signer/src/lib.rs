@@ -64,6 +64,23 @@ struct Persisted {
 
 const STATE_VERSION: u32 = 1;
 
+/// The last signing round answered, written before the nonce goes out, so a
+/// restarted signer still refuses every earlier round (the DKG state file is
+/// written only at DKG). Replaced atomically but not synced: it is defence in
+/// depth (wsts checks its own nonce in share requests, so a replayed round
+/// gets a fresh nonce and no share), survives a killed process, and two
+/// fsyncs per round would sit on every signing round's critical path.
+#[derive(Serialize, Deserialize)]
+struct AnsweredRound {
+    dkg_id: u64,
+    sign_id: u64,
+}
+
+/// Where the answered-round counter of the state file `state` lives.
+fn rounds_path(state: &Path) -> PathBuf {
+    state.with_extension("rounds.json")
+}
+
 /// How a signer is set up.
 #[derive(Debug, Clone)]
 pub struct SignerOptions {
@@ -179,6 +196,17 @@ impl SignerNode {
                 opts.state_path.display()
             );
         }
+        let counter = rounds_path(&opts.state_path);
+        if counter.exists() {
+            let text = std::fs::read_to_string(&counter).map_err(|e| state_err(&counter, e))?;
+            let a: AnsweredRound =
+                serde_json::from_str(&text).map_err(|e| state_err(&counter, e))?;
+            if a.dkg_id == rounds.dkg_id && a.sign_id >= rounds.sign.0 {
+                // Only rounds after the last one answered: a share request of
+                // that round would meet a nonce this process never made.
+                rounds.sign = (a.sign_id, u64::MAX);
+            }
+        }
         let relay = RelayClient::new(&opts.file.relay_url, Duration::from_secs(10));
         let head = relay
             .head()
@@ -281,6 +309,27 @@ impl SignerNode {
                     kind(&packet.msg)
                 );
                 continue;
+            }
+            if let Message::NonceRequest(r) = &packet.msg {
+                let answered = AnsweredRound {
+                    dkg_id: r.dkg_id,
+                    sign_id: r.sign_id,
+                };
+                let path = rounds_path(&self.state_path);
+                let stored = serde_json::to_vec(&answered)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| frost_net::replace_private(&path, &t).map_err(|e| e.to_string()));
+                if let Err(e) = stored {
+                    // Unrecorded, a restart could answer this round again:
+                    // better not to answer at all.
+                    warn!(
+                        "signer {}: not answering signing round {}: cannot record it in {}: {e}",
+                        self.id,
+                        r.sign_id,
+                        path.display()
+                    );
+                    continue;
+                }
             }
             self.rounds = rounds;
             self.handle(&packet)?;
