@@ -15,11 +15,14 @@ cargo fmt --all -- --check
 echo "==> cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-echo "==> cargo build (the binaries the end-to-end tests start)"
-cargo build --workspace --all-features --bins
+echo "==> cargo build (the binaries the end-to-end tests start, and the examples)"
+cargo build --workspace --all-features --bins --examples
 
 echo "==> cargo test"
 cargo test --workspace --all-features
 
 echo "==> contract tests on the Clarity VM (clarinet simnet), and the devnet's model against it"
-(cd tests/js && node --test contract.test.mjs model-crosscheck.test.mjs)
+# The model side runs the example built above (cargo run would rebuild it
+# with other features).
+replay="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/examples/model_replay"
+(cd tests/js && MODEL_REPLAY="$replay" node --test contract.test.mjs model-crosscheck.test.mjs)

@@ -3,7 +3,7 @@
 // mints, burns, replays, unauthorized callers, transfers, halts, owner and
 // coordinator changes, the supply cap — must give the same result after
 // every call, the same balances and the same supply. The model side runs as
-// `cargo run -p devnet --example model_replay`.
+// `cargo run -p devnet --example model_replay` (or $MODEL_REPLAY, a built one).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -109,7 +109,11 @@ function onModel(steps) {
     principals: everyone,
     steps: steps.map((s) => ({ sender: s.sender, function: s.fn, args: s.args.map((a) => serializeCV(a)) })),
   }));
-  const out = execFileSync('cargo', ['run', '-q', '-p', 'devnet', '--example', 'model_replay', '--', file], {
+  // scripts/test.sh names the example it just built; run alone, cargo builds it.
+  const [cmd, args] = process.env.MODEL_REPLAY
+    ? [process.env.MODEL_REPLAY, [file]]
+    : ['cargo', ['run', '-q', '-p', 'devnet', '--example', 'model_replay', '--', file]];
+  const out = execFileSync(cmd, args, {
     cwd: root,
     encoding: 'utf8',
     maxBuffer: 64 << 20,
