@@ -1,7 +1,7 @@
 //! Benchmark: DKG and one taproot signing round through the relay (real HTTP
 //! on 127.0.0.1, one thread per signer) against the same rounds run in one
 //! thread with no network (every packet still JSON-encoded and verified by
-//! each party that processes it), for 15×1 and 15×10 (signers × keys each);
+//! each party that processes it), for 5×1, 15×1 and 15×10 (signers × keys each);
 //! and relay delivery latency to 128 long-polling clients.
 //!
 //! `cargo run --release -p frost-coordinator --example frost_bench`
@@ -268,7 +268,7 @@ fn main() {
     println!("FROST rounds (wsts v2 + FIRE), median of {rounds} signing rounds");
     println!("| signers × keys | path | DKG | signing round (median) |");
     println!("|---|---|---|---|");
-    for (n, k) in [(15, 1), (15, 10)] {
+    for (n, k) in [(5, 1), (15, 1), (15, 10)] {
         let (d_in, s_in) = in_process(n, k, rounds);
         eprintln!("{n}x{k} in-process done");
         let (d_relay, s_relay) = through_relay(n, k, rounds);
