@@ -378,3 +378,44 @@ fn full_flow_reading_bitcoin_blocks() {
 fn full_flow_reading_the_stacks_nodes_burn_ops() {
     full_flow(OpSourceKind::StacksNode);
 }
+
+#[test]
+fn the_stacks_nodes_burn_ops_follow_the_bitcoin_chain_through_a_reorg() {
+    use stacks_node_client::StacksNode;
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = PegOptions::new(dir.path());
+    opts.signers = 2;
+    opts.threshold = 2;
+    let peg = Peg::start(opts).unwrap();
+    peg.publish_key().unwrap();
+    let wallet = peg.peg_wallet().unwrap();
+    let mut users = peg.users(1);
+    let u = &mut users[0];
+    let node = peg.stacks_client();
+    let to = u.stx.clone();
+    let t = peg
+        .with_bitcoin(|b| u.peg_in(b, MAGIC, &wallet, &to, Amount::from_sat(BTC)))
+        .unwrap();
+    peg.mine();
+    let h = peg.bitcoind.with(|b| b.height());
+    let at = |h: u64| -> Vec<Txid> {
+        node.get_peg_in_ops(peg_ops::BurnHeight(h))
+            .unwrap()
+            .unwrap_or_default()
+            .iter()
+            .map(|o| o.txid)
+            .collect()
+    };
+    assert_eq!(at(h), vec![t]);
+    let before = node.get_info().unwrap().burn_block_height;
+    assert_eq!(before, h);
+
+    // A longer branch without it: the node reports the new blocks' (none).
+    peg.reorg(1);
+    assert!(at(h).is_empty());
+    assert_eq!(node.get_info().unwrap().burn_block_height, h + 1);
+    // Mined again one block later: reported there, once.
+    peg.mine();
+    assert_eq!(at(h + 2), vec![t]);
+    assert!(at(h).is_empty() && at(h + 1).is_empty());
+}
