@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use bitcoin::{Amount, Txid};
 use coordinator::config::OpSourceKind;
-use devnet::peg::{burn_script, MAGIC};
+use coordinator::HttpCoordinator;
+use devnet::peg::{burn_script, Blocks, MAGIC};
 use devnet::{Peg, PegOptions, User};
 use peg_queue::{OpState, PegQueue, SqlitePegQueue};
 use stacks_wire::PrincipalData;
@@ -67,39 +68,37 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
     let mut l = peg_net.coordinator(settings, OpSourceKind::Bitcoin)?;
 
     let mut names: BTreeMap<Txid, String> = BTreeMap::new();
-    let drive = |l: &mut devnet::peg::DevnetLoop,
-                 ops: &[Txid],
-                 names: &BTreeMap<Txid, String>|
-     -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+    // Runs the loop until every op in `ops` is final, printing their steps as they move.
+    let drive = |l: &mut HttpCoordinator, ops: &[Txid], names: &BTreeMap<Txid, String>| {
         let mut last = String::new();
-        loop {
-            l.tick(stop)?;
-            peg_net.mine();
-            let q: &SqlitePegQueue = &l.components().queue;
-            let mut line = String::new();
-            let mut all_done = true;
-            for t in ops {
-                let state = q.get(t)?.map(|o| o.state.name()).unwrap_or("unseen");
-                all_done &= q.get(t)?.is_some_and(|o| o.state.is_terminal());
-                line.push_str(&format!(
-                    "  {}: {state}",
-                    names.get(t).map(String::as_str).unwrap_or("?")
-                ));
-            }
+        let finished = peg_net.run_until(l, Duration::from_secs(60), Blocks::Both, stop, |l| {
+            let states: Vec<Option<OpState>> = ops
+                .iter()
+                .map(|t| l.components().queue.get(t).ok().flatten().map(|o| o.state))
+                .collect();
+            let line: String = ops
+                .iter()
+                .zip(&states)
+                .map(|(t, s)| {
+                    format!(
+                        "  {}: {}",
+                        names.get(t).map(String::as_str).unwrap_or("?"),
+                        s.as_ref().map_or("unseen", OpState::name)
+                    )
+                })
+                .collect();
             if line != last {
                 println!("  ·{line}");
                 last = line;
             }
-            if all_done {
-                return Ok(());
-            }
-            if stop.load(Ordering::SeqCst) {
-                bail!("stopped");
-            }
-            if Instant::now() > deadline {
-                bail!("the scenario did not finish within 60 s");
-            }
+            states
+                .iter()
+                .all(|s| s.as_ref().is_some_and(OpState::is_terminal))
+        })?;
+        match finished {
+            true => Ok(()),
+            false if stop.load(Ordering::SeqCst) => bail!("stopped"),
+            false => bail!("the scenario did not finish within 60 s"),
         }
     };
 

@@ -1,10 +1,10 @@
 //! Crash safety of the real binary: `coordinator-cli run` on the devnet is
 //! killed with SIGKILL at random moments (every 100-400 ms, at least 20
 //! times) while 100 peg-ins and 100 peg-outs go through, and restarted each
-//! time. Afterwards
-//! every op took effect exactly once: one mint per peg-in, one burn and one
-//! payout (the exact amount, to the requester's scriptPubKey) per peg-out,
-//! and no second mint or burn was ever even attempted.
+//! time. Afterwards every op took effect exactly once: one mint per peg-in,
+//! one burn and one payout (the exact amount, to the requester's
+//! scriptPubKey) per peg-out, and no second mint or burn was ever even
+//! attempted.
 
 #![allow(clippy::print_stdout)] // the seed and counts, for whoever reruns it
 

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use bitcoin::{Amount, OutPoint, Txid};
 use coordinator::config::OpSourceKind;
-use devnet::peg::{DevnetLoop, MAGIC};
+use coordinator::HttpCoordinator;
+use devnet::peg::{Blocks, MAGIC};
 use devnet::{Peg, PegOptions, User};
 use peg_queue::{OpState, PegQueue};
 
@@ -29,23 +30,24 @@ fn arg(name: &str, default: usize) -> usize {
 }
 
 /// Ticks and mines until every op in `ts` is done; returns the ticks.
-fn run(l: &mut DevnetLoop, peg: &Peg, ts: &[Txid]) -> usize {
-    let stop = AtomicBool::new(false);
-    let deadline = Instant::now() + Duration::from_secs(600);
+fn run(l: &mut HttpCoordinator, peg: &Peg, ts: &[Txid]) -> usize {
     let mut ticks = 0;
-    loop {
-        l.tick(&stop).unwrap();
-        ticks += 1;
-        let q = &l.components().queue;
-        if ts
-            .iter()
-            .all(|t| q.get(t).unwrap().map(|o| o.state) == Some(OpState::Done))
-        {
-            return ticks;
-        }
-        assert!(Instant::now() < deadline, "not done in 600 s");
-        peg.mine();
-    }
+    let done = peg
+        .run_until(
+            l,
+            Duration::from_secs(600),
+            Blocks::Both,
+            &AtomicBool::new(false),
+            |l| {
+                ticks += 1;
+                let q = &l.components().queue;
+                ts.iter()
+                    .all(|t| q.get(t).unwrap().map(|o| o.state) == Some(OpState::Done))
+            },
+        )
+        .unwrap();
+    assert!(done, "not done in 600 s");
+    ticks
 }
 
 fn main() {

@@ -17,8 +17,8 @@ use bitcoin::{Address, Amount, BlockHash, FeeRate, Network, ScriptBuf};
 use bitcoin_node_client::{Auth, UreqBitcoinNode};
 use coordinator::config::OpSourceKind;
 use coordinator::{
-    Allowlist, BitcoinBlockSource, Components, LoopSettings, OpSource, StacksCoordinator,
-    StacksNodeSource,
+    Allowlist, BitcoinBlockSource, Components, HttpCoordinator, LoopSettings, OpSource,
+    StacksCoordinator, StacksNodeSource,
 };
 use fee_wallet::{
     peg_wallet_address, BitcoinFeePolicy, ContractCallWallet, PegWallet, StacksFeePolicy,
@@ -38,9 +38,6 @@ use crate::{BitcoinEmulator, BitcoinState, StacksEmulator, StacksState, User};
 
 /// The OP_RETURN magic bytes of the devnet (Bitcoin regtest's `id`).
 pub const MAGIC: [u8; 2] = *b"id";
-
-/// A coordinator loop wired to a [`Peg`] over HTTP.
-pub type DevnetLoop = coordinator::HttpCoordinator;
 
 /// How big a peg to start.
 #[derive(Debug, Clone)]
@@ -118,6 +115,15 @@ impl Chains {
     fn mine_stacks(&self) -> usize {
         lock(&self.stacks).mine()
     }
+}
+
+/// Which chains [`Peg::run_until`] advances between ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocks {
+    /// A Bitcoin and a Stacks block.
+    Both,
+    /// A Stacks block only: Bitcoin stands still (a reorg test's pause).
+    StacksOnly,
 }
 
 /// Where coinbases of blocks nobody owns go.
@@ -297,6 +303,36 @@ impl Peg {
         let c = self.chains();
         c.mine_bitcoin();
         c.mine_stacks();
+    }
+
+    /// Ticks `l` until `done` holds (true), or `limit` has passed or `stop`
+    /// is set (false), mining after each tick a block on the chains `blocks`
+    /// says.
+    ///
+    /// # Errors
+    /// When a tick fails (only a failing queue fails one).
+    pub fn run_until(
+        &self,
+        l: &mut HttpCoordinator,
+        limit: Duration,
+        blocks: Blocks,
+        stop: &AtomicBool,
+        mut done: impl FnMut(&HttpCoordinator) -> bool,
+    ) -> Result<bool> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+            l.tick(stop).context("a coordinator tick")?;
+            if done(l) {
+                return Ok(true);
+            }
+            match blocks {
+                Blocks::Both => self.mine(),
+                Blocks::StacksOnly => {
+                    self.stacks.with(|s| s.mine());
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Mines a Bitcoin and a Stacks block every `every` on a thread, until
@@ -534,7 +570,11 @@ impl Peg {
     ///
     /// # Errors
     /// When the queue or the FROST state cannot be opened.
-    pub fn coordinator(&self, settings: LoopSettings, source: OpSourceKind) -> Result<DevnetLoop> {
+    pub fn coordinator(
+        &self,
+        settings: LoopSettings,
+        source: OpSourceKind,
+    ) -> Result<HttpCoordinator> {
         let source: Box<dyn OpSource> = match source {
             OpSourceKind::Bitcoin => Box::new(BitcoinBlockSource::new(
                 self.bitcoin_client(),

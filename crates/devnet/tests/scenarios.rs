@@ -8,40 +8,39 @@ use std::time::{Duration, Instant};
 
 use bitcoin::{Amount, Txid};
 use coordinator::config::OpSourceKind;
-use devnet::peg::{DevnetLoop, MAGIC};
+use coordinator::HttpCoordinator;
+use devnet::peg::{Blocks, MAGIC};
 use devnet::{Fault, Peg, PegOptions, User};
 use peg_queue::{OpState, PegQueue};
 
 const BTC: u64 = 100_000_000;
 
-fn state(l: &DevnetLoop, t: &Txid) -> Option<OpState> {
+fn state(l: &HttpCoordinator, t: &Txid) -> Option<OpState> {
     l.components().queue.get(t).unwrap().map(|o| o.state)
 }
 
-/// Ticks (mining a block on both chains after each when `mine`) until
-/// `done`, for at most `secs`.
+/// Ticks, mining a block on both chains (or, without `mine`, Stacks only)
+/// after each, until `done`, for at most `secs`.
 fn tick_until(
-    l: &mut DevnetLoop,
+    l: &mut HttpCoordinator,
     peg: &Peg,
     secs: u64,
     mine: bool,
-    mut done: impl FnMut(&DevnetLoop) -> bool,
+    done: impl FnMut(&HttpCoordinator) -> bool,
 ) -> bool {
-    let stop = AtomicBool::new(false);
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        l.tick(&stop).expect("only the queue can fail a tick");
-        if done(l) {
-            return true;
-        }
-        if mine {
-            peg.mine();
-        } else {
-            peg.stacks.with(|s| s.mine());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
+    let blocks = if mine {
+        Blocks::Both
+    } else {
+        Blocks::StacksOnly
+    };
+    peg.run_until(
+        l,
+        Duration::from_secs(secs),
+        blocks,
+        &AtomicBool::new(false),
+        done,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -104,7 +103,7 @@ fn a_reorg_removes_an_unminted_peg_in_which_is_minted_once_when_it_reappears() {
 }
 
 /// Pegs in `sats` for each user, mines, and runs the loop until all are minted.
-fn peg_in_all(l: &mut DevnetLoop, peg: &Peg, users: &mut [User], sats: u64) -> Vec<Txid> {
+fn peg_in_all(l: &mut HttpCoordinator, peg: &Peg, users: &mut [User], sats: u64) -> Vec<Txid> {
     let wallet = peg.peg_wallet().unwrap();
     let ts: Vec<Txid> = peg.with_bitcoin(|b| {
         users
