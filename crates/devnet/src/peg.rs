@@ -219,6 +219,8 @@ impl Peg {
             relay_url: relay.url(),
             coordinator_public_key: coordinator_key.public_key(&secp),
             state_dir: None,
+            network: None,
+            contract: None,
             set,
         };
         let stacks_key = StacksPrivateKey {

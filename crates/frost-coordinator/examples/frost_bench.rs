@@ -170,6 +170,8 @@ fn through_relay(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
         relay_url: relay.url(),
         coordinator_public_key: ckey.public_key(&secp),
         state_dir: None,
+        network: None,
+        contract: None,
         set: set.clone(),
     };
     let stop = Arc::new(AtomicBool::new(false));

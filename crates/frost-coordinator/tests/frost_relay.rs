@@ -64,6 +64,8 @@ impl Cluster {
             relay_url: relay.url(),
             coordinator_public_key: coordinator_key.public_key(&secp),
             state_dir: None,
+            network: None,
+            contract: None,
             set,
         };
         let mut c = Cluster {

@@ -10,8 +10,13 @@
 //! - [`SignerRounds`] and [`CoordinatorRounds`]: which packets belong to the
 //!   current DKG or signing round; anything older is a replay and is dropped.
 
+pub mod checks;
+pub mod envelope;
+pub mod messages;
 mod signer_set;
 
+pub use envelope::{Codec, Domain, Envelope, EnvelopeError, Sender};
+pub use messages::{Kind, RoundId, SignItem, SignRequest, ToSign};
 pub use signer_set::{SignerFile, SignerInfo, SignerSet, SignerSetError};
 pub use wsts;
 

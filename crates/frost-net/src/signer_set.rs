@@ -226,6 +226,13 @@ pub struct SignerFile {
     /// Where signers keep their DKG state (relative to the file's folder).
     #[serde(default)]
     pub state_dir: Option<String>,
+    /// The network of the peg (`mainnet`, `testnet`, …): part of the domain
+    /// every relay packet is signed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// The sBTC contract (`ADDRESS.NAME`): part of the same domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
     /// The signer set.
     #[serde(flatten)]
     pub set: SignerSet,

@@ -1,0 +1,364 @@
+//! The authenticated envelope every relay packet travels in.
+//!
+//! wsts' own packet signatures cover only part of each message (its
+//! `SignatureShareRequest` hash omits `sign_iter_id`, `DkgEnd`'s omits the
+//! status, id lists are hashed without lengths), so a relay could rewrite
+//! fields and the packet would still verify. The envelope is ours and covers
+//! everything:
+//!
+//! ```text
+//! magic "SBTF" (4) ‖ version (1) ‖ kind (1) ‖ sender (u32 BE) ‖ body length (u32 BE)
+//! ‖ body (JSON of the kind's message) ‖ signature (64)
+//! ```
+//!
+//! The signature is a compact low-S ECDSA signature by the sender's message
+//! key over `SHA256(domain ‖ header ‖ body)`, where the [`Domain`] binds the
+//! network, the contract, the signer set and the coordinator's key. It is
+//! verified — against the key the signer set gives the sender, with a size
+//! cap per kind derived from the signer set — **before** the body is decoded,
+//! so nobody decodes megabytes of unauthenticated junk. After decoding, every
+//! id the message carries is checked against the signer set
+//! ([`crate::checks`]), before any wsts state machine sees it.
+//!
+//! wsts' `Packet::verify` is not run: the envelope covers strictly more
+//! (the whole body, the sender, the domain), and checking both would double
+//! the signature work of every party.
+
+use bitcoin::hashes::{sha256, Hash, HashEngine};
+use bitcoin::secp256k1::{ecdsa, Message as SecpMessage, PublicKey, Secp256k1, SecretKey};
+use serde::{Deserialize, Serialize};
+
+use crate::messages::{Kind, Message};
+use crate::{SignerFile, SignerSet};
+
+const MAGIC: &[u8; 4] = b"SBTF";
+const VERSION: u8 = 1;
+/// Bytes before the body.
+pub const HEADER_LEN: usize = 4 + 1 + 1 + 4 + 4;
+/// Bytes of the signature after the body.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// Who sent a packet: the coordinator, or a signer by its 1-based id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Sender {
+    /// The coordinator (wire id 0).
+    Coordinator,
+    /// A signer, 1-based id as in the signer set.
+    Signer(u32),
+}
+
+impl Sender {
+    fn wire(self) -> u32 {
+        match self {
+            Sender::Coordinator => 0,
+            Sender::Signer(id) => id,
+        }
+    }
+
+    fn from_wire(id: u32) -> Sender {
+        if id == 0 {
+            Sender::Coordinator
+        } else {
+            Sender::Signer(id)
+        }
+    }
+}
+
+impl std::fmt::Display for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sender::Coordinator => f.write_str("the coordinator"),
+            Sender::Signer(id) => write!(f, "signer {id}"),
+        }
+    }
+}
+
+/// What binds a packet to one peg: a digest of the network, the contract,
+/// the signer set and the coordinator's message key. Packets of another
+/// deployment (or of a party with a different signer file) never verify.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Domain([u8; 32]);
+
+impl std::fmt::Debug for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Domain({})", hex::encode(&self.0[..8]))
+    }
+}
+
+impl Domain {
+    /// The domain of a peg. Every field is length-prefixed, so no two
+    /// different inputs give the same bytes.
+    pub fn new(network: &str, contract: &str, set: &SignerSet, coordinator: &PublicKey) -> Self {
+        let mut e = sha256::Hash::engine();
+        let mut put = |b: &[u8]| {
+            e.input(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes());
+            e.input(b);
+        };
+        put(b"sbtc-coordinator/relay-envelope/v1");
+        put(network.as_bytes());
+        put(contract.as_bytes());
+        put(&coordinator.serialize());
+        put(&set.threshold.to_be_bytes());
+        put(&set.dkg_threshold().to_be_bytes());
+        put(&set.num_signers().to_be_bytes());
+        for s in &set.signers {
+            put(&s.id.to_be_bytes());
+            put(&s.public_key.serialize());
+            let ids: Vec<u8> = s.key_ids.iter().flat_map(|k| k.to_be_bytes()).collect();
+            put(&ids);
+        }
+        Domain(sha256::Hash::from_engine(e).to_byte_array())
+    }
+
+    /// The domain of the peg a signer file describes.
+    pub fn of(file: &SignerFile) -> Self {
+        Domain::new(
+            file.network.as_deref().unwrap_or(""),
+            file.contract.as_deref().unwrap_or(""),
+            &file.set,
+            &file.coordinator_public_key,
+        )
+    }
+}
+
+/// Why a packet was refused. Nothing here is trusted: the packet came from
+/// the relay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Not an envelope of ours, or of another version.
+    #[error("not an sBTC FROST envelope (bad magic or version)")]
+    NotEnvelope,
+    /// Shorter than its header and signature, or its length field disagrees.
+    #[error("truncated or mis-sized envelope")]
+    Truncated,
+    /// A kind byte we do not know.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// The sender is not allowed to send this kind, or is not in the set.
+    #[error("{sender} may not send {kind:?}")]
+    WrongSender {
+        /// Who it claims to be.
+        sender: Sender,
+        /// What it sent.
+        kind: Kind,
+    },
+    /// The body is larger than this kind can be for this signer set.
+    #[error("{kind:?} of {len} bytes exceeds its cap of {cap}")]
+    TooLarge {
+        /// The kind.
+        kind: Kind,
+        /// The body's length.
+        len: usize,
+        /// The cap.
+        cap: usize,
+    },
+    /// The signature does not verify.
+    #[error("bad signature on a {kind:?} claiming to be from {sender}")]
+    BadSignature {
+        /// The kind.
+        kind: Kind,
+        /// Who it claims to be.
+        sender: Sender,
+    },
+    /// Authenticated, but the body does not decode as its kind.
+    #[error("{kind:?} from {sender} does not decode: {reason}")]
+    Undecodable {
+        /// The kind.
+        kind: Kind,
+        /// Who sent it.
+        sender: Sender,
+        /// Why.
+        reason: String,
+    },
+    /// Authenticated and decoded, but an id it carries does not fit the set.
+    #[error("{kind:?} from {sender} refused: {reason}")]
+    BadIds {
+        /// The kind.
+        kind: Kind,
+        /// Who sent it.
+        sender: Sender,
+        /// Which id and why.
+        reason: String,
+    },
+}
+
+/// An authenticated, decoded, id-checked packet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Who signed it.
+    pub sender: Sender,
+    /// What it says.
+    pub message: Message,
+}
+
+/// Seals and opens envelopes for one peg.
+#[derive(Clone)]
+pub struct Codec {
+    domain: Domain,
+    set: SignerSet,
+    coordinator: PublicKey,
+    caps: crate::messages::Caps,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec")
+            .field("domain", &self.domain)
+            .field("signers", &self.set.signers.len())
+            .finish()
+    }
+}
+
+/// Returns the header, unauthenticated: for skipping packets a party
+/// ignores anyway without verifying them. Never act on it.
+pub fn peek(bytes: &[u8]) -> Option<(Kind, Sender)> {
+    let h = bytes.get(..HEADER_LEN)?;
+    if &h[..4] != MAGIC || h[4] != VERSION {
+        return None;
+    }
+    let kind = Kind::from_u8(h[5])?;
+    let sender = u32::from_be_bytes(h[6..10].try_into().ok()?);
+    Some((kind, Sender::from_wire(sender)))
+}
+
+fn digest(domain: &Domain, header: &[u8], body: &[u8]) -> SecpMessage {
+    let mut e = sha256::Hash::engine();
+    e.input(&domain.0);
+    e.input(header);
+    e.input(body);
+    SecpMessage::from_digest(sha256::Hash::from_engine(e).to_byte_array())
+}
+
+impl Codec {
+    /// A codec for the peg `file` describes.
+    pub fn new(file: &SignerFile) -> Self {
+        Codec::with_domain(
+            Domain::of(file),
+            file.set.clone(),
+            file.coordinator_public_key,
+        )
+    }
+
+    /// A codec with an explicit domain.
+    pub fn with_domain(domain: Domain, set: SignerSet, coordinator: PublicKey) -> Self {
+        let caps = crate::messages::Caps::of(&set);
+        Codec {
+            domain,
+            set,
+            coordinator,
+            caps,
+        }
+    }
+
+    /// The signer set packets are checked against.
+    pub fn set(&self) -> &SignerSet {
+        &self.set
+    }
+
+    /// The largest body a kind may have for this signer set.
+    pub fn cap(&self, kind: Kind) -> usize {
+        self.caps.of_kind(kind)
+    }
+
+    fn key_of(&self, sender: Sender) -> Option<PublicKey> {
+        match sender {
+            Sender::Coordinator => Some(self.coordinator),
+            Sender::Signer(id) => self.set.signer(id).map(|s| s.public_key),
+        }
+    }
+
+    /// Seals `message` from `sender`, signed with `key`.
+    ///
+    /// The caller's own message never exceeds a cap in normal operation; a
+    /// sealed packet over its cap would be refused by every receiver, so it
+    /// is refused here already.
+    ///
+    /// # Errors
+    /// When the body is over its kind's cap or the sender may not send it.
+    pub fn seal(
+        &self,
+        sender: Sender,
+        key: &SecretKey,
+        message: &Message,
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        let kind = message.kind();
+        if !kind.may_be_sent_by(sender) {
+            return Err(EnvelopeError::WrongSender { sender, kind });
+        }
+        let body = message.encode_body();
+        let cap = self.cap(kind);
+        if body.len() > cap {
+            return Err(EnvelopeError::TooLarge {
+                kind,
+                len: body.len(),
+                cap,
+            });
+        }
+        let len = u32::try_from(body.len()).map_err(|_| EnvelopeError::Truncated)?;
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + SIGNATURE_LEN);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.push(kind as u8);
+        out.extend_from_slice(&sender.wire().to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
+        let secp = Secp256k1::signing_only();
+        let sig = secp.sign_ecdsa(&digest(&self.domain, &out, &body), key);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&sig.serialize_compact());
+        Ok(out)
+    }
+
+    /// Opens a packet from the relay: header, sender and size checked, then
+    /// the signature verified over the whole packet, and only then the body
+    /// decoded and its ids checked against the signer set.
+    ///
+    /// # Errors
+    /// Whatever is wrong with the packet, first failure first.
+    pub fn open(&self, bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let header = bytes.get(..HEADER_LEN).ok_or(EnvelopeError::Truncated)?;
+        if &header[..4] != MAGIC || header[4] != VERSION {
+            return Err(EnvelopeError::NotEnvelope);
+        }
+        let kind = Kind::from_u8(header[5]).ok_or(EnvelopeError::UnknownKind(header[5]))?;
+        let mut word = [0u8; 4];
+        word.copy_from_slice(&header[6..10]);
+        let sender = Sender::from_wire(u32::from_be_bytes(word));
+        word.copy_from_slice(&header[10..14]);
+        let len =
+            usize::try_from(u32::from_be_bytes(word)).map_err(|_| EnvelopeError::Truncated)?;
+        if !kind.may_be_sent_by(sender) {
+            return Err(EnvelopeError::WrongSender { sender, kind });
+        }
+        let Some(key) = self.key_of(sender) else {
+            return Err(EnvelopeError::WrongSender { sender, kind });
+        };
+        let cap = self.cap(kind);
+        if len > cap {
+            return Err(EnvelopeError::TooLarge { kind, len, cap });
+        }
+        if bytes.len() != HEADER_LEN + len + SIGNATURE_LEN {
+            return Err(EnvelopeError::Truncated);
+        }
+        let body = &bytes[HEADER_LEN..HEADER_LEN + len];
+        let sig = ecdsa::Signature::from_compact(&bytes[HEADER_LEN + len..])
+            .map_err(|_| EnvelopeError::BadSignature { kind, sender })?;
+        let secp = Secp256k1::verification_only();
+        // libsecp256k1 refuses high-S signatures: no malleated copies.
+        secp.verify_ecdsa(&digest(&self.domain, header, body), &sig, &key)
+            .map_err(|_| EnvelopeError::BadSignature { kind, sender })?;
+        let message =
+            Message::decode_body(kind, body).map_err(|reason| EnvelopeError::Undecodable {
+                kind,
+                sender,
+                reason,
+            })?;
+        crate::checks::check(&self.set, sender, &message).map_err(|reason| {
+            EnvelopeError::BadIds {
+                kind,
+                sender,
+                reason,
+            }
+        })?;
+        Ok(Envelope { sender, message })
+    }
+}
