@@ -439,9 +439,17 @@ pub fn bitcoin_wallet(w: &W) -> MockBitcoinWallet {
                     },
                 ],
             };
+            let prevouts = tx
+                .input
+                .iter()
+                .map(|_| TxOut {
+                    value: Amount::from_sat(10_000_000),
+                    script_pubkey: peg_address().script_pubkey(),
+                })
+                .collect();
             Ok(UnsignedFulfillment {
                 tx,
-                prevouts: vec![],
+                prevouts,
                 sighashes: vec![[1; 32], [2; 32]],
             })
         });
@@ -496,13 +504,18 @@ pub fn frost(w: &W) -> MockFrostCoordinator {
     m.expect_aggregate_public_key()
         .returning(|| Some(aggregate_key()));
     let w1 = w.clone();
-    m.expect_sign_message().returning(move |_| {
+    m.expect_keys().returning(|| vec![aggregate_key()]);
+    m.expect_sign().returning(move |_, items| {
         let mut g = w1.lock().unwrap();
-        g.sign_calls += 1;
-        if let Some(e) = g.frost_failures.pop_front() {
-            return Err(e);
+        let mut sigs = Vec::with_capacity(items.len());
+        for _ in items {
+            g.sign_calls += 1;
+            if let Some(e) = g.frost_failures.pop_front() {
+                return Err(e);
+            }
+            sigs.push(schnorr::Signature::from_slice(&[7; 64]).unwrap());
         }
-        Ok(schnorr::Signature::from_slice(&[7; 64]).unwrap())
+        Ok(sigs)
     });
     m
 }

@@ -181,6 +181,18 @@ pub trait BitcoinWallet {
         inputs: &FulfillmentInputs,
     ) -> Result<UnsignedFulfillment, Error>;
 
+    /// Builds a sweep: every coin of `coins` (coins of keys rotated away
+    /// from, none of them a pending request's fee output — the caller
+    /// chooses them) spent to one output paying the peg wallet of
+    /// `to_key`, the fee rate clamped to the policy. Fails when the coins do
+    /// not cover the fee and a non-dust output.
+    fn build_sweep(
+        &self,
+        coins: &[Utxo],
+        to_key: &PublicKey,
+        fee_rate: Option<FeeRate>,
+    ) -> Result<UnsignedFulfillment, Error>;
+
     /// Attaches one signature per input and checks every input against
     /// libbitcoinconsensus before returning the transaction.
     fn finalize_fulfillment(

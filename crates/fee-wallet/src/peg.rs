@@ -125,12 +125,15 @@ impl BitcoinWallet for PegWallet {
             )));
         }
 
-        // Input 0: the request's own fee output.
+        // Input 0: the request's own fee output, at the address the request
+        // paid (an older key's, after a rotation; the caller checked it is
+        // one of ours).
         let fee_outpoint = OutPoint::new(op.txid, 2);
+        let request_script = op.peg_wallet_address.script_pubkey();
         let fee_utxo = inputs
             .utxos
             .iter()
-            .find(|u| u.outpoint == fee_outpoint && u.txout.script_pubkey == peg_script)
+            .find(|u| u.outpoint == fee_outpoint && u.txout.script_pubkey == request_script)
             .ok_or(Error::MissingFeeUtxo)?;
 
         // Candidates: confirmed peg-wallet outputs that are no request's fee output.
@@ -240,6 +243,61 @@ impl BitcoinWallet for PegWallet {
                 }
             }
         }
+    }
+
+    fn build_sweep(
+        &self,
+        coins: &[Utxo],
+        to_key: &PublicKey,
+        fee_rate: Option<FeeRate>,
+    ) -> Result<UnsignedFulfillment, Error> {
+        if coins.is_empty() {
+            return Err(Error::Build("a sweep of no coins".into()));
+        }
+        let mut coins: Vec<&Utxo> = coins.iter().collect();
+        // One order for the same coins: the same transaction (and txid) when
+        // a sweep is rebuilt after a restart.
+        coins.sort_by_key(|u| u.outpoint);
+        coins.dedup_by_key(|u| u.outpoint);
+        let to = self.peg_wallet_address(to_key).script_pubkey();
+        let total = coins.iter().fold(Amount::ZERO, |s, u| s + u.amount());
+        let rate = fee_rate
+            .unwrap_or(self.fees.floor)
+            .max(self.fees.floor)
+            .min(self.fees.cap);
+        let mut tx = Transaction {
+            version: transaction::Version::TWO,
+            lock_time: absolute::LockTime::ZERO,
+            input: coins
+                .iter()
+                .map(|u| TxIn {
+                    previous_output: u.outpoint,
+                    sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                    ..TxIn::default()
+                })
+                .collect(),
+            output: vec![TxOut {
+                value: Amount::ZERO,
+                script_pubkey: to.clone(),
+            }],
+        };
+        let fee = fee_at(rate, signed_vsize(&tx))?;
+        match total.checked_sub(fee) {
+            Some(v) if v >= to.minimal_non_dust() => tx.output[0].value = v,
+            _ => {
+                return Err(Error::InsufficientFunds {
+                    needed: fee + to.minimal_non_dust(),
+                    available: total,
+                })
+            }
+        }
+        let prevouts: Vec<TxOut> = coins.iter().map(|u| u.txout.clone()).collect();
+        let sighashes = sighashes(&tx, &prevouts)?;
+        Ok(UnsignedFulfillment {
+            tx,
+            prevouts,
+            sighashes,
+        })
     }
 
     fn finalize_fulfillment(

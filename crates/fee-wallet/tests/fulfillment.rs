@@ -72,7 +72,8 @@ fn recipient() -> Address {
         .assume_checked()
 }
 
-fn request(amount: u64) -> PegOutRequestOp {
+/// A request for `amount` whose fee output pays the peg wallet of `peg`.
+fn request(amount: u64, peg: &PublicKey) -> PegOutRequestOp {
     let to: BtcAddress = recipient().into();
     let amount = Amount::from_sat(amount);
     let key = SecretKey::from_slice(&[5; 32]).unwrap();
@@ -83,7 +84,7 @@ fn request(amount: u64) -> PegOutRequestOp {
             &key,
         ),
         recipient: to,
-        peg_wallet_address: recipient().into(),
+        peg_wallet_address: peg_wallet_address(peg, Network::Regtest).into(),
         fulfillment_fee: Amount::from_sat(5_000),
         memo: vec![],
         txid: Txid::from_byte_array([1; 32]),
@@ -143,7 +144,7 @@ fn fee_of(tx: &bitcoin::Transaction, prevouts: &[TxOut]) -> Amount {
 fn a_fulfilment_pays_the_recipient_and_passes_consensus_when_signed_by_the_signers() {
     let mut frost = Frost::new();
     let w = wallet(policy());
-    let op = request(60_000_000);
+    let op = request(60_000_000, &frost.key);
     let unsigned = w
         .build_fulfillment(&op, &frost.key, &inputs(&frost.key, Some(3)))
         .unwrap();
@@ -229,7 +230,7 @@ fn a_fulfilment_pays_the_recipient_and_passes_consensus_when_signed_by_the_signe
 fn fee_rates_are_clamped_and_a_surplus_goes_to_change() {
     let frost = Frost::new();
     let w = wallet(policy());
-    let op = request(10_000_000);
+    let op = request(10_000_000, &frost.key);
     let check = |rate: Option<u64>, expect: u64| {
         let u = w
             .build_fulfillment(&op, &frost.key, &inputs(&frost.key, rate))
@@ -269,7 +270,7 @@ fn fee_rates_are_clamped_and_a_surplus_goes_to_change() {
 #[test]
 fn a_shortfall_waits_unless_the_subsidy_covers_it() {
     let frost = Frost::new();
-    let op = request(10_000_000);
+    let op = request(10_000_000, &frost.key);
     let e = wallet(policy())
         .build_fulfillment(&op, &frost.key, &inputs(&frost.key, Some(40)))
         .unwrap_err();
@@ -302,12 +303,12 @@ fn dust_change_is_left_to_the_miner() {
     };
     // Probe the fee of the two-input, three-output shape ...
     let probe = w
-        .build_fulfillment(&request(40_000_000), &key, &inputs)
+        .build_fulfillment(&request(40_000_000, &key), &key, &inputs)
         .unwrap();
     assert_eq!(probe.tx.output.len(), 3);
     let fee3 = fee_of(&probe.tx, &probe.prevouts).to_sat();
     // ... then ask for an amount that leaves 100 sats of change: dust.
-    let op = request(50_000_000 + 5_000 - fee3 - 100);
+    let op = request(50_000_000 + 5_000 - fee3 - 100, &key);
     let u = w.build_fulfillment(&op, &key, &inputs).unwrap();
     assert_eq!(u.tx.output.len(), 2, "no change output below dust");
     assert_eq!(u.tx.output[1].value, op.amount);
@@ -324,7 +325,7 @@ fn insufficient_funds_and_a_missing_fee_utxo_are_clear_errors() {
     let w = wallet(policy());
     let e = w
         .build_fulfillment(
-            &request(5_000_000_000),
+            &request(5_000_000_000, &frost.key),
             &frost.key,
             &inputs(&frost.key, Some(1)),
         )
@@ -340,7 +341,7 @@ fn insufficient_funds_and_a_missing_fee_utxo_are_clear_errors() {
     let mut no_fee = inputs(&frost.key, Some(1));
     no_fee.utxos.remove(0);
     assert_eq!(
-        w.build_fulfillment(&request(1_000), &frost.key, &no_fee)
+        w.build_fulfillment(&request(1_000, &frost.key), &frost.key, &no_fee)
             .unwrap_err(),
         Error::MissingFeeUtxo
     );
@@ -348,7 +349,7 @@ fn insufficient_funds_and_a_missing_fee_utxo_are_clear_errors() {
     let mut foreign = inputs(&frost.key, Some(1));
     foreign.utxos[0].txout.script_pubkey = recipient().script_pubkey();
     assert_eq!(
-        w.build_fulfillment(&request(1_000), &frost.key, &foreign)
+        w.build_fulfillment(&request(1_000, &frost.key), &frost.key, &foreign)
             .unwrap_err(),
         Error::MissingFeeUtxo
     );
@@ -375,4 +376,95 @@ fn peg_wallet_addresses_per_network() {
             bitcoin::ScriptBuf::new_p2tr_tweaked(tweaked)
         );
     }
+}
+
+#[test]
+fn a_request_to_an_old_keys_address_spends_its_fee_output_there_and_pays_change_to_the_new_key() {
+    let mut old = Frost::new();
+    let mut new = Frost::new();
+    let w = wallet(policy());
+    // The request paid its fee output to the old key's address.
+    let op = request(10_000_000, &old.key);
+    let mut inputs = inputs(&new.key, Some(2));
+    inputs.utxos[0] = utxo(1, 2, 5_000, 3, &old.key);
+    let unsigned = w.build_fulfillment(&op, &new.key, &inputs).unwrap();
+    assert_eq!(
+        unsigned.tx.input[0].previous_output,
+        OutPoint::new(op.txid, 2)
+    );
+    let old_script = peg_wallet_address(&old.key, Network::Regtest).script_pubkey();
+    let new_script = peg_wallet_address(&new.key, Network::Regtest).script_pubkey();
+    assert_eq!(unsigned.prevouts[0].script_pubkey, old_script);
+    assert!(unsigned.prevouts[1..]
+        .iter()
+        .all(|o| o.script_pubkey == new_script));
+    assert!(unsigned.tx.output[2..]
+        .iter()
+        .all(|o| o.script_pubkey == new_script));
+    // Input 0 signed by the old key, the rest by the new: consensus accepts.
+    let sigs: Vec<_> = unsigned
+        .sighashes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| if i == 0 { old.sign(h) } else { new.sign(h) })
+        .collect();
+    w.finalize_fulfillment(&unsigned, &sigs).unwrap();
+    // Signed with the wrong key, input 0 fails.
+    let mut wrong = sigs.clone();
+    wrong[0] = new.sign(&unsigned.sighashes[0]);
+    assert!(matches!(
+        w.finalize_fulfillment(&unsigned, &wrong),
+        Err(Error::Consensus { input: 0, .. })
+    ));
+}
+
+#[test]
+fn a_sweep_spends_every_coin_to_the_new_key_in_one_order_and_passes_consensus() {
+    let mut old = Frost::new();
+    let new = Frost::new();
+    let w = wallet(policy());
+    let coins = vec![
+        utxo(30, 1, 40_000, 3, &old.key),
+        utxo(30, 0, 1_000_000, 9, &old.key),
+        utxo(31, 4, 250_000, 1, &old.key),
+    ];
+    let rate = Some(FeeRate::from_sat_per_vb(3).unwrap());
+    let unsigned = w.build_sweep(&coins, &new.key, rate).unwrap();
+    let tx = &unsigned.tx;
+    // Every coin, sorted by outpoint: the same coins always give the same txid.
+    let mut expected: Vec<OutPoint> = coins.iter().map(|u| u.outpoint).collect();
+    expected.sort();
+    let spent: Vec<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
+    assert_eq!(spent, expected);
+    let mut reversed = coins.clone();
+    reversed.reverse();
+    assert_eq!(
+        w.build_sweep(&reversed, &new.key, rate)
+            .unwrap()
+            .tx
+            .compute_txid(),
+        tx.compute_txid()
+    );
+    // One output: the new key's peg wallet, everything but the fee.
+    assert_eq!(tx.output.len(), 1);
+    assert_eq!(
+        tx.output[0].script_pubkey,
+        peg_wallet_address(&new.key, Network::Regtest).script_pubkey()
+    );
+    let fee = fee_of(tx, &unsigned.prevouts);
+    assert_eq!(tx.output[0].value, Amount::from_sat(1_290_000) - fee);
+    let sigs: Vec<_> = unsigned.sighashes.iter().map(|h| old.sign(h)).collect();
+    let signed = w.finalize_fulfillment(&unsigned, &sigs).unwrap();
+    assert_eq!(
+        fee,
+        FeeRate::from_sat_per_vb(3)
+            .unwrap()
+            .fee_vb(signed.vsize() as u64)
+            .unwrap()
+    );
+    // Coins that cannot pay the fee and a non-dust output are not swept.
+    assert!(matches!(
+        w.build_sweep(&[utxo(32, 0, 400, 3, &old.key)], &new.key, rate),
+        Err(Error::InsufficientFunds { .. })
+    ));
 }

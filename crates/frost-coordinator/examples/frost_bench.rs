@@ -298,3 +298,27 @@ fn main() {
         max.as_secs_f64() * 1e3
     );
 }
+
+/// One taproot signature with the newest key (the trait signs lists).
+trait SignOne {
+    fn sign_message(
+        &mut self,
+        sighash: &[u8; 32],
+    ) -> Result<bitcoin::secp256k1::schnorr::Signature, frost_coordinator::Error>;
+}
+
+impl<T: frost_coordinator::FrostCoordinator> SignOne for T {
+    fn sign_message(
+        &mut self,
+        sighash: &[u8; 32],
+    ) -> Result<bitcoin::secp256k1::schnorr::Signature, frost_coordinator::Error> {
+        let key = self
+            .aggregate_public_key()
+            .ok_or(frost_coordinator::Error::NoAggregateKey)?;
+        let item = frost_coordinator::SignItem {
+            key,
+            message: frost_coordinator::ToSign::Taproot { sighash: *sighash },
+        };
+        Ok(self.sign(&[], &[item])?.remove(0))
+    }
+}

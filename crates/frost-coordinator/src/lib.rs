@@ -10,7 +10,7 @@
 mod relay_coordinator;
 
 pub use bitcoin;
-pub use frost_net::{SignerFile, SignerInfo, SignerSet, SignerSetError};
+pub use frost_net::{SignItem, SignerFile, SignerInfo, SignerSet, SignerSetError, ToSign};
 pub use relay_coordinator::{RelayCoordinatorOptions, RelayFrostCoordinator};
 pub use wsts;
 
@@ -41,6 +41,16 @@ pub enum Error {
     /// Signing failed for a reason other than a timeout.
     #[error("signing failed: {0}")]
     SigningFailed(String),
+    /// Signers refused what they were asked to sign, each with its reason
+    /// (1-based signer ids), leaving too few to reach the threshold.
+    #[error("signers refused: {}", refusals.iter().map(|(id, why)| format!("signer {id}: {why}")).collect::<Vec<_>>().join("; "))]
+    Refused {
+        /// Who refused, and why.
+        refusals: Vec<(u32, String)>,
+    },
+    /// A signature was asked of a key this coordinator holds no DKG result for.
+    #[error("no key {0} among the keys DKG produced")]
+    UnknownKey(PublicKey),
     /// There is no aggregate key yet: run DKG first.
     #[error("no aggregate key: run dkg first")]
     NoAggregateKey,
@@ -62,11 +72,22 @@ pub trait FrostCoordinator {
     /// Runs distributed key generation and returns the new aggregate key.
     fn run_dkg_round(&mut self) -> Result<PublicKey, Error>;
 
-    /// Signs a 32-byte taproot sighash with the aggregate key, tweaked as
-    /// BIP-0341 prescribes for a key-path spend with no script tree. The
-    /// result is a BIP-0340 signature valid for the peg wallet's output key.
-    fn sign_message(&mut self, sighash: &[u8; 32]) -> Result<schnorr::Signature, Error>;
+    /// Asks the signers for one signature per item, in order. `payload` is
+    /// what signers validate the request against (for a payout, the unsigned
+    /// transaction and what it spends); each item names the aggregate key
+    /// that signs it. Signatures are BIP-0340 signatures valid for the key's
+    /// BIP-0341 tweaked output key (a key-path spend with no script tree),
+    /// each verified before it is returned.
+    fn sign(
+        &mut self,
+        payload: &[u8],
+        items: &[SignItem],
+    ) -> Result<Vec<schnorr::Signature>, Error>;
 
-    /// Returns the current aggregate key, if DKG has run.
+    /// Returns the newest verified aggregate key, if DKG has run.
     fn aggregate_public_key(&self) -> Option<PublicKey>;
+
+    /// Returns every aggregate key this coordinator can sign with, oldest
+    /// first (old keys still sign for coins at their addresses).
+    fn keys(&self) -> Vec<PublicKey>;
 }

@@ -335,7 +335,34 @@ impl FrostCoordinator for RelayFrostCoordinator {
         Err(outcome)
     }
 
-    fn sign_message(&mut self, sighash: &[u8; 32]) -> Result<schnorr::Signature, Error> {
+    fn sign(
+        &mut self,
+        _payload: &[u8],
+        items: &[crate::SignItem],
+    ) -> Result<Vec<schnorr::Signature>, Error> {
+        let current = self.aggregate_public_key();
+        items
+            .iter()
+            .map(|item| {
+                if Some(item.key) != current {
+                    return Err(Error::UnknownKey(item.key));
+                }
+                self.sign_digest(&item.message.digest())
+            })
+            .collect()
+    }
+
+    fn aggregate_public_key(&self) -> Option<PublicKey> {
+        self.key.as_ref().and_then(|(p, _)| public_key(p).ok())
+    }
+
+    fn keys(&self) -> Vec<PublicKey> {
+        self.aggregate_public_key().into_iter().collect()
+    }
+}
+
+impl RelayFrostCoordinator {
+    fn sign_digest(&mut self, sighash: &[u8; 32]) -> Result<schnorr::Signature, Error> {
         let Some((agg, _)) = &self.key else {
             return Err(Error::NoAggregateKey);
         };
@@ -403,9 +430,5 @@ impl FrostCoordinator for RelayFrostCoordinator {
         };
         self.after_failure();
         Err(outcome)
-    }
-
-    fn aggregate_public_key(&self) -> Option<PublicKey> {
-        self.key.as_ref().and_then(|(p, _)| public_key(p).ok())
     }
 }

@@ -408,3 +408,27 @@ fn a_restarted_signer_refuses_the_signing_rounds_it_answered_before() {
     c.kill(3);
     verify(&agg, &[9; 32], &coord.sign_message(&[9; 32]).unwrap());
 }
+
+/// One taproot signature with the newest key (the trait signs lists).
+trait SignOne {
+    fn sign_message(
+        &mut self,
+        sighash: &[u8; 32],
+    ) -> Result<bitcoin::secp256k1::schnorr::Signature, frost_coordinator::Error>;
+}
+
+impl<T: frost_coordinator::FrostCoordinator> SignOne for T {
+    fn sign_message(
+        &mut self,
+        sighash: &[u8; 32],
+    ) -> Result<bitcoin::secp256k1::schnorr::Signature, frost_coordinator::Error> {
+        let key = self
+            .aggregate_public_key()
+            .ok_or(frost_coordinator::Error::NoAggregateKey)?;
+        let item = frost_coordinator::SignItem {
+            key,
+            message: frost_coordinator::ToSign::Taproot { sighash: *sighash },
+        };
+        Ok(self.sign(&[], &[item])?.remove(0))
+    }
+}
