@@ -1,11 +1,12 @@
 //! `dkg` and `dkg-sign`: wiring the relay FROST coordinator.
 
 use anyhow::{bail, Context, Result};
-use coordinator::bitcoin::hashes::{sha256, Hash};
 use coordinator::bitcoin::key::{Secp256k1, TapTweak};
 use coordinator::bitcoin::secp256k1::{Message, PublicKey};
 use coordinator::config::Config;
-use frost_coordinator::{FrostCoordinator, RelayCoordinatorOptions, RelayFrostCoordinator};
+use frost_coordinator::{
+    FrostCoordinator, RelayCoordinatorOptions, RelayFrostCoordinator, SignItem, ToSign,
+};
 
 /// Builds the relay FROST coordinator of `config`, its state in the data directory.
 pub(crate) fn coordinator(config: &Config) -> Result<RelayFrostCoordinator> {
@@ -25,15 +26,18 @@ pub(crate) fn coordinator(config: &Config) -> Result<RelayFrostCoordinator> {
     })
 }
 
-/// Runs DKG unless a key exists (or `force`); prints the key and peg wallet address.
-pub(crate) fn dkg(config: &Config, force: bool) -> Result<(RelayFrostCoordinator, PublicKey)> {
+/// Runs DKG unless a key exists; prints the key and peg wallet address.
+pub(crate) fn dkg(config: &Config) -> Result<(RelayFrostCoordinator, PublicKey)> {
+    let _lock = crate::node::lock(config, "dkg")?;
     let mut c = coordinator(config)?;
     let key = match c.aggregate_public_key() {
-        Some(existing) if !force => {
-            println!("an aggregate key exists already (run with --force to replace it)");
+        Some(existing) => {
+            println!(
+                "an aggregate key exists already (`dkg --rotate` makes a new one and keeps it)"
+            );
             existing
         }
-        _ => {
+        None => {
             println!(
                 "running DKG with {} signers ({} keys) through {}",
                 config.signer_set.num_signers(),
@@ -51,11 +55,18 @@ pub(crate) fn dkg(config: &Config, force: bool) -> Result<(RelayFrostCoordinator
     Ok((c, key))
 }
 
-/// `dkg-sign`: DKG, then a signature over SHA-256(message), verified.
-pub(crate) fn dkg_sign(config: &Config, message: &str, force: bool) -> Result<()> {
-    let (mut c, key) = dkg(config, force)?;
-    let digest = sha256::Hash::hash(message.as_bytes()).to_byte_array();
-    let sig = c.sign_message(&digest).context("signing failed")?;
+/// `dkg-sign`: DKG unless a key exists, then a signature over a test
+/// message (a tagged hash of the text, which no transaction sighash can
+/// equal), verified against the tweaked key.
+pub(crate) fn dkg_sign(config: &Config, text: &str) -> Result<()> {
+    let (mut c, key) = dkg(config)?;
+    let message = ToSign::Test { text: text.into() };
+    let digest = message.digest();
+    let sig = c
+        .sign(&[], &[SignItem { key, message }])
+        .context("signing failed")?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("the signers returned no signature"))?;
     let secp = Secp256k1::verification_only();
     let (tweaked, _) = key.x_only_public_key().0.tap_tweak(&secp, None);
     if secp
@@ -68,10 +79,8 @@ pub(crate) fn dkg_sign(config: &Config, message: &str, force: bool) -> Result<()
     {
         bail!("the signature does not verify against the tweaked aggregate key");
     }
-    println!(
-        "message:   {message:?} (sha256 {})",
-        sha256::Hash::hash(message.as_bytes())
-    );
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    println!("message:   {text:?} (test-message digest {hex})");
     println!("signature: {sig}");
     println!(
         "verified against the BIP-341 tweaked key {}",

@@ -53,18 +53,21 @@ enum Command {
     },
     /// Run distributed key generation with the signers; print the aggregate key and peg wallet address.
     Dkg {
-        /// Replace an existing aggregate key (funds at its address then need the old key).
+        /// Rotate the peg wallet key (with `run` stopped): a new key through DKG, published in
+        /// the contract, and the old key's coins swept to it. The old key is kept: pending
+        /// requests' fee outputs at its address are still signed with it. Signers must allow
+        /// the rotation (`stacks-signer --allow-rotation`).
         #[arg(long)]
+        rotate: bool,
+        /// Gone: a new DKG never replaces the old key any more; use --rotate.
+        #[arg(long, hide = true)]
         force: bool,
     },
-    /// Run DKG (unless a key exists), then sign a message with the signers and verify the signature.
+    /// Run DKG (unless a key exists), then have the signers sign a test message and verify it.
     DkgSign {
-        /// The message to sign (hashed with SHA-256).
+        /// The text of the test message (signed as a tagged hash no transaction can have).
         #[arg(default_value = "sbtc-coordinator dkg-sign")]
         message: String,
-        /// Run a new DKG even if an aggregate key exists.
-        #[arg(long)]
-        force: bool,
     },
     /// Process one peg-in now, through the same checks as `run`.
     ProcessPegIn {
@@ -174,8 +177,13 @@ fn main() -> ExitCode {
         Command::Status { json } => exit(node::status(&config, *json)),
         Command::Queue(q) => exit(node::queue_command(&config, q)),
         Command::Devnet { .. } => unreachable!("handled before the configuration is read"),
-        Command::Dkg { force } => exit(frost::dkg(&config, *force).map(|_| ())),
-        Command::DkgSign { message, force } => exit(frost::dkg_sign(&config, message, *force)),
+        Command::Dkg { force: true, .. } => {
+            eprintln!("error: `dkg --force` is gone: it destroyed the old key, which coins at the old address need; `dkg --rotate` makes a new key and keeps the old one");
+            ExitCode::from(2)
+        }
+        Command::Dkg { rotate: true, .. } => exit(node::rotate(&config)),
+        Command::Dkg { .. } => exit(frost::dkg(&config).map(|_| ())),
+        Command::DkgSign { message } => exit(frost::dkg_sign(&config, message)),
     }
 }
 

@@ -8,10 +8,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use bitcoin_node_client::{Auth, BitcoinNode, UreqBitcoinNode};
 use coordinator::bitcoin::Txid;
 use coordinator::config::{BitcoinAuth, Config, OpSourceKind};
+use coordinator::lock::DataDirLock;
 use coordinator::metrics::{StatusServer, StatusSnapshot};
 use coordinator::startup::{
-    contract_signer_set, contract_wallet_key, ensure_wallet_key, signer_set_differences,
-    StartupError,
+    contract_signer_set, contract_wallet_key, ensure_wallet_key, rotate_key,
+    signer_set_differences, StartupError,
 };
 use coordinator::{
     BitcoinBlockSource, Components, LoopSettings, OpSource, StacksCoordinator, StacksNodeSource,
@@ -56,9 +57,8 @@ pub(crate) fn queue(c: &Config) -> Result<SqlitePegQueue> {
 type Loop = coordinator::HttpCoordinator;
 
 /// Builds every component, checks the contract holds our key, returns the loop.
-fn build(c: &Config, start_height: Option<u64>) -> Result<Loop> {
-    let stacks = UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout);
-    let stacks_wallet = ContractCallWallet::new(
+fn stacks_wallet(c: &Config, stacks: &UreqStacksNode) -> ContractCallWallet<UreqStacksNode> {
+    ContractCallWallet::new(
         c.stacks_network,
         c.contract.clone(),
         *c.stacks_private_key.expose(),
@@ -67,7 +67,12 @@ fn build(c: &Config, start_height: Option<u64>) -> Result<Loop> {
             cap: c.fees.stacks_fee_cap,
         },
         stacks.clone(),
-    );
+    )
+}
+
+fn build(c: &Config, start_height: Option<u64>) -> Result<Loop> {
+    let stacks = UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout);
+    let stacks_wallet = stacks_wallet(c, &stacks);
     let bitcoin_wallet = PegWallet::new(
         c.network,
         c.magic_bytes,
@@ -137,8 +142,54 @@ fn check_signer_set(stacks: &UreqStacksNode, c: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Takes the data directory's lock for `command` (released on exit, also on
+/// SIGKILL): one process drives a queue and its keys at a time.
+pub(crate) fn lock(c: &Config, command: &str) -> Result<DataDirLock> {
+    DataDirLock::acquire(&c.data_dir, command).map_err(anyhow::Error::from)
+}
+
+/// `dkg --rotate`: a new peg wallet key through the signers' gated DKG,
+/// published in the contract; then the old key's coins are swept to it.
+pub(crate) fn rotate(c: &Config) -> Result<()> {
+    let _lock = lock(c, "dkg --rotate")?;
+    let stacks = UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout);
+    check_signer_set(&stacks, c)?;
+    let (old, new) = {
+        let mut frost = crate::frost::coordinator(c)?;
+        let queue = queue(c)?;
+        rotate_key(
+            &stacks,
+            &stacks_wallet(c, &stacks),
+            &mut frost,
+            &queue,
+            &c.contract,
+            Duration::from_secs(600),
+            c.poll_interval,
+        )
+        .context("key rotation")?
+    };
+    println!(
+        "old peg wallet key: {old} ({})",
+        fee_wallet::peg_wallet_address(&old, c.network)
+    );
+    println!(
+        "new peg wallet key: {new} ({})",
+        fee_wallet::peg_wallet_address(&new, c.network)
+    );
+    let mut l = build(c, None)?;
+    let swept = l.sweep_old_keys()?;
+    if swept.is_empty() {
+        println!("no coins to sweep from old keys now; `run` keeps sweeping what arrives there");
+    }
+    for txid in swept {
+        println!("swept old keys' coins to the new key: {txid}");
+    }
+    Ok(())
+}
+
 /// `run`: process operations until stopped.
 pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> Result<()> {
+    let _lock = lock(c, "run")?;
     let mut l = build(c, start_height)?;
     if let Some(h) = start_height {
         l.rescan_from(coordinator::bitcoin_height(h));
@@ -171,6 +222,7 @@ pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> R
 /// `process-peg-in` / `process-peg-out`: find one op (in the queue, else on
 /// chain) and drive it as far as it goes now.
 pub(crate) fn process(c: &Config, txid: Txid, kind: PegOpKind, stop: &AtomicBool) -> Result<()> {
+    let _lock = lock(c, &format!("process-{kind}"))?;
     let mut l = build(c, None)?;
     let known = l.components().queue.get(&txid)?;
     if known.is_none() {
@@ -302,6 +354,7 @@ pub(crate) fn queue_command(c: &Config, cmd: &crate::QueueCommand) -> Result<()>
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         crate::QueueCommand::Retry { txid } => {
+            let _lock = lock(c, "queue retry")?;
             let o = q
                 .get(txid)?
                 .ok_or_else(|| anyhow!("no operation {txid} in the queue"))?;

@@ -148,6 +148,34 @@ fn the_seed_four_terminal_dkg_signing_round() {
         .find(|l| l.starts_with("aggregate public key"))
         .unwrap();
     assert!(again_out.contains(first_key), "{again_out}");
+
+    // `--force` is gone: it destroyed the old key. It says what replaced it.
+    let forced = Command::new(env!("CARGO_BIN_EXE_coordinator-cli"))
+        .arg("--config")
+        .arg(dir.path().join("coordinator.toml"))
+        .args(["dkg", "--force"])
+        .output()
+        .unwrap();
+    assert_eq!(forced.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&forced.stderr).contains("dkg --rotate"));
+
+    // One process per data directory: while another holds it (here, this
+    // test), commands that touch the keys refuse and name the holder.
+    let held =
+        coordinator::lock::DataDirLock::acquire(&dir.path().join("data"), "run (test)").unwrap();
+    let locked = Command::new(env!("CARGO_BIN_EXE_coordinator-cli"))
+        .arg("--config")
+        .arg(dir.path().join("coordinator.toml"))
+        .args(["dkg-sign", "while locked"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&locked.stderr);
+    assert_eq!(locked.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("another coordinator process holds") && e.contains("run (test)"),
+        "{e}"
+    );
+    drop(held);
 }
 
 #[test]

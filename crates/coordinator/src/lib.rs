@@ -22,6 +22,7 @@
 
 pub mod allowlist;
 pub mod config;
+pub mod lock;
 pub mod metrics;
 pub mod secret;
 pub mod source;
@@ -84,6 +85,10 @@ pub const REORG_RESCAN_DEPTH: u64 = 6;
 /// runs). A full peg-out is seven steps; the limit only stops a node that
 /// keeps refusing from spinning the loop.
 pub const MAX_STEPS_PER_DRIVE: usize = 16;
+
+/// How often `run` looks for coins at the addresses of keys rotated away
+/// from (`scantxoutset` per old key, so not every tick).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
 /// What the loop needs to know, taken from the configuration.
 #[derive(Debug, Clone)]
@@ -265,6 +270,8 @@ pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
     /// round (not once per peg-out): the round's own spends are in
     /// `round_spent`, nothing else changes the peg wallet meanwhile.
     round_chain: Option<RoundChain>,
+    /// When `tick` next sweeps old keys' coins.
+    next_sweep: Option<Instant>,
     #[cfg(any(test, feature = "testing"))]
     crash_point: Option<CrashPoint>,
 }
@@ -310,6 +317,7 @@ where
             round_nonce: None,
             round_spent: Vec::new(),
             round_chain: None,
+            next_sweep: None,
             #[cfg(any(test, feature = "testing"))]
             crash_point: None,
         }
@@ -474,8 +482,130 @@ where
             }
             active = next;
         }
+        if self.next_sweep.is_none_or(|t| t <= Instant::now()) && !stop.load(Ordering::SeqCst) {
+            self.next_sweep = Some(Instant::now() + SWEEP_INTERVAL);
+            match self.sweep_step() {
+                Ok(_) => {}
+                Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
+                Err(StepError::Retry { message, transient }) => {
+                    log_failure("sweeping old keys' coins", &message, transient)
+                }
+            }
+        }
         self.metrics.tick();
         Ok(report)
+    }
+
+    /// Sweeps the coins at the address of every key but the current one to
+    /// the current peg wallet, each input signed with its own (old) key. A
+    /// pending peg-out request's fee output is never swept: that request's
+    /// fulfilment spends it as input 0. Peg-ins that still arrive at an old
+    /// address are swept the same way once minted or rejected. Returns the
+    /// sweep transactions broadcast (one per old key holding coins).
+    ///
+    /// # Errors
+    /// When the queue fails; node and signing failures are logged and the
+    /// sweep is tried again later.
+    pub fn sweep_old_keys(&mut self) -> Result<Vec<Txid>, Error> {
+        match self.sweep_step() {
+            Ok(done) => Ok(done),
+            Err(StepError::Fatal(e)) => Err(Error::Queue(e)),
+            Err(StepError::Retry { message, transient }) => {
+                log_failure("sweeping old keys' coins", &message, transient);
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn sweep_step(&mut self) -> Result<Vec<Txid>, StepError> {
+        let current = self.aggregate_key()?;
+        let old: Vec<PublicKey> = self
+            .c
+            .frost
+            .keys()
+            .into_iter()
+            .filter(|k| *k != current)
+            .collect();
+        if old.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reserved = self.reserved_outpoints()?;
+        let fee_rate = self
+            .c
+            .bitcoin
+            .estimate_smart_fee(self.settings.fee_target_blocks)?;
+        let mut sent = Vec::new();
+        for key in old {
+            let script = self
+                .c
+                .bitcoin_wallet
+                .peg_wallet_address(&key)
+                .script_pubkey();
+            let coins: Vec<bitcoin_node_client::Utxo> = self
+                .c
+                .bitcoin
+                .list_unspent(&script)?
+                .into_iter()
+                .filter(|u| u.confirmations >= 1 && !reserved.contains(&u.outpoint))
+                .collect();
+            if coins.is_empty() {
+                continue;
+            }
+            let unsigned = match self
+                .c
+                .bitcoin_wallet
+                .build_sweep(&coins, &current, fee_rate)
+            {
+                Ok(u) => u,
+                Err(fee_wallet::Error::InsufficientFunds { needed, available }) => {
+                    debug!("old key {key}: {available} does not cover a sweep ({needed})");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let items: Vec<frost_coordinator::SignItem> = unsigned
+                .sighashes
+                .iter()
+                .map(|sighash| frost_coordinator::SignItem {
+                    key,
+                    message: frost_coordinator::ToSign::Taproot { sighash: *sighash },
+                })
+                .collect();
+            let payload = bitcoin::consensus::serialize(&unsigned.tx);
+            let signatures = self.c.frost.sign(&payload, &items)?;
+            let tx = self
+                .c
+                .bitcoin_wallet
+                .finalize_fulfillment(&unsigned, &signatures)?;
+            let txid = tx.compute_txid();
+            info!(
+                "sweeping {} coins ({}) of old key {key} to the current peg wallet: {txid}",
+                coins.len(),
+                tx.output
+                    .iter()
+                    .fold(bitcoin::Amount::ZERO, |s, o| s + o.value)
+            );
+            self.c.bitcoin.send_raw_transaction(&tx)?;
+            self.metrics.sweeps.fetch_add(1, Ordering::Relaxed);
+            sent.push(txid);
+        }
+        Ok(sent)
+    }
+
+    /// Outputs no new transaction may spend: every pending request's fee
+    /// output (its own fulfilment spends it) and the inputs of stored
+    /// fulfilments.
+    fn reserved_outpoints(&self) -> Result<HashSet<OutPoint>, StepError> {
+        let mut reserved = HashSet::new();
+        for q in self.c.queue.pending()? {
+            if q.op.kind() == peg_ops::PegOpKind::PegOutRequest {
+                reserved.insert(OutPoint::new(q.op.txid(), 2));
+            }
+            if let OpState::BitcoinTxSigned { tx } | OpState::BitcoinTxBroadcast { tx } = &q.state {
+                reserved.extend(tx.input.iter().map(|i| i.previous_output));
+            }
+        }
+        Ok(reserved)
     }
 
     /// Advances one op as far as it can go now, for one-off commands.
@@ -703,8 +833,8 @@ where
                 let Some(tip) = tip else {
                     return Err(StepError::retry("chain tip unknown", true));
                 };
-                let peg_script = self.peg_wallet_script()?;
-                Ok(match self.check(op, tip, &peg_script) {
+                let peg_scripts = self.peg_wallet_scripts()?;
+                Ok(match self.check(op, tip, &peg_scripts) {
                     Verdict::Accept => Step::Moved(OpState::Accepted),
                     Verdict::Reject(reason) => {
                         warn!("{} {}: rejected: {reason}", op.kind(), op.txid());
@@ -741,21 +871,41 @@ where
             .ok_or_else(|| StepError::retry("no aggregate key yet: dkg has not run", true))
     }
 
-    fn peg_wallet_script(&self) -> Result<ScriptBuf, StepError> {
-        let key = self.aggregate_key()?;
-        Ok(self
-            .c
-            .bitcoin_wallet
-            .peg_wallet_address(&key)
-            .script_pubkey())
+    /// The scriptPubKey of every key we hold, with its key: the current
+    /// peg wallet and the addresses of keys rotated away from (whose coins,
+    /// including peg-ins that still arrive there, are swept to the current
+    /// key).
+    fn peg_wallet_scripts(&self) -> Result<Vec<(ScriptBuf, PublicKey)>, StepError> {
+        let mut keys = self.c.frost.keys();
+        if keys.is_empty() {
+            keys.push(self.aggregate_key()?);
+        }
+        Ok(keys
+            .into_iter()
+            .map(|k| {
+                (
+                    self.c.bitcoin_wallet.peg_wallet_address(&k).script_pubkey(),
+                    k,
+                )
+            })
+            .collect())
     }
 
     /// Checks an op against the rules of the peg (see the crate docs).
-    fn check(&self, op: &PegOp, tip: BurnHeight, peg_script: &ScriptBuf) -> Verdict {
+    fn check(
+        &self,
+        op: &PegOp,
+        tip: BurnHeight,
+        peg_scripts: &[(ScriptBuf, PublicKey)],
+    ) -> Verdict {
         let s = &self.settings;
+        let ours = |a: &peg_ops::BtcAddress| {
+            let script = a.script_pubkey();
+            peg_scripts.iter().any(|(s, _)| *s == script)
+        };
         match op {
             PegOp::PegIn(op) => {
-                if op.peg_wallet_address.script_pubkey() != *peg_script {
+                if !ours(&op.peg_wallet_address) {
                     return Verdict::Reject(format!(
                         "pays {}, not our peg wallet",
                         op.peg_wallet_address
@@ -778,7 +928,7 @@ where
                 }
             }
             PegOp::PegOutRequest(op) => {
-                if op.peg_wallet_address.script_pubkey() != *peg_script {
+                if !ours(&op.peg_wallet_address) {
                     return Verdict::Reject(format!(
                         "fulfilment fee pays {}, not our peg wallet",
                         op.peg_wallet_address
@@ -997,6 +1147,20 @@ where
             .bitcoin_wallet
             .peg_wallet_address(&key)
             .script_pubkey();
+        let request_script = op.peg_wallet_address.script_pubkey();
+        let scripts = self.peg_wallet_scripts()?;
+        let Some(request_key) = scripts
+            .iter()
+            .find(|(s, _)| *s == request_script)
+            .map(|(_, k)| *k)
+        else {
+            return Ok(Step::Moved(OpState::Failed {
+                reason: format!(
+                    "its fee output pays {}, the address of no key we hold",
+                    op.peg_wallet_address
+                ),
+            }));
+        };
         if self.round_chain.is_none() {
             let utxos = self.c.bitcoin.list_unspent(&peg_script)?;
             let fee_rate = self
@@ -1006,17 +1170,7 @@ where
             let info = self.c.stacks.get_info()?;
             // Requests' fee outputs belong to their own fulfilments, and
             // outputs of stored fulfilments are taken.
-            let mut reserved = HashSet::new();
-            for q in self.c.queue.pending()? {
-                if q.op.kind() == peg_ops::PegOpKind::PegOutRequest {
-                    reserved.insert(OutPoint::new(q.op.txid(), 2));
-                }
-                if let OpState::BitcoinTxSigned { tx } | OpState::BitcoinTxBroadcast { tx } =
-                    &q.state
-                {
-                    reserved.extend(tx.input.iter().map(|i| i.previous_output));
-                }
-            }
+            let reserved = self.reserved_outpoints()?;
             self.round_chain = Some(RoundChain {
                 utxos,
                 fee_rate,
@@ -1029,8 +1183,20 @@ where
             .as_ref()
             .ok_or_else(|| StepError::retry("no chain view this round", true))?;
         let own = OutPoint::new(op.txid, 2);
+        let mut utxos = chain.utxos.clone();
+        if request_key != key {
+            // A request made to an old key's address: its fee output is
+            // there, and is signed with that key.
+            utxos.extend(
+                self.c
+                    .bitcoin
+                    .list_unspent(&request_script)?
+                    .into_iter()
+                    .filter(|u| u.outpoint == own),
+            );
+        }
         let inputs = FulfillmentInputs {
-            utxos: chain.utxos.clone(),
+            utxos,
             fee_rate: chain.fee_rate,
             stacks_chain_tip: chain.stacks_tip,
             reserved: chain
@@ -1042,6 +1208,28 @@ where
                 .collect(),
         };
         let unsigned = self.c.bitcoin_wallet.build_fulfillment(op, &key, &inputs)?;
+        // Each input is signed by the key of the address it spends.
+        if unsigned.prevouts.len() != unsigned.sighashes.len() {
+            return Ok(Step::Moved(OpState::Failed {
+                reason: format!(
+                    "wallet built a fulfilment with {} prevouts for {} sighashes",
+                    unsigned.prevouts.len(),
+                    unsigned.sighashes.len()
+                ),
+            }));
+        }
+        let mut items = Vec::with_capacity(unsigned.sighashes.len());
+        for (prevout, sighash) in unsigned.prevouts.iter().zip(&unsigned.sighashes) {
+            let Some((_, k)) = scripts.iter().find(|(s, _)| *s == prevout.script_pubkey) else {
+                return Ok(Step::Moved(OpState::Failed {
+                    reason: "wallet built a fulfilment spending a coin of no key we hold".into(),
+                }));
+            };
+            items.push(frost_coordinator::SignItem {
+                key: *k,
+                message: frost_coordinator::ToSign::Taproot { sighash: *sighash },
+            });
+        }
         if let Err(reason) = check_fulfillment(op, &unsigned.tx, &peg_script) {
             error!(
                 "peg-out {}: refusing an unsafe fulfilment: {reason}",
@@ -1051,12 +1239,10 @@ where
                 reason: format!("wallet built an unsafe fulfilment: {reason}"),
             }));
         }
-        let mut signatures = Vec::with_capacity(unsigned.sighashes.len());
-        for sighash in &unsigned.sighashes {
-            let started = Instant::now();
-            signatures.push(self.c.frost.sign_message(sighash)?);
-            self.metrics.signing_round(started.elapsed());
-        }
+        let started = Instant::now();
+        let payload = bitcoin::consensus::serialize(&unsigned.tx);
+        let signatures = self.c.frost.sign(&payload, &items)?;
+        self.metrics.signing_round(started.elapsed());
         let tx = self
             .c
             .bitcoin_wallet

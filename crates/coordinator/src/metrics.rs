@@ -27,6 +27,8 @@ pub struct Metrics {
     pub signing_micros: AtomicU64,
     /// Unix time of the last completed tick.
     pub last_tick_unix: AtomicU64,
+    /// Sweeps of old keys' coins broadcast.
+    pub sweeps: AtomicU64,
 }
 
 impl Metrics {
@@ -118,6 +120,12 @@ pub fn render_metrics(m: &Metrics, s: &StatusSnapshot) -> String {
         "Time spent in completed signing rounds.",
         "counter",
         format!("{secs}"),
+    );
+    gauge(
+        "sbtc_sweeps_total",
+        "Sweeps of coins at rotated-away keys' addresses broadcast.",
+        "counter",
+        get(&m.sweeps),
     );
     gauge(
         "sbtc_last_tick_timestamp_seconds",

@@ -32,6 +32,17 @@ pub enum StartupError {
     /// The contract holds a key and we hold none.
     #[error("the contract's peg wallet key is {0}, but this coordinator has no FROST state: restore frost-coordinator.json in the data directory (a new DKG would strand the funds)")]
     NoLocalKey(PublicKey),
+    /// A rotation made a new key that the contract does not show yet.
+    #[error("the contract's peg wallet key is {contract}, an older key of ours; our newest key {newest} is not published yet: finish the rotation with `coordinator-cli dkg --rotate` (it publishes {newest} without a new DKG)")]
+    UnfinishedRotation {
+        /// The contract's key (one of ours).
+        contract: PublicKey,
+        /// Our newest key.
+        newest: PublicKey,
+    },
+    /// A rotation was asked for before any key was published.
+    #[error("the contract holds no peg wallet key yet: there is nothing to rotate (run `coordinator-cli dkg` or `run`)")]
+    NothingToRotate,
     /// The contract answered something that is no key.
     #[error("get-bitcoin-wallet-public-key returned {0}, expected (optional (buff 33))")]
     BadContractAnswer(String),
@@ -208,13 +219,17 @@ where
     Q: PegQueue,
 {
     let me = PrincipalData::Standard(wallet.address());
-    match (
-        contract_wallet_key(stacks, contract_id, &me)?,
-        frost.aggregate_public_key(),
-    ) {
+    let theirs = contract_wallet_key(stacks, contract_id, &me)?;
+    match (theirs, frost.aggregate_public_key()) {
         (Some(theirs), Some(ours)) if theirs == ours => {
             info!("peg wallet key {ours} is set in the contract");
             Ok(ours)
+        }
+        (Some(theirs), Some(newest)) if frost.keys().contains(&theirs) => {
+            Err(StartupError::UnfinishedRotation {
+                contract: theirs,
+                newest,
+            })
         }
         (Some(theirs), Some(ours)) => Err(StartupError::KeyMismatch {
             contract: theirs,
@@ -229,31 +244,104 @@ where
                     frost.run_dkg_round().map_err(component)?
                 }
             };
-            let account = stacks.get_account(&me).map_err(component)?;
-            let nonce = next_nonce(
-                account.nonce,
-                queue.last_signed_stacks_nonce().map_err(component)?,
-            );
-            let tx = wallet
-                .build_set_wallet_public_key(&key, nonce)
-                .map_err(component)?;
-            info!(
-                "publishing peg wallet key {key} (stacks tx {}, nonce {nonce})",
-                tx.txid
-            );
-            stacks.broadcast_transaction(&tx.raw).map_err(component)?;
-            let deadline = Instant::now() + wait;
-            loop {
-                if contract_wallet_key(stacks, contract_id, &me)? == Some(key) {
-                    info!("the contract shows peg wallet key {key}");
-                    return Ok(key);
-                }
-                if Instant::now() >= deadline {
-                    return Err(StartupError::NotConfirmed(wait));
-                }
-                std::thread::sleep(poll);
-            }
+            publish_key(stacks, wallet, queue, contract_id, &key, wait, poll)?;
+            Ok(key)
         }
+    }
+}
+
+/// Rotates the peg wallet key: a new key through the signers' gated DKG
+/// (every signer stored its share and signed a test message with it), then
+/// published in the contract. The old key stays in the FROST coordinator's
+/// and the signers' key history: coins at its address (and pending requests'
+/// fee outputs) are still signed with it, and `run` sweeps them to the new
+/// key. An unfinished rotation (a new key made but not published) is
+/// finished without another DKG. Returns (old key, new key).
+#[allow(clippy::result_large_err)] // runs once, by hand
+///
+/// # Errors
+/// See [`StartupError`]; a failed DKG leaves the old key current.
+pub fn rotate_key<S, SW, F, Q>(
+    stacks: &S,
+    wallet: &SW,
+    frost: &mut F,
+    queue: &Q,
+    contract_id: &ContractId,
+    wait: Duration,
+    poll: Duration,
+) -> Result<(PublicKey, PublicKey), StartupError>
+where
+    S: StacksNode,
+    SW: StacksWallet,
+    F: FrostCoordinator,
+    Q: PegQueue,
+{
+    let me = PrincipalData::Standard(wallet.address());
+    let Some(old) = contract_wallet_key(stacks, contract_id, &me)? else {
+        return Err(StartupError::NothingToRotate);
+    };
+    let newest = match frost.aggregate_public_key() {
+        Some(k) if frost.keys().contains(&old) => k,
+        Some(ours) => {
+            return Err(StartupError::KeyMismatch {
+                contract: old,
+                ours,
+            })
+        }
+        None => return Err(StartupError::NoLocalKey(old)),
+    };
+    let new = if newest != old {
+        info!("key {newest} was made by an earlier rotation but not published: publishing it");
+        newest
+    } else {
+        info!("rotating peg wallet key {old}: running DKG with the signers");
+        frost.run_dkg_round().map_err(component)?
+    };
+    publish_key(stacks, wallet, queue, contract_id, &new, wait, poll)?;
+    Ok((old, new))
+}
+
+/// Publishes `key` with `set-bitcoin-wallet-public-key` and waits until the
+/// contract shows it.
+#[allow(clippy::result_large_err)]
+fn publish_key<S, SW, Q>(
+    stacks: &S,
+    wallet: &SW,
+    queue: &Q,
+    contract_id: &ContractId,
+    key: &PublicKey,
+    wait: Duration,
+    poll: Duration,
+) -> Result<(), StartupError>
+where
+    S: StacksNode,
+    SW: StacksWallet,
+    Q: PegQueue,
+{
+    let me = PrincipalData::Standard(wallet.address());
+    let account = stacks.get_account(&me).map_err(component)?;
+    let nonce = next_nonce(
+        account.nonce,
+        queue.last_signed_stacks_nonce().map_err(component)?,
+    );
+    let tx = wallet
+        .build_set_wallet_public_key(key, nonce)
+        .map_err(component)?;
+    info!(
+        "publishing peg wallet key {key} (stacks tx {}, nonce {nonce})",
+        tx.txid
+    );
+    stacks.broadcast_transaction(&tx.raw).map_err(component)?;
+    let deadline = Instant::now() + wait;
+    loop {
+        if contract_wallet_key(stacks, contract_id, &me)? == Some(*key) {
+            info!("the contract shows peg wallet key {key}");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(StartupError::NotConfirmed(wait));
+        }
+        std::thread::sleep(poll);
     }
 }
 
@@ -314,11 +402,98 @@ mod tests {
         let h = held.clone();
         f.expect_aggregate_public_key()
             .returning(move || *h.lock().unwrap());
+        let h = held.clone();
+        f.expect_keys()
+            .returning(move || h.lock().unwrap().iter().copied().collect());
         f.expect_run_dkg_round().times(dkg_runs).returning(move || {
             *held.lock().unwrap() = Some(aggregate_key());
             Ok(aggregate_key())
         });
         f
+    }
+
+    fn other_key(i: u8) -> PublicKey {
+        bitcoin::secp256k1::SecretKey::from_slice(&[i; 32])
+            .unwrap()
+            .public_key(&secp())
+    }
+
+    /// A FROST double holding `held` keys (newest last) that makes `made` on DKG.
+    fn frost_history(held: Vec<PublicKey>, made: Option<PublicKey>) -> MockFrostCoordinator {
+        let mut f = MockFrostCoordinator::new();
+        let keys = Arc::new(Mutex::new(held));
+        let k = keys.clone();
+        f.expect_aggregate_public_key()
+            .returning(move || k.lock().unwrap().last().copied());
+        let k = keys.clone();
+        f.expect_keys().returning(move || k.lock().unwrap().clone());
+        f.expect_run_dkg_round()
+            .times(usize::from(made.is_some()))
+            .returning(move || {
+                let new = made.unwrap();
+                keys.lock().unwrap().push(new);
+                Ok(new)
+            });
+        f
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn rotate(
+        state: Arc<Mutex<Option<PublicKey>>>,
+        frost: &mut MockFrostCoordinator,
+    ) -> Result<(PublicKey, PublicKey), StartupError> {
+        rotate_key(
+            &node(state),
+            &wallet(),
+            frost,
+            &MemQueue::default(),
+            &contract_id(),
+            Duration::from_secs(1),
+            Duration::from_millis(1),
+        )
+    }
+
+    #[test]
+    fn a_rotation_publishes_a_new_key_and_keeps_the_old_one() {
+        let (old, new) = (other_key(5), other_key(6));
+        let state = Arc::new(Mutex::new(Some(old)));
+        let mut f = frost_history(vec![old], Some(new));
+        assert_eq!(rotate(state.clone(), &mut f).unwrap(), (old, new));
+        assert_eq!(
+            *state.lock().unwrap(),
+            Some(new),
+            "the contract shows the new key"
+        );
+        assert_eq!(f.keys(), vec![old, new], "the old key still signs");
+    }
+
+    #[test]
+    fn an_unfinished_rotation_stops_run_and_is_finished_without_a_second_dkg() {
+        let (old, new) = (other_key(5), other_key(6));
+        let state = Arc::new(Mutex::new(Some(old)));
+        // DKG made `new` but the coordinator stopped before publishing it.
+        let mut f = frost_history(vec![old, new], None);
+        match run(state.clone(), &mut f) {
+            Err(StartupError::UnfinishedRotation { contract, newest }) => {
+                assert_eq!((contract, newest), (old, new))
+            }
+            other => panic!("expected UnfinishedRotation, got {other:?}"),
+        }
+        assert_eq!(rotate(state.clone(), &mut f).unwrap(), (old, new));
+        assert_eq!(*state.lock().unwrap(), Some(new));
+    }
+
+    #[test]
+    fn a_rotation_refuses_without_a_published_key_or_with_a_foreign_one() {
+        let mut f = frost_history(vec![other_key(5)], None);
+        assert!(matches!(
+            rotate(Arc::new(Mutex::new(None)), &mut f),
+            Err(StartupError::NothingToRotate)
+        ));
+        assert!(matches!(
+            rotate(Arc::new(Mutex::new(Some(other_key(9)))), &mut f),
+            Err(StartupError::KeyMismatch { .. })
+        ));
     }
 
     #[allow(clippy::result_large_err)]
