@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use crate::server::{lock, Emulator};
 use bitcoin::block::{Header, Version};
+use bitcoin::blockdata::constants::genesis_block;
 use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
 use bitcoin::hashes::Hash;
 use bitcoin::{
@@ -25,6 +26,86 @@ pub const COINBASE_MATURITY: u64 = 100;
 
 /// bitcoind's `-limitancestorcount` and `-limitdescendantcount` defaults.
 pub const MEMPOOL_CHAIN_LIMIT: usize = 25;
+
+/// The block version Core's miner sets (BIP9 top bits, no deployment
+/// signalled); regtest enforces BIP34/65/66 from height 1, so at least 4.
+pub const BLOCK_VERSION: i32 = 0x2000_0000;
+
+/// Regtest's proof-of-work limit, which it never retargets from.
+pub const REGTEST_BITS: u32 = 0x207f_ffff;
+
+/// Regtest's halving interval (mainnet's is 210,000).
+pub const REGTEST_HALVING_INTERVAL: u64 = 150;
+
+/// BIP141's block weight limit.
+pub const MAX_BLOCK_WEIGHT: usize = 4_000_000;
+
+/// BIP141's block sigop cost limit.
+pub const MAX_BLOCK_SIGOPS_COST: usize = 80_000;
+
+/// Core's standardness limit on a transaction's weight.
+pub const MAX_STANDARD_TX_WEIGHT: u64 = 400_000;
+
+/// Core's standardness limit on a transaction's sigop cost.
+pub const MAX_STANDARD_TX_SIGOPS_COST: usize = MAX_BLOCK_SIGOPS_COST / 5;
+
+/// The block subsidy at `height` on regtest: 50 BTC, halved every 150 blocks.
+pub fn subsidy(height: u64) -> Amount {
+    let halvings = height / REGTEST_HALVING_INTERVAL;
+    if halvings >= 64 {
+        return Amount::ZERO;
+    }
+    Amount::from_sat((50 * 100_000_000u64) >> halvings)
+}
+
+/// The coinbase Core's miner writes at `height` paying `value` to `to`:
+/// scriptSig `CScript() << height` (plus `OP_0` while that is under the
+/// two-byte minimum), lock time `height - 1` with a non-final sequence, the
+/// 32-byte zero witness reserved value. The witness commitment output is
+/// added by [`add_witness_commitment`].
+fn coinbase(height: u64, to: &ScriptBuf, value: Amount) -> Transaction {
+    let mut script_sig = bitcoin::script::Builder::new()
+        .push_int(i64::try_from(height).unwrap_or(i64::MAX))
+        .into_script();
+    if script_sig.len() < 2 {
+        script_sig.push_opcode(bitcoin::opcodes::OP_0);
+    }
+    Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::from_consensus(
+            u32::try_from(height.saturating_sub(1)).unwrap_or(u32::MAX),
+        ),
+        input: vec![TxIn {
+            previous_output: OutPoint::null(),
+            script_sig,
+            sequence: Sequence::ENABLE_LOCKTIME_NO_RBF,
+            witness: Witness::from_slice(&[[0u8; 32]]),
+        }],
+        output: vec![TxOut {
+            value,
+            script_pubkey: to.clone(),
+        }],
+    }
+}
+
+/// Appends BIP141's witness commitment to the coinbase (`OP_RETURN
+/// aa21a9ed` ‖ SHA256d(witness root ‖ reserved value)), as Core's miner
+/// does for every block.
+fn add_witness_commitment(block: &mut Block) {
+    let Some(root) = block.witness_root() else {
+        return;
+    };
+    let commitment = Block::compute_witness_commitment(&root, &[0u8; 32]);
+    let mut data = [0u8; 36];
+    data[..4].copy_from_slice(&[0xaa, 0x21, 0xa9, 0xed]);
+    data[4..].copy_from_slice(commitment.as_byte_array());
+    if let Some(cb) = block.txdata.first_mut() {
+        cb.output.push(TxOut {
+            value: Amount::ZERO,
+            script_pubkey: ScriptBuf::new_op_return(data),
+        });
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Coin {
@@ -70,9 +151,7 @@ impl BitcoinState {
     /// A regtest chain holding only the genesis block.
     pub fn new() -> Self {
         BitcoinState {
-            blocks: vec![bitcoin::blockdata::constants::genesis_block(
-                Network::Regtest,
-            )],
+            blocks: vec![genesis_block(Network::Regtest)],
             undo: vec![vec![]],
             utxos: HashMap::new(),
             mempool: Vec::new(),
@@ -134,8 +213,15 @@ impl BitcoinState {
         if tx.is_coinbase() {
             return Err(refuse(-26, "coinbase"));
         }
-        if tx.input.is_empty() || tx.output.is_empty() {
-            return Err(refuse(-26, "bad-txns-vin-empty or vout-empty"));
+        if tx.input.is_empty() {
+            return Err(refuse(-26, "bad-txns-vin-empty"));
+        }
+        if tx.output.is_empty() {
+            return Err(refuse(-26, "bad-txns-vout-empty"));
+        }
+        self.check_standard(tx)?;
+        if !self.is_final_at_tip(tx) {
+            return Err(refuse(-26, "non-final"));
         }
         let mempool_outputs: HashMap<OutPoint, TxOut> = self
             .mempool
@@ -155,6 +241,7 @@ impl BitcoinState {
             .collect();
         let mut seen = HashSet::new();
         let mut prevouts = Vec::with_capacity(tx.input.len());
+        let mut heights = Vec::with_capacity(tx.input.len());
         for input in &tx.input {
             let o = input.previous_output;
             if !seen.insert(o) {
@@ -163,17 +250,30 @@ impl BitcoinState {
             if mempool_spent.contains(&o) {
                 return Err(refuse(-26, "txn-mempool-conflict"));
             }
-            let out = match (self.utxos.get(&o), mempool_outputs.get(&o)) {
+            let (out, height) = match (self.utxos.get(&o), mempool_outputs.get(&o)) {
                 (Some(c), _) => {
                     if c.coinbase && self.height() + 1 - c.height < COINBASE_MATURITY {
                         return Err(refuse(-26, "bad-txns-premature-spend-of-coinbase"));
                     }
-                    c.txout.clone()
+                    (c.txout.clone(), c.height)
                 }
-                (None, Some(m)) => m.clone(),
+                (None, Some(m)) => (m.clone(), self.height() + 1),
                 (None, None) => return Err(refuse(-25, "bad-txns-inputs-missingorspent")),
             };
             prevouts.push(out);
+            heights.push(height);
+        }
+        if !self.sequence_locks_met(tx, &heights) {
+            return Err(refuse(-26, "non-BIP68-final"));
+        }
+        let spent: HashMap<OutPoint, TxOut> = tx
+            .input
+            .iter()
+            .map(|i| i.previous_output)
+            .zip(prevouts.iter().cloned())
+            .collect();
+        if tx.total_sigop_cost(|o| spent.get(o).cloned()) > MAX_STANDARD_TX_SIGOPS_COST {
+            return Err(refuse(-26, "bad-txns-too-many-sigops"));
         }
         self.check_chain_limits(tx)?;
         let value_in = prevouts
@@ -210,6 +310,81 @@ impl BitcoinState {
         fee_wallet::verify_spends(tx, &prevouts)
             .map_err(|e| refuse(-26, format!("mandatory-script-verify-flag-failed ({e})")))?;
         Ok(fee)
+    }
+
+    /// Core's `IsStandardTx` checks that do not need the spent outputs.
+    fn check_standard(&self, tx: &Transaction) -> Result<(), Refusal> {
+        if !(1..=3).contains(&tx.version.0) {
+            return Err(refuse(-26, "version"));
+        }
+        if tx.weight().to_wu() > MAX_STANDARD_TX_WEIGHT {
+            return Err(refuse(-26, "tx-size"));
+        }
+        if tx.base_size() < 65 {
+            return Err(refuse(-26, "tx-size-small"));
+        }
+        for i in &tx.input {
+            if i.script_sig.len() > 1650 {
+                return Err(refuse(-26, "scriptsig-size"));
+            }
+            if !i.script_sig.is_push_only() {
+                return Err(refuse(-26, "scriptsig-not-pushonly"));
+            }
+        }
+        for o in &tx.output {
+            let s = &o.script_pubkey;
+            let standard = s.is_p2pk()
+                || s.is_p2pkh()
+                || s.is_p2sh()
+                || s.is_multisig()
+                || s.is_op_return()
+                || s.is_witness_program();
+            if !standard {
+                return Err(refuse(-26, "scriptpubkey"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Core's `IsFinalTx` for the next block: its height and the tip's
+    /// median time past.
+    fn is_final_at_tip(&self, tx: &Transaction) -> bool {
+        let lock = tx.lock_time.to_consensus_u32();
+        if lock == 0 {
+            return true;
+        }
+        let limit = if lock < absolute::LOCK_TIME_THRESHOLD {
+            self.height() + 1
+        } else {
+            u64::from(self.median_time_past(self.height()))
+        };
+        u64::from(lock) < limit || tx.input.iter().all(|i| i.sequence == Sequence::MAX)
+    }
+
+    /// BIP68 relative lock times for the next block, given the height of
+    /// each spent coin (the next block's for mempool coins).
+    fn sequence_locks_met(&self, tx: &Transaction, heights: &[u64]) -> bool {
+        if tx.version.0 < 2 {
+            return true;
+        }
+        let (mut min_height, mut min_time) = (-1i64, -1i64);
+        for (input, &h) in tx.input.iter().zip(heights) {
+            let seq = input.sequence.0;
+            if seq & (1 << 31) != 0 {
+                continue;
+            }
+            let value = i64::from(seq & 0xffff);
+            let h = i64::try_from(h).unwrap_or(i64::MAX);
+            if seq & (1 << 22) != 0 {
+                let before = u64::try_from(h - 1).unwrap_or(0);
+                let coin_time = i64::from(self.median_time_past(before));
+                min_time = min_time.max(coin_time + (value << 9) - 1);
+            } else {
+                min_height = min_height.max(h + value - 1);
+            }
+        }
+        let next = i64::try_from(self.height() + 1).unwrap_or(i64::MAX);
+        min_height < next && min_time < i64::from(self.median_time_past(self.height()))
     }
 
     /// bitcoind's default package limits: a transaction with its in-mempool
@@ -279,45 +454,41 @@ impl BitcoinState {
         Ok(txid)
     }
 
-    /// Mines a block paying the coinbase to `to`, with every mempool transaction.
+    /// Mines a block paying the coinbase to `to`, with the mempool's
+    /// transactions (in arrival order, as many as fit under the block weight
+    /// and sigop limits), as Bitcoin Core's miner builds it: version
+    /// 0x20000000, the BIP34 height in the coinbase (`CScript() << height`,
+    /// with a dummy `OP_0` only where the push alone is under two bytes),
+    /// coinbase lock time `height - 1` with sequence 0xfffffffe, the regtest
+    /// subsidy plus the fees, the BIP141 witness commitment, a time above the
+    /// median of the last 11 blocks and real proof of work on 0x207fffff.
     pub fn mine(&mut self, to: &ScriptBuf) -> BlockHash {
         let height = self.height() + 1;
-        let mut script_sig = bitcoin::script::Builder::new()
-            .push_int(height as i64)
-            .into_script()
-            .into_bytes();
-        script_sig.push(0x00);
-        let coinbase = Transaction {
-            version: transaction::Version::TWO,
-            lock_time: absolute::LockTime::ZERO,
-            input: vec![TxIn {
-                previous_output: OutPoint::null(),
-                script_sig: ScriptBuf::from_bytes(script_sig),
-                sequence: Sequence::MAX,
-                witness: Witness::new(),
-            }],
-            output: vec![TxOut {
-                value: Amount::from_sat(50 * 100_000_000),
-                script_pubkey: to.clone(),
-            }],
+        let (txdata, fees) = self.select_for_block(to);
+        let value = subsidy(height).checked_add(fees).unwrap_or(subsidy(height));
+        let coinbase = coinbase(height, to, value);
+        let mut block = Block {
+            header: Header {
+                version: Version::from_consensus(BLOCK_VERSION),
+                prev_blockhash: self.tip_hash(),
+                merkle_root: TxMerkleNode::all_zeros(),
+                time: self.next_block_time(),
+                bits: CompactTarget::from_consensus(REGTEST_BITS),
+                nonce: 0,
+            },
+            txdata: std::iter::once(coinbase).chain(txdata).collect(),
         };
-        let mut txdata = vec![coinbase];
-        txdata.append(&mut self.mempool);
-        let prev = self.blocks.last().expect("genesis is always there");
-        let mut header = Header {
-            version: Version::TWO,
-            prev_blockhash: prev.block_hash(),
-            merkle_root: TxMerkleNode::all_zeros(),
-            time: prev.header.time + 1,
-            bits: CompactTarget::from_consensus(0x207f_ffff),
-            nonce: 0,
-        };
-        let mut block = Block { header, txdata };
-        header.merkle_root = block.compute_merkle_root().expect("a block has a coinbase");
-        while header.validate_pow(header.target()).is_err() {
-            header.nonce += 1;
+        add_witness_commitment(&mut block);
+        if let Some(root) = block.compute_merkle_root() {
+            block.header.merkle_root = root;
         }
-        block.header = header;
+        let target = block.header.target();
+        while block.header.validate_pow(target).is_err() {
+            block.header.nonce = block.header.nonce.wrapping_add(1);
+            if block.header.nonce == 0 {
+                block.header.time = block.header.time.saturating_add(1);
+            }
+        }
         let mut undo = Vec::new();
         for (i, tx) in block.txdata.iter().enumerate() {
             for input in tx.input.iter().filter(|_| i > 0) {
@@ -343,6 +514,85 @@ impl BitcoinState {
         self.blocks.push(block);
         self.undo.push(undo);
         hash
+    }
+
+    /// Takes from the front of the mempool what fits in a block beside a
+    /// coinbase paying `to`; returns it with its fees. The mempool is in
+    /// arrival order, so parents come before children and a prefix is a
+    /// valid block.
+    fn select_for_block(&mut self, to: &ScriptBuf) -> (Vec<Transaction>, Amount) {
+        // Core's miner reserves 4000 weight units and 400 sigops for the
+        // coinbase; the header and transaction count take a few more.
+        let mut weight = 4_000 + 4 * 90;
+        let mut sigops = 400 + 4 * to.count_sigops_legacy();
+        let mut fees = Amount::ZERO;
+        let mut created: HashMap<OutPoint, TxOut> = HashMap::new();
+        let mut n = 0;
+        for tx in &self.mempool {
+            let lookup = |o: &OutPoint| {
+                self.utxos
+                    .get(o)
+                    .map(|c| c.txout.clone())
+                    .or_else(|| created.get(o).cloned())
+            };
+            let w = tx.weight().to_wu() as usize;
+            let s = tx.total_sigop_cost(lookup);
+            if weight + w > MAX_BLOCK_WEIGHT || sigops + s > MAX_BLOCK_SIGOPS_COST {
+                break;
+            }
+            let value_in = tx
+                .input
+                .iter()
+                .filter_map(|i| lookup(&i.previous_output))
+                .try_fold(Amount::ZERO, |a, o| a.checked_add(o.value));
+            let value_out = tx
+                .output
+                .iter()
+                .try_fold(Amount::ZERO, |a, o| a.checked_add(o.value));
+            let fee = value_in
+                .zip(value_out)
+                .and_then(|(i, o)| i.checked_sub(o))
+                .unwrap_or(Amount::ZERO);
+            fees = fees.checked_add(fee).unwrap_or(fees);
+            weight += w;
+            sigops += s;
+            let txid = tx.compute_txid();
+            for (v, o) in tx.output.iter().enumerate() {
+                created.insert(OutPoint::new(txid, v as u32), o.clone());
+            }
+            n += 1;
+        }
+        (self.mempool.drain(..n).collect(), fees)
+    }
+
+    /// The best chain's tip hash.
+    pub fn tip_hash(&self) -> BlockHash {
+        self.blocks
+            .last()
+            .map(|b| b.block_hash())
+            .unwrap_or_else(|| genesis_block(Network::Regtest).block_hash())
+    }
+
+    /// The median time of the 11 blocks ending at `height` (BIP113), as
+    /// Core's `GetMedianTimePast`.
+    pub fn median_time_past(&self, height: u64) -> u32 {
+        let end = usize::try_from(height)
+            .unwrap_or(usize::MAX)
+            .min(self.blocks.len().saturating_sub(1));
+        let mut times: Vec<u32> = self.blocks[end.saturating_sub(10)..=end]
+            .iter()
+            .map(|b| b.header.time)
+            .collect();
+        times.sort_unstable();
+        times[times.len() / 2]
+    }
+
+    /// The next block's time: one second after the tip, and above the
+    /// median time past (deterministic, so the devnet's chains repeat).
+    fn next_block_time(&self) -> u32 {
+        let prev = self.blocks.last().map(|b| b.header.time).unwrap_or(0);
+        prev.max(self.median_time_past(self.height()))
+            .saturating_add(1)
     }
 
     /// Empties the mempool, returning what it held (to mine blocks without it).
@@ -387,42 +637,406 @@ fn btc(a: Amount) -> Json {
     json!(a.to_btc())
 }
 
+/// Core's `GetDifficulty` from compact bits, computed the way Core does.
+fn difficulty(bits: CompactTarget) -> f64 {
+    let bits = bits.to_consensus();
+    let mut shift = (bits >> 24) & 0xff;
+    let mantissa = f64::from(bits & 0x00ff_ffff);
+    if mantissa == 0.0 {
+        return 0.0;
+    }
+    let mut d = f64::from(0xffffu32) / mantissa;
+    while shift < 29 {
+        d *= 256.0;
+        shift += 1;
+    }
+    while shift > 29 {
+        d /= 256.0;
+        shift -= 1;
+    }
+    d
+}
+
+/// Core's name for an output script's type (`scriptPubKey.type`).
+fn script_type(s: &bitcoin::Script) -> &'static str {
+    if s.is_p2pk() {
+        "pubkey"
+    } else if s.is_p2pkh() {
+        "pubkeyhash"
+    } else if s.is_p2sh() {
+        "scripthash"
+    } else if s.is_multisig() {
+        "multisig"
+    } else if s.is_op_return() {
+        "nulldata"
+    } else if s.is_p2wpkh() {
+        "witness_v0_keyhash"
+    } else if s.is_p2wsh() {
+        "witness_v0_scripthash"
+    } else if s.is_p2tr() {
+        "witness_v1_taproot"
+    } else if s.as_bytes() == [0x51, 0x02, 0x4e, 0x73] {
+        "anchor"
+    } else if s.is_witness_program() {
+        "witness_unknown"
+    } else {
+        "nonstandard"
+    }
+}
+
+/// A transaction decoded as Core's `TxToUniv` writes it (without `asm` and
+/// `desc`, which the devnet has no use for).
+fn tx_json(tx: &Transaction, fee: Option<Amount>) -> Json {
+    let witness = |w: &Witness| -> Vec<Json> { w.iter().map(|e| json!(hex::encode(e))).collect() };
+    let vin: Vec<Json> = tx
+        .input
+        .iter()
+        .map(|i| {
+            let mut v = if tx.is_coinbase() {
+                json!({"coinbase": i.script_sig.to_hex_string()})
+            } else {
+                json!({
+                    "txid": i.previous_output.txid.to_string(),
+                    "vout": i.previous_output.vout,
+                    "scriptSig": {"hex": i.script_sig.to_hex_string()},
+                })
+            };
+            if !i.witness.is_empty() {
+                v["txinwitness"] = json!(witness(&i.witness));
+            }
+            v["sequence"] = json!(i.sequence.0);
+            v
+        })
+        .collect();
+    let vout: Vec<Json> = tx
+        .output
+        .iter()
+        .enumerate()
+        .map(|(n, o)| {
+            let mut spk = json!({
+                "hex": o.script_pubkey.to_hex_string(),
+                "type": script_type(&o.script_pubkey),
+            });
+            if let Ok(a) = bitcoin::Address::from_script(&o.script_pubkey, Network::Regtest) {
+                spk["address"] = json!(a.to_string());
+            }
+            json!({"value": btc(o.value), "n": n, "scriptPubKey": spk})
+        })
+        .collect();
+    let mut v = json!({
+        "txid": tx.compute_txid().to_string(),
+        "hash": tx.compute_wtxid().to_string(),
+        "version": tx.version.0,
+        "size": tx.total_size(),
+        "vsize": tx.vsize(),
+        "weight": tx.weight().to_wu(),
+        "locktime": tx.lock_time.to_consensus_u32(),
+        "vin": vin,
+        "vout": vout,
+        "hex": serialize_hex(tx),
+    });
+    if let Some(f) = fee {
+        v["fee"] = btc(f);
+    }
+    v
+}
+
+/// A hash argument, refused with Core's -8 messages.
+fn hash_param<T: std::str::FromStr>(v: &Json, name: &str) -> Result<T, Refusal> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| refuse(-3, format!("JSON value of type {} is not of expected type string", json_type(v))))?;
+    if s.len() != 64 {
+        return Err(refuse(
+            -8,
+            format!("{name} must be of length 64 (not {}, for '{s}')", s.len()),
+        ));
+    }
+    s.parse()
+        .map_err(|_| refuse(-8, format!("{name} must be hexadecimal string (not '{s}')")))
+}
+
+fn json_type(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "bool",
+        Json::Number(_) => "number",
+        Json::String(_) => "string",
+        Json::Array(_) => "array",
+        Json::Object(_) => "object",
+    }
+}
+
+/// A verbosity argument: absent is `default`, a bool is 0 or 1, a number
+/// is itself.
+fn verbosity(v: &Json, default: u64) -> Result<u64, Refusal> {
+    match v {
+        Json::Null => Ok(default),
+        Json::Bool(b) => Ok(u64::from(*b)),
+        Json::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| refuse(-8, format!("Invalid verbosity value {n}"))),
+        other => Err(refuse(
+            -3,
+            format!(
+                "JSON value of type {} is not of expected type number",
+                json_type(other)
+            ),
+        )),
+    }
+}
+
+impl BitcoinState {
+    fn chainwork(&self, height: u64) -> String {
+        let n = usize::try_from(height).unwrap_or(usize::MAX);
+        let work = self
+            .blocks
+            .iter()
+            .take(n.saturating_add(1))
+            .map(|b| b.header.work())
+            .reduce(|a, b| a + b);
+        work.map(|w| hex::encode(w.to_be_bytes()))
+            .unwrap_or_default()
+    }
+
+    /// The fee of a transaction confirmed at `height`, from the block's undo
+    /// data and the block's own outputs.
+    fn confirmed_fee(&self, tx: &Transaction, height: u64) -> Option<Amount> {
+        if tx.is_coinbase() {
+            return None;
+        }
+        let undo = self.undo.get(usize::try_from(height).ok()?)?;
+        let value_in = tx.input.iter().try_fold(Amount::ZERO, |a, i| {
+            let c = undo.iter().find(|(o, _)| *o == i.previous_output)?;
+            a.checked_add(c.1.txout.value)
+        })?;
+        let value_out = tx
+            .output
+            .iter()
+            .try_fold(Amount::ZERO, |a, o| a.checked_add(o.value))?;
+        value_in.checked_sub(value_out)
+    }
+
+    /// The fee of a mempool transaction.
+    fn mempool_fee(&self, tx: &Transaction) -> Option<Amount> {
+        let value_in = tx.input.iter().try_fold(Amount::ZERO, |a, i| {
+            let o = i.previous_output;
+            let v = match self.utxos.get(&o) {
+                Some(c) => c.txout.value,
+                None => self
+                    .mempool
+                    .iter()
+                    .find(|t| t.compute_txid() == o.txid)?
+                    .output
+                    .get(usize::try_from(o.vout).ok()?)?
+                    .value,
+            };
+            a.checked_add(v)
+        })?;
+        let value_out = tx
+            .output
+            .iter()
+            .try_fold(Amount::ZERO, |a, o| a.checked_add(o.value))?;
+        value_in.checked_sub(value_out)
+    }
+
+    /// `getblock` at verbosity 1 (txids) or 2 (decoded transactions).
+    fn block_json(&self, height: u64, block: &Block, verbosity: u64) -> Json {
+        let h = &block.header;
+        let txs: Vec<Json> = if verbosity >= 2 {
+            block
+                .txdata
+                .iter()
+                .map(|t| tx_json(t, self.confirmed_fee(t, height)))
+                .collect()
+        } else {
+            block
+                .txdata
+                .iter()
+                .map(|t| json!(t.compute_txid().to_string()))
+                .collect()
+        };
+        let stripped = 80
+            + bitcoin::VarInt::from(block.txdata.len()).size()
+            + block.txdata.iter().map(|t| t.base_size()).sum::<usize>();
+        let mut v = json!({
+            "hash": block.block_hash().to_string(),
+            "confirmations": self.height() + 1 - height,
+            "height": height,
+            "version": h.version.to_consensus(),
+            "versionHex": format!("{:08x}", h.version.to_consensus()),
+            "merkleroot": h.merkle_root.to_string(),
+            "time": h.time,
+            "mediantime": self.median_time_past(height),
+            "nonce": h.nonce,
+            "bits": format!("{:08x}", h.bits.to_consensus()),
+            "target": hex::encode(h.target().to_be_bytes()),
+            "difficulty": difficulty(h.bits),
+            "chainwork": self.chainwork(height),
+            "nTx": block.txdata.len(),
+            "strippedsize": stripped,
+            "size": block.total_size(),
+            "weight": block.weight().to_wu(),
+            "tx": txs,
+        });
+        if height > 0 {
+            v["previousblockhash"] = json!(h.prev_blockhash.to_string());
+        }
+        if let Some(next) = self.block(height + 1) {
+            v["nextblockhash"] = json!(next.block_hash().to_string());
+        }
+        v
+    }
+
+    /// `getrawtransaction TXID [verbosity] [blockhash]`.
+    fn getrawtransaction(&self, params: &[Json]) -> Result<Json, Refusal> {
+        let p = |i: usize| params.get(i).cloned().unwrap_or(Json::Null);
+        let txid: Txid = hash_param(&p(0), "parameter 1")?;
+        let verbose = verbosity(&p(1), 0)?;
+        if txid.to_raw_hash() == genesis_block(Network::Regtest).header.merkle_root.to_raw_hash()
+        {
+            return Err(refuse(
+                -5,
+                "The genesis block coinbase is not considered an ordinary transaction and cannot be retrieved",
+            ));
+        }
+        let in_block = match p(2) {
+            Json::Null => None,
+            v => {
+                let hash: BlockHash = hash_param(&v, "parameter 3")?;
+                Some(
+                    self.find_block(&hash)
+                        .map(|(h, _)| h)
+                        .ok_or_else(|| refuse(-5, "Block hash not found"))?,
+                )
+            }
+        };
+        let (tx, height) = match in_block {
+            Some(h) => {
+                let tx = self
+                    .block(h)
+                    .and_then(|b| b.txdata.iter().find(|t| t.compute_txid() == txid))
+                    .cloned()
+                    .ok_or_else(|| {
+                        refuse(
+                            -5,
+                            "No such transaction found in the provided block. Use gettransaction for wallet transactions.",
+                        )
+                    })?;
+                (tx, Some(h))
+            }
+            None => self.locate(&txid).ok_or_else(|| {
+                refuse(
+                    -5,
+                    "No such mempool or blockchain transaction. Use gettransaction for wallet transactions.",
+                )
+            })?,
+        };
+        if verbose == 0 {
+            return Ok(json!(serialize_hex(&tx)));
+        }
+        let fee = match (verbose, height) {
+            (0 | 1, _) => None,
+            (_, Some(h)) => self.confirmed_fee(&tx, h),
+            (_, None) => self.mempool_fee(&tx),
+        };
+        let mut v = tx_json(&tx, fee);
+        if in_block.is_some() {
+            v["in_active_chain"] = json!(true);
+        }
+        if let Some(h) = height {
+            let b = self.block(h).map(|b| (b.block_hash(), b.header.time));
+            if let Some((hash, time)) = b {
+                v["blockhash"] = json!(hash.to_string());
+                v["confirmations"] = json!(self.height() + 1 - h);
+                v["time"] = json!(time);
+                v["blocktime"] = json!(time);
+            }
+        }
+        Ok(v)
+    }
+
+    /// `getblockchaininfo`, with the fields Core gives that mean something
+    /// here. The chain is in initial block download while its tip is more
+    /// than a day old, as Core's default `-maxtipage` says.
+    fn blockchain_info(&self) -> Json {
+        let tip = self.blocks.last().map(|b| b.header);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let tip_time = tip.map(|h| h.time).unwrap_or(0);
+        json!({
+            "chain": "regtest",
+            "blocks": self.height(),
+            "headers": self.height(),
+            "bestblockhash": self.tip_hash().to_string(),
+            "bits": format!("{REGTEST_BITS:08x}"),
+            "target": tip.map(|h| hex::encode(h.target().to_be_bytes())),
+            "difficulty": difficulty(CompactTarget::from_consensus(REGTEST_BITS)),
+            "time": tip_time,
+            "mediantime": self.median_time_past(self.height()),
+            "initialblockdownload": u64::from(tip_time) + 24 * 3600 < now,
+            "chainwork": self.chainwork(self.height()),
+            "pruned": false,
+            "warnings": [],
+        })
+    }
+}
+
+/// Core's `sendrawtransaction` default `maxfeerate`: 0.10 BTC/kvB.
+const DEFAULT_MAX_FEE_RATE_SAT_PER_KVB: u64 = 10_000_000;
+
 fn rpc(state: &mut BitcoinState, method: &str, params: &[Json]) -> Result<Json, Refusal> {
     let p = |i: usize| params.get(i).cloned().unwrap_or(Json::Null);
     let bad = || refuse(-1, format!("{method}: bad parameters"));
     match method {
         "getblockcount" => Ok(json!(state.height())),
+        "getbestblockhash" => Ok(json!(state.tip_hash().to_string())),
         "getblockhash" => {
-            let h = p(0).as_u64().ok_or_else(bad)?;
-            state
-                .block(h)
+            let h = p(0).as_i64().ok_or_else(bad)?;
+            u64::try_from(h)
+                .ok()
+                .and_then(|h| state.block(h))
                 .map(|b| json!(b.block_hash().to_string()))
                 .ok_or_else(|| refuse(-8, "Block height out of range"))
         }
         "getblock" => {
-            let hash: BlockHash = p(0).as_str().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-            let (_, b) = state
+            let hash: BlockHash = hash_param(&p(0), "blockhash")?;
+            let verbose = verbosity(&p(1), 1)?;
+            let (h, b) = state
                 .find_block(&hash)
                 .ok_or_else(|| refuse(-5, "Block not found"))?;
-            Ok(json!(serialize_hex(b)))
+            Ok(match verbose {
+                0 => json!(serialize_hex(b)),
+                v => state.block_json(h, b, v),
+            })
         }
-        "getrawtransaction" => {
-            let txid: Txid = p(0).as_str().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-            let (tx, height) = state
-                .locate(&txid)
-                .ok_or_else(|| refuse(-5, "No such mempool or blockchain transaction"))?;
-            let mut v = json!({"hex": serialize_hex(&tx), "txid": txid.to_string()});
-            if let Some(h) = height {
-                v["confirmations"] = json!(state.height() + 1 - h);
-                v["blockhash"] = json!(state.block(h).map(|b| b.block_hash().to_string()));
-            }
-            Ok(v)
-        }
+        "getrawtransaction" => state.getrawtransaction(params),
         "sendrawtransaction" => {
             let tx: Transaction = p(0)
                 .as_str()
                 .and_then(|s| deserialize_hex(s).ok())
-                .ok_or_else(|| refuse(-22, "TX decode failed"))?;
+                .ok_or_else(|| {
+                    refuse(-22, "TX decode failed. Make sure the tx has at least one input.")
+                })?;
+            let max_per_kvb = match p(1) {
+                Json::Null => DEFAULT_MAX_FEE_RATE_SAT_PER_KVB,
+                v => {
+                    let rate = v.as_f64().ok_or_else(bad)?;
+                    Amount::from_btc(rate).map_err(|_| bad())?.to_sat()
+                }
+            };
+            let fee = state.check(&tx);
+            if let Ok(fee) = fee {
+                let vsize = tx.vsize() as u64;
+                if max_per_kvb > 0 && fee.to_sat() > max_per_kvb.saturating_mul(vsize) / 1000 {
+                    return Err(refuse(
+                        -25,
+                        "Fee exceeds maximum configured by user (e.g. -maxtxfee, maxfeerate)",
+                    ));
+                }
+            }
             state.send(tx).map(|t| json!(t.to_string()))
         }
         "testmempoolaccept" => {
@@ -431,16 +1045,22 @@ fn rpc(state: &mut BitcoinState, method: &str, params: &[Json]) -> Result<Json, 
                 .and_then(|a| a.first().cloned())
                 .and_then(|h| h.as_str().map(str::to_owned))
                 .ok_or_else(bad)?;
-            let tx: Transaction =
-                deserialize_hex(&hex).map_err(|_| refuse(-22, "TX decode failed"))?;
-            Ok(match state.check(&tx) {
-                Ok(_) => {
-                    json!([{"txid": tx.compute_txid().to_string(), "allowed": true, "vsize": tx.vsize()}])
+            let tx: Transaction = deserialize_hex(&hex)
+                .map_err(|_| refuse(-22, "TX decode failed: Make sure the tx has at least one input."))?;
+            let ids = json!({"txid": tx.compute_txid().to_string(), "wtxid": tx.compute_wtxid().to_string()});
+            let mut v = ids;
+            match state.check(&tx) {
+                Ok(fee) => {
+                    v["allowed"] = json!(true);
+                    v["vsize"] = json!(tx.vsize());
+                    v["fees"] = json!({"base": btc(fee)});
                 }
                 Err(r) => {
-                    json!([{"txid": tx.compute_txid().to_string(), "allowed": false, "reject-reason": r.message}])
+                    v["allowed"] = json!(false);
+                    v["reject-reason"] = json!(r.message);
                 }
-            })
+            }
+            Ok(json!([v]))
         }
         "estimatesmartfee" => Ok(json!({"feerate": 0.00002, "blocks": 2})),
         "scantxoutset" => {
@@ -461,9 +1081,7 @@ fn rpc(state: &mut BitcoinState, method: &str, params: &[Json]) -> Result<Json, 
                 .collect();
             Ok(json!({"success": true, "height": state.height(), "unspents": unspents}))
         }
-        "getblockchaininfo" => Ok(
-            json!({"chain": "regtest", "blocks": state.height(), "bestblockhash": state.blocks.last().map(|b| b.block_hash().to_string())}),
-        ),
+        "getblockchaininfo" => Ok(state.blockchain_info()),
         "generatetoaddress" => {
             let n = p(0).as_u64().filter(|n| *n <= 1000).ok_or_else(bad)?;
             let address = p(1)
