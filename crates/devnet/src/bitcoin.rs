@@ -308,7 +308,7 @@ impl BitcoinState {
             ));
         }
         fee_wallet::verify_spends(tx, &prevouts)
-            .map_err(|e| refuse(-26, format!("mandatory-script-verify-flag-failed ({e})")))?;
+            .map_err(|e| refuse(-26, format!("mempool-script-verify-flag-failed ({e})")))?;
         Ok(fee)
     }
 
@@ -743,9 +743,15 @@ fn tx_json(tx: &Transaction, fee: Option<Amount>) -> Json {
 
 /// A hash argument, refused with Core's -8 messages.
 fn hash_param<T: std::str::FromStr>(v: &Json, name: &str) -> Result<T, Refusal> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| refuse(-3, format!("JSON value of type {} is not of expected type string", json_type(v))))?;
+    let s = v.as_str().ok_or_else(|| {
+        refuse(
+            -3,
+            format!(
+                "JSON value of type {} is not of expected type string",
+                json_type(v)
+            ),
+        )
+    })?;
     if s.len() != 64 {
         return Err(refuse(
             -8,
@@ -817,29 +823,6 @@ impl BitcoinState {
         value_in.checked_sub(value_out)
     }
 
-    /// The fee of a mempool transaction.
-    fn mempool_fee(&self, tx: &Transaction) -> Option<Amount> {
-        let value_in = tx.input.iter().try_fold(Amount::ZERO, |a, i| {
-            let o = i.previous_output;
-            let v = match self.utxos.get(&o) {
-                Some(c) => c.txout.value,
-                None => self
-                    .mempool
-                    .iter()
-                    .find(|t| t.compute_txid() == o.txid)?
-                    .output
-                    .get(usize::try_from(o.vout).ok()?)?
-                    .value,
-            };
-            a.checked_add(v)
-        })?;
-        let value_out = tx
-            .output
-            .iter()
-            .try_fold(Amount::ZERO, |a, o| a.checked_add(o.value))?;
-        value_in.checked_sub(value_out)
-    }
-
     /// `getblock` at verbosity 1 (txids) or 2 (decoded transactions).
     fn block_json(&self, height: u64, block: &Block, verbosity: u64) -> Json {
         let h = &block.header;
@@ -893,7 +876,11 @@ impl BitcoinState {
         let p = |i: usize| params.get(i).cloned().unwrap_or(Json::Null);
         let txid: Txid = hash_param(&p(0), "parameter 1")?;
         let verbose = verbosity(&p(1), 0)?;
-        if txid.to_raw_hash() == genesis_block(Network::Regtest).header.merkle_root.to_raw_hash()
+        if txid.to_raw_hash()
+            == genesis_block(Network::Regtest)
+                .header
+                .merkle_root
+                .to_raw_hash()
         {
             return Err(refuse(
                 -5,
@@ -935,10 +922,11 @@ impl BitcoinState {
         if verbose == 0 {
             return Ok(json!(serialize_hex(&tx)));
         }
+        // Core gives the fee (verbosity 2) only where it has the block's
+        // undo data: not for mempool transactions.
         let fee = match (verbose, height) {
-            (0 | 1, _) => None,
-            (_, Some(h)) => self.confirmed_fee(&tx, h),
-            (_, None) => self.mempool_fee(&tx),
+            (2.., Some(h)) => self.confirmed_fee(&tx, h),
+            _ => None,
         };
         let mut v = tx_json(&tx, fee);
         if in_block.is_some() {
@@ -1018,7 +1006,10 @@ fn rpc(state: &mut BitcoinState, method: &str, params: &[Json]) -> Result<Json, 
                 .as_str()
                 .and_then(|s| deserialize_hex(s).ok())
                 .ok_or_else(|| {
-                    refuse(-22, "TX decode failed. Make sure the tx has at least one input.")
+                    refuse(
+                        -22,
+                        "TX decode failed. Make sure the tx has at least one input.",
+                    )
                 })?;
             let max_per_kvb = match p(1) {
                 Json::Null => DEFAULT_MAX_FEE_RATE_SAT_PER_KVB,
@@ -1045,8 +1036,12 @@ fn rpc(state: &mut BitcoinState, method: &str, params: &[Json]) -> Result<Json, 
                 .and_then(|a| a.first().cloned())
                 .and_then(|h| h.as_str().map(str::to_owned))
                 .ok_or_else(bad)?;
-            let tx: Transaction = deserialize_hex(&hex)
-                .map_err(|_| refuse(-22, "TX decode failed: Make sure the tx has at least one input."))?;
+            let tx: Transaction = deserialize_hex(&hex).map_err(|_| {
+                refuse(
+                    -22,
+                    "TX decode failed: Make sure the tx has at least one input.",
+                )
+            })?;
             let ids = json!({"txid": tx.compute_txid().to_string(), "wtxid": tx.compute_wtxid().to_string()});
             let mut v = ids;
             match state.check(&tx) {

@@ -99,7 +99,11 @@ fn free_ports() -> std::io::Result<(u16, u16)> {
 /// # Errors
 /// When it is set but is not an existing file.
 pub fn bitcoind_exe() -> Result<Option<PathBuf>, BitcoindError> {
-    let Some(v) = std::env::var_os(BITCOIND_EXE) else {
+    exe_from(std::env::var_os(BITCOIND_EXE))
+}
+
+fn exe_from(value: Option<std::ffi::OsString>) -> Result<Option<PathBuf>, BitcoindError> {
+    let Some(v) = value else {
         return Ok(None);
     };
     let path = PathBuf::from(v);
@@ -164,7 +168,11 @@ impl RealBitcoind {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        log::debug!("bitcoind started (pid {}), rpc {}", child.id(), self.rpc_url());
+        log::debug!(
+            "bitcoind started (pid {}), rpc {}",
+            child.id(),
+            self.rpc_url()
+        );
         self.child = Some(child);
         self.wait_ready()
     }
@@ -312,5 +320,33 @@ impl RealBitcoind {
 impl Drop for RealBitcoind {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unset_variable_skips_and_a_missing_file_fails() {
+        assert!(matches!(exe_from(None), Ok(None)));
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-bitcoind");
+        assert!(matches!(
+            exe_from(Some(missing.clone().into())),
+            Err(BitcoindError::Missing(p)) if p == missing
+        ));
+        assert!(matches!(
+            exe_from(Some("".into())),
+            Err(BitcoindError::Missing(_))
+        ));
+        // A folder is not an executable either.
+        assert!(matches!(
+            exe_from(Some(dir.path().into())),
+            Err(BitcoindError::Missing(_))
+        ));
+        let file = dir.path().join("bitcoind");
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(exe_from(Some(file.clone().into())).unwrap(), Some(file));
     }
 }

@@ -94,7 +94,7 @@ fn refusals_carry_bitcoinds_codes_and_reasons() {
     let e = b.send(forged).unwrap_err();
     assert_eq!(e.code, -26);
     assert!(
-        e.message.starts_with("mandatory-script-verify-flag-failed"),
+        e.message.starts_with("mempool-script-verify-flag-failed"),
         "{}",
         e.message
     );
