@@ -137,8 +137,30 @@ pub struct BitcoinState {
     undo: Vec<Vec<(OutPoint, Coin)>>,
     utxos: HashMap<OutPoint, Coin>,
     mempool: Vec<Transaction>,
+    /// Blocks taken off the best chain (`invalidate_tip`), as Core keeps
+    /// them: `getblock` still finds them (confirmations -1).
+    stale: Vec<Stale>,
     /// Minimum relay fee rate.
     pub min_relay_fee: FeeRate,
+}
+
+/// A block no longer on the best chain.
+#[derive(Debug, Clone)]
+struct Stale {
+    height: u64,
+    block: Block,
+    undo: Vec<(OutPoint, Coin)>,
+}
+
+/// How many stale blocks are remembered.
+const MAX_STALE: usize = 1_000;
+
+/// A block found by hash, on the best chain or not.
+struct Found<'a> {
+    height: u64,
+    block: &'a Block,
+    undo: &'a [(OutPoint, Coin)],
+    active: bool,
 }
 
 impl Default for BitcoinState {
@@ -155,6 +177,7 @@ impl BitcoinState {
             undo: vec![vec![]],
             utxos: HashMap::new(),
             mempool: Vec::new(),
+            stale: Vec::new(),
             min_relay_fee: FeeRate::from_sat_per_vb(1).expect("1 sat/vB is representable"),
         }
     }
@@ -175,6 +198,52 @@ impl BitcoinState {
             .enumerate()
             .find(|(_, b)| b.block_hash() == *hash)
             .map(|(h, b)| (h as u64, b))
+    }
+
+    /// A block on the best chain or a stale one.
+    fn find_any_block(&self, hash: &BlockHash) -> Option<Found<'_>> {
+        if let Some((height, block)) = self.find_block(hash) {
+            let undo = self
+                .undo
+                .get(usize::try_from(height).ok()?)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            return Some(Found {
+                height,
+                block,
+                undo,
+                active: true,
+            });
+        }
+        self.stale
+            .iter()
+            .rev()
+            .find(|s| s.block.block_hash() == *hash)
+            .map(|s| Found {
+                height: s.height,
+                block: &s.block,
+                undo: &s.undo,
+                active: false,
+            })
+    }
+
+    /// The median time past of a block's chain ending at it, found through
+    /// its ancestors on the best chain or among stale blocks.
+    fn median_time_past_of(&self, block: &Block) -> u32 {
+        let mut times = vec![block.header.time];
+        let mut prev = block.header.prev_blockhash;
+        while times.len() < 11 {
+            let Some(f) = self.find_any_block(&prev) else {
+                break;
+            };
+            times.push(f.block.header.time);
+            if f.height == 0 {
+                break;
+            }
+            prev = f.block.header.prev_blockhash;
+        }
+        times.sort_unstable();
+        times[times.len() / 2]
     }
 
     /// Where a transaction is: `Some(None)` in the mempool, `Some(Some(h))`
@@ -511,6 +580,7 @@ impl BitcoinState {
             }
         }
         let hash = block.block_hash();
+        self.stale.retain(|s| s.block.block_hash() != hash);
         self.blocks.push(block);
         self.undo.push(undo);
         hash
@@ -623,11 +693,20 @@ impl BitcoinState {
                 self.utxos.remove(&OutPoint::new(txid, v as u32));
             }
         }
-        for (o, c) in undo {
-            self.utxos.insert(o, c);
+        for (o, c) in &undo {
+            self.utxos.insert(*o, c.clone());
+        }
+        let txs: Vec<Transaction> = block.txdata.iter().skip(1).cloned().collect();
+        self.stale.push(Stale {
+            height: self.height() + 1,
+            block,
+            undo,
+        });
+        if self.stale.len() > MAX_STALE {
+            self.stale.remove(0);
         }
         let old = std::mem::take(&mut self.mempool);
-        for tx in block.txdata.into_iter().skip(1).chain(old) {
+        for tx in txs.into_iter().chain(old) {
             let _ = self.send(tx);
         }
     }
@@ -793,25 +872,24 @@ fn verbosity(v: &Json, default: u64) -> Result<u64, Refusal> {
 }
 
 impl BitcoinState {
+    /// The total work of a chain `height + 1` blocks long: every block
+    /// here (genesis too) has regtest's fixed target, so each counts alike.
     fn chainwork(&self, height: u64) -> String {
-        let n = usize::try_from(height).unwrap_or(usize::MAX);
-        let work = self
-            .blocks
-            .iter()
-            .take(n.saturating_add(1))
-            .map(|b| b.header.work())
-            .reduce(|a, b| a + b);
-        work.map(|w| hex::encode(w.to_be_bytes()))
-            .unwrap_or_default()
+        let one = CompactTarget::from_consensus(REGTEST_BITS);
+        let one = bitcoin::Target::from_compact(one).to_work();
+        let mut work = one;
+        for _ in 0..height {
+            work = work + one;
+        }
+        hex::encode(work.to_be_bytes())
     }
 
     /// The fee of a transaction confirmed at `height`, from the block's undo
     /// data and the block's own outputs.
-    fn confirmed_fee(&self, tx: &Transaction, height: u64) -> Option<Amount> {
+    fn confirmed_fee(tx: &Transaction, undo: &[(OutPoint, Coin)]) -> Option<Amount> {
         if tx.is_coinbase() {
             return None;
         }
-        let undo = self.undo.get(usize::try_from(height).ok()?)?;
         let value_in = tx.input.iter().try_fold(Amount::ZERO, |a, i| {
             let c = undo.iter().find(|(o, _)| *o == i.previous_output)?;
             a.checked_add(c.1.txout.value)
@@ -824,13 +902,14 @@ impl BitcoinState {
     }
 
     /// `getblock` at verbosity 1 (txids) or 2 (decoded transactions).
-    fn block_json(&self, height: u64, block: &Block, verbosity: u64) -> Json {
+    fn block_json(&self, found: &Found<'_>, verbosity: u64) -> Json {
+        let (height, block) = (found.height, found.block);
         let h = &block.header;
         let txs: Vec<Json> = if verbosity >= 2 {
             block
                 .txdata
                 .iter()
-                .map(|t| tx_json(t, self.confirmed_fee(t, height)))
+                .map(|t| tx_json(t, Self::confirmed_fee(t, found.undo)))
                 .collect()
         } else {
             block
@@ -844,13 +923,17 @@ impl BitcoinState {
             + block.txdata.iter().map(|t| t.base_size()).sum::<usize>();
         let mut v = json!({
             "hash": block.block_hash().to_string(),
-            "confirmations": self.height() + 1 - height,
+            "confirmations": if found.active {
+                json!(self.height() + 1 - height)
+            } else {
+                json!(-1)
+            },
             "height": height,
             "version": h.version.to_consensus(),
             "versionHex": format!("{:08x}", h.version.to_consensus()),
             "merkleroot": h.merkle_root.to_string(),
             "time": h.time,
-            "mediantime": self.median_time_past(height),
+            "mediantime": self.median_time_past_of(block),
             "nonce": h.nonce,
             "bits": format!("{:08x}", h.bits.to_consensus()),
             "target": hex::encode(h.target().to_be_bytes()),
@@ -865,7 +948,7 @@ impl BitcoinState {
         if height > 0 {
             v["previousblockhash"] = json!(h.prev_blockhash.to_string());
         }
-        if let Some(next) = self.block(height + 1) {
+        if let Some(next) = self.block(height + 1).filter(|_| found.active) {
             v["nextblockhash"] = json!(next.block_hash().to_string());
         }
         v
@@ -892,17 +975,21 @@ impl BitcoinState {
             v => {
                 let hash: BlockHash = hash_param(&v, "parameter 3")?;
                 Some(
-                    self.find_block(&hash)
-                        .map(|(h, _)| h)
+                    self.find_any_block(&hash)
                         .ok_or_else(|| refuse(-5, "Block hash not found"))?,
                 )
             }
         };
-        let (tx, height) = match in_block {
-            Some(h) => {
-                let tx = self
-                    .block(h)
-                    .and_then(|b| b.txdata.iter().find(|t| t.compute_txid() == txid))
+        // The transaction, and where it is confirmed: (block, undo, height
+        // if on the best chain).
+        type Where<'a> = Option<(&'a Block, &'a [(OutPoint, Coin)], Option<u64>)>;
+        let (tx, place): (Transaction, Where<'_>) = match &in_block {
+            Some(f) => {
+                let tx = f
+                    .block
+                    .txdata
+                    .iter()
+                    .find(|t| t.compute_txid() == txid)
                     .cloned()
                     .ok_or_else(|| {
                         refuse(
@@ -910,35 +997,45 @@ impl BitcoinState {
                             "No such transaction found in the provided block. Use gettransaction for wallet transactions.",
                         )
                     })?;
-                (tx, Some(h))
+                (tx, Some((f.block, f.undo, f.active.then_some(f.height))))
             }
-            None => self.locate(&txid).ok_or_else(|| {
-                refuse(
-                    -5,
-                    "No such mempool or blockchain transaction. Use gettransaction for wallet transactions.",
-                )
-            })?,
+            None => {
+                let (tx, height) = self.locate(&txid).ok_or_else(|| {
+                    refuse(
+                        -5,
+                        "No such mempool or blockchain transaction. Use gettransaction for wallet transactions.",
+                    )
+                })?;
+                let place = height.and_then(|h| {
+                    let i = usize::try_from(h).ok()?;
+                    Some((self.blocks.get(i)?, self.undo.get(i)?.as_slice(), Some(h)))
+                });
+                (tx, place)
+            }
         };
         if verbose == 0 {
             return Ok(json!(serialize_hex(&tx)));
         }
         // Core gives the fee (verbosity 2) only where it has the block's
         // undo data: not for mempool transactions.
-        let fee = match (verbose, height) {
-            (2.., Some(h)) => self.confirmed_fee(&tx, h),
+        let fee = match (verbose, place) {
+            (2.., Some((_, undo, _))) => Self::confirmed_fee(&tx, undo),
             _ => None,
         };
         let mut v = tx_json(&tx, fee);
-        if in_block.is_some() {
-            v["in_active_chain"] = json!(true);
+        if let Some(f) = &in_block {
+            v["in_active_chain"] = json!(f.active);
         }
-        if let Some(h) = height {
-            let b = self.block(h).map(|b| (b.block_hash(), b.header.time));
-            if let Some((hash, time)) = b {
-                v["blockhash"] = json!(hash.to_string());
-                v["confirmations"] = json!(self.height() + 1 - h);
-                v["time"] = json!(time);
-                v["blocktime"] = json!(time);
+        if let Some((block, _, height)) = place {
+            v["blockhash"] = json!(block.block_hash().to_string());
+            match height {
+                Some(h) => {
+                    v["confirmations"] = json!(self.height() + 1 - h);
+                    v["time"] = json!(block.header.time);
+                    v["blocktime"] = json!(block.header.time);
+                }
+                // Off the best chain: Core says 0 and gives no time.
+                None => v["confirmations"] = json!(0),
             }
         }
         Ok(v)
@@ -992,12 +1089,12 @@ fn rpc(state: &mut BitcoinState, method: &str, params: &[Json]) -> Result<Json, 
         "getblock" => {
             let hash: BlockHash = hash_param(&p(0), "blockhash")?;
             let verbose = verbosity(&p(1), 1)?;
-            let (h, b) = state
-                .find_block(&hash)
+            let found = state
+                .find_any_block(&hash)
                 .ok_or_else(|| refuse(-5, "Block not found"))?;
             Ok(match verbose {
-                0 => json!(serialize_hex(b)),
-                v => state.block_json(h, b, v),
+                0 => json!(serialize_hex(found.block)),
+                v => state.block_json(&found, v),
             })
         }
         "getrawtransaction" => state.getrawtransaction(params),

@@ -228,7 +228,9 @@ fn core_accepts_every_block_of_a_devnet_chain_through_a_halving_and_a_reorg() {
     b.mine(&burn());
     submit(&node, &b, b.height() - 1);
     let fork = b.height() - 1;
-    let replaced = b.block(fork).unwrap().block_hash();
+    let replaced: bitcoin::BlockHash = b.block(fork).unwrap().block_hash();
+    // A payment in the replaced block (it is mined again after the reorg).
+    let stale_tx = b.block(fork).unwrap().txdata[1].compute_txid();
     b.invalidate_tip();
     b.invalidate_tip();
     let r = node.call("invalidateblock", json!([replaced])).unwrap();
@@ -255,9 +257,49 @@ fn core_accepts_every_block_of_a_devnet_chain_through_a_halving_and_a_reorg() {
         json!(b.height())
     );
     assert!(b.height() > 210, "{}", b.height());
+
+    // The replaced blocks are still known, as off the best chain, to both.
+    let height = b.height();
+    let em = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
+    let emu = bitcoin_node_client::UreqBitcoinNode::new(
+        &em.url(),
+        bitcoin_node_client::Auth::None,
+        std::time::Duration::from_secs(10),
+    );
+    for verbosity in [1, 2] {
+        let (a, c) = (
+            emu.call("getblock", json!([replaced, verbosity])).unwrap(),
+            node.call("getblock", json!([replaced, verbosity])).unwrap(),
+        );
+        assert_eq!(c["confirmations"], json!(-1), "{c}");
+        same_fields("stale getblock", &a, &c, BLOCK_FIELDS);
+        if verbosity == 2 {
+            for (x, y) in a["tx"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(c["tx"].as_array().unwrap())
+            {
+                same_tx("stale getblock 2", x, y);
+            }
+        }
+    }
+    let params = json!([stale_tx, 1, replaced]);
+    let (a, c) = (
+        emu.call("getrawtransaction", params.clone()).unwrap(),
+        node.call("getrawtransaction", params).unwrap(),
+    );
+    assert_eq!(c["in_active_chain"], json!(false), "{c}");
+    same_tx("getrawtransaction in a stale block", &a, &c);
+    let client = node.client();
+    let s = bitcoin_node_client::BitcoinNode::get_raw_transaction_in_block(
+        &client, &stale_tx, &replaced,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!((s.confirmations, s.block_hash), (0, None));
     eprintln!(
-        "{} blocks accepted by Core in {:?}",
-        b.height(),
+        "{height} blocks accepted by Core in {:?}",
         started.elapsed()
     );
 }
