@@ -279,6 +279,14 @@ impl BitcoinState {
 
     /// Checks a transaction as bitcoind's mempool would, without adding it.
     pub fn check(&self, tx: &Transaction) -> Result<Amount, Refusal> {
+        self.check_replacing(tx).map(|(fee, _)| fee)
+    }
+
+    /// As [`BitcoinState::check`], also giving the mempool transactions it
+    /// would replace (full RBF, as Core since v28: a conflicting
+    /// transaction replaces what it conflicts with, and their descendants,
+    /// when it pays more in fees and fee rate).
+    fn check_replacing(&self, tx: &Transaction) -> Result<(Amount, HashSet<Txid>), Refusal> {
         if tx.is_coinbase() {
             return Err(refuse(-26, "coinbase"));
         }
@@ -303,11 +311,13 @@ impl BitcoinState {
                     .map(move |(i, o)| (OutPoint::new(txid, i as u32), o.clone()))
             })
             .collect();
-        let mempool_spent: HashSet<OutPoint> = self
+        let inputs: HashSet<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
+        let conflicts: Vec<&Transaction> = self
             .mempool
             .iter()
-            .flat_map(|t| t.input.iter().map(|i| i.previous_output))
+            .filter(|t| t.input.iter().any(|i| inputs.contains(&i.previous_output)))
             .collect();
+        let evicted = self.with_descendants(conflicts.iter().map(|t| t.compute_txid()));
         let mut seen = HashSet::new();
         let mut prevouts = Vec::with_capacity(tx.input.len());
         let mut heights = Vec::with_capacity(tx.input.len());
@@ -316,8 +326,8 @@ impl BitcoinState {
             if !seen.insert(o) {
                 return Err(refuse(-26, "bad-txns-inputs-duplicate"));
             }
-            if mempool_spent.contains(&o) {
-                return Err(refuse(-26, "txn-mempool-conflict"));
+            if evicted.contains(&o.txid) {
+                return Err(refuse(-26, "bad-txns-spends-conflicting-tx"));
             }
             let (out, height) = match (self.utxos.get(&o), mempool_outputs.get(&o)) {
                 (Some(c), _) => {
@@ -376,9 +386,140 @@ impl BitcoinState {
                 format!("min relay fee not met, {} < {}", fee.to_sat(), min.to_sat()),
             ));
         }
+        if !conflicts.is_empty() {
+            self.check_replacement(tx, fee, &conflicts, &evicted)?;
+        }
         fee_wallet::verify_spends(tx, &prevouts)
             .map_err(|e| refuse(-26, format!("mempool-script-verify-flag-failed ({e})")))?;
-        Ok(fee)
+        Ok((fee, evicted))
+    }
+
+    /// The mempool transactions `roots` and all their in-mempool descendants.
+    fn with_descendants(&self, roots: impl Iterator<Item = Txid>) -> HashSet<Txid> {
+        let mut set: HashSet<Txid> = roots.collect();
+        // The mempool is in arrival order: a child comes after its parents.
+        for t in &self.mempool {
+            if t.input
+                .iter()
+                .any(|i| set.contains(&i.previous_output.txid))
+            {
+                set.insert(t.compute_txid());
+            }
+        }
+        set
+    }
+
+    /// The fee of a mempool transaction (zero if its inputs are unknown,
+    /// which a mempool transaction's never are).
+    fn mempool_fee(&self, tx: &Transaction) -> Amount {
+        let value = |o: &OutPoint| -> Option<Amount> {
+            match self.utxos.get(o) {
+                Some(c) => Some(c.txout.value),
+                None => self
+                    .mempool
+                    .iter()
+                    .find(|t| t.compute_txid() == o.txid)?
+                    .output
+                    .get(usize::try_from(o.vout).ok()?)
+                    .map(|x| x.value),
+            }
+        };
+        let value_in = tx.input.iter().try_fold(Amount::ZERO, |a, i| {
+            a.checked_add(value(&i.previous_output)?)
+        });
+        let value_out = tx
+            .output
+            .iter()
+            .try_fold(Amount::ZERO, |a, o| a.checked_add(o.value));
+        value_in
+            .zip(value_out)
+            .and_then(|(i, o)| i.checked_sub(o))
+            .unwrap_or(Amount::ZERO)
+    }
+
+    /// Core's replacement rules (BIP125 without the signalling, which full
+    /// RBF dropped): at most 100 evictions; no new unconfirmed inputs; fees
+    /// at least those of everything evicted plus the relay fee of the
+    /// replacement's own size; a higher fee rate than each direct conflict.
+    /// Where Core v31 compares feerate diagrams, the per-conflict fee rate
+    /// is the stricter, older rule.
+    fn check_replacement(
+        &self,
+        tx: &Transaction,
+        fee: Amount,
+        conflicts: &[&Transaction],
+        evicted: &HashSet<Txid>,
+    ) -> Result<(), Refusal> {
+        let txid = tx.compute_txid();
+        if evicted.len() > 100 {
+            return Err(refuse(
+                -26,
+                format!(
+                    "too many potential replacements, rejecting replacement {txid}; too many potential replacements ({} > 100)",
+                    evicted.len()
+                ),
+            ));
+        }
+        let in_mempool: HashSet<Txid> = self.mempool.iter().map(|t| t.compute_txid()).collect();
+        let conflict_parents: HashSet<Txid> = conflicts
+            .iter()
+            .flat_map(|c| c.input.iter().map(|i| i.previous_output.txid))
+            .collect();
+        if tx.input.iter().any(|i| {
+            in_mempool.contains(&i.previous_output.txid)
+                && !conflict_parents.contains(&i.previous_output.txid)
+        }) {
+            return Err(refuse(
+                -26,
+                format!("replacement-adds-unconfirmed, replacement {txid} adds unconfirmed input"),
+            ));
+        }
+        let old_fees = self
+            .mempool
+            .iter()
+            .filter(|t| evicted.contains(&t.compute_txid()))
+            .map(|t| self.mempool_fee(t))
+            .fold(Amount::ZERO, |a, f| a.checked_add(f).unwrap_or(Amount::MAX));
+        if fee < old_fees {
+            return Err(refuse(
+                -26,
+                format!(
+                    "insufficient fee, rejecting replacement {txid}, less fees than conflicting txs; {} < {}",
+                    fee.to_btc(),
+                    old_fees.to_btc()
+                ),
+            ));
+        }
+        let relay = self
+            .min_relay_fee
+            .fee_vb(tx.vsize() as u64)
+            .unwrap_or(Amount::MAX);
+        let additional = fee.checked_sub(old_fees).unwrap_or(Amount::ZERO);
+        if additional < relay {
+            return Err(refuse(
+                -26,
+                format!(
+                    "insufficient fee, rejecting replacement {txid}, not enough additional fees to relay; {} < {}",
+                    additional.to_btc(),
+                    relay.to_btc()
+                ),
+            ));
+        }
+        for c in conflicts {
+            // fee / vsize > old_fee / old_vsize, in integers.
+            let new = u128::from(fee.to_sat()) * c.vsize() as u128;
+            let old = u128::from(self.mempool_fee(c).to_sat()) * tx.vsize() as u128;
+            if new <= old {
+                return Err(refuse(
+                    -26,
+                    format!(
+                        "insufficient fee, rejecting replacement {txid}; new feerate does not exceed that of {}",
+                        c.compute_txid()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Core's `IsStandardTx` checks that do not need the spent outputs.
@@ -518,7 +659,12 @@ impl BitcoinState {
         if (0..tx.output.len()).any(|i| self.utxos.contains_key(&OutPoint::new(txid, i as u32))) {
             return Err(refuse(-27, "Transaction already in block chain"));
         }
-        self.check(&tx)?;
+        let (_, evicted) = self.check_replacing(&tx)?;
+        if !evicted.is_empty() {
+            log::debug!("{txid} replaces {} mempool transactions", evicted.len());
+            self.mempool
+                .retain(|t| !evicted.contains(&t.compute_txid()));
+        }
         self.mempool.push(tx);
         Ok(txid)
     }

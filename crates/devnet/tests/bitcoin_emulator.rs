@@ -110,18 +110,38 @@ fn refusals_carry_bitcoinds_codes_and_reasons() {
         (-25, "bad-txns-inputs-missingorspent")
     );
 
-    // A double spend of a mempool transaction's input.
-    let first = spending(&u, coin.clone(), vec![to(&u, value - 10_000)]);
-    b.send(first.clone()).unwrap();
+    // A double spend of a mempool transaction's input paying less fee is
+    // refused; one paying more replaces it (full RBF, as Core since v28).
+    let replaced = spending(&u, coin.clone(), vec![to(&u, value - 10_000)]);
+    b.send(replaced.clone()).unwrap();
     let e = b
-        .send(spending(&u, coin.clone(), vec![to(&u, value - 20_000)]))
+        .send(spending(&u, coin.clone(), vec![to(&u, value - 5_000)]))
         .unwrap_err();
-    assert_eq!((e.code, e.message.as_str()), (-26, "txn-mempool-conflict"));
+    assert_eq!(e.code, -26);
+    assert!(
+        e.message
+            .starts_with("insufficient fee, rejecting replacement"),
+        "{}",
+        e.message
+    );
+    // More fee in total but not the relay fee of its own size on top.
+    let e = b
+        .send(spending(&u, coin.clone(), vec![to(&u, value - 10_001)]))
+        .unwrap_err();
+    assert!(
+        e.message.contains("not enough additional fees to relay"),
+        "{}",
+        e.message
+    );
+    let first = spending(&u, coin.clone(), vec![to(&u, value - 20_000)]);
+    b.send(first.clone()).unwrap();
+    assert_eq!(b.locate(&replaced.compute_txid()), None, "evicted");
+    assert!(b.locate(&first.compute_txid()).is_some());
 
     // Once mined: the input is spent, the transaction itself is known.
     b.mine(&burn());
     let e = b
-        .send(spending(&u, coin, vec![to(&u, value - 20_000)]))
+        .send(spending(&u, coin, vec![to(&u, value - 30_000)]))
         .unwrap_err();
     assert_eq!(e.code, -25);
     let e = b.send(first).unwrap_err();

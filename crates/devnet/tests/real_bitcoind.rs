@@ -593,6 +593,15 @@ fn the_emulator_answers_rpc_as_core_does() {
         (ca, ma)
     };
     assert_eq!(code, -26);
+    // One paying more replaces it on both (full RBF).
+    let richer = pay(vec![out(value - 30_000)], &alice);
+    let (a, c) = ok_both("sendrawtransaction", json!([serialize_hex(&richer)]));
+    assert_eq!(
+        (&a, &c),
+        (&json!(richer.compute_txid()), &json!(richer.compute_txid()))
+    );
+    let (code, _) = err_both("getrawtransaction", json!([good.compute_txid()]));
+    assert_eq!(code, -5, "the replaced transaction left both mempools");
     // A coin spent in a block.
     let spent = b_spent_coin(&em);
     let mut double = Transaction {
