@@ -1,10 +1,37 @@
-//! A bitcoind emulator: real blocks (header, merkle root, proof of work at
-//! regtest difficulty), a UTXO set and a mempool, behind the JSON-RPC methods
-//! the coordinator uses with bitcoind's shapes and error codes. Every input
-//! of every accepted transaction is checked with libbitcoinconsensus
-//! (taproot rules, spent outputs); double spends, missing inputs, outputs
-//! above inputs, fees under the minimum relay fee, dust and immature
-//! coinbase spends are refused as bitcoind refuses them.
+//! A bitcoind emulator: a chain Bitcoin Core (regtest) accepts block by
+//! block, a UTXO set and a mempool, behind the JSON-RPC methods the
+//! coordinator uses with Core's shapes and error codes.
+//!
+//! Blocks are built as Core's miner builds them (checked against a real
+//! Core in `tests/real_bitcoind.rs`): regtest's genesis; version 0x20000000;
+//! the BIP34 height in a coinbase byte for byte like Core's (`CScript() <<
+//! height`, `OP_0` only under two bytes, lock time `height - 1`, sequence
+//! 0xfffffffe); the regtest subsidy (50 BTC halving every 150 blocks) plus
+//! the fees; the BIP141 witness commitment in every block; a time above the
+//! median of the last 11 (deterministic: one second after the tip, so runs
+//! repeat; Core therefore reports `initialblockdownload`, which changes
+//! nothing the coordinator uses); proof of work on 0x207fffff; the block
+//! weight and sigop limits.
+//!
+//! The mempool refuses what Core refuses, with its codes: every input is
+//! checked with libbitcoinconsensus (taproot rules, spent outputs); missing
+//! or double-spent inputs, outputs above inputs, immature coinbases,
+//! non-final and non-BIP68-final transactions, nonstandard versions, sizes,
+//! scripts and sigops, dust, and `sendrawtransaction`'s default maxfeerate.
+//! Conflicts replace as in Core's full RBF. Where it differs from Core v31's
+//! defaults it is stricter: minimum relay fee 1 sat/vB (Core: 0.1),
+//! ancestor/descendant limits of 25 (Core: clusters of 64), OP_RETURN
+//! outputs of at most 83 bytes (Core: 100,000), per-conflict fee rates for
+//! replacements (Core: feerate diagrams); and it does not apply Core's
+//! policy-only script flags (low S, minimal pushes: a secp256k1 signer
+//! meets them anyway).
+//!
+//! RPC answers carry the fields Core gives (decoded transactions without
+//! `asm` and `desc`). `getrawtransaction` finds confirmed transactions by
+//! txid, as Core does with `-txindex=1` (the devnet's real Core runs with
+//! it); blocks taken off the best chain stay known, as in Core. Still fixed:
+//! `estimatesmartfee` always answers 2 sat/vB, where a fresh regtest Core
+//! has no estimate.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;

@@ -643,6 +643,12 @@ fn the_emulator_answers_rpc_as_core_does() {
         );
         assert_eq!(c[0]["allowed"], json!(allowed), "{c}");
     }
+    // A fee above sendrawtransaction's default maxfeerate (0.10 BTC/kvB).
+    let mut greedy = tma.clone();
+    greedy.output[0].value = fresh.1.value - Amount::from_btc(1.0).unwrap();
+    bob.sign_input(&mut greedy, 0, &fresh.1);
+    let (code, msg) = err_both("sendrawtransaction", json!([serialize_hex(&greedy)]));
+    assert_eq!(code, -25, "{msg}");
     let (a, c) = ok_both("getblockcount", json!([]));
     assert_eq!(a, c);
 }
