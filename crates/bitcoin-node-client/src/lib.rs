@@ -127,7 +127,11 @@ pub trait BitcoinNode {
     }
 
     /// Broadcasts a transaction (`sendrawtransaction`). A transaction already
-    /// in the mempool or the chain is a success with the same txid.
+    /// in the mempool, or confirmed with an output still unspent (-27), is a
+    /// success with the same txid. Core answers a confirmed transaction
+    /// whose outputs are all spent like a double spend (-25
+    /// `bad-txns-inputs-missingorspent`): [`BitcoinNode::get_raw_transaction`]
+    /// tells the two apart.
     fn send_raw_transaction(&self, tx: &Transaction) -> Result<Txid, Error>;
 
     /// Asks whether the mempool would accept a transaction (`testmempoolaccept`).

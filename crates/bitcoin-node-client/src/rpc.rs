@@ -19,7 +19,8 @@ const MAX_BODY: u64 = 16 << 20;
 
 /// bitcoind's "no such transaction" (RPC_INVALID_ADDRESS_OR_KEY).
 const RPC_INVALID_ADDRESS_OR_KEY: i64 = -5;
-/// "Transaction already in block chain" (RPC_VERIFY_ALREADY_IN_CHAIN).
+/// "Transaction outputs already in utxo set" (RPC_VERIFY_ALREADY_IN_CHAIN;
+/// older nodes said "Transaction already in block chain").
 const RPC_VERIFY_ALREADY_IN_CHAIN: i64 = -27;
 /// Transaction rejected (RPC_VERIFY_REJECTED); "txn-already-in-mempool" and
 /// "txn-already-known" come with it from older nodes.

@@ -684,7 +684,7 @@ impl BitcoinState {
             return Ok(txid);
         }
         if (0..tx.output.len()).any(|i| self.utxos.contains_key(&OutPoint::new(txid, i as u32))) {
-            return Err(refuse(-27, "Transaction already in block chain"));
+            return Err(refuse(-27, "Transaction outputs already in utxo set"));
         }
         let (_, evicted) = self.check_replacing(&tx)?;
         if !evicted.is_empty() {
@@ -1281,6 +1281,25 @@ fn rpc(state: &mut BitcoinState, method: &str, params: &[Json]) -> Result<Json, 
                         "TX decode failed. Make sure the tx has at least one input.",
                     )
                 })?;
+            let max_burn = match p(2) {
+                Json::Null => Amount::ZERO,
+                v => v
+                    .as_f64()
+                    .and_then(|b| Amount::from_btc(b).ok())
+                    .ok_or_else(bad)?,
+            };
+            let unspendable =
+                |o: &TxOut| o.script_pubkey.is_op_return() || o.script_pubkey.len() > 10_000;
+            if tx
+                .output
+                .iter()
+                .any(|o| unspendable(o) && o.value > max_burn)
+            {
+                return Err(refuse(
+                    -25,
+                    "Unspendable output exceeds maximum configured by user (maxburnamount)",
+                ));
+            }
             let max_per_kvb = match p(1) {
                 Json::Null => DEFAULT_MAX_FEE_RATE_SAT_PER_KVB,
                 v => {

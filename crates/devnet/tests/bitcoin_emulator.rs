@@ -147,7 +147,7 @@ fn refusals_carry_bitcoinds_codes_and_reasons() {
     let e = b.send(first).unwrap_err();
     assert_eq!(
         (e.code, e.message.as_str()),
-        (-27, "Transaction already in block chain")
+        (-27, "Transaction outputs already in utxo set")
     );
 }
 

@@ -155,7 +155,67 @@ fn devnet_traffic(b: &mut BitcoinState) -> (User, User, TaprootKey) {
         )
         .unwrap();
     b.mine(&alice.btc.script_pubkey());
+    // The peg wallet fulfils the request as the coordinator does.
+    let fulfilment = peg.fulfil(b, b.height());
+    b.send(fulfilment).unwrap();
+    b.mine(&burn());
     (alice, bob, peg)
+}
+
+impl TaprootKey {
+    /// The fulfilment of the peg-out request mined at `height`, built by
+    /// the coordinator's wallet (`fee_wallet::PegWallet`) and signed.
+    fn fulfil(&self, b: &BitcoinState, height: u64) -> Transaction {
+        use fee_wallet::BitcoinWallet as _;
+        let block = b.block(height).unwrap();
+        let (ops, _) =
+            peg_ops::wire::parse_block(block, peg_ops::BurnHeight(height), MAGIC, Network::Regtest);
+        let op = ops
+            .into_iter()
+            .find_map(|o| match o {
+                peg_ops::PegOp::PegOutRequest(r) => Some(r),
+                peg_ops::PegOp::PegIn(_) => None,
+            })
+            .expect("a peg-out request in that block");
+        let utxos = b
+            .unspent(&self.address.script_pubkey())
+            .into_iter()
+            .map(|(outpoint, txout, h)| bitcoin_node_client::Utxo {
+                outpoint,
+                txout,
+                confirmations: (b.height() + 1 - h) as u32,
+            })
+            .collect();
+        let wallet = fee_wallet::PegWallet::new(
+            Network::Regtest,
+            MAGIC,
+            fee_wallet::BitcoinFeePolicy {
+                floor: bitcoin::FeeRate::from_sat_per_vb_u32(2),
+                cap: bitcoin::FeeRate::from_sat_per_vb_u32(100),
+                subsidy: Amount::ZERO,
+            },
+        );
+        let secp = Secp256k1::new();
+        let unsigned = wallet
+            .build_fulfillment(
+                &op,
+                &self.keypair.public_key(),
+                &fee_wallet::FulfillmentInputs {
+                    utxos,
+                    fee_rate: None,
+                    stacks_chain_tip: [7; 32],
+                    reserved: vec![],
+                },
+            )
+            .unwrap();
+        let tweaked = self.keypair.tap_tweak(&secp, None).to_keypair();
+        let sigs: Vec<_> = unsigned
+            .sighashes
+            .iter()
+            .map(|h| secp.sign_schnorr(&Message::from_digest(*h), &tweaked))
+            .collect();
+        wallet.finalize_fulfillment(&unsigned, &sigs).unwrap()
+    }
 }
 
 /// Bob spends the P2WPKH output 0 of `parent` (unconfirmed) back to himself.
@@ -617,8 +677,21 @@ fn the_emulator_answers_rpc_as_core_does() {
     let (code, _) = err_both("sendrawtransaction", json!([serialize_hex(&double)]));
     assert_eq!(code, -25);
     // A confirmed transaction sent again.
-    let confirmed = ok_both("getrawtransaction", json!([tip["tx"][1]])).0;
-    err_both("sendrawtransaction", json!([confirmed]));
+    // Every transaction of the last blocks sent again: coinbases (they
+    // burn to OP_RETURN), transactions with unspent outputs, spent ones.
+    for h in [height - 1, height - 2, height - 3] {
+        let bh = ok_both("getblockhash", json!([h])).0;
+        let blk = ok_both("getblock", json!([bh, 2])).0;
+        for t in blk["tx"].as_array().unwrap() {
+            let (a, c) = both("sendrawtransaction", json!([t["hex"]]));
+            assert_eq!(
+                rpc_error(a),
+                rpc_error(c),
+                "sendrawtransaction of {}",
+                t["txid"]
+            );
+        }
+    }
     let (code, _) = err_both("sendrawtransaction", json!(["00"]));
     assert_eq!(code, -22);
     // testmempoolaccept agrees on a valid and an invalid transaction.
