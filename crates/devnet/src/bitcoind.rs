@@ -61,6 +61,14 @@ pub enum BitcoindError {
         /// The tail of its output.
         log: String,
     },
+    /// Core did not accept a block ([`RealBitcoind::submit_blocks`]).
+    #[error("bitcoind refused block {height}: {reason}")]
+    Refused {
+        /// The block's height.
+        height: u64,
+        /// Core's answer to `submitblock`.
+        reason: String,
+    },
     /// An RPC call failed.
     #[error("bitcoind rpc: {0}")]
     Rpc(#[from] bitcoin_node_client::Error),
@@ -261,6 +269,34 @@ impl RealBitcoind {
     /// As [`UreqBitcoinNode::call`].
     pub fn call(&self, method: &str, params: Json) -> Result<Json, bitcoin_node_client::Error> {
         self.client().call(method, params)
+    }
+
+    /// Submits the emulator's best-chain blocks `from..=tip` in order
+    /// (`submitblock`), so this node follows the emulated chain.
+    ///
+    /// # Errors
+    /// [`BitcoindError::Refused`] with Core's reason for the first block it
+    /// does not accept; an RPC failure.
+    pub fn submit_blocks(
+        &self,
+        chain: &crate::BitcoinState,
+        from: u64,
+    ) -> Result<(), BitcoindError> {
+        let client = self.client();
+        for height in from..=chain.height() {
+            let Some(block) = chain.block(height) else {
+                break;
+            };
+            let hex = bitcoin::consensus::encode::serialize_hex(block);
+            let answer = client.call("submitblock", Json::Array(vec![Json::String(hex)]))?;
+            if !answer.is_null() {
+                return Err(BitcoindError::Refused {
+                    height,
+                    reason: answer.to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Whether the process is running.

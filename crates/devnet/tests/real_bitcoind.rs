@@ -90,13 +90,7 @@ fn output(b: &BitcoinState, txid: Txid, vout: u32) -> (OutPoint, TxOut) {
 /// Submits the emulator's best-chain blocks `from..=tip` to Core in order;
 /// each must be accepted (`null`).
 fn submit(node: &RealBitcoind, b: &BitcoinState, from: u64) {
-    for h in from..=b.height() {
-        let block = b.block(h).unwrap();
-        let r = node
-            .call("submitblock", json!([serialize_hex(block)]))
-            .unwrap();
-        assert!(r.is_null(), "Core refused the emulator's block {h}: {r}");
-    }
+    node.submit_blocks(b, from).unwrap();
 }
 
 /// A devnet-like chain: two users funded by coinbases (over 200 blocks, so
@@ -732,4 +726,32 @@ fn b_spent_coin(em: &BitcoinEmulator) -> (OutPoint, TxOut) {
         let cb = b.block(1).unwrap().txdata[0].clone();
         (OutPoint::new(cb.compute_txid(), 0), cb.output[0].clone())
     })
+}
+
+#[test]
+fn core_refuses_what_the_emulator_no_longer_mines() {
+    let Some(node) = real_node() else { return };
+    let mut b = BitcoinState::new();
+    b.mine(&burn());
+    let good = b.block(1).unwrap().clone();
+    // Re-mined with the old version 2, or with a coinbase over the subsidy.
+    let remine = |mut block: bitcoin::Block| {
+        block.header.merkle_root = block.compute_merkle_root().unwrap();
+        while block.header.validate_pow(block.header.target()).is_err() {
+            block.header.nonce += 1;
+        }
+        serialize_hex(&block)
+    };
+    let mut old_version = good.clone();
+    old_version.header.version = bitcoin::block::Version::TWO;
+    let r = node
+        .call("submitblock", json!([remine(old_version)]))
+        .unwrap();
+    assert_eq!(r, json!("bad-version(0x00000002)"));
+    let mut greedy = good.clone();
+    greedy.txdata[0].output[0].value += Amount::from_sat(1);
+    let r = node.call("submitblock", json!([remine(greedy)])).unwrap();
+    assert_eq!(r, json!("bad-cb-amount"));
+    // And the emulator's own block is accepted.
+    node.submit_blocks(&b, 1).unwrap();
 }

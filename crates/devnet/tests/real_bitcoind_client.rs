@@ -9,7 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use bitcoin::consensus::encode::serialize_hex;
 use bitcoin::hashes::Hash as _;
 use bitcoin::{
     absolute, transaction, Amount, BlockHash, OutPoint, ScriptBuf, Transaction, TxIn, TxOut, Txid,
@@ -35,12 +34,7 @@ fn burn() -> ScriptBuf {
 }
 
 fn submit(node: &RealBitcoind, b: &BitcoinState) {
-    for h in 1..=b.height() {
-        let r = node
-            .call("submitblock", json!([serialize_hex(b.block(h).unwrap())]))
-            .unwrap();
-        assert!(r.is_null(), "Core refused block {h}: {r}");
-    }
+    node.submit_blocks(b, 1).unwrap();
 }
 
 /// A funded user with confirmed payments to `bob`, one pending payment
