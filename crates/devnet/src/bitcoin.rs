@@ -27,7 +27,7 @@
 //! meets them anyway).
 //!
 //! RPC answers carry the fields Core gives (decoded transactions without
-//! `asm` and `desc`). `getrawtransaction` finds confirmed transactions by
+//! `asm` and `desc`; `getblock` verbosity 3 answers as 2, without `prevout`). `getrawtransaction` finds confirmed transactions by
 //! txid, as Core does with `-txindex=1` (the devnet's real Core runs with
 //! it); blocks taken off the best chain stay known, as in Core. Still fixed:
 //! `estimatesmartfee` always answers 2 sat/vB, where a fresh regtest Core
