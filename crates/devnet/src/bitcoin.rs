@@ -22,9 +22,9 @@
 //! defaults it is stricter: minimum relay fee 1 sat/vB (Core: 0.1),
 //! ancestor/descendant limits of 25 (Core: clusters of 64), OP_RETURN
 //! outputs of at most 83 bytes (Core: 100,000), per-conflict fee rates for
-//! replacements (Core: feerate diagrams); and it does not apply Core's
-//! policy-only script flags (low S, minimal pushes: a secp256k1 signer
-//! meets them anyway).
+//! replacements (Core: feerate diagrams). Of Core's policy-only script
+//! flags it applies low S and compressed keys to P2WPKH spends only (the
+//! others, such as minimal pushes, a secp256k1 signer meets anyway).
 //!
 //! RPC answers carry the fields Core gives (decoded transactions without
 //! `asm` and `desc`; `getblock` verbosity 3 answers as 2, without `prevout`). `getrawtransaction` finds confirmed transactions by
@@ -418,6 +418,7 @@ impl BitcoinState {
         }
         fee_wallet::verify_spends(tx, &prevouts)
             .map_err(|e| refuse(-26, format!("mempool-script-verify-flag-failed ({e})")))?;
+        check_p2wpkh_policy(tx, &prevouts)?;
         Ok((fee, evicted))
     }
 
@@ -883,6 +884,46 @@ impl BitcoinState {
             let _ = self.send(tx);
         }
     }
+}
+
+/// Two of Core's policy-only script flags libbitcoinconsensus does not
+/// apply, for P2WPKH spends: LOW_S and WITNESS_PUBKEYTYPE.
+fn check_p2wpkh_policy(tx: &Transaction, prevouts: &[TxOut]) -> Result<(), Refusal> {
+    // Core's text: the flag, then which input of which transaction.
+    let (txid, wtxid) = (tx.compute_txid(), tx.compute_wtxid());
+    for (i, (input, prev)) in tx.input.iter().zip(prevouts).enumerate() {
+        let failed = |why: &str| {
+            refuse(
+                -26,
+                format!(
+                    "mempool-script-verify-flag-failed ({why}), input {i} of {txid} (wtxid {wtxid}), spending {}",
+                    input.previous_output
+                ),
+            )
+        };
+        if !prev.script_pubkey.is_p2wpkh() || input.witness.len() != 2 {
+            continue;
+        }
+        let (Some(sig), Some(key)) = (input.witness.nth(0), input.witness.nth(1)) else {
+            continue;
+        };
+        if key.len() != 33 {
+            return Err(failed("Using non-compressed keys in segwit"));
+        }
+        let Some((_, der)) = sig.split_last() else {
+            continue;
+        };
+        if let Ok(parsed) = bitcoin::secp256k1::ecdsa::Signature::from_der(der) {
+            let mut low = parsed;
+            low.normalize_s();
+            if low != parsed {
+                return Err(failed(
+                    "Non-canonical signature: S value is unnecessarily high",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn btc(a: Amount) -> Json {

@@ -755,3 +755,68 @@ fn core_refuses_what_the_emulator_no_longer_mines() {
     // And the emulator's own block is accepted.
     node.submit_blocks(&b, 1).unwrap();
 }
+
+/// `sig` with s replaced by n - s (the curve order minus s): the same
+/// signature, high-S.
+fn high_s(sig: &bitcoin::secp256k1::ecdsa::Signature) -> bitcoin::secp256k1::ecdsa::Signature {
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xfe, 0xba, 0xae, 0xdc, 0xe6, 0xaf, 0x48, 0xa0, 0x3b, 0xbf, 0xd2, 0x5e, 0x8c, 0xd0, 0x36,
+        0x41, 0x41,
+    ];
+    let mut c = sig.serialize_compact();
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(c[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        c[32 + i] = (d + if d < 0 { 256 } else { 0 }) as u8;
+    }
+    bitcoin::secp256k1::ecdsa::Signature::from_compact(&c).unwrap()
+}
+
+#[test]
+fn a_high_s_signature_is_refused_by_both() {
+    let Some(node) = real_node() else { return };
+    let mut b = BitcoinState::new();
+    let mut alice = User::new("alice", 1);
+    alice.fund(&mut b, &burn());
+    node.submit_blocks(&b, 1).unwrap();
+    let coin = alice.coins()[0].clone();
+    let mut tx = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: coin.0,
+            ..TxIn::default()
+        }],
+        output: vec![TxOut {
+            value: coin.1.value - Amount::from_sat(10_000),
+            script_pubkey: alice.btc.script_pubkey(),
+        }],
+    };
+    alice.sign_input(&mut tx, 0, &coin.1);
+    let w = tx.input[0].witness.to_vec();
+    let der = &w[0][..w[0].len() - 1];
+    let sig = bitcoin::secp256k1::ecdsa::Signature::from_der(der).unwrap();
+    let mut high = high_s(&sig).serialize_der().to_vec();
+    high.push(0x01);
+    tx.input[0].witness = Witness::from_slice(&[high, w[1].clone()]);
+    let hex = serialize_hex(&tx);
+    let core = node.call("sendrawtransaction", json!([hex]));
+    let emu = b.send(tx.clone());
+    match (core, emu) {
+        (Err(bitcoin_node_client::Error::Rpc { code, message }), Err(e)) => {
+            assert_eq!((code, &message), (e.code, &e.message));
+            assert!(
+                message.contains("S value is unnecessarily high"),
+                "{message}"
+            );
+        }
+        other => panic!("both must refuse: {other:?}"),
+    }
+    // The same transaction with its low-S signature is accepted by both.
+    alice.sign_input(&mut tx, 0, &coin.1);
+    node.call("sendrawtransaction", json!([serialize_hex(&tx)]))
+        .unwrap();
+    b.send(tx).unwrap();
+}
