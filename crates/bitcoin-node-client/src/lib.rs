@@ -99,15 +99,39 @@ pub trait BitcoinNode {
     /// Returns the hash of the best-chain block at `height` (`getblockhash`).
     fn get_block_hash(&self, height: u64) -> Result<BlockHash, Error>;
 
-    /// Returns a block with its transactions (`getblock`).
+    /// Returns a block with its transactions (`getblock HASH 0`).
     fn get_block(&self, hash: &BlockHash) -> Result<Block, Error>;
 
     /// Returns a transaction and its confirmations, or `None` if the node
-    /// does not know it (`getrawtransaction`).
+    /// does not know it (`getrawtransaction TXID 1`). For a confirmed
+    /// transaction Bitcoin Core needs `-txindex=1` (without it, it answers
+    /// "not found" here: use [`BitcoinNode::get_raw_transaction_in_block`]).
     fn get_raw_transaction(&self, txid: &Txid) -> Result<Option<TxStatus>, Error>;
 
+    /// Returns a transaction looked up in the block `block_hash`, or `None`
+    /// if that block does not hold it or the node does not know the block
+    /// (`getrawtransaction TXID 1 BLOCKHASH`; works without `-txindex`).
+    /// When that block is no longer on the best chain, the status has 0
+    /// confirmations and no block hash.
+    ///
+    /// The default asks [`BitcoinNode::get_raw_transaction`] and keeps the
+    /// answer only if the transaction is in `block_hash`.
+    fn get_raw_transaction_in_block(
+        &self,
+        txid: &Txid,
+        block_hash: &BlockHash,
+    ) -> Result<Option<TxStatus>, Error> {
+        Ok(self
+            .get_raw_transaction(txid)?
+            .filter(|s| s.block_hash.as_ref() == Some(block_hash)))
+    }
+
     /// Broadcasts a transaction (`sendrawtransaction`). A transaction already
-    /// in the mempool or the chain is a success with the same txid.
+    /// in the mempool, or confirmed with an output still unspent (-27), is a
+    /// success with the same txid. Core answers a confirmed transaction
+    /// whose outputs are all spent like a double spend (-25
+    /// `bad-txns-inputs-missingorspent`): [`BitcoinNode::get_raw_transaction`]
+    /// tells the two apart.
     fn send_raw_transaction(&self, tx: &Transaction) -> Result<Txid, Error>;
 
     /// Asks whether the mempool would accept a transaction (`testmempoolaccept`).

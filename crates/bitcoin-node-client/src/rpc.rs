@@ -19,7 +19,8 @@ const MAX_BODY: u64 = 16 << 20;
 
 /// bitcoind's "no such transaction" (RPC_INVALID_ADDRESS_OR_KEY).
 const RPC_INVALID_ADDRESS_OR_KEY: i64 = -5;
-/// "Transaction already in block chain" (RPC_VERIFY_ALREADY_IN_CHAIN).
+/// "Transaction outputs already in utxo set" (RPC_VERIFY_ALREADY_IN_CHAIN;
+/// older nodes said "Transaction already in block chain").
 const RPC_VERIFY_ALREADY_IN_CHAIN: i64 = -27;
 /// Transaction rejected (RPC_VERIFY_REJECTED); "txn-already-in-mempool" and
 /// "txn-already-known" come with it from older nodes.
@@ -167,6 +168,66 @@ impl UreqBitcoinNode {
     }
 }
 
+impl UreqBitcoinNode {
+    /// `getrawtransaction TXID 1 [BLOCKHASH]`: verbosity explicit, so no
+    /// node default matters. -5 (unknown transaction, or unknown block) is
+    /// `None`.
+    fn raw_transaction(
+        &self,
+        txid: &Txid,
+        block: Option<&BlockHash>,
+    ) -> Result<Option<TxStatus>, Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            hex: String,
+            #[serde(default)]
+            confirmations: u32,
+            #[serde(default)]
+            blockhash: Option<BlockHash>,
+            #[serde(default)]
+            in_active_chain: Option<bool>,
+        }
+        let params = match block {
+            None => json!([txid, 1]),
+            Some(b) => json!([txid, 1, b]),
+        };
+        let raw: Raw = match self.call("getrawtransaction", params) {
+            Ok(v) => decode("getrawtransaction", v)?,
+            Err(Error::Rpc {
+                code: RPC_INVALID_ADDRESS_OR_KEY,
+                ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let tx: Transaction = deserialize_hex(&raw.hex)
+            .map_err(|e| Error::Decode(format!("transaction {txid}: {e}")))?;
+        if tx.compute_txid() != *txid {
+            return Err(Error::Decode(format!(
+                "asked for {txid}, got {}",
+                tx.compute_txid()
+            )));
+        }
+        // A block off the best chain: not confirmed.
+        let (confirmations, block_hash) = if raw.in_active_chain == Some(false) {
+            (0, None)
+        } else {
+            (raw.confirmations, raw.blockhash)
+        };
+        if let (Some(asked), Some(got)) = (block, block_hash.as_ref()) {
+            if asked != got {
+                return Err(Error::Decode(format!(
+                    "asked for {txid} in block {asked}, got block {got}"
+                )));
+            }
+        }
+        Ok(Some(TxStatus {
+            tx,
+            confirmations,
+            block_hash,
+        }))
+    }
+}
+
 impl BitcoinNode for UreqBitcoinNode {
     fn get_block_count(&self) -> Result<u64, Error> {
         decode("getblockcount", self.call("getblockcount", json!([]))?)
@@ -190,35 +251,15 @@ impl BitcoinNode for UreqBitcoinNode {
     }
 
     fn get_raw_transaction(&self, txid: &Txid) -> Result<Option<TxStatus>, Error> {
-        #[derive(Deserialize)]
-        struct Raw {
-            hex: String,
-            #[serde(default)]
-            confirmations: u32,
-            #[serde(default)]
-            blockhash: Option<BlockHash>,
-        }
-        let raw: Raw = match self.call("getrawtransaction", json!([txid, true])) {
-            Ok(v) => decode("getrawtransaction", v)?,
-            Err(Error::Rpc {
-                code: RPC_INVALID_ADDRESS_OR_KEY,
-                ..
-            }) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let tx: Transaction = deserialize_hex(&raw.hex)
-            .map_err(|e| Error::Decode(format!("transaction {txid}: {e}")))?;
-        if tx.compute_txid() != *txid {
-            return Err(Error::Decode(format!(
-                "asked for {txid}, got {}",
-                tx.compute_txid()
-            )));
-        }
-        Ok(Some(TxStatus {
-            tx,
-            confirmations: raw.confirmations,
-            block_hash: raw.blockhash,
-        }))
+        self.raw_transaction(txid, None)
+    }
+
+    fn get_raw_transaction_in_block(
+        &self,
+        txid: &Txid,
+        block_hash: &BlockHash,
+    ) -> Result<Option<TxStatus>, Error> {
+        self.raw_transaction(txid, Some(block_hash))
     }
 
     fn send_raw_transaction(&self, tx: &Transaction) -> Result<Txid, Error> {

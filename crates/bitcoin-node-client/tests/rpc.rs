@@ -302,3 +302,54 @@ fn peg_wallet_utxos_from_scantxoutset() {
     assert_eq!(utxos[1].confirmations, 10);
     assert!(utxos.iter().all(|u| u.txout.script_pubkey == script));
 }
+
+#[test]
+fn transactions_are_asked_with_explicit_verbosity_and_block() {
+    let tx = coinbase();
+    let txid = tx.compute_txid();
+    let hex = serialize_hex(&tx);
+    let best = genesis().block_hash();
+    let stale = bitcoin::BlockHash::from_byte_array([4; 32]);
+    let other = bitcoin::BlockHash::from_byte_array([5; 32]);
+    let server = FixtureServer::start(move |r| {
+        let (m, p) = method(r);
+        assert_eq!(m, "getrawtransaction");
+        if p == json!([txid, 1]) {
+            ok(json!({"hex": hex, "confirmations": 3, "blockhash": best}))
+        } else if p == json!([txid, 1, best]) {
+            ok(json!({"in_active_chain": true, "hex": hex, "confirmations": 3, "blockhash": best}))
+        } else if p == json!([txid, 1, stale]) {
+            // A block off the best chain: Core says so, with 0 confirmations.
+            ok(
+                json!({"in_active_chain": false, "hex": hex, "confirmations": 0, "blockhash": stale}),
+            )
+        } else if p == json!([txid, 1, other]) {
+            // A node answering about another block than asked.
+            ok(json!({"in_active_chain": true, "hex": hex, "confirmations": 1, "blockhash": best}))
+        } else {
+            rpc_error(-5, "Block hash not found")
+        }
+    });
+    let c = client(&server);
+    let s = c.get_raw_transaction(&txid).unwrap().unwrap();
+    assert_eq!((s.confirmations, s.block_hash), (3, Some(best)));
+    let s = c
+        .get_raw_transaction_in_block(&txid, &best)
+        .unwrap()
+        .unwrap();
+    assert_eq!((s.tx, s.confirmations, s.block_hash), (tx, 3, Some(best)));
+    let s = c
+        .get_raw_transaction_in_block(&txid, &stale)
+        .unwrap()
+        .unwrap();
+    assert_eq!((s.confirmations, s.block_hash), (0, None));
+    assert!(matches!(
+        c.get_raw_transaction_in_block(&txid, &other),
+        Err(Error::Decode(_))
+    ));
+    let unknown = bitcoin::BlockHash::from_byte_array([6; 32]);
+    assert_eq!(
+        c.get_raw_transaction_in_block(&txid, &unknown).unwrap(),
+        None
+    );
+}

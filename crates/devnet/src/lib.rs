@@ -5,6 +5,7 @@
 //! model of `contracts/sbtc-alpha.clar`. Nothing here is for real money.
 
 pub mod bitcoin;
+pub mod bitcoind;
 pub mod model;
 pub mod peg;
 mod server;
@@ -12,6 +13,7 @@ pub mod stacks;
 pub mod user;
 
 pub use bitcoin::{BitcoinEmulator, BitcoinState};
+pub use bitcoind::RealBitcoind;
 pub use model::SbtcModel;
 pub use peg::{Peg, PegOptions};
 pub use server::{Emulator, Fault};

@@ -94,7 +94,7 @@ fn refusals_carry_bitcoinds_codes_and_reasons() {
     let e = b.send(forged).unwrap_err();
     assert_eq!(e.code, -26);
     assert!(
-        e.message.starts_with("mandatory-script-verify-flag-failed"),
+        e.message.starts_with("mempool-script-verify-flag-failed"),
         "{}",
         e.message
     );
@@ -110,24 +110,44 @@ fn refusals_carry_bitcoinds_codes_and_reasons() {
         (-25, "bad-txns-inputs-missingorspent")
     );
 
-    // A double spend of a mempool transaction's input.
-    let first = spending(&u, coin.clone(), vec![to(&u, value - 10_000)]);
-    b.send(first.clone()).unwrap();
+    // A double spend of a mempool transaction's input paying less fee is
+    // refused; one paying more replaces it (full RBF, as Core since v28).
+    let replaced = spending(&u, coin.clone(), vec![to(&u, value - 10_000)]);
+    b.send(replaced.clone()).unwrap();
     let e = b
-        .send(spending(&u, coin.clone(), vec![to(&u, value - 20_000)]))
+        .send(spending(&u, coin.clone(), vec![to(&u, value - 5_000)]))
         .unwrap_err();
-    assert_eq!((e.code, e.message.as_str()), (-26, "txn-mempool-conflict"));
+    assert_eq!(e.code, -26);
+    assert!(
+        e.message
+            .starts_with("insufficient fee, rejecting replacement"),
+        "{}",
+        e.message
+    );
+    // More fee in total but not the relay fee of its own size on top.
+    let e = b
+        .send(spending(&u, coin.clone(), vec![to(&u, value - 10_001)]))
+        .unwrap_err();
+    assert!(
+        e.message.contains("not enough additional fees to relay"),
+        "{}",
+        e.message
+    );
+    let first = spending(&u, coin.clone(), vec![to(&u, value - 20_000)]);
+    b.send(first.clone()).unwrap();
+    assert_eq!(b.locate(&replaced.compute_txid()), None, "evicted");
+    assert!(b.locate(&first.compute_txid()).is_some());
 
     // Once mined: the input is spent, the transaction itself is known.
     b.mine(&burn());
     let e = b
-        .send(spending(&u, coin, vec![to(&u, value - 20_000)]))
+        .send(spending(&u, coin, vec![to(&u, value - 30_000)]))
         .unwrap_err();
     assert_eq!(e.code, -25);
     let e = b.send(first).unwrap_err();
     assert_eq!(
         (e.code, e.message.as_str()),
-        (-27, "Transaction already in block chain")
+        (-27, "Transaction outputs already in utxo set")
     );
 }
 
@@ -244,4 +264,116 @@ fn generatetoaddress_mines_to_a_regtest_address_over_json_rpc() {
     ]));
     assert_eq!(r["error"]["code"], -5, "{r}");
     em.with(|b| assert_eq!(b.height(), 3));
+}
+
+#[test]
+fn blocks_follow_cores_consensus_rules_for_regtest() {
+    use devnet::bitcoin::{subsidy, BLOCK_VERSION, REGTEST_BITS};
+    let (mut b, mut u) = funded();
+    assert_eq!(
+        b.block(0).unwrap().block_hash().to_string(),
+        "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206",
+        "regtest's genesis"
+    );
+    let other = User::new("o", 2).btc.script_pubkey();
+    // Run past the first halving (150) with a payment in most blocks.
+    while b.height() < 160 {
+        u.pay(&mut b, &other, Amount::from_sat(10_000)).unwrap();
+        b.mine(&burn());
+    }
+    let mut fees_seen = 0;
+    for h in 1..=b.height() {
+        let block = b.block(h).unwrap();
+        let prev = b.block(h - 1).unwrap();
+        assert_eq!(block.header.version.to_consensus(), BLOCK_VERSION);
+        assert_eq!(block.header.bits.to_consensus(), REGTEST_BITS);
+        assert_eq!(block.header.prev_blockhash, prev.block_hash());
+        assert!(block.header.validate_pow(block.header.target()).is_ok());
+        assert!(block.check_merkle_root(), "height {h}");
+        assert!(block.check_witness_commitment(), "height {h}");
+        // BIP34 as Core checks it: the scriptSig starts with `CScript() << h`
+        // (OP_1..OP_16 for small heights, which rust-bitcoin's own
+        // bip34_block_height does not read).
+        let expect = bitcoin::script::Builder::new()
+            .push_int(h as i64)
+            .into_script();
+        assert!(
+            block.txdata[0].input[0]
+                .script_sig
+                .as_bytes()
+                .starts_with(expect.as_bytes()),
+            "BIP34 at {h}"
+        );
+        if h > 16 {
+            assert_eq!(block.bip34_block_height().unwrap(), h);
+        }
+        assert!(
+            block.header.time > b.median_time_past(h - 1),
+            "BIP113 at {h}"
+        );
+        let cb = &block.txdata[0];
+        assert!(
+            (2..=100).contains(&cb.input[0].script_sig.len()),
+            "coinbase scriptSig of 2 to 100 bytes at {h}"
+        );
+        assert_eq!(cb.lock_time.to_consensus_u32() as u64, h - 1);
+        // The coinbase pays exactly the subsidy plus the fees.
+        let fees: u64 = block.txdata[1..]
+            .iter()
+            .map(|t| {
+                let value_in: u64 = t
+                    .input
+                    .iter()
+                    .map(|i| {
+                        let (prev, _) = b.locate(&i.previous_output.txid).unwrap();
+                        prev.output[i.previous_output.vout as usize].value.to_sat()
+                    })
+                    .sum();
+                value_in - t.output.iter().map(|o| o.value.to_sat()).sum::<u64>()
+            })
+            .sum();
+        fees_seen += fees;
+        let paid: u64 = cb.output.iter().map(|o| o.value.to_sat()).sum();
+        assert_eq!(paid, subsidy(h).to_sat() + fees, "coinbase at {h}");
+        // The last output is the witness commitment.
+        let last = cb.output.last().unwrap().script_pubkey.as_bytes();
+        assert_eq!(&last[..6], &[0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed]);
+        assert_eq!(cb.input[0].witness.to_vec(), vec![vec![0u8; 32]]);
+    }
+    assert!(fees_seen > 0);
+    assert_eq!(subsidy(149), Amount::from_sat(50_0000_0000));
+    assert_eq!(subsidy(150), Amount::from_sat(25_0000_0000));
+    assert_eq!(subsidy(300), Amount::from_sat(12_5000_0000));
+    assert_eq!(subsidy(150 * 64), Amount::ZERO);
+}
+
+#[test]
+fn transactions_not_final_for_the_next_block_wait() {
+    let (mut b, u) = funded();
+    let coin = u.coins()[0].clone();
+    let value = coin.1.value.to_sat();
+    // An absolute lock time at the next block's height is not final yet.
+    let mut tx = spending(&u, coin.clone(), vec![to(&u, value - 10_000)]);
+    tx.lock_time = absolute::LockTime::from_consensus(b.height() as u32 + 1);
+    tx.input[0].sequence = bitcoin::Sequence::ENABLE_LOCKTIME_NO_RBF;
+    u.sign_input(&mut tx, 0, &coin.1);
+    assert_eq!(b.send(tx.clone()).unwrap_err().message, "non-final");
+    b.mine(&burn());
+    let txid = b.send(tx.clone()).unwrap();
+    // A relative lock of 5 blocks on the coin that payment makes.
+    b.mine(&burn());
+    let coin_height = b.height();
+    let coin = (OutPoint::new(txid, 0), tx.output[0].clone());
+    let mut tx = spending(
+        &u,
+        coin.clone(),
+        vec![to(&u, coin.1.value.to_sat() - 10_000)],
+    );
+    tx.input[0].sequence = bitcoin::Sequence::from_height(5);
+    u.sign_input(&mut tx, 0, &coin.1);
+    while b.height() + 1 < coin_height + 5 {
+        assert_eq!(b.send(tx.clone()).unwrap_err().message, "non-BIP68-final");
+        b.mine(&burn());
+    }
+    b.send(tx).unwrap();
 }
