@@ -1,6 +1,7 @@
 //! The real `relay-server` binary as a child process: its peak memory stays
 //! bounded while many clients read the whole log slowly, and SIGTERM stops
 //! it cleanly. Linux only (`/proc`).
+#![allow(clippy::print_stderr)] // tests report their measurements
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -3,6 +3,7 @@
 //! the honest parties on 127.0.0.1), slow-loris bodies and headers,
 //! oversized bodies, per-address limits, a relay restart, the token. Every
 //! test is bounded in time and stops its servers.
+#![allow(clippy::print_stderr)] // tests report their measurements
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
