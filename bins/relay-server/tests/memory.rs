@@ -169,3 +169,20 @@ fn many_slow_full_reads_keep_the_relay_binary_within_its_memory_bound() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn with_a_token_file_the_binary_wants_the_token_but_not_for_health() {
+    let path = std::env::temp_dir().join(format!("relay-token-{}", std::process::id()));
+    std::fs::write(&path, "  tok-123\n").unwrap();
+    let (_relay, url) = start(&["--token-file", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    let anonymous = RelayClient::new(&url, Duration::from_secs(5));
+    assert!(matches!(
+        anonymous.post(b"x"),
+        Err(relay::RelayError::Http { status: 401, .. })
+    ));
+    let member = RelayClient::new(&url, Duration::from_secs(5)).with_token("tok-123");
+    assert_eq!(member.post(b"x").unwrap(), 1);
+    let health = ureq::get(format!("{url}/health")).call().unwrap();
+    assert_eq!(health.status(), 200);
+}

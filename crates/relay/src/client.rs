@@ -81,13 +81,23 @@ impl Batch {
 /// (or `head`); when a poll is answered by another instance, the relay
 /// restarted, and [`RelayClient::poll_tags`] re-reads the new relay from its
 /// first message. Clones start with the instance their original had seen.
-#[derive(Debug)]
 pub struct RelayClient {
     agent: ureq::Agent,
     url: String,
     timeout: Duration,
     token: Option<String>,
     instance: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for RelayClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayClient")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("instance", &self.instance())
+            .finish()
+    }
 }
 
 impl Clone for RelayClient {

@@ -284,7 +284,19 @@ fn a_slow_loris_is_cut_off_by_the_read_timeouts() {
     let mut s = connect_from("127.0.0.1", server.addr()).unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(3)));
 
+    // A long poll is not a slow client: it waits out its 2.5 s.
     let c = RelayClient::new(&server.url(), Duration::from_secs(5));
+    let t = Instant::now();
+    assert!(c
+        .poll(0, Duration::from_millis(2500))
+        .unwrap()
+        .messages
+        .is_empty());
+    assert!(
+        t.elapsed() >= Duration::from_millis(2400),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(c.post(b"still serving").unwrap(), 1);
 }
 
@@ -546,6 +558,14 @@ fn a_token_guards_every_endpoint_but_health() {
         ));
     }
     assert_eq!(right.post(b"x").unwrap(), 1);
+    assert!(!format!(
+        "{right:?} {:?}",
+        RelayConfig {
+            token: Some("s3cret-token".into()),
+            ..RelayConfig::default()
+        }
+    )
+    .contains("s3cret"));
     assert_eq!(right.head().unwrap(), 2);
     assert_eq!(
         right.poll(0, Duration::ZERO).unwrap().messages,
