@@ -29,18 +29,94 @@ struct Args {
     /// Largest single message, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_message_bytes: usize,
+    /// Most message bytes in one answer (a client asks again for the rest).
+    #[arg(long, default_value_t = 8 << 20)]
+    max_answer_bytes: usize,
+    /// Most open connections.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Most open connections from one client address (IPv6: one /64).
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_ip: usize,
+    /// Most long polls waiting at once.
+    #[arg(long, default_value_t = 512)]
+    max_long_polls: usize,
+    /// Most long polls waiting at once from one client address.
+    #[arg(long, default_value_t = 128)]
+    max_long_polls_per_ip: usize,
+    /// Longest a client may take to send a request's headers (and the
+    /// keep-alive idle timeout), in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// Longest a client may take to send a request's body, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    body_timeout_ms: u64,
+    /// Longest a write to a client may make no progress, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    write_timeout_ms: u64,
+    /// Threads serving requests.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// File holding a bearer token that every client must send (all but
+    /// /health answer 401 without it). Defence in depth: it keeps strangers
+    /// from filling the log; the packets' signed envelope protects keys.
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+    /// The bearer token itself, from the environment only (not a flag, so
+    /// it does not show in `ps`).
+    #[arg(skip = std::env::var("SBTC_RELAY_TOKEN").ok())]
+    token_env: Option<String>,
+}
+
+/// The token from `--token-file` or `SBTC_RELAY_TOKEN`, trimmed; none when neither is set.
+fn token(args: &Args) -> Result<Option<String>, String> {
+    let token = match (&args.token_file, &args.token_env) {
+        (Some(_), Some(_)) => {
+            return Err("give the token by --token-file or SBTC_RELAY_TOKEN, not both".into())
+        }
+        (Some(path), None) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?,
+        (None, Some(t)) => t.clone(),
+        (None, None) => return Ok(None),
+    };
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        return Err("the token is empty".into());
+    }
+    Ok(Some(token))
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    let token = match token(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = RelayConfig {
         max_messages: args.max_messages,
         max_bytes: args.max_bytes,
         max_age: Duration::from_secs(args.max_age_secs),
         max_message_len: args.max_message_bytes,
+        max_answer_bytes: args.max_answer_bytes,
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        max_long_polls: args.max_long_polls,
+        max_long_polls_per_ip: args.max_long_polls_per_ip,
+        header_timeout: Duration::from_millis(args.header_timeout_ms),
+        body_timeout: Duration::from_millis(args.body_timeout_ms),
+        write_timeout: Duration::from_millis(args.write_timeout_ms),
+        threads: args.threads,
+        token,
         ..RelayConfig::default()
     };
+    if let Err(e) = config.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {

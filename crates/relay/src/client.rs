@@ -1,11 +1,11 @@
 //! The relay client.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::{read_frames, HEADER_LOWEST, HEADER_NEXT};
+use log::info;
 
-/// The most a batch answer may hold.
-const MAX_BATCH_BODY: u64 = 256 << 20;
+use crate::{read_frames, HEADER_INSTANCE, HEADER_LOWEST, HEADER_NEXT, MAX_ANSWER_BODY};
 
 /// What went wrong talking to the relay.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -13,17 +13,35 @@ pub enum RelayError {
     /// The relay could not be reached or the connection broke.
     #[error("relay unreachable: {0}")]
     Transport(String),
-    /// The relay refused the request.
-    #[error("relay answered http {status}: {body}")]
+    /// The relay refused the request, e.g.
+    /// `relay http://…: 503 Service Unavailable: too many long polls (512), try again later`.
+    #[error("relay {url}: {status} {}: {}", reason(*.status), message(.body))]
     Http {
+        /// The relay's URL.
+        url: String,
         /// Status.
         status: u16,
-        /// Body, for the operator.
+        /// Body, for the operator (the relay sends `{"error": "…"}`).
         body: String,
     },
     /// The answer could not be read.
     #[error("relay answer malformed: {0}")]
     Malformed(String),
+}
+
+fn reason(status: u16) -> &'static str {
+    ureq::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+}
+
+/// The relay's `{"error": "…"}`, else the body as it is.
+fn message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.to_owned())
 }
 
 /// A batch of messages.
@@ -36,25 +54,75 @@ pub struct Batch {
     /// The lowest sequence number the relay still holds: if it is above the
     /// `after + 1` asked for, messages were missed.
     pub lowest: u64,
+    /// The relay restarted (its instance id changed) since this client's
+    /// previous answer: the batch was read from the new relay's first
+    /// message, not after the cursor asked for, which meant the old relay's
+    /// numbering.
+    pub restarted: bool,
 }
 
 impl Batch {
     /// Returns the sequence number to ask for next (the last one seen).
+    ///
+    /// After a restart with nothing for this client, that is the new
+    /// relay's `next - 1`, not `after` (which counted on the old relay).
     pub fn last_seq(&self, after: u64) -> u64 {
-        self.messages.last().map_or(after, |(s, _)| *s)
+        match self.messages.last() {
+            Some((s, _)) => *s,
+            None if self.restarted => self.next.saturating_sub(1),
+            None => after,
+        }
     }
 }
 
 /// A relay client.
-#[derive(Debug, Clone)]
+///
+/// It remembers the instance id of the relay that answered its last poll
+/// (or `head`); when a poll is answered by another instance, the relay
+/// restarted, and [`RelayClient::poll_tags`] re-reads the new relay from its
+/// first message. Clones start with the instance their original had seen.
 pub struct RelayClient {
     agent: ureq::Agent,
     url: String,
     timeout: Duration,
+    token: Option<String>,
+    instance: Mutex<Option<String>>,
 }
 
-fn transport(e: ureq::Error) -> RelayError {
-    RelayError::Transport(e.to_string())
+impl std::fmt::Debug for RelayClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayClient")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("instance", &self.instance())
+            .finish()
+    }
+}
+
+impl Clone for RelayClient {
+    fn clone(&self) -> Self {
+        RelayClient {
+            agent: self.agent.clone(),
+            url: self.url.clone(),
+            timeout: self.timeout,
+            token: self.token.clone(),
+            instance: Mutex::new(self.instance()),
+        }
+    }
+}
+
+fn transport(url: &str, e: ureq::Error) -> RelayError {
+    RelayError::Transport(format!("{url}: {e}"))
+}
+
+/// An answer's status, instance header and body.
+struct Answer {
+    status: u16,
+    instance: Option<String>,
+    next: Option<u64>,
+    lowest: Option<u64>,
+    body: Vec<u8>,
 }
 
 impl RelayClient {
@@ -63,12 +131,105 @@ impl RelayClient {
     pub fn new(url: &str, timeout: Duration) -> Self {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // Below the relay's keep-alive timeout (10 s by default), so a
+            // pooled connection is not reused as the relay closes it.
+            .max_idle_age(Duration::from_secs(4))
             .build();
         RelayClient {
             agent: ureq::Agent::new_with_config(config),
             url: url.trim_end_matches('/').to_owned(),
             timeout,
+            token: None,
+            instance: Mutex::new(None),
         }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request (for a relay
+    /// started with a token).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Returns the instance id of the relay that answered the last poll or
+    /// `head`, if any.
+    pub fn instance(&self) -> Option<String> {
+        self.instance
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records `seen`; returns the previous instance if it differs.
+    fn note_instance(&self, seen: Option<&str>) -> Option<String> {
+        let seen = seen?;
+        let mut known = self.instance.lock().unwrap_or_else(PoisonError::into_inner);
+        match known.replace(seen.to_owned()) {
+            Some(old) if old != seen => Some(old),
+            _ => None,
+        }
+    }
+
+    fn send(
+        &self,
+        req: ureq::RequestBuilder<ureq::typestate::WithoutBody>,
+        limit: usize,
+    ) -> Result<Answer, RelayError> {
+        let req = match &self.token {
+            Some(t) => req.header("Authorization", format!("Bearer {t}")),
+            None => req,
+        };
+        self.read(req.call(), limit)
+    }
+
+    fn read(
+        &self,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        limit: usize,
+    ) -> Result<Answer, RelayError> {
+        let mut resp = resp.map_err(|e| transport(&self.url, e))?;
+        let status = resp.status().as_u16();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let instance = header(HEADER_INSTANCE);
+        let next = header(HEADER_NEXT).and_then(|v| v.parse().ok());
+        let lowest = header(HEADER_LOWEST).and_then(|v| v.parse().ok());
+        let limit = if status == 200 { limit } else { 1 << 16 };
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(limit as u64)
+            .read_to_vec()
+            .map_err(|e| transport(&self.url, e))?;
+        if status != 200 {
+            return Err(RelayError::Http {
+                url: self.url.clone(),
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        Ok(Answer {
+            status,
+            instance,
+            next,
+            lowest,
+            body,
+        })
+    }
+
+    fn json(&self, answer: &Answer) -> Result<serde_json::Value, RelayError> {
+        debug_assert_eq!(answer.status, 200);
+        serde_json::from_slice(&answer.body).map_err(|e| {
+            RelayError::Malformed(format!(
+                "{}: {e}: {}",
+                self.url,
+                String::from_utf8_lossy(&answer.body)
+            ))
+        })
     }
 
     /// Posts a message; returns its sequence number.
@@ -85,30 +246,24 @@ impl RelayClient {
     /// # Errors
     /// As [`RelayClient::post`].
     pub fn post_tagged(&self, bytes: &[u8], tag: &str) -> Result<u64, RelayError> {
-        let mut resp = self
+        let req = self
             .agent
             .post(format!("{}/messages?tag={tag}", self.url))
             .config()
             .timeout_global(Some(self.timeout))
             .build()
-            .header("Content-Type", "application/octet-stream")
-            .send(bytes)
-            .map_err(transport)?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 16)
-            .read_to_string()
-            .map_err(transport)?;
-        if status != 200 {
-            return Err(RelayError::Http { status, body });
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(&body).map_err(|e| RelayError::Malformed(e.to_string()))?;
+            .header("Content-Type", "application/octet-stream");
+        let req = match &self.token {
+            Some(t) => req.header("Authorization", format!("Bearer {t}")),
+            None => req,
+        };
+        // The instance a post sees is not recorded: the cursor of this
+        // client's polls must be checked by its polls.
+        let answer = self.read(req.send(bytes), 1 << 16)?;
+        let v = self.json(&answer)?;
         v.get("seq")
             .and_then(serde_json::Value::as_u64)
-            .ok_or(RelayError::Malformed(body))
+            .ok_or_else(|| RelayError::Malformed(format!("{}: no seq in {v}", self.url)))
     }
 
     /// Returns the messages after `after`, waiting up to `wait` for one.
@@ -122,6 +277,12 @@ impl RelayClient {
     /// Returns the messages after `after` tagged with one of `tags` (every
     /// message when empty), waiting up to `wait` for one.
     ///
+    /// If the answer comes from another relay instance than the previous
+    /// one, the relay restarted and `after` meant the old numbering: the
+    /// messages are read again from the new relay's first one (without
+    /// waiting) and the batch says `restarted`. A caller that goes on with
+    /// `batch.last_seq(after)` keeps receiving without noticing.
+    ///
     /// # Errors
     /// As [`RelayClient::poll`].
     pub fn poll_tags(
@@ -130,8 +291,30 @@ impl RelayClient {
         wait: Duration,
         tags: &[&str],
     ) -> Result<Batch, RelayError> {
+        let batch = self.poll_once(after, wait, tags)?;
+        if let Some(old) = self.note_instance(batch.1.as_deref()) {
+            info!(
+                "relay {} restarted (instance {old} -> {}): re-reading from its first message",
+                self.url,
+                batch.1.as_deref().unwrap_or("?")
+            );
+            let (mut batch, seen) = self.poll_once(0, Duration::ZERO, tags)?;
+            // Yet another restart in between is caught by the next poll.
+            let _ = self.note_instance(seen.as_deref());
+            batch.restarted = true;
+            return Ok(batch);
+        }
+        Ok(batch.0)
+    }
+
+    fn poll_once(
+        &self,
+        after: u64,
+        wait: Duration,
+        tags: &[&str],
+    ) -> Result<(Batch, Option<String>), RelayError> {
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-        let mut resp = self
+        let req = self
             .agent
             .get(format!(
                 "{}/messages?after={after}&wait_ms={wait_ms}&tags={}",
@@ -140,62 +323,46 @@ impl RelayClient {
             ))
             .config()
             .timeout_global(Some(self.timeout + wait))
-            .build()
-            .call()
-            .map_err(transport)?;
-        let status = resp.status().as_u16();
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| RelayError::Malformed(format!("missing or bad {name} header")))
+            .build();
+        let answer = self.send(req, MAX_ANSWER_BODY)?;
+        let missing = |name: &str| {
+            RelayError::Malformed(format!("{}: missing or bad {name} header", self.url))
         };
-        if status != 200 {
-            let body = resp.body_mut().read_to_string().unwrap_or_default();
-            return Err(RelayError::Http { status, body });
-        }
-        let next = header(HEADER_NEXT)?;
-        let lowest = header(HEADER_LOWEST)?;
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_BATCH_BODY)
-            .read_to_vec()
-            .map_err(transport)?;
-        let messages =
-            read_frames(&body).ok_or_else(|| RelayError::Malformed("truncated batch".into()))?;
-        Ok(Batch {
-            messages,
-            next,
-            lowest,
-        })
+        let next = answer.next.ok_or_else(|| missing(HEADER_NEXT))?;
+        let lowest = answer.lowest.ok_or_else(|| missing(HEADER_LOWEST))?;
+        let messages = read_frames(&answer.body)
+            .ok_or_else(|| RelayError::Malformed(format!("{}: truncated batch", self.url)))?;
+        Ok((
+            Batch {
+                messages,
+                next,
+                lowest,
+                restarted: false,
+            },
+            answer.instance,
+        ))
     }
 
     /// Returns the relay's head: the sequence number the next message will
-    /// get. A client that starts now polls after `head() - 1`.
+    /// get. A client that starts now polls after `head() - 1`. Records the
+    /// relay's instance, as a poll does.
     ///
     /// # Errors
     /// Unreachable relay or a malformed answer.
     pub fn head(&self) -> Result<u64, RelayError> {
-        let mut resp = self
+        let req = self
             .agent
             .get(format!("{}/head", self.url))
             .config()
             .timeout_global(Some(self.timeout))
-            .build()
-            .call()
-            .map_err(transport)?;
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 16)
-            .read_to_string()
-            .map_err(transport)?;
-        let v: serde_json::Value =
-            serde_json::from_str(&body).map_err(|e| RelayError::Malformed(e.to_string()))?;
-        v.get("next")
+            .build();
+        let answer = self.send(req, 1 << 16)?;
+        let v = self.json(&answer)?;
+        let next = v
+            .get("next")
             .and_then(serde_json::Value::as_u64)
-            .ok_or(RelayError::Malformed(body))
+            .ok_or_else(|| RelayError::Malformed(format!("{}: no next in {v}", self.url)))?;
+        let _ = self.note_instance(answer.instance.as_deref());
+        Ok(next)
     }
 }

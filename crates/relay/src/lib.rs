@@ -6,11 +6,16 @@
 //! least one, so a message reaches every waiting client at once.
 //!
 //! The relay is untrusted by design: it never looks inside messages, neither
-//! signs nor verifies. Security is end to end: every packet is signed by its
-//! sender and verified by its receivers. Memory is bounded: messages are
-//! dropped oldest first past a count, a byte total or an age, and every
-//! answer reports the lowest sequence still held, so a client that fell
-//! behind knows it missed some.
+//! signs nor verifies. Security rests on the signed envelope around every
+//! packet and the signers' per-round rules (`docs/SECURITY.md`), not on the
+//! relay. Memory is bounded: messages are dropped oldest first past a count,
+//! a byte total or an age; an answer holds at most a count and a byte budget
+//! of messages, sharing their bytes with the log; connections, long polls and
+//! slow clients are bounded in number and time. Every answer reports the
+//! lowest sequence still held, so a client that fell behind knows it missed
+//! some, and the relay's random instance id, so a client notices a restart
+//! (sequence numbers start again at 1) and re-reads the new relay from its
+//! first message.
 //!
 //! The protocol is documented in `docs/relay-protocol.md`.
 
@@ -27,10 +32,28 @@ pub const HEADER_NEXT: &str = "X-Relay-Next";
 /// Response header: the lowest sequence number still held.
 pub const HEADER_LOWEST: &str = "X-Relay-Lowest";
 
+/// Response header: the relay's instance id, 32 hex digits chosen at random
+/// when it starts; a different one means the relay restarted and numbers
+/// messages from 1 again.
+pub const HEADER_INSTANCE: &str = "X-Relay-Instance";
+
+/// The largest answer body a client accepts (the server's answer byte
+/// budget is at most this, less one frame header).
+pub const MAX_ANSWER_BODY: usize = 16 << 20;
+
+/// The 12-byte header of a frame: `seq u64 BE ‖ len u32 BE`.
+fn frame_head(seq: u64, len: usize) -> [u8; 12] {
+    let mut head = [0u8; 12];
+    let (s, l) = head.split_at_mut(8);
+    s.copy_from_slice(&seq.to_be_bytes());
+    l.copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    head
+}
+
 /// Appends one frame (`seq u64 BE ‖ len u32 BE ‖ bytes`) to a batch body.
+#[cfg(test)]
 fn write_frame(out: &mut Vec<u8>, seq: u64, bytes: &[u8]) {
-    out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&frame_head(seq, bytes.len()));
     out.extend_from_slice(bytes);
 }
 

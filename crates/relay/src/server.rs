@@ -1,20 +1,43 @@
-//! The relay server.
+//! The relay server: hyper 1 (HTTP/1.1) on a small tokio runtime of its own.
+//!
+//! Every resource an outsider can hold is bounded: connections (in total
+//! and per client address), long polls (in total and per address), the time
+//! to send a request's headers and its body, the time a write may make no
+//! progress, the size of a message and of an answer. Answers share the
+//! logged message bytes (`Bytes`), never copying them per client.
 
-use std::collections::VecDeque;
-use std::io::Read;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use log::{debug, info, warn};
-use tiny_http::{Header, Method, Request, Response, Server};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
 
-use crate::{write_frame, HEADER_LOWEST, HEADER_NEXT};
+use crate::{frame_head, HEADER_INSTANCE, HEADER_LOWEST, HEADER_NEXT, MAX_ANSWER_BODY};
 
 /// Limits of a relay.
-#[derive(Debug, Clone)]
+///
+/// The defaults suit a peg of tens of signers on their own addresses, and
+/// in-process tests where up to 128 parties share 127.0.0.1.
+#[derive(Clone)]
 pub struct RelayConfig {
     /// Most messages held.
     pub max_messages: usize,
@@ -22,14 +45,57 @@ pub struct RelayConfig {
     pub max_bytes: usize,
     /// Oldest message held.
     pub max_age: Duration,
-    /// Largest single message.
+    /// Largest single message (a bigger `POST` gets `413`).
     pub max_message_len: usize,
     /// Longest a GET may wait for new messages.
     pub max_wait: Duration,
     /// Most messages in one GET answer.
     pub max_batch: usize,
-    /// Requests served at once (each long poll holds one).
-    pub workers: usize,
+    /// Most message bytes in one GET answer (a single larger message still
+    /// goes alone). At most [`MAX_ANSWER_BODY`] minus one frame header.
+    pub max_answer_bytes: usize,
+    /// Most open connections.
+    pub max_connections: usize,
+    /// Most open connections from one client address (IPv6: one /64).
+    pub max_connections_per_ip: usize,
+    /// Most GETs waiting for messages at once.
+    pub max_long_polls: usize,
+    /// Most GETs waiting for messages at once from one client address.
+    pub max_long_polls_per_ip: usize,
+    /// Longest a client may take to send a request's headers; also how long
+    /// an idle keep-alive connection stays open.
+    pub header_timeout: Duration,
+    /// Longest a client may take to send a request's body.
+    pub body_timeout: Duration,
+    /// Longest a write to a client may make no progress.
+    pub write_timeout: Duration,
+    /// When set, every endpoint but `/health` needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Threads of the relay's runtime.
+    pub threads: usize,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("max_messages", &self.max_messages)
+            .field("max_bytes", &self.max_bytes)
+            .field("max_age", &self.max_age)
+            .field("max_message_len", &self.max_message_len)
+            .field("max_wait", &self.max_wait)
+            .field("max_batch", &self.max_batch)
+            .field("max_answer_bytes", &self.max_answer_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("max_long_polls", &self.max_long_polls)
+            .field("max_long_polls_per_ip", &self.max_long_polls_per_ip)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("threads", &self.threads)
+            .finish()
+    }
 }
 
 impl Default for RelayConfig {
@@ -41,8 +107,58 @@ impl Default for RelayConfig {
             max_message_len: 4 << 20,
             max_wait: Duration::from_secs(30),
             max_batch: 10_000,
-            workers: 512,
+            max_answer_bytes: 8 << 20,
+            max_connections: 1024,
+            max_connections_per_ip: 256,
+            max_long_polls: 512,
+            max_long_polls_per_ip: 128,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            token: None,
+            threads: 2,
         }
+    }
+}
+
+impl RelayConfig {
+    /// Checks that the limits fit together.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the limit that does not fit.
+    pub fn validate(&self) -> io::Result<()> {
+        let bad = |m: String| Err(io::Error::new(io::ErrorKind::InvalidInput, m));
+        let most = MAX_ANSWER_BODY - 12;
+        if self.max_answer_bytes > most || self.max_message_len > most {
+            return bad(format!(
+                "max_answer_bytes ({}) and max_message_len ({}) must be at most {most}: \
+                 clients accept answers up to {MAX_ANSWER_BODY} bytes",
+                self.max_answer_bytes, self.max_message_len
+            ));
+        }
+        for (name, v) in [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("max_long_polls", self.max_long_polls),
+            ("max_long_polls_per_ip", self.max_long_polls_per_ip),
+            ("max_batch", self.max_batch),
+            ("max_answer_bytes", self.max_answer_bytes),
+            ("max_message_len", self.max_message_len),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if self.header_timeout.is_zero()
+            || self.body_timeout.is_zero()
+            || self.write_timeout.is_zero()
+        {
+            return bad("timeouts must be above zero".into());
+        }
+        if self.token.as_deref().is_some_and(str::is_empty) {
+            return bad("the token must not be empty".into());
+        }
+        Ok(())
     }
 }
 
@@ -50,16 +166,26 @@ struct Entry {
     seq: u64,
     at: Instant,
     tag: String,
-    bytes: Arc<Vec<u8>>,
+    bytes: Bytes,
 }
 
 /// The longest routing tag.
 const MAX_TAG_LEN: usize = 32;
+/// The most tags one GET may name.
+const MAX_TAGS: usize = 16;
+
+/// A client waiting for messages with one of `tags` (any when empty).
+struct Waiter {
+    tags: Vec<String>,
+    notify: Arc<Notify>,
+}
 
 struct Log {
     entries: VecDeque<Entry>,
     bytes: usize,
     next_seq: u64,
+    waiters: HashMap<u64, Waiter>,
+    next_waiter: u64,
 }
 
 impl Log {
@@ -80,26 +206,169 @@ impl Log {
         }
     }
 
-    /// Messages after `after` tagged with one of `tags` (all when empty), at most `max`.
-    fn after(&self, after: u64, max: usize, tags: &[&str]) -> Vec<(u64, Arc<Vec<u8>>)> {
+    /// Messages after `after` tagged with one of `tags` (all when empty), at
+    /// most `max` of them and at most `budget` bytes (but at least one).
+    fn after(&self, after: u64, max: usize, budget: usize, tags: &[String]) -> Vec<(u64, Bytes)> {
         let lowest = self.lowest();
         let start =
             usize::try_from(after.saturating_add(1).saturating_sub(lowest)).unwrap_or(usize::MAX);
-        self.entries
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for e in self
+            .entries
             .iter()
             .skip(start)
-            .filter(|e| tags.is_empty() || tags.contains(&e.tag.as_str()))
-            .take(max)
-            .map(|e| (e.seq, e.bytes.clone()))
-            .collect()
+            .filter(|e| tags.is_empty() || tags.contains(&e.tag))
+        {
+            if out.len() >= max || (!out.is_empty() && bytes + e.bytes.len() > budget) {
+                break;
+            }
+            bytes += e.bytes.len();
+            out.push((e.seq, e.bytes.clone()));
+        }
+        out
+    }
+}
+
+/// Groups client addresses: IPv4 (and IPv4-mapped IPv6) by address, other
+/// IPv6 by /64, the block one host usually has to itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ClientKey {
+    V4([u8; 4]),
+    V6Net([u8; 8]),
+}
+
+impl ClientKey {
+    fn of(ip: IpAddr) -> ClientKey {
+        match ip {
+            IpAddr::V4(v4) => ClientKey::V4(v4.octets()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientKey::V4(v4.octets()),
+                None => {
+                    let o = v6.octets();
+                    let mut net = [0u8; 8];
+                    net.copy_from_slice(o.get(..8).unwrap_or(&[0; 8]));
+                    ClientKey::V6Net(net)
+                }
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            ClientKey::V4(o) => write!(f, "{}", std::net::Ipv4Addr::from(o)),
+            ClientKey::V6Net(n) => {
+                let mut o = [0u8; 16];
+                o[..8].copy_from_slice(&n);
+                write!(f, "{}/64", std::net::Ipv6Addr::from(o))
+            }
+        }
+    }
+}
+
+/// Counts holders of a resource, in total and per client.
+struct Limiter {
+    what: &'static str,
+    max_total: usize,
+    max_per_client: usize,
+    held: Mutex<(usize, HashMap<ClientKey, usize>)>,
+}
+
+/// Why a [`Limiter`] refused.
+enum Refusal {
+    /// The total is reached: 503.
+    Total(String),
+    /// This client's share is reached: 429.
+    Client(String),
+}
+
+impl Refusal {
+    fn status_and_message(self) -> (StatusCode, String) {
+        match self {
+            Refusal::Total(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            Refusal::Client(m) => (StatusCode::TOO_MANY_REQUESTS, m),
+        }
+    }
+}
+
+/// One resource held by one client; released on drop.
+struct Held {
+    limiter: Arc<Limiter>,
+    client: ClientKey,
+}
+
+impl Limiter {
+    fn new(what: &'static str, max_total: usize, max_per_client: usize) -> Arc<Limiter> {
+        Arc::new(Limiter {
+            what,
+            max_total,
+            max_per_client,
+            held: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, (usize, HashMap<ClientKey, usize>)> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn acquire(self: &Arc<Self>, client: ClientKey) -> Result<Held, Refusal> {
+        let mut held = self.lock();
+        let (total, per) = &mut *held;
+        if *total >= self.max_total {
+            return Err(Refusal::Total(format!(
+                "too many {} ({}), try again later",
+                self.what, self.max_total
+            )));
+        }
+        let mine = per.entry(client).or_insert(0);
+        if *mine >= self.max_per_client {
+            return Err(Refusal::Client(format!(
+                "too many {} from {client} ({})",
+                self.what, self.max_per_client
+            )));
+        }
+        *mine += 1;
+        *total += 1;
+        Ok(Held {
+            limiter: self.clone(),
+            client,
+        })
+    }
+
+    fn total(&self) -> usize {
+        self.lock().0
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut held = self.limiter.lock();
+        let (total, per) = &mut *held;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per.get_mut(&self.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per.remove(&self.client);
+            }
+        }
     }
 }
 
 struct Shared {
     config: RelayConfig,
+    instance: String,
+    instance_header: HeaderValue,
+    /// SHA-256 of the token, compared in constant time.
+    token_digest: Option<[u8; 32]>,
     log: Mutex<Log>,
-    arrived: Condvar,
     stop: AtomicBool,
+    connections: Arc<Limiter>,
+    long_polls: Arc<Limiter>,
+    /// Bumped when a connection ends, for shutdown to wait on.
+    ended: Notify,
+    served: AtomicU64,
 }
 
 impl Shared {
@@ -108,62 +377,116 @@ impl Shared {
         // is still consistent (every update is a few plain field writes).
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Wakes every waiting GET (they see `stop` and answer).
+    fn wake_all(&self) {
+        let log = self.lock();
+        for w in log.waiters.values() {
+            w.notify.notify_one();
+        }
+    }
 }
 
-/// A running relay.
+/// A running relay. Dropping it stops it, like [`RelayServer::shutdown`].
 pub struct RelayServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    server: Arc<Server>,
-    workers: Vec<JoinHandle<()>>,
+    stop: Option<watch::Sender<bool>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RelayServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayServer")
             .field("addr", &self.addr)
+            .field("instance", &self.shared.instance)
             .finish()
     }
 }
 
+/// A fresh random 128-bit id, as 32 lowercase hex digits.
+fn random_instance() -> io::Result<String> {
+    let mut id = [0u8; 16];
+    getrandom::getrandom(&mut id)
+        .map_err(|e| io::Error::other(format!("no randomness for the instance id: {e}")))?;
+    Ok(id.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 impl RelayServer {
-    /// Starts a relay listening on `addr` (e.g. `127.0.0.1:3000`, or port 0 for a free one).
+    /// Starts a relay listening on `addr` (e.g. `127.0.0.1:3000`, or port 0
+    /// for a free one), served by its own runtime thread(s).
     ///
     /// # Errors
-    /// When the address cannot be bound.
-    pub fn start(addr: &str, config: RelayConfig) -> std::io::Result<RelayServer> {
-        let server =
-            Server::from_listener(nodelay_listener(addr)?, None).map_err(std::io::Error::other)?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| std::io::Error::other("relay is not listening on an IP address"))?;
-        let server = Arc::new(server);
+    /// When the address cannot be bound, the runtime cannot start, or the
+    /// limits do not fit together ([`RelayConfig::validate`]).
+    pub fn start(addr: &str, config: RelayConfig) -> io::Result<RelayServer> {
+        config.validate()?;
+        let listener = nodelay_listener(addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.threads.max(1))
+            .thread_name("relay")
+            .enable_all()
+            .build()?;
+        let listener = {
+            let _in_runtime = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        let instance = random_instance()?;
+        let instance_header = HeaderValue::from_str(&instance).map_err(io::Error::other)?;
         let shared = Arc::new(Shared {
             log: Mutex::new(Log {
                 entries: VecDeque::new(),
                 bytes: 0,
                 next_seq: 1,
+                waiters: HashMap::new(),
+                next_waiter: 0,
             }),
-            arrived: Condvar::new(),
             stop: AtomicBool::new(false),
+            connections: Limiter::new(
+                "connections",
+                config.max_connections,
+                config.max_connections_per_ip,
+            ),
+            long_polls: Limiter::new(
+                "long polls",
+                config.max_long_polls,
+                config.max_long_polls_per_ip,
+            ),
+            token_digest: config
+                .token
+                .as_ref()
+                .map(|t| Sha256::digest(t.as_bytes()).into()),
+            ended: Notify::new(),
+            served: AtomicU64::new(0),
+            instance,
+            instance_header,
             config,
         });
-        let workers = (0..shared.config.workers.max(1))
-            .map(|i| {
-                let (server, shared) = (server.clone(), shared.clone());
-                std::thread::Builder::new()
-                    .name(format!("relay-{i}"))
-                    .stack_size(256 << 10)
-                    .spawn(move || worker(&server, &shared))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        info!("relay listening on http://{addr}");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("relay-main".into())
+                .spawn(move || {
+                    runtime.block_on(serve(listener, shared.clone(), stop_rx));
+                    runtime.shutdown_timeout(Duration::from_secs(1));
+                    debug!(
+                        "relay: stopped after {} requests",
+                        shared.served.load(Ordering::Relaxed)
+                    );
+                })?
+        };
+        info!(
+            "relay listening on http://{addr}, instance {}",
+            shared.instance
+        );
         Ok(RelayServer {
             addr,
             shared,
-            server,
-            workers,
+            stop: Some(stop_tx),
+            thread: Some(thread),
         })
     }
 
@@ -177,20 +500,27 @@ impl RelayServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting requests, answers the waiting long polls, and waits
-    /// for the workers to finish.
+    /// Returns this relay's instance id (32 hex digits, random at start),
+    /// sent with every answer as `X-Relay-Instance`.
+    pub fn instance(&self) -> &str {
+        &self.shared.instance
+    }
+
+    /// Stops accepting connections, answers the waiting long polls at once,
+    /// lets the answers in progress finish (a few seconds at most), and
+    /// waits for the relay's threads to end.
     pub fn shutdown(mut self) {
         self.stop_and_join();
     }
 
     fn stop_and_join(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.arrived.notify_all();
-        for _ in &self.workers {
-            self.server.unblock();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
         }
-        for w in self.workers.drain(..) {
-            let _ = w.join();
+        self.shared.wake_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -201,20 +531,20 @@ impl Drop for RelayServer {
     }
 }
 
-/// Binds `addr` with TCP_NODELAY, which accepted connections inherit: the
-/// server writes headers and body separately, and with Nagle's algorithm
-/// each small answer would wait for a delayed ACK (~40 ms a hop). For any
-/// tiny_http server (`Server::from_listener`).
+/// Binds `addr` with TCP_NODELAY, which accepted connections inherit: with
+/// Nagle's algorithm each small answer written in two parts would wait for a
+/// delayed ACK (~40 ms a hop). Also for tiny_http servers
+/// (`Server::from_listener`).
 ///
 /// # Errors
 /// When `addr` does not resolve or cannot be bound.
-pub fn nodelay_listener(addr: &str) -> std::io::Result<std::net::TcpListener> {
+pub fn nodelay_listener(addr: &str) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     use std::net::ToSocketAddrs;
     let addr = addr
         .to_socket_addrs()?
         .next()
-        .ok_or_else(|| std::io::Error::other(format!("{addr} resolves to no address")))?;
+        .ok_or_else(|| io::Error::other(format!("{addr} resolves to no address")))?;
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_tcp_nodelay(true)?;
@@ -223,34 +553,280 @@ pub fn nodelay_listener(addr: &str) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn worker(server: &Server, shared: &Shared) {
-    while !shared.stop.load(Ordering::SeqCst) {
-        match server.recv() {
-            Ok(req) => handle(req, shared),
-            Err(_) if shared.stop.load(Ordering::SeqCst) => break,
-            Err(e) => {
-                warn!("relay: accepting a request failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
+/// Accepts connections until `stop`, then waits (bounded) for them to end.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => admit(stream, peer, &shared, stop.clone()),
+                Err(e) => {
+                    // Out of file descriptors, mostly: let some close.
+                    warn!("relay: accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while shared.connections.total() > 0 {
+        let ended = shared.ended.notified();
+        if shared.connections.total() == 0
+            || tokio::time::timeout_at(deadline, ended).await.is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// Serves a connection if its client is within the limits; otherwise
+/// answers `503`/`429` at once (if the socket takes it) and closes.
+fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
+    let client = ClientKey::of(peer.ip());
+    let held = match shared.connections.acquire(client) {
+        Ok(h) => h,
+        Err(refusal) => {
+            let (status, message) = refusal.status_and_message();
+            debug!("relay: refusing a connection from {peer}: {message}");
+            let body = serde_json::json!({ "error": message }).to_string();
+            let answer = format!(
+                "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Retry-After: 1\r\n{HEADER_INSTANCE}: {}\r\nConnection: close\r\n\r\n{body}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or(""),
+                body.len(),
+                shared.instance,
+            );
+            let _ = stream.try_write(answer.as_bytes());
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        connection(stream, peer, client, &shared, stop).await;
+        drop(held);
+        shared.ended.notify_waiters();
+    });
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    client: ClientKey,
+    shared: &Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let io = TokioIo::new(WriteTimeout::new(stream, shared.config.write_timeout));
+    let svc = {
+        let shared = shared.clone();
+        hyper::service::service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(handle(req, &shared, client).await) }
+        })
+    };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(shared.config.header_timeout)
+        .keep_alive(true)
+        .max_headers(64)
+        .max_buf_size(64 << 10);
+    let conn = http.serve_connection(io, svc);
+    tokio::pin!(conn);
+    if *stop.borrow() {
+        conn.as_mut().graceful_shutdown();
+    }
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(Duration::from_secs(2), conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!("relay: connection from {peer} ended: {e}");
+    }
+}
+
+/// A TCP stream whose writes fail with `TimedOut` once they have made no
+/// progress for `timeout` (a client that stops reading).
+struct WriteTimeout {
+    inner: TcpStream,
+    timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+impl WriteTimeout {
+    fn new(inner: TcpStream, timeout: Duration) -> Self {
+        WriteTimeout {
+            inner,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            armed: false,
+        }
+    }
+
+    /// The write is pending: start the clock, or fail if it ran out.
+    fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if !self.armed {
+            self.armed = true;
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            self.sleep.as_mut().reset(deadline);
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Pending => self.stalled(cx),
+            ready => {
+                self.armed = false;
+                ready
             }
         }
     }
 }
 
-fn header(name: &str, value: impl ToString) -> Header {
-    Header::from_bytes(name.as_bytes(), value.to_string().as_bytes()).expect("ASCII header")
+impl AsyncRead for WriteTimeout {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
 }
 
-fn error(req: Request, status: u16, message: &str) {
-    debug!(
-        "relay: {status} for {} {}: {message}",
-        req.method(),
-        req.url()
-    );
-    let body = serde_json::json!({ "error": message }).to_string();
-    let resp = Response::from_string(body)
-        .with_status_code(status)
-        .with_header(header("Content-Type", "application/json"));
-    let _ = req.respond(resp);
+impl AsyncWrite for WriteTimeout {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.progress(cx, r)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.progress(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.progress(cx, r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.progress(cx, r)
+    }
+}
+
+/// An answer body: a few chunks, message bytes shared with the log.
+#[derive(Default)]
+struct Chunks {
+    chunks: VecDeque<Bytes>,
+    len: u64,
+}
+
+impl Chunks {
+    fn one(bytes: impl Into<Bytes>) -> Self {
+        let mut c = Chunks::default();
+        c.push(bytes.into());
+        c
+    }
+
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len() as u64;
+            self.chunks.push_back(b);
+        }
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        match this.chunks.pop_front() {
+            Some(b) => {
+                this.len -= b.len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len)
+    }
+}
+
+type Answer = Response<Chunks>;
+
+fn answer(status: StatusCode, content_type: &'static str, body: Chunks) -> Answer {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Answer {
+    answer(
+        status,
+        "application/json",
+        Chunks::one(value.to_string().into_bytes()),
+    )
+}
+
+fn error(status: StatusCode, message: &str) -> Answer {
+    let mut resp = json(status, &serde_json::json!({ "error": message }));
+    if matches!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+    ) {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
 }
 
 /// Returns the value of `key` in a query `a=1&b=2`.
@@ -277,133 +853,359 @@ fn valid_tag(t: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn handle(req: Request, shared: &Shared) {
-    let url = req.url().to_owned();
-    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+/// Whether the request carries the right bearer token (or none is needed).
+fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let Some(want) = &shared.token_digest else {
+        return true;
+    };
+    let Some(given) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    let given: [u8; 32] = Sha256::digest(given).into();
+    given.ct_eq(want).into()
+}
+
+async fn handle(req: Request<Incoming>, shared: &Arc<Shared>, client: ClientKey) -> Answer {
+    shared.served.fetch_add(1, Ordering::Relaxed);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut resp = route(req, shared, client).await;
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        debug!(
+            "relay: {} for {method} {path} from {client}",
+            resp.status().as_u16()
+        );
+    }
+    resp.headers_mut()
+        .insert(HEADER_INSTANCE, shared.instance_header.clone());
+    resp
+}
+
+async fn route(req: Request<Incoming>, shared: &Arc<Shared>, client: ClientKey) -> Answer {
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    if (path, req.method()) == ("/health", &Method::GET) {
+        return answer(StatusCode::OK, "text/plain", Chunks::one(&b"ok"[..]));
+    }
+    if !authorized(shared, &req) {
+        let mut resp = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        resp.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    }
     match (req.method(), path) {
-        (Method::Post, "/messages") => {
+        (&Method::POST, "/messages") => {
             let tag = query_value(query, "tag").unwrap_or("").to_owned();
             if valid_tag(&tag) {
-                post(req, shared, tag)
+                post(req, shared, tag).await
             } else {
-                error(req, 400, "tag must be up to 32 letters, digits, - or _")
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "tag must be up to 32 letters, digits, - or _",
+                )
             }
         }
-        (Method::Get, "/messages") => {
-            let tags: Vec<&str> = query_value(query, "tags")
-                .map(|t| t.split(',').filter(|t| !t.is_empty()).collect())
+        (&Method::GET, "/messages") => {
+            let tags: Vec<String> = query_value(query, "tags")
+                .map(|t| {
+                    t.split(',')
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default();
-            if !tags.iter().all(|t| valid_tag(t)) {
-                return error(req, 400, "tags must be a comma-separated list of tags");
+            if tags.len() > MAX_TAGS || !tags.iter().all(|t| valid_tag(t)) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "tags must be a comma-separated list of up to 16 tags",
+                );
             }
             match (
                 query_u64(query, "after"),
                 query_u64(query, "wait_ms"),
                 query_u64(query, "max"),
             ) {
-                (Ok(after), Ok(wait), Ok(max)) => get(
-                    req,
-                    shared,
-                    after.unwrap_or(0),
-                    wait.unwrap_or(0),
-                    max,
-                    &tags,
-                ),
-                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => error(req, 400, &e),
+                (Ok(after), Ok(wait), Ok(max)) => {
+                    get(
+                        shared,
+                        client,
+                        after.unwrap_or(0),
+                        wait.unwrap_or(0),
+                        max,
+                        tags,
+                    )
+                    .await
+                }
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                    error(StatusCode::BAD_REQUEST, &e)
+                }
             }
         }
-        (Method::Get, "/head") => {
+        (&Method::GET, "/head") => {
             let (next, lowest) = {
                 let log = shared.lock();
                 (log.next_seq, log.lowest())
             };
-            let body = serde_json::json!({ "next": next, "lowest": lowest }).to_string();
-            let _ = req.respond(
-                Response::from_string(body).with_header(header("Content-Type", "application/json")),
-            );
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "next": next, "lowest": lowest, "instance": shared.instance }),
+            )
         }
-        (Method::Get, "/health") => {
-            let _ = req.respond(Response::from_string("ok"));
+        (_, "/messages" | "/head" | "/health") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
-        (_, "/messages" | "/head" | "/health") => error(req, 405, "method not allowed"),
         _ => error(
-            req,
-            404,
+            StatusCode::NOT_FOUND,
             "no such endpoint: use /messages, /head or /health",
         ),
     }
 }
 
-fn post(mut req: Request, shared: &Shared, tag: String) {
+async fn post(req: Request<Incoming>, shared: &Shared, tag: String) -> Answer {
     let limit = shared.config.max_message_len;
-    if req.body_length().is_some_and(|n| n > limit) {
-        return error(req, 413, &format!("message larger than {limit} bytes"));
+    let too_large = || {
+        let mut resp = error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("message larger than {limit} bytes"),
+        );
+        // The rest of the body is not read: this connection cannot go on.
+        resp.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
     }
-    let mut body = Vec::new();
-    let read = req
-        .as_reader()
-        .take(u64::try_from(limit).unwrap_or(u64::MAX) + 1)
-        .read_to_end(&mut body);
-    if read.is_err() {
-        return error(req, 400, "could not read the body");
-    }
-    if body.len() > limit {
-        return error(req, 413, &format!("message larger than {limit} bytes"));
-    }
+    let read = tokio::time::timeout(
+        shared.config.body_timeout,
+        Limited::new(req.into_body(), limit).collect(),
+    )
+    .await;
+    let body = match read {
+        Err(_) => {
+            let mut resp = error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the body took longer than {:?} to arrive",
+                    shared.config.body_timeout
+                ),
+            );
+            resp.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("could not read the body: {e}"),
+            )
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
     if body.is_empty() {
-        return error(req, 400, "empty message");
+        return error(StatusCode::BAD_REQUEST, "empty message");
     }
     let seq = {
         let mut log = shared.lock();
         let seq = log.next_seq;
         log.next_seq += 1;
         log.bytes += body.len();
+        for w in log.waiters.values() {
+            if w.tags.is_empty() || w.tags.contains(&tag) {
+                w.notify.notify_one();
+            }
+        }
         log.entries.push_back(Entry {
             seq,
             at: Instant::now(),
             tag,
-            bytes: Arc::new(body),
+            bytes: body,
         });
         log.evict(&shared.config, Instant::now());
         seq
     };
-    shared.arrived.notify_all();
-    let body = serde_json::json!({ "seq": seq }).to_string();
-    let _ = req.respond(
-        Response::from_string(body).with_header(header("Content-Type", "application/json")),
-    );
+    json(StatusCode::OK, &serde_json::json!({ "seq": seq }))
 }
 
-fn get(req: Request, shared: &Shared, after: u64, wait_ms: u64, max: Option<u64>, tags: &[&str]) {
+/// A registered waiter, removed from the log on drop.
+struct Waiting<'a> {
+    shared: &'a Shared,
+    id: u64,
+    notify: Arc<Notify>,
+    _slot: Held,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().waiters.remove(&self.id);
+    }
+}
+
+async fn get(
+    shared: &Arc<Shared>,
+    client: ClientKey,
+    after: u64,
+    wait_ms: u64,
+    max: Option<u64>,
+    tags: Vec<String>,
+) -> Answer {
+    let config = &shared.config;
     let max = max
-        .map_or(shared.config.max_batch, |m| {
+        .map_or(config.max_batch, |m| {
             usize::try_from(m).unwrap_or(usize::MAX)
         })
-        .clamp(1, shared.config.max_batch);
-    let deadline = Instant::now() + Duration::from_millis(wait_ms).min(shared.config.max_wait);
-    let (messages, next, lowest) = {
-        let mut log = shared.lock();
-        loop {
-            log.evict(&shared.config, Instant::now());
-            let found = log.after(after, max, tags);
+        .clamp(1, config.max_batch);
+    let deadline = Instant::now() + Duration::from_millis(wait_ms).min(config.max_wait);
+    let mut waiting: Option<Waiting<'_>> = None;
+    loop {
+        let notify = {
+            let mut log = shared.lock();
             let now = Instant::now();
-            if !found.is_empty() || now >= deadline || shared.stop.load(Ordering::SeqCst) {
-                break (found, log.next_seq, log.lowest());
+            log.evict(config, now);
+            let found = log.after(after, max, config.max_answer_bytes, &tags);
+            // A cursor at or past the head is answered at once: it comes
+            // from an earlier relay (this one restarted), and the client
+            // learns so from the instance header.
+            if !found.is_empty()
+                || now >= deadline
+                || shared.stop.load(Ordering::SeqCst)
+                || after >= log.next_seq
+            {
+                let (next, lowest) = (log.next_seq, log.lowest());
+                drop(log);
+                drop(waiting);
+                return batch(&found, next, lowest);
             }
-            log = shared
-                .arrived
-                .wait_timeout(log, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-    };
-    let mut body = Vec::with_capacity(messages.iter().map(|(_, b)| b.len() + 12).sum());
-    for (seq, bytes) in &messages {
-        write_frame(&mut body, *seq, bytes);
+            match &waiting {
+                Some(w) => w.notify.clone(),
+                None => {
+                    let slot = match shared.long_polls.acquire(client) {
+                        Ok(s) => s,
+                        Err(refusal) => {
+                            drop(log);
+                            let (status, message) = refusal.status_and_message();
+                            return error(status, &message);
+                        }
+                    };
+                    let id = log.next_waiter;
+                    log.next_waiter += 1;
+                    let notify = Arc::new(Notify::new());
+                    log.waiters.insert(
+                        id,
+                        Waiter {
+                            tags: tags.clone(),
+                            notify: notify.clone(),
+                        },
+                    );
+                    waiting = Some(Waiting {
+                        shared,
+                        id,
+                        notify: notify.clone(),
+                        _slot: slot,
+                    });
+                    notify
+                }
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline.into(), notify.notified()).await;
     }
-    let resp = Response::from_data(body)
-        .with_header(header("Content-Type", "application/octet-stream"))
-        .with_header(header(HEADER_NEXT, next))
-        .with_header(header(HEADER_LOWEST, lowest));
-    let _ = req.respond(resp);
+}
+
+fn batch(found: &[(u64, Bytes)], next: u64, lowest: u64) -> Answer {
+    let mut heads = Vec::with_capacity(found.len() * 12);
+    for (seq, bytes) in found {
+        heads.extend_from_slice(&frame_head(*seq, bytes.len()));
+    }
+    let heads = Bytes::from(heads);
+    let mut body = Chunks::default();
+    for (i, (_, bytes)) in found.iter().enumerate() {
+        body.push(heads.slice(i * 12..i * 12 + 12));
+        body.push(bytes.clone());
+    }
+    let mut resp = answer(StatusCode::OK, "application/octet-stream", body);
+    let h = resp.headers_mut();
+    h.insert(HEADER_NEXT, HeaderValue::from(next));
+    h.insert(HEADER_LOWEST, HeaderValue::from(lowest));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_keys_group_ipv6_by_64_and_unmap_ipv4() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ClientKey::of(a), ClientKey::of(b));
+        assert_ne!(ClientKey::of(a), ClientKey::of(c));
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        let v4: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(ClientKey::of(mapped), ClientKey::of(v4));
+        assert_eq!(ClientKey::of(v4).to_string(), "127.0.0.2");
+        assert_eq!(ClientKey::of(a).to_string(), "2001:db8:1:2::/64");
+    }
+
+    #[test]
+    fn answers_respect_count_and_byte_budget_but_carry_at_least_one() {
+        let mut log = Log {
+            entries: VecDeque::new(),
+            bytes: 0,
+            next_seq: 1,
+            waiters: HashMap::new(),
+            next_waiter: 0,
+        };
+        for (i, len) in [10usize, 10, 10, 50, 10].iter().enumerate() {
+            log.entries.push_back(Entry {
+                seq: i as u64 + 1,
+                at: Instant::now(),
+                tag: String::new(),
+                bytes: Bytes::from(vec![0u8; *len]),
+            });
+            log.next_seq += 1;
+        }
+        let seqs = |v: Vec<(u64, Bytes)>| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        assert_eq!(seqs(log.after(0, 100, 25, &[])), vec![1, 2]);
+        assert_eq!(seqs(log.after(0, 2, 1000, &[])), vec![1, 2]);
+        assert_eq!(
+            seqs(log.after(3, 100, 25, &[])),
+            vec![4],
+            "one too big goes alone"
+        );
+        assert_eq!(seqs(log.after(4, 100, 25, &[])), vec![5]);
+        assert!(log.after(5, 100, 25, &[]).is_empty());
+        assert!(log.after(u64::MAX, 100, 25, &[]).is_empty());
+    }
+
+    #[test]
+    fn config_validation_names_the_bad_limit() {
+        assert!(RelayConfig::default().validate().is_ok());
+        let e = RelayConfig {
+            max_answer_bytes: 64 << 20,
+            ..RelayConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("max_answer_bytes"), "{e}");
+        let e = RelayConfig {
+            max_long_polls_per_ip: 0,
+            ..RelayConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("max_long_polls_per_ip"), "{e}");
+    }
 }
