@@ -1,11 +1,12 @@
 //! `dkg` and `dkg-sign`: wiring the relay FROST coordinator.
 
 use anyhow::{bail, Context, Result};
-use coordinator::bitcoin::hashes::{sha256, Hash};
 use coordinator::bitcoin::key::{Secp256k1, TapTweak};
 use coordinator::bitcoin::secp256k1::{Message, PublicKey};
 use coordinator::config::Config;
-use frost_coordinator::{FrostCoordinator, RelayCoordinatorOptions, RelayFrostCoordinator};
+use frost_coordinator::{
+    FrostCoordinator, RelayCoordinatorOptions, RelayFrostCoordinator, SignItem, ToSign,
+};
 
 /// Builds the relay FROST coordinator of `config`, its state in the data directory.
 pub(crate) fn coordinator(config: &Config) -> Result<RelayFrostCoordinator> {
@@ -16,6 +17,8 @@ pub(crate) fn coordinator(config: &Config) -> Result<RelayFrostCoordinator> {
         dkg_timeout: config.dkg_timeout,
         sign_timeout: config.sign_timeout,
         state_path: Some(config.data_dir.join("frost-coordinator.json")),
+        network: config.signer_domain.0.clone(),
+        contract: config.signer_domain.1.clone(),
     })
     .with_context(|| {
         format!(
@@ -51,11 +54,22 @@ pub(crate) fn dkg(config: &Config, force: bool) -> Result<(RelayFrostCoordinator
     Ok((c, key))
 }
 
-/// `dkg-sign`: DKG, then a signature over SHA-256(message), verified.
+/// `dkg-sign`: DKG, then a signature over the test-message digest of
+/// `message` ([`ToSign::Test`]: never a transaction sighash), verified.
 pub(crate) fn dkg_sign(config: &Config, message: &str, force: bool) -> Result<()> {
     let (mut c, key) = dkg(config, force)?;
-    let digest = sha256::Hash::hash(message.as_bytes()).to_byte_array();
-    let sig = c.sign_message(&digest).context("signing failed")?;
+    let item = SignItem {
+        key,
+        message: ToSign::Test {
+            text: message.to_owned(),
+        },
+    };
+    let digest = item.message.digest();
+    let sig = c
+        .sign(message.as_bytes(), &[item])
+        .context("signing failed")?
+        .pop()
+        .context("no signature returned")?;
     let secp = Secp256k1::verification_only();
     let (tweaked, _) = key.x_only_public_key().0.tap_tweak(&secp, None);
     if secp
@@ -69,8 +83,8 @@ pub(crate) fn dkg_sign(config: &Config, message: &str, force: bool) -> Result<()
         bail!("the signature does not verify against the tweaked aggregate key");
     }
     println!(
-        "message:   {message:?} (sha256 {})",
-        sha256::Hash::hash(message.as_bytes())
+        "message:   {message:?} (test digest {})",
+        coordinator::bitcoin::hex::DisplayHex::to_lower_hex_string(&digest[..])
     );
     println!("signature: {sig}");
     println!(

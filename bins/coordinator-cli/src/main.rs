@@ -59,7 +59,8 @@ enum Command {
     },
     /// Run DKG (unless a key exists), then sign a message with the signers and verify the signature.
     DkgSign {
-        /// The message to sign (hashed with SHA-256).
+        /// The test message to sign (signed over its tagged test digest, so it
+        /// can never be a transaction sighash).
         #[arg(default_value = "sbtc-coordinator dkg-sign")]
         message: String,
         /// Run a new DKG even if an aggregate key exists.

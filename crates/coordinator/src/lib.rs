@@ -1051,11 +1051,26 @@ where
                 reason: format!("wallet built an unsafe fulfilment: {reason}"),
             }));
         }
-        let mut signatures = Vec::with_capacity(unsigned.sighashes.len());
-        for sighash in &unsigned.sighashes {
-            let started = Instant::now();
-            signatures.push(self.c.frost.sign_message(sighash)?);
-            self.metrics.signing_round(started.elapsed());
+        // One request for every input: each spends the peg wallet's output
+        // of `key`. The payload is what signers will validate (issue #13
+        // defines it; for now the unsigned transaction).
+        let items: Vec<frost_coordinator::SignItem> = unsigned
+            .sighashes
+            .iter()
+            .map(|sighash| frost_coordinator::SignItem {
+                key,
+                message: frost_coordinator::ToSign::Taproot { sighash: *sighash },
+            })
+            .collect();
+        let payload = bitcoin::consensus::serialize(&unsigned.tx);
+        let started = Instant::now();
+        let signatures = self.c.frost.sign(&payload, &items)?;
+        self.metrics.signing_round(started.elapsed());
+        if signatures.len() != items.len() {
+            return Err(StepError::retry(
+                format!("{} signatures for {} inputs", signatures.len(), items.len()),
+                false,
+            ));
         }
         let tx = self
             .c

@@ -496,13 +496,19 @@ pub fn frost(w: &W) -> MockFrostCoordinator {
     m.expect_aggregate_public_key()
         .returning(|| Some(aggregate_key()));
     let w1 = w.clone();
-    m.expect_sign_message().returning(move |_| {
+    m.expect_keys().returning(|| vec![aggregate_key()]);
+    m.expect_sign().returning(move |_, items| {
         let mut g = w1.lock().unwrap();
-        g.sign_calls += 1;
-        if let Some(e) = g.frost_failures.pop_front() {
-            return Err(e);
+        let mut out = Vec::with_capacity(items.len());
+        // One signing round per item, as the relay coordinator runs them.
+        for _ in items {
+            g.sign_calls += 1;
+            if let Some(e) = g.frost_failures.pop_front() {
+                return Err(e);
+            }
+            out.push(schnorr::Signature::from_slice(&[7; 64]).unwrap());
         }
-        Ok(schnorr::Signature::from_slice(&[7; 64]).unwrap())
+        Ok(out)
     });
     m
 }

@@ -10,7 +10,7 @@
 mod relay_coordinator;
 
 pub use bitcoin;
-pub use frost_net::{SignerFile, SignerInfo, SignerSet, SignerSetError};
+pub use frost_net::{SignItem, SignerFile, SignerInfo, SignerSet, SignerSetError, ToSign};
 pub use relay_coordinator::{RelayCoordinatorOptions, RelayFrostCoordinator};
 pub use wsts;
 
@@ -47,6 +47,19 @@ pub enum Error {
     /// The relay could not be reached.
     #[error("relay unreachable: {0}")]
     Relay(String),
+    /// Signers refused the request, so the threshold cannot be reached.
+    #[error("signers refused: {}", fmt_refusals(refusals))]
+    Refused {
+        /// (1-based signer id, the rule it named), by signer id.
+        refusals: Vec<(u32, String)>,
+    },
+}
+
+fn fmt_refusals(r: &[(u32, String)]) -> String {
+    r.iter()
+        .map(|(id, rule)| format!("signer {id}: {rule}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Error {
@@ -60,13 +73,26 @@ impl Error {
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 pub trait FrostCoordinator {
     /// Runs distributed key generation and returns the new aggregate key.
+    ///
+    /// The key counts only once every signer reported it stored its share
+    /// of it and a test signature by every signer verified; otherwise the
+    /// DKG fails and the previous keys stay current.
     fn run_dkg_round(&mut self) -> Result<PublicKey, Error>;
 
-    /// Signs a 32-byte taproot sighash with the aggregate key, tweaked as
-    /// BIP-0341 prescribes for a key-path spend with no script tree. The
-    /// result is a BIP-0340 signature valid for the peg wallet's output key.
-    fn sign_message(&mut self, sighash: &[u8; 32]) -> Result<schnorr::Signature, Error>;
+    /// Signs every item, in order, with the item's aggregate key tweaked as
+    /// BIP-0341 prescribes for a key-path spend with no script tree: each
+    /// result is a BIP-0340 signature valid for that key's output. `payload`
+    /// is what the signers validate the request against (for a payout, the
+    /// unsigned transaction).
+    fn sign(
+        &mut self,
+        payload: &[u8],
+        items: &[SignItem],
+    ) -> Result<Vec<schnorr::Signature>, Error>;
 
-    /// Returns the current aggregate key, if DKG has run.
+    /// Returns the newest verified aggregate key, if any DKG succeeded.
     fn aggregate_public_key(&self) -> Option<PublicKey>;
+
+    /// Returns every key the coordinator can sign with, oldest first.
+    fn keys(&self) -> Vec<PublicKey>;
 }
