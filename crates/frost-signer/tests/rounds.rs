@@ -148,7 +148,9 @@ fn a_share_only_for_our_own_open_nonce_and_only_once() {
         "the round's nonce is gone after a forged request"
     );
     // Signer 2 answers the genuine request once, then never again.
-    let out = cores[1].handle(&share_request(key, nonces.clone())).unwrap();
+    let out = cores[1]
+        .handle(&share_request(key, nonces.clone()))
+        .unwrap();
     assert!(is_share(&out), "{out:?}");
     assert!(cores[1]
         .handle(&share_request(key, nonces.clone()))
@@ -163,7 +165,9 @@ fn a_share_only_for_our_own_open_nonce_and_only_once() {
         .is_empty());
     assert_eq!(cores[2].open_rounds(), 1);
     assert!(is_share(
-        &cores[2].handle(&share_request(key, nonces.clone())).unwrap()
+        &cores[2]
+            .handle(&share_request(key, nonces.clone()))
+            .unwrap()
     ));
     // A relabelled round (another iteration) has no nonce: no share.
     let mut relabelled = nonces.clone();
@@ -231,7 +235,10 @@ fn a_signer_holding_a_key_refuses_a_new_dkg_unless_rotation_is_allowed() {
     let mut rotating =
         SignerCore::new(1, &set, &sk(0x5e, 0), dir.path().join("s1.json"), true).unwrap();
     let out = rotating.handle(&begin).unwrap();
-    assert!(matches!(out.as_slice(), [Message::DkgPublicShares(_)]), "{out:?}");
+    assert!(
+        matches!(out.as_slice(), [Message::DkgPublicShares(_)]),
+        "{out:?}"
+    );
     // An old round id (the history's own) is refused even so.
     let old = from_coordinator(Message::DkgBegin(w::DkgBegin { dkg_id: 1 }));
     assert!(rotating.handle(&old).unwrap().is_empty());
