@@ -134,9 +134,8 @@ impl KeyEntry {
         for (key_id, x) in &self.private_keys {
             let mut expected = Point::default();
             for (_, c) in &self.commitments {
-                expected = expected
-                    + wsts::compute::poly(&wsts::compute::id(*key_id), &c.poly)
-                        .map_err(|e| format!("commitment evaluation: {e:?}"))?;
+                expected += wsts::compute::poly(&wsts::compute::id(*key_id), &c.poly)
+                    .map_err(|e| format!("commitment evaluation: {e:?}"))?;
             }
             if *x * G != expected {
                 return Err(format!(

@@ -8,7 +8,6 @@ use frost_net::wsts::net as w;
 use frost_net::{Envelope, Sender, SignItem, SignRequest, SignerInfo, SignerSet, ToSign};
 use frost_signer::{KeyEntry, KeyHistory, SignerCore};
 use proptest::prelude::*;
-use wsts::traits::Signer as _;
 
 fn sk(tag: u8, i: u32) -> SecretKey {
     let mut b = [tag; 32];
