@@ -444,19 +444,18 @@ impl RelayFrostCoordinator {
         k: &StoredKey,
         digest: &[u8; 32],
         request_id: u64,
+        sign_id: u64,
         refusals: &mut BTreeMap<u32, String>,
     ) -> Result<schnorr::Signature, Error> {
-        self.sign_id += 1;
-        // The round's id is spent whether or not it succeeds.
-        self.persist()?;
-        let mut fire = self.fire_for(k, self.sign_id - 1)?;
+        // `sign_id` was persisted as spent before the request went out.
+        let mut fire = self.fire_for(k, sign_id - 1)?;
         let start = fire
             .start_signing_round(digest, SignatureType::Taproot(None))
             .map_err(|e| Error::SigningFailed(format!("signing: {e:?}")))?;
         let mut track = SignTrack {
             key: k.key,
             dkg_id: k.dkg_id,
-            sign_id: self.sign_id,
+            sign_id,
             iter: 0,
             message: digest.to_vec(),
             request_id,
@@ -1080,8 +1079,11 @@ impl FrostCoordinator for RelayFrostCoordinator {
             .iter()
             .map(|i| self.key_entry(&i.key))
             .collect::<Result<Vec<_>, _>>()?;
-        self.sign_id += 1;
-        let request_id = self.sign_id;
+        // The request's id and one round id per item, all spent (persisted)
+        // at once before anything goes out: one fsync per request.
+        let request_id = self.sign_id + 1;
+        let rounds = u64::try_from(items.len()).unwrap_or(u64::MAX);
+        self.sign_id = request_id.saturating_add(rounds);
         self.persist()?;
         self.post(&Message::SignRequest(SignRequest {
             id: request_id,
@@ -1090,9 +1092,10 @@ impl FrostCoordinator for RelayFrostCoordinator {
         }))?;
         let mut refusals = BTreeMap::new();
         let mut out = Vec::with_capacity(items.len());
-        for (item, k) in items.iter().zip(&entries) {
+        for (i, (item, k)) in items.iter().zip(&entries).enumerate() {
             let digest = item.message.digest();
-            out.push(self.fire_round(k, &digest, request_id, &mut refusals)?);
+            let sign_id = request_id + 1 + u64::try_from(i).unwrap_or(u64::MAX);
+            out.push(self.fire_round(k, &digest, request_id, sign_id, &mut refusals)?);
         }
         Ok(out)
     }
