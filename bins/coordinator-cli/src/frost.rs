@@ -17,6 +17,8 @@ pub(crate) fn coordinator(config: &Config) -> Result<RelayFrostCoordinator> {
         dkg_timeout: config.dkg_timeout,
         sign_timeout: config.sign_timeout,
         state_path: Some(config.data_dir.join("frost-coordinator.json")),
+        network: config.signer_domain.0.clone(),
+        contract: config.signer_domain.1.clone(),
     })
     .with_context(|| {
         format!(

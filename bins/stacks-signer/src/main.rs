@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! stacks-signer --id 1 --config conf/signer.toml     run signer 1
+//! stacks-signer --id 1 --allow-rotation              ... and join a new DKG
 //! stacks-signer private-key                          print a new message key
 //! stacks-signer public-key --private-key-file F      print a key's public key
 //! ```
@@ -35,6 +36,11 @@ struct Args {
     /// A file holding this signer's private key (hex).
     #[arg(long)]
     private_key_file: Option<PathBuf>,
+    /// Join a new DKG even though this signer already holds a key (a key
+    /// rotation). The old key shares are kept; without this flag a signer
+    /// that holds a key refuses every DKG.
+    #[arg(long)]
+    allow_rotation: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -118,12 +124,16 @@ fn run(args: Args) -> Result<(), (u8, String)> {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| (1, format!("signal {sig}: {e}")))?;
     }
+    if args.allow_rotation {
+        log::warn!("signer {id}: --allow-rotation: this signer will join a new DKG although it may hold a key");
+    }
     let mut node = SignerNode::new(SignerOptions {
         id,
         file,
         private_key,
         state_path,
         poll_wait: Duration::from_secs(5),
+        allow_rotation: args.allow_rotation,
     })
     .map_err(|e| (1, e.to_string()))?;
     node.run(&stop);

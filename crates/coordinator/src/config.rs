@@ -204,6 +204,9 @@ pub struct Config {
     pub network_private_key: Secret<SecretKey>,
     /// The signer set.
     pub signer_set: SignerSet,
+    /// The signer file's `network` and `contract`: part of the relay
+    /// envelope's domain, which must be the signers'.
+    pub signer_domain: (Option<String>, Option<String>),
     /// DKG time limit.
     pub dkg_timeout: Duration,
     /// Signing round time limit.
@@ -540,7 +543,7 @@ impl Config {
                 None
             }
             Some(p) => match load_signer_set(&p, network_private_key.as_ref()) {
-                Ok(s) => Some(s),
+                Ok(f) => Some(f),
                 Err(e) => {
                     c.fail("relay.signer_config", e);
                     None
@@ -652,9 +655,11 @@ impl Config {
             signer_set,
             allowlist,
         ) {
-            (Some(contract), Some(sk), Some(nk), Some(signer_set), Some(allowlist))
+            (Some(contract), Some(sk), Some(nk), Some(signer_file), Some(allowlist))
                 if c.errors.is_empty() =>
             {
+                let signer_domain = (signer_file.network.clone(), signer_file.contract.clone());
+                let signer_set = signer_file.set;
                 Ok(Config {
                     network,
                     stacks_network,
@@ -666,6 +671,7 @@ impl Config {
                     relay_url,
                     network_private_key: Secret::new(nk),
                     signer_set,
+                    signer_domain,
                     dkg_timeout,
                     sign_timeout,
                     signer_set_from_contract: raw.relay.signer_set_from_contract.unwrap_or(false),
@@ -707,7 +713,10 @@ impl Config {
 
 /// Reads the shared signer file and checks that its coordinator key is ours:
 /// otherwise every signer would drop every packet we send.
-fn load_signer_set(path: &Path, ours: Option<&SecretKey>) -> Result<SignerSet, String> {
+fn load_signer_set(
+    path: &Path,
+    ours: Option<&SecretKey>,
+) -> Result<frost_coordinator::SignerFile, String> {
     let file = frost_coordinator::SignerFile::load(path)?;
     if let Some(k) = ours {
         let ours = k.public_key(&Secp256k1::signing_only());
@@ -719,7 +728,7 @@ fn load_signer_set(path: &Path, ours: Option<&SecretKey>) -> Result<SignerSet, S
             ));
         }
     }
-    Ok(file.set)
+    Ok(file)
 }
 
 #[cfg(test)]

@@ -1243,6 +1243,12 @@ where
         let payload = bitcoin::consensus::serialize(&unsigned.tx);
         let signatures = self.c.frost.sign(&payload, &items)?;
         self.metrics.signing_round(started.elapsed());
+        if signatures.len() != items.len() {
+            return Err(StepError::retry(
+                format!("{} signatures for {} inputs", signatures.len(), items.len()),
+                false,
+            ));
+        }
         let tx = self
             .c
             .bitcoin_wallet

@@ -272,6 +272,7 @@ impl Peg {
             private_key: key(0x5e, id - 1)?,
             state_path: self.opts.dir.join(format!("signer-{id}.json")),
             poll_wait: self.opts.signer_poll,
+            allow_rotation: false,
         })
         .with_context(|| format!("starting signer {id}"))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -493,6 +494,8 @@ impl Peg {
             dkg_timeout: Duration::from_secs(30),
             sign_timeout: self.opts.sign_timeout,
             state_path: Some(self.opts.dir.join("frost-coordinator.json")),
+            network: self.file.network.clone(),
+            contract: self.file.contract.clone(),
         })?)
     }
 

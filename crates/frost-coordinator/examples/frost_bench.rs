@@ -1,7 +1,7 @@
 //! Benchmark: DKG and one taproot signing round through the relay (real HTTP
 //! on 127.0.0.1, one thread per signer) against the same rounds run in one
-//! thread with no network (every packet still JSON-encoded and verified by
-//! each party that processes it), for 5×1, 15×1 and 15×10 (signers × keys each);
+//! thread with no network (every packet still sealed in its envelope and
+//! opened by each party that processes it), for 5×1, 15×1 and 15×10 (signers × keys each);
 //! and relay delivery latency to 128 long-polling clients.
 //!
 //! `cargo run --release -p frost-coordinator --example frost_bench`
@@ -21,10 +21,11 @@ use frost_coordinator::{
     FrostCoordinator, RelayCoordinatorOptions, RelayFrostCoordinator, SignerFile, SignerInfo,
     SignerSet,
 };
-use frost_net::{
-    decode_packet, encode_packet, scalar, Admit, CoordinatorRounds, SignerRounds, Verifier,
-};
-use frost_signer::{SignerNode, SignerOptions};
+use frost_net::envelope::peek;
+use frost_net::messages::{Keyed, Message};
+use frost_net::wsts::net as w;
+use frost_net::{scalar, Codec, Sender, SignItem, SignRequest, ToSign};
+use frost_signer::{SignerCore, SignerNode, SignerOptions};
 use relay::{RelayClient, RelayConfig, RelayServer};
 use wsts::net::{Packet, SignatureType};
 use wsts::state_machine::coordinator::{fire, Config, Coordinator as _};
@@ -52,12 +53,21 @@ fn signer_set(n: u32, k: u32) -> SignerSet {
     }
 }
 
-/// All parties in one thread; packets go through JSON and verification.
+/// All parties in one thread; every packet sealed in its envelope and
+/// opened (verified, decoded, id-checked) by each party that processes it.
 fn in_process(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
     let set = signer_set(n, k);
     let secp = Secp256k1::new();
     let ckey = key(0xc0, 0);
-    let verifier = Verifier::new(&set, &ckey.public_key(&secp)).unwrap();
+    let file = SignerFile {
+        relay_url: String::new(),
+        coordinator_public_key: ckey.public_key(&secp),
+        state_dir: None,
+        network: None,
+        contract: None,
+        set: set.clone(),
+    };
+    let codec = Codec::new(&file);
     let config = Config::with_timeouts(
         n,
         n * k,
@@ -73,85 +83,113 @@ fn in_process(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
         set.wsts_signer_points().unwrap(),
     );
     let mut coord = fire::Coordinator::<wsts::v2::Aggregator>::new(config);
-    let mut rng = wsts::util::create_rng();
-    let keys = set.wsts_public_keys().unwrap();
-    let mut signers: Vec<(
-        frost_signer::WstsSigner,
-        SignerRounds,
-        wsts::curve::scalar::Scalar,
-    )> = set
+    let dir = tempfile::tempdir().unwrap();
+    let mut signers: Vec<(u32, SignerCore, SecretKey)> = set
         .signers
         .iter()
         .map(|s| {
-            let sk = scalar(&key(0x5e, s.id - 1));
-            let w = frost_signer::WstsSigner::new(
-                set.threshold,
-                set.dkg_threshold(),
-                n,
-                n * k,
-                s.wsts_id(),
-                s.key_ids.clone(),
-                sk,
-                keys.clone(),
-                &mut rng,
+            let sk = key(0x5e, s.id - 1);
+            let core = SignerCore::new(
+                s.id,
+                &set,
+                &sk,
+                dir.path().join(format!("s{}.json", s.id)),
+                false,
             )
             .unwrap();
-            (w, SignerRounds::default(), sk)
+            (s.id, core, sk)
         })
         .collect();
-    let mut run =
-        |start: Packet, coord: &mut fire::Coordinator<wsts::v2::Aggregator>| -> OperationResult {
-            let mut c_rounds = CoordinatorRounds::default();
-            c_rounds.sent(&start.msg);
-            // What every signer reads next: the coordinator's requests and the
-            // other signers' broadcasts, as the relay would deliver them.
-            let mut to_signers: Vec<Vec<u8>> = vec![encode_packet(&start)];
-            loop {
-                let mut produced = Vec::new();
-                for (s, r, sk) in signers.iter_mut() {
-                    for bytes in &to_signers {
-                        if frost_net::signer_ignores(bytes) {
-                            continue;
-                        }
-                        let p = decode_packet(bytes).unwrap();
-                        if r.admit(&p.msg) != Admit::Accept || !verifier.verify(&p) {
-                            continue;
-                        }
-                        for out in s.process(&p.msg, &mut rng).unwrap() {
-                            use wsts::net::Signable;
-                            let sig = out.sign(sk).unwrap();
-                            produced.push(encode_packet(&Packet { msg: out, sig }));
-                        }
+    let agg_key = std::cell::Cell::new(None::<bitcoin::secp256k1::PublicKey>);
+    let wrap = |p: Packet| -> Message {
+        match p.msg {
+            w::Message::DkgBegin(m) => Message::DkgBegin(m),
+            w::Message::DkgPrivateBegin(m) => Message::DkgPrivateBegin(m),
+            w::Message::DkgEndBegin(m) => Message::DkgEndBegin(m),
+            w::Message::NonceRequest(msg) => Message::NonceRequest(Keyed {
+                key: agg_key.get().unwrap(),
+                msg,
+            }),
+            w::Message::SignatureShareRequest(msg) => Message::SignatureShareRequest(Keyed {
+                key: agg_key.get().unwrap(),
+                msg,
+            }),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let mut run = |first: Vec<Message>,
+                   coord: &mut fire::Coordinator<wsts::v2::Aggregator>|
+     -> OperationResult {
+        // What every signer reads next: the coordinator's requests and the
+        // other signers' broadcasts, as the relay would deliver them.
+        let mut to_signers: Vec<Vec<u8>> = first
+            .iter()
+            .map(|m| codec.seal(Sender::Coordinator, &ckey, m).unwrap())
+            .collect();
+        loop {
+            let mut produced = Vec::new();
+            for (id, s, sk) in signers.iter_mut() {
+                for bytes in &to_signers {
+                    if peek(bytes).is_some_and(|(k, _)| !k.for_signers()) {
+                        continue;
+                    }
+                    let env = codec.open(bytes).unwrap();
+                    for out in s.handle(&env).unwrap() {
+                        produced.push(codec.seal(Sender::Signer(*id), sk, &out).unwrap());
                     }
                 }
-                let inbound: Vec<Packet> = produced
-                    .iter()
-                    .map(|b| decode_packet(b).unwrap())
-                    .filter(|p| c_rounds.admit(&p.msg) == Admit::Accept && verifier.verify(p))
-                    .collect();
-                let (out, results) = coord.process_inbound_messages(&inbound).unwrap();
-                for p in out {
-                    c_rounds.sent(&p.msg);
-                    produced.push(encode_packet(&p));
-                }
-                if let Some(r) = results.into_iter().next() {
-                    return r;
-                }
-                to_signers = produced;
             }
-        };
+            let inbound: Vec<Packet> = produced
+                .iter()
+                .filter_map(|b| {
+                    let msg = match codec.open(b).unwrap().message {
+                        Message::DkgPublicShares(m) => w::Message::DkgPublicShares(m),
+                        Message::DkgPrivateShares(m) => w::Message::DkgPrivateShares(m),
+                        Message::DkgEnd(m) => w::Message::DkgEnd(m),
+                        Message::NonceResponse(r) => w::Message::NonceResponse(r.msg),
+                        Message::SignatureShareResponse(r) => {
+                            w::Message::SignatureShareResponse(r.msg)
+                        }
+                        _ => return None,
+                    };
+                    Some(Packet { msg, sig: vec![] })
+                })
+                .collect();
+            let (out, results) = coord.process_inbound_messages(&inbound).unwrap();
+            for p in out {
+                produced.push(codec.seal(Sender::Coordinator, &ckey, &wrap(p)).unwrap());
+            }
+            if let Some(r) = results.into_iter().next() {
+                return r;
+            }
+            to_signers = produced;
+        }
+    };
     let t = Instant::now();
     let start = coord.start_dkg_round().unwrap();
-    assert!(matches!(run(start, &mut coord), OperationResult::Dkg(_)));
+    let OperationResult::Dkg(point) = run(vec![wrap(start)], &mut coord) else {
+        panic!("dkg failed");
+    };
+    agg_key.set(Some(frost_net::public_key(&point).unwrap()));
     let dkg = t.elapsed();
     let mut signs = vec![];
     for i in 0..rounds {
         let t = Instant::now();
+        let request = Message::SignRequest(SignRequest {
+            id: 1000 + i as u64,
+            payload: vec![],
+            items: vec![SignItem {
+                key: agg_key.get().unwrap(),
+                message: ToSign::Taproot {
+                    sighash: [i as u8; 32],
+                },
+            }],
+        });
         let start = coord
             .start_signing_round(&[i as u8; 32], SignatureType::Taproot(None))
             .unwrap();
         assert!(matches!(
-            run(start, &mut coord),
+            run(vec![request, wrap(start)], &mut coord),
             OperationResult::SignTaproot(_)
         ));
         signs.push(t.elapsed());
@@ -183,6 +221,7 @@ fn through_relay(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
                 private_key: key(0x5e, id - 1),
                 state_path: dir.path().join(format!("s{id}.json")),
                 poll_wait: Duration::from_millis(500),
+                allow_rotation: false,
             })
             .unwrap();
             let stop = stop.clone();
@@ -196,15 +235,23 @@ fn through_relay(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
         dkg_timeout: Duration::from_secs(120),
         sign_timeout: Duration::from_secs(30),
         state_path: None,
+        network: None,
+        contract: None,
     })
     .unwrap();
     let t = Instant::now();
-    coord.run_dkg_round().unwrap();
+    let agg = coord.run_dkg_round().unwrap();
     let dkg = t.elapsed();
     let mut signs = vec![];
     for i in 0..rounds {
         let t = Instant::now();
-        coord.sign_message(&[i as u8; 32]).unwrap();
+        let item = SignItem {
+            key: agg,
+            message: ToSign::Taproot {
+                sighash: [i as u8; 32],
+            },
+        };
+        coord.sign(&[], &[item]).unwrap();
         signs.push(t.elapsed());
     }
     stop.store(true, Ordering::SeqCst);
@@ -297,28 +344,4 @@ fn main() {
         p99.as_secs_f64() * 1e3,
         max.as_secs_f64() * 1e3
     );
-}
-
-/// One taproot signature with the newest key (the trait signs lists).
-trait SignOne {
-    fn sign_message(
-        &mut self,
-        sighash: &[u8; 32],
-    ) -> Result<bitcoin::secp256k1::schnorr::Signature, frost_coordinator::Error>;
-}
-
-impl<T: frost_coordinator::FrostCoordinator> SignOne for T {
-    fn sign_message(
-        &mut self,
-        sighash: &[u8; 32],
-    ) -> Result<bitcoin::secp256k1::schnorr::Signature, frost_coordinator::Error> {
-        let key = self
-            .aggregate_public_key()
-            .ok_or(frost_coordinator::Error::NoAggregateKey)?;
-        let item = frost_coordinator::SignItem {
-            key,
-            message: frost_coordinator::ToSign::Taproot { sighash: *sighash },
-        };
-        Ok(self.sign(&[], &[item])?.remove(0))
-    }
 }

@@ -41,22 +41,25 @@ pub enum Error {
     /// Signing failed for a reason other than a timeout.
     #[error("signing failed: {0}")]
     SigningFailed(String),
-    /// Signers refused what they were asked to sign, each with its reason
-    /// (1-based signer ids), leaving too few to reach the threshold.
-    #[error("signers refused: {}", refusals.iter().map(|(id, why)| format!("signer {id}: {why}")).collect::<Vec<_>>().join("; "))]
-    Refused {
-        /// Who refused, and why.
-        refusals: Vec<(u32, String)>,
-    },
-    /// A signature was asked of a key this coordinator holds no DKG result for.
-    #[error("no key {0} among the keys DKG produced")]
-    UnknownKey(PublicKey),
     /// There is no aggregate key yet: run DKG first.
     #[error("no aggregate key: run dkg first")]
     NoAggregateKey,
     /// The relay could not be reached.
     #[error("relay unreachable: {0}")]
     Relay(String),
+    /// Signers refused the request, so the threshold cannot be reached.
+    #[error("signers refused: {}", fmt_refusals(refusals))]
+    Refused {
+        /// (1-based signer id, the rule it named), by signer id.
+        refusals: Vec<(u32, String)>,
+    },
+}
+
+fn fmt_refusals(r: &[(u32, String)]) -> String {
+    r.iter()
+        .map(|(id, rule)| format!("signer {id}: {rule}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Error {
@@ -70,24 +73,26 @@ impl Error {
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 pub trait FrostCoordinator {
     /// Runs distributed key generation and returns the new aggregate key.
+    ///
+    /// The key counts only once every signer reported it stored its share
+    /// of it and a test signature by every signer verified; otherwise the
+    /// DKG fails and the previous keys stay current.
     fn run_dkg_round(&mut self) -> Result<PublicKey, Error>;
 
-    /// Asks the signers for one signature per item, in order. `payload` is
-    /// what signers validate the request against (for a payout, the unsigned
-    /// transaction and what it spends); each item names the aggregate key
-    /// that signs it. Signatures are BIP-0340 signatures valid for the key's
-    /// BIP-0341 tweaked output key (a key-path spend with no script tree),
-    /// each verified before it is returned.
+    /// Signs every item, in order, with the item's aggregate key tweaked as
+    /// BIP-0341 prescribes for a key-path spend with no script tree: each
+    /// result is a BIP-0340 signature valid for that key's output. `payload`
+    /// is what the signers validate the request against (for a payout, the
+    /// unsigned transaction).
     fn sign(
         &mut self,
         payload: &[u8],
         items: &[SignItem],
     ) -> Result<Vec<schnorr::Signature>, Error>;
 
-    /// Returns the newest verified aggregate key, if DKG has run.
+    /// Returns the newest verified aggregate key, if any DKG succeeded.
     fn aggregate_public_key(&self) -> Option<PublicKey>;
 
-    /// Returns every aggregate key this coordinator can sign with, oldest
-    /// first (old keys still sign for coins at their addresses).
+    /// Returns every key the coordinator can sign with, oldest first.
     fn keys(&self) -> Vec<PublicKey>;
 }

@@ -1,13 +1,26 @@
 //! [`FrostCoordinator`] over the relay, with wsts' FIRE coordinator.
+//!
+//! Every packet travels in the authenticated envelope ([`Codec`]). What an
+//! opened envelope says is then checked against the round in progress —
+//! only responses to this round, only from signers it asked, each once —
+//! before FIRE sees it, because FIRE trusts what it is given (it indexes
+//! maps with ids taken from messages).
+//!
+//! DKG is gated: FIRE's result counts only once every signer reported
+//! `KeyStored` for that key and a test signature by **every** signer
+//! verified against it. Only then is the key added to the key history.
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bitcoin::key::{Secp256k1, TapTweak};
 use bitcoin::secp256k1::{schnorr, Message as SecpMessage, PublicKey, SecretKey};
+use frost_net::messages::{Keyed, Message, Refusal};
+use frost_net::wsts::net as w;
 use frost_net::{
-    decode_packet, encode_packet, public_key, scalar, write_private_atomically, Admit,
-    CoordinatorRounds, SignerSet, Verifier,
+    point, public_key, scalar, write_private_atomically, Codec, Envelope, SignItem, SignRequest,
+    SignerFile, SignerSet, ToSign,
 };
 use log::{debug, info, warn};
 use relay::RelayClient;
@@ -17,6 +30,7 @@ use wsts::curve::point::Point;
 use wsts::net::{DkgFailure, Packet, SignatureType};
 use wsts::state_machine::coordinator::{fire, Config, Coordinator as _, SavedState};
 use wsts::state_machine::{DkgError, OperationResult, SignError};
+use wsts::traits::Aggregator as _;
 
 use crate::{Error, FrostCoordinator};
 
@@ -35,35 +49,64 @@ pub struct RelayCoordinatorOptions {
     pub dkg_timeout: Duration,
     /// How long a signing round may take.
     pub sign_timeout: Duration,
-    /// Where the aggregate key and round counters are kept, if anywhere.
+    /// Where the key history and round counters are kept, if anywhere.
     pub state_path: Option<PathBuf>,
+    /// The network of the envelope's domain (the signer file's `network`).
+    pub network: Option<String>,
+    /// The contract of the envelope's domain (the signer file's `contract`).
+    pub contract: Option<String>,
 }
 
-/// What survives a restart: enough to sign without a new DKG.
+impl RelayCoordinatorOptions {
+    /// Options for the peg `file` describes, with the coordinator's key.
+    pub fn from_file(file: &SignerFile, private_key: SecretKey) -> Self {
+        RelayCoordinatorOptions {
+            set: file.set.clone(),
+            private_key,
+            relay_url: file.relay_url.clone(),
+            dkg_timeout: Duration::from_secs(60),
+            sign_timeout: Duration::from_secs(30),
+            state_path: None,
+            network: file.network.clone(),
+            contract: file.contract.clone(),
+        }
+    }
+}
+
+/// One key the coordinator can sign with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredKey {
+    dkg_id: u64,
+    key: PublicKey,
+    party_polynomials: Vec<(u32, PolyCommitment)>,
+}
+
+/// What survives a restart: the key history and the round counters (saved
+/// before each round, so no round id is ever reused).
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Persisted {
     version: u32,
-    aggregate_key: Point,
-    party_polynomials: Vec<(u32, PolyCommitment)>,
     dkg_id: u64,
     sign_id: u64,
+    keys: Vec<StoredKey>,
 }
 
-const STATE_VERSION: u32 = 1;
+const STATE_VERSION: u32 = 2;
 
 /// Runs DKG and signing rounds with the signers through the relay.
 pub struct RelayFrostCoordinator {
     opts: RelayCoordinatorOptions,
     config: Config,
-    fire: Fire,
-    verifier: Verifier,
+    codec: Codec,
     relay: RelayClient,
     cursor: u64,
-    rounds: CoordinatorRounds,
-    key: Option<(Point, Vec<(u32, PolyCommitment)>)>,
+    keys: Vec<StoredKey>,
     dkg_id: u64,
     sign_id: u64,
     rejected: u64,
+    refused: u64,
 }
 
 impl std::fmt::Debug for RelayFrostCoordinator {
@@ -72,6 +115,7 @@ impl std::fmt::Debug for RelayFrostCoordinator {
             .field("relay", &self.opts.relay_url)
             .field("dkg_id", &self.dkg_id)
             .field("sign_id", &self.sign_id)
+            .field("keys", &self.keys.len())
             .finish()
     }
 }
@@ -83,19 +127,92 @@ fn to_one_based(ids: impl IntoIterator<Item = u32>) -> Vec<u32> {
     v
 }
 
+fn check_stored(set: &SignerSet, k: &StoredKey) -> Result<(), String> {
+    let t = usize::try_from(set.threshold).unwrap_or(0);
+    if k.party_polynomials.is_empty() {
+        return Err("no party polynomials".into());
+    }
+    let ids: BTreeSet<u32> = k.party_polynomials.iter().map(|(i, _)| *i).collect();
+    if ids.len() != k.party_polynomials.len() || ids.iter().any(|i| *i >= set.num_signers()) {
+        return Err("party ids repeated or outside the signer set".into());
+    }
+    if k.party_polynomials.iter().any(|(_, c)| c.poly.len() != t) {
+        return Err(format!("a polynomial without {t} terms"));
+    }
+    let sum = k
+        .party_polynomials
+        .iter()
+        .fold(Point::default(), |s, (_, c)| s + c.poly[0]);
+    if point(&k.key).map_err(|e| e.to_string())? != sum {
+        return Err("the polynomials do not add up to the key".into());
+    }
+    Ok(())
+}
+
+/// The tweaked key-path check every signature passes before it is returned.
+fn verifies(key: &PublicKey, digest: &[u8; 32], sig: &schnorr::Signature) -> bool {
+    let secp = Secp256k1::verification_only();
+    let (tweaked, _) = key.x_only_public_key().0.tap_tweak(&secp, None);
+    secp.verify_schnorr(
+        sig,
+        &SecpMessage::from_digest(*digest),
+        &tweaked.to_x_only_public_key(),
+    )
+    .is_ok()
+}
+
+/// What the current signing round accepts.
+struct SignTrack {
+    key: PublicKey,
+    dkg_id: u64,
+    sign_id: u64,
+    iter: u64,
+    message: Vec<u8>,
+    request_id: u64,
+    nonce_from: HashSet<u32>,
+    share_asked: HashSet<u32>,
+    share_from: HashSet<u32>,
+}
+
+impl SignTrack {
+    fn ids(&self, dkg_id: u64, sign_id: u64, iter: u64) -> bool {
+        (dkg_id, sign_id, iter) == (self.dkg_id, self.sign_id, self.iter)
+    }
+}
+
+/// What the current DKG accepts, and what it has seen.
+#[derive(Default)]
+struct DkgTrack {
+    dkg_id: u64,
+    private_asked: Option<HashSet<u32>>,
+    end_asked: Option<HashSet<u32>>,
+    public: BTreeMap<u32, w::DkgPublicShares>,
+    private: BTreeMap<u32, w::DkgPrivateShares>,
+    ended: HashSet<u32>,
+    stored: BTreeMap<u32, PublicKey>,
+    conflicting: BTreeSet<u32>,
+}
+
 impl RelayFrostCoordinator {
-    /// Builds the coordinator, loading its aggregate key if a state file
+    /// Builds the coordinator, loading its key history if a state file
     /// exists, and starts reading the relay from its current head.
     ///
     /// # Errors
-    /// An inconsistent signer set, an unreadable state file, or an
-    /// unreachable relay.
+    /// An inconsistent signer set, an unreadable or corrupt state file, or
+    /// an unreachable relay.
     pub fn new(opts: RelayCoordinatorOptions) -> Result<Self, Error> {
         let cfg_err = |e: String| Error::Relay(format!("configuration: {e}"));
         opts.set.validate().map_err(|e| cfg_err(e.to_string()))?;
         let secp = Secp256k1::signing_only();
-        let verifier = Verifier::new(&opts.set, &opts.private_key.public_key(&secp))
-            .map_err(|e| cfg_err(e.to_string()))?;
+        let file = SignerFile {
+            relay_url: opts.relay_url.clone(),
+            coordinator_public_key: opts.private_key.public_key(&secp),
+            state_dir: None,
+            network: opts.network.clone(),
+            contract: opts.contract.clone(),
+            set: opts.set.clone(),
+        };
+        let codec = Codec::new(&file);
         // FIRE's per-phase timeouts; the whole round is bounded by our deadline too.
         let dkg_phase = opts.dkg_timeout / 3;
         let sign_phase = opts.sign_timeout / 2;
@@ -118,156 +235,805 @@ impl RelayFrostCoordinator {
         let relay = RelayClient::new(&opts.relay_url, Duration::from_secs(10));
         let head = relay.head().map_err(|e| Error::Relay(e.to_string()))?;
         let mut c = RelayFrostCoordinator {
-            fire: Fire::new(config.clone()),
             config,
-            verifier,
+            codec,
             relay,
             cursor: head.saturating_sub(1),
-            rounds: CoordinatorRounds::default(),
-            key: None,
+            keys: vec![],
             dkg_id: 0,
             sign_id: 0,
             rejected: 0,
+            refused: 0,
             opts,
         };
         if let Some(path) = c.opts.state_path.clone().filter(|p| p.exists()) {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| cfg_err(format!("{}: {e}", path.display())))?;
+            let bad = |e: String| cfg_err(format!("{}: {e}", path.display()));
+            let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
             let p: Persisted = serde_json::from_str(&text)
-                .map_err(|e| cfg_err(format!("{}: {e}", path.display())))?;
+                .map_err(|e| bad(format!("not a key history of format {STATE_VERSION}: {e}")))?;
             if p.version != STATE_VERSION {
-                return Err(cfg_err(format!(
-                    "{}: unknown format {}",
-                    path.display(),
-                    p.version
-                )));
+                return Err(bad(format!("unknown format {}", p.version)));
+            }
+            for k in &p.keys {
+                check_stored(&c.opts.set, k)
+                    .map_err(|e| bad(format!("key of DKG round {}: {e}", k.dkg_id)))?;
+                if k.dkg_id > p.dkg_id {
+                    return Err(bad("a key newer than the DKG counter".into()));
+                }
             }
             c.dkg_id = p.dkg_id;
             c.sign_id = p.sign_id;
-            c.key = Some((p.aggregate_key, p.party_polynomials));
-            c.fire = c.fresh()?;
-            info!("coordinator: loaded aggregate key from {}", path.display());
+            c.keys = p.keys;
+            info!(
+                "coordinator: loaded {} key(s) from {}",
+                c.keys.len(),
+                path.display()
+            );
         }
         Ok(c)
     }
 
-    /// Returns how many inbound packets were dropped (bad signature or replay).
+    /// Returns how many authentic packets the round rules dropped (stale,
+    /// duplicate, unasked).
     pub fn rejected(&self) -> u64 {
         self.rejected
     }
 
-    /// A FIRE coordinator in the idle state at our current round counters.
-    fn fresh(&self) -> Result<Fire, Error> {
-        let mut s = SavedState {
-            config: self.config.clone(),
-            ..SavedState::default()
-        };
-        s.current_dkg_id = self.dkg_id;
-        s.current_sign_id = self.sign_id;
-        s.current_sign_iter_id = 1;
-        let mut fire = Fire::load(&s);
-        if let Some((key, polys)) = &self.key {
-            fire.set_key_and_party_polynomials(*key, polys.clone())
-                .map_err(|e| {
-                    Error::SigningFailed(format!(
-                        "stored key does not match its polynomials: {e:?}"
-                    ))
-                })?;
-        }
-        Ok(fire)
+    /// Returns how many packets were refused before decoding (bad envelope).
+    pub fn refused_packets(&self) -> u64 {
+        self.refused
     }
 
     fn persist(&self) -> Result<(), Error> {
-        let (Some(path), Some((key, polys))) = (&self.opts.state_path, &self.key) else {
+        let Some(path) = &self.opts.state_path else {
             return Ok(());
         };
         let p = Persisted {
             version: STATE_VERSION,
-            aggregate_key: *key,
-            party_polynomials: polys.clone(),
             dkg_id: self.dkg_id,
             sign_id: self.sign_id,
+            keys: self.keys.clone(),
         };
         let bytes = serde_json::to_vec(&p).map_err(|e| Error::SigningFailed(e.to_string()))?;
         write_private_atomically(path, &bytes)
             .map_err(|e| Error::SigningFailed(format!("saving {}: {e}", path.display())))
     }
 
-    fn post(&mut self, p: &Packet) -> Result<(), Error> {
-        self.rounds.sent(&p.msg);
+    fn post(&self, m: &Message) -> Result<(), Error> {
+        let bytes = self
+            .codec
+            .seal(frost_net::Sender::Coordinator, &self.opts.private_key, m)
+            .map_err(|e| Error::SigningFailed(format!("sealing a {:?}: {e}", m.kind())))?;
         self.relay
-            .post_tagged(&encode_packet(p), frost_net::relay_tag(&p.msg))
+            .post_tagged(&bytes, m.kind().relay_tag())
             .map(|_| ())
             .map_err(|e| Error::Relay(e.to_string()))
     }
 
-    /// Posts `start` and drives the round until it yields a result or the
-    /// deadline passes.
-    fn drive(
+    /// Posts a FIRE packet, wrapped for the round's key.
+    fn post_fire(&self, p: Packet, key: Option<&PublicKey>) -> Result<(), Error> {
+        let m = match (p.msg, key) {
+            (w::Message::DkgBegin(m), _) => Message::DkgBegin(m),
+            // FIRE leaves the key ids empty; the signers' checks want exactly
+            // the listed signers' key ids (so the list is covered twice).
+            (w::Message::DkgPrivateBegin(mut m), _) => {
+                m.key_ids = self.key_ids_of(&m.signer_ids);
+                Message::DkgPrivateBegin(m)
+            }
+            (w::Message::DkgEndBegin(mut m), _) => {
+                m.key_ids = self.key_ids_of(&m.signer_ids);
+                Message::DkgEndBegin(m)
+            }
+            (w::Message::NonceRequest(msg), Some(key)) => {
+                Message::NonceRequest(Keyed { key: *key, msg })
+            }
+            (w::Message::SignatureShareRequest(msg), Some(key)) => {
+                Message::SignatureShareRequest(Keyed { key: *key, msg })
+            }
+            (other, _) => {
+                return Err(Error::SigningFailed(format!(
+                    "FIRE produced an unexpected {other:?}"
+                )))
+            }
+        };
+        self.post(&m)
+    }
+
+    /// The key ids of the (wsts, 0-based) signers `ids`, sorted.
+    fn key_ids_of(&self, ids: &[u32]) -> Vec<u32> {
+        let mut k: Vec<u32> = ids
+            .iter()
+            .filter_map(|i| self.opts.set.signer(i + 1))
+            .flat_map(|s| s.key_ids.iter().copied())
+            .collect();
+        k.sort_unstable();
+        k
+    }
+
+    /// Reads what arrived within `wait`: authentic envelopes only.
+    fn poll(&mut self, wait: Duration) -> Result<Vec<Envelope>, Error> {
+        let batch = self
+            .relay
+            .poll_tags(self.cursor, wait, frost_net::COORDINATOR_TAGS)
+            .map_err(|e| Error::Relay(e.to_string()))?;
+        self.cursor = batch.last_seq(self.cursor);
+        let mut out = Vec::with_capacity(batch.messages.len());
+        for (seq, bytes) in batch.messages {
+            if frost_net::envelope::peek(&bytes).is_some_and(|(k, _)| k.from_coordinator()) {
+                continue;
+            }
+            match self.codec.open(&bytes) {
+                Ok(e) => out.push(e),
+                Err(e) => {
+                    self.refused += 1;
+                    warn!("coordinator: message {seq} refused: {e}");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn stale(&mut self, what: std::fmt::Arguments<'_>) {
+        self.rejected += 1;
+        debug!("coordinator: dropped {what}");
+    }
+
+    fn key_entry(&self, key: &PublicKey) -> Result<StoredKey, Error> {
+        if self.keys.is_empty() {
+            return Err(Error::NoAggregateKey);
+        }
+        self.keys
+            .iter()
+            .find(|k| k.key == *key)
+            .cloned()
+            .ok_or_else(|| Error::SigningFailed(format!("no key {key} in the key history")))
+    }
+
+    fn signer_keys(&self, ids: impl Iterator<Item = u32>) -> u32 {
+        ids.filter_map(|id| self.opts.set.signer(id))
+            .map(|s| u32::try_from(s.key_ids.len()).unwrap_or(u32::MAX))
+            .fold(0, u32::saturating_add)
+    }
+
+    /// Records a refusal; fails when the refusals leave the threshold out
+    /// of reach.
+    fn refusal(
+        &self,
+        refusals: &mut BTreeMap<u32, String>,
+        sender: u32,
+        r: &Refusal,
+    ) -> Result<(), Error> {
+        warn!(
+            "coordinator: signer {sender} refused request {}: {}",
+            r.request, r.rule
+        );
+        refusals.entry(sender).or_insert_with(|| r.rule.clone());
+        let refused = self.signer_keys(refusals.keys().copied());
+        if self.opts.set.num_keys().saturating_sub(refused) < self.opts.set.threshold {
+            return Err(Error::Refused {
+                refusals: refusals
+                    .iter()
+                    .map(|(id, rule)| (*id, rule.clone()))
+                    .collect(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A FIRE coordinator holding `k`, idle at our counters.
+    fn fire_for(&self, k: &StoredKey, sign_id: u64) -> Result<Fire, Error> {
+        let mut s = SavedState {
+            config: self.config.clone(),
+            ..SavedState::default()
+        };
+        s.current_dkg_id = k.dkg_id;
+        s.current_sign_id = sign_id;
+        s.current_sign_iter_id = 0;
+        let mut fire = Fire::load(&s);
+        let agg = point(&k.key).map_err(|e| Error::SigningFailed(e.to_string()))?;
+        fire.set_key_and_party_polynomials(agg, k.party_polynomials.clone())
+            .map_err(|e| {
+                Error::SigningFailed(format!("stored key does not match its polynomials: {e:?}"))
+            })?;
+        Ok(fire)
+    }
+
+    /// One FIRE signing round of `digest` with key `k`.
+    fn fire_round(
         &mut self,
+        k: &StoredKey,
+        digest: &[u8; 32],
+        request_id: u64,
+        sign_id: u64,
+        refusals: &mut BTreeMap<u32, String>,
+    ) -> Result<schnorr::Signature, Error> {
+        // `sign_id` was persisted as spent before the request went out.
+        let mut fire = self.fire_for(k, sign_id - 1)?;
+        let start = fire
+            .start_signing_round(digest, SignatureType::Taproot(None))
+            .map_err(|e| Error::SigningFailed(format!("signing: {e:?}")))?;
+        let mut track = SignTrack {
+            key: k.key,
+            dkg_id: k.dkg_id,
+            sign_id,
+            iter: 0,
+            message: digest.to_vec(),
+            request_id,
+            nonce_from: HashSet::new(),
+            share_asked: HashSet::new(),
+            share_from: HashSet::new(),
+        };
+        let timeout = self.opts.sign_timeout;
+        let deadline = Instant::now() + timeout;
+        Self::track_sent(&mut track, &start);
+        self.post_fire(start, Some(&k.key))?;
+        let result = loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout {
+                    round: "signing",
+                    waited: timeout,
+                    missing: vec![],
+                });
+            }
+            let inbound = self.poll((deadline - now).min(Duration::from_millis(100)))?;
+            let mut packets = Vec::with_capacity(inbound.len());
+            for env in inbound {
+                let frost_net::Sender::Signer(sender) = env.sender else {
+                    continue;
+                };
+                match env.message {
+                    Message::NonceResponse(r)
+                        if r.key == track.key
+                            && track.ids(r.msg.dkg_id, r.msg.sign_id, r.msg.sign_iter_id)
+                            && r.msg.message == track.message =>
+                    {
+                        if track.nonce_from.insert(sender) {
+                            packets.push(Packet {
+                                msg: w::Message::NonceResponse(r.msg),
+                                sig: vec![],
+                            });
+                        } else {
+                            self.stale(format_args!(
+                                "a duplicate nonce response of signer {sender}"
+                            ));
+                        }
+                    }
+                    Message::SignatureShareResponse(r)
+                        if r.key == track.key
+                            && track.ids(r.msg.dkg_id, r.msg.sign_id, r.msg.sign_iter_id) =>
+                    {
+                        if track.share_asked.contains(&sender) && track.share_from.insert(sender) {
+                            packets.push(Packet {
+                                msg: w::Message::SignatureShareResponse(r.msg),
+                                sig: vec![],
+                            });
+                        } else {
+                            self.stale(format_args!(
+                                "an unasked or duplicate share of signer {sender}"
+                            ));
+                        }
+                    }
+                    Message::Refusal(r)
+                        if r.request == track.request_id || r.request == track.sign_id =>
+                    {
+                        self.refusal(refusals, sender, &r)?;
+                    }
+                    other => {
+                        self.stale(format_args!(
+                            "a {:?} of signer {sender} not for this round",
+                            other.kind()
+                        ));
+                    }
+                }
+            }
+            let (outbound, results) = fire
+                .process_inbound_messages(&packets)
+                .map_err(|e| Error::SigningFailed(format!("signing: {e:?}")))?;
+            for p in outbound {
+                Self::track_sent(&mut track, &p);
+                self.post_fire(p, Some(&k.key))?;
+            }
+            if let Some(r) = results.into_iter().next() {
+                break r;
+            }
+        };
+        match result {
+            OperationResult::SignTaproot(proof) => {
+                let sig = schnorr::Signature::from_slice(&proof.to_bytes())
+                    .map_err(|e| Error::SigningFailed(format!("aggregate signature: {e}")))?;
+                // Check it before anyone relies on it.
+                if verifies(&k.key, digest, &sig) {
+                    Ok(sig)
+                } else {
+                    Err(Error::SigningFailed(
+                        "the aggregate signature does not verify".into(),
+                    ))
+                }
+            }
+            OperationResult::SignError(e) => Err(match e {
+                SignError::NonceTimeout(answered, malicious) => {
+                    let answered: HashSet<u32> = answered.into_iter().collect();
+                    let missing = self
+                        .opts
+                        .set
+                        .signers
+                        .iter()
+                        .map(|s| s.wsts_id())
+                        .filter(|id| !answered.contains(id))
+                        .chain(malicious);
+                    Error::Timeout {
+                        round: "signing",
+                        waited: timeout,
+                        missing: to_one_based(missing),
+                    }
+                }
+                SignError::InsufficientSigners(bad) => Error::Timeout {
+                    round: "signing",
+                    waited: timeout,
+                    missing: to_one_based(bad),
+                },
+                other => Error::SigningFailed(format!("{other:?}")),
+            }),
+            other => Err(Error::SigningFailed(format!(
+                "signing ended with {other:?}"
+            ))),
+        }
+    }
+
+    fn track_sent(track: &mut SignTrack, p: &Packet) {
+        match &p.msg {
+            w::Message::NonceRequest(r) => {
+                track.iter = r.sign_iter_id;
+                track.nonce_from.clear();
+                track.share_asked.clear();
+                track.share_from.clear();
+            }
+            w::Message::SignatureShareRequest(r) => {
+                track.share_asked = r.nonce_responses.iter().map(|n| n.signer_id + 1).collect();
+                track.share_from.clear();
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether FIRE can safely judge a DKG failure report: every signer,
+    /// party and key id it makes FIRE look up is one FIRE holds.
+    fn failure_report_is_judgeable(&self, t: &DkgTrack, reporter: u32, f: &DkgFailure) -> bool {
+        match f {
+            DkgFailure::BadPublicShares(bad) => bad.iter().all(|b| t.public.contains_key(b)),
+            DkgFailure::BadPrivateShares(bad) => {
+                let Some(reporter_keys) = self.opts.set.signer(reporter + 1) else {
+                    return false;
+                };
+                bad.keys().all(|b| {
+                    let (Some(public), Some(private)) = (t.public.get(b), t.private.get(b)) else {
+                        return false;
+                    };
+                    private.shares.iter().all(|(src, shares)| {
+                        public.comms.iter().any(|(p, _)| p == src)
+                            && reporter_keys.key_ids.iter().all(|k| shares.contains_key(k))
+                    })
+                })
+            }
+            _ => true,
+        }
+    }
+
+    /// Drives FIRE's DKG to its result, feeding it only what this round
+    /// asked for. Collects `KeyStored` reports on the way.
+    fn drive_dkg(
+        &mut self,
+        fire: &mut Fire,
         start: Packet,
-        round: &'static str,
-        limit: Duration,
+        track: &mut DkgTrack,
+        deadline: Instant,
     ) -> Result<OperationResult, Error> {
-        let began = Instant::now();
-        let deadline = began + limit;
-        self.post(&start)?;
+        let timeout = self.opts.dkg_timeout;
+        self.post_fire(start, None)?;
         loop {
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::Timeout {
-                    round,
-                    waited: limit,
+                    round: "dkg",
+                    waited: timeout,
                     missing: vec![],
                 });
             }
-            let wait = (deadline - now).min(Duration::from_millis(100));
-            let batch = self
-                .relay
-                .poll_tags(self.cursor, wait, frost_net::COORDINATOR_TAGS)
-                .map_err(|e| Error::Relay(e.to_string()))?;
-            self.cursor = batch.last_seq(self.cursor);
-            let mut inbound = Vec::with_capacity(batch.messages.len());
-            for (seq, bytes) in batch.messages {
-                let Ok(p) = decode_packet(&bytes) else {
-                    debug!("coordinator: message {seq} is no packet");
+            let inbound = self.poll((deadline - now).min(Duration::from_millis(100)))?;
+            let mut packets = Vec::with_capacity(inbound.len());
+            for env in inbound {
+                let frost_net::Sender::Signer(sender) = env.sender else {
                     continue;
                 };
-                match self.rounds.admit(&p.msg) {
-                    Admit::Ignore => continue,
-                    Admit::Replay => {
-                        self.rejected += 1;
-                        warn!("coordinator: dropped a stale or replayed response (message {seq})");
-                        continue;
+                let wsts_id = sender - 1;
+                match env.message {
+                    Message::DkgPublicShares(m) if m.dkg_id == track.dkg_id => {
+                        if track.private_asked.is_none() && !track.public.contains_key(&wsts_id) {
+                            track.public.insert(wsts_id, m.clone());
+                            packets.push(Packet {
+                                msg: w::Message::DkgPublicShares(m),
+                                sig: vec![],
+                            });
+                        } else {
+                            self.stale(format_args!(
+                                "late or duplicate public shares of signer {sender}"
+                            ));
+                        }
                     }
-                    Admit::Accept => {}
+                    Message::DkgPrivateShares(m) if m.dkg_id == track.dkg_id => {
+                        let asked = track
+                            .private_asked
+                            .as_ref()
+                            .is_some_and(|a| a.contains(&wsts_id));
+                        if asked
+                            && track.end_asked.is_none()
+                            && !track.private.contains_key(&wsts_id)
+                        {
+                            track.private.insert(wsts_id, m.clone());
+                            packets.push(Packet {
+                                msg: w::Message::DkgPrivateShares(m),
+                                sig: vec![],
+                            });
+                        } else {
+                            self.stale(format_args!("unasked private shares of signer {sender}"));
+                        }
+                    }
+                    Message::DkgEnd(m) if m.dkg_id == track.dkg_id => {
+                        let asked = track
+                            .end_asked
+                            .as_ref()
+                            .is_some_and(|a| a.contains(&wsts_id));
+                        if !asked || !track.ended.insert(wsts_id) {
+                            self.stale(format_args!("an unasked DkgEnd of signer {sender}"));
+                            continue;
+                        }
+                        if let w::DkgStatus::Failure(f) = &m.status {
+                            if !self.failure_report_is_judgeable(track, wsts_id, f) {
+                                return Err(Error::DkgFailed {
+                                    bad_signers: vec![sender],
+                                    reason: format!(
+                                        "signer {sender} reported a failure ({f:?}) about shares that were never sent"
+                                    ),
+                                });
+                            }
+                        }
+                        packets.push(Packet {
+                            msg: w::Message::DkgEnd(m),
+                            sig: vec![],
+                        });
+                    }
+                    Message::KeyStored(k) if k.dkg_id == track.dkg_id => {
+                        match track.stored.get(&sender) {
+                            None => {
+                                track.stored.insert(sender, k.key);
+                            }
+                            Some(prev) if *prev != k.key => {
+                                track.conflicting.insert(sender);
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    other => {
+                        self.stale(format_args!(
+                            "a {:?} of signer {sender} not for this DKG",
+                            other.kind()
+                        ));
+                    }
                 }
-                if !self.verifier.verify(&p) {
-                    self.rejected += 1;
-                    warn!("coordinator: dropped a response with a bad signature (message {seq})");
-                    continue;
-                }
-                inbound.push(p);
             }
-            let (outbound, results) = self
-                .fire
-                .process_inbound_messages(&inbound)
-                .map_err(|e| Error::SigningFailed(format!("{round}: {e:?}")))?;
-            for p in &outbound {
-                self.post(p)?;
+            let (outbound, results) = fire
+                .process_inbound_messages(&packets)
+                .map_err(|e| Error::SigningFailed(format!("dkg: {e:?}")))?;
+            for p in outbound {
+                match &p.msg {
+                    w::Message::DkgPrivateBegin(b) => {
+                        track.private_asked = Some(b.signer_ids.iter().copied().collect());
+                    }
+                    w::Message::DkgEndBegin(b) => {
+                        track.end_asked = Some(b.signer_ids.iter().copied().collect());
+                    }
+                    _ => {}
+                }
+                self.post_fire(p, None)?;
             }
             if let Some(r) = results.into_iter().next() {
-                debug!("coordinator: {round} finished in {:?}", began.elapsed());
                 return Ok(r);
             }
         }
     }
 
-    fn after_failure(&mut self) {
-        match self.fresh() {
-            Ok(f) => self.fire = f,
-            Err(e) => warn!("coordinator: could not reset after a failed round: {e}"),
+    /// Waits for every signer's `KeyStored` of `key` in `track`'s round.
+    fn await_key_stored(
+        &mut self,
+        track: &mut DkgTrack,
+        key: &PublicKey,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        let all: Vec<u32> = self.opts.set.signers.iter().map(|s| s.id).collect();
+        loop {
+            let wrong: Vec<u32> = track
+                .stored
+                .iter()
+                .filter(|(_, k)| *k != key)
+                .map(|(id, _)| *id)
+                .chain(track.conflicting.iter().copied())
+                .collect::<BTreeSet<u32>>()
+                .into_iter()
+                .collect();
+            if !wrong.is_empty() {
+                return Err(Error::DkgFailed {
+                    bad_signers: wrong,
+                    reason: format!("signers reported storing a key other than {key}"),
+                });
+            }
+            let missing: Vec<u32> = all
+                .iter()
+                .copied()
+                .filter(|id| !track.stored.contains_key(id))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::DkgFailed {
+                    bad_signers: missing,
+                    reason: format!("no report of the share of {key} being stored"),
+                });
+            }
+            for env in self.poll((deadline - now).min(Duration::from_millis(100)))? {
+                let frost_net::Sender::Signer(sender) = env.sender else {
+                    continue;
+                };
+                match env.message {
+                    Message::KeyStored(k) if k.dkg_id == track.dkg_id => {
+                        match track.stored.get(&sender) {
+                            None => {
+                                track.stored.insert(sender, k.key);
+                            }
+                            Some(prev) if *prev != k.key => {
+                                track.conflicting.insert(sender);
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    other => {
+                        self.stale(format_args!("a {:?} of signer {sender}", other.kind()));
+                    }
+                }
+            }
         }
+    }
+
+    /// Waits for one answer of `want` kind from every signer; refusals fail
+    /// at once, naming the signer.
+    fn gather_all<T>(
+        &mut self,
+        deadline: Instant,
+        what: &str,
+        mut want: impl FnMut(u32, &Message) -> Option<T>,
+        refusal_ids: (u64, u64),
+    ) -> Result<BTreeMap<u32, T>, Error> {
+        let n = self.opts.set.signers.len();
+        let mut got = BTreeMap::new();
+        while got.len() < n {
+            let now = Instant::now();
+            if now >= deadline {
+                let missing: Vec<u32> = self
+                    .opts
+                    .set
+                    .signers
+                    .iter()
+                    .map(|s| s.id)
+                    .filter(|id| !got.contains_key(id))
+                    .collect();
+                return Err(Error::DkgFailed {
+                    bad_signers: missing,
+                    reason: format!("the DKG test signature: no {what} by the deadline"),
+                });
+            }
+            for env in self.poll((deadline - now).min(Duration::from_millis(100)))? {
+                let frost_net::Sender::Signer(sender) = env.sender else {
+                    continue;
+                };
+                if let Message::Refusal(r) = &env.message {
+                    if r.request == refusal_ids.0 || r.request == refusal_ids.1 {
+                        return Err(Error::DkgFailed {
+                            bad_signers: vec![sender],
+                            reason: format!(
+                                "signer {sender} refused the DKG test signature: {}",
+                                r.rule
+                            ),
+                        });
+                    }
+                }
+                match want(sender, &env.message) {
+                    Some(v) if !got.contains_key(&sender) => {
+                        got.insert(sender, v);
+                    }
+                    _ => self.stale(format_args!(
+                        "a {:?} of signer {sender}",
+                        env.message.kind()
+                    )),
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// The DKG's test signature, by every signer: each share must count, so
+    /// this round is driven directly with an aggregator, not with FIRE
+    /// (which asks for shares as soon as the threshold of nonces is in).
+    fn test_round(&mut self, k: &StoredKey) -> Result<(), Error> {
+        let text = format!("sbtc dkg test {} {}", k.dkg_id, k.key);
+        let message = ToSign::Test { text };
+        let digest = message.digest();
+        self.sign_id += 1;
+        let request_id = self.sign_id;
+        self.sign_id += 1;
+        let sign_id = self.sign_id;
+        self.persist()?;
+        self.post(&Message::SignRequest(SignRequest {
+            id: request_id,
+            payload: vec![],
+            items: vec![SignItem {
+                key: k.key,
+                message,
+            }],
+        }))?;
+        let nonce_request = w::NonceRequest {
+            dkg_id: k.dkg_id,
+            sign_id,
+            sign_iter_id: 1,
+            message: digest.to_vec(),
+            signature_type: SignatureType::Taproot(None),
+        };
+        self.post(&Message::NonceRequest(Keyed {
+            key: k.key,
+            msg: nonce_request,
+        }))?;
+        let deadline = Instant::now() + self.opts.sign_timeout;
+        let key = k.key;
+        let dkg_id = k.dkg_id;
+        let same_round = move |d: u64, s: u64, i: u64| (d, s, i) == (dkg_id, sign_id, 1);
+        let nonces = self.gather_all(
+            deadline,
+            "nonce",
+            |_, m| match m {
+                Message::NonceResponse(r)
+                    if r.key == key
+                        && same_round(r.msg.dkg_id, r.msg.sign_id, r.msg.sign_iter_id)
+                        && r.msg.message == digest =>
+                {
+                    Some(r.msg.clone())
+                }
+                _ => None,
+            },
+            (request_id, sign_id),
+        )?;
+        let nonce_responses: Vec<w::NonceResponse> = nonces.values().cloned().collect();
+        self.post(&Message::SignatureShareRequest(Keyed {
+            key: k.key,
+            msg: w::SignatureShareRequest {
+                dkg_id: k.dkg_id,
+                sign_id,
+                sign_iter_id: 1,
+                nonce_responses: nonce_responses.clone(),
+                message: digest.to_vec(),
+                signature_type: SignatureType::Taproot(None),
+            },
+        }))?;
+        let shares = self.gather_all(
+            deadline,
+            "signature share",
+            |_, m| match m {
+                Message::SignatureShareResponse(r)
+                    if r.key == key
+                        && same_round(r.msg.dkg_id, r.msg.sign_id, r.msg.sign_iter_id) =>
+                {
+                    Some(r.msg.signature_shares.clone())
+                }
+                _ => None,
+            },
+            (request_id, sign_id),
+        )?;
+        let public_nonces: Vec<_> = nonce_responses
+            .iter()
+            .flat_map(|n| n.nonces.iter().cloned())
+            .collect();
+        let key_ids: Vec<u32> = nonce_responses
+            .iter()
+            .flat_map(|n| n.key_ids.iter().copied())
+            .collect();
+        let all_shares: Vec<_> = shares.values().flatten().cloned().collect();
+        let mut agg = wsts::v2::Aggregator::new(self.opts.set.num_keys(), self.opts.set.threshold);
+        let polys: hashbrown::HashMap<u32, PolyCommitment> =
+            k.party_polynomials.iter().cloned().collect();
+        agg.init(&polys).map_err(|e| Error::DkgFailed {
+            bad_signers: vec![],
+            reason: format!("the new key's polynomials: {e:?}"),
+        })?;
+        let proof = agg
+            .sign_taproot(&digest, &public_nonces, &all_shares, &key_ids, None)
+            .map_err(|e| match e {
+                wsts::errors::AggregatorError::BadPartySigs(bad) => Error::DkgFailed {
+                    bad_signers: to_one_based(bad),
+                    reason: "bad signature shares in the DKG test signature".into(),
+                },
+                other => Error::DkgFailed {
+                    bad_signers: vec![],
+                    reason: format!("the DKG test signature: {other:?}"),
+                },
+            })?;
+        let sig = schnorr::Signature::from_slice(&proof.to_bytes())
+            .map_err(|e| Error::SigningFailed(format!("test signature: {e}")))?;
+        if !verifies(&k.key, &digest, &sig) {
+            return Err(Error::DkgFailed {
+                bad_signers: vec![],
+                reason: "the DKG test signature does not verify".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn run_dkg(&mut self) -> Result<PublicKey, Error> {
+        let last = self.keys.last().map_or(0, |k| k.dkg_id);
+        self.dkg_id = self.dkg_id.max(last) + 1;
+        // Persisted before the round: a failed round's id is never reused.
+        self.persist()?;
+        let dkg_id = self.dkg_id;
+        let s = SavedState {
+            config: self.config.clone(),
+            current_dkg_id: dkg_id - 1,
+            ..SavedState::default()
+        };
+        let mut fire = Fire::load(&s);
+        let start = fire
+            .start_dkg_round()
+            .map_err(|e| Error::SigningFailed(format!("dkg: {e:?}")))?;
+        info!("coordinator: DKG round {dkg_id} started");
+        let timeout = self.opts.dkg_timeout;
+        let began = Instant::now();
+        let mut track = DkgTrack {
+            dkg_id,
+            ..DkgTrack::default()
+        };
+        let point_key = match self.drive_dkg(&mut fire, start, &mut track, began + timeout)? {
+            OperationResult::Dkg(p) => p,
+            OperationResult::DkgError(e) => {
+                return Err(match &e {
+                    DkgError::DkgPublicTimeout(w)
+                    | DkgError::DkgPrivateTimeout(w)
+                    | DkgError::DkgEndTimeout(w) => Error::Timeout {
+                        round: "dkg",
+                        waited: timeout,
+                        missing: to_one_based(w.iter().copied()),
+                    },
+                    DkgError::DkgEndFailure(f) => dkg_failure(f),
+                })
+            }
+            other => return Err(Error::SigningFailed(format!("dkg ended with {other:?}"))),
+        };
+        let key = public_key(&point_key).map_err(|e| Error::SigningFailed(e.to_string()))?;
+        let party_polynomials: Vec<(u32, PolyCommitment)> =
+            fire.save().party_polynomials.into_iter().collect();
+        let stored = StoredKey {
+            dkg_id,
+            key,
+            party_polynomials,
+        };
+        check_stored(&self.opts.set, &stored).map_err(|e| Error::DkgFailed {
+            bad_signers: vec![],
+            reason: format!("FIRE's key: {e}"),
+        })?;
+        let grace = (began + timeout).max(Instant::now() + timeout / 3);
+        self.await_key_stored(&mut track, &key, grace)?;
+        self.test_round(&stored)?;
+        self.keys.push(stored);
+        self.persist()?;
+        info!("coordinator: DKG round {dkg_id} complete and verified, aggregate key {key}");
+        Ok(key)
     }
 }
 
@@ -291,144 +1057,54 @@ fn dkg_failure(errors: &hashbrown::HashMap<u32, DkgFailure>) -> Error {
 
 impl FrostCoordinator for RelayFrostCoordinator {
     fn run_dkg_round(&mut self) -> Result<PublicKey, Error> {
-        self.fire = self.fresh()?;
-        let start = self
-            .fire
-            .start_dkg_round()
-            .map_err(|e| Error::SigningFailed(format!("dkg: {e:?}")))?;
-        if let wsts::net::Message::DkgBegin(b) = &start.msg {
-            self.dkg_id = b.dkg_id;
+        let r = self.run_dkg();
+        if let Err(e) = &r {
+            warn!(
+                "coordinator: DKG round {} failed: {e}; the previous keys stay current",
+                self.dkg_id
+            );
         }
-        info!("coordinator: DKG round {} started", self.dkg_id);
-        let timeout = self.opts.dkg_timeout;
-        let result = self.drive(start, "dkg", timeout);
-        let outcome = match result {
-            Ok(OperationResult::Dkg(point_key)) => {
-                let polys: Vec<(u32, PolyCommitment)> =
-                    self.fire.save().party_polynomials.into_iter().collect();
-                self.key = Some((point_key, polys));
-                self.sign_id = 0;
-                self.persist()?;
-                self.fire = self.fresh()?;
-                let key =
-                    public_key(&point_key).map_err(|e| Error::SigningFailed(e.to_string()))?;
-                info!(
-                    "coordinator: DKG round {} complete, aggregate key {key}",
-                    self.dkg_id
-                );
-                return Ok(key);
-            }
-            Ok(OperationResult::DkgError(e)) => match &e {
-                DkgError::DkgPublicTimeout(w)
-                | DkgError::DkgPrivateTimeout(w)
-                | DkgError::DkgEndTimeout(w) => Error::Timeout {
-                    round: "dkg",
-                    waited: timeout,
-                    missing: to_one_based(w.iter().copied()),
-                },
-                DkgError::DkgEndFailure(f) => dkg_failure(f),
-            },
-            Ok(other) => Error::SigningFailed(format!("dkg ended with {other:?}")),
-            Err(e) => e,
-        };
-        self.after_failure();
-        Err(outcome)
+        r
     }
 
     fn sign(
         &mut self,
-        _payload: &[u8],
-        items: &[crate::SignItem],
+        payload: &[u8],
+        items: &[SignItem],
     ) -> Result<Vec<schnorr::Signature>, Error> {
-        let current = self.aggregate_public_key();
-        items
+        if items.is_empty() {
+            return Ok(vec![]);
+        }
+        let entries = items
             .iter()
-            .map(|item| {
-                if Some(item.key) != current {
-                    return Err(Error::UnknownKey(item.key));
-                }
-                self.sign_digest(&item.message.digest())
-            })
-            .collect()
+            .map(|i| self.key_entry(&i.key))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The request's id and one round id per item, all spent (persisted)
+        // at once before anything goes out: one fsync per request.
+        let request_id = self.sign_id + 1;
+        let rounds = u64::try_from(items.len()).unwrap_or(u64::MAX);
+        self.sign_id = request_id.saturating_add(rounds);
+        self.persist()?;
+        self.post(&Message::SignRequest(SignRequest {
+            id: request_id,
+            payload: payload.to_vec(),
+            items: items.to_vec(),
+        }))?;
+        let mut refusals = BTreeMap::new();
+        let mut out = Vec::with_capacity(items.len());
+        for (i, (item, k)) in items.iter().zip(&entries).enumerate() {
+            let digest = item.message.digest();
+            let sign_id = request_id + 1 + u64::try_from(i).unwrap_or(u64::MAX);
+            out.push(self.fire_round(k, &digest, request_id, sign_id, &mut refusals)?);
+        }
+        Ok(out)
     }
 
     fn aggregate_public_key(&self) -> Option<PublicKey> {
-        self.key.as_ref().and_then(|(p, _)| public_key(p).ok())
+        self.keys.last().map(|k| k.key)
     }
 
     fn keys(&self) -> Vec<PublicKey> {
-        self.aggregate_public_key().into_iter().collect()
-    }
-}
-
-impl RelayFrostCoordinator {
-    fn sign_digest(&mut self, sighash: &[u8; 32]) -> Result<schnorr::Signature, Error> {
-        let Some((agg, _)) = &self.key else {
-            return Err(Error::NoAggregateKey);
-        };
-        let agg = public_key(agg).map_err(|e| Error::SigningFailed(e.to_string()))?;
-        let start = self
-            .fire
-            .start_signing_round(sighash, SignatureType::Taproot(None))
-            .map_err(|e| Error::SigningFailed(format!("signing: {e:?}")))?;
-        if let wsts::net::Message::NonceRequest(r) = &start.msg {
-            self.sign_id = r.sign_id;
-        }
-        // The round's id is spent whether or not it succeeds.
-        self.persist()?;
-        let timeout = self.opts.sign_timeout;
-        let outcome = match self.drive(start, "signing", timeout) {
-            Ok(OperationResult::SignTaproot(proof)) => {
-                let sig = schnorr::Signature::from_slice(&proof.to_bytes())
-                    .map_err(|e| Error::SigningFailed(format!("aggregate signature: {e}")));
-                // Check it before anyone relies on it.
-                let secp = Secp256k1::verification_only();
-                let (tweaked, _) = agg.x_only_public_key().0.tap_tweak(&secp, None);
-                match sig {
-                    Ok(sig)
-                        if secp
-                            .verify_schnorr(
-                                &sig,
-                                &SecpMessage::from_digest(*sighash),
-                                &tweaked.to_x_only_public_key(),
-                            )
-                            .is_ok() =>
-                    {
-                        self.fire = self.fresh()?;
-                        return Ok(sig);
-                    }
-                    Ok(_) => Error::SigningFailed("the aggregate signature does not verify".into()),
-                    Err(e) => e,
-                }
-            }
-            Ok(OperationResult::SignError(e)) => match e {
-                SignError::NonceTimeout(answered, malicious) => {
-                    let answered: std::collections::HashSet<u32> = answered.into_iter().collect();
-                    let missing = self
-                        .opts
-                        .set
-                        .signers
-                        .iter()
-                        .map(|s| s.wsts_id())
-                        .filter(|id| !answered.contains(id))
-                        .chain(malicious);
-                    Error::Timeout {
-                        round: "signing",
-                        waited: timeout,
-                        missing: to_one_based(missing),
-                    }
-                }
-                SignError::InsufficientSigners(bad) => Error::Timeout {
-                    round: "signing",
-                    waited: timeout,
-                    missing: to_one_based(bad),
-                },
-                other => Error::SigningFailed(format!("{other:?}")),
-            },
-            Ok(other) => Error::SigningFailed(format!("signing ended with {other:?}")),
-            Err(e) => e,
-        };
-        self.after_failure();
-        Err(outcome)
+        self.keys.iter().map(|k| k.key).collect()
     }
 }

@@ -17,9 +17,11 @@ use bitcoin::{
     TxOut, Witness,
 };
 use frost_coordinator::{
-    Error, FrostCoordinator, RelayCoordinatorOptions, RelayFrostCoordinator, SignerFile,
-    SignerInfo, SignerSet,
+    Error, FrostCoordinator, RelayCoordinatorOptions, RelayFrostCoordinator, SignItem, SignerFile,
+    SignerInfo, SignerSet, ToSign,
 };
+use frost_net::envelope::{peek, HEADER_LEN};
+use frost_net::{Codec, Kind, Sender, TAG_REQUEST, TAG_RESPONSE};
 use frost_signer::{SignerNode, SignerOptions};
 use relay::{RelayClient, RelayConfig, RelayServer};
 
@@ -35,6 +37,7 @@ struct Cluster {
     coordinator_key: SecretKey,
     dir: tempfile::TempDir,
     signers: Vec<Option<Running>>,
+    allow_rotation: bool,
 }
 
 struct Running {
@@ -74,6 +77,7 @@ impl Cluster {
             coordinator_key,
             dir: tempfile::tempdir().unwrap(),
             signers: vec![],
+            allow_rotation: false,
         };
         for id in 1..=n {
             let r = c.spawn(id, |_| {});
@@ -93,6 +97,7 @@ impl Cluster {
             private_key: key(0x5e, id - 1),
             state_path: self.state_path(id),
             poll_wait: Duration::from_millis(500),
+            allow_rotation: self.allow_rotation,
         })
         .unwrap();
         setup(&mut node);
@@ -127,6 +132,8 @@ impl Cluster {
             dkg_timeout: Duration::from_secs(15),
             sign_timeout,
             state_path: Some(self.dir.path().join("coordinator.json")),
+            network: None,
+            contract: None,
         })
         .unwrap()
     }
@@ -139,6 +146,19 @@ impl Drop for Cluster {
             let _ = r.handle.join();
         }
     }
+}
+
+/// Signs one taproot sighash with `key`.
+fn sign1(
+    c: &mut RelayFrostCoordinator,
+    key: PublicKey,
+    sighash: &[u8; 32],
+) -> Result<bitcoin::secp256k1::schnorr::Signature, Error> {
+    let item = SignItem {
+        key,
+        message: ToSign::Taproot { sighash: *sighash },
+    };
+    c.sign(b"payload", &[item]).map(|mut v| v.remove(0))
 }
 
 fn verify(agg: &PublicKey, sighash: &[u8; 32], sig: &bitcoin::secp256k1::schnorr::Signature) {
@@ -154,6 +174,7 @@ fn verify(agg: &PublicKey, sighash: &[u8; 32], sig: &bitcoin::secp256k1::schnorr
 
 #[test]
 fn dkg_then_a_taproot_spend_with_five_signers() {
+    let _ = env_logger::builder().is_test(true).try_init();
     let c = Cluster::new(5, 1, 3);
     let mut coord = c.coordinator(Duration::from_secs(5));
     assert_eq!(coord.aggregate_public_key(), None);
@@ -187,13 +208,13 @@ fn dkg_then_a_taproot_spend_with_five_signers() {
         .unwrap()
         .to_raw_hash()
         .to_byte_array();
-    let sig = coord.sign_message(&sighash).unwrap();
+    let sig = sign1(&mut coord, agg, &sighash).unwrap();
     verify(&agg, &sighash, &sig);
     tx.input[0].witness = Witness::from_slice(&[sig.as_ref()]);
     fee_wallet::verify_spends(&tx, &[prevout]).unwrap();
 
     // And again: rounds keep working.
-    let sig2 = coord.sign_message(&[9; 32]).unwrap();
+    let sig2 = sign1(&mut coord, agg, &[9; 32]).unwrap();
     verify(&agg, &[9; 32], &sig2);
 }
 
@@ -204,12 +225,12 @@ fn signing_completes_with_n_minus_t_offline_and_times_out_beyond() {
     let agg = coord.run_dkg_round().unwrap();
     c.kill(4);
     c.kill(5);
-    let sig = coord.sign_message(&[1; 32]).unwrap();
+    let sig = sign1(&mut coord, agg, &[1; 32]).unwrap();
     verify(&agg, &[1; 32], &sig);
 
     c.kill(3);
     let start = Instant::now();
-    let e = coord.sign_message(&[2; 32]).unwrap_err();
+    let e = sign1(&mut coord, agg, &[2; 32]).unwrap_err();
     let took = start.elapsed();
     assert!(took < Duration::from_secs(4), "took {took:?}");
     match &e {
@@ -224,7 +245,7 @@ fn signing_completes_with_n_minus_t_offline_and_times_out_beyond() {
 
     // The signers come back: signing resumes with the same key.
     c.restart(3);
-    let sig = coord.sign_message(&[3; 32]).unwrap();
+    let sig = sign1(&mut coord, agg, &[3; 32]).unwrap();
     verify(&agg, &[3; 32], &sig);
 }
 
@@ -246,8 +267,24 @@ fn restarted_signers_and_coordinator_still_sign_for_the_same_key() {
         Some(agg),
         "loaded, no new DKG"
     );
-    let sig = coord.sign_message(&[4; 32]).unwrap();
+    let sig = sign1(&mut coord, agg, &[4; 32]).unwrap();
     verify(&agg, &[4; 32], &sig);
+}
+
+/// Every packet on the relay so far: (kind, sender, bytes).
+fn relay_history(c: &Cluster) -> Vec<(Kind, Sender, Vec<u8>)> {
+    let relay = RelayClient::new(&c.relay.url(), Duration::from_secs(5));
+    relay
+        .poll(0, Duration::ZERO)
+        .unwrap()
+        .messages
+        .into_iter()
+        .filter_map(|(_, b)| peek(&b).map(|(k, s)| (k, s, b)))
+        .collect()
+}
+
+fn codec(c: &Cluster) -> Codec {
+    Codec::new(&c.file)
 }
 
 #[test]
@@ -255,88 +292,74 @@ fn forged_and_replayed_packets_are_dropped_on_both_sides() {
     let mut c = Cluster::new(3, 1, 2);
     let mut coord = c.coordinator(Duration::from_secs(5));
     let agg = coord.run_dkg_round().unwrap();
-    let sig = coord.sign_message(&[5; 32]).unwrap();
+    let sig = sign1(&mut coord, agg, &[5; 32]).unwrap();
     verify(&agg, &[5; 32], &sig);
 
     let relay = RelayClient::new(&c.relay.url(), Duration::from_secs(5));
-    let history = relay.poll(0, Duration::ZERO).unwrap().messages;
-    let packets: Vec<wsts::net::Packet> = history
-        .iter()
-        .filter_map(|(_, b)| frost_net::decode_packet(b).ok())
-        .collect();
-
-    // Replays: the old DkgBegin and NonceRequest posted again.
-    for p in &packets {
-        if matches!(
-            p.msg,
-            wsts::net::Message::DkgBegin(_) | wsts::net::Message::NonceRequest(_)
-        ) {
-            // An attacker tags replays so that they are delivered.
-            relay
-                .post_tagged(&frost_net::encode_packet(p), frost_net::relay_tag(&p.msg))
-                .unwrap();
+    let history = relay_history(&c);
+    // Replays: the old DkgBegin and NonceRequests posted again, as they were.
+    for (k, _, b) in &history {
+        if matches!(k, Kind::DkgBegin | Kind::NonceRequest) {
+            relay.post_tagged(b, k.relay_tag()).unwrap();
         }
     }
     // A forgery: a nonce request signed by an unknown key.
-    let mut forged = packets
+    let forged = Codec::new(&SignerFile {
+        coordinator_public_key: key(0x66, 0).public_key(&Secp256k1::new()),
+        ..c.file.clone()
+    });
+    let (_, _, b) = history
         .iter()
-        .find(|p| matches!(p.msg, wsts::net::Message::NonceRequest(_)))
-        .unwrap()
-        .clone();
-    if let wsts::net::Message::NonceRequest(r) = &mut forged.msg {
-        r.sign_id += 100;
-        r.message = vec![0xee; 32];
-    }
-    use wsts::net::Signable;
-    forged.sig = forged.msg.sign(&frost_net::scalar(&key(0x66, 0))).unwrap();
-    relay
-        .post_tagged(&frost_net::encode_packet(&forged), frost_net::TAG_REQUEST)
+        .find(|(k, _, _)| *k == Kind::NonceRequest)
         .unwrap();
+    let mut m = codec(&c).open(b).unwrap().message;
+    if let frost_net::messages::Message::NonceRequest(r) = &mut m {
+        r.msg.sign_id += 100;
+    }
+    let bytes = forged.seal(Sender::Coordinator, &key(0x66, 0), &m).unwrap();
+    relay.post_tagged(&bytes, TAG_REQUEST).unwrap();
     std::thread::sleep(Duration::from_millis(800));
 
-    // Signing still works, and the signers dropped every replay and the forgery.
-    let sig = coord.sign_message(&[6; 32]).unwrap();
+    // Signing still works, and the signers dropped the replayed DKG and the forgery.
+    let sig = sign1(&mut coord, agg, &[6; 32]).unwrap();
     verify(&agg, &[6; 32], &sig);
     for id in 1..=3 {
         let node = c.kill(id);
         assert!(
-            node.rejected() >= 3,
-            "signer {id} rejected {}",
+            node.refused_packets() >= 1,
+            "signer {id} refused {} forged packets",
+            node.refused_packets()
+        );
+        assert!(
+            node.rejected() >= 1,
+            "signer {id} rejected {} replays",
             node.rejected()
         );
+        assert_eq!(node.core().history().keys.len(), 1, "the key was kept");
     }
 
     // The coordinator drops a replayed response (an old NonceResponse) too.
     for id in 1..=3 {
         c.restart(id);
     }
-    let old_response = packets
+    let (_, _, old_response) = history
         .iter()
-        .find(|p| matches!(p.msg, wsts::net::Message::NonceResponse(_)))
-        .unwrap();
-    relay
-        .post_tagged(
-            &frost_net::encode_packet(old_response),
-            frost_net::TAG_RESPONSE,
-        )
-        .unwrap();
+        .find(|(k, _, _)| *k == Kind::NonceResponse)
+        .unwrap()
+        .clone();
     let before = coord.rejected();
-    // Post it during the next round, too, by racing it in just after the start.
     let relay2 = RelayClient::new(&c.relay.url(), Duration::from_secs(5));
-    let replay = frost_net::encode_packet(old_response);
     let racer = std::thread::spawn(move || {
         for _ in 0..5 {
             std::thread::sleep(Duration::from_millis(20));
-            relay2
-                .post_tagged(&replay, frost_net::TAG_RESPONSE)
-                .unwrap();
+            relay2.post_tagged(&old_response, TAG_RESPONSE).unwrap();
         }
     });
-    let sig = coord.sign_message(&[7; 32]).unwrap();
+    let sig = sign1(&mut coord, agg, &[7; 32]).unwrap();
     racer.join().unwrap();
     verify(&agg, &[7; 32], &sig);
     std::thread::sleep(Duration::from_millis(50));
-    let _ = coord.sign_message(&[8; 32]).unwrap();
+    let _ = sign1(&mut coord, agg, &[8; 32]).unwrap();
     assert!(
         coord.rejected() > before,
         "the coordinator dropped the replayed response"
@@ -350,7 +373,7 @@ fn a_signer_sending_bad_private_shares_fails_dkg_and_is_named() {
     c.kill(2);
     let evil = c.spawn(2, |node| {
         node.set_outbound_hook(Box::new(|mut m| {
-            if let wsts::net::Message::DkgPrivateShares(s) = &mut m {
+            if let frost_net::messages::Message::DkgPrivateShares(s) = &mut m {
                 for (_, shares) in &mut s.shares {
                     for bytes in shares.values_mut() {
                         if let Some(b) = bytes.last_mut() {
@@ -359,7 +382,7 @@ fn a_signer_sending_bad_private_shares_fails_dkg_and_is_named() {
                     }
                 }
             }
-            m
+            Some(m)
         }));
     });
     c.signers[1] = Some(evil);
@@ -371,64 +394,296 @@ fn a_signer_sending_bad_private_shares_fails_dkg_and_is_named() {
     assert_eq!(coord.aggregate_public_key(), None);
 }
 
+/// The keyless attacker: a plain relay client that captured a round's
+/// coordinator packets re-posts them after the signers restart (as they
+/// were, relabelled, bit-flipped). No signer returns a share.
 #[test]
-fn a_restarted_signer_refuses_the_signing_rounds_it_answered_before() {
+fn a_keyless_attacker_replaying_a_round_after_restarts_gets_no_share() {
     let mut c = Cluster::new(3, 1, 2);
     let mut coord = c.coordinator(Duration::from_secs(5));
     let agg = coord.run_dkg_round().unwrap();
-    for m in [[7u8; 32], [8; 32]] {
-        verify(&agg, &m, &coord.sign_message(&m).unwrap());
+    verify(&agg, &[1; 32], &sign1(&mut coord, agg, &[1; 32]).unwrap());
+    let captured: Vec<(Kind, Vec<u8>)> = relay_history(&c)
+        .into_iter()
+        .filter(|(k, s, _)| {
+            *s == Sender::Coordinator
+                && matches!(
+                    k,
+                    Kind::SignRequest | Kind::NonceRequest | Kind::SignatureShareRequest
+                )
+        })
+        .map(|(k, _, b)| (k, b))
+        .collect();
+    assert!(captured
+        .iter()
+        .any(|(k, _)| *k == Kind::SignatureShareRequest));
+    for id in 1..=3 {
+        c.kill(id);
+        c.restart(id);
     }
+    std::thread::sleep(Duration::from_millis(300));
     let relay = RelayClient::new(&c.relay.url(), Duration::from_secs(5));
-    let old_requests: Vec<Vec<u8>> = relay
-        .poll(0, Duration::ZERO)
+    let mark = relay.head().unwrap();
+    // As captured, twice (a share request right after its nonce request).
+    for _ in 0..2 {
+        for (k, b) in &captured {
+            relay.post_tagged(b, k.relay_tag()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Relabelled and bit-flipped: the sign_iter_id wsts does not sign, and
+    // every byte of the body in turn.
+    for (k, b) in &captured {
+        let text = String::from_utf8_lossy(b).into_owned();
+        let relabelled = text.replace("\"sign_iter_id\":1", "\"sign_iter_id\":7");
+        relay
+            .post_tagged(relabelled.as_bytes(), k.relay_tag())
+            .unwrap();
+        for i in (HEADER_LEN..b.len()).step_by(97) {
+            let mut t = b.clone();
+            t[i] ^= 0x04;
+            relay.post_tagged(&t, k.relay_tag()).unwrap();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let shares = relay
+        .poll(mark - 1, Duration::ZERO)
         .unwrap()
         .messages
-        .into_iter()
-        .map(|(_, b)| b)
-        .filter(|b| {
-            frost_net::decode_packet(b)
-                .is_ok_and(|p| matches!(p.msg, wsts::net::Message::NonceRequest(_)))
-        })
-        .collect();
-    assert_eq!(old_requests.len(), 2);
+        .iter()
+        .filter(|(_, b)| peek(b).is_some_and(|(k, _)| k == Kind::SignatureShareResponse))
+        .count();
+    assert_eq!(shares, 0, "a signer answered a replayed share request");
+    let mut refused = 0;
+    for id in 1..=3 {
+        let node = c.kill(id);
+        assert!(node.rejected() >= 2, "signer {id}: {}", node.rejected());
+        refused += node.refused_packets();
+    }
+    assert!(refused > 10, "altered packets refused: {refused}");
+}
 
-    // Restarted (its DKG state file was written before these rounds), the
-    // signer is shown the old rounds' requests again: it answers none.
+/// After DKG and signing, the state file holds no nonce and no polynomial:
+/// walking the JSON finds neither field anywhere.
+#[test]
+fn no_nonce_or_polynomial_is_ever_written() {
+    fn walk(v: &serde_json::Value, path: &str, found: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let lk = k.to_lowercase();
+                    if lk.contains("nonce") || lk == "polynomial" || lk == "f" {
+                        found.push(format!("{path}.{k}"));
+                    }
+                    walk(v, &format!("{path}.{k}"), found);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    walk(v, &format!("{path}[{i}]"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut c = Cluster::new(3, 1, 2);
+    let mut coord = c.coordinator(Duration::from_secs(5));
+    let agg = coord.run_dkg_round().unwrap();
+    for m in 1..=3u8 {
+        verify(&agg, &[m; 32], &sign1(&mut coord, agg, &[m; 32]).unwrap());
+    }
+    for id in 1..=3 {
+        c.kill(id);
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(c.state_path(id)).unwrap()).unwrap();
+        let mut found = vec![];
+        walk(&v, "", &mut found);
+        assert!(found.is_empty(), "signer {id} wrote {found:?}");
+        assert_eq!(v["keys"].as_array().unwrap().len(), 1);
+        assert!(
+            !c.dir
+                .path()
+                .join(format!("signer-{id}.rounds.json"))
+                .exists(),
+            "no round file any more"
+        );
+    }
+    // The coordinator's file neither.
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.dir.path().join("coordinator.json")).unwrap())
+            .unwrap();
+    let mut found = vec![];
+    walk(&v, "", &mut found);
+    assert!(found.is_empty(), "coordinator wrote {found:?}");
+}
+
+#[test]
+fn a_corrupt_state_file_is_a_clear_error_at_start() {
+    let mut c = Cluster::new(3, 1, 2);
+    let mut coord = c.coordinator(Duration::from_secs(5));
+    coord.run_dkg_round().unwrap();
     c.kill(1);
-    c.restart(1);
-    for b in &old_requests {
-        relay.post_tagged(b, frost_net::TAG_REQUEST).unwrap();
+    let path = c.state_path(1);
+    let good: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let start = |c: &Cluster| {
+        SignerNode::new(SignerOptions {
+            id: 1,
+            file: c.file.clone(),
+            private_key: key(0x5e, 0),
+            state_path: c.state_path(1),
+            poll_wait: Duration::from_millis(100),
+            allow_rotation: false,
+        })
+    };
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![("garbage", b"{not json".to_vec())];
+    let mut v = good.clone();
+    v["signer_id"] = 2.into();
+    cases.push(("wrong signer", serde_json::to_vec(&v).unwrap()));
+    let mut v = good.clone();
+    v["keys"][0]["commitments"] = serde_json::json!([]);
+    cases.push(("zero parties", serde_json::to_vec(&v).unwrap()));
+    let mut v = good.clone();
+    v["keys"][0]["params"]["threshold"] = 3.into();
+    cases.push(("inconsistent params", serde_json::to_vec(&v).unwrap()));
+    let mut v = good.clone();
+    v["keys"][0]["private_keys"][0][1] = v["keys"][0]["commitments"][0][1]["id"]["kca"].clone();
+    cases.push(("a corrupt share", serde_json::to_vec(&v).unwrap()));
+    for (what, bytes) in cases {
+        std::fs::write(&path, &bytes).unwrap();
+        match start(&c) {
+            Err(frost_signer::SignerError::State { .. }) => {}
+            Err(e) => panic!("{what}: the wrong error {e}"),
+            Ok(_) => panic!("{what}: accepted"),
+        }
     }
-    std::thread::sleep(Duration::from_millis(800));
-    let node = c.kill(1);
-    assert_eq!(node.rejected(), 2, "both old rounds refused");
-    c.restart(1);
-    // New rounds are answered: signer 1 is needed with 2 of 3 after 3 stops.
-    c.kill(3);
-    verify(&agg, &[9; 32], &coord.sign_message(&[9; 32]).unwrap());
+    std::fs::write(&path, serde_json::to_vec(&good).unwrap()).unwrap();
+    assert!(start(&c).is_ok(), "the good file still loads");
 }
 
-/// One taproot signature with the newest key (the trait signs lists).
-trait SignOne {
-    fn sign_message(
-        &mut self,
-        sighash: &[u8; 32],
-    ) -> Result<bitcoin::secp256k1::schnorr::Signature, frost_coordinator::Error>;
+/// Two DKGs in a row, the second with rotation allowed: both keys sign.
+#[test]
+fn a_second_dkg_adds_a_key_and_the_old_one_still_signs() {
+    let mut c = Cluster::new(3, 1, 2);
+    let mut coord = c.coordinator(Duration::from_secs(5));
+    let old = coord.run_dkg_round().unwrap();
+    // Without --allow-rotation the signers refuse, and the DKG fails cleanly.
+    let e = coord.run_dkg_round().unwrap_err();
+    assert!(
+        matches!(&e, Error::Timeout { round: "dkg", missing, .. } if *missing == vec![1, 2, 3]),
+        "{e:?}"
+    );
+    assert_eq!(coord.aggregate_public_key(), Some(old));
+    verify(&old, &[1; 32], &sign1(&mut coord, old, &[1; 32]).unwrap());
+
+    c.allow_rotation = true;
+    for id in 1..=3 {
+        c.kill(id);
+        c.restart(id);
+    }
+    let new = coord.run_dkg_round().unwrap();
+    assert_ne!(new, old);
+    assert_eq!(coord.keys(), vec![old, new]);
+    assert_eq!(coord.aggregate_public_key(), Some(new));
+    // One request with items for both keys.
+    let items = [
+        SignItem {
+            key: old,
+            message: ToSign::Taproot { sighash: [2; 32] },
+        },
+        SignItem {
+            key: new,
+            message: ToSign::Taproot { sighash: [3; 32] },
+        },
+    ];
+    let sigs = coord.sign(b"both", &items).unwrap();
+    verify(&old, &[2; 32], &sigs[0]);
+    verify(&new, &[3; 32], &sigs[1]);
+    // Restarted, everybody still holds both.
+    for id in 1..=3 {
+        let node = c.kill(id);
+        assert_eq!(node.core().history().aggregate_keys(), vec![old, new]);
+    }
 }
 
-impl<T: frost_coordinator::FrostCoordinator> SignOne for T {
-    fn sign_message(
-        &mut self,
-        sighash: &[u8; 32],
-    ) -> Result<bitcoin::secp256k1::schnorr::Signature, frost_coordinator::Error> {
-        let key = self
-            .aggregate_public_key()
-            .ok_or(frost_coordinator::Error::NoAggregateKey)?;
-        let item = frost_coordinator::SignItem {
-            key,
-            message: frost_coordinator::ToSign::Taproot { sighash: *sighash },
-        };
-        Ok(self.sign(&[], &[item])?.remove(0))
+#[test]
+fn a_dkg_with_a_signer_offline_fails_cleanly_and_the_retry_succeeds() {
+    let mut c = Cluster::new(3, 1, 2);
+    c.allow_rotation = true;
+    for id in 1..=3 {
+        c.kill(id);
+        c.restart(id);
     }
+    let mut coord = c.coordinator(Duration::from_secs(5));
+    let old = coord.run_dkg_round().unwrap();
+    c.kill(2);
+    let e = coord.run_dkg_round().unwrap_err();
+    assert!(
+        matches!(&e, Error::Timeout { round: "dkg", missing, .. } if *missing == vec![2]),
+        "{e:?}"
+    );
+    assert_eq!(coord.keys(), vec![old]);
+    verify(&old, &[4; 32], &sign1(&mut coord, old, &[4; 32]).unwrap());
+    c.restart(2);
+    let new = coord.run_dkg_round().unwrap();
+    assert_eq!(coord.keys(), vec![old, new]);
+    verify(&new, &[5; 32], &sign1(&mut coord, new, &[5; 32]).unwrap());
+}
+
+/// DKG success needs every signer's KeyStored for the key FIRE computed.
+#[test]
+fn a_missing_or_wrong_key_stored_report_fails_the_dkg() {
+    for wrong_key in [false, true] {
+        let mut c = Cluster::new(3, 1, 2);
+        c.kill(3);
+        let evil = c.spawn(3, move |node| {
+            node.set_outbound_hook(Box::new(move |m| match m {
+                frost_net::messages::Message::KeyStored(mut k) if wrong_key => {
+                    k.key = key(0x77, 0).public_key(&Secp256k1::new());
+                    Some(frost_net::messages::Message::KeyStored(k))
+                }
+                frost_net::messages::Message::KeyStored(_) => None,
+                other => Some(other),
+            }));
+        });
+        c.signers[2] = Some(evil);
+        let mut coord = c.coordinator(Duration::from_secs(3));
+        match coord.run_dkg_round() {
+            Err(Error::DkgFailed { bad_signers, .. }) => {
+                assert_eq!(bad_signers, vec![3], "wrong key: {wrong_key}")
+            }
+            other => panic!("expected a DKG failure naming signer 3, got {other:?}"),
+        }
+        assert_eq!(coord.aggregate_public_key(), None);
+        assert!(coord.keys().is_empty());
+    }
+}
+
+#[test]
+fn a_refused_sign_request_names_the_signers_and_their_rule() {
+    struct No;
+    impl frost_signer::Validator for No {
+        fn check(&self, _: &frost_net::SignRequest) -> Result<(), String> {
+            Err("not a payout I know".into())
+        }
+    }
+    let mut c = Cluster::new(3, 1, 2);
+    let mut coord = c.coordinator(Duration::from_secs(5));
+    let agg = coord.run_dkg_round().unwrap();
+    for id in [2, 3] {
+        c.kill(id);
+        let r = c.spawn(id, |n| n.set_validator(Box::new(No)));
+        c.signers[id as usize - 1] = Some(r);
+    }
+    let started = Instant::now();
+    match sign1(&mut coord, agg, &[9; 32]) {
+        Err(Error::Refused { refusals }) => {
+            assert_eq!(refusals.len(), 2, "{refusals:?}");
+            assert!(refusals.iter().all(|(_, r)| r.contains("not a payout")));
+            let ids: Vec<u32> = refusals.iter().map(|(i, _)| *i).collect();
+            assert_eq!(ids, vec![2, 3]);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(4), "ended early");
+    assert!(!Error::Refused { refusals: vec![] }.is_transient());
 }

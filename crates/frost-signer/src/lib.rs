@@ -1,35 +1,65 @@
 //! A FROST signer for the sBTC peg.
 //!
-//! [`SignerNode`] reads packets from the relay, drops what it must not
-//! process — packets whose signature does not verify against the signer set
-//! and coordinator keys (`Packet::verify`), responses meant for the
-//! coordinator, and requests from an older DKG or signing round (replays) —
-//! and feeds the rest to wsts' `Signer<v2::Party>`, posting its answers back
-//! to the relay, signed with the signer's message key.
+//! [`SignerNode`] reads packets from the relay and opens each one with the
+//! peg's [`Codec`]: the envelope's signature is verified against the signer
+//! set and coordinator keys before the body is decoded, and every id it
+//! carries is checked against the set. What survives goes to
+//! [`SignerCore`], which applies the round rules and answers.
 //!
-//! After DKG the signer writes its key share and round counters to its state
-//! file (atomically, owner-only permissions) and reads them at start, so a
-//! restarted signer still signs for the existing aggregate key.
+//! wsts alone is not safe to run over an untrusted relay: its
+//! `sign_share_request` never checks that the request lists the nonce this
+//! signer made — it signs with whatever nonce the party holds (zero after a
+//! load, or one already used) — and its signed hash of a share request does
+//! not cover `sign_iter_id`. A share made with a zero or reused nonce reveals
+//! the key share. So this crate does not use wsts' signer state machine for
+//! signing at all:
+//!
+//! - **Nonces live in memory, once.** Each signing round
+//!   ([`frost_net::RoundId`]) gets a fresh `v2::Party` built from the key
+//!   share and a fresh nonce. A share request is answered only for an open
+//!   round, only if it lists exactly this signer's nonce response as sent,
+//!   and for the same message; then the round is dropped with its nonce. A
+//!   restarted signer has no open rounds, so nothing it signed before can be
+//!   made to sign again.
+//! - **Nonce requests only for what was asked.** A [`SignRequest`] passes the
+//!   [`Validator`] first; only its items' (key, digest) pairs get nonces.
+//! - **Key history.** The state file ([`state`]) holds every key share ever
+//!   held, never a nonce or a DKG polynomial. A DKG runs in its own wsts
+//!   state machine and only appends to the history once it succeeded; the
+//!   signer joins a DKG only while it holds no key, or when its operator
+//!   allowed a rotation.
 
-use std::path::{Path, PathBuf};
+pub mod state;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bitcoin::secp256k1::SecretKey;
+use bitcoin::secp256k1::{PublicKey, SecretKey};
+use frost_net::messages::{KeyStored, Keyed, Message, Refusal};
+use frost_net::wsts::net as w;
 use frost_net::{
-    decode_packet, encode_packet, scalar, write_private_atomically, Admit, SignerFile,
-    SignerRounds, Verifier,
+    scalar, Codec, Envelope, Kind, RoundId, Sender, SignRequest, SignerFile, SignerSet,
 };
 use log::{debug, info, warn};
 use relay::RelayClient;
-use serde::{Deserialize, Serialize};
-use wsts::common::PolyCommitment;
-use wsts::net::{Message, Packet, Signable};
 use wsts::state_machine::signer::Signer;
 use wsts::traits::Signer as _;
 
-/// The wsts signer this crate runs.
+pub use state::{KeyEntry, KeyHistory, KeyParams};
+
+/// The wsts signer state machine a DKG runs in.
 pub type WstsSigner = Signer<wsts::v2::Party>;
+
+/// How many signing rounds may be open at once (the oldest is dropped).
+pub const MAX_OPEN_ROUNDS: usize = 64;
+/// How long an open round keeps its nonce.
+pub const ROUND_TTL: Duration = Duration::from_secs(120);
+/// How many (key, digest) pairs a signer remembers as asked for.
+pub const MAX_ALLOWED: usize = 4096;
+/// How long a sign request's items stay allowed.
+pub const ALLOWED_TTL: Duration = Duration::from_secs(600);
 
 /// What stops a signer.
 #[derive(Debug, thiserror::Error)]
@@ -45,40 +75,33 @@ pub enum SignerError {
         /// Why.
         reason: String,
     },
+    /// The relay could not be reached.
+    #[error("relay: {0}")]
+    Relay(String),
 }
 
-/// The state file's contents.
-#[derive(Serialize, Deserialize)]
-struct Persisted {
-    /// Format version.
-    version: u32,
-    /// The 1-based signer id it belongs to.
-    signer_id: u32,
-    /// The round counters, for replay protection across restarts.
-    rounds: SignerRounds,
-    /// The party's key shares.
-    party: wsts::traits::SignerState,
-    /// Every party's polynomial commitments from the DKG.
-    commitments: Vec<(u32, PolyCommitment)>,
+/// Decides whether the signer takes part in a sign request.
+///
+/// The default, [`AcceptAll`], accepts everything the coordinator asks;
+/// issue #13 replaces it with checks against the signer's own Bitcoin and
+/// Stacks nodes (is this a payout the contract asked for, to the right
+/// address, for the right amount?).
+pub trait Validator: Send {
+    /// `Ok` to sign the request's items, or the rule that failed.
+    ///
+    /// # Errors
+    /// The rule the request breaks, for the coordinator's operator.
+    fn check(&self, request: &SignRequest) -> Result<(), String>;
 }
 
-const STATE_VERSION: u32 = 1;
+/// A [`Validator`] that accepts every request (until issue #13).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AcceptAll;
 
-/// The last signing round answered, written before the nonce goes out, so a
-/// restarted signer still refuses every earlier round (the DKG state file is
-/// written only at DKG). Replaced atomically but not synced: it is defence in
-/// depth (wsts checks its own nonce in share requests, so a replayed round
-/// gets a fresh nonce and no share), survives a killed process, and two
-/// fsyncs per round would sit on every signing round's critical path.
-#[derive(Serialize, Deserialize)]
-struct AnsweredRound {
-    dkg_id: u64,
-    sign_id: u64,
-}
-
-/// Where the answered-round counter of the state file `state` lives.
-fn rounds_path(state: &Path) -> PathBuf {
-    state.with_extension("rounds.json")
+impl Validator for AcceptAll {
+    fn check(&self, _request: &SignRequest) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// How a signer is set up.
@@ -90,28 +113,539 @@ pub struct SignerOptions {
     pub file: SignerFile,
     /// This signer's relay message key.
     pub private_key: SecretKey,
-    /// Where the DKG state is kept.
+    /// Where the key history is kept.
     pub state_path: PathBuf,
     /// How long one relay poll waits for new messages.
     pub poll_wait: Duration,
+    /// Whether this signer joins a DKG while it already holds a key (a key
+    /// rotation). Off, a signer with a key refuses every new DKG.
+    pub allow_rotation: bool,
 }
 
-/// Rewrites an outbound message (fault tests only).
+/// Rewrites (or, returning `None`, drops) an outbound message: fault tests only.
 #[cfg(feature = "testing")]
-pub type OutboundHook = Box<dyn FnMut(Message) -> Message + Send>;
+pub type OutboundHook = Box<dyn FnMut(Message) -> Option<Message> + Send>;
 
-/// A running signer.
-pub struct SignerNode {
+/// An open signing round: the party holding the round's nonce and what it
+/// answered.
+struct OpenRound {
+    party: wsts::v2::Party,
+    response: w::NonceResponse,
+    signature_type: w::SignatureType,
+    opened: Instant,
+}
+
+/// The signer's logic, without the relay: envelopes in, messages out.
+pub struct SignerCore {
     id: u32,
-    signer: WstsSigner,
-    rounds: SignerRounds,
-    verifier: Verifier,
+    set: SignerSet,
+    network_key: wsts::curve::scalar::Scalar,
+    state_path: PathBuf,
+    history: KeyHistory,
+    allow_rotation: bool,
+    validator: Box<dyn Validator>,
+    dkg: Option<(u64, WstsSigner)>,
+    allowed: HashMap<(PublicKey, [u8; 32]), Instant>,
+    rounds: HashMap<RoundId, OpenRound>,
+    rejected: u64,
+}
+
+impl std::fmt::Debug for SignerCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignerCore")
+            .field("id", &self.id)
+            .field("keys", &self.history.keys.len())
+            .field("open_rounds", &self.rounds.len())
+            .finish()
+    }
+}
+
+impl SignerCore {
+    /// A signer `id` of `set`, loading its key history from `state_path`.
+    ///
+    /// # Errors
+    /// An unknown id, or a state file that is unreadable, corrupt or not
+    /// this signer's.
+    pub fn new(
+        id: u32,
+        set: &SignerSet,
+        private_key: &SecretKey,
+        state_path: PathBuf,
+        allow_rotation: bool,
+    ) -> Result<SignerCore, SignerError> {
+        set.validate()
+            .map_err(|e| SignerError::Config(e.to_string()))?;
+        if set.signer(id).is_none() {
+            return Err(SignerError::Config(format!(
+                "no signer with id {id} in the signer set"
+            )));
+        }
+        let history =
+            KeyHistory::load(&state_path, set, id).map_err(|reason| SignerError::State {
+                path: state_path.clone(),
+                reason,
+            })?;
+        if !history.keys.is_empty() {
+            info!(
+                "signer {id}: holds shares of {} key(s), newest from DKG round {}",
+                history.keys.len(),
+                history.last_dkg_id()
+            );
+        }
+        if allow_rotation {
+            warn!("signer {id}: key rotation allowed: this signer joins a new DKG even though it holds a key");
+        }
+        Ok(SignerCore {
+            id,
+            set: set.clone(),
+            network_key: scalar(private_key),
+            state_path,
+            history,
+            allow_rotation,
+            validator: Box::new(AcceptAll),
+            dkg: None,
+            allowed: HashMap::new(),
+            rounds: HashMap::new(),
+            rejected: 0,
+        })
+    }
+
+    /// Replaces the validation hook.
+    pub fn set_validator(&mut self, v: Box<dyn Validator>) {
+        self.validator = v;
+    }
+
+    /// The key history.
+    pub fn history(&self) -> &KeyHistory {
+        &self.history
+    }
+
+    /// How many requests were refused or dropped by the round rules.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+
+    /// How many signing rounds hold a nonce.
+    pub fn open_rounds(&self) -> usize {
+        self.rounds.len()
+    }
+
+    fn wsts_id(&self) -> u32 {
+        self.id - 1
+    }
+
+    fn reject(&mut self, why: std::fmt::Arguments<'_>) {
+        self.rejected += 1;
+        warn!("signer {}: {why}", self.id);
+    }
+
+    /// Handles one authenticated envelope; returns what to send.
+    ///
+    /// # Errors
+    /// Only when the key history cannot be written after a DKG.
+    pub fn handle(&mut self, env: &Envelope) -> Result<Vec<Message>, SignerError> {
+        self.expire();
+        match &env.message {
+            Message::DkgBegin(b) => Ok(self.dkg_begin(b)),
+            Message::DkgPrivateBegin(m) => {
+                self.dkg_step(m.dkg_id, w::Message::DkgPrivateBegin(m.clone()))
+            }
+            Message::DkgEndBegin(m) => self.dkg_step(m.dkg_id, w::Message::DkgEndBegin(m.clone())),
+            Message::DkgPublicShares(m) => {
+                self.dkg_step(m.dkg_id, w::Message::DkgPublicShares(m.clone()))
+            }
+            Message::DkgPrivateShares(m) => {
+                self.dkg_step(m.dkg_id, w::Message::DkgPrivateShares(m.clone()))
+            }
+            Message::SignRequest(r) => Ok(self.sign_request(r)),
+            Message::NonceRequest(r) => Ok(self.nonce_request(r)),
+            Message::SignatureShareRequest(r) => Ok(self.share_request(r)),
+            // Responses are for the coordinator.
+            _ => Ok(vec![]),
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        self.rounds
+            .retain(|_, r| now.duration_since(r.opened) < ROUND_TTL);
+        self.allowed
+            .retain(|_, t| now.duration_since(*t) < ALLOWED_TTL);
+    }
+
+    fn dkg_begin(&mut self, b: &w::DkgBegin) -> Vec<Message> {
+        let last = self.history.last_dkg_id();
+        if b.dkg_id <= last {
+            self.reject(format_args!(
+                "refused DKG round {}: not above the newest key's round {last}",
+                b.dkg_id
+            ));
+            return vec![];
+        }
+        if let Some((current, _)) = &self.dkg {
+            if b.dkg_id <= *current {
+                let current = *current;
+                self.reject(format_args!(
+                    "refused DKG round {}: round {current} is in progress",
+                    b.dkg_id
+                ));
+                return vec![];
+            }
+        }
+        if !self.history.keys.is_empty() {
+            if !self.allow_rotation {
+                self.reject(format_args!(
+                    "refused DKG round {}: this signer holds a key and key rotation is not allowed (--allow-rotation)",
+                    b.dkg_id
+                ));
+                return vec![];
+            }
+            warn!(
+                "signer {}: joining DKG round {} for a new key (rotation allowed); the old keys stay",
+                self.id, b.dkg_id
+            );
+        }
+        let keys = match self.set.wsts_public_keys() {
+            Ok(k) => k,
+            Err(e) => {
+                warn!("signer {}: signer set keys: {e}", self.id);
+                return vec![];
+            }
+        };
+        let Some(me) = self.set.signer(self.id) else {
+            return vec![];
+        };
+        let mut rng = wsts::util::create_rng();
+        let signer = WstsSigner::new(
+            self.set.threshold,
+            self.set.dkg_threshold(),
+            self.set.num_signers(),
+            self.set.num_keys(),
+            me.wsts_id(),
+            me.key_ids.clone(),
+            self.network_key,
+            keys,
+            &mut rng,
+        );
+        let signer = match signer {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("signer {}: cannot start a DKG: {e:?}", self.id);
+                return vec![];
+            }
+        };
+        info!("signer {}: DKG round {} started", self.id, b.dkg_id);
+        self.dkg = Some((b.dkg_id, signer));
+        match self.dkg_step(b.dkg_id, w::Message::DkgBegin(b.clone())) {
+            Ok(out) => out,
+            Err(e) => {
+                warn!("signer {}: {e}", self.id);
+                vec![]
+            }
+        }
+    }
+
+    fn dkg_step(&mut self, dkg_id: u64, msg: w::Message) -> Result<Vec<Message>, SignerError> {
+        let Some((current, signer)) = self.dkg.as_mut() else {
+            debug!(
+                "signer {}: a DKG message of round {dkg_id} and no DKG running",
+                self.id
+            );
+            return Ok(vec![]);
+        };
+        if *current != dkg_id {
+            debug!(
+                "signer {}: a DKG message of round {dkg_id} during round {current}",
+                self.id
+            );
+            return Ok(vec![]);
+        }
+        let mut rng = wsts::util::create_rng();
+        let outbound = match signer.process(&msg, &mut rng) {
+            Ok(out) => out,
+            Err(e) => {
+                warn!("signer {}: DKG round {dkg_id}: {e:?}", self.id);
+                return Ok(vec![]);
+            }
+        };
+        let mut out = Vec::with_capacity(outbound.len() + 1);
+        for m in outbound {
+            match m {
+                w::Message::DkgPublicShares(s) => out.push(Message::DkgPublicShares(s)),
+                w::Message::DkgPrivateShares(s) => out.push(Message::DkgPrivateShares(s)),
+                w::Message::DkgEnd(end) => {
+                    let done = self.dkg.take();
+                    if end.status == w::DkgStatus::Success {
+                        let Some((_, signer)) = done else {
+                            continue;
+                        };
+                        let commitments: Vec<_> = signer
+                            .commitments
+                            .iter()
+                            .map(|(k, v)| (*k, v.clone()))
+                            .collect();
+                        let entry =
+                            KeyEntry::from_dkg(dkg_id, self.id, &signer.signer, commitments)
+                                .and_then(|e| e.validate(&self.set, self.id).map(|()| e));
+                        let entry = match entry {
+                            Ok(e) => e,
+                            Err(e) => {
+                                warn!(
+                                    "signer {}: DKG round {dkg_id} made an unusable key: {e}",
+                                    self.id
+                                );
+                                out.push(Message::DkgEnd(w::DkgEnd {
+                                    dkg_id,
+                                    signer_id: self.wsts_id(),
+                                    status: w::DkgStatus::Failure(w::DkgFailure::BadState),
+                                }));
+                                continue;
+                            }
+                        };
+                        let key = entry.aggregate_key;
+                        let mut history = self.history.clone();
+                        history.keys.push(entry);
+                        // On disk before anyone hears of success.
+                        history
+                            .save(&self.state_path)
+                            .map_err(|reason| SignerError::State {
+                                path: self.state_path.clone(),
+                                reason,
+                            })?;
+                        self.history = history;
+                        info!(
+                            "signer {}: DKG round {dkg_id} complete, share of key {key} stored",
+                            self.id
+                        );
+                        out.push(Message::DkgEnd(end));
+                        out.push(Message::KeyStored(KeyStored { dkg_id, key }));
+                    } else {
+                        warn!(
+                            "signer {}: DKG round {dkg_id} failed: {:?}; the old keys stay",
+                            self.id, end.status
+                        );
+                        out.push(Message::DkgEnd(end));
+                    }
+                }
+                other => debug!("signer {}: wsts produced {other:?} in a DKG", self.id),
+            }
+        }
+        Ok(out)
+    }
+
+    fn sign_request(&mut self, r: &SignRequest) -> Vec<Message> {
+        if let Err(rule) = self.validator.check(r) {
+            self.reject(format_args!("refused sign request {}: {rule}", r.id));
+            return vec![Message::Refusal(Refusal {
+                request: r.id,
+                rule,
+            })];
+        }
+        let now = Instant::now();
+        for item in &r.items {
+            self.allowed.insert((item.key, item.message.digest()), now);
+        }
+        while self.allowed.len() > MAX_ALLOWED {
+            let Some(oldest) = self
+                .allowed
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            self.allowed.remove(&oldest);
+        }
+        debug!(
+            "signer {}: sign request {} accepted ({} items)",
+            self.id,
+            r.id,
+            r.items.len()
+        );
+        vec![]
+    }
+
+    fn refuse_round(&mut self, sign_id: u64, rule: String) -> Vec<Message> {
+        self.reject(format_args!("refused signing round {sign_id}: {rule}"));
+        vec![Message::Refusal(Refusal {
+            request: sign_id,
+            rule,
+        })]
+    }
+
+    fn nonce_request(&mut self, r: &Keyed<w::NonceRequest>) -> Vec<Message> {
+        let m = &r.msg;
+        let round = RoundId {
+            key: r.key,
+            dkg_id: m.dkg_id,
+            sign_id: m.sign_id,
+            sign_iter_id: m.sign_iter_id,
+        };
+        if let Some(open) = self.rounds.get(&round) {
+            if open.response.message == m.message && open.signature_type == m.signature_type {
+                // The same answer again, never a second nonce.
+                return vec![Message::NonceResponse(Keyed {
+                    key: r.key,
+                    msg: open.response.clone(),
+                })];
+            }
+            return self.refuse_round(
+                m.sign_id,
+                "a second nonce request for an open round, with another message".into(),
+            );
+        }
+        let Some(entry) = self.history.find(&r.key) else {
+            return self.refuse_round(m.sign_id, format!("holds no share of key {}", r.key));
+        };
+        if entry.dkg_id != m.dkg_id {
+            let have = entry.dkg_id;
+            return self.refuse_round(
+                m.sign_id,
+                format!("key {} is of DKG round {have}, not {}", r.key, m.dkg_id),
+            );
+        }
+        let Ok(digest) = <[u8; 32]>::try_from(m.message.as_slice()) else {
+            return self.refuse_round(m.sign_id, "the message is not a 32-byte digest".into());
+        };
+        if !self.allowed.contains_key(&(r.key, digest)) {
+            return self.refuse_round(
+                m.sign_id,
+                format!(
+                    "digest {} with key {} was not asked for by an accepted sign request",
+                    hex::encode(digest),
+                    r.key
+                ),
+            );
+        }
+        let mut party = match entry.party() {
+            Ok(p) => p,
+            Err(e) => return self.refuse_round(m.sign_id, format!("key share unusable: {e}")),
+        };
+        let mut rng = wsts::util::create_rng();
+        let nonce = party.gen_nonce(&mut rng);
+        let response = w::NonceResponse {
+            dkg_id: m.dkg_id,
+            sign_id: m.sign_id,
+            sign_iter_id: m.sign_iter_id,
+            signer_id: self.wsts_id(),
+            key_ids: entry.params.key_ids.clone(),
+            nonces: vec![nonce],
+            message: m.message.clone(),
+        };
+        while self.rounds.len() >= MAX_OPEN_ROUNDS {
+            let Some(oldest) = self
+                .rounds
+                .iter()
+                .min_by_key(|(_, r)| r.opened)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            self.rounds.remove(&oldest);
+        }
+        self.rounds.insert(
+            round,
+            OpenRound {
+                party,
+                response: response.clone(),
+                signature_type: m.signature_type,
+                opened: Instant::now(),
+            },
+        );
+        vec![Message::NonceResponse(Keyed {
+            key: r.key,
+            msg: response,
+        })]
+    }
+
+    fn share_request(&mut self, r: &Keyed<w::SignatureShareRequest>) -> Vec<Message> {
+        let m = &r.msg;
+        let round = RoundId {
+            key: r.key,
+            dkg_id: m.dkg_id,
+            sign_id: m.sign_id,
+            sign_iter_id: m.sign_iter_id,
+        };
+        let me = self.wsts_id();
+        let mine: Vec<&w::NonceResponse> = m
+            .nonce_responses
+            .iter()
+            .filter(|n| n.signer_id == me)
+            .collect();
+        if mine.is_empty() {
+            // Not asked this time: the round keeps its nonce until it expires
+            // (FIRE may retry with another iteration, which is another round).
+            return vec![];
+        }
+        let Some(open) = self.rounds.get(&round) else {
+            self.reject(format_args!(
+                "no share for signing round {}/{}: no nonce of ours is open for it",
+                m.sign_id, m.sign_iter_id
+            ));
+            return vec![];
+        };
+        let listed_ok = mine.len() == 1
+            && mine[0].nonces == open.response.nonces
+            && mine[0].key_ids == open.response.key_ids
+            && mine[0].message == open.response.message
+            && m.message == open.response.message
+            && m.signature_type == open.signature_type;
+        if !listed_ok {
+            // Someone rewrote the round: never sign it; the nonce is dropped.
+            self.rounds.remove(&round);
+            self.reject(format_args!(
+                "no share for signing round {}/{}: the request does not list our own nonce and message",
+                m.sign_id, m.sign_iter_id
+            ));
+            return vec![];
+        }
+        let Some(open) = self.rounds.remove(&round) else {
+            return vec![];
+        };
+        let signer_ids: Vec<u32> = m.nonce_responses.iter().map(|n| n.signer_id).collect();
+        let key_ids: Vec<u32> = m
+            .nonce_responses
+            .iter()
+            .flat_map(|n| n.key_ids.iter().copied())
+            .collect();
+        let nonces: Vec<_> = m
+            .nonce_responses
+            .iter()
+            .flat_map(|n| n.nonces.iter().cloned())
+            .collect();
+        let merkle_root = match m.signature_type {
+            w::SignatureType::Taproot(root) => root,
+            _ => {
+                self.reject(format_args!("only taproot signatures are made"));
+                return vec![];
+            }
+        };
+        let shares =
+            open.party
+                .sign_taproot(&m.message, &signer_ids, &key_ids, &nonces, merkle_root);
+        // `open` (the party and its nonce) is dropped here: the nonce is gone.
+        vec![Message::SignatureShareResponse(Keyed {
+            key: r.key,
+            msg: w::SignatureShareResponse {
+                dkg_id: m.dkg_id,
+                sign_id: m.sign_id,
+                sign_iter_id: m.sign_iter_id,
+                signer_id: me,
+                signature_shares: shares,
+            },
+        })]
+    }
+}
+
+/// A running signer: a [`SignerCore`] on the relay.
+pub struct SignerNode {
+    core: SignerCore,
+    codec: Codec,
+    private_key: SecretKey,
     relay: RelayClient,
     cursor: u64,
-    key: wsts::curve::scalar::Scalar,
-    state_path: PathBuf,
     poll_wait: Duration,
-    rejected: u64,
+    refused: u64,
     #[cfg(feature = "testing")]
     hook: Option<OutboundHook>,
 }
@@ -119,26 +653,19 @@ pub struct SignerNode {
 impl std::fmt::Debug for SignerNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SignerNode")
-            .field("id", &self.id)
-            .field("rounds", &self.rounds)
+            .field("core", &self.core)
+            .field("cursor", &self.cursor)
             .finish()
     }
 }
 
-fn state_err(path: &Path, reason: impl ToString) -> SignerError {
-    SignerError::State {
-        path: path.to_owned(),
-        reason: reason.to_string(),
-    }
-}
-
 impl SignerNode {
-    /// Builds the signer, loading its DKG state if the state file exists,
-    /// and starts reading the relay from its current head.
+    /// Builds the signer, loading its key history, and starts reading the
+    /// relay from its current head.
     ///
     /// # Errors
     /// A configuration that does not fit (unknown id, key mismatch), an
-    /// unreadable state file, or an unreachable relay.
+    /// unreadable or corrupt state file, or an unreachable relay.
     pub fn new(opts: SignerOptions) -> Result<SignerNode, SignerError> {
         let set = &opts.file.set;
         let me = set.signer(opts.id).ok_or_else(|| {
@@ -151,77 +678,25 @@ impl SignerNode {
                 opts.id, me.public_key
             )));
         }
-        let keys = set
-            .wsts_public_keys()
-            .map_err(|e| SignerError::Config(e.to_string()))?;
-        let verifier = Verifier::new(set, &opts.file.coordinator_public_key)
-            .map_err(|e| SignerError::Config(e.to_string()))?;
-        let key = scalar(&opts.private_key);
-        let mut rng = wsts::util::create_rng();
-        let mut signer = WstsSigner::new(
-            set.threshold,
-            set.dkg_threshold(),
-            set.num_signers(),
-            set.num_keys(),
-            me.wsts_id(),
-            me.key_ids.clone(),
-            key,
-            keys,
-            &mut rng,
-        )
-        .map_err(|e| SignerError::Config(format!("{e:?}")))?;
-        let mut rounds = SignerRounds::default();
-        if opts.state_path.exists() {
-            let text = std::fs::read_to_string(&opts.state_path)
-                .map_err(|e| state_err(&opts.state_path, e))?;
-            let p: Persisted =
-                serde_json::from_str(&text).map_err(|e| state_err(&opts.state_path, e))?;
-            if p.version != STATE_VERSION || p.signer_id != opts.id {
-                return Err(state_err(
-                    &opts.state_path,
-                    format!(
-                        "belongs to signer {} (format {}), not signer {}",
-                        p.signer_id, p.version, opts.id
-                    ),
-                ));
-            }
-            signer.signer = wsts::v2::Party::load(&p.party);
-            signer.commitments = p.commitments.into_iter().collect();
-            signer.dkg_id = p.rounds.dkg_id;
-            rounds = p.rounds;
-            info!(
-                "signer {}: loaded DKG state of round {} from {}",
-                opts.id,
-                rounds.dkg_id,
-                opts.state_path.display()
-            );
-        }
-        let counter = rounds_path(&opts.state_path);
-        if counter.exists() {
-            let text = std::fs::read_to_string(&counter).map_err(|e| state_err(&counter, e))?;
-            let a: AnsweredRound =
-                serde_json::from_str(&text).map_err(|e| state_err(&counter, e))?;
-            if a.dkg_id == rounds.dkg_id && a.sign_id >= rounds.sign.0 {
-                // Only rounds after the last one answered: a share request of
-                // that round would meet a nonce this process never made.
-                rounds.sign = (a.sign_id, u64::MAX);
-            }
-        }
+        let core = SignerCore::new(
+            opts.id,
+            set,
+            &opts.private_key,
+            opts.state_path.clone(),
+            opts.allow_rotation,
+        )?;
         let relay = RelayClient::new(&opts.file.relay_url, Duration::from_secs(10));
         let head = relay
             .head()
-            .map_err(|e| SignerError::Config(format!("relay {}: {e}", opts.file.relay_url)))?;
+            .map_err(|e| SignerError::Relay(format!("{}: {e}", opts.file.relay_url)))?;
         Ok(SignerNode {
-            id: opts.id,
-            signer,
-            rounds,
-            verifier,
+            core,
+            codec: Codec::new(&opts.file),
+            private_key: opts.private_key,
             relay,
             cursor: head.saturating_sub(1),
-            key,
-            state_path: opts.state_path,
             poll_wait: opts.poll_wait,
-            rejected: 0,
+            refused: 0,
             #[cfg(feature = "testing")]
             hook: None,
         })
@@ -233,26 +708,37 @@ impl SignerNode {
         self.hook = Some(hook);
     }
 
-    /// Returns how many inbound packets were dropped (bad signature or replay).
-    pub fn rejected(&self) -> u64 {
-        self.rejected
+    /// Replaces the validation hook.
+    pub fn set_validator(&mut self, v: Box<dyn Validator>) {
+        self.core.set_validator(v);
     }
 
-    /// Returns the current round counters.
-    pub fn rounds(&self) -> SignerRounds {
-        self.rounds
+    /// How many requests the round rules refused (replays, unknown rounds,
+    /// foreign nonces, refused DKGs).
+    pub fn rejected(&self) -> u64 {
+        self.core.rejected()
+    }
+
+    /// How many packets were refused before decoding (bad envelope).
+    pub fn refused_packets(&self) -> u64 {
+        self.refused
+    }
+
+    /// The signer's logic and key history.
+    pub fn core(&self) -> &SignerCore {
+        &self.core
     }
 
     /// Runs until `stop` is set. Relay errors are logged and retried.
     pub fn run(&mut self, stop: &AtomicBool) {
-        info!("signer {} running", self.id);
+        info!("signer {} running", self.core.id);
         while !stop.load(Ordering::SeqCst) {
             if let Err(e) = self.step() {
-                warn!("signer {}: {e}; retrying", self.id);
+                warn!("signer {}: {e}; retrying", self.core.id);
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        info!("signer {} stopped", self.id);
+        info!("signer {} stopped", self.core.id);
     }
 
     /// Polls the relay once and handles what arrived. Returns the number of
@@ -264,11 +750,11 @@ impl SignerNode {
         let batch = self
             .relay
             .poll_tags(self.cursor, self.poll_wait, frost_net::SIGNER_TAGS)
-            .map_err(|e| SignerError::Config(format!("relay: {e}")))?;
+            .map_err(|e| SignerError::Relay(e.to_string()))?;
         if batch.lowest > self.cursor + 1 {
             warn!(
                 "signer {}: the relay dropped messages {}..{} before we read them",
-                self.id,
+                self.core.id,
                 self.cursor + 1,
                 batch.lowest
             );
@@ -276,151 +762,50 @@ impl SignerNode {
         self.cursor = batch.last_seq(self.cursor);
         let mut processed = 0;
         for (seq, bytes) in batch.messages {
-            if frost_net::signer_ignores(&bytes) {
+            // Unauthenticated: only to skip what signers ignore anyway.
+            if frost_net::envelope::peek(&bytes).is_some_and(|(k, _)| !k.for_signers()) {
                 continue;
             }
-            let packet = match decode_packet(&bytes) {
-                Ok(p) => p,
+            let env = match self.codec.open(&bytes) {
+                Ok(e) => e,
                 Err(e) => {
-                    debug!("signer {}: message {seq} dropped: {e}", self.id);
+                    self.refused += 1;
+                    warn!("signer {}: message {seq} refused: {e}", self.core.id);
                     continue;
                 }
             };
-            // Cheap checks first: most traffic is other parties' responses.
-            let mut rounds = self.rounds;
-            match rounds.admit(&packet.msg) {
-                Admit::Ignore => continue,
-                Admit::Replay => {
-                    self.rejected += 1;
-                    warn!(
-                        "signer {}: dropped a replayed or stale {} (message {seq})",
-                        self.id,
-                        kind(&packet.msg)
-                    );
-                    continue;
-                }
-                Admit::Accept => {}
+            let out = self.core.handle(&env)?;
+            for m in out {
+                self.send(m);
             }
-            if !self.verifier.verify(&packet) {
-                self.rejected += 1;
-                warn!(
-                    "signer {}: dropped a {} with a bad signature (message {seq})",
-                    self.id,
-                    kind(&packet.msg)
-                );
-                continue;
-            }
-            if let Message::NonceRequest(r) = &packet.msg {
-                let answered = AnsweredRound {
-                    dkg_id: r.dkg_id,
-                    sign_id: r.sign_id,
-                };
-                let path = rounds_path(&self.state_path);
-                let stored = serde_json::to_vec(&answered)
-                    .map_err(|e| e.to_string())
-                    .and_then(|t| frost_net::replace_private(&path, &t).map_err(|e| e.to_string()));
-                if let Err(e) = stored {
-                    // Unrecorded, a restart could answer this round again:
-                    // better not to answer at all.
-                    warn!(
-                        "signer {}: not answering signing round {}: cannot record it in {}: {e}",
-                        self.id,
-                        r.sign_id,
-                        path.display()
-                    );
-                    continue;
-                }
-            }
-            self.rounds = rounds;
-            self.handle(&packet)?;
             processed += 1;
         }
         Ok(processed)
     }
 
-    fn handle(&mut self, packet: &Packet) -> Result<(), SignerError> {
-        let mut rng = wsts::util::create_rng();
-        let outbound = match self.signer.process(&packet.msg, &mut rng) {
-            Ok(out) => out,
+    fn send(&mut self, m: Message) {
+        #[cfg(feature = "testing")]
+        let m = match self.hook.as_mut() {
+            Some(h) => match h(m) {
+                Some(m) => m,
+                None => return,
+            },
+            None => m,
+        };
+        let kind: Kind = m.kind();
+        let bytes = match self
+            .codec
+            .seal(Sender::Signer(self.core.id), &self.private_key, &m)
+        {
+            Ok(b) => b,
             Err(e) => {
-                warn!(
-                    "signer {}: could not process a {}: {e:?}",
-                    self.id,
-                    kind(&packet.msg)
-                );
-                return Ok(());
+                warn!("signer {}: cannot seal a {kind:?}: {e}", self.core.id);
+                return;
             }
         };
-        for msg in outbound {
-            #[cfg(feature = "testing")]
-            let msg = match self.hook.as_mut() {
-                Some(h) => h(msg),
-                None => msg,
-            };
-            let dkg_done =
-                matches!(&msg, Message::DkgEnd(e) if e.status == wsts::net::DkgStatus::Success);
-            let sig = match msg.sign(&self.key) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!("signer {}: could not sign a {}: {e:?}", self.id, kind(&msg));
-                    continue;
-                }
-            };
-            let out = Packet { msg, sig };
-            if dkg_done {
-                // Persist the key share before telling anyone DKG succeeded.
-                self.persist()?;
-                info!(
-                    "signer {}: DKG round {} complete, state saved",
-                    self.id, self.rounds.dkg_id
-                );
-            }
-            if let Err(e) = self
-                .relay
-                .post_tagged(&encode_packet(&out), frost_net::relay_tag(&out.msg))
-            {
-                warn!(
-                    "signer {}: could not post a {}: {e}",
-                    self.id,
-                    kind(&out.msg)
-                );
-            }
+        if let Err(e) = self.relay.post_tagged(&bytes, kind.relay_tag()) {
+            warn!("signer {}: could not post a {kind:?}: {e}", self.core.id);
         }
-        Ok(())
-    }
-
-    /// Writes the DKG state atomically with owner-only permissions.
-    fn persist(&self) -> Result<(), SignerError> {
-        let p = Persisted {
-            version: STATE_VERSION,
-            signer_id: self.id,
-            rounds: self.rounds,
-            party: self.signer.signer.save(),
-            commitments: self
-                .signer
-                .commitments
-                .iter()
-                .map(|(k, v)| (*k, v.clone()))
-                .collect(),
-        };
-        let text = serde_json::to_vec(&p).map_err(|e| state_err(&self.state_path, e))?;
-        write_private_atomically(&self.state_path, &text)
-            .map_err(|e| state_err(&self.state_path, e))
-    }
-}
-
-fn kind(m: &Message) -> &'static str {
-    match m {
-        Message::DkgBegin(_) => "DkgBegin",
-        Message::DkgPublicShares(_) => "DkgPublicShares",
-        Message::DkgPrivateBegin(_) => "DkgPrivateBegin",
-        Message::DkgPrivateShares(_) => "DkgPrivateShares",
-        Message::DkgEndBegin(_) => "DkgEndBegin",
-        Message::DkgEnd(_) => "DkgEnd",
-        Message::NonceRequest(_) => "NonceRequest",
-        Message::NonceResponse(_) => "NonceResponse",
-        Message::SignatureShareRequest(_) => "SignatureShareRequest",
-        Message::SignatureShareResponse(_) => "SignatureShareResponse",
     }
 }
 

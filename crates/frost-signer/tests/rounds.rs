@@ -1,0 +1,308 @@
+//! The signer's round rules, on [`SignerCore`] directly: a share only for
+//! an open round listing exactly our own nonce, once; nonces only for what
+//! a sign request asked; no key, no panic.
+
+use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use frost_net::messages::{Keyed, Message};
+use frost_net::wsts::net as w;
+use frost_net::{Envelope, Sender, SignItem, SignRequest, SignerInfo, SignerSet, ToSign};
+use frost_signer::{KeyEntry, KeyHistory, SignerCore};
+use proptest::prelude::*;
+
+fn sk(tag: u8, i: u32) -> SecretKey {
+    let mut b = [tag; 32];
+    b[..4].copy_from_slice(&(i + 1).to_be_bytes());
+    SecretKey::from_slice(&b).unwrap()
+}
+
+fn set() -> SignerSet {
+    let secp = Secp256k1::new();
+    SignerSet {
+        threshold: 2,
+        dkg_threshold: None,
+        signers: (0..3)
+            .map(|i| SignerInfo {
+                id: i + 1,
+                public_key: sk(0x5e, i).public_key(&secp),
+                key_ids: vec![i + 1],
+                private_key: None,
+            })
+            .collect(),
+    }
+}
+
+/// A DKG run in memory with wsts' helper; every signer's state file written.
+fn keyed_cores(dir: &std::path::Path) -> (Vec<SignerCore>, PublicKey) {
+    let set = set();
+    let mut rng = wsts::util::create_rng();
+    let mut parties: Vec<wsts::v2::Party> = (0..3u32)
+        .map(|i| wsts::v2::Party::new(i, &[i + 1], 3, 3, 2, &mut rng))
+        .collect();
+    let comms = wsts::v2::test_helpers::dkg(&mut parties, &mut rng).unwrap();
+    let comms: Vec<_> = comms.into_iter().collect();
+    let mut key = None;
+    let cores = parties
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let id = u32::try_from(i).unwrap() + 1;
+            let entry = KeyEntry::from_dkg(1, id, p, comms.clone()).unwrap();
+            key = Some(entry.aggregate_key);
+            let mut h = KeyHistory::empty(id);
+            h.keys.push(entry);
+            let path = dir.join(format!("s{id}.json"));
+            h.save(&path).unwrap();
+            SignerCore::new(id, &set, &sk(0x5e, id - 1), path, false).unwrap()
+        })
+        .collect();
+    (cores, key.unwrap())
+}
+
+fn from_coordinator(message: Message) -> Envelope {
+    Envelope {
+        sender: Sender::Coordinator,
+        message,
+    }
+}
+
+fn sign_request(key: PublicKey, sighash: [u8; 32]) -> Envelope {
+    from_coordinator(Message::SignRequest(SignRequest {
+        id: 1,
+        payload: vec![],
+        items: vec![SignItem {
+            key,
+            message: ToSign::Taproot { sighash },
+        }],
+    }))
+}
+
+fn nonce_request(key: PublicKey, sign_id: u64, iter: u64, sighash: [u8; 32]) -> Envelope {
+    from_coordinator(Message::NonceRequest(Keyed {
+        key,
+        msg: w::NonceRequest {
+            dkg_id: 1,
+            sign_id,
+            sign_iter_id: iter,
+            message: sighash.to_vec(),
+            signature_type: w::SignatureType::Taproot(None),
+        },
+    }))
+}
+
+fn share_request(key: PublicKey, nonces: Vec<w::NonceResponse>) -> Envelope {
+    let n = &nonces[0];
+    from_coordinator(Message::SignatureShareRequest(Keyed {
+        key,
+        msg: w::SignatureShareRequest {
+            dkg_id: n.dkg_id,
+            sign_id: n.sign_id,
+            sign_iter_id: n.sign_iter_id,
+            message: n.message.clone(),
+            nonce_responses: nonces.clone(),
+            signature_type: w::SignatureType::Taproot(None),
+        },
+    }))
+}
+
+fn nonce_of(out: &[Message]) -> w::NonceResponse {
+    match out {
+        [Message::NonceResponse(r)] => r.msg.clone(),
+        other => panic!("expected one nonce response, got {other:?}"),
+    }
+}
+
+fn is_share(out: &[Message]) -> bool {
+    matches!(out, [Message::SignatureShareResponse(_)])
+}
+
+#[test]
+fn a_share_only_for_our_own_open_nonce_and_only_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path());
+    let h = [3u8; 32];
+    let mut nonces = vec![];
+    for c in &mut cores {
+        assert!(c.handle(&sign_request(key, h)).unwrap().is_empty());
+        nonces.push(nonce_of(&c.handle(&nonce_request(key, 5, 1, h)).unwrap()));
+    }
+    // Asked again, the same nonce (never a second one).
+    assert_eq!(
+        nonce_of(&cores[0].handle(&nonce_request(key, 5, 1, h)).unwrap()),
+        nonces[0]
+    );
+    // A request listing another nonce under our id: no share, round dropped.
+    let mut forged = nonces.clone();
+    forged[0].nonces = nonces[1].nonces.clone();
+    let before = cores[0].rejected();
+    assert!(cores[0]
+        .handle(&share_request(key, forged))
+        .unwrap()
+        .is_empty());
+    assert!(cores[0].rejected() > before);
+    assert!(
+        cores[0]
+            .handle(&share_request(key, nonces.clone()))
+            .unwrap()
+            .is_empty(),
+        "the round's nonce is gone after a forged request"
+    );
+    // Signer 2 answers the genuine request once, then never again.
+    let out = cores[1]
+        .handle(&share_request(key, nonces.clone()))
+        .unwrap();
+    assert!(is_share(&out), "{out:?}");
+    assert!(cores[1]
+        .handle(&share_request(key, nonces.clone()))
+        .unwrap()
+        .is_empty());
+    assert_eq!(cores[1].open_rounds(), 0);
+    // A request not listing signer 3 keeps its round open.
+    let without_3: Vec<_> = nonces[..2].to_vec();
+    assert!(cores[2]
+        .handle(&share_request(key, without_3))
+        .unwrap()
+        .is_empty());
+    assert_eq!(cores[2].open_rounds(), 1);
+    assert!(is_share(
+        &cores[2]
+            .handle(&share_request(key, nonces.clone()))
+            .unwrap()
+    ));
+    // A relabelled round (another iteration) has no nonce: no share.
+    let mut relabelled = nonces.clone();
+    for n in &mut relabelled {
+        n.sign_iter_id = 2;
+    }
+    assert!(cores[2]
+        .handle(&share_request(key, relabelled))
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn a_restarted_signer_has_no_nonce_to_sign_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path());
+    let h = [4u8; 32];
+    let mut nonces = vec![];
+    for c in &mut cores {
+        c.handle(&sign_request(key, h)).unwrap();
+        nonces.push(nonce_of(&c.handle(&nonce_request(key, 6, 1, h)).unwrap()));
+    }
+    let set = set();
+    let mut restarted =
+        SignerCore::new(1, &set, &sk(0x5e, 0), dir.path().join("s1.json"), false).unwrap();
+    assert!(restarted
+        .handle(&share_request(key, nonces.clone()))
+        .unwrap()
+        .is_empty());
+    // Nor will it make a nonce for a round nobody asked it to sign now.
+    let out = restarted.handle(&nonce_request(key, 6, 1, h)).unwrap();
+    assert!(matches!(out.as_slice(), [Message::Refusal(_)]), "{out:?}");
+}
+
+#[test]
+fn nonces_only_for_asked_digests_and_held_keys_without_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path());
+    let c = &mut cores[0];
+    // Not asked by a sign request.
+    let out = c.handle(&nonce_request(key, 1, 1, [9; 32])).unwrap();
+    assert!(matches!(out.as_slice(), [Message::Refusal(_)]), "{out:?}");
+    // A key it does not hold.
+    let other = sk(0x11, 0).public_key(&Secp256k1::new());
+    c.handle(&sign_request(other, [9; 32])).unwrap();
+    let out = c.handle(&nonce_request(other, 1, 1, [9; 32])).unwrap();
+    assert!(matches!(out.as_slice(), [Message::Refusal(_)]), "{out:?}");
+    // A signer without any key: refusals, never a panic.
+    let set = set();
+    let mut keyless =
+        SignerCore::new(2, &set, &sk(0x5e, 1), dir.path().join("none.json"), false).unwrap();
+    keyless.handle(&sign_request(key, [9; 32])).unwrap();
+    let out = keyless.handle(&nonce_request(key, 1, 1, [9; 32])).unwrap();
+    assert!(matches!(out.as_slice(), [Message::Refusal(_)]), "{out:?}");
+    assert_eq!(keyless.open_rounds(), 0);
+}
+
+#[test]
+fn a_signer_holding_a_key_refuses_a_new_dkg_unless_rotation_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, _) = keyed_cores(dir.path());
+    let begin = from_coordinator(Message::DkgBegin(w::DkgBegin { dkg_id: 2 }));
+    assert!(cores[0].handle(&begin).unwrap().is_empty());
+    let set = set();
+    let mut rotating =
+        SignerCore::new(1, &set, &sk(0x5e, 0), dir.path().join("s1.json"), true).unwrap();
+    let out = rotating.handle(&begin).unwrap();
+    assert!(
+        matches!(out.as_slice(), [Message::DkgPublicShares(_)]),
+        "{out:?}"
+    );
+    // An old round id (the history's own) is refused even so.
+    let old = from_coordinator(Message::DkgBegin(w::DkgBegin { dkg_id: 1 }));
+    assert!(rotating.handle(&old).unwrap().is_empty());
+    assert_eq!(rotating.history().keys.len(), 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Authentic but hostile coordinator messages (any ids, any nonces of
+    /// any signer, any keys) never panic the signer and never get a share
+    /// for a nonce it did not make in that round.
+    #[test]
+    fn hostile_requests_never_panic_or_get_a_foreign_share(
+        ops in proptest::collection::vec((0u8..6, 0u64..3, 0u64..3, 0usize..3, any::<bool>()), 1..24)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut cores, key) = keyed_cores(dir.path());
+        let other = sk(0x11, 0).public_key(&Secp256k1::new());
+        let h = [5u8; 32];
+        // Nonces of signers 2 and 3, genuinely made, for rounds signer 1 may never open.
+        let mut pool = vec![];
+        for c in cores.iter_mut().skip(1) {
+            c.handle(&sign_request(key, h)).unwrap();
+            pool.push(nonce_of(&c.handle(&nonce_request(key, 1, 1, h)).unwrap()));
+        }
+        let mut mine: Vec<w::NonceResponse> = vec![];
+        let c = &mut cores[0];
+        for (op, sign_id, iter, pick, flag) in ops {
+            let k = if flag { other } else { key };
+            let env = match op {
+                0 => sign_request(k, h),
+                1 => nonce_request(k, sign_id, iter, h),
+                2 => from_coordinator(Message::DkgBegin(w::DkgBegin { dkg_id: sign_id })),
+                _ => {
+                    let mut list = pool.clone();
+                    let mut me = pool[pick % pool.len()].clone();
+                    me.signer_id = 0;
+                    me.key_ids = vec![1];
+                    if op == 5 {
+                        if let Some(m) = mine.get(pick % mine.len().max(1)) {
+                            me = m.clone();
+                        }
+                    }
+                    me.sign_id = sign_id;
+                    me.sign_iter_id = iter;
+                    for n in &mut list {
+                        n.sign_id = sign_id;
+                        n.sign_iter_id = iter;
+                    }
+                    list.insert(0, me);
+                    share_request(k, list)
+                }
+            };
+            let out = c.handle(&env).unwrap();
+            for m in &out {
+                match m {
+                    Message::NonceResponse(r) => mine.push(r.msg.clone()),
+                    Message::SignatureShareResponse(r) => {
+                        // Only ever for a round whose nonce it made itself.
+                        prop_assert!(op == 5);
+                        prop_assert!(mine.iter().any(|n| (n.sign_id, n.sign_iter_id) == (r.msg.sign_id, r.msg.sign_iter_id)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
