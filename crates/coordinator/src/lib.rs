@@ -530,6 +530,13 @@ where
             return Ok(Vec::new());
         }
         let reserved = self.reserved_outpoints()?;
+        // Only coins the loop has scanned past: a coin above the scanned
+        // height may be an unscanned peg-out request's fee output, which its
+        // fulfilment will need.
+        let Some(scanned) = self.c.queue.last_scanned_height()? else {
+            return Ok(Vec::new());
+        };
+        let tip = self.c.bitcoin.get_block_count()?;
         let fee_rate = self
             .c
             .bitcoin
@@ -541,13 +548,26 @@ where
                 .bitcoin_wallet
                 .peg_wallet_address(&key)
                 .script_pubkey();
-            let coins: Vec<bitcoin_node_client::Utxo> = self
-                .c
-                .bitcoin
-                .list_unspent(&script)?
-                .into_iter()
-                .filter(|u| u.confirmations >= 1 && !reserved.contains(&u.outpoint))
-                .collect();
+            let mut coins: Vec<bitcoin_node_client::Utxo> = Vec::new();
+            for u in self.c.bitcoin.list_unspent(&script)? {
+                let height = tip
+                    .saturating_add(1)
+                    .saturating_sub(u64::from(u.confirmations));
+                if u.confirmations == 0 || height > scanned.0 || reserved.contains(&u.outpoint) {
+                    continue;
+                }
+                // A failed request's fee output stays: `queue retry` may
+                // send it back to be paid.
+                if u.outpoint.vout == 2
+                    && self.c.queue.get(&u.outpoint.txid)?.is_some_and(|q| {
+                        q.op.kind() == peg_ops::PegOpKind::PegOutRequest
+                            && matches!(q.state, OpState::Failed { .. })
+                    })
+                {
+                    continue;
+                }
+                coins.push(u);
+            }
             if coins.is_empty() {
                 continue;
             }

@@ -52,6 +52,8 @@ pub struct PegOptions {
     pub sign_timeout: Duration,
     /// How long signers long-poll the relay.
     pub signer_poll: Duration,
+    /// Whether signers join a DKG while they hold a key (`--allow-rotation`).
+    pub allow_rotation: bool,
 }
 
 impl PegOptions {
@@ -63,6 +65,7 @@ impl PegOptions {
             threshold: 3,
             sign_timeout: Duration::from_secs(5),
             signer_poll: Duration::from_millis(300),
+            allow_rotation: false,
         }
     }
 }
@@ -272,7 +275,7 @@ impl Peg {
             private_key: key(0x5e, id - 1)?,
             state_path: self.opts.dir.join(format!("signer-{id}.json")),
             poll_wait: self.opts.signer_poll,
-            allow_rotation: false,
+            allow_rotation: self.opts.allow_rotation,
         })
         .with_context(|| format!("starting signer {id}"))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -523,6 +526,28 @@ impl Peg {
             Duration::from_millis(20),
         )
         .map_err(|e| anyhow!("start-up: {e}"))
+    }
+
+    /// Rotates the peg wallet key as `coordinator-cli dkg --rotate` does: a
+    /// new key through the signers' gated DKG (they must allow rotations),
+    /// published and seen in the contract. Returns (old key, new key).
+    ///
+    /// # Errors
+    /// When DKG fails or the key does not show within 30 s.
+    pub fn rotate_key(&self) -> Result<(PublicKey, PublicKey)> {
+        let mut frost = self.frost()?;
+        let queue = SqlitePegQueue::open(&self.queue_path())?;
+        let _miner = self.miner(Duration::from_millis(20));
+        coordinator::startup::rotate_key(
+            &self.stacks_client(),
+            &self.stacks_wallet(),
+            &mut frost,
+            &queue,
+            &self.contract,
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+        )
+        .map_err(|e| anyhow!("rotation: {e}"))
     }
 
     /// The peg wallet (the key the contract holds), once published.

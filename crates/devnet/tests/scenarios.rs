@@ -6,7 +6,7 @@
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use bitcoin::{Amount, Txid};
+use bitcoin::{Amount, OutPoint, Txid};
 use coordinator::config::OpSourceKind;
 use coordinator::HttpCoordinator;
 use devnet::peg::{Blocks, MAGIC};
@@ -417,4 +417,111 @@ fn the_stacks_nodes_burn_ops_follow_the_bitcoin_chain_through_a_reorg() {
     peg.mine();
     assert_eq!(at(h + 2), vec![t]);
     assert!(at(h).is_empty() && at(h + 1).is_empty());
+}
+
+/// The transaction on the best chain that spends `outpoint`, if any.
+fn spender(peg: &Peg, outpoint: OutPoint) -> Option<bitcoin::Transaction> {
+    peg.with_bitcoin(|b| {
+        (1..=b.height()).rev().find_map(|h| {
+            b.block(h)?
+                .txdata
+                .iter()
+                .find(|t| t.input.iter().any(|i| i.previous_output == outpoint))
+                .cloned()
+        })
+    })
+}
+
+#[test]
+fn a_rotation_keeps_the_old_key_sweeps_its_coins_and_still_pays_a_pending_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = PegOptions::new(dir.path());
+    opts.allow_rotation = true;
+    let peg = Peg::start(opts).unwrap();
+    let first = peg.publish_key().unwrap();
+    let old_wallet = peg.peg_wallet().unwrap();
+    let mut users = peg.users(2);
+    let allowed: Vec<&User> = users.iter().collect();
+    let settings = peg.settings(&allowed);
+    let mut l = peg
+        .coordinator(settings.clone(), OpSourceKind::Bitcoin)
+        .unwrap();
+    peg_in_all(&mut l, &peg, &mut users, BTC);
+
+    // A peg-out request to the old address is on chain, unprocessed, when
+    // the operator stops `run` and rotates.
+    let pending = request_peg_out(&peg, &mut users[0], 10_000_000);
+    drop(l);
+    let (old, new) = peg.rotate_key().unwrap();
+    assert_eq!(old, first);
+    assert_ne!(new, old, "a new key");
+    let new_wallet = peg.peg_wallet().unwrap();
+    assert_ne!(new_wallet, old_wallet, "the contract publishes the new key");
+
+    // The old key's coins go to the new key, but not the pending request's
+    // fee output: its own fulfilment spends it. The loop has not scanned the
+    // request's block yet, so nothing of that block is swept.
+    let mut l = peg.coordinator(settings, OpSourceKind::Bitcoin).unwrap();
+    let swept = l.sweep_old_keys().unwrap();
+    assert_eq!(swept.len(), 1, "one sweep for the old key");
+    peg.mine();
+    let fee_output = OutPoint::new(pending, 2);
+    let left: Vec<OutPoint> = peg
+        .with_bitcoin(|b| b.unspent(&old_wallet.script_pubkey()))
+        .into_iter()
+        .map(|(o, _, _)| o)
+        .collect();
+    assert_eq!(
+        left,
+        vec![fee_output],
+        "only the request's fee output stays"
+    );
+    // Once the loop has seen the request, its fee output is reserved for it.
+    while state(&l, &pending).is_none() {
+        l.tick(&AtomicBool::new(false)).unwrap();
+        peg.mine();
+    }
+    assert!(l.sweep_old_keys().unwrap().is_empty());
+    let sweep = peg
+        .with_bitcoin(|b| b.locate(&swept[0]))
+        .expect("the sweep is on chain")
+        .0;
+    assert_eq!(sweep.output.len(), 1);
+    assert_eq!(sweep.output[0].script_pubkey, new_wallet.script_pubkey());
+    assert!(sweep.output[0].value > Amount::from_sat(2 * BTC - 100_000));
+
+    // The pending request is burned and paid: input 0 is its fee output at
+    // the old address (signed with the old key), change goes to the new key.
+    let paid = tick_until(&mut l, &peg, 30, true, |l| {
+        state(l, &pending) == Some(OpState::Done)
+    });
+    assert!(paid, "{:?}", state(&l, &pending));
+    assert_eq!(
+        peg.payouts(&pending, &users[0].btc.script_pubkey()),
+        vec![Amount::from_sat(10_000_000)]
+    );
+    let fulfilment = spender(&peg, fee_output).expect("the fulfilment spends the fee output");
+    assert_eq!(fulfilment.input[0].previous_output, fee_output);
+    assert!(fulfilment.output[2..]
+        .iter()
+        .all(|o| o.script_pubkey == new_wallet.script_pubkey()));
+    assert_eq!(peg.contract_calls("burn!", &pending), (1, 0));
+
+    // A peg-in that still arrives at the old address is minted, then swept.
+    let late = peg
+        .with_bitcoin(|b| {
+            let to = users[1].stx.clone();
+            users[1].peg_in(b, MAGIC, &old_wallet, &to, Amount::from_sat(BTC / 2))
+        })
+        .unwrap();
+    peg.mine();
+    let minted = tick_until(&mut l, &peg, 30, true, |l| {
+        state(l, &late) == Some(OpState::Done)
+    });
+    assert!(minted, "{:?}", state(&l, &late));
+    assert_eq!(l.sweep_old_keys().unwrap().len(), 1);
+    peg.mine();
+    assert!(peg
+        .with_bitcoin(|b| b.unspent(&old_wallet.script_pubkey()))
+        .is_empty());
 }
