@@ -94,6 +94,16 @@ impl std::fmt::Display for Rejection {
 
 impl std::error::Error for Rejection {}
 
+/// The stacks-node's minimum fee rate, µSTX per byte of the serialized
+/// transaction (stacks-node 4.0.2 answers `FeeTooLow` with `expected` = the
+/// length below it).
+pub const MIN_FEE_PER_BYTE: u64 = 1;
+
+/// How many of one sender's nonces beyond its confirmed nonce the node
+/// admits (measured on 4.0.2: confirmed + 26 is admitted, + 27 is
+/// `TooMuchChaining`).
+pub const MAX_CHAINED_NONCES: u64 = 26;
+
 /// The hint for a node without `/v2/burn_ops`.
 pub const BURN_OPS_HINT: &str = "this stacks-node does not serve /v2/burn_ops (only the 2023 sBTC alpha nodes did; no released stacks-node has it): set op_source = \"bitcoin\" in the coordinator's configuration";
 
