@@ -1066,8 +1066,9 @@ where
                         self.next_to_mine_since.remove(&tx.txid);
                         return Ok(Step::Moved(OpState::StacksTxSigned { tx: again }));
                     }
-                    Err(e) => warn!(
-                        "{} {}: stacks tx {} is stuck and cannot be replaced: {e:?}",
+                    Err(StepError::Fatal(e)) => return Err(StepError::Fatal(e)),
+                    Err(StepError::Retry { message, .. }) => warn!(
+                        "{} {}: stacks tx {} is stuck and cannot be replaced: {message}",
                         op.kind(),
                         op.txid(),
                         tx.txid
