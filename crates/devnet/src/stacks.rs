@@ -182,6 +182,18 @@ impl StacksState {
         if let Err(e) = tx.verify() {
             return reject("SignatureValidation", json!({ "message": e.to_string() }));
         }
+        // The real node (mocknet) stays in epoch 2.1: Clarity 1 and 2 only,
+        // and it reports a newer version as a validation failure.
+        if let Payload::SmartContract {
+            clarity_version: Some(v @ stacks_wire::ClarityVersion::Clarity3),
+            ..
+        } = &tx.payload
+        {
+            return reject(
+                "SignatureValidation",
+                json!({ "message": format!("Invalid transaction {txid}: asks for Clarity {}, but current epoch 2.1 only supports up to Clarity 2", v.to_byte()) }),
+            );
+        }
         let origin = tx.origin();
         let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
         let min_fee = len.saturating_mul(self.min_fee_per_byte);

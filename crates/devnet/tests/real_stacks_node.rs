@@ -16,8 +16,8 @@ use devnet::{StacksEmulator, StacksState};
 use serde_json::{json, Value as Json};
 use stacks_node_client::{Error, StacksNode};
 use stacks_wire::{
-    ContractId, Payload, PostConditionMode, PrincipalData, StacksAddress, StacksNetwork,
-    StacksPrivateKey, StacksTransaction, Value,
+    ClarityVersion, ContractId, Payload, PostConditionMode, PrincipalData, StacksAddress,
+    StacksNetwork, StacksPrivateKey, StacksTransaction, Value,
 };
 
 fn key(i: u8) -> StacksPrivateKey {
@@ -370,6 +370,27 @@ fn scenario(t: &dyn Target) -> Vec<(&'static str, Reply)> {
         "fee_exactly_per_byte",
         post_tx(u, &transfer(CHAINER, base + 3, exact, 1)),
     );
+
+    // Deploys: Clarity 2 is admitted, Clarity 3 is not (epoch 2.1).
+    for (name, n, version) in [
+        ("deploy_clarity2", 4, ClarityVersion::Clarity2),
+        ("deploy_clarity3", 5, ClarityVersion::Clarity3),
+    ] {
+        let deploy = |fee| {
+            tx(
+                CHAINER,
+                base + n,
+                fee,
+                Payload::SmartContract {
+                    name: "hello".parse().unwrap(),
+                    code_body: "(define-read-only (hi) (ok u1))".into(),
+                    clarity_version: Some(version),
+                },
+            )
+        };
+        let len = deploy(0).serialize().len() as u64;
+        push(name, post_tx(u, &deploy(len)));
+    }
 
     // Replacement: a different transaction at a pending nonce needs a
     // higher fee.

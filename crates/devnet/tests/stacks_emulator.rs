@@ -420,6 +420,32 @@ fn the_real_nodes_limits_hold() {
         s.admit(&bumped.serialize()).unwrap(),
         bumped.txid().to_string()
     );
+    // Deploys: Clarity 2 admitted, Clarity 3 refused (epoch 2.1).
+    for (v, ok) in [
+        (stacks_wire::ClarityVersion::Clarity2, true),
+        (stacks_wire::ClarityVersion::Clarity3, false),
+    ] {
+        let mut d = StacksTransaction::new(
+            StacksNetwork::Testnet,
+            &key(2),
+            0,
+            1000,
+            PostConditionMode::Allow,
+            vec![],
+            Payload::SmartContract {
+                name: "hello".parse().unwrap(),
+                code_body: "(define-read-only (hi) (ok u1))".into(),
+                clarity_version: Some(v),
+            },
+        )
+        .unwrap();
+        d.sign(&key(2)).unwrap();
+        let r = s.admit(&d.serialize());
+        assert_eq!(r.is_ok(), ok, "{v:?}: {r:?}");
+        if !ok {
+            assert_eq!(r.unwrap_err().0, "SignatureValidation");
+        }
+    }
     // A fee estimate exists only once such a transaction was mined.
     let call_payload = mint(9, 2, 1, "e").payload;
     assert_eq!(s.estimate(&call_payload, 200), None);
