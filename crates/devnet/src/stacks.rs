@@ -82,8 +82,6 @@ pub struct StacksState {
     pub mempool: Vec<StacksTransaction>,
     /// Their txids, for duplicate checks without re-hashing.
     mempool_txids: std::collections::HashSet<stacks_wire::StacksTxid>,
-    /// Fees of mempool transactions per sender, for balance checks.
-    mempool_fees: std::collections::HashMap<StacksAddress, u128>,
     /// Every mined transaction.
     pub receipts: Vec<Receipt>,
     /// Stacks tip height.
@@ -129,7 +127,6 @@ impl StacksState {
             contract_id,
             mempool: Vec::new(),
             mempool_txids: std::collections::HashSet::new(),
-            mempool_fees: std::collections::HashMap::new(),
             receipts: Vec::new(),
             height: 1,
             burn_height: 0,
@@ -275,11 +272,7 @@ impl StacksState {
                 tx.auth.fee
             );
             self.mempool_txids.remove(&old.txid());
-            if let Some(f) = self.mempool_fees.get_mut(&origin) {
-                *f = f.saturating_sub(u128::from(old.auth.fee));
-            }
         }
-        *self.mempool_fees.entry(origin).or_insert(0) += u128::from(tx.auth.fee);
         self.mempool_txids.insert(txid);
         self.mempool.push(tx);
         Ok(txid.to_string())
@@ -315,9 +308,6 @@ impl StacksState {
             let tx = self.mempool.remove(i);
             let origin = tx.origin();
             self.mempool_txids.remove(&tx.txid());
-            if let Some(f) = self.mempool_fees.get_mut(&origin) {
-                *f = f.saturating_sub(u128::from(tx.auth.fee));
-            }
             let (balance, nonce) = self.account(&origin);
             let fee = u128::from(tx.auth.fee);
             if balance < fee {
