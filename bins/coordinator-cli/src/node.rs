@@ -103,7 +103,7 @@ fn build(c: &Config, start_height: Option<u64>) -> Result<Loop> {
     if let Some(h) = start_height {
         settings.start_height = coordinator::bitcoin_height(h);
     }
-    Ok(StacksCoordinator::new(
+    let mut l = StacksCoordinator::new(
         Components {
             queue,
             stacks,
@@ -114,7 +114,9 @@ fn build(c: &Config, start_height: Option<u64>) -> Result<Loop> {
             source: source(c),
         },
         settings,
-    ))
+    );
+    l.set_stacks_replace_after(c.fees.stacks_replace_after);
+    Ok(l)
 }
 
 /// The configured signer set must match the contract's, when it has one.

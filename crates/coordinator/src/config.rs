@@ -116,6 +116,10 @@ pub struct RawConfirmations {
     pub fulfillment: Option<u32>,
 }
 
+/// The lowest `fees.stacks_fee_cap` accepted, µSTX: a mint or burn is a few
+/// hundred bytes, and the stacks-node asks 1 µSTX per byte.
+pub const MIN_STACKS_FEE_CAP: u64 = 1_000;
+
 /// `[fees]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +139,9 @@ pub struct RawFees {
     pub fulfillment_subsidy_sats: Option<u64>,
     /// Warn when the coordinator's STX balance falls below this, µSTX.
     pub stx_low_balance_warning: Option<u64>,
+    /// Replace a Stacks transaction that has been the next nonce to mine for
+    /// this long by a same-nonce one with a higher fee, seconds.
+    pub stacks_replace_after_secs: Option<u64>,
 }
 
 /// Where peg operations are read from.
@@ -179,6 +186,8 @@ pub struct FeePolicy {
     pub fulfillment_subsidy: Amount,
     /// STX balance warning threshold, µSTX.
     pub stx_low_balance_warning: u64,
+    /// When a stuck Stacks transaction is replaced by fee.
+    pub stacks_replace_after: Duration,
 }
 
 /// The checked configuration.
@@ -606,8 +615,24 @@ impl Config {
         let f = &raw.fees;
         let stacks_fee_floor = f.stacks_fee_floor.unwrap_or(1_000);
         let stacks_fee_cap = f.stacks_fee_cap.unwrap_or(1_000_000);
+        // The node's minimum is 1 µSTX per byte; the wallet pays at least
+        // that whatever the floor, but a floor of 0 says the operator expects
+        // free transactions, and a cap below what the smallest call costs
+        // would refuse every one.
+        if stacks_fee_floor == 0 {
+            c.fail(
+                "fees.stacks_fee_floor",
+                "must be at least 1 µSTX (the stacks-node refuses less than 1 µSTX per byte)",
+            );
+        }
         if stacks_fee_floor > stacks_fee_cap {
             c.fail("fees.stacks_fee_floor", "is above fees.stacks_fee_cap");
+        }
+        if stacks_fee_cap < MIN_STACKS_FEE_CAP {
+            c.fail(
+                "fees.stacks_fee_cap",
+                "is below what a mint or burn costs at the stacks-node's 1 µSTX per byte (at least 1000 µSTX)",
+            );
         }
         let rate_floor = f.bitcoin_fee_rate_floor.unwrap_or(1);
         let rate_cap = f.bitcoin_fee_rate_cap.unwrap_or(500);
@@ -632,7 +657,17 @@ impl Config {
             bitcoin_fee_target_blocks: target,
             fulfillment_subsidy: Amount::from_sat(f.fulfillment_subsidy_sats.unwrap_or(0)),
             stx_low_balance_warning: f.stx_low_balance_warning.unwrap_or(10_000_000),
+            stacks_replace_after: Duration::from_secs(
+                f.stacks_replace_after_secs
+                    .unwrap_or(crate::DEFAULT_STACKS_REPLACE_AFTER.as_secs()),
+            ),
         };
+        if f.stacks_replace_after_secs == Some(0) {
+            c.fail(
+                "fees.stacks_replace_after_secs",
+                "must be above 0 (0 would replace every transaction at once)",
+            );
+        }
 
         let allowlist = match c.required("allowlist_file", &raw.allowlist_file) {
             Some(p) => {
@@ -866,6 +901,24 @@ mod tests {
                 "bitcoin_fee_rate_floor = 900 ",
                 "fees.bitcoin_fee_rate_floor",
                 "above",
+            ),
+            (
+                "stacks_fee_floor = 1000 ",
+                "stacks_fee_floor = 0 ",
+                "fees.stacks_fee_floor",
+                "at least 1",
+            ),
+            (
+                "stacks_fee_floor = 1000 ",
+                "stacks_fee_floor = 2000000 ",
+                "fees.stacks_fee_floor",
+                "above fees.stacks_fee_cap",
+            ),
+            (
+                "stacks_fee_cap = 1000000 ",
+                "stacks_fee_cap = 999 ",
+                "fees.stacks_fee_cap",
+                "1 µSTX per byte",
             ),
             (
                 "signer.toml",

@@ -252,6 +252,17 @@ struct RoundChain {
     reserved: HashSet<OutPoint>,
 }
 
+/// The most of the coordinator's own Stacks transactions pending (signed,
+/// not yet confirmed) at once. The stacks-node admits nonces up to
+/// confirmed + [`stacks_node_client::MAX_CHAINED_NONCES`] (26); the loop stays
+/// below that and waits instead of signing more.
+pub const MAX_PENDING_STACKS_TXS: u64 = 25;
+
+/// How long a Stacks transaction may wait as the next nonce to mine before
+/// it is replaced by a same-nonce transaction with a higher fee, unless
+/// [`StacksCoordinator::set_stacks_replace_after`] says otherwise.
+pub const DEFAULT_STACKS_REPLACE_AFTER: Duration = Duration::from_secs(600);
+
 /// The coordinator's event loop.
 #[derive(Debug)]
 pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
@@ -264,6 +275,15 @@ pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
     chain_cache: HashMap<BurnHeight, Option<Vec<(Txid, bitcoin::BlockHash)>>>,
     /// The highest nonce signed in the current round, not yet stored.
     round_nonce: Option<u64>,
+    /// The confirmed Stacks nonce, read once per round.
+    round_confirmed_nonce: Option<u64>,
+    /// Whether the pending-transaction limit was hit (logged once per spell).
+    pending_limit_hit: bool,
+    /// When each broadcast Stacks transaction was first seen as the next
+    /// nonce to mine (in memory: a restart gives it a fresh allowance).
+    next_to_mine_since: HashMap<stacks_wire::StacksTxid, Instant>,
+    /// See [`StacksCoordinator::set_stacks_replace_after`].
+    stacks_replace_after: Duration,
     /// Outputs spent by fulfilments built in the current round, not yet stored.
     round_spent: Vec<OutPoint>,
     /// What every fulfilment of the current round builds on, read once per
@@ -315,12 +335,24 @@ where
             metrics: std::sync::Arc::default(),
             chain_cache: HashMap::new(),
             round_nonce: None,
+            round_confirmed_nonce: None,
+            pending_limit_hit: false,
+            next_to_mine_since: HashMap::new(),
+            stacks_replace_after: DEFAULT_STACKS_REPLACE_AFTER,
             round_spent: Vec::new(),
             round_chain: None,
             next_sweep: None,
             #[cfg(any(test, feature = "testing"))]
             crash_point: None,
         }
+    }
+
+    /// Sets how long a Stacks transaction may wait as the next nonce to mine
+    /// before it is replaced, on purpose, by a same-nonce transaction with a
+    /// higher fee (the node's replace-by-fee). Configured by
+    /// `fees.stacks_replace_after_secs`.
+    pub fn set_stacks_replace_after(&mut self, after: Duration) {
+        self.stacks_replace_after = after;
     }
 
     /// Makes the loop panic at `point` (fault tests only).
@@ -424,6 +456,7 @@ where
         while !active.is_empty() && !stop.load(Ordering::SeqCst) && rounds < MAX_STEPS_PER_DRIVE {
             rounds += 1;
             self.round_nonce = None;
+            self.round_confirmed_nonce = None;
             self.round_spent.clear();
             self.round_chain = None;
             let mut moves: Vec<(usize, OpState)> = Vec::new();
@@ -865,6 +898,9 @@ where
             }
             (OpState::Accepted, op) => {
                 let nonce = self.next_stacks_nonce()?;
+                if let Some(why) = self.pending_limit(nonce) {
+                    return Ok(Step::Wait(why));
+                }
                 let tx = self.sign_stacks_tx(op, nonce, None)?;
                 self.round_nonce = self.round_nonce.max(Some(tx.nonce));
                 Ok(Step::Moved(OpState::StacksTxSigned { tx }))
@@ -984,7 +1020,7 @@ where
         Verdict::Accept
     }
 
-    fn next_stacks_nonce(&self) -> Result<u64, StepError> {
+    fn next_stacks_nonce(&mut self) -> Result<u64, StepError> {
         if let Some(n) = self.round_nonce {
             // Read this round already; everything up to `n` is ours.
             return n
@@ -999,8 +1035,40 @@ where
                 account.balance, self.settings.stx_low_balance_warning
             );
         }
+        self.round_confirmed_nonce = Some(account.nonce);
         let stored = self.c.queue.last_signed_stacks_nonce()?;
         Ok(next_nonce(account.nonce, stored.max(self.round_nonce)))
+    }
+
+    /// Says why not to sign `nonce` now, when [`MAX_PENDING_STACKS_TXS`] of
+    /// our transactions are already pending (signed nonces at or above the
+    /// confirmed one). Updates `sbtc_stacks_pending_transactions`; logs once
+    /// per spell, counts every wait.
+    fn pending_limit(&mut self, nonce: u64) -> Option<String> {
+        let confirmed = self.round_confirmed_nonce?;
+        let pending = nonce.saturating_sub(confirmed);
+        self.metrics
+            .stacks_pending_transactions
+            .store(pending, Ordering::Relaxed);
+        if pending < MAX_PENDING_STACKS_TXS {
+            if self.pending_limit_hit {
+                info!("{pending} Stacks transactions pending: signing again");
+                self.pending_limit_hit = false;
+            }
+            return None;
+        }
+        self.metrics
+            .stacks_pending_limit_waits
+            .fetch_add(1, Ordering::Relaxed);
+        if !self.pending_limit_hit {
+            warn!(
+                "{pending} Stacks transactions pending (confirmed nonce {confirmed}): waiting for confirmations before signing more (limit {MAX_PENDING_STACKS_TXS})"
+            );
+            self.pending_limit_hit = true;
+        }
+        Some(format!(
+            "{pending} Stacks transactions pending, the limit is {MAX_PENDING_STACKS_TXS}"
+        ))
     }
 
     fn sign_stacks_tx(
@@ -1114,6 +1182,15 @@ where
                         "the coordinator's STX balance cannot pay the fee; top it up",
                         true,
                     )),
+                    // The other reasons, as the client classifies them:
+                    // transient ones (NoSuchContract while the deploy is in
+                    // the mempool, …) wait, permanent ones need the operator.
+                    _ if r.retry() == stacks_node_client::Retry::Transient => {
+                        Err(StepError::retry(
+                            format!("node refused the transaction for now: {r}"),
+                            true,
+                        ))
+                    }
                     _ => Ok(Step::Moved(OpState::Failed {
                         reason: format!("node rejected the transaction: {r}"),
                     })),
@@ -1123,12 +1200,52 @@ where
         }
     }
 
-    fn confirm_stacks_tx(&self, op: &PegOp, tx: &SignedStacksTx) -> Result<Step, StepError> {
+    fn confirm_stacks_tx(&mut self, op: &PegOp, tx: &SignedStacksTx) -> Result<Step, StepError> {
         if self.processed(op)? {
+            self.next_to_mine_since.remove(&tx.txid);
             return Ok(Step::Moved(Self::after_stacks_effect(op)));
         }
         let me = PrincipalData::Standard(self.c.stacks_wallet.address());
         let account = self.c.stacks.get_account(&me)?;
+        if account.nonce == tx.nonce {
+            // Next to mine, yet not mined: after a while, replace it on
+            // purpose with the same nonce and a higher fee (the node admits a
+            // same-nonce transaction that pays more, and drops the other).
+            let since = *self
+                .next_to_mine_since
+                .entry(tx.txid)
+                .or_insert_with(Instant::now);
+            if since.elapsed() >= self.stacks_replace_after {
+                let bumped = tx.fee.saturating_add((tx.fee / 4).max(1));
+                match self.sign_stacks_tx(op, tx.nonce, Some(bumped)) {
+                    Ok(again) => {
+                        warn!(
+                            "{} {}: stacks tx {} (nonce {}) not mined after {:?}: replacing it with {} (same nonce, fee {} -> {})",
+                            op.kind(),
+                            op.txid(),
+                            tx.txid,
+                            tx.nonce,
+                            since.elapsed(),
+                            again.txid,
+                            tx.fee,
+                            again.fee
+                        );
+                        self.metrics
+                            .stacks_replacements
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.next_to_mine_since.remove(&tx.txid);
+                        return Ok(Step::Moved(OpState::StacksTxSigned { tx: again }));
+                    }
+                    Err(StepError::Fatal(e)) => return Err(StepError::Fatal(e)),
+                    Err(StepError::Retry { message, .. }) => warn!(
+                        "{} {}: stacks tx {} is stuck and cannot be replaced: {message}",
+                        op.kind(),
+                        op.txid(),
+                        tx.txid
+                    ),
+                }
+            }
+        }
         if account.nonce <= tx.nonce {
             // Still pending. Offer the same bytes again in case the mempool
             // dropped them; the node answers with the same txid if it has them.

@@ -29,6 +29,13 @@ pub struct Metrics {
     pub last_tick_unix: AtomicU64,
     /// Sweeps of old keys' coins broadcast.
     pub sweeps: AtomicU64,
+    /// Our Stacks transactions pending (signed, not confirmed) when the loop
+    /// last wanted to sign one.
+    pub stacks_pending_transactions: AtomicU64,
+    /// Times the loop waited instead of signing, at the pending limit.
+    pub stacks_pending_limit_waits: AtomicU64,
+    /// Stuck Stacks transactions replaced by a same-nonce, higher-fee one.
+    pub stacks_replacements: AtomicU64,
 }
 
 impl Metrics {
@@ -101,6 +108,24 @@ pub fn render_metrics(m: &Metrics, s: &StatusSnapshot) -> String {
         "Stacks broadcasts refused or failed.",
         "counter",
         get(&m.stacks_broadcast_errors),
+    );
+    gauge(
+        "sbtc_stacks_pending_transactions",
+        "The coordinator's Stacks transactions signed and not yet confirmed.",
+        "gauge",
+        get(&m.stacks_pending_transactions),
+    );
+    gauge(
+        "sbtc_stacks_pending_limit_waits_total",
+        "Times the loop waited for confirmations at the pending-transaction limit.",
+        "counter",
+        get(&m.stacks_pending_limit_waits),
+    );
+    gauge(
+        "sbtc_stacks_replacements_total",
+        "Stuck Stacks transactions replaced by a same-nonce, higher-fee one.",
+        "counter",
+        get(&m.stacks_replacements),
     );
     gauge(
         "sbtc_bitcoin_broadcast_errors_total",

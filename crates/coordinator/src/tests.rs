@@ -403,15 +403,41 @@ fn a_permanent_rejection_fails_the_op_for_the_operator() {
         .unwrap()
         .stacks_broadcast_script
         .push_back(Err(stacks_node_client::Error::Rejected(Rejection {
-            reason: "NoSuchContract".into(),
-            reason_data: None,
+            reason: "BadFunctionArgument".into(),
+            reason_data: Some(serde_json::json!({"message": "IncorrectArgumentCount(3, 1)"})),
         })));
     let q = MemQueue::default();
     run_ticks(&mut coordinator(&w, &q, settings()), 3);
     assert!(
-        matches!(q.state(&txid(1)), OpState::Failed { reason } if reason.contains("NoSuchContract"))
+        matches!(q.state(&txid(1)), OpState::Failed { reason } if reason.contains("BadFunctionArgument") && reason.contains("IncorrectArgumentCount"))
     );
     assert_eq!(w.lock().unwrap().signed.len(), 1);
+}
+
+/// Reasons the client calls transient (here `NoSuchContract`: the real node
+/// says so while the contract's deploy is still in its mempool, and
+/// `TooMuchChaining`) are retried with the same bytes, never failed.
+#[test]
+fn a_transient_rejection_is_retried_with_the_same_bytes() {
+    let w = world(3, vec![(2, vec![peg_in(1, 2, allowed_principal(), 100)])]);
+    for reason in ["NoSuchContract", "TooMuchChaining"] {
+        w.lock().unwrap().stacks_broadcast_script.push_back(Err(
+            stacks_node_client::Error::Rejected(Rejection {
+                reason: reason.into(),
+                reason_data: None,
+            }),
+        ));
+    }
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 4);
+    assert_eq!(q.state(&txid(1)), OpState::Done);
+    let g = w.lock().unwrap();
+    assert_eq!(g.signed.len(), 1, "signed once");
+    assert_eq!(g.stacks_broadcasts.len(), 3);
+    assert!(g
+        .stacks_broadcasts
+        .iter()
+        .all(|b| *b == g.stacks_broadcasts[0]));
 }
 
 #[test]
@@ -755,4 +781,82 @@ fn two_fulfilments_built_in_one_round_never_pick_the_same_peg_wallet_output() {
         "{:?}",
         g.reserved_seen[1]
     );
+}
+
+// ---------------------------------------------------------------- the real stacks-node's limits
+
+/// The real node admits nonces up to confirmed + 26; the loop keeps at most
+/// 25 of its own pending, waits (counted, shown as metrics) and signs the
+/// rest as earlier ones confirm.
+#[test]
+fn never_more_than_25_stacks_transactions_are_pending() {
+    let ops: Vec<PegOp> = (1..=30)
+        .map(|n| peg_in(n, 2, allowed_principal(), u64::from(n)))
+        .collect();
+    let w = world(3, vec![(2, ops)]);
+    w.lock().unwrap().auto_mine = false;
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings());
+    run_ticks(&mut l, 3);
+    let nonces = |w: &W| -> Vec<u64> { w.lock().unwrap().signed.iter().map(|s| s.1).collect() };
+    assert_eq!(
+        nonces(&w),
+        (0..25).collect::<Vec<_>>(),
+        "25 signed, then waiting"
+    );
+    let m = l.metrics();
+    assert_eq!(m.stacks_pending_transactions.load(Ordering::Relaxed), 25);
+    let waits = m.stacks_pending_limit_waits.load(Ordering::Relaxed);
+    assert!(waits >= 5, "{waits} waits");
+    let text = metrics::render_metrics(&m, &metrics::StatusSnapshot::default());
+    assert!(
+        text.contains("\nsbtc_stacks_pending_transactions 25\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sbtc_stacks_pending_limit_waits_total"),
+        "{text}"
+    );
+    // Ten confirm: ten more may be signed (nonces 25..=29 are all that is left).
+    w.lock().unwrap().account_nonce = 10;
+    run_ticks(&mut l, 2);
+    assert_eq!(nonces(&w), (0..30).collect::<Vec<_>>());
+    assert_eq!(m.stacks_pending_transactions.load(Ordering::Relaxed), 19);
+}
+
+/// A transaction that stays the next nonce to mine past the configured time
+/// is replaced on purpose: same nonce, higher fee (the node's RBF needs a
+/// strictly higher fee), until one is mined.
+#[test]
+fn a_stuck_stacks_transaction_is_replaced_by_fee_with_the_same_nonce() {
+    let w = world(3, vec![(2, vec![peg_in(1, 2, allowed_principal(), 100)])]);
+    w.lock().unwrap().auto_mine = false;
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings());
+    // Not stuck yet with the default allowance: signed once, waiting.
+    run_ticks(&mut l, 2);
+    assert_eq!(w.lock().unwrap().signed, vec![(txid(1), 0, 1_000)]);
+    assert!(matches!(
+        q.state(&txid(1)),
+        OpState::StacksTxBroadcast { .. }
+    ));
+    l.set_stacks_replace_after(Duration::ZERO);
+    run_ticks(&mut l, 1);
+    {
+        let g = w.lock().unwrap();
+        assert!(g.signed.len() >= 2, "{:?}", g.signed);
+        assert!(g
+            .signed
+            .iter()
+            .all(|(op, nonce, _)| *op == txid(1) && *nonce == 0));
+        let fees: Vec<u64> = g.signed.iter().map(|s| s.2).collect();
+        assert!(fees.windows(2).all(|f| f[1] > f[0]), "{fees:?}");
+        assert_eq!(fees[1], 1_250, "a quarter more");
+    }
+    assert!(l.metrics().stacks_replacements.load(Ordering::Relaxed) >= 1);
+    // The replacement is mined: done, once.
+    w.lock().unwrap().auto_mine = true;
+    run_ticks(&mut l, 3);
+    assert_eq!(q.state(&txid(1)), OpState::Done);
+    assert_eq!(w.lock().unwrap().mined.get(&txid(1)), Some(&1));
 }

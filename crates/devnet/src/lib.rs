@@ -10,6 +10,7 @@ pub mod model;
 pub mod peg;
 mod server;
 pub mod stacks;
+pub mod stacks_node;
 pub mod user;
 
 pub use bitcoin::{BitcoinEmulator, BitcoinState};

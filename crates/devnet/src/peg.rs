@@ -611,7 +611,11 @@ impl Peg {
                 MAGIC,
                 Network::Regtest,
             )),
-            OpSourceKind::StacksNode => Box::new(StacksNodeSource::new(self.stacks_client())),
+            // Only a 2023-style node serves /v2/burn_ops: the emulator's explicit mode.
+            OpSourceKind::StacksNode => {
+                (self.stacks).with(|s| s.burn_ops_mode = crate::stacks::BurnOpsMode::Node2023);
+                Box::new(StacksNodeSource::new(self.stacks_client()))
+            }
         };
         Ok(StacksCoordinator::new(
             Components {

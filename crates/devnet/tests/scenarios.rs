@@ -386,6 +386,9 @@ fn the_stacks_nodes_burn_ops_follow_the_bitcoin_chain_through_a_reorg() {
     opts.signers = 2;
     opts.threshold = 2;
     let peg = Peg::start(opts).unwrap();
+    // A 2023-style node: only then does the emulator serve /v2/burn_ops.
+    peg.stacks
+        .with(|s| s.burn_ops_mode = devnet::stacks::BurnOpsMode::Node2023);
     peg.publish_key().unwrap();
     let wallet = peg.peg_wallet().unwrap();
     let mut users = peg.users(1);

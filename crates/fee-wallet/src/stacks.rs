@@ -63,15 +63,21 @@ impl<S: StacksNode> ContractCallWallet<S> {
     }
 
     /// Chooses the fee for a transaction: the node's middle estimate (the
-    /// floor if it has none), at least `min_fee`, within floor and cap.
+    /// floor if it has none), at least `min_fee`, at least the node's minimum
+    /// of 1 µSTX per serialized byte, within floor and cap. (The length does
+    /// not depend on the fee: it is a fixed-width field.)
     fn fee_for(&self, unsigned: &StacksTransaction, min_fee: Option<u64>) -> Result<u64, Error> {
         let len = u64::try_from(unsigned.serialize().len()).unwrap_or(u64::MAX);
+        let node_minimum = len.saturating_mul(stacks_node_client::MIN_FEE_PER_BYTE);
         let estimate = match self.node.estimate_fee(&unsigned.payload_bytes(), len) {
             Ok(e) => e.middle,
             Err(stacks_node_client::Error::NoEstimate) => self.fees.floor,
             Err(e) => return Err(Error::FeeEstimate(e.to_string())),
         };
-        let wanted = estimate.max(min_fee.unwrap_or(0)).max(self.fees.floor);
+        let wanted = estimate
+            .max(min_fee.unwrap_or(0))
+            .max(self.fees.floor)
+            .max(node_minimum);
         if wanted > self.fees.cap {
             return Err(Error::FeeEstimate(format!(
                 "the fee needed, {wanted} µSTX, is above the cap of {} µSTX",
@@ -409,6 +415,46 @@ mod tests {
             .build_mint(&peg_in(), 0, None)
             .unwrap_err()
             .is_transient());
+    }
+
+    /// The real node refuses less than 1 µSTX per byte: a floor below the
+    /// transaction's length is raised to it, never sent as is.
+    #[test]
+    fn the_fee_is_at_least_one_micro_stx_per_byte() {
+        let w = ContractCallWallet::new(
+            StacksNetwork::Testnet,
+            contract_id(),
+            key(),
+            StacksFeePolicy {
+                floor: 1,
+                cap: 50_000,
+            },
+            node_estimating(Err(stacks_node_client::Error::NoEstimate)),
+        );
+        let tx = w.build_mint(&peg_in(), 0, None).unwrap();
+        assert_eq!(tx.fee, tx.raw.len() as u64, "fee = length × 1 µSTX");
+        // An estimate below the length: raised too.
+        let w = ContractCallWallet::new(
+            StacksNetwork::Testnet,
+            contract_id(),
+            key(),
+            StacksFeePolicy {
+                floor: 1,
+                cap: 50_000,
+            },
+            node_estimating(Ok(3)),
+        );
+        let tx = w.build_mint(&peg_in(), 0, None).unwrap();
+        assert_eq!(tx.fee, tx.raw.len() as u64);
+        // And the cap still holds: a cap below the length is refused.
+        let w = ContractCallWallet::new(
+            StacksNetwork::Testnet,
+            contract_id(),
+            key(),
+            StacksFeePolicy { floor: 1, cap: 100 },
+            node_estimating(Ok(3)),
+        );
+        assert!(w.build_mint(&peg_in(), 0, None).is_err());
     }
 
     #[test]

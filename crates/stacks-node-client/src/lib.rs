@@ -12,23 +12,100 @@ mod rpc;
 use peg_ops::{BurnHeight, PegInOp, PegOutRequestOp};
 use stacks_wire::{ContractId, PrincipalData, StacksTxid, Value};
 
-/// A transaction the node refused (`POST /v2/transactions` answering 400).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("transaction rejected: {reason}")]
+/// A request the node refused: `POST /v2/transactions` answering 400 (JSON
+/// with a reason code, or plain text for a malformed body), or a read-only
+/// call answering 400 plain text.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
-    /// The node's reason code, e.g. `FeeTooLow`, `BadNonce`, `NotEnoughFunds`.
+    /// The node's reason code, e.g. `FeeTooLow`, `BadNonce`, `NotEnoughFunds`;
+    /// [`Rejection::MALFORMED`] for a plain-text 400.
     pub reason: String,
-    /// The node's `reason_data` object (`expected`/`actual` and the like).
+    /// The node's `reason_data` object (`expected`/`actual` and the like);
+    /// `{"message": text}` for a plain-text 400. Absent for several reasons.
     pub reason_data: Option<serde_json::Value>,
 }
 
+/// Whether sending the same request again later may succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// It may: the node's state must change first (a block, a top-up).
+    Transient,
+    /// It never will: the request itself must change.
+    Permanent,
+}
+
 impl Rejection {
+    /// The reason of a plain-text 400: the node could not parse the request
+    /// (garbage, empty or truncated body, wrong content type, bad argument
+    /// hex). The node's text is in `reason_data.message`.
+    pub const MALFORMED: &'static str = "Malformed";
+
     /// Returns a `u64` field of `reason_data`, such as `expected` for
     /// `FeeTooLow` or `BadNonce`.
     pub fn reason_data_u64(&self, field: &str) -> Option<u64> {
         self.reason_data.as_ref()?.get(field)?.as_u64()
     }
+
+    /// The node's text of a plain-text rejection (or `reason_data.message`).
+    pub fn message(&self) -> Option<&str> {
+        self.reason_data.as_ref()?.get("message")?.as_str()
+    }
+
+    /// Whether the same transaction may be admitted later, per reason code
+    /// (stacks-core 4.0.2's `MemPoolRejection` names):
+    ///
+    /// | reason | retry | why |
+    /// |---|---|---|
+    /// | `NotEnoughFunds` | transient | a top-up makes the same bytes valid |
+    /// | `TooMuchChaining` | transient | admitted once earlier nonces confirm |
+    /// | `ConflictingNonceInMempool` | transient | the other may be evicted (or mined: then `BadNonce`) |
+    /// | `NoSuchContract` | transient | the deploy may still be in the mempool |
+    /// | `NoEstimateAvailable`, `EstimatorError`, `ServerError`, `TemporarilyBlacklisted` | transient | node state |
+    /// | `FeeTooLow` | permanent | same bytes, same fee: sign again with a higher fee |
+    /// | `BadNonce` | permanent | a confirmed nonce never comes back |
+    /// | `SignatureValidation`, `BadTransactionVersion`, `Deserialization`, [`Rejection::MALFORMED`] | permanent | the bytes are wrong |
+    /// | `BadFunctionArgument`, `NoSuchPublicFunction`, `ContractAlreadyExists`, `BadAddressVersionByte`, `TransferRecipientIsSender`, `TransferAmountMustBePositive`, `NoCoinbaseViaMempool`, `NoTenureChangeViaMempool` | permanent | the call itself is wrong |
+    /// | anything else | permanent | unknown: an operator looks, nothing retries blindly |
+    pub fn retry(&self) -> Retry {
+        match self.reason.as_str() {
+            "NotEnoughFunds"
+            | "TooMuchChaining"
+            | "ConflictingNonceInMempool"
+            | "NoSuchContract"
+            | "NoEstimateAvailable"
+            | "EstimatorError"
+            | "ServerError"
+            | "TemporarilyBlacklisted" => Retry::Transient,
+            _ => Retry::Permanent,
+        }
+    }
 }
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "transaction rejected: {}", self.reason)?;
+        match (self.message(), &self.reason_data) {
+            (Some(m), _) => write!(f, ": {m}"),
+            (None, Some(d)) if !d.is_null() => write!(f, " ({d})"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// The stacks-node's minimum fee rate, µSTX per byte of the serialized
+/// transaction (stacks-node 4.0.2 answers `FeeTooLow` with `expected` = the
+/// length below it).
+pub const MIN_FEE_PER_BYTE: u64 = 1;
+
+/// How many of one sender's nonces beyond its confirmed nonce the node
+/// admits (measured on 4.0.2: confirmed + 26 is admitted, + 27 is
+/// `TooMuchChaining`).
+pub const MAX_CHAINED_NONCES: u64 = 26;
+
+/// The hint for a node without `/v2/burn_ops`.
+pub const BURN_OPS_HINT: &str = "this stacks-node does not serve /v2/burn_ops (only the 2023 sBTC alpha nodes did; no released stacks-node has it): set op_source = \"bitcoin\" in the coordinator's configuration";
 
 /// What went wrong talking to the node.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -47,9 +124,18 @@ pub enum Error {
         /// The start of the body, for the operator.
         body: String,
     },
-    /// The node refused a transaction.
+    /// The node refused a transaction or a malformed request.
     #[error(transparent)]
     Rejected(Rejection),
+    /// The node does not serve `/v2/burn_ops`: a configuration error (the
+    /// coordinator needs the Bitcoin op source). Never transient.
+    #[error("{BURN_OPS_HINT} (it answered http {status}: {body})")]
+    BurnOpsUnsupported {
+        /// The status code (404).
+        status: u16,
+        /// The start of the node's answer.
+        body: String,
+    },
     /// A read-only call failed (`okay: false`).
     #[error("read-only call failed: {0}")]
     CallReadFailed(String),
@@ -67,7 +153,8 @@ impl Error {
         match self {
             Error::Transport(_) | Error::Timeout | Error::Decode(_) | Error::NoEstimate => true,
             Error::Http { status, .. } => *status >= 500 || *status == 429,
-            Error::Rejected(_) | Error::CallReadFailed(_) => false,
+            Error::Rejected(r) => r.retry() == Retry::Transient,
+            Error::CallReadFailed(_) | Error::BurnOpsUnsupported { .. } => false,
         }
     }
 }
@@ -112,6 +199,10 @@ pub trait StacksNode {
     /// Returns the peg-ins in the Bitcoin block at `height`, or `None` when the
     /// node has not processed that height yet (a 404 means "not there yet",
     /// never "nothing there").
+    ///
+    /// A 404 for a height the node *has* processed (its `/v2/info` burn height
+    /// is at or above `height`) means the node has no such endpoint at all:
+    /// [`Error::BurnOpsUnsupported`].
     fn get_peg_in_ops(&self, height: BurnHeight) -> Result<Option<Vec<PegInOp>>, Error>;
 
     /// Returns the peg-out requests in the Bitcoin block at `height`, or
@@ -139,4 +230,79 @@ pub trait StacksNode {
         args: &[Value],
         sender: &PrincipalData,
     ) -> Result<Value, Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejection(reason: &str, data: Option<serde_json::Value>) -> Error {
+        Error::Rejected(Rejection {
+            reason: reason.into(),
+            reason_data: data,
+        })
+    }
+
+    /// Every reason the real stacks-node (4.0.2) answers, each decided on
+    /// purpose; with and without `reason_data` (absent for several reasons).
+    #[test]
+    fn every_reason_is_transient_or_permanent_on_purpose() {
+        use Retry::*;
+        let table = [
+            ("FeeTooLow", Permanent),
+            ("BadNonce", Permanent),
+            ("NotEnoughFunds", Transient),
+            ("ConflictingNonceInMempool", Transient),
+            ("TooMuchChaining", Transient),
+            ("SignatureValidation", Permanent),
+            ("NoSuchContract", Transient),
+            ("NoSuchPublicFunction", Permanent),
+            ("BadFunctionArgument", Permanent),
+            ("ContractAlreadyExists", Permanent),
+            ("BadTransactionVersion", Permanent),
+            ("Deserialization", Permanent),
+            ("NoEstimateAvailable", Transient),
+            ("EstimatorError", Transient),
+            ("ServerError", Transient),
+            (Rejection::MALFORMED, Permanent),
+            ("SomethingNew", Permanent),
+        ];
+        for (reason, want) in table {
+            for data in [
+                None,
+                Some(serde_json::Value::Null),
+                Some(serde_json::json!({"expected": 200, "actual": 1})),
+            ] {
+                let e = rejection(reason, data.clone());
+                let Error::Rejected(r) = &e else {
+                    unreachable!()
+                };
+                assert_eq!(r.retry(), want, "{reason} with {data:?}");
+                assert_eq!(e.is_transient(), want == Transient, "{reason}");
+                assert!(e.to_string().contains(reason), "{e}");
+            }
+        }
+        assert!(!Error::BurnOpsUnsupported {
+            status: 404,
+            body: String::new()
+        }
+        .is_transient());
+        assert!(Error::NoEstimate.is_transient());
+    }
+
+    #[test]
+    fn reason_data_fields_sit_inside_reason_data() {
+        let r = Rejection {
+            reason: "FeeTooLow".into(),
+            reason_data: Some(serde_json::json!({"expected": 180, "actual": 1})),
+        };
+        assert_eq!(r.reason_data_u64("expected"), Some(180));
+        assert_eq!(r.reason_data_u64("nope"), None);
+        let bare = Rejection {
+            reason: "TooMuchChaining".into(),
+            reason_data: None,
+        };
+        assert_eq!(bare.reason_data_u64("expected"), None);
+        assert_eq!(bare.to_string(), "transaction rejected: TooMuchChaining");
+    }
 }

@@ -106,9 +106,46 @@ impl UreqStacksNode {
                     .map(Some)
                     .map_err(|e| Error::Decode(format!("{op}: {e}")))
             }
-            // A plain-text 404: the node has not processed this height yet.
-            404 => Ok(None),
+            // A plain-text 404. A 2023 sBTC alpha node answers so for a
+            // height it has not processed yet, and a released stacks-node
+            // (no such endpoint) for every height. Tell them apart by asking
+            // how far the node got: a 404 for a height at or below its burn
+            // height can only mean the endpoint is missing.
+            404 => {
+                let info = self.get_info()?;
+                if info.burn_block_height >= height.0 {
+                    log::error!("{}", crate::BURN_OPS_HINT);
+                    Err(Error::BurnOpsUnsupported {
+                        status,
+                        body: text.chars().take(200).collect(),
+                    })
+                } else {
+                    Ok(None)
+                }
+            }
             s => Err(Self::http(s, &text)),
+        }
+    }
+
+    /// A 400 answer: the node's JSON rejection, or, when the body is not one
+    /// (plain text: the request was malformed), a permanent
+    /// [`Rejection::MALFORMED`] carrying the node's text.
+    fn rejection(text: &str) -> Error {
+        #[derive(Deserialize)]
+        struct Rejected {
+            reason: String,
+            #[serde(default)]
+            reason_data: Option<Json>,
+        }
+        match serde_json::from_str::<Rejected>(text) {
+            Ok(r) => Error::Rejected(Rejection {
+                reason: r.reason,
+                reason_data: r.reason_data,
+            }),
+            Err(_) => Error::Rejected(Rejection {
+                reason: Rejection::MALFORMED.to_owned(),
+                reason_data: Some(json!({ "message": text.chars().take(500).collect::<String>() })),
+            }),
         }
     }
 }
@@ -188,19 +225,7 @@ impl StacksNode for UreqStacksNode {
                 txid.parse()
                     .map_err(|e| Error::Decode(format!("txid {txid:?}: {e}")))
             }
-            400 => {
-                #[derive(Deserialize)]
-                struct Rejected {
-                    reason: String,
-                    #[serde(default)]
-                    reason_data: Option<Json>,
-                }
-                let r: Rejected = decode("transaction rejection", &text)?;
-                Err(Error::Rejected(Rejection {
-                    reason: r.reason,
-                    reason_data: r.reason_data,
-                }))
-            }
+            400 => Err(Self::rejection(&text)),
             s => Err(Self::http(s, &text)),
         }
     }
@@ -261,8 +286,11 @@ impl StacksNode for UreqStacksNode {
             contract.address, contract.name
         );
         let (status, text) = self.post_json(&path, &body)?;
-        if status != 200 {
-            return Err(Self::http(status, &text));
+        match status {
+            200 => {}
+            // Bad argument hex or sender: plain text, permanent.
+            400 => return Err(Self::rejection(&text)),
+            s => return Err(Self::http(s, &text)),
         }
         let r: CallRead = decode("call-read", &text)?;
         match (r.okay, r.result) {

@@ -19,6 +19,7 @@ fn burn_ops_and_the_not_there_yet_404() {
     let s = FixtureServer::start(|r| match r.path.as_str() {
         "/v2/burn_ops/218/peg_in" => Reply::json(200, PEG_IN),
         "/v2/burn_ops/218/peg_out_request" => Reply::json(200, r#"{"peg_out_request":[]}"#),
+        "/v2/info" => Reply::json(200, info_at(218)),
         _ => Reply::text(404, "No burn ops at that height"),
     });
     let c = client(&s);
@@ -30,6 +31,82 @@ fn burn_ops_and_the_not_there_yet_404() {
     );
     // Not there yet, never "nothing there".
     assert_eq!(c.get_peg_in_ops(BurnHeight(219)).unwrap(), None);
+}
+
+fn info_at(burn_height: u64) -> String {
+    format!(
+        r#"{{"burn_block_height": {burn_height}, "stacks_tip_height": 9, "stacks_tip": "{}", "stacks_tip_consensus_hash": "{}", "server_version": "x"}}"#,
+        "11".repeat(32),
+        "22".repeat(20)
+    )
+}
+
+/// A released stacks-node has no `/v2/burn_ops`: a 404 for a height it has
+/// processed is a configuration error naming the fix, never "wait".
+#[test]
+fn a_node_without_burn_ops_is_a_configuration_error() {
+    let s = FixtureServer::start(|r| match r.path.as_str() {
+        "/v2/info" => Reply::json(200, info_at(500)),
+        // What stacks-node 4.0.2 answers for every height.
+        _ => Reply::text(404, "Unsupported path"),
+    });
+    let c = client(&s);
+    for h in [1, 499, 500] {
+        let e = c.get_peg_in_ops(BurnHeight(h)).unwrap_err();
+        assert!(
+            matches!(e, Error::BurnOpsUnsupported { status: 404, .. }),
+            "{e:?}"
+        );
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("op_source = \"bitcoin\""), "{e}");
+        let e = c.get_peg_out_request_ops(BurnHeight(h)).unwrap_err();
+        assert!(matches!(e, Error::BurnOpsUnsupported { .. }), "{e:?}");
+    }
+    // Above its burn height a 404 is still "not there yet".
+    assert_eq!(c.get_peg_in_ops(BurnHeight(501)).unwrap(), None);
+}
+
+/// Malformed bodies are refused with plain text: a permanent rejection
+/// carrying the node's text, not a decode error retried forever.
+#[test]
+fn plain_text_400s_are_permanent_rejections_with_the_nodes_text() {
+    let s = FixtureServer::start(|r| {
+        if r.path.starts_with("/v2/contracts/call-read") {
+            Reply::text(400, "Failed to deserialize argument")
+        } else {
+            Reply::text(400, "Failed to deserialize posted transaction")
+        }
+    });
+    let c = client(&s);
+    let e = c.broadcast_transaction(b"garbage").unwrap_err();
+    match &e {
+        Error::Rejected(r) => {
+            assert_eq!(r.reason, stacks_node_client::Rejection::MALFORMED);
+            assert_eq!(
+                r.message(),
+                Some("Failed to deserialize posted transaction")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!e.is_transient());
+    assert!(
+        e.to_string()
+            .contains("Failed to deserialize posted transaction"),
+        "{e}"
+    );
+    let contract: ContractId = "ST2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKQYAC0RQ.sbtc-alpha"
+        .parse()
+        .unwrap();
+    let who: PrincipalData = "ST2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKQYAC0RQ".parse().unwrap();
+    let e = c
+        .call_read(&contract, "get-threshold", &[], &who)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Rejected(r) if r.message() == Some("Failed to deserialize argument")),
+        "{e:?}"
+    );
+    assert!(!e.is_transient());
 }
 
 #[test]
@@ -91,10 +168,14 @@ fn broadcast_success_and_rejections_with_reason_data() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        c.broadcast_transaction(&[3]),
-        Err(Error::Decode(_))
-    ));
+    // A plain-text 400 is the node refusing a malformed body: permanent,
+    // with its text (it used to be a "transient" decode error).
+    let e = c.broadcast_transaction(&[3]).unwrap_err();
+    assert!(
+        matches!(&e, Error::Rejected(r) if r.message() == Some("not json at all")),
+        "{e:?}"
+    );
+    assert!(!e.is_transient());
 }
 
 #[test]

@@ -27,8 +27,8 @@ use std::str::FromStr;
 pub use address::{ContractId, ContractName, PrincipalData, StacksAddress, StacksNetwork};
 pub use clarity::Value;
 pub use transaction::{
-    AnchorMode, AssetInfo, FungibleConditionCode, Payload, PostCondition, PostConditionMode,
-    PostConditionPrincipal, StacksPrivateKey, StacksTransaction,
+    AnchorMode, AssetInfo, ClarityVersion, FungibleConditionCode, Payload, PostCondition,
+    PostConditionMode, PostConditionPrincipal, StacksPrivateKey, StacksTransaction,
 };
 
 /// Why text or bytes could not be read as a Stacks type.

@@ -1,5 +1,5 @@
 //! Stacks transactions (SIP-005): single-signature P2PKH authorization,
-//! contract-call and token-transfer payloads, STX and fungible-token post
+//! contract-call, token-transfer and (versioned) smart-contract payloads, STX and fungible-token post
 //! conditions; build, sign, verify, serialize, deserialize, txid.
 //!
 //! Encoding rules:
@@ -36,6 +36,51 @@ const AUTH_STANDARD: u8 = 0x04;
 const HASH_MODE_P2PKH: u8 = 0x00;
 const PAYLOAD_TOKEN_TRANSFER: u8 = 0x00;
 const PAYLOAD_CONTRACT_CALL: u8 = 0x02;
+const PAYLOAD_SMART_CONTRACT: u8 = 0x01;
+const PAYLOAD_VERSIONED_SMART_CONTRACT: u8 = 0x06;
+
+/// The Clarity version a contract is deployed with (the version byte of a
+/// versioned smart-contract payload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClarityVersion {
+    /// Clarity 1 (epoch 2.0).
+    Clarity1,
+    /// Clarity 2 (epoch 2.1 on).
+    Clarity2,
+    /// Clarity 3 (epoch 3.0 on).
+    Clarity3,
+}
+
+impl ClarityVersion {
+    /// The version byte on the wire.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            ClarityVersion::Clarity1 => 1,
+            ClarityVersion::Clarity2 => 2,
+            ClarityVersion::Clarity3 => 3,
+        }
+    }
+
+    /// The version for a wire byte.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for an unknown version.
+    pub fn from_byte(b: u8) -> Result<Self, Error> {
+        match b {
+            1 => Ok(ClarityVersion::Clarity1),
+            2 => Ok(ClarityVersion::Clarity2),
+            3 => Ok(ClarityVersion::Clarity3),
+            v => Err(Error::Unsupported(format!("clarity version {v}"))),
+        }
+    }
+}
+
+/// Whether every byte of a contract's code body is one the node accepts
+/// (printable ASCII and ASCII white space).
+fn valid_code_body(code: &str) -> bool {
+    code.bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c.is_ascii_punctuation() || c.is_ascii_whitespace())
+}
 
 /// SHA512/256, the hash Stacks uses for sighashes and txids.
 pub fn sha512_256(data: &[u8]) -> [u8; 32] {
@@ -163,6 +208,18 @@ pub enum Payload {
         /// 34 bytes of memo.
         memo: [u8; 34],
     },
+    /// Deploy a contract: payload type 0x01 without a Clarity version (the
+    /// epoch's default), 0x06 (versioned smart contract) with one. The
+    /// layout is the type byte, the version byte (0x06 only), the contract
+    /// name (u8 length + ASCII) and the code body (u32 length + ASCII).
+    SmartContract {
+        /// The contract's name (its id is `origin.name`).
+        name: ContractName,
+        /// The Clarity source, printable ASCII and white space only.
+        code_body: String,
+        /// The Clarity version, `None` for the unversioned payload.
+        clarity_version: Option<ClarityVersion>,
+    },
     /// Call a public contract function.
     ContractCall {
         /// The contract.
@@ -230,6 +287,11 @@ impl StacksTransaction {
         if let Payload::ContractCall { function_name, .. } = &payload {
             if !valid_name(function_name) {
                 return Err(Error::InvalidClarityName(function_name.clone()));
+            }
+        }
+        if let Payload::SmartContract { code_body, .. } = &payload {
+            if !valid_code_body(code_body) {
+                return Err(Error::InvalidAscii);
             }
         }
         for pc in &post_conditions {
@@ -466,6 +528,24 @@ impl StacksTransaction {
                     args,
                 }
             }
+            t @ (PAYLOAD_SMART_CONTRACT | PAYLOAD_VERSIONED_SMART_CONTRACT) => {
+                let clarity_version = if t == PAYLOAD_VERSIONED_SMART_CONTRACT {
+                    Some(ClarityVersion::from_byte(r.u8()?)?)
+                } else {
+                    None
+                };
+                let name = read_contract_name(&mut r)?;
+                let code_body = std::str::from_utf8(r.bytes_u32()?)
+                    .ok()
+                    .filter(|c| valid_code_body(c))
+                    .ok_or(Error::InvalidAscii)?
+                    .to_owned();
+                Payload::SmartContract {
+                    name,
+                    code_body,
+                    clarity_version,
+                }
+            }
             v => return Err(Error::Unsupported(format!("payload type {v:#04x}"))),
         };
         r.finish()?;
@@ -498,6 +578,22 @@ fn write_payload(out: &mut Vec<u8>, payload: &Payload) {
             Value::Principal(recipient.clone()).serialize_to(out);
             out.extend_from_slice(&amount.to_be_bytes());
             out.extend_from_slice(memo);
+        }
+        Payload::SmartContract {
+            name,
+            code_body,
+            clarity_version,
+        } => {
+            match clarity_version {
+                Some(v) => {
+                    out.push(PAYLOAD_VERSIONED_SMART_CONTRACT);
+                    out.push(v.to_byte());
+                }
+                None => out.push(PAYLOAD_SMART_CONTRACT),
+            }
+            push_name_u8(out, name.as_str());
+            crate::clarity::push_len_u32(out, code_body.len());
+            out.extend_from_slice(code_body.as_bytes());
         }
         Payload::ContractCall {
             contract,

@@ -13,9 +13,9 @@ use bitcoin::secp256k1::SecretKey;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use stacks_wire::{
-    AssetInfo, ContractId, FungibleConditionCode, Payload, PostCondition, PostConditionMode,
-    PostConditionPrincipal, PrincipalData, StacksAddress, StacksNetwork, StacksPrivateKey,
-    StacksTransaction, Value,
+    AssetInfo, ClarityVersion, ContractId, FungibleConditionCode, Payload, PostCondition,
+    PostConditionMode, PostConditionPrincipal, PrincipalData, StacksAddress, StacksNetwork,
+    StacksPrivateKey, StacksTransaction, Value,
 };
 
 const CASES: usize = 240;
@@ -121,7 +121,24 @@ fn transaction(i: usize, runner: &mut TestRunner) -> StacksTransaction {
             amount: u64::MAX,
         });
     }
-    let payload = if i % 10 == 9 {
+    let payload = if i % 10 == 7 {
+        // Contract deploys: versioned (Clarity 1/2/3) and unversioned.
+        Payload::SmartContract {
+            name: ["sbtc-alpha", "sip-010-trait", "a", "kv-store"][i % 4]
+                .parse()
+                .unwrap(),
+            code_body: format!(
+                "(define-read-only (get-value) (ok u{i}))\n;; deploy #{i}\t{}",
+                "x".repeat(i * 3)
+            ),
+            clarity_version: [
+                None,
+                Some(ClarityVersion::Clarity1),
+                Some(ClarityVersion::Clarity2),
+                Some(ClarityVersion::Clarity3),
+            ][(i / 10) % 4],
+        }
+    } else if i % 10 == 9 {
         let mut memo = [0u8; 34];
         memo[..4].copy_from_slice(b"fund");
         Payload::TokenTransfer {

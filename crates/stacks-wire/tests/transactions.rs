@@ -6,15 +6,17 @@
 //!   contract-call", "Make contract-call with post condition allow mode",
 //!   "Make STX token transfer with set tx fee" / "with fee estimate" / "with
 //!   testnet";
+//! - `@stacks/transactions` 7.6.0 `makeContractDeploy` (generated with it,
+//!   see `versioned_smart_contract_*`): Clarity 2 and unversioned deploys;
 //! - stacks-core `contrib/stacks-cli/src/main.rs`:
 //!   `test_contract_call_with_serialized_arg_from_file_ok`, `simple_decode_tx`.
 
 use bitcoin::secp256k1::SecretKey;
 use proptest::prelude::*;
 use stacks_wire::{
-    AssetInfo, ContractId, FungibleConditionCode, Payload, PostCondition, PostConditionMode,
-    PostConditionPrincipal, PrincipalData, StacksAddress, StacksNetwork, StacksPrivateKey,
-    StacksTransaction, Value,
+    AssetInfo, ClarityVersion, ContractId, FungibleConditionCode, Payload, PostCondition,
+    PostConditionMode, PostConditionPrincipal, PrincipalData, StacksAddress, StacksNetwork,
+    StacksPrivateKey, StacksTransaction, Value,
 };
 
 fn key(hex_key: &str) -> StacksPrivateKey {
@@ -393,4 +395,131 @@ proptest! {
         let cut = cut.min(bytes.len() - 1);
         prop_assert!(StacksTransaction::deserialize(&bytes[..cut]).is_err());
     }
+}
+
+/// The deploy both vectors sign: `makeContractDeploy({contractName:
+/// 'kv-store', codeBody: DEPLOY_CODE, senderKey: STACKS_JS_KEY, fee: 180,
+/// nonce: 3, network: 'testnet', clarityVersion, postConditionMode: Deny})`
+/// with `@stacks/transactions` 7.6.0.
+const DEPLOY_CODE: &str = "(define-read-only (get-value) (ok u1))";
+
+fn deploy(version: Option<ClarityVersion>) -> StacksTransaction {
+    signed(
+        StacksNetwork::Testnet,
+        &key(STACKS_JS_KEY),
+        3,
+        180,
+        PostConditionMode::Deny,
+        Payload::SmartContract {
+            name: "kv-store".parse().unwrap(),
+            code_body: DEPLOY_CODE.into(),
+            clarity_version: version,
+        },
+    )
+}
+
+#[test]
+fn versioned_smart_contract_clarity2_matches_stacks_js() {
+    // Payload: 06 (versioned smart contract) 02 (Clarity 2) 08 "kv-store"
+    // 00000026 code body.
+    let tx = deploy(Some(ClarityVersion::Clarity2));
+    assert_vector(
+        &tx,
+        "80800000000400e6c05355e0c990ffad19a5e9bda394a9c5003429000000000000000300000000000000b4\
+         000140b7d21a255293b813824d1ac537b33412345ba94c5c1f9721578582aba7a53f7b9f6f5663b6e54237ac\
+         eeddb678a639babcd18d9bd78a67453ea14562ae4cf603020000000006\
+         02086b762d73746f72650000002628646566696e652d726561642d6f6e6c7920286765742d76616c7565292028\
+         6f6b2075312929",
+    );
+    assert_eq!(
+        tx.txid().to_string(),
+        "a74a346fe8aa53202b7606709ffc84009dcb56b4a2608b69738a3f4221e76e36"
+    );
+    assert_eq!(&tx.payload_bytes()[..2], &[0x06, 0x02]);
+}
+
+#[test]
+fn unversioned_smart_contract_matches_stacks_js() {
+    let tx = deploy(None);
+    assert_vector(
+        &tx,
+        "80800000000400e6c05355e0c990ffad19a5e9bda394a9c5003429000000000000000300000000000000b4\
+         000126f7affafae72b8d8433bb093f2a643aaf6cc03bf7d1a0d1ee799b6a22fc0d110d2c5c7cfbe46489390c\
+         5148cac2263d65d59a38ed902bcc04a9b97724fc25dd030200000000\
+         01086b762d73746f72650000002628646566696e652d726561642d6f6e6c7920286765742d76616c7565292028\
+         6f6b2075312929",
+    );
+    assert_eq!(
+        tx.txid().to_string(),
+        "12bedfa739472b6a95892ec584ba2c3a2286cafadde47ea57f65f596e245d3a4"
+    );
+}
+
+#[test]
+fn every_clarity_version_round_trips_and_unknown_versions_are_refused() {
+    for v in [
+        ClarityVersion::Clarity1,
+        ClarityVersion::Clarity2,
+        ClarityVersion::Clarity3,
+    ] {
+        let tx = deploy(Some(v));
+        let raw = tx.serialize();
+        let back = StacksTransaction::deserialize(&raw).unwrap();
+        assert_eq!(back, tx);
+        assert_eq!(ClarityVersion::from_byte(v.to_byte()).unwrap(), v);
+    }
+    let raw = deploy(Some(ClarityVersion::Clarity2)).serialize();
+    // From the end: code, its u32 length, "kv-store", its u8 length, then
+    // the version byte after the 0x06 type byte.
+    let at = raw.len() - DEPLOY_CODE.len() - 4 - 8 - 1 - 1;
+    assert_eq!(&raw[at - 1..=at], &[0x06, 0x02]);
+    for bad in [0u8, 4, 0xff] {
+        let mut b = raw.clone();
+        b[at] = bad;
+        assert!(
+            matches!(
+                StacksTransaction::deserialize(&b),
+                Err(stacks_wire::Error::Unsupported(_))
+            ),
+            "version byte {bad} was accepted"
+        );
+    }
+}
+
+#[test]
+fn smart_contract_code_must_be_printable_ascii() {
+    let k = key(STACKS_JS_KEY);
+    let payload = Payload::SmartContract {
+        name: "kv-store".parse().unwrap(),
+        code_body: "(ok \"₿\")".into(),
+        clarity_version: Some(ClarityVersion::Clarity2),
+    };
+    assert_eq!(
+        StacksTransaction::new(
+            StacksNetwork::Testnet,
+            &k,
+            0,
+            0,
+            PostConditionMode::Deny,
+            vec![],
+            payload
+        ),
+        Err(stacks_wire::Error::InvalidAscii)
+    );
+    // A decoder fed such a body refuses it too.
+    let mut raw = deploy(None).serialize();
+    let n = raw.len();
+    raw[n - 2] = 0x80;
+    assert_eq!(
+        StacksTransaction::deserialize(&raw),
+        Err(stacks_wire::Error::InvalidAscii)
+    );
+    // A length prefix longer than the input runs out of input.
+    let mut raw = deploy(Some(ClarityVersion::Clarity2)).serialize();
+    let n = raw.len();
+    raw[n - DEPLOY_CODE.len() - 4] = 0x7f;
+    assert!(matches!(
+        StacksTransaction::deserialize(&raw),
+        Err(stacks_wire::Error::UnexpectedEnd { .. })
+    ));
 }
