@@ -21,6 +21,8 @@ struct Node {
     missing: RefCell<Option<BlockHash>>,
     /// Claims a tip higher than the chain it serves.
     claimed_tip: Cell<Option<u64>>,
+    /// Answers getblockhash for this height once with this stale hash.
+    stale_once: Cell<Option<(u64, BlockHash)>>,
     salt: Cell<u32>,
 }
 
@@ -39,6 +41,10 @@ impl BitcoinNode for Node {
         Ok(self.best.borrow().len() as u64 - 1)
     }
     fn get_block_hash(&self, height: u64) -> Result<BlockHash, NodeError> {
+        if let Some((_, hash)) = self.stale_once.get().filter(|(h, _)| *h == height) {
+            self.stale_once.set(None);
+            return Ok(hash);
+        }
         usize::try_from(height)
             .ok()
             .and_then(|h| self.best.borrow().get(h).map(Block::block_hash))
@@ -309,6 +315,27 @@ fn a_replaced_tip_is_rolled_back() {
     node.mine(vec![]);
     let rep = r.sync(&node).unwrap();
     assert_eq!((rep.blocks_rolled_back, rep.blocks_applied), (1, 2));
+    assert_eq!(
+        coins(&r, &peg(), Include::Confirmed),
+        vec![(op(&d, 0), 5_000, 2)]
+    );
+}
+
+#[test]
+fn a_reorg_between_the_tip_check_and_the_next_block_is_caught_by_its_prev_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new();
+    let a1 = node.mine(vec![deposit(&peg(), 1_000, 1)]);
+    let mut r = synced(&dir, &node);
+    let d = deposit(&peg(), 5_000, 3);
+    node.invalidate(1);
+    node.mine(vec![d.clone()]);
+    node.mine(vec![]);
+    // Our tip check still sees the old block 1; block 2 does not connect.
+    node.stale_once.set(Some((1, a1)));
+    let rep = r.sync(&node).unwrap();
+    assert_eq!((rep.blocks_rolled_back, rep.blocks_applied), (1, 2));
+    assert!(node.stale_once.get().is_none(), "the stale answer was used");
     assert_eq!(
         coins(&r, &peg(), Include::Confirmed),
         vec![(op(&d, 0), 5_000, 2)]
