@@ -13,6 +13,10 @@
 //!
 //! Nothing here needs `-txindex`: blocks are fetched by hash.
 //!
+//! Coinbase outputs paying a watched script are recorded like any other
+//! (the peg wallet is never a coinbase payee; their maturity is not
+//! tracked). With no watched script, `sync` does nothing.
+//!
 //! # Own spends and reorgs
 //!
 //! An own transaction stays *reserved* until it confirms, a block holds a

@@ -690,4 +690,29 @@ fn repair_from_scan_makes_the_record_the_scan() {
         r.repair_from_scan(&peg(), &[utxo(unseen, 777, 9)]),
         Err(Error::BadNodeData(_))
     ));
+    assert!(matches!(
+        r.repair_from_scan(
+            &peg(),
+            &[Utxo {
+                txout: out(&script(0x02), 1),
+                ..utxo(unseen, 1, 1)
+            }]
+        ),
+        Err(Error::BadNodeData(_))
+    ));
+
+    // The record has d2 spent in a block; the node says it is unspent.
+    node.mine(vec![tx(&[op(&d2, 0)], vec![out(&script(0x02), 19_000)])]);
+    r.sync(&node).unwrap();
+    assert_eq!(
+        coins(&r, &peg(), Include::Confirmed),
+        vec![(unseen, 777, 3)]
+    );
+    let scan = vec![utxo(op(&d2, 0), 20_000, 3), utxo(unseen, 777, 3)];
+    let rep = r.repair_from_scan(&peg(), &scan).unwrap();
+    assert_eq!((rep.added, rep.restored, rep.removed), (0, 1, 0));
+    assert_eq!(
+        coins(&r, &peg(), Include::Confirmed),
+        sorted(vec![(op(&d2, 0), 20_000, 3), (unseen, 777, 3)])
+    );
 }
