@@ -101,11 +101,27 @@ fn in_process(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
         })
         .collect();
     let agg_key = std::cell::Cell::new(None::<bitcoin::secp256k1::PublicKey>);
+    let key_ids_of = |ids: &[u32]| -> Vec<u32> {
+        let mut k: Vec<u32> = ids
+            .iter()
+            .filter_map(|i| set.signer(i + 1))
+            .flat_map(|s| s.key_ids.iter().copied())
+            .collect();
+        k.sort_unstable();
+        k
+    };
     let wrap = |p: Packet| -> Message {
         match p.msg {
             w::Message::DkgBegin(m) => Message::DkgBegin(m),
-            w::Message::DkgPrivateBegin(m) => Message::DkgPrivateBegin(m),
-            w::Message::DkgEndBegin(m) => Message::DkgEndBegin(m),
+            // FIRE leaves key_ids empty; the envelope's checks want them.
+            w::Message::DkgPrivateBegin(mut m) => {
+                m.key_ids = key_ids_of(&m.signer_ids);
+                Message::DkgPrivateBegin(m)
+            }
+            w::Message::DkgEndBegin(mut m) => {
+                m.key_ids = key_ids_of(&m.signer_ids);
+                Message::DkgEndBegin(m)
+            }
             w::Message::NonceRequest(msg) => Message::NonceRequest(Keyed {
                 key: agg_key.get().unwrap(),
                 msg,
