@@ -88,6 +88,9 @@ enum Command {
     /// Inspect or retry queued operations.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Repair the peg wallet's coin record from the node's `scantxoutset` (one-off, slow on
+    /// mainnet: payouts read the record, never the scan).
+    CoinsRepair,
     /// Run a whole peg on this machine (emulated nodes, relay, signers, coordinator) and check it.
     Devnet {
         /// Keep everything running after the scenario.
@@ -176,6 +179,7 @@ fn main() -> ExitCode {
         )),
         Command::Status { json } => exit(node::status(&config, *json)),
         Command::Queue(q) => exit(node::queue_command(&config, q)),
+        Command::CoinsRepair => exit(node::coins_repair(&config)),
         Command::Devnet { .. } => unreachable!("handled before the configuration is read"),
         Command::Dkg { force: true, .. } => {
             eprintln!("error: `dkg --force` is gone: it destroyed the old key, which coins at the old address need; `dkg --rotate` makes a new key and keeps the old one");

@@ -83,6 +83,7 @@ fn build(c: &Config, start_height: Option<u64>) -> Result<Loop> {
         },
     );
     check_signer_set(&stacks, c)?;
+    check_txindex(c)?;
     let mut frost = crate::frost::coordinator(c)?;
     let queue = queue(c)?;
     let key = ensure_wallet_key(
@@ -116,7 +117,29 @@ fn build(c: &Config, start_height: Option<u64>) -> Result<Loop> {
         settings,
     );
     l.set_stacks_replace_after(c.fees.stacks_replace_after);
-    Ok(l)
+    let coins_path = c.data_dir.join("coins.sqlite");
+    let first = c.start_height.0;
+    let record = peg_coins::CoinRecord::open(&coins_path, first)
+        .with_context(|| format!("cannot open the coin record {}", coins_path.display()))?;
+    Ok(l.with_coin_record(record, first))
+}
+
+/// The coordinator looks confirmed transactions up by txid (fulfilments,
+/// one-off ops): the node must keep a transaction index.
+fn check_txindex(c: &Config) -> Result<()> {
+    let has = bitcoin_node(c).has_txindex().with_context(|| {
+        format!(
+            "asking the Bitcoin node at {} for its indexes",
+            c.bitcoin_node_url
+        )
+    })?;
+    if !has {
+        bail!(
+            "the Bitcoin node at {} keeps no transaction index: restart bitcoind with -txindex=1",
+            c.bitcoin_node_url
+        );
+    }
+    Ok(())
 }
 
 /// The configured signer set must match the contract's, when it has one.
@@ -373,6 +396,34 @@ pub(crate) fn queue_command(c: &Config, cmd: &crate::QueueCommand) -> Result<()>
             q.set_state(txid, &next)?;
             println!("{txid}: {} -> {}", o.state.name(), next.name());
         }
+    }
+    Ok(())
+}
+
+/// `coins-repair`: makes the coin record agree with `scantxoutset` at every
+/// key's address (the record is otherwise built from blocks alone).
+pub(crate) fn coins_repair(c: &Config) -> Result<()> {
+    let _lock = lock(c, "coins-repair")?;
+    let frost = crate::frost::coordinator(c)?;
+    let path = c.data_dir.join("coins.sqlite");
+    let mut record = peg_coins::CoinRecord::open(&path, c.start_height.0)
+        .with_context(|| format!("cannot open the coin record {}", path.display()))?;
+    let node = bitcoin_node(c);
+    for key in frost.keys() {
+        let address = fee_wallet::peg_wallet_address(&key, c.network);
+        let script = address.script_pubkey();
+        record.watch(&script, c.start_height.0)?;
+        let utxos = node
+            .list_unspent(&script)
+            .with_context(|| format!("scantxoutset of {address}"))?;
+        let r = record.repair_from_scan(&script, &utxos)?;
+        println!(
+            "{address}: {} coins on the node; {} added, {} restored, {} removed",
+            utxos.len(),
+            r.added,
+            r.restored,
+            r.removed
+        );
     }
     Ok(())
 }

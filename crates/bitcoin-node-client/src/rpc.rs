@@ -169,6 +169,18 @@ impl UreqBitcoinNode {
 }
 
 impl UreqBitcoinNode {
+    /// Whether the node keeps a transaction index (`getindexinfo`): without
+    /// `-txindex`, `getrawtransaction` finds confirmed transactions only with
+    /// their block hash, and the coordinator looks fulfilments and one-off
+    /// ops up by txid.
+    ///
+    /// # Errors
+    /// When the node does not answer.
+    pub fn has_txindex(&self) -> Result<bool, Error> {
+        let info = self.call("getindexinfo", json!([]))?;
+        Ok(info.get("txindex").is_some())
+    }
+
     /// `getrawtransaction TXID 1 [BLOCKHASH]`: verbosity explicit, so no
     /// node default matters. -5 (unknown transaction, or unknown block) is
     /// `None`.

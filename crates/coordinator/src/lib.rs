@@ -201,7 +201,8 @@ retry_from!(
     stacks_node_client::Error,
     bitcoin_node_client::Error,
     fee_wallet::Error,
-    frost_coordinator::Error
+    frost_coordinator::Error,
+    peg_coins::Error
 );
 
 impl From<SourceError> for StepError {
@@ -292,6 +293,11 @@ pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
     round_chain: Option<RoundChain>,
     /// When `tick` next sweeps old keys' coins.
     next_sweep: Option<Instant>,
+    /// Our own record of the peg wallet's coins, built from the blocks; when
+    /// absent, coins are listed with the node's `scantxoutset`.
+    coins: Option<(std::cell::RefCell<peg_coins::CoinRecord>, u64)>,
+    /// Whether the coin record was synced this round.
+    coins_synced: bool,
     #[cfg(any(test, feature = "testing"))]
     crash_point: Option<CrashPoint>,
 }
@@ -342,6 +348,8 @@ where
             round_spent: Vec::new(),
             round_chain: None,
             next_sweep: None,
+            coins: None,
+            coins_synced: false,
             #[cfg(any(test, feature = "testing"))]
             crash_point: None,
         }
@@ -353,6 +361,57 @@ where
     /// `fees.stacks_replace_after_secs`.
     pub fn set_stacks_replace_after(&mut self, after: Duration) {
         self.stacks_replace_after = after;
+    }
+
+    /// Lists peg wallet coins from our own record (built from the Bitcoin
+    /// blocks, reorg-aware, with our own unconfirmed spends) instead of the
+    /// node's `scantxoutset`, which sees only confirmed coins and takes
+    /// minutes on mainnet. The record is synced once per round of
+    /// fulfilments and watches every key's address from the start height.
+    /// `first_height` is the height the record was opened with: every key's
+    /// address is watched from there.
+    pub fn with_coin_record(mut self, record: peg_coins::CoinRecord, first_height: u64) -> Self {
+        self.coins = Some((std::cell::RefCell::new(record), first_height));
+        self
+    }
+
+    /// The unspent coins at `script`: from the coin record when there is one
+    /// (synced at most once per round), else from the node.
+    fn peg_utxos(
+        &mut self,
+        script: &ScriptBuf,
+    ) -> Result<Vec<bitcoin_node_client::Utxo>, StepError> {
+        let Some((coins, first_height)) = &self.coins else {
+            return Ok(self.c.bitcoin.list_unspent(script)?);
+        };
+        let mut record = coins.borrow_mut();
+        let rescan = record.watch(script, *first_height)?;
+        if rescan || !self.coins_synced {
+            let report = record.sync(&self.c.bitcoin)?;
+            if !report.caught_up {
+                return Err(StepError::retry(
+                    format!(
+                        "the peg wallet's coin record is catching up (at height {:?})",
+                        report.tip
+                    ),
+                    true,
+                ));
+            }
+            for txid in &report.own_spends_dropped {
+                warn!("our transaction {txid} was dropped by a conflicting spend on chain");
+            }
+            self.coins_synced = true;
+        }
+        Ok(record.unspent(script, peg_coins::Include::Confirmed)?)
+    }
+
+    /// Records a transaction of ours (fulfilment or sweep) about to be
+    /// broadcast: its inputs are never offered again, its change is ours.
+    fn record_own_spend(&self, tx: &Transaction) -> Result<(), StepError> {
+        if let Some((coins, _)) = &self.coins {
+            coins.borrow_mut().record_own_spend(tx)?;
+        }
+        Ok(())
     }
 
     /// Makes the loop panic at `point` (fault tests only).
@@ -582,7 +641,7 @@ where
                 .peg_wallet_address(&key)
                 .script_pubkey();
             let mut coins: Vec<bitcoin_node_client::Utxo> = Vec::new();
-            for u in self.c.bitcoin.list_unspent(&script)? {
+            for u in self.peg_utxos(&script)? {
                 let height = tip
                     .saturating_add(1)
                     .saturating_sub(u64::from(u.confirmations));
@@ -638,6 +697,7 @@ where
                     .iter()
                     .fold(bitcoin::Amount::ZERO, |s, o| s + o.value)
             );
+            self.record_own_spend(&tx)?;
             self.c.bitcoin.send_raw_transaction(&tx)?;
             self.metrics.sweeps.fetch_add(1, Ordering::Relaxed);
             sent.push(txid);
@@ -1299,7 +1359,7 @@ where
             }));
         };
         if self.round_chain.is_none() {
-            let utxos = self.c.bitcoin.list_unspent(&peg_script)?;
+            let utxos = self.peg_utxos(&peg_script)?;
             let fee_rate = self
                 .c
                 .bitcoin
@@ -1315,23 +1375,23 @@ where
                 reserved,
             });
         }
+        let own = OutPoint::new(op.txid, 2);
+        // A request made to an old key's address: its fee output is there,
+        // and is signed with that key.
+        let elsewhere = if request_key != key {
+            self.peg_utxos(&request_script)?
+                .into_iter()
+                .filter(|u| u.outpoint == own)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let chain = self
             .round_chain
             .as_ref()
             .ok_or_else(|| StepError::retry("no chain view this round", true))?;
-        let own = OutPoint::new(op.txid, 2);
         let mut utxos = chain.utxos.clone();
-        if request_key != key {
-            // A request made to an old key's address: its fee output is
-            // there, and is signed with that key.
-            utxos.extend(
-                self.c
-                    .bitcoin
-                    .list_unspent(&request_script)?
-                    .into_iter()
-                    .filter(|u| u.outpoint == own),
-            );
-        }
+        utxos.extend(elsewhere);
         let inputs = FulfillmentInputs {
             utxos,
             fee_rate: chain.fee_rate,
@@ -1401,6 +1461,7 @@ where
     }
 
     fn broadcast_fulfillment(&self, tx: &Transaction) -> Result<Step, StepError> {
+        self.record_own_spend(tx)?;
         match self.c.bitcoin.send_raw_transaction(tx) {
             Ok(_) => Ok(Step::Moved(OpState::BitcoinTxBroadcast { tx: tx.clone() })),
             Err(e) if e.is_transient() => {

@@ -617,6 +617,13 @@ impl Peg {
                 Box::new(StacksNodeSource::new(self.stacks_client()))
             }
         };
+        // The peg wallet's coins from our own record, as `coordinator-cli`
+        // keeps them (one file per first height: it is fixed per file).
+        let first = settings.start_height.0;
+        let coins = peg_coins::CoinRecord::open(
+            &self.opts.dir.join(format!("coins-{first}.sqlite")),
+            first,
+        )?;
         Ok(StacksCoordinator::new(
             Components {
                 queue: SqlitePegQueue::open(&self.queue_path())?,
@@ -628,7 +635,8 @@ impl Peg {
                 source,
             },
             settings,
-        ))
+        )
+        .with_coin_record(coins, first))
     }
 
     /// Writes `coordinator.toml` (with `signer.toml` and `allowlist.toml`)

@@ -85,6 +85,9 @@ fn the_client_works_on_core_as_on_the_emulator() {
     let em = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
     let core = node.client();
     let emu = UreqBitcoinNode::new(&em.url(), Auth::None, Duration::from_secs(10));
+    // Started with -txindex=1 (as the harness does), like the emulator.
+    assert!(core.has_txindex().unwrap());
+    assert!(emu.has_txindex().unwrap());
     assert_eq!(
         core.send_raw_transaction(&pending_tx).unwrap(),
         pending,
@@ -208,6 +211,8 @@ fn without_txindex_only_the_block_hash_finds_a_confirmed_transaction() {
     let (b, _, _, confirmed, _) = chain();
     submit(&node, &b);
     let core = node.client();
+    // What the coordinator's start-up check reads.
+    assert!(!core.has_txindex().unwrap());
     // Core without -txindex does not find it by txid alone ...
     assert_eq!(core.get_raw_transaction(&confirmed).unwrap(), None);
     // ... but does in its block.

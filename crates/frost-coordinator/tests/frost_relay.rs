@@ -687,3 +687,77 @@ fn a_refused_sign_request_names_the_signers_and_their_rule() {
     assert!(started.elapsed() < Duration::from_secs(4), "ended early");
     assert!(!Error::Refused { refusals: vec![] }.is_transient());
 }
+
+#[test]
+fn a_relay_restart_mid_run_needs_no_restart_of_signers_or_coordinator() {
+    let mut c = Cluster::new(3, 1, 2);
+    let mut coord = c.coordinator(Duration::from_secs(10));
+    let agg = coord.run_dkg_round().unwrap();
+    verify(&agg, &[1; 32], &sign1(&mut coord, agg, &[1; 32]).unwrap());
+
+    // The relay process goes away and a new one (numbering from 1 again)
+    // takes its port. Nobody else restarts.
+    let addr = c.relay.addr().to_string();
+    let old = std::mem::replace(
+        &mut c.relay,
+        RelayServer::start("127.0.0.1:0", RelayConfig::default()).unwrap(),
+    );
+    old.shutdown();
+    let new = RelayServer::start(&addr, RelayConfig::default()).unwrap();
+    let placeholder = std::mem::replace(&mut c.relay, new);
+    placeholder.shutdown();
+
+    // The signers and the coordinator notice the new instance and go on.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sig = loop {
+        match sign1(&mut coord, agg, &[2; 32]) {
+            Ok(sig) => break sig,
+            Err(e) if Instant::now() < deadline && e.is_transient() => continue,
+            Err(e) => panic!("signing after the relay restart: {e}"),
+        }
+    };
+    verify(&agg, &[2; 32], &sig);
+    verify(&agg, &[3; 32], &sign1(&mut coord, agg, &[3; 32]).unwrap());
+}
+
+#[test]
+fn a_signing_round_goes_through_while_512_slow_clients_hold_connections() {
+    use std::io::Write;
+    let c = Cluster::new(3, 1, 2);
+    let mut coord = c.coordinator(Duration::from_secs(10));
+    let agg = coord.run_dkg_round().unwrap();
+    // 512 clients from 127.0.0.2 (so per-address limits meet them, not the
+    // parties on 127.0.0.1): half trickle a POST, half open a long poll and
+    // never read. Bounded: they are dropped at the end of the test.
+    let addr = c.relay.addr();
+    let mut hostile = Vec::new();
+    for i in 0..512 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(
+            &"127.0.0.2:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+        if s.connect_timeout(&addr.into(), Duration::from_millis(500))
+            .is_err()
+        {
+            continue;
+        }
+        let mut t: std::net::TcpStream = s.into();
+        let head = if i % 2 == 0 {
+            "POST /messages HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx".to_string()
+        } else {
+            "GET /messages?after=999999&wait_ms=30000 HTTP/1.1\r\nHost: x\r\n\r\n".to_string()
+        };
+        let _ = t.write_all(head.as_bytes());
+        hostile.push(t);
+    }
+    assert!(hostile.len() > 100, "the attack connected");
+    let started = Instant::now();
+    let sig = sign1(&mut coord, agg, &[4; 32]).unwrap();
+    verify(&agg, &[4; 32], &sig);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(hostile);
+}
