@@ -41,7 +41,7 @@ fn value(i: usize, depth: usize) -> Value {
         0 => Value::Int(-(i as i128) * 1_000_000_007_000_000_009),
         1 => Value::UInt(u128::MAX - i as u128),
         2 => Value::Buffer((0..(i % 40) as u8).collect()),
-        3 => Value::Bool(i % 2 == 0),
+        3 => Value::Bool(i.is_multiple_of(2)),
         4 => Value::Principal(PrincipalData::Standard(address(26, i as u8))),
         5 => Value::Principal(PrincipalData::Contract(contract(22, i as u8, "sbtc-alpha"))),
         6 => Value::StringAscii(format!("peg-in #{i}: ok!")),
@@ -76,14 +76,14 @@ fn transaction(i: usize, runner: &mut TestRunner) -> StacksTransaction {
         .current();
     let k = StacksPrivateKey {
         key: SecretKey::from_slice(&seed).unwrap(),
-        compressed: i % 5 != 0,
+        compressed: !i.is_multiple_of(5),
     };
-    let network = if i % 2 == 0 {
+    let network = if i.is_multiple_of(2) {
         StacksNetwork::Testnet
     } else {
         StacksNetwork::Mainnet
     };
-    let mode = if i % 3 == 0 {
+    let mode = if i.is_multiple_of(3) {
         PostConditionMode::Allow
     } else {
         PostConditionMode::Deny
