@@ -250,3 +250,62 @@ fn probe_a_replayed_dkg_begin_does_not_restart_the_dkg() {
         );
     }
 }
+
+/// Fuzz (malicious coordinator, key-share extraction): open one round per
+/// signer, then throw many rewritten share requests at signer 1 (entries
+/// dropped, duplicated, swapped, nonces moved between signers, message and
+/// iteration changed, replays). Property: never a panic, and at most one
+/// share per nonce it handed out, only for a request listing that nonce
+/// under its own id with the round's message.
+#[test]
+fn probe_rewritten_share_requests_get_at_most_one_share_per_nonce() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path());
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..40u64 {
+        let h = [u8::try_from(round % 200).unwrap() + 1; 32];
+        let mut nonces = vec![];
+        for c in &mut cores {
+            c.handle(&sign_request(key, h)).unwrap();
+            nonces.push(nonce_of(&c.handle(&nonce_request(key, 500 + round, 1, h)).unwrap()));
+        }
+        let mut shares = 0;
+        for _ in 0..12 {
+            let mut req = nonces.clone();
+            match next() % 7 {
+                0 => req.swap(0, 1 + usize::try_from(next() % 2).unwrap()),
+                1 => {
+                    let i = 1 + usize::try_from(next() % 2).unwrap();
+                    req[i].nonces = nonces[0].nonces.clone();
+                }
+                2 => {
+                    let dup = req[0].clone();
+                    req.push(dup);
+                }
+                3 => req[0].message = vec![0xee; 32],
+                4 => {
+                    for n in &mut req {
+                        n.sign_iter_id = 1 + next() % 3;
+                    }
+                }
+                5 => req.truncate(1 + usize::try_from(next() % 3).unwrap()),
+                _ => {}
+            }
+            let out = cores[0].handle(&share_request(key, req.clone())).unwrap();
+            if is_share(&out) {
+                shares += 1;
+                let mine: Vec<_> = req.iter().filter(|n| n.signer_id == 0).collect();
+                assert_eq!(mine.len(), 1);
+                assert_eq!(mine[0].nonces, nonces[0].nonces);
+                assert_eq!(mine[0].message, h.to_vec());
+            }
+        }
+        assert!(shares <= 1, "round {round}: {shares} shares for one nonce");
+    }
+}

@@ -28,9 +28,10 @@ fn connect_from(from: &str, addr: SocketAddr, rcvbuf: usize) -> std::io::Result<
 /// that is 8 GiB of pinned answers plus every connection slot, for ever.
 ///
 /// Property: an answer must be taken at some minimum rate (or within a
-/// total deadline); here, 1 MiB read in 8 s of an 8 MiB answer (128 KiB/s,
-/// over a minute for the answer) must have been cut off by 8 × the 1 s
-/// write timeout.
+/// total deadline); here a reader with a 4 KiB receive buffer taking
+/// ~16 KiB every 125 ms (measured: ~390 KB in 8 s, ~50 KB/s, nearly three
+/// minutes for the answer) must have been cut off by 8 × the 1 s write
+/// timeout.
 #[test]
 fn break_a_trickling_reader_holds_its_answer_and_slot_indefinitely() {
     let config = RelayConfig {
