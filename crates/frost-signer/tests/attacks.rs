@@ -1,0 +1,311 @@
+//! Red-team attacks on the signer's round and DKG rules, on [`SignerCore`]
+//! directly (the envelope has already been opened and checked).
+//!
+//! Tests named `break_*` show a property that does not hold today (they fail
+//! until fixed); `probe_*` tests tried an attack and found it stopped.
+
+use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use frost_net::messages::{Keyed, Message};
+use frost_net::wsts::net as w;
+use frost_net::{Envelope, Sender, SignItem, SignRequest, SignerInfo, SignerSet, ToSign};
+use frost_signer::{KeyEntry, KeyHistory, SignerCore, MAX_OPEN_ROUNDS};
+
+fn sk(tag: u8, i: u32) -> SecretKey {
+    let mut b = [tag; 32];
+    b[..4].copy_from_slice(&(i + 1).to_be_bytes());
+    SecretKey::from_slice(&b).unwrap()
+}
+
+fn set() -> SignerSet {
+    let secp = Secp256k1::new();
+    SignerSet {
+        threshold: 2,
+        dkg_threshold: None,
+        signers: (0..3)
+            .map(|i| SignerInfo {
+                id: i + 1,
+                public_key: sk(0x5e, i).public_key(&secp),
+                key_ids: vec![i + 1],
+                private_key: None,
+            })
+            .collect(),
+    }
+}
+
+fn keyed_cores(dir: &std::path::Path) -> (Vec<SignerCore>, PublicKey) {
+    let set = set();
+    let mut rng = wsts::util::create_rng();
+    let mut parties: Vec<wsts::v2::Party> = (0..3u32)
+        .map(|i| wsts::v2::Party::new(i, &[i + 1], 3, 3, 2, &mut rng))
+        .collect();
+    let comms = wsts::v2::test_helpers::dkg(&mut parties, &mut rng).unwrap();
+    let comms: Vec<_> = comms.into_iter().collect();
+    let mut key = None;
+    let cores = parties
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let id = u32::try_from(i).unwrap() + 1;
+            let entry = KeyEntry::from_dkg(1, id, p, comms.clone()).unwrap();
+            key = Some(entry.aggregate_key);
+            let mut h = KeyHistory::empty(id);
+            h.keys.push(entry);
+            let path = dir.join(format!("s{id}.json"));
+            h.save(&path).unwrap();
+            SignerCore::new(id, &set, &sk(0x5e, id - 1), path, false).unwrap()
+        })
+        .collect();
+    (cores, key.unwrap())
+}
+
+fn coord(message: Message) -> Envelope {
+    Envelope {
+        sender: Sender::Coordinator,
+        message,
+    }
+}
+
+fn sign_request(key: PublicKey, sighash: [u8; 32]) -> Envelope {
+    coord(Message::SignRequest(SignRequest {
+        id: 1,
+        payload: vec![],
+        items: vec![SignItem {
+            key,
+            message: ToSign::Taproot { sighash },
+        }],
+    }))
+}
+
+fn nonce_request(key: PublicKey, sign_id: u64, iter: u64, sighash: [u8; 32]) -> Envelope {
+    coord(Message::NonceRequest(Keyed {
+        key,
+        msg: w::NonceRequest {
+            dkg_id: 1,
+            sign_id,
+            sign_iter_id: iter,
+            message: sighash.to_vec(),
+            signature_type: w::SignatureType::Taproot(None),
+        },
+    }))
+}
+
+fn share_request(key: PublicKey, nonces: Vec<w::NonceResponse>) -> Envelope {
+    let n = &nonces[0];
+    coord(Message::SignatureShareRequest(Keyed {
+        key,
+        msg: w::SignatureShareRequest {
+            dkg_id: n.dkg_id,
+            sign_id: n.sign_id,
+            sign_iter_id: n.sign_iter_id,
+            message: n.message.clone(),
+            nonce_responses: nonces.clone(),
+            signature_type: w::SignatureType::Taproot(None),
+        },
+    }))
+}
+
+fn nonce_of(out: &[Message]) -> w::NonceResponse {
+    match out {
+        [Message::NonceResponse(r)] => r.msg.clone(),
+        other => panic!("expected one nonce response, got {other:?}"),
+    }
+}
+
+fn is_share(out: &[Message]) -> bool {
+    matches!(out, [Message::SignatureShareResponse(_)])
+}
+
+/// Attack: evict a round by opening MAX_OPEN_ROUNDS others (a replaying
+/// relay can do this with old, still-allowed nonce requests), re-open the
+/// same round id (a fresh nonce), then replay the share request that listed
+/// the OLD nonce. Property: the old request never gets a share (the signer
+/// would otherwise sign with nonce B a request built for nonce A; harmless
+/// alone but the check must hold), and the new nonce differs from the old.
+#[test]
+fn probe_evicted_round_reopened_never_answers_the_old_share_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path());
+    let h = [7u8; 32];
+    let mut old = vec![];
+    for c in &mut cores {
+        c.handle(&sign_request(key, h)).unwrap();
+        old.push(nonce_of(&c.handle(&nonce_request(key, 100, 1, h)).unwrap()));
+    }
+    let c = &mut cores[0];
+    for s in 0..u64::try_from(MAX_OPEN_ROUNDS).unwrap() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        nonce_of(&c.handle(&nonce_request(key, 1000 + s, 1, h)).unwrap());
+    }
+    assert_eq!(c.open_rounds(), MAX_OPEN_ROUNDS);
+    let fresh = nonce_of(&c.handle(&nonce_request(key, 100, 1, h)).unwrap());
+    assert_ne!(fresh.nonces, old[0].nonces, "a re-opened round must get a fresh nonce");
+    assert!(c.handle(&share_request(key, old.clone())).unwrap().is_empty());
+    // And the round is gone: even the request with the fresh nonce is refused now.
+    let mut with_fresh = old.clone();
+    with_fresh[0] = fresh;
+    assert!(!is_share(&c.handle(&share_request(key, with_fresh)).unwrap()));
+}
+
+/// Attack (malicious coordinator): a second nonce request for an open round
+/// with another signature type, to get a second nonce or to change what
+/// the nonce signs. Property: refused, and the open nonce is not replaced.
+#[test]
+fn probe_second_nonce_request_with_another_signature_type_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path());
+    let h = [8u8; 32];
+    let c = &mut cores[0];
+    c.handle(&sign_request(key, h)).unwrap();
+    let first = nonce_of(&c.handle(&nonce_request(key, 9, 1, h)).unwrap());
+    let mut other = nonce_request(key, 9, 1, h);
+    if let Message::NonceRequest(r) = &mut other.message {
+        r.msg.signature_type = w::SignatureType::Schnorr;
+    }
+    let out = c.handle(&other).unwrap();
+    assert!(matches!(out.as_slice(), [Message::Refusal(_)]), "{out:?}");
+    assert_eq!(
+        nonce_of(&c.handle(&nonce_request(key, 9, 1, h)).unwrap()),
+        first
+    );
+}
+
+/// Attack (malicious coordinator, key-share extraction): get two shares
+/// with one nonce by sending the share request for a round twice with two
+/// different participant sets (different Lagrange coefficients give two
+/// independent equations in the same nonce and reveal the key share).
+/// Property: at most one share per nonce.
+#[test]
+fn probe_one_share_per_nonce_even_with_another_participant_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path());
+    let h = [10u8; 32];
+    let mut nonces = vec![];
+    for c in &mut cores {
+        c.handle(&sign_request(key, h)).unwrap();
+        nonces.push(nonce_of(&c.handle(&nonce_request(key, 11, 1, h)).unwrap()));
+    }
+    let c = &mut cores[0];
+    let a = vec![nonces[0].clone(), nonces[1].clone()];
+    let b = vec![nonces[0].clone(), nonces[2].clone()];
+    assert!(is_share(&c.handle(&share_request(key, a)).unwrap()));
+    assert!(c.handle(&share_request(key, b)).unwrap().is_empty());
+}
+
+/// Attack (malicious signer below threshold, or a relay dropping one
+/// message): let every honest signer finish a DKG and store its share, then
+/// make the coordinator's gate fail (withhold our own `KeyStored`, refuse the
+/// test signature, or drop one share in the test round). The coordinator
+/// never adds the key and retries with the next DKG id; but the honest
+/// signers now "hold a key" and, without `--allow-rotation`, refuse every
+/// new DKG forever. The peg can never get a key without every operator
+/// restarting with `--allow-rotation` (a one-message liveness kill; the
+/// "failed DKG leaves signers unusable" finding, through the gate).
+///
+/// Here the signers hold a share of a DKG-1 key the coordinator never
+/// accepted (never used in any signing round); the coordinator's retry is
+/// DKG 2. Property: a signer joins the next DKG while no key of its history
+/// was accepted by the coordinator (e.g. signed in a coordinator round, or
+/// confirmed by a coordinator message).
+#[test]
+fn break_a_key_the_coordinator_rejected_blocks_every_later_dkg() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, _key) = keyed_cores(dir.path());
+    let out = cores[0]
+        .handle(&coord(Message::DkgBegin(w::DkgBegin { dkg_id: 2 })))
+        .unwrap();
+    assert!(
+        out.iter().any(|m| matches!(m, Message::DkgPublicShares(_))),
+        "the signer refused the coordinator's retry DKG because it holds the \
+         share of a key whose DKG the coordinator rejected: {out:?}"
+    );
+}
+
+/// Attack (relay replay): replay the DkgBegin of the DKG in progress, or an
+/// older one, to restart the signer's DKG (new polynomial) under the same id
+/// so that honest signers hold shares of two polynomials for one round.
+/// Property: an equal or lower DkgBegin never restarts a DKG in progress.
+#[test]
+fn probe_a_replayed_dkg_begin_does_not_restart_the_dkg() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = set();
+    let mut c =
+        SignerCore::new(1, &set, &sk(0x5e, 0), dir.path().join("fresh.json"), false).unwrap();
+    let out = c
+        .handle(&coord(Message::DkgBegin(w::DkgBegin { dkg_id: 5 })))
+        .unwrap();
+    let first = out
+        .iter()
+        .find_map(|m| match m {
+            Message::DkgPublicShares(s) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("public shares");
+    for id in [5, 4, 1] {
+        let again = c
+            .handle(&coord(Message::DkgBegin(w::DkgBegin { dkg_id: id })))
+            .unwrap();
+        assert!(
+            !again.iter().any(|m| matches!(m, Message::DkgPublicShares(s) if s.comms != first.comms)),
+            "DkgBegin {id} restarted the DKG with a new polynomial"
+        );
+    }
+}
+
+/// Fuzz (malicious coordinator, key-share extraction): open one round per
+/// signer, then throw many rewritten share requests at signer 1 (entries
+/// dropped, duplicated, swapped, nonces moved between signers, message and
+/// iteration changed, replays). Property: never a panic, and at most one
+/// share per nonce it handed out, only for a request listing that nonce
+/// under its own id with the round's message.
+#[test]
+fn probe_rewritten_share_requests_get_at_most_one_share_per_nonce() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path());
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..40u64 {
+        let h = [u8::try_from(round % 200).unwrap() + 1; 32];
+        let mut nonces = vec![];
+        for c in &mut cores {
+            c.handle(&sign_request(key, h)).unwrap();
+            nonces.push(nonce_of(&c.handle(&nonce_request(key, 500 + round, 1, h)).unwrap()));
+        }
+        let mut shares = 0;
+        for _ in 0..12 {
+            let mut req = nonces.clone();
+            match next() % 7 {
+                0 => req.swap(0, 1 + usize::try_from(next() % 2).unwrap()),
+                1 => {
+                    let i = 1 + usize::try_from(next() % 2).unwrap();
+                    req[i].nonces = nonces[0].nonces.clone();
+                }
+                2 => {
+                    let dup = req[0].clone();
+                    req.push(dup);
+                }
+                3 => req[0].message = vec![0xee; 32],
+                4 => {
+                    for n in &mut req {
+                        n.sign_iter_id = 1 + next() % 3;
+                    }
+                }
+                5 => req.truncate(1 + usize::try_from(next() % 3).unwrap()),
+                _ => {}
+            }
+            let out = cores[0].handle(&share_request(key, req.clone())).unwrap();
+            if is_share(&out) {
+                shares += 1;
+                let mine: Vec<_> = req.iter().filter(|n| n.signer_id == 0).collect();
+                assert_eq!(mine.len(), 1);
+                assert_eq!(mine[0].nonces, nonces[0].nonces);
+                assert_eq!(mine[0].message, h.to_vec());
+            }
+        }
+        assert!(shares <= 1, "round {round}: {shares} shares for one nonce");
+    }
+}
