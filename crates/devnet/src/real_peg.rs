@@ -175,7 +175,16 @@ impl RealPeg {
         let secp = Secp256k1::new();
         std::fs::create_dir_all(&opts.dir)
             .with_context(|| format!("creating {}", opts.dir.display()))?;
-        let Some(stacks_exe) = crate::stacks_node::exe_from_env()? else {
+        // Both variables are checked before either skips: a set variable
+        // naming no file fails.
+        let bitcoind_exe = crate::bitcoind::bitcoind_exe()?;
+        let stacks_exe = crate::stacks_node::exe_from_env()?;
+        if bitcoind_exe.is_none() {
+            return Ok(RealPegStart::Skipped(
+                "BITCOIND_EXE is not set (point it at a Bitcoin Core bitcoind binary)".into(),
+            ));
+        }
+        let Some(stacks_exe) = stacks_exe else {
             return Ok(RealPegStart::Skipped(
                 "STACKS_NODE_EXE is not set (point it at a stacks-node 4.x binary)".into(),
             ));
