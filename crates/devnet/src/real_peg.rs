@@ -70,6 +70,8 @@ pub struct RealPegOptions {
     pub signer_poll: Duration,
     /// The stacks-node's `commit_anchor_block_within`, ms.
     pub stacks_block_interval_ms: u64,
+    /// Extra `bitcoind` arguments (for example `-txindex=0`; later ones win).
+    pub bitcoind_args: Vec<String>,
 }
 
 impl RealPegOptions {
@@ -83,6 +85,7 @@ impl RealPegOptions {
             sign_timeout: Duration::from_secs(10),
             signer_poll: Duration::from_millis(300),
             stacks_block_interval_ms: 300,
+            bitcoind_args: Vec::new(),
         }
     }
 }
@@ -189,7 +192,8 @@ impl RealPeg {
                 "STACKS_NODE_EXE is not set (point it at a stacks-node 4.x binary)".into(),
             ));
         };
-        let bitcoind = match RealBitcoind::start()? {
+        let args: Vec<&str> = opts.bitcoind_args.iter().map(String::as_str).collect();
+        let bitcoind = match RealBitcoind::start_with_args(&args)? {
             Outcome::Started(n) => n,
             Outcome::Skipped(why) => return Ok(RealPegStart::Skipped(why.into())),
         };
