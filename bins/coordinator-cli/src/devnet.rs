@@ -1,8 +1,9 @@
-//! `devnet`: a whole peg on this machine — emulated bitcoind and stacks-node,
-//! the relay, five signers and the coordinator — playing a scenario and
-//! checking its outcome.
+//! `devnet`: a whole peg on this machine — emulated bitcoind and stacks-node
+//! (or, with `--real-nodes`, Bitcoin Core and a stacks-node), the relay, five
+//! signers and the coordinator — playing a scenario and checking its outcome.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -11,7 +12,8 @@ use bitcoin::{Amount, Txid};
 use coordinator::config::OpSourceKind;
 use coordinator::HttpCoordinator;
 use devnet::peg::{burn_script, Blocks, MAGIC};
-use devnet::{Peg, PegOptions, User};
+use devnet::real_peg::demo_users;
+use devnet::{Peg, PegOptions, RealPeg, RealPegOptions, RealPegStart, User};
 use peg_queue::{OpState, PegQueue, SqlitePegQueue};
 use stacks_wire::PrincipalData;
 
@@ -253,6 +255,119 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
         }
     }
     drop(l);
+    drop(peg_net);
+    if !serve {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if !ok {
+        bail!("some devnet checks failed");
+    }
+    Ok(())
+}
+
+/// The devnet scenario on a real Bitcoin Core (regtest) and a real
+/// stacks-node (mocknet), the binaries given or named by `BITCOIND_EXE` and
+/// `STACKS_NODE_EXE`; with `serve`, keeps everything running after it.
+pub(crate) fn run_real(
+    serve: bool,
+    bitcoind: Option<PathBuf>,
+    stacks_node: Option<PathBuf>,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let (Some(bitcoind), Some(stacks_node)) = (bitcoind, stacks_node) else {
+        bail!(
+            "--real-nodes needs a bitcoind and a stacks-node: give --bitcoind PATH and \
+             --stacks-node PATH, or set BITCOIND_EXE and STACKS_NODE_EXE"
+        );
+    };
+    for (what, p) in [("bitcoind", &bitcoind), ("stacks-node", &stacks_node)] {
+        if !p.is_file() {
+            bail!("{what} {} is not a file", p.display());
+        }
+    }
+    // The harness starts the binaries these name (this process is still
+    // single-threaded here).
+    std::env::set_var(devnet::bitcoind::BITCOIND_EXE, &bitcoind);
+    std::env::set_var(devnet::stacks_node::STACKS_NODE_EXE, &stacks_node);
+    let dir = std::env::temp_dir().join(format!("sbtc-devnet-real-{}", std::process::id()));
+    println!(
+        "== sBTC devnet on real nodes: Bitcoin Core {}, stacks-node {}, relay, {SIGNERS} signers, coordinator ==",
+        bitcoind.display(),
+        stacks_node.display()
+    );
+    let mut opts = RealPegOptions::new(&dir);
+    opts.signers = SIGNERS;
+    opts.threshold = 3;
+    let peg_net = match RealPeg::start(opts)? {
+        RealPegStart::Started(p) => p,
+        RealPegStart::Skipped(why) => bail!("{why}"),
+    };
+    println!("bitcoind (Core)     {}", peg_net.bitcoind.rpc_url());
+    println!("stacks-node         {}", peg_net.stacks.url());
+    println!("relay               {}", peg_net.relay.url());
+    println!("contract            {}", peg_net.contract);
+    let mut users = demo_users();
+    let summary = peg_net.play(&mut users, Duration::from_secs(90), stop, &mut |l| {
+        println!("{l}")
+    });
+    let summary = match summary {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}", peg_net.log_tails());
+            return Err(e);
+        }
+    };
+    println!("== summary ==");
+    for l in &summary.lines {
+        println!("{l}");
+    }
+    for (what, holds) in &summary.checks {
+        println!("   [{}] {what}", if *holds { "ok" } else { "FAIL" });
+    }
+    if !summary.ok() {
+        eprintln!("{}", peg_net.log_tails());
+    }
+    if serve {
+        let start = peg_net.bitcoin_height()? + 1;
+        let allowed = allowed_now(&users);
+        let config = peg_net.write_config(&allowed, start)?;
+        let peg = peg_net.peg_wallet()?;
+        println!(
+            "-- serving until Ctrl-C; a Bitcoin block every second (the stacks-node mines on its own); state in {}",
+            dir.display()
+        );
+        println!(
+            "   bitcoind JSON-RPC   {}  (user {}, password {}; no wallet: sign your own, generatetoaddress mines)",
+            peg_net.bitcoind.rpc_url(),
+            peg_net.bitcoind.rpc_user(),
+            peg_net.bitcoind.rpc_password()
+        );
+        println!(
+            "   stacks-node RPC     {}/v2/info, /v2/accounts/…",
+            peg_net.stacks.url()
+        );
+        println!("   relay               {}", peg_net.relay.url());
+        println!("   contract            {}", peg_net.contract);
+        println!("   peg wallet          {peg}");
+        for u in &users {
+            println!("   {:<8} {}  {}  key {}", u.name, u.btc, u.stx, u.wif());
+        }
+        println!("   inspect it (the running coordinator's queue and nodes):");
+        println!(
+            "     cargo run -p coordinator-cli -- --config {} status",
+            config.display()
+        );
+        let settings = peg_net.settings(&allowed)?;
+        let mut l = peg_net.coordinator(settings)?;
+        let _miner = peg_net.miner(Duration::from_secs(1));
+        while !stop.load(Ordering::SeqCst) {
+            if let Err(e) = l.tick(stop) {
+                eprintln!("warning: a coordinator tick: {e}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let ok = summary.ok();
     drop(peg_net);
     if !serve {
         let _ = std::fs::remove_dir_all(&dir);

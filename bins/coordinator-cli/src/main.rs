@@ -96,6 +96,16 @@ enum Command {
         /// Keep everything running after the scenario.
         #[arg(long)]
         serve: bool,
+        /// Run on a real Bitcoin Core (regtest) and stacks-node (mocknet)
+        /// instead of the emulators.
+        #[arg(long)]
+        real_nodes: bool,
+        /// The bitcoind binary for --real-nodes.
+        #[arg(long, value_name = "PATH", env = "BITCOIND_EXE")]
+        bitcoind: Option<std::path::PathBuf>,
+        /// The stacks-node binary for --real-nodes.
+        #[arg(long, value_name = "PATH", env = "STACKS_NODE_EXE")]
+        stacks_node: Option<std::path::PathBuf>,
     },
 }
 
@@ -138,7 +148,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
 
-    if let Command::Devnet { serve } = cli.command {
+    if let Command::Devnet {
+        serve,
+        real_nodes,
+        bitcoind,
+        stacks_node,
+    } = cli.command
+    {
         let stop = Arc::new(AtomicBool::new(false));
         for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
@@ -146,7 +162,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        return exit(devnet::run(serve, &stop));
+        if !real_nodes {
+            return exit(devnet::run(serve, &stop));
+        }
+        return exit(devnet::run_real(serve, bitcoind, stacks_node, &stop));
     }
 
     let config = match load_config(&cli) {

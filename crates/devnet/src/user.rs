@@ -58,11 +58,28 @@ impl User {
         }
     }
 
+    /// Remembers a coin the user can spend (for example a matured coinbase
+    /// paying [`User::btc`] on a real bitcoind).
+    pub fn add_coin(&mut self, outpoint: OutPoint, output: TxOut) {
+        self.coins.push((outpoint, output));
+    }
+
     fn spend(
         &mut self,
         needed: Amount,
         build: impl FnOnce(Vec<TxIn>, TxOut) -> Transaction,
         b: &mut BitcoinState,
+    ) -> Result<Txid, Refusal> {
+        self.spend_with(needed, build, |tx| b.send(tx))
+    }
+
+    /// Builds, signs and hands to `send` a transaction spending one of the
+    /// user's coins; the coin stays the user's if `send` refuses it.
+    fn spend_with(
+        &mut self,
+        needed: Amount,
+        build: impl FnOnce(Vec<TxIn>, TxOut) -> Transaction,
+        send: impl FnOnce(Transaction) -> Result<Txid, Refusal>,
     ) -> Result<Txid, Refusal> {
         let i = self
             .coins
@@ -95,7 +112,7 @@ impl User {
             secp.sign_ecdsa(&Message::from_digest(h.to_byte_array()), &self.sk),
         );
         tx.input[0].witness = Witness::p2wpkh(&sig, &self.sk.public_key(&secp));
-        let txid = match b.send(tx.clone()) {
+        let txid = match send(tx.clone()) {
             Ok(t) => t,
             Err(r) => {
                 // Refused: the coin is still ours.
@@ -176,14 +193,30 @@ impl User {
         recipient: &PrincipalData,
         amount: Amount,
     ) -> Result<Txid, Refusal> {
+        self.peg_in_with(|tx| b.send(tx), magic, peg, recipient, amount)
+    }
+
+    /// As [`User::peg_in`], handing the signed transaction to `send` (for
+    /// example `sendrawtransaction` on a real bitcoind).
+    ///
+    /// # Errors
+    /// When the user lacks a coin or `send` refuses the transaction.
+    pub fn peg_in_with(
+        &mut self,
+        send: impl FnOnce(Transaction) -> Result<Txid, Refusal>,
+        magic: [u8; 2],
+        peg: &Address,
+        recipient: &PrincipalData,
+        amount: Amount,
+    ) -> Result<Txid, Refusal> {
         let op_return = wire::peg_in_op_return(magic, recipient, b"").map_err(|m| Refusal {
             code: -1,
             message: m,
         })?;
-        self.spend(
+        self.spend_with(
             amount,
             |inputs, change| wire::peg_in_transaction(inputs, op_return, peg, amount, Some(change)),
-            b,
+            send,
         )
     }
 
@@ -200,6 +233,21 @@ impl User {
         amount: Amount,
         fee: Amount,
     ) -> Result<Txid, Refusal> {
+        self.peg_out_with(|tx| b.send(tx), magic, peg, amount, fee)
+    }
+
+    /// As [`User::peg_out`], handing the signed transaction to `send`.
+    ///
+    /// # Errors
+    /// When the user lacks a coin or `send` refuses the transaction.
+    pub fn peg_out_with(
+        &mut self,
+        send: impl FnOnce(Transaction) -> Result<Txid, Refusal>,
+        magic: [u8; 2],
+        peg: &Address,
+        amount: Amount,
+        fee: Amount,
+    ) -> Result<Txid, Refusal> {
         let sig = MessageSignature::sign(
             peg_out_request_sighash(amount, &self.btc.script_pubkey()),
             &self.sk,
@@ -211,12 +259,12 @@ impl User {
             })?;
         let dust = self.btc.script_pubkey().minimal_non_dust();
         let to = self.btc.clone();
-        self.spend(
+        self.spend_with(
             fee + dust,
             |inputs, change| {
                 wire::peg_out_request_transaction(inputs, op_return, &to, peg, fee, Some(change))
             },
-            b,
+            send,
         )
     }
 }
