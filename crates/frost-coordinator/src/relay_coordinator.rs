@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bitcoin::key::{Secp256k1, TapTweak};
 use bitcoin::secp256k1::{schnorr, Message as SecpMessage, PublicKey, SecretKey};
-use frost_net::messages::{Keyed, Message, Refusal};
+use frost_net::messages::{KeyStored, Keyed, Message, Refusal};
 use frost_net::wsts::net as w;
 use frost_net::{
     point, public_key, scalar, write_private_atomically, Codec, Envelope, SignItem, SignRequest,
@@ -1033,6 +1033,12 @@ impl RelayFrostCoordinator {
         self.keys.push(stored);
         self.persist()?;
         info!("coordinator: DKG round {dkg_id} complete and verified, aggregate key {key}");
+        // Signers hold the key as pending until told: a DKG whose gate
+        // failed must not make them refuse the retry. A lost message only
+        // leaves them willing to join the next DKG, which keeps every key.
+        if let Err(e) = self.post(&Message::KeyAccepted(KeyStored { dkg_id, key })) {
+            warn!("coordinator: could not tell the signers key {key} is accepted: {e}");
+        }
         Ok(key)
     }
 }

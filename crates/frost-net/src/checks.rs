@@ -117,7 +117,7 @@ fn failure_ids(set: &SignerSet, f: &DkgFailure) -> Check {
 pub fn check(set: &SignerSet, sender: Sender, message: &Message) -> Check {
     let k = set.num_keys();
     match message {
-        Message::DkgBegin(_) | Message::KeyStored(_) => Ok(()),
+        Message::DkgBegin(_) | Message::KeyStored(_) | Message::KeyAccepted(_) => Ok(()),
         Message::DkgPrivateBegin(m) => participants(set, &m.signer_ids, &m.key_ids),
         Message::DkgEndBegin(m) => participants(set, &m.signer_ids, &m.key_ids),
         Message::SignRequest(r) => {

@@ -47,11 +47,15 @@ pub enum Kind {
     Refusal = 13,
     /// Signer: still alive.
     Heartbeat = 14,
+    /// Coordinator: a new key passed the gate (every share stored, the
+    /// all-signer test signature verified); until then signers hold it as
+    /// pending.
+    KeyAccepted = 15,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::DkgBegin,
         Kind::DkgPrivateBegin,
         Kind::DkgEndBegin,
@@ -66,6 +70,7 @@ impl Kind {
         Kind::SignatureShareResponse,
         Kind::Refusal,
         Kind::Heartbeat,
+        Kind::KeyAccepted,
     ];
 
     /// The kind of a kind byte.
@@ -83,6 +88,7 @@ impl Kind {
                 | Kind::SignRequest
                 | Kind::NonceRequest
                 | Kind::SignatureShareRequest
+                | Kind::KeyAccepted
         )
     }
 
@@ -251,6 +257,8 @@ pub enum Message {
     Refusal(Refusal),
     /// See [`Kind::Heartbeat`].
     Heartbeat(Heartbeat),
+    /// See [`Kind::KeyAccepted`].
+    KeyAccepted(KeyStored),
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -279,6 +287,7 @@ impl Message {
             Message::SignatureShareResponse(_) => Kind::SignatureShareResponse,
             Message::Refusal(_) => Kind::Refusal,
             Message::Heartbeat(_) => Kind::Heartbeat,
+            Message::KeyAccepted(_) => Kind::KeyAccepted,
         }
     }
 
@@ -299,6 +308,7 @@ impl Message {
             Message::SignatureShareResponse(m) => json(m),
             Message::Refusal(m) => json(m),
             Message::Heartbeat(m) => json(m),
+            Message::KeyAccepted(m) => json(m),
         }
     }
 
@@ -322,6 +332,7 @@ impl Message {
             Kind::SignatureShareResponse => Message::SignatureShareResponse(parse(body)?),
             Kind::Refusal => Message::Refusal(parse(body)?),
             Kind::Heartbeat => Message::Heartbeat(parse(body)?),
+            Kind::KeyAccepted => Message::KeyAccepted(parse(body)?),
         })
     }
 
@@ -359,7 +370,7 @@ impl Message {
 /// shares come to hundreds of KB, a nonce request to well under 1 KB.
 #[derive(Debug, Clone)]
 pub(crate) struct Caps {
-    caps: [usize; 15],
+    caps: [usize; 16],
 }
 
 /// Bytes budgeted per JSON-encoded point, scalar or small structure.
@@ -382,7 +393,7 @@ impl Caps {
         // One nonce response: two points per party, key ids, a 32-byte message
         // (or a test digest), fixed fields.
         let nonce_response = BASE + 4 * ELEM + k * 16;
-        let mut caps = [0usize; 15];
+        let mut caps = [0usize; 16];
         let mut set_cap = |kind: Kind, v: usize| caps[kind as usize] = v;
         set_cap(Kind::DkgBegin, BASE);
         set_cap(Kind::DkgPrivateBegin, BASE + ids);
@@ -404,6 +415,7 @@ impl Caps {
         set_cap(Kind::SignatureShareResponse, BASE + 2 * ELEM + k * 16);
         set_cap(Kind::Refusal, BASE);
         set_cap(Kind::Heartbeat, BASE + 64 * ELEM);
+        set_cap(Kind::KeyAccepted, BASE);
         Caps { caps }
     }
 

@@ -260,9 +260,44 @@ impl SignerCore {
             Message::SignRequest(r) => Ok(self.sign_request(r)),
             Message::NonceRequest(r) => Ok(self.nonce_request(r)),
             Message::SignatureShareRequest(r) => Ok(self.share_request(r)),
+            Message::KeyAccepted(k) => self.key_accepted(k),
             // Responses are for the coordinator.
             _ => Ok(vec![]),
         }
+    }
+
+    /// The coordinator's gate passed for a key of ours: from now on it
+    /// counts as held (a new DKG needs `--allow-rotation`).
+    fn key_accepted(&mut self, k: &KeyStored) -> Result<Vec<Message>, SignerError> {
+        let Some(i) = self
+            .history
+            .keys
+            .iter()
+            .position(|e| e.aggregate_key == k.key && e.dkg_id == k.dkg_id)
+        else {
+            self.reject(format_args!(
+                "key {} of DKG round {} accepted, but this signer holds no share of it",
+                k.key, k.dkg_id
+            ));
+            return Ok(vec![]);
+        };
+        if self.history.keys[i].accepted {
+            return Ok(vec![]);
+        }
+        let mut history = self.history.clone();
+        history.keys[i].accepted = true;
+        history
+            .save(&self.state_path)
+            .map_err(|reason| SignerError::State {
+                path: self.state_path.clone(),
+                reason,
+            })?;
+        self.history = history;
+        info!(
+            "signer {}: key {} of DKG round {} accepted by the coordinator",
+            self.id, k.key, k.dkg_id
+        );
+        Ok(vec![])
     }
 
     fn expire(&mut self) {
@@ -292,7 +327,7 @@ impl SignerCore {
                 return vec![];
             }
         }
-        if !self.history.keys.is_empty() {
+        if self.history.keys.iter().any(|k| k.accepted) {
             if !self.allow_rotation {
                 self.reject(format_args!(
                     "refused DKG round {}: this signer holds a key and key rotation is not allowed (--allow-rotation)",

@@ -58,6 +58,18 @@ pub struct KeyEntry {
     pub private_keys: Vec<(u32, Scalar)>,
     /// Every party's polynomial commitments: (wsts party id, commitment).
     pub commitments: Vec<(u32, PolyCommitment)>,
+    /// Whether the coordinator accepted the key (its gate passed: every
+    /// share stored, the all-signer test signature verified). A pending key
+    /// is kept, and signs, but does not stop the signer from joining the
+    /// coordinator's next DKG: a DKG whose gate failed must not leave every
+    /// signer refusing the retry. Files written before the field count as
+    /// accepted.
+    #[serde(default = "accepted_by_default")]
+    pub accepted: bool,
+}
+
+fn accepted_by_default() -> bool {
+    true
 }
 
 impl std::fmt::Debug for KeyEntry {
@@ -203,6 +215,7 @@ impl KeyEntry {
             },
             private_keys,
             commitments,
+            accepted: false,
         })
     }
 }

@@ -1,8 +1,8 @@
 //! Red-team attacks on the signer's round and DKG rules, on [`SignerCore`]
 //! directly (the envelope has already been opened and checked).
 //!
-//! Tests named `break_*` show a property that does not hold today (they fail
-//! until fixed); `probe_*` tests tried an attack and found it stopped.
+//! Each attack found a break first (now fixed: the test names the property
+//! that holds); `probe_*` tests tried an attack and found it stopped.
 
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use frost_net::messages::{Keyed, Message};
@@ -138,12 +138,20 @@ fn probe_evicted_round_reopened_never_answers_the_old_share_request() {
     }
     assert_eq!(c.open_rounds(), MAX_OPEN_ROUNDS);
     let fresh = nonce_of(&c.handle(&nonce_request(key, 100, 1, h)).unwrap());
-    assert_ne!(fresh.nonces, old[0].nonces, "a re-opened round must get a fresh nonce");
-    assert!(c.handle(&share_request(key, old.clone())).unwrap().is_empty());
+    assert_ne!(
+        fresh.nonces, old[0].nonces,
+        "a re-opened round must get a fresh nonce"
+    );
+    assert!(c
+        .handle(&share_request(key, old.clone()))
+        .unwrap()
+        .is_empty());
     // And the round is gone: even the request with the fresh nonce is refused now.
     let mut with_fresh = old.clone();
     with_fresh[0] = fresh;
-    assert!(!is_share(&c.handle(&share_request(key, with_fresh)).unwrap()));
+    assert!(!is_share(
+        &c.handle(&share_request(key, with_fresh)).unwrap()
+    ));
 }
 
 /// Attack (malicious coordinator): a second nonce request for an open round
@@ -205,9 +213,10 @@ fn probe_one_share_per_nonce_even_with_another_participant_set() {
 /// accepted (never used in any signing round); the coordinator's retry is
 /// DKG 2. Property: a signer joins the next DKG while no key of its history
 /// was accepted by the coordinator (e.g. signed in a coordinator round, or
-/// confirmed by a coordinator message).
+/// confirmed by a coordinator message). Fixed: a DKG's key stays pending
+/// until the coordinator's `KeyAccepted`, sent once its gate passed.
 #[test]
-fn break_a_key_the_coordinator_rejected_blocks_every_later_dkg() {
+fn a_key_the_coordinator_never_accepted_does_not_block_later_dkgs() {
     let dir = tempfile::tempdir().unwrap();
     let (mut cores, _key) = keyed_cores(dir.path());
     let out = cores[0]
@@ -245,7 +254,9 @@ fn probe_a_replayed_dkg_begin_does_not_restart_the_dkg() {
             .handle(&coord(Message::DkgBegin(w::DkgBegin { dkg_id: id })))
             .unwrap();
         assert!(
-            !again.iter().any(|m| matches!(m, Message::DkgPublicShares(s) if s.comms != first.comms)),
+            !again
+                .iter()
+                .any(|m| matches!(m, Message::DkgPublicShares(s) if s.comms != first.comms)),
             "DkgBegin {id} restarted the DKG with a new polynomial"
         );
     }
@@ -273,7 +284,9 @@ fn probe_rewritten_share_requests_get_at_most_one_share_per_nonce() {
         let mut nonces = vec![];
         for c in &mut cores {
             c.handle(&sign_request(key, h)).unwrap();
-            nonces.push(nonce_of(&c.handle(&nonce_request(key, 500 + round, 1, h)).unwrap()));
+            nonces.push(nonce_of(
+                &c.handle(&nonce_request(key, 500 + round, 1, h)).unwrap(),
+            ));
         }
         let mut shares = 0;
         for _ in 0..12 {

@@ -46,7 +46,8 @@ fn keyed_cores(dir: &std::path::Path) -> (Vec<SignerCore>, PublicKey) {
         .enumerate()
         .map(|(i, p)| {
             let id = u32::try_from(i).unwrap() + 1;
-            let entry = KeyEntry::from_dkg(1, id, p, comms.clone()).unwrap();
+            let mut entry = KeyEntry::from_dkg(1, id, p, comms.clone()).unwrap();
+            entry.accepted = true;
             key = Some(entry.aggregate_key);
             let mut h = KeyHistory::empty(id);
             h.keys.push(entry);
@@ -305,4 +306,38 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_key_is_pending_until_the_coordinator_accepts_it_and_acceptance_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cores, key) = keyed_cores(dir.path());
+    drop(cores);
+    // Make signer 1's key pending again, as a fresh DKG leaves it.
+    let path = dir.path().join("s1.json");
+    let set = set();
+    let mut h = KeyHistory::load(&path, &set, 1).unwrap();
+    h.keys[0].accepted = false;
+    h.save(&path).unwrap();
+    let mut c = SignerCore::new(1, &set, &sk(0x5e, 0), path.clone(), false).unwrap();
+    // A pending key (its DKG's gate may have failed) does not block the retry...
+    let begin = from_coordinator(Message::DkgBegin(w::DkgBegin { dkg_id: 2 }));
+    assert!(matches!(
+        c.handle(&begin).unwrap().as_slice(),
+        [Message::DkgPublicShares(_)]
+    ));
+    // ...and once the coordinator says the key passed, it counts as held,
+    // also after a restart.
+    let accepted = from_coordinator(Message::KeyAccepted(frost_net::messages::KeyStored {
+        dkg_id: 1,
+        key,
+    }));
+    assert!(c.handle(&accepted).unwrap().is_empty());
+    let mut restarted = SignerCore::new(1, &set, &sk(0x5e, 0), path, false).unwrap();
+    assert!(restarted.history().keys[0].accepted);
+    let next = from_coordinator(Message::DkgBegin(w::DkgBegin { dkg_id: 3 }));
+    assert!(
+        restarted.handle(&next).unwrap().is_empty(),
+        "rotation is not allowed"
+    );
 }

@@ -52,7 +52,8 @@ fn break_a_trickling_reader_holds_its_answer_and_slot_indefinitely() {
     let mut closed = false;
     let mut buf = vec![0u8; 16 << 10];
     while start.elapsed() < Duration::from_secs(8) {
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         match s.read(&mut buf) {
             Ok(0) => {
                 closed = true;
