@@ -388,6 +388,7 @@ where
         let rescan = record.watch(script, *first_height)?;
         if rescan || !self.coins_synced {
             let report = record.sync(&self.c.bitcoin)?;
+            debug!("coin record synced: {report:?}");
             if !report.caught_up {
                 return Err(StepError::retry(
                     format!(
@@ -518,6 +519,7 @@ where
             self.round_confirmed_nonce = None;
             self.round_spent.clear();
             self.round_chain = None;
+            self.coins_synced = false;
             let mut moves: Vec<(usize, OpState)> = Vec::new();
             for (i, q) in active.iter().enumerate() {
                 if stop.load(Ordering::SeqCst) {
@@ -610,6 +612,8 @@ where
     }
 
     fn sweep_step(&mut self) -> Result<Vec<Txid>, StepError> {
+        // Sweeps run between rounds: read the chain as it is now.
+        self.coins_synced = false;
         let current = self.aggregate_key()?;
         let old: Vec<PublicKey> = self
             .c
@@ -660,6 +664,11 @@ where
                 }
                 coins.push(u);
             }
+            debug!(
+                "old key {key}: {} coins to sweep (scanned to {}, tip {tip})",
+                coins.len(),
+                scanned.0
+            );
             if coins.is_empty() {
                 continue;
             }

@@ -389,13 +389,18 @@ impl Peg {
     pub fn users(&self, n: u8) -> Vec<User> {
         let burn = burn_script();
         self.with_bitcoin(|b| {
-            (1..=n)
+            let users: Vec<User> = (1..=n)
                 .map(|i| {
                     let mut u = User::new(&format!("user-{i}"), i);
-                    u.fund(b, &burn);
+                    u.mine_coinbase(b);
                     u
                 })
-                .collect()
+                .collect();
+            // One maturity wait for all: every coinbase stays near 50 BTC.
+            for _ in 0..100 {
+                b.mine(&burn);
+            }
+            users
         })
     }
 

@@ -48,14 +48,22 @@ impl User {
 
     /// Mines a block paying the user, then 100 more so the coinbase matures.
     pub fn fund(&mut self, b: &mut BitcoinState, burn: &bitcoin::ScriptBuf) {
+        self.mine_coinbase(b);
+        for _ in 0..100 {
+            b.mine(burn);
+        }
+    }
+
+    /// Mines a block whose coinbase pays the user (spendable after 100 more
+    /// blocks): [`User::fund`] without the maturing blocks, for funding many
+    /// users before one maturity wait (the regtest subsidy halves every 150
+    /// blocks, so 100 blocks per user would leave later users with little).
+    pub fn mine_coinbase(&mut self, b: &mut BitcoinState) {
         b.mine(&self.btc.script_pubkey());
         let h = b.height();
         let cb = b.block(h).expect("just mined").txdata[0].clone();
         self.coins
             .push((OutPoint::new(cb.compute_txid(), 0), cb.output[0].clone()));
-        for _ in 0..100 {
-            b.mine(burn);
-        }
     }
 
     /// Remembers a coin the user can spend (for example a matured coinbase

