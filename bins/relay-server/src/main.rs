@@ -54,6 +54,22 @@ struct Args {
     /// Longest a write to a client may make no progress, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     write_timeout_ms: u64,
+    /// Slowest rate a client must take an answer at, in bytes per second:
+    /// an answer of N bytes must be written within max(write timeout,
+    /// N / rate), else the connection is closed.
+    #[arg(long, default_value_t = 1 << 20)]
+    min_write_rate: u64,
+    /// Cap on the time the minimum rate allows one answer, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    max_answer_write_time_ms: u64,
+    /// Most message bytes held by answers being sent, in total (beyond,
+    /// answers shrink, then 503).
+    #[arg(long, default_value_t = 256 << 20)]
+    max_answer_bytes_in_flight: usize,
+    /// Most message bytes held by answers being sent to one client address
+    /// (beyond, answers shrink, then 429).
+    #[arg(long, default_value_t = 64 << 20)]
+    max_answer_bytes_in_flight_per_ip: usize,
     /// Threads serving requests.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -109,6 +125,10 @@ fn main() -> ExitCode {
         header_timeout: Duration::from_millis(args.header_timeout_ms),
         body_timeout: Duration::from_millis(args.body_timeout_ms),
         write_timeout: Duration::from_millis(args.write_timeout_ms),
+        min_write_rate: args.min_write_rate,
+        max_answer_write_time: Duration::from_millis(args.max_answer_write_time_ms),
+        max_answer_bytes_in_flight: args.max_answer_bytes_in_flight,
+        max_answer_bytes_in_flight_per_ip: args.max_answer_bytes_in_flight_per_ip,
         threads: args.threads,
         token,
         ..RelayConfig::default()

@@ -3,8 +3,10 @@
 //! Every resource an outsider can hold is bounded: connections (in total
 //! and per client address), long polls (in total and per address), the time
 //! to send a request's headers and its body, the time a write may make no
-//! progress, the size of a message and of an answer. Answers share the
-//! logged message bytes (`Bytes`), never copying them per client.
+//! progress, the total time to send an answer (a minimum rate, with a cap),
+//! the size of a message and of an answer, and the answer bytes in flight
+//! (in total and per address). Answers share the logged message bytes
+//! (`Bytes`), never copying them per client.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -69,6 +71,24 @@ pub struct RelayConfig {
     pub body_timeout: Duration,
     /// Longest a write to a client may make no progress.
     pub write_timeout: Duration,
+    /// Slowest rate, in bytes per second, at which a client must take an
+    /// answer: an answer of `n` bytes must be fully written within
+    /// `max(write_timeout, n / min_write_rate)` (at most
+    /// `max_answer_write_time`), else the connection is closed. Honest
+    /// parties are on a LAN or loopback; the default 1 MiB/s sends a full
+    /// 8 MiB answer in 8 s, within the 10 s write timeout.
+    pub min_write_rate: u64,
+    /// Cap on the time allowed for one answer by `min_write_rate` (the
+    /// deadline is never below `write_timeout`).
+    pub max_answer_write_time: Duration,
+    /// Most message bytes held by answers being sent, in total. A new answer
+    /// gets at most what is left as its byte budget (at least one message);
+    /// with nothing left, `503`. The message bytes pinned by answers (kept
+    /// alive after the log dropped them) never exceed this.
+    pub max_answer_bytes_in_flight: usize,
+    /// Most message bytes held by answers being sent to one client address
+    /// (IPv6: one /64); with nothing left, `429`.
+    pub max_answer_bytes_in_flight_per_ip: usize,
     /// When set, every endpoint but `/health` needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
     /// Threads of the relay's runtime.
@@ -92,6 +112,16 @@ impl std::fmt::Debug for RelayConfig {
             .field("header_timeout", &self.header_timeout)
             .field("body_timeout", &self.body_timeout)
             .field("write_timeout", &self.write_timeout)
+            .field("min_write_rate", &self.min_write_rate)
+            .field("max_answer_write_time", &self.max_answer_write_time)
+            .field(
+                "max_answer_bytes_in_flight",
+                &self.max_answer_bytes_in_flight,
+            )
+            .field(
+                "max_answer_bytes_in_flight_per_ip",
+                &self.max_answer_bytes_in_flight_per_ip,
+            )
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("threads", &self.threads)
             .finish()
@@ -115,6 +145,10 @@ impl Default for RelayConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            min_write_rate: 1 << 20,
+            max_answer_write_time: Duration::from_secs(60),
+            max_answer_bytes_in_flight: 256 << 20,
+            max_answer_bytes_in_flight_per_ip: 64 << 20,
             token: None,
             threads: 2,
         }
@@ -144,6 +178,18 @@ impl RelayConfig {
             ("max_batch", self.max_batch),
             ("max_answer_bytes", self.max_answer_bytes),
             ("max_message_len", self.max_message_len),
+            (
+                "max_answer_bytes_in_flight",
+                self.max_answer_bytes_in_flight,
+            ),
+            (
+                "max_answer_bytes_in_flight_per_ip",
+                self.max_answer_bytes_in_flight_per_ip,
+            ),
+            (
+                "min_write_rate",
+                usize::try_from(self.min_write_rate).unwrap_or(usize::MAX),
+            ),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be at least 1"));
@@ -152,6 +198,7 @@ impl RelayConfig {
         if self.header_timeout.is_zero()
             || self.body_timeout.is_zero()
             || self.write_timeout.is_zero()
+            || self.max_answer_write_time.is_zero()
         {
             return bad("timeouts must be above zero".into());
         }
@@ -356,6 +403,164 @@ impl Drop for Held {
     }
 }
 
+/// Counts the message bytes held by answers being sent, in total and per
+/// client, against [`RelayConfig::max_answer_bytes_in_flight`] (and per ip).
+struct InFlight {
+    max_total: usize,
+    max_per_client: usize,
+    held: Mutex<(usize, HashMap<ClientKey, usize>)>,
+}
+
+/// Bytes of answers held for one client; released when the last chunk of
+/// the answer is dropped (written, or the connection died).
+struct Reservation {
+    in_flight: Arc<InFlight>,
+    client: ClientKey,
+    bytes: usize,
+}
+
+impl InFlight {
+    fn lock(&self) -> MutexGuard<'_, (usize, HashMap<ClientKey, usize>)> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The bytes `client` may still reserve, or why none.
+    fn left(&self, client: ClientKey) -> Result<usize, Refusal> {
+        let held = self.lock();
+        let total_left = self.max_total.saturating_sub(held.0);
+        let mine_left = self
+            .max_per_client
+            .saturating_sub(held.1.get(&client).copied().unwrap_or(0));
+        if total_left == 0 {
+            Err(self.refusal_total())
+        } else if mine_left == 0 {
+            Err(self.refusal_client(client))
+        } else {
+            Ok(total_left.min(mine_left))
+        }
+    }
+
+    fn refusal_total(&self) -> Refusal {
+        Refusal::Total(format!(
+            "answers being sent hold the most bytes allowed ({}), try again later",
+            self.max_total
+        ))
+    }
+
+    fn refusal_client(&self, client: ClientKey) -> Refusal {
+        Refusal::Client(format!(
+            "answers being sent to {client} hold the most bytes allowed ({}), \
+             take them first",
+            self.max_per_client
+        ))
+    }
+
+    /// Reserves `bytes` for `client` if both limits allow.
+    fn reserve(self: &Arc<Self>, client: ClientKey, bytes: usize) -> Result<Reservation, Refusal> {
+        let mut held = self.lock();
+        let (total, per) = &mut *held;
+        if total.saturating_add(bytes) > self.max_total {
+            return Err(self.refusal_total());
+        }
+        let mine = per.entry(client).or_insert(0);
+        if mine.saturating_add(bytes) > self.max_per_client {
+            if *mine == 0 {
+                per.remove(&client);
+            }
+            return Err(self.refusal_client(client));
+        }
+        *mine += bytes;
+        *total += bytes;
+        Ok(Reservation {
+            in_flight: self.clone(),
+            client,
+            bytes,
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut held = self.in_flight.lock();
+        let (total, per) = &mut *held;
+        *total = total.saturating_sub(self.bytes);
+        if let Some(n) = per.get_mut(&self.client) {
+            *n = n.saturating_sub(self.bytes);
+            if *n == 0 {
+                per.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// A chunk of an answer: the logged bytes plus the answer's reservation,
+/// so the reservation lasts as long as any of its bytes is referenced (by
+/// the body or by hyper's write buffer).
+struct Pinned {
+    bytes: Bytes,
+    _reservation: Arc<Reservation>,
+}
+
+impl AsRef<[u8]> for Pinned {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// The write deadline of a connection's current answer, shared between the
+/// handler (which starts it) and [`WriteTimeout`] (which enforces it).
+#[derive(Default)]
+struct AnswerClock {
+    state: Mutex<ClockState>,
+}
+
+#[derive(Default)]
+struct ClockState {
+    /// When the answers not yet written must be; `None` once written.
+    deadline: Option<Instant>,
+    /// Body bytes of the answers not yet written (headers are not counted,
+    /// so this reaches zero no later than the last byte).
+    pending: u64,
+}
+
+impl AnswerClock {
+    fn lock(&self) -> MutexGuard<'_, ClockState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An answer of `len` body bytes is about to be written.
+    fn begin(&self, config: &RelayConfig, len: u64) {
+        let rate = config.min_write_rate.max(1);
+        let by_rate =
+            Duration::from_secs_f64(len as f64 / rate as f64).min(config.max_answer_write_time);
+        let allowed = by_rate.max(config.write_timeout);
+        let now = Instant::now();
+        let mut st = self.lock();
+        // A pipelined answer queues behind the unfinished one: its time
+        // adds to what is left, and never restarts the clock.
+        let from = match st.deadline {
+            Some(d) if st.pending > 0 => d.max(now),
+            _ => now,
+        };
+        st.deadline = Some(from + allowed);
+        st.pending = st.pending.saturating_add(len);
+    }
+
+    /// `n` bytes were written; the deadline if an answer is still unfinished.
+    fn wrote(&self, n: usize) -> Option<Instant> {
+        let mut st = self.lock();
+        st.pending = st.pending.saturating_sub(n as u64);
+        if st.pending == 0 {
+            st.deadline = None;
+        }
+        st.deadline
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.lock().deadline
+    }
+}
+
 struct Shared {
     config: RelayConfig,
     instance: String,
@@ -366,6 +571,8 @@ struct Shared {
     stop: AtomicBool,
     connections: Arc<Limiter>,
     long_polls: Arc<Limiter>,
+    /// Message bytes held by answers being sent.
+    in_flight: Arc<InFlight>,
     /// Bumped when a connection ends, for shutdown to wait on.
     ended: Notify,
     served: AtomicU64,
@@ -458,6 +665,11 @@ impl RelayServer {
                 .token
                 .as_ref()
                 .map(|t| Sha256::digest(t.as_bytes()).into()),
+            in_flight: Arc::new(InFlight {
+                max_total: config.max_answer_bytes_in_flight,
+                max_per_client: config.max_answer_bytes_in_flight_per_ip,
+                held: Mutex::new((0, HashMap::new())),
+            }),
             ended: Notify::new(),
             served: AtomicU64::new(0),
             instance,
@@ -504,6 +716,13 @@ impl RelayServer {
     /// sent with every answer as `X-Relay-Instance`.
     pub fn instance(&self) -> &str {
         &self.shared.instance
+    }
+
+    /// Returns the message bytes currently held by answers being sent (at
+    /// most [`RelayConfig::max_answer_bytes_in_flight`]); for monitoring and
+    /// tests.
+    pub fn answer_bytes_in_flight(&self) -> usize {
+        self.shared.in_flight.lock().0
     }
 
     /// Stops accepting connections, answers the waiting long polls at once,
@@ -622,12 +841,22 @@ async fn connection(
     shared: &Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let io = TokioIo::new(WriteTimeout::new(stream, shared.config.write_timeout));
+    let clock = Arc::new(AnswerClock::default());
+    let io = TokioIo::new(WriteTimeout::new(
+        stream,
+        shared.config.write_timeout,
+        clock.clone(),
+    ));
     let svc = {
         let shared = shared.clone();
         hyper::service::service_fn(move |req| {
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(handle(req, &shared, client).await) }
+            let clock = clock.clone();
+            async move {
+                let resp = handle(req, &shared, client).await;
+                clock.begin(&shared.config, resp.body().len);
+                Ok::<_, Infallible>(resp)
+            }
         })
     };
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -657,37 +886,78 @@ async fn connection(
 }
 
 /// A TCP stream whose writes fail with `TimedOut` once they have made no
-/// progress for `timeout` (a client that stops reading).
+/// progress for `timeout` (a client that stops reading), or once the
+/// current answer's deadline ([`AnswerClock`]) has passed with the answer
+/// unfinished (a client that reads too slowly).
 struct WriteTimeout {
     inner: TcpStream,
     timeout: Duration,
+    clock: Arc<AnswerClock>,
     sleep: Pin<Box<tokio::time::Sleep>>,
     armed: bool,
 }
 
+fn too_slow() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the client took an answer too slowly (past its deadline)",
+    )
+}
+
 impl WriteTimeout {
-    fn new(inner: TcpStream, timeout: Duration) -> Self {
+    fn new(inner: TcpStream, timeout: Duration, clock: Arc<AnswerClock>) -> Self {
         WriteTimeout {
             inner,
             timeout,
+            clock,
             sleep: Box::pin(tokio::time::sleep(timeout)),
             armed: false,
         }
     }
 
-    /// The write is pending: start the clock, or fail if it ran out.
+    /// Whether the unfinished answer is past its deadline.
+    fn late(&self) -> bool {
+        self.clock.deadline().is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// The write is pending: start the clock (the stall timeout, or the
+    /// answer's deadline if sooner), or fail if it ran out.
     fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         if !self.armed {
             self.armed = true;
-            let deadline = tokio::time::Instant::now() + self.timeout;
+            let mut deadline = tokio::time::Instant::now() + self.timeout;
+            if let Some(d) = self.clock.deadline() {
+                deadline = deadline.min(d.into());
+            }
             self.sleep.as_mut().reset(deadline);
         }
         match self.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client stopped reading",
-            ))),
+            Poll::Ready(()) => {
+                self.reset_on_close();
+                Poll::Ready(Err(if self.late() {
+                    too_slow()
+                } else {
+                    io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")
+                }))
+            }
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// A client cut off for slowness gets a reset, not a FIN queued behind
+    /// the kernel's send buffer (which it could drain slowly for minutes):
+    /// the buffer is dropped with the socket.
+    fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(&self.inner).set_linger(Some(Duration::ZERO));
+    }
+
+    /// Before a write: fail if the answer is already past its deadline.
+    fn check(&self) -> io::Result<()> {
+        if self.late() {
+            self.reset_on_close();
+            Err(too_slow())
+        } else {
+            Ok(())
         }
     }
 
@@ -699,6 +969,17 @@ impl WriteTimeout {
                 ready
             }
         }
+    }
+
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = r {
+            self.clock.wrote(n);
+        }
+        self.progress(cx, r)
     }
 }
 
@@ -719,8 +1000,9 @@ impl AsyncWrite for WriteTimeout {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.check()?;
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.progress(cx, r)
+        this.wrote(cx, r)
     }
 
     fn poll_write_vectored(
@@ -729,8 +1011,9 @@ impl AsyncWrite for WriteTimeout {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.check()?;
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.progress(cx, r)
+        this.wrote(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -739,6 +1022,7 @@ impl AsyncWrite for WriteTimeout {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.check()?;
         let r = Pin::new(&mut this.inner).poll_flush(cx);
         this.progress(cx, r)
     }
@@ -1074,7 +1358,15 @@ async fn get(
             let mut log = shared.lock();
             let now = Instant::now();
             log.evict(config, now);
-            let found = log.after(after, max, config.max_answer_bytes, &tags);
+            let left = match shared.in_flight.left(client) {
+                Ok(left) => left,
+                Err(refusal) => {
+                    drop(log);
+                    let (status, message) = refusal.status_and_message();
+                    return error(status, &message);
+                }
+            };
+            let found = log.after(after, max, config.max_answer_bytes.min(left), &tags);
             // A cursor at or past the head is answered at once: it comes
             // from an earlier relay (this one restarted), and the client
             // learns so from the instance header.
@@ -1086,7 +1378,21 @@ async fn get(
                 let (next, lowest) = (log.next_seq, log.lowest());
                 drop(log);
                 drop(waiting);
-                return batch(&found, next, lowest);
+                let bytes: usize = found.iter().map(|(_, b)| b.len()).sum();
+                let reservation = if found.is_empty() {
+                    None
+                } else {
+                    // A first message larger than what is left is refused
+                    // too: the bound holds whatever clients do.
+                    match shared.in_flight.reserve(client, bytes) {
+                        Ok(r) => Some(Arc::new(r)),
+                        Err(refusal) => {
+                            let (status, message) = refusal.status_and_message();
+                            return error(status, &message);
+                        }
+                    }
+                };
+                return batch(&found, next, lowest, reservation.as_ref());
             }
             match &waiting {
                 Some(w) => w.notify.clone(),
@@ -1123,7 +1429,21 @@ async fn get(
     }
 }
 
-fn batch(found: &[(u64, Bytes)], next: u64, lowest: u64) -> Answer {
+/// The answer carrying `found`; every chunk holds `reservation` (if any)
+/// until dropped.
+fn batch(
+    found: &[(u64, Bytes)],
+    next: u64,
+    lowest: u64,
+    reservation: Option<&Arc<Reservation>>,
+) -> Answer {
+    let pin = |bytes: Bytes| match reservation {
+        Some(r) => Bytes::from_owner(Pinned {
+            bytes,
+            _reservation: r.clone(),
+        }),
+        None => bytes,
+    };
     let mut heads = Vec::with_capacity(found.len() * 12);
     for (seq, bytes) in found {
         heads.extend_from_slice(&frame_head(*seq, bytes.len()));
@@ -1131,8 +1451,8 @@ fn batch(found: &[(u64, Bytes)], next: u64, lowest: u64) -> Answer {
     let heads = Bytes::from(heads);
     let mut body = Chunks::default();
     for (i, (_, bytes)) in found.iter().enumerate() {
-        body.push(heads.slice(i * 12..i * 12 + 12));
-        body.push(bytes.clone());
+        body.push(pin(heads.slice(i * 12..i * 12 + 12)));
+        body.push(pin(bytes.clone()));
     }
     let mut resp = answer(StatusCode::OK, "application/octet-stream", body);
     let h = resp.headers_mut();
