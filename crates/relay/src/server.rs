@@ -1511,6 +1511,59 @@ mod tests {
     }
 
     #[test]
+    fn answer_deadline_follows_the_rate_within_write_timeout_and_cap() {
+        let config = RelayConfig {
+            write_timeout: Duration::from_secs(1),
+            min_write_rate: 1 << 20,
+            max_answer_write_time: Duration::from_secs(5),
+            ..RelayConfig::default()
+        };
+        let left = |clock: &AnswerClock| {
+            clock
+                .deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()))
+        };
+        let clock = AnswerClock::default();
+        clock.begin(&config, 10);
+        assert!(left(&clock).unwrap() <= Duration::from_secs(1));
+        assert_eq!(clock.wrote(200), None, "written: no deadline left");
+        clock.begin(&config, 3 << 20);
+        let d = left(&clock).unwrap();
+        assert!(d > Duration::from_millis(2900) && d <= Duration::from_secs(3));
+        // A pipelined answer adds its time to the unfinished one's.
+        clock.begin(&config, 10);
+        let d = left(&clock).unwrap();
+        assert!(d > Duration::from_millis(3900) && d <= Duration::from_secs(4));
+        assert!(clock.wrote(1 << 20).is_some());
+        assert_eq!(clock.wrote(usize::MAX), None);
+        clock.begin(&config, 1 << 30);
+        assert!(left(&clock).unwrap() <= Duration::from_secs(5), "capped");
+    }
+
+    #[test]
+    fn answer_bytes_in_flight_shrink_then_refuse_and_are_released() {
+        let in_flight = Arc::new(InFlight {
+            max_total: 100,
+            max_per_client: 60,
+            held: Mutex::new((0, HashMap::new())),
+        });
+        let a = ClientKey::of("127.0.0.2".parse().unwrap());
+        let b = ClientKey::of("127.0.0.3".parse().unwrap());
+        assert_eq!(in_flight.left(a).ok(), Some(60));
+        let r1 = in_flight.reserve(a, 50).ok().unwrap();
+        assert_eq!(in_flight.left(a).ok(), Some(10), "shrunk to what is left");
+        assert!(matches!(in_flight.reserve(a, 11), Err(Refusal::Client(_))));
+        let r2 = in_flight.reserve(a, 10).ok().unwrap();
+        assert!(matches!(in_flight.left(a), Err(Refusal::Client(_))));
+        assert_eq!(in_flight.left(b).ok(), Some(40));
+        let r3 = in_flight.reserve(b, 40).ok().unwrap();
+        assert!(matches!(in_flight.left(b), Err(Refusal::Total(_))));
+        drop((r1, r2, r3));
+        assert_eq!(in_flight.lock().0, 0);
+        assert!(in_flight.lock().1.is_empty());
+    }
+
+    #[test]
     fn config_validation_names_the_bad_limit() {
         assert!(RelayConfig::default().validate().is_ok());
         let e = RelayConfig {
@@ -1527,5 +1580,15 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(e.to_string().contains("max_long_polls_per_ip"), "{e}");
+        let e = RelayConfig {
+            max_answer_bytes_in_flight_per_ip: 0,
+            ..RelayConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("max_answer_bytes_in_flight_per_ip"),
+            "{e}"
+        );
     }
 }
