@@ -4,116 +4,12 @@
 //! Each attack found a break first (now fixed: the test names the property
 //! that holds); `probe_*` tests tried an attack and found it stopped.
 
-use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
-use frost_net::messages::{Keyed, Message};
+use frost_net::messages::Message;
 use frost_net::wsts::net as w;
-use frost_net::{Envelope, Sender, SignItem, SignRequest, SignerInfo, SignerSet, ToSign};
-use frost_signer::{KeyEntry, KeyHistory, SignerCore, MAX_OPEN_ROUNDS};
+use frost_signer::{SignerCore, MAX_OPEN_ROUNDS};
 
-fn sk(tag: u8, i: u32) -> SecretKey {
-    let mut b = [tag; 32];
-    b[..4].copy_from_slice(&(i + 1).to_be_bytes());
-    SecretKey::from_slice(&b).unwrap()
-}
-
-fn set() -> SignerSet {
-    let secp = Secp256k1::new();
-    SignerSet {
-        threshold: 2,
-        dkg_threshold: None,
-        signers: (0..3)
-            .map(|i| SignerInfo {
-                id: i + 1,
-                public_key: sk(0x5e, i).public_key(&secp),
-                key_ids: vec![i + 1],
-                private_key: None,
-            })
-            .collect(),
-    }
-}
-
-fn keyed_cores(dir: &std::path::Path) -> (Vec<SignerCore>, PublicKey) {
-    let set = set();
-    let mut rng = wsts::util::create_rng();
-    let mut parties: Vec<wsts::v2::Party> = (0..3u32)
-        .map(|i| wsts::v2::Party::new(i, &[i + 1], 3, 3, 2, &mut rng))
-        .collect();
-    let comms = wsts::v2::test_helpers::dkg(&mut parties, &mut rng).unwrap();
-    let comms: Vec<_> = comms.into_iter().collect();
-    let mut key = None;
-    let cores = parties
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let id = u32::try_from(i).unwrap() + 1;
-            let entry = KeyEntry::from_dkg(1, id, p, comms.clone()).unwrap();
-            key = Some(entry.aggregate_key);
-            let mut h = KeyHistory::empty(id);
-            h.keys.push(entry);
-            let path = dir.join(format!("s{id}.json"));
-            h.save(&path).unwrap();
-            SignerCore::new(id, &set, &sk(0x5e, id - 1), path, false).unwrap()
-        })
-        .collect();
-    (cores, key.unwrap())
-}
-
-fn coord(message: Message) -> Envelope {
-    Envelope {
-        sender: Sender::Coordinator,
-        message,
-    }
-}
-
-fn sign_request(key: PublicKey, sighash: [u8; 32]) -> Envelope {
-    coord(Message::SignRequest(SignRequest {
-        id: 1,
-        payload: vec![],
-        items: vec![SignItem {
-            key,
-            message: ToSign::Taproot { sighash },
-        }],
-    }))
-}
-
-fn nonce_request(key: PublicKey, sign_id: u64, iter: u64, sighash: [u8; 32]) -> Envelope {
-    coord(Message::NonceRequest(Keyed {
-        key,
-        msg: w::NonceRequest {
-            dkg_id: 1,
-            sign_id,
-            sign_iter_id: iter,
-            message: sighash.to_vec(),
-            signature_type: w::SignatureType::Taproot(None),
-        },
-    }))
-}
-
-fn share_request(key: PublicKey, nonces: Vec<w::NonceResponse>) -> Envelope {
-    let n = &nonces[0];
-    coord(Message::SignatureShareRequest(Keyed {
-        key,
-        msg: w::SignatureShareRequest {
-            dkg_id: n.dkg_id,
-            sign_id: n.sign_id,
-            sign_iter_id: n.sign_iter_id,
-            message: n.message.clone(),
-            nonce_responses: nonces.clone(),
-            signature_type: w::SignatureType::Taproot(None),
-        },
-    }))
-}
-
-fn nonce_of(out: &[Message]) -> w::NonceResponse {
-    match out {
-        [Message::NonceResponse(r)] => r.msg.clone(),
-        other => panic!("expected one nonce response, got {other:?}"),
-    }
-}
-
-fn is_share(out: &[Message]) -> bool {
-    matches!(out, [Message::SignatureShareResponse(_)])
-}
+mod common;
+use common::*;
 
 /// Attack: evict a round by opening MAX_OPEN_ROUNDS others (a replaying
 /// relay can do this with old, still-allowed nonce requests), re-open the
@@ -124,7 +20,7 @@ fn is_share(out: &[Message]) -> bool {
 #[test]
 fn probe_evicted_round_reopened_never_answers_the_old_share_request() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cores, key) = keyed_cores(dir.path());
+    let (mut cores, key) = keyed_cores(dir.path(), false);
     let h = [7u8; 32];
     let mut old = vec![];
     for c in &mut cores {
@@ -160,7 +56,7 @@ fn probe_evicted_round_reopened_never_answers_the_old_share_request() {
 #[test]
 fn probe_second_nonce_request_with_another_signature_type_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cores, key) = keyed_cores(dir.path());
+    let (mut cores, key) = keyed_cores(dir.path(), false);
     let h = [8u8; 32];
     let c = &mut cores[0];
     c.handle(&sign_request(key, h)).unwrap();
@@ -185,7 +81,7 @@ fn probe_second_nonce_request_with_another_signature_type_is_refused() {
 #[test]
 fn probe_one_share_per_nonce_even_with_another_participant_set() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cores, key) = keyed_cores(dir.path());
+    let (mut cores, key) = keyed_cores(dir.path(), false);
     let h = [10u8; 32];
     let mut nonces = vec![];
     for c in &mut cores {
@@ -218,9 +114,11 @@ fn probe_one_share_per_nonce_even_with_another_participant_set() {
 #[test]
 fn a_key_the_coordinator_never_accepted_does_not_block_later_dkgs() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cores, _key) = keyed_cores(dir.path());
+    let (mut cores, _key) = keyed_cores(dir.path(), false);
     let out = cores[0]
-        .handle(&coord(Message::DkgBegin(w::DkgBegin { dkg_id: 2 })))
+        .handle(&from_coordinator(Message::DkgBegin(w::DkgBegin {
+            dkg_id: 2,
+        })))
         .unwrap();
     assert!(
         out.iter().any(|m| matches!(m, Message::DkgPublicShares(_))),
@@ -240,7 +138,9 @@ fn probe_a_replayed_dkg_begin_does_not_restart_the_dkg() {
     let mut c =
         SignerCore::new(1, &set, &sk(0x5e, 0), dir.path().join("fresh.json"), false).unwrap();
     let out = c
-        .handle(&coord(Message::DkgBegin(w::DkgBegin { dkg_id: 5 })))
+        .handle(&from_coordinator(Message::DkgBegin(w::DkgBegin {
+            dkg_id: 5,
+        })))
         .unwrap();
     let first = out
         .iter()
@@ -251,7 +151,9 @@ fn probe_a_replayed_dkg_begin_does_not_restart_the_dkg() {
         .expect("public shares");
     for id in [5, 4, 1] {
         let again = c
-            .handle(&coord(Message::DkgBegin(w::DkgBegin { dkg_id: id })))
+            .handle(&from_coordinator(Message::DkgBegin(w::DkgBegin {
+                dkg_id: id,
+            })))
             .unwrap();
         assert!(
             !again
@@ -271,7 +173,7 @@ fn probe_a_replayed_dkg_begin_does_not_restart_the_dkg() {
 #[test]
 fn probe_rewritten_share_requests_get_at_most_one_share_per_nonce() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cores, key) = keyed_cores(dir.path());
+    let (mut cores, key) = keyed_cores(dir.path(), false);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
         x ^= x << 13;

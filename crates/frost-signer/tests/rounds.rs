@@ -2,124 +2,19 @@
 //! an open round listing exactly our own nonce, once; nonces only for what
 //! a sign request asked; no key, no panic.
 
-use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
-use frost_net::messages::{Keyed, Message};
+use bitcoin::secp256k1::Secp256k1;
+use frost_net::messages::Message;
 use frost_net::wsts::net as w;
-use frost_net::{Envelope, Sender, SignItem, SignRequest, SignerInfo, SignerSet, ToSign};
-use frost_signer::{KeyEntry, KeyHistory, SignerCore};
+use frost_signer::{KeyHistory, SignerCore};
 use proptest::prelude::*;
 
-fn sk(tag: u8, i: u32) -> SecretKey {
-    let mut b = [tag; 32];
-    b[..4].copy_from_slice(&(i + 1).to_be_bytes());
-    SecretKey::from_slice(&b).unwrap()
-}
-
-fn set() -> SignerSet {
-    let secp = Secp256k1::new();
-    SignerSet {
-        threshold: 2,
-        dkg_threshold: None,
-        signers: (0..3)
-            .map(|i| SignerInfo {
-                id: i + 1,
-                public_key: sk(0x5e, i).public_key(&secp),
-                key_ids: vec![i + 1],
-                private_key: None,
-            })
-            .collect(),
-    }
-}
-
-/// A DKG run in memory with wsts' helper; every signer's state file written.
-fn keyed_cores(dir: &std::path::Path) -> (Vec<SignerCore>, PublicKey) {
-    let set = set();
-    let mut rng = wsts::util::create_rng();
-    let mut parties: Vec<wsts::v2::Party> = (0..3u32)
-        .map(|i| wsts::v2::Party::new(i, &[i + 1], 3, 3, 2, &mut rng))
-        .collect();
-    let comms = wsts::v2::test_helpers::dkg(&mut parties, &mut rng).unwrap();
-    let comms: Vec<_> = comms.into_iter().collect();
-    let mut key = None;
-    let cores = parties
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let id = u32::try_from(i).unwrap() + 1;
-            let mut entry = KeyEntry::from_dkg(1, id, p, comms.clone()).unwrap();
-            entry.accepted = true;
-            key = Some(entry.aggregate_key);
-            let mut h = KeyHistory::empty(id);
-            h.keys.push(entry);
-            let path = dir.join(format!("s{id}.json"));
-            h.save(&path).unwrap();
-            SignerCore::new(id, &set, &sk(0x5e, id - 1), path, false).unwrap()
-        })
-        .collect();
-    (cores, key.unwrap())
-}
-
-fn from_coordinator(message: Message) -> Envelope {
-    Envelope {
-        sender: Sender::Coordinator,
-        message,
-    }
-}
-
-fn sign_request(key: PublicKey, sighash: [u8; 32]) -> Envelope {
-    from_coordinator(Message::SignRequest(SignRequest {
-        id: 1,
-        payload: vec![],
-        items: vec![SignItem {
-            key,
-            message: ToSign::Taproot { sighash },
-        }],
-    }))
-}
-
-fn nonce_request(key: PublicKey, sign_id: u64, iter: u64, sighash: [u8; 32]) -> Envelope {
-    from_coordinator(Message::NonceRequest(Keyed {
-        key,
-        msg: w::NonceRequest {
-            dkg_id: 1,
-            sign_id,
-            sign_iter_id: iter,
-            message: sighash.to_vec(),
-            signature_type: w::SignatureType::Taproot(None),
-        },
-    }))
-}
-
-fn share_request(key: PublicKey, nonces: Vec<w::NonceResponse>) -> Envelope {
-    let n = &nonces[0];
-    from_coordinator(Message::SignatureShareRequest(Keyed {
-        key,
-        msg: w::SignatureShareRequest {
-            dkg_id: n.dkg_id,
-            sign_id: n.sign_id,
-            sign_iter_id: n.sign_iter_id,
-            message: n.message.clone(),
-            nonce_responses: nonces.clone(),
-            signature_type: w::SignatureType::Taproot(None),
-        },
-    }))
-}
-
-fn nonce_of(out: &[Message]) -> w::NonceResponse {
-    match out {
-        [Message::NonceResponse(r)] => r.msg.clone(),
-        other => panic!("expected one nonce response, got {other:?}"),
-    }
-}
-
-fn is_share(out: &[Message]) -> bool {
-    matches!(out, [Message::SignatureShareResponse(_)])
-}
+mod common;
+use common::*;
 
 #[test]
 fn a_share_only_for_our_own_open_nonce_and_only_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cores, key) = keyed_cores(dir.path());
+    let (mut cores, key) = keyed_cores(dir.path(), true);
     let h = [3u8; 32];
     let mut nonces = vec![];
     for c in &mut cores {
@@ -183,7 +78,7 @@ fn a_share_only_for_our_own_open_nonce_and_only_once() {
 #[test]
 fn a_restarted_signer_has_no_nonce_to_sign_with() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cores, key) = keyed_cores(dir.path());
+    let (mut cores, key) = keyed_cores(dir.path(), true);
     let h = [4u8; 32];
     let mut nonces = vec![];
     for c in &mut cores {
@@ -205,7 +100,7 @@ fn a_restarted_signer_has_no_nonce_to_sign_with() {
 #[test]
 fn nonces_only_for_asked_digests_and_held_keys_without_panics() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cores, key) = keyed_cores(dir.path());
+    let (mut cores, key) = keyed_cores(dir.path(), true);
     let c = &mut cores[0];
     // Not asked by a sign request.
     let out = c.handle(&nonce_request(key, 1, 1, [9; 32])).unwrap();
@@ -228,7 +123,7 @@ fn nonces_only_for_asked_digests_and_held_keys_without_panics() {
 #[test]
 fn a_signer_holding_a_key_refuses_a_new_dkg_unless_rotation_is_allowed() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cores, _) = keyed_cores(dir.path());
+    let (mut cores, _) = keyed_cores(dir.path(), true);
     let begin = from_coordinator(Message::DkgBegin(w::DkgBegin { dkg_id: 2 }));
     assert!(cores[0].handle(&begin).unwrap().is_empty());
     let set = set();
@@ -255,7 +150,7 @@ proptest! {
         ops in proptest::collection::vec((0u8..6, 0u64..3, 0u64..3, 0usize..3, any::<bool>()), 1..24)
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let (mut cores, key) = keyed_cores(dir.path());
+        let (mut cores, key) = keyed_cores(dir.path(), true);
         let other = sk(0x11, 0).public_key(&Secp256k1::new());
         let h = [5u8; 32];
         // Nonces of signers 2 and 3, genuinely made, for rounds signer 1 may never open.
@@ -311,7 +206,7 @@ proptest! {
 #[test]
 fn a_key_is_pending_until_the_coordinator_accepts_it_and_acceptance_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (cores, key) = keyed_cores(dir.path());
+    let (cores, key) = keyed_cores(dir.path(), true);
     drop(cores);
     // Make signer 1's key pending again, as a fresh DKG leaves it.
     let path = dir.path().join("s1.json");
