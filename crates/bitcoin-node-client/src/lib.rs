@@ -143,4 +143,14 @@ pub trait BitcoinNode {
 
     /// Returns the unspent outputs paying `script_pubkey` (the peg wallet).
     fn list_unspent(&self, script_pubkey: &bitcoin::Script) -> Result<Vec<Utxo>, Error>;
+
+    /// Returns an unspent output (`gettxout TXID N include_mempool`), or
+    /// `None` when it is spent or never existed. With `include_mempool`, an
+    /// output spent by a mempool transaction is spent, and a mempool
+    /// transaction's output is unspent with 0 confirmations.
+    fn get_tx_out(
+        &self,
+        outpoint: &bitcoin::OutPoint,
+        include_mempool: bool,
+    ) -> Result<Option<Utxo>, Error>;
 }

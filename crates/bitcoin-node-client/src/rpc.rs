@@ -371,4 +371,13 @@ impl BitcoinNode for UreqBitcoinNode {
             })
             .collect()
     }
+
+    fn get_tx_out(
+        &self,
+        outpoint: &bitcoin::OutPoint,
+        include_mempool: bool,
+    ) -> Result<Option<crate::Utxo>, crate::Error> {
+        let _ = (outpoint, include_mempool);
+        todo!("H3")
+    }
 }

@@ -21,8 +21,8 @@ use peg_ops::BurnHeight;
 use serde::Deserialize;
 use stacks_wire::{ContractId, StacksAddress, StacksNetwork, StacksPrivateKey};
 
-use crate::allowlist::Allowlist;
 use crate::secret::Secret;
+use peg_rules::Allowlist;
 
 /// The prefix of environment overrides.
 pub const ENV_PREFIX: &str = "SBTC_COORDINATOR__";

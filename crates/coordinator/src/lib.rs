@@ -20,7 +20,6 @@
 //!
 //! The loop never prints; it logs through the `log` crate.
 
-pub mod allowlist;
 pub mod config;
 pub mod lock;
 pub mod metrics;
@@ -43,8 +42,8 @@ use peg_queue::{OpState, PegQueue, QueuedOp};
 use stacks_node_client::StacksNode;
 use stacks_wire::{ContractId, PrincipalData, StacksNetwork, Value};
 
-pub use allowlist::Allowlist;
 pub use bitcoin;
+pub use peg_rules::Allowlist;
 
 /// Returns a Bitcoin height as the op types count it.
 pub fn bitcoin_height(h: u64) -> BurnHeight {

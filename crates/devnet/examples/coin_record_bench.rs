@@ -78,6 +78,15 @@ impl BitcoinNode for Chain {
     fn list_unspent(&self, _: &Script) -> Result<Vec<Utxo>, Error> {
         nope()
     }
+
+    fn get_tx_out(
+        &self,
+        outpoint: &bitcoin::OutPoint,
+        include_mempool: bool,
+    ) -> Result<Option<bitcoin_node_client::Utxo>, bitcoin_node_client::Error> {
+        let _ = (outpoint, include_mempool);
+        todo!("H3")
+    }
 }
 
 fn tx(inputs: Vec<OutPoint>, outputs: Vec<TxOut>) -> Transaction {

@@ -662,8 +662,11 @@ fn a_missing_or_wrong_key_stored_report_fails_the_dkg() {
 fn a_refused_sign_request_names_the_signers_and_their_rule() {
     struct No;
     impl frost_signer::Validator for No {
-        fn check(&self, _: &frost_net::SignRequest) -> Result<(), String> {
+        fn check(&mut self, _: &frost_net::SignRequest) -> Result<(), String> {
             Err("not a payout I know".into())
+        }
+        fn will_sign(&self, _: &bitcoin::secp256k1::PublicKey, _: &[u8; 32]) -> bool {
+            false
         }
     }
     let mut c = Cluster::new(3, 1, 2);

@@ -82,25 +82,41 @@ pub enum SignerError {
 
 /// Decides whether the signer takes part in a sign request.
 ///
-/// The default, [`AcceptAll`], accepts everything the coordinator asks;
-/// issue #13 replaces it with checks against the signer's own Bitcoin and
-/// Stacks nodes (is this a payout the contract asked for, to the right
-/// address, for the right amount?).
+/// [`AcceptAll`] accepts everything (tests of the protocol only); the
+/// `signer-guard` crate checks each request against the signer's own Bitcoin
+/// and Stacks nodes and the peg rules.
 pub trait Validator: Send {
-    /// `Ok` to sign the request's items, or the rule that failed.
+    /// `Ok` to sign the request's items — after recording, durably, that
+    /// this signer will sign each of them — or the rule that failed
+    /// (`"name: detail"`, sent back in a `Refusal`).
     ///
     /// # Errors
     /// The rule the request breaks, for the coordinator's operator.
-    fn check(&self, request: &SignRequest) -> Result<(), String>;
+    fn check(&mut self, request: &SignRequest) -> Result<(), String>;
+
+    /// Whether `(key, digest)` passed [`Validator::check`] and is recorded:
+    /// nonce requests are answered only for those.
+    fn will_sign(&self, key: &PublicKey, digest: &[u8; 32]) -> bool;
+
+    /// The peg wallet key the contract publishes, when it is one this
+    /// signer holds (read on its own stacks-node): what it attests to.
+    /// `None` when it cannot tell, or the published key is not ours.
+    fn attest(&mut self) -> Option<PublicKey> {
+        None
+    }
 }
 
-/// A [`Validator`] that accepts every request (until issue #13).
+/// A [`Validator`] that accepts every request: for tests of the protocol.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AcceptAll;
 
 impl Validator for AcceptAll {
-    fn check(&self, _request: &SignRequest) -> Result<(), String> {
+    fn check(&mut self, _request: &SignRequest) -> Result<(), String> {
         Ok(())
+    }
+
+    fn will_sign(&self, _key: &PublicKey, _digest: &[u8; 32]) -> bool {
+        true
     }
 }
 

@@ -84,6 +84,15 @@ impl BitcoinNode for Node {
     fn list_unspent(&self, _: &Script) -> Result<Vec<Utxo>, NodeError> {
         unsupported()
     }
+
+    fn get_tx_out(
+        &self,
+        outpoint: &bitcoin::OutPoint,
+        include_mempool: bool,
+    ) -> Result<Option<bitcoin_node_client::Utxo>, bitcoin_node_client::Error> {
+        let _ = (outpoint, include_mempool);
+        todo!("H3")
+    }
 }
 
 impl Node {

@@ -145,13 +145,21 @@ pub enum Error {
     /// The answer could not be decoded.
     #[error("stacks node answer could not be decoded: {0}")]
     Decode(String),
+    /// A read-only call at a Stacks block the node does not know (its 404):
+    /// the block was forked away, or never existed.
+    #[error("stacks node does not know block {0}")]
+    UnknownTip(String),
 }
 
 impl Error {
     /// Returns whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Transport(_) | Error::Timeout | Error::Decode(_) | Error::NoEstimate => true,
+            Error::Transport(_)
+            | Error::Timeout
+            | Error::Decode(_)
+            | Error::NoEstimate
+            | Error::UnknownTip(_) => true,
             Error::Http { status, .. } => *status >= 500 || *status == 429,
             Error::Rejected(r) => r.retry() == Retry::Transient,
             Error::CallReadFailed(_) | Error::BurnOpsUnsupported { .. } => false,
@@ -229,6 +237,25 @@ pub trait StacksNode {
         function: &str,
         args: &[Value],
         sender: &PrincipalData,
+    ) -> Result<Value, Error>;
+
+    /// Returns the index block hash (`StacksBlockId`) of the Stacks block
+    /// `depth` blocks below the node's tip (0: the tip itself), or `None`
+    /// when the chain is not that long. Found through `/v2/info` (depth 0) or
+    /// `GET /v2/headers/{depth}` (the last header's `parent_block_id`).
+    fn block_at_depth(&self, depth: u32) -> Result<Option<[u8; 32]>, Error>;
+
+    /// Calls a read-only function at a given Stacks block (`?tip=`, 64 hex
+    /// digits, no `0x`): the contract's state as of that block. A tip the
+    /// node does not know is [`Error::UnknownTip`] (the node's 404), never
+    /// an answer at another block.
+    fn call_read_at(
+        &self,
+        contract: &ContractId,
+        function: &str,
+        args: &[Value],
+        sender: &PrincipalData,
+        tip: &[u8; 32],
     ) -> Result<Value, Error>;
 }
 

@@ -302,4 +302,21 @@ impl StacksNode for UreqStacksNode {
             )),
         }
     }
+
+    fn block_at_depth(&self, depth: u32) -> Result<Option<[u8; 32]>, Error> {
+        let _ = depth;
+        todo!("H2")
+    }
+
+    fn call_read_at(
+        &self,
+        contract: &ContractId,
+        function: &str,
+        args: &[Value],
+        sender: &PrincipalData,
+        tip: &[u8; 32],
+    ) -> Result<Value, Error> {
+        let _ = (contract, function, args, sender, tip);
+        todo!("H2")
+    }
 }
