@@ -521,10 +521,14 @@ pub fn check_backing(books: &Books) -> Result<(), Rule> {
 /// The fee rate a fulfilment pays: the estimate (or the floor without one)
 /// within the policy's floor and cap.
 pub fn clamp_fee_rate(policy: &Policy, estimate: Option<FeeRate>) -> FeeRate {
-    estimate
-        .unwrap_or(policy.fee_floor)
-        .max(policy.fee_floor)
-        .min(policy.fee_cap)
+    clamp_fee_rate_between(policy.fee_floor, policy.fee_cap, estimate)
+}
+
+/// [`clamp_fee_rate`] with the floor and cap given: the estimate (or `floor`
+/// without one), at least `floor` and at most `cap` (the cap wins should
+/// `floor` exceed it).
+pub fn clamp_fee_rate_between(floor: FeeRate, cap: FeeRate, estimate: Option<FeeRate>) -> FeeRate {
+    estimate.unwrap_or(floor).max(floor).min(cap)
 }
 
 /// The vsize of a fulfilment with `peg_inputs` peg-coin inputs besides the
