@@ -503,4 +503,21 @@ subsidy_sats = 500
         let base = path.parent().unwrap();
         peg_rules::Policy::from_file(&p, base, bitcoin::Network::Regtest).unwrap();
     }
+
+    #[test]
+    fn a_written_signer_file_reads_back_with_its_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "");
+        let mut f = SignerFile::load(&path).unwrap();
+        f.magic_bytes = Some("id".into());
+        f.policy.allowlist_file = Some("allowlist.toml".into());
+        f.policy.max_request_sats = Some(1_000);
+        std::fs::write(&path, toml::to_string(&f).unwrap()).unwrap();
+        let back = SignerFile::load(&path).unwrap();
+        assert_eq!(back.policy, f.policy);
+        assert_eq!(back.magic(), Ok(Some(*b"id")));
+        assert_eq!(back.set, f.set);
+        let p = back.policy(&path, bitcoin::Network::Regtest).unwrap();
+        assert_eq!(p.max_request, Some(bitcoin::Amount::from_sat(1_000)));
+    }
 }
