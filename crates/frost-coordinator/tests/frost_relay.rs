@@ -69,6 +69,8 @@ impl Cluster {
             state_dir: None,
             network: None,
             contract: None,
+            magic_bytes: None,
+            policy: Default::default(),
             set,
         };
         let mut c = Cluster {
