@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::testing::*;
-use bitcoin::{absolute, transaction, Amount, TxIn, TxOut};
+use bitcoin::Amount;
 use peg_queue::MockPegQueue;
 use stacks_node_client::Rejection;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ fn peg_in_to_another_wallet_is_rejected_without_minting() {
     let q = MemQueue::default();
     run_ticks(&mut coordinator(&w, &q, settings()), 2);
     match q.state(&txid(1)) {
-        OpState::Rejected { reason } => assert!(reason.contains("not our peg wallet"), "{reason}"),
+        OpState::Rejected { reason } => assert!(reason.starts_with("peg-in.wallet:"), "{reason}"),
         other => panic!("expected rejected, got {other}"),
     }
     assert!(w.lock().unwrap().signed.is_empty());
@@ -225,7 +225,7 @@ fn an_unsafe_fulfilment_is_refused_before_signing() {
     let q = MemQueue::default();
     run_ticks(&mut coordinator(&w, &q, settings()), 3);
     match q.state(&txid(1)) {
-        OpState::Failed { reason } => assert!(reason.contains("output 1"), "{reason}"),
+        OpState::Failed { reason } => assert!(reason.contains("fulfilment.recipient"), "{reason}"),
         other => panic!("expected failed, got {other}"),
     }
     let g = w.lock().unwrap();
@@ -260,7 +260,7 @@ fn peg_out_checks_recipient_allowlist_network_and_signature() {
         matches!(q.state(&txid(2)), OpState::Rejected { reason } if reason.contains("regtest"))
     );
     assert!(
-        matches!(q.state(&txid(3)), OpState::Rejected { reason } if reason.contains("requester"))
+        matches!(q.state(&txid(3)), OpState::Rejected { reason } if reason.starts_with("request.signature:"))
     );
     assert!(w.lock().unwrap().signed.is_empty());
 }
@@ -595,49 +595,6 @@ fn process_one_drives_a_single_op_and_names_unknown_ones() {
         l.process_one(&txid(9), &no_stop()),
         Err(Error::UnknownOp(_))
     ));
-}
-
-#[test]
-fn fulfilment_check_rejects_each_unsafe_shape() {
-    let PegOp::PegOutRequest(op) = peg_out(1, 2, ALLOWED_BTC, 40_000) else {
-        unreachable!()
-    };
-    let peg = peg_address().script_pubkey();
-    let good = Transaction {
-        version: transaction::Version::TWO,
-        lock_time: absolute::LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint::new(op.txid, 2),
-            ..Default::default()
-        }],
-        output: vec![
-            TxOut {
-                value: Amount::ZERO,
-                script_pubkey: ScriptBuf::new_op_return([1u8]),
-            },
-            TxOut {
-                value: op.amount,
-                script_pubkey: op.recipient.script_pubkey(),
-            },
-            TxOut {
-                value: Amount::from_sat(1),
-                script_pubkey: peg.clone(),
-            },
-        ],
-    };
-    assert_eq!(check_fulfillment(&op, &good, &peg), Ok(()));
-    let mut t = good.clone();
-    t.input[0].previous_output.vout = 1;
-    assert!(check_fulfillment(&op, &t, &peg).is_err());
-    let mut t = good.clone();
-    t.output[1].value = op.amount + Amount::from_sat(1);
-    assert!(check_fulfillment(&op, &t, &peg).is_err());
-    let mut t = good.clone();
-    t.output[2].script_pubkey = op.recipient.script_pubkey();
-    assert!(check_fulfillment(&op, &t, &peg).is_err());
-    let mut t = good;
-    t.output[0].script_pubkey = peg.clone();
-    assert!(check_fulfillment(&op, &t, &peg).is_err());
 }
 
 #[test]
