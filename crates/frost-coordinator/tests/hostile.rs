@@ -39,6 +39,8 @@ fn file(url: &str, n: u32) -> SignerFile {
         state_dir: None,
         network: Some("regtest".into()),
         contract: Some("ST1.sbtc".into()),
+        magic_bytes: None,
+        policy: Default::default(),
         set: SignerSet {
             threshold: 2,
             dkg_threshold: None,
@@ -394,6 +396,7 @@ impl Signers {
                         state_path: dir.join(format!("signer-{id}.json")),
                         poll_wait: Duration::from_millis(200),
                         allow_rotation: true,
+                        attest_interval: frost_signer::ATTEST_INTERVAL,
                     })
                     .unwrap();
                     let stop = Arc::new(AtomicBool::new(false));
