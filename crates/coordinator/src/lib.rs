@@ -97,6 +97,9 @@ pub const REORG_RESCAN_DEPTH: u64 = 6;
 /// keeps refusing from spinning the loop.
 pub const MAX_STEPS_PER_DRIVE: usize = 16;
 
+/// How often the loop reads the signers' newest attestations from the relay.
+pub const ATTESTATION_REFRESH: Duration = Duration::from_secs(10);
+
 /// How often `run` looks for coins at the addresses of keys rotated away
 /// from (`scantxoutset` per old key, so not every tick).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
@@ -383,6 +386,9 @@ pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
     /// Requests accepted in the current round, not yet stored: txid,
     /// signature digest, amount.
     round_accepted: Vec<(Txid, [u8; 32], bitcoin::Amount)>,
+    /// The signers' newest attestations, and when they were last read.
+    attestations: Vec<frost_coordinator::SignerAttestation>,
+    next_attestations: Option<Instant>,
     #[cfg(any(test, feature = "testing"))]
     crash_point: Option<CrashPoint>,
 }
@@ -438,6 +444,8 @@ where
             round_fee_rate: None,
             round_final_block: None,
             round_accepted: Vec::new(),
+            attestations: Vec::new(),
+            next_attestations: None,
             #[cfg(any(test, feature = "testing"))]
             crash_point: None,
             settings,
@@ -696,8 +704,18 @@ where
                 }
             }
         }
+        if self.next_attestations.is_none_or(|t| t <= Instant::now()) {
+            self.next_attestations = Some(Instant::now() + ATTESTATION_REFRESH);
+            self.attestations = self.c.frost.attestations();
+        }
         self.metrics.tick();
         Ok(report)
+    }
+
+    /// Each signer's newest attestation of the peg wallet key (read from the
+    /// relay at most every [`ATTESTATION_REFRESH`]), for `/attestations`.
+    pub fn attestations(&self) -> &[frost_coordinator::SignerAttestation] {
+        &self.attestations
     }
 
     /// Sweeps the coins at the address of every key but the current one to

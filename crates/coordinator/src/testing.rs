@@ -269,6 +269,8 @@ pub struct World {
     pub sign_payloads: Vec<Vec<u8>>,
     /// Fulfilments the wallet refuses with a fee shortfall (rate rose).
     pub fee_shortfall: bool,
+    /// What the FROST coordinator holds of the signers' attestations.
+    pub attestations: Vec<frost_coordinator::SignerAttestation>,
 }
 
 /// What the contract records for `op`'s mint or burn in the world.
@@ -632,6 +634,9 @@ pub fn frost(w: &W) -> MockFrostCoordinator {
         .returning(|| Some(aggregate_key()));
     let w1 = w.clone();
     m.expect_keys().returning(|| vec![aggregate_key()]);
+    let w2 = w.clone();
+    m.expect_attestations()
+        .returning(move || w2.lock().unwrap().attestations.clone());
     m.expect_sign().returning(move |payload, items| {
         let mut g = w1.lock().unwrap();
         g.sign_payloads.push(payload.to_vec());
