@@ -93,11 +93,27 @@ fn sigkilled_coordinator_processes_do_every_op_exactly_once() {
     loop {
         assert!(
             Instant::now() < deadline,
-            "not done in time after {kills} kills: {} of {} peg-ins, {} of {} peg-outs; log:\n{}",
+            "not done in time after {kills} kills: {} of {} peg-ins, {} of {} peg-outs; not done:\n{}\nlog:\n{}",
             done(&queue, &ins),
             ins.len(),
             done(&queue, &outs.iter().map(|o| o.1).collect::<Vec<_>>()),
             outs.len(),
+            queue
+                .all()
+                .unwrap_or_default()
+                .iter()
+                .filter(|o| o.state != OpState::Done)
+                .map(|o| format!(
+                    "{} {}: {} (attempts {}, last error {:?}, waiting {:?})",
+                    o.op.kind(),
+                    o.op.txid(),
+                    o.state.name(),
+                    o.attempts,
+                    o.last_error,
+                    o.waiting
+                ))
+                .collect::<Vec<_>>()
+                .join("\n"),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         // Users send work in waves: a peg-in each, then (once minted) a
