@@ -234,7 +234,7 @@ impl RealPeg {
                 })
                 .collect::<Result<_>>()?,
         };
-        let file = SignerFile {
+        let mut file = SignerFile {
             relay_url: relay.url(),
             coordinator_public_key: coordinator_key.public_key(&secp),
             magic_bytes: None,
@@ -242,8 +242,15 @@ impl RealPeg {
             state_dir: None,
             network: None,
             contract: None,
+            magic_bytes: Some("id".into()),
+            policy: Default::default(),
             set,
         };
+        // The policy write_config's coordinator.toml repeats (H5, minimal:
+        // the coordinator now reads it from this file).
+        file.policy.allowlist_file = Some("allowlist.toml".into());
+        file.policy.fee_rate_floor = 2;
+        file.policy.fee_rate_cap = 100;
         let miner_address = Address::p2wpkh(
             &bitcoin::CompressedPublicKey(key(0x3b, 0)?.public_key(&secp)),
             Network::Regtest,
