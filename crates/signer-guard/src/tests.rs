@@ -1179,3 +1179,31 @@ fn an_unbacked_burn_is_not_paid_out_of_a_pending_requests_btc() {
     fx.mine(vec![top_up]);
     g.check(&alice).unwrap();
 }
+
+#[test]
+fn a_payout_signed_and_not_confirmed_yet_is_no_longer_held() {
+    let mut fx = Fx::new();
+    let mut g = fx.guard();
+    // Alice's payout is signed (not confirmed yet: its fee output unspent).
+    let (tx, p) = fx.payout();
+    g.check(&fulfilment_request(&fx, &fx.request, tx, p))
+        .unwrap();
+    // Then an unbacked burn: the BTC Alice is being paid must not count as
+    // still held.
+    let mallory = PrincipalData::Standard(StacksAddress::p2pkh(
+        StacksNetwork::Testnet,
+        &public(44),
+        true,
+    ));
+    let attack = fx.request_tx(44, 30_000, FEE_OUTPUT);
+    fx.mine(vec![attack.clone()]);
+    let rq = attack.compute_txid().to_string();
+    fx.stacks(move |s| {
+        s.burns.insert(rq, (30_000, mallory));
+    });
+    let (tx, p) = fx.fulfilment(&attack, &[fx.peg_in_coin()], 1_000);
+    assert_eq!(
+        refused(g.check(&fulfilment_request(&fx, &attack, tx, p))),
+        "backing"
+    );
+}
