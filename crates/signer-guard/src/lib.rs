@@ -86,12 +86,8 @@ use stacks_wire::{ContractId, PrincipalData, StacksNetwork, Value};
 
 use store::{CoinKind, Fulfilment, Promise, Store};
 
-/// Read-only `(get-burn (peg-out-txid (string-ascii 72)))` →
-/// `(optional {amount: uint, principal: principal})`.
-pub const GET_BURN: &str = "get-burn";
-/// Read-only `(get-mint (peg-in-txid (string-ascii 72)))` →
-/// `(optional {amount: uint, principal: principal})`.
-pub const GET_MINT: &str = "get-mint";
+/// `get-burn` and `get-mint`, re-exported from `peg_ops::contract`.
+pub use peg_ops::contract::{GET_BURN, GET_MINT};
 /// Read-only `(get-total-supply)` → `(ok uint)` (SIP-010).
 pub const GET_TOTAL_SUPPLY: &str = "get-total-supply";
 
@@ -326,20 +322,11 @@ fn script_of(key: &PublicKey, network: Network) -> ScriptBuf {
     peg_rules::peg_wallet_address(key, network).script_pubkey()
 }
 
-/// `(optional {amount: uint, principal: principal})`, as `get-burn` and
-/// `get-mint` answer.
-fn decode_entry(v: &Value) -> Result<Option<(u128, PrincipalData)>, String> {
-    match v {
-        Value::Optional(None) => Ok(None),
-        Value::Optional(Some(inner)) => match inner.as_ref() {
-            Value::Tuple(fields) => match (fields.get("amount"), fields.get("principal")) {
-                (Some(Value::UInt(a)), Some(Value::Principal(p))) => Ok(Some((*a, p.clone()))),
-                _ => Err(format!("{v} is no {{amount, principal}}")),
-            },
-            _ => Err(format!("{v} is no {{amount, principal}}")),
-        },
-        _ => Err(format!("{v} is no optional")),
-    }
+/// A `get-burn` / `get-mint` answer: (amount, principal), if recorded.
+fn decode_entry(v: &Value) -> Result<Option<(u64, PrincipalData)>, String> {
+    contract::decode_record(v)
+        .map(|r| r.map(|r| (r.amount, r.principal)))
+        .map_err(|e| e.to_string())
 }
 
 /// Everything the guard knows of the peg wallet at one check.
@@ -812,7 +799,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 ))
             }
             Some((amount, principal)) => {
-                if amount != u128::from(op.amount.to_sat())
+                if amount != op.amount.to_sat()
                     || principal != PrincipalData::Standard(requester.clone())
                 {
                     return Err(rule(
@@ -884,8 +871,6 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             }
             let burn = self.read_final(GET_BURN, &[contract::txid_arg(&o.txid)], final_tip)?;
             if let Some((amount, _)) = decode_entry(&burn).map_err(|e| stx_err(GET_BURN, e))? {
-                let amount = u64::try_from(amount)
-                    .map_err(|_| stx_err(GET_BURN, format!("{amount} is above 2^64")))?;
                 owed_to_requests.push(Amount::from_sat(amount));
             }
         }
