@@ -47,6 +47,11 @@
 //! fee output still unspent, signed within a day) are taken out of what
 //! the wallet holds. So sBTC minted without BTC and then burned is never
 //! paid out of other users' BTC, however much surplus the wallet holds.
+//! The breaker stays tripped until the books balance again; the operator's
+//! way out is to cover the shortfall with BTC of their own, paid to the
+//! current peg wallet address in a plain transaction (no peg-in: nothing
+//! is owed for it), after finding and stopping the cause (a stolen
+//! coordinator Stacks key minting without BTC).
 //!
 //! Every refusal is `"rule.name: detail"`: a `peg_rules` rule name or one
 //! of the guard's own: `key.not-ours`, `stacks.not-final`, `burn.not-final`,
@@ -666,8 +671,9 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             .bitcoin
             .get_block_count()
             .map_err(|e| btc_err("getblockcount", e))?;
-        let height = (tip + 1)
-            .checked_sub(u64::from(status.confirmations))
+        let height = tip
+            .checked_add(1)
+            .and_then(|t| t.checked_sub(u64::from(status.confirmations)))
             .ok_or_else(|| {
                 btc_err(
                     "getrawtransaction",
@@ -755,7 +761,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         let mut recent: BTreeMap<Txid, (Amount, Amount)> = BTreeMap::new();
         for f in signed
             .iter()
-            .filter(|f| f.request_txid != *request_txid && f.time + DAY_SECS > now)
+            .filter(|f| f.request_txid != *request_txid && f.time.saturating_add(DAY_SECS) > now)
         {
             let e = recent
                 .entry(f.request_txid)
