@@ -221,6 +221,8 @@ impl Peg {
         let file = SignerFile {
             relay_url: relay.url(),
             coordinator_public_key: coordinator_key.public_key(&secp),
+            magic_bytes: None,
+            policy: Default::default(),
             state_dir: None,
             network: None,
             contract: None,

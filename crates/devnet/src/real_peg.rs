@@ -237,6 +237,8 @@ impl RealPeg {
         let file = SignerFile {
             relay_url: relay.url(),
             coordinator_public_key: coordinator_key.public_key(&secp),
+            magic_bytes: None,
+            policy: Default::default(),
             state_dir: None,
             network: None,
             contract: None,
