@@ -72,7 +72,7 @@ fn the_guard_checks_a_payout_on_the_emulators_over_http() {
 
     let contract: ContractId = "ST000000000000000000002AMW42H.sbtc-alpha".parse().unwrap();
     let mut s = StacksState::new(contract.clone());
-    let owner = PrincipalData::Standard(contract.address.clone());
+    let owner = PrincipalData::Standard(contract.address);
     s.model.coordinator = Some((owner.clone(), key(9).serialize().to_vec()));
     s.model.wallet_key = Some(peg_key.serialize().to_vec());
     let txid = |t: &Txid| Value::StringAscii(t.to_string());
