@@ -71,8 +71,6 @@ impl Cluster {
             state_dir: None,
             network: None,
             contract: None,
-            magic_bytes: None,
-            policy: Default::default(),
             set,
         };
         let mut c = Cluster {
