@@ -19,15 +19,16 @@
 
 use std::collections::HashSet;
 
-use bitcoin::key::{Secp256k1, UntweakedPublicKey};
 use bitcoin::secp256k1::{schnorr, PublicKey};
-use bitcoin::sighash::{Prevouts, SighashCache};
 use bitcoin::{
-    absolute, transaction, Address, Amount, FeeRate, Network, OutPoint, ScriptBuf, Sequence,
-    TapSighashType, Transaction, TxIn, TxOut, Witness,
+    absolute, transaction, Address, Amount, FeeRate, Network, OutPoint, Sequence, Transaction,
+    TxIn, TxOut, Witness,
 };
 use bitcoin_node_client::Utxo;
 use peg_ops::PegOutRequestOp;
+use peg_rules::{clamp_fee_rate_between, fulfilment_op_return, signed_vsize};
+
+pub use peg_rules::peg_wallet_address;
 
 use crate::{BitcoinWallet, Error, FulfillmentInputs, UnsignedFulfillment};
 
@@ -42,16 +43,22 @@ pub struct BitcoinFeePolicy {
     pub subsidy: Amount,
 }
 
-/// Returns the peg wallet address of an aggregate key: P2TR with the BIP-0341
-/// tweak and no script tree.
-pub fn peg_wallet_address(aggregate_key: &PublicKey, network: Network) -> Address {
-    let (xonly, _) = aggregate_key.x_only_public_key();
-    Address::p2tr(
-        &Secp256k1::verification_only(),
-        UntweakedPublicKey::from(xonly),
-        None,
-        network,
-    )
+impl BitcoinFeePolicy {
+    /// The fee part of the peg's shared policy (the signer set file's
+    /// `[policy]`), so that the wallet builds what the signers accept.
+    pub fn from_policy(policy: &peg_rules::Policy) -> Self {
+        BitcoinFeePolicy {
+            floor: policy.fee_floor,
+            cap: policy.fee_cap,
+            subsidy: policy.subsidy,
+        }
+    }
+
+    /// The rate a transaction pays: `estimate` within floor and cap
+    /// ([`peg_rules::clamp_fee_rate`]).
+    fn rate(&self, estimate: Option<FeeRate>) -> FeeRate {
+        clamp_fee_rate_between(self.floor, self.cap, estimate)
+    }
 }
 
 /// Builds fulfilments that spend the peg wallet.
@@ -72,23 +79,13 @@ impl PegWallet {
             fees,
         }
     }
-
-    fn op_return(&self, chain_tip: &[u8; 32]) -> ScriptBuf {
-        let mut data = [0u8; 35];
-        data[..2].copy_from_slice(&self.magic);
-        data[2] = peg_ops::wire::OP_PEG_OUT_FULFILL;
-        data[3..].copy_from_slice(chain_tip);
-        ScriptBuf::new_op_return(data)
-    }
 }
 
-/// The vsize of `tx` once each input carries a 64-byte key-path signature.
-fn signed_vsize(tx: &Transaction) -> u64 {
-    let mut t = tx.clone();
-    for i in &mut t.input {
-        i.witness = Witness::from_slice(&[[0u8; 64]]);
-    }
-    t.vsize() as u64
+/// The value of `coins`, saturating (a node's answer is outside data).
+fn total<'a>(coins: impl Iterator<Item = &'a Utxo>) -> Amount {
+    coins.fold(Amount::ZERO, |s, u| {
+        s.checked_add(u.amount()).unwrap_or(Amount::MAX)
+    })
 }
 
 fn fee_at(rate: FeeRate, vsize: u64) -> Result<Amount, Error> {
@@ -153,19 +150,21 @@ impl BitcoinWallet for PegWallet {
                 .cmp(&a.amount())
                 .then(a.outpoint.cmp(&b.outpoint))
         });
-        let available = candidates.iter().fold(Amount::ZERO, |s, u| s + u.amount());
+        let available = total(candidates.iter().copied());
 
-        let rate = inputs
-            .fee_rate
-            .unwrap_or(self.fees.floor)
-            .max(self.fees.floor)
-            .min(self.fees.cap);
+        let rate = self.fees.rate(inputs.fee_rate);
+        // What the fulfilment may pay the miner in all (`fulfilment.fee`):
+        // the request's fee output plus the subsidy.
+        let budget = fee_utxo
+            .amount()
+            .checked_add(self.fees.subsidy)
+            .unwrap_or(Amount::MAX);
         let change_dust = peg_script.minimal_non_dust();
 
         let mut selected: Vec<&Utxo> = vec![fee_utxo];
         let mut next = candidates.into_iter();
         loop {
-            let total_in = selected.iter().fold(Amount::ZERO, |s, u| s + u.amount());
+            let total_in = total(selected.iter().copied());
             let mut tx = Transaction {
                 version: transaction::Version::TWO,
                 lock_time: absolute::LockTime::ZERO,
@@ -180,7 +179,7 @@ impl BitcoinWallet for PegWallet {
                 output: vec![
                     TxOut {
                         value: Amount::ZERO,
-                        script_pubkey: self.op_return(&inputs.stacks_chain_tip),
+                        script_pubkey: fulfilment_op_return(self.magic, &inputs.stacks_chain_tip),
                     },
                     TxOut {
                         value: op.amount,
@@ -195,50 +194,65 @@ impl BitcoinWallet for PegWallet {
             let fee_with_change = fee_at(rate, signed_vsize(&tx))?;
             let mut no_change = tx.clone();
             no_change.output.truncate(2);
-            let fee_without = fee_at(rate, signed_vsize(&no_change))?;
+            let vsize_without = signed_vsize(&no_change);
+            let fee_without = fee_at(rate, vsize_without)?;
 
             // The user's fee pays the miner; the wallet may add up to the subsidy.
-            let shortfall = fee_without
-                .checked_sub(fee_utxo.amount())
-                .unwrap_or(Amount::ZERO);
-            if shortfall > self.fees.subsidy {
+            if fee_without > budget {
                 return Err(Error::FeeShortfall {
                     offered: fee_utxo.amount(),
                     required: fee_without,
                 });
             }
+            let prevouts = || selected.iter().map(|u| u.txout.clone()).collect::<Vec<_>>();
 
-            let spend_with_change = op.amount + fee_with_change;
-            if let Some(change) = total_in.checked_sub(spend_with_change) {
-                let prevouts: Vec<TxOut> = selected.iter().map(|u| u.txout.clone()).collect();
-                if change >= change_dust {
+            // With change: the fee is the rate times the size.
+            if fee_with_change <= budget {
+                let change = op
+                    .amount
+                    .checked_add(fee_with_change)
+                    .and_then(|spend| total_in.checked_sub(spend));
+                if let Some(change) = change.filter(|c| *c >= change_dust) {
                     tx.output[2].value = change;
-                } else {
-                    // Change would be dust: leave it to the miner.
-                    tx = no_change;
+                    let prevouts = prevouts();
+                    let sighashes = sighashes(&tx, &prevouts)?;
+                    return Ok(UnsignedFulfillment {
+                        tx,
+                        prevouts,
+                        sighashes,
+                    });
                 }
-                let sighashes = sighashes(&tx, &prevouts)?;
-                return Ok(UnsignedFulfillment {
-                    tx,
-                    prevouts,
-                    sighashes,
-                });
             }
-            if total_in >= op.amount + fee_without {
-                let prevouts: Vec<TxOut> = selected.iter().map(|u| u.txout.clone()).collect();
-                let sighashes = sighashes(&no_change, &prevouts)?;
-                return Ok(UnsignedFulfillment {
-                    tx: no_change,
-                    prevouts,
-                    sighashes,
-                });
+            // Without: change that would be dust goes to the miner, as long
+            // as the fee stays within the budget and the cap's rate.
+            if let Some(fee) = total_in.checked_sub(op.amount) {
+                let cap_fee = fee_at(self.fees.cap, vsize_without)?;
+                if fee >= fee_without && fee <= budget && fee <= cap_fee {
+                    let prevouts = prevouts();
+                    let sighashes = sighashes(&no_change, &prevouts)?;
+                    return Ok(UnsignedFulfillment {
+                        tx: no_change,
+                        prevouts,
+                        sighashes,
+                    });
+                }
+                if fee_with_change > budget && fee > budget {
+                    // Too much to leave to the miner, too little budget
+                    // for a change output; more coins only add to both.
+                    return Err(Error::FeeShortfall {
+                        offered: fee_utxo.amount(),
+                        required: fee_with_change,
+                    });
+                }
             }
             match next.next() {
                 Some(u) => selected.push(u),
                 None => {
                     return Err(Error::InsufficientFunds {
-                        needed: op.amount + fee_without,
-                        available: available + fee_utxo.amount(),
+                        needed: op.amount.checked_add(fee_without).unwrap_or(Amount::MAX),
+                        available: available
+                            .checked_add(fee_utxo.amount())
+                            .unwrap_or(Amount::MAX),
                     })
                 }
             }
@@ -260,11 +274,8 @@ impl BitcoinWallet for PegWallet {
         coins.sort_by_key(|u| u.outpoint);
         coins.dedup_by_key(|u| u.outpoint);
         let to = self.peg_wallet_address(to_key).script_pubkey();
-        let total = coins.iter().fold(Amount::ZERO, |s, u| s + u.amount());
-        let rate = fee_rate
-            .unwrap_or(self.fees.floor)
-            .max(self.fees.floor)
-            .min(self.fees.cap);
+        let total = total(coins.iter().copied());
+        let rate = self.fees.rate(fee_rate);
         let mut tx = Transaction {
             version: transaction::Version::TWO,
             lock_time: absolute::LockTime::ZERO,
@@ -286,7 +297,9 @@ impl BitcoinWallet for PegWallet {
             Some(v) if v >= to.minimal_non_dust() => tx.output[0].value = v,
             _ => {
                 return Err(Error::InsufficientFunds {
-                    needed: fee + to.minimal_non_dust(),
+                    needed: fee
+                        .checked_add(to.minimal_non_dust())
+                        .unwrap_or(Amount::MAX),
                     available: total,
                 })
             }
@@ -325,19 +338,7 @@ impl BitcoinWallet for PegWallet {
 
 /// Returns the BIP-0341 key-path sighash (SIGHASH_DEFAULT) of every input.
 fn sighashes(tx: &Transaction, prevouts: &[TxOut]) -> Result<Vec<[u8; 32]>, Error> {
-    let mut cache = SighashCache::new(tx);
-    (0..tx.input.len())
-        .map(|i| {
-            cache
-                .taproot_key_spend_signature_hash(
-                    i,
-                    &Prevouts::All(prevouts),
-                    TapSighashType::Default,
-                )
-                .map(|h| h.to_raw_hash().to_byte_array())
-                .map_err(|e| Error::Build(format!("sighash of input {i}: {e}")))
-        })
-        .collect()
+    peg_rules::payload::sighashes(tx, prevouts).map_err(Error::Build)
 }
 
 /// Checks every input of `tx` with libbitcoinconsensus (Bitcoin Core 26),
@@ -368,5 +369,3 @@ pub fn verify_spends(tx: &Transaction, prevouts: &[TxOut]) -> Result<(), Error> 
     }
     Ok(())
 }
-
-use bitcoin::hashes::Hash as _;

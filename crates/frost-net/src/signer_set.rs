@@ -233,6 +233,16 @@ pub struct SignerFile {
     /// The sBTC contract (`ADDRESS.NAME`): part of the same domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contract: Option<String>,
+    /// The OP_RETURN magic of peg operations (the stacks-node's
+    /// `burnchain.magic_bytes`, two ASCII characters); see
+    /// [`SignerFile::magic`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub magic_bytes: Option<String>,
+    /// The peg's policy (`[policy]`): fees, outflow limits, the allowlist.
+    /// The coordinator and every signer read it from this one file, so they
+    /// cannot drift; see [`SignerFile::policy`].
+    #[serde(default)]
+    pub policy: peg_rules::PolicyFile,
     /// The signer set.
     #[serde(flatten)]
     pub set: SignerSet,
@@ -252,6 +262,38 @@ impl SignerFile {
             .validate()
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(file)
+    }
+
+    /// Checks the `[policy]` table and loads its allowlist, relative to the
+    /// folder of `path` (this file's path); Bitcoin entries must be on
+    /// `network`.
+    ///
+    /// # Errors
+    /// A message naming the file and every bad field (`policy.fee_rate_cap`, …).
+    pub fn policy(
+        &self,
+        path: &Path,
+        network: bitcoin::Network,
+    ) -> Result<peg_rules::Policy, String> {
+        let base = path.parent().unwrap_or_else(|| Path::new(""));
+        peg_rules::Policy::from_file(&self.policy, base, network)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The OP_RETURN magic bytes, when the file sets them.
+    ///
+    /// # Errors
+    /// When `magic_bytes` is not two printable ASCII characters.
+    pub fn magic(&self) -> Result<Option<[u8; 2]>, String> {
+        match self.magic_bytes.as_deref() {
+            None => Ok(None),
+            Some(text) => match text.as_bytes() {
+                [a, b] if a.is_ascii_graphic() && b.is_ascii_graphic() => Ok(Some([*a, *b])),
+                _ => Err(format!(
+                    "magic_bytes: {text:?} is not two printable ASCII characters"
+                )),
+            },
+        }
     }
 }
 

@@ -21,16 +21,19 @@
 //! Every failure is a [`Rule`]: a stable name (`"request.dust"`, …) that
 //! tests and refusals match on, and a detail for the operator.
 
-// TODO(H1): implement every `todo!()` below; keep the signatures (other
-// helpers code against them) — extend them only by adding items.
-
 pub mod allowlist;
 pub mod payload;
 pub mod policy;
 
 use bitcoin::key::{Secp256k1, UntweakedPublicKey};
 use bitcoin::secp256k1::PublicKey;
-use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, Script, ScriptBuf, Transaction, TxOut};
+use std::collections::HashSet;
+
+use bitcoin::hashes::{sha256, Hash, HashEngine};
+use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
+use bitcoin::{
+    Address, Amount, FeeRate, Network, OutPoint, Script, ScriptBuf, Transaction, TxOut, Witness,
+};
 use peg_ops::{PegInOp, PegOutRequestOp};
 use stacks_wire::StacksNetwork;
 
@@ -120,8 +123,38 @@ pub fn peg_in_mintable(
     op: &PegInOp,
     facts: &PegInFacts<'_>,
 ) -> Verdict {
-    let _ = (policy, networks, op, facts);
-    todo!("H1")
+    let script = op.peg_wallet_address.script_pubkey();
+    if !facts.peg_scripts.contains(&script) {
+        return reject(
+            "peg-in.wallet",
+            format!("pays {}, not a peg wallet key held", op.peg_wallet_address),
+        );
+    }
+    if op.amount == Amount::ZERO {
+        return reject("peg-in.amount", "the amount is zero");
+    }
+    if op.recipient.address().network() != Some(networks.stacks) {
+        return reject(
+            "peg-in.network",
+            format!(
+                "recipient {} is not a {:?} principal",
+                op.recipient, networks.stacks
+            ),
+        );
+    }
+    if !policy.allowlist.allows_principal(&op.recipient) {
+        return reject(
+            "peg-in.allowlist",
+            format!("recipient {} is not on the allowlist", op.recipient),
+        );
+    }
+    if facts.output1_unspent == Some(false) {
+        return reject(
+            "peg-in.spent",
+            format!("output 1 of {} is spent (refunded or swept)", op.txid),
+        );
+    }
+    confirmations(facts.tip_height, op.block_height.0, facts.confirmations)
 }
 
 /// Is this peg-out request one to burn for (and so, one the peg can pay)?
@@ -140,16 +173,106 @@ pub fn peg_out_payable(
     op: &PegOutRequestOp,
     facts: &RequestFacts<'_>,
 ) -> Verdict {
-    let _ = (policy, networks, op, facts);
-    todo!("H1")
+    let fee_script = op.peg_wallet_address.script_pubkey();
+    if !facts.peg_scripts.contains(&fee_script) {
+        return reject(
+            "request.wallet",
+            format!(
+                "output 2 pays {}, not a peg wallet key held",
+                op.peg_wallet_address
+            ),
+        );
+    }
+    let Some(recipient) = op.recipient.require_network(networks.bitcoin) else {
+        return reject(
+            "request.network",
+            format!(
+                "recipient {} is not a {} address",
+                op.recipient, networks.bitcoin
+            ),
+        );
+    };
+    let recipient = recipient.script_pubkey();
+    if !policy.allowlist.allows_script(&recipient) {
+        return reject(
+            "request.allowlist",
+            format!("recipient {} is not on the allowlist", op.recipient),
+        );
+    }
+    if let Err(e) = op.requester(networks.stacks) {
+        return reject(
+            "request.signature",
+            format!("no requester recovers from the signature: {e}"),
+        );
+    }
+    if op.amount == Amount::ZERO {
+        return reject("request.amount", "the amount is zero");
+    }
+    let dust = recipient.minimal_non_dust();
+    if op.amount < dust {
+        return reject(
+            "request.dust",
+            format!(
+                "amount {} is below the recipient script's dust limit {dust}",
+                op.amount
+            ),
+        );
+    }
+    let required = required_fee_output(policy, facts.fee_rate, &recipient);
+    if op.fulfillment_fee < required {
+        return reject(
+            "request.fee",
+            format!(
+                "output 2 carries {}, a fulfilment at {} sat/vB needs {required}",
+                op.fulfillment_fee,
+                clamp_fee_rate(policy, facts.fee_rate).to_sat_per_vb_ceil()
+            ),
+        );
+    }
+    if !facts.output2_unspent {
+        return reject(
+            "request.spent",
+            format!("output 2 of {} is already spent", op.txid),
+        );
+    }
+    if let Some(max) = policy.max_request {
+        if op.amount > max {
+            return reject(
+                "request.limit",
+                format!("amount {} is above the largest peg-out, {max}", op.amount),
+            );
+        }
+    }
+    if let Some(max) = policy.max_daily_outflow {
+        match facts.outflow_last_day.checked_add(op.amount) {
+            Some(total) if total <= max => {}
+            _ => {
+                return reject(
+                    "request.daily-limit",
+                    format!(
+                        "amount {} with {} accepted in the last 24 hours is above the daily limit, {max}",
+                        op.amount, facts.outflow_last_day
+                    ),
+                )
+            }
+        }
+    }
+    confirmations(facts.tip_height, op.block_height.0, facts.confirmations)
 }
 
 /// The identity of a request's signature for replay detection: one
 /// signature (over amount and recipient script) pays at most one request.
 /// Two requests with equal digests are copies of each other.
 pub fn request_signature_digest(op: &PegOutRequestOp) -> [u8; 32] {
-    let _ = op;
-    todo!("H1")
+    let mut engine = sha256::Hash::engine();
+    engine.input(REQUEST_DIGEST_TAG);
+    engine.input(&op.amount.to_sat().to_be_bytes());
+    let script = op.recipient.script_pubkey();
+    let len = u64::try_from(script.len()).unwrap_or(u64::MAX);
+    engine.input(&len.to_be_bytes());
+    engine.input(script.as_bytes());
+    engine.input(&canonical_signature(&op.signature.0));
+    sha256::Hash::from_engine(engine).to_byte_array()
 }
 
 /// Checks a fulfilment of `op` against the rules, independently of the
@@ -177,8 +300,126 @@ pub fn check_fulfilment(
     current: &Script,
     is_peg_coin: &dyn Fn(&OutPoint, &TxOut) -> bool,
 ) -> Result<(), Rule> {
-    let _ = (policy, magic, op, tx, prevouts, current, is_peg_coin);
-    todo!("H1")
+    if tx.input.is_empty() || tx.input.len() != prevouts.len() || tx.output.len() < 2 {
+        return Err(Rule::new(
+            "fulfilment.shape",
+            format!(
+                "{} inputs, {} prevouts, {} outputs: needs matching inputs and prevouts and at least 2 outputs",
+                tx.input.len(),
+                prevouts.len(),
+                tx.output.len()
+            ),
+        ));
+    }
+    distinct_inputs(tx, "fulfilment.shape")?;
+    let fee_outpoint = OutPoint::new(op.txid, 2);
+    let request_script = op.peg_wallet_address.script_pubkey();
+    if tx.input[0].previous_output != fee_outpoint
+        || prevouts[0].value != op.fulfillment_fee
+        || prevouts[0].script_pubkey != request_script
+    {
+        return Err(Rule::new(
+            "fulfilment.input0",
+            format!(
+                "input 0 spends {} ({} to {:?}), not the request's output {fee_outpoint} ({} to {})",
+                tx.input[0].previous_output,
+                prevouts[0].value,
+                prevouts[0].script_pubkey,
+                op.fulfillment_fee,
+                op.peg_wallet_address
+            ),
+        ));
+    }
+    for (i, (input, prevout)) in tx.input.iter().zip(prevouts).enumerate().skip(1) {
+        if !is_peg_coin(&input.previous_output, prevout) {
+            return Err(Rule::new(
+                "fulfilment.input",
+                format!(
+                    "input {i} spends {}, not a spendable peg wallet coin",
+                    input.previous_output
+                ),
+            ));
+        }
+    }
+    let expected_op_return = fulfilment_op_return(magic, &[0u8; 32]);
+    let out0 = &tx.output[0];
+    let op_return_ok = out0.value == Amount::ZERO
+        && out0.script_pubkey.len() == expected_op_return.len()
+        && out0.script_pubkey.as_bytes()[..5] == expected_op_return.as_bytes()[..5];
+    if !op_return_ok {
+        return Err(Rule::new(
+            "fulfilment.op-return",
+            format!(
+                "output 0 is {} to {:?}, not 0 to OP_RETURN {:?} '!' and a 32-byte chain tip",
+                out0.value,
+                out0.script_pubkey,
+                String::from_utf8_lossy(&magic)
+            ),
+        ));
+    }
+    let recipient = op.recipient.script_pubkey();
+    let out1 = &tx.output[1];
+    if out1.script_pubkey != recipient || out1.value != op.amount {
+        return Err(Rule::new(
+            "fulfilment.recipient",
+            format!(
+                "output 1 pays {} to {:?}, not {} to the recipient {}",
+                out1.value, out1.script_pubkey, op.amount, op.recipient
+            ),
+        ));
+    }
+    match tx.output.get(2..).unwrap_or_default() {
+        [] => {}
+        [change] if change.script_pubkey == *current => {
+            if change.value < current.minimal_non_dust() {
+                return Err(Rule::new(
+                    "fulfilment.change",
+                    format!("change {} is dust", change.value),
+                ));
+            }
+        }
+        [change] => {
+            return Err(Rule::new(
+                "fulfilment.change",
+                format!(
+                    "output 2 pays {:?}, not the current peg wallet {:?}",
+                    change.script_pubkey, current
+                ),
+            ))
+        }
+        more => {
+            return Err(Rule::new(
+                "fulfilment.change",
+                format!(
+                    "{} outputs after the recipient, at most 1 (change)",
+                    more.len()
+                ),
+            ))
+        }
+    }
+    let fee = tx_fee(tx, prevouts).map_err(|e| Rule::new("fulfilment.fee", e))?;
+    let vsize = signed_vsize(tx);
+    let max = policy.max_fee(vsize);
+    if fee > max {
+        return Err(Rule::new(
+            "fulfilment.fee",
+            format!("fee {fee} for {vsize} vB is above the cap's {max}"),
+        ));
+    }
+    let allowed = op
+        .fulfillment_fee
+        .checked_add(policy.subsidy)
+        .unwrap_or(Amount::MAX);
+    if fee > allowed {
+        return Err(Rule::new(
+            "fulfilment.fee",
+            format!(
+                "fee {fee} is above the request's fee output {} plus the subsidy {}",
+                op.fulfillment_fee, policy.subsidy
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a sweep or consolidation: every input a peg coin the caller may
@@ -193,8 +434,59 @@ pub fn check_sweep(
     current: &Script,
     is_sweepable: &dyn Fn(&OutPoint, &TxOut) -> bool,
 ) -> Result<(), Rule> {
-    let _ = (policy, tx, prevouts, current, is_sweepable);
-    todo!("H1")
+    if tx.input.is_empty() || tx.input.len() != prevouts.len() {
+        return Err(Rule::new(
+            "sweep.shape",
+            format!(
+                "{} inputs, {} prevouts: needs at least one input and one prevout each",
+                tx.input.len(),
+                prevouts.len()
+            ),
+        ));
+    }
+    distinct_inputs(tx, "sweep.shape")?;
+    for (i, (input, prevout)) in tx.input.iter().zip(prevouts).enumerate() {
+        if !is_sweepable(&input.previous_output, prevout) {
+            return Err(Rule::new(
+                "sweep.input",
+                format!(
+                    "input {i} spends {}, not a peg wallet coin that may be swept",
+                    input.previous_output
+                ),
+            ));
+        }
+    }
+    match tx.output.as_slice() {
+        [out] if out.script_pubkey == *current && out.value >= current.minimal_non_dust() => {}
+        [out] => {
+            return Err(Rule::new(
+                "sweep.output",
+                format!(
+                    "the output pays {} to {:?}, not at least {} to the current peg wallet {:?}",
+                    out.value,
+                    out.script_pubkey,
+                    current.minimal_non_dust(),
+                    current
+                ),
+            ))
+        }
+        outs => {
+            return Err(Rule::new(
+                "sweep.output",
+                format!("{} outputs, a sweep has exactly one", outs.len()),
+            ))
+        }
+    }
+    let fee = tx_fee(tx, prevouts).map_err(|e| Rule::new("sweep.fee", e))?;
+    let vsize = signed_vsize(tx);
+    let max = policy.max_fee(vsize);
+    if fee > max {
+        return Err(Rule::new(
+            "sweep.fee",
+            format!("fee {fee} for {vsize} vB is above the cap's {max}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The peg's books after a payout, as a signer reads them from its own nodes.
@@ -213,23 +505,60 @@ pub struct Books {
 /// `supply + debts`. sBTC minted without BTC and then burned is never paid,
 /// however much surplus the wallet holds.
 pub fn check_backing(books: &Books) -> Result<(), Rule> {
-    let _ = books;
-    todo!("H1")
+    let owed = books.supply.checked_add(books.debts.to_sat());
+    match owed {
+        Some(owed) if books.held_after.to_sat() >= owed => Ok(()),
+        _ => Err(Rule::new(
+            "backing",
+            format!(
+                "the peg wallet would hold {} against an sBTC supply of {} sats plus debts of {}",
+                books.held_after, books.supply, books.debts
+            ),
+        )),
+    }
 }
 
 /// The fee rate a fulfilment pays: the estimate (or the floor without one)
 /// within the policy's floor and cap.
 pub fn clamp_fee_rate(policy: &Policy, estimate: Option<FeeRate>) -> FeeRate {
-    let _ = (policy, estimate);
-    todo!("H1")
+    clamp_fee_rate_between(policy.fee_floor, policy.fee_cap, estimate)
+}
+
+/// [`clamp_fee_rate`] with the floor and cap given: the estimate (or `floor`
+/// without one), at least `floor` and at most `cap` (the cap wins should
+/// `floor` exceed it).
+pub fn clamp_fee_rate_between(floor: FeeRate, cap: FeeRate, estimate: Option<FeeRate>) -> FeeRate {
+    estimate.unwrap_or(floor).max(floor).min(cap)
 }
 
 /// The vsize of a fulfilment with `peg_inputs` peg-coin inputs besides the
 /// request's fee output, paying `recipient`, with change: what the wallet
 /// builds, taproot key-path witnesses counted at 64 bytes.
 pub fn fulfilment_vsize(recipient: &Script, peg_inputs: usize) -> u64 {
-    let _ = (recipient, peg_inputs);
-    todo!("H1")
+    // Non-witness bytes: version, input count, inputs (outpoint, empty
+    // scriptSig, sequence), output count, outputs, lock time.
+    let inputs = u64::try_from(peg_inputs)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let op_return_len = 2 + FULFIL_DATA_LEN;
+    let recipient_len = u64::try_from(recipient.len()).unwrap_or(u64::MAX);
+    let outputs = [op_return_len, recipient_len, P2TR_SCRIPT_LEN]
+        .iter()
+        .fold(0u64, |sum, &len| {
+            sum.saturating_add(8)
+                .saturating_add(varint_len(len))
+                .saturating_add(len)
+        });
+    let base = 4u64
+        .saturating_add(varint_len(inputs))
+        .saturating_add(inputs.saturating_mul(32 + 4 + 1 + 4))
+        .saturating_add(varint_len(3))
+        .saturating_add(outputs)
+        .saturating_add(4);
+    // Witness: marker and flag, then per input one 64-byte item.
+    let witness = 2u64.saturating_add(inputs.saturating_mul(1 + 1 + 64));
+    let weight = base.saturating_mul(4).saturating_add(witness);
+    weight.div_ceil(4)
 }
 
 /// The smallest fee output a request must carry to be payable at `estimate`:
@@ -241,15 +570,26 @@ pub fn required_fee_output(
     estimate: Option<FeeRate>,
     recipient: &Script,
 ) -> Amount {
-    let _ = (policy, estimate, recipient);
-    todo!("H1")
+    let rate = clamp_fee_rate(policy, estimate);
+    let fee = rate
+        .fee_vb(fulfilment_vsize(recipient, 1))
+        .unwrap_or(Amount::MAX)
+        .to_sat();
+    let with_margin = u128::from(fee)
+        .saturating_mul(100 + u128::from(policy.fee_margin_percent))
+        .div_ceil(100);
+    let with_margin = u64::try_from(with_margin).unwrap_or(u64::MAX);
+    Amount::from_sat(with_margin.saturating_sub(policy.subsidy.to_sat())).max(P2TR_DUST)
 }
 
 /// The vsize of an unsigned transaction once every input carries a taproot
 /// key-path signature (64 bytes).
 pub fn signed_vsize(tx: &Transaction) -> u64 {
-    let _ = tx;
-    todo!("H1")
+    let mut t = tx.clone();
+    for input in &mut t.input {
+        input.witness = Witness::from_slice(&[[0u8; 64]]);
+    }
+    u64::try_from(t.vsize()).unwrap_or(u64::MAX)
 }
 
 /// Returns the peg wallet address of an aggregate key: P2TR with the
@@ -262,4 +602,102 @@ pub fn peg_wallet_address(aggregate_key: &PublicKey, network: Network) -> Addres
         None,
         network,
     )
+}
+
+/// The dust limit of a P2TR output, the peg wallet's script: the least a
+/// request's fee output may carry.
+pub const P2TR_DUST: Amount = Amount::from_sat(330);
+
+/// The domain tag of [`request_signature_digest`].
+const REQUEST_DIGEST_TAG: &[u8] = b"sbtc-alpha/peg-out-request-signature/v1";
+
+/// The length of a fulfilment's OP_RETURN data: magic (2), `'!'`, tip (32).
+const FULFIL_DATA_LEN: u64 = 35;
+
+/// The length of a P2TR scriptPubKey.
+const P2TR_SCRIPT_LEN: u64 = 34;
+
+fn reject(name: &'static str, detail: impl Into<String>) -> Verdict {
+    Verdict::Reject(Rule::new(name, detail))
+}
+
+/// `Accept` at `needed` confirmations or more, else `Wait`.
+fn confirmations(tip_height: u64, block_height: u64, needed: u32) -> Verdict {
+    let seen = tip_height.saturating_add(1).saturating_sub(block_height);
+    if seen < u64::from(needed) {
+        Verdict::Wait(format!("{seen} of {needed} confirmations"))
+    } else {
+        Verdict::Accept
+    }
+}
+
+/// The 65 signature bytes in one form for all their malleations: `s` made
+/// low (with the recovery id's parity flipped to match), so that a copy with
+/// `n - s` — which recovers the same requester — has the same digest.
+/// Bytes that are no signature are taken as they are (such a request is
+/// refused with `request.signature` anyway).
+fn canonical_signature(sig: &[u8; 65]) -> [u8; 65] {
+    let parsed = RecoveryId::from_i32(i32::from(sig[0]))
+        .ok()
+        .and_then(|id| RecoverableSignature::from_compact(&sig[1..], id).ok());
+    let Some(recoverable) = parsed else {
+        return *sig;
+    };
+    let mut standard = recoverable.to_standard();
+    standard.normalize_s();
+    let low = standard.serialize_compact();
+    let mut out = *sig;
+    if low[..] != sig[1..] {
+        // `s` was high: negating it negates R's y parity for the recovery.
+        out[0] ^= 1;
+        out[1..].copy_from_slice(&low);
+    }
+    out
+}
+
+/// Errors with `rule` when two inputs spend the same outpoint.
+fn distinct_inputs(tx: &Transaction, rule: &'static str) -> Result<(), Rule> {
+    let mut seen = HashSet::with_capacity(tx.input.len());
+    for input in &tx.input {
+        if !seen.insert(input.previous_output) {
+            return Err(Rule::new(
+                rule,
+                format!("{} is spent twice", input.previous_output),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Σ prevouts − Σ outputs, or why there is none.
+fn tx_fee(tx: &Transaction, prevouts: &[TxOut]) -> Result<Amount, String> {
+    let sum = |outs: &[TxOut]| {
+        outs.iter()
+            .try_fold(Amount::ZERO, |s, o| s.checked_add(o.value))
+    };
+    let inputs = sum(prevouts).ok_or("the inputs' values overflow")?;
+    let outputs = sum(&tx.output).ok_or("the outputs' values overflow")?;
+    inputs
+        .checked_sub(outputs)
+        .ok_or_else(|| format!("the outputs ({outputs}) exceed the inputs ({inputs})"))
+}
+
+/// The size of a Bitcoin compact-size integer.
+fn varint_len(n: u64) -> u64 {
+    match n {
+        0..=0xfc => 1,
+        0xfd..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+/// The OP_RETURN output 0 of a fulfilment: `OP_RETURN` pushing
+/// `magic ‖ '!' ‖ stacks_chain_tip` (35 bytes), as the stacks-node parses it.
+pub fn fulfilment_op_return(magic: [u8; 2], stacks_chain_tip: &[u8; 32]) -> ScriptBuf {
+    let mut data = [0u8; 35];
+    data[..2].copy_from_slice(&magic);
+    data[2] = peg_ops::wire::OP_PEG_OUT_FULFILL;
+    data[3..].copy_from_slice(stacks_chain_tip);
+    ScriptBuf::new_op_return(data)
 }

@@ -47,6 +47,9 @@ pub struct PolicyFile {
     pub max_daily_outflow_sats: Option<u64>,
 }
 
+/// The largest `fee_margin_percent`.
+pub const MAX_MARGIN_PERCENT: u32 = 1000;
+
 fn default_floor() -> u64 {
     1
 }
@@ -102,13 +105,78 @@ impl Policy {
         base_dir: &Path,
         network: Network,
     ) -> Result<Policy, String> {
-        let _ = (file, base_dir, network);
-        todo!("H1")
+        let mut bad: Vec<String> = Vec::new();
+        if file.fee_rate_floor < 1 {
+            bad.push(format!(
+                "policy.fee_rate_floor: {} must be at least 1 sat/vB",
+                file.fee_rate_floor
+            ));
+        }
+        if file.fee_rate_floor > file.fee_rate_cap {
+            bad.push(format!(
+                "policy.fee_rate_cap: {} is below fee_rate_floor {}",
+                file.fee_rate_cap, file.fee_rate_floor
+            ));
+        }
+        let floor = FeeRate::from_sat_per_vb(file.fee_rate_floor);
+        if floor.is_none() {
+            bad.push(format!(
+                "policy.fee_rate_floor: {} sat/vB is too large",
+                file.fee_rate_floor
+            ));
+        }
+        let cap = FeeRate::from_sat_per_vb(file.fee_rate_cap);
+        if cap.is_none() {
+            bad.push(format!(
+                "policy.fee_rate_cap: {} sat/vB is too large",
+                file.fee_rate_cap
+            ));
+        }
+        if file.fee_margin_percent > MAX_MARGIN_PERCENT {
+            bad.push(format!(
+                "policy.fee_margin_percent: {} is above {MAX_MARGIN_PERCENT}",
+                file.fee_margin_percent
+            ));
+        }
+        if let (Some(request), Some(daily)) = (file.max_request_sats, file.max_daily_outflow_sats) {
+            if request > daily {
+                bad.push(format!(
+                    "policy.max_request_sats: {request} is above max_daily_outflow_sats {daily}"
+                ));
+            }
+        }
+        let allowlist = match &file.allowlist_file {
+            None => {
+                bad.push(
+                    "policy.allowlist_file: missing (the alpha is closed: name the allowlist)"
+                        .to_owned(),
+                );
+                None
+            }
+            Some(name) => match Allowlist::load(&base_dir.join(name), network) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    bad.push(format!("policy.allowlist_file: {e}"));
+                    None
+                }
+            },
+        };
+        match (allowlist, floor, cap) {
+            (Some(allowlist), Some(fee_floor), Some(fee_cap)) if bad.is_empty() => Ok(Policy {
+                allowlist,
+                fee_floor,
+                fee_cap,
+                subsidy: Amount::from_sat(file.subsidy_sats),
+                fee_margin_percent: file.fee_margin_percent,
+                max_request: file.max_request_sats.map(Amount::from_sat),
+                max_daily_outflow: file.max_daily_outflow_sats.map(Amount::from_sat),
+            }),
+            _ => Err(bad.join("; ")),
+        }
     }
 
     /// The most fee a transaction of `vsize` may pay: `vsize × fee_cap`.
     pub fn max_fee(&self, vsize: u64) -> Amount {
-        let _ = vsize;
-        todo!("H1")
+        self.fee_cap.fee_vb(vsize).unwrap_or(Amount::MAX)
     }
 }
