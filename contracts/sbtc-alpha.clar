@@ -2,7 +2,10 @@
 ;; peg-outs by the coordinator only. Each Bitcoin txid can be minted once and
 ;; burned once: a replayed or duplicated mint or burn fails with its own
 ;; error code, and the read-only `was-minted` / `was-burned` tell the
-;; coordinator whether its transaction took effect.
+;; coordinator whether its transaction took effect. `get-mint` / `get-burn`
+;; tell the signers what took effect: the amount and the principal (who
+;; received the mint, whose tokens were burned), so a signer pays a peg-out
+;; only for a burn of the right amount from the requester.
 
 (impl-trait .sip-010-trait.sip-010-trait)
 
@@ -31,9 +34,10 @@
 (define-data-var threshold uint u0)
 
 (define-map signers uint {addr: principal, public-key: (buff 33), key-ids: (list 4000 uint)})
-;; Bitcoin txid (hex, display order) -> amount minted / burned.
-(define-map minted (string-ascii 72) uint)
-(define-map burned (string-ascii 72) uint)
+;; Bitcoin txid (hex, display order) -> amount minted / burned, and the
+;; principal minted to (dst) / burned from (src).
+(define-map minted (string-ascii 72) {amount: uint, principal: principal})
+(define-map burned (string-ascii 72) {amount: uint, principal: principal})
 
 (define-private (is-owner)
   (is-eq tx-sender (var-get contract-owner)))
@@ -99,7 +103,7 @@
     (asserts! (> (len peg-in-txid) u0) ERR-INVALID-TXID)
     ;; Checked here: past the cap ft-mint? is a runtime error, not an err.
     (asserts! (<= amount (- MAX-SUPPLY (ft-get-supply sbtc))) ERR-SUPPLY-CAP)
-    (asserts! (map-insert minted peg-in-txid amount) ERR-ALREADY-MINTED)
+    (asserts! (map-insert minted peg-in-txid {amount: amount, principal: dst}) ERR-ALREADY-MINTED)
     (unwrap! (ft-mint? sbtc amount dst) ERR-SUPPLY-CAP)
     (ok true)))
 
@@ -108,7 +112,7 @@
     (asserts! (is-coordinator) ERR-NOT-COORDINATOR)
     (asserts! (> amount u0) ERR-INVALID-AMOUNT)
     (asserts! (> (len peg-out-txid) u0) ERR-INVALID-TXID)
-    (asserts! (map-insert burned peg-out-txid amount) ERR-ALREADY-BURNED)
+    (asserts! (map-insert burned peg-out-txid {amount: amount, principal: src}) ERR-ALREADY-BURNED)
     (unwrap! (ft-burn? sbtc amount src) ERR-INSUFFICIENT-BALANCE)
     (ok true)))
 
@@ -137,6 +141,14 @@
 
 (define-read-only (was-burned (peg-out-txid (string-ascii 72)))
   (is-some (map-get? burned peg-out-txid)))
+
+;; The mint of a peg-in: its amount and the principal it was minted to.
+(define-read-only (get-mint (peg-in-txid (string-ascii 72)))
+  (map-get? minted peg-in-txid))
+
+;; The burn of a peg-out request: its amount and the principal burned from.
+(define-read-only (get-burn (peg-out-txid (string-ascii 72)))
+  (map-get? burned peg-out-txid))
 
 (define-read-only (get-contract-owner) (var-get contract-owner))
 (define-read-only (get-coordinator-data) (var-get coordinator))

@@ -33,6 +33,7 @@ const mint = (amount, dst, txid, sender = coordinator) =>
 const burn = (amount, src, txid, sender = coordinator) =>
   call('burn!', [Cl.uint(amount), Cl.principal(src), Cl.stringAscii(txid)], sender);
 const balance = (who) => read('get-balance', [Cl.principal(who)]);
+const record = (amount, who) => Cl.some(Cl.tuple({ amount: Cl.uint(amount), principal: Cl.principal(who) }));
 
 beforeEach(() => {
   // Each test starts from a fresh deployment with the coordinator set.
@@ -64,14 +65,20 @@ test('the coordinator mints once per bitcoin txid', () => {
   assert.deepEqual(mint(150000, alice, TXID_A), ok(Cl.bool(true)));
   assert.deepEqual(balance(alice), ok(Cl.uint(150000)));
   assert.deepEqual(read('was-minted', [Cl.stringAscii(TXID_A)]), Cl.bool(true));
+  assert.deepEqual(read('get-mint', [Cl.stringAscii(TXID_A)]), record(150000, alice));
+  assert.deepEqual(read('get-mint', [Cl.stringAscii(TXID_B)]), Cl.none());
+  // A mint is not a burn.
+  assert.deepEqual(read('get-burn', [Cl.stringAscii(TXID_A)]), Cl.none());
   // Replay: same txid, even another amount or recipient, is refused and changes nothing.
   assert.deepEqual(mint(150000, alice, TXID_A), err(ERR.ALREADY_MINTED));
   assert.deepEqual(mint(5, bob, TXID_A), err(ERR.ALREADY_MINTED));
+  assert.deepEqual(read('get-mint', [Cl.stringAscii(TXID_A)]), record(150000, alice));
   assert.deepEqual(balance(alice), ok(Cl.uint(150000)));
   assert.deepEqual(balance(bob), ok(Cl.uint(0)));
   assert.deepEqual(read('get-total-supply'), ok(Cl.uint(150000)));
-  // Minting into a contract principal works too.
+  // Minting into a contract principal works too, and is recorded as such.
   assert.deepEqual(mint(7, `${owner}.sbtc-alpha`, TXID_B), ok(Cl.bool(true)));
+  assert.deepEqual(read('get-mint', [Cl.stringAscii(TXID_B)]), record(7, `${owner}.sbtc-alpha`));
 });
 
 test('mint error paths', () => {
@@ -82,6 +89,7 @@ test('mint error paths', () => {
   // Above the 21M BTC cap: refused, and the txid is not marked (the call rolled back).
   assert.deepEqual(mint(2100000000000001, alice, TXID_A), err(ERR.SUPPLY_CAP));
   assert.deepEqual(read('was-minted', [Cl.stringAscii(TXID_A)]), Cl.bool(false));
+  assert.deepEqual(read('get-mint', [Cl.stringAscii(TXID_A)]), Cl.none());
   assert.deepEqual(mint(2100000000000000, alice, TXID_A), ok(Cl.bool(true)));
   assert.deepEqual(mint(1, alice, TXID_B), err(ERR.SUPPLY_CAP));
 });
@@ -91,9 +99,16 @@ test('the coordinator burns once per bitcoin txid', () => {
   assert.deepEqual(burn(400, alice, TXID_B), ok(Cl.bool(true)));
   assert.deepEqual(balance(alice), ok(Cl.uint(600)));
   assert.deepEqual(read('was-burned', [Cl.stringAscii(TXID_B)]), Cl.bool(true));
+  // The burn records its amount and whose tokens were burned.
+  assert.deepEqual(read('get-burn', [Cl.stringAscii(TXID_B)]), record(400, alice));
+  assert.deepEqual(read('get-mint', [Cl.stringAscii(TXID_B)]), Cl.none());
   assert.deepEqual(burn(400, alice, TXID_B), err(ERR.ALREADY_BURNED));
   assert.deepEqual(balance(alice), ok(Cl.uint(600)));
   assert.deepEqual(read('get-total-supply'), ok(Cl.uint(600)));
+  // A refused replay, even from another source, leaves the record as it was.
+  mint(50, bob, TXID_B);
+  assert.deepEqual(burn(50, bob, TXID_B), err(ERR.ALREADY_BURNED));
+  assert.deepEqual(read('get-burn', [Cl.stringAscii(TXID_B)]), record(400, alice));
 });
 
 test('burn error paths', () => {
@@ -104,6 +119,7 @@ test('burn error paths', () => {
   // More than the balance: refused, txid not marked, balance untouched.
   assert.deepEqual(burn(1001, alice, TXID_B), err(ERR.INSUFFICIENT_BALANCE));
   assert.deepEqual(read('was-burned', [Cl.stringAscii(TXID_B)]), Cl.bool(false));
+  assert.deepEqual(read('get-burn', [Cl.stringAscii(TXID_B)]), Cl.none());
   assert.deepEqual(balance(alice), ok(Cl.uint(1000)));
 });
 

@@ -2,7 +2,8 @@
 // against the real Clarity VM (clarinet simnet): the same call sequences —
 // mints, burns, replays, unauthorized callers, transfers, halts, owner and
 // coordinator changes, the supply cap — must give the same result after
-// every call, the same balances and the same supply. The model side runs as
+// every call, the same balances, the same supply and the same `get-mint` /
+// `get-burn` records (amount and principal) for every txid. The model side runs as
 // `cargo run -p devnet --example model_replay` (or $MODEL_REPLAY, a built one).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -97,7 +98,8 @@ function onClarity(steps) {
   return steps.map((s) => {
     const result = serializeCV(simnet.callPublicFn(contract, s.fn, s.args, s.sender).result);
     const balances = Object.fromEntries(everyone.map((p) => [p, read('get-balance', [Cl.principal(p)])]));
-    return { result, balances, supply: read('get-total-supply', []) };
+    const records = (fn) => Object.fromEntries(TXIDS.map((t) => [t, read(fn, [Cl.stringAscii(t)])]));
+    return { result, balances, supply: read('get-total-supply', []), mints: records('get-mint'), burns: records('get-burn') };
   });
 }
 
@@ -107,6 +109,7 @@ function onModel(steps) {
   writeFileSync(file, JSON.stringify({
     owner,
     principals: everyone,
+    txids: TXIDS,
     steps: steps.map((s) => ({ sender: s.sender, function: s.fn, args: s.args.map((a) => serializeCV(a)) })),
   }));
   // scripts/test.sh names the example it just built; run alone, cargo builds it.
@@ -174,4 +177,9 @@ test('the supply cap, replays and halts, step by step, match', () => {
   compare(steps, clarity, onModel(steps));
   assert.equal(clarity[3].result, serializeCV(Cl.ok(Cl.bool(true))), 'minted up to the cap');
   assert.equal(clarity[2].result, serializeCV(Cl.error(Cl.uint(1006))), 'the cap holds');
+  // The records were compared with content, not only `none`s.
+  const rec = (amount, who) => serializeCV(Cl.some(Cl.tuple({ amount: Cl.uint(amount), principal: Cl.principal(who) })));
+  assert.equal(clarity[1].mints[TXIDS[0]], rec(MAX_SUPPLY - 1n, a), 'the mint is recorded with its recipient');
+  assert.equal(clarity[6].burns[TXIDS[0]], rec(5n, a), 'the burn is recorded with its source');
+  assert.equal(clarity[7].burns[TXIDS[0]], rec(5n, a), 'a refused replay leaves the record');
 });

@@ -5,8 +5,9 @@
 //! on the real Clarity VM and requires identical output.
 //!
 //! Input (a file named by the first argument):
-//! `{"owner": P, "principals": [P…], "steps": [{"sender": P, "function": F, "args": [hex…]}]}`
-//! Output: `[{"result": hex, "balances": {P: "n"}, "supply": "n"}…]`.
+//! `{"owner": P, "principals": [P…], "txids": [T…], "steps": [{"sender": P, "function": F, "args": [hex…]}]}`
+//! Output: `[{"result": hex, "balances": {P: hex}, "supply": hex, "mints": {T: hex}, "burns": {T: hex}}…]`,
+//! `mints`/`burns` being what `get-mint`/`get-burn` answer for each of `txids`.
 #![allow(clippy::print_stdout, missing_docs)]
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -25,6 +26,8 @@ struct Step {
 struct Sequence {
     owner: String,
     principals: Vec<String>,
+    #[serde(default)]
+    txids: Vec<String>,
     steps: Vec<Step>,
 }
 
@@ -72,9 +75,23 @@ fn main() -> Result<()> {
             .iter()
             .map(|p| (p.to_string(), serde_json::Value::String(balance(p))))
             .collect();
+        let records = |function: &str| -> serde_json::Map<String, serde_json::Value> {
+            seq.txids
+                .iter()
+                .map(|t| {
+                    let v = model
+                        .read(function, &[Value::StringAscii(t.clone())])
+                        .map(|v| hex(&v))
+                        .unwrap_or_default();
+                    (t.clone(), serde_json::Value::String(v))
+                })
+                .collect()
+        };
         out.push(serde_json::json!({
             "result": hex(&r.result),
             "balances": balances,
+            "mints": records("get-mint"),
+            "burns": records("get-burn"),
             "supply": model.read("get-total-supply", &[]).map(|v| hex(&v)).unwrap_or_default(),
         }));
     }

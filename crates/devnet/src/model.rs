@@ -33,7 +33,7 @@ pub mod err {
 }
 
 /// The contract's state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SbtcModel {
     /// `contract-owner`.
     pub owner: PrincipalData,
@@ -47,16 +47,37 @@ pub struct SbtcModel {
     pub balances: HashMap<PrincipalData, u128>,
     /// Total supply.
     pub supply: u128,
-    /// Txids minted, with amounts.
-    pub minted: BTreeMap<String, u128>,
-    /// Txids burned, with amounts.
-    pub burned: BTreeMap<String, u128>,
+    /// Txids minted, with the amount and the principal minted to.
+    pub minted: BTreeMap<String, TxidRecord>,
+    /// Txids burned, with the amount and the principal burned from.
+    pub burned: BTreeMap<String, TxidRecord>,
     /// `num-signers`, `threshold`, signer data.
     pub num_signers: u128,
     /// `threshold`.
     pub threshold: u128,
     /// `signers` map.
     pub signers: BTreeMap<u128, Value>,
+}
+
+/// What the contract's `minted` / `burned` maps hold per Bitcoin txid, as
+/// `get-mint` / `get-burn` answer it: `{amount: uint, principal: principal}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxidRecord {
+    /// The amount minted or burned, in sats.
+    pub amount: u128,
+    /// The principal minted to (`dst`) or burned from (`src`).
+    pub principal: PrincipalData,
+}
+
+impl TxidRecord {
+    /// The Clarity tuple, as the contract stores and returns it.
+    pub fn to_value(&self) -> Value {
+        Value::tuple([
+            ("amount", Value::UInt(self.amount)),
+            ("principal", Value::Principal(self.principal.clone())),
+        ])
+        .expect("valid tuple names")
+    }
 }
 
 /// A public call's outcome and the tokens it moved out of each principal
@@ -178,7 +199,13 @@ impl SbtcModel {
                 } else if self.minted.contains_key(txid) {
                     error(err::ALREADY_MINTED)
                 } else {
-                    self.minted.insert(txid.to_owned(), *amount);
+                    self.minted.insert(
+                        txid.to_owned(),
+                        TxidRecord {
+                            amount: *amount,
+                            principal: dst.clone(),
+                        },
+                    );
                     *self.balances.entry(dst.clone()).or_insert(0) += amount;
                     self.supply += amount;
                     ok_true()
@@ -198,7 +225,13 @@ impl SbtcModel {
                 } else if balance < *amount {
                     error(err::INSUFFICIENT_BALANCE)
                 } else {
-                    self.burned.insert(txid.to_owned(), *amount);
+                    self.burned.insert(
+                        txid.to_owned(),
+                        TxidRecord {
+                            amount: *amount,
+                            principal: src.clone(),
+                        },
+                    );
                     self.balances.insert(src.clone(), balance - amount);
                     self.supply -= amount;
                     sent.insert(src.clone(), *amount);
@@ -284,6 +317,17 @@ impl SbtcModel {
             ("was-burned", [t]) => {
                 Value::Bool(txid_arg(t).is_some_and(|t| self.burned.contains_key(t)))
             }
+            // A wrong argument type is the VM's type error (`None`), not `none`.
+            ("get-mint", [t]) if txid_arg(t).is_some() => Value::Optional(
+                txid_arg(t)
+                    .and_then(|t| self.minted.get(t))
+                    .map(|r| Box::new(r.to_value())),
+            ),
+            ("get-burn", [t]) if txid_arg(t).is_some() => Value::Optional(
+                txid_arg(t)
+                    .and_then(|t| self.burned.get(t))
+                    .map(|r| Box::new(r.to_value())),
+            ),
             ("get-bitcoin-wallet-public-key", []) => {
                 Value::Optional(self.wallet_key.clone().map(|k| Box::new(Value::Buffer(k))))
             }

@@ -461,6 +461,8 @@ fn json_reply(req: Request, status: u16, v: serde_json::Value) {
 const READ_ONLY: &[&str] = &[
     "was-minted",
     "was-burned",
+    "get-mint",
+    "get-burn",
     "get-bitcoin-wallet-public-key",
     "get-coordinator-data",
     "get-balance",
