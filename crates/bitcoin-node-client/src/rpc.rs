@@ -7,7 +7,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
 use bitcoin::{
-    Amount, Block, BlockHash, Denomination, FeeRate, OutPoint, Script, Transaction, TxOut, Txid,
+    Amount, Block, BlockHash, Denomination, FeeRate, OutPoint, Script, ScriptBuf, Transaction,
+    TxOut, Txid,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -374,10 +375,38 @@ impl BitcoinNode for UreqBitcoinNode {
 
     fn get_tx_out(
         &self,
-        outpoint: &bitcoin::OutPoint,
+        outpoint: &OutPoint,
         include_mempool: bool,
-    ) -> Result<Option<crate::Utxo>, crate::Error> {
-        let _ = (outpoint, include_mempool);
-        todo!("H3")
+    ) -> Result<Option<Utxo>, Error> {
+        #[derive(Deserialize)]
+        struct Spk {
+            hex: String,
+        }
+        #[derive(Deserialize)]
+        struct Out {
+            confirmations: u32,
+            value: Value,
+            #[serde(rename = "scriptPubKey")]
+            script_pubkey: Spk,
+        }
+        let v = self.call(
+            "gettxout",
+            json!([outpoint.txid, outpoint.vout, include_mempool]),
+        )?;
+        // Core answers `null` for a spent or unknown output.
+        if v.is_null() {
+            return Ok(None);
+        }
+        let out: Out = decode("gettxout", v)?;
+        let script = ScriptBuf::from_hex(&out.script_pubkey.hex)
+            .map_err(|e| Error::Decode(format!("gettxout {outpoint}: scriptPubKey: {e}")))?;
+        Ok(Some(Utxo {
+            outpoint: *outpoint,
+            txout: TxOut {
+                value: btc(&out.value)?,
+                script_pubkey: script,
+            },
+            confirmations: out.confirmations,
+        }))
     }
 }

@@ -353,3 +353,40 @@ fn transactions_are_asked_with_explicit_verbosity_and_block() {
         None
     );
 }
+
+#[test]
+fn unspent_outputs_from_gettxout() {
+    let unspent = bitcoin::OutPoint::new(bitcoin::Txid::from_byte_array([1; 32]), 2);
+    let spent = bitcoin::OutPoint::new(bitcoin::Txid::from_byte_array([2; 32]), 0);
+    let bad = bitcoin::OutPoint::new(bitcoin::Txid::from_byte_array([3; 32]), 1);
+    let server = FixtureServer::start(move |r| {
+        let (m, p) = method(r);
+        assert_eq!(m, "gettxout");
+        if p == json!([unspent.txid, 2, true]) {
+            // As Bitcoin Core 26 writes it.
+            Reply::json(
+                200,
+                r#"{"result": {"bestblock": "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206", "confirmations": 4, "value": 20999999.97690000, "scriptPubKey": {"asm": "1 aa11", "desc": "rawtr(aa11)#xyz", "hex": "5120aa11223344556677889900aabbccddeeff00112233445566778899aabbccddeeff", "address": "bcrt1p", "type": "witness_v1_taproot"}, "coinbase": false}, "error": null, "id": 1}"#,
+            )
+        } else if p == json!([spent.txid, 0, false]) {
+            ok(Value::Null)
+        } else if p == json!([bad.txid, 1, true]) {
+            ok(
+                json!({"bestblock": "00", "confirmations": 1, "value": "one", "scriptPubKey": {"hex": "51"}, "coinbase": false}),
+            )
+        } else {
+            rpc_error(-8, "unexpected parameters")
+        }
+    });
+    let c = client(&server);
+    let u = c.get_tx_out(&unspent, true).unwrap().unwrap();
+    assert_eq!(u.outpoint, unspent);
+    assert_eq!(u.confirmations, 4);
+    assert_eq!(u.txout.value, Amount::from_sat(2_099_999_997_690_000));
+    assert_eq!(
+        u.txout.script_pubkey.to_hex_string(),
+        "5120aa11223344556677889900aabbccddeeff00112233445566778899aabbccddeeff"
+    );
+    assert_eq!(c.get_tx_out(&spent, false).unwrap(), None);
+    assert!(matches!(c.get_tx_out(&bad, true), Err(Error::Decode(_))));
+}

@@ -79,13 +79,8 @@ impl BitcoinNode for Chain {
         nope()
     }
 
-    fn get_tx_out(
-        &self,
-        outpoint: &bitcoin::OutPoint,
-        include_mempool: bool,
-    ) -> Result<Option<bitcoin_node_client::Utxo>, bitcoin_node_client::Error> {
-        let _ = (outpoint, include_mempool);
-        todo!("H3")
+    fn get_tx_out(&self, _: &OutPoint, _: bool) -> Result<Option<Utxo>, Error> {
+        nope()
     }
 }
 

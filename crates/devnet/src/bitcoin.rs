@@ -29,7 +29,8 @@
 //! RPC answers carry the fields Core gives (decoded transactions without
 //! `asm` and `desc`; `getblock` verbosity 3 answers as 2, without `prevout`). `getrawtransaction` finds confirmed transactions by
 //! txid, as Core does with `-txindex=1` (the devnet's real Core runs with
-//! it); blocks taken off the best chain stay known, as in Core. Still fixed:
+//! it); blocks taken off the best chain stay known, as in Core. `gettxout`
+//! answers from the UTXO set and, by default, the mempool, as Core does. Still fixed:
 //! `estimatesmartfee` always answers 2 sat/vB, where a fresh regtest Core
 //! has no estimate.
 
@@ -1255,6 +1256,93 @@ impl BitcoinState {
         Ok(v)
     }
 
+    /// `gettxout TXID N [include_mempool=true]`, as Core answers it: `null`
+    /// for an output spent or never created (with `include_mempool`, also
+    /// one a mempool transaction spends; a mempool transaction's output is
+    /// found with 0 confirmations), else the tip hash, confirmations, value
+    /// in BTC, `scriptPubKey` (without `asm` and `desc`, as elsewhere here)
+    /// and whether a coinbase created it.
+    fn gettxout(&self, params: &[Json]) -> Result<Json, Refusal> {
+        let p = |i: usize| params.get(i).cloned().unwrap_or(Json::Null);
+        let txid: Txid = hash_param(&p(0), "txid")?;
+        let n = match p(1) {
+            Json::Number(n) => n
+                .as_i64()
+                .ok_or_else(|| refuse(-1, "JSON integer out of range"))?,
+            v => {
+                return Err(refuse(
+                    -3,
+                    format!(
+                        "JSON value of type {} is not of expected type number",
+                        json_type(&v)
+                    ),
+                ))
+            }
+        };
+        // Core reads an int and casts it to the output index.
+        let n = i32::try_from(n).map_err(|_| refuse(-1, "JSON integer out of range"))?;
+        let outpoint = OutPoint::new(txid, n as u32);
+        let include_mempool = match p(2) {
+            Json::Null => true,
+            Json::Bool(b) => b,
+            v => {
+                return Err(refuse(
+                    -3,
+                    format!(
+                        "JSON value of type {} is not of expected type bool",
+                        json_type(&v)
+                    ),
+                ))
+            }
+        };
+        let found = match self.utxos.get(&outpoint) {
+            Some(c) => {
+                let spent_in_mempool = include_mempool
+                    && self
+                        .mempool
+                        .iter()
+                        .any(|t| t.input.iter().any(|i| i.previous_output == outpoint));
+                (!spent_in_mempool).then(|| {
+                    (
+                        c.txout.clone(),
+                        self.height() + 1 - c.height.min(self.height()),
+                        c.coinbase,
+                    )
+                })
+            }
+            None if include_mempool => self
+                .mempool
+                .iter()
+                .find(|t| t.compute_txid() == txid)
+                .filter(|_| {
+                    !self
+                        .mempool
+                        .iter()
+                        .any(|t| t.input.iter().any(|i| i.previous_output == outpoint))
+                })
+                .and_then(|t| t.output.get(usize::try_from(outpoint.vout).ok()?))
+                .map(|o| (o.clone(), 0, false)),
+            None => None,
+        };
+        let Some((txout, confirmations, coinbase)) = found else {
+            return Ok(Json::Null);
+        };
+        let mut spk = json!({
+            "hex": txout.script_pubkey.to_hex_string(),
+            "type": script_type(&txout.script_pubkey),
+        });
+        if let Ok(a) = bitcoin::Address::from_script(&txout.script_pubkey, Network::Regtest) {
+            spk["address"] = json!(a.to_string());
+        }
+        Ok(json!({
+            "bestblock": self.tip_hash().to_string(),
+            "confirmations": confirmations,
+            "value": btc(txout.value),
+            "scriptPubKey": spk,
+            "coinbase": coinbase,
+        }))
+    }
+
     /// `getblockchaininfo`, with the fields Core gives that mean something
     /// here. The chain is in initial block download while its tip is more
     /// than a day old, as Core's default `-maxtipage` says.
@@ -1316,6 +1404,7 @@ fn rpc(state: &mut BitcoinState, method: &str, params: &[Json]) -> Result<Json, 
             })
         }
         "getrawtransaction" => state.getrawtransaction(params),
+        "gettxout" => state.gettxout(params),
         "sendrawtransaction" => {
             let tx: Transaction = p(0)
                 .as_str()

@@ -255,3 +255,101 @@ fn a_stopped_node_is_unreachable_and_comes_back_with_its_chain() {
     // Both runs' output is kept in the log.
     assert!(runs(&node) > before, "{}", node.log_tail());
 }
+
+#[test]
+fn gettxout_answers_on_the_emulator_as_on_core() {
+    let Some(node) = real_node(&[]) else { return };
+    let (b, _alice, bob, confirmed, pending) = chain();
+    submit(&node, &b);
+    let (pending_tx, _) = b.locate(&pending).unwrap();
+    let (confirmed_tx, _) = b.locate(&confirmed).unwrap();
+    let coinbase = b.block(1).unwrap().txdata[0].compute_txid();
+    let em = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
+    let core = node.client();
+    let emu = UreqBitcoinNode::new(&em.url(), Auth::None, Duration::from_secs(10));
+    core.send_raw_transaction(&pending_tx).unwrap();
+
+    let to_bob = u32::try_from(
+        confirmed_tx
+            .output
+            .iter()
+            .position(|o| o.script_pubkey == bob.btc.script_pubkey())
+            .unwrap(),
+    )
+    .unwrap();
+    let unspent = OutPoint::new(confirmed, to_bob);
+    let spent_in_block = confirmed_tx.input[0].previous_output;
+    let spent_in_mempool = pending_tx.input[0].previous_output;
+    let in_mempool = OutPoint::new(pending, 0);
+    let unknown = OutPoint::new(Txid::from_byte_array([7; 32]), 0);
+    let beyond = OutPoint::new(confirmed, 99);
+    let from_coinbase = OutPoint::new(coinbase, 0);
+
+    // The raw answers, field by field (the emulator leaves out `asm` and `desc`).
+    for o in [
+        unspent,
+        spent_in_block,
+        spent_in_mempool,
+        in_mempool,
+        unknown,
+        beyond,
+        from_coinbase,
+    ] {
+        for mempool in [true, false] {
+            let params = json!([o.txid, o.vout, mempool]);
+            let mut c = node.call("gettxout", params.clone()).unwrap();
+            if let Some(spk) = c.get_mut("scriptPubKey").and_then(|s| s.as_object_mut()) {
+                spk.remove("asm");
+                spk.remove("desc");
+            }
+            let e = emu.call("gettxout", params).unwrap();
+            assert_eq!(c, e, "gettxout {o} include_mempool={mempool}");
+        }
+    }
+    // Without include_mempool, Core takes it as true.
+    assert_eq!(
+        node.call(
+            "gettxout",
+            json!([spent_in_mempool.txid, spent_in_mempool.vout])
+        )
+        .unwrap(),
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        emu.call(
+            "gettxout",
+            json!([spent_in_mempool.txid, spent_in_mempool.vout])
+        )
+        .unwrap(),
+        serde_json::Value::Null
+    );
+
+    // The typed answers.
+    for n in [&core, &emu] {
+        let u = n.get_tx_out(&unspent, true).unwrap().unwrap();
+        assert_eq!(u.confirmations, 2);
+        assert_eq!(u.txout, confirmed_tx.output[to_bob as usize]);
+        assert_eq!(n.get_tx_out(&spent_in_block, false).unwrap(), None);
+        assert_eq!(n.get_tx_out(&spent_in_mempool, true).unwrap(), None);
+        assert!(n.get_tx_out(&spent_in_mempool, false).unwrap().is_some());
+        let m = n.get_tx_out(&in_mempool, true).unwrap().unwrap();
+        assert_eq!((m.confirmations, &m.txout), (0, &pending_tx.output[0]));
+        assert_eq!(n.get_tx_out(&in_mempool, false).unwrap(), None);
+        assert_eq!(n.get_tx_out(&unknown, true).unwrap(), None);
+    }
+    // Malformed parameters are refused alike.
+    for params in [
+        json!(["00", 0]),
+        json!([confirmed, "0"]),
+        json!([confirmed, 0, 1]),
+    ] {
+        let c = node.call("gettxout", params.clone()).unwrap_err();
+        let e = emu.call("gettxout", params.clone()).unwrap_err();
+        match (&c, &e) {
+            (Error::Rpc { code: a, .. }, Error::Rpc { code: b, .. }) => {
+                assert_eq!(a, b, "{params}: core {c}, emulator {e}")
+            }
+            _ => panic!("{params}: core {c}, emulator {e}"),
+        }
+    }
+}

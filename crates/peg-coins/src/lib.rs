@@ -120,6 +120,19 @@ impl Error {
     }
 }
 
+/// A confirmed coin as the record holds it ([`CoinRecord::confirmed_coins`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedCoin {
+    /// Where it is.
+    pub outpoint: OutPoint,
+    /// Its value and script.
+    pub txout: TxOut,
+    /// The height of the block that made it.
+    pub height: u64,
+    /// Whether a block spent it.
+    pub spent_in_block: bool,
+}
+
 /// Which coins [`CoinRecord::unspent`] offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Include {
@@ -786,6 +799,50 @@ impl CoinRecord {
                     script_pubkey: script.to_owned(),
                 },
                 confirmations: u32::try_from(confirmations).unwrap_or(u32::MAX),
+            })
+        })
+        .collect()
+    }
+
+    /// Every confirmed coin the record holds, spent or not, in block order:
+    /// what the peg wallet was ever paid (a signer classifies each by the
+    /// transaction that made it, to know what the wallet owes).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn confirmed_coins(&self) -> Result<Vec<RecordedCoin>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT txid, vout, value, script, height, spent_height FROM coins
+                 WHERE height IS NOT NULL ORDER BY height, txid, vout",
+            )
+            .db()?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                ))
+            })
+            .db()?;
+        rows.map(|r| {
+            let (txid, vout, value, script, height, spent_height) = r.db()?;
+            Ok(RecordedCoin {
+                outpoint: OutPoint::new(txid_from_sql(&txid)?, vout),
+                txout: TxOut {
+                    value: Amount::from_sat(
+                        u64::try_from(value)
+                            .map_err(|_| Error::Corrupt(format!("a value of {value}")))?,
+                    ),
+                    script_pubkey: ScriptBuf::from_bytes(script),
+                },
+                height: height_from_sql(height)?,
+                spent_in_block: spent_height.is_some(),
             })
         })
         .collect()

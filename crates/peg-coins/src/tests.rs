@@ -85,13 +85,8 @@ impl BitcoinNode for Node {
         unsupported()
     }
 
-    fn get_tx_out(
-        &self,
-        outpoint: &bitcoin::OutPoint,
-        include_mempool: bool,
-    ) -> Result<Option<bitcoin_node_client::Utxo>, bitcoin_node_client::Error> {
-        let _ = (outpoint, include_mempool);
-        todo!("H3")
+    fn get_tx_out(&self, _: &OutPoint, _: bool) -> Result<Option<Utxo>, NodeError> {
+        unsupported()
     }
 }
 
@@ -724,4 +719,33 @@ fn repair_from_scan_makes_the_record_the_scan() {
         coins(&r, &peg(), Include::Confirmed),
         sorted(vec![(op(&d2, 0), 20_000, 3), (unseen, 777, 3)])
     );
+}
+
+#[test]
+fn confirmed_coins_lists_spent_and_unspent_but_not_own_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new();
+    let d1 = deposit(&peg(), 10_000, 1);
+    let d2 = deposit(&peg(), 20_000, 2);
+    node.mine(vec![d1.clone()]);
+    node.mine(vec![d2.clone()]);
+    let spend = tx(&[op(&d1, 0)], vec![out(&script(0x02), 9_000)]);
+    node.mine(vec![spend]);
+    let mut r = synced(&dir, &node);
+    let own = tx(&[op(&d2, 0)], vec![out(&peg(), 19_000)]);
+    r.record_own_spend(&own).unwrap();
+    let all = r.confirmed_coins().unwrap();
+    let seen: Vec<_> = all
+        .iter()
+        .map(|c| (c.outpoint, c.txout.value.to_sat(), c.height, c.spent_in_block))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (op(&d1, 0), 10_000, 1, true),
+            // Reserved by our own pending spend, but no block spent it.
+            (op(&d2, 0), 20_000, 2, false),
+        ]
+    );
+    assert!(all.iter().all(|c| c.txout.script_pubkey == peg()));
 }
