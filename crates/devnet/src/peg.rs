@@ -276,6 +276,7 @@ impl Peg {
             state_path: self.opts.dir.join(format!("signer-{id}.json")),
             poll_wait: self.opts.signer_poll,
             allow_rotation: self.opts.allow_rotation,
+            attest_interval: frost_signer::ATTEST_INTERVAL,
         })
         .with_context(|| format!("starting signer {id}"))?;
         let stop = Arc::new(AtomicBool::new(false));

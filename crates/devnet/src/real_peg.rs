@@ -266,6 +266,7 @@ impl RealPeg {
                 state_path: peg.opts.dir.join(format!("signer-{id}.json")),
                 poll_wait: peg.opts.signer_poll,
                 allow_rotation: false,
+                attest_interval: frost_signer::ATTEST_INTERVAL,
             })
             .with_context(|| format!("starting signer {id}"))?;
             let stop = Arc::new(AtomicBool::new(false));

@@ -238,6 +238,7 @@ fn through_relay(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
                 state_path: dir.path().join(format!("s{id}.json")),
                 poll_wait: Duration::from_millis(500),
                 allow_rotation: false,
+                attest_interval: frost_signer::ATTEST_INTERVAL,
             })
             .unwrap();
             let stop = stop.clone();

@@ -15,7 +15,27 @@ pub use relay_coordinator::{RelayCoordinatorOptions, RelayFrostCoordinator};
 pub use wsts;
 
 use bitcoin::secp256k1::{schnorr, PublicKey};
+use serde::Serialize;
 use std::time::Duration;
+
+/// A signer's newest attestation of the peg wallet key its own stacks-node
+/// shows the contract publishing: the envelope exactly as the signer sealed
+/// it (what users' tools check with `frost_net::verify_attestations`), and
+/// what it says, for display.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SignerAttestation {
+    /// The signer's (1-based) id.
+    pub signer: u32,
+    /// The contract it names.
+    pub contract: String,
+    /// The key it attests.
+    pub key: PublicKey,
+    /// The signer's clock when it read the key, seconds since the Unix epoch.
+    pub time: u64,
+    /// The signed envelope, hex in JSON.
+    #[serde(with = "hex::serde")]
+    pub envelope: Vec<u8>,
+}
 
 /// What went wrong in a FROST round.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,4 +115,10 @@ pub trait FrostCoordinator {
 
     /// Returns every key the coordinator can sign with, oldest first.
     fn keys(&self) -> Vec<PublicKey>;
+
+    /// Returns each signer's newest attestation, by signer id: what the
+    /// status server's `/attestations` serves. Reads what the relay holds
+    /// first, without waiting (a relay error is logged and the attestations
+    /// already kept are returned); between rounds nothing else reads them.
+    fn attestations(&mut self) -> Vec<SignerAttestation>;
 }

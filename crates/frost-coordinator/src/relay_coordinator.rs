@@ -32,7 +32,7 @@ use wsts::state_machine::coordinator::{fire, Config, Coordinator as _, SavedStat
 use wsts::state_machine::{DkgError, OperationResult, SignError};
 use wsts::traits::Aggregator as _;
 
-use crate::{Error, FrostCoordinator};
+use crate::{Error, FrostCoordinator, SignerAttestation};
 
 type Fire = fire::Coordinator<wsts::v2::Aggregator>;
 
@@ -107,6 +107,7 @@ pub struct RelayFrostCoordinator {
     sign_id: u64,
     rejected: u64,
     refused: u64,
+    attestations: BTreeMap<u32, SignerAttestation>,
 }
 
 impl std::fmt::Debug for RelayFrostCoordinator {
@@ -244,6 +245,7 @@ impl RelayFrostCoordinator {
             sign_id: 0,
             rejected: 0,
             refused: 0,
+            attestations: BTreeMap::new(),
             opts,
         };
         if let Some(path) = c.opts.state_path.clone().filter(|p| p.exists()) {
@@ -363,6 +365,10 @@ impl RelayFrostCoordinator {
                 continue;
             }
             match self.codec.open(&bytes) {
+                Ok(Envelope {
+                    sender: frost_net::Sender::Signer(signer),
+                    message: Message::Attestation(a),
+                }) => self.keep_attestation(signer, a, bytes),
                 Ok(e) => out.push(e),
                 Err(e) => {
                     self.refused += 1;
@@ -371,6 +377,36 @@ impl RelayFrostCoordinator {
             }
         }
         Ok(out)
+    }
+
+    /// Keeps a signer's attestation unless an earlier-dated one replaces a
+    /// newer (a relay replaying old packets).
+    fn keep_attestation(&mut self, signer: u32, a: frost_net::Attestation, envelope: Vec<u8>) {
+        if self
+            .attestations
+            .get(&signer)
+            .is_some_and(|old| old.time > a.time)
+        {
+            self.stale(format_args!("an older attestation of signer {signer}"));
+            return;
+        }
+        if self
+            .attestations
+            .get(&signer)
+            .is_none_or(|old| old.key != a.key)
+        {
+            info!("coordinator: signer {signer} attests key {}", a.key);
+        }
+        self.attestations.insert(
+            signer,
+            SignerAttestation {
+                signer,
+                contract: a.contract,
+                key: a.key,
+                time: a.time,
+                envelope,
+            },
+        );
     }
 
     fn stale(&mut self, what: std::fmt::Arguments<'_>) {
@@ -398,10 +434,11 @@ impl RelayFrostCoordinator {
     /// Records a refusal; fails when the refusals leave the threshold out
     /// of reach.
     fn refusal(
-        &self,
+        &mut self,
         refusals: &mut BTreeMap<u32, String>,
         sender: u32,
         r: &Refusal,
+        ids: &[u64],
     ) -> Result<(), Error> {
         warn!(
             "coordinator: signer {sender} refused request {}: {}",
@@ -410,6 +447,24 @@ impl RelayFrostCoordinator {
         refusals.entry(sender).or_insert_with(|| r.rule.clone());
         let refused = self.signer_keys(refusals.keys().copied());
         if self.opts.set.num_keys().saturating_sub(refused) < self.opts.set.threshold {
+            // The round ends now; refusals already on the relay are named too.
+            if let Ok(more) = self.poll(Duration::ZERO) {
+                for env in more {
+                    if let (frost_net::Sender::Signer(id), Message::Refusal(r)) =
+                        (env.sender, &env.message)
+                    {
+                        if ids.contains(&r.request) {
+                            refusals.entry(id).or_insert_with(|| r.rule.clone());
+                        }
+                    }
+                }
+            }
+            info!(
+                "coordinator: request {} refused by signers holding {refused} of {} keys; the threshold {} is out of reach",
+                r.request,
+                self.opts.set.num_keys(),
+                self.opts.set.threshold
+            );
             return Err(Error::Refused {
                 refusals: refusals
                     .iter()
@@ -517,7 +572,7 @@ impl RelayFrostCoordinator {
                     Message::Refusal(r)
                         if r.request == track.request_id || r.request == track.sign_id =>
                     {
-                        self.refusal(refusals, sender, &r)?;
+                        self.refusal(refusals, sender, &r, &[track.request_id, track.sign_id])?;
                     }
                     other => {
                         self.stale(format_args!(
@@ -876,7 +931,7 @@ impl RelayFrostCoordinator {
         self.persist()?;
         self.post(&Message::SignRequest(SignRequest {
             id: request_id,
-            payload: vec![],
+            payload: peg_rules::SignPayload::Test.encode(),
             items: vec![SignItem {
                 key: k.key,
                 message,
@@ -1112,5 +1167,22 @@ impl FrostCoordinator for RelayFrostCoordinator {
 
     fn keys(&self) -> Vec<PublicKey> {
         self.keys.iter().map(|k| k.key).collect()
+    }
+
+    fn attestations(&mut self) -> Vec<SignerAttestation> {
+        // Everything else read now is of no round: dropped as stale.
+        match self.poll(Duration::ZERO) {
+            Ok(envs) => {
+                for env in envs {
+                    self.stale(format_args!(
+                        "a {:?} of {} between rounds",
+                        env.message.kind(),
+                        env.sender
+                    ));
+                }
+            }
+            Err(e) => warn!("coordinator: reading attestations: {e}"),
+        }
+        self.attestations.values().cloned().collect()
     }
 }

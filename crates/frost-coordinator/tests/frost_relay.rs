@@ -98,6 +98,7 @@ impl Cluster {
             state_path: self.state_path(id),
             poll_wait: Duration::from_millis(500),
             allow_rotation: self.allow_rotation,
+            attest_interval: frost_signer::ATTEST_INTERVAL,
         })
         .unwrap();
         setup(&mut node);
@@ -533,6 +534,7 @@ fn a_corrupt_state_file_is_a_clear_error_at_start() {
             state_path: c.state_path(1),
             poll_wait: Duration::from_millis(100),
             allow_rotation: false,
+            attest_interval: frost_signer::ATTEST_INTERVAL,
         })
     };
     let mut cases: Vec<(&str, Vec<u8>)> = vec![("garbage", b"{not json".to_vec())];
@@ -670,13 +672,17 @@ fn a_refused_sign_request_names_the_signers_and_their_rule() {
         }
     }
     let mut c = Cluster::new(3, 1, 2);
-    let mut coord = c.coordinator(Duration::from_secs(5));
+    // A long timeout: the round must end on the refusals, not on it.
+    let sign_timeout = Duration::from_secs(20);
+    let mut coord = c.coordinator(sign_timeout);
     let agg = coord.run_dkg_round().unwrap();
     for id in [2, 3] {
         c.kill(id);
         let r = c.spawn(id, |n| n.set_validator(Box::new(No)));
         c.signers[id as usize - 1] = Some(r);
     }
+    // The restarted signers read the relay from its head: let them start.
+    std::thread::sleep(Duration::from_millis(700));
     let started = Instant::now();
     match sign1(&mut coord, agg, &[9; 32]) {
         Err(Error::Refused { refusals }) => {
@@ -687,8 +693,111 @@ fn a_refused_sign_request_names_the_signers_and_their_rule() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(4), "ended early");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "the round ended on the refusals, well before its {sign_timeout:?} timeout: took {took:?}"
+    );
     assert!(!Error::Refused { refusals: vec![] }.is_transient());
+    // One refusal leaves the threshold reachable: signers 1 and 2 sign.
+    c.kill(2);
+    c.restart(2);
+    std::thread::sleep(Duration::from_millis(700));
+    verify(&agg, &[8; 32], &sign1(&mut coord, agg, &[8; 32]).unwrap());
+}
+
+/// A validator that accepts everything and attests one key.
+struct Attests(PublicKey);
+
+impl frost_signer::Validator for Attests {
+    fn check(&mut self, _: &frost_net::SignRequest) -> Result<(), String> {
+        Ok(())
+    }
+    fn will_sign(&self, _: &PublicKey, _: &[u8; 32]) -> bool {
+        true
+    }
+    fn attest(&mut self) -> Option<PublicKey> {
+        Some(self.0)
+    }
+}
+
+#[test]
+fn the_coordinator_keeps_each_signers_newest_attestation() {
+    use frost_net::messages::Message as M;
+    use frost_net::Attestation;
+    let mut c = Cluster::new(3, 1, 2);
+    let mut coord = c.coordinator(Duration::from_secs(10));
+    assert!(
+        coord.attestations().is_empty(),
+        "nobody attests before a key"
+    );
+    let agg = coord.run_dkg_round().unwrap();
+    for id in 1..=3 {
+        c.kill(id);
+        let r = c.spawn(id, |n| n.set_validator(Box::new(Attests(agg))));
+        c.signers[id as usize - 1] = Some(r);
+    }
+    // Each signer attests at start-up; the coordinator reads them between rounds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let a = coord.attestations();
+        if a.len() == 3 {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "only {} attestations", a.len());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        got.iter().map(|a| a.signer).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(got.iter().all(|a| a.key == agg));
+    // The raw envelopes are what users' tools verify.
+    let codec = Codec::new(&c.file);
+    let envs: Vec<Vec<u8>> = got.iter().map(|a| a.envelope.clone()).collect();
+    let t = codec.tally_attestations("", &agg, &envs);
+    assert_eq!(t.key_ids, 3, "{:?}", t.rejected);
+    assert!(t.reaches(c.file.set.threshold));
+    // Signing still works with attestations on the relay.
+    verify(&agg, &[6; 32], &sign1(&mut coord, agg, &[6; 32]).unwrap());
+
+    // A replayed, older attestation does not replace a newer one; a forged
+    // one (not signer 2's key) is refused before it is kept.
+    let other = key(0x99, 0).public_key(&Secp256k1::new());
+    let seal = |signer: u32, sk: &SecretKey, time: u64| {
+        codec
+            .seal(
+                Sender::Signer(signer),
+                sk,
+                &M::Attestation(Attestation {
+                    contract: String::new(),
+                    key: other,
+                    time,
+                }),
+            )
+            .unwrap()
+    };
+    let poster = RelayClient::new(&c.relay.url(), Duration::from_secs(5));
+    poster
+        .post_tagged(&seal(1, &key(0x5e, 0), 1), TAG_RESPONSE)
+        .unwrap();
+    poster
+        .post_tagged(&seal(2, &key(0x77, 0), u64::MAX), TAG_RESPONSE)
+        .unwrap();
+    let refused = coord.refused_packets();
+    let now = coord.attestations();
+    assert!(now.iter().all(|a| a.key == agg), "{now:?}");
+    assert!(
+        coord.refused_packets() > refused,
+        "the forged one was refused"
+    );
+    // Signer 3's own newer statement replaces its older one.
+    poster
+        .post_tagged(&seal(3, &key(0x5e, 2), u64::MAX), TAG_RESPONSE)
+        .unwrap();
+    let now = coord.attestations();
+    assert_eq!(now[2].key, other);
+    assert_eq!((now[0].key, now[1].key), (agg, agg));
 }
 
 #[test]

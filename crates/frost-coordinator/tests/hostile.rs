@@ -394,6 +394,7 @@ impl Signers {
                         state_path: dir.join(format!("signer-{id}.json")),
                         poll_wait: Duration::from_millis(200),
                         allow_rotation: true,
+                        attest_interval: frost_signer::ATTEST_INTERVAL,
                     })
                     .unwrap();
                     let stop = Arc::new(AtomicBool::new(false));

@@ -15,7 +15,9 @@ use wsts::curve::scalar::Scalar;
 use wsts::net::{self as w, DkgFailure, DkgStatus};
 
 use crate::envelope::Sender;
-use crate::messages::{Message, ToSign, MAX_SIGN_ITEMS, MAX_SIGN_PAYLOAD, MAX_TEST_TEXT};
+use crate::messages::{
+    Message, ToSign, MAX_CONTRACT_LEN, MAX_SIGN_ITEMS, MAX_SIGN_PAYLOAD, MAX_TEST_TEXT,
+};
 use crate::SignerSet;
 
 /// The longest encrypted DKG share accepted, bytes (wsts' are ~60).
@@ -226,5 +228,8 @@ pub fn check(set: &SignerSet, sender: Sender, message: &Message) -> Check {
         }
         Message::Refusal(r) => ensure(r.rule.len() <= 1024, || "refusal text too long".into()),
         Message::Heartbeat(h) => ensure(h.keys.len() <= 64, || "too many keys".into()),
+        Message::Attestation(a) => ensure(a.contract.len() <= MAX_CONTRACT_LEN, || {
+            "contract name too long".into()
+        }),
     }
 }

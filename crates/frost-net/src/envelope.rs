@@ -362,3 +362,107 @@ impl Codec {
         Ok(Envelope { sender, message })
     }
 }
+
+/// What a list of attestation envelopes says about one peg wallet key: which
+/// signers of the set attest that their own stacks-node shows the contract
+/// publishing it ([`verify_attestations`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AttestationTally {
+    /// The attesting signers (1-based ids), each with the newest time it
+    /// attested (seconds since the Unix epoch, the signer's clock). A signer
+    /// counts once however many of its envelopes are given.
+    pub signers: std::collections::BTreeMap<u32, u64>,
+    /// How many key ids the attesting signers hold together.
+    pub key_ids: u32,
+    /// The envelopes that were not counted (their index in the input) and why.
+    pub rejected: Vec<(usize, String)>,
+}
+
+impl AttestationTally {
+    /// Whether the attesting signers hold at least `threshold` key ids: as
+    /// many as a signature needs, so no fewer than that many key ids' worth
+    /// of signers can have been fooled (or be lying) about the key.
+    pub fn reaches(&self, threshold: u32) -> bool {
+        self.key_ids >= threshold
+    }
+}
+
+impl Codec {
+    /// Counts the attestations of `key` published by `contract` among
+    /// `envelopes` (raw relay packets, as the coordinator serves them). Each
+    /// must open under this codec's domain — signed by a signer of the set
+    /// with its own message key — and be an attestation of exactly this
+    /// contract and key; anything else is listed in
+    /// [`AttestationTally::rejected`].
+    pub fn tally_attestations<B: AsRef<[u8]>>(
+        &self,
+        contract: &str,
+        key: &PublicKey,
+        envelopes: &[B],
+    ) -> AttestationTally {
+        let mut t = AttestationTally::default();
+        for (i, bytes) in envelopes.iter().enumerate() {
+            let env = match self.open(bytes.as_ref()) {
+                Ok(e) => e,
+                Err(e) => {
+                    t.rejected.push((i, e.to_string()));
+                    continue;
+                }
+            };
+            let (Sender::Signer(id), Message::Attestation(a)) = (env.sender, &env.message) else {
+                t.rejected.push((
+                    i,
+                    format!(
+                        "a {:?} from {}, not an attestation",
+                        env.message.kind(),
+                        env.sender
+                    ),
+                ));
+                continue;
+            };
+            if a.contract != contract {
+                t.rejected.push((
+                    i,
+                    format!(
+                        "signer {id} attests for contract {:?}, not {contract:?}",
+                        a.contract
+                    ),
+                ));
+                continue;
+            }
+            if a.key != *key {
+                t.rejected
+                    .push((i, format!("signer {id} attests another key, {}", a.key)));
+                continue;
+            }
+            let newest = t.signers.entry(id).or_insert(a.time);
+            *newest = (*newest).max(a.time);
+        }
+        t.key_ids = t
+            .signers
+            .keys()
+            .filter_map(|id| self.set.signer(*id))
+            .map(|s| u32::try_from(s.key_ids.len()).unwrap_or(u32::MAX))
+            .fold(0, u32::saturating_add);
+        t
+    }
+}
+
+/// For users' tools: counts which signers of the peg `file` describes attest
+/// that its contract publishes `key`, from raw attestation envelopes (what
+/// the coordinator's `/attestations` serves). Pay into the key only when
+/// [`AttestationTally::reaches`] the set's threshold.
+///
+/// # Errors
+/// When the file names no contract: there is nothing to attest against.
+pub fn verify_attestations<B: AsRef<[u8]>>(
+    file: &SignerFile,
+    key: &PublicKey,
+    envelopes: &[B],
+) -> Result<AttestationTally, String> {
+    let contract = file
+        .contract
+        .as_deref()
+        .ok_or("the signer set file names no contract: attestations cannot be checked")?;
+    Ok(Codec::new(file).tally_attestations(contract, key, envelopes))
+}

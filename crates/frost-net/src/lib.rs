@@ -6,7 +6,10 @@
 //!   ([`Codec::seal`]) and opened ([`Codec::open`]) only after its signature
 //!   verifies; [`checks`] then binds every id it carries to the signer set.
 //! - [`messages`]: what travels inside (wsts' messages, keyed by aggregate
-//!   key, and our own: sign requests, key-stored reports, refusals).
+//!   key, and our own: sign requests, key-stored reports, refusals,
+//!   attestations of the published peg wallet key).
+//! - [`verify_attestations`]: for users' tools, how many signers (and key
+//!   ids) attest that the contract publishes a key.
 //! - [`write_private_atomically`]: how parties write their state files.
 //!
 //! Round rules (which request a party answers) live in the signer and
@@ -17,8 +20,10 @@ pub mod envelope;
 pub mod messages;
 mod signer_set;
 
-pub use envelope::{Codec, Domain, Envelope, EnvelopeError, Sender};
-pub use messages::{Kind, RoundId, SignItem, SignRequest, ToSign};
+pub use envelope::{
+    verify_attestations, AttestationTally, Codec, Domain, Envelope, EnvelopeError, Sender,
+};
+pub use messages::{Attestation, Kind, RoundId, SignItem, SignRequest, ToSign};
 pub use signer_set::{SignerFile, SignerInfo, SignerSet, SignerSetError};
 pub use wsts;
 

@@ -51,11 +51,14 @@ pub enum Kind {
     /// all-signer test signature verified); until then signers hold it as
     /// pending.
     KeyAccepted = 15,
+    /// Signer: the peg wallet key the contract publishes is one it holds
+    /// (read on its own stacks-node), for users' tools to check.
+    Attestation = 16,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::DkgBegin,
         Kind::DkgPrivateBegin,
         Kind::DkgEndBegin,
@@ -71,6 +74,7 @@ impl Kind {
         Kind::Refusal,
         Kind::Heartbeat,
         Kind::KeyAccepted,
+        Kind::Attestation,
     ];
 
     /// The kind of a kind byte.
@@ -213,6 +217,24 @@ pub struct Heartbeat {
     pub keys: Vec<PublicKey>,
 }
 
+/// A signer's statement that the contract publishes a peg wallet key it
+/// holds a share of, checked on its own stacks-node. Users' tools count
+/// these ([`crate::verify_attestations`]) before paying into the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attestation {
+    /// The sBTC contract (`ADDRESS.NAME`) that publishes the key.
+    pub contract: String,
+    /// The peg wallet key (the aggregate key, untweaked) it publishes.
+    pub key: PublicKey,
+    /// The signer's clock when it read the key, seconds since the Unix epoch.
+    pub time: u64,
+}
+
+/// The longest contract name an attestation may carry (Stacks limits an
+/// address to 41 characters and a contract name to 128).
+pub const MAX_CONTRACT_LEN: usize = 256;
+
 /// A signing round: (aggregate key, dkg id, sign id, sign iteration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RoundId {
@@ -259,6 +281,8 @@ pub enum Message {
     Heartbeat(Heartbeat),
     /// See [`Kind::KeyAccepted`].
     KeyAccepted(KeyStored),
+    /// See [`Kind::Attestation`].
+    Attestation(Attestation),
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -288,6 +312,7 @@ impl Message {
             Message::Refusal(_) => Kind::Refusal,
             Message::Heartbeat(_) => Kind::Heartbeat,
             Message::KeyAccepted(_) => Kind::KeyAccepted,
+            Message::Attestation(_) => Kind::Attestation,
         }
     }
 
@@ -309,6 +334,7 @@ impl Message {
             Message::Refusal(m) => json(m),
             Message::Heartbeat(m) => json(m),
             Message::KeyAccepted(m) => json(m),
+            Message::Attestation(m) => json(m),
         }
     }
 
@@ -333,6 +359,7 @@ impl Message {
             Kind::Refusal => Message::Refusal(parse(body)?),
             Kind::Heartbeat => Message::Heartbeat(parse(body)?),
             Kind::KeyAccepted => Message::KeyAccepted(parse(body)?),
+            Kind::Attestation => Message::Attestation(parse(body)?),
         })
     }
 
@@ -370,7 +397,7 @@ impl Message {
 /// shares come to hundreds of KB, a nonce request to well under 1 KB.
 #[derive(Debug, Clone)]
 pub(crate) struct Caps {
-    caps: [usize; 16],
+    caps: [usize; Kind::ALL.len() + 1],
 }
 
 /// Bytes budgeted per JSON-encoded point, scalar or small structure.
@@ -393,7 +420,7 @@ impl Caps {
         // One nonce response: two points per party, key ids, a 32-byte message
         // (or a test digest), fixed fields.
         let nonce_response = BASE + 4 * ELEM + k * 16;
-        let mut caps = [0usize; 16];
+        let mut caps = [0usize; Kind::ALL.len() + 1];
         let mut set_cap = |kind: Kind, v: usize| caps[kind as usize] = v;
         set_cap(Kind::DkgBegin, BASE);
         set_cap(Kind::DkgPrivateBegin, BASE + ids);
@@ -416,6 +443,7 @@ impl Caps {
         set_cap(Kind::Refusal, BASE);
         set_cap(Kind::Heartbeat, BASE + 64 * ELEM);
         set_cap(Kind::KeyAccepted, BASE);
+        set_cap(Kind::Attestation, BASE + MAX_CONTRACT_LEN);
         Caps { caps }
     }
 

@@ -21,8 +21,15 @@
 //!   and for the same message; then the round is dropped with its nonce. A
 //!   restarted signer has no open rounds, so nothing it signed before can be
 //!   made to sign again.
-//! - **Nonce requests only for what was asked.** A [`SignRequest`] passes the
-//!   [`Validator`] first; only its items' (key, digest) pairs get nonces.
+//! - **Nonce requests only for what was asked and validated.** A
+//!   [`SignRequest`] passes the [`Validator`] first (or is answered with a
+//!   signed `Refusal` naming the rule); a nonce request is answered only for
+//!   a (key, digest) pair an accepted request listed *and* the validator
+//!   says it recorded ([`Validator::will_sign`]).
+//! - **Attestations.** When [`Validator::attest`] names the key the
+//!   contract publishes and it is one this signer holds, the signer sends a
+//!   signed `Attestation` of it at start-up, every
+//!   [`SignerOptions::attest_interval`], and as soon as the key changes.
 //! - **Key history.** The state file ([`state`]) holds every key share ever
 //!   held, never a nonce or a DKG polynomial. A DKG runs in its own wsts
 //!   state machine and only appends to the history once it succeeded; the
@@ -37,7 +44,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bitcoin::secp256k1::{PublicKey, SecretKey};
-use frost_net::messages::{KeyStored, Keyed, Message, Refusal};
+use frost_net::messages::{Attestation, KeyStored, Keyed, Message, Refusal};
 use frost_net::wsts::net as w;
 use frost_net::{
     scalar, Codec, Envelope, Kind, RoundId, Sender, SignRequest, SignerFile, SignerSet,
@@ -60,6 +67,11 @@ pub const ROUND_TTL: Duration = Duration::from_secs(120);
 pub const MAX_ALLOWED: usize = 4096;
 /// How long a sign request's items stay allowed.
 pub const ALLOWED_TTL: Duration = Duration::from_secs(600);
+/// How often an unchanged attestation is sent again, by default.
+pub const ATTEST_INTERVAL: Duration = Duration::from_secs(60);
+/// How often [`Validator::attest`] is asked at most (so a changed key is
+/// attested within about this long, or the attestation interval if shorter).
+pub const ATTEST_CHECK: Duration = Duration::from_secs(1);
 
 /// What stops a signer.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +113,9 @@ pub trait Validator: Send {
     /// The peg wallet key the contract publishes, when it is one this
     /// signer holds (read on its own stacks-node): what it attests to.
     /// `None` when it cannot tell, or the published key is not ours.
+    ///
+    /// Asked at most every [`ATTEST_CHECK`] from the signer's loop, so it
+    /// should answer from what the validator read last, not block for long.
     fn attest(&mut self) -> Option<PublicKey> {
         None
     }
@@ -136,6 +151,10 @@ pub struct SignerOptions {
     /// Whether this signer joins a DKG while it already holds a key (a key
     /// rotation). Off, a signer with a key refuses every new DKG.
     pub allow_rotation: bool,
+    /// How often an unchanged attestation of the published key is sent
+    /// again ([`ATTEST_INTERVAL`] in production); a changed key is attested
+    /// at once.
+    pub attest_interval: Duration,
 }
 
 /// Rewrites (or, returning `None`, drops) an outbound message: fault tests only.
@@ -164,6 +183,10 @@ pub struct SignerCore {
     allowed: HashMap<(PublicKey, [u8; 32]), Instant>,
     rounds: HashMap<RoundId, OpenRound>,
     rejected: u64,
+    attest_interval: Duration,
+    attest_checked: Option<Instant>,
+    attested: Option<(PublicKey, Instant)>,
+    not_ours: Option<PublicKey>,
 }
 
 impl std::fmt::Debug for SignerCore {
@@ -223,12 +246,83 @@ impl SignerCore {
             allowed: HashMap::new(),
             rounds: HashMap::new(),
             rejected: 0,
+            attest_interval: ATTEST_INTERVAL,
+            attest_checked: None,
+            attested: None,
+            not_ours: None,
         })
     }
 
-    /// Replaces the validation hook.
+    /// Replaces the validation hook ([`AcceptAll`] until then: protocol
+    /// tests only; a production signer always installs its guard).
     pub fn set_validator(&mut self, v: Box<dyn Validator>) {
         self.validator = v;
+        self.attest_checked = None;
+        self.attested = None;
+    }
+
+    /// Sets how often an unchanged attestation is sent again.
+    pub fn set_attest_interval(&mut self, every: Duration) {
+        self.attest_interval = every;
+    }
+
+    /// The attestation to send now, if one is due: the validator is asked
+    /// (at most every [`ATTEST_CHECK`], or the attestation interval if
+    /// shorter) which key the contract publishes; a key this signer holds a
+    /// share of is attested when it is new or changed, and again once the
+    /// attestation interval has passed. `contract` is the signer file's.
+    pub fn attestation(&mut self, contract: &str, now: Instant) -> Option<Message> {
+        let check = ATTEST_CHECK.min(self.attest_interval);
+        if self
+            .attest_checked
+            .is_some_and(|t| now.saturating_duration_since(t) < check)
+        {
+            return None;
+        }
+        self.attest_checked = Some(now);
+        let Some(key) = self.validator.attest() else {
+            if let Some((old, _)) = self.attested.take() {
+                warn!(
+                    "signer {}: no longer attesting key {old}: the validator cannot confirm the contract publishes a key of ours",
+                    self.id
+                );
+            }
+            return None;
+        };
+        if self.history.find(&key).is_none() {
+            // The validator should not name it; never attest it anyway.
+            self.attested = None;
+            if self.not_ours != Some(key) {
+                warn!(
+                    "signer {}: the validator names key {key}, which this signer holds no share of: not attested",
+                    self.id
+                );
+                self.not_ours = Some(key);
+            }
+            return None;
+        }
+        self.not_ours = None;
+        if let Some((old, sent)) = self.attested {
+            if old == key && now.saturating_duration_since(sent) < self.attest_interval {
+                return None;
+            }
+            if old != key {
+                info!(
+                    "signer {}: the published key changed from {old} to {key}",
+                    self.id
+                );
+            }
+        }
+        self.attested = Some((key, now));
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        debug!("signer {}: attesting key {key}", self.id);
+        Some(Message::Attestation(Attestation {
+            contract: contract.to_owned(),
+            key,
+            time,
+        }))
     }
 
     /// The key history.
@@ -486,11 +580,21 @@ impl SignerCore {
 
     fn sign_request(&mut self, r: &SignRequest) -> Vec<Message> {
         if let Err(rule) = self.validator.check(r) {
-            self.reject(format_args!("refused sign request {}: {rule}", r.id));
-            return vec![Message::Refusal(Refusal {
-                request: r.id,
-                rule,
-            })];
+            return self.refuse_request(r.id, rule);
+        }
+        // The validator said yes: it must also have recorded every item, or
+        // its nonce requests would be refused one by one later.
+        if let Some(item) = r
+            .items
+            .iter()
+            .find(|i| !self.validator.will_sign(&i.key, &i.message.digest()))
+        {
+            let rule = format!(
+                "validator.not-recorded: digest {} with key {} passed the checks but was not recorded",
+                hex::encode(item.message.digest()),
+                item.key
+            );
+            return self.refuse_request(r.id, rule);
         }
         let now = Instant::now();
         for item in &r.items {
@@ -514,6 +618,11 @@ impl SignerCore {
             r.items.len()
         );
         vec![]
+    }
+
+    fn refuse_request(&mut self, id: u64, rule: String) -> Vec<Message> {
+        self.reject(format_args!("refused sign request {id}: {rule}"));
+        vec![Message::Refusal(Refusal { request: id, rule })]
     }
 
     fn refuse_round(&mut self, sign_id: u64, rule: String) -> Vec<Message> {
@@ -562,7 +671,19 @@ impl SignerCore {
             return self.refuse_round(
                 m.sign_id,
                 format!(
-                    "digest {} with key {} was not asked for by an accepted sign request",
+                    "nonce.not-requested: digest {} with key {} was not asked for by an accepted sign request",
+                    hex::encode(digest),
+                    r.key
+                ),
+            );
+        }
+        // What the validator stored durably: after a restart of its store,
+        // or for anything it never checked, no nonce.
+        if !self.validator.will_sign(&r.key, &digest) {
+            return self.refuse_round(
+                m.sign_id,
+                format!(
+                    "nonce.not-validated: digest {} with key {} is not recorded as validated",
                     hex::encode(digest),
                     r.key
                 ),
@@ -692,6 +813,7 @@ impl SignerCore {
 pub struct SignerNode {
     core: SignerCore,
     codec: Codec,
+    contract: String,
     private_key: SecretKey,
     relay: RelayClient,
     cursor: u64,
@@ -729,13 +851,14 @@ impl SignerNode {
                 opts.id, me.public_key
             )));
         }
-        let core = SignerCore::new(
+        let mut core = SignerCore::new(
             opts.id,
             set,
             &opts.private_key,
             opts.state_path.clone(),
             opts.allow_rotation,
         )?;
+        core.set_attest_interval(opts.attest_interval);
         let relay = RelayClient::new(&opts.file.relay_url, Duration::from_secs(10));
         let head = relay
             .head()
@@ -743,6 +866,7 @@ impl SignerNode {
         Ok(SignerNode {
             core,
             codec: Codec::new(&opts.file),
+            contract: opts.file.contract.clone().unwrap_or_default(),
             private_key: opts.private_key,
             relay,
             cursor: head.saturating_sub(1),
@@ -798,6 +922,9 @@ impl SignerNode {
     /// # Errors
     /// When the relay cannot be reached or a state write fails.
     pub fn step(&mut self) -> Result<usize, SignerError> {
+        if let Some(m) = self.core.attestation(&self.contract, Instant::now()) {
+            self.send(m);
+        }
         let batch = self
             .relay
             .poll_tags(self.cursor, self.poll_wait, frost_net::SIGNER_TAGS)
