@@ -129,6 +129,9 @@ pub struct QueuedOp {
     pub attempts: u32,
     /// The last step failure, for the operator.
     pub last_error: Option<String>,
+    /// Why the op is waiting now (a fee shortfall, signers' refusals), for
+    /// the operator; not a failure. Cleared on progress.
+    pub waiting: Option<String>,
 }
 
 /// What went wrong in the queue's storage. The coordinator stops on these:
@@ -192,6 +195,22 @@ pub trait PegQueue {
     /// ones). Together with the node's confirmed nonce this gives the next
     /// nonce without reusing or skipping one across restarts.
     fn last_signed_stacks_nonce(&self) -> Result<Option<u64>, Error>;
+
+    /// Returns a peg-out request other than `except` whose request signature
+    /// has `digest` (`peg_rules::request_signature_digest`) and that was
+    /// accepted for burning or went further (any state but `detected` and
+    /// `rejected`): the request that signature already pays. A rejected copy
+    /// does not use the signature up.
+    fn signature_used_by(&self, digest: &[u8; 32], except: &Txid) -> Result<Option<Txid>, Error>;
+
+    /// Returns the total amount of the peg-out requests accepted for burning
+    /// (in any state but `detected` and `rejected`) at or after `since_unix`
+    /// (Unix seconds): the outflow the daily limit counts.
+    fn outflow_since(&self, since_unix: u64) -> Result<bitcoin::Amount, Error>;
+
+    /// Records why the op waits (`None`: it no longer does), without counting
+    /// an attempt; shown by `status` until the op moves.
+    fn set_waiting(&self, txid: &Txid, why: Option<String>) -> Result<(), Error>;
 }
 
 #[cfg(test)]

@@ -36,7 +36,19 @@ const MIGRATIONS: &[&str] = &[
         id INTEGER PRIMARY KEY CHECK (id = 1),
         last_scanned_height INTEGER NOT NULL
     ) STRICT;",
+    // 2: replay and outflow checks (issue #13). `signature_digest` and
+    // `amount_sats` of the rows already stored are filled in by `backfill`.
+    "ALTER TABLE ops ADD COLUMN signature_digest TEXT;
+    ALTER TABLE ops ADD COLUMN amount_sats INTEGER;
+    ALTER TABLE ops ADD COLUMN accepted_at INTEGER;
+    ALTER TABLE ops ADD COLUMN waiting TEXT;
+    CREATE INDEX ops_by_signature ON ops (signature_digest) WHERE signature_digest IS NOT NULL;
+    CREATE INDEX ops_by_accepted_at ON ops (accepted_at) WHERE accepted_at IS NOT NULL;",
 ];
+
+/// States in which a peg-out request's signature is not (or no longer)
+/// taken: it was never accepted, or was refused before any side effect.
+const UNACCEPTED: &str = "('detected', 'rejected')";
 
 /// States after which the coordinator does nothing more with an op.
 const TERMINAL: &str = "('rejected', 'done', 'failed')";
@@ -122,7 +134,7 @@ impl SqlitePegQueue {
     fn select(&self, condition: &str) -> Result<Vec<QueuedOp>, Error> {
         let conn = self.lock();
         let sql = format!(
-            "SELECT op, state_data, attempts, last_error FROM ops WHERE {condition} ORDER BY block_height, vtxindex, txid"
+            "SELECT op, state_data, attempts, last_error, waiting FROM ops WHERE {condition} ORDER BY block_height, vtxindex, txid"
         );
         let mut stmt = conn.prepare(&sql).map_err(storage)?;
         let rows = stmt
@@ -132,6 +144,7 @@ impl SqlitePegQueue {
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
                 ))
             })
             .map_err(storage)?;
@@ -140,14 +153,15 @@ impl SqlitePegQueue {
     }
 }
 
-fn row_to_op(
-    (op, state, attempts, last_error): (String, String, i64, Option<String>),
-) -> Result<QueuedOp, Error> {
+type Row = (String, String, i64, Option<String>, Option<String>);
+
+fn row_to_op((op, state, attempts, last_error, waiting): Row) -> Result<QueuedOp, Error> {
     Ok(QueuedOp {
         op: serde_json::from_str(&op).map_err(|e| Error::Corrupt(format!("op: {e}")))?,
         state: serde_json::from_str(&state).map_err(|e| Error::Corrupt(format!("state: {e}")))?,
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         last_error,
+        waiting,
     })
 }
 
@@ -173,12 +187,58 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
     {
         tx.execute_batch(script)
             .map_err(|e| Error::Storage(format!("migration {}: {e}", i + 1)))?;
+        backfill(&tx, i + 1)?;
     }
     tx.execute("DELETE FROM schema_version", [])
         .map_err(storage)?;
     tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [known])
         .map_err(storage)?;
     tx.commit().map_err(storage)
+}
+
+/// Fills in, in Rust, what migration `number` added and SQL cannot compute.
+fn backfill(tx: &Transaction<'_>, number: usize) -> Result<(), Error> {
+    if number != 2 {
+        return Ok(());
+    }
+    let rows: Vec<(String, String)> = {
+        let mut stmt = tx
+            .prepare("SELECT txid, op FROM ops WHERE kind = 'peg_out_request'")
+            .map_err(storage)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(storage)?;
+        rows.collect::<Result<_, _>>().map_err(storage)?
+    };
+    for (txid, json) in rows {
+        let op: PegOp = serde_json::from_str(&json)
+            .map_err(|e| Error::Corrupt(format!("op {txid}: {e}")))?;
+        let (digest, amount) = request_columns(&op);
+        tx.execute(
+            "UPDATE ops SET signature_digest = ?2, amount_sats = ?3 WHERE txid = ?1",
+            params![txid, digest, amount],
+        )
+        .map_err(storage)?;
+    }
+    // Ops accepted before this migration: their last change is no earlier
+    // than their acceptance, so the daily limit counts them at least as long.
+    tx.execute(
+        &format!("UPDATE ops SET accepted_at = updated_at WHERE state NOT IN {UNACCEPTED}"),
+        [],
+    )
+    .map_err(storage)?;
+    Ok(())
+}
+
+/// The replay digest (hex) and amount of a peg-out request; `None` for a peg-in.
+fn request_columns(op: &PegOp) -> (Option<String>, Option<i64>) {
+    match op {
+        PegOp::PegOutRequest(r) => (
+            Some(hex::encode(peg_rules::request_signature_digest(r))),
+            Some(to_i64(r.amount.to_sat())),
+        ),
+        PegOp::PegIn(_) => (None, None),
+    }
 }
 
 fn insert(tx: &Transaction<'_>, op: &PegOp) -> Result<bool, Error> {
@@ -189,10 +249,11 @@ fn insert(tx: &Transaction<'_>, op: &PegOp) -> Result<bool, Error> {
     let json = serde_json::to_string(op).map_err(|e| Error::Storage(e.to_string()))?;
     let state =
         serde_json::to_string(&OpState::Detected).map_err(|e| Error::Storage(e.to_string()))?;
+    let (digest, amount) = request_columns(op);
     let n = tx
         .execute(
-            "INSERT INTO ops (txid, kind, block_height, vtxindex, burn_header_hash, op, state, state_data, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'detected', ?7, ?8, ?8)
+            "INSERT INTO ops (txid, kind, block_height, vtxindex, burn_header_hash, op, state, state_data, created_at, updated_at, signature_digest, amount_sats)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'detected', ?7, ?8, ?8, ?9, ?10)
              ON CONFLICT (txid) DO NOTHING",
             params![
                 op.txid().to_string(),
@@ -205,7 +266,9 @@ fn insert(tx: &Transaction<'_>, op: &PegOp) -> Result<bool, Error> {
                 op.burn_header_hash().to_string(),
                 json,
                 state,
-                now()
+                now(),
+                digest,
+                amount
             ],
         )
         .map_err(storage)?;
@@ -257,9 +320,9 @@ impl PegQueue for SqlitePegQueue {
         let conn = self.lock();
         let row = conn
             .query_row(
-                "SELECT op, state_data, attempts, last_error FROM ops WHERE txid = ?1",
+                "SELECT op, state_data, attempts, last_error, waiting FROM ops WHERE txid = ?1",
                 [txid.to_string()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()
             .map_err(storage)?;
@@ -283,7 +346,11 @@ impl PegQueue for SqlitePegQueue {
             let data = serde_json::to_string(state).map_err(|e| Error::Storage(e.to_string()))?;
             let n = tx
                 .execute(
-                    "UPDATE ops SET state = ?2, state_data = ?3, stacks_nonce = ?4, last_error = NULL, updated_at = ?5
+                    "UPDATE ops SET state = ?2, state_data = ?3, stacks_nonce = ?4, last_error = NULL, waiting = NULL, updated_at = ?5,
+                        accepted_at = CASE
+                            WHEN ?2 IN ('detected', 'rejected') THEN NULL
+                            ELSE COALESCE(accepted_at, ?5)
+                        END
                      WHERE txid = ?1",
                     params![txid.to_string(), state.name(), data, nonce, now()],
                 )
@@ -346,5 +413,55 @@ impl PegQueue for SqlitePegQueue {
             )
             .map_err(storage)?;
         Ok(n.map(|n| u64::try_from(n).unwrap_or(0)))
+    }
+
+    fn signature_used_by(&self, digest: &[u8; 32], except: &Txid) -> Result<Option<Txid>, Error> {
+        let conn = self.lock();
+        let t: Option<String> = conn
+            .query_row(
+                &format!(
+                    "SELECT txid FROM ops WHERE signature_digest = ?1 AND txid != ?2 AND state NOT IN {UNACCEPTED}
+                     ORDER BY block_height, vtxindex, txid LIMIT 1"
+                ),
+                params![hex::encode(digest), except.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(storage)?;
+        t.map(|t| {
+            t.parse()
+                .map_err(|e| Error::Corrupt(format!("txid {t:?}: {e}")))
+        })
+        .transpose()
+    }
+
+    fn outflow_since(&self, since_unix: u64) -> Result<bitcoin::Amount, Error> {
+        let conn = self.lock();
+        let sum: Option<i64> = conn
+            .query_row(
+                &format!(
+                    "SELECT SUM(amount_sats) FROM ops WHERE kind = 'peg_out_request' AND accepted_at >= ?1 AND state NOT IN {UNACCEPTED}"
+                ),
+                [to_i64(since_unix)],
+                |r| r.get(0),
+            )
+            .map_err(storage)?;
+        Ok(bitcoin::Amount::from_sat(
+            sum.map_or(0, |s| u64::try_from(s).unwrap_or(0)),
+        ))
+    }
+
+    fn set_waiting(&self, txid: &Txid, why: Option<String>) -> Result<(), Error> {
+        let conn = self.lock();
+        let n = conn
+            .execute(
+                "UPDATE ops SET waiting = ?2 WHERE txid = ?1",
+                params![txid.to_string(), why],
+            )
+            .map_err(storage)?;
+        if n == 0 {
+            return Err(Error::UnknownOp(*txid));
+        }
+        Ok(())
     }
 }

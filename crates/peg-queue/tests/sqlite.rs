@@ -7,7 +7,10 @@ use std::process::{Command, Stdio};
 
 use bitcoin::hashes::Hash;
 use bitcoin::{Amount, BlockHash, Txid};
-use peg_queue::peg_ops::{BurnHeight, PegInOp, PegOp, SignedStacksTx};
+use peg_queue::peg_ops::{
+    peg_out_request_sighash, BtcAddress, BurnHeight, MessageSignature, PegInOp, PegOp,
+    PegOutRequestOp, SignedStacksTx,
+};
 use peg_queue::{OpState, PegQueue, SqlitePegQueue};
 
 fn op(n: u32, height: u64) -> PegOp {
@@ -132,7 +135,7 @@ fn migrations_are_versioned_and_a_newer_schema_is_refused() {
     let v: i64 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 1);
+    assert_eq!(v, 2);
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -286,4 +289,168 @@ fn a_round_is_stored_all_or_nothing() {
         q.get(&op(1, 1).txid()).unwrap().unwrap().state,
         OpState::Accepted
     );
+}
+
+/// A peg-out request in its own transaction `n`; requests with the same
+/// `amount` carry the same signature (copies of one another).
+fn request(n: u32, height: u64, amount: u64) -> PegOp {
+    let mut t = [0u8; 32];
+    t[..4].copy_from_slice(&n.to_be_bytes());
+    t[31] = 0xee;
+    let recipient: BtcAddress = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+        .parse()
+        .unwrap();
+    let amount = Amount::from_sat(amount);
+    let key = bitcoin::secp256k1::SecretKey::from_slice(&[5; 32]).unwrap();
+    PegOp::PegOutRequest(PegOutRequestOp {
+        amount,
+        signature: MessageSignature::sign(
+            peg_out_request_sighash(amount, &recipient.script_pubkey()),
+            &key,
+        ),
+        recipient,
+        peg_wallet_address: "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+            .parse()
+            .unwrap(),
+        fulfillment_fee: Amount::from_sat(5_000),
+        memo: vec![],
+        txid: Txid::from_byte_array(t),
+        vtxindex: n,
+        block_height: BurnHeight(height),
+        burn_header_hash: BlockHash::all_zeros(),
+    })
+}
+
+fn digest(op: &PegOp) -> [u8; 32] {
+    let PegOp::PegOutRequest(r) = op else {
+        unreachable!()
+    };
+    peg_rules::request_signature_digest(r)
+}
+
+#[test]
+fn a_signature_is_used_once_accepted_and_freed_by_a_rejection() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SqlitePegQueue::open(&dir.path().join("q.sqlite")).unwrap();
+    let (victim, copy, other) = (request(1, 5, 40_000), request(2, 6, 40_000), request(3, 6, 41_000));
+    assert_eq!(digest(&victim), digest(&copy));
+    assert_ne!(digest(&victim), digest(&other));
+    q.record_scanned_block(BurnHeight(6), &[victim.clone(), copy.clone(), other.clone()])
+        .unwrap();
+    let d = digest(&victim);
+    // Detected only: nobody holds the signature yet.
+    assert_eq!(q.signature_used_by(&d, &copy.txid()).unwrap(), None);
+    q.set_state(&victim.txid(), &OpState::Accepted).unwrap();
+    assert_eq!(
+        q.signature_used_by(&d, &copy.txid()).unwrap(),
+        Some(victim.txid())
+    );
+    // An op never counts against itself.
+    assert_eq!(q.signature_used_by(&d, &victim.txid()).unwrap(), None);
+    // Every later state keeps it, failed included.
+    for s in [
+        OpState::StacksTxSigned { tx: stx(1) },
+        OpState::BurnConfirmed,
+        OpState::Done,
+        OpState::Failed { reason: "x".into() },
+    ] {
+        q.set_state(&victim.txid(), &s).unwrap();
+        assert_eq!(
+            q.signature_used_by(&d, &copy.txid()).unwrap(),
+            Some(victim.txid()),
+            "{s}"
+        );
+    }
+    // A rejected holder frees it.
+    q.set_state(&victim.txid(), &OpState::Rejected { reason: "request.fee".into() })
+        .unwrap();
+    assert_eq!(q.signature_used_by(&d, &copy.txid()).unwrap(), None);
+}
+
+#[test]
+fn outflow_counts_accepted_requests_since_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SqlitePegQueue::open(&dir.path().join("q.sqlite")).unwrap();
+    let (a, b, c) = (request(1, 5, 40_000), request(2, 5, 2_000), request(3, 5, 700));
+    q.record_scanned_block(BurnHeight(5), &[a.clone(), b.clone(), c.clone(), op(4, 5)])
+        .unwrap();
+    q.set_state(&op(4, 5).txid(), &OpState::Accepted).unwrap();
+    assert_eq!(q.outflow_since(0).unwrap(), Amount::ZERO, "peg-ins and detected ops do not count");
+    q.set_state(&a.txid(), &OpState::Accepted).unwrap();
+    q.set_state(&b.txid(), &OpState::Accepted).unwrap();
+    q.set_state(&b.txid(), &OpState::BurnConfirmed).unwrap();
+    q.set_state(&c.txid(), &OpState::Rejected { reason: "x".into() }).unwrap();
+    assert_eq!(q.outflow_since(0).unwrap(), Amount::from_sat(42_000));
+    let future = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    assert_eq!(q.outflow_since(future).unwrap(), Amount::ZERO);
+}
+
+#[test]
+fn a_wait_is_shown_without_counting_an_attempt_and_cleared_on_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SqlitePegQueue::open(&dir.path().join("q.sqlite")).unwrap();
+    let r = request(1, 5, 40_000);
+    q.insert_op(&r).unwrap();
+    q.set_waiting(&r.txid(), Some("fee shortfall".into())).unwrap();
+    let got = q.get(&r.txid()).unwrap().unwrap();
+    assert_eq!((got.attempts, got.waiting.as_deref()), (0, Some("fee shortfall")));
+    assert_eq!(q.pending().unwrap()[0].waiting.as_deref(), Some("fee shortfall"));
+    q.set_state(&r.txid(), &OpState::Accepted).unwrap();
+    assert_eq!(q.get(&r.txid()).unwrap().unwrap().waiting, None);
+    assert!(matches!(
+        q.set_waiting(&op(9, 1).txid(), None),
+        Err(peg_queue::Error::UnknownOp(_))
+    ));
+}
+
+/// A queue written by the previous version (schema 1) gains the replay
+/// columns, filled in for the requests it already holds.
+#[test]
+fn migration_2_fills_in_the_signatures_of_stored_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.sqlite");
+    let (victim, copy) = (request(1, 5, 40_000), request(2, 6, 40_000));
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT;
+             INSERT INTO schema_version (version) VALUES (1);
+             CREATE TABLE ops (
+                txid TEXT PRIMARY KEY NOT NULL, kind TEXT NOT NULL,
+                block_height INTEGER NOT NULL, vtxindex INTEGER NOT NULL,
+                burn_header_hash TEXT NOT NULL, op TEXT NOT NULL, state TEXT NOT NULL,
+                state_data TEXT NOT NULL, stacks_nonce INTEGER,
+                attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+                created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL) STRICT;
+             CREATE INDEX ops_by_state ON ops (state, block_height, vtxindex);
+             CREATE TABLE scan (id INTEGER PRIMARY KEY CHECK (id = 1),
+                last_scanned_height INTEGER NOT NULL) STRICT;",
+        )
+        .unwrap();
+        for (o, state) in [(&victim, OpState::BurnConfirmed), (&copy, OpState::Detected)] {
+            conn.execute(
+                "INSERT INTO ops (txid, kind, block_height, vtxindex, burn_header_hash, op, state, state_data, created_at, updated_at)
+                 VALUES (?1, 'peg_out_request', 5, 1, ?2, ?3, ?4, ?5, 100, ?6)",
+                rusqlite::params![
+                    o.txid().to_string(),
+                    o.burn_header_hash().to_string(),
+                    serde_json::to_string(o).unwrap(),
+                    state.name(),
+                    serde_json::to_string(&state).unwrap(),
+                    i64::MAX / 2,
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let q = SqlitePegQueue::open(&path).unwrap();
+    assert_eq!(
+        q.signature_used_by(&digest(&copy), &copy.txid()).unwrap(),
+        Some(victim.txid())
+    );
+    assert_eq!(q.outflow_since(1_000).unwrap(), Amount::from_sat(40_000));
 }
