@@ -211,6 +211,8 @@ impl RelayFrostCoordinator {
             state_dir: None,
             network: opts.network.clone(),
             contract: opts.contract.clone(),
+            magic_bytes: None,
+            policy: Default::default(),
             set: opts.set.clone(),
         };
         let codec = Codec::new(&file);
