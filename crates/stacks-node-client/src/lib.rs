@@ -104,6 +104,11 @@ pub const MIN_FEE_PER_BYTE: u64 = 1;
 /// `TooMuchChaining`).
 pub const MAX_CHAINED_NONCES: u64 = 26;
 
+/// The most headers `GET /v2/headers/{n}` serves, so the deepest block
+/// [`StacksNode::block_at_depth`] finds (stacks-node 4.0.2 answers a larger
+/// `n` with a plain-text 400, "requested more than 2100 headers").
+pub const MAX_HEADERS: u32 = 2100;
+
 /// The hint for a node without `/v2/burn_ops`.
 pub const BURN_OPS_HINT: &str = "this stacks-node does not serve /v2/burn_ops (only the 2023 sBTC alpha nodes did; no released stacks-node has it): set op_source = \"bitcoin\" in the coordinator's configuration";
 
@@ -243,6 +248,15 @@ pub trait StacksNode {
     /// `depth` blocks below the node's tip (0: the tip itself), or `None`
     /// when the chain is not that long. Found through `/v2/info` (depth 0) or
     /// `GET /v2/headers/{depth}` (the last header's `parent_block_id`).
+    ///
+    /// Observed on stacks-node 4.0.2 (mocknet, epoch 2.1): `/v2/headers/{n}`
+    /// lists `n` entries `{consensus_hash, header, parent_block_id}`, the
+    /// tip first, each entry's `parent_block_id` the index block hash of the
+    /// next; a chain of height `h < n` gives `h` entries (the boot block has
+    /// no header: depth `h` is the boot block, below it is `None`).
+    /// The UreqStacksNode checks that the entries chain (a list that does
+    /// not is [`Error::Decode`]); a depth above [`MAX_HEADERS`] is a
+    /// permanent [`Error::Rejected`] without asking the node.
     fn block_at_depth(&self, depth: u32) -> Result<Option<[u8; 32]>, Error>;
 
     /// Calls a read-only function at a given Stacks block (`?tip=`, 64 hex

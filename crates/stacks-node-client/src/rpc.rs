@@ -8,7 +8,7 @@ use serde_json::{json, Value as Json};
 use stacks_wire::transaction::sha512_256;
 use stacks_wire::{ContractId, PrincipalData, StacksTxid, Value};
 
-use crate::{AccountInfo, Error, FeeEstimates, NodeInfo, Rejection, StacksNode};
+use crate::{AccountInfo, Error, FeeEstimates, NodeInfo, Rejection, StacksNode, MAX_HEADERS};
 
 /// The most a response body may hold.
 const MAX_BODY: u64 = 8 << 20;
@@ -150,6 +150,96 @@ impl UreqStacksNode {
     }
 }
 
+/// One entry of `GET /v2/headers/{n}`: a Stacks 2.x block header (SIP-003
+/// serialized, hex), its consensus hash, and its parent's index block hash.
+#[derive(Deserialize)]
+struct HeaderEntry {
+    consensus_hash: String,
+    header: String,
+    parent_block_id: String,
+}
+
+impl HeaderEntry {
+    /// The block's index block hash: SHA512/256(block hash ‖ consensus
+    /// hash), the block hash being SHA512/256 of the serialized header.
+    fn index_block_hash(&self) -> Result<[u8; 32], Error> {
+        let header = hex::decode(&self.header)
+            .map_err(|_| Error::Decode("/v2/headers: header is not hex".into()))?;
+        let consensus = hex::decode(&self.consensus_hash)
+            .ok()
+            .filter(|b| b.len() == 20)
+            .ok_or_else(|| {
+                Error::Decode("/v2/headers: consensus_hash is not 20 bytes of hex".into())
+            })?;
+        Ok(index_block_hash(&sha512_256(&header), &consensus))
+    }
+}
+
+/// SHA512/256(block hash ‖ consensus hash): the `StacksBlockId` of a Stacks
+/// 2.x block (checked on stacks-node 4.0.2 against `/v2/info` and the
+/// `parent_block_id`s of `/v2/headers`).
+fn index_block_hash(block_hash: &[u8; 32], consensus_hash: &[u8]) -> [u8; 32] {
+    let mut buf = block_hash.to_vec();
+    buf.extend_from_slice(consensus_hash);
+    sha512_256(&buf)
+}
+
+impl UreqStacksNode {
+    /// `POST /v2/contracts/call-read/…`, at the node's tip or at `tip`.
+    ///
+    /// The tip goes out as 64 lower-case hex digits without `0x`: the node
+    /// (4.0.2) silently answers at its canonical tip for a `tip` it cannot
+    /// parse (`0x…`, short, `latest`), so only that form reads at the block
+    /// asked for. A well-formed tip it does not know is its 404 ("Chain tip
+    /// not found"): [`Error::UnknownTip`].
+    fn call_read_tip(
+        &self,
+        contract: &ContractId,
+        function: &str,
+        args: &[Value],
+        sender: &PrincipalData,
+        tip: Option<&[u8; 32]>,
+    ) -> Result<Value, Error> {
+        #[derive(Deserialize)]
+        struct CallRead {
+            okay: bool,
+            #[serde(default)]
+            result: Option<String>,
+            #[serde(default)]
+            cause: Option<String>,
+        }
+        let body = json!({
+            "sender": sender.to_string(),
+            "arguments": args.iter().map(Value::to_hex).collect::<Vec<_>>(),
+        });
+        let mut path = format!(
+            "/v2/contracts/call-read/{}/{}/{function}",
+            contract.address, contract.name
+        );
+        if let Some(tip) = tip {
+            path.push_str("?tip=");
+            path.push_str(&hex::encode(tip));
+        }
+        let (status, text) = self.post_json(&path, &body)?;
+        match (status, tip) {
+            (200, _) => {}
+            // Bad argument hex or sender: plain text, permanent.
+            (400, _) => return Err(Self::rejection(&text)),
+            (404, Some(tip)) => return Err(Error::UnknownTip(hex::encode(tip))),
+            (s, _) => return Err(Self::http(s, &text)),
+        }
+        let r: CallRead = decode("call-read", &text)?;
+        match (r.okay, r.result) {
+            (true, Some(hex)) => {
+                Value::from_hex(&hex).map_err(|e| Error::Decode(format!("call-read result: {e}")))
+            }
+            _ => Err(Error::CallReadFailed(
+                r.cause.unwrap_or_else(|| "no cause given".into()),
+            )),
+        }
+    }
+}
+
 impl StacksNode for UreqStacksNode {
     fn get_info(&self) -> Result<NodeInfo, Error> {
         #[derive(Deserialize)]
@@ -172,12 +262,10 @@ impl StacksNode for UreqStacksNode {
                 Error::Decode("stacks_tip_consensus_hash is not 20 bytes of hex".into())
             })?;
         // The index block hash (StacksBlockId): SHA512/256(block hash ‖ consensus hash).
-        let mut buf = block_hash.to_vec();
-        buf.extend_from_slice(&consensus);
         Ok(NodeInfo {
             burn_block_height: info.burn_block_height,
             stacks_tip_height: info.stacks_tip_height,
-            stacks_tip: sha512_256(&buf),
+            stacks_tip: index_block_hash(&block_hash, &consensus),
         })
     }
 
@@ -269,43 +357,59 @@ impl StacksNode for UreqStacksNode {
         args: &[Value],
         sender: &PrincipalData,
     ) -> Result<Value, Error> {
-        #[derive(Deserialize)]
-        struct CallRead {
-            okay: bool,
-            #[serde(default)]
-            result: Option<String>,
-            #[serde(default)]
-            cause: Option<String>,
-        }
-        let body = json!({
-            "sender": sender.to_string(),
-            "arguments": args.iter().map(Value::to_hex).collect::<Vec<_>>(),
-        });
-        let path = format!(
-            "/v2/contracts/call-read/{}/{}/{function}",
-            contract.address, contract.name
-        );
-        let (status, text) = self.post_json(&path, &body)?;
-        match status {
-            200 => {}
-            // Bad argument hex or sender: plain text, permanent.
-            400 => return Err(Self::rejection(&text)),
-            s => return Err(Self::http(s, &text)),
-        }
-        let r: CallRead = decode("call-read", &text)?;
-        match (r.okay, r.result) {
-            (true, Some(hex)) => {
-                Value::from_hex(&hex).map_err(|e| Error::Decode(format!("call-read result: {e}")))
-            }
-            _ => Err(Error::CallReadFailed(
-                r.cause.unwrap_or_else(|| "no cause given".into()),
-            )),
-        }
+        self.call_read_tip(contract, function, args, sender, None)
     }
 
     fn block_at_depth(&self, depth: u32) -> Result<Option<[u8; 32]>, Error> {
-        let _ = depth;
-        todo!("H2")
+        if depth == 0 {
+            return self.get_info().map(|i| Some(i.stacks_tip));
+        }
+        if depth > MAX_HEADERS {
+            return Err(Error::Rejected(Rejection {
+                reason: Rejection::MALFORMED.to_owned(),
+                reason_data: Some(json!({
+                    "message": format!("depth {depth} is beyond the {MAX_HEADERS} headers a stacks-node serves at once")
+                })),
+            }));
+        }
+        let (status, text) = self.get(&format!("/v2/headers/{depth}"))?;
+        match status {
+            200 => {}
+            // The node's limit or a bad path: plain text, permanent.
+            400 => return Err(Self::rejection(&text)),
+            s => return Err(Self::http(s, &text)),
+        }
+        let headers: Vec<HeaderEntry> = decode("/v2/headers", &text)?;
+        let want = depth as usize;
+        if headers.len() < want {
+            // Fewer headers than asked: the chain is not that long.
+            return Ok(None);
+        }
+        if headers.len() > want {
+            return Err(Error::Decode(format!(
+                "/v2/headers/{depth} answered {} headers",
+                headers.len()
+            )));
+        }
+        // Newest first, each one's parent the next one: a list that does not
+        // chain is a broken answer, never a block id to read at.
+        let mut ids = Vec::with_capacity(headers.len());
+        for h in &headers {
+            ids.push((
+                h.index_block_hash()?,
+                hex32("parent_block_id", &h.parent_block_id)?,
+            ));
+        }
+        for pair in ids.windows(2) {
+            if pair[0].1 != pair[1].0 {
+                return Err(Error::Decode(format!(
+                    "/v2/headers/{depth}: header {} is not the parent of {}",
+                    hex::encode(pair[1].0),
+                    hex::encode(pair[0].0)
+                )));
+            }
+        }
+        Ok(ids.last().map(|(_, parent)| *parent))
     }
 
     fn call_read_at(
@@ -316,7 +420,6 @@ impl StacksNode for UreqStacksNode {
         sender: &PrincipalData,
         tip: &[u8; 32],
     ) -> Result<Value, Error> {
-        let _ = (contract, function, args, sender, tip);
-        todo!("H2")
+        self.call_read_tip(contract, function, args, sender, Some(tip))
     }
 }

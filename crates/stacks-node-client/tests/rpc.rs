@@ -266,3 +266,223 @@ fn broken_nodes_give_typed_errors_never_panics() {
     assert_eq!(client(&slow).get_info().unwrap_err(), Error::Timeout);
     assert!(t.elapsed() < Duration::from_secs(2));
 }
+
+/// `GET /v2/headers/3` as stacks-node 4.0.2 (mocknet) answered it: the tip
+/// first, each `parent_block_id` the index block hash of the next entry.
+const HEADERS_3: &str = include_str!("fixtures/headers-3.json");
+/// The index block hashes of its entries and the last one's parent.
+const HEADERS_3_IDS: [&str; 3] = [
+    "46e1d28ec55b8690b5c000aa944eb4184ed312f51641662527d62ba1b77c2aca",
+    "d130f2ae8efe96fafddfb52acb9ef4dd54ff994bf8b74f931c36148e431599ff",
+    "fb328d3a03f29a94ba6e5c503b3371ac57bfe2f47acc290ea0ea76165fe9b4b2",
+];
+const HEADERS_3_LAST_PARENT: &str =
+    "b4883d6021ec0c682ea1c81ef7e069b27a910d5187afb8f26628805df5a6273a";
+
+fn h32(s: &str) -> [u8; 32] {
+    hex::decode(s).unwrap().try_into().unwrap()
+}
+
+fn headers_3() -> Vec<serde_json::Value> {
+    serde_json::from_str(HEADERS_3).unwrap()
+}
+
+#[test]
+fn block_at_depth_is_the_last_headers_parent() {
+    let s = FixtureServer::start(|r| match r.path.as_str() {
+        // No tip: the node's current tip.
+        "/v2/headers/3" => Reply::json(200, HEADERS_3),
+        // Two entries of the same chain, as /v2/headers/2?tip=… answers.
+        "/v2/headers/2" => Reply::json(
+            200,
+            serde_json::Value::Array(headers_3()[1..].to_vec()).to_string(),
+        ),
+        "/v2/headers/1" => Reply::json(
+            200,
+            serde_json::Value::Array(headers_3()[..1].to_vec()).to_string(),
+        ),
+        other => panic!("unexpected request {other}"),
+    });
+    let c = client(&s);
+    assert_eq!(
+        c.block_at_depth(3).unwrap(),
+        Some(h32(HEADERS_3_LAST_PARENT))
+    );
+    assert_eq!(
+        c.block_at_depth(2).unwrap(),
+        Some(h32(HEADERS_3_LAST_PARENT))
+    );
+    assert_eq!(c.block_at_depth(1).unwrap(), Some(h32(HEADERS_3_IDS[1])));
+}
+
+#[test]
+fn block_at_depth_zero_is_the_info_tip() {
+    // The tip of the fixture: its block hash is SHA512/256 of the header.
+    let tip = &headers_3()[0];
+    let header = hex::decode(tip["header"].as_str().unwrap()).unwrap();
+    let block_hash = hex::encode(stacks_wire::transaction::sha512_256(&header));
+    let consensus = tip["consensus_hash"].as_str().unwrap().to_owned();
+    let s = FixtureServer::start(move |r| {
+        assert_eq!(r.path, "/v2/info");
+        Reply::json(
+            200,
+            format!(
+                r#"{{"burn_block_height": 40, "stacks_tip_height": 39, "stacks_tip": "{block_hash}", "stacks_tip_consensus_hash": "{consensus}"}}"#
+            ),
+        )
+    });
+    // The same id the headers chain gives the tip: /v2/info and
+    // /v2/headers agree on what a block id is.
+    assert_eq!(
+        client(&s).block_at_depth(0).unwrap(),
+        Some(h32(HEADERS_3_IDS[0]))
+    );
+}
+
+#[test]
+fn a_chain_shorter_than_the_depth_is_none() {
+    // A chain of height 2 answers /v2/headers/3 with its 2 headers.
+    let s = FixtureServer::start(|_| {
+        Reply::json(
+            200,
+            serde_json::Value::Array(headers_3()[1..].to_vec()).to_string(),
+        )
+    });
+    assert_eq!(client(&s).block_at_depth(3).unwrap(), None);
+    let empty = FixtureServer::start(|_| Reply::json(200, "[]"));
+    assert_eq!(client(&empty).block_at_depth(1).unwrap(), None);
+}
+
+/// A list that does not chain, or holds more than asked, is a broken answer:
+/// an error, never a block id to read at.
+#[test]
+fn broken_headers_are_errors_never_block_ids() {
+    let mut swapped = headers_3();
+    swapped.swap(0, 1);
+    let mut extra = headers_3();
+    extra.push(headers_3()[0].clone());
+    let mut bad_parent = headers_3();
+    bad_parent[1]["parent_block_id"] = "zz".into();
+    let mut short_consensus = headers_3();
+    short_consensus[0]["consensus_hash"] = "00".into();
+    type Case = (Reply, fn(&Error) -> bool);
+    let cases: Vec<Case> = vec![
+        (
+            Reply::json(200, serde_json::Value::Array(swapped).to_string()),
+            |e| matches!(e, Error::Decode(m) if m.contains("not the parent")),
+        ),
+        (
+            Reply::json(200, serde_json::Value::Array(extra).to_string()),
+            |e| matches!(e, Error::Decode(_)),
+        ),
+        (
+            Reply::json(200, serde_json::Value::Array(bad_parent).to_string()),
+            |e| matches!(e, Error::Decode(_)),
+        ),
+        (
+            Reply::json(200, serde_json::Value::Array(short_consensus).to_string()),
+            |e| matches!(e, Error::Decode(_)),
+        ),
+        (Reply::json(200, r#"{"headers": []}"#), |e| {
+            matches!(e, Error::Decode(_))
+        }),
+        (Reply::json(200, "[{garbage"), |e| {
+            matches!(e, Error::Decode(_))
+        }),
+        // What the node answers above its limit: plain text, permanent.
+        (
+            Reply::text(400, "Invalid request: requested more than 2100 headers"),
+            |e| {
+                matches!(e, Error::Rejected(r) if r.message().is_some_and(|m| m.contains("2100")))
+                    && !e.is_transient()
+            },
+        ),
+        (Reply::text(500, "internal"), |e| {
+            matches!(e, Error::Http { status: 500, .. }) && e.is_transient()
+        }),
+    ];
+    for (reply, expected) in cases {
+        let s = FixtureServer::start(move |_| reply.clone());
+        let e = client(&s).block_at_depth(3).unwrap_err();
+        assert!(expected(&e), "{e:?}");
+    }
+}
+
+#[test]
+fn a_depth_beyond_the_nodes_limit_is_refused_without_asking() {
+    let s = FixtureServer::start(|_| Reply::json(200, "[]"));
+    let e = client(&s)
+        .block_at_depth(stacks_node_client::MAX_HEADERS + 1)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Rejected(_)) && !e.is_transient(),
+        "{e:?}"
+    );
+    assert_eq!(s.requests(), 0);
+}
+
+/// The tip goes out as 64 lower-case hex digits without `0x` (the node
+/// reads anything else at its canonical tip, silently); the node's 404 is
+/// `UnknownTip`, transient (a reorg may bring the block back; the caller
+/// finds the block again).
+#[test]
+fn call_read_at_sends_the_tip_and_maps_the_nodes_404() {
+    let known = h32(HEADERS_3_IDS[1]);
+    let s = FixtureServer::start(move |r| {
+        let (path, query) = r.path.split_once('?').expect("a tip query");
+        assert_eq!(
+            path,
+            "/v2/contracts/call-read/ST2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKQYAC0RQ/sbtc-alpha/get-burn"
+        );
+        let tip = query.strip_prefix("tip=").expect("only tip=");
+        assert_eq!(tip.len(), 64, "{tip}");
+        assert!(
+            tip.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{tip}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["arguments"][0], Value::StringAscii("ab".into()).to_hex());
+        if tip == hex::encode(known) {
+            Reply::json(200, r#"{"okay":true,"result":"0x09"}"#)
+        } else {
+            // What stacks-node 4.0.2 answers for a tip it does not know.
+            Reply::text(404, "Chain tip not found")
+        }
+    });
+    let c = client(&s);
+    let contract: ContractId = "ST2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKQYAC0RQ.sbtc-alpha"
+        .parse()
+        .unwrap();
+    let me: PrincipalData = "ST2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKQYAC0RQ".parse().unwrap();
+    let arg = [Value::StringAscii("ab".into())];
+    assert_eq!(
+        c.call_read_at(&contract, "get-burn", &arg, &me, &known)
+            .unwrap(),
+        Value::Optional(None)
+    );
+    let unknown = h32(HEADERS_3_LAST_PARENT);
+    let e = c
+        .call_read_at(&contract, "get-burn", &arg, &me, &unknown)
+        .unwrap_err();
+    assert_eq!(e, Error::UnknownTip(HEADERS_3_LAST_PARENT.into()));
+    assert!(e.is_transient());
+}
+
+/// Without a tip a 404 stays an HTTP error: only a read at a tip can be
+/// "unknown tip".
+#[test]
+fn call_read_without_a_tip_never_says_unknown_tip() {
+    let s = FixtureServer::start(|r| {
+        assert!(!r.path.contains('?'), "{}", r.path);
+        Reply::text(404, "Chain tip not found")
+    });
+    let contract: ContractId = "ST2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKQYAC0RQ.sbtc-alpha"
+        .parse()
+        .unwrap();
+    let me: PrincipalData = "ST2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKQYAC0RQ".parse().unwrap();
+    let e = client(&s)
+        .call_read(&contract, "get-threshold", &[], &me)
+        .unwrap_err();
+    assert!(matches!(e, Error::Http { status: 404, .. }), "{e:?}");
+}

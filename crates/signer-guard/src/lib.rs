@@ -1,0 +1,1078 @@
+//! The signer's guard of the funds.
+//!
+//! A [`Guard`] is the [`frost_signer::Validator`] of a real signer: before
+//! the signer reveals a nonce for a sign request, the guard checks what it
+//! is asked to sign against the signer's **own** bitcoind and stacks-node
+//! and the peg rules ([`peg_rules`]), and refuses the rest. It holds even
+//! against a coordinator whose relay message key and Stacks key are stolen:
+//! nothing the coordinator says is trusted, only what the signer's nodes
+//! show.
+//!
+//! What passes:
+//!
+//! - **Fulfilments** of a peg-out request that is confirmed on the signer's
+//!   best chain (`confirmations.bitcoin`), payable by the peg rules (at the
+//!   fee floor: the rate may have risen since the burn), whose burn is
+//!   *final* (`get-burn` at the Stacks block `confirmations.stacks − 1`
+//!   below the tip shows the request's amount burned from the requester the
+//!   request's signature recovers), that is no replay of a request already
+//!   paid under another txid, and whose transaction passes
+//!   `peg_rules::check_fulfilment` with every other input an unspent peg
+//!   wallet coin of the guard's own coin record (no other request's fee
+//!   output), change to the key the contract publishes; and only while the
+//!   peg stays backed after it (`peg_rules::check_backing`). A replacement
+//!   (fee bump) of a request's fulfilment passes the same way; every
+//!   fulfilment signed is kept.
+//! - **Sweeps and consolidations** (`peg_rules::check_sweep`): coins of keys
+//!   held, none a pending request's fee output, one output to the published
+//!   key.
+//! - **Test messages** (`SignPayload::Test` with only `ToSign::Test` items,
+//!   tagged so no test message can be a transaction sighash), always: the
+//!   DKG test round runs before the new key is published.
+//! - **Refunds** are refused (`refund.unsupported`) until issue #14.
+//!
+//! **The published key.** When the contract's `get-bitcoin-wallet-public-key`
+//! (at the final Stacks block) is not a key the signer holds, every payout
+//! and sweep is refused with `key.not-ours`, logged as an error and shown
+//! in [`Guard::status`]: a stolen coordinator Stacks key could otherwise
+//! redirect every change output and future peg-in.
+//!
+//! **The circuit breaker.** When, after a payout, the peg wallet would hold
+//! less than the sBTC supply plus what it owes (peg-ins never minted, fee
+//! outputs of pending requests), every payout is refused (`backing`).
+//!
+//! Every refusal is `"rule.name: detail"`: a `peg_rules` rule name or one
+//! of the guard's own: `key.not-ours`, `stacks.not-final`, `burn.not-final`,
+//! `burn.mismatch`, `request.unknown`, `request.not-final`,
+//! `request.replay`, `input.not-peg-coin`, `items.mismatch`,
+//! `payload.decode`, `payload.prevouts`, `refund.unsupported`, and
+//! `node.bitcoin` / `node.stacks` / `guard.store` when the signer's own node
+//! or file fails (then nothing is signed either).
+//!
+//! Before [`Validator::check`] returns `Ok`, every (key, sighash) pair of
+//! the request (and the fulfilment) is committed to the guard's SQLite
+//! store; [`Validator::will_sign`] answers from it, so a restarted signer
+//! still refuses nonces for anything it never checked.
+
+mod store;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bitcoin::hashes::Hash as _;
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{Amount, BlockHash, Network, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
+use bitcoin_node_client::{Auth, BitcoinNode, UreqBitcoinNode};
+use frost_net::{SignRequest, SignerFile, ToSign};
+use frost_signer::Validator;
+use peg_coins::CoinRecord;
+use peg_ops::wire::Position;
+use peg_ops::{contract, BurnHeight, PegOp, PegOutRequestOp};
+use peg_rules::{Books, Networks, Policy, RequestFacts, Rule, SignPayload, Verdict};
+use serde::{Deserialize, Serialize};
+use stacks_node_client::{StacksNode, UreqStacksNode};
+use stacks_wire::{ContractId, PrincipalData, StacksNetwork, Value};
+
+use store::{CoinKind, Fulfilment, Promise, Store};
+
+/// Read-only `(get-burn (peg-out-txid (string-ascii 72)))` →
+/// `(optional {amount: uint, principal: principal})`.
+pub const GET_BURN: &str = "get-burn";
+/// Read-only `(get-mint (peg-in-txid (string-ascii 72)))` →
+/// `(optional {amount: uint, principal: principal})`.
+pub const GET_MINT: &str = "get-mint";
+/// Read-only `(get-total-supply)` → `(ok uint)` (SIP-010).
+pub const GET_TOTAL_SUPPLY: &str = "get-total-supply";
+
+/// How many `CoinRecord::sync` calls one check may make (each up to
+/// `peg_coins::DEFAULT_BLOCKS_PER_SYNC` blocks) before it gives up.
+const MAX_SYNC_CALLS: usize = 200;
+
+/// The window of the daily outflow limit and of pending fulfilments.
+const DAY_SECS: u64 = 24 * 3600;
+
+/// The guard's part of a signer's configuration file.
+///
+/// ```toml
+/// start_height = 101          # the peg wallet's first Bitcoin height
+/// data_dir = "guard"          # the guard's SQLite files
+/// [bitcoin_node]
+/// url = "http://127.0.0.1:18443"
+/// user = "signer1"            # with password; or cookie_file
+/// password = "…"
+/// [stacks_node]
+/// url = "http://127.0.0.1:20443"
+/// [confirmations]
+/// bitcoin = 1
+/// stacks = 1
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardConfig {
+    /// The signer's own bitcoind (with `-txindex=1`).
+    pub bitcoin_node: BitcoinNodeConfig,
+    /// The signer's own stacks-node.
+    pub stacks_node: StacksNodeConfig,
+    /// How deep an op must be before the guard trusts it.
+    pub confirmations: Confirmations,
+    /// The first Bitcoin height of the peg wallet: no coin of any key is older.
+    pub start_height: u64,
+    /// Where the guard keeps its coin record and store.
+    pub data_dir: PathBuf,
+    /// The timeout of one node call, milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub rpc_timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+/// The signer's bitcoind.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BitcoinNodeConfig {
+    /// Its JSON-RPC URL.
+    pub url: String,
+    /// RPC user (with `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// RPC password (with `user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Bitcoin Core's cookie file, instead of user and password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for BitcoinNodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BitcoinNodeConfig")
+            .field("url", &self.url)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .field("cookie_file", &self.cookie_file)
+            .finish()
+    }
+}
+
+/// The signer's stacks-node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StacksNodeConfig {
+    /// Its RPC URL.
+    pub url: String,
+}
+
+/// Depths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirmations {
+    /// Bitcoin confirmations a peg-out request needs.
+    pub bitcoin: u32,
+    /// Stacks blocks a burn, mint or key needs (1: the tip).
+    pub stacks: u32,
+}
+
+/// What the peg is, from the shared signer set file.
+#[derive(Debug, Clone)]
+pub struct PegParams {
+    /// The shared policy.
+    pub policy: Policy,
+    /// Bitcoin's and Stacks' networks.
+    pub networks: Networks,
+    /// The OP_RETURN magic of peg ops.
+    pub magic: [u8; 2],
+    /// The sBTC contract.
+    pub contract: ContractId,
+}
+
+impl PegParams {
+    /// Reads the peg's parameters from the signer set file (`path` is where
+    /// it was read from: the allowlist is relative to it). `network`,
+    /// `contract` and `magic_bytes` are required.
+    ///
+    /// # Errors
+    /// Every missing or bad field, by name.
+    pub fn from_signer_file(file: &SignerFile, path: &Path) -> Result<PegParams, GuardError> {
+        let bad =
+            |what: &str, e: String| GuardError::Config(format!("{}: {what}: {e}", path.display()));
+        let network = match file.network.as_deref() {
+            Some("mainnet" | "bitcoin") => Network::Bitcoin,
+            Some("testnet") => Network::Testnet,
+            Some("signet") => Network::Signet,
+            Some("regtest") => Network::Regtest,
+            Some(other) => {
+                return Err(bad(
+                    "network",
+                    format!("{other:?} is not one of mainnet, testnet, signet, regtest"),
+                ))
+            }
+            None => return Err(bad("network", "missing: the guard needs it".into())),
+        };
+        let stacks = if network == Network::Bitcoin {
+            StacksNetwork::Mainnet
+        } else {
+            StacksNetwork::Testnet
+        };
+        let contract: ContractId = file
+            .contract
+            .as_deref()
+            .ok_or_else(|| bad("contract", "missing: the guard needs it".into()))?
+            .parse()
+            .map_err(|e: stacks_wire::Error| bad("contract", e.to_string()))?;
+        let magic = file
+            .magic()
+            .map_err(|e| bad("magic_bytes", e))?
+            .ok_or_else(|| bad("magic_bytes", "missing: the guard needs it".into()))?;
+        let policy = file.policy(path, network).map_err(GuardError::Config)?;
+        Ok(PegParams {
+            policy,
+            networks: Networks {
+                bitcoin: network,
+                stacks,
+            },
+            magic,
+            contract,
+        })
+    }
+}
+
+/// Why a guard cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    /// The configuration does not fit.
+    #[error("guard configuration: {0}")]
+    Config(String),
+    /// The guard's files could not be opened or written.
+    #[error("guard storage: {0}")]
+    Storage(String),
+}
+
+/// What the guard last saw, for the signer's status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuardStatus {
+    /// The key the contract publishes at the final Stacks block, when read.
+    pub published_key: Option<PublicKey>,
+    /// Whether it is a key this signer holds (`None`: not read yet, or
+    /// the contract publishes none).
+    pub published_key_ours: Option<bool>,
+    /// The last failure of the guard's own nodes or files, or the published
+    /// key not being ours.
+    pub last_error: Option<String>,
+    /// The last refusal sent.
+    pub last_refusal: Option<String>,
+    /// Sign requests passed and refused since start.
+    pub passed: u64,
+    /// Sign requests refused since start.
+    pub refused: u64,
+}
+
+/// The guard: a [`Validator`] reading the signer's own nodes `B` and `S`.
+pub struct Guard<B, S> {
+    bitcoin: B,
+    stacks: S,
+    params: PegParams,
+    confirmations: Confirmations,
+    start_height: u64,
+    keys: Vec<PublicKey>,
+    coins: CoinRecord,
+    store: Store,
+    status: GuardStatus,
+}
+
+impl<B, S> std::fmt::Debug for Guard<B, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("contract", &self.params.contract.to_string())
+            .field("keys", &self.keys.len())
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn rule(name: &'static str, detail: impl Into<String>) -> Rule {
+    Rule::new(name, detail)
+}
+
+fn btc_err(what: &str, e: impl std::fmt::Display) -> Rule {
+    rule("node.bitcoin", format!("{what}: {e}"))
+}
+
+fn stx_err(what: &str, e: impl std::fmt::Display) -> Rule {
+    rule("node.stacks", format!("{what}: {e}"))
+}
+
+/// The peg wallet scriptPubKey of an aggregate key.
+fn script_of(key: &PublicKey, network: Network) -> ScriptBuf {
+    peg_rules::peg_wallet_address(key, network).script_pubkey()
+}
+
+/// `(optional {amount: uint, principal: principal})`, as `get-burn` and
+/// `get-mint` answer.
+fn decode_entry(v: &Value) -> Result<Option<(u128, PrincipalData)>, String> {
+    match v {
+        Value::Optional(None) => Ok(None),
+        Value::Optional(Some(inner)) => match inner.as_ref() {
+            Value::Tuple(fields) => match (fields.get("amount"), fields.get("principal")) {
+                (Some(Value::UInt(a)), Some(Value::Principal(p))) => Ok(Some((*a, p.clone()))),
+                _ => Err(format!("{v} is no {{amount, principal}}")),
+            },
+            _ => Err(format!("{v} is no {{amount, principal}}")),
+        },
+        _ => Err(format!("{v} is no optional")),
+    }
+}
+
+/// Everything the guard knows of the peg wallet at one check.
+struct Wallet {
+    /// Confirmed unspent coins of every key held.
+    unspent: HashMap<OutPoint, TxOut>,
+    /// Those that are a peg-out request's fee output (its output 2).
+    fee_outputs: HashSet<OutPoint>,
+    /// Peg-in coins ever paid to the wallet whose mint is not yet final.
+    unminted: Vec<(Txid, Amount)>,
+}
+
+impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
+    /// A guard over the given clients, keeping its files in `data_dir`
+    /// (created if needed), holding shares of `keys`.
+    ///
+    /// # Errors
+    /// Bad depths, files that cannot be opened.
+    pub fn new(
+        bitcoin: B,
+        stacks: S,
+        params: PegParams,
+        confirmations: Confirmations,
+        start_height: u64,
+        data_dir: &Path,
+        keys: &[PublicKey],
+    ) -> Result<Guard<B, S>, GuardError> {
+        if confirmations.bitcoin == 0 || confirmations.stacks == 0 {
+            return Err(GuardError::Config(
+                "confirmations.bitcoin and confirmations.stacks must be at least 1".into(),
+            ));
+        }
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| GuardError::Storage(format!("{}: {e}", data_dir.display())))?;
+        let coins = CoinRecord::open(&data_dir.join("guard-coins.sqlite"), start_height)
+            .map_err(|e| GuardError::Storage(e.to_string()))?;
+        let store = Store::open(&data_dir.join("guard.sqlite")).map_err(GuardError::Storage)?;
+        let mut guard = Guard {
+            bitcoin,
+            stacks,
+            params,
+            confirmations,
+            start_height,
+            keys: Vec::new(),
+            coins,
+            store,
+            status: GuardStatus::default(),
+        };
+        guard.set_keys(keys)?;
+        Ok(guard)
+    }
+
+    /// Replaces the keys held (after a DKG: the signer's whole key
+    /// history); their addresses are watched from the start height.
+    ///
+    /// # Errors
+    /// When the coin record cannot be written.
+    pub fn set_keys(&mut self, keys: &[PublicKey]) -> Result<(), GuardError> {
+        for k in keys {
+            self.coins
+                .watch(
+                    &script_of(k, self.params.networks.bitcoin),
+                    self.start_height,
+                )
+                .map_err(|e| GuardError::Storage(e.to_string()))?;
+        }
+        self.keys = keys.to_vec();
+        Ok(())
+    }
+
+    /// What the guard last saw.
+    pub fn status(&self) -> &GuardStatus {
+        &self.status
+    }
+
+    fn held_scripts(&self) -> Vec<ScriptBuf> {
+        self.keys
+            .iter()
+            .map(|k| script_of(k, self.params.networks.bitcoin))
+            .collect()
+    }
+
+    fn sender(&self) -> PrincipalData {
+        PrincipalData::Standard(self.params.contract.address.clone())
+    }
+
+    /// The Stacks block at which values are final.
+    fn final_tip(&self) -> Result<[u8; 32], Rule> {
+        let depth = self.confirmations.stacks - 1;
+        self.stacks
+            .block_at_depth(depth)
+            .map_err(|e| stx_err("the final Stacks block", e))?
+            .ok_or_else(|| {
+                rule(
+                    "stacks.not-final",
+                    format!("the Stacks chain is shorter than {} blocks", depth + 1),
+                )
+            })
+    }
+
+    fn read_final(&self, function: &str, args: &[Value], tip: &[u8; 32]) -> Result<Value, Rule> {
+        self.stacks
+            .call_read_at(&self.params.contract, function, args, &self.sender(), tip)
+            .map_err(|e| stx_err(function, e))
+    }
+
+    /// The key the contract publishes at the final block, if it is ours.
+    fn published_key(&mut self, tip: &[u8; 32]) -> Result<PublicKey, Rule> {
+        let v = self.read_final(contract::GET_BITCOIN_WALLET_PUBLIC_KEY, &[], tip)?;
+        let key = match &v {
+            Value::Optional(None) => None,
+            Value::Optional(Some(b)) => match b.as_ref() {
+                Value::Buffer(bytes) => Some(PublicKey::from_slice(bytes).map_err(|_| {
+                    stx_err(
+                        contract::GET_BITCOIN_WALLET_PUBLIC_KEY,
+                        format!("0x{} is no public key", hex::encode(bytes)),
+                    )
+                })?),
+                _ => {
+                    return Err(stx_err(
+                        contract::GET_BITCOIN_WALLET_PUBLIC_KEY,
+                        format!("{v}"),
+                    ))
+                }
+            },
+            _ => {
+                return Err(stx_err(
+                    contract::GET_BITCOIN_WALLET_PUBLIC_KEY,
+                    format!("{v}"),
+                ))
+            }
+        };
+        self.status.published_key = key;
+        let Some(key) = key else {
+            self.status.published_key_ours = None;
+            return Err(rule(
+                "key.not-ours",
+                "the contract publishes no peg wallet key",
+            ));
+        };
+        let ours = self.keys.contains(&key);
+        self.status.published_key_ours = Some(ours);
+        if !ours {
+            let e = rule(
+                "key.not-ours",
+                format!("the contract publishes {key}, not a key this signer holds: refusing every payout"),
+            );
+            log::error!("{e}");
+            self.status.last_error = Some(e.to_string());
+            return Err(e);
+        }
+        Ok(key)
+    }
+
+    fn sync_coins(&mut self) -> Result<(), Rule> {
+        for _ in 0..MAX_SYNC_CALLS {
+            let rep = self.coins.sync(&self.bitcoin).map_err(|e| {
+                if e.is_transient() {
+                    btc_err("coin record sync", e)
+                } else {
+                    rule("guard.store", format!("coin record: {e}"))
+                }
+            })?;
+            if rep.caught_up {
+                return Ok(());
+            }
+        }
+        Err(btc_err(
+            "coin record sync",
+            "not caught up with the node yet; try again",
+        ))
+    }
+
+    /// The kind of the transaction `txid` that paid the wallet, classified
+    /// once by its output 0.
+    fn classify(&mut self, txid: &Txid, height: u64) -> Result<(CoinKind, bool), Rule> {
+        if let Some(k) = self
+            .store
+            .coin_tx(txid)
+            .map_err(|e| rule("guard.store", e))?
+        {
+            return Ok(k);
+        }
+        let status = self
+            .bitcoin
+            .get_raw_transaction(txid)
+            .map_err(|e| btc_err("getrawtransaction", e))?
+            .ok_or_else(|| {
+                btc_err(
+                    "getrawtransaction",
+                    format!(
+                        "{txid}, a peg wallet coin's transaction, is unknown (is -txindex on?)"
+                    ),
+                )
+            })?;
+        let at = Position {
+            height: BurnHeight(height),
+            block_hash: status.block_hash.unwrap_or_else(BlockHash::all_zeros),
+            vtxindex: 0,
+        };
+        let kind = match peg_ops::wire::parse_transaction(
+            &status.tx,
+            self.params.magic,
+            self.params.networks.bitcoin,
+            at,
+        ) {
+            Ok(Some(PegOp::PegIn(_))) => CoinKind::PegIn,
+            Ok(Some(PegOp::PegOutRequest(_))) => CoinKind::Request,
+            _ => CoinKind::Other,
+        };
+        self.store
+            .classify(txid, kind)
+            .map_err(|e| rule("guard.store", e))?;
+        Ok((kind, false))
+    }
+
+    /// Reads the wallet from the coin record; with `mints_at`, also which
+    /// peg-ins are not minted at that Stacks block.
+    fn wallet(&mut self, mints_at: Option<&[u8; 32]>) -> Result<Wallet, Rule> {
+        let held: HashSet<ScriptBuf> = self.held_scripts().into_iter().collect();
+        let all = self
+            .coins
+            .confirmed_coins()
+            .map_err(|e| rule("guard.store", format!("coin record: {e}")))?;
+        let mut w = Wallet {
+            unspent: HashMap::new(),
+            fee_outputs: HashSet::new(),
+            unminted: Vec::new(),
+        };
+        for c in all {
+            if !held.contains(&c.txout.script_pubkey) {
+                continue;
+            }
+            let (kind, minted) = self.classify(&c.outpoint.txid, c.height)?;
+            if !c.spent_in_block {
+                w.unspent.insert(c.outpoint, c.txout.clone());
+                if kind == CoinKind::Request && c.outpoint.vout == 2 {
+                    w.fee_outputs.insert(c.outpoint);
+                }
+            }
+            if kind == CoinKind::PegIn && c.outpoint.vout == 1 && !minted {
+                if let Some(tip) = mints_at {
+                    let v =
+                        self.read_final(GET_MINT, &[contract::txid_arg(&c.outpoint.txid)], tip)?;
+                    match decode_entry(&v).map_err(|e| stx_err(GET_MINT, e))? {
+                        Some(_) => self
+                            .store
+                            .mark_minted(&c.outpoint.txid)
+                            .map_err(|e| rule("guard.store", e))?,
+                        None => w.unminted.push((c.outpoint.txid, c.txout.value)),
+                    }
+                }
+            }
+        }
+        Ok(w)
+    }
+
+    /// Matches the request's items to the sighashes of `payload`'s
+    /// transaction, each with the key whose address its input spends.
+    fn match_items(
+        &self,
+        payload: &SignPayload,
+        request: &SignRequest,
+    ) -> Result<Vec<Promise>, Rule> {
+        let (_, prevouts) = payload
+            .transaction()
+            .ok_or_else(|| rule("payload.decode", "no transaction"))?;
+        let sighashes = payload
+            .sighashes()
+            .map_err(|e| rule("payload.prevouts", e))?;
+        let network = self.params.networks.bitcoin;
+        let mut expected = Vec::with_capacity(sighashes.len());
+        for (i, (sighash, prevout)) in sighashes.iter().zip(prevouts).enumerate() {
+            let key = self
+                .keys
+                .iter()
+                .find(|k| script_of(k, network) == prevout.script_pubkey)
+                .ok_or_else(|| {
+                    rule(
+                        "input.not-peg-coin",
+                        format!(
+                            "input {i} spends {:?}, no peg wallet key this signer holds",
+                            prevout.script_pubkey
+                        ),
+                    )
+                })?;
+            expected.push((*key, *sighash));
+        }
+        let mut asked = Vec::with_capacity(request.items.len());
+        for item in &request.items {
+            match &item.message {
+                ToSign::Taproot { sighash } => asked.push((item.key, *sighash)),
+                ToSign::Test { .. } => {
+                    return Err(rule(
+                        "items.mismatch",
+                        "a test message in a transaction's sign request",
+                    ))
+                }
+            }
+        }
+        let mut a = asked.clone();
+        let mut e = expected.clone();
+        a.sort();
+        e.sort();
+        if a != e {
+            return Err(rule(
+                "items.mismatch",
+                format!(
+                    "{} items asked, the transaction has {} inputs: the items are not exactly its sighashes with the keys its inputs pay",
+                    asked.len(),
+                    expected.len()
+                ),
+            ));
+        }
+        Ok(expected)
+    }
+
+    /// The request's transaction on the signer's best chain, parsed.
+    fn request_op(&self, txid: &Txid) -> Result<(PegOutRequestOp, u64), Rule> {
+        let status = self
+            .bitcoin
+            .get_raw_transaction(txid)
+            .map_err(|e| btc_err("getrawtransaction", e))?
+            .ok_or_else(|| {
+                rule(
+                    "request.unknown",
+                    format!("{txid} is unknown to this signer's bitcoind"),
+                )
+            })?;
+        let Some(block_hash) = status.block_hash.filter(|_| status.confirmations > 0) else {
+            return Err(rule(
+                "request.not-final",
+                format!("{txid} is not confirmed"),
+            ));
+        };
+        let tip = self
+            .bitcoin
+            .get_block_count()
+            .map_err(|e| btc_err("getblockcount", e))?;
+        let height = (tip + 1)
+            .checked_sub(u64::from(status.confirmations))
+            .ok_or_else(|| {
+                btc_err(
+                    "getrawtransaction",
+                    format!("{} confirmations at tip {tip}", status.confirmations),
+                )
+            })?;
+        let best = self
+            .bitcoin
+            .get_block_hash(height)
+            .map_err(|e| btc_err("getblockhash", e))?;
+        if best != block_hash {
+            return Err(rule(
+                "request.unknown",
+                format!("{txid}'s block {block_hash} is not on this signer's best chain"),
+            ));
+        }
+        let block = self
+            .bitcoin
+            .get_block(&block_hash)
+            .map_err(|e| btc_err("getblock", e))?;
+        if block.block_hash() != block_hash {
+            return Err(btc_err(
+                "getblock",
+                format!("asked for {block_hash}, got another block"),
+            ));
+        }
+        let Some(vtxindex) = block.txdata.iter().position(|t| t.compute_txid() == *txid) else {
+            return Err(rule(
+                "request.unknown",
+                format!("{txid} is not in its block {block_hash}"),
+            ));
+        };
+        let at = Position {
+            height: BurnHeight(height),
+            block_hash,
+            vtxindex: u32::try_from(vtxindex).unwrap_or(u32::MAX),
+        };
+        match peg_ops::wire::parse_transaction(
+            &block.txdata[vtxindex],
+            self.params.magic,
+            self.params.networks.bitcoin,
+            at,
+        ) {
+            Ok(Some(PegOp::PegOutRequest(op))) => Ok((op, tip)),
+            Ok(_) => Err(rule(
+                "request.unknown",
+                format!("{txid} is no peg-out request"),
+            )),
+            Err(e) => Err(rule(
+                "request.unknown",
+                format!("{txid} is a malformed peg-out request: {e}"),
+            )),
+        }
+    }
+
+    fn check_fulfilment(
+        &mut self,
+        request_txid: &Txid,
+        tx: &Transaction,
+        prevouts: &[TxOut],
+        promises: Vec<Promise>,
+        final_tip: &[u8; 32],
+        current: &PublicKey,
+    ) -> Result<(Vec<Promise>, Option<Fulfilment>), Rule> {
+        let (op, tip_height) = self.request_op(request_txid)?;
+        let now = now();
+        let signed = self
+            .store
+            .fulfilments()
+            .map_err(|e| rule("guard.store", e))?;
+        let digest = peg_rules::request_signature_digest(&op);
+        if let Some(f) = signed
+            .iter()
+            .find(|f| f.signature_digest == digest && f.request_txid != *request_txid)
+        {
+            return Err(rule(
+                "request.replay",
+                format!(
+                    "{request_txid} carries the signature of {}, already paid by {}",
+                    f.request_txid, f.txid
+                ),
+            ));
+        }
+        // Other requests signed in the last day: the daily outflow.
+        let mut recent: BTreeMap<Txid, (Amount, Amount)> = BTreeMap::new();
+        for f in signed
+            .iter()
+            .filter(|f| f.request_txid != *request_txid && f.time + DAY_SECS > now)
+        {
+            let e = recent
+                .entry(f.request_txid)
+                .or_insert((f.amount, f.outflow));
+            e.1 = e.1.max(f.outflow);
+        }
+        let outflow_last_day = recent
+            .values()
+            .map(|(a, _)| *a)
+            .fold(Amount::ZERO, |s, a| s.checked_add(a).unwrap_or(Amount::MAX));
+        let fee_outpoint = OutPoint::new(*request_txid, 2);
+        let output2_unspent = self
+            .bitcoin
+            .get_tx_out(&fee_outpoint, false)
+            .map_err(|e| btc_err("gettxout", e))?
+            .is_some();
+        let scripts = self.held_scripts();
+        let facts = RequestFacts {
+            tip_height,
+            confirmations: self.confirmations.bitcoin,
+            peg_scripts: &scripts,
+            output2_unspent,
+            fee_rate: None,
+            outflow_last_day,
+        };
+        match peg_rules::peg_out_payable(&self.params.policy, self.params.networks, &op, &facts) {
+            Verdict::Accept => {}
+            Verdict::Wait(why) => return Err(rule("request.not-final", why)),
+            Verdict::Reject(r) => return Err(r),
+        }
+        // The burn, final, of the amount, from the requester.
+        let requester = op
+            .requester(self.params.networks.stacks)
+            .map_err(|e| rule("request.signature", e.to_string()))?;
+        let burn = self.read_final(GET_BURN, &[contract::txid_arg(request_txid)], final_tip)?;
+        match decode_entry(&burn).map_err(|e| stx_err(GET_BURN, e))? {
+            None => {
+                return Err(rule(
+                    "burn.not-final",
+                    format!("no burn for {request_txid} at the final Stacks block"),
+                ))
+            }
+            Some((amount, principal)) => {
+                if amount != u128::from(op.amount.to_sat())
+                    || principal != PrincipalData::Standard(requester.clone())
+                {
+                    return Err(rule(
+                        "burn.mismatch",
+                        format!(
+                            "{request_txid}: burned {amount} sats from {principal}, the request asks {} from {requester}",
+                            op.amount.to_sat()
+                        ),
+                    ));
+                }
+            }
+        }
+        let wallet = self.wallet(Some(final_tip))?;
+        let current_script = script_of(current, self.params.networks.bitcoin);
+        let is_peg_coin = |o: &OutPoint, out: &TxOut| {
+            wallet.unspent.get(o) == Some(out) && !wallet.fee_outputs.contains(o)
+        };
+        peg_rules::check_fulfilment(
+            &self.params.policy,
+            self.params.magic,
+            &op,
+            tx,
+            prevouts,
+            &current_script,
+            &is_peg_coin,
+        )?;
+        // The books after this payout, with the other payouts signed and
+        // not yet confirmed (their request's fee output still unspent)
+        // taken out.
+        let supply = match self.read_final(GET_TOTAL_SUPPLY, &[], final_tip)? {
+            Value::Ok(v) => match *v {
+                Value::UInt(n) => n,
+                other => return Err(stx_err(GET_TOTAL_SUPPLY, format!("(ok {other})"))),
+            },
+            other => return Err(stx_err(GET_TOTAL_SUPPLY, format!("{other}"))),
+        };
+        let supply = u64::try_from(supply)
+            .map_err(|_| stx_err(GET_TOTAL_SUPPLY, format!("{supply} is above 2^64")))?;
+        let pending: HashSet<Txid> = recent
+            .keys()
+            .filter(|r| wallet.unspent.contains_key(&OutPoint::new(**r, 2)))
+            .copied()
+            .collect();
+        let sum = |it: &mut dyn Iterator<Item = Amount>| {
+            it.fold(Some(Amount::ZERO), |s, a| s.and_then(|s| s.checked_add(a)))
+        };
+        let held: HashSet<ScriptBuf> = scripts.iter().cloned().collect();
+        let held_now = sum(&mut wallet.unspent.values().map(|o| o.value));
+        let spent = sum(&mut prevouts.iter().map(|p| p.value));
+        let change = sum(&mut tx
+            .output
+            .iter()
+            .filter(|o| held.contains(&o.script_pubkey))
+            .map(|o| o.value));
+        let pending_out = sum(&mut recent
+            .iter()
+            .filter(|(r, _)| pending.contains(*r))
+            .map(|(_, (_, out))| *out));
+        let debts = sum(&mut wallet.unminted.iter().map(|(_, a)| *a).chain(
+            wallet
+                .fee_outputs
+                .iter()
+                .filter(|o| o.txid != *request_txid && !pending.contains(&o.txid))
+                .filter_map(|o| wallet.unspent.get(o).map(|t| t.value)),
+        ));
+        let (Some(held_now), Some(spent), Some(change), Some(pending_out), Some(debts)) =
+            (held_now, spent, change, pending_out, debts)
+        else {
+            return Err(rule("backing", "the books overflow"));
+        };
+        let held_after = held_now
+            .checked_add(change)
+            .and_then(|h| h.checked_sub(spent))
+            .and_then(|h| h.checked_sub(pending_out))
+            .unwrap_or(Amount::ZERO);
+        peg_rules::check_backing(&Books {
+            held_after,
+            supply,
+            debts,
+        })?;
+        let fee =
+            spent.checked_sub(sum(&mut tx.output.iter().map(|o| o.value)).unwrap_or(Amount::MAX));
+        let outflow = op
+            .amount
+            .checked_add(fee.unwrap_or(Amount::ZERO))
+            .unwrap_or(Amount::MAX);
+        Ok((
+            promises,
+            Some(Fulfilment {
+                request_txid: *request_txid,
+                txid: tx.compute_txid(),
+                tx: tx.clone(),
+                amount: op.amount,
+                outflow,
+                signature_digest: digest,
+                time: now,
+            }),
+        ))
+    }
+
+    fn check_sweep(
+        &mut self,
+        tx: &Transaction,
+        prevouts: &[TxOut],
+        current: &PublicKey,
+    ) -> Result<(), Rule> {
+        let wallet = self.wallet(None)?;
+        let current_script = script_of(current, self.params.networks.bitcoin);
+        let is_sweepable = |o: &OutPoint, out: &TxOut| {
+            wallet.unspent.get(o) == Some(out) && !wallet.fee_outputs.contains(o)
+        };
+        peg_rules::check_sweep(
+            &self.params.policy,
+            tx,
+            prevouts,
+            &current_script,
+            &is_sweepable,
+        )
+    }
+
+    /// The whole check: the promises to record, and the fulfilment signed.
+    fn evaluate(
+        &mut self,
+        request: &SignRequest,
+    ) -> Result<(Vec<Promise>, Option<Fulfilment>), Rule> {
+        let payload =
+            SignPayload::decode(&request.payload).map_err(|e| rule("payload.decode", e))?;
+        if request.items.is_empty() {
+            return Err(rule("items.mismatch", "no items"));
+        }
+        match &payload {
+            SignPayload::Test => {
+                let mut promises = Vec::with_capacity(request.items.len());
+                for item in &request.items {
+                    if !matches!(item.message, ToSign::Test { .. }) {
+                        return Err(rule(
+                            "items.mismatch",
+                            "a test payload asks only for test messages",
+                        ));
+                    }
+                    if !self.keys.contains(&item.key) {
+                        return Err(rule(
+                            "items.mismatch",
+                            format!("{} is not a key this signer holds", item.key),
+                        ));
+                    }
+                    promises.push((item.key, item.message.digest()));
+                }
+                Ok((promises, None))
+            }
+            SignPayload::Refund { peg_in, .. } => Err(rule(
+                "refund.unsupported",
+                format!("refund of {peg_in}: refunds are not signed yet (issue #14)"),
+            )),
+            SignPayload::Fulfilment { .. } | SignPayload::Sweep { .. } => {
+                let final_tip = self.final_tip()?;
+                let current = self.published_key(&final_tip)?;
+                self.sync_coins()?;
+                let promises = self.match_items(&payload, request)?;
+                match &payload {
+                    SignPayload::Fulfilment {
+                        request: r,
+                        tx,
+                        prevouts,
+                    } => self.check_fulfilment(r, tx, prevouts, promises, &final_tip, &current),
+                    SignPayload::Sweep { tx, prevouts } => {
+                        self.check_sweep(tx, prevouts, &current)?;
+                        Ok((promises, None))
+                    }
+                    _ => Err(rule("payload.decode", "unreachable payload kind")),
+                }
+            }
+        }
+    }
+}
+
+impl Guard<UreqBitcoinNode, UreqStacksNode> {
+    /// The guard of a real signer: its own nodes from `config`, the peg's
+    /// parameters from the signer set file (`signer_file`, read from
+    /// `signer_file_path`), holding shares of `keys` (the key history's
+    /// aggregate keys).
+    ///
+    /// # Errors
+    /// A configuration that does not fit, files that cannot be opened.
+    pub fn open(
+        config: &GuardConfig,
+        signer_file: &SignerFile,
+        signer_file_path: &Path,
+        keys: &[PublicKey],
+    ) -> Result<Self, GuardError> {
+        let params = PegParams::from_signer_file(signer_file, signer_file_path)?;
+        let b = &config.bitcoin_node;
+        let auth = match (&b.user, &b.password, &b.cookie_file) {
+            (Some(u), Some(p), None) => Auth::UserPass(u.clone(), p.clone()),
+            (None, None, Some(c)) => Auth::Cookie(c.clone()),
+            (None, None, None) => Auth::None,
+            _ => {
+                return Err(GuardError::Config(
+                    "bitcoin_node: give user and password, or cookie_file".into(),
+                ))
+            }
+        };
+        let timeout = Duration::from_millis(config.rpc_timeout_ms.max(1));
+        let bitcoin = UreqBitcoinNode::new(&b.url, auth, timeout);
+        let stacks = UreqStacksNode::new(&config.stacks_node.url, timeout);
+        Guard::new(
+            bitcoin,
+            stacks,
+            params,
+            config.confirmations,
+            config.start_height,
+            &config.data_dir,
+            keys,
+        )
+    }
+}
+
+impl<B: BitcoinNode + Send, S: StacksNode + Send> Validator for Guard<B, S> {
+    fn check(&mut self, request: &SignRequest) -> Result<(), String> {
+        let outcome = self.evaluate(request).and_then(|(promises, fulfilment)| {
+            self.store
+                .commit(request.id, now(), &promises, fulfilment.as_ref())
+                .map_err(|e| rule("guard.store", e))
+        });
+        match outcome {
+            Ok(()) => {
+                self.status.passed += 1;
+                log::info!(
+                    "sign request {}: passed, {} item(s) recorded",
+                    request.id,
+                    request.items.len()
+                );
+                Ok(())
+            }
+            Err(r) => {
+                self.status.refused += 1;
+                let text = r.to_string();
+                if r.name.starts_with("node.") || r.name.starts_with("guard.") {
+                    self.status.last_error = Some(text.clone());
+                }
+                log::warn!("sign request {}: refused: {text}", request.id);
+                self.status.last_refusal = Some(text.clone());
+                Err(text)
+            }
+        }
+    }
+
+    fn will_sign(&self, key: &PublicKey, digest: &[u8; 32]) -> bool {
+        match self.store.will_sign(key, digest) {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("will_sign: {e}");
+                false
+            }
+        }
+    }
+
+    fn attest(&mut self) -> Option<PublicKey> {
+        let r = self.final_tip().and_then(|tip| self.published_key(&tip));
+        match r {
+            Ok(k) => Some(k),
+            Err(e) => {
+                if e.name != "key.not-ours" {
+                    self.status.last_error = Some(e.to_string());
+                }
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The guard's own SQLite file: what it promised to sign, every fulfilment
+//! it signed, and how it classified the peg wallet's coins.
+//!
+//! # Schema (version 1)
+//!
+//! - `will_sign(key, digest, request, created)`: every (aggregate key,
+//!   digest) pair a check passed; nonce requests are answered only for these.
+//! - `fulfilments(request_txid, txid, tx, amount, outflow, signature_digest,
+//!   time)`: every fulfilment signed (a replacement is another row of the
+//!   same request); `outflow` is what it takes out of the peg wallet
+//!   (amount plus fee), `signature_digest` the request's
+//!   `peg_rules::request_signature_digest`.
+//! - `coin_txs(txid, kind, minted_final)`: the transactions that paid the
+//!   peg wallet, classified once by their output 0 (`peg-in`, `request`,
+//!   `other`); `minted_final` once a peg-in's mint is seen at the final tip.
+//!
+//! The file uses WAL and `synchronous=FULL`: a row is on disk when the
+//! write returns.
+
+use std::path::Path;
+
+use bitcoin::consensus::encode;
+use bitcoin::hashes::Hash as _;
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{Amount, Transaction, Txid};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// Migrations, in order; `schema_version` records how many ran.
+const MIGRATIONS: &[&str] = &["CREATE TABLE will_sign (
+        key BLOB NOT NULL,
+        digest BLOB NOT NULL,
+        request INTEGER NOT NULL,
+        created INTEGER NOT NULL,
+        PRIMARY KEY (key, digest)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE fulfilments (
+        request_txid BLOB NOT NULL,
+        txid BLOB PRIMARY KEY NOT NULL,
+        tx BLOB NOT NULL,
+        amount INTEGER NOT NULL,
+        outflow INTEGER NOT NULL,
+        signature_digest BLOB NOT NULL,
+        time INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX fulfilments_by_request ON fulfilments (request_txid);
+    CREATE INDEX fulfilments_by_digest ON fulfilments (signature_digest);
+    CREATE INDEX fulfilments_by_time ON fulfilments (time);
+    CREATE TABLE coin_txs (
+        txid BLOB PRIMARY KEY NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('peg-in', 'request', 'other')),
+        minted_final INTEGER NOT NULL DEFAULT 0
+    ) STRICT;"];
+
+/// How a transaction that paid the peg wallet is classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CoinKind {
+    /// A peg-in: its output 1 is owed as sBTC (or a refund) until minted.
+    PegIn,
+    /// A peg-out request: its output 2 is the fulfilment's fee.
+    Request,
+    /// Anything else (change, sweeps, gifts).
+    Other,
+}
+
+impl CoinKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            CoinKind::PegIn => "peg-in",
+            CoinKind::Request => "request",
+            CoinKind::Other => "other",
+        }
+    }
+
+    fn parse(s: &str) -> Option<CoinKind> {
+        match s {
+            "peg-in" => Some(CoinKind::PegIn),
+            "request" => Some(CoinKind::Request),
+            "other" => Some(CoinKind::Other),
+            _ => None,
+        }
+    }
+}
+
+/// A fulfilment signed, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fulfilment {
+    /// The request it pays.
+    pub request_txid: Txid,
+    /// The fulfilment's txid.
+    pub txid: Txid,
+    /// The unsigned transaction.
+    pub tx: Transaction,
+    /// The amount paid to the recipient.
+    pub amount: Amount,
+    /// What it takes out of the peg wallet: amount plus fee.
+    pub outflow: Amount,
+    /// The request's signature digest.
+    pub signature_digest: [u8; 32],
+    /// When it was signed (Unix seconds).
+    pub time: u64,
+}
+
+/// The store.
+#[derive(Debug)]
+pub(crate) struct Store {
+    conn: Connection,
+}
+
+fn db<T>(r: rusqlite::Result<T>) -> Result<T, String> {
+    r.map_err(|e| format!("guard store: {e}"))
+}
+
+fn sql_u64(v: u64) -> Result<i64, String> {
+    i64::try_from(v).map_err(|_| format!("guard store: {v} is out of range"))
+}
+
+fn u64_sql(v: i64) -> Result<u64, String> {
+    u64::try_from(v).map_err(|_| format!("guard store corrupt: negative value {v}"))
+}
+
+fn txid_sql(b: &[u8]) -> Result<Txid, String> {
+    <[u8; 32]>::try_from(b)
+        .map(Txid::from_byte_array)
+        .map_err(|_| format!("guard store corrupt: a txid of {} bytes", b.len()))
+}
+
+/// One (key, digest) pair to record, with the sign request it came from.
+pub(crate) type Promise = (PublicKey, [u8; 32]);
+
+impl Store {
+    /// Opens (creating) the store at `path` and migrates it.
+    pub(crate) fn open(path: &Path) -> Result<Store, String> {
+        let mut conn =
+            Connection::open(path).map_err(|e| format!("guard store {}: {e}", path.display()))?;
+        db(conn.pragma_update(None, "journal_mode", "WAL"))?;
+        db(conn.pragma_update(None, "synchronous", "FULL"))?;
+        db(conn.busy_timeout(std::time::Duration::from_secs(5)))?;
+        let tx = db(conn.transaction())?;
+        db(tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL) STRICT",
+        ))?;
+        let version: i64 = db(tx
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .optional())?
+        .unwrap_or(0);
+        let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+        if version > known {
+            return Err(format!(
+                "guard store {} has schema version {version}, newer than this code knows ({known})",
+                path.display()
+            ));
+        }
+        for (i, m) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(version).unwrap_or(0))
+        {
+            tx.execute_batch(m)
+                .map_err(|e| format!("guard store migration {}: {e}", i + 1))?;
+        }
+        db(tx.execute("DELETE FROM schema_version", []))?;
+        db(tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [known]))?;
+        db(tx.commit())?;
+        Ok(Store { conn })
+    }
+
+    /// Records, in one committed transaction, the promises of a passed
+    /// check and the fulfilment it signs (if any).
+    pub(crate) fn commit(
+        &mut self,
+        request: u64,
+        now: u64,
+        promises: &[Promise],
+        fulfilment: Option<&Fulfilment>,
+    ) -> Result<(), String> {
+        let tx = db(self.conn.transaction())?;
+        for (key, digest) in promises {
+            db(tx.execute(
+                "INSERT INTO will_sign (key, digest, request, created) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (key, digest) DO UPDATE SET request = excluded.request",
+                params![
+                    key.serialize().to_vec(),
+                    digest.to_vec(),
+                    sql_u64(request)?,
+                    sql_u64(now)?
+                ],
+            ))?;
+        }
+        if let Some(f) = fulfilment {
+            db(tx.execute(
+                "INSERT INTO fulfilments
+                 (request_txid, txid, tx, amount, outflow, signature_digest, time)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (txid) DO NOTHING",
+                params![
+                    f.request_txid.to_byte_array().to_vec(),
+                    f.txid.to_byte_array().to_vec(),
+                    encode::serialize(&f.tx),
+                    sql_u64(f.amount.to_sat())?,
+                    sql_u64(f.outflow.to_sat())?,
+                    f.signature_digest.to_vec(),
+                    sql_u64(f.time)?
+                ],
+            ))?;
+        }
+        db(tx.commit())
+    }
+
+    /// Whether `(key, digest)` is recorded.
+    pub(crate) fn will_sign(&self, key: &PublicKey, digest: &[u8; 32]) -> Result<bool, String> {
+        let found: Option<i64> = db(self
+            .conn
+            .prepare_cached("SELECT 1 FROM will_sign WHERE key = ?1 AND digest = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![key.serialize().to_vec(), digest.to_vec()], |r| {
+                    r.get(0)
+                })
+                .optional()
+            }))?;
+        Ok(found.is_some())
+    }
+
+    /// Every fulfilment signed, oldest first.
+    pub(crate) fn fulfilments(&self) -> Result<Vec<Fulfilment>, String> {
+        let mut stmt = db(self.conn.prepare(
+            "SELECT request_txid, txid, tx, amount, outflow, signature_digest, time
+             FROM fulfilments ORDER BY time, rowid",
+        ))?;
+        let rows = db(stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, Vec<u8>>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        }))?;
+        rows.map(|r| {
+            let (request, txid, tx, amount, outflow, digest, time) = db(r)?;
+            Ok(Fulfilment {
+                request_txid: txid_sql(&request)?,
+                txid: txid_sql(&txid)?,
+                tx: encode::deserialize(&tx)
+                    .map_err(|e| format!("guard store corrupt: a fulfilment: {e}"))?,
+                amount: Amount::from_sat(u64_sql(amount)?),
+                outflow: Amount::from_sat(u64_sql(outflow)?),
+                signature_digest: <[u8; 32]>::try_from(digest.as_slice())
+                    .map_err(|_| "guard store corrupt: a signature digest".to_owned())?,
+                time: u64_sql(time)?,
+            })
+        })
+        .collect()
+    }
+
+    /// The stored classification of a transaction that paid the wallet,
+    /// with whether its mint is final.
+    pub(crate) fn coin_tx(&self, txid: &Txid) -> Result<Option<(CoinKind, bool)>, String> {
+        let row: Option<(String, i64)> = db(self
+            .conn
+            .prepare_cached("SELECT kind, minted_final FROM coin_txs WHERE txid = ?1")
+            .and_then(|mut s| {
+                s.query_row([txid.to_byte_array().to_vec()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+            }))?;
+        row.map(|(k, m)| {
+            CoinKind::parse(&k)
+                .map(|k| (k, m != 0))
+                .ok_or_else(|| format!("guard store corrupt: coin kind {k:?}"))
+        })
+        .transpose()
+    }
+
+    /// Stores a classification (once).
+    pub(crate) fn classify(&mut self, txid: &Txid, kind: CoinKind) -> Result<(), String> {
+        db(self.conn.execute(
+            "INSERT INTO coin_txs (txid, kind) VALUES (?1, ?2) ON CONFLICT (txid) DO NOTHING",
+            params![txid.to_byte_array().to_vec(), kind.as_str()],
+        ))?;
+        Ok(())
+    }
+
+    /// Records that a peg-in's mint is final.
+    pub(crate) fn mark_minted(&mut self, txid: &Txid) -> Result<(), String> {
+        db(self.conn.execute(
+            "UPDATE coin_txs SET minted_final = 1 WHERE txid = ?1",
+            [txid.to_byte_array().to_vec()],
+        ))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::secp256k1::{Secp256k1, SecretKey};
+
+    #[test]
+    fn promises_and_fulfilments_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("guard.sqlite");
+        let key = SecretKey::from_slice(&[3; 32])
+            .unwrap()
+            .public_key(&Secp256k1::new());
+        let tx = Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::ZERO,
+            input: vec![],
+            output: vec![],
+        };
+        let f = Fulfilment {
+            request_txid: Txid::from_byte_array([1; 32]),
+            txid: tx.compute_txid(),
+            tx: tx.clone(),
+            amount: Amount::from_sat(5),
+            outflow: Amount::from_sat(7),
+            signature_digest: [9; 32],
+            time: 42,
+        };
+        {
+            let mut s = Store::open(&path).unwrap();
+            assert!(!s.will_sign(&key, &[1; 32]).unwrap());
+            s.commit(4, 42, &[(key, [1; 32])], Some(&f)).unwrap();
+            s.classify(&f.request_txid, CoinKind::PegIn).unwrap();
+            s.classify(&f.request_txid, CoinKind::Other).unwrap();
+            s.mark_minted(&f.request_txid).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert!(s.will_sign(&key, &[1; 32]).unwrap());
+        assert!(!s.will_sign(&key, &[2; 32]).unwrap());
+        assert_eq!(s.fulfilments().unwrap(), vec![f.clone()]);
+        assert_eq!(
+            s.coin_tx(&f.request_txid).unwrap(),
+            Some((CoinKind::PegIn, true)),
+            "classified once"
+        );
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("guard.sqlite");
+        drop(Store::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE schema_version SET version = 99", [])
+            .unwrap();
+        drop(conn);
+        let e = Store::open(&path).unwrap_err();
+        assert!(e.contains("newer"), "{e}");
+    }
+}
