@@ -278,7 +278,11 @@ impl Validator for DevnetGuard {
 
 /// Writes the signers' copy of the signer file and its allowlist in
 /// `dir/signers/`, returns the signer file's path.
-pub(crate) fn write_signer_file(dir: &Path, file: &SignerFile, allowed: &[User]) -> Result<PathBuf> {
+pub(crate) fn write_signer_file(
+    dir: &Path,
+    file: &SignerFile,
+    allowed: &[User],
+) -> Result<PathBuf> {
     let d = dir.join("signers");
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     std::fs::write(d.join("allowlist.toml"), allowlist_toml(allowed.iter()))?;
