@@ -472,7 +472,7 @@ impl Peg {
             },
             start_height: self.guard_start,
             data_dir: self.opts.dir.join(format!("guard-{id}")),
-            rpc_timeout_ms: 2_000,
+            rpc_timeout_ms: 30_000,
         };
         let status = self
             .statuses
