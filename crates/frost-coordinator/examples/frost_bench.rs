@@ -65,6 +65,8 @@ fn in_process(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
         state_dir: None,
         network: None,
         contract: None,
+        magic_bytes: None,
+        policy: Default::default(),
         set: set.clone(),
     };
     let codec = Codec::new(&file);
@@ -226,6 +228,8 @@ fn through_relay(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
         state_dir: None,
         network: None,
         contract: None,
+        magic_bytes: None,
+        policy: Default::default(),
         set: set.clone(),
     };
     let stop = Arc::new(AtomicBool::new(false));

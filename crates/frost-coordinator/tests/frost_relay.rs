@@ -66,6 +66,8 @@ impl Cluster {
         let file = SignerFile {
             relay_url: relay.url(),
             coordinator_public_key: coordinator_key.public_key(&secp),
+            magic_bytes: None,
+            policy: Default::default(),
             state_dir: None,
             network: None,
             contract: None,
@@ -307,6 +309,8 @@ fn forged_and_replayed_packets_are_dropped_on_both_sides() {
     // A forgery: a nonce request signed by an unknown key.
     let forged = Codec::new(&SignerFile {
         coordinator_public_key: key(0x66, 0).public_key(&Secp256k1::new()),
+        magic_bytes: None,
+        policy: Default::default(),
         ..c.file.clone()
     });
     let (_, _, b) = history

@@ -36,6 +36,8 @@ fn file(url: &str, n: u32) -> SignerFile {
     SignerFile {
         relay_url: url.to_owned(),
         coordinator_public_key: key(0xc0, 0).public_key(&secp),
+        magic_bytes: None,
+        policy: Default::default(),
         state_dir: None,
         network: Some("regtest".into()),
         contract: Some("ST1.sbtc".into()),

@@ -385,4 +385,139 @@ mod tests {
             "private keys stay out of Debug"
         );
     }
+
+    const FILE_HEAD: &str = r#"relay_url = "http://127.0.0.1:3000"
+coordinator_public_key = "02ba23e13cc157c2522bde34ed26389d5df40fa279138c521e5f59a5c1a7bbc676"
+threshold = 1
+"#;
+
+    const SIGNER: &str = r#"
+[[signers]]
+id = 1
+public_key = "031401402f8a24b4d4267f2df5d5ba2e1168800a9229017e99839dfe9771c0cd39"
+key_ids = [1]
+"#;
+
+    fn write(dir: &Path, extra: &str) -> std::path::PathBuf {
+        let path = dir.join("signer.toml");
+        std::fs::write(&path, format!("{FILE_HEAD}{extra}{SIGNER}")).unwrap();
+        std::fs::write(
+            dir.join("allowlist.toml"),
+            r#"bitcoin = ["bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"]"#,
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn the_policy_and_magic_come_from_the_signer_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            r#"magic_bytes = "T2"
+[policy]
+allowlist_file = "allowlist.toml"
+fee_rate_cap = 80
+subsidy_sats = 500
+"#,
+        );
+        let f = SignerFile::load(&path).unwrap();
+        assert_eq!(f.magic(), Ok(Some(*b"T2")));
+        let p = f.policy(&path, bitcoin::Network::Regtest).unwrap();
+        assert_eq!(p.fee_cap, bitcoin::FeeRate::from_sat_per_vb(80).unwrap());
+        assert_eq!(p.subsidy, bitcoin::Amount::from_sat(500));
+        assert_eq!(p.allowlist.len(), (0, 1));
+        // Another working directory: the allowlist is still found next to the file.
+        let moved = tempfile::tempdir().unwrap();
+        let path2 = moved.path().join("signer.toml");
+        std::fs::copy(&path, &path2).unwrap();
+        let e = SignerFile::load(&path2)
+            .unwrap()
+            .policy(&path2, bitcoin::Network::Regtest)
+            .unwrap_err();
+        assert!(e.contains("policy.allowlist_file"), "{e}");
+    }
+
+    #[test]
+    fn without_a_policy_table_the_defaults_apply_and_the_allowlist_is_required() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "");
+        let f = SignerFile::load(&path).unwrap();
+        assert_eq!(f.policy, peg_rules::PolicyFile::default());
+        assert_eq!(f.magic(), Ok(None));
+        let e = f.policy(&path, bitcoin::Network::Regtest).unwrap_err();
+        assert!(
+            e.contains("signer.toml") && e.contains("policy.allowlist_file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_policy_fields_and_magic_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "[policy]\nallowlist_fil = \"allowlist.toml\"\n");
+        let e = SignerFile::load(&path).unwrap_err();
+        assert!(
+            e.contains("unknown field") && e.contains("allowlist_fil"),
+            "{e}"
+        );
+
+        let path = write(
+            dir.path(),
+            "[policy]\nallowlist_file = \"allowlist.toml\"\nfee_rate_floor = 9\nfee_rate_cap = 3\n",
+        );
+        let e = SignerFile::load(&path)
+            .unwrap()
+            .policy(&path, bitcoin::Network::Regtest)
+            .unwrap_err();
+        assert!(e.contains("policy.fee_rate_cap"), "{e}");
+
+        for bad in ["X", "XYZ", "é", " a"] {
+            let path = write(dir.path(), &format!("magic_bytes = \"{bad}\"\n"));
+            let e = SignerFile::load(&path).unwrap().magic().unwrap_err();
+            assert!(e.contains("magic_bytes"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_signer_file_still_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conf/signer.toml");
+        let f = SignerFile::load(&path).unwrap();
+        assert_eq!(f.policy, peg_rules::PolicyFile::default());
+        // Its commented [policy] table, uncommented, is valid and is the default.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# [policy]"))
+            .skip(1)
+            .take_while(|l| l.starts_with("# ") && l.contains(" = "))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let p: peg_rules::PolicyFile = toml::from_str(&table).unwrap();
+        assert_eq!(p.allowlist_file.as_deref(), Some("allowlist.toml"));
+        assert_eq!(
+            (p.fee_rate_floor, p.fee_rate_cap, p.subsidy_sats),
+            (1, 500, 0),
+            "the defaults of conf/coordinator.toml's [fees]"
+        );
+        let base = path.parent().unwrap();
+        peg_rules::Policy::from_file(&p, base, bitcoin::Network::Regtest).unwrap();
+    }
+
+    #[test]
+    fn a_written_signer_file_reads_back_with_its_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "");
+        let mut f = SignerFile::load(&path).unwrap();
+        f.magic_bytes = Some("id".into());
+        f.policy.allowlist_file = Some("allowlist.toml".into());
+        f.policy.max_request_sats = Some(1_000);
+        std::fs::write(&path, toml::to_string(&f).unwrap()).unwrap();
+        let back = SignerFile::load(&path).unwrap();
+        assert_eq!(back.policy, f.policy);
+        assert_eq!(back.magic(), Ok(Some(*b"id")));
+        assert_eq!(back.set, f.set);
+        let p = back.policy(&path, bitcoin::Network::Regtest).unwrap();
+        assert_eq!(p.max_request, Some(bitcoin::Amount::from_sat(1_000)));
+    }
 }

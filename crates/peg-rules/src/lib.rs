@@ -25,12 +25,12 @@ pub mod allowlist;
 pub mod payload;
 pub mod policy;
 
-use bitcoin::key::{Secp256k1, UntweakedPublicKey};
-use bitcoin::secp256k1::PublicKey;
 use std::collections::HashSet;
 
 use bitcoin::hashes::{sha256, Hash, HashEngine};
+use bitcoin::key::{Secp256k1, UntweakedPublicKey};
 use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
+use bitcoin::secp256k1::PublicKey;
 use bitcoin::{
     Address, Amount, FeeRate, Network, OutPoint, Script, ScriptBuf, Transaction, TxOut, Witness,
 };
@@ -263,6 +263,18 @@ pub fn peg_out_payable(
 /// The identity of a request's signature for replay detection: one
 /// signature (over amount and recipient script) pays at most one request.
 /// Two requests with equal digests are copies of each other.
+///
+/// It is `sha256(tag ‖ amount (u64 BE) ‖ script length (u64 BE) ‖ recipient
+/// scriptPubKey ‖ the 65-byte signature)`, the signature taken in its low-`s`
+/// form (the recovery id's parity flipped to match): `(r, n − s)` recovers
+/// the same requester, so a copy with the malleated signature has the same
+/// digest. The fee output, memo and txid are not covered: a copy in a new
+/// transaction is still a copy.
+///
+/// A user who wants to repeat an identical peg-out (same amount, same
+/// recipient) must change the amount by a sat: an ECDSA signature by the
+/// same key over the same message may well be a new one, but nothing forces
+/// the wallet to make it so, and the peg refuses equal digests.
 pub fn request_signature_digest(op: &PegOutRequestOp) -> [u8; 32] {
     let mut engine = sha256::Hash::engine();
     engine.input(REQUEST_DIGEST_TAG);
@@ -283,7 +295,8 @@ pub fn request_signature_digest(op: &PegOutRequestOp) -> [u8; 32] {
 /// record: confirmed, unspent, no request's fee output). `current` is the
 /// scriptPubKey of the key the contract publishes.
 ///
-/// Rules: `fulfilment.shape` (inputs/prevouts counts), `fulfilment.input0`
+/// Rules: `fulfilment.shape` (inputs/prevouts counts, an input spent twice,
+/// a lock time other than 0), `fulfilment.input0`
 /// (spends `op`'s output 2, its value and script as the request says),
 /// `fulfilment.input` (another input is no peg coin), `fulfilment.op-return`
 /// (output 0 is `OP_RETURN magic ‖ '!' ‖ 32 bytes`), `fulfilment.recipient`
@@ -312,6 +325,7 @@ pub fn check_fulfilment(
         ));
     }
     distinct_inputs(tx, "fulfilment.shape")?;
+    no_lock_time(tx, "fulfilment.shape")?;
     let fee_outpoint = OutPoint::new(op.txid, 2);
     let request_script = op.peg_wallet_address.script_pubkey();
     if tx.input[0].previous_output != fee_outpoint
@@ -426,7 +440,9 @@ pub fn check_fulfilment(
 /// move (`is_sweepable`: a coin of a key held, no pending request's output
 /// 2), exactly one output, paying `current`, fee within policy.
 ///
-/// Rules: `sweep.shape`, `sweep.input`, `sweep.output`, `sweep.fee`.
+/// Rules: `sweep.shape` (inputs/prevouts counts, an input spent twice, a
+/// lock time other than 0), `sweep.input`, `sweep.output`, `sweep.fee`
+/// (outputs above inputs, or a fee above [`Policy::max_fee`]).
 pub fn check_sweep(
     policy: &Policy,
     tx: &Transaction,
@@ -445,6 +461,7 @@ pub fn check_sweep(
         ));
     }
     distinct_inputs(tx, "sweep.shape")?;
+    no_lock_time(tx, "sweep.shape")?;
     for (i, (input, prevout)) in tx.input.iter().zip(prevouts).enumerate() {
         if !is_sweepable(&input.previous_output, prevout) {
             return Err(Rule::new(
@@ -667,6 +684,16 @@ fn distinct_inputs(tx: &Transaction, rule: &'static str) -> Result<(), Rule> {
         }
     }
     Ok(())
+}
+
+/// Errors with `rule` unless the lock time is 0: a signed transaction that
+/// cannot be mined yet would hold its coins hostage.
+fn no_lock_time(tx: &Transaction, rule: &'static str) -> Result<(), Rule> {
+    if tx.lock_time == bitcoin::absolute::LockTime::ZERO {
+        Ok(())
+    } else {
+        Err(Rule::new(rule, format!("lock time {}", tx.lock_time)))
+    }
 }
 
 /// Σ prevouts − Σ outputs, or why there is none.

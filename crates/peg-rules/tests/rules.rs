@@ -435,6 +435,9 @@ fn a_fulfilment_of_the_wrong_shape_is_refused() {
     let mut prevouts3 = prevouts.clone();
     prevouts3.push(prevouts[1].clone());
     assert_eq!(fulfil(&op, &twice, &prevouts3), "fulfilment.shape");
+    let mut later = tx.clone();
+    later.lock_time = bitcoin::absolute::LockTime::from_height(900_000).unwrap();
+    assert_eq!(fulfil(&op, &later, &prevouts), "fulfilment.shape");
 }
 
 #[test]
@@ -641,6 +644,9 @@ fn a_sweep_moves_old_coins_to_the_current_key_only() {
     let mut twice = tx.clone();
     twice.input[2] = twice.input[0].clone();
     assert_eq!(swept(&twice, &prevouts), "sweep.shape");
+    let mut later = tx.clone();
+    later.lock_time = bitcoin::absolute::LockTime::from_height(900_000).unwrap();
+    assert_eq!(swept(&later, &prevouts), "sweep.shape");
 
     let mut foreign = prevouts.clone();
     foreign[1].script_pubkey = recipient().script_pubkey();
