@@ -18,9 +18,9 @@
 //! them, contract calls are type-checked against the sBTC contract and run on
 //! [`SbtcModel`] when mined, and post conditions are enforced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::server::{lock, Emulator};
 use log::debug;
@@ -57,6 +57,76 @@ pub enum BurnOpsMode {
 
 /// The body of the real node's 404 for a path it does not serve.
 pub const NOT_FOUND_TEXT: &str = "No such file or directory";
+
+/// How many blocks below the tip keep their state for `?tip=` reads and
+/// [`StacksState::drop_blocks`]: the tip and the 128 blocks below it. Deeper
+/// reads answer the unknown-tip 404.
+pub const STATE_DEPTH: u64 = 128;
+
+/// The most headers `/v2/headers/{n}` serves (stacks-node 4.0.2's limit).
+pub const MAX_HEADERS: u64 = 2100;
+
+/// The boot block's index block hash: SHA512/256 of 32 zero bytes (its
+/// block hash) and 20 zero bytes (its consensus hash). The parent of block 1
+/// on stacks-node 4.0.2 (mocknet).
+pub fn boot_block_id() -> [u8; 32] {
+    sha512_256(&[0u8; 52])
+}
+
+/// The contract and account state as of a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainState {
+    /// The sBTC contract's state.
+    pub model: SbtcModel,
+    /// Account balances (µSTX) and nonces.
+    pub accounts: BTreeMap<StacksAddress, (u128, u64)>,
+}
+
+/// An emulated Stacks block.
+#[derive(Debug, Clone)]
+pub struct StacksBlock {
+    /// Its height (the boot block is 0).
+    pub height: u64,
+    /// Its index block hash (`StacksBlockId`), what `?tip=` names.
+    pub id: [u8; 32],
+    /// Its parent's index block hash.
+    pub parent: [u8; 32],
+    /// SHA512/256 of its header.
+    pub block_hash: [u8; 32],
+    /// Its consensus hash.
+    pub consensus_hash: [u8; 20],
+    /// Its SIP-003 serialized Stacks 2.x header (empty for the boot block).
+    pub header: Vec<u8>,
+    /// The transactions mined in it, in order.
+    pub txs: Vec<StacksTransaction>,
+    /// The state after it, once sealed (the tip's state is the live one);
+    /// `None` for the boot block and beyond [`STATE_DEPTH`].
+    state: Option<Arc<ChainState>>,
+}
+
+/// What [`StacksState::drop_blocks`] does with the transactions of the
+/// dropped blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Orphaned {
+    /// Back into the mempool, ahead of what is pending, to be mined again on
+    /// the new branch: what a real node does (its mempool keeps them).
+    ToMempool,
+    /// Gone: the fork of a miner that never saw them. Their senders' nonces
+    /// are back where they were before them, so a later transaction of the
+    /// same sender waits for the gap to be filled.
+    Discard,
+}
+
+/// Why [`StacksState::drop_blocks`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForkError {
+    /// The new tip would be the boot block (the sBTC contract is not there).
+    #[error("cannot drop {0} blocks: the chain has only {1} above the boot block")]
+    TooDeep(u64, u64),
+    /// The new tip's state is no longer kept.
+    #[error("cannot drop {0} blocks: states are kept for {STATE_DEPTH} blocks below the tip")]
+    StateGone(u64),
+}
 
 /// A mined transaction's outcome.
 #[derive(Debug, Clone)]
@@ -99,8 +169,15 @@ pub struct StacksState {
     /// Txids of mined transactions: a rebroadcast answers 200 with the txid.
     mined_txids: std::collections::HashSet<stacks_wire::StacksTxid>,
     /// Fee rates (µSTX per byte) of mined transactions per payload kind,
-    /// for fee estimates.
+    /// for fee estimates (a node heuristic: not undone by forks).
     mined_fee_rates: std::collections::HashMap<String, Vec<u64>>,
+    /// Every block ever mined, forked-away ones included, by index block hash.
+    blocks: HashMap<[u8; 32], StacksBlock>,
+    /// The canonical chain's block ids by height (0: the boot block).
+    canonical: Vec<[u8; 32]>,
+    /// How many forks there were: part of every header, so a block mined
+    /// on a new branch never has a dropped block's id.
+    forks: u64,
 }
 
 /// What a fee estimate is kept per: the contract function, or the payload
@@ -121,7 +198,7 @@ impl StacksState {
     /// A testnet chain with `contract_id` deployed by its address.
     pub fn new(contract_id: ContractId) -> Self {
         let owner = PrincipalData::Standard(contract_id.address);
-        StacksState {
+        let mut s = StacksState {
             accounts: BTreeMap::new(),
             model: SbtcModel::new(owner),
             contract_id,
@@ -136,7 +213,25 @@ impl StacksState {
             burn_ops_mode: BurnOpsMode::Absent,
             mined_txids: std::collections::HashSet::new(),
             mined_fee_rates: std::collections::HashMap::new(),
-        }
+            blocks: HashMap::new(),
+            canonical: Vec::new(),
+            forks: 0,
+        };
+        let boot = StacksBlock {
+            height: 0,
+            id: boot_block_id(),
+            parent: [0; 32],
+            block_hash: [0; 32],
+            consensus_hash: [0; 20],
+            header: Vec::new(),
+            txs: Vec::new(),
+            state: None,
+        };
+        s.canonical.push(boot.id);
+        s.blocks.insert(boot.id, boot);
+        // Block 1, the tip a fresh emulator starts at.
+        s.push_block(Vec::new());
+        s
     }
 
     /// Credits `ustx` to `who`.
@@ -148,8 +243,196 @@ impl StacksState {
         self.accounts.get(who).copied().unwrap_or((0, 0))
     }
 
-    fn tip_hash(&self) -> [u8; 32] {
-        sha512_256(&self.height.to_be_bytes())
+    /// The canonical tip.
+    pub fn tip(&self) -> &StacksBlock {
+        self.canonical
+            .last()
+            .and_then(|id| self.blocks.get(id))
+            .expect("the chain always holds the boot block")
+    }
+
+    /// A block by index block hash, canonical or forked away.
+    pub fn block(&self, id: &[u8; 32]) -> Option<&StacksBlock> {
+        self.blocks.get(id)
+    }
+
+    /// The index block hash of the canonical block `depth` below the tip
+    /// (0: the tip), or `None` when the chain is not that long. The same
+    /// block [`stacks_node_client::StacksNode::block_at_depth`] finds.
+    pub fn block_at_depth(&self, depth: u64) -> Option<[u8; 32]> {
+        let i = (self.canonical.len() as u64).checked_sub(depth.checked_add(1)?)?;
+        self.canonical.get(usize::try_from(i).ok()?).copied()
+    }
+
+    /// Whether `id` is on the canonical chain.
+    pub fn is_canonical(&self, id: &[u8; 32]) -> bool {
+        self.blocks
+            .get(id)
+            .and_then(|b| self.canonical.get(usize::try_from(b.height).ok()?))
+            == Some(id)
+    }
+
+    /// Appends a block with `txs` on the canonical tip and makes it the tip.
+    /// Its header: version 0, total work (burn height, height), an 80-byte
+    /// proof standing in for the VRF proof (derived from the height and the
+    /// fork count), the parent's block hash, no microblocks, the merkle root
+    /// of the txids, a state root, a zero microblock key hash.
+    fn push_block(&mut self, txs: Vec<StacksTransaction>) {
+        let (parent_id, parent_hash, height) = {
+            let t = self.tip();
+            (t.id, t.block_hash, t.height + 1)
+        };
+        let salt = [
+            b"sbtc-devnet".as_slice(),
+            &height.to_be_bytes(),
+            &self.forks.to_be_bytes(),
+        ]
+        .concat();
+        let proof_a = sha512_256(&[salt.as_slice(), b"proof-a"].concat());
+        let proof_b = sha512_256(&[salt.as_slice(), b"proof-b"].concat());
+        let proof_c = sha512_256(&[salt.as_slice(), b"proof-c"].concat());
+        let txids: Vec<u8> = txs.iter().flat_map(|t| t.txid().0).collect();
+        let mut header = Vec::with_capacity(247);
+        header.push(0);
+        header.extend_from_slice(&self.burn_height.to_be_bytes());
+        header.extend_from_slice(&height.to_be_bytes());
+        header.extend_from_slice(&proof_a);
+        header.extend_from_slice(&proof_b);
+        header.extend_from_slice(&proof_c[..16]);
+        header.extend_from_slice(&parent_hash);
+        header.extend_from_slice(&[0; 32 + 2]);
+        header.extend_from_slice(&sha512_256(&txids));
+        header.extend_from_slice(&sha512_256(&[salt.as_slice(), b"state"].concat()));
+        header.extend_from_slice(&[0; 20]);
+        debug_assert_eq!(header.len(), 247);
+        let block_hash = sha512_256(&header);
+        let mut consensus_hash = [0u8; 20];
+        consensus_hash
+            .copy_from_slice(&sha512_256(&[salt.as_slice(), b"consensus"].concat())[..20]);
+        let id = sha512_256(&[block_hash.as_slice(), &consensus_hash].concat());
+        let block = StacksBlock {
+            height,
+            id,
+            parent: parent_id,
+            block_hash,
+            consensus_hash,
+            header,
+            txs,
+            state: None,
+        };
+        self.blocks.insert(id, block);
+        self.canonical.push(id);
+        self.height = height;
+    }
+
+    /// Seals the tip's state: the live state (test hooks included) becomes
+    /// its snapshot, shared with its parent's when nothing changed.
+    fn seal_tip(&mut self) {
+        let live = ChainState {
+            model: self.model.clone(),
+            accounts: self.accounts.clone(),
+        };
+        let tip = self.tip();
+        if tip.height == 0 {
+            return;
+        }
+        let parent_state = self.blocks.get(&tip.parent).and_then(|p| p.state.clone());
+        let state = match parent_state {
+            Some(p) if *p == live => p,
+            _ => Arc::new(live),
+        };
+        let id = tip.id;
+        if let Some(b) = self.blocks.get_mut(&id) {
+            b.state = Some(state);
+        }
+    }
+
+    /// Forgets the states of blocks (canonical or not) more than
+    /// [`STATE_DEPTH`] below the tip.
+    fn evict_states(&mut self) {
+        let Some(floor) = self.height.checked_sub(STATE_DEPTH) else {
+            return;
+        };
+        for b in self.blocks.values_mut() {
+            if b.height < floor {
+                b.state = None;
+            }
+        }
+    }
+
+    /// The state to answer a read at `id` from: `Ok(None)` for the live
+    /// state (the canonical tip), `Err(())` for a block whose state is not
+    /// here (unknown, or beyond [`STATE_DEPTH`]).
+    fn state_at(&self, id: &[u8; 32]) -> Result<Option<Arc<ChainState>>, ()> {
+        if *id == self.tip().id {
+            return Ok(None);
+        }
+        match self.blocks.get(id) {
+            Some(b) => b.state.clone().map(Some).ok_or(()),
+            None => Err(()),
+        }
+    }
+
+    /// Forks the chain: the last `n` canonical blocks are dropped, their
+    /// effects undone (contract state, balances and nonces as of the new
+    /// tip; their receipts removed; their txids no longer known as mined),
+    /// and the next [`StacksState::mine`] builds on the new tip with a new
+    /// block id. The dropped blocks stay known (a read at them still
+    /// answers, at them). Returns their transactions, in the order they
+    /// were mined; `orphaned` says whether they are also back in the mempool.
+    ///
+    /// # Errors
+    /// When the new tip would be the boot block, or its state is beyond
+    /// [`STATE_DEPTH`]. Nothing changes then.
+    pub fn drop_blocks(
+        &mut self,
+        n: u64,
+        orphaned: Orphaned,
+    ) -> Result<Vec<StacksTransaction>, ForkError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if n >= self.height {
+            return Err(ForkError::TooDeep(n, self.height));
+        }
+        if n > STATE_DEPTH {
+            return Err(ForkError::StateGone(n));
+        }
+        let new_tip = self.canonical[self.canonical.len() - 1 - n as usize];
+        let Some(state) = self.blocks.get(&new_tip).and_then(|b| b.state.clone()) else {
+            return Err(ForkError::StateGone(n));
+        };
+        // The old tip's state, so reads at it still answer.
+        self.seal_tip();
+        let dropped: Vec<[u8; 32]> = self.canonical.split_off(self.canonical.len() - n as usize);
+        let txs: Vec<StacksTransaction> = dropped
+            .iter()
+            .filter_map(|id| self.blocks.get(id))
+            .flat_map(|b| b.txs.iter().cloned())
+            .collect();
+        self.height = self.tip().height;
+        self.model = state.model.clone();
+        self.accounts = state.accounts.clone();
+        let height = self.height;
+        self.receipts.retain(|r| r.height <= height);
+        for tx in &txs {
+            self.mined_txids.remove(&tx.txid());
+        }
+        if orphaned == Orphaned::ToMempool {
+            for tx in &txs {
+                self.mempool_txids.insert(tx.txid());
+            }
+            let pending = std::mem::take(&mut self.mempool);
+            self.mempool = txs.iter().cloned().chain(pending).collect();
+        }
+        self.forks += 1;
+        debug!(
+            "fork: dropped {n} blocks ({} transactions, {orphaned:?}); tip {} at height {}",
+            txs.len(),
+            hex::encode(new_tip),
+            self.height
+        );
+        Ok(txs)
     }
 
     /// Admits a transaction to the mempool, or says why the node refuses it
@@ -297,7 +580,10 @@ impl StacksState {
     /// sender, in nonce order. Fees and nonces are taken even when the call
     /// fails, as on the real chain.
     pub fn mine(&mut self) -> usize {
-        self.height += 1;
+        self.seal_tip();
+        // The block being built: receipts carry its height.
+        let building = self.height + 1;
+        let mut txs = Vec::new();
         let mut mined = 0;
         loop {
             let next = self
@@ -321,19 +607,17 @@ impl StacksState {
                 .or_default()
                 .push(tx.auth.fee / len);
             let result = self.apply(&tx);
-            debug!(
-                "stacks block {}: {} -> {:?}",
-                self.height,
-                tx.txid(),
-                result
-            );
+            debug!("stacks block {building}: {} -> {:?}", tx.txid(), result);
+            txs.push(tx.clone());
             self.receipts.push(Receipt {
                 tx,
                 result,
-                height: self.height,
+                height: building,
             });
             mined += 1;
         }
+        self.push_block(txs);
+        self.evict_states();
         mined
     }
 
@@ -518,19 +802,20 @@ fn handle(mut req: Request, state: &Mutex<StacksState>) {
     match (req.method().clone(), parts.as_slice()) {
         (Method::Get, ["v2", "info"]) => {
             let s = lock(state);
-            let tip = s.tip_hash();
+            let tip = s.tip();
+            // As on the real node: pox_consensus is the tip's consensus hash.
             let v = json!({
                 "peer_version": 4207599120u32,
-                "pox_consensus": hex::encode(&tip[..20]),
+                "pox_consensus": hex::encode(tip.consensus_hash),
                 "burn_block_height": s.burn_height,
-                "stable_pox_consensus": hex::encode(&tip[..20]),
+                "stable_pox_consensus": hex::encode(s.block(&tip.parent).map(|p| p.consensus_hash).unwrap_or_default()),
                 "stable_burn_block_height": s.burn_height.saturating_sub(1),
                 "server_version": "sbtc-devnet stacks-node emulator",
                 "network_id": CHAIN_ID_TESTNET,
                 "parent_network_id": 3669344250u32,
                 "stacks_tip_height": s.height,
-                "stacks_tip": hex::encode(tip),
-                "stacks_tip_consensus_hash": hex::encode(&tip[..20]),
+                "stacks_tip": hex::encode(tip.block_hash),
+                "stacks_tip_consensus_hash": hex::encode(tip.consensus_hash),
                 "genesis_chainstate_hash": hex::encode([0u8; 32]),
                 "unanchored_tip": null,
                 "unanchored_seq": null,
@@ -659,6 +944,24 @@ fn handle(mut req: Request, state: &Mutex<StacksState>) {
                 return text_400(req, "Failed to deserialize argument value");
             };
             let s = lock(state);
+            let at = match query_tip(&url) {
+                None => Ok(None),
+                Some(id) if id == boot_block_id() => {
+                    // The boot block: no sBTC contract yet.
+                    let cause = format!("RuntimeCheck(NoSuchContract(\"{addr}.{name}\"))");
+                    drop(s);
+                    return json_reply(req, 200, json!({"okay": false, "cause": cause}));
+                }
+                Some(id) => s.state_at(&id),
+            };
+            let at = match at {
+                Ok(at) => at,
+                Err(()) => {
+                    drop(s);
+                    return respond(req, 404, "text/plain", "Chain tip not found".into());
+                }
+            };
+            let model = at.as_ref().map_or(&s.model, |st| &st.model);
             let contract_ok =
                 s.contract_id.address.to_string() == *addr && s.contract_id.name.as_str() == *name;
             let reply = if !contract_ok {
@@ -666,7 +969,7 @@ fn handle(mut req: Request, state: &Mutex<StacksState>) {
             } else if !READ_ONLY.contains(function) {
                 json!({"okay": false, "cause": format!("RuntimeCheck(UndefinedFunction(\"{function}\"))")})
             } else {
-                match s.model.read(function, &args) {
+                match model.read(function, &args) {
                     Some(v) => json!({"okay": true, "result": v.to_hex()}),
                     None => {
                         let got: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
@@ -676,6 +979,49 @@ fn handle(mut req: Request, state: &Mutex<StacksState>) {
             };
             drop(s);
             json_reply(req, 200, reply)
+        }
+        (Method::Get, ["v2", "headers", n]) => {
+            let Ok(n) = n.parse::<u64>() else {
+                let text = format!("Invalid path parameters for '{path}'");
+                return respond(req, 400, "text/plain", text);
+            };
+            if n > MAX_HEADERS {
+                let text = format!("Invalid request: requested more than {MAX_HEADERS} headers");
+                return respond(req, 400, "text/plain", text);
+            }
+            let s = lock(state);
+            let start = query_tip(&url).unwrap_or(s.tip().id);
+            let Some(first) = s.block(&start).filter(|b| b.height > 0) else {
+                drop(s);
+                let text = format!("No such block {}", hex::encode(start));
+                return respond(req, 404, "text/plain", text);
+            };
+            // The start block first, then its ancestors, down to block 1.
+            let mut out = Vec::new();
+            let mut b = Some(first);
+            while let Some(block) = b.filter(|b| b.height > 0 && (out.len() as u64) < n) {
+                out.push(json!({
+                    "consensus_hash": hex::encode(block.consensus_hash),
+                    "header": hex::encode(&block.header),
+                    "parent_block_id": hex::encode(block.parent),
+                }));
+                b = s.block(&block.parent);
+            }
+            let tip_height = s.height;
+            drop(s);
+            let h = Header::from_bytes(
+                &b"x-canonical-stacks-tip-height"[..],
+                tip_height.to_string().as_bytes(),
+            )
+            .expect("ASCII header");
+            let ct = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+                .expect("ASCII header");
+            let _ = req.respond(
+                Response::from_string(serde_json::Value::Array(out).to_string())
+                    .with_status_code(200)
+                    .with_header(ct)
+                    .with_header(h),
+            );
         }
         (Method::Get, ["v2", "burn_ops", height, op]) => {
             let s = lock(state);
@@ -707,6 +1053,22 @@ fn handle(mut req: Request, state: &Mutex<StacksState>) {
         }
         _ => not_found(req),
     }
+}
+
+/// The block a request's `?tip=` names, when it is well formed: 64 hex
+/// digits, either case (the last `tip=` wins). Anything else (`0x…`, short,
+/// `latest`) is ignored, as the real node (4.0.2) ignores it: the answer is
+/// at the canonical tip.
+fn query_tip(url: &str) -> Option<[u8; 32]> {
+    let (_, query) = url.split_once('?')?;
+    let tip = query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("tip="))
+        .last()?;
+    if tip.len() != 64 {
+        return None;
+    }
+    hex::decode(tip).ok()?.try_into().ok()
 }
 
 /// Decodes a bare payload (type byte first), as `/v2/fees/transaction`

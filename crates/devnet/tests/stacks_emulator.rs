@@ -510,3 +510,469 @@ fn malformed_requests_get_plain_text_answers() {
     );
     assert!(!e.is_transient());
 }
+
+// --- blocks, depth, `?tip=` and forks ----------------------------------------
+
+use devnet::stacks::{boot_block_id, ForkError, Orphaned, STATE_DEPTH};
+use peg_ops::contract::{decode_record, TxidRecord, GET_BURN, GET_MINT};
+use stacks_wire::transaction::sha512_256;
+
+fn burn(nonce: u64, from: u8, amount: u64, txid: &str) -> StacksTransaction {
+    let pc = PostCondition::Fungible {
+        principal: PostConditionPrincipal::Standard(addr(from)),
+        asset: AssetInfo {
+            contract: contract(),
+            asset_name: "sbtc".into(),
+        },
+        code: FungibleConditionCode::SentEq,
+        amount,
+    };
+    call(
+        &key(1),
+        nonce,
+        1000,
+        "burn!",
+        vec![
+            Value::UInt(amount.into()),
+            Value::Principal(addr(from).into()),
+            Value::StringAscii(txid.into()),
+        ],
+        vec![pc],
+    )
+}
+
+fn http_get(url: &str) -> (u16, String, Option<String>, String) {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    );
+    let mut r = agent.get(url).call().unwrap();
+    let header = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let ct = header("content-type").unwrap_or_default();
+    let canonical = header("x-canonical-stacks-tip-height");
+    (
+        r.status().as_u16(),
+        ct,
+        canonical,
+        r.body_mut().read_to_string().unwrap(),
+    )
+}
+
+/// The index block hash of a `/v2/headers` entry, computed as the real
+/// node's ids are: SHA512/256(SHA512/256(header) ‖ consensus hash).
+fn entry_id(e: &serde_json::Value) -> [u8; 32] {
+    let header = hex::decode(e["header"].as_str().unwrap()).unwrap();
+    let consensus = hex::decode(e["consensus_hash"].as_str().unwrap()).unwrap();
+    sha512_256(&[sha512_256(&header).as_slice(), &consensus].concat())
+}
+
+fn record(c: &UreqStacksNode, f: &str, txid: &str, at: &[u8; 32]) -> Option<TxidRecord> {
+    let me: PrincipalData = addr(1).into();
+    let v = c
+        .call_read_at(&contract(), f, &[Value::StringAscii(txid.into())], &me, at)
+        .unwrap();
+    decode_record(&v).unwrap()
+}
+
+/// Every block has an id, a parent and a header that chain as on the real
+/// node; the client's `block_at_depth` finds the emulator's own blocks.
+#[test]
+fn blocks_chain_and_block_at_depth_finds_them() {
+    let em = StacksEmulator::start("127.0.0.1:0", state()).unwrap();
+    let c = UreqStacksNode::new(&em.url(), Duration::from_secs(5));
+    for _ in 0..5 {
+        em.with(|s| s.mine());
+    }
+    let height = em.with(|s| s.height);
+    assert_eq!(height, 6);
+    assert_eq!(c.get_info().unwrap().stacks_tip, em.with(|s| s.tip().id));
+    let mut ids = Vec::new();
+    for d in 0..=height {
+        let got = c.block_at_depth(d as u32).unwrap();
+        assert_eq!(got, em.with(|s| s.block_at_depth(d)), "depth {d}");
+        ids.push(got.unwrap());
+    }
+    // Depth = height is the boot block; below it, nothing.
+    assert_eq!(ids[height as usize], boot_block_id());
+    assert_eq!(c.block_at_depth(height as u32 + 1).unwrap(), None);
+    assert_eq!(em.with(|s| s.block_at_depth(height + 1)), None);
+    // All distinct; each block's header names its parent's block hash.
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len());
+    em.with(|s| {
+        for w in ids.windows(2) {
+            let (b, parent) = (s.block(&w[0]).unwrap(), w[1]);
+            assert_eq!(b.parent, parent);
+            assert_eq!(b.header.len(), 247);
+            assert_eq!(sha512_256(&b.header), b.block_hash);
+            if let Some(p) = s.block(&parent).filter(|p| p.height > 0) {
+                assert_eq!(&b.header[97..129], p.block_hash.as_slice());
+            }
+        }
+    });
+}
+
+/// `/v2/headers/{n}` in the real node's shape: the start block first, `n`
+/// entries at most, down to block 1; `?tip=` starts elsewhere; its errors
+/// are the real node's plain-text answers.
+#[test]
+fn headers_answer_as_the_real_node_does() {
+    let em = StacksEmulator::start("127.0.0.1:0", state()).unwrap();
+    for _ in 0..3 {
+        em.with(|s| s.mine());
+    }
+    let u = em.url();
+    let (status, ct, canonical, body) = http_get(&format!("{u}/v2/headers/3"));
+    assert_eq!((status, ct.as_str()), (200, "application/json"));
+    assert_eq!(canonical.as_deref(), Some("4"));
+    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(list.len(), 3);
+    for e in &list {
+        let mut keys: Vec<_> = e.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["consensus_hash", "header", "parent_block_id"]);
+    }
+    let tip = em.with(|s| s.tip().id);
+    assert_eq!(entry_id(&list[0]), tip);
+    for w in list.windows(2) {
+        assert_eq!(w[0]["parent_block_id"], hex::encode(entry_id(&w[1])));
+    }
+    // From a given tip: that block first.
+    let below = em.with(|s| s.block_at_depth(1).unwrap());
+    let (_, _, _, body) = http_get(&format!("{u}/v2/headers/2?tip={}", hex::encode(below)));
+    let from: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(from, list[1..]);
+    // Upper-case hex is the same block.
+    let (_, _, _, upper) = http_get(&format!(
+        "{u}/v2/headers/2?tip={}",
+        hex::encode_upper(below)
+    ));
+    assert_eq!(upper, body);
+    // More than the chain holds: down to block 1.
+    let (_, _, _, all) = http_get(&format!("{u}/v2/headers/2100"));
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&all)
+            .unwrap()
+            .len(),
+        4
+    );
+    // A malformed tip is ignored: the canonical tip's answer.
+    let (_, _, _, canonical2) = http_get(&format!("{u}/v2/headers/2"));
+    for bad in [
+        format!("0x{}", hex::encode(below)),
+        "zz".into(),
+        "latest".into(),
+        hex::encode(below)[..62].to_owned(),
+    ] {
+        let (status, _, _, b) = http_get(&format!("{u}/v2/headers/2?tip={bad}"));
+        assert_eq!((status, &b), (200, &canonical2), "{bad}");
+    }
+    // The real node's errors.
+    let unknown = "11".repeat(32);
+    assert_eq!(
+        http_get(&format!("{u}/v2/headers/2?tip={unknown}")),
+        (
+            404,
+            "text/plain".into(),
+            None,
+            format!("No such block {unknown}")
+        )
+    );
+    let boot = hex::encode(boot_block_id());
+    assert_eq!(http_get(&format!("{u}/v2/headers/1?tip={boot}")).0, 404);
+    assert_eq!(
+        http_get(&format!("{u}/v2/headers/2101")),
+        (
+            400,
+            "text/plain".into(),
+            None,
+            "Invalid request: requested more than 2100 headers".into()
+        )
+    );
+    assert_eq!(
+        http_get(&format!("{u}/v2/headers/abc")),
+        (
+            400,
+            "text/plain".into(),
+            None,
+            "Invalid path parameters for '/v2/headers/abc'".into()
+        )
+    );
+    let (status, _, _, body) = http_get(&format!("{u}/v2/headers/0"));
+    assert_eq!((status, body.as_str()), (200, "[]"));
+}
+
+/// A read at a block answers from the contract as of that block: a mint is
+/// visible at its block and above, not below; an unknown block is the
+/// node's 404, never an answer at another block.
+#[test]
+fn reads_at_a_tip_answer_from_that_blocks_state() {
+    let em = StacksEmulator::start("127.0.0.1:0", state()).unwrap();
+    let c = UreqStacksNode::new(&em.url(), Duration::from_secs(5));
+    let me: PrincipalData = addr(1).into();
+    let before = c.block_at_depth(0).unwrap().unwrap();
+    c.broadcast_transaction(&mint(0, 2, 5000, "in-1").serialize())
+        .unwrap();
+    em.with(|s| s.mine());
+    let minted_at = c.block_at_depth(0).unwrap().unwrap();
+    em.with(|s| s.mine());
+    let want = TxidRecord {
+        amount: 5000,
+        principal: addr(2).into(),
+    };
+    // At the tip, at the mint's block (depth 1), and not before it.
+    let tip = c.block_at_depth(0).unwrap().unwrap();
+    assert_eq!(record(&c, GET_MINT, "in-1", &tip), Some(want.clone()));
+    assert_eq!(c.block_at_depth(1).unwrap(), Some(minted_at));
+    assert_eq!(record(&c, GET_MINT, "in-1", &minted_at), Some(want));
+    assert_eq!(record(&c, GET_MINT, "in-1", &before), None);
+    assert_eq!(
+        c.call_read_at(
+            &contract(),
+            "was-minted",
+            &[Value::StringAscii("in-1".into())],
+            &me,
+            &before
+        )
+        .unwrap(),
+        Value::Bool(false)
+    );
+    // An unknown block: the node's 404.
+    let e = c
+        .call_read_at(
+            &contract(),
+            GET_MINT,
+            &[Value::StringAscii("in-1".into())],
+            &me,
+            &[7; 32],
+        )
+        .unwrap_err();
+    assert_eq!(e, Error::UnknownTip(hex::encode([7u8; 32])));
+    // The boot block: no contract there yet, as on the real node.
+    let e = c
+        .call_read_at(&contract(), "get-threshold", &[], &me, &boot_block_id())
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::CallReadFailed(m) if m.contains("NoSuchContract")),
+        "{e:?}"
+    );
+    // A malformed tip is ignored (the canonical tip's state), like the real
+    // node: why the client only ever sends 64 bare hex digits.
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    );
+    let body = serde_json::json!({"sender": me.to_string(), "arguments": [Value::StringAscii("in-1".into()).to_hex()]});
+    let r = agent
+        .post(format!(
+            "{}/v2/contracts/call-read/{}/sbtc-alpha/get-mint?tip=0x{}",
+            em.url(),
+            addr(1),
+            hex::encode(before)
+        ))
+        .header("Content-Type", "application/json")
+        .send(body.to_string().as_bytes())
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r).unwrap();
+    let answered = Value::from_hex(v["result"].as_str().unwrap()).unwrap();
+    assert!(decode_record(&answered).unwrap().is_some(), "{r}");
+}
+
+/// States are kept for the tip and [`STATE_DEPTH`] blocks below it; deeper
+/// reads are the unknown-tip 404 (bounded memory), headers stay.
+#[test]
+fn states_are_kept_for_state_depth_blocks() {
+    let em = StacksEmulator::start("127.0.0.1:0", state()).unwrap();
+    let c = UreqStacksNode::new(&em.url(), Duration::from_secs(5));
+    let me: PrincipalData = addr(1).into();
+    for _ in 0..STATE_DEPTH + 3 {
+        em.with(|s| s.mine());
+    }
+    let read = |d: u64| {
+        let id = c.block_at_depth(d as u32).unwrap().unwrap();
+        c.call_read_at(&contract(), "get-threshold", &[], &me, &id)
+    };
+    assert_eq!(read(STATE_DEPTH).unwrap(), Value::UInt(0));
+    assert!(matches!(read(STATE_DEPTH + 1), Err(Error::UnknownTip(_))));
+    assert!(c.block_at_depth(STATE_DEPTH as u32 + 2).unwrap().is_some());
+}
+
+/// A fork drops a mint and a burn that were not deep enough: their effects
+/// are undone, the new branch has new ids, a value read at a final depth
+/// never showed them, and the dropped blocks still answer at their own ids
+/// (as a real node's forked-away blocks do).
+#[test]
+fn a_fork_undoes_a_mint_and_a_burn_not_yet_deep_enough() {
+    const CONFIRMATIONS: u32 = 3;
+    let em = StacksEmulator::start("127.0.0.1:0", state()).unwrap();
+    let c = UreqStacksNode::new(&em.url(), Duration::from_secs(5));
+    let final_record = |f: &str, txid: &str| {
+        let at = c.block_at_depth(CONFIRMATIONS - 1).unwrap().unwrap();
+        record(&c, f, txid, &at)
+    };
+    // A mint, deep enough.
+    c.broadcast_transaction(&mint(0, 2, 1000, "in-1").serialize())
+        .unwrap();
+    for _ in 0..CONFIRMATIONS {
+        em.with(|s| s.mine());
+    }
+    assert!(final_record(GET_MINT, "in-1").is_some());
+    // A burn and a second mint, one block deep: visible at the tip only.
+    c.broadcast_transaction(&burn(1, 2, 400, "out-1").serialize())
+        .unwrap();
+    c.broadcast_transaction(&mint(2, 3, 77, "in-2").serialize())
+        .unwrap();
+    em.with(|s| s.mine());
+    let burned_at = c.block_at_depth(0).unwrap().unwrap();
+    em.with(|s| s.mine());
+    let tip = c.block_at_depth(0).unwrap().unwrap();
+    assert_eq!(
+        record(&c, GET_BURN, "out-1", &tip),
+        Some(TxidRecord {
+            amount: 400,
+            principal: addr(2).into()
+        })
+    );
+    assert_eq!(final_record(GET_BURN, "out-1"), None, "not final yet");
+    assert_eq!(final_record(GET_MINT, "in-2"), None, "not final yet");
+    let height = em.with(|s| s.height);
+
+    // The fork: both blocks go, their transactions are discarded.
+    let dropped = em.with(|s| s.drop_blocks(2, Orphaned::Discard)).unwrap();
+    assert_eq!(dropped.len(), 2);
+    em.with(|s| {
+        assert_eq!(s.height, height - 2);
+        assert_eq!(s.model.balances[&PrincipalData::from(addr(2))], 1000);
+        assert!(!s.model.burned.contains_key("out-1"));
+        assert!(!s.model.minted.contains_key("in-2"));
+        assert_eq!(s.model.supply, 1000);
+        // The coordinator's nonce and fees are back as before them.
+        assert_eq!(s.accounts[&addr(1)], (10_000_000 - 1000, 1));
+        assert!(s.receipts.iter().all(|r| r.height <= height - 2));
+        assert!(s.mempool.is_empty());
+    });
+    assert_eq!(c.get_account(&addr(1).into()).unwrap().nonce, 1);
+    let new_tip = c.block_at_depth(0).unwrap().unwrap();
+    assert_eq!(record(&c, GET_BURN, "out-1", &new_tip), None);
+    // Mining goes on from the new tip with new ids, at the old heights.
+    for _ in 0..CONFIRMATIONS {
+        em.with(|s| s.mine());
+    }
+    assert_eq!(em.with(|s| s.height), height + 1);
+    let branch: Vec<_> = (0..=CONFIRMATIONS + 1)
+        .map(|d| c.block_at_depth(d).unwrap().unwrap())
+        .collect();
+    assert!(!branch.contains(&burned_at) && !branch.contains(&tip));
+    assert_eq!(final_record(GET_BURN, "out-1"), None, "never final");
+    assert_eq!(final_record(GET_MINT, "in-1").unwrap().amount, 1000);
+    // The dropped block still answers, at itself (never at the new branch).
+    assert_eq!(
+        record(&c, GET_BURN, "out-1", &burned_at).unwrap().amount,
+        400
+    );
+    em.with(|s| assert!(!s.is_canonical(&burned_at) && s.block(&burned_at).is_some()));
+    // A rebroadcast of the dropped burn is admitted again (not "known").
+    let again = burn(1, 2, 400, "out-1");
+    c.broadcast_transaction(&again.serialize()).unwrap();
+    em.with(|s| s.mine());
+    assert!(record(
+        &c,
+        GET_BURN,
+        "out-1",
+        &c.block_at_depth(0).unwrap().unwrap()
+    )
+    .is_some());
+}
+
+/// With `ToMempool` the dropped transactions are mined again on the new
+/// branch (what a real node does), in their nonce order.
+#[test]
+fn a_fork_can_put_the_dropped_transactions_back_in_the_mempool() {
+    let mut s = state();
+    s.admit(&mint(0, 2, 1000, "in-1").serialize()).unwrap();
+    s.mine();
+    s.admit(&mint(1, 3, 5, "in-2").serialize()).unwrap();
+    s.mine();
+    let old_tip = s.tip().id;
+    // A pending transaction stays behind the dropped ones.
+    s.admit(&mint(2, 3, 6, "in-3").serialize()).unwrap();
+    let dropped = s.drop_blocks(2, Orphaned::ToMempool).unwrap();
+    assert_eq!(dropped.len(), 2);
+    assert!(s.model.minted.is_empty());
+    assert_eq!(s.mempool.len(), 3);
+    // Known as pending, not as mined: a rebroadcast is a success, once.
+    assert_eq!(
+        s.admit(&mint(0, 2, 1000, "in-1").serialize()).unwrap(),
+        mint(0, 2, 1000, "in-1").txid().to_string()
+    );
+    assert_eq!(s.mempool.len(), 3);
+    assert_eq!(s.mine(), 3);
+    assert_ne!(s.tip().id, old_tip);
+    assert_eq!(s.model.minted.len(), 3);
+    assert_eq!(s.model.supply, 1011);
+}
+
+#[test]
+fn a_fork_needs_a_kept_state_above_the_boot_block() {
+    let mut s = state();
+    s.mine();
+    // Height 2: dropping 2 would leave the boot block.
+    assert_eq!(
+        s.drop_blocks(2, Orphaned::Discard).unwrap_err(),
+        ForkError::TooDeep(2, 2)
+    );
+    for _ in 0..STATE_DEPTH + 2 {
+        s.mine();
+    }
+    let tip = s.tip().id;
+    assert_eq!(
+        s.drop_blocks(STATE_DEPTH + 1, Orphaned::Discard)
+            .unwrap_err(),
+        ForkError::StateGone(STATE_DEPTH + 1)
+    );
+    assert_eq!(s.tip().id, tip, "a refused fork changes nothing");
+    assert!(s.drop_blocks(STATE_DEPTH, Orphaned::Discard).is_ok());
+    assert_eq!(s.drop_blocks(0, Orphaned::Discard).unwrap(), vec![]);
+}
+
+/// A test hook that changes the model directly belongs to the tip it was
+/// made at: sealed into that block's state, undone by a fork below it.
+#[test]
+fn direct_changes_belong_to_the_tip_they_were_made_at() {
+    let mut s = state();
+    s.mine();
+    let at = s.tip().id;
+    s.model.threshold = 7;
+    s.mine();
+    s.mine();
+    s.model.threshold = 9;
+    s.mine();
+    // Reads at `at` see the hook (it was made while `at` was the tip).
+    let em = StacksEmulator::start("127.0.0.1:0", s).unwrap();
+    let c = UreqStacksNode::new(&em.url(), Duration::from_secs(5));
+    let me: PrincipalData = addr(1).into();
+    let read = |id: &[u8; 32]| {
+        c.call_read_at(&contract(), "get-threshold", &[], &me, id)
+            .unwrap()
+    };
+    assert_eq!(read(&at), Value::UInt(7));
+    assert_eq!(read(&c.block_at_depth(0).unwrap().unwrap()), Value::UInt(9));
+    em.with(|s| s.drop_blocks(1, Orphaned::Discard)).unwrap();
+    assert_eq!(
+        em.with(|s| s.model.threshold),
+        9,
+        "made at the new tip: kept"
+    );
+    em.with(|s| s.drop_blocks(2, Orphaned::Discard)).unwrap();
+    assert_eq!(em.with(|s| s.model.threshold), 7);
+}
