@@ -38,8 +38,15 @@
 //! redirect every change output and future peg-in.
 //!
 //! **The circuit breaker.** When, after a payout, the peg wallet would hold
-//! less than the sBTC supply plus what it owes (peg-ins never minted, fee
-//! outputs of pending requests), every payout is refused (`backing`).
+//! less than the sBTC supply (at the final block) plus what it owes, every
+//! payout is refused (`backing`). Owed: every peg-in ever paid to the
+//! wallet and not minted at the final block; every other request not paid
+//! yet: its fee output and, once its burn is final, its amount (the burn
+//! took it out of the supply, the BTC is still held for the requester).
+//! Payouts this guard signed that are not confirmed yet (their request's
+//! fee output still unspent, signed within a day) are taken out of what
+//! the wallet holds. So sBTC minted without BTC and then burned is never
+//! paid out of other users' BTC, however much surplus the wallet holds.
 //!
 //! Every refusal is `"rule.name: detail"`: a `peg_rules` rule name or one
 //! of the guard's own: `key.not-ours`, `stacks.not-final`, `burn.not-final`,
@@ -79,12 +86,8 @@ use stacks_wire::{ContractId, PrincipalData, StacksNetwork, Value};
 
 use store::{CoinKind, Fulfilment, Promise, Store};
 
-/// Read-only `(get-burn (peg-out-txid (string-ascii 72)))` →
-/// `(optional {amount: uint, principal: principal})`.
-pub const GET_BURN: &str = "get-burn";
-/// Read-only `(get-mint (peg-in-txid (string-ascii 72)))` →
-/// `(optional {amount: uint, principal: principal})`.
-pub const GET_MINT: &str = "get-mint";
+/// `get-burn` and `get-mint`, re-exported from `peg_ops::contract`.
+pub use peg_ops::contract::{GET_BURN, GET_MINT};
 /// Read-only `(get-total-supply)` → `(ok uint)` (SIP-010).
 pub const GET_TOTAL_SUPPLY: &str = "get-total-supply";
 
@@ -319,20 +322,11 @@ fn script_of(key: &PublicKey, network: Network) -> ScriptBuf {
     peg_rules::peg_wallet_address(key, network).script_pubkey()
 }
 
-/// `(optional {amount: uint, principal: principal})`, as `get-burn` and
-/// `get-mint` answer.
-fn decode_entry(v: &Value) -> Result<Option<(u128, PrincipalData)>, String> {
-    match v {
-        Value::Optional(None) => Ok(None),
-        Value::Optional(Some(inner)) => match inner.as_ref() {
-            Value::Tuple(fields) => match (fields.get("amount"), fields.get("principal")) {
-                (Some(Value::UInt(a)), Some(Value::Principal(p))) => Ok(Some((*a, p.clone()))),
-                _ => Err(format!("{v} is no {{amount, principal}}")),
-            },
-            _ => Err(format!("{v} is no {{amount, principal}}")),
-        },
-        _ => Err(format!("{v} is no optional")),
-    }
+/// A `get-burn` / `get-mint` answer: (amount, principal), if recorded.
+fn decode_entry(v: &Value) -> Result<Option<(u64, PrincipalData)>, String> {
+    contract::decode_record(v)
+        .map(|r| r.map(|r| (r.amount, r.principal)))
+        .map_err(|e| e.to_string())
 }
 
 /// Everything the guard knows of the peg wallet at one check.
@@ -805,7 +799,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 ))
             }
             Some((amount, principal)) => {
-                if amount != u128::from(op.amount.to_sat())
+                if amount != op.amount.to_sat()
                     || principal != PrincipalData::Standard(requester.clone())
                 {
                     return Err(rule(
@@ -864,13 +858,27 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             .iter()
             .filter(|(r, _)| pending.contains(*r))
             .map(|(_, (_, out))| *out));
-        let debts = sum(&mut wallet.unminted.iter().map(|(_, a)| *a).chain(
-            wallet
-                .fee_outputs
-                .iter()
-                .filter(|o| o.txid != *request_txid && !pending.contains(&o.txid))
-                .filter_map(|o| wallet.unspent.get(o).map(|t| t.value)),
-        ));
+        // Other requests not paid yet (no payout signed): their fee output,
+        // and, once burned, their amount are owed.
+        let mut owed_to_requests = Vec::new();
+        for o in wallet
+            .fee_outputs
+            .iter()
+            .filter(|o| o.txid != *request_txid && !pending.contains(&o.txid))
+        {
+            if let Some(t) = wallet.unspent.get(o) {
+                owed_to_requests.push(t.value);
+            }
+            let burn = self.read_final(GET_BURN, &[contract::txid_arg(&o.txid)], final_tip)?;
+            if let Some((amount, _)) = decode_entry(&burn).map_err(|e| stx_err(GET_BURN, e))? {
+                owed_to_requests.push(Amount::from_sat(amount));
+            }
+        }
+        let debts = sum(&mut wallet
+            .unminted
+            .iter()
+            .map(|(_, a)| *a)
+            .chain(owed_to_requests));
         let (Some(held_now), Some(spent), Some(change), Some(pending_out), Some(debts)) =
             (held_now, spent, change, pending_out, debts)
         else {
