@@ -205,17 +205,14 @@ impl RelayFrostCoordinator {
         let cfg_err = |e: String| Error::Relay(format!("configuration: {e}"));
         opts.set.validate().map_err(|e| cfg_err(e.to_string()))?;
         let secp = Secp256k1::signing_only();
-        let file = SignerFile {
-            relay_url: opts.relay_url.clone(),
-            coordinator_public_key: opts.private_key.public_key(&secp),
-            state_dir: None,
-            network: opts.network.clone(),
-            contract: opts.contract.clone(),
-            magic_bytes: None,
-            policy: Default::default(),
-            set: opts.set.clone(),
-        };
-        let codec = Codec::new(&file);
+        let coordinator = opts.private_key.public_key(&secp);
+        let domain = frost_net::Domain::new(
+            opts.network.as_deref().unwrap_or(""),
+            opts.contract.as_deref().unwrap_or(""),
+            &opts.set,
+            &coordinator,
+        );
+        let codec = Codec::with_domain(domain, opts.set.clone(), coordinator);
         // FIRE's per-phase timeouts; the whole round is bounded by our deadline too.
         let dkg_phase = opts.dkg_timeout / 3;
         let sign_phase = opts.sign_timeout / 2;

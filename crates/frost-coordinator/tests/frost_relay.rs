@@ -71,6 +71,8 @@ impl Cluster {
             state_dir: None,
             network: None,
             contract: None,
+            magic_bytes: None,
+            policy: Default::default(),
             set,
         };
         let mut c = Cluster {

@@ -41,6 +41,8 @@ fn file(url: &str, n: u32) -> SignerFile {
         state_dir: None,
         network: Some("regtest".into()),
         contract: Some("ST1.sbtc".into()),
+        magic_bytes: None,
+        policy: Default::default(),
         set: SignerSet {
             threshold: 2,
             dkg_threshold: None,

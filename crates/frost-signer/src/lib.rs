@@ -71,7 +71,7 @@ pub const ALLOWED_TTL: Duration = Duration::from_secs(600);
 pub const ATTEST_INTERVAL: Duration = Duration::from_secs(60);
 /// How often [`Validator::attest`] is asked at most (so a changed key is
 /// attested within about this long, or the attestation interval if shorter).
-pub const ATTEST_CHECK: Duration = Duration::from_secs(1);
+pub const ATTEST_CHECK: Duration = Duration::from_secs(5);
 
 /// What stops a signer.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +118,13 @@ pub trait Validator: Send {
     /// should answer from what the validator read last, not block for long.
     fn attest(&mut self) -> Option<PublicKey> {
         None
+    }
+
+    /// The aggregate keys this signer holds shares of, oldest first: told
+    /// when the validator is installed and after every DKG that stored a
+    /// new share (a guard watches their peg wallet coins).
+    fn held_keys(&mut self, keys: &[PublicKey]) {
+        let _ = keys;
     }
 }
 
@@ -257,6 +264,7 @@ impl SignerCore {
     /// tests only; a production signer always installs its guard).
     pub fn set_validator(&mut self, v: Box<dyn Validator>) {
         self.validator = v;
+        self.validator.held_keys(&self.history.aggregate_keys());
         self.attest_checked = None;
         self.attested = None;
     }
@@ -558,6 +566,7 @@ impl SignerCore {
                                 reason,
                             })?;
                         self.history = history;
+                        self.validator.held_keys(&self.history.aggregate_keys());
                         info!(
                             "signer {}: DKG round {dkg_id} complete, share of key {key} stored",
                             self.id

@@ -32,6 +32,7 @@ struct Plan {
     recorded: HashSet<(PublicKey, [u8; 32])>,
     attest: Option<PublicKey>,
     attest_calls: usize,
+    held: Vec<PublicKey>,
 }
 
 #[derive(Clone, Default)]
@@ -59,6 +60,10 @@ impl Validator for Scripted {
         let mut p = self.0.lock().unwrap();
         p.attest_calls += 1;
         p.attest
+    }
+
+    fn held_keys(&mut self, keys: &[PublicKey]) {
+        self.0.lock().unwrap().held = keys.to_vec();
     }
 }
 
@@ -348,27 +353,34 @@ fn attestations_at_start_when_the_key_comes_back_and_once_per_interval() {
     v.0.lock().unwrap().attest = Some(key);
     let c = &mut cores[0];
     c.set_validator(Box::new(v.clone()));
+    assert_eq!(
+        v.0.lock().unwrap().held,
+        vec![key],
+        "told the keys it holds"
+    );
     c.set_attest_interval(Duration::from_secs(3600));
     let t0 = Instant::now();
     let s = |secs: u64| t0 + Duration::from_millis(secs);
     let is_attestation = |m: Option<Message>| matches!(m, Some(Message::Attestation(a)) if a.key == key && a.contract == CONTRACT);
     assert!(is_attestation(c.attestation(CONTRACT, s(0))), "at start");
-    assert!(c.attestation(CONTRACT, s(2_000)).is_none(), "unchanged");
+    assert!(c.attestation(CONTRACT, s(6_000)).is_none(), "unchanged");
     // The key cannot be confirmed for a while, then again: attested at
     // once, not an hour later.
     v.0.lock().unwrap().attest = None;
-    assert!(c.attestation(CONTRACT, s(4_000)).is_none());
+    assert!(c.attestation(CONTRACT, s(12_000)).is_none());
     v.0.lock().unwrap().attest = Some(key);
+    let calls = v.0.lock().unwrap().attest_calls;
     assert!(
-        c.attestation(CONTRACT, s(4_500)).is_none(),
-        "the validator is asked at most once a second"
+        c.attestation(CONTRACT, s(14_000)).is_none(),
+        "the validator is asked at most every ATTEST_CHECK"
     );
-    assert!(is_attestation(c.attestation(CONTRACT, s(5_000))));
-    assert!(c.attestation(CONTRACT, s(6_000)).is_none());
+    assert_eq!(v.0.lock().unwrap().attest_calls, calls);
+    assert!(is_attestation(c.attestation(CONTRACT, s(17_000))));
+    assert!(c.attestation(CONTRACT, s(23_000)).is_none());
     assert!(is_attestation(
-        c.attestation(CONTRACT, s(5_000 + 3_600_000))
+        c.attestation(CONTRACT, s(17_000 + 3_600_000))
     ));
     // A key this signer holds no share of is never attested.
     v.0.lock().unwrap().attest = Some(sk(0x77, 0).public_key(&Secp256k1::new()));
-    assert!(c.attestation(CONTRACT, s(3_610_000)).is_none());
+    assert!(c.attestation(CONTRACT, s(3_630_000)).is_none());
 }
