@@ -15,7 +15,8 @@ use coordinator::startup::{
     signer_set_differences, StartupError,
 };
 use coordinator::{
-    BitcoinBlockSource, Components, LoopSettings, OpSource, StacksCoordinator, StacksNodeSource,
+    BitcoinBlockSource, Components, LoopSettings, OpSource, PegChecks, StacksCoordinator,
+    StacksNodeSource,
 };
 use fee_wallet::{BitcoinFeePolicy, ContractCallWallet, PegWallet, StacksFeePolicy};
 use frost_coordinator::FrostCoordinator;
@@ -76,10 +77,12 @@ fn build(c: &Config, start_height: Option<u64>) -> Result<Loop> {
     let bitcoin_wallet = PegWallet::new(
         c.network,
         c.magic_bytes,
+        // The signers' policy, from the signer set file: the wallet builds
+        // only what they will sign.
         BitcoinFeePolicy {
-            floor: c.fees.bitcoin_fee_rate_floor,
-            cap: c.fees.bitcoin_fee_rate_cap,
-            subsidy: c.fees.fulfillment_subsidy,
+            floor: c.policy.fee_floor,
+            cap: c.policy.fee_cap,
+            subsidy: c.policy.subsidy,
         },
     );
     check_signer_set(&stacks, c)?;
@@ -117,6 +120,7 @@ fn build(c: &Config, start_height: Option<u64>) -> Result<Loop> {
         settings,
     );
     l.set_stacks_replace_after(c.fees.stacks_replace_after);
+    let l = l.with_checks(PegChecks::from_config(c));
     let coins_path = c.data_dir.join("coins.sqlite");
     let first = c.start_height.0;
     let record = peg_coins::CoinRecord::open(&coins_path, first)
@@ -235,10 +239,16 @@ pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> R
     };
     l.run_observed(stop, |l| {
         let q = &l.components().queue;
-        if let (Ok(ops), Ok(h), Ok(mut s)) = (q.counts(), q.last_scanned_height(), snapshot.lock())
-        {
+        if let (Ok(ops), Ok(h), Ok(waiting), Ok(mut s)) = (
+            q.counts(),
+            q.last_scanned_height(),
+            q.waiting(),
+            snapshot.lock(),
+        ) {
             s.ops = ops;
             s.last_scanned_height = h.map(|h| h.0);
+            s.waiting = waiting;
+            s.attestations = l.attestations().to_vec();
         }
     })
     .context("the coordinator loop stopped")
@@ -321,6 +331,7 @@ pub(crate) fn status(c: &Config, json: bool) -> Result<()> {
     let v = serde_json::json!({
         "last_scanned_height": q.last_scanned_height()?.map(|h| h.0),
         "ops": q.counts()?,
+        "waiting": q.waiting()?,
         "stacks_address": me.to_string(),
         "stx_balance": account.as_ref().map(|a| serde_json::json!(a.balance.to_string())).unwrap_or_else(|e| err(e)),
         "stacks_nonce": account.as_ref().map(|a| serde_json::json!(a.nonce)).unwrap_or_else(|e| err(e)),
@@ -351,18 +362,22 @@ pub(crate) fn queue_command(c: &Config, cmd: &crate::QueueCommand) -> Result<()>
             if *json {
                 let rows: Vec<_> = all
                     .iter()
-                    .map(|o| serde_json::json!({"txid": o.op.txid().to_string(), "kind": o.op.kind(), "height": o.op.block_height().0, "state": o.state.name(), "attempts": o.attempts, "last_error": o.last_error}))
+                    .map(|o| serde_json::json!({"txid": o.op.txid().to_string(), "kind": o.op.kind(), "height": o.op.block_height().0, "state": o.state.name(), "attempts": o.attempts, "last_error": o.last_error, "waiting": o.waiting}))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 for o in all {
                     println!(
-                        "{}  {:<8} {:>8}  {}  attempts {}",
+                        "{}  {:<8} {:>8}  {}  attempts {}{}",
                         o.op.txid(),
                         o.op.kind().to_string(),
                         o.op.block_height().0,
                         o.state,
-                        o.attempts
+                        o.attempts,
+                        o.waiting
+                            .as_deref()
+                            .map(|w| format!("  waiting: {w}"))
+                            .unwrap_or_default()
                     );
                 }
             }
@@ -375,7 +390,7 @@ pub(crate) fn queue_command(c: &Config, cmd: &crate::QueueCommand) -> Result<()>
                 PegOp::PegIn(p) => serde_json::to_value(p)?,
                 PegOp::PegOutRequest(p) => serde_json::to_value(p)?,
             };
-            let v = serde_json::json!({"kind": o.op.kind(), "op": op, "state": o.state, "attempts": o.attempts, "last_error": o.last_error});
+            let v = serde_json::json!({"kind": o.op.kind(), "op": op, "state": o.state, "attempts": o.attempts, "last_error": o.last_error, "waiting": o.waiting});
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         crate::QueueCommand::Retry { txid } => {

@@ -15,14 +15,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
-use bitcoin::{Amount, FeeRate, Network};
+use bitcoin::Network;
 use frost_coordinator::SignerSet;
 use peg_ops::BurnHeight;
 use serde::Deserialize;
 use stacks_wire::{ContractId, StacksAddress, StacksNetwork, StacksPrivateKey};
 
 use crate::secret::Secret;
-use peg_rules::Allowlist;
+use peg_rules::{Allowlist, Policy};
 
 /// The prefix of environment overrides.
 pub const ENV_PREFIX: &str = "SBTC_COORDINATOR__";
@@ -47,12 +47,17 @@ pub struct RawConfig {
     pub start_height: Option<u64>,
     /// The two OP_RETURN magic bytes of peg operations (the stacks-node's
     /// `burnchain.magic_bytes`); default `X2` mainnet, `T2` testnet and
-    /// signet, `id` regtest.
+    /// signet, `id` regtest. Moved to the signer set file (`magic_bytes`):
+    /// still accepted here when it agrees with it.
     pub magic_bytes: Option<String>,
     /// How long to wait between polls when idle, in milliseconds.
     pub poll_interval_ms: Option<u64>,
-    /// The closed-alpha allowlist file.
+    /// The closed-alpha allowlist file. Moved to the signer set file's
+    /// `[policy]`: still accepted here when it lists the same entries.
     pub allowlist_file: Option<PathBuf>,
+    /// Failed attempts of a step that waiting cannot fix before the op ends
+    /// in `failed` with the reason (default 10).
+    pub max_attempts: Option<u32>,
     /// Timeout of every node call, in milliseconds.
     pub rpc_timeout_ms: Option<u64>,
     /// Where `run` serves /health, /status and /metrics (default
@@ -114,6 +119,9 @@ pub struct RawConfirmations {
     pub ops: Option<u32>,
     /// Bitcoin confirmations before a fulfilment counts as done.
     pub fulfillment: Option<u32>,
+    /// Stacks blocks a mint or burn must be deep before it counts (1: the
+    /// tip; default 1 on regtest, 6 elsewhere).
+    pub stacks: Option<u32>,
 }
 
 /// The lowest `fees.stacks_fee_cap` accepted, µSTX: a mint or burn is a few
@@ -128,14 +136,15 @@ pub struct RawFees {
     pub stacks_fee_floor: Option<u64>,
     /// Highest Stacks fee, µSTX.
     pub stacks_fee_cap: Option<u64>,
-    /// Lowest Bitcoin fee rate, sat/vB.
+    /// Lowest Bitcoin fee rate, sat/vB. Moved to the signer set file's
+    /// `[policy] fee_rate_floor`: accepted here only when equal.
     pub bitcoin_fee_rate_floor: Option<u64>,
-    /// Highest Bitcoin fee rate, sat/vB.
+    /// Highest Bitcoin fee rate, sat/vB. Moved to `[policy] fee_rate_cap`.
     pub bitcoin_fee_rate_cap: Option<u64>,
     /// Confirmation target for `estimatesmartfee`, blocks.
     pub bitcoin_fee_target_blocks: Option<u16>,
     /// How much of a fulfilment's miner fee the peg wallet may pay beyond the
-    /// user's fulfilment fee, sats.
+    /// user's fulfilment fee, sats. Moved to `[policy] subsidy_sats`.
     pub fulfillment_subsidy_sats: Option<u64>,
     /// Warn when the coordinator's STX balance falls below this, µSTX.
     pub stx_low_balance_warning: Option<u64>,
@@ -169,21 +178,16 @@ pub enum BitcoinAuth {
     None,
 }
 
-/// Fee policy, checked.
+/// The coordinator's own fee settings, checked. The Bitcoin fee policy
+/// (floor, cap, subsidy) is the signers' too: it is [`Config::policy`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeePolicy {
     /// Lowest Stacks fee, µSTX.
     pub stacks_fee_floor: u64,
     /// Highest Stacks fee, µSTX.
     pub stacks_fee_cap: u64,
-    /// Lowest Bitcoin fee rate.
-    pub bitcoin_fee_rate_floor: FeeRate,
-    /// Highest Bitcoin fee rate.
-    pub bitcoin_fee_rate_cap: FeeRate,
     /// `estimatesmartfee` target.
     pub bitcoin_fee_target_blocks: u16,
-    /// Most the peg wallet pays toward one fulfilment's fee.
-    pub fulfillment_subsidy: Amount,
     /// STX balance warning threshold, µSTX.
     pub stx_low_balance_warning: u64,
     /// When a stuck Stacks transaction is replaced by fee.
@@ -240,10 +244,34 @@ pub struct Config {
     pub op_confirmations: u32,
     /// Confirmations before a fulfilment is done.
     pub fulfillment_confirmations: u32,
-    /// Fee policy.
+    /// Stacks blocks a mint or burn must be deep before it counts.
+    pub stacks_confirmations: u32,
+    /// Failed attempts of a step before the op ends in `failed`.
+    pub max_attempts: u32,
+    /// The coordinator's own fee settings.
     pub fees: FeePolicy,
-    /// The allowlist.
-    pub allowlist: Allowlist,
+    /// The peg's policy (fees, outflow limits, allowlist), from the signer
+    /// set file's `[policy]` table: the signers check the same one.
+    pub policy: Policy,
+}
+
+/// The magic bytes of `network` when no file sets them: `X2` mainnet, `id`
+/// regtest, `T2` otherwise (the stacks-node's defaults).
+pub fn default_magic_bytes(network: Network) -> [u8; 2] {
+    match network {
+        Network::Bitcoin => *b"X2",
+        Network::Regtest => *b"id",
+        _ => *b"T2",
+    }
+}
+
+/// The default of `confirmations.stacks`: 1 (the tip) on regtest, where
+/// nothing forks but the tests, 6 elsewhere.
+pub fn default_stacks_confirmations(network: Network) -> u32 {
+    match network {
+        Network::Regtest => 1,
+        _ => 6,
+    }
 }
 
 impl Config {
@@ -543,7 +571,7 @@ impl Config {
         let signer_path = signer_config
             .map(Path::to_owned)
             .or_else(|| raw.relay.signer_config.as_ref().map(|p| c.path(p)));
-        let signer_set = match signer_path {
+        let signer_set = match &signer_path {
             None => {
                 c.fail(
                     "relay.signer_config",
@@ -551,7 +579,7 @@ impl Config {
                 );
                 None
             }
-            Some(p) => match load_signer_set(&p, network_private_key.as_ref()) {
+            Some(p) => match load_signer_set(p, network_private_key.as_ref()) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     c.fail("relay.signer_config", e);
@@ -579,21 +607,18 @@ impl Config {
                 OpSourceKind::StacksNode
             }
         };
-        let default_magic = match network {
-            Network::Bitcoin => "X2",
-            Network::Regtest => "id",
-            _ => "T2",
-        };
-        let magic_text = raw.magic_bytes.as_deref().unwrap_or(default_magic);
-        let magic_bytes = match magic_text.as_bytes() {
-            [a, b] if a.is_ascii_graphic() && b.is_ascii_graphic() => [*a, *b],
-            _ => {
-                c.fail(
-                    "magic_bytes",
-                    format!("{magic_text:?} is not two printable ASCII characters"),
-                );
-                [0, 0]
-            }
+        let magic_raw = match raw.magic_bytes.as_deref() {
+            None => None,
+            Some(text) => match text.as_bytes() {
+                [a, b] if a.is_ascii_graphic() && b.is_ascii_graphic() => Some([*a, *b]),
+                _ => {
+                    c.fail(
+                        "magic_bytes",
+                        format!("{text:?} is not two printable ASCII characters"),
+                    );
+                    None
+                }
+            },
         };
         let poll_interval = c.positive_ms("poll_interval_ms", raw.poll_interval_ms, 5_000);
         let rpc_timeout = c.positive_ms("rpc_timeout_ms", raw.rpc_timeout_ms, 10_000);
@@ -610,6 +635,20 @@ impl Config {
         let fulfillment_confirmations = raw.confirmations.fulfillment.unwrap_or(1);
         if fulfillment_confirmations == 0 {
             c.fail("confirmations.fulfillment", "must be at least 1");
+        }
+        let stacks_confirmations = raw
+            .confirmations
+            .stacks
+            .unwrap_or_else(|| default_stacks_confirmations(network));
+        if stacks_confirmations == 0 {
+            c.fail(
+                "confirmations.stacks",
+                "must be at least 1 (1: a mint or burn counts at the Stacks tip)",
+            );
+        }
+        let max_attempts = raw.max_attempts.unwrap_or(crate::DEFAULT_MAX_ATTEMPTS);
+        if max_attempts == 0 {
+            c.fail("max_attempts", "must be at least 1");
         }
 
         let f = &raw.fees;
@@ -634,17 +673,6 @@ impl Config {
                 "is below what a mint or burn costs at the stacks-node's 1 µSTX per byte (at least 1000 µSTX)",
             );
         }
-        let rate_floor = f.bitcoin_fee_rate_floor.unwrap_or(1);
-        let rate_cap = f.bitcoin_fee_rate_cap.unwrap_or(500);
-        if rate_floor == 0 {
-            c.fail("fees.bitcoin_fee_rate_floor", "must be at least 1 sat/vB");
-        }
-        if rate_floor > rate_cap {
-            c.fail(
-                "fees.bitcoin_fee_rate_floor",
-                "is above fees.bitcoin_fee_rate_cap",
-            );
-        }
         let target = f.bitcoin_fee_target_blocks.unwrap_or(6);
         if !(1..=1008).contains(&target) {
             c.fail("fees.bitcoin_fee_target_blocks", "must be 1 to 1008");
@@ -652,10 +680,7 @@ impl Config {
         let fees = FeePolicy {
             stacks_fee_floor,
             stacks_fee_cap,
-            bitcoin_fee_rate_floor: FeeRate::from_sat_per_vb(rate_floor).unwrap_or(FeeRate::MAX),
-            bitcoin_fee_rate_cap: FeeRate::from_sat_per_vb(rate_cap).unwrap_or(FeeRate::MAX),
             bitcoin_fee_target_blocks: target,
-            fulfillment_subsidy: Amount::from_sat(f.fulfillment_subsidy_sats.unwrap_or(0)),
             stx_low_balance_warning: f.stx_low_balance_warning.unwrap_or(10_000_000),
             stacks_replace_after: Duration::from_secs(
                 f.stacks_replace_after_secs
@@ -669,18 +694,33 @@ impl Config {
             );
         }
 
-        let allowlist = match c.required("allowlist_file", &raw.allowlist_file) {
-            Some(p) => {
-                let p = c.path(p);
-                match Allowlist::load(&p, network) {
-                    Ok(a) => Some(a),
+        let (policy, magic_bytes) = match (&signer_set, &signer_path) {
+            (Some(file), Some(path)) => {
+                let policy = policy_from_signer_file(&mut c, raw, file, path, network);
+                let magic = match file.magic() {
                     Err(e) => {
-                        c.fail("allowlist_file", e);
+                        c.fail("relay.signer_config", format!("{}: {e}", path.display()));
                         None
                     }
-                }
+                    Ok(Some(theirs)) => {
+                        if let Some(ours) = magic_raw.filter(|m| *m != theirs) {
+                            c.fail(
+                                "magic_bytes",
+                                format!(
+                                    "{:?} disagrees with magic_bytes = {:?} in the signer set file {}: it moved there; remove it here",
+                                    String::from_utf8_lossy(&ours),
+                                    String::from_utf8_lossy(&theirs),
+                                    path.display()
+                                ),
+                            );
+                        }
+                        Some(theirs)
+                    }
+                    Ok(None) => Some(magic_raw.unwrap_or_else(|| default_magic_bytes(network))),
+                };
+                (policy, magic)
             }
-            None => None,
+            _ => (None, None),
         };
 
         match (
@@ -688,9 +728,10 @@ impl Config {
             stacks_private_key,
             network_private_key,
             signer_set,
-            allowlist,
+            policy,
+            magic_bytes,
         ) {
-            (Some(contract), Some(sk), Some(nk), Some(signer_file), Some(allowlist))
+            (Some(contract), Some(sk), Some(nk), Some(signer_file), Some(policy), Some(magic_bytes))
                 if c.errors.is_empty() =>
             {
                 let signer_domain = (signer_file.network.clone(), signer_file.contract.clone());
@@ -723,8 +764,10 @@ impl Config {
                     },
                     op_confirmations,
                     fulfillment_confirmations,
+                    stacks_confirmations,
+                    max_attempts,
                     fees,
-                    allowlist,
+                    policy,
                 })
             }
             _ => Err(ConfigError::Invalid(c.errors)),
@@ -744,6 +787,89 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         Config::from_raw(&raw, base, signer_config)
     }
+}
+
+/// Checks and loads the signer set file's `[policy]`, and that the keys of
+/// coordinator.toml that moved there (`allowlist_file`,
+/// `fees.bitcoin_fee_rate_floor`, `fees.bitcoin_fee_rate_cap`,
+/// `fees.fulfillment_subsidy_sats`) agree with it when they are still given.
+fn policy_from_signer_file(
+    c: &mut Checker,
+    raw: &RawConfig,
+    file: &frost_coordinator::SignerFile,
+    path: &Path,
+    network: Network,
+) -> Option<Policy> {
+    let signer = path.display();
+    if file.policy.allowlist_file.is_none() {
+        match &raw.allowlist_file {
+            Some(ours) => c.fail(
+                "allowlist_file",
+                format!(
+                    "the allowlist moved to the signer set file, which the signers read too: add allowlist_file = {:?} under [policy] in {signer} (relative to that file) and remove allowlist_file here",
+                    ours.display()
+                ),
+            ),
+            None => c.fail(
+                "relay.signer_config",
+                format!("{signer}: [policy] has no allowlist_file; the closed alpha needs one"),
+            ),
+        }
+        return None;
+    }
+    let policy = match file.policy(path, network) {
+        Ok(p) => p,
+        Err(e) => {
+            c.fail("relay.signer_config", e);
+            return None;
+        }
+    };
+    if let Some(ours) = &raw.allowlist_file {
+        match Allowlist::load(&c.path(ours), network) {
+            Ok(a) if a == policy.allowlist => {}
+            Ok(_) => c.fail(
+                "allowlist_file",
+                format!(
+                    "{} disagrees with [policy] allowlist_file = {:?} of the signer set file {signer}: the allowlist moved there; remove allowlist_file here",
+                    c.path(ours).display(),
+                    file.policy.allowlist_file.as_deref().unwrap_or_default()
+                ),
+            ),
+            Err(e) => c.fail("allowlist_file", e),
+        }
+    }
+    let f = &raw.fees;
+    let moved = [
+        (
+            "fees.bitcoin_fee_rate_floor",
+            f.bitcoin_fee_rate_floor,
+            "fee_rate_floor",
+            file.policy.fee_rate_floor,
+        ),
+        (
+            "fees.bitcoin_fee_rate_cap",
+            f.bitcoin_fee_rate_cap,
+            "fee_rate_cap",
+            file.policy.fee_rate_cap,
+        ),
+        (
+            "fees.fulfillment_subsidy_sats",
+            f.fulfillment_subsidy_sats,
+            "subsidy_sats",
+            file.policy.subsidy_sats,
+        ),
+    ];
+    for (field, ours, theirs_name, theirs) in moved {
+        if let Some(ours) = ours.filter(|v| *v != theirs) {
+            c.fail(
+                field,
+                format!(
+                    "{ours} disagrees with [policy] {theirs_name} = {theirs} of the signer set file {signer}: the fee policy moved there (the signers check it); remove {field} here"
+                ),
+            );
+        }
+    }
+    Some(policy)
 }
 
 /// Reads the shared signer file and checks that its coordinator key is ours:
@@ -808,7 +934,9 @@ mod tests {
         assert_eq!(c.signer_set.num_signers(), 3);
         assert_eq!(c.signer_set.threshold, 2);
         assert_eq!(c.op_confirmations, 1);
-        assert_eq!(c.allowlist.len(), (2, 1));
+        assert_eq!(c.policy.allowlist.len(), (2, 1));
+        assert_eq!(c.stacks_confirmations, 1);
+        assert_eq!(c.max_attempts, 10);
         assert_eq!(c.op_source, OpSourceKind::Bitcoin);
         assert_eq!(&c.magic_bytes, b"id");
         assert_eq!(c.status_listen.as_deref(), Some("127.0.0.1:9181"));
@@ -824,8 +952,7 @@ mod tests {
         // which network was chosen.
         let p = problems(check(&text, vec![]));
         assert!(
-            p.iter()
-                .any(|e| e.field == "allowlist_file" && e.problem.contains("testnet")),
+            p.iter().any(|e| e.problem.contains("testnet")),
             "{p:?}"
         );
     }
@@ -843,7 +970,6 @@ mod tests {
             "relay.network_private_key",
             "relay.signer_config",
             "data_dir",
-            "allowlist_file",
         ] {
             assert!(fields.contains(&f), "{f} not reported in {fields:?}");
         }
@@ -896,11 +1022,12 @@ mod tests {
                 "above 0",
             ),
             ("ops = 1", "ops = 0", "confirmations.ops", "at least 1"),
+            ("stacks = 1", "stacks = 0", "confirmations.stacks", "at least 1"),
             (
-                "bitcoin_fee_rate_floor = 1 ",
-                "bitcoin_fee_rate_floor = 900 ",
-                "fees.bitcoin_fee_rate_floor",
-                "above",
+                "max_attempts = 10",
+                "max_attempts = 0",
+                "max_attempts",
+                "at least 1",
             ),
             (
                 "stacks_fee_floor = 1000 ",
@@ -926,12 +1053,7 @@ mod tests {
                 "relay.signer_config",
                 "cannot read",
             ),
-            (
-                "allowlist.toml",
-                "missing.toml",
-                "allowlist_file",
-                "cannot read",
-            ),
+
             (
                 "password = \"devnet\"",
                 "cookie_file = \"x\"",
@@ -949,6 +1071,88 @@ mod tests {
                 "{to}: expected {field} / {problem}, got {p:?}"
             );
         }
+    }
+
+    /// The keys that moved to the signer set file are accepted when they say
+    /// what it says, and each named with both places when they do not.
+    #[test]
+    fn moved_keys_must_agree_with_the_signer_set_file() {
+        let agreeing = check(
+            &sample(),
+            vec![
+                ("SBTC_COORDINATOR__ALLOWLIST_FILE", "allowlist.toml"),
+                ("SBTC_COORDINATOR__MAGIC_BYTES", "id"),
+                ("SBTC_COORDINATOR__FEES__BITCOIN_FEE_RATE_FLOOR", "1"),
+                ("SBTC_COORDINATOR__FEES__BITCOIN_FEE_RATE_CAP", "500"),
+                ("SBTC_COORDINATOR__FEES__FULFILLMENT_SUBSIDY_SATS", "0"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(agreeing.policy.allowlist.len(), (2, 1));
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.toml");
+        std::fs::write(&other, "stacks = []\nbitcoin = []\n").unwrap();
+        for (var, value, field) in [
+            (
+                "SBTC_COORDINATOR__FEES__BITCOIN_FEE_RATE_FLOOR",
+                "2",
+                "fees.bitcoin_fee_rate_floor",
+            ),
+            (
+                "SBTC_COORDINATOR__FEES__BITCOIN_FEE_RATE_CAP",
+                "100",
+                "fees.bitcoin_fee_rate_cap",
+            ),
+            (
+                "SBTC_COORDINATOR__FEES__FULFILLMENT_SUBSIDY_SATS",
+                "7",
+                "fees.fulfillment_subsidy_sats",
+            ),
+            ("SBTC_COORDINATOR__MAGIC_BYTES", "T2", "magic_bytes"),
+            (
+                "SBTC_COORDINATOR__ALLOWLIST_FILE",
+                other.to_str().unwrap(),
+                "allowlist_file",
+            ),
+        ] {
+            let p = problems(check(&sample(), vec![(var, value)]));
+            assert!(
+                p.iter().any(|e| e.field == field
+                    && e.problem.contains("disagrees")
+                    && e.problem.contains("signer.toml")),
+                "{var}={value}: {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_allowlist_left_behind_says_to_move_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = std::fs::read_to_string(conf_dir().join("signer.toml"))
+            .unwrap()
+            .replace("[policy]\nallowlist_file = \"allowlist.toml\"", "");
+        let path = dir.path().join("signers.toml");
+        std::fs::write(&path, signer).unwrap();
+        let without = sample().replace(
+            "signer_config = \"signer.toml\"",
+            &format!("signer_config = {:?}", path.display().to_string()),
+        );
+        // A top-level key goes before the first table.
+        let text = format!("allowlist_file = \"allowlist.toml\"\n{without}");
+        let p = problems(check(&text, vec![]));
+        assert!(
+            p.iter().any(|e| e.field == "allowlist_file"
+                && e.problem.contains("moved")
+                && e.problem.contains("[policy]")),
+            "{p:?}"
+        );
+        // Neither has one: the closed alpha needs it.
+        let p = problems(check(&without, vec![]));
+        assert!(
+            p.iter()
+                .any(|e| e.field == "relay.signer_config" && e.problem.contains("allowlist_file")),
+            "{p:?}"
+        );
     }
 
     #[test]

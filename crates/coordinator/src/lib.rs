@@ -3,14 +3,26 @@
 //! [`StacksCoordinator`] scans confirmed blocks for peg operations, stores
 //! them in the [`PegQueue`], and walks each through its states:
 //!
-//! - a **peg-in** is checked (paid to our peg wallet, amount above zero,
-//!   recipient on the allowlist and on our network, deep enough), then
-//!   minted;
-//! - a **peg-out request** is checked (fee paid to our peg wallet, recipient
-//!   address on our network and on the allowlist, requester recovered from
-//!   the signature, amount above zero, deep enough), then burned; only when
-//!   the contract reports the burn as done is the fulfilment built, signed by
-//!   the signers and broadcast.
+//! - a **peg-in** is checked with [`peg_rules::peg_in_mintable`], then
+//!   minted; it is `done` once the contract's `get-mint` shows the mint, for
+//!   its amount and recipient, at the Stacks block
+//!   [`PegChecks::stacks_confirmations`]` − 1` below the tip;
+//! - a **peg-out request** is checked with [`peg_rules::peg_out_payable`]
+//!   (its fee output unspent and large enough at the current fee rate, the
+//!   amount above dust, the outflow limits, …) and against replays (one
+//!   request signature pays at most one request), again right before the
+//!   burn is signed, then burned; only when `get-burn` shows the burn, for
+//!   its amount and requester, at that depth is the fulfilment built,
+//!   checked with [`peg_rules::check_fulfilment`], signed by the signers
+//!   (the request carries a [`peg_rules::SignPayload`] they check on their
+//!   own nodes) and broadcast — after the burn is checked once more.
+//!
+//! A step that fails for good (a node's permanent refusal, the signers'
+//! refusals, a wallet that cannot build) is retried after a backoff at most
+//! [`PegChecks::max_attempts`] times, then the op ends in `failed` (or
+//! `rejected`, when nothing was done for it yet) with the reason. A wait that
+//! needs no operator (a fee shortfall after the burn, a burn not final any
+//! more) is stored as the op's `waiting` reason, shown by `status`.
 //!
 //! Every step's outcome is stored before the next step starts. Signed
 //! transactions are stored before they are broadcast and re-broadcast, never
@@ -43,7 +55,7 @@ use stacks_node_client::StacksNode;
 use stacks_wire::{ContractId, PrincipalData, StacksNetwork, Value};
 
 pub use bitcoin;
-pub use peg_rules::Allowlist;
+pub use peg_rules::{Allowlist, Policy};
 
 /// Returns a Bitcoin height as the op types count it.
 pub fn bitcoin_height(h: u64) -> BurnHeight {
@@ -84,6 +96,9 @@ pub const REORG_RESCAN_DEPTH: u64 = 6;
 /// runs). A full peg-out is seven steps; the limit only stops a node that
 /// keeps refusing from spinning the loop.
 pub const MAX_STEPS_PER_DRIVE: usize = 16;
+
+/// How often the loop reads the signers' newest attestations from the relay.
+pub const ATTESTATION_REFRESH: Duration = Duration::from_secs(10);
 
 /// How often `run` looks for coins at the addresses of keys rotated away
 /// from (`scantxoutset` per old key, so not every tick).
@@ -135,8 +150,63 @@ impl LoopSettings {
             backoff_max: Duration::from_secs(120),
             fee_target_blocks: c.fees.bitcoin_fee_target_blocks,
             max_heights_per_tick: 100,
-            allowlist: c.allowlist.clone(),
+            allowlist: c.policy.allowlist.clone(),
             stx_low_balance_warning: u128::from(c.fees.stx_low_balance_warning),
+        }
+    }
+}
+
+/// What the loop checks before it mints, burns or pays, besides
+/// [`LoopSettings`] (issue #13). [`StacksCoordinator::new`] starts from
+/// [`PegChecks::defaults_for`]; [`StacksCoordinator::with_checks`] sets them
+/// (`coordinator-cli` from the configuration: [`PegChecks::from_config`]).
+#[derive(Debug, Clone)]
+pub struct PegChecks {
+    /// The peg's policy, from the signer set file's `[policy]` table.
+    pub policy: Policy,
+    /// The OP_RETURN magic bytes of peg operations (fulfilments carry them).
+    pub magic: [u8; 2],
+    /// A mint or burn counts once it is visible at the Stacks block this
+    /// many blocks deep, minus one (1: the tip).
+    pub stacks_confirmations: u32,
+    /// Failed attempts of a step that cannot succeed by waiting before the
+    /// op ends in `failed` (or `rejected`) with the reason.
+    pub max_attempts: u32,
+}
+
+/// The default of [`PegChecks::max_attempts`] (`max_attempts` in the configuration).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+
+impl PegChecks {
+    /// The defaults for `settings`: the policy's default fees and margin with
+    /// the settings' allowlist and no outflow limits, the network's magic
+    /// bytes, its default Stacks depth, [`DEFAULT_MAX_ATTEMPTS`].
+    pub fn defaults_for(settings: &LoopSettings) -> Self {
+        let f = peg_rules::PolicyFile::default();
+        let rate = |r: u64| bitcoin::FeeRate::from_sat_per_vb(r).unwrap_or(bitcoin::FeeRate::MAX);
+        PegChecks {
+            policy: Policy {
+                allowlist: settings.allowlist.clone(),
+                fee_floor: rate(f.fee_rate_floor),
+                fee_cap: rate(f.fee_rate_cap),
+                subsidy: bitcoin::Amount::from_sat(f.subsidy_sats),
+                fee_margin_percent: f.fee_margin_percent,
+                max_request: None,
+                max_daily_outflow: None,
+            },
+            magic: config::default_magic_bytes(settings.network),
+            stacks_confirmations: config::default_stacks_confirmations(settings.network),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+
+    /// Takes them from a checked configuration.
+    pub fn from_config(c: &Config) -> Self {
+        PegChecks {
+            policy: c.policy.clone(),
+            magic: c.magic_bytes,
+            stacks_confirmations: c.stacks_confirmations,
+            max_attempts: c.max_attempts,
         }
     }
 }
@@ -167,6 +237,9 @@ enum Step {
     Moved(OpState),
     /// Nothing to do until the chain moves.
     Wait(String),
+    /// Waiting for something the operator should see (a fee shortfall, a
+    /// burn no longer final): stored as the op's `waiting` reason.
+    Held(String),
     /// The op left the queue (its block left the best chain before we acted).
     Removed,
 }
@@ -216,12 +289,18 @@ impl From<peg_queue::Error> for StepError {
     }
 }
 
-/// The verdict on an op seen on chain.
+/// What the contract shows of an op's mint or burn.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Verdict {
-    Accept,
-    Reject(String),
-    Wait(String),
+enum Effect {
+    /// Visible at the final block, for the op's amount and principal.
+    Final,
+    /// Visible at the tip only: not final yet.
+    AtTip,
+    /// Not visible at the tip.
+    Absent,
+    /// Recorded for another amount or principal: the contract was made to
+    /// mint or burn something else for this txid.
+    Mismatch(String),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -297,6 +376,19 @@ pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
     coins: Option<(std::cell::RefCell<peg_coins::CoinRecord>, u64)>,
     /// Whether the coin record was synced this round.
     coins_synced: bool,
+    /// See [`PegChecks`].
+    checks: PegChecks,
+    /// The fee rate estimate, read once per round.
+    round_fee_rate: Option<Option<bitcoin::FeeRate>>,
+    /// The final Stacks block (`None` inside: the chain is not that long),
+    /// read once per round.
+    round_final_block: Option<Option<[u8; 32]>>,
+    /// Requests accepted in the current round, not yet stored: txid,
+    /// signature digest, amount.
+    round_accepted: Vec<(Txid, [u8; 32], bitcoin::Amount)>,
+    /// The signers' newest attestations, and when they were last read.
+    attestations: Vec<frost_coordinator::SignerAttestation>,
+    next_attestations: Option<Instant>,
     #[cfg(any(test, feature = "testing"))]
     crash_point: Option<CrashPoint>,
 }
@@ -333,7 +425,6 @@ where
     pub fn new(components: Components<Q, S, B, SW, BW, F, O>, settings: LoopSettings) -> Self {
         StacksCoordinator {
             c: components,
-            settings,
             backoff: HashMap::new(),
             scan_backoff: None,
             rescan: None,
@@ -349,9 +440,34 @@ where
             next_sweep: None,
             coins: None,
             coins_synced: false,
+            checks: PegChecks::defaults_for(&settings),
+            round_fee_rate: None,
+            round_final_block: None,
+            round_accepted: Vec::new(),
+            attestations: Vec::new(),
+            next_attestations: None,
             #[cfg(any(test, feature = "testing"))]
             crash_point: None,
+            settings,
         }
+    }
+
+    /// Sets what the loop checks before it mints, burns or pays.
+    pub fn with_checks(mut self, checks: PegChecks) -> Self {
+        self.checks = checks;
+        self
+    }
+
+    /// Forgets what the current round read from the nodes.
+    fn new_round(&mut self) {
+        self.round_nonce = None;
+        self.round_confirmed_nonce = None;
+        self.round_spent.clear();
+        self.round_chain = None;
+        self.coins_synced = false;
+        self.round_fee_rate = None;
+        self.round_final_block = None;
+        self.round_accepted.clear();
     }
 
     /// Sets how long a Stacks transaction may wait as the next nonce to mine
@@ -514,11 +630,7 @@ where
         let mut rounds = 0;
         while !active.is_empty() && !stop.load(Ordering::SeqCst) && rounds < MAX_STEPS_PER_DRIVE {
             rounds += 1;
-            self.round_nonce = None;
-            self.round_confirmed_nonce = None;
-            self.round_spent.clear();
-            self.round_chain = None;
-            self.coins_synced = false;
+            self.new_round();
             let mut moves: Vec<(usize, OpState)> = Vec::new();
             for (i, q) in active.iter().enumerate() {
                 if stop.load(Ordering::SeqCst) {
@@ -535,9 +647,14 @@ where
                             q.state.name()
                         );
                     }
+                    Ok(Step::Held(why)) => self.held(q, why).map_err(Error::Queue)?,
                     Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
                     Err(StepError::Retry { message, transient }) => {
-                        self.failed_step(q, &message, transient, &mut report)?
+                        if let Some(state) =
+                            self.failed_step(q, &message, transient, &mut report)?
+                        {
+                            moves.push((i, state));
+                        }
                     }
                 }
             }
@@ -569,6 +686,8 @@ where
                 self.metrics.steps.fetch_add(1, Ordering::Relaxed);
                 report.steps += 1;
                 q.state = state;
+                q.waiting = None;
+                q.last_error = None;
                 if !q.state.is_terminal() {
                     next.push(q);
                 }
@@ -585,8 +704,18 @@ where
                 }
             }
         }
+        if self.next_attestations.is_none_or(|t| t <= Instant::now()) {
+            self.next_attestations = Some(Instant::now() + ATTESTATION_REFRESH);
+            self.attestations = self.c.frost.attestations();
+        }
         self.metrics.tick();
         Ok(report)
+    }
+
+    /// Each signer's newest attestation of the peg wallet key (read from the
+    /// relay at most every [`ATTESTATION_REFRESH`]), for `/attestations`.
+    pub fn attestations(&self) -> &[frost_coordinator::SignerAttestation] {
+        &self.attestations
     }
 
     /// Sweeps the coins at the address of every key but the current one to
@@ -691,7 +820,32 @@ where
                     message: frost_coordinator::ToSign::Taproot { sighash: *sighash },
                 })
                 .collect();
-            let payload = bitcoin::consensus::serialize(&unsigned.tx);
+            let current_script = self
+                .c
+                .bitcoin_wallet
+                .peg_wallet_address(&current)
+                .script_pubkey();
+            let is_sweepable = |o: &OutPoint, out: &bitcoin::TxOut| {
+                coins.iter().any(|u| u.outpoint == *o && u.txout == *out)
+            };
+            if let Err(rule) = peg_rules::check_sweep(
+                &self.checks.policy,
+                &unsigned.tx,
+                &unsigned.prevouts,
+                &current_script,
+                &is_sweepable,
+            ) {
+                error!("old key {key}: refusing an unsafe sweep: {rule}");
+                return Err(StepError::retry(
+                    format!("wallet built an unsafe sweep: {rule}"),
+                    false,
+                ));
+            }
+            let payload = peg_rules::SignPayload::Sweep {
+                tx: unsigned.tx.clone(),
+                prevouts: unsigned.prevouts.clone(),
+            }
+            .encode();
             let signatures = self.c.frost.sign(&payload, &items)?;
             let tx = self
                 .c
@@ -750,6 +904,7 @@ where
         };
         let mut report = TickReport::default();
         self.chain_cache.clear();
+        self.new_round();
         self.drive(op, tip, stop, &mut report)?;
         Ok(self
             .c
@@ -836,6 +991,8 @@ where
                     self.metrics.steps.fetch_add(1, Ordering::Relaxed);
                     report.steps += 1;
                     q.state = state;
+                    q.waiting = None;
+                    q.last_error = None;
                 }
                 Ok(Step::Removed) => break,
                 Ok(Step::Wait(why)) => {
@@ -846,9 +1003,19 @@ where
                     );
                     break;
                 }
+                Ok(Step::Held(why)) => {
+                    self.held(&q, why).map_err(Error::Queue)?;
+                    break;
+                }
                 Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
                 Err(StepError::Retry { message, transient }) => {
-                    self.failed_step(&q, &message, transient, report)?;
+                    if let Some(state) = self.failed_step(&q, &message, transient, report)? {
+                        self.c
+                            .queue
+                            .set_state(&txid, &state)
+                            .map_err(Error::Queue)?;
+                        info!("{} {txid}: {} -> {state}", q.op.kind(), q.state.name());
+                    }
                     break;
                 }
             }
@@ -856,21 +1023,25 @@ where
         Ok(())
     }
 
-    /// Records a failed step and backs the op off.
+    /// Records a failed step and backs the op off. A step that waiting
+    /// cannot fix (not `transient`) that failed [`PegChecks::max_attempts`]
+    /// times returns the state the op ends in: `failed` with the reason, or
+    /// `rejected` when nothing was done for it yet. The caller stores it.
     fn failed_step(
         &mut self,
         q: &QueuedOp,
         message: &str,
         transient: bool,
         report: &mut TickReport,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<OpState>, Error> {
         let txid = q.op.txid();
         log_failure(
             &format!("{} {txid} in {}", q.op.kind(), q.state.name()),
             message,
             transient,
         );
-        self.c
+        let attempts = self
+            .c
             .queue
             .record_failure(&txid, message)
             .map_err(Error::Queue)?;
@@ -879,6 +1050,33 @@ where
         self.backoff.insert(txid, b);
         self.metrics.step_failures.fetch_add(1, Ordering::Relaxed);
         report.failures += 1;
+        if transient || attempts < self.checks.max_attempts {
+            return Ok(None);
+        }
+        let reason = format!(
+            "{message} (in {}, gave up after {attempts} attempts)",
+            q.state.name()
+        );
+        error!("{} {txid}: {reason}", q.op.kind());
+        self.backoff.remove(&txid);
+        Ok(Some(if q.state.has_acted() {
+            OpState::Failed { reason }
+        } else {
+            OpState::Rejected { reason }
+        }))
+    }
+
+    /// Stores why an op waits, when that changed, and logs it.
+    fn held(&self, q: &QueuedOp, why: String) -> Result<(), peg_queue::Error> {
+        let txid = q.op.txid();
+        if q.waiting.as_deref() != Some(why.as_str()) {
+            warn!(
+                "{} {txid}: waiting in {}: {why}",
+                q.op.kind(),
+                q.state.name()
+            );
+            self.c.queue.set_waiting(&txid, Some(why))?;
+        }
         Ok(())
     }
 
@@ -950,33 +1148,53 @@ where
             }
         }
         match (&q.state, &q.op) {
-            (OpState::Detected, op) => {
+            (OpState::Detected | OpState::Accepted, op) => {
                 let Some(tip) = tip else {
                     return Err(StepError::retry("chain tip unknown", true));
                 };
-                let peg_scripts = self.peg_wallet_scripts()?;
-                Ok(match self.check(op, tip, &peg_scripts) {
-                    Verdict::Accept => Step::Moved(OpState::Accepted),
-                    Verdict::Reject(reason) => {
-                        warn!("{} {}: rejected: {reason}", op.kind(), op.txid());
-                        Step::Moved(OpState::Rejected { reason })
+                let accepting = q.state == OpState::Detected;
+                match self.check(op, tip, accepting)? {
+                    peg_rules::Verdict::Accept if accepting => {
+                        if let PegOp::PegOutRequest(r) = op {
+                            self.round_accepted.push((
+                                r.txid,
+                                peg_rules::request_signature_digest(r),
+                                r.amount,
+                            ));
+                        }
+                        Ok(Step::Moved(OpState::Accepted))
                     }
-                    Verdict::Wait(why) => Step::Wait(why),
-                })
-            }
-            (OpState::Accepted, op) => {
-                let nonce = self.next_stacks_nonce()?;
-                if let Some(why) = self.pending_limit(nonce) {
-                    return Ok(Step::Wait(why));
+                    peg_rules::Verdict::Accept => {
+                        let nonce = self.next_stacks_nonce()?;
+                        if let Some(why) = self.pending_limit(nonce) {
+                            return Ok(Step::Wait(why));
+                        }
+                        let tx = self.sign_stacks_tx(op, nonce, None)?;
+                        self.round_nonce = self.round_nonce.max(Some(tx.nonce));
+                        Ok(Step::Moved(OpState::StacksTxSigned { tx }))
+                    }
+                    peg_rules::Verdict::Reject(rule) => {
+                        warn!("{} {}: rejected: {rule}", op.kind(), op.txid());
+                        Ok(Step::Moved(OpState::Rejected {
+                            reason: rule.to_string(),
+                        }))
+                    }
+                    peg_rules::Verdict::Wait(why) => Ok(Step::Wait(why)),
                 }
-                let tx = self.sign_stacks_tx(op, nonce, None)?;
-                self.round_nonce = self.round_nonce.max(Some(tx.nonce));
-                Ok(Step::Moved(OpState::StacksTxSigned { tx }))
             }
             (OpState::StacksTxSigned { tx }, op) => self.broadcast_stacks_tx(op, tx),
             (OpState::StacksTxBroadcast { tx }, op) => self.confirm_stacks_tx(op, tx),
-            (OpState::BurnConfirmed, PegOp::PegOutRequest(op)) => self.build_fulfillment(op),
+            (OpState::BurnConfirmed, PegOp::PegOutRequest(r)) => {
+                if let Some(step) = self.burn_still_final(&q.op)? {
+                    return Ok(step);
+                }
+                self.build_fulfillment(r)
+            }
             (OpState::BitcoinTxSigned { tx }, PegOp::PegOutRequest(_)) => {
+                // Right before BTC leaves: the burn must still be final.
+                if let Some(step) = self.burn_still_final(&q.op)? {
+                    return Ok(step);
+                }
                 self.broadcast_fulfillment(tx)
             }
             (OpState::BitcoinTxBroadcast { tx }, PegOp::PegOutRequest(_)) => {
@@ -1015,77 +1233,114 @@ where
             .collect())
     }
 
-    /// Checks an op against the rules of the peg (see the crate docs).
+    /// Checks an op against the rules of the peg, on what our nodes show
+    /// now: [`peg_rules::peg_in_mintable`], [`peg_rules::peg_out_payable`],
+    /// and for a request about to be accepted (`accepting`) the daily outflow
+    /// and replays: a request whose signature already pays another request
+    /// (accepted or further, not rejected) is rejected `request.replay`.
+    /// Run again on an accepted op right before its mint or burn is signed
+    /// (the outflow was counted at acceptance).
     fn check(
-        &self,
+        &mut self,
         op: &PegOp,
         tip: BurnHeight,
-        peg_scripts: &[(ScriptBuf, PublicKey)],
-    ) -> Verdict {
-        let s = &self.settings;
-        let ours = |a: &peg_ops::BtcAddress| {
-            let script = a.script_pubkey();
-            peg_scripts.iter().any(|(s, _)| *s == script)
+        accepting: bool,
+    ) -> Result<peg_rules::Verdict, StepError> {
+        let scripts: Vec<ScriptBuf> = self
+            .peg_wallet_scripts()?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        let networks = peg_rules::Networks {
+            bitcoin: self.settings.network,
+            stacks: self.settings.stacks_network,
         };
-        match op {
+        let confirmations = self.settings.op_confirmations;
+        let op = match op {
             PegOp::PegIn(op) => {
-                if !ours(&op.peg_wallet_address) {
-                    return Verdict::Reject(format!(
-                        "pays {}, not our peg wallet",
-                        op.peg_wallet_address
-                    ));
-                }
-                if op.amount.to_sat() == 0 {
-                    return Verdict::Reject("amount is zero".into());
-                }
-                if op.recipient.address().network() != Some(s.stacks_network) {
-                    return Verdict::Reject(format!(
-                        "recipient {} is not a {:?} principal",
-                        op.recipient, s.stacks_network
-                    ));
-                }
-                if !s.allowlist.allows_principal(&op.recipient) {
-                    return Verdict::Reject(format!(
-                        "recipient {} is not on the allowlist",
-                        op.recipient
-                    ));
-                }
+                // Output 1 is not checked: a peg-in to an old key may be
+                // swept before it is minted, and refunds come with #14.
+                return Ok(peg_rules::peg_in_mintable(
+                    &self.checks.policy,
+                    networks,
+                    op,
+                    &peg_rules::PegInFacts {
+                        tip_height: tip.0,
+                        confirmations,
+                        peg_scripts: &scripts,
+                        output1_unspent: None,
+                    },
+                ));
             }
-            PegOp::PegOutRequest(op) => {
-                if !ours(&op.peg_wallet_address) {
-                    return Verdict::Reject(format!(
-                        "fulfilment fee pays {}, not our peg wallet",
-                        op.peg_wallet_address
-                    ));
-                }
-                if op.amount.to_sat() == 0 {
-                    return Verdict::Reject("amount is zero".into());
-                }
-                if op.recipient.require_network(s.network).is_none() {
-                    return Verdict::Reject(format!(
-                        "recipient {} is not a {} address",
-                        op.recipient, s.network
-                    ));
-                }
-                if !s.allowlist.allows_script(&op.recipient.script_pubkey()) {
-                    return Verdict::Reject(format!(
-                        "recipient {} is not on the allowlist",
-                        op.recipient
-                    ));
-                }
-                if let Err(e) = op.requester(s.stacks_network) {
-                    return Verdict::Reject(format!("requester cannot be recovered: {e}"));
-                }
-            }
+            PegOp::PegOutRequest(op) => op,
+        };
+        let output2_unspent = self
+            .c
+            .bitcoin
+            .get_tx_out(&OutPoint::new(op.txid, 2), true)?
+            .is_some();
+        let fee_rate = self.fee_rate()?;
+        let outflow_last_day = if accepting {
+            let since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .saturating_sub(24 * 3600);
+            self.round_accepted
+                .iter()
+                .fold(self.c.queue.outflow_since(since)?, |sum, (_, _, a)| {
+                    sum.checked_add(*a).unwrap_or(bitcoin::Amount::MAX)
+                })
+        } else {
+            bitcoin::Amount::ZERO
+        };
+        let verdict = peg_rules::peg_out_payable(
+            &self.checks.policy,
+            networks,
+            op,
+            &peg_rules::RequestFacts {
+                tip_height: tip.0,
+                confirmations,
+                peg_scripts: &scripts,
+                output2_unspent,
+                fee_rate,
+                outflow_last_day,
+            },
+        );
+        if verdict != peg_rules::Verdict::Accept {
+            return Ok(verdict);
         }
-        let confirmations = tip.0.saturating_add(1).saturating_sub(op.block_height().0);
-        if confirmations < u64::from(s.op_confirmations) {
-            return Verdict::Wait(format!(
-                "{confirmations} of {} confirmations",
-                s.op_confirmations
-            ));
+        let digest = peg_rules::request_signature_digest(op);
+        let holder = match self
+            .round_accepted
+            .iter()
+            .find(|(t, d, _)| *d == digest && *t != op.txid)
+        {
+            Some((t, _, _)) => Some(*t),
+            None => self.c.queue.signature_used_by(&digest, &op.txid)?,
+        };
+        Ok(match holder {
+            Some(other) => peg_rules::Verdict::Reject(peg_rules::Rule::new(
+                "request.replay",
+                format!(
+                    "its signature (amount {} to {}) already pays request {other}; a user repeating a peg-out changes the amount by a sat",
+                    op.amount, op.recipient
+                ),
+            )),
+            None => verdict,
+        })
+    }
+
+    /// The node's fee rate estimate, read once per round.
+    fn fee_rate(&mut self) -> Result<Option<bitcoin::FeeRate>, StepError> {
+        if let Some(r) = self.round_fee_rate {
+            return Ok(r);
         }
-        Verdict::Accept
+        let r = self
+            .c
+            .bitcoin
+            .estimate_smart_fee(self.settings.fee_target_blocks)?;
+        self.round_fee_rate = Some(r);
+        Ok(r)
     }
 
     fn next_stacks_nonce(&mut self) -> Result<u64, StepError> {
@@ -1158,26 +1413,87 @@ where
         })
     }
 
-    /// Asks the contract whether the op's mint or burn has taken effect.
-    fn processed(&self, op: &PegOp) -> Result<bool, StepError> {
-        let function = match op {
-            PegOp::PegIn(_) => contract::WAS_MINTED,
-            PegOp::PegOutRequest(_) => contract::WAS_BURNED,
+    /// The Stacks block whose state is final: [`PegChecks::stacks_confirmations`]
+    /// `− 1` below the tip (`None`: the chain is not that long). Read once
+    /// per round.
+    fn final_block(&mut self) -> Result<Option<[u8; 32]>, StepError> {
+        if let Some(b) = self.round_final_block {
+            return Ok(b);
+        }
+        let depth = self.checks.stacks_confirmations.saturating_sub(1);
+        let b = self.c.stacks.block_at_depth(depth)?;
+        self.round_final_block = Some(b);
+        Ok(b)
+    }
+
+    /// What the contract shows of the op's mint (`get-mint`) or burn
+    /// (`get-burn`): final when visible at [`Self::final_block`] for the op's
+    /// amount and principal (a mint's recipient, a burn's requester).
+    fn effect(&mut self, op: &PegOp) -> Result<Effect, StepError> {
+        let (function, principal) = match op {
+            PegOp::PegIn(p) => (contract::GET_MINT, p.recipient.clone()),
+            PegOp::PegOutRequest(r) => (
+                contract::GET_BURN,
+                PrincipalData::Standard(
+                    r.requester(self.settings.stacks_network)
+                        .map_err(|e| StepError::retry(format!("requester: {e}"), false))?,
+                ),
+            ),
         };
         let sender = PrincipalData::Standard(self.c.stacks_wallet.address());
-        let result = self.c.stacks.call_read(
-            &self.settings.contract,
-            function,
-            &[contract::txid_arg(&op.txid())],
-            &sender,
-        )?;
-        match result {
-            Value::Bool(b) => Ok(b),
-            other => Err(StepError::retry(
-                format!("{function} returned {other}, expected a bool"),
-                false,
-            )),
+        let args = [contract::txid_arg(&op.txid())];
+        let decode = |v: Value| {
+            contract::decode_record(&v)
+                .map_err(|e| StepError::retry(format!("{function}: {e}"), false))
+        };
+        if let Some(block) = self.final_block()? {
+            let v = self.c.stacks.call_read_at(
+                &self.settings.contract,
+                function,
+                &args,
+                &sender,
+                &block,
+            )?;
+            if let Some(record) = decode(v)? {
+                if record.amount != op.amount().to_sat() || record.principal != principal {
+                    return Ok(Effect::Mismatch(format!(
+                        "{function} at Stacks block {} shows {} sats for {}, the op is {} for {principal}",
+                        hex::encode(block),
+                        record.amount,
+                        record.principal,
+                        op.amount()
+                    )));
+                }
+                return Ok(Effect::Final);
+            }
         }
+        let v = self
+            .c
+            .stacks
+            .call_read(&self.settings.contract, function, &args, &sender)?;
+        Ok(match decode(v)? {
+            Some(_) => Effect::AtTip,
+            None => Effect::Absent,
+        })
+    }
+
+    /// Checks, before a fulfilment is built or broadcast, that the burn is
+    /// still final: `None` to go on, else the step to take instead.
+    fn burn_still_final(&mut self, op: &PegOp) -> Result<Option<Step>, StepError> {
+        let depth = self.checks.stacks_confirmations;
+        Ok(match self.effect(op)? {
+            Effect::Final => None,
+            Effect::Mismatch(reason) => {
+                error!("peg-out {}: not paying: {reason}", op.txid());
+                Some(Step::Moved(OpState::Failed { reason }))
+            }
+            Effect::AtTip => Some(Step::Held(format!(
+                "the burn is no longer {depth} Stacks blocks deep (a fork?): not paying until it is"
+            ))),
+            Effect::Absent => Some(Step::Held(
+                "the burn is no longer on the Stacks chain (a fork deeper than confirmations.stacks?): not paying; operator attention".into(),
+            )),
+        })
     }
 
     fn after_stacks_effect(op: &PegOp) -> OpState {
@@ -1187,7 +1503,7 @@ where
         }
     }
 
-    fn broadcast_stacks_tx(&self, op: &PegOp, tx: &SignedStacksTx) -> Result<Step, StepError> {
+    fn broadcast_stacks_tx(&mut self, op: &PegOp, tx: &SignedStacksTx) -> Result<Step, StepError> {
         match self.c.stacks.broadcast_transaction(&tx.raw) {
             Ok(txid) => {
                 if txid != tx.txid {
@@ -1201,8 +1517,15 @@ where
                     .fetch_add(1, Ordering::Relaxed);
                 // A rebroadcast after a crash can be refused because the
                 // transaction was already mined: ask the contract first.
-                if self.processed(op)? {
-                    return Ok(Step::Moved(Self::after_stacks_effect(op)));
+                match self.effect(op)? {
+                    Effect::Final => return Ok(Step::Moved(Self::after_stacks_effect(op))),
+                    Effect::AtTip => {
+                        return Ok(Step::Moved(OpState::StacksTxBroadcast { tx: tx.clone() }))
+                    }
+                    Effect::Mismatch(reason) => {
+                        return Ok(Step::Moved(OpState::Failed { reason }))
+                    }
+                    Effect::Absent => {}
                 }
                 match r.reason.as_str() {
                     "FeeTooLow" => {
@@ -1269,9 +1592,23 @@ where
     }
 
     fn confirm_stacks_tx(&mut self, op: &PegOp, tx: &SignedStacksTx) -> Result<Step, StepError> {
-        if self.processed(op)? {
-            self.next_to_mine_since.remove(&tx.txid);
-            return Ok(Step::Moved(Self::after_stacks_effect(op)));
+        match self.effect(op)? {
+            Effect::Final => {
+                self.next_to_mine_since.remove(&tx.txid);
+                return Ok(Step::Moved(Self::after_stacks_effect(op)));
+            }
+            Effect::Mismatch(reason) => {
+                error!("{} {}: {reason}", op.kind(), op.txid());
+                return Ok(Step::Moved(OpState::Failed { reason }));
+            }
+            Effect::AtTip => {
+                self.next_to_mine_since.remove(&tx.txid);
+                return Ok(Step::Wait(format!(
+                    "stacks tx {} mined, not yet {} Stacks blocks deep",
+                    tx.txid, self.checks.stacks_confirmations
+                )));
+            }
+            Effect::Absent => {}
         }
         let me = PrincipalData::Standard(self.c.stacks_wallet.address());
         let account = self.c.stacks.get_account(&me)?;
@@ -1324,8 +1661,16 @@ where
         }
         // Our nonce was consumed. The nonce was read after the first check,
         // so if the transaction had succeeded the contract would now say so.
-        if self.processed(op)? {
-            return Ok(Step::Moved(Self::after_stacks_effect(op)));
+        match self.effect(op)? {
+            Effect::Final => return Ok(Step::Moved(Self::after_stacks_effect(op))),
+            Effect::AtTip => {
+                return Ok(Step::Wait(format!(
+                    "stacks tx {} mined, not yet final",
+                    tx.txid
+                )))
+            }
+            Effect::Mismatch(reason) => return Ok(Step::Moved(OpState::Failed { reason })),
+            Effect::Absent => {}
         }
         let what = match op {
             PegOp::PegIn(_) => "mint",
@@ -1412,7 +1757,15 @@ where
                 .copied()
                 .collect(),
         };
-        let unsigned = self.c.bitcoin_wallet.build_fulfillment(op, &key, &inputs)?;
+        let unsigned = match self.c.bitcoin_wallet.build_fulfillment(op, &key, &inputs) {
+            Ok(u) => u,
+            // The fee rate rose after the burn: the request's fee output no
+            // longer covers the fulfilment. Nothing to fix but the rate.
+            Err(e @ fee_wallet::Error::FeeShortfall { .. }) => {
+                return Ok(Step::Held(format!("{e}; waiting for lower fees")))
+            }
+            Err(e) => return Err(e.into()),
+        };
         // Each input is signed by the key of the address it spends.
         if unsigned.prevouts.len() != unsigned.sighashes.len() {
             return Ok(Step::Moved(OpState::Failed {
@@ -1435,17 +1788,37 @@ where
                 message: frost_coordinator::ToSign::Taproot { sighash: *sighash },
             });
         }
-        if let Err(reason) = check_fulfillment(op, &unsigned.tx, &peg_script) {
-            error!(
-                "peg-out {}: refusing an unsafe fulfilment: {reason}",
-                op.txid
-            );
+        // The rules the signers check too: a coin is one of the peg wallet's
+        // spendable coins this round, not reserved for another request.
+        let is_peg_coin = |o: &OutPoint, out: &bitcoin::TxOut| {
+            *o != own
+                && !inputs.reserved.contains(o)
+                && inputs
+                    .utxos
+                    .iter()
+                    .any(|u| u.outpoint == *o && u.txout == *out && u.confirmations > 0)
+        };
+        if let Err(rule) = peg_rules::check_fulfilment(
+            &self.checks.policy,
+            self.checks.magic,
+            op,
+            &unsigned.tx,
+            &unsigned.prevouts,
+            &peg_script,
+            &is_peg_coin,
+        ) {
+            error!("peg-out {}: refusing an unsafe fulfilment: {rule}", op.txid);
             return Ok(Step::Moved(OpState::Failed {
-                reason: format!("wallet built an unsafe fulfilment: {reason}"),
+                reason: format!("wallet built an unsafe fulfilment: {rule}"),
             }));
         }
         let started = Instant::now();
-        let payload = bitcoin::consensus::serialize(&unsigned.tx);
+        let payload = peg_rules::SignPayload::Fulfilment {
+            request: op.txid,
+            tx: unsigned.tx.clone(),
+            prevouts: unsigned.prevouts.clone(),
+        }
+        .encode();
         let signatures = self.c.frost.sign(&payload, &items)?;
         self.metrics.signing_round(started.elapsed());
         if signatures.len() != items.len() {
@@ -1458,9 +1831,15 @@ where
             .c
             .bitcoin_wallet
             .finalize_fulfillment(&unsigned, &signatures)?;
-        if let Err(reason) = check_fulfillment(op, &tx, &peg_script) {
+        // Signing adds witnesses only: anything else would be a transaction
+        // nobody checked.
+        if tx.compute_txid() != unsigned.tx.compute_txid() {
             return Ok(Step::Moved(OpState::Failed {
-                reason: format!("wallet finalized an unsafe fulfilment: {reason}"),
+                reason: format!(
+                    "wallet finalized transaction {} for the checked fulfilment {}",
+                    tx.compute_txid(),
+                    unsigned.tx.compute_txid()
+                ),
             }));
         }
         self.round_spent
@@ -1525,53 +1904,6 @@ where
             }
         }
     }
-}
-
-/// Checks the money invariants of a fulfilment independently of the wallet
-/// that built it: input 0 spends the request's output 2, output 1 pays the
-/// request's recipient exactly the amount, and every other non-OP_RETURN
-/// output returns change to the peg wallet.
-fn check_fulfillment(
-    op: &PegOutRequestOp,
-    tx: &Transaction,
-    peg_script: &ScriptBuf,
-) -> Result<(), String> {
-    let fee_outpoint = OutPoint::new(op.txid, 2);
-    match tx.input.first() {
-        Some(i) if i.previous_output == fee_outpoint => {}
-        _ => {
-            return Err(format!(
-                "input 0 does not spend the request's output {fee_outpoint}"
-            ))
-        }
-    }
-    let recipient = op.recipient.script_pubkey();
-    match tx.output.get(1) {
-        Some(o) if o.script_pubkey == recipient && o.value == op.amount => {}
-        Some(o) => {
-            return Err(format!(
-                "output 1 pays {} to {:?}, not {} to the recipient {}",
-                o.value, o.script_pubkey, op.amount, op.recipient
-            ))
-        }
-        None => return Err("no output 1".into()),
-    }
-    if !tx
-        .output
-        .first()
-        .is_some_and(|o| o.script_pubkey.is_op_return())
-    {
-        return Err("output 0 is not an OP_RETURN".into());
-    }
-    if tx
-        .output
-        .iter()
-        .skip(2)
-        .any(|o| o.script_pubkey != *peg_script)
-    {
-        return Err("an output beyond 1 pays someone other than the peg wallet".into());
-    }
-    Ok(())
 }
 
 fn log_failure(what: &str, message: &str, transient: bool) {

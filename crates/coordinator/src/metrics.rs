@@ -1,5 +1,8 @@
 //! What the loop counts, and the operator's HTTP endpoint while `run` is
-//! active: `/health`, `/status` (JSON) and `/metrics` (Prometheus text).
+//! active: `/health`, `/status` (JSON), `/metrics` (Prometheus text) and
+//! `/attestations` (JSON: each signer's newest signed attestation of the peg
+//! wallet key, the envelope as the signer sealed it, for users' tools to
+//! check a threshold of signers before they pay into the key).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -72,6 +75,13 @@ pub struct StatusSnapshot {
     pub peg_wallet_address: Option<String>,
     /// The coordinator's Stacks address.
     pub stacks_address: String,
+    /// Ops waiting for something the operator should see (a fee shortfall
+    /// after the burn, a burn no longer final), by txid: why.
+    pub waiting: BTreeMap<String, String>,
+    /// Each signer's newest attestation of the peg wallet key, served on
+    /// `/attestations` (not in `/status`).
+    #[serde(skip)]
+    pub attestations: Vec<frost_coordinator::SignerAttestation>,
 }
 
 /// Renders the Prometheus text exposition.
@@ -165,6 +175,16 @@ pub fn render_metrics(m: &Metrics, s: &StatusSnapshot) -> String {
     for (state, n) in &s.ops {
         let _ = writeln!(out, "sbtc_ops{{state=\"{state}\"}} {n}");
     }
+    let _ = writeln!(
+        out,
+        "# HELP sbtc_ops_waiting Operations waiting with a reason shown in /status.\n# TYPE sbtc_ops_waiting gauge\nsbtc_ops_waiting {}",
+        s.waiting.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sbtc_signer_attestations Signers whose attestation of the peg wallet key is served.\n# TYPE sbtc_signer_attestations gauge\nsbtc_signer_attestations {}",
+        s.attestations.len()
+    );
     out
 }
 
@@ -184,7 +204,7 @@ impl std::fmt::Debug for StatusServer {
 }
 
 impl StatusServer {
-    /// Serves `/health`, `/status` and `/metrics` on `addr`.
+    /// Serves `/health`, `/status`, `/metrics` and `/attestations` on `addr`.
     ///
     /// # Errors
     /// When `addr` cannot be bound.
@@ -214,10 +234,15 @@ impl StatusServer {
                         "text/plain; version=0.0.4",
                         render_metrics(&metrics, &snapshot),
                     ),
+                    (tiny_http::Method::Get, "/attestations") => (
+                        200,
+                        "application/json",
+                        serde_json::to_string_pretty(&snapshot.attestations).unwrap_or_default(),
+                    ),
                     _ => (
                         404,
                         "text/plain",
-                        "try /health, /status or /metrics\n".to_owned(),
+                        "try /health, /status, /metrics or /attestations\n".to_owned(),
                     ),
                 };
                 let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes())
@@ -231,7 +256,7 @@ impl StatusServer {
                 }
             }
         });
-        info!("status endpoint on http://{addr} (/health, /status, /metrics)");
+        info!("status endpoint on http://{addr} (/health, /status, /metrics, /attestations)");
         Ok(StatusServer {
             server,
             thread: Some(thread),
@@ -268,6 +293,18 @@ mod tests {
             ops: [("done".to_owned(), 2u64), ("rejected".to_owned(), 1)]
                 .into_iter()
                 .collect(),
+            waiting: [("ab".to_owned(), "fee shortfall".to_owned())]
+                .into_iter()
+                .collect(),
+            attestations: vec![frost_coordinator::SignerAttestation {
+                signer: 2,
+                contract: "ST3Z0MHYA9ZHQQKX0XYZ6MJYJXDJYBFZEZCGP88N0.sbtc-alpha".into(),
+                key: bitcoin::secp256k1::SecretKey::from_slice(&[3; 32])
+                    .unwrap()
+                    .public_key(&bitcoin::secp256k1::Secp256k1::new()),
+                time: 1_700_000_000,
+                envelope: vec![0xde, 0xad],
+            }],
             ..StatusSnapshot::default()
         }));
         let s = StatusServer::start("127.0.0.1:0", m, status).unwrap();
@@ -281,6 +318,12 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&get("/status")).unwrap();
         assert_eq!(v["last_scanned_height"], 812);
         assert_eq!(v["ops"]["done"], 2);
+        assert_eq!(v["waiting"]["ab"], "fee shortfall");
+        assert!(v.get("attestations").is_none(), "envelopes only on /attestations");
+        let a: serde_json::Value = serde_json::from_str(&get("/attestations")).unwrap();
+        assert_eq!(a[0]["signer"], 2);
+        assert_eq!(a[0]["envelope"], "dead", "the raw envelope, hex");
+        assert_eq!(a[0]["time"], 1_700_000_000);
         let metrics = get("/metrics");
         for line in [
             "sbtc_last_scanned_height 812",
@@ -289,6 +332,8 @@ mod tests {
             "sbtc_signing_round_seconds_total 1.5",
             "sbtc_ops{state=\"done\"} 2",
             "sbtc_ops{state=\"rejected\"} 1",
+            "sbtc_ops_waiting 1",
+            "sbtc_signer_attestations 1",
         ] {
             assert!(
                 metrics.lines().any(|l| l == line),

@@ -43,6 +43,8 @@ pub struct MemInner {
     pub order: Vec<Txid>,
     pub scanned: Option<BurnHeight>,
     pub fail_next_set_state: bool,
+    /// When each op was accepted (as the SQLite queue's `accepted_at`).
+    pub accepted_at: HashMap<Txid, std::time::SystemTime>,
 }
 
 /// An in-memory queue, shared between the test and the loops it builds.
@@ -89,6 +91,7 @@ impl PegQueue for MemQueue {
                 state: OpState::Detected,
                 attempts: 0,
                 last_error: None,
+                waiting: None,
             },
         );
         Ok(true)
@@ -115,6 +118,14 @@ impl PegQueue for MemQueue {
             .ok_or(peg_queue::Error::UnknownOp(*txid))?;
         q.state = state.clone();
         q.last_error = None;
+        q.waiting = None;
+        if matches!(state, OpState::Detected | OpState::Rejected { .. }) {
+            g.accepted_at.remove(txid);
+        } else {
+            g.accepted_at
+                .entry(*txid)
+                .or_insert_with(std::time::SystemTime::now);
+        }
         Ok(())
     }
     fn set_states(&self, moves: &[(Txid, OpState)]) -> Result<(), peg_queue::Error> {
@@ -156,6 +167,40 @@ impl PegQueue for MemQueue {
             (Some(h), Some(s)) => Some(h.min(s)),
             (Some(_), None) | (None, _) => None,
         };
+        Ok(())
+    }
+
+    fn signature_used_by(
+        &self,
+        digest: &[u8; 32],
+        except: &Txid,
+    ) -> Result<Option<Txid>, peg_queue::Error> {
+        let g = self.0.lock().unwrap();
+        Ok(g.order.iter().copied().find(|t| {
+            let q = &g.ops[t];
+            *t != *except
+                && !matches!(q.state, OpState::Detected | OpState::Rejected { .. })
+                && matches!(&q.op, PegOp::PegOutRequest(r) if peg_rules::request_signature_digest(r) == *digest)
+        }))
+    }
+
+    fn outflow_since(&self, since_unix: u64) -> Result<Amount, peg_queue::Error> {
+        let g = self.0.lock().unwrap();
+        let since = std::time::UNIX_EPOCH + Duration::from_secs(since_unix);
+        Ok(g.ops
+            .values()
+            .filter(|q| q.op.kind() == peg_ops::PegOpKind::PegOutRequest)
+            .filter(|q| g.accepted_at.get(&q.op.txid()).is_some_and(|t| *t >= since))
+            .fold(Amount::ZERO, |sum, q| sum + q.op.amount()))
+    }
+
+    fn set_waiting(&self, txid: &Txid, why: Option<String>) -> Result<(), peg_queue::Error> {
+        let mut g = self.0.lock().unwrap();
+        let q = g
+            .ops
+            .get_mut(txid)
+            .ok_or(peg_queue::Error::UnknownOp(*txid))?;
+        q.waiting = why;
         Ok(())
     }
 
@@ -208,7 +253,48 @@ pub struct World {
     /// Stacks transactions mined per op (a second one would be a second
     /// mint or burn attempt reaching the chain).
     pub mined: HashMap<Txid, u32>,
+    /// Mints and burns visible at the Stacks tip but not yet at the final
+    /// block (`confirmations.stacks − 1` deep).
+    pub not_final: HashSet<Txid>,
+    /// What get-mint / get-burn records for a txid instead of the op's own
+    /// amount and principal (a mint or burn of something else).
+    pub record_override: HashMap<Txid, (u64, PrincipalData)>,
+    /// The Stacks chain is shorter than the final depth.
+    pub stacks_too_short: bool,
+    /// Outputs the Bitcoin node reports spent (gettxout: none).
+    pub spent: HashSet<OutPoint>,
+    /// The node's fee rate estimate, sat/vB.
+    pub fee_rate: u64,
+    /// The payload of every signing round.
+    pub sign_payloads: Vec<Vec<u8>>,
+    /// Fulfilments the wallet refuses with a fee shortfall (rate rose).
+    pub fee_shortfall: bool,
+    /// What the FROST coordinator holds of the signers' attestations.
+    pub attestations: Vec<frost_coordinator::SignerAttestation>,
 }
+
+/// What the contract records for `op`'s mint or burn in the world.
+fn record_of(w: &World, txid: &Txid) -> Value {
+    let record = w.record_override.get(txid).cloned().or_else(|| {
+        w.blocks.values().flatten().find(|o| o.txid() == *txid).map(|o| match o {
+            PegOp::PegIn(p) => (p.amount.to_sat(), p.recipient.clone()),
+            PegOp::PegOutRequest(r) => (r.amount.to_sat(), allowed_principal()),
+        })
+    });
+    match record {
+        Some((amount, principal)) => Value::Optional(Some(Box::new(
+            Value::tuple([
+                ("amount", Value::UInt(u128::from(amount))),
+                ("principal", Value::Principal(principal)),
+            ])
+            .unwrap(),
+        ))),
+        None => panic!("no op {txid} in the world's blocks"),
+    }
+}
+
+/// The final Stacks block in the world.
+pub const FINAL_BLOCK: [u8; 32] = [0xbb; 32];
 
 pub type W = Arc<Mutex<World>>;
 
@@ -339,22 +425,38 @@ pub fn stacks_node(w: &W) -> MockStacksNode {
         }
         Ok(StacksTxid(sha256::Hash::hash(raw).to_byte_array()))
     });
-    let w3 = w.clone();
-    m.expect_call_read().returning(move |c, f, args, _| {
+    let txid_of = |c: &ContractId, f: &str, args: &[Value]| -> Txid {
         assert_eq!(c.to_string(), contract_id().to_string());
-        assert!(
-            f == contract::WAS_MINTED || f == contract::WAS_BURNED,
-            "{f}"
-        );
+        assert!(f == contract::GET_MINT || f == contract::GET_BURN, "{f}");
         let Value::StringAscii(t) = &args[0] else {
             panic!("txid arg is a string-ascii")
         };
-        Ok(Value::Bool(
-            w3.lock()
-                .unwrap()
-                .processed
-                .contains(&t.parse::<Txid>().unwrap()),
-        ))
+        t.parse::<Txid>().unwrap()
+    };
+    let w3 = w.clone();
+    m.expect_call_read().returning(move |c, f, args, _| {
+        let t = txid_of(c, f, args);
+        let g = w3.lock().unwrap();
+        Ok(if g.processed.contains(&t) {
+            record_of(&g, &t)
+        } else {
+            Value::Optional(None)
+        })
+    });
+    let w4 = w.clone();
+    m.expect_call_read_at().returning(move |c, f, args, _, tip| {
+        let t = txid_of(c, f, args);
+        assert_eq!(*tip, FINAL_BLOCK, "read at the final block");
+        let g = w4.lock().unwrap();
+        Ok(if g.processed.contains(&t) && !g.not_final.contains(&t) {
+            record_of(&g, &t)
+        } else {
+            Value::Optional(None)
+        })
+    });
+    let w5 = w.clone();
+    m.expect_block_at_depth().returning(move |_| {
+        Ok((!w5.lock().unwrap().stacks_too_short).then_some(FINAL_BLOCK))
     });
     m.expect_get_info().returning(|| {
         Ok(NodeInfo {
@@ -410,14 +512,23 @@ pub fn bitcoin_wallet(w: &W) -> MockBitcoinWallet {
             g.fulfillments_built += 1;
             g.reserved_seen.push(inputs.reserved.clone());
             assert_eq!(inputs.stacks_chain_tip, [0xaa; 32]);
+            if g.fee_shortfall {
+                return Err(fee_wallet::Error::FeeShortfall {
+                    offered: op.fulfillment_fee,
+                    required: op.fulfillment_fee + Amount::from_sat(1),
+                });
+            }
             let pay_to = g
                 .evil_wallet_script
                 .clone()
                 .unwrap_or_else(|| op.recipient.script_pubkey());
+            // What the real wallet builds: the request's fee output and one
+            // peg coin in, OP_RETURN, recipient, change; a 3,000-sat fee.
+            let coin = peg_utxo();
             let tx = Transaction {
                 version: transaction::Version::TWO,
                 lock_time: absolute::LockTime::ZERO,
-                input: [OutPoint::new(op.txid, 2), peg_utxo().outpoint]
+                input: [OutPoint::new(op.txid, 2), coin.outpoint]
                     .into_iter()
                     .map(|previous_output| TxIn {
                         previous_output,
@@ -427,26 +538,30 @@ pub fn bitcoin_wallet(w: &W) -> MockBitcoinWallet {
                 output: vec![
                     TxOut {
                         value: Amount::ZERO,
-                        script_pubkey: ScriptBuf::new_op_return([b'!'; 3]),
+                        script_pubkey: peg_rules::fulfilment_op_return(
+                            *b"id",
+                            &inputs.stacks_chain_tip,
+                        ),
                     },
                     TxOut {
                         value: op.amount,
                         script_pubkey: pay_to,
                     },
                     TxOut {
-                        value: Amount::from_sat(9_000_000),
+                        value: coin.txout.value + op.fulfillment_fee
+                            - op.amount
+                            - Amount::from_sat(3_000),
                         script_pubkey: peg_address().script_pubkey(),
                     },
                 ],
             };
-            let prevouts = tx
-                .input
-                .iter()
-                .map(|_| TxOut {
-                    value: Amount::from_sat(10_000_000),
-                    script_pubkey: peg_address().script_pubkey(),
-                })
-                .collect();
+            let prevouts = vec![
+                TxOut {
+                    value: op.fulfillment_fee,
+                    script_pubkey: op.peg_wallet_address.script_pubkey(),
+                },
+                coin.txout,
+            ];
             Ok(UnsignedFulfillment {
                 tx,
                 prevouts,
@@ -470,8 +585,22 @@ pub fn bitcoin_node(w: &W) -> MockBitcoinNode {
         assert_eq!(*s, *peg_address().script_pubkey());
         Ok(vec![peg_utxo()])
     });
+    let w0 = w.clone();
     m.expect_estimate_smart_fee()
-        .returning(|_| Ok(bitcoin::FeeRate::from_sat_per_vb(2)));
+        .returning(move |_| Ok(bitcoin::FeeRate::from_sat_per_vb(w0.lock().unwrap().fee_rate)));
+    let w3 = w.clone();
+    m.expect_get_tx_out().returning(move |o, mempool| {
+        assert!(mempool, "a request's fee output spent in the mempool is spent");
+        let g = w3.lock().unwrap();
+        Ok((!g.spent.contains(o)).then(|| Utxo {
+            outpoint: *o,
+            txout: TxOut {
+                value: Amount::from_sat(5_000),
+                script_pubkey: peg_address().script_pubkey(),
+            },
+            confirmations: 1,
+        }))
+    });
     let w1 = w.clone();
     m.expect_send_raw_transaction().returning(move |tx| {
         let mut g = w1.lock().unwrap();
@@ -505,8 +634,12 @@ pub fn frost(w: &W) -> MockFrostCoordinator {
         .returning(|| Some(aggregate_key()));
     let w1 = w.clone();
     m.expect_keys().returning(|| vec![aggregate_key()]);
-    m.expect_sign().returning(move |_, items| {
+    let w2 = w.clone();
+    m.expect_attestations()
+        .returning(move || w2.lock().unwrap().attestations.clone());
+    m.expect_sign().returning(move |payload, items| {
         let mut g = w1.lock().unwrap();
+        g.sign_payloads.push(payload.to_vec());
         let mut sigs = Vec::with_capacity(items.len());
         for _ in items {
             g.sign_calls += 1;
@@ -597,6 +730,7 @@ pub fn world(tip: u64, blocks: Vec<(u64, Vec<PegOp>)>) -> W {
         tip,
         blocks: blocks.into_iter().collect(),
         auto_mine: true,
+        fee_rate: 2,
         ..World::default()
     }))
 }

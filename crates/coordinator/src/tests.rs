@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::testing::*;
-use bitcoin::{absolute, transaction, Amount, TxIn, TxOut};
+use bitcoin::Amount;
 use peg_queue::MockPegQueue;
 use stacks_node_client::Rejection;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ fn peg_in_to_another_wallet_is_rejected_without_minting() {
     let q = MemQueue::default();
     run_ticks(&mut coordinator(&w, &q, settings()), 2);
     match q.state(&txid(1)) {
-        OpState::Rejected { reason } => assert!(reason.contains("not our peg wallet"), "{reason}"),
+        OpState::Rejected { reason } => assert!(reason.starts_with("peg-in.wallet:"), "{reason}"),
         other => panic!("expected rejected, got {other}"),
     }
     assert!(w.lock().unwrap().signed.is_empty());
@@ -225,7 +225,7 @@ fn an_unsafe_fulfilment_is_refused_before_signing() {
     let q = MemQueue::default();
     run_ticks(&mut coordinator(&w, &q, settings()), 3);
     match q.state(&txid(1)) {
-        OpState::Failed { reason } => assert!(reason.contains("output 1"), "{reason}"),
+        OpState::Failed { reason } => assert!(reason.contains("fulfilment.recipient"), "{reason}"),
         other => panic!("expected failed, got {other}"),
     }
     let g = w.lock().unwrap();
@@ -260,7 +260,7 @@ fn peg_out_checks_recipient_allowlist_network_and_signature() {
         matches!(q.state(&txid(2)), OpState::Rejected { reason } if reason.contains("regtest"))
     );
     assert!(
-        matches!(q.state(&txid(3)), OpState::Rejected { reason } if reason.contains("requester"))
+        matches!(q.state(&txid(3)), OpState::Rejected { reason } if reason.starts_with("request.signature:"))
     );
     assert!(w.lock().unwrap().signed.is_empty());
 }
@@ -598,49 +598,6 @@ fn process_one_drives_a_single_op_and_names_unknown_ones() {
 }
 
 #[test]
-fn fulfilment_check_rejects_each_unsafe_shape() {
-    let PegOp::PegOutRequest(op) = peg_out(1, 2, ALLOWED_BTC, 40_000) else {
-        unreachable!()
-    };
-    let peg = peg_address().script_pubkey();
-    let good = Transaction {
-        version: transaction::Version::TWO,
-        lock_time: absolute::LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint::new(op.txid, 2),
-            ..Default::default()
-        }],
-        output: vec![
-            TxOut {
-                value: Amount::ZERO,
-                script_pubkey: ScriptBuf::new_op_return([1u8]),
-            },
-            TxOut {
-                value: op.amount,
-                script_pubkey: op.recipient.script_pubkey(),
-            },
-            TxOut {
-                value: Amount::from_sat(1),
-                script_pubkey: peg.clone(),
-            },
-        ],
-    };
-    assert_eq!(check_fulfillment(&op, &good, &peg), Ok(()));
-    let mut t = good.clone();
-    t.input[0].previous_output.vout = 1;
-    assert!(check_fulfillment(&op, &t, &peg).is_err());
-    let mut t = good.clone();
-    t.output[1].value = op.amount + Amount::from_sat(1);
-    assert!(check_fulfillment(&op, &t, &peg).is_err());
-    let mut t = good.clone();
-    t.output[2].script_pubkey = op.recipient.script_pubkey();
-    assert!(check_fulfillment(&op, &t, &peg).is_err());
-    let mut t = good;
-    t.output[0].script_pubkey = peg.clone();
-    assert!(check_fulfillment(&op, &t, &peg).is_err());
-}
-
-#[test]
 fn a_node_that_keeps_refusing_cannot_spin_the_loop() {
     let w = world(3, vec![(2, vec![peg_in(1, 2, allowed_principal(), 100)])]);
     {
@@ -859,4 +816,381 @@ fn a_stuck_stacks_transaction_is_replaced_by_fee_with_the_same_nonce() {
     run_ticks(&mut l, 3);
     assert_eq!(q.state(&txid(1)), OpState::Done);
     assert_eq!(w.lock().unwrap().mined.get(&txid(1)), Some(&1));
+}
+
+// ---------------------------------------------------------------- issue #13: checks before burning
+
+fn rejected_by(q: &MemQueue, t: Txid, rule: &str) {
+    match q.state(&t) {
+        OpState::Rejected { reason } => {
+            assert!(reason.starts_with(&format!("{rule}:")), "{t}: {reason}")
+        }
+        other => panic!("{t}: expected rejected by {rule}, got {other}"),
+    }
+}
+
+fn burns_of(w: &W, t: Txid) -> usize {
+    w.lock().unwrap().signed.iter().filter(|s| s.0 == t).count()
+}
+
+/// A copy of a victim's request (same OP_RETURN signature, amount and
+/// recipient, new funding) is rejected before any burn, in a later block or
+/// the same one; the victim's own request is burned and paid once.
+#[test]
+fn a_replayed_request_is_rejected_before_any_burn_and_the_victim_is_paid_once() {
+    let victim = peg_out(1, 2, ALLOWED_BTC, 40_000);
+    let same_block_copy = peg_out(2, 2, ALLOWED_BTC, 40_000);
+    let later_copy = peg_out(3, 3, ALLOWED_BTC, 40_000);
+    let w = world(
+        4,
+        vec![
+            (2, vec![victim.clone(), same_block_copy]),
+            (3, vec![later_copy]),
+        ],
+    );
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 3);
+    rejected_by(&q, txid(2), "request.replay");
+    rejected_by(&q, txid(3), "request.replay");
+    assert_eq!(burns_of(&w, txid(2)) + burns_of(&w, txid(3)), 0, "no second burn");
+    assert_eq!(burns_of(&w, txid(1)), 1);
+    assert!(matches!(
+        q.state(&txid(1)),
+        OpState::BitcoinTxBroadcast { .. }
+    ));
+    assert_paid(&w, &victim);
+}
+
+/// A copy rejected for another rule does not use the signature up: the
+/// genuine request with that signature is still burned and paid.
+#[test]
+fn a_rejected_copy_does_not_use_the_signature_up() {
+    let mut cheap_copy = peg_out(1, 2, ALLOWED_BTC, 40_000);
+    let PegOp::PegOutRequest(p) = &mut cheap_copy else {
+        unreachable!()
+    };
+    p.fulfillment_fee = Amount::from_sat(330);
+    let genuine = peg_out(2, 3, ALLOWED_BTC, 40_000);
+    let w = world(4, vec![(2, vec![cheap_copy]), (3, vec![genuine.clone()])]);
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 3);
+    rejected_by(&q, txid(1), "request.fee");
+    assert_eq!(burns_of(&w, txid(1)), 0);
+    assert_eq!(burns_of(&w, txid(2)), 1);
+    assert_paid(&w, &genuine);
+}
+
+/// Each of these could never be paid: nothing is burned for them.
+#[test]
+fn dust_a_too_small_fee_output_or_a_spent_output_2_is_rejected_before_any_burn() {
+    let dust = peg_out(1, 2, ALLOWED_BTC, 100);
+    let mut no_fee = peg_out(2, 2, ALLOWED_BTC, 40_000);
+    let PegOp::PegOutRequest(p) = &mut no_fee else {
+        unreachable!()
+    };
+    p.fulfillment_fee = Amount::ZERO;
+    let spent = peg_out(3, 2, ALLOWED_BTC, 41_000);
+    let w = world(3, vec![(2, vec![dust, no_fee, spent])]);
+    w.lock()
+        .unwrap()
+        .spent
+        .insert(OutPoint::new(txid(3), 2));
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 2);
+    rejected_by(&q, txid(1), "request.dust");
+    rejected_by(&q, txid(2), "request.fee");
+    rejected_by(&q, txid(3), "request.spent");
+    assert!(w.lock().unwrap().signed.is_empty(), "nothing burned");
+}
+
+/// The fee rate rises between acceptance and the burn: the request is
+/// checked again right before the burn is signed, and never burned.
+#[test]
+fn a_request_that_became_unpayable_before_its_burn_is_not_burned() {
+    let w = world(3, vec![(2, vec![peg_out(1, 2, ALLOWED_BTC, 40_000)])]);
+    let q = MemQueue::default();
+    q.insert_op(&peg_out(1, 2, ALLOWED_BTC, 40_000)).unwrap();
+    q.set(&txid(1), OpState::Accepted);
+    w.lock().unwrap().fee_rate = 400;
+    run_ticks(&mut coordinator(&w, &q, settings()), 2);
+    rejected_by(&q, txid(1), "request.fee");
+    assert!(w.lock().unwrap().signed.is_empty());
+}
+
+/// The signers keep refusing: each refusal is shown with the signer and its
+/// rule, counted, and after the limit the op fails with the reason.
+#[test]
+fn refusals_past_the_attempt_limit_fail_the_op_with_the_reason() {
+    let w = world(3, vec![(2, vec![peg_out(1, 2, ALLOWED_BTC, 40_000)])]);
+    for _ in 0..20 {
+        w.lock()
+            .unwrap()
+            .frost_failures
+            .push_back(frost_coordinator::Error::Refused {
+                refusals: vec![
+                    (1, "fulfilment.input: input 1 is no peg coin".into()),
+                    (2, "backing: held below supply".into()),
+                ],
+            });
+    }
+    let q = MemQueue::default();
+    let mut checks_settings = settings();
+    checks_settings.backoff_base = Duration::ZERO;
+    let mut l = coordinator(&w, &q, checks_settings);
+    l = l.with_checks(PegChecks {
+        max_attempts: 3,
+        ..PegChecks::defaults_for(&settings())
+    });
+    run_ticks(&mut l, 2);
+    let op = q.get_op(&txid(1));
+    assert_eq!(op.state, OpState::BurnConfirmed, "not failed yet");
+    assert_eq!(op.attempts, 2);
+    let shown = op.last_error.unwrap();
+    assert!(
+        shown.contains("signer 1: fulfilment.input") && shown.contains("signer 2: backing"),
+        "{shown}"
+    );
+    run_ticks(&mut l, 3);
+    match q.state(&txid(1)) {
+        OpState::Failed { reason } => {
+            assert!(reason.contains("signers refused"), "{reason}");
+            assert!(reason.contains("3 attempts"), "{reason}");
+        }
+        other => panic!("expected failed, got {other}"),
+    }
+    assert!(w.lock().unwrap().btc_broadcasts.is_empty());
+}
+
+/// A transient failure (the relay down) is waited out however long it
+/// lasts: it never counts toward the attempt limit.
+#[test]
+fn only_permanent_failures_count_toward_the_limit() {
+    let w = world(3, vec![(2, vec![peg_out(1, 2, ALLOWED_BTC, 40_000)])]);
+    for _ in 0..15 {
+        w.lock()
+            .unwrap()
+            .frost_failures
+            .push_back(frost_coordinator::Error::Relay("down".into()));
+    }
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings()).with_checks(PegChecks {
+        max_attempts: 2,
+        ..PegChecks::defaults_for(&settings())
+    });
+    run_ticks(&mut l, 8);
+    let op = q.get_op(&txid(1));
+    assert_eq!(op.state, OpState::BurnConfirmed);
+    assert!(op.attempts >= 8, "{}", op.attempts);
+}
+
+/// The rate rose after the burn: the fulfilment waits, shown in status, and
+/// no attempt is counted; it is paid once the rate allows.
+#[test]
+fn a_fee_shortfall_after_the_burn_is_a_wait_not_an_attempt() {
+    let op = peg_out(1, 2, ALLOWED_BTC, 40_000);
+    let w = world(3, vec![(2, vec![op.clone()])]);
+    w.lock().unwrap().fee_shortfall = true;
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings()).with_checks(PegChecks {
+        max_attempts: 1,
+        ..PegChecks::defaults_for(&settings())
+    });
+    run_ticks(&mut l, 4);
+    let got = q.get_op(&txid(1));
+    assert_eq!(got.state, OpState::BurnConfirmed);
+    assert_eq!(got.attempts, 0);
+    assert!(
+        got.waiting.as_deref().unwrap_or("").contains("fee shortfall"),
+        "{got:?}"
+    );
+    w.lock().unwrap().fee_shortfall = false;
+    run_ticks(&mut l, 1);
+    assert!(matches!(
+        q.state(&txid(1)),
+        OpState::BitcoinTxBroadcast { .. }
+    ));
+    assert_eq!(q.get_op(&txid(1)).waiting, None, "cleared on progress");
+    assert_paid(&w, &op);
+}
+
+/// A burn visible at the tip but not yet `confirmations.stacks` deep
+/// releases nothing; once final, the request is paid.
+#[test]
+fn a_burn_not_yet_final_leads_to_no_fulfilment() {
+    let op = peg_out(1, 2, ALLOWED_BTC, 40_000);
+    let w = world(3, vec![(2, vec![op.clone()])]);
+    w.lock().unwrap().not_final.insert(txid(1));
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings());
+    run_ticks(&mut l, 4);
+    assert!(matches!(
+        q.state(&txid(1)),
+        OpState::StacksTxBroadcast { .. }
+    ));
+    {
+        let g = w.lock().unwrap();
+        assert_eq!(g.fulfillments_built, 0);
+        assert_eq!(g.sign_calls, 0);
+        assert_eq!(g.signed.len(), 1, "the burn is not signed again");
+    }
+    w.lock().unwrap().not_final.clear();
+    run_ticks(&mut l, 1);
+    assert_paid(&w, &op);
+}
+
+/// A mint at the tip only is not done; a Stacks chain shorter than the
+/// final depth is not either.
+#[test]
+fn a_mint_not_yet_final_is_not_done() {
+    let w = world(3, vec![(2, vec![peg_in(1, 2, allowed_principal(), 100_000)])]);
+    {
+        let mut g = w.lock().unwrap();
+        g.not_final.insert(txid(1));
+        g.stacks_too_short = true;
+    }
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings());
+    run_ticks(&mut l, 3);
+    assert!(matches!(
+        q.state(&txid(1)),
+        OpState::StacksTxBroadcast { .. }
+    ));
+    w.lock().unwrap().not_final.clear();
+    run_ticks(&mut l, 2);
+    assert!(
+        matches!(q.state(&txid(1)), OpState::StacksTxBroadcast { .. }),
+        "the chain is not deep enough yet"
+    );
+    w.lock().unwrap().stacks_too_short = false;
+    run_ticks(&mut l, 1);
+    assert_eq!(q.state(&txid(1)), OpState::Done);
+    assert_eq!(w.lock().unwrap().signed.len(), 1, "minted once");
+}
+
+/// A fork drops the burn before it is final: no payout; the same burn
+/// bytes are offered again, and once mined and final the request is paid,
+/// once.
+#[test]
+fn a_burn_dropped_by_a_fork_is_never_paid_until_it_is_final_again() {
+    let op = peg_out(1, 2, ALLOWED_BTC, 40_000);
+    let w = world(3, vec![(2, vec![op.clone()])]);
+    w.lock().unwrap().not_final.insert(txid(1));
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings());
+    run_ticks(&mut l, 2);
+    // The fork: the block with the burn is gone, our nonce with it.
+    {
+        let mut g = w.lock().unwrap();
+        g.processed.remove(&txid(1));
+        g.account_nonce = 0;
+        g.auto_mine = false;
+        g.not_final.clear();
+    }
+    run_ticks(&mut l, 3);
+    {
+        let g = w.lock().unwrap();
+        assert_eq!(g.fulfillments_built, 0, "no payout for a dropped burn");
+        assert!(g.btc_broadcasts.is_empty());
+        assert_eq!(g.signed.len(), 1, "the stored burn is offered again, not re-signed");
+        assert!(g.stacks_broadcasts.iter().all(|b| *b == g.stacks_broadcasts[0]));
+        assert!(g.stacks_broadcasts.len() > 1);
+    }
+    w.lock().unwrap().auto_mine = true;
+    run_ticks(&mut l, 2);
+    assert_paid(&w, &op);
+    assert_eq!(w.lock().unwrap().mined.get(&txid(1)), Some(&2), "mined again after the fork");
+}
+
+/// Right before broadcast the burn is checked again: a signed fulfilment
+/// whose burn is no longer final stays unbroadcast, the wait shown.
+#[test]
+fn a_signed_fulfilment_is_not_broadcast_when_its_burn_is_no_longer_final() {
+    let op = peg_out(1, 2, ALLOWED_BTC, 40_000);
+    let w = world(3, vec![(2, vec![op.clone()])]);
+    let q = MemQueue::default();
+    let mut l = coordinator(&w, &q, settings());
+    l.set_crash_point(Some(CrashPoint::AfterStoring("bitcoin_tx_signed")));
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_ticks(&mut l, 1)));
+    assert!(crashed.is_err());
+    assert!(matches!(q.state(&txid(1)), OpState::BitcoinTxSigned { .. }));
+    {
+        let mut g = w.lock().unwrap();
+        g.processed.remove(&txid(1));
+    }
+    let mut l = coordinator(&w, &q, settings());
+    run_ticks(&mut l, 2);
+    let got = q.get_op(&txid(1));
+    assert!(matches!(got.state, OpState::BitcoinTxSigned { .. }));
+    assert!(
+        got.waiting.as_deref().unwrap_or("").contains("no longer on the Stacks chain"),
+        "{got:?}"
+    );
+    assert!(w.lock().unwrap().btc_broadcasts.is_empty());
+    w.lock().unwrap().processed.insert(txid(1));
+    run_ticks(&mut l, 1);
+    assert_paid(&w, &op);
+}
+
+/// The contract recorded a burn of another amount or from another principal
+/// for this txid: the op fails, nothing is paid.
+#[test]
+fn a_burn_recorded_for_another_amount_or_principal_is_never_paid() {
+    for record in [(39_999, allowed_principal()), (40_000, stranger_principal())] {
+        let w = world(3, vec![(2, vec![peg_out(1, 2, ALLOWED_BTC, 40_000)])]);
+        w.lock().unwrap().record_override.insert(txid(1), record);
+        let q = MemQueue::default();
+        run_ticks(&mut coordinator(&w, &q, settings()), 3);
+        match q.state(&txid(1)) {
+            OpState::Failed { reason } => assert!(reason.contains("get-burn"), "{reason}"),
+            other => panic!("expected failed, got {other}"),
+        }
+        assert_eq!(w.lock().unwrap().fulfillments_built, 0);
+    }
+}
+
+/// The signers are asked with a payload they can check on their own nodes:
+/// the request, the unsigned transaction and its prevouts.
+#[test]
+fn sign_requests_carry_the_fulfilment_payload() {
+    let op = peg_out(1, 2, ALLOWED_BTC, 40_000);
+    let w = world(3, vec![(2, vec![op])]);
+    let q = MemQueue::default();
+    run_ticks(&mut coordinator(&w, &q, settings()), 2);
+    let g = w.lock().unwrap();
+    let payload = peg_rules::SignPayload::decode(&g.sign_payloads[0]).unwrap();
+    let peg_rules::SignPayload::Fulfilment {
+        request,
+        tx,
+        prevouts,
+    } = payload
+    else {
+        panic!("not a fulfilment payload: {payload:?}")
+    };
+    assert_eq!(request, txid(1));
+    assert_eq!(tx.compute_txid(), g.btc_broadcasts[0].compute_txid());
+    assert_eq!(prevouts.len(), tx.input.len());
+    assert_eq!(prevouts[0].value, Amount::from_sat(5_000));
+}
+
+/// The daily outflow limit counts what was accepted in the last 24 hours,
+/// including earlier requests of the same round.
+#[test]
+fn the_daily_outflow_limit_is_checked_before_burning() {
+    let w = world(
+        3,
+        vec![(
+            2,
+            vec![
+                peg_out(1, 2, ALLOWED_BTC, 40_000),
+                peg_out(2, 2, ALLOWED_BTC, 50_000),
+            ],
+        )],
+    );
+    let q = MemQueue::default();
+    let mut checks = PegChecks::defaults_for(&settings());
+    checks.policy.max_daily_outflow = Some(Amount::from_sat(60_000));
+    run_ticks(&mut coordinator(&w, &q, settings()).with_checks(checks), 2);
+    rejected_by(&q, txid(2), "request.daily-limit");
+    assert_eq!(burns_of(&w, txid(1)), 1);
+    assert_eq!(burns_of(&w, txid(2)), 0);
 }

@@ -18,7 +18,7 @@ use bitcoin::{Address, Amount, BlockHash, FeeRate, Network, ScriptBuf};
 use bitcoin_node_client::{Auth, UreqBitcoinNode};
 use coordinator::config::OpSourceKind;
 use coordinator::{
-    Allowlist, BitcoinBlockSource, Components, HttpCoordinator, LoopSettings, OpSource,
+    Allowlist, BitcoinBlockSource, Components, HttpCoordinator, LoopSettings, OpSource, PegChecks,
     StacksCoordinator, StacksNodeSource,
 };
 use fee_wallet::{
@@ -273,6 +273,13 @@ impl Validator for DevnetGuard {
         let r = self.guard.attest();
         self.share_status();
         r
+    }
+
+    fn held_keys(&mut self, keys: &[PublicKey]) {
+        match self.guard.set_keys(keys) {
+            Ok(()) => self.seen = self.stamp(),
+            Err(e) => log::warn!("signer {}'s guard: keys not updated: {e}", self.id),
+        }
     }
 }
 
@@ -839,7 +846,7 @@ impl Peg {
             stacks_network: StacksNetwork::Testnet,
             contract: self.contract.clone(),
             start_height: BurnHeight(self.bitcoind.with(|b| b.height()) + 1),
-            op_confirmations: 1,
+            op_confirmations: self.opts.bitcoin_confirmations,
             fulfillment_confirmations: 1,
             poll_interval: Duration::from_millis(20),
             backoff_base: Duration::from_millis(20),
@@ -892,6 +899,17 @@ impl Peg {
             &self.opts.dir.join(format!("coins-{first}.sqlite")),
             first,
         )?;
+        // The signers' policy (fees, limits), with the coordinator's own
+        // allowlist (it may be stricter), and the peg's Stacks depth.
+        let mut checks = PegChecks::defaults_for(&settings);
+        let mut policy = self
+            .file
+            .policy(&self.file_path, Network::Regtest)
+            .map_err(|e| anyhow!(e))?;
+        policy.allowlist = settings.allowlist.clone();
+        checks.policy = policy;
+        checks.magic = MAGIC;
+        checks.stacks_confirmations = self.opts.stacks_confirmations;
         Ok(StacksCoordinator::new(
             Components {
                 queue: SqlitePegQueue::open(&self.queue_path())?,
@@ -904,6 +922,7 @@ impl Peg {
             },
             settings,
         )
+        .with_checks(checks)
         .with_coin_record(coins, first))
     }
 
@@ -949,8 +968,9 @@ dkg_timeout_ms = 30000
 sign_timeout_ms = {sign_timeout}
 
 [confirmations]
-ops = 1
+ops = {ops}
 fulfillment = 1
+stacks = {stacks_depth}
 
 [fees]
 stacks_fee_floor = 200
@@ -966,6 +986,8 @@ stx_low_balance_warning = 1
             relay = self.relay.url(),
             msg_key = hex::encode(self.coordinator_key.secret_bytes()),
             sign_timeout = self.opts.sign_timeout.as_millis(),
+            ops = self.opts.bitcoin_confirmations,
+            stacks_depth = self.opts.stacks_confirmations,
         );
         let path = dir.join("coordinator.toml");
         std::fs::write(&path, config)?;

@@ -131,6 +131,24 @@ impl SqlitePegQueue {
         .collect()
     }
 
+    /// Returns why each waiting op waits (a fee shortfall after the burn, a
+    /// burn no longer final, …), by txid (display hex).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn waiting(&self) -> Result<BTreeMap<String, String>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT txid, waiting FROM ops WHERE waiting IS NOT NULL AND state NOT IN {TERMINAL}"
+            ))
+            .map_err(storage)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(storage)?;
+        rows.map(|r| r.map_err(storage)).collect()
+    }
+
     fn select(&self, condition: &str) -> Result<Vec<QueuedOp>, Error> {
         let conn = self.lock();
         let sql = format!(

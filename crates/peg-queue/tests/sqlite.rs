@@ -399,8 +399,13 @@ fn a_wait_is_shown_without_counting_an_attempt_and_cleared_on_progress() {
     let got = q.get(&r.txid()).unwrap().unwrap();
     assert_eq!((got.attempts, got.waiting.as_deref()), (0, Some("fee shortfall")));
     assert_eq!(q.pending().unwrap()[0].waiting.as_deref(), Some("fee shortfall"));
+    assert_eq!(
+        q.waiting().unwrap().get(&r.txid().to_string()).map(String::as_str),
+        Some("fee shortfall")
+    );
     q.set_state(&r.txid(), &OpState::Accepted).unwrap();
     assert_eq!(q.get(&r.txid()).unwrap().unwrap().waiting, None);
+    assert!(q.waiting().unwrap().is_empty());
     assert!(matches!(
         q.set_waiting(&op(9, 1).txid(), None),
         Err(peg_queue::Error::UnknownOp(_))
