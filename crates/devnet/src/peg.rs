@@ -421,8 +421,8 @@ impl Peg {
         let stacks = StacksEmulator::start("127.0.0.1:0", state)?;
         let mut proxies = BTreeMap::new();
         for id in &opts.proxied {
-            let b = Proxy::start(&bitcoind.url(), Duration::from_secs(2))?;
-            let s = Proxy::start(&stacks.url(), Duration::from_secs(2))?;
+            let b = Proxy::start(&bitcoind.url(), Duration::from_secs(30))?;
+            let s = Proxy::start(&stacks.url(), Duration::from_secs(30))?;
             proxies.insert(*id, (b, s));
         }
         let guard_start = bitcoind.with(|b| b.height()) + 1;

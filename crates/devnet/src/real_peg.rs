@@ -271,8 +271,8 @@ impl RealPeg {
         let file_path = write_signer_file(&opts.dir, &file, &allowed)?;
         let mut proxies = BTreeMap::new();
         for id in &opts.proxied {
-            let b = Proxy::start(&bitcoind.rpc_url(), Duration::from_secs(5))?;
-            let s = Proxy::start(stacks.url(), Duration::from_secs(5))?;
+            let b = Proxy::start(&bitcoind.rpc_url(), Duration::from_secs(30))?;
+            let s = Proxy::start(stacks.url(), Duration::from_secs(30))?;
             proxies.insert(*id, (b, s));
         }
         let guard_start = {

@@ -9,13 +9,16 @@
 //! version of the same request being signed — so a refusal is the guard's
 //! doing, not a broken setup.
 
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use bitcoin::hashes::Hash as _;
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, Transaction, TxIn, TxOut, Txid};
 use bitcoin_node_client::{BitcoinNode, Utxo};
-use devnet::peg::MAGIC;
+use coordinator::config::OpSourceKind;
+use coordinator::HttpCoordinator;
+use devnet::peg::{Blocks, MAGIC};
 use devnet::proxy::{rpc_error, rpc_result, Answer, Lie};
 use devnet::{Peg, PegOptions, User};
 use fee_wallet::{
@@ -24,6 +27,7 @@ use fee_wallet::{
 };
 use frost_coordinator::{FrostCoordinator, SignItem, ToSign};
 use peg_ops::{PegInOp, PegOutRequestOp};
+use peg_queue::{OpState, PegQueue};
 use peg_rules::SignPayload;
 use stacks_node_client::StacksNode;
 use stacks_wire::{PrincipalData, Value};
@@ -48,7 +52,7 @@ fn net(n: u8, edit: impl FnOnce(&mut PegOptions)) -> Net {
     let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let mut opts = PegOptions::new(dir.path());
-    opts.sign_timeout = Duration::from_secs(3);
+    opts.sign_timeout = Duration::from_secs(20);
     edit(&mut opts);
     let peg = Peg::start(opts).unwrap();
     let key = peg.publish_key().unwrap();
@@ -257,27 +261,29 @@ fn refusals(
 /// Every signer in `ids` refused, with a rule named `rule`: the refusals the
 /// coordinator got (the round ends as soon as the threshold is out of
 /// reach, so it may not hear from all) and each signer's own status (its
-/// guard's last refusal, newer than `before`).
+/// guard's last refusal, newer than `before`). `rule` may name
+/// alternatives, `a|b`.
 fn assert_refused_by(n: &Net, before: &[u64], refusals: &[(u32, String)], ids: &[u32], rule: &str) {
+    let names = |text: &str| rule.split('|').any(|r| text.starts_with(&format!("{r}:")));
     // A signer that refused the request also refuses its nonce requests;
     // the coordinator names whichever refusal reached it first.
     for (id, text) in refusals {
         if ids.contains(id) {
             assert!(
-                text.starts_with(&format!("{rule}:")) || text.starts_with("nonce.not-requested:"),
+                names(text) || text.starts_with("nonce.not-requested:"),
                 "signer {id} refused with {text:?}, not {rule}"
             );
         }
     }
     assert!(!refusals.is_empty());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     for id in ids {
         loop {
             // A slow signer may still be refusing an older request (one
             // the others already signed): wait for this rule.
             let s = n.peg.signer_status(*id).unwrap();
             let last = s.last_refusal.clone().unwrap_or_default();
-            if s.refused > before[*id as usize - 1] && last.starts_with(&format!("{rule}:")) {
+            if s.refused > before[*id as usize - 1] && names(&last) {
                 break;
             }
             assert!(
@@ -604,4 +610,252 @@ fn lying_nodes_of_fewer_than_the_threshold_cannot_make_a_wrong_payout() {
         .expect("paid once the nodes tell the truth");
     assert_eq!(n.payouts(&next), vec![Amount::from_sat(10_000_000)]);
     let _ = rpc_error(-5, "unused");
+}
+
+fn state(l: &HttpCoordinator, t: &Txid) -> Option<OpState> {
+    l.components().queue.get(t).unwrap().map(|o| o.state)
+}
+
+impl Net {
+    /// A coordinator loop in this process, `allowed` on its allowlist.
+    fn coordinator(&self, allowed: &[usize]) -> HttpCoordinator {
+        let users: Vec<&User> = allowed.iter().map(|i| &self.users[*i]).collect();
+        self.peg
+            .coordinator(self.peg.settings(&users), OpSourceKind::Bitcoin)
+            .unwrap()
+    }
+
+    /// Ticks `l`, mining on both chains after each tick, until `done`.
+    fn drive(
+        &self,
+        l: &mut HttpCoordinator,
+        secs: u64,
+        done: impl FnMut(&HttpCoordinator) -> bool,
+    ) -> bool {
+        self.peg
+            .run_until(
+                l,
+                Duration::from_secs(secs),
+                Blocks::Both,
+                &AtomicBool::new(false),
+                done,
+            )
+            .unwrap()
+    }
+}
+
+fn is_done(l: &HttpCoordinator, t: &Txid) -> bool {
+    state(l, t) == Some(OpState::Done)
+}
+
+fn refused_before_burn(l: &HttpCoordinator, t: &Txid) -> Option<String> {
+    match state(l, t) {
+        Some(OpState::Rejected { reason }) | Some(OpState::Failed { reason }) => Some(reason),
+        _ => None,
+    }
+}
+
+/// (c) A replay: another user copies the victim's OP_RETURN and recipient
+/// output into a new transaction paying the fee output. No second burn,
+/// the victim's balance unchanged. A request whose fee output cannot pay
+/// its fulfilment, and one for a dust amount: rejected before any burn.
+#[test]
+fn replayed_and_unpayable_requests_are_rejected_before_any_burn() {
+    let mut n = net(3, |_| {});
+    // User 3, the copier, is not on the coordinator's allowlist.
+    let mut l = n.coordinator(&[0, 1]);
+    let victim_in = n.peg_in(0, 60_000_000);
+    let other_in = n.peg_in(1, 30_000_000);
+    assert!(n.drive(&mut l, 30, |l| is_done(l, &victim_in)
+        && is_done(l, &other_in)));
+    let victim = n.request(0, 20_000_000, 20_000);
+    assert!(
+        n.drive(&mut l, 60, |l| is_done(l, &victim.txid)),
+        "{:?}",
+        state(&l, &victim.txid)
+    );
+    assert_eq!(n.peg.sbtc_balance(&n.users[0].stx), 40_000_000);
+
+    // The copy: the victim's outputs 0 and 1, the copier's funding.
+    let vtx = n
+        .peg
+        .bitcoind
+        .with(|b| b.locate(&victim.txid))
+        .map(|(tx, _)| tx)
+        .unwrap();
+    let copier = n.users[2].clone();
+    let (outpoint, prev) = copier.coins()[0].clone();
+    let fee = Amount::from_sat(20_000);
+    let mut copy = Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: outpoint,
+            ..TxIn::default()
+        }],
+        output: vec![
+            vtx.output[0].clone(),
+            vtx.output[1].clone(),
+            TxOut {
+                value: fee,
+                script_pubkey: n.wallet.script_pubkey(),
+            },
+            TxOut {
+                value: prev.value - fee - Amount::from_sat(20_000),
+                script_pubkey: copier.btc.script_pubkey(),
+            },
+        ],
+    };
+    copier.sign_input(&mut copy, 0, &prev);
+    let replay = n.peg.with_bitcoin(|b| b.send(copy)).unwrap();
+    n.mine(1);
+
+    // Unpayable: a 330-sat fee output, and a 100-sat (dust) amount.
+    let small_fee = n.request(1, 10_000_000, 330);
+    let dust = n.request(1, 100, 20_000);
+    assert!(n.drive(&mut l, 60, |l| {
+        [replay, small_fee.txid, dust.txid]
+            .iter()
+            .all(|t| refused_before_burn(l, t).is_some())
+    }));
+    let why = |t: &Txid| refused_before_burn(&l, t).unwrap();
+    assert!(why(&replay).contains("request.replay"), "{}", why(&replay));
+    assert!(
+        why(&small_fee.txid).contains("request.fee"),
+        "{}",
+        why(&small_fee.txid)
+    );
+    assert!(
+        why(&dust.txid).contains("request.dust"),
+        "{}",
+        why(&dust.txid)
+    );
+    for t in [replay, small_fee.txid, dust.txid] {
+        assert_eq!(n.peg.contract_calls("burn!", &t), (0, 0), "no burn for {t}");
+    }
+    assert_eq!(n.peg.contract_calls("burn!", &victim.txid), (1, 0));
+    assert_eq!(
+        n.peg.sbtc_balance(&n.users[0].stx),
+        40_000_000,
+        "victim unchanged"
+    );
+    assert_eq!(n.peg.sbtc_balance(&n.users[1].stx), 30_000_000);
+    assert_eq!(n.payouts(&victim), vec![Amount::from_sat(20_000_000)]);
+}
+
+/// (d) With `confirmations.stacks = 3`: a burn seen only at the Stacks tip
+/// is not final, so the guards refuse its payout (`burn.not-final`); a fork
+/// drops it, and the payout is still refused. With the coordinator loop: a
+/// mint dropped by a fork before it is deep enough is not `done` and is
+/// minted again, once; a burn dropped by a fork is never paid twice.
+#[test]
+fn a_burn_or_mint_dropped_by_a_stacks_fork_before_it_is_final_is_never_paid() {
+    let mut n = net(1, |o| o.stacks_confirmations = 3);
+    // The signers' side, with a coordinator that does not wait.
+    n.peg_in_and_mint(0, BTC);
+    n.mine(3);
+    let op = n.request(0, 30_000_000, 20_000);
+    n.burn(&op);
+    let u = n.fulfilment(&op, &[]);
+    let before = n.refused_so_far();
+    let r = refusals(n.pay(&op, &u).map(|_| Vec::new()));
+    assert_refused_by(&n, &before, &r, &[1, 2, 3, 4, 5], "burn.not-final");
+    n.peg
+        .stacks
+        .with(|s| s.drop_blocks(1, devnet::stacks::Orphaned::Discard))
+        .unwrap();
+    assert_eq!(
+        n.peg.contract_calls("burn!", &op.txid),
+        (0, 0),
+        "forked away"
+    );
+    n.mine(3);
+    let u = n.fulfilment(&op, &[]);
+    let before = n.refused_so_far();
+    let r = refusals(n.pay(&op, &u).map(|_| Vec::new()));
+    assert_refused_by(
+        &n,
+        &before,
+        &r,
+        &[1, 2, 3, 4, 5],
+        "burn.not-final|burn.mismatch",
+    );
+    assert!(n.payouts(&op).is_empty());
+    assert_eq!(
+        n.peg.sbtc_balance(&n.users[0].stx),
+        u128::from(BTC),
+        "not burned"
+    );
+}
+
+/// (d), the coordinator's side: a mint and a burn each dropped by a fork
+/// right after they were mined (at depth 1 of 3).
+#[test]
+fn the_coordinator_waits_for_stacks_depth_and_survives_forks() {
+    let mut n = net(1, |o| o.stacks_confirmations = 3);
+    let mut l = n.coordinator(&[0]);
+    let pin = n.peg_in(0, BTC);
+    let stop = AtomicBool::new(false);
+    // Tick until the mint is mined; it is not done at depth 1.
+    let mut mined = false;
+    for _ in 0..200 {
+        l.tick(&stop).unwrap();
+        if n.peg.contract_calls("mint!", &pin).0 == 1 {
+            mined = true;
+            break;
+        }
+        n.peg.stacks.with(|s| s.mine());
+    }
+    assert!(mined, "{:?}", state(&l, &pin));
+    l.tick(&stop).unwrap();
+    assert_ne!(state(&l, &pin), Some(OpState::Done), "done at depth 1 of 3");
+    n.peg
+        .stacks
+        .with(|s| s.drop_blocks(1, devnet::stacks::Orphaned::Discard))
+        .unwrap();
+    assert!(
+        n.drive(&mut l, 60, |l| is_done(l, &pin)),
+        "{:?}",
+        state(&l, &pin)
+    );
+    assert_eq!(
+        n.peg.contract_calls("mint!", &pin),
+        (1, 0),
+        "minted once on the final chain"
+    );
+    assert_eq!(n.peg.sbtc_balance(&n.users[0].stx), u128::from(BTC));
+
+    let op = n.request(0, 30_000_000, 20_000);
+    let mut burned = false;
+    for _ in 0..200 {
+        l.tick(&stop).unwrap();
+        assert!(n.payouts(&op).is_empty(), "paid before the burn is final");
+        if n.peg.contract_calls("burn!", &op.txid).0 == 1 {
+            burned = true;
+            break;
+        }
+        n.mine(1);
+    }
+    assert!(burned, "{:?}", state(&l, &op.txid));
+    l.tick(&stop).unwrap();
+    assert!(n.payouts(&op).is_empty(), "paid at depth 1 of 3");
+    n.peg
+        .stacks
+        .with(|s| s.drop_blocks(1, devnet::stacks::Orphaned::Discard))
+        .unwrap();
+    assert!(
+        n.drive(&mut l, 90, |l| is_done(l, &op.txid)),
+        "{:?}",
+        state(&l, &op.txid)
+    );
+    assert_eq!(
+        n.payouts(&op),
+        vec![Amount::from_sat(30_000_000)],
+        "paid once"
+    );
+    assert_eq!(n.peg.contract_calls("burn!", &op.txid), (1, 0));
+    assert_eq!(
+        n.peg.sbtc_balance(&n.users[0].stx),
+        u128::from(BTC - 30_000_000)
+    );
 }
