@@ -859,3 +859,71 @@ fn the_coordinator_waits_for_stacks_depth_and_survives_forks() {
         u128::from(BTC - 30_000_000)
     );
 }
+
+/// Makes signer `id`'s nodes lie: every coin spent (`gettxout` null), no
+/// burn recorded (`get-burn` none, `was-burned` false).
+fn lie_nothing_is_there(n: &Net, id: u32) {
+    let b = n.peg.bitcoin_proxy(id).unwrap();
+    b.set(Lie::rpc("gettxout", |_, _| {
+        rpc_result(serde_json::Value::Null)
+    }));
+    let s = n.peg.stacks_proxy(id).unwrap();
+    s.set(Lie::path("/get-burn", |_, _| {
+        Answer::call_read(&Value::Optional(None))
+    }));
+    s.set(Lie::path("/was-burned", |_, _| {
+        Answer::call_read(&Value::Bool(false))
+    }));
+}
+
+/// (e) with the coordinator loop: two of five signers' nodes hide coins and
+/// burns — payouts still happen, once each, signed by the honest three;
+/// with a third liar the next payout waits (neither paid nor failed) until
+/// the nodes tell the truth again, then it is paid once.
+#[test]
+fn with_fewer_honest_signers_than_the_threshold_a_payout_waits_not_fails() {
+    let mut n = net(1, |o| {
+        o.proxied = vec![1, 2, 3];
+        o.sign_timeout = Duration::from_secs(5);
+    });
+    let mut l = n.coordinator(&[0]);
+    lie_nothing_is_there(&n, 1);
+    lie_nothing_is_there(&n, 2);
+    let pin = n.peg_in(0, BTC);
+    assert!(n.drive(&mut l, 30, |l| is_done(l, &pin)));
+    let a = n.request(0, 20_000_000, 20_000);
+    assert!(
+        n.drive(&mut l, 60, |l| is_done(l, &a.txid)),
+        "{:?}",
+        state(&l, &a.txid)
+    );
+    assert_eq!(n.payouts(&a), vec![Amount::from_sat(20_000_000)]);
+    assert!(
+        n.peg.bitcoin_proxy(1).unwrap().told_rpc("gettxout") > 0,
+        "the liars were asked"
+    );
+
+    lie_nothing_is_there(&n, 3);
+    let b = n.request(0, 10_000_000, 20_000);
+    let ended = n.drive(&mut l, 20, |l| {
+        is_done(l, &b.txid) || refused_before_burn(l, &b.txid).is_some()
+    });
+    assert!(!ended, "with two honest signers: {:?}", state(&l, &b.txid));
+    assert!(n.payouts(&b).is_empty());
+    for id in [1, 2, 3] {
+        n.peg.bitcoin_proxy(id).unwrap().clear();
+        n.peg.stacks_proxy(id).unwrap().clear();
+    }
+    assert!(
+        n.drive(&mut l, 90, |l| is_done(l, &b.txid)),
+        "{:?}",
+        state(&l, &b.txid)
+    );
+    assert_eq!(n.payouts(&b), vec![Amount::from_sat(10_000_000)]);
+    assert_eq!(
+        n.payouts(&a),
+        vec![Amount::from_sat(20_000_000)],
+        "a paid once"
+    );
+    assert_eq!(n.peg.contract_calls("burn!", &b.txid), (1, 0));
+}
