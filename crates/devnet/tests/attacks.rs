@@ -19,7 +19,7 @@ use bitcoin_node_client::{BitcoinNode, Utxo};
 use coordinator::config::OpSourceKind;
 use coordinator::HttpCoordinator;
 use devnet::peg::{Blocks, MAGIC};
-use devnet::proxy::{rpc_error, rpc_result, Answer, Lie};
+use devnet::proxy::{rpc_result, Answer, Lie};
 use devnet::{Peg, PegOptions, User};
 use fee_wallet::{
     BitcoinFeePolicy, BitcoinWallet, FulfillmentInputs, PegWallet, StacksWallet,
@@ -214,7 +214,9 @@ impl Net {
     }
 
     /// Asks the signers, with the coordinator's message key, to sign
-    /// `payload`'s items.
+    /// `payload`'s items. (A broken setup panics; the `Result` is the
+    /// signers' answer.)
+    #[allow(clippy::unwrap_in_result)]
     fn ask(
         &self,
         payload: &SignPayload,
@@ -225,6 +227,7 @@ impl Net {
     }
 
     /// Asks for the fulfilment `u` of `op`; on success broadcasts and mines it.
+    #[allow(clippy::unwrap_in_result)]
     fn pay(
         &self,
         op: &PegOutRequestOp,
@@ -539,8 +542,6 @@ fn lying_nodes_of_fewer_than_the_threshold_cannot_make_a_wrong_payout() {
         let tx_hex = bitcoin::consensus::encode::serialize_hex(&real_tx);
         b.set(Lie::rpc("getrawtransaction", move |call, real_reply| {
             if call.rpc_params.get(0).and_then(|v| v.as_str()) == Some(&ghost_txid.to_string()) {
-                let tip = serde_json::json!(null);
-                let _ = tip;
                 rpc_result(serde_json::json!({"hex": tx_hex, "confirmations": 6, "txid": ghost_txid.to_string()}))
             } else {
                 real_reply
@@ -609,7 +610,6 @@ fn lying_nodes_of_fewer_than_the_threshold_cannot_make_a_wrong_payout() {
     n.pay(&next, &u)
         .expect("paid once the nodes tell the truth");
     assert_eq!(n.payouts(&next), vec![Amount::from_sat(10_000_000)]);
-    let _ = rpc_error(-5, "unused");
 }
 
 fn state(l: &HttpCoordinator, t: &Txid) -> Option<OpState> {
