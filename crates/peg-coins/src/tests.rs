@@ -737,7 +737,14 @@ fn confirmed_coins_lists_spent_and_unspent_but_not_own_change() {
     let all = r.confirmed_coins().unwrap();
     let seen: Vec<_> = all
         .iter()
-        .map(|c| (c.outpoint, c.txout.value.to_sat(), c.height, c.spent_in_block))
+        .map(|c| {
+            (
+                c.outpoint,
+                c.txout.value.to_sat(),
+                c.height,
+                c.spent_in_block,
+            )
+        })
         .collect();
     assert_eq!(
         seen,
