@@ -95,7 +95,7 @@ fn the_seed_four_terminal_dkg_signing_round() {
     for id in ["3", "2", "1"] {
         children.0.push(
             Command::new(sibling("stacks-signer"))
-                .args(["--id", id, "--config"])
+                .args(["--id", id, "--unguarded-test-only", "--config"])
                 .arg(dir.path().join("signer.toml"))
                 .stderr(Stdio::null())
                 .spawn()
