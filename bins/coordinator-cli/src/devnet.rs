@@ -41,6 +41,8 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
     opts.threshold = 3;
     opts.signer_poll = Duration::from_millis(500);
     opts.sign_timeout = Duration::from_secs(10);
+    // The signers' allowlist: alice, bob and carol; mallory (4) is not on it.
+    opts.allowlist = vec![1, 2, 3];
     let peg_net = Peg::start(opts)?;
     println!("bitcoind emulator   {}", peg_net.bitcoind.url());
     println!("stacks-node emulator {}", peg_net.stacks.url());

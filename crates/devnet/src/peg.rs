@@ -5,6 +5,7 @@
 //! `coordinator-cli devnet`, the end-to-end tests and the benchmarks all
 //! build their peg here, so they exercise the same setup.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use bitcoin::{Address, Amount, BlockHash, FeeRate, Network, ScriptBuf};
 use bitcoin_node_client::{Auth, UreqBitcoinNode};
 use coordinator::config::OpSourceKind;
 use coordinator::{
-    Allowlist, BitcoinBlockSource, Components, HttpCoordinator, LoopSettings, OpSource,
+    Allowlist, BitcoinBlockSource, Components, HttpCoordinator, LoopSettings, OpSource, PegChecks,
     StacksCoordinator, StacksNodeSource,
 };
 use fee_wallet::{
@@ -26,15 +27,21 @@ use fee_wallet::{
 use frost_coordinator::{
     RelayCoordinatorOptions, RelayFrostCoordinator, SignerFile, SignerInfo, SignerSet,
 };
-use frost_signer::{SignerNode, SignerOptions};
+use frost_net::SignRequest;
+use frost_signer::{KeyHistory, SignerNode, SignerOptions, Validator};
 use peg_ops::{BurnHeight, PegOp};
 use peg_queue::SqlitePegQueue;
 use relay::{RelayConfig, RelayServer};
 use stacks_node_client::UreqStacksNode;
 use stacks_wire::{ContractId, Payload, PrincipalData, StacksNetwork, StacksPrivateKey, Value};
 
+use peg_rules::PolicyFile;
+use signer_guard::{
+    BitcoinNodeConfig, Confirmations, Guard, GuardConfig, GuardStatus, StacksNodeConfig,
+};
+
 use crate::server::lock;
-use crate::{BitcoinEmulator, BitcoinState, StacksEmulator, StacksState, User};
+use crate::{BitcoinEmulator, BitcoinState, Proxy, StacksEmulator, StacksState, User};
 
 /// The OP_RETURN magic bytes of the devnet (Bitcoin regtest's `id`).
 pub const MAGIC: [u8; 2] = *b"id";
@@ -54,10 +61,25 @@ pub struct PegOptions {
     pub signer_poll: Duration,
     /// Whether signers join a DKG while they hold a key (`--allow-rotation`).
     pub allow_rotation: bool,
+    /// The seeds of the users (`User::new(_, seed)`, as [`Peg::users`]
+    /// makes them) on the allowlist of the signer file's `[policy]`: what
+    /// the signers' guards allow. The coordinator's own allowlist (in
+    /// [`Peg::settings`]) may be stricter.
+    pub allowlist: Vec<u8>,
+    /// Bitcoin confirmations the signers (and the coordinator) want.
+    pub bitcoin_confirmations: u32,
+    /// Stacks confirmations the signers (and the coordinator) want: a value
+    /// is final at the block `stacks_confirmations − 1` below the tip.
+    pub stacks_confirmations: u32,
+    /// The signers (1-based ids) that read both nodes through a [`Proxy`]
+    /// of their own ([`Peg::bitcoin_proxy`], [`Peg::stacks_proxy`]), so a
+    /// test can make their nodes lie; the others read the emulators.
+    pub proxied: Vec<u32>,
 }
 
 impl PegOptions {
-    /// Five signers, threshold three, state in `dir`.
+    /// Five signers, threshold three, state in `dir`, users 1–64 allowed,
+    /// one confirmation on each chain, no proxies.
     pub fn new(dir: &Path) -> Self {
         PegOptions {
             dir: dir.to_owned(),
@@ -66,6 +88,10 @@ impl PegOptions {
             sign_timeout: Duration::from_secs(5),
             signer_poll: Duration::from_millis(300),
             allow_rotation: false,
+            allowlist: (1..=64).collect(),
+            bitcoin_confirmations: 1,
+            stacks_confirmations: 1,
+            proxied: Vec::new(),
         }
     }
 }
@@ -156,6 +182,148 @@ struct RunningSigner {
     thread: JoinHandle<()>,
 }
 
+/// A signer's [`Guard`] as the devnet runs it: told the keys its signer
+/// holds whenever the signer's key history file changes (after a DKG), and
+/// sharing what it saw last ([`GuardStatus`]) with the test.
+pub(crate) struct DevnetGuard {
+    guard: Guard<UreqBitcoinNode, UreqStacksNode>,
+    history: PathBuf,
+    set: SignerSet,
+    id: u32,
+    seen: Option<(std::time::SystemTime, u64)>,
+    status: Arc<Mutex<GuardStatus>>,
+}
+
+impl DevnetGuard {
+    /// The guard of signer `id`, whose key history is the file `history`.
+    ///
+    /// # Errors
+    /// When the guard's configuration does not fit or its files cannot be
+    /// opened.
+    pub(crate) fn open(
+        config: &GuardConfig,
+        file: &SignerFile,
+        file_path: &Path,
+        history: &Path,
+        id: u32,
+        status: Arc<Mutex<GuardStatus>>,
+    ) -> Result<DevnetGuard> {
+        let keys: Vec<PublicKey> = KeyHistory::load(history, &file.set, id)
+            .map_err(|e| anyhow!("signer {id}'s key history: {e}"))?
+            .keys
+            .iter()
+            .map(|k| k.aggregate_key)
+            .collect();
+        let guard = Guard::open(config, file, file_path, &keys)
+            .with_context(|| format!("signer {id}'s guard"))?;
+        let mut g = DevnetGuard {
+            guard,
+            history: history.to_owned(),
+            set: file.set.clone(),
+            id,
+            seen: None,
+            status,
+        };
+        g.seen = g.stamp();
+        Ok(g)
+    }
+
+    fn stamp(&self) -> Option<(std::time::SystemTime, u64)> {
+        let m = std::fs::metadata(&self.history).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    }
+
+    /// Tells the guard the keys of the signer's history when the file changed.
+    fn refresh(&mut self) {
+        let now = self.stamp();
+        if now == self.seen {
+            return;
+        }
+        match KeyHistory::load(&self.history, &self.set, self.id) {
+            Ok(h) => {
+                let keys: Vec<PublicKey> = h.keys.iter().map(|k| k.aggregate_key).collect();
+                match self.guard.set_keys(&keys) {
+                    Ok(()) => self.seen = now,
+                    Err(e) => log::warn!("signer {}'s guard: keys not updated: {e}", self.id),
+                }
+            }
+            Err(e) => log::warn!("signer {}'s key history: {e}", self.id),
+        }
+    }
+
+    fn share_status(&self) {
+        *lock(&self.status) = self.guard.status().clone();
+    }
+}
+
+impl Validator for DevnetGuard {
+    fn check(&mut self, request: &SignRequest) -> std::result::Result<(), String> {
+        self.refresh();
+        let r = self.guard.check(request);
+        self.share_status();
+        r
+    }
+
+    fn will_sign(&self, key: &PublicKey, digest: &[u8; 32]) -> bool {
+        self.guard.will_sign(key, digest)
+    }
+
+    fn attest(&mut self) -> Option<PublicKey> {
+        self.refresh();
+        let r = self.guard.attest();
+        self.share_status();
+        r
+    }
+
+    fn held_keys(&mut self, keys: &[PublicKey]) {
+        match self.guard.set_keys(keys) {
+            Ok(()) => self.seen = self.stamp(),
+            Err(e) => log::warn!("signer {}'s guard: keys not updated: {e}", self.id),
+        }
+    }
+}
+
+/// Writes the signers' copy of the signer file and its allowlist in
+/// `dir/signers/`, returns the signer file's path.
+pub(crate) fn write_signer_file(
+    dir: &Path,
+    file: &SignerFile,
+    allowed: &[User],
+) -> Result<PathBuf> {
+    let d = dir.join("signers");
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    std::fs::write(d.join("allowlist.toml"), allowlist_toml(allowed.iter()))?;
+    let path = d.join("signer.toml");
+    std::fs::write(&path, toml::to_string(file).context("the signer file")?)?;
+    Ok(path)
+}
+
+/// An allowlist file of `users`.
+pub(crate) fn allowlist_toml<'a>(users: impl Iterator<Item = &'a User> + Clone) -> String {
+    let list = |v: Vec<String>| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "stacks = [{}]\nbitcoin = [{}]\n",
+        list(users.clone().map(|u| u.stx.to_string()).collect()),
+        list(users.map(|u| u.btc.to_string()).collect()),
+    )
+}
+
+/// The signer file's `[policy]` for the devnet: the fees the coordinator
+/// uses (floor 2, cap 100 sat/vB, no subsidy), the allowlist next to it.
+pub(crate) fn devnet_policy() -> PolicyFile {
+    PolicyFile {
+        allowlist_file: Some("allowlist.toml".into()),
+        fee_rate_floor: 2,
+        fee_rate_cap: 100,
+        ..PolicyFile::default()
+    }
+}
+
 /// The devnet: emulated bitcoind and stacks-node, the relay, the signers.
 pub struct Peg {
     /// The emulated bitcoind.
@@ -168,7 +336,11 @@ pub struct Peg {
     pub contract: ContractId,
     opts: PegOptions,
     file: SignerFile,
+    file_path: PathBuf,
     signers: Vec<Option<RunningSigner>>,
+    statuses: Vec<Arc<Mutex<GuardStatus>>>,
+    proxies: BTreeMap<u32, (Proxy, Proxy)>,
+    guard_start: u64,
     stacks_key: StacksPrivateKey,
     coordinator_key: SecretKey,
 }
@@ -218,29 +390,28 @@ impl Peg {
                 })
                 .collect::<Result<_>>()?,
         };
-        let mut file = SignerFile {
-            relay_url: relay.url(),
-            coordinator_public_key: coordinator_key.public_key(&secp),
-            magic_bytes: None,
-            policy: Default::default(),
-            state_dir: None,
-            network: None,
-            contract: None,
-            magic_bytes: Some("id".into()),
-            policy: Default::default(),
-            set,
-        };
-        // The policy write_config's coordinator.toml repeats (H5, minimal:
-        // the coordinator now reads it from this file).
-        file.policy.allowlist_file = Some("allowlist.toml".into());
-        file.policy.fee_rate_floor = 2;
-        file.policy.fee_rate_cap = 100;
         let stacks_key = StacksPrivateKey {
             key: key(0xaa, 0)?,
             compressed: true,
         };
         let me = stacks_key.address(StacksNetwork::Testnet);
         let contract: ContractId = format!("{me}.sbtc-alpha").parse()?;
+        let file = SignerFile {
+            relay_url: relay.url(),
+            coordinator_public_key: coordinator_key.public_key(&secp),
+            state_dir: None,
+            network: Some("regtest".into()),
+            contract: Some(contract.to_string()),
+            magic_bytes: Some(String::from_utf8_lossy(&MAGIC).into_owned()),
+            policy: devnet_policy(),
+            set,
+        };
+        let allowed: Vec<User> = opts
+            .allowlist
+            .iter()
+            .map(|i| User::new(&format!("user-{i}"), *i))
+            .collect();
+        let file_path = write_signer_file(&opts.dir, &file, &allowed)?;
         let mut state = StacksState::new(contract.clone());
         state.fund(me, 1_000_000_000);
         state.model.coordinator = Some((
@@ -248,14 +419,25 @@ impl Peg {
             coordinator_key.public_key(&secp).serialize().to_vec(),
         ));
         let stacks = StacksEmulator::start("127.0.0.1:0", state)?;
+        let mut proxies = BTreeMap::new();
+        for id in &opts.proxied {
+            let b = Proxy::start(&bitcoind.url(), Duration::from_secs(30))?;
+            let s = Proxy::start(&stacks.url(), Duration::from_secs(30))?;
+            proxies.insert(*id, (b, s));
+        }
+        let guard_start = bitcoind.with(|b| b.height()) + 1;
         let mut peg = Peg {
             bitcoind,
             stacks,
             relay,
             contract,
             signers: (0..opts.signers).map(|_| None).collect(),
+            statuses: (0..opts.signers).map(|_| Arc::default()).collect(),
+            proxies,
+            guard_start,
             opts,
             file,
+            file_path,
             stacks_key,
             coordinator_key,
         };
@@ -271,27 +453,64 @@ impl Peg {
     /// # Errors
     /// When `id` is unknown or its state cannot be read.
     pub fn start_signer(&mut self, id: u32) -> Result<()> {
-        let slot = id
+        let running = id
             .checked_sub(1)
-            .and_then(|i| self.signers.get_mut(i as usize))
+            .and_then(|i| self.signers.get(i as usize))
             .ok_or_else(|| anyhow!("no signer {id}"))?;
-        if slot.is_some() {
+        if running.is_some() {
             return Ok(());
         }
+        let state_path = self.opts.dir.join(format!("signer-{id}.json"));
+        let (bitcoin_url, stacks_url) = match self.proxies.get(&id) {
+            Some((b, s)) => (b.url(), s.url()),
+            None => (self.bitcoind.url(), self.stacks.url()),
+        };
+        let config = GuardConfig {
+            bitcoin_node: BitcoinNodeConfig {
+                url: bitcoin_url,
+                user: None,
+                password: None,
+                cookie_file: None,
+            },
+            stacks_node: StacksNodeConfig { url: stacks_url },
+            confirmations: Confirmations {
+                bitcoin: self.opts.bitcoin_confirmations,
+                stacks: self.opts.stacks_confirmations,
+            },
+            start_height: self.guard_start,
+            data_dir: self.opts.dir.join(format!("guard-{id}")),
+            rpc_timeout_ms: 30_000,
+        };
+        let status = self
+            .statuses
+            .get(id as usize - 1)
+            .cloned()
+            .ok_or_else(|| anyhow!("no signer {id}"))?;
+        let guard = DevnetGuard::open(
+            &config,
+            &self.file,
+            &self.file_path,
+            &state_path,
+            id,
+            status,
+        )?;
         let mut node = SignerNode::new(SignerOptions {
             id,
             file: self.file.clone(),
             private_key: key(0x5e, id - 1)?,
-            state_path: self.opts.dir.join(format!("signer-{id}.json")),
+            state_path,
             poll_wait: self.opts.signer_poll,
             allow_rotation: self.opts.allow_rotation,
             attest_interval: frost_signer::ATTEST_INTERVAL,
         })
         .with_context(|| format!("starting signer {id}"))?;
+        node.set_validator(Box::new(guard));
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::spawn(move || node.run(&s));
-        *slot = Some(RunningSigner { stop, thread });
+        if let Some(slot) = self.signers.get_mut(id as usize - 1) {
+            *slot = Some(RunningSigner { stop, thread });
+        }
         Ok(())
     }
 
@@ -304,6 +523,47 @@ impl Peg {
             s.stop.store(true, Ordering::SeqCst);
             let _ = s.thread.join();
         }
+    }
+
+    /// What signer `id`'s guard saw last (its status): the published key
+    /// and whether it is ours, its last refusal and node error.
+    pub fn signer_status(&self, id: u32) -> Option<GuardStatus> {
+        let i = id.checked_sub(1)? as usize;
+        self.statuses.get(i).map(|s| lock(s).clone())
+    }
+
+    /// The proxy in front of the bitcoind of signer `id`, when
+    /// [`PegOptions::proxied`] names it.
+    pub fn bitcoin_proxy(&self, id: u32) -> Option<&Proxy> {
+        self.proxies.get(&id).map(|(b, _)| b)
+    }
+
+    /// The proxy in front of the stacks-node of signer `id`, when
+    /// [`PegOptions::proxied`] names it.
+    pub fn stacks_proxy(&self, id: u32) -> Option<&Proxy> {
+        self.proxies.get(&id).map(|(_, s)| s)
+    }
+
+    /// The coordinator's relay message key: what an attacker who stole it
+    /// holds (attack tests sign with it).
+    pub fn coordinator_message_key(&self) -> SecretKey {
+        self.coordinator_key
+    }
+
+    /// The coordinator's Stacks key (the contract's coordinator): what an
+    /// attacker who stole it holds.
+    pub fn coordinator_stacks_key(&self) -> StacksPrivateKey {
+        self.stacks_key
+    }
+
+    /// The signer set file the signers read, with its `[policy]`.
+    pub fn signer_file(&self) -> &SignerFile {
+        &self.file
+    }
+
+    /// The options the peg was started with.
+    pub fn options(&self) -> &PegOptions {
+        &self.opts
     }
 
     fn chains(&self) -> Chains {
@@ -586,7 +846,7 @@ impl Peg {
             stacks_network: StacksNetwork::Testnet,
             contract: self.contract.clone(),
             start_height: BurnHeight(self.bitcoind.with(|b| b.height()) + 1),
-            op_confirmations: 1,
+            op_confirmations: self.opts.bitcoin_confirmations,
             fulfillment_confirmations: 1,
             poll_interval: Duration::from_millis(20),
             backoff_base: Duration::from_millis(20),
@@ -639,6 +899,17 @@ impl Peg {
             &self.opts.dir.join(format!("coins-{first}.sqlite")),
             first,
         )?;
+        // The signers' policy (fees, limits), with the coordinator's own
+        // allowlist (it may be stricter), and the peg's Stacks depth.
+        let mut checks = PegChecks::defaults_for(&settings);
+        let mut policy = self
+            .file
+            .policy(&self.file_path, Network::Regtest)
+            .map_err(|e| anyhow!(e))?;
+        policy.allowlist = settings.allowlist.clone();
+        checks.policy = policy;
+        checks.magic = MAGIC;
+        checks.stacks_confirmations = self.opts.stacks_confirmations;
         Ok(StacksCoordinator::new(
             Components {
                 queue: SqlitePegQueue::open(&self.queue_path())?,
@@ -651,6 +922,7 @@ impl Peg {
             },
             settings,
         )
+        .with_checks(checks)
         .with_coin_record(coins, first))
     }
 
@@ -664,19 +936,11 @@ impl Peg {
         let dir = &self.opts.dir;
         let signers = toml::to_string(&self.file).context("the signer file")?;
         std::fs::write(dir.join("signer.toml"), signers)?;
-        let list = |v: Vec<String>| {
-            v.iter()
-                .map(|s| format!("{s:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        // The coordinator's allowlist: the signer file next to it names it,
+        // so both read the same one (the signers' own copy is in `signers/`).
         std::fs::write(
             dir.join("allowlist.toml"),
-            format!(
-                "stacks = [{}]\nbitcoin = [{}]\n",
-                list(allowed.iter().map(|u| u.stx.to_string()).collect()),
-                list(allowed.iter().map(|u| u.btc.to_string()).collect()),
-            ),
+            allowlist_toml(allowed.iter().copied()),
         )?;
         let config = format!(
             r#"# Written by the devnet for a coordinator-cli process.
@@ -704,8 +968,9 @@ dkg_timeout_ms = 30000
 sign_timeout_ms = {sign_timeout}
 
 [confirmations]
-ops = 1
+ops = {ops}
 fulfillment = 1
+stacks = {stacks_depth}
 
 [fees]
 stacks_fee_floor = 200
@@ -721,6 +986,8 @@ stx_low_balance_warning = 1
             relay = self.relay.url(),
             msg_key = hex::encode(self.coordinator_key.secret_bytes()),
             sign_timeout = self.opts.sign_timeout.as_millis(),
+            ops = self.opts.bitcoin_confirmations,
+            stacks_depth = self.opts.stacks_confirmations,
         );
         let path = dir.join("coordinator.toml");
         std::fs::write(&path, config)?;

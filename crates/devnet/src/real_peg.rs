@@ -12,9 +12,10 @@
 //! `coordinator-cli devnet --real-nodes` and the real-node tests build their
 //! peg here. Nothing here is for real money.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -44,9 +45,11 @@ use stacks_wire::{
 
 use crate::bitcoin::Refusal;
 use crate::bitcoind::Outcome;
-use crate::peg::MAGIC;
+use crate::peg::{allowlist_toml, devnet_policy, write_signer_file, DevnetGuard, MAGIC};
 use crate::stacks_node::{RealNodeOptions, RealStacksNode};
+use crate::Proxy;
 use crate::{RealBitcoind, User};
+use signer_guard::{BitcoinNodeConfig, Confirmations, GuardConfig, GuardStatus, StacksNodeConfig};
 
 /// The mocknet deployer's key (funded in the node's genesis; test key only).
 pub const DEPLOYER_KEY: &str = "6434e5463b4c7e8e399256b53dccb7e61496678781946b3bde2c271b66ad960e";
@@ -72,6 +75,16 @@ pub struct RealPegOptions {
     pub stacks_block_interval_ms: u64,
     /// Extra `bitcoind` arguments (for example `-txindex=0`; later ones win).
     pub bitcoind_args: Vec<String>,
+    /// The seeds of the users on the signer file's allowlist (the demo
+    /// users are 1–4; mallory, 4, is not allowed by default).
+    pub allowlist: Vec<u8>,
+    /// Bitcoin confirmations the signers want.
+    pub bitcoin_confirmations: u32,
+    /// Stacks confirmations the signers want.
+    pub stacks_confirmations: u32,
+    /// The signers (1-based ids) that read both nodes through a [`Proxy`]
+    /// of their own ([`RealPeg::bitcoin_proxy`], [`RealPeg::stacks_proxy`]).
+    pub proxied: Vec<u32>,
 }
 
 impl RealPegOptions {
@@ -86,6 +99,10 @@ impl RealPegOptions {
             signer_poll: Duration::from_millis(300),
             stacks_block_interval_ms: 300,
             bitcoind_args: Vec::new(),
+            allowlist: vec![1, 2, 3],
+            bitcoin_confirmations: 1,
+            stacks_confirmations: 1,
+            proxied: Vec::new(),
         }
     }
 }
@@ -118,6 +135,8 @@ pub struct RealPeg {
     opts: RealPegOptions,
     file: SignerFile,
     signers: Vec<RunningSigner>,
+    statuses: Vec<Arc<Mutex<GuardStatus>>>,
+    proxies: BTreeMap<u32, (Proxy, Proxy)>,
     stacks_key: StacksPrivateKey,
     coordinator_key: SecretKey,
     miner_address: Address,
@@ -234,23 +253,38 @@ impl RealPeg {
                 })
                 .collect::<Result<_>>()?,
         };
-        let mut file = SignerFile {
+        let file = SignerFile {
             relay_url: relay.url(),
             coordinator_public_key: coordinator_key.public_key(&secp),
-            magic_bytes: None,
-            policy: Default::default(),
             state_dir: None,
-            network: None,
-            contract: None,
-            magic_bytes: Some("id".into()),
-            policy: Default::default(),
+            network: Some("regtest".into()),
+            contract: Some(contract.to_string()),
+            magic_bytes: Some(String::from_utf8_lossy(&MAGIC).into_owned()),
+            policy: devnet_policy(),
             set,
         };
-        // The policy write_config's coordinator.toml repeats (H5, minimal:
-        // the coordinator now reads it from this file).
-        file.policy.allowlist_file = Some("allowlist.toml".into());
-        file.policy.fee_rate_floor = 2;
-        file.policy.fee_rate_cap = 100;
+        let allowed: Vec<User> = opts
+            .allowlist
+            .iter()
+            .map(|i| User::new(&format!("user-{i}"), *i))
+            .collect();
+        let file_path = write_signer_file(&opts.dir, &file, &allowed)?;
+        let mut proxies = BTreeMap::new();
+        for id in &opts.proxied {
+            let b = Proxy::start(&bitcoind.rpc_url(), Duration::from_secs(30))?;
+            let s = Proxy::start(stacks.url(), Duration::from_secs(30))?;
+            proxies.insert(*id, (b, s));
+        }
+        let guard_start = {
+            let c = UreqBitcoinNode::new(
+                &bitcoind.rpc_url(),
+                Auth::UserPass(bitcoind.rpc_user().into(), bitcoind.rpc_password().into()),
+                Duration::from_secs(5),
+            );
+            c.get_block_count()
+                .map_err(|e| anyhow!("getblockcount: {e}"))?
+                + 1
+        };
         let miner_address = Address::p2wpkh(
             &bitcoin::CompressedPublicKey(key(0x3b, 0)?.public_key(&secp)),
             Network::Regtest,
@@ -263,28 +297,78 @@ impl RealPeg {
             opts,
             file,
             signers: Vec::new(),
+            statuses: Vec::new(),
+            proxies,
             stacks_key,
             coordinator_key,
             miner_address,
         };
         for id in 1..=peg.opts.signers {
-            let node = SignerNode::new(SignerOptions {
+            let state_path = peg.opts.dir.join(format!("signer-{id}.json"));
+            // A proxy forwards the RPC user and password.
+            let (url, stacks_url) = match peg.proxies.get(&id) {
+                Some((b, s)) => (b.url(), s.url()),
+                None => (peg.bitcoind.rpc_url(), peg.stacks.url().to_owned()),
+            };
+            let config = GuardConfig {
+                bitcoin_node: BitcoinNodeConfig {
+                    url,
+                    user: Some(peg.bitcoind.rpc_user().to_owned()),
+                    password: Some(peg.bitcoind.rpc_password().to_owned()),
+                    cookie_file: None,
+                },
+                stacks_node: StacksNodeConfig { url: stacks_url },
+                confirmations: Confirmations {
+                    bitcoin: peg.opts.bitcoin_confirmations,
+                    stacks: peg.opts.stacks_confirmations,
+                },
+                start_height: guard_start,
+                data_dir: peg.opts.dir.join(format!("guard-{id}")),
+                rpc_timeout_ms: 5_000,
+            };
+            let status: Arc<Mutex<GuardStatus>> = Arc::default();
+            let guard = DevnetGuard::open(
+                &config,
+                &peg.file,
+                &file_path,
+                &state_path,
+                id,
+                status.clone(),
+            )?;
+            peg.statuses.push(status);
+            let mut node = SignerNode::new(SignerOptions {
                 id,
                 file: peg.file.clone(),
                 private_key: key(0x5e, id - 1)?,
-                state_path: peg.opts.dir.join(format!("signer-{id}.json")),
+                state_path,
                 poll_wait: peg.opts.signer_poll,
                 allow_rotation: false,
                 attest_interval: frost_signer::ATTEST_INTERVAL,
             })
             .with_context(|| format!("starting signer {id}"))?;
+            node.set_validator(Box::new(guard));
             let stop = Arc::new(AtomicBool::new(false));
             let s = stop.clone();
-            let mut node = node;
             let thread = std::thread::spawn(move || node.run(&s));
             peg.signers.push(RunningSigner { stop, thread });
         }
         Ok(RealPegStart::Started(Box::new(peg)))
+    }
+
+    /// What signer `id`'s guard saw last (its status).
+    pub fn signer_status(&self, id: u32) -> Option<GuardStatus> {
+        let i = id.checked_sub(1)? as usize;
+        self.statuses.get(i).map(|s| crate::server::lock(s).clone())
+    }
+
+    /// The proxy in front of signer `id`'s bitcoind, when proxied.
+    pub fn bitcoin_proxy(&self, id: u32) -> Option<&Proxy> {
+        self.proxies.get(&id).map(|(b, _)| b)
+    }
+
+    /// The proxy in front of signer `id`'s stacks-node, when proxied.
+    pub fn stacks_proxy(&self, id: u32) -> Option<&Proxy> {
+        self.proxies.get(&id).map(|(_, s)| s)
     }
 
     /// A client of Bitcoin Core (user and password, 5 s per call).
@@ -692,19 +776,9 @@ impl RealPeg {
         let dir = &self.opts.dir;
         let signers = toml::to_string(&self.file).context("the signer file")?;
         std::fs::write(dir.join("signer.toml"), signers)?;
-        let list = |v: Vec<String>| {
-            v.iter()
-                .map(|s| format!("{s:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         std::fs::write(
             dir.join("allowlist.toml"),
-            format!(
-                "stacks = [{}]\nbitcoin = [{}]\n",
-                list(allowed.iter().map(|u| u.stx.to_string()).collect()),
-                list(allowed.iter().map(|u| u.btc.to_string()).collect()),
-            ),
+            allowlist_toml(allowed.iter().copied()),
         )?;
         let config = format!(
             r#"# Written by the devnet for a coordinator-cli process on real nodes.

@@ -204,3 +204,127 @@ fn bitcoind_stopped_and_restarted_while_the_loop_runs() {
     );
     println!("bitcoind stop/restart test in {:?}", started.elapsed());
 }
+
+/// Makes signer `id`'s nodes lie, through its proxy in front of the real
+/// nodes: every coin spent (`gettxout` null), no burn recorded.
+fn lie_nothing_is_there(peg: &RealPeg, id: u32) {
+    use devnet::proxy::{rpc_result, Answer, Lie};
+    use stacks_wire::Value;
+    let b = peg.bitcoin_proxy(id).unwrap();
+    b.set(Lie::rpc("gettxout", |_, _| {
+        rpc_result(serde_json::Value::Null)
+    }));
+    let s = peg.stacks_proxy(id).unwrap();
+    s.set(Lie::path("/get-burn", |_, _| {
+        Answer::call_read(&Value::Optional(None))
+    }));
+    s.set(Lie::path("/was-burned", |_, _| {
+        Answer::call_read(&Value::Bool(false))
+    }));
+}
+
+/// Issue #13's lying nodes on the real nodes: signers 1 and 2 read Core and
+/// the stacks-node through proxies that hide coins and burns; the honest
+/// three still pay a peg-out, once. With a third liar the next peg-out waits
+/// (neither paid nor failed) until the proxies tell the truth, then it is
+/// paid once.
+#[test]
+fn lying_nodes_of_some_signers_on_the_real_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = RealPegOptions::new(dir.path());
+    opts.proxied = vec![1, 2, 3];
+    let peg = match RealPeg::start(opts) {
+        Ok(RealPegStart::Started(p)) => p,
+        Ok(RealPegStart::Skipped(why)) => {
+            println!("skipped: {why}");
+            return;
+        }
+        Err(e) => panic!("{e:#}"),
+    };
+    let stop = watchdog(Duration::from_secs(170));
+    let fail = |peg: &RealPeg, what: &str| -> ! { panic!("{what}\n{}", peg.log_tails()) };
+    peg.publish_key()
+        .unwrap_or_else(|e| fail(&peg, &format!("{e:#}")));
+    let wallet = peg.peg_wallet().unwrap();
+    let mut users: Vec<_> = demo_users().into_iter().take(1).collect();
+    peg.fund_users(&mut users).unwrap();
+    let from = peg.bitcoin_height().unwrap();
+    let allowed: Vec<_> = users.iter().collect();
+    let mut l = peg.coordinator(peg.settings(&allowed).unwrap()).unwrap();
+    let _miner = peg.miner(Duration::from_millis(300));
+    lie_nothing_is_there(&peg, 1);
+    lie_nothing_is_there(&peg, 2);
+    let alice = &mut users[0];
+    let to = alice.stx.clone();
+    let pin = alice
+        .peg_in_with(
+            |tx| peg.send(tx),
+            devnet::peg::MAGIC,
+            &wallet,
+            &to,
+            bitcoin::Amount::from_sat(100_000_000),
+        )
+        .unwrap();
+    let ins = vec![(pin, "alice peg-in".to_owned())];
+    if !peg.drive(&mut l, &ins, Duration::from_secs(40), &stop, &mut |s| {
+        println!("{s}")
+    }) {
+        fail(&peg, "the peg-in did not finish");
+    }
+    let request = |alice: &mut devnet::User, sats: u64| {
+        alice
+            .peg_out_with(
+                |tx| peg.send(tx),
+                devnet::peg::MAGIC,
+                &wallet,
+                bitcoin::Amount::from_sat(sats),
+                bitcoin::Amount::from_sat(20_000),
+            )
+            .unwrap()
+    };
+    let a = request(&mut users[0], 20_000_000);
+    let outs = vec![(a, "alice peg-out 1".to_owned())];
+    if !peg.drive(&mut l, &outs, Duration::from_secs(60), &stop, &mut |s| {
+        println!("{s}")
+    }) {
+        fail(&peg, "the honest three did not pay");
+    }
+    let script = users[0].btc.script_pubkey();
+    assert_eq!(
+        peg.payouts(&a, &script, from).unwrap(),
+        vec![bitcoin::Amount::from_sat(20_000_000)]
+    );
+    assert!(
+        peg.bitcoin_proxy(1).unwrap().told_rpc("gettxout") > 0,
+        "the liars were asked"
+    );
+
+    lie_nothing_is_there(&peg, 3);
+    let b = request(&mut users[0], 10_000_000);
+    let ended = peg.run_until(&mut l, Duration::from_secs(25), &stop, |l| {
+        state(l, &b).is_some_and(|s| s == "done" || s == "failed" || s == "rejected")
+    });
+    assert!(!ended, "with two honest signers: {:?}", state(&l, &b));
+    assert!(peg.payouts(&b, &script, from).unwrap().is_empty());
+    for id in [1, 2, 3] {
+        peg.bitcoin_proxy(id).unwrap().clear();
+        peg.stacks_proxy(id).unwrap().clear();
+    }
+    let outs = vec![(b, "alice peg-out 2".to_owned())];
+    if !peg.drive(&mut l, &outs, Duration::from_secs(60), &stop, &mut |s| {
+        println!("{s}")
+    }) {
+        fail(
+            &peg,
+            "the payout did not resume once the nodes told the truth",
+        );
+    }
+    assert_eq!(
+        peg.payouts(&b, &script, from).unwrap(),
+        vec![bitcoin::Amount::from_sat(10_000_000)]
+    );
+    assert_eq!(
+        peg.payouts(&a, &script, from).unwrap(),
+        vec![bitcoin::Amount::from_sat(20_000_000)]
+    );
+}
