@@ -17,12 +17,15 @@
 //!   (the request carries a [`peg_rules::SignPayload`] they check on their
 //!   own nodes) and broadcast — after the burn is checked once more.
 //!
-//! A step that fails for good (a node's permanent refusal, the signers'
-//! refusals, a wallet that cannot build) is retried after a backoff at most
+//! A step that fails for good (a node's permanent refusal, a wallet that
+//! cannot build) is retried after a backoff at most
 //! [`PegChecks::max_attempts`] times, then the op ends in `failed` (or
 //! `rejected`, when nothing was done for it yet) with the reason. A wait that
 //! needs no operator (a fee shortfall after the burn, a burn not final any
-//! more) is stored as the op's `waiting` reason, shown by `status`.
+//! more) is stored as the op's `waiting` reason, shown by `status`. The
+//! signers' refusals are retried without limit: a signer refuses what its own
+//! nodes do not show yet, so a refused payout waits, every signer's rule in
+//! the op's last error.
 //!
 //! Every step's outcome is stored before the next step starts. Signed
 //! transactions are stored before they are broadcast and re-broadcast, never

@@ -921,7 +921,7 @@ fn a_request_that_became_unpayable_before_its_burn_is_not_burned() {
 /// The signers keep refusing: each refusal is shown with the signer and its
 /// rule, counted, and after the limit the op fails with the reason.
 #[test]
-fn refusals_past_the_attempt_limit_fail_the_op_with_the_reason() {
+fn refusals_are_a_wait_shown_with_every_signers_rule_never_a_failure() {
     let w = world(3, vec![(2, vec![peg_out(1, 2, ALLOWED_BTC, 40_000)])]);
     for _ in 0..20 {
         w.lock()
@@ -942,23 +942,17 @@ fn refusals_past_the_attempt_limit_fail_the_op_with_the_reason() {
         max_attempts: 3,
         ..PegChecks::defaults_for(&settings())
     });
-    run_ticks(&mut l, 2);
+    run_ticks(&mut l, 6);
     let op = q.get_op(&txid(1));
-    assert_eq!(op.state, OpState::BurnConfirmed, "not failed yet");
-    assert_eq!(op.attempts, 2);
+    // Signers refuse what their own nodes do not show (yet): the payout
+    // waits, however often, and the operator sees who refused and why.
+    assert_eq!(op.state, OpState::BurnConfirmed, "a refused payout waits");
+    assert_eq!(op.attempts, 0, "a refusal is no attempt");
     let shown = op.last_error.unwrap();
     assert!(
         shown.contains("signer 1: fulfilment.input") && shown.contains("signer 2: backing"),
         "{shown}"
     );
-    run_ticks(&mut l, 3);
-    match q.state(&txid(1)) {
-        OpState::Failed { reason } => {
-            assert!(reason.contains("signers refused"), "{reason}");
-            assert!(reason.contains("3 attempts"), "{reason}");
-        }
-        other => panic!("expected failed, got {other}"),
-    }
     assert!(w.lock().unwrap().btc_broadcasts.is_empty());
 }
 

@@ -83,9 +83,19 @@ fn fmt_refusals(r: &[(u32, String)]) -> String {
 }
 
 impl Error {
-    /// Returns whether trying again later may succeed (signers offline, relay down).
+    /// Returns whether trying again later may succeed: signers offline, the
+    /// relay down, a round disrupted, and refusals — a signer refuses what
+    /// its own nodes do not show yet (a burn not final, a request not deep
+    /// enough) or what lying nodes hide, so a refused payout waits (shown
+    /// with every signer's rule) and is never given up on by itself.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Timeout { .. } | Error::Relay(_))
+        matches!(
+            self,
+            Error::Timeout { .. }
+                | Error::Relay(_)
+                | Error::Refused { .. }
+                | Error::SigningFailed(_)
+        )
     }
 }
 

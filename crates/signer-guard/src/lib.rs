@@ -657,26 +657,41 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
 
     /// The request's transaction on the signer's best chain, parsed.
     fn request_op(&self, txid: &Txid) -> Result<(PegOutRequestOp, u64), Rule> {
-        let status = self
-            .bitcoin
-            .get_raw_transaction(txid)
-            .map_err(|e| btc_err("getrawtransaction", e))?
-            .ok_or_else(|| {
-                rule(
-                    "request.unknown",
-                    format!("{txid} is unknown to this signer's bitcoind"),
-                )
-            })?;
+        // The transaction's confirmations and the tip height must come from
+        // one chain: read the tip before and after, and try again when a
+        // block arrived in between (else the height would be off by one and
+        // an honest request refused as off the best chain).
+        let mut attempt = 0;
+        let (status, tip) = loop {
+            let before = self
+                .bitcoin
+                .get_block_count()
+                .map_err(|e| btc_err("getblockcount", e))?;
+            let status = self
+                .bitcoin
+                .get_raw_transaction(txid)
+                .map_err(|e| btc_err("getrawtransaction", e))?
+                .ok_or_else(|| {
+                    rule(
+                        "request.unknown",
+                        format!("{txid} is unknown to this signer's bitcoind"),
+                    )
+                })?;
+            let after = self
+                .bitcoin
+                .get_block_count()
+                .map_err(|e| btc_err("getblockcount", e))?;
+            attempt += 1;
+            if before == after || attempt >= 3 {
+                break (status, after);
+            }
+        };
         let Some(block_hash) = status.block_hash.filter(|_| status.confirmations > 0) else {
             return Err(rule(
                 "request.not-final",
                 format!("{txid} is not confirmed"),
             ));
         };
-        let tip = self
-            .bitcoin
-            .get_block_count()
-            .map_err(|e| btc_err("getblockcount", e))?;
         let height = tip
             .checked_add(1)
             .and_then(|t| t.checked_sub(u64::from(status.confirmations)))
