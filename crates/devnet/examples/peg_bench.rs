@@ -102,14 +102,16 @@ fn main() {
     let outs: Vec<Txid> = peg.with_bitcoin(|b| {
         let mut v = Vec::new();
         for u in users.iter_mut() {
-            for _ in 0..PER_USER {
+            for j in 0..PER_USER {
                 if v.len() < ops {
+                    // Each of a user's requests differs by a sat: an identical
+                    // request (same amount and recipient) is a replay.
                     v.push(
                         u.peg_out(
                             b,
                             MAGIC,
                             &wallet,
-                            Amount::from_sat(500_000),
+                            Amount::from_sat(500_000 + j as u64),
                             Amount::from_sat(20_000),
                         )
                         .unwrap(),
@@ -152,8 +154,10 @@ fn main() {
     );
     let paid = outs
         .iter()
-        .zip(users.iter().flat_map(|u| std::iter::repeat_n(u, PER_USER)))
-        .filter(|(t, u)| peg.payouts(t, &u.btc.script_pubkey()) == vec![Amount::from_sat(500_000)])
+        .zip(users.iter().flat_map(|u| (0..PER_USER).map(move |j| (u, j))))
+        .filter(|(t, (u, j))| {
+            peg.payouts(t, &u.btc.script_pubkey()) == vec![Amount::from_sat(500_000 + *j as u64)]
+        })
         .count();
     assert_eq!(paid, ops, "every peg-out paid exactly once");
 }
