@@ -303,6 +303,15 @@ impl<B, S> std::fmt::Debug for Guard<B, S> {
     }
 }
 
+/// The most items one sign request may ask for (a sweep of this many coins
+/// at most; test messages alike).
+pub const MAX_ITEMS: usize = 256;
+
+/// The most fulfilments (the first and its replacements) this signer signs
+/// for one request: each spends the same fee output, so only one can
+/// confirm, but every one is stored and read at every check.
+pub const MAX_FULFILMENTS_PER_REQUEST: usize = 16;
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -489,6 +498,34 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             self.status.last_error = Some(e.to_string());
             return Err(e);
         }
+        // Never back to an older key: once a key was published, an older
+        // key of the history (whose holders may have left the set) is not
+        // followed again, whoever sets it in the contract.
+        let index = |k: &PublicKey| self.keys.iter().position(|h| h == k);
+        let seen = self
+            .store
+            .published_keys()
+            .map_err(|e| rule("guard.store", e))?;
+        if let (Some(now_at), Some(newest_seen)) =
+            (index(&key), seen.iter().filter_map(index).max())
+        {
+            if now_at < newest_seen {
+                self.status.published_key_ours = Some(false);
+                let e = rule(
+                    "key.not-ours",
+                    format!(
+                        "the contract publishes {key}, older than {} which it published before: refusing every payout",
+                        self.keys[newest_seen]
+                    ),
+                );
+                log::error!("{e}");
+                self.status.last_error = Some(e.to_string());
+                return Err(e);
+            }
+        }
+        self.store
+            .saw_published(&key, now())
+            .map_err(|e| rule("guard.store", e))?;
         Ok(key)
     }
 
@@ -554,6 +591,37 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         Ok((kind, false))
     }
 
+    /// The recipient of the peg-in `txid` (at `height`), read again from
+    /// this signer's bitcoind; `None` when it is no peg-in.
+    fn peg_in_recipient(&self, txid: &Txid, height: u64) -> Result<Option<PrincipalData>, Rule> {
+        let status = self
+            .bitcoin
+            .get_raw_transaction(txid)
+            .map_err(|e| btc_err("getrawtransaction", e))?
+            .ok_or_else(|| {
+                btc_err(
+                    "getrawtransaction",
+                    format!("{txid}, a peg-in paid to the peg wallet, is unknown (is -txindex on?)"),
+                )
+            })?;
+        let at = Position {
+            height: BurnHeight(height),
+            block_hash: status.block_hash.unwrap_or_else(BlockHash::all_zeros),
+            vtxindex: 0,
+        };
+        Ok(
+            match peg_ops::wire::parse_transaction(
+                &status.tx,
+                self.params.magic,
+                self.params.networks.bitcoin,
+                at,
+            ) {
+                Ok(Some(PegOp::PegIn(op))) => Some(op.recipient),
+                _ => None,
+            },
+        )
+    }
+
     /// Reads the wallet from the coin record; with `mints_at`, also which
     /// peg-ins are not minted at that Stacks block.
     fn wallet(&mut self, mints_at: Option<&[u8; 32]>) -> Result<Wallet, Rule> {
@@ -583,10 +651,27 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                     let v =
                         self.read_final(GET_MINT, &[contract::txid_arg(&c.outpoint.txid)], tip)?;
                     match decode_entry(&v).map_err(|e| stx_err(GET_MINT, e))? {
-                        Some(_) => self
-                            .store
-                            .mark_minted(&c.outpoint.txid)
-                            .map_err(|e| rule("guard.store", e))?,
+                        // Minted only for the peg-in's own amount and
+                        // recipient: a mint under its txid to anyone else
+                        // (a stolen coordinator Stacks key) leaves the
+                        // peg-in owed, so the books show the hole.
+                        Some((amount, principal))
+                            if amount == c.txout.value.to_sat()
+                                && self.peg_in_recipient(&c.outpoint.txid, c.height)?
+                                    == Some(principal.clone()) =>
+                        {
+                            self.store
+                                .mark_minted(&c.outpoint.txid)
+                                .map_err(|e| rule("guard.store", e))?
+                        }
+                        Some((amount, principal)) => {
+                            log::error!(
+                                "peg-in {} ({} sats) has a mint of {amount} sats to {principal} under its txid: not its own, still owed",
+                                c.outpoint.txid,
+                                c.txout.value.to_sat()
+                            );
+                            w.unminted.push((c.outpoint.txid, c.txout.value));
+                        }
                         None => w.unminted.push((c.outpoint.txid, c.txout.value)),
                     }
                 }
@@ -766,6 +851,18 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             .fulfilments()
             .map_err(|e| rule("guard.store", e))?;
         let digest = peg_rules::request_signature_digest(&op);
+        let replacements = signed
+            .iter()
+            .filter(|f| f.request_txid == *request_txid && f.txid != tx.compute_txid())
+            .count();
+        if replacements >= MAX_FULFILMENTS_PER_REQUEST {
+            return Err(rule(
+                "fulfilment.replacements",
+                format!(
+                    "{request_txid} has {replacements} fulfilments signed already, the most this signer signs"
+                ),
+            ));
+        }
         if let Some(f) = signed
             .iter()
             .find(|f| f.signature_digest == digest && f.request_txid != *request_txid)
@@ -851,6 +948,55 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             &current_script,
             &is_peg_coin,
         )?;
+        self.check_books(&wallet, tx, prevouts, final_tip, Some(request_txid))?;
+        let spent = sum(prevouts.iter().map(|p| p.value)).unwrap_or(Amount::MAX);
+        let fee = spent.checked_sub(sum(tx.output.iter().map(|o| o.value)).unwrap_or(Amount::MAX));
+        let outflow = op
+            .amount
+            .checked_add(fee.unwrap_or(Amount::ZERO))
+            .unwrap_or(Amount::MAX);
+        Ok((
+            promises,
+            Some(Fulfilment {
+                request_txid: *request_txid,
+                txid: tx.compute_txid(),
+                tx: tx.clone(),
+                amount: op.amount,
+                outflow,
+                signature_digest: digest,
+                time: now,
+            }),
+        ))
+    }
+
+
+    /// The circuit breaker: the peg's books after `tx` (a payout of
+    /// `this_request`, or a sweep), with the other payouts signed in the last
+    /// day and not yet confirmed (their request's fee output still unspent)
+    /// taken out of what the wallet holds.
+    fn check_books(
+        &mut self,
+        wallet: &Wallet,
+        tx: &Transaction,
+        prevouts: &[TxOut],
+        final_tip: &[u8; 32],
+        this_request: Option<&Txid>,
+    ) -> Result<(), Rule> {
+        let now = now();
+        let signed = self
+            .store
+            .fulfilments()
+            .map_err(|e| rule("guard.store", e))?;
+        let mut recent: BTreeMap<Txid, (Amount, Amount)> = BTreeMap::new();
+        for f in signed.iter().filter(|f| {
+            Some(&f.request_txid) != this_request && f.time.saturating_add(DAY_SECS) > now
+        }) {
+            let e = recent
+                .entry(f.request_txid)
+                .or_insert((f.amount, f.outflow));
+            e.1 = e.1.max(f.outflow);
+        }
+        let scripts = self.held_scripts();
         // The books after this payout, with the other payouts signed and
         // not yet confirmed (their request's fee output still unspent)
         // taken out.
@@ -887,7 +1033,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         for o in wallet
             .fee_outputs
             .iter()
-            .filter(|o| o.txid != *request_txid && !pending.contains(&o.txid))
+            .filter(|o| Some(&o.txid) != this_request && !pending.contains(&o.txid))
         {
             if let Some(t) = wallet.unspent.get(o) {
                 owed_to_requests.push(t.value);
@@ -917,23 +1063,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             supply,
             debts,
         })?;
-        let fee = spent.checked_sub(sum(tx.output.iter().map(|o| o.value)).unwrap_or(Amount::MAX));
-        let outflow = op
-            .amount
-            .checked_add(fee.unwrap_or(Amount::ZERO))
-            .unwrap_or(Amount::MAX);
-        Ok((
-            promises,
-            Some(Fulfilment {
-                request_txid: *request_txid,
-                txid: tx.compute_txid(),
-                tx: tx.clone(),
-                amount: op.amount,
-                outflow,
-                signature_digest: digest,
-                time: now,
-            }),
-        ))
+        Ok(())
     }
 
     fn check_sweep(
@@ -941,8 +1071,11 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         tx: &Transaction,
         prevouts: &[TxOut],
         current: &PublicKey,
+        final_tip: &[u8; 32],
     ) -> Result<(), Rule> {
-        let wallet = self.wallet(None)?;
+        // The books too: a sweep's fee comes out of the backing, so a
+        // stream of consolidations at the fee cap could drain it.
+        let wallet = self.wallet(Some(final_tip))?;
         let current_script = script_of(current, self.params.networks.bitcoin);
         let is_sweepable = |o: &OutPoint, out: &TxOut| {
             wallet.unspent.get(o) == Some(out) && !wallet.fee_outputs.contains(o)
@@ -953,7 +1086,8 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             prevouts,
             &current_script,
             &is_sweepable,
-        )
+        )?;
+        self.check_books(&wallet, tx, prevouts, final_tip, None)
     }
 
     /// The whole check: the promises to record, and the fulfilment signed.
@@ -965,6 +1099,12 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             SignPayload::decode(&request.payload).map_err(|e| rule("payload.decode", e))?;
         if request.items.is_empty() {
             return Err(rule("items.mismatch", "no items"));
+        }
+        if request.items.len() > MAX_ITEMS {
+            return Err(rule(
+                "items.mismatch",
+                format!("{} items, more than {MAX_ITEMS}", request.items.len()),
+            ));
         }
         match &payload {
             SignPayload::Test => {
@@ -1002,7 +1142,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                         prevouts,
                     } => self.check_fulfilment(r, tx, prevouts, promises, &final_tip, &current),
                     SignPayload::Sweep { tx, prevouts } => {
-                        self.check_sweep(tx, prevouts, &current)?;
+                        self.check_sweep(tx, prevouts, &current, &final_tip)?;
                         Ok((promises, None))
                     }
                     _ => Err(rule("payload.decode", "unreachable payload kind")),

@@ -25,6 +25,9 @@ use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, Transaction, Txid};
 use rusqlite::{params, Connection, OptionalExtension};
 
+/// How long a `will_sign` promise is kept, seconds.
+pub(crate) const PROMISE_KEEP_SECS: u64 = 3600;
+
 /// Migrations, in order; `schema_version` records how many ran.
 const MIGRATIONS: &[&str] = &["CREATE TABLE will_sign (
         key BLOB NOT NULL,
@@ -49,6 +52,12 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE will_sign (
         txid BLOB PRIMARY KEY NOT NULL,
         kind TEXT NOT NULL CHECK (kind IN ('peg-in', 'request', 'other')),
         minted_final INTEGER NOT NULL DEFAULT 0
+    ) STRICT;",
+    // Every peg wallet key seen published at the final Stacks block: the
+    // contract's key may move forward to a newer key, never back.
+    "CREATE TABLE published_keys (
+        key BLOB PRIMARY KEY NOT NULL,
+        first_seen INTEGER NOT NULL
     ) STRICT;"];
 
 /// How a transaction that paid the peg wallet is classified.
@@ -174,6 +183,14 @@ impl Store {
         fulfilment: Option<&Fulfilment>,
     ) -> Result<(), String> {
         let tx = db(self.conn.transaction())?;
+        // A promise outlives the signer's in-memory allowance (10 minutes)
+        // by far after an hour: older ones answer nothing, so they go, and
+        // the table stays as big as an hour of requests (fulfilments are
+        // kept for good).
+        db(tx.execute(
+            "DELETE FROM will_sign WHERE created < ?1",
+            [sql_u64(now.saturating_sub(PROMISE_KEEP_SECS))?],
+        ))?;
         for (key, digest) in promises {
             db(tx.execute(
                 "INSERT INTO will_sign (key, digest, request, created) VALUES (?1, ?2, ?3, ?4)
@@ -284,6 +301,30 @@ impl Store {
     }
 
     /// Records that a peg-in's mint is final.
+    /// Records `key` as seen published (once).
+    pub(crate) fn saw_published(&mut self, key: &bitcoin::secp256k1::PublicKey, now: u64) -> Result<(), String> {
+        db(self.conn.execute(
+            "INSERT OR IGNORE INTO published_keys (key, first_seen) VALUES (?1, ?2)",
+            params![key.serialize().to_vec(), i64::try_from(now).unwrap_or(i64::MAX)],
+        ))?;
+        Ok(())
+    }
+
+    /// Every key seen published.
+    pub(crate) fn published_keys(&self) -> Result<Vec<bitcoin::secp256k1::PublicKey>, String> {
+        let mut st = db(self.conn.prepare("SELECT key FROM published_keys"))?;
+        let rows = db(st.query_map([], |r| r.get::<_, Vec<u8>>(0)))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let bytes = db(r)?;
+            out.push(
+                bitcoin::secp256k1::PublicKey::from_slice(&bytes)
+                    .map_err(|e| format!("guard store: a published key that is no key: {e}"))?,
+            );
+        }
+        Ok(out)
+    }
+
     pub(crate) fn mark_minted(&mut self, txid: &Txid) -> Result<(), String> {
         db(self.conn.execute(
             "UPDATE coin_txs SET minted_final = 1 WHERE txid = ?1",
