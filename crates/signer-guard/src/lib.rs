@@ -47,6 +47,11 @@
 //! fee output still unspent, signed within a day) are taken out of what
 //! the wallet holds. So sBTC minted without BTC and then burned is never
 //! paid out of other users' BTC, however much surplus the wallet holds.
+//! The breaker stays tripped until the books balance again; the operator's
+//! way out is to cover the shortfall with BTC of their own, paid to the
+//! current peg wallet address in a plain transaction (no peg-in: nothing
+//! is owed for it), after finding and stopping the cause (a stolen
+//! coordinator Stacks key minting without BTC).
 //!
 //! Every refusal is `"rule.name: detail"`: a `peg_rules` rule name or one
 //! of the guard's own: `key.not-ours`, `stacks.not-final`, `burn.not-final`,
@@ -329,6 +334,12 @@ fn decode_entry(v: &Value) -> Result<Option<(u64, PrincipalData)>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The sum of amounts, `None` on overflow.
+fn sum(it: impl Iterator<Item = Amount>) -> Option<Amount> {
+    let mut it = it;
+    it.try_fold(Amount::ZERO, |s, a| s.checked_add(a))
+}
+
 /// Everything the guard knows of the peg wallet at one check.
 struct Wallet {
     /// Confirmed unspent coins of every key held.
@@ -410,7 +421,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     }
 
     fn sender(&self) -> PrincipalData {
-        PrincipalData::Standard(self.params.contract.address.clone())
+        PrincipalData::Standard(self.params.contract.address)
     }
 
     /// The Stacks block at which values are final.
@@ -666,8 +677,9 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             .bitcoin
             .get_block_count()
             .map_err(|e| btc_err("getblockcount", e))?;
-        let height = (tip + 1)
-            .checked_sub(u64::from(status.confirmations))
+        let height = tip
+            .checked_add(1)
+            .and_then(|t| t.checked_sub(u64::from(status.confirmations)))
             .ok_or_else(|| {
                 btc_err(
                     "getrawtransaction",
@@ -755,7 +767,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         let mut recent: BTreeMap<Txid, (Amount, Amount)> = BTreeMap::new();
         for f in signed
             .iter()
-            .filter(|f| f.request_txid != *request_txid && f.time + DAY_SECS > now)
+            .filter(|f| f.request_txid != *request_txid && f.time.saturating_add(DAY_SECS) > now)
         {
             let e = recent
                 .entry(f.request_txid)
@@ -799,9 +811,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 ))
             }
             Some((amount, principal)) => {
-                if amount != op.amount.to_sat()
-                    || principal != PrincipalData::Standard(requester.clone())
-                {
+                if amount != op.amount.to_sat() || principal != PrincipalData::Standard(requester) {
                     return Err(rule(
                         "burn.mismatch",
                         format!(
@@ -843,18 +853,16 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             .filter(|r| wallet.unspent.contains_key(&OutPoint::new(**r, 2)))
             .copied()
             .collect();
-        let sum = |it: &mut dyn Iterator<Item = Amount>| {
-            it.fold(Some(Amount::ZERO), |s, a| s.and_then(|s| s.checked_add(a)))
-        };
+
         let held: HashSet<ScriptBuf> = scripts.iter().cloned().collect();
-        let held_now = sum(&mut wallet.unspent.values().map(|o| o.value));
-        let spent = sum(&mut prevouts.iter().map(|p| p.value));
-        let change = sum(&mut tx
+        let held_now = sum(wallet.unspent.values().map(|o| o.value));
+        let spent = sum(prevouts.iter().map(|p| p.value));
+        let change = sum(tx
             .output
             .iter()
             .filter(|o| held.contains(&o.script_pubkey))
             .map(|o| o.value));
-        let pending_out = sum(&mut recent
+        let pending_out = sum(recent
             .iter()
             .filter(|(r, _)| pending.contains(*r))
             .map(|(_, (_, out))| *out));
@@ -874,7 +882,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 owed_to_requests.push(Amount::from_sat(amount));
             }
         }
-        let debts = sum(&mut wallet
+        let debts = sum(wallet
             .unminted
             .iter()
             .map(|(_, a)| *a)
@@ -894,8 +902,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             supply,
             debts,
         })?;
-        let fee =
-            spent.checked_sub(sum(&mut tx.output.iter().map(|o| o.value)).unwrap_or(Amount::MAX));
+        let fee = spent.checked_sub(sum(tx.output.iter().map(|o| o.value)).unwrap_or(Amount::MAX));
         let outflow = op
             .amount
             .checked_add(fee.unwrap_or(Amount::ZERO))
