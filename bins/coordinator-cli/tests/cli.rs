@@ -209,3 +209,25 @@ fn queue_retry_sends_a_rejected_op_back_to_validation() {
     );
     assert_eq!(o.status.code(), Some(1));
 }
+
+/// A key that moved to the signer set file's `[policy]` and now says
+/// something else there stops start-up, naming both places.
+#[test]
+fn a_fee_key_disagreeing_with_the_signer_set_file_exits_2_naming_both() {
+    let o = cli(
+        &[
+            "--config",
+            conf("coordinator.toml").to_str().unwrap(),
+            "status",
+        ],
+        &[("SBTC_COORDINATOR__FEES__BITCOIN_FEE_RATE_FLOOR", "3")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("fees.bitcoin_fee_rate_floor")
+            && e.contains("fee_rate_floor = 1")
+            && e.contains("signer.toml"),
+        "{e}"
+    );
+}

@@ -84,17 +84,36 @@ fn sigkilled_coordinator_processes_do_every_op_exactly_once() {
     let mut target = usize::from(USERS) * PER_USER;
     let mut kills_mid_work = 0;
     let mut ins: Vec<Txid> = Vec::new();
-    let mut outs: Vec<(usize, Txid)> = Vec::new();
+    // (user, request, amount): each wave's peg-outs are a sat larger than
+    // the last, since an identical request (same amount and recipient,
+    // same signature) is a replay the coordinator rejects.
+    let mut outs: Vec<(usize, Txid, u64)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut next_kill = Instant::now() + Duration::from_millis(200 + rng.below(600));
     loop {
         assert!(
             Instant::now() < deadline,
-            "not done in time after {kills} kills: {} of {} peg-ins, {} of {} peg-outs; log:\n{}",
+            "not done in time after {kills} kills: {} of {} peg-ins, {} of {} peg-outs; not done:\n{}\nlog:\n{}",
             done(&queue, &ins),
             ins.len(),
             done(&queue, &outs.iter().map(|o| o.1).collect::<Vec<_>>()),
             outs.len(),
+            queue
+                .all()
+                .unwrap_or_default()
+                .iter()
+                .filter(|o| o.state != OpState::Done)
+                .map(|o| format!(
+                    "{} {}: {} (attempts {}, last error {:?}, waiting {:?})",
+                    o.op.kind(),
+                    o.op.txid(),
+                    o.state.name(),
+                    o.attempts,
+                    o.last_error,
+                    o.waiting
+                ))
+                .collect::<Vec<_>>()
+                .join("\n"),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         // Users send work in waves: a peg-in each, then (once minted) a
@@ -114,6 +133,7 @@ fn sigkilled_coordinator_processes_do_every_op_exactly_once() {
         } else if outs.len() < ins.len()
             && done(&queue, &ins[(wave - 1) * usize::from(USERS)..]) == usize::from(USERS)
         {
+            let amount = PEG_OUT + (outs.len() / usize::from(USERS)) as u64;
             peg.with_bitcoin(|b| {
                 for (i, u) in users.iter_mut().enumerate() {
                     let t = u
@@ -121,11 +141,11 @@ fn sigkilled_coordinator_processes_do_every_op_exactly_once() {
                             b,
                             MAGIC,
                             &wallet,
-                            Amount::from_sat(PEG_OUT),
+                            Amount::from_sat(amount),
                             Amount::from_sat(20_000),
                         )
                         .unwrap();
-                    outs.push((i, t));
+                    outs.push((i, t, amount));
                 }
             });
         }
@@ -163,22 +183,30 @@ fn sigkilled_coordinator_processes_do_every_op_exactly_once() {
     for t in &ins {
         assert_eq!(peg.contract_calls("mint!", t), (1, 0), "peg-in {t}");
     }
-    for (i, t) in &outs {
+    for (i, t, amount) in &outs {
         assert_eq!(peg.contract_calls("burn!", t), (1, 0), "peg-out {t}");
         assert_eq!(
             peg.payouts(t, &users[*i].btc.script_pubkey()),
-            vec![Amount::from_sat(PEG_OUT)],
+            vec![Amount::from_sat(*amount)],
             "peg-out {t}"
         );
     }
     let failed = peg.failed_contract_calls();
     assert!(failed.is_empty(), "{failed:?}");
-    let each = u128::from(PEG_IN - PEG_OUT) * (ins.len() / usize::from(USERS)) as u128;
-    for u in &users {
-        assert_eq!(peg.sbtc_balance(&u.stx), each, "{}", u.name);
+    let waves = ins.len() / usize::from(USERS);
+    let mut supply_left = 0;
+    for (i, u) in users.iter().enumerate() {
+        let out: u128 = outs
+            .iter()
+            .filter(|o| o.0 == i)
+            .map(|o| u128::from(o.2))
+            .sum();
+        let left = u128::from(PEG_IN) * waves as u128 - out;
+        assert_eq!(peg.sbtc_balance(&u.stx), left, "{}", u.name);
+        supply_left += left;
     }
     let supply = peg.stacks.with(|s| s.model.supply);
-    assert_eq!(supply, each * u128::from(USERS));
+    assert_eq!(supply, supply_left);
     println!(
         "{kills} kills ({kills_mid_work} with ops in flight); {} peg-ins and {} peg-outs each done once",
         ins.len(),

@@ -72,6 +72,12 @@ fn the_seed_four_terminal_dkg_signing_round() {
         .replace("http://127.0.0.1:3000", &url)
         .replace("../data/signers", "signers");
     std::fs::write(dir.path().join("signer.toml"), signer_toml).unwrap();
+    // The signer set file's [policy] names it, relative to that file.
+    std::fs::copy(
+        conf.join("allowlist.toml"),
+        dir.path().join("allowlist.toml"),
+    )
+    .unwrap();
     let coordinator_toml = std::fs::read_to_string(conf.join("coordinator.toml"))
         .unwrap()
         .replace("http://127.0.0.1:3000", &url)
@@ -95,7 +101,7 @@ fn the_seed_four_terminal_dkg_signing_round() {
     for id in ["3", "2", "1"] {
         children.0.push(
             Command::new(sibling("stacks-signer"))
-                .args(["--id", id, "--config"])
+                .args(["--id", id, "--unguarded-test-only", "--config"])
                 .arg(dir.path().join("signer.toml"))
                 .stderr(Stdio::null())
                 .spawn()

@@ -1,14 +1,58 @@
-//! The signer binary's helper commands and its start-up errors.
+//! The signer binary's helper commands, its configuration file and its
+//! start-up errors: no node configuration, no signer.
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
-fn signer(args: &[&str]) -> std::process::Output {
+fn signer(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_stacks-signer"))
         .args(args)
         .env_remove("SBTC_SIGNER_PRIVATE_KEY")
         .output()
         .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn conf(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../conf")
+        .join(name)
+}
+
+/// A URL nothing listens on.
+fn closed_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    url
+}
+
+/// A copy of conf/signer.toml in `dir` naming a peg the guard can check
+/// (network, contract, magic bytes) and a relay that is not there, with the
+/// sample per-signer files next to it.
+fn peg_dir(dir: &Path) {
+    let text = std::fs::read_to_string(conf("signer.toml")).unwrap();
+    let text = text
+        .replace("http://127.0.0.1:3000", &closed_url())
+        .replace("../data/signers", "signers");
+    let head = "network = \"regtest\"\ncontract = \"ST3Z0MHYA9ZHQQKX0XYZ6MJYJXDJYBFZEZCGP88N0.sbtc-alpha\"\nmagic_bytes = \"id\"\n";
+    let mut text = if text.contains("\nnetwork =") {
+        text
+    } else {
+        format!("{head}{text}")
+    };
+    if !text.contains("\n[policy]") {
+        text.push_str("\n[policy]\nallowlist_file = \"allowlist.toml\"\n");
+    }
+    std::fs::copy(conf("allowlist.toml"), dir.join("allowlist.toml")).unwrap();
+    std::fs::write(dir.join("signer.toml"), text).unwrap();
+    for i in 1..=3 {
+        let name = format!("signer-{i}.toml");
+        std::fs::copy(conf(&name), dir.join(&name)).unwrap();
+    }
 }
 
 #[test]
@@ -31,21 +75,35 @@ fn key_helpers_generate_and_show_keys() {
 }
 
 #[test]
-fn start_up_errors_are_clear() {
-    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conf/signer.toml");
-    let conf = conf.to_str().unwrap();
-    let o = signer(&["--config", conf]);
+fn the_older_form_runs_only_unguarded_and_says_so() {
+    let set = conf("signer.toml");
+    let set = set.to_str().unwrap();
+    let o = signer(&["--config", set]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--id"));
-    let o = signer(&["--id", "9", "--config", conf]);
+    assert!(stderr(&o).contains("run --config"), "{}", stderr(&o));
+    // The signer set file alone configures no node: refused.
+    let o = signer(&["--id", "1", "--config", set]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no signer with id 9"));
-    let o = signer(&["--id", "1", "--config", "/nonexistent/signer.toml"]);
+    assert!(stderr(&o).contains("configures no node"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--unguarded-test-only"),
+        "{}",
+        stderr(&o)
+    );
+    let unguarded = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.push("--unguarded-test-only");
+        signer(&a)
+    };
+    let o = unguarded(&["--id", "9", "--config", set]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/signer.toml"));
+    assert!(stderr(&o).contains("no signer with id 9"), "{}", stderr(&o));
+    let o = unguarded(&["--id", "1", "--config", "/nonexistent/signer.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/nonexistent/signer.toml"));
     // The wrong key for the id is refused before touching the relay.
     let o = Command::new(env!("CARGO_BIN_EXE_stacks-signer"))
-        .args(["--id", "1", "--config", conf])
+        .args(["--id", "1", "--config", set, "--unguarded-test-only"])
         .env(
             "SBTC_SIGNER_PRIVATE_KEY",
             "3d5740417385093d2eae10736f7b834066ab3a9191c729df6186aa3cb34df428",
@@ -54,8 +112,161 @@ fn start_up_errors_are_clear() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("does not belong to signer 1"),
+        stderr(&o).contains("does not belong to signer 1"),
         "{}",
-        String::from_utf8_lossy(&o.stderr)
+        stderr(&o)
     );
+}
+
+#[test]
+fn a_signer_without_node_configuration_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    peg_dir(dir.path());
+    let f = dir.path().join("bare.toml");
+    std::fs::write(&f, "signer_set = \"signer.toml\"\nid = 1\n").unwrap();
+    let o = signer(&["run", "--config", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    for want in [
+        "no node configuration",
+        "[bitcoin_node]",
+        "[stacks_node]",
+        "[confirmations]",
+        "start_height",
+        "bare.toml",
+    ] {
+        assert!(e.contains(want), "{want:?} not in {e}");
+    }
+    assert!(
+        !dir.path().join("signers").exists(),
+        "nothing written before the refusal"
+    );
+    // A partial guard configuration names what is missing.
+    std::fs::write(
+        &f,
+        "signer_set = \"signer.toml\"\nid = 1\n[bitcoin_node]\nurl = \"http://127.0.0.1:18443\"\n",
+    )
+    .unwrap();
+    let o = signer(&["run", "--config", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("incomplete") && e.contains("[stacks_node]"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("add [bitcoin_node]"),
+        "bitcoin_node is there: {e}"
+    );
+
+    // Explicitly unguarded (protocol tests): it runs, loudly, as far as the
+    // (absent) relay.
+    std::fs::write(&f, "signer_set = \"signer.toml\"\nid = 1\n").unwrap();
+    let o = signer(&[
+        "run",
+        "--config",
+        f.to_str().unwrap(),
+        "--unguarded-test-only",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("NO GUARD"), "{e}");
+    assert!(e.contains("relay"), "{e}");
+}
+
+#[test]
+fn bad_configuration_files_are_named_with_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    peg_dir(dir.path());
+    let sample = std::fs::read_to_string(dir.path().join("signer-1.toml")).unwrap();
+    let cases = [
+        (sample.replace("id = 1", "id = 7"), "no signer with id 7"),
+        (
+            sample.replace("id = 1", "id = \"one\""),
+            "id must be a positive integer",
+        ),
+        (
+            sample.replace("signer_set = \"signer.toml\"", ""),
+            "signer_set is missing",
+        ),
+        (
+            sample.replace("signer.toml", "missing.toml"),
+            "missing.toml",
+        ),
+        (
+            sample.replace("stacks = 1", "stacks = 1\nstack = 2"),
+            "unknown field `stack`",
+        ),
+        (
+            sample.replace("[stacks_node]", "[stacks-node]"),
+            "[stacks_node]",
+        ),
+        (sample.replace("bitcoin = 1", "bitcoin = 0"), "at least 1"),
+        (
+            sample.replace(
+                "password = \"devnet\"",
+                "password = \"devnet\"\ncookie_file = \"c\"",
+            ),
+            "user and password, or cookie_file",
+        ),
+        (format!("{sample}\n[[signers]]\n"), "signer-bad.toml"),
+        (
+            sample.replace("start_height = 0", "start_height = -1"),
+            "start_height",
+        ),
+    ];
+    let f = dir.path().join("signer-bad.toml");
+    for (text, want) in cases {
+        std::fs::write(&f, &text).unwrap();
+        let o = signer(&["run", "--config", f.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{want}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{want:?} not in {}", stderr(&o));
+    }
+    // Node configuration and the unguarded flag together: refused.
+    let o = signer(&[
+        "run",
+        "--config",
+        dir.path().join("signer-1.toml").to_str().unwrap(),
+        "--unguarded-test-only",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("remove one"), "{}", stderr(&o));
+    // A signer set file the guard cannot check against (no network): named.
+    let set = std::fs::read_to_string(dir.path().join("signer.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("signer.toml"),
+        set.replace("network = \"regtest\"\n", ""),
+    )
+    .unwrap();
+    let o = signer(&[
+        "run",
+        "--config",
+        dir.path().join("signer-1.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("network"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_sample_files_start_a_guarded_signer_as_far_as_the_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    peg_dir(dir.path());
+    for i in 1..=3 {
+        let f = dir.path().join(format!("signer-{i}.toml"));
+        let o = signer(&["run", "--config", f.to_str().unwrap()]);
+        let e = stderr(&o);
+        // Everything checked and opened; only the relay is not there.
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(e.contains("relay"), "{e}");
+        assert!(
+            e.contains("guarded by bitcoind http://127.0.0.1:18443"),
+            "{e}"
+        );
+        assert!(
+            dir.path()
+                .join(format!("signers/signer-{i}-guard/guard.sqlite"))
+                .exists(),
+            "the guard's store sits next to the key history"
+        );
+    }
 }

@@ -78,7 +78,7 @@ fn junk_megabytes_are_refused_unread_and_memory_stays_bounded() {
         .replace("../data/signers", "signers");
     std::fs::write(dir.path().join("signer.toml"), text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_stacks-signer"))
-        .args(["--id", "1", "--config"])
+        .args(["--id", "1", "--unguarded-test-only", "--config"])
         .arg(dir.path().join("signer.toml"))
         .env("RUST_LOG", "info")
         .env_remove("SBTC_SIGNER_PRIVATE_KEY")

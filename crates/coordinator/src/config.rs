@@ -731,9 +731,14 @@ impl Config {
             policy,
             magic_bytes,
         ) {
-            (Some(contract), Some(sk), Some(nk), Some(signer_file), Some(policy), Some(magic_bytes))
-                if c.errors.is_empty() =>
-            {
+            (
+                Some(contract),
+                Some(sk),
+                Some(nk),
+                Some(signer_file),
+                Some(policy),
+                Some(magic_bytes),
+            ) if c.errors.is_empty() => {
                 let signer_domain = (signer_file.network.clone(), signer_file.contract.clone());
                 let signer_set = signer_file.set;
                 Ok(Config {
@@ -951,10 +956,7 @@ mod tests {
         // The regtest allowlist address does not fit testnet: the error proves
         // which network was chosen.
         let p = problems(check(&text, vec![]));
-        assert!(
-            p.iter().any(|e| e.problem.contains("testnet")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|e| e.problem.contains("testnet")), "{p:?}");
     }
 
     #[test]
@@ -1022,7 +1024,12 @@ mod tests {
                 "above 0",
             ),
             ("ops = 1", "ops = 0", "confirmations.ops", "at least 1"),
-            ("stacks = 1", "stacks = 0", "confirmations.stacks", "at least 1"),
+            (
+                "stacks = 1",
+                "stacks = 0",
+                "confirmations.stacks",
+                "at least 1",
+            ),
             (
                 "max_attempts = 10",
                 "max_attempts = 0",
@@ -1053,7 +1060,6 @@ mod tests {
                 "relay.signer_config",
                 "cannot read",
             ),
-
             (
                 "password = \"devnet\"",
                 "cookie_file = \"x\"",

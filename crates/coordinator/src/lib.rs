@@ -129,7 +129,8 @@ pub struct LoopSettings {
     pub fee_target_blocks: u16,
     /// Most heights scanned in one tick, so ops start moving during a long catch-up.
     pub max_heights_per_tick: u64,
-    /// The closed-alpha allowlist.
+    /// The closed-alpha allowlist of [`PegChecks::defaults_for`]; the loop
+    /// checks ops with [`PegChecks::policy`] (its allowlist included).
     pub allowlist: Allowlist,
     /// Warn when the coordinator's STX balance is below this, µSTX.
     pub stx_low_balance_warning: u128,
@@ -1522,9 +1523,7 @@ where
                     Effect::AtTip => {
                         return Ok(Step::Moved(OpState::StacksTxBroadcast { tx: tx.clone() }))
                     }
-                    Effect::Mismatch(reason) => {
-                        return Ok(Step::Moved(OpState::Failed { reason }))
-                    }
+                    Effect::Mismatch(reason) => return Ok(Step::Moved(OpState::Failed { reason })),
                     Effect::Absent => {}
                 }
                 match r.reason.as_str() {

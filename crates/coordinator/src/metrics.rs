@@ -319,7 +319,10 @@ mod tests {
         assert_eq!(v["last_scanned_height"], 812);
         assert_eq!(v["ops"]["done"], 2);
         assert_eq!(v["waiting"]["ab"], "fee shortfall");
-        assert!(v.get("attestations").is_none(), "envelopes only on /attestations");
+        assert!(
+            v.get("attestations").is_none(),
+            "envelopes only on /attestations"
+        );
         let a: serde_json::Value = serde_json::from_str(&get("/attestations")).unwrap();
         assert_eq!(a[0]["signer"], 2);
         assert_eq!(a[0]["envelope"], "dead", "the raw envelope, hex");

@@ -276,10 +276,14 @@ pub struct World {
 /// What the contract records for `op`'s mint or burn in the world.
 fn record_of(w: &World, txid: &Txid) -> Value {
     let record = w.record_override.get(txid).cloned().or_else(|| {
-        w.blocks.values().flatten().find(|o| o.txid() == *txid).map(|o| match o {
-            PegOp::PegIn(p) => (p.amount.to_sat(), p.recipient.clone()),
-            PegOp::PegOutRequest(r) => (r.amount.to_sat(), allowed_principal()),
-        })
+        w.blocks
+            .values()
+            .flatten()
+            .find(|o| o.txid() == *txid)
+            .map(|o| match o {
+                PegOp::PegIn(p) => (p.amount.to_sat(), p.recipient.clone()),
+                PegOp::PegOutRequest(r) => (r.amount.to_sat(), allowed_principal()),
+            })
     });
     match record {
         Some((amount, principal)) => Value::Optional(Some(Box::new(
@@ -444,20 +448,20 @@ pub fn stacks_node(w: &W) -> MockStacksNode {
         })
     });
     let w4 = w.clone();
-    m.expect_call_read_at().returning(move |c, f, args, _, tip| {
-        let t = txid_of(c, f, args);
-        assert_eq!(*tip, FINAL_BLOCK, "read at the final block");
-        let g = w4.lock().unwrap();
-        Ok(if g.processed.contains(&t) && !g.not_final.contains(&t) {
-            record_of(&g, &t)
-        } else {
-            Value::Optional(None)
-        })
-    });
+    m.expect_call_read_at()
+        .returning(move |c, f, args, _, tip| {
+            let t = txid_of(c, f, args);
+            assert_eq!(*tip, FINAL_BLOCK, "read at the final block");
+            let g = w4.lock().unwrap();
+            Ok(if g.processed.contains(&t) && !g.not_final.contains(&t) {
+                record_of(&g, &t)
+            } else {
+                Value::Optional(None)
+            })
+        });
     let w5 = w.clone();
-    m.expect_block_at_depth().returning(move |_| {
-        Ok((!w5.lock().unwrap().stacks_too_short).then_some(FINAL_BLOCK))
-    });
+    m.expect_block_at_depth()
+        .returning(move |_| Ok((!w5.lock().unwrap().stacks_too_short).then_some(FINAL_BLOCK)));
     m.expect_get_info().returning(|| {
         Ok(NodeInfo {
             burn_block_height: 0,
@@ -586,11 +590,17 @@ pub fn bitcoin_node(w: &W) -> MockBitcoinNode {
         Ok(vec![peg_utxo()])
     });
     let w0 = w.clone();
-    m.expect_estimate_smart_fee()
-        .returning(move |_| Ok(bitcoin::FeeRate::from_sat_per_vb(w0.lock().unwrap().fee_rate)));
+    m.expect_estimate_smart_fee().returning(move |_| {
+        Ok(bitcoin::FeeRate::from_sat_per_vb(
+            w0.lock().unwrap().fee_rate,
+        ))
+    });
     let w3 = w.clone();
     m.expect_get_tx_out().returning(move |o, mempool| {
-        assert!(mempool, "a request's fee output spent in the mempool is spent");
+        assert!(
+            mempool,
+            "a request's fee output spent in the mempool is spent"
+        );
         let g = w3.lock().unwrap();
         Ok((!g.spent.contains(o)).then(|| Utxo {
             outpoint: *o,

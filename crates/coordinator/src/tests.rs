@@ -852,7 +852,11 @@ fn a_replayed_request_is_rejected_before_any_burn_and_the_victim_is_paid_once() 
     run_ticks(&mut coordinator(&w, &q, settings()), 3);
     rejected_by(&q, txid(2), "request.replay");
     rejected_by(&q, txid(3), "request.replay");
-    assert_eq!(burns_of(&w, txid(2)) + burns_of(&w, txid(3)), 0, "no second burn");
+    assert_eq!(
+        burns_of(&w, txid(2)) + burns_of(&w, txid(3)),
+        0,
+        "no second burn"
+    );
     assert_eq!(burns_of(&w, txid(1)), 1);
     assert!(matches!(
         q.state(&txid(1)),
@@ -891,10 +895,7 @@ fn dust_a_too_small_fee_output_or_a_spent_output_2_is_rejected_before_any_burn()
     p.fulfillment_fee = Amount::ZERO;
     let spent = peg_out(3, 2, ALLOWED_BTC, 41_000);
     let w = world(3, vec![(2, vec![dust, no_fee, spent])]);
-    w.lock()
-        .unwrap()
-        .spent
-        .insert(OutPoint::new(txid(3), 2));
+    w.lock().unwrap().spent.insert(OutPoint::new(txid(3), 2));
     let q = MemQueue::default();
     run_ticks(&mut coordinator(&w, &q, settings()), 2);
     rejected_by(&q, txid(1), "request.dust");
@@ -1000,7 +1001,10 @@ fn a_fee_shortfall_after_the_burn_is_a_wait_not_an_attempt() {
     assert_eq!(got.state, OpState::BurnConfirmed);
     assert_eq!(got.attempts, 0);
     assert!(
-        got.waiting.as_deref().unwrap_or("").contains("fee shortfall"),
+        got.waiting
+            .as_deref()
+            .unwrap_or("")
+            .contains("fee shortfall"),
         "{got:?}"
     );
     w.lock().unwrap().fee_shortfall = false;
@@ -1042,7 +1046,10 @@ fn a_burn_not_yet_final_leads_to_no_fulfilment() {
 /// final depth is not either.
 #[test]
 fn a_mint_not_yet_final_is_not_done() {
-    let w = world(3, vec![(2, vec![peg_in(1, 2, allowed_principal(), 100_000)])]);
+    let w = world(
+        3,
+        vec![(2, vec![peg_in(1, 2, allowed_principal(), 100_000)])],
+    );
     {
         let mut g = w.lock().unwrap();
         g.not_final.insert(txid(1));
@@ -1091,14 +1098,25 @@ fn a_burn_dropped_by_a_fork_is_never_paid_until_it_is_final_again() {
         let g = w.lock().unwrap();
         assert_eq!(g.fulfillments_built, 0, "no payout for a dropped burn");
         assert!(g.btc_broadcasts.is_empty());
-        assert_eq!(g.signed.len(), 1, "the stored burn is offered again, not re-signed");
-        assert!(g.stacks_broadcasts.iter().all(|b| *b == g.stacks_broadcasts[0]));
+        assert_eq!(
+            g.signed.len(),
+            1,
+            "the stored burn is offered again, not re-signed"
+        );
+        assert!(g
+            .stacks_broadcasts
+            .iter()
+            .all(|b| *b == g.stacks_broadcasts[0]));
         assert!(g.stacks_broadcasts.len() > 1);
     }
     w.lock().unwrap().auto_mine = true;
     run_ticks(&mut l, 2);
     assert_paid(&w, &op);
-    assert_eq!(w.lock().unwrap().mined.get(&txid(1)), Some(&2), "mined again after the fork");
+    assert_eq!(
+        w.lock().unwrap().mined.get(&txid(1)),
+        Some(&2),
+        "mined again after the fork"
+    );
 }
 
 /// Right before broadcast the burn is checked again: a signed fulfilment
@@ -1122,7 +1140,10 @@ fn a_signed_fulfilment_is_not_broadcast_when_its_burn_is_no_longer_final() {
     let got = q.get_op(&txid(1));
     assert!(matches!(got.state, OpState::BitcoinTxSigned { .. }));
     assert!(
-        got.waiting.as_deref().unwrap_or("").contains("no longer on the Stacks chain"),
+        got.waiting
+            .as_deref()
+            .unwrap_or("")
+            .contains("no longer on the Stacks chain"),
         "{got:?}"
     );
     assert!(w.lock().unwrap().btc_broadcasts.is_empty());
@@ -1135,7 +1156,10 @@ fn a_signed_fulfilment_is_not_broadcast_when_its_burn_is_no_longer_final() {
 /// for this txid: the op fails, nothing is paid.
 #[test]
 fn a_burn_recorded_for_another_amount_or_principal_is_never_paid() {
-    for record in [(39_999, allowed_principal()), (40_000, stranger_principal())] {
+    for record in [
+        (39_999, allowed_principal()),
+        (40_000, stranger_principal()),
+    ] {
         let w = world(3, vec![(2, vec![peg_out(1, 2, ALLOWED_BTC, 40_000)])]);
         w.lock().unwrap().record_override.insert(txid(1), record);
         let q = MemQueue::default();

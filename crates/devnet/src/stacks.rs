@@ -59,9 +59,11 @@ pub enum BurnOpsMode {
 pub const NOT_FOUND_TEXT: &str = "No such file or directory";
 
 /// How many blocks below the tip keep their state for `?tip=` reads and
-/// [`StacksState::drop_blocks`]: the tip and the 128 blocks below it. Deeper
+/// [`StacksState::drop_blocks`]: the tip and the 64 blocks below it (far
+/// more than any `confirmations.stacks` a test uses; each kept state is a
+/// copy of the model and accounts, shared while nothing changes). Deeper
 /// reads answer the unknown-tip 404.
-pub const STATE_DEPTH: u64 = 128;
+pub const STATE_DEPTH: u64 = 64;
 
 /// The most headers `/v2/headers/{n}` serves (stacks-node 4.0.2's limit).
 pub const MAX_HEADERS: u64 = 2100;
@@ -97,8 +99,6 @@ pub struct StacksBlock {
     pub consensus_hash: [u8; 20],
     /// Its SIP-003 serialized Stacks 2.x header (empty for the boot block).
     pub header: Vec<u8>,
-    /// The transactions mined in it, in order.
-    pub txs: Vec<StacksTransaction>,
     /// The state after it, once sealed (the tip's state is the live one);
     /// `None` for the boot block and beyond [`STATE_DEPTH`].
     state: Option<Arc<ChainState>>,
@@ -154,7 +154,9 @@ pub struct StacksState {
     mempool_txids: std::collections::HashSet<stacks_wire::StacksTxid>,
     /// Every mined transaction.
     pub receipts: Vec<Receipt>,
-    /// Stacks tip height.
+    /// The canonical tip's height. Kept in step with the chain by
+    /// [`StacksState::mine`] and [`StacksState::drop_blocks`]: read it, do
+    /// not set it.
     pub height: u64,
     /// The Bitcoin height the node has processed.
     pub burn_height: u64,
@@ -178,6 +180,8 @@ pub struct StacksState {
     /// How many forks there were: part of every header, so a block mined
     /// on a new branch never has a dropped block's id.
     forks: u64,
+    /// Forked-away blocks whose state is still kept.
+    orphans: Vec<[u8; 32]>,
 }
 
 /// What a fee estimate is kept per: the contract function, or the payload
@@ -216,6 +220,7 @@ impl StacksState {
             blocks: HashMap::new(),
             canonical: Vec::new(),
             forks: 0,
+            orphans: Vec::new(),
         };
         let boot = StacksBlock {
             height: 0,
@@ -224,13 +229,12 @@ impl StacksState {
             block_hash: [0; 32],
             consensus_hash: [0; 20],
             header: Vec::new(),
-            txs: Vec::new(),
             state: None,
         };
         s.canonical.push(boot.id);
         s.blocks.insert(boot.id, boot);
         // Block 1, the tip a fresh emulator starts at.
-        s.push_block(Vec::new());
+        s.push_block(&[]);
         s
     }
 
@@ -272,12 +276,13 @@ impl StacksState {
             == Some(id)
     }
 
-    /// Appends a block with `txs` on the canonical tip and makes it the tip.
+    /// Appends a block with these transactions on the canonical tip and
+    /// makes it the tip.
     /// Its header: version 0, total work (burn height, height), an 80-byte
     /// proof standing in for the VRF proof (derived from the height and the
     /// fork count), the parent's block hash, no microblocks, the merkle root
     /// of the txids, a state root, a zero microblock key hash.
-    fn push_block(&mut self, txs: Vec<StacksTransaction>) {
+    fn push_block(&mut self, txids: &[stacks_wire::StacksTxid]) {
         let (parent_id, parent_hash, height) = {
             let t = self.tip();
             (t.id, t.block_hash, t.height + 1)
@@ -291,7 +296,7 @@ impl StacksState {
         let proof_a = sha512_256(&[salt.as_slice(), b"proof-a"].concat());
         let proof_b = sha512_256(&[salt.as_slice(), b"proof-b"].concat());
         let proof_c = sha512_256(&[salt.as_slice(), b"proof-c"].concat());
-        let txids: Vec<u8> = txs.iter().flat_map(|t| t.txid().0).collect();
+        let txids: Vec<u8> = txids.iter().flat_map(|t| t.0).collect();
         let mut header = Vec::with_capacity(247);
         header.push(0);
         header.extend_from_slice(&self.burn_height.to_be_bytes());
@@ -317,7 +322,6 @@ impl StacksState {
             block_hash,
             consensus_hash,
             header,
-            txs,
             state: None,
         };
         self.blocks.insert(id, block);
@@ -348,13 +352,27 @@ impl StacksState {
     }
 
     /// Forgets the states of blocks (canonical or not) more than
-    /// [`STATE_DEPTH`] below the tip.
+    /// [`STATE_DEPTH`] below the tip: one canonical block leaves the window
+    /// per block mined; forked-away blocks are few and listed apart.
     fn evict_states(&mut self) {
         let Some(floor) = self.height.checked_sub(STATE_DEPTH) else {
             return;
         };
-        for b in self.blocks.values_mut() {
-            if b.height < floor {
+        let leaving = floor
+            .checked_sub(1)
+            .and_then(|h| usize::try_from(h).ok())
+            .and_then(|h| self.canonical.get(h).copied());
+        let mut gone: Vec<[u8; 32]> = leaving.into_iter().collect();
+        let blocks = &self.blocks;
+        self.orphans.retain(|id| match blocks.get(id) {
+            Some(b) if b.height >= floor => true,
+            _ => {
+                gone.push(*id);
+                false
+            }
+        });
+        for id in gone {
+            if let Some(b) = self.blocks.get_mut(&id) {
                 b.state = None;
             }
         }
@@ -404,17 +422,15 @@ impl StacksState {
         };
         // The old tip's state, so reads at it still answer.
         self.seal_tip();
-        let dropped: Vec<[u8; 32]> = self.canonical.split_off(self.canonical.len() - n as usize);
-        let txs: Vec<StacksTransaction> = dropped
-            .iter()
-            .filter_map(|id| self.blocks.get(id))
-            .flat_map(|b| b.txs.iter().cloned())
-            .collect();
+        let dropped = self.canonical.split_off(self.canonical.len() - n as usize);
+        self.orphans.extend(dropped);
         self.height = self.tip().height;
         self.model = state.model.clone();
         self.accounts = state.accounts.clone();
+        // Receipts are in mining order: the dropped blocks' are the tail.
         let height = self.height;
-        self.receipts.retain(|r| r.height <= height);
+        let keep = self.receipts.partition_point(|r| r.height <= height);
+        let txs: Vec<StacksTransaction> = self.receipts.drain(keep..).map(|r| r.tx).collect();
         for tx in &txs {
             self.mined_txids.remove(&tx.txid());
         }
@@ -583,7 +599,7 @@ impl StacksState {
         self.seal_tip();
         // The block being built: receipts carry its height.
         let building = self.height + 1;
-        let mut txs = Vec::new();
+        let mut txids = Vec::new();
         let mut mined = 0;
         loop {
             let next = self
@@ -608,7 +624,7 @@ impl StacksState {
                 .push(tx.auth.fee / len);
             let result = self.apply(&tx);
             debug!("stacks block {building}: {} -> {:?}", tx.txid(), result);
-            txs.push(tx.clone());
+            txids.push(tx.txid());
             self.receipts.push(Receipt {
                 tx,
                 result,
@@ -616,7 +632,7 @@ impl StacksState {
             });
             mined += 1;
         }
-        self.push_block(txs);
+        self.push_block(&txids);
         self.evict_states();
         mined
     }
@@ -986,14 +1002,15 @@ fn handle(mut req: Request, state: &Mutex<StacksState>) {
                 return respond(req, 400, "text/plain", text);
             };
             if n > MAX_HEADERS {
-                let text = format!("Invalid request: requested more than {MAX_HEADERS} headers");
+                // Like the real node's, this text ends with a newline.
+                let text = format!("Invalid request: requested more than {MAX_HEADERS} headers\n");
                 return respond(req, 400, "text/plain", text);
             }
             let s = lock(state);
             let start = query_tip(&url).unwrap_or(s.tip().id);
             let Some(first) = s.block(&start).filter(|b| b.height > 0) else {
                 drop(s);
-                let text = format!("No such block {}", hex::encode(start));
+                let text = format!("No such block {}\n", hex::encode(start));
                 return respond(req, 404, "text/plain", text);
             };
             // The start block first, then its ancestors, down to block 1.
@@ -1061,10 +1078,7 @@ fn handle(mut req: Request, state: &Mutex<StacksState>) {
 /// at the canonical tip.
 fn query_tip(url: &str) -> Option<[u8; 32]> {
     let (_, query) = url.split_once('?')?;
-    let tip = query
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("tip="))
-        .last()?;
+    let tip = query.rsplit('&').find_map(|kv| kv.strip_prefix("tip="))?;
     if tip.len() != 64 {
         return None;
     }

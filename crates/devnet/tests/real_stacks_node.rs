@@ -678,3 +678,324 @@ fn a_missing_stacks_node_exe_fails_instead_of_skipping() {
     let e = RealStacksNode::start_exe(missing, &RealNodeOptions::default()).unwrap_err();
     assert!(e.to_string().contains("/nonexistent/stacks-node"), "{e:#}");
 }
+
+// --- Stacks finality: block ids, /v2/headers, reads at a tip ------------------
+
+use devnet::stacks::boot_block_id;
+use peg_ops::contract::{decode_record, TxidRecord, GET_BURN, GET_MINT};
+use stacks_wire::transaction::sha512_256;
+
+/// The index block hash of a `/v2/headers` entry:
+/// SHA512/256(SHA512/256(header) ‖ consensus hash).
+fn entry_id(e: &Json) -> [u8; 32] {
+    let header = hex::decode(e["header"].as_str().unwrap()).unwrap();
+    let consensus = hex::decode(e["consensus_hash"].as_str().unwrap()).unwrap();
+    sha512_256(&[sha512_256(&header).as_slice(), &consensus].concat())
+}
+
+fn read_body(url: &str, f: &str, args: &[Value], query: &str) -> Reply {
+    let c = contract();
+    send(
+        url,
+        "POST",
+        &format!(
+            "/v2/contracts/call-read/{}/{}/{f}{query}",
+            c.address, c.name
+        ),
+        Some("application/json"),
+        json!({
+            "sender": PrincipalData::Standard(addr(USER)).to_string(),
+            "arguments": args.iter().map(Value::to_hex).collect::<Vec<_>>(),
+        })
+        .to_string()
+        .as_bytes(),
+    )
+}
+
+/// The answers around block ids that do not depend on the chain's content:
+/// the real node's and the emulator's must be the same.
+fn finality_probe(url: &str) -> Vec<(&'static str, u16, String, Json)> {
+    let unknown = "11".repeat(32);
+    let boot = hex::encode(boot_block_id());
+    let mut out = Vec::new();
+    let mut push = |name: &'static str, r: Reply, shape: Json| {
+        println!("{name}: {} {} {:.200}", r.status, r.content_type, r.body);
+        out.push((name, r.status, r.content_type, shape));
+    };
+    let text = |r: &Reply| json!(r.body);
+    let r = send(url, "GET", "/v2/headers/0", None, b"");
+    let t = text(&r);
+    push("headers_0", r, t);
+    let r = send(url, "GET", "/v2/headers/2101", None, b"");
+    let t = text(&r);
+    push("headers_above_limit", r, t);
+    let r = send(url, "GET", "/v2/headers/abc", None, b"");
+    let t = text(&r);
+    push("headers_not_a_number", r, t);
+    let r = send(
+        url,
+        "GET",
+        &format!("/v2/headers/2?tip={unknown}"),
+        None,
+        b"",
+    );
+    let t = text(&r);
+    push("headers_unknown_tip", r, t);
+    let r = send(url, "GET", &format!("/v2/headers/1?tip={boot}"), None, b"");
+    let t = text(&r);
+    push("headers_boot_tip", r, t);
+    let r = send(url, "GET", "/v2/headers/3", None, b"");
+    let shape = r
+        .json()
+        .and_then(|j| j.as_array().cloned())
+        .map(|l| {
+            let keys: Vec<Vec<String>> = l
+                .iter()
+                .map(|e| e.as_object().unwrap().keys().cloned().collect())
+                .collect();
+            let lens: Vec<usize> = l
+                .iter()
+                .map(|e| e["header"].as_str().unwrap().len() / 2)
+                .collect();
+            // Each entry's parent is the next entry.
+            let chained = l
+                .windows(2)
+                .all(|w| w[0]["parent_block_id"] == json!(hex::encode(entry_id(&w[1]))));
+            json!({"keys": keys, "header_bytes": lens, "chained": chained})
+        })
+        .unwrap_or(Json::Null);
+    push("headers_3", r, shape);
+    let r = read_body(url, "get-threshold", &[], &format!("?tip={unknown}"));
+    let t = text(&r);
+    push("call_read_unknown_tip", r, t);
+    let r = read_body(url, "get-threshold", &[], &format!("?tip={boot}"));
+    let cause = r.json().map(|j| {
+        json!({
+            "okay": j["okay"],
+            "cause": j["cause"].as_str().map(|c| c.split('(').take(2).collect::<Vec<_>>().join("(")),
+        })
+    });
+    push("call_read_boot_tip", r, cause.unwrap_or(Json::Null));
+    out
+}
+
+/// Mints to the user and burns from it as the coordinator (2), after the
+/// owner named 2 the coordinator and set the threshold to 3.
+fn peg_calls() -> Vec<StacksTransaction> {
+    let c = contract();
+    let coordinator = Value::tuple([
+        ("addr", Value::Principal(addr(2).into())),
+        ("key", Value::Buffer(vec![2; 33])),
+    ])
+    .unwrap();
+    let mut burn = StacksTransaction::new(
+        StacksNetwork::Testnet,
+        &key(2),
+        1,
+        2000,
+        // The burn moves the user's sBTC: allowed here, the test is about
+        // what the contract records.
+        PostConditionMode::Allow,
+        vec![],
+        Payload::ContractCall {
+            contract: c.clone(),
+            function_name: "burn!".into(),
+            args: vec![
+                Value::UInt(2000),
+                Value::Principal(addr(USER).into()),
+                Value::StringAscii("bb".repeat(32)),
+            ],
+        },
+    )
+    .unwrap();
+    burn.sign(&key(2)).unwrap();
+    vec![
+        call(
+            DEPLOYER,
+            2,
+            2000,
+            c.clone(),
+            "set-coordinator-data",
+            vec![coordinator],
+        ),
+        call(
+            DEPLOYER,
+            3,
+            2000,
+            c.clone(),
+            "set-threshold",
+            vec![Value::UInt(3)],
+        ),
+        call(
+            2,
+            0,
+            2000,
+            c.clone(),
+            "mint!",
+            vec![
+                Value::UInt(5000),
+                Value::Principal(addr(USER).into()),
+                Value::StringAscii("aa".repeat(32)),
+            ],
+        ),
+        burn,
+    ]
+}
+
+/// What Stacks finality rests on, on the real node (4.0.2, mocknet, epoch
+/// 2.1): `/v2/info`'s tip is SHA512/256(block hash ‖ consensus hash) and
+/// the first `/v2/headers` entry; `block_at_depth(d)` is the block `d`
+/// below; a read at an older block answers from that block's state; an
+/// unknown tip is `UnknownTip` (the node's 404); a malformed tip is
+/// silently read at the canonical tip; `get-mint`/`get-burn` record the
+/// amount and the principal. Then the emulator answers the tip-related
+/// requests as the real node does.
+#[test]
+fn finality_reads_on_the_real_node() {
+    let Some(node) = start_real(1000) else { return };
+    let started = Instant::now();
+    let id = node.deploy_sbtc(&key(DEPLOYER)).unwrap();
+    let c = node.client();
+    let me = PrincipalData::Standard(addr(USER));
+    let before = c.block_at_depth(0).unwrap().unwrap();
+    // The owner's calls first: in one block the miner may order the
+    // coordinator's mint before the call that makes it the coordinator.
+    let calls = peg_calls();
+    for t in &calls[..2] {
+        c.broadcast_transaction(&t.serialize()).unwrap();
+    }
+    node.mined(DEPLOYER, 4);
+    for t in &calls[2..] {
+        c.broadcast_transaction(&t.serialize()).unwrap();
+    }
+    node.mined(2, 2);
+    let tip = c.block_at_depth(0).unwrap().unwrap();
+    let at = |f: &str, args: &[Value], tip: &[u8; 32]| c.call_read_at(&id, f, args, &me, tip);
+    // At the tip: the new state; at the block before the calls: the old one.
+    assert_eq!(at("get-threshold", &[], &tip).unwrap(), Value::UInt(3));
+    assert_eq!(at("get-threshold", &[], &before).unwrap(), Value::UInt(0));
+    let mint_arg = [Value::StringAscii("aa".repeat(32))];
+    let burn_arg = [Value::StringAscii("bb".repeat(32))];
+    let user = TxidRecord {
+        amount: 5000,
+        principal: me.clone(),
+    };
+    assert_eq!(
+        decode_record(&at(GET_MINT, &mint_arg, &tip).unwrap()),
+        Ok(Some(user))
+    );
+    assert_eq!(
+        decode_record(&at(GET_BURN, &burn_arg, &tip).unwrap()),
+        Ok(Some(TxidRecord {
+            amount: 2000,
+            principal: me.clone()
+        }))
+    );
+    assert_eq!(
+        decode_record(&at(GET_MINT, &mint_arg, &before).unwrap()),
+        Ok(None)
+    );
+    assert_eq!(
+        decode_record(&at(GET_BURN, &mint_arg, &tip).unwrap()),
+        Ok(None)
+    );
+    // An unknown tip: the node's 404, UnknownTip.
+    let e = at("get-threshold", &[], &[0x11; 32]).unwrap_err();
+    assert_eq!(e, Error::UnknownTip("11".repeat(32)));
+    // A malformed tip (0x…) is ignored: the canonical tip's answer, not
+    // `before`'s, and no error. Why the client sends bare hex only.
+    let r = read_body(
+        node.url(),
+        "get-threshold",
+        &[],
+        &format!("?tip=0x{}", hex::encode(before)),
+    );
+    assert_eq!(
+        r.json().unwrap()["result"],
+        json!(Value::UInt(3).to_hex()),
+        "{}",
+        r.body
+    );
+    let r = read_body(
+        node.url(),
+        "get-threshold",
+        &[],
+        &format!("?tip={}", hex::encode_upper(before)),
+    );
+    assert_eq!(
+        r.json().unwrap()["result"],
+        json!(Value::UInt(0).to_hex()),
+        "upper case is a tip: {}",
+        r.body
+    );
+    // block_at_depth against one /v2/headers answer, retried when a block
+    // arrives in between (the node mines every second).
+    let mut checked = false;
+    for _ in 0..10 {
+        let h0 = c.get_info().unwrap().stacks_tip_height;
+        let depths: Vec<_> = (0..=3)
+            .map(|d| c.block_at_depth(d).unwrap().unwrap())
+            .collect();
+        let r = send(node.url(), "GET", "/v2/headers/3", None, b"");
+        let h1 = c.get_info().unwrap().stacks_tip_height;
+        if h0 != h1 {
+            continue;
+        }
+        let list = r.json().unwrap();
+        let list = list.as_array().unwrap();
+        assert_eq!(list.len(), 3);
+        assert_eq!(
+            depths[0],
+            entry_id(&list[0]),
+            "/v2/info's tip is the first header"
+        );
+        assert_eq!(depths[1], entry_id(&list[1]));
+        assert_eq!(depths[2], entry_id(&list[2]));
+        assert_eq!(
+            hex::encode(depths[3]),
+            list[2]["parent_block_id"].as_str().unwrap()
+        );
+        // ?tip= starts the list at that block.
+        let r = send(
+            node.url(),
+            "GET",
+            &format!("/v2/headers/2?tip={}", hex::encode(depths[1])),
+            None,
+            b"",
+        );
+        assert_eq!(r.json().unwrap().as_array().unwrap()[..], list[1..]);
+        checked = true;
+        break;
+    }
+    assert!(checked, "the tip moved during every attempt");
+    // The deepest block is the boot block; below it, nothing.
+    let height = c.get_info().unwrap().stacks_tip_height;
+    let r = send(
+        node.url(),
+        "GET",
+        &format!("/v2/headers/{}", height + 5),
+        None,
+        b"",
+    );
+    let all = r.json().unwrap();
+    let last = all.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["parent_block_id"], json!(hex::encode(boot_block_id())));
+    assert_eq!(
+        c.block_at_depth(u32::try_from(height).unwrap() + 50)
+            .unwrap(),
+        None
+    );
+
+    println!("-- real node");
+    let real = finality_probe(node.url());
+    println!("-- emulator");
+    let emu = emulator();
+    emu.with(|s| {
+        for _ in 0..3 {
+            s.mine();
+        }
+    });
+    let ours = finality_probe(&emu.url());
+    assert_eq!(real, ours);
+    println!("finality checks in {:?}", started.elapsed());
+}

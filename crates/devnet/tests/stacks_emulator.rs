@@ -681,7 +681,7 @@ fn headers_answer_as_the_real_node_does() {
             404,
             "text/plain".into(),
             None,
-            format!("No such block {unknown}")
+            format!("No such block {unknown}\n")
         )
     );
     let boot = hex::encode(boot_block_id());
@@ -692,7 +692,7 @@ fn headers_answer_as_the_real_node_does() {
             400,
             "text/plain".into(),
             None,
-            "Invalid request: requested more than 2100 headers".into()
+            "Invalid request: requested more than 2100 headers\n".into()
         )
     );
     assert_eq!(
@@ -892,6 +892,20 @@ fn a_fork_undoes_a_mint_and_a_burn_not_yet_deep_enough() {
         &c.block_at_depth(0).unwrap().unwrap()
     )
     .is_some());
+    // A dropped block's state goes, like a canonical one's, past STATE_DEPTH.
+    for _ in 0..STATE_DEPTH {
+        em.with(|s| s.mine());
+    }
+    let e = c
+        .call_read_at(
+            &contract(),
+            GET_BURN,
+            &[Value::StringAscii("out-1".into())],
+            &addr(1).into(),
+            &burned_at,
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::UnknownTip(_)), "{e:?}");
 }
 
 /// With `ToMempool` the dropped transactions are mined again on the new

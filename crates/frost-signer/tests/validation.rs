@@ -40,7 +40,7 @@ struct Scripted(Arc<Mutex<Plan>>);
 
 impl Validator for Scripted {
     fn check(&mut self, request: &SignRequest) -> Result<(), String> {
-        let mut p = self.0.lock().unwrap();
+        let mut p = self.0.lock().map_err(|_| "poisoned".to_owned())?;
         if let Some(rule) = &p.refuse {
             return Err(rule.clone());
         }

@@ -229,8 +229,8 @@ fn backfill(tx: &Transaction<'_>, number: usize) -> Result<(), Error> {
         rows.collect::<Result<_, _>>().map_err(storage)?
     };
     for (txid, json) in rows {
-        let op: PegOp = serde_json::from_str(&json)
-            .map_err(|e| Error::Corrupt(format!("op {txid}: {e}")))?;
+        let op: PegOp =
+            serde_json::from_str(&json).map_err(|e| Error::Corrupt(format!("op {txid}: {e}")))?;
         let (digest, amount) = request_columns(&op);
         tx.execute(
             "UPDATE ops SET signature_digest = ?2, amount_sats = ?3 WHERE txid = ?1",

@@ -332,11 +332,18 @@ fn digest(op: &PegOp) -> [u8; 32] {
 fn a_signature_is_used_once_accepted_and_freed_by_a_rejection() {
     let dir = tempfile::tempdir().unwrap();
     let q = SqlitePegQueue::open(&dir.path().join("q.sqlite")).unwrap();
-    let (victim, copy, other) = (request(1, 5, 40_000), request(2, 6, 40_000), request(3, 6, 41_000));
+    let (victim, copy, other) = (
+        request(1, 5, 40_000),
+        request(2, 6, 40_000),
+        request(3, 6, 41_000),
+    );
     assert_eq!(digest(&victim), digest(&copy));
     assert_ne!(digest(&victim), digest(&other));
-    q.record_scanned_block(BurnHeight(6), &[victim.clone(), copy.clone(), other.clone()])
-        .unwrap();
+    q.record_scanned_block(
+        BurnHeight(6),
+        &[victim.clone(), copy.clone(), other.clone()],
+    )
+    .unwrap();
     let d = digest(&victim);
     // Detected only: nobody holds the signature yet.
     assert_eq!(q.signature_used_by(&d, &copy.txid()).unwrap(), None);
@@ -362,8 +369,13 @@ fn a_signature_is_used_once_accepted_and_freed_by_a_rejection() {
         );
     }
     // A rejected holder frees it.
-    q.set_state(&victim.txid(), &OpState::Rejected { reason: "request.fee".into() })
-        .unwrap();
+    q.set_state(
+        &victim.txid(),
+        &OpState::Rejected {
+            reason: "request.fee".into(),
+        },
+    )
+    .unwrap();
     assert_eq!(q.signature_used_by(&d, &copy.txid()).unwrap(), None);
 }
 
@@ -371,15 +383,24 @@ fn a_signature_is_used_once_accepted_and_freed_by_a_rejection() {
 fn outflow_counts_accepted_requests_since_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let q = SqlitePegQueue::open(&dir.path().join("q.sqlite")).unwrap();
-    let (a, b, c) = (request(1, 5, 40_000), request(2, 5, 2_000), request(3, 5, 700));
+    let (a, b, c) = (
+        request(1, 5, 40_000),
+        request(2, 5, 2_000),
+        request(3, 5, 700),
+    );
     q.record_scanned_block(BurnHeight(5), &[a.clone(), b.clone(), c.clone(), op(4, 5)])
         .unwrap();
     q.set_state(&op(4, 5).txid(), &OpState::Accepted).unwrap();
-    assert_eq!(q.outflow_since(0).unwrap(), Amount::ZERO, "peg-ins and detected ops do not count");
+    assert_eq!(
+        q.outflow_since(0).unwrap(),
+        Amount::ZERO,
+        "peg-ins and detected ops do not count"
+    );
     q.set_state(&a.txid(), &OpState::Accepted).unwrap();
     q.set_state(&b.txid(), &OpState::Accepted).unwrap();
     q.set_state(&b.txid(), &OpState::BurnConfirmed).unwrap();
-    q.set_state(&c.txid(), &OpState::Rejected { reason: "x".into() }).unwrap();
+    q.set_state(&c.txid(), &OpState::Rejected { reason: "x".into() })
+        .unwrap();
     assert_eq!(q.outflow_since(0).unwrap(), Amount::from_sat(42_000));
     let future = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -395,12 +416,22 @@ fn a_wait_is_shown_without_counting_an_attempt_and_cleared_on_progress() {
     let q = SqlitePegQueue::open(&dir.path().join("q.sqlite")).unwrap();
     let r = request(1, 5, 40_000);
     q.insert_op(&r).unwrap();
-    q.set_waiting(&r.txid(), Some("fee shortfall".into())).unwrap();
+    q.set_waiting(&r.txid(), Some("fee shortfall".into()))
+        .unwrap();
     let got = q.get(&r.txid()).unwrap().unwrap();
-    assert_eq!((got.attempts, got.waiting.as_deref()), (0, Some("fee shortfall")));
-    assert_eq!(q.pending().unwrap()[0].waiting.as_deref(), Some("fee shortfall"));
     assert_eq!(
-        q.waiting().unwrap().get(&r.txid().to_string()).map(String::as_str),
+        (got.attempts, got.waiting.as_deref()),
+        (0, Some("fee shortfall"))
+    );
+    assert_eq!(
+        q.pending().unwrap()[0].waiting.as_deref(),
+        Some("fee shortfall")
+    );
+    assert_eq!(
+        q.waiting()
+            .unwrap()
+            .get(&r.txid().to_string())
+            .map(String::as_str),
         Some("fee shortfall")
     );
     q.set_state(&r.txid(), &OpState::Accepted).unwrap();
@@ -436,7 +467,10 @@ fn migration_2_fills_in_the_signatures_of_stored_requests() {
                 last_scanned_height INTEGER NOT NULL) STRICT;",
         )
         .unwrap();
-        for (o, state) in [(&victim, OpState::BurnConfirmed), (&copy, OpState::Detected)] {
+        for (o, state) in [
+            (&victim, OpState::BurnConfirmed),
+            (&copy, OpState::Detected),
+        ] {
             conn.execute(
                 "INSERT INTO ops (txid, kind, block_height, vtxindex, burn_header_hash, op, state, state_data, created_at, updated_at)
                  VALUES (?1, 'peg_out_request', 5, 1, ?2, ?3, ?4, ?5, 100, ?6)",
