@@ -4,7 +4,13 @@
 //! and passes once the rule named in its comment is enforced. The fixture
 //! is a copy of `tests/attacks.rs`'s.
 
-#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -350,5 +356,61 @@ fn redteam_a_mint_for_an_owed_peg_ins_txid_pays_the_attacker_its_btc() {
         outcome.is_err(),
         "the signers paid the attacker {:?} out of user 2's owed peg-in",
         n.payouts(&op)
+    );
+}
+
+/// ATTACK 2, end to end (money + liveness): the stolen message key asks
+/// for a "consolidation" of one peg wallet coin to the published key,
+/// paying a fee at the policy's cap (100 sat/vB: ~11,000 sats for one
+/// input). The peg is exactly backed before (1 BTC held, 1 sBTC supply);
+/// the guards check the sweep's fee only against the cap, never the books,
+/// so they sign it, the wallet is left unbacked, and every honest payout
+/// is refused afterwards (`backing`). Repeated each block, the wallet
+/// drains to miners.
+/// RULE that should stop it: sweeps and consolidations pass
+/// `peg_rules::check_backing` (held after ≥ supply + debts), and their
+/// fee is bounded by the fee estimate/floor, not only the cap.
+#[test]
+fn redteam_a_consolidation_at_the_fee_cap_leaves_the_peg_unbacked() {
+    let mut n = net(1, |_| {});
+    n.peg_in_and_mint(0, BTC);
+    n.mine(1);
+    let coins = n.wallet_coins();
+    assert_eq!(coins.len(), 1, "{coins:?}");
+    let total: Amount = coins.iter().map(|c| c.txout.value).sum();
+    let sweep = Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: coins
+            .iter()
+            .map(|c| TxIn {
+                previous_output: c.outpoint,
+                ..TxIn::default()
+            })
+            .collect(),
+        output: vec![TxOut {
+            value: total - Amount::from_sat(10_000),
+            script_pubkey: n.wallet.script_pubkey(),
+        }],
+    };
+    let prevouts: Vec<TxOut> = coins.iter().map(|c| c.txout.clone()).collect();
+    let sighashes = peg_rules::payload::sighashes(&sweep, &prevouts).unwrap();
+    let items: Vec<SignItem> = sighashes
+        .iter()
+        .map(|s| SignItem {
+            key: n.key,
+            message: ToSign::Taproot { sighash: *s },
+        })
+        .collect();
+    let outcome = n.ask(
+        &SignPayload::Sweep {
+            tx: sweep,
+            prevouts,
+        },
+        &items,
+    );
+    assert!(
+        outcome.is_err(),
+        "the signers signed a 10,000-sat-fee consolidation that leaves 1 sBTC backed by 0.9999 BTC"
     );
 }
