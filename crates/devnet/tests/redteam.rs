@@ -1,0 +1,416 @@
+//! Red-team attacks on the peg (issue #13), end to end on the devnet:
+//! emulated nodes over real HTTP, real FROST signatures, every signer
+//! running its guard. Each test FAILS today because the attack succeeds,
+//! and passes once the rule named in its comment is enforced. The fixture
+//! is a copy of `tests/attacks.rs`'s.
+
+#![allow(
+    dead_code,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use bitcoin::hashes::Hash as _;
+use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, Transaction, TxIn, TxOut, Txid};
+use bitcoin_node_client::{BitcoinNode, Utxo};
+use coordinator::config::OpSourceKind;
+use coordinator::HttpCoordinator;
+use devnet::peg::{Blocks, MAGIC};
+use devnet::proxy::{rpc_error, rpc_result, Answer, Lie};
+use devnet::{Peg, PegOptions, User};
+use fee_wallet::{
+    BitcoinFeePolicy, BitcoinWallet, FulfillmentInputs, PegWallet, StacksWallet,
+    UnsignedFulfillment,
+};
+use frost_coordinator::{FrostCoordinator, SignItem, ToSign};
+use peg_ops::{PegInOp, PegOutRequestOp};
+use peg_queue::{OpState, PegQueue};
+use peg_rules::SignPayload;
+use stacks_node_client::StacksNode;
+use stacks_wire::{PrincipalData, Value};
+
+const BTC: u64 = 100_000_000;
+
+/// One peg at a time: five signers doing FROST in a debug build are heavy,
+/// and four pegs at once on a small machine make nodes time out.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A started peg with its key published and `n` funded users.
+struct Net {
+    peg: Peg,
+    _turn: std::sync::MutexGuard<'static, ()>,
+    key: PublicKey,
+    wallet: Address,
+    users: Vec<User>,
+    _dir: tempfile::TempDir,
+}
+
+fn net(n: u8, edit: impl FnOnce(&mut PegOptions)) -> Net {
+    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = PegOptions::new(dir.path());
+    opts.sign_timeout = Duration::from_secs(20);
+    edit(&mut opts);
+    let peg = Peg::start(opts).unwrap();
+    let key = peg.publish_key().unwrap();
+    let wallet = peg.peg_wallet().unwrap();
+    let users = peg.users(n);
+    Net {
+        peg,
+        _turn: turn,
+        key,
+        wallet,
+        users,
+        _dir: dir,
+    }
+}
+
+fn peg_wallet_builder() -> PegWallet {
+    PegWallet::new(
+        Network::Regtest,
+        MAGIC,
+        BitcoinFeePolicy {
+            floor: FeeRate::from_sat_per_vb_u32(2),
+            cap: FeeRate::from_sat_per_vb_u32(100),
+            subsidy: Amount::ZERO,
+        },
+    )
+}
+
+impl Net {
+    /// Mines `n` blocks on both chains.
+    fn mine(&self, n: usize) {
+        for _ in 0..n {
+            self.peg.mine();
+        }
+    }
+
+    fn peg_in_op(&self, txid: &Txid) -> PegInOp {
+        self.peg
+            .stacks
+            .with(|s| {
+                s.burn_ops
+                    .values()
+                    .flat_map(|(ins, _)| ins.iter())
+                    .find(|o| o.txid == *txid)
+                    .cloned()
+            })
+            .expect("the peg-in is in a block")
+    }
+
+    fn request_op(&self, txid: &Txid) -> PegOutRequestOp {
+        self.peg
+            .stacks
+            .with(|s| {
+                s.burn_ops
+                    .values()
+                    .flat_map(|(_, outs)| outs.iter())
+                    .find(|o| o.txid == *txid)
+                    .cloned()
+            })
+            .expect("the request is in a block")
+    }
+
+    /// Broadcasts a contract call signed with the coordinator's Stacks key
+    /// and mines a Stacks block.
+    fn submit(&self, build: impl FnOnce(&dyn StacksWallet, u64) -> peg_ops::SignedStacksTx) {
+        let w = self.peg.stacks_wallet();
+        let me: PrincipalData = w.address().into();
+        let nonce = self.peg.stacks_client().get_account(&me).unwrap().nonce;
+        let tx = build(&w, nonce);
+        self.peg
+            .stacks_client()
+            .broadcast_transaction(&tx.raw)
+            .unwrap();
+        self.peg.stacks.with(|s| s.mine());
+    }
+
+    /// User `i` pegs `sats` in; mined, then minted with the coordinator's
+    /// Stacks key.
+    fn peg_in_and_mint(&mut self, i: usize, sats: u64) -> Txid {
+        let t = self.peg_in(i, sats);
+        let op = self.peg_in_op(&t);
+        self.submit(|w, n| w.build_mint(&op, n, None).unwrap());
+        assert_eq!(self.peg.contract_calls("mint!", &t), (1, 0));
+        t
+    }
+
+    /// User `i` pegs `sats` in (mined, not minted).
+    fn peg_in(&mut self, i: usize, sats: u64) -> Txid {
+        let (peg, users, wallet) = (&self.peg, &mut self.users, &self.wallet);
+        let u = &mut users[i];
+        let to = u.stx.clone();
+        let t = peg
+            .with_bitcoin(|b| u.peg_in(b, MAGIC, wallet, &to, Amount::from_sat(sats)))
+            .unwrap();
+        self.mine(1);
+        t
+    }
+
+    /// User `i` requests a peg-out of `sats` paying `fee` (mined).
+    fn request(&mut self, i: usize, sats: u64, fee: u64) -> PegOutRequestOp {
+        let (peg, users, wallet) = (&self.peg, &mut self.users, &self.wallet);
+        let u = &mut users[i];
+        let t = peg
+            .with_bitcoin(|b| {
+                u.peg_out(
+                    b,
+                    MAGIC,
+                    wallet,
+                    Amount::from_sat(sats),
+                    Amount::from_sat(fee),
+                )
+            })
+            .unwrap();
+        self.mine(1);
+        self.request_op(&t)
+    }
+
+    /// Burns the request's amount from its requester with the coordinator's
+    /// Stacks key.
+    fn burn(&self, op: &PegOutRequestOp) {
+        let requester = op.requester(stacks_wire::StacksNetwork::Testnet).unwrap();
+        self.submit(|w, n| w.build_burn(op, &requester, n, None).unwrap());
+        assert_eq!(self.peg.contract_calls("burn!", &op.txid), (1, 0));
+    }
+
+    fn wallet_coins(&self) -> Vec<Utxo> {
+        self.peg
+            .bitcoin_client()
+            .list_unspent(&self.wallet.script_pubkey())
+            .unwrap()
+    }
+
+    /// The fulfilment of `op` an honest coordinator would build now.
+    fn fulfilment(&self, op: &PegOutRequestOp, extra: &[Utxo]) -> UnsignedFulfillment {
+        let mut utxos = self.wallet_coins();
+        utxos.extend(extra.iter().cloned());
+        let tip = self.peg.stacks_client().get_info().unwrap().stacks_tip;
+        peg_wallet_builder()
+            .build_fulfillment(
+                op,
+                &self.key,
+                &FulfillmentInputs {
+                    utxos,
+                    fee_rate: Some(FeeRate::from_sat_per_vb_u32(2)),
+                    stacks_chain_tip: tip,
+                    reserved: Vec::new(),
+                },
+            )
+            .unwrap()
+    }
+
+    fn items(&self, u: &UnsignedFulfillment) -> Vec<SignItem> {
+        u.sighashes
+            .iter()
+            .map(|s| SignItem {
+                key: self.key,
+                message: ToSign::Taproot { sighash: *s },
+            })
+            .collect()
+    }
+
+    /// Asks the signers, with the coordinator's message key, to sign
+    /// `payload`'s items.
+    fn ask(
+        &self,
+        payload: &SignPayload,
+        items: &[SignItem],
+    ) -> Result<Vec<bitcoin::secp256k1::schnorr::Signature>, frost_coordinator::Error> {
+        let mut frost = self.peg.frost().unwrap();
+        frost.sign(&payload.encode(), items)
+    }
+
+    /// Asks for the fulfilment `u` of `op`; on success broadcasts and mines it.
+    fn pay(
+        &self,
+        op: &PegOutRequestOp,
+        u: &UnsignedFulfillment,
+    ) -> Result<Txid, frost_coordinator::Error> {
+        let payload = SignPayload::Fulfilment {
+            request: op.txid,
+            tx: u.tx.clone(),
+            prevouts: u.prevouts.clone(),
+        };
+        let sigs = self.ask(&payload, &self.items(u))?;
+        let tx = peg_wallet_builder().finalize_fulfillment(u, &sigs).unwrap();
+        let t = self.peg.with_bitcoin(|b| b.send(tx)).unwrap();
+        self.mine(1);
+        Ok(t)
+    }
+
+    fn payouts(&self, op: &PegOutRequestOp) -> Vec<Amount> {
+        self.peg.payouts(&op.txid, &op.recipient.script_pubkey())
+    }
+}
+
+/// The refusals of a failed signing round, by signer id.
+fn refusals(
+    r: Result<Vec<bitcoin::secp256k1::schnorr::Signature>, frost_coordinator::Error>,
+) -> Vec<(u32, String)> {
+    match r {
+        Err(frost_coordinator::Error::Refused { refusals }) => refusals,
+        Err(e) => panic!("expected refusals, got another error: {e}"),
+        Ok(s) => panic!("the signers signed ({} signatures)", s.len()),
+    }
+}
+
+/// Every signer in `ids` refused, with a rule named `rule`: the refusals the
+/// coordinator got (the round ends as soon as the threshold is out of
+/// reach, so it may not hear from all) and each signer's own status (its
+/// guard's last refusal, newer than `before`). `rule` may name
+/// alternatives, `a|b`.
+fn assert_refused_by(n: &Net, before: &[u64], refusals: &[(u32, String)], ids: &[u32], rule: &str) {
+    let names = |text: &str| rule.split('|').any(|r| text.starts_with(&format!("{r}:")));
+    // A signer that refused the request also refuses its nonce requests;
+    // the coordinator names whichever refusal reached it first.
+    for (id, text) in refusals {
+        if ids.contains(id) {
+            assert!(
+                names(text) || text.starts_with("nonce.not-requested:"),
+                "signer {id} refused with {text:?}, not {rule}"
+            );
+        }
+    }
+    assert!(!refusals.is_empty());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for id in ids {
+        loop {
+            // A slow signer may still be refusing an older request (one
+            // the others already signed): wait for this rule.
+            let s = n.peg.signer_status(*id).unwrap();
+            let last = s.last_refusal.clone().unwrap_or_default();
+            if s.refused > before[*id as usize - 1] && names(&last) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "signer {id}'s guard did not refuse with {rule}: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Net {
+    /// How many requests each signer's guard has refused so far.
+    fn refused_so_far(&self) -> Vec<u64> {
+        (1..=self.peg.options().signers)
+            .map(|id| self.peg.signer_status(id).map_or(0, |s| s.refused))
+            .collect()
+    }
+}
+
+fn attacker() -> (SecretKey, Address) {
+    let secp = Secp256k1::new();
+    let sk = SecretKey::from_slice(&[0x66; 32]).unwrap();
+    let a = Address::p2wpkh(
+        &bitcoin::CompressedPublicKey(sk.public_key(&secp)),
+        Network::Regtest,
+    );
+    (sk, a)
+}
+
+/// (a) The coordinator's message key is stolen. The honest payout of a
+/// burned request is signed; then a sweep of the whole peg wallet to the
+/// attacker, a payout of a request that does not exist, and a second payout
+/// of the paid request are each refused by every signer, naming the rule,
+
+/// ATTACK 1, end to end (money): the coordinator's stolen Stacks key calls
+/// `mint!` with the txid of a peg-in the wallet owes (user 2 is not on the
+/// allowlist: the peg-in is never minted, its 0.5 BTC is owed back), to
+/// user 1 (the attacker's account), then burns it with user 1's valid
+/// request of 0.4 BTC. The guards count any `get-mint` record as "minted",
+/// so the 0.5 BTC stops being a debt and the backing check passes: user 2's
+/// BTC pays the attacker.
+/// RULE that should stop it: a peg-in is minted only when its final
+/// `get-mint` record is its own amount to its own recipient; otherwise it
+/// stays owed and every signer refuses with `backing`.
+#[test]
+fn redteam_a_mint_for_an_owed_peg_ins_txid_pays_the_attacker_its_btc() {
+    // User 2 is not on the signers' allowlist.
+    let mut n = net(2, |o| o.allowlist = vec![1]);
+    n.peg_in_and_mint(0, BTC);
+    let rejected = n.peg_in(1, BTC / 2);
+    // mint!(rejected txid, 0.5 BTC, user 1): the attacker's mint.
+    let mut fake = n.peg_in_op(&rejected);
+    fake.recipient = n.users[0].stx.clone();
+    n.submit(|w, k| w.build_mint(&fake, k, None).unwrap());
+    assert_eq!(n.peg.contract_calls("mint!", &rejected), (1, 0));
+    assert_eq!(
+        n.peg.sbtc_balance(&n.users[0].stx),
+        u128::from(BTC + BTC / 2)
+    );
+    let op = n.request(0, 40_000_000, 20_000);
+    n.burn(&op);
+    n.mine(1);
+    let u = n.fulfilment(&op, &[]);
+    let outcome = n.pay(&op, &u);
+    assert!(
+        outcome.is_err(),
+        "the signers paid the attacker {:?} out of user 2's owed peg-in",
+        n.payouts(&op)
+    );
+}
+
+/// ATTACK 2, end to end (money + liveness): the stolen message key asks
+/// for a "consolidation" of one peg wallet coin to the published key,
+/// paying a fee at the policy's cap (100 sat/vB: ~11,000 sats for one
+/// input). The peg is exactly backed before (1 BTC held, 1 sBTC supply);
+/// the guards check the sweep's fee only against the cap, never the books,
+/// so they sign it, the wallet is left unbacked, and every honest payout
+/// is refused afterwards (`backing`). Repeated each block, the wallet
+/// drains to miners.
+/// RULE that should stop it: sweeps and consolidations pass
+/// `peg_rules::check_backing` (held after ≥ supply + debts), and their
+/// fee is bounded by the fee estimate/floor, not only the cap.
+#[test]
+fn redteam_a_consolidation_at_the_fee_cap_leaves_the_peg_unbacked() {
+    let mut n = net(1, |_| {});
+    n.peg_in_and_mint(0, BTC);
+    n.mine(1);
+    let coins = n.wallet_coins();
+    assert_eq!(coins.len(), 1, "{coins:?}");
+    let total: Amount = coins.iter().map(|c| c.txout.value).sum();
+    let sweep = Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: coins
+            .iter()
+            .map(|c| TxIn {
+                previous_output: c.outpoint,
+                ..TxIn::default()
+            })
+            .collect(),
+        output: vec![TxOut {
+            value: total - Amount::from_sat(10_000),
+            script_pubkey: n.wallet.script_pubkey(),
+        }],
+    };
+    let prevouts: Vec<TxOut> = coins.iter().map(|c| c.txout.clone()).collect();
+    let sighashes = peg_rules::payload::sighashes(&sweep, &prevouts).unwrap();
+    let items: Vec<SignItem> = sighashes
+        .iter()
+        .map(|s| SignItem {
+            key: n.key,
+            message: ToSign::Taproot { sighash: *s },
+        })
+        .collect();
+    let outcome = n.ask(
+        &SignPayload::Sweep {
+            tx: sweep,
+            prevouts,
+        },
+        &items,
+    );
+    assert!(
+        outcome.is_err(),
+        "the signers signed a 10,000-sat-fee consolidation that leaves 1 sBTC backed by 0.9999 BTC"
+    );
+}
