@@ -65,7 +65,10 @@ pub(crate) fn dkg_sign(config: &Config, text: &str) -> Result<()> {
     let message = ToSign::Test { text: text.into() };
     let digest = message.digest();
     let sig = c
-        .sign(&peg_rules::SignPayload::Test.encode(), &[SignItem { key, message }])
+        .sign(
+            &peg_rules::SignPayload::Test.encode(),
+            &[SignItem { key, message }],
+        )
         .context("signing failed")?
         .pop()
         .ok_or_else(|| anyhow::anyhow!("the signers returned no signature"))?;

@@ -154,7 +154,11 @@ fn main() {
     );
     let paid = outs
         .iter()
-        .zip(users.iter().flat_map(|u| (0..PER_USER).map(move |j| (u, j))))
+        .zip(
+            users
+                .iter()
+                .flat_map(|u| (0..PER_USER).map(move |j| (u, j))),
+        )
         .filter(|(t, (u, j))| {
             peg.payouts(t, &u.btc.script_pubkey()) == vec![Amount::from_sat(500_000 + *j as u64)]
         })

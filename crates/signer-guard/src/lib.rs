@@ -357,6 +357,11 @@ struct Wallet {
     fee_outputs: HashSet<OutPoint>,
     /// Peg-in coins ever paid to the wallet whose mint is not yet final.
     unminted: Vec<(Txid, Amount)>,
+    /// The peg-ins minted for their own amount and recipient: the sBTC
+    /// that BTC backs.
+    minted: Amount,
+    /// Every peg-out request ever paying a fee output to the wallet.
+    requests: Vec<Txid>,
 }
 
 impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
@@ -601,7 +606,9 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             .ok_or_else(|| {
                 btc_err(
                     "getrawtransaction",
-                    format!("{txid}, a peg-in paid to the peg wallet, is unknown (is -txindex on?)"),
+                    format!(
+                        "{txid}, a peg-in paid to the peg wallet, is unknown (is -txindex on?)"
+                    ),
                 )
             })?;
         let at = Position {
@@ -634,6 +641,8 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             unspent: HashMap::new(),
             fee_outputs: HashSet::new(),
             unminted: Vec::new(),
+            minted: Amount::ZERO,
+            requests: Vec::new(),
         };
         for c in all {
             if !held.contains(&c.txout.script_pubkey) {
@@ -645,6 +654,12 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 if kind == CoinKind::Request && c.outpoint.vout == 2 {
                     w.fee_outputs.insert(c.outpoint);
                 }
+            }
+            if kind == CoinKind::Request && c.outpoint.vout == 2 {
+                w.requests.push(c.outpoint.txid);
+            }
+            if kind == CoinKind::PegIn && c.outpoint.vout == 1 && minted {
+                w.minted = w.minted.checked_add(c.txout.value).unwrap_or(Amount::MAX);
             }
             if kind == CoinKind::PegIn && c.outpoint.vout == 1 && !minted {
                 if let Some(tip) = mints_at {
@@ -662,7 +677,8 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                         {
                             self.store
                                 .mark_minted(&c.outpoint.txid)
-                                .map_err(|e| rule("guard.store", e))?
+                                .map_err(|e| rule("guard.store", e))?;
+                            w.minted = w.minted.checked_add(c.txout.value).unwrap_or(Amount::MAX);
                         }
                         Some((amount, principal)) => {
                             log::error!(
@@ -969,7 +985,6 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         ))
     }
 
-
     /// The circuit breaker: the peg's books after `tx` (a payout of
     /// `this_request`, or a sweep), with the other payouts signed in the last
     /// day and not yet confirmed (their request's fee output still unspent)
@@ -1009,6 +1024,46 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         };
         let supply = u64::try_from(supply)
             .map_err(|_| stx_err(GET_TOTAL_SUPPLY, format!("{supply} is above 2^64")))?;
+        // The sBTC in circulation must be what the peg-ins minted for their
+        // own amount and recipient, less what requests burned: a mint by the
+        // coordinator's Stacks key with no peg-in behind it makes the supply
+        // larger, and then nothing is paid — however much surplus (fee
+        // leftovers, plain payments) the wallet holds.
+        let mut burned = Amount::ZERO;
+        for r in &wallet.requests {
+            let amount = match self.store.burned(r).map_err(|e| rule("guard.store", e))? {
+                Some(a) => Some(a),
+                None => {
+                    let v = self.read_final(GET_BURN, &[contract::txid_arg(r)], final_tip)?;
+                    match decode_entry(&v).map_err(|e| stx_err(GET_BURN, e))? {
+                        Some((a, _)) => {
+                            self.store
+                                .mark_burned(r, a)
+                                .map_err(|e| rule("guard.store", e))?;
+                            Some(a)
+                        }
+                        None => None,
+                    }
+                }
+            };
+            if let Some(a) = amount {
+                burned = burned
+                    .checked_add(Amount::from_sat(a))
+                    .unwrap_or(Amount::MAX);
+            }
+        }
+        let backed = wallet.minted.checked_sub(burned).unwrap_or(Amount::ZERO);
+        if Amount::from_sat(supply) > backed {
+            return Err(rule(
+                "backing",
+                format!(
+                    "the sBTC supply is {supply} sats, but peg-ins minted {} and requests burned {}: {} sats of sBTC have no BTC behind them",
+                    wallet.minted.to_sat(),
+                    burned.to_sat(),
+                    supply.saturating_sub(backed.to_sat())
+                ),
+            ));
+        }
         let pending: HashSet<Txid> = recent
             .keys()
             .filter(|r| wallet.unspent.contains_key(&OutPoint::new(**r, 2)))

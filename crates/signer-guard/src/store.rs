@@ -29,7 +29,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 pub(crate) const PROMISE_KEEP_SECS: u64 = 3600;
 
 /// Migrations, in order; `schema_version` records how many ran.
-const MIGRATIONS: &[&str] = &["CREATE TABLE will_sign (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE will_sign (
         key BLOB NOT NULL,
         digest BLOB NOT NULL,
         request INTEGER NOT NULL,
@@ -58,7 +59,9 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE will_sign (
     "CREATE TABLE published_keys (
         key BLOB PRIMARY KEY NOT NULL,
         first_seen INTEGER NOT NULL
-    ) STRICT;"];
+    ) STRICT;
+    ALTER TABLE coin_txs ADD COLUMN burned_final INTEGER;",
+];
 
 /// How a transaction that paid the peg wallet is classified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,12 +303,39 @@ impl Store {
         Ok(())
     }
 
-    /// Records that a peg-in's mint is final.
+    /// The final burn recorded for a peg-out request, sats.
+    pub(crate) fn burned(&self, txid: &Txid) -> Result<Option<u64>, String> {
+        let v: Option<Option<i64>> = db(self
+            .conn
+            .prepare_cached("SELECT burned_final FROM coin_txs WHERE txid = ?1")
+            .and_then(|mut s| {
+                s.query_row([txid.to_byte_array().to_vec()], |r| r.get(0))
+                    .optional()
+            }))?;
+        Ok(v.flatten().map(|n| u64::try_from(n).unwrap_or(0)))
+    }
+
+    /// Records a peg-out request's final burn.
+    pub(crate) fn mark_burned(&mut self, txid: &Txid, amount: u64) -> Result<(), String> {
+        db(self.conn.execute(
+            "UPDATE coin_txs SET burned_final = ?2 WHERE txid = ?1",
+            params![txid.to_byte_array().to_vec(), sql_u64(amount)?],
+        ))?;
+        Ok(())
+    }
+
     /// Records `key` as seen published (once).
-    pub(crate) fn saw_published(&mut self, key: &bitcoin::secp256k1::PublicKey, now: u64) -> Result<(), String> {
+    pub(crate) fn saw_published(
+        &mut self,
+        key: &bitcoin::secp256k1::PublicKey,
+        now: u64,
+    ) -> Result<(), String> {
         db(self.conn.execute(
             "INSERT OR IGNORE INTO published_keys (key, first_seen) VALUES (?1, ?2)",
-            params![key.serialize().to_vec(), i64::try_from(now).unwrap_or(i64::MAX)],
+            params![
+                key.serialize().to_vec(),
+                i64::try_from(now).unwrap_or(i64::MAX)
+            ],
         ))?;
         Ok(())
     }
@@ -325,6 +355,7 @@ impl Store {
         Ok(out)
     }
 
+    /// Records that a peg-in's mint is final.
     pub(crate) fn mark_minted(&mut self, txid: &Txid) -> Result<(), String> {
         db(self.conn.execute(
             "UPDATE coin_txs SET minted_final = 1 WHERE txid = ?1",
