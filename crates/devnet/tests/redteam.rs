@@ -5,6 +5,7 @@
 //! is a copy of `tests/attacks.rs`'s.
 
 #![allow(
+    clippy::unwrap_in_result,
     dead_code,
     unused_imports,
     clippy::unwrap_used,
@@ -316,11 +317,6 @@ fn attacker() -> (SecretKey, Address) {
     );
     (sk, a)
 }
-
-/// (a) The coordinator's message key is stolen. The honest payout of a
-/// burned request is signed; then a sweep of the whole peg wallet to the
-/// attacker, a payout of a request that does not exist, and a second payout
-/// of the paid request are each refused by every signer, naming the rule,
 
 /// ATTACK 1, end to end (money): the coordinator's stolen Stacks key calls
 /// `mint!` with the txid of a peg-in the wallet owes (user 2 is not on the
