@@ -449,6 +449,14 @@ fn a_rotation_keeps_the_old_key_sweeps_its_coins_and_still_pays_a_pending_reques
     let mut l = peg
         .coordinator(settings.clone(), OpSourceKind::Bitcoin)
         .unwrap();
+    // Sweeps pay their fee from the peg's surplus, never its backing (the
+    // signers' books): the operator keeps a float in the wallet.
+    peg.with_bitcoin(|b| {
+        users[1]
+            .pay(b, &old_wallet.script_pubkey(), Amount::from_sat(100_000))
+            .unwrap()
+    });
+    peg.mine();
     peg_in_all(&mut l, &peg, &mut users, BTC);
 
     // A peg-out request to the old address is on chain, unprocessed, when
