@@ -947,7 +947,11 @@ fn refusals_are_a_wait_shown_with_every_signers_rule_never_a_failure() {
     // Signers refuse what their own nodes do not show (yet): the payout
     // waits, however often, and the operator sees who refused and why.
     assert_eq!(op.state, OpState::BurnConfirmed, "a refused payout waits");
-    assert_eq!(op.attempts, 0, "a refusal is no attempt");
+    assert!(
+        op.attempts > 3,
+        "refused {} times, more than the limit of 3, and still waiting",
+        op.attempts
+    );
     let shown = op.last_error.unwrap();
     assert!(
         shown.contains("signer 1: fulfilment.input") && shown.contains("signer 2: backing"),
