@@ -307,11 +307,6 @@ impl<B, S> std::fmt::Debug for Guard<B, S> {
 /// at most; test messages alike).
 pub const MAX_ITEMS: usize = 256;
 
-/// The most fulfilments (the first and its replacements) this signer signs
-/// for one request: each spends the same fee output, so only one can
-/// confirm, but every one is stored and read at every check.
-pub const MAX_FULFILMENTS_PER_REQUEST: usize = 16;
-
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -867,18 +862,6 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             .fulfilments()
             .map_err(|e| rule("guard.store", e))?;
         let digest = peg_rules::request_signature_digest(&op);
-        let replacements = signed
-            .iter()
-            .filter(|f| f.request_txid == *request_txid && f.txid != tx.compute_txid())
-            .count();
-        if replacements >= MAX_FULFILMENTS_PER_REQUEST {
-            return Err(rule(
-                "fulfilment.replacements",
-                format!(
-                    "{request_txid} has {replacements} fulfilments signed already, the most this signer signs"
-                ),
-            ));
-        }
         if let Some(f) = signed
             .iter()
             .find(|f| f.signature_digest == digest && f.request_txid != *request_txid)

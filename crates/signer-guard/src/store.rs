@@ -25,6 +25,9 @@ use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, Transaction, Txid};
 use rusqlite::{params, Connection, OptionalExtension};
 
+/// How many fulfilments of one request are kept (the newest).
+pub(crate) const KEEP_FULFILMENTS_PER_REQUEST: u64 = 16;
+
 /// How long a `will_sign` promise is kept, seconds.
 pub(crate) const PROMISE_KEEP_SECS: u64 = 3600;
 
@@ -220,6 +223,19 @@ impl Store {
                     sql_u64(f.outflow.to_sat())?,
                     f.signature_digest.to_vec(),
                     sql_u64(f.time)?
+                ],
+            ))?;
+            // The newest fulfilments of a request only: each spends the same
+            // fee output (at most one confirms), and a coordinator killed
+            // mid-round rebuilds one per attempt; keeping them all would grow
+            // the store, and every check's read of it, without bound.
+            db(tx.execute(
+                "DELETE FROM fulfilments WHERE request_txid = ?1 AND txid NOT IN
+                 (SELECT txid FROM fulfilments WHERE request_txid = ?1
+                  ORDER BY time DESC, rowid DESC LIMIT ?2)",
+                params![
+                    f.request_txid.to_byte_array().to_vec(),
+                    sql_u64(KEEP_FULFILMENTS_PER_REQUEST)?
                 ],
             ))?;
         }
