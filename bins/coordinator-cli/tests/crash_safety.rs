@@ -1,6 +1,7 @@
 //! Crash safety of the real binary: `coordinator-cli run` on the devnet is
-//! killed with SIGKILL at random moments (every 100-400 ms, at least 20
-//! times) while 100 peg-ins and 100 peg-outs go through, and restarted each
+//! killed with SIGKILL at random moments (every 100-400 ms for the first
+//! 20 times, then every 1-3 s, so that signing rounds can finish between
+//! kills) while 100 peg-ins and 100 peg-outs go through, and restarted each
 //! time. Afterwards every op took effect exactly once: one mint per peg-in,
 //! one burn and one payout (the exact amount, to the requester's
 //! scriptPubKey) per peg-out, and no second mint or burn was ever even
@@ -164,7 +165,16 @@ fn sigkilled_coordinator_processes_do_every_op_exactly_once() {
                 kills_mid_work += 1;
             }
             child = spawn(&config, &log);
-            next_kill = Instant::now() + Duration::from_millis(100 + rng.below(300));
+            // The first kills come every 100-400 ms; then every 1-3 s, so
+            // that a payout's signing round — every signer checking it on
+            // its own nodes first — can finish between two kills, and the
+            // kills still land mid-round.
+            next_kill = Instant::now()
+                + if kills < KILLS {
+                    Duration::from_millis(100 + rng.below(300))
+                } else {
+                    Duration::from_millis(1_000 + rng.below(2_000))
+                };
         }
         let out_ids: Vec<Txid> = outs.iter().map(|o| o.1).collect();
         if all_in && done(&queue, &ins) == ins.len() && done(&queue, &out_ids) == outs.len() {

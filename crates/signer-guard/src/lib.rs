@@ -291,6 +291,10 @@ pub struct Guard<B, S> {
     coins: CoinRecord,
     store: Store,
     status: GuardStatus,
+    /// `get-burn` answers read at one final Stacks block: the same block
+    /// answers the same, so checks under one block read each request once
+    /// (without it every check read every unpaid request: quadratic).
+    burns_at: Option<([u8; 32], HashMap<Txid, Option<(u64, PrincipalData)>>)>,
 }
 
 impl<B, S> std::fmt::Debug for Guard<B, S> {
@@ -394,6 +398,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             coins,
             store,
             status: GuardStatus::default(),
+            burns_at: None,
         };
         guard.set_keys(keys)?;
         Ok(guard)
@@ -589,6 +594,31 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             .classify(txid, kind)
             .map_err(|e| rule("guard.store", e))?;
         Ok((kind, false))
+    }
+
+    /// The final burn recorded under `txid` at `tip`, read once per block.
+    fn burn_at(
+        &mut self,
+        txid: &Txid,
+        tip: &[u8; 32],
+    ) -> Result<Option<(u64, PrincipalData)>, Rule> {
+        if self.burns_at.as_ref().map(|(t, _)| t) != Some(tip) {
+            self.burns_at = Some((*tip, HashMap::new()));
+        }
+        if let Some(hit) = self
+            .burns_at
+            .as_ref()
+            .and_then(|(_, m)| m.get(txid))
+            .cloned()
+        {
+            return Ok(hit);
+        }
+        let v = self.read_final(GET_BURN, &[contract::txid_arg(txid)], tip)?;
+        let got = decode_entry(&v).map_err(|e| stx_err(GET_BURN, e))?;
+        if let Some((_, m)) = self.burns_at.as_mut() {
+            m.insert(*txid, got.clone());
+        }
+        Ok(got)
     }
 
     /// The recipient of the peg-in `txid` (at `height`), read again from
@@ -1016,18 +1046,15 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         for r in &wallet.requests {
             let amount = match self.store.burned(r).map_err(|e| rule("guard.store", e))? {
                 Some(a) => Some(a),
-                None => {
-                    let v = self.read_final(GET_BURN, &[contract::txid_arg(r)], final_tip)?;
-                    match decode_entry(&v).map_err(|e| stx_err(GET_BURN, e))? {
-                        Some((a, _)) => {
-                            self.store
-                                .mark_burned(r, a)
-                                .map_err(|e| rule("guard.store", e))?;
-                            Some(a)
-                        }
-                        None => None,
+                None => match self.burn_at(r, final_tip)? {
+                    Some((a, _)) => {
+                        self.store
+                            .mark_burned(r, a)
+                            .map_err(|e| rule("guard.store", e))?;
+                        Some(a)
                     }
-                }
+                    None => None,
+                },
             };
             if let Some(a) = amount {
                 burned = burned
@@ -1076,8 +1103,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             if let Some(t) = wallet.unspent.get(o) {
                 owed_to_requests.push(t.value);
             }
-            let burn = self.read_final(GET_BURN, &[contract::txid_arg(&o.txid)], final_tip)?;
-            if let Some((amount, _)) = decode_entry(&burn).map_err(|e| stx_err(GET_BURN, e))? {
+            if let Some((amount, _)) = self.burn_at(&o.txid, final_tip)? {
                 owed_to_requests.push(Amount::from_sat(amount));
             }
         }
