@@ -294,7 +294,7 @@ pub struct Guard<B, S> {
     /// `get-burn` answers read at one final Stacks block: the same block
     /// answers the same, so checks under one block read each request once
     /// (without it every check read every unpaid request: quadratic).
-    burns_at: Option<([u8; 32], HashMap<Txid, Option<(u64, PrincipalData)>>)>,
+    burns_at: Option<([u8; 32], BurnReads)>,
 }
 
 impl<B, S> std::fmt::Debug for Guard<B, S> {
@@ -347,6 +347,9 @@ fn sum(it: impl Iterator<Item = Amount>) -> Option<Amount> {
     let mut it = it;
     it.try_fold(Amount::ZERO, |s, a| s.checked_add(a))
 }
+
+/// `get-burn` answers at one Stacks block: amount and source, or none.
+type BurnReads = HashMap<Txid, Option<(u64, PrincipalData)>>;
 
 /// Everything the guard knows of the peg wallet at one check.
 struct Wallet {
