@@ -140,14 +140,22 @@ fn a_sigkilled_coordinator_process_does_every_op_once_on_real_nodes() {
 
     let mut child = Some(Coordinator::spawn(&config, &log));
     let mut kills = 0usize;
-    // Kills the process every 150-450 ms and starts a new one, until the
-    // ops are done (false when 40 s pass first).
+    // Kills the process every 150-450 ms (after the first 10 kills of a
+    // wave, every 1-3 s: a payout's signing round, every signer checking it
+    // on its own nodes first, must fit between two kills) and starts a new
+    // one, until the ops are done (false when 90 s pass first).
     let mut kill_until_done = |ts: &[Txid], kills: &mut usize| -> bool {
-        let deadline = Instant::now() + Duration::from_secs(40);
+        let deadline = Instant::now() + Duration::from_secs(90);
         let mut wait = 150u64;
+        let mut in_wave = 0u64;
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(wait));
-            wait = 150 + (wait * 7 + 130) % 300;
+            in_wave += 1;
+            wait = if in_wave < 10 {
+                150 + (wait * 7 + 130) % 300
+            } else {
+                1_000 + (wait * 7 + 130) % 2_000
+            };
             let finished = ts
                 .iter()
                 .all(|t| queue.get(t).ok().flatten().map(|o| o.state) == Some(OpState::Done));
@@ -178,7 +186,7 @@ fn a_sigkilled_coordinator_process_does_every_op_once_on_real_nodes() {
         );
     }
     if !kill_until_done(&ins, &mut kills) {
-        fail("the peg-ins did not finish within 40 s");
+        fail("the peg-ins did not finish within 90 s");
     }
     let out = users[0]
         .peg_out_with(
@@ -190,7 +198,7 @@ fn a_sigkilled_coordinator_process_does_every_op_once_on_real_nodes() {
         )
         .unwrap();
     if !kill_until_done(&[out], &mut kills) {
-        fail("the peg-out did not finish within 40 s");
+        fail("the peg-out did not finish within 90 s");
     }
     drop(child.take());
     println!("{kills} SIGKILLs");
