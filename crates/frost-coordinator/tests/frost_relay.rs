@@ -702,7 +702,9 @@ fn a_refused_sign_request_names_the_signers_and_their_rule() {
         took < Duration::from_secs(3),
         "the round ended on the refusals, well before its {sign_timeout:?} timeout: took {took:?}"
     );
-    assert!(!Error::Refused { refusals: vec![] }.is_transient());
+    // A refusal is a wait for the loop: signers refuse what their own
+    // nodes do not show yet, so the payout is asked again later.
+    assert!(Error::Refused { refusals: vec![] }.is_transient());
     // One refusal leaves the threshold reachable: signers 1 and 2 sign.
     c.kill(2);
     c.restart(2);
