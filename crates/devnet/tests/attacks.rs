@@ -289,9 +289,7 @@ fn assert_refused_by(n: &Net, before: &[u64], refusals: &[(u32, String)], ids: &
             // A guard whose own node did not answer in time (seen on a
             // loaded two-core machine) refuses too, naming the node: still
             // no signature, which `refusals` already asserted.
-            if s.refused > before[*id as usize - 1]
-                && (names(&last) || last.starts_with("node."))
-            {
+            if s.refused > before[*id as usize - 1] && (names(&last) || last.starts_with("node.")) {
                 break;
             }
             assert!(
