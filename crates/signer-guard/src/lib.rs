@@ -566,31 +566,9 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         {
             return Ok(k);
         }
-        let status = self
-            .bitcoin
-            .get_raw_transaction(txid)
-            .map_err(|e| btc_err("getrawtransaction", e))?
-            .ok_or_else(|| {
-                btc_err(
-                    "getrawtransaction",
-                    format!(
-                        "{txid}, a peg wallet coin's transaction, is unknown (is -txindex on?)"
-                    ),
-                )
-            })?;
-        let at = Position {
-            height: BurnHeight(height),
-            block_hash: status.block_hash.unwrap_or_else(BlockHash::all_zeros),
-            vtxindex: 0,
-        };
-        let kind = match peg_ops::wire::parse_transaction(
-            &status.tx,
-            self.params.magic,
-            self.params.networks.bitcoin,
-            at,
-        ) {
-            Ok(Some(PegOp::PegIn(_))) => CoinKind::PegIn,
-            Ok(Some(PegOp::PegOutRequest(_))) => CoinKind::Request,
+        let kind = match self.coin_op(txid, height)? {
+            Some(PegOp::PegIn(_)) => CoinKind::PegIn,
+            Some(PegOp::PegOutRequest(_)) => CoinKind::Request,
             _ => CoinKind::Other,
         };
         self.store
@@ -624,9 +602,9 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         Ok(got)
     }
 
-    /// The recipient of the peg-in `txid` (at `height`), read again from
-    /// this signer's bitcoind; `None` when it is no peg-in.
-    fn peg_in_recipient(&self, txid: &Txid, height: u64) -> Result<Option<PrincipalData>, Rule> {
+    /// The peg op of a peg wallet coin's transaction `txid` (at `height`),
+    /// read from this signer's bitcoind, if it is one.
+    fn coin_op(&self, txid: &Txid, height: u64) -> Result<Option<PegOp>, Rule> {
         let status = self
             .bitcoin
             .get_raw_transaction(txid)
@@ -635,7 +613,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 btc_err(
                     "getrawtransaction",
                     format!(
-                        "{txid}, a peg-in paid to the peg wallet, is unknown (is -txindex on?)"
+                        "{txid}, a peg wallet coin's transaction, is unknown (is -txindex on?)"
                     ),
                 )
             })?;
@@ -644,17 +622,23 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             block_hash: status.block_hash.unwrap_or_else(BlockHash::all_zeros),
             vtxindex: 0,
         };
-        Ok(
-            match peg_ops::wire::parse_transaction(
-                &status.tx,
-                self.params.magic,
-                self.params.networks.bitcoin,
-                at,
-            ) {
-                Ok(Some(PegOp::PegIn(op))) => Some(op.recipient),
-                _ => None,
-            },
+        Ok(peg_ops::wire::parse_transaction(
+            &status.tx,
+            self.params.magic,
+            self.params.networks.bitcoin,
+            at,
         )
+        .ok()
+        .flatten())
+    }
+
+    /// The recipient of the peg-in `txid` (at `height`); `None` when it is
+    /// no peg-in.
+    fn peg_in_recipient(&self, txid: &Txid, height: u64) -> Result<Option<PrincipalData>, Rule> {
+        Ok(match self.coin_op(txid, height)? {
+            Some(PegOp::PegIn(op)) => Some(op.recipient),
+            _ => None,
+        })
     }
 
     /// Reads the wallet from the coin record; with `mints_at`, also which
