@@ -483,15 +483,22 @@ subsidy_sats = 500
     fn the_shipped_signer_file_still_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conf/signer.toml");
         let f = SignerFile::load(&path).unwrap();
-        assert_eq!(f.policy, peg_rules::PolicyFile::default());
-        // Its commented [policy] table, uncommented, is valid and is the default.
+        // It names the allowlist; every other policy key is the default.
+        assert_eq!(
+            f.policy,
+            peg_rules::PolicyFile {
+                allowlist_file: Some("allowlist.toml".into()),
+                ..Default::default()
+            }
+        );
+        // Its [policy] table, commented keys uncommented, is valid and is the default.
         let text = std::fs::read_to_string(&path).unwrap();
         let table: String = text
             .lines()
-            .skip_while(|l| !l.starts_with("# [policy]"))
+            .skip_while(|l| !l.starts_with("[policy]"))
             .skip(1)
-            .take_while(|l| l.starts_with("# ") && l.contains(" = "))
-            .map(|l| format!("{}\n", &l[2..]))
+            .take_while(|l| l.contains(" = "))
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
             .collect();
         let p: peg_rules::PolicyFile = toml::from_str(&table).unwrap();
         assert_eq!(p.allowlist_file.as_deref(), Some("allowlist.toml"));
