@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 ///    │                                                          └▶ BurnConfirmed ─▶ BitcoinTxSigned
 ///    └▶ Rejected(reason)                                             ─▶ BitcoinTxBroadcast ─▶ Done (peg-out)
 /// any state after Accepted ─▶ Failed(reason): acted on, needs the operator
+/// Rejected peg-in ─▶ RefundRequested ─▶ RefundSigned ─▶ RefundBroadcast ─▶ Refunded (operator's `refund`)
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -64,6 +65,22 @@ pub enum OpState {
     },
     /// Finished: minted, or burned and paid.
     Done,
+    /// Peg-in only: the operator asked for the refund of this rejected,
+    /// never-minted peg-in; the coordinator builds it and asks the signers.
+    RefundRequested,
+    /// Peg-in only: the refund is signed and stored, perhaps not yet broadcast.
+    RefundSigned {
+        /// The transaction.
+        tx: Transaction,
+    },
+    /// Peg-in only: the refund was broadcast; waiting for confirmations.
+    RefundBroadcast {
+        /// The transaction.
+        tx: Transaction,
+    },
+    /// Peg-in only, terminal: the BTC went back to the depositor; the
+    /// peg-in is never minted nor retried.
+    Refunded,
     /// Acted on, then failed in a way the coordinator will not retry alone
     /// (a mint or burn that failed on chain, a reorg after acting). The
     /// operator decides.
@@ -86,6 +103,10 @@ impl OpState {
             OpState::BitcoinTxSigned { .. } => "bitcoin_tx_signed",
             OpState::BitcoinTxBroadcast { .. } => "bitcoin_tx_broadcast",
             OpState::Done => "done",
+            OpState::RefundRequested => "refund_requested",
+            OpState::RefundSigned { .. } => "refund_signed",
+            OpState::RefundBroadcast { .. } => "refund_broadcast",
+            OpState::Refunded => "refunded",
             OpState::Failed { .. } => "failed",
         }
     }
@@ -94,7 +115,10 @@ impl OpState {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            OpState::Rejected { .. } | OpState::Done | OpState::Failed { .. }
+            OpState::Rejected { .. }
+                | OpState::Done
+                | OpState::Refunded
+                | OpState::Failed { .. }
         )
     }
 
@@ -102,7 +126,10 @@ impl OpState {
     pub fn has_acted(&self) -> bool {
         !matches!(
             self,
-            OpState::Detected | OpState::Accepted | OpState::Rejected { .. }
+            OpState::Detected
+                | OpState::Accepted
+                | OpState::Rejected { .. }
+                | OpState::RefundRequested
         )
     }
 }
@@ -225,6 +252,10 @@ mod tests {
         assert!(!OpState::Rejected { reason: "x".into() }.has_acted());
         assert!(OpState::BurnConfirmed.has_acted());
         assert!(OpState::Done.is_terminal());
+        assert!(OpState::Refunded.is_terminal());
+        assert!(OpState::Refunded.has_acted());
+        assert!(!OpState::RefundRequested.is_terminal());
+        assert!(!OpState::RefundRequested.has_acted());
         assert_eq!(
             OpState::Failed {
                 reason: "burn failed".into()

@@ -51,7 +51,7 @@ const MIGRATIONS: &[&str] = &[
 const UNACCEPTED: &str = "('detected', 'rejected')";
 
 /// States after which the coordinator does nothing more with an op.
-const TERMINAL: &str = "('rejected', 'done', 'failed')";
+const TERMINAL: &str = "('rejected', 'done', 'refunded', 'failed')";
 
 fn storage(e: rusqlite::Error) -> Error {
     Error::Storage(e.to_string())
@@ -400,7 +400,7 @@ impl PegQueue for SqlitePegQueue {
         let conn = self.lock();
         let n = conn
             .execute(
-                "DELETE FROM ops WHERE txid = ?1 AND state IN ('detected', 'accepted', 'rejected')",
+                "DELETE FROM ops WHERE txid = ?1 AND state IN ('detected', 'accepted', 'rejected', 'refund_requested')",
                 [txid.to_string()],
             )
             .map_err(storage)?;
