@@ -45,7 +45,23 @@ pub struct MemInner {
     pub fail_next_set_state: bool,
     /// When each op was accepted (as the SQLite queue's `accepted_at`).
     pub accepted_at: HashMap<Txid, std::time::SystemTime>,
+    /// Every state change, per op (as the SQLite queue's `op_events`).
+    pub history: HashMap<Txid, Vec<peg_queue::OpEvent>>,
 }
+
+impl MemInner {
+    fn record(&mut self, txid: &Txid, state: &OpState) {
+        let events = self.history.entry(*txid).or_default();
+        events.push(peg_queue::OpEvent {
+            txid: *txid,
+            seq: events.len() as u64 + 1,
+            at_unix: 0,
+            state: state.name().to_owned(),
+            stacks_txid: state.stacks_txid(),
+            bitcoin_txid: state.bitcoin_txid(),
+            reason: state.reason().map(str::to_owned),
+        });
+    }
 
 /// An in-memory queue, shared between the test and the loops it builds.
 #[derive(Clone, Default)]
@@ -84,6 +100,7 @@ impl PegQueue for MemQueue {
             return Ok(false);
         }
         g.order.push(op.txid());
+        g.record(&op.txid(), &OpState::Detected);
         g.ops.insert(
             op.txid(),
             QueuedOp {
@@ -119,6 +136,7 @@ impl PegQueue for MemQueue {
         q.state = state.clone();
         q.last_error = None;
         q.waiting = None;
+        g.record(txid, state);
         if matches!(state, OpState::Detected | OpState::Rejected { .. }) {
             g.accepted_at.remove(txid);
         } else {
@@ -202,6 +220,17 @@ impl PegQueue for MemQueue {
             .ok_or(peg_queue::Error::UnknownOp(*txid))?;
         q.waiting = why;
         Ok(())
+    }
+
+    fn history(&self, txid: &Txid) -> Result<Vec<peg_queue::OpEvent>, peg_queue::Error> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .history
+            .get(txid)
+            .cloned()
+            .unwrap_or_default())
     }
 
     fn last_signed_stacks_nonce(&self) -> Result<Option<u64>, peg_queue::Error> {
