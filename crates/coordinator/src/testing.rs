@@ -62,6 +62,7 @@ impl MemInner {
             reason: state.reason().map(str::to_owned),
         });
     }
+}
 
 /// An in-memory queue, shared between the test and the loops it builds.
 #[derive(Clone, Default)]
