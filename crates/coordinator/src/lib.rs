@@ -53,11 +53,11 @@ use bitcoin_node_client::BitcoinNode;
 use fee_wallet::{next_nonce, BitcoinWallet, FulfillmentInputs, StacksWallet};
 use frost_coordinator::FrostCoordinator;
 use log::{debug, error, info, warn};
-use peg_ops::{contract, BurnHeight, PegOp, PegOutRequestOp, SignedStacksTx};
+use peg_ops::{BurnHeight, PegOp, PegOutRequestOp, SignedStacksTx};
 use peg_queue::{OpState, PegQueue, QueuedOp};
 use retry::Effect;
 use stacks_node_client::StacksNode;
-use stacks_wire::{ContractId, PrincipalData, StacksNetwork, Value};
+use stacks_wire::{ContractId, PrincipalData, StacksNetwork};
 
 pub use bitcoin;
 pub use peg_rules::{Allowlist, Policy};

@@ -27,7 +27,8 @@ use bitcoin_node_client::{TxStatus, Utxo};
 use fee_wallet::UnsignedFulfillment;
 use peg_ops::{peg_out_request_sighash, BtcAddress, MessageSignature, PegInOp, PegOutRequestOp};
 use stacks_node_client::{AccountInfo, NodeInfo};
-use stacks_wire::{StacksAddress, StacksTxid};
+use peg_ops::contract;
+use stacks_wire::{StacksAddress, StacksTxid, Value};
 
 pub use crate::source::MockOpSource;
 pub use bitcoin_node_client::MockBitcoinNode;
