@@ -25,9 +25,9 @@ use bitcoin::secp256k1::{schnorr, SecretKey};
 use bitcoin::{absolute, transaction, Address, Amount, BlockHash, TxIn, TxOut, Witness};
 use bitcoin_node_client::{TxStatus, Utxo};
 use fee_wallet::UnsignedFulfillment;
+use peg_ops::contract;
 use peg_ops::{peg_out_request_sighash, BtcAddress, MessageSignature, PegInOp, PegOutRequestOp};
 use stacks_node_client::{AccountInfo, NodeInfo};
-use peg_ops::contract;
 use stacks_wire::{StacksAddress, StacksTxid, Value};
 
 pub use crate::source::MockOpSource;
