@@ -25,11 +25,15 @@ use devnet::{Peg, PegOptions};
 use stacks_wire::{Payload, Value};
 
 fn cli(config: &Path, args: &[&str]) -> Output {
+    cli_logging(config, args, "error")
+}
+
+fn cli_logging(config: &Path, args: &[&str], level: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_coordinator-cli"))
         .arg("--config")
         .arg(config)
         .args(args)
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", level)
         .output()
         .unwrap()
 }
@@ -43,15 +47,18 @@ fn text(o: &Output) -> String {
 }
 
 /// Runs `command TXID` (`process-peg-in`/`-out`), mining a block on both
-/// chains between runs, until it reports `state`; at most 30 runs.
-fn drive_to(peg: &Peg, config: &Path, command: &str, t: &Txid, state: &str) {
+/// chains between runs, until it reports `state`; at most 30 runs. Returns
+/// what every run printed and logged (at INFO).
+fn drive_to(peg: &Peg, config: &Path, command: &str, t: &Txid, state: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(90);
+    let mut all = String::new();
     for _ in 0..30 {
-        let o = cli(config, &[command, &t.to_string()]);
+        let o = cli_logging(config, &[command, &t.to_string()], "info");
         let unconfirmed = !o.status.success() && text(&o).contains("not confirmed yet");
         assert!(o.status.success() || unconfirmed, "{command}: {}", text(&o));
-        if text(&o).contains(&format!(": {state}")) {
-            return;
+        all.push_str(&text(&o));
+        if String::from_utf8_lossy(&o.stdout).contains(&format!(": {state}")) {
+            return all;
         }
         assert!(Instant::now() < deadline, "{command} {t}: {}", text(&o));
         peg.mine();
@@ -167,10 +174,17 @@ fn stuck_ops_are_failed_retried_from_what_the_chains_show_and_recorded() {
     for _ in 0..3 {
         peg.mine();
     }
-    let o = cli(&config, &["queue", "retry", &pegin.to_string()]);
+    let o = cli_logging(&config, &["queue", "retry", &pegin.to_string()], "info");
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("failed -> done"), "{}", text(&o));
-    assert_eq!(mined_calls(&peg, "mint!", &pegin).len(), 1);
+    let mints = mined_calls(&peg, "mint!", &pegin);
+    assert_eq!(mints.len(), 1);
+    // Logged at INFO: the amount, the recipient and the mint's txid.
+    let logged = format!(
+        "done: 50000000 sats minted to {alice_stx}, mint stacks tx {}",
+        mints[0]
+    );
+    assert!(text(&o).contains(&logged), "{logged} not in {}", text(&o));
     assert_eq!(peg.sbtc_balance(&alice.stx), 50_000_000);
     let v = show(&config, &pegin);
     assert_eq!(v["state"], "done");
@@ -239,7 +253,7 @@ fn stuck_ops_are_failed_retried_from_what_the_chains_show_and_recorded() {
         "{}",
         text(&o)
     );
-    drive_to(&peg, &config, "process-peg-out", &request, "done");
+    let log = drive_to(&peg, &config, "process-peg-out", &request, "done");
     let burns = mined_calls(&peg, "burn!", &request);
     assert_eq!(burns.len(), 1, "burned once");
     assert_eq!(
@@ -257,6 +271,19 @@ fn stuck_ops_are_failed_retried_from_what_the_chains_show_and_recorded() {
     // After `done`, the record still names the burn and the payout.
     let paid = fulfilments(&peg, &request);
     assert_eq!(paid.len(), 1);
+    // Logged at INFO: the signed payout and, at `done`, burn and payout txids.
+    for line in [
+        format!(
+            "fulfilment of 20000000 sats to {} signed: bitcoin tx {}",
+            alice.btc, paid[0]
+        ),
+        format!(
+            "done: 20000000 sats burned and paid to {}, burn stacks tx {}, payout bitcoin tx {}",
+            alice.btc, burns[0], paid[0]
+        ),
+    ] {
+        assert!(log.contains(&line), "{line} not in\n{log}");
+    }
     let v = show(&config, &request);
     assert_eq!(v["state"], "done");
     assert_eq!(v["amount_sats"], 20_000_000);
