@@ -456,4 +456,33 @@ mod tests {
         let e = retry_decision(&s, &MockBitcoinNode::new(), &reader, 3, &q, &[]).unwrap_err();
         assert!(matches!(e, ReadError::Stacks(_)), "{e}");
     }
+
+    #[test]
+    fn a_chain_shorter_than_the_depth_reads_the_tip_only_and_garbage_is_an_error() {
+        let q = failed(peg_out(1, 5, ALLOWED_BTC, AMOUNT));
+        let contract = contract_id();
+        let sender = PrincipalData::Standard(wallet_address());
+        let reader = ContractReader {
+            contract: &contract,
+            sender: &sender,
+            network: StacksNetwork::Testnet,
+        };
+        let mut s = MockStacksNode::new();
+        s.expect_block_at_depth().returning(|_| Ok(None));
+        s.expect_call_read_at().never();
+        s.expect_call_read()
+            .returning(|_, _, _, _| Ok(record(AMOUNT, allowed_principal())));
+        let d = retry_decision(&s, &MockBitcoinNode::new(), &reader, 3, &q, &[]).unwrap();
+        refused(&d, "not final");
+        let mut s = MockStacksNode::new();
+        s.expect_block_at_depth()
+            .returning(|_| Ok(Some(FINAL_BLOCK)));
+        s.expect_call_read_at()
+            .returning(|_, _, _, _, _| Ok(Value::UInt(7)));
+        let e = retry_decision(&s, &MockBitcoinNode::new(), &reader, 3, &q, &[]).unwrap_err();
+        assert!(
+            matches!(&e, ReadError::Invalid(m) if m.contains("get-burn")),
+            "{e}"
+        );
+    }
 }
