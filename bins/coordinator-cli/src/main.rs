@@ -117,12 +117,27 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show one operation in full.
+    /// Show one operation in full: amount, recipient and every recorded state change
+    /// (with the mint/burn Stacks txid and the payout's or refund's Bitcoin txid).
     Show {
         /// The operation's Bitcoin txid.
         txid: Txid,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
-    /// Send a rejected op back to validation, or a failed one back to signing.
+    /// End a stuck, non-terminal operation as `failed` (reason `operator: TEXT`), with `run`
+    /// stopped; `queue retry` takes it up again.
+    Fail {
+        /// The operation's Bitcoin txid.
+        txid: Txid,
+        /// Why, for the record.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Send a rejected op back to validation; a failed one on from what the chains show (reads
+    /// the nodes): a final burn to `burn_confirmed` (never a second burn), a final mint to
+    /// `done`, none to `accepted`.
     Retry {
         /// The operation's Bitcoin txid.
         txid: Txid,

@@ -9,7 +9,8 @@ use bitcoin_node_client::{Auth, BitcoinNode, UreqBitcoinNode};
 use coordinator::bitcoin::Txid;
 use coordinator::config::{BitcoinAuth, Config, OpSourceKind};
 use coordinator::lock::DataDirLock;
-use coordinator::metrics::{StatusServer, StatusSnapshot};
+use coordinator::metrics::{StatusServer, StatusSnapshot, RECENT_EVENTS};
+use coordinator::retry::{retry_decision, ContractReader, RetryDecision};
 use coordinator::startup::{
     contract_signer_set, contract_wallet_key, ensure_wallet_key, rotate_key,
     signer_set_differences, StartupError,
@@ -232,22 +233,30 @@ pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> R
     }));
     let _endpoint = match &c.status_listen {
         Some(addr) => Some(
-            StatusServer::start(addr, l.metrics(), snapshot.clone())
-                .with_context(|| format!("cannot serve the status endpoint on {addr}"))?,
+            // `/ops/{txid}` reads the queue through a connection of its own.
+            StatusServer::start_with_queue(
+                addr,
+                l.metrics(),
+                snapshot.clone(),
+                Box::new(queue(c)?),
+            )
+            .with_context(|| format!("cannot serve the status endpoint on {addr}"))?,
         ),
         None => None,
     };
     l.run_observed(stop, |l| {
         let q = &l.components().queue;
-        if let (Ok(ops), Ok(h), Ok(waiting), Ok(mut s)) = (
+        if let (Ok(ops), Ok(h), Ok(waiting), Ok(events), Ok(mut s)) = (
             q.counts(),
             q.last_scanned_height(),
             q.waiting(),
+            q.recent_events(RECENT_EVENTS),
             snapshot.lock(),
         ) {
             s.ops = ops;
             s.last_scanned_height = h.map(|h| h.0);
             s.waiting = waiting;
+            s.recent_events = events;
             s.attestations = l.attestations().to_vec();
         }
     })
@@ -382,37 +391,174 @@ pub(crate) fn queue_command(c: &Config, cmd: &crate::QueueCommand) -> Result<()>
                 }
             }
         }
-        crate::QueueCommand::Show { txid } => {
+        crate::QueueCommand::Show { txid, json } => {
             let o = q
                 .get(txid)?
                 .ok_or_else(|| anyhow!("no operation {txid} in the queue"))?;
-            let op = match &o.op {
-                PegOp::PegIn(p) => serde_json::to_value(p)?,
-                PegOp::PegOutRequest(p) => serde_json::to_value(p)?,
+            let history = q.history(txid)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&show_json(&o, &history)?)?
+                );
+            } else {
+                print!("{}", show_text(&o, &history));
+            }
+        }
+        crate::QueueCommand::Fail { txid, reason } => {
+            let _lock = lock(c, "queue fail")?;
+            let reason = reason.trim();
+            if reason.is_empty() {
+                bail!("say why: --reason TEXT is recorded with the op");
+            }
+            let o = q
+                .get(txid)?
+                .ok_or_else(|| anyhow!("no operation {txid} in the queue"))?;
+            if o.state.is_terminal() {
+                bail!(
+                    "{txid} is {}: a terminal operation is not failed by hand",
+                    o.state
+                );
+            }
+            let next = OpState::Failed {
+                reason: format!("operator: {reason}"),
             };
-            let v = serde_json::json!({"kind": o.op.kind(), "op": op, "state": o.state, "attempts": o.attempts, "last_error": o.last_error, "waiting": o.waiting});
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            q.set_state(txid, &next)?;
+            log::warn!(
+                "{} {txid}: {} -> {next} by the operator ({} sats, recipient {})",
+                o.op.kind(),
+                o.state.name(),
+                o.op.amount().to_sat(),
+                coordinator::metrics::recipient(&o.op)
+            );
+            println!("{txid}: {} -> {}", o.state.name(), next.name());
         }
         crate::QueueCommand::Retry { txid } => {
             let _lock = lock(c, "queue retry")?;
             let o = q
                 .get(txid)?
                 .ok_or_else(|| anyhow!("no operation {txid} in the queue"))?;
-            let next = match o.state {
-                // Nothing happened on chain: validate again.
-                OpState::Rejected { .. } => OpState::Detected,
-                // A mint or burn was mined without effect: sign a new one (the
-                // contract refuses a second effect for the same Bitcoin txid).
-                OpState::Failed { .. } => OpState::Accepted,
-                other => bail!(
-                    "{txid} is {other}; only rejected or failed operations are retried by hand"
-                ),
+            let history = q.history(txid)?;
+            let stacks = UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout);
+            let sender = PrincipalData::Standard(c.stacks_address());
+            let reader = ContractReader {
+                contract: &c.contract,
+                sender: &sender,
+                network: c.stacks_network,
+            };
+            let decision = retry_decision(
+                &stacks,
+                &bitcoin_node(c),
+                &reader,
+                c.stacks_confirmations,
+                &o,
+                &history,
+            )
+            .with_context(|| format!("reading what the chains show of {txid}"))?;
+            let next = match decision {
+                RetryDecision::To(next) => next,
+                RetryDecision::Refused(why) => bail!("not retried: {why}"),
             };
             q.set_state(txid, &next)?;
+            log::info!(
+                "{} {txid}: {} -> {} by the operator's retry",
+                o.op.kind(),
+                o.state.name(),
+                next.name()
+            );
+            coordinator::metrics::log_progress(&q, &o.op, &next);
             println!("{txid}: {} -> {}", o.state.name(), next.name());
         }
     }
     Ok(())
+}
+
+/// `queue show --json`: the `/ops/{txid}` shape, its events in full (with
+/// their sequence and reasons), and the op as stored.
+fn show_json(o: &peg_queue::QueuedOp, history: &[peg_queue::OpEvent]) -> Result<serde_json::Value> {
+    let mut v = coordinator::metrics::op_json(o, history);
+    v["events"] = serde_json::to_value(history)?;
+    v["op"] = match &o.op {
+        PegOp::PegIn(p) => serde_json::to_value(p)?,
+        PegOp::PegOutRequest(p) => serde_json::to_value(p)?,
+    };
+    v["state_data"] = serde_json::to_value(&o.state)?;
+    v["attempts"] = o.attempts.into();
+    v["last_error"] = o.last_error.clone().into();
+    v["waiting"] = o.waiting.clone().into();
+    Ok(v)
+}
+
+/// `queue show`: the op, its amount and recipient, and its history.
+fn show_text(o: &peg_queue::QueuedOp, history: &[peg_queue::OpEvent]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| {
+        let _ = writeln!(out, "{k:<12} {v}");
+    };
+    line("txid", o.op.txid().to_string());
+    line("kind", o.op.kind().to_string());
+    line("state", o.state.to_string());
+    line("amount", format!("{} sats", o.op.amount().to_sat()));
+    line("recipient", coordinator::metrics::recipient(&o.op));
+    if let PegOp::PegOutRequest(r) = &o.op {
+        line("fee output", format!("{} sats", r.fulfillment_fee.to_sat()));
+    }
+    line(
+        "block",
+        format!(
+            "{} (position {}, {})",
+            o.op.block_height().0,
+            match &o.op {
+                PegOp::PegIn(p) => p.vtxindex,
+                PegOp::PegOutRequest(r) => r.vtxindex,
+            },
+            o.op.burn_header_hash()
+        ),
+    );
+    line("attempts", o.attempts.to_string());
+    if let Some(e) = &o.last_error {
+        line("last error", e.clone());
+    }
+    if let Some(w) = &o.waiting {
+        line("waiting", w.clone());
+    }
+    let _ = writeln!(out, "history:");
+    for e in history {
+        let mut l = format!("  {:>3}  {}  {}", e.seq, utc(e.at_unix), e.state);
+        if let Some(t) = e.stacks_txid {
+            let _ = write!(l, "  stacks tx {t}");
+        }
+        if let Some(t) = e.bitcoin_txid {
+            let _ = write!(l, "  bitcoin tx {t}");
+        }
+        if let Some(r) = &e.reason {
+            let _ = write!(l, "  ({r})");
+        }
+        let _ = writeln!(out, "{l}");
+    }
+    out
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (days to civil date: Howard
+/// Hinnant's algorithm).
+fn utc(unix: u64) -> String {
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 /// `coins-repair`: makes the coin record agree with `scantxoutset` at every
@@ -441,4 +587,14 @@ pub(crate) fn coins_repair(c: &Config) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(super::utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
+    }
 }

@@ -196,11 +196,18 @@ fn queue_retry_sends_a_rejected_op_back_to_validation() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("rejected -> detected"));
     let o = cli(
-        &["--config", c.to_str().unwrap(), "queue", "show", &txid],
+        &[
+            "--config",
+            c.to_str().unwrap(),
+            "queue",
+            "show",
+            &txid,
+            "--json",
+        ],
         &[],
     );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["state"]["state"], "detected");
+    assert_eq!(v["state"], "detected");
     assert_eq!(v["op"]["amount"], 1337);
     // A pending op is not retried by hand.
     let o = cli(

@@ -38,6 +38,7 @@
 pub mod config;
 pub mod lock;
 pub mod metrics;
+pub mod retry;
 pub mod secret;
 pub mod source;
 pub mod startup;
@@ -52,10 +53,11 @@ use bitcoin_node_client::BitcoinNode;
 use fee_wallet::{next_nonce, BitcoinWallet, FulfillmentInputs, StacksWallet};
 use frost_coordinator::FrostCoordinator;
 use log::{debug, error, info, warn};
-use peg_ops::{contract, BurnHeight, PegOp, PegOutRequestOp, SignedStacksTx};
+use peg_ops::{BurnHeight, PegOp, PegOutRequestOp, SignedStacksTx};
 use peg_queue::{OpState, PegQueue, QueuedOp};
+use retry::Effect;
 use stacks_node_client::StacksNode;
-use stacks_wire::{ContractId, PrincipalData, StacksNetwork, Value};
+use stacks_wire::{ContractId, PrincipalData, StacksNetwork};
 
 pub use bitcoin;
 pub use peg_rules::{Allowlist, Policy};
@@ -291,20 +293,6 @@ impl From<peg_queue::Error> for StepError {
     fn from(e: peg_queue::Error) -> Self {
         StepError::Fatal(e)
     }
-}
-
-/// What the contract shows of an op's mint or burn.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Effect {
-    /// Visible at the final block, for the op's amount and principal.
-    Final,
-    /// Visible at the tip only: not final yet.
-    AtTip,
-    /// Not visible at the tip.
-    Absent,
-    /// Recorded for another amount or principal: the contract was made to
-    /// mint or burn something else for this txid.
-    Mismatch(String),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -991,6 +979,7 @@ where
                         .map_err(Error::Queue)?;
                     self.maybe_crash(CrashPoint::AfterStoring(state.name()));
                     info!("{} {txid}: {} -> {state}", q.op.kind(), q.state.name());
+                    metrics::log_progress(&self.c.queue, &q.op, &state);
                     self.backoff.remove(&txid);
                     self.metrics.steps.fetch_add(1, Ordering::Relaxed);
                     report.steps += 1;
@@ -1434,50 +1423,17 @@ where
     /// (`get-burn`): final when visible at [`Self::final_block`] for the op's
     /// amount and principal (a mint's recipient, a burn's requester).
     fn effect(&mut self, op: &PegOp) -> Result<Effect, StepError> {
-        let (function, principal) = match op {
-            PegOp::PegIn(p) => (contract::GET_MINT, p.recipient.clone()),
-            PegOp::PegOutRequest(r) => (
-                contract::GET_BURN,
-                PrincipalData::Standard(
-                    r.requester(self.settings.stacks_network)
-                        .map_err(|e| StepError::retry(format!("requester: {e}"), false))?,
-                ),
-            ),
-        };
+        let block = self.final_block()?;
         let sender = PrincipalData::Standard(self.c.stacks_wallet.address());
-        let args = [contract::txid_arg(&op.txid())];
-        let decode = |v: Value| {
-            contract::decode_record(&v)
-                .map_err(|e| StepError::retry(format!("{function}: {e}"), false))
+        let reader = retry::ContractReader {
+            contract: &self.settings.contract,
+            sender: &sender,
+            network: self.settings.stacks_network,
         };
-        if let Some(block) = self.final_block()? {
-            let v = self.c.stacks.call_read_at(
-                &self.settings.contract,
-                function,
-                &args,
-                &sender,
-                &block,
-            )?;
-            if let Some(record) = decode(v)? {
-                if record.amount != op.amount().to_sat() || record.principal != principal {
-                    return Ok(Effect::Mismatch(format!(
-                        "{function} at Stacks block {} shows {} sats for {}, the op is {} for {principal}",
-                        hex::encode(block),
-                        record.amount,
-                        record.principal,
-                        op.amount()
-                    )));
-                }
-                return Ok(Effect::Final);
-            }
-        }
-        let v = self
-            .c
-            .stacks
-            .call_read(&self.settings.contract, function, &args, &sender)?;
-        Ok(match decode(v)? {
-            Some(_) => Effect::AtTip,
-            None => Effect::Absent,
+        retry::contract_effect(&self.c.stacks, &reader, block.as_ref(), op).map_err(|e| match e {
+            retry::ReadError::Stacks(e) => e.into(),
+            retry::ReadError::Bitcoin(e) => e.into(),
+            retry::ReadError::Invalid(m) => StepError::retry(m, false),
         })
     }
 

@@ -25,9 +25,10 @@ use bitcoin::secp256k1::{schnorr, SecretKey};
 use bitcoin::{absolute, transaction, Address, Amount, BlockHash, TxIn, TxOut, Witness};
 use bitcoin_node_client::{TxStatus, Utxo};
 use fee_wallet::UnsignedFulfillment;
+use peg_ops::contract;
 use peg_ops::{peg_out_request_sighash, BtcAddress, MessageSignature, PegInOp, PegOutRequestOp};
 use stacks_node_client::{AccountInfo, NodeInfo};
-use stacks_wire::{StacksAddress, StacksTxid};
+use stacks_wire::{StacksAddress, StacksTxid, Value};
 
 pub use crate::source::MockOpSource;
 pub use bitcoin_node_client::MockBitcoinNode;
@@ -45,6 +46,23 @@ pub struct MemInner {
     pub fail_next_set_state: bool,
     /// When each op was accepted (as the SQLite queue's `accepted_at`).
     pub accepted_at: HashMap<Txid, std::time::SystemTime>,
+    /// Every state change, per op (as the SQLite queue's `op_events`).
+    pub history: HashMap<Txid, Vec<peg_queue::OpEvent>>,
+}
+
+impl MemInner {
+    fn record(&mut self, txid: &Txid, state: &OpState) {
+        let events = self.history.entry(*txid).or_default();
+        events.push(peg_queue::OpEvent {
+            txid: *txid,
+            seq: events.len() as u64 + 1,
+            at_unix: 0,
+            state: state.name().to_owned(),
+            stacks_txid: state.stacks_txid(),
+            bitcoin_txid: state.bitcoin_txid(),
+            reason: state.reason().map(str::to_owned),
+        });
+    }
 }
 
 /// An in-memory queue, shared between the test and the loops it builds.
@@ -84,6 +102,7 @@ impl PegQueue for MemQueue {
             return Ok(false);
         }
         g.order.push(op.txid());
+        g.record(&op.txid(), &OpState::Detected);
         g.ops.insert(
             op.txid(),
             QueuedOp {
@@ -119,6 +138,7 @@ impl PegQueue for MemQueue {
         q.state = state.clone();
         q.last_error = None;
         q.waiting = None;
+        g.record(txid, state);
         if matches!(state, OpState::Detected | OpState::Rejected { .. }) {
             g.accepted_at.remove(txid);
         } else {
@@ -202,6 +222,17 @@ impl PegQueue for MemQueue {
             .ok_or(peg_queue::Error::UnknownOp(*txid))?;
         q.waiting = why;
         Ok(())
+    }
+
+    fn history(&self, txid: &Txid) -> Result<Vec<peg_queue::OpEvent>, peg_queue::Error> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .history
+            .get(txid)
+            .cloned()
+            .unwrap_or_default())
     }
 
     fn last_signed_stacks_nonce(&self) -> Result<Option<u64>, peg_queue::Error> {

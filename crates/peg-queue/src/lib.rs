@@ -17,6 +17,7 @@ mod sqlite;
 use std::fmt;
 
 use bitcoin::{Transaction, Txid};
+use peg_ops::stacks_wire::StacksTxid;
 use peg_ops::{BurnHeight, PegOp, SignedStacksTx};
 use serde::{Deserialize, Serialize};
 
@@ -115,11 +116,35 @@ impl OpState {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            OpState::Rejected { .. }
-                | OpState::Done
-                | OpState::Refunded
-                | OpState::Failed { .. }
+            OpState::Rejected { .. } | OpState::Done | OpState::Refunded | OpState::Failed { .. }
         )
+    }
+
+    /// Returns the Stacks txid of the mint or burn this state carries.
+    pub fn stacks_txid(&self) -> Option<StacksTxid> {
+        match self {
+            OpState::StacksTxSigned { tx } | OpState::StacksTxBroadcast { tx } => Some(tx.txid),
+            _ => None,
+        }
+    }
+
+    /// Returns the Bitcoin txid of the fulfilment or refund this state carries.
+    pub fn bitcoin_txid(&self) -> Option<Txid> {
+        match self {
+            OpState::BitcoinTxSigned { tx }
+            | OpState::BitcoinTxBroadcast { tx }
+            | OpState::RefundSigned { tx }
+            | OpState::RefundBroadcast { tx } => Some(tx.compute_txid()),
+            _ => None,
+        }
+    }
+
+    /// Returns why the op was rejected or failed.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            OpState::Rejected { reason } | OpState::Failed { reason } => Some(reason),
+            _ => None,
+        }
     }
 
     /// Returns whether a side effect may already have happened on some chain.
@@ -159,6 +184,32 @@ pub struct QueuedOp {
     /// Why the op is waiting now (a fee shortfall, signers' refusals), for
     /// the operator; not a failure. Cleared on progress.
     pub waiting: Option<String>,
+}
+
+/// One state change of an operation, kept for good (also after `done`): the
+/// record of what was done. The queue writes it in the same transaction as
+/// the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpEvent {
+    /// The operation's Bitcoin txid.
+    pub txid: Txid,
+    /// 1 for the op's first event, then one more per change.
+    pub seq: u64,
+    /// When the change was stored, Unix seconds.
+    pub at_unix: u64,
+    /// The state entered ([`OpState::name`]); `removed` when the op was
+    /// forgotten because its block left the best chain before anything was
+    /// signed.
+    pub state: String,
+    /// The mint's or burn's Stacks txid, when the state carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks_txid: Option<StacksTxid>,
+    /// The fulfilment's or refund's Bitcoin txid, when the state carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitcoin_txid: Option<Txid>,
+    /// Why the op was rejected or failed, for those states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What went wrong in the queue's storage. The coordinator stops on these:
@@ -238,6 +289,11 @@ pub trait PegQueue {
     /// Records why the op waits (`None`: it no longer does), without counting
     /// an attempt; shown by `status` until the op moves.
     fn set_waiting(&self, txid: &Txid, why: Option<String>) -> Result<(), Error>;
+
+    /// Returns every recorded state change of the op `txid`, oldest first
+    /// (empty for a txid the queue never held). Events outlive the op's
+    /// terminal state and a removal.
+    fn history(&self, txid: &Txid) -> Result<Vec<OpEvent>, Error>;
 }
 
 #[cfg(test)]

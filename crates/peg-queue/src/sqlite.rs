@@ -11,7 +11,7 @@ use bitcoin::Txid;
 use peg_ops::{BurnHeight, PegOp};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::{Error, OpState, PegQueue, QueuedOp};
+use crate::{Error, OpEvent, OpState, PegQueue, QueuedOp};
 
 /// Migrations, in order; `schema_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -44,6 +44,20 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE ops ADD COLUMN waiting TEXT;
     CREATE INDEX ops_by_signature ON ops (signature_digest) WHERE signature_digest IS NOT NULL;
     CREATE INDEX ops_by_accepted_at ON ops (accepted_at) WHERE accepted_at IS NOT NULL;",
+    // 3: the record of what was done (issue #14): one row per state change,
+    // kept for good. The ops already stored get one event for their current
+    // state from `backfill`.
+    "CREATE TABLE op_events (
+        id INTEGER PRIMARY KEY,
+        txid TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        at_unix INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        stacks_txid TEXT,
+        bitcoin_txid TEXT,
+        reason TEXT,
+        UNIQUE (txid, seq)
+    ) STRICT;",
 ];
 
 /// States in which a peg-out request's signature is not (or no longer)
@@ -216,9 +230,36 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
 
 /// Fills in, in Rust, what migration `number` added and SQL cannot compute.
 fn backfill(tx: &Transaction<'_>, number: usize) -> Result<(), Error> {
-    if number != 2 {
-        return Ok(());
+    match number {
+        2 => backfill_2(tx),
+        3 => backfill_3(tx),
+        _ => Ok(()),
     }
+}
+
+/// Migration 3: one event per op stored before it, for its current state
+/// (at its last change), with the txids and reason that state still holds.
+/// What earlier states held (a `done` op's mint or payout txid) is gone.
+fn backfill_3(tx: &Transaction<'_>) -> Result<(), Error> {
+    let rows: Vec<(String, String, i64)> = {
+        let mut stmt = tx
+            .prepare("SELECT txid, state_data, updated_at FROM ops")
+            .map_err(storage)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(storage)?;
+        rows.collect::<Result<_, _>>().map_err(storage)?
+    };
+    for (txid, data, at) in rows {
+        let state: OpState = serde_json::from_str(&data)
+            .map_err(|e| Error::Corrupt(format!("state of {txid}: {e}")))?;
+        record_event(tx, &txid, &Event::of(&state), at)?;
+    }
+    Ok(())
+}
+
+/// Migration 2: the replay and outflow columns of the rows already stored.
+fn backfill_2(tx: &Transaction<'_>) -> Result<(), Error> {
     let rows: Vec<(String, String)> = {
         let mut stmt = tx
             .prepare("SELECT txid, op FROM ops WHERE kind = 'peg_out_request'")
@@ -290,7 +331,113 @@ fn insert(tx: &Transaction<'_>, op: &PegOp) -> Result<bool, Error> {
             ],
         )
         .map_err(storage)?;
+    if n == 1 {
+        record_event(
+            tx,
+            &op.txid().to_string(),
+            &Event::of(&OpState::Detected),
+            now(),
+        )?;
+    }
     Ok(n == 1)
+}
+
+/// An event row before it is written.
+struct Event<'a> {
+    state: &'a str,
+    stacks_txid: Option<String>,
+    bitcoin_txid: Option<String>,
+    reason: Option<&'a str>,
+}
+
+impl<'a> Event<'a> {
+    fn of(state: &'a OpState) -> Self {
+        Event {
+            state: state.name(),
+            stacks_txid: state.stacks_txid().map(|t| t.to_string()),
+            bitcoin_txid: state.bitcoin_txid().map(|t| t.to_string()),
+            reason: state.reason(),
+        }
+    }
+}
+
+/// Appends an event to the history of `txid`, in the caller's transaction.
+fn record_event(tx: &Transaction<'_>, txid: &str, e: &Event<'_>, at: i64) -> Result<(), Error> {
+    tx.execute(
+        "INSERT INTO op_events (txid, seq, at_unix, state, stacks_txid, bitcoin_txid, reason)
+         VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM op_events WHERE txid = ?1), ?2, ?3, ?4, ?5, ?6)",
+        params![txid, at, e.state, e.stacks_txid, e.bitcoin_txid, e.reason],
+    )
+    .map_err(storage)?;
+    Ok(())
+}
+
+type EventRow = (
+    String,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+const EVENT_COLUMNS: &str = "txid, seq, at_unix, state, stacks_txid, bitcoin_txid, reason";
+
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+fn row_to_event(
+    (txid, seq, at, state, stacks_txid, bitcoin_txid, reason): EventRow,
+) -> Result<OpEvent, Error> {
+    let corrupt = |what: &str, v: &str, e: &dyn std::fmt::Display| {
+        Error::Corrupt(format!("event of {txid}: {what} {v:?}: {e}"))
+    };
+    Ok(OpEvent {
+        txid: txid.parse().map_err(|e| corrupt("txid", &txid, &e))?,
+        seq: u64::try_from(seq).unwrap_or(0),
+        at_unix: u64::try_from(at).unwrap_or(0),
+        state,
+        stacks_txid: stacks_txid
+            .as_deref()
+            .map(|t| t.parse().map_err(|e| corrupt("stacks txid", t, &e)))
+            .transpose()?,
+        bitcoin_txid: bitcoin_txid
+            .as_deref()
+            .map(|t| t.parse().map_err(|e| corrupt("bitcoin txid", t, &e)))
+            .transpose()?,
+        reason,
+    })
+}
+
+impl SqlitePegQueue {
+    /// Returns the newest `limit` events of all ops, newest first (what
+    /// `/status` shows).
+    ///
+    /// # Errors
+    /// Storage failures and unreadable rows.
+    pub fn recent_events(&self, limit: usize) -> Result<Vec<OpEvent>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM op_events ORDER BY id DESC LIMIT ?1"
+            ))
+            .map_err(storage)?;
+        let rows = stmt
+            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], event_row)
+            .map_err(storage)?;
+        rows.map(|r| r.map_err(storage).and_then(row_to_event))
+            .collect()
+    }
 }
 
 impl PegQueue for SqlitePegQueue {
@@ -377,6 +524,7 @@ impl PegQueue for SqlitePegQueue {
                 // Dropping the transaction rolls the whole round back.
                 return Err(Error::UnknownOp(*txid));
             }
+            record_event(&tx, &txid.to_string(), &Event::of(state), now())?;
         }
         tx.commit().map_err(storage)
     }
@@ -397,13 +545,25 @@ impl PegQueue for SqlitePegQueue {
     }
 
     fn remove_unacted(&self, txid: &Txid) -> Result<bool, Error> {
-        let conn = self.lock();
-        let n = conn
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(storage)?;
+        let n = tx
             .execute(
                 "DELETE FROM ops WHERE txid = ?1 AND state IN ('detected', 'accepted', 'rejected', 'refund_requested')",
                 [txid.to_string()],
             )
             .map_err(storage)?;
+        if n == 1 {
+            // The op goes; its history stays.
+            let e = Event {
+                state: "removed",
+                stacks_txid: None,
+                bitcoin_txid: None,
+                reason: Some("its block left the best chain before anything was signed"),
+            };
+            record_event(&tx, &txid.to_string(), &e, now())?;
+        }
+        tx.commit().map_err(storage)?;
         Ok(n == 1)
     }
 
@@ -481,5 +641,19 @@ impl PegQueue for SqlitePegQueue {
             return Err(Error::UnknownOp(*txid));
         }
         Ok(())
+    }
+
+    fn history(&self, txid: &Txid) -> Result<Vec<OpEvent>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM op_events WHERE txid = ?1 ORDER BY seq"
+            ))
+            .map_err(storage)?;
+        let rows = stmt
+            .query_map([txid.to_string()], event_row)
+            .map_err(storage)?;
+        rows.map(|r| r.map_err(storage).and_then(row_to_event))
+            .collect()
     }
 }

@@ -135,7 +135,7 @@ fn migrations_are_versioned_and_a_newer_schema_is_refused() {
     let v: i64 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 2);
+    assert_eq!(v, 3);
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -492,4 +492,253 @@ fn migration_2_fills_in_the_signatures_of_stored_requests() {
         Some(victim.txid())
     );
     assert_eq!(q.outflow_since(1_000).unwrap(), Amount::from_sat(40_000));
+}
+
+/// A fulfilment-like transaction whose txid depends on `n`.
+fn btc_tx(n: u8) -> bitcoin::Transaction {
+    bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![bitcoin::TxIn {
+            previous_output: bitcoin::OutPoint::new(Txid::from_byte_array([n; 32]), 2),
+            ..bitcoin::TxIn::default()
+        }],
+        output: vec![bitcoin::TxOut {
+            value: Amount::from_sat(1000),
+            script_pubkey: bitcoin::ScriptBuf::new(),
+        }],
+    }
+}
+
+/// The schema as version 2 of the coordinator wrote it (migrations 1 and 2).
+const SCHEMA_V2: &str = "CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT;
+    INSERT INTO schema_version (version) VALUES (2);
+    CREATE TABLE ops (
+        txid TEXT PRIMARY KEY NOT NULL, kind TEXT NOT NULL,
+        block_height INTEGER NOT NULL, vtxindex INTEGER NOT NULL,
+        burn_header_hash TEXT NOT NULL, op TEXT NOT NULL, state TEXT NOT NULL,
+        state_data TEXT NOT NULL, stacks_nonce INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+        created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL) STRICT;
+    CREATE INDEX ops_by_state ON ops (state, block_height, vtxindex);
+    CREATE TABLE scan (id INTEGER PRIMARY KEY CHECK (id = 1),
+        last_scanned_height INTEGER NOT NULL) STRICT;
+    ALTER TABLE ops ADD COLUMN signature_digest TEXT;
+    ALTER TABLE ops ADD COLUMN amount_sats INTEGER;
+    ALTER TABLE ops ADD COLUMN accepted_at INTEGER;
+    ALTER TABLE ops ADD COLUMN waiting TEXT;
+    CREATE INDEX ops_by_signature ON ops (signature_digest) WHERE signature_digest IS NOT NULL;
+    CREATE INDEX ops_by_accepted_at ON ops (accepted_at) WHERE accepted_at IS NOT NULL;";
+
+/// A queue file of schema 2 opens, migrates to 3 and holds one event per op
+/// stored before: its current state at its last change, with the txids and
+/// reason that state still holds.
+#[test]
+fn a_v2_queue_migrates_and_backfills_one_event_per_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.sqlite");
+    let broadcast = request(1, 5, 40_000);
+    let signed = request(2, 5, 41_000);
+    let failed = request(3, 5, 42_000);
+    let done = op(4, 5);
+    let fulfilment = btc_tx(7);
+    let rows = [
+        (&broadcast, OpState::StacksTxBroadcast { tx: stx(3) }, 1_000),
+        (
+            &signed,
+            OpState::BitcoinTxSigned {
+                tx: fulfilment.clone(),
+            },
+            1_001,
+        ),
+        (
+            &failed,
+            OpState::Failed {
+                reason: "burn mined without effect".into(),
+            },
+            1_002,
+        ),
+        (&done, OpState::Done, 1_003),
+    ];
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V2).unwrap();
+        for (o, state, at) in &rows {
+            let kind = match o {
+                PegOp::PegIn(_) => "peg_in",
+                PegOp::PegOutRequest(_) => "peg_out_request",
+            };
+            conn.execute(
+                "INSERT INTO ops (txid, kind, block_height, vtxindex, burn_header_hash, op, state, state_data, created_at, updated_at, amount_sats)
+                 VALUES (?1, ?2, 5, 1, ?3, ?4, ?5, ?6, 100, ?7, ?8)",
+                rusqlite::params![
+                    o.txid().to_string(),
+                    kind,
+                    o.burn_header_hash().to_string(),
+                    serde_json::to_string(o).unwrap(),
+                    state.name(),
+                    serde_json::to_string(state).unwrap(),
+                    at,
+                    o.amount().to_sat() as i64,
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let q = SqlitePegQueue::open(&path).unwrap();
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+    for (o, state, at) in &rows {
+        let h = q.history(&o.txid()).unwrap();
+        assert_eq!(h.len(), 1, "{state}: {h:?}");
+        let e = &h[0];
+        assert_eq!(
+            (e.txid, e.seq, e.at_unix, e.state.as_str()),
+            (o.txid(), 1, *at, state.name())
+        );
+        assert_eq!(e.stacks_txid, state.stacks_txid(), "{state}");
+        assert_eq!(e.bitcoin_txid, state.bitcoin_txid(), "{state}");
+        assert_eq!(e.reason.as_deref(), state.reason(), "{state}");
+    }
+    assert_eq!(
+        q.history(&broadcast.txid()).unwrap()[0].stacks_txid,
+        Some(stx(3).txid)
+    );
+    assert_eq!(
+        q.history(&signed.txid()).unwrap()[0].bitcoin_txid,
+        Some(fulfilment.compute_txid())
+    );
+    assert_eq!(
+        q.history(&failed.txid()).unwrap()[0].reason.as_deref(),
+        Some("burn mined without effect")
+    );
+    // The ops themselves, amount and recipient included, are untouched.
+    assert_eq!(q.get(&done.txid()).unwrap().unwrap().op, done);
+    // Migrating again adds nothing; new changes go on from seq 2.
+    drop(q);
+    let q = SqlitePegQueue::open(&path).unwrap();
+    q.set_state(&broadcast.txid(), &OpState::BurnConfirmed)
+        .unwrap();
+    let h = q.history(&broadcast.txid()).unwrap();
+    assert_eq!(
+        h.iter()
+            .map(|e| (e.seq, e.state.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(1, "stacks_tx_broadcast"), (2, "burn_confirmed")]
+    );
+}
+
+/// Every state change of a full peg-out walk is recorded with the txids its
+/// state carried (a replaced burn's too), in order, and none of it is lost
+/// after `done`, across reopening; a round that fails records nothing.
+#[test]
+fn a_full_walk_leaves_every_txid_in_the_history_after_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.sqlite");
+    let r = request(1, 5, 40_000);
+    let payout = btc_tx(9);
+    let walk = [
+        OpState::Accepted,
+        OpState::StacksTxSigned { tx: stx(4) },
+        // The fee was bumped: same nonce, a new transaction.
+        OpState::StacksTxSigned { tx: stx(5) },
+        OpState::StacksTxBroadcast { tx: stx(5) },
+        OpState::BurnConfirmed,
+        OpState::BitcoinTxSigned { tx: payout.clone() },
+        OpState::BitcoinTxBroadcast { tx: payout.clone() },
+        OpState::Done,
+    ];
+    {
+        let q = SqlitePegQueue::open(&path).unwrap();
+        q.record_scanned_block(BurnHeight(5), std::slice::from_ref(&r))
+            .unwrap();
+        // Stored again by a rescan: no second `detected`.
+        q.record_scanned_block(BurnHeight(5), std::slice::from_ref(&r))
+            .unwrap();
+        for s in &walk {
+            q.set_state(&r.txid(), s).unwrap();
+        }
+        // A failed round leaves no event behind.
+        assert!(q
+            .set_states(&[
+                (r.txid(), OpState::Failed { reason: "x".into() }),
+                (op(9, 1).txid(), OpState::Done),
+            ])
+            .is_err());
+    }
+    let q = SqlitePegQueue::open(&path).unwrap();
+    let h = q.history(&r.txid()).unwrap();
+    let names: Vec<&str> = h.iter().map(|e| e.state.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "detected",
+            "accepted",
+            "stacks_tx_signed",
+            "stacks_tx_signed",
+            "stacks_tx_broadcast",
+            "burn_confirmed",
+            "bitcoin_tx_signed",
+            "bitcoin_tx_broadcast",
+            "done"
+        ]
+    );
+    assert_eq!(
+        h.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=9).collect::<Vec<_>>()
+    );
+    let stacks: Vec<_> = h.iter().filter_map(|e| e.stacks_txid).collect();
+    assert_eq!(
+        stacks,
+        vec![stx(4).txid, stx(5).txid, stx(5).txid],
+        "the replaced burn and the one mined"
+    );
+    let bitcoin: Vec<_> = h.iter().filter_map(|e| e.bitcoin_txid).collect();
+    assert_eq!(bitcoin, vec![payout.compute_txid(); 2]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(h.iter().all(|e| e.at_unix <= now && e.at_unix + 600 > now));
+    assert!(h.iter().all(|e| e.txid == r.txid() && e.reason.is_none()));
+    // The op keeps its amount and recipient.
+    let got = q.get(&r.txid()).unwrap().unwrap();
+    assert_eq!((got.state, got.op), (OpState::Done, r.clone()));
+
+    // Recent events, newest first, bounded; failures carry their reason.
+    let other = op(2, 6);
+    q.insert_op(&other).unwrap();
+    q.set_state(
+        &other.txid(),
+        &OpState::Rejected {
+            reason: "not on the allowlist".into(),
+        },
+    )
+    .unwrap();
+    let recent = q.recent_events(3).unwrap();
+    assert_eq!(
+        recent
+            .iter()
+            .map(|e| (e.txid, e.state.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (other.txid(), "rejected"),
+            (other.txid(), "detected"),
+            (r.txid(), "done")
+        ]
+    );
+    assert_eq!(recent[0].reason.as_deref(), Some("not on the allowlist"));
+    assert_eq!(q.recent_events(1000).unwrap().len(), 11);
+    // A removed op's history stays, the removal recorded.
+    assert!(q.remove_unacted(&other.txid()).unwrap());
+    assert!(q.get(&other.txid()).unwrap().is_none());
+    let h = q.history(&other.txid()).unwrap();
+    assert_eq!(
+        h.iter().map(|e| e.state.as_str()).collect::<Vec<_>>(),
+        vec!["detected", "rejected", "removed"]
+    );
+    assert!(q.history(&op(77, 1).txid()).unwrap().is_empty());
 }
