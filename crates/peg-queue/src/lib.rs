@@ -115,10 +115,7 @@ impl OpState {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            OpState::Rejected { .. }
-                | OpState::Done
-                | OpState::Refunded
-                | OpState::Failed { .. }
+            OpState::Rejected { .. } | OpState::Done | OpState::Refunded | OpState::Failed { .. }
         )
     }
 
