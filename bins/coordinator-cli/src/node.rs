@@ -219,6 +219,8 @@ pub(crate) fn rotate(c: &Config) -> Result<()> {
 /// `run`: process operations until stopped.
 pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> Result<()> {
     let _lock = lock(c, "run")?;
+    let stacks = UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout);
+    coordinator::startup::wait_for_services(&stacks, &bitcoin_node(c), c, stop)?;
     let mut l = build(c, start_height)?;
     if let Some(h) = start_height {
         l.rescan_from(coordinator::bitcoin_height(h));

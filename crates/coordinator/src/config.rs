@@ -407,6 +407,33 @@ impl RawConfig {
     }
 }
 
+/// The secret fields (keys, a password) the file at `path` itself holds,
+/// as written (`relay.network_private_key`); empty when it cannot be read
+/// or holds none. The binary warns when such a file is readable by others.
+pub fn secret_fields_in_file(path: &Path) -> Vec<&'static str> {
+    let Ok(table) = std::fs::read_to_string(path).map(|t| t.parse::<toml::Table>()) else {
+        return Vec::new();
+    };
+    let Ok(table) = table else {
+        return Vec::new();
+    };
+    SECRET_FIELDS
+        .iter()
+        .copied()
+        .filter(|f| {
+            let mut v: Option<&toml::Value> = None;
+            for (i, part) in f.split('.').enumerate() {
+                v = if i == 0 {
+                    table.get(part)
+                } else {
+                    v.and_then(|t| t.get(part))
+                };
+            }
+            v.is_some()
+        })
+        .collect()
+}
+
 /// The fields whose values are secrets: an error about one never shows
 /// its value.
 const SECRET_FIELDS: &[&str] = &[

@@ -605,10 +605,15 @@ where
     pub fn tick(&mut self, stop: &AtomicBool) -> Result<TickReport, Error> {
         let mut report = TickReport::default();
         self.chain_cache.clear();
-        let tip = match self.scan(&mut report) {
-            Ok(tip) => Some(tip),
-            Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
-            Err(StepError::Retry { message, transient }) => {
+        // A failed scan backs off whole: no node call (nor warning) until then.
+        let scan_waits = self
+            .scan_backoff
+            .is_some_and(|b| b.next_try > Instant::now());
+        let tip = match (!scan_waits).then(|| self.scan(&mut report)) {
+            None => None,
+            Some(Ok(tip)) => Some(tip),
+            Some(Err(StepError::Fatal(e))) => return Err(Error::Queue(e)),
+            Some(Err(StepError::Retry { message, transient })) => {
                 log_failure("scanning", &message, transient);
                 self.scan_backoff = Some(self.next_backoff(self.scan_backoff));
                 None
