@@ -10,6 +10,7 @@ use coordinator::bitcoin::Txid;
 use coordinator::config::{BitcoinAuth, Config, OpSourceKind};
 use coordinator::lock::DataDirLock;
 use coordinator::metrics::{StatusServer, StatusSnapshot};
+use coordinator::source::NamedSource;
 use coordinator::startup::{
     contract_signer_set, contract_wallet_key, ensure_wallet_key, rotate_key,
     signer_set_differences, StartupError,
@@ -38,14 +39,13 @@ fn bitcoin_node(c: &Config) -> UreqBitcoinNode {
 
 fn source(c: &Config) -> Box<dyn OpSource> {
     match c.op_source {
-        OpSourceKind::StacksNode => Box::new(StacksNodeSource::new(UreqStacksNode::new(
+        OpSourceKind::StacksNode => Box::new(NamedSource::new(
+            StacksNodeSource::new(UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout)),
             &c.stacks_node_url,
-            c.rpc_timeout,
-        ))),
-        OpSourceKind::Bitcoin => Box::new(BitcoinBlockSource::new(
-            bitcoin_node(c),
-            c.magic_bytes,
-            c.network,
+        )),
+        OpSourceKind::Bitcoin => Box::new(NamedSource::new(
+            BitcoinBlockSource::new(bitcoin_node(c), c.magic_bytes, c.network),
+            &c.bitcoin_node_url,
         )),
     }
 }
