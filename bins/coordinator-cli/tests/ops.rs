@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use devnet::{Fault, Peg, PegOptions, User};
+use devnet::{Lie, Peg, PegOptions, Proxy, User};
 
 fn spawn(config: &Path, args: &[&str], log: &Path) -> Child {
     let log = std::fs::File::create(log).unwrap();
@@ -170,12 +170,16 @@ fn run_waits_for_a_stacks_node_that_comes_up_late_then_proceeds() {
 }
 
 /// Today a failing scan repeated its WARN every poll (1,342 lines in 30 s
-/// on the devnet, whose poll is 20 ms), without the URL. Now the scan backs
-/// off and the line names the node.
+/// on the devnet, whose poll is 20 ms), without the URL, and asked the node
+/// again every poll. Now the scan backs off (1 s, 2 s, …), the warning
+/// names the node and is shown once.
 #[test]
 fn a_failing_scan_backs_off_and_names_the_node() {
     let dir = tempfile::tempdir().unwrap();
     let (peg, config) = peg(dir.path());
+    let proxy = Proxy::start(&peg.bitcoind.url(), Duration::from_secs(2)).unwrap();
+    let text = read(&config).replace(&peg.bitcoind.url(), &proxy.url());
+    std::fs::write(&config, text).unwrap();
     let log = dir.path().join("run.log");
     let child = spawn(&config, &["run"], &log);
     assert!(
@@ -183,21 +187,31 @@ fn a_failing_scan_backs_off_and_names_the_node() {
         "{}",
         read(&log)
     );
-    peg.bitcoind.set_fault(Some(Fault::ServerError));
+    proxy.set(Lie::rpc("getblockcount", |_, _| {
+        devnet::proxy::rpc_error(-1, "bitcoind broke")
+    }));
     std::thread::sleep(Duration::from_secs(4));
-    peg.bitcoind.set_fault(None);
+    let asked = proxy.told_rpc("getblockcount");
+    proxy.clear();
     let status = stop(child);
     assert!(status.success(), "{status:?}: {}", read(&log));
+    // Tries at 0 s, 1 s, 3 s (one more if a tick was under way).
+    assert!(
+        (1..=5).contains(&asked),
+        "getblockcount asked {asked} times in 4 s of failure"
+    );
     let text = read(&log);
     let scans: Vec<&str> = text.lines().filter(|l| l.contains("scanning:")).collect();
     assert!(
-        (1..=5).contains(&scans.len()),
+        (1..=3).contains(&scans.len()),
         "{} scan warnings in 4 s:\n{}",
         scans.len(),
         scans.join("\n")
     );
     assert!(
-        scans.iter().all(|l| l.contains(&peg.bitcoind.url())),
+        scans
+            .iter()
+            .all(|l| l.contains(&proxy.url()) && l.contains("bitcoind broke")),
         "{scans:?}"
     );
 }
