@@ -356,3 +356,32 @@ fn a_config_file_with_keys_readable_by_others_is_warned_about() {
         "a key reached the log"
     );
 }
+
+/// With every signer down, `dkg-sign` named none of them (today:
+/// `signing: MissingMessageNonceInfo`); now it names the silent signers
+/// and the time it waited.
+#[test]
+fn signing_with_every_signer_down_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = PegOptions::new(dir.path());
+    opts.sign_timeout = Duration::from_secs(2);
+    let mut peg = Peg::start(opts).unwrap();
+    peg.publish_key().unwrap();
+    let users = peg.users(1);
+    let allowed: Vec<&User> = users.iter().collect();
+    let config = peg.write_config(&allowed, 1).unwrap();
+    for id in 1..=5 {
+        peg.stop_signer(id);
+    }
+    let began = Instant::now();
+    let o = cli(&config, &["dkg-sign"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(began.elapsed() < Duration::from_secs(20), "{e}");
+    assert!(!e.contains("MissingMessageNonceInfo"), "{e}");
+    assert!(
+        e.contains("signing timed out after")
+            && e.contains("no answer from signers [1, 2, 3, 4, 5]"),
+        "{e}"
+    );
+}
