@@ -397,3 +397,74 @@ fn the_sample_files_start_a_guarded_signer_as_far_as_the_relay() {
         );
     }
 }
+
+/// Today a signer logged 5 WARNs a second while the relay was down; now
+/// it backs off, and the repeated line is shown once with a count later.
+#[test]
+fn a_relay_outage_is_logged_a_few_times_not_five_a_second() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    peg_dir(dir.path());
+    let relay = relay::RelayServer::start("127.0.0.1:0", relay::RelayConfig::default()).unwrap();
+    let set = dir.path().join("signer.toml");
+    let text = std::fs::read_to_string(&set).unwrap();
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("relay_url") || l.trim_start().starts_with("url") {
+                format!(
+                    "{} = {:?}",
+                    l.split('=').next().unwrap().trim(),
+                    relay.url()
+                )
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&set, text).unwrap();
+    let log = dir.path().join("signer.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stacks-signer"))
+        .args([
+            "--id",
+            "1",
+            "--config",
+            set.to_str().unwrap(),
+            "--unguarded-test-only",
+        ])
+        .env_remove("SBTC_SIGNER_PRIVATE_KEY")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let running = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains("running") {
+        assert!(
+            running.elapsed() < std::time::Duration::from_secs(20),
+            "the signer did not start: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        if let Some(s) = child.try_wait().unwrap() {
+            panic!(
+                "the signer exited ({s}): {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    relay.shutdown();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warns = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("retrying"))
+        .count();
+    assert!(
+        (1..=3).contains(&warns),
+        "{warns} relay warnings in 4 s:\n{text}"
+    );
+}
