@@ -706,14 +706,14 @@ impl RelayFrostCoordinator {
         track: &mut DkgTrack,
         deadline: Instant,
     ) -> Result<OperationResult, Error> {
-        let timeout = self.opts.dkg_timeout;
+        let began = Instant::now();
         self.post_fire(start, None)?;
         loop {
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::Timeout {
                     round: "dkg",
-                    waited: timeout,
+                    waited: began.elapsed(),
                     missing: vec![],
                 });
             }
@@ -1084,7 +1084,7 @@ impl RelayFrostCoordinator {
                     | DkgError::DkgPrivateTimeout(w)
                     | DkgError::DkgEndTimeout(w) => Error::Timeout {
                         round: "dkg",
-                        waited: timeout,
+                        waited: began.elapsed(),
                         missing: to_one_based(w.iter().copied()),
                     },
                     DkgError::DkgEndFailure(f) => dkg_failure(f),
