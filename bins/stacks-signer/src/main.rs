@@ -324,6 +324,13 @@ fn run(args: Args) -> Result<(), Failure> {
         }
         Some(Command::Run { config, common }) => {
             let cfg = SignerConfig::load(&config).map_err(|e| (2, e))?;
+            if cfg
+                .guard
+                .as_ref()
+                .is_some_and(|g| g.bitcoin_node.password.is_some())
+            {
+                cli_log::warn_if_readable_by_others(&cfg.path, "bitcoin_node.password");
+            }
             run_signer(cfg, &common)
         }
         None => {
