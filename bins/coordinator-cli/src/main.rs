@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 mod devnet;
 mod frost;
@@ -35,9 +35,8 @@ struct Cli {
     #[arg(long, global = true)]
     signer_config: Option<PathBuf>,
 
-    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, action = ArgAction::Count, global = true)]
-    verbose: u8,
+    #[command(flatten)]
+    log: cli_log::LogArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -144,24 +143,13 @@ enum QueueCommand {
     },
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format_timestamp_millis()
-        .init();
-}
-
 fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
     Config::load(&cli.config, std::env::vars(), cli.signer_config.as_deref())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    cli_log::init(&cli.log);
 
     if let Command::Devnet {
         serve,
@@ -191,6 +179,10 @@ fn main() -> ExitCode {
         }
     };
     log::debug!("configuration: {config:?}");
+    let secrets = coordinator::config::secret_fields_in_file(&cli.config);
+    if !secrets.is_empty() {
+        cli_log::warn_if_readable_by_others(&cli.config, &secrets.join(", "));
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -220,9 +212,35 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Command::Dkg { rotate: true, .. } => exit(node::rotate(&config)),
-        Command::Dkg { .. } => exit(frost::dkg(&config).map(|_| ())),
-        Command::DkgSign { message } => exit(frost::dkg_sign(&config, message)),
+        Command::Dkg { .. } => {
+            stop_on_signal(stop, "dkg");
+            exit(frost::dkg(&config).map(|_| ()))
+        }
+        Command::DkgSign { message } => {
+            stop_on_signal(stop, "dkg-sign");
+            exit(frost::dkg_sign(&config, message))
+        }
     }
+}
+
+/// Exit code after SIGINT/SIGTERM stopped a command (128 + SIGINT).
+const EXIT_STOPPED: i32 = 130;
+
+/// Ends the process when `stop` is set (SIGINT/SIGTERM) while `what` runs
+/// a round with the signers, which has no stop of its own. Nothing is left
+/// half-written: the FROST state is replaced atomically (a DKG that did not
+/// finish stored no key, spent round ids were stored before their request
+/// went out), and the data directory's lock goes with the process.
+fn stop_on_signal(stop: Arc<AtomicBool>, what: &'static str) {
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        eprintln!(
+            "{what}: stopped by a signal; the FROST state on disk is whole (a DKG that had not finished stored no key)"
+        );
+        std::process::exit(EXIT_STOPPED);
+    });
 }
 
 fn exit(r: anyhow::Result<()>) -> ExitCode {

@@ -11,6 +11,7 @@ use coordinator::config::{BitcoinAuth, Config, OpSourceKind};
 use coordinator::lock::DataDirLock;
 use coordinator::metrics::{StatusServer, StatusSnapshot, RECENT_EVENTS};
 use coordinator::retry::{retry_decision, ContractReader, RetryDecision};
+use coordinator::source::NamedSource;
 use coordinator::startup::{
     contract_signer_set, contract_wallet_key, ensure_wallet_key, rotate_key,
     signer_set_differences, StartupError,
@@ -39,14 +40,13 @@ fn bitcoin_node(c: &Config) -> UreqBitcoinNode {
 
 fn source(c: &Config) -> Box<dyn OpSource> {
     match c.op_source {
-        OpSourceKind::StacksNode => Box::new(StacksNodeSource::new(UreqStacksNode::new(
+        OpSourceKind::StacksNode => Box::new(NamedSource::new(
+            StacksNodeSource::new(UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout)),
             &c.stacks_node_url,
-            c.rpc_timeout,
-        ))),
-        OpSourceKind::Bitcoin => Box::new(BitcoinBlockSource::new(
-            bitcoin_node(c),
-            c.magic_bytes,
-            c.network,
+        )),
+        OpSourceKind::Bitcoin => Box::new(NamedSource::new(
+            BitcoinBlockSource::new(bitcoin_node(c), c.magic_bytes, c.network),
+            &c.bitcoin_node_url,
         )),
     }
 }
@@ -220,6 +220,8 @@ pub(crate) fn rotate(c: &Config) -> Result<()> {
 /// `run`: process operations until stopped.
 pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> Result<()> {
     let _lock = lock(c, "run")?;
+    let stacks = UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout);
+    coordinator::startup::wait_for_services(&stacks, &bitcoin_node(c), c, stop)?;
     let mut l = build(c, start_height)?;
     if let Some(h) = start_height {
         l.rescan_from(coordinator::bitcoin_height(h));

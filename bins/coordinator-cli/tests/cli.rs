@@ -85,7 +85,11 @@ fn an_environment_override_is_checked_like_the_file() {
     );
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains("stacks_private_key: is not hex"), "{e}");
+    // Named by the variable that set it, not only by the file's key.
+    assert!(
+        e.contains("SBTC_COORDINATOR__STACKS_PRIVATE_KEY (environment, overriding stacks_private_key): is not hex"),
+        "{e}"
+    );
     assert!(!e.contains("11468a462ac5b1df92ca"), "a secret leaked: {e}");
 }
 
@@ -109,13 +113,127 @@ fn config_in(dir: &Path) -> PathBuf {
     path
 }
 
+/// `run` waits for its nodes (see tests/ops.rs); with `startup_wait_secs`
+/// it gives up, naming the URL and the time it waited.
 #[test]
 fn run_without_reachable_services_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let c = config_in(dir.path());
-    let o = cli(&["--config", c.to_str().unwrap(), "run"], &[]);
+    let began = std::time::Instant::now();
+    let o = cli(
+        &["--config", c.to_str().unwrap(), "run"],
+        &[("SBTC_COORDINATOR__STARTUP_WAIT_SECS", "1")],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("127.0.0.1:9"), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("the stacks-node at http://127.0.0.1:9 did not answer after waiting 1."),
+        "{e}"
+    );
+    assert!(
+        e.contains("waiting for the stacks-node at http://127.0.0.1:9"),
+        "{e}"
+    );
+    assert!(began.elapsed() < std::time::Duration::from_secs(10));
+}
+
+/// A file with its `network` line removed: today it ran on testnet.
+#[test]
+fn a_missing_network_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config_in(dir.path());
+    let text = std::fs::read_to_string(&c)
+        .unwrap()
+        .replace("network = \"regtest\"", "");
+    std::fs::write(&c, text).unwrap();
+    let o = cli(&["--config", c.to_str().unwrap(), "status"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("network: is required"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Today a TOML syntax error printed the line, key and all.
+#[test]
+fn a_toml_syntax_error_never_prints_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config_in(dir.path());
+    let key = "11468a462ac5b1df92cacf04a65179ecd02f514196909f7dbc63abae88ba05c6";
+    let text = std::fs::read_to_string(&c)
+        .unwrap()
+        .replace(&format!("{key}01\""), &format!("{key}01"));
+    std::fs::write(&c, text).unwrap();
+    let o = cli(&["--config", c.to_str().unwrap(), "status"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(!e.contains(&key[..12]), "the key leaked: {e}");
+    assert!(
+        e.contains("line ") && e.contains("stacks_private_key"),
+        "{e}"
+    );
+}
+
+/// Today one type error was reported per run, and an environment override
+/// was named by the file's key.
+#[test]
+fn every_type_error_in_one_run_env_ones_by_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config_in(dir.path());
+    let text = std::fs::read_to_string(&c)
+        .unwrap()
+        .replace("ops = 1", "ops = \"one\"")
+        .replace("poll_interval_ms = 5000", "poll_interval_ms = true");
+    std::fs::write(&c, text).unwrap();
+    let o = cli(
+        &["--config", c.to_str().unwrap(), "status"],
+        &[("SBTC_COORDINATOR__RELAY__SIGN_TIMEOUT_MS", "soon")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    for f in [
+        "confirmations.ops",
+        "poll_interval_ms",
+        "SBTC_COORDINATOR__RELAY__SIGN_TIMEOUT_MS",
+    ] {
+        assert!(e.contains(f), "{f} missing: {e}");
+    }
+    let c = config_in(dir.path());
+    let o = cli(
+        &["--config", c.to_str().unwrap(), "status"],
+        &[("SBTC_COORDINATOR__STACKS_NODE_URL", "nowhere")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("SBTC_COORDINATOR__STACKS_NODE_URL (environment, overriding stacks_node_url)"),
+        "{e}"
+    );
+}
+
+/// Today the first bad allowlist entry stopped the check; now all are named.
+#[test]
+fn every_bad_allowlist_entry_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(conf("signer.toml"), dir.path().join("signer.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("allowlist.toml"),
+        "stacks = [\"not-a-principal\"]\nbitcoin = [\"bc1-bad\", \"also-bad\"]\n",
+    )
+    .unwrap();
+    let c = config_in(dir.path());
+    let text = std::fs::read_to_string(&c).unwrap().replace(
+        &format!("{:?}", conf("signer.toml")),
+        &format!("{:?}", dir.path().join("signer.toml")),
+    );
+    std::fs::write(&c, text).unwrap();
+    let o = cli(&["--config", c.to_str().unwrap(), "status"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    for bad in ["not-a-principal", "bc1-bad", "also-bad"] {
+        assert!(e.contains(bad), "{bad} missing: {e}");
+    }
 }
 
 #[test]

@@ -82,6 +82,8 @@ struct Args {
     /// it does not show in `ps`).
     #[arg(skip = std::env::var("SBTC_RELAY_TOKEN").ok())]
     token_env: Option<String>,
+    #[command(flatten)]
+    log: cli_log::LogArgs,
 }
 
 /// The token from `--token-file` or `SBTC_RELAY_TOKEN`, trimmed; none when neither is set.
@@ -90,8 +92,11 @@ fn token(args: &Args) -> Result<Option<String>, String> {
         (Some(_), Some(_)) => {
             return Err("give the token by --token-file or SBTC_RELAY_TOKEN, not both".into())
         }
-        (Some(path), None) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?,
+        (Some(path), None) => {
+            cli_log::warn_if_readable_by_others(path, "the relay's bearer token");
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?
+        }
         (None, Some(t)) => t.clone(),
         (None, None) => return Ok(None),
     };
@@ -103,8 +108,8 @@ fn token(args: &Args) -> Result<Option<String>, String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    cli_log::init(&args.log);
     let token = match token(&args) {
         Ok(t) => t,
         Err(e) => {

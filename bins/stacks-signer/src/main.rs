@@ -3,8 +3,8 @@
 //! ```text
 //! stacks-signer run --config conf/signer-1.toml       run the signer a per-signer file describes
 //! stacks-signer run --config F --allow-rotation       ... and join a new DKG
-//! stacks-signer private-key                           print a new message key
-//! stacks-signer public-key --private-key-file F       print a key's public key
+//! stacks-signer private-key --out F                   write a new message key (mode 0600)
+//! stacks-signer public-key --private-key-file F       print a key's public key (F `-`: stdin)
 //! ```
 //!
 //! The per-signer file ([`config`]) names the shared signer set file, the
@@ -55,6 +55,8 @@ struct Args {
     config: PathBuf,
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    log: cli_log::LogArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -87,16 +89,20 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Print a new random private key (hex).
-    PrivateKey,
-    /// Print the public key of a private key.
+    /// Write a new random private key (hex) to a new file only its owner
+    /// can read (mode 0600); without --out, print it.
+    PrivateKey {
+        /// The file to create (an existing file is never replaced); `-`
+        /// prints the key even when standard output is no terminal.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Print the public key of a private key (no key is taken on the
+    /// command line: `ps` and shell history would show it).
     PublicKey {
-        /// The private key, hex.
-        #[arg(long, conflicts_with = "private_key_file")]
-        private_key: Option<String>,
-        /// A file holding it.
+        /// A file holding the private key (hex); `-` reads standard input.
         #[arg(long)]
-        private_key_file: Option<PathBuf>,
+        private_key_file: PathBuf,
     },
 }
 
@@ -109,6 +115,13 @@ fn parse_key(text: &str) -> Result<SecretKey, String> {
 }
 
 fn read_key_file(path: &Path) -> Result<SecretKey, String> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| format!("cannot read the key from standard input: {e}"))?;
+        return parse_key(&text).map_err(|e| format!("standard input: {e}"));
+    }
+    cli_log::warn_if_readable_by_others(path, "a signer's private key");
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse_key(&text).map_err(|e| format!("{}: {e}", path.display()))
@@ -270,26 +283,54 @@ fn run_signer(mut cfg: SignerConfig, common: &Common) -> Result<(), Failure> {
 
 fn run(args: Args) -> Result<(), Failure> {
     match args.command {
-        Some(Command::PrivateKey) => {
+        Some(Command::PrivateKey { out }) => {
             let k = SecretKey::new(&mut rand::thread_rng());
-            println!("{}", hex::encode(k.secret_bytes()));
+            let text = format!("{}\n", hex::encode(k.secret_bytes()));
+            match out {
+                Some(path) if path == Path::new("-") => print!("{text}"),
+                Some(path) => {
+                    cli_log::write_new_secret_file(&path, text.as_bytes()).map_err(|e| {
+                        let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                            "it exists; a key file is never replaced".to_owned()
+                        } else {
+                            e.to_string()
+                        };
+                        (1, format!("cannot write {}: {why}", path.display()))
+                    })?;
+                    eprintln!(
+                        "wrote a new private key to {} (mode 0600); its public key is {}",
+                        path.display(),
+                        k.public_key(&Secp256k1::signing_only())
+                    );
+                }
+                None => {
+                    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                        print!("{text}");
+                    } else {
+                        // `private-key > file` would make a file others may read.
+                        return Err((
+                            2,
+                            "standard output is not a terminal (`> file` would make a key file others may read): write it with `private-key --out FILE` (mode 0600), or `--out -` to print it anyway".to_owned(),
+                        ));
+                    }
+                }
+            }
             Ok(())
         }
-        Some(Command::PublicKey {
-            private_key,
-            private_key_file,
-        }) => {
-            let k = match (private_key, private_key_file) {
-                (Some(k), _) => parse_key(&k),
-                (None, Some(f)) => read_key_file(&f),
-                (None, None) => Err("give --private-key or --private-key-file".into()),
-            }
-            .map_err(|e| (2, e))?;
+        Some(Command::PublicKey { private_key_file }) => {
+            let k = read_key_file(&private_key_file).map_err(|e| (2, e))?;
             println!("{}", k.public_key(&Secp256k1::signing_only()));
             Ok(())
         }
         Some(Command::Run { config, common }) => {
             let cfg = SignerConfig::load(&config).map_err(|e| (2, e))?;
+            if cfg
+                .guard
+                .as_ref()
+                .is_some_and(|g| g.bitcoin_node.password.is_some())
+            {
+                cli_log::warn_if_readable_by_others(&cfg.path, "bitcoin_node.password");
+            }
             run_signer(cfg, &common)
         }
         None => {
@@ -323,8 +364,9 @@ fn run(args: Args) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run(Args::parse()) {
+    let args = Args::parse();
+    cli_log::init(&args.log);
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, message)) => {
             eprintln!("error: {message}");

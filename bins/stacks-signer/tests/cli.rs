@@ -55,23 +55,150 @@ fn peg_dir(dir: &Path) {
     }
 }
 
+fn signer_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_stacks-signer"))
+        .args(args)
+        .env_remove("SBTC_SIGNER_PRIVATE_KEY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    c.wait_with_output().unwrap()
+}
+
 #[test]
 fn key_helpers_generate_and_show_keys() {
-    let o = signer(&["private-key"]);
+    let o = signer(&["private-key", "--out", "-"]);
     assert!(o.status.success());
     let k = String::from_utf8(o.stdout).unwrap().trim().to_owned();
     assert_eq!(k.len(), 64);
+    let known = "a8dadabee1d3c80558c3e95af6ccb6b0236882ce67d5eaaf16d9aaf14ffb150f";
+    let o = signer_stdin(&["public-key", "--private-key-file", "-"], known);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "031401402f8a24b4d4267f2df5d5ba2e1168800a9229017e99839dfe9771c0cd39",
+        "{}",
+        stderr(&o)
+    );
+    let o = signer_stdin(&["public-key", "--private-key-file", "-"], "zz");
+    assert_eq!(o.status.code(), Some(2));
+}
+
+/// No secret on the command line: `ps` and shell history would show it.
+#[test]
+fn no_key_is_taken_as_an_argument() {
+    let known = "a8dadabee1d3c80558c3e95af6ccb6b0236882ce67d5eaaf16d9aaf14ffb150f";
+    let o = signer(&["public-key", "--private-key", known]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("0314014"));
+    let help = signer(&["--help"]);
+    let sub = signer(&["public-key", "--help"]);
+    for o in [&help, &sub] {
+        assert!(!String::from_utf8_lossy(&o.stdout).contains("--private-key "));
+    }
+}
+
+/// `private-key --out FILE` writes a file only its owner reads, never
+/// replaces one, and a redirect (`> file`) is refused rather than making a
+/// key file others may read.
+#[cfg(unix)]
+#[test]
+fn private_key_out_writes_mode_0600_and_never_replaces() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("signer.key");
+    let p = path.to_str().unwrap();
+    let o = signer(&["private-key", "--out", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let key = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(key.trim().len(), 64);
+    assert!(!stderr(&o).contains(key.trim()), "the key was printed");
+    let o = signer(&["private-key", "--out", p]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("exists"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), key, "replaced");
+    // Redirected standard output (not a terminal): refused, nothing printed.
+    let o = signer(&["private-key"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(o.stdout.is_empty());
+    assert!(stderr(&o).contains("--out"), "{}", stderr(&o));
+    // The public key of the file, and no warning: it is private.
+    let o = signer(&["public-key", "--private-key-file", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("readable"), "{}", stderr(&o));
+    // Made readable by others: the signer warns, naming the file and the fix.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = signer(&["public-key", "--private-key-file", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("WARN")
+            && e.contains("readable by others")
+            && e.contains("chmod 600")
+            && e.contains(p),
+        "{e}"
+    );
+}
+
+/// `--log-format json`: one JSON object a line, RFC 3339 UTC timestamps
+/// with milliseconds; the text format uses the same timestamps.
+#[cfg(unix)]
+#[test]
+fn logs_are_json_or_text_with_one_timestamp_format() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("open.key");
+    std::fs::write(
+        &path,
+        "a8dadabee1d3c80558c3e95af6ccb6b0236882ce67d5eaaf16d9aaf14ffb150f",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let p = path.to_str().unwrap();
+    // A key file others may read: one WARN, then the public key.
     let o = signer(&[
         "public-key",
-        "--private-key",
-        "a8dadabee1d3c80558c3e95af6ccb6b0236882ce67d5eaaf16d9aaf14ffb150f",
+        "--private-key-file",
+        p,
+        "--log-format",
+        "json",
     ]);
-    assert_eq!(
-        String::from_utf8(o.stdout).unwrap().trim(),
-        "031401402f8a24b4d4267f2df5d5ba2e1168800a9229017e99839dfe9771c0cd39"
-    );
-    let o = signer(&["public-key", "--private-key", "zz"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    let lines: Vec<serde_json::Value> = e
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("{l}: {err}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{e}");
+    let v = &lines[0];
+    assert!(rfc3339_millis(v["ts"].as_str().unwrap()), "{v}");
+    assert_eq!(v["level"], "WARN");
+    assert_eq!(v["target"], "cli_log");
+    assert!(v["msg"].as_str().unwrap().contains("chmod 600"), "{v}");
+    // Text: the same timestamp first.
+    let o = signer(&["public-key", "--private-key-file", p]);
+    let e = stderr(&o);
+    let ts = e.split_whitespace().next().unwrap_or_default();
+    assert!(rfc3339_millis(ts), "{e}");
+}
+
+/// `2026-12-01T13:20:03.123Z`.
+fn rfc3339_millis(ts: &str) -> bool {
+    let b = ts.as_bytes();
+    b.len() == 24
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && b[23] == b'Z'
+        && ts.chars().filter(char::is_ascii_digit).count() == 17
 }
 
 #[test]
@@ -269,4 +396,75 @@ fn the_sample_files_start_a_guarded_signer_as_far_as_the_relay() {
             "the guard's store sits next to the key history"
         );
     }
+}
+
+/// Today a signer logged 5 WARNs a second while the relay was down; now
+/// it backs off, and the repeated line is shown once with a count later.
+#[test]
+fn a_relay_outage_is_logged_a_few_times_not_five_a_second() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    peg_dir(dir.path());
+    let relay = relay::RelayServer::start("127.0.0.1:0", relay::RelayConfig::default()).unwrap();
+    let set = dir.path().join("signer.toml");
+    let text = std::fs::read_to_string(&set).unwrap();
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("relay_url") || l.trim_start().starts_with("url") {
+                format!(
+                    "{} = {:?}",
+                    l.split('=').next().unwrap().trim(),
+                    relay.url()
+                )
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&set, text).unwrap();
+    let log = dir.path().join("signer.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stacks-signer"))
+        .args([
+            "--id",
+            "1",
+            "--config",
+            set.to_str().unwrap(),
+            "--unguarded-test-only",
+        ])
+        .env_remove("SBTC_SIGNER_PRIVATE_KEY")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let running = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains("running") {
+        assert!(
+            running.elapsed() < std::time::Duration::from_secs(20),
+            "the signer did not start: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        if let Some(s) = child.try_wait().unwrap() {
+            panic!(
+                "the signer exited ({s}): {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    relay.shutdown();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warns = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("retrying"))
+        .count();
+    assert!(
+        (1..=3).contains(&warns),
+        "{warns} relay warnings in 4 s:\n{text}"
+    );
 }

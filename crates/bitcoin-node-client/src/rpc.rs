@@ -71,11 +71,27 @@ struct RpcErrorObject {
     message: String,
 }
 
-fn transport(e: ureq::Error) -> Error {
-    match e {
+/// Maps a ureq error; an unreachable node is named by its URL (without
+/// any user and password in it).
+fn transport(url: &str) -> impl Fn(ureq::Error) -> Error + '_ {
+    move |e| match e {
         ureq::Error::Timeout(_) => Error::Timeout,
         ureq::Error::BodyExceedsLimit(n) => Error::Decode(format!("answer larger than {n} bytes")),
-        other => Error::Transport(other.to_string()),
+        other if url.is_empty() => Error::Transport(other.to_string()),
+        other => Error::Transport(format!("{}: {other}", without_userinfo(url))),
+    }
+}
+
+fn without_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority = rest.split('/').next().unwrap_or_default();
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://{host}{}", &rest[authority.len()..]),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -142,14 +158,16 @@ impl UreqBitcoinNode {
         if let Some(a) = self.authorization()? {
             req = req.header("Authorization", a);
         }
-        let mut resp = req.send(body.to_string().as_bytes()).map_err(transport)?;
+        let mut resp = req
+            .send(body.to_string().as_bytes())
+            .map_err(transport(&self.url))?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
             .with_config()
             .limit(MAX_BODY)
             .read_to_string()
-            .map_err(transport)?;
+            .map_err(transport(&self.url))?;
         let reply: Option<RpcReply> = serde_json::from_str(&text).ok();
         match reply {
             Some(RpcReply { error: Some(e), .. }) => Err(Error::Rpc {

@@ -31,7 +31,7 @@ pub const ENV_PREFIX: &str = "SBTC_COORDINATOR__";
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    /// `mainnet`, `testnet`, `signet` or `regtest`; default `testnet`.
+    /// `mainnet`, `testnet`, `signet` or `regtest`; required (no default).
     pub network: Option<String>,
     /// The sBTC contract, `ADDRESS.name`.
     pub contract: Option<String>,
@@ -75,6 +75,13 @@ pub struct RawConfig {
     /// Fee policy.
     #[serde(default)]
     pub fees: RawFees,
+    /// How long `run` waits at start for its nodes and the relay to answer,
+    /// in seconds (default: until they do, or until stopped).
+    pub startup_wait_secs: Option<u64>,
+    /// The fields an environment variable set (`fees.stacks_fee_cap` ->
+    /// `SBTC_COORDINATOR__FEES__STACKS_FEE_CAP`): errors name the variable.
+    #[serde(skip)]
+    pub env_overrides: BTreeMap<String, String>,
 }
 
 /// `[bitcoin_node]`.
@@ -240,6 +247,9 @@ pub struct Config {
     pub rpc_timeout: Duration,
     /// The status endpoint's address, if any.
     pub status_listen: Option<String>,
+    /// How long `run` waits at start for its nodes and the relay (`None`:
+    /// until they answer or it is stopped).
+    pub startup_wait: Option<Duration>,
     /// Confirmations before acting on an op.
     pub op_confirmations: u32,
     /// Confirmations before a fulfilment is done.
@@ -297,6 +307,21 @@ pub struct FieldError {
     pub field: String,
     /// What is wrong with it.
     pub problem: String,
+    /// The environment variable that set the field, when one did.
+    pub env: Option<String>,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.env {
+            Some(var) => write!(
+                f,
+                "{var} (environment, overriding {}): {}",
+                self.field, self.problem
+            ),
+            None => write!(f, "{}: {}", self.field, self.problem),
+        }
+    }
 }
 
 /// Why the configuration could not be loaded.
@@ -319,7 +344,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// One or more fields are invalid.
-    #[error("invalid configuration:{}", .0.iter().map(|e| format!("\n  {}: {}", e.field, e.problem)).collect::<String>())]
+    #[error("invalid configuration:{}", .0.iter().map(|e| format!("\n  {e}")).collect::<String>())]
     Invalid(Vec<FieldError>),
 }
 
@@ -350,7 +375,7 @@ impl RawConfig {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<RawConfig, String> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+        let mut table: toml::Table = text.parse().map_err(|e| syntax_message(text, &e))?;
         let overrides: BTreeMap<String, String> = env
             .into_iter()
             .filter_map(|(k, v)| {
@@ -358,13 +383,138 @@ impl RawConfig {
                     .map(|k| (k.to_ascii_lowercase(), v))
             })
             .collect();
+        let mut from_env = BTreeMap::new();
         for (key, value) in overrides {
+            let var = format!("{ENV_PREFIX}{}", key.to_uppercase());
             let path: Vec<&str> = key.split("__").collect();
-            set_path(&mut table, &path, env_value(&value))
-                .map_err(|e| format!("environment {ENV_PREFIX}{}: {e}", key.to_uppercase()))?;
+            set_path(&mut table, &path, env_value(&value)).map_err(|e| format!("{var}: {e}"))?;
+            from_env.insert(path.join("."), var);
         }
-        RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| e.to_string())
+        match RawConfig::deserialize(toml::Value::Table(table.clone())) {
+            Ok(mut raw) => {
+                raw.env_overrides = from_env;
+                Ok(raw)
+            }
+            Err(first) => {
+                let all = field_type_errors(&table, &from_env);
+                if all.is_empty() {
+                    Err(first.message().to_owned())
+                } else {
+                    Err(all.join("\n  "))
+                }
+            }
+        }
     }
+}
+
+/// The secret fields (keys, a password) the file at `path` itself holds,
+/// as written (`relay.network_private_key`); empty when it cannot be read
+/// or holds none. The binary warns when such a file is readable by others.
+pub fn secret_fields_in_file(path: &Path) -> Vec<&'static str> {
+    let Ok(table) = std::fs::read_to_string(path).map(|t| t.parse::<toml::Table>()) else {
+        return Vec::new();
+    };
+    let Ok(table) = table else {
+        return Vec::new();
+    };
+    SECRET_FIELDS
+        .iter()
+        .copied()
+        .filter(|f| {
+            let mut v: Option<&toml::Value> = None;
+            for (i, part) in f.split('.').enumerate() {
+                v = if i == 0 {
+                    table.get(part)
+                } else {
+                    v.and_then(|t| t.get(part))
+                };
+            }
+            v.is_some()
+        })
+        .collect()
+}
+
+/// The fields whose values are secrets: an error about one never shows
+/// its value.
+const SECRET_FIELDS: &[&str] = &[
+    "stacks_private_key",
+    "relay.network_private_key",
+    "bitcoin_node.password",
+];
+
+/// A TOML syntax error by line and column, without the line itself: the
+/// line may hold a key.
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let at = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+    let before = text.get(..at).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .count()
+        + 1;
+    let field = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim())
+        .filter(|k| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        });
+    let near = field.map(|k| format!(" (in {k})")).unwrap_or_default();
+    format!(
+        "TOML syntax error at line {line}, column {column}{near}: {}",
+        e.message().trim()
+    )
+}
+
+/// Every field whose value has the wrong type or is unknown, each named
+/// (by its environment variable when one set it): each field is checked on
+/// its own, so one run reports them all.
+fn field_type_errors(table: &toml::Table, from_env: &BTreeMap<String, String>) -> Vec<String> {
+    let check = |t: toml::Table| RawConfig::deserialize(toml::Value::Table(t)).err();
+    let name = |field: &str| match from_env.get(field) {
+        Some(var) => format!("{var} (environment, overriding {field})"),
+        None => field.to_owned(),
+    };
+    let problem = |field: &str, e: toml::de::Error| {
+        if SECRET_FIELDS.contains(&field) {
+            format!("{}: must be a string (the value is not shown)", name(field))
+        } else {
+            format!("{}: {}", name(field), e.message().trim())
+        }
+    };
+    let mut errors = Vec::new();
+    for (key, value) in table {
+        let Some(e) = check(toml::Table::from_iter([(key.clone(), value.clone())])) else {
+            continue;
+        };
+        let sub = match value {
+            toml::Value::Table(sub) if !sub.is_empty() => sub,
+            _ => {
+                errors.push(problem(key, e));
+                continue;
+            }
+        };
+        let before = errors.len();
+        for (k, v) in sub {
+            let one = toml::Table::from_iter([(k.clone(), v.clone())]);
+            if let Some(e) = check(toml::Table::from_iter([(
+                key.clone(),
+                toml::Value::Table(one),
+            )])) {
+                errors.push(problem(&format!("{key}.{k}"), e));
+            }
+        }
+        if errors.len() == before {
+            errors.push(problem(key, e));
+        }
+    }
+    errors
 }
 
 fn env_value(s: &str) -> toml::Value {
@@ -403,13 +553,24 @@ fn set_path(table: &mut toml::Table, path: &[&str], value: toml::Value) -> Resul
 struct Checker {
     errors: Vec<FieldError>,
     base_dir: PathBuf,
+    env_overrides: BTreeMap<String, String>,
 }
 
 impl Checker {
     fn fail(&mut self, field: &str, problem: impl Into<String>) {
+        // A field set by the environment is named by its variable; a
+        // table's check names the variable that set one of its fields.
+        let env = self.env_overrides.get(field).cloned().or_else(|| {
+            let prefix = format!("{field}.");
+            self.env_overrides
+                .iter()
+                .find(|(k, _)| k.starts_with(&prefix))
+                .map(|(_, v)| v.clone())
+        });
         self.errors.push(FieldError {
             field: field.to_owned(),
             problem: problem.into(),
+            env,
         });
     }
 
@@ -479,14 +640,24 @@ impl Config {
         let mut c = Checker {
             errors: Vec::new(),
             base_dir: base_dir.to_owned(),
+            env_overrides: raw.env_overrides.clone(),
         };
 
-        let network = match raw.network.as_deref().unwrap_or("testnet") {
-            "mainnet" | "bitcoin" => Network::Bitcoin,
-            "testnet" => Network::Testnet,
-            "signet" => Network::Signet,
-            "regtest" => Network::Regtest,
-            other => {
+        // No default: a file that forgets `network` must not silently run
+        // on testnet (or anywhere).
+        let network = match raw.network.as_deref() {
+            None => {
+                c.fail(
+                    "network",
+                    "is required: mainnet, testnet, signet or regtest (there is no default)",
+                );
+                Network::Testnet
+            }
+            Some("mainnet" | "bitcoin") => Network::Bitcoin,
+            Some("testnet") => Network::Testnet,
+            Some("signet") => Network::Signet,
+            Some("regtest") => Network::Regtest,
+            Some(other) => {
                 c.fail(
                     "network",
                     format!("{other:?} is not one of mainnet, testnet, signet, regtest"),
@@ -767,6 +938,7 @@ impl Config {
                         Some(a) => Some(a.to_owned()),
                         None => Some("127.0.0.1:9181".to_owned()),
                     },
+                    startup_wait: raw.startup_wait_secs.map(Duration::from_secs),
                     op_confirmations,
                     fulfillment_confirmations,
                     stacks_confirmations,
@@ -951,12 +1123,78 @@ mod tests {
     }
 
     #[test]
-    fn the_default_network_is_not_mainnet() {
+    fn a_missing_network_is_an_error_not_testnet() {
         let text = sample().replace("network = \"regtest\"", "");
-        // The regtest allowlist address does not fit testnet: the error proves
-        // which network was chosen.
         let p = problems(check(&text, vec![]));
-        assert!(p.iter().any(|e| e.problem.contains("testnet")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|e| e.field == "network" && e.problem.contains("required")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn every_wrong_type_is_reported_in_one_run_and_env_ones_by_variable() {
+        let text = sample()
+            .replace("ops = 1", "ops = \"one\"")
+            .replace("poll_interval_ms = 5000", "poll_interval_ms = true")
+            .replace("stacks_fee_cap = 1000000 ", "stacks_fee_cap = \"x\" ");
+        let r = check(
+            &text,
+            vec![("SBTC_COORDINATOR__RELAY__DKG_TIMEOUT_MS", "soon")],
+        );
+        let Err(ConfigError::Syntax { reason, .. }) = r else {
+            panic!("expected type errors, got {r:?}")
+        };
+        for f in [
+            "confirmations.ops",
+            "poll_interval_ms",
+            "fees.stacks_fee_cap",
+            "SBTC_COORDINATOR__RELAY__DKG_TIMEOUT_MS",
+        ] {
+            assert!(reason.contains(f), "{f} not named in {reason}");
+        }
+    }
+
+    #[test]
+    fn a_secret_never_shows_in_a_syntax_or_type_error() {
+        let key = "11468a462ac5b1df92cacf04a65179ecd02f514196909f7dbc63abae88ba05c6";
+        // An unterminated string on the key's line.
+        let text = sample().replace(&format!("{key}01\""), &format!("{key}01"));
+        let r = check(&text, vec![]);
+        let Err(ConfigError::Syntax { reason, .. }) = r else {
+            panic!("expected a syntax error, got {r:?}")
+        };
+        assert!(!reason.contains(&key[..16]), "{reason}");
+        assert!(
+            reason.contains("line ") && reason.contains("stacks_private_key"),
+            "{reason}"
+        );
+        let text = sample().replace(&format!("\"{key}01\""), "1146846210");
+        let r = check(&text, vec![]);
+        let Err(ConfigError::Syntax { reason, .. }) = r else {
+            panic!("expected a type error, got {r:?}")
+        };
+        assert!(!reason.contains("1146846210"), "{reason}");
+        assert!(reason.contains("stacks_private_key"), "{reason}");
+    }
+
+    #[test]
+    fn a_bad_value_from_the_environment_names_the_variable() {
+        let p = problems(check(
+            &sample(),
+            vec![("SBTC_COORDINATOR__STACKS_NODE_URL", "nowhere")],
+        ));
+        let e = p.iter().find(|e| e.field == "stacks_node_url").unwrap();
+        assert_eq!(e.env.as_deref(), Some("SBTC_COORDINATOR__STACKS_NODE_URL"));
+        assert!(e
+            .to_string()
+            .starts_with("SBTC_COORDINATOR__STACKS_NODE_URL"));
+        let from_file = problems(check(
+            &sample().replace("http://127.0.0.1:20443", "x"),
+            vec![],
+        ));
+        assert!(from_file.iter().all(|e| e.env.is_none()), "{from_file:?}");
     }
 
     #[test]

@@ -593,9 +593,16 @@ where
     pub fn tick(&mut self, stop: &AtomicBool) -> Result<TickReport, Error> {
         let mut report = TickReport::default();
         self.chain_cache.clear();
+        // While a failed scan backs off, the tip is still read (pending ops
+        // need it) but a failure is neither logged nor backed off again: once
+        // per backoff, not once per poll.
+        let scan_waits = self
+            .scan_backoff
+            .is_some_and(|b| b.next_try > Instant::now());
         let tip = match self.scan(&mut report) {
             Ok(tip) => Some(tip),
             Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
+            Err(StepError::Retry { .. }) if scan_waits => None,
             Err(StepError::Retry { message, transient }) => {
                 log_failure("scanning", &message, transient);
                 self.scan_backoff = Some(self.next_backoff(self.scan_backoff));

@@ -39,6 +39,41 @@ impl<T: OpSource + ?Sized> OpSource for Box<T> {
     }
 }
 
+/// An op source whose errors name the node's URL (a scan that fails says
+/// where it looked).
+#[derive(Debug)]
+pub struct NamedSource<S> {
+    inner: S,
+    url: String,
+}
+
+impl<S: OpSource> NamedSource<S> {
+    /// Wraps `inner`, which reads from the node at `url`.
+    pub fn new(inner: S, url: &str) -> Self {
+        NamedSource {
+            inner,
+            url: url.to_owned(),
+        }
+    }
+
+    fn name(&self, mut e: SourceError) -> SourceError {
+        if !e.message.contains(&self.url) {
+            e.message = format!("{} (node at {})", e.message, self.url);
+        }
+        e
+    }
+}
+
+impl<S: OpSource> OpSource for NamedSource<S> {
+    fn tip_height(&self) -> Result<BurnHeight, SourceError> {
+        self.inner.tip_height().map_err(|e| self.name(e))
+    }
+
+    fn ops_at(&self, height: BurnHeight) -> Result<Option<Vec<PegOp>>, SourceError> {
+        self.inner.ops_at(height).map_err(|e| self.name(e))
+    }
+}
+
 /// Reads ops from a stacks-node's `/v2/burn_ops` endpoint.
 #[derive(Debug)]
 pub struct StacksNodeSource<S> {

@@ -7,7 +7,12 @@
 //! - The contract has another key: refuse to start. Silently running a new
 //!   DKG would move the peg wallet and strand every coin at the old address.
 
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use bitcoin_node_client::BitcoinNode;
 
 use bitcoin::secp256k1::PublicKey;
 use fee_wallet::{next_nonce, StacksWallet};
@@ -56,8 +61,187 @@ pub enum StartupError {
     #[error("relay.signer_set_from_contract is set but the contract has no signers (get-num-signers is 0)")]
     NoContractSigners,
     /// The key transaction did not show in the contract in time.
-    #[error("set-bitcoin-wallet-public-key was broadcast but the contract did not show the key within {0:?}")]
+    #[error("set-bitcoin-wallet-public-key was broadcast but the contract did not show the key after waiting {0:.1?}")]
     NotConfirmed(Duration),
+    /// A node or the relay did not answer within `startup_wait_secs`.
+    #[error(
+        "the {what} at {url} did not answer after waiting {waited:.1?} (startup_wait_secs): {last}"
+    )]
+    Unreachable {
+        /// Which service.
+        what: &'static str,
+        /// Its URL.
+        url: String,
+        /// How long start-up waited.
+        waited: Duration,
+        /// Its last error.
+        last: String,
+    },
+    /// A signal stopped start-up while it waited.
+    #[error("stopped while waiting for the {what} at {url}")]
+    Stopped {
+        /// Which service.
+        what: &'static str,
+        /// Its URL.
+        url: String,
+    },
+}
+
+/// First pause between start-up probes; it doubles up to [`MAX_PROBE_PAUSE`].
+pub const FIRST_PROBE_PAUSE: Duration = Duration::from_millis(250);
+
+/// Longest pause between start-up probes.
+pub const MAX_PROBE_PAUSE: Duration = Duration::from_secs(30);
+
+/// Waits until `probe` succeeds, pausing 0.25 s, 0.5 s, 1 s … (at most
+/// [`MAX_PROBE_PAUSE`]) between tries and logging each failure with the URL
+/// and the time waited so far; gives up after `limit` (`None`: never).
+///
+/// # Errors
+/// [`StartupError::Unreachable`] after `limit`, [`StartupError::Stopped`]
+/// when `stop` is set.
+#[allow(clippy::result_large_err)] // runs once at start-up
+pub fn wait_for(
+    what: &'static str,
+    url: &str,
+    limit: Option<Duration>,
+    stop: &AtomicBool,
+    mut probe: impl FnMut() -> Result<(), String>,
+) -> Result<(), StartupError> {
+    let began = Instant::now();
+    let mut pause = FIRST_PROBE_PAUSE;
+    let mut tries = 0u32;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Err(StartupError::Stopped {
+                what,
+                url: url.to_owned(),
+            });
+        }
+        tries += 1;
+        match probe() {
+            Ok(()) => {
+                if tries > 1 {
+                    info!(
+                        "the {what} at {url} answers (after waiting {:.1?})",
+                        began.elapsed()
+                    );
+                }
+                return Ok(());
+            }
+            Err(last) => {
+                let waited = began.elapsed();
+                if limit.is_some_and(|l| waited >= l) {
+                    return Err(StartupError::Unreachable {
+                        what,
+                        url: url.to_owned(),
+                        waited,
+                        last,
+                    });
+                }
+                log::warn!(
+                    "waiting for the {what} at {url} (try {tries}, waited {waited:.1?}, next in {pause:.1?}): {last}"
+                );
+                let mut until = Instant::now() + pause;
+                if let Some(l) = limit {
+                    until = until.min(began + l);
+                }
+                while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+                }
+                pause = (pause * 2).min(MAX_PROBE_PAUSE);
+            }
+        }
+    }
+}
+
+/// `run`'s first step: waits (see [`wait_for`]) until the stacks-node, the
+/// Bitcoin node and the relay answer, in that order, each named by URL.
+///
+/// # Errors
+/// See [`wait_for`].
+#[allow(clippy::result_large_err)] // runs once at start-up
+pub fn wait_for_services<S: StacksNode, B: BitcoinNode>(
+    stacks: &S,
+    bitcoin: &B,
+    config: &crate::config::Config,
+    stop: &AtomicBool,
+) -> Result<(), StartupError> {
+    let limit = config.startup_wait;
+    wait_for("stacks-node", &config.stacks_node_url, limit, stop, || {
+        stacks.get_info().map(|_| ()).map_err(|e| e.to_string())
+    })?;
+    wait_for(
+        "Bitcoin node",
+        &config.bitcoin_node_url,
+        limit,
+        stop,
+        || {
+            bitcoin
+                .get_block_count()
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )?;
+    let timeout = config.rpc_timeout;
+    wait_for("relay", &config.relay_url, limit, stop, || {
+        relay_health(&config.relay_url, timeout)
+    })
+}
+
+/// Asks the relay's `/health` (plain HTTP; over `https://` a TCP connection
+/// is all that is checked): `Ok` for any HTTP answer below 500.
+fn relay_health(url: &str, timeout: Duration) -> Result<(), String> {
+    let (tls, rest) = match url.split_once("://") {
+        Some(("http", rest)) => (false, rest),
+        Some(("https", rest)) => (true, rest),
+        _ => return Err(format!("{url} is not an http:// or https:// URL")),
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let with_port = if host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        host.to_owned()
+    } else {
+        format!("{host}:{}", if tls { 443 } else { 80 })
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {with_port}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{with_port} resolves to no address"))?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    if tls {
+        return Ok(());
+    }
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET /health HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP answer: {:?}",
+                line.lines().next().unwrap_or_default()
+            )
+        })?;
+    if status >= 500 {
+        return Err(format!("/health answered HTTP {status}"));
+    }
+    Ok(())
 }
 
 fn component(e: impl std::fmt::Display) -> StartupError {
@@ -332,14 +516,15 @@ where
         tx.txid
     );
     stacks.broadcast_transaction(&tx.raw).map_err(component)?;
-    let deadline = Instant::now() + wait;
+    let started = Instant::now();
+    let deadline = started + wait;
     loop {
         if contract_wallet_key(stacks, contract_id, &me)? == Some(*key) {
             info!("the contract shows peg wallet key {key}");
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(StartupError::NotConfirmed(wait));
+            return Err(StartupError::NotConfirmed(started.elapsed()));
         }
         std::thread::sleep(poll);
     }

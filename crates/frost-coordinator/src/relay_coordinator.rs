@@ -518,7 +518,8 @@ impl RelayFrostCoordinator {
             share_from: HashSet::new(),
         };
         let timeout = self.opts.sign_timeout;
-        let deadline = Instant::now() + timeout;
+        let began = Instant::now();
+        let deadline = began + timeout;
         Self::track_sent(&mut track, &start);
         self.post_fire(start, Some(&k.key))?;
         let result = loop {
@@ -526,8 +527,8 @@ impl RelayFrostCoordinator {
             if now >= deadline {
                 return Err(Error::Timeout {
                     round: "signing",
-                    waited: timeout,
-                    missing: vec![],
+                    waited: began.elapsed(),
+                    missing: self.silent(&track.nonce_from),
                 });
             }
             let inbound = self.poll((deadline - now).min(Duration::from_millis(100)))?;
@@ -581,9 +582,20 @@ impl RelayFrostCoordinator {
                     }
                 }
             }
-            let (outbound, results) = fire
-                .process_inbound_messages(&packets)
-                .map_err(|e| Error::SigningFailed(format!("signing: {e:?}")))?;
+            let (outbound, results) = fire.process_inbound_messages(&packets).map_err(|e| {
+                match e {
+                    // FIRE's nonce phase ended with no nonce at all: every
+                    // signer is silent; name them.
+                    wsts::state_machine::coordinator::Error::MissingMessageNonceInfo => {
+                        Error::Timeout {
+                            round: "signing",
+                            waited: began.elapsed(),
+                            missing: self.silent(&track.nonce_from),
+                        }
+                    }
+                    other => Error::SigningFailed(format!("signing: {other:?}")),
+                }
+            })?;
             for p in outbound {
                 Self::track_sent(&mut track, &p);
                 self.post_fire(p, Some(&k.key))?;
@@ -618,13 +630,13 @@ impl RelayFrostCoordinator {
                         .chain(malicious);
                     Error::Timeout {
                         round: "signing",
-                        waited: timeout,
+                        waited: began.elapsed(),
                         missing: to_one_based(missing),
                     }
                 }
                 SignError::InsufficientSigners(bad) => Error::Timeout {
                     round: "signing",
-                    waited: timeout,
+                    waited: began.elapsed(),
                     missing: to_one_based(bad),
                 },
                 other => Error::SigningFailed(format!("{other:?}")),
@@ -633,6 +645,17 @@ impl RelayFrostCoordinator {
                 "signing ended with {other:?}"
             ))),
         }
+    }
+
+    /// The (1-based) signers not in `answered`.
+    fn silent(&self, answered: &HashSet<u32>) -> Vec<u32> {
+        self.opts
+            .set
+            .signers
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| !answered.contains(id))
+            .collect()
     }
 
     fn track_sent(track: &mut SignTrack, p: &Packet) {
@@ -683,14 +706,14 @@ impl RelayFrostCoordinator {
         track: &mut DkgTrack,
         deadline: Instant,
     ) -> Result<OperationResult, Error> {
-        let timeout = self.opts.dkg_timeout;
+        let began = Instant::now();
         self.post_fire(start, None)?;
         loop {
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::Timeout {
                     round: "dkg",
-                    waited: timeout,
+                    waited: began.elapsed(),
                     missing: vec![],
                 });
             }
@@ -1061,7 +1084,7 @@ impl RelayFrostCoordinator {
                     | DkgError::DkgPrivateTimeout(w)
                     | DkgError::DkgEndTimeout(w) => Error::Timeout {
                         round: "dkg",
-                        waited: timeout,
+                        waited: began.elapsed(),
                         missing: to_one_based(w.iter().copied()),
                     },
                     DkgError::DkgEndFailure(f) => dkg_failure(f),

@@ -916,10 +916,19 @@ impl SignerNode {
     /// Runs until `stop` is set. Relay errors are logged and retried.
     pub fn run(&mut self, stop: &AtomicBool) {
         info!("signer {} running", self.core.id);
+        // A relay that is down is retried after 0.2 s, 0.4 s, … at most 10 s.
+        let mut pause = Duration::from_millis(200);
         while !stop.load(Ordering::SeqCst) {
-            if let Err(e) = self.step() {
-                warn!("signer {}: {e}; retrying", self.core.id);
-                std::thread::sleep(Duration::from_millis(200));
+            match self.step() {
+                Ok(_) => pause = Duration::from_millis(200),
+                Err(e) => {
+                    warn!("signer {}: {e}; retrying", self.core.id);
+                    let until = Instant::now() + pause;
+                    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
             }
         }
         info!("signer {} stopped", self.core.id);

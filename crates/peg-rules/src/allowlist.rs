@@ -59,18 +59,29 @@ impl Allowlist {
     /// A message naming the bad entry.
     pub fn parse(text: &str, network: Network) -> Result<Self, String> {
         let file: AllowlistFile = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        // Every bad entry is named at once, not one per run.
+        let mut bad = Vec::new();
         let mut principals = HashSet::new();
         for s in &file.stacks {
-            let p: PrincipalData = s.parse().map_err(|e| format!("stacks entry {s:?}: {e}"))?;
-            principals.insert(p);
+            match s.parse::<PrincipalData>() {
+                Ok(p) => {
+                    principals.insert(p);
+                }
+                Err(e) => bad.push(format!("stacks entry {s:?}: {e}")),
+            }
         }
         let mut scripts = HashSet::new();
         for s in &file.bitcoin {
-            let a: BtcAddress = s.parse().map_err(|e| format!("bitcoin entry {s:?}: {e}"))?;
-            let a = a
-                .require_network(network)
-                .ok_or_else(|| format!("bitcoin entry {s:?} is not a {network} address"))?;
-            scripts.insert(a.script_pubkey());
+            match s.parse::<BtcAddress>().map(|a| a.require_network(network)) {
+                Ok(Some(a)) => {
+                    scripts.insert(a.script_pubkey());
+                }
+                Ok(None) => bad.push(format!("bitcoin entry {s:?} is not a {network} address")),
+                Err(e) => bad.push(format!("bitcoin entry {s:?}: {e}")),
+            }
+        }
+        if !bad.is_empty() {
+            return Err(bad.join("; "));
         }
         Ok(Allowlist {
             principals,

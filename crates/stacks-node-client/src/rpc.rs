@@ -20,11 +20,27 @@ pub struct UreqStacksNode {
     url: String,
 }
 
-fn transport(e: ureq::Error) -> Error {
-    match e {
+/// Maps a ureq error; an unreachable node is named by its URL (without
+/// any user and password in it).
+fn transport(url: &str) -> impl Fn(ureq::Error) -> Error + '_ {
+    move |e| match e {
         ureq::Error::Timeout(_) => Error::Timeout,
         ureq::Error::BodyExceedsLimit(n) => Error::Decode(format!("answer larger than {n} bytes")),
-        other => Error::Transport(other.to_string()),
+        other if url.is_empty() => Error::Transport(other.to_string()),
+        other => Error::Transport(format!("{}: {other}", without_userinfo(url))),
+    }
+}
+
+fn without_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority = rest.split('/').next().unwrap_or_default();
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://{host}{}", &rest[authority.len()..]),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -60,7 +76,7 @@ impl UreqStacksNode {
             .with_config()
             .limit(MAX_BODY)
             .read_to_string()
-            .map_err(transport)?;
+            .map_err(transport(""))?;
         Ok((status, text))
     }
 
@@ -69,7 +85,7 @@ impl UreqStacksNode {
             .agent
             .get(format!("{}{path}", self.url))
             .call()
-            .map_err(transport)?;
+            .map_err(transport(&self.url))?;
         Self::read(&mut resp)
     }
 
@@ -79,7 +95,7 @@ impl UreqStacksNode {
             .post(format!("{}{path}", self.url))
             .header("Content-Type", "application/json")
             .send(body.to_string().as_bytes())
-            .map_err(transport)?;
+            .map_err(transport(&self.url))?;
         Self::read(&mut resp)
     }
 
@@ -305,7 +321,7 @@ impl StacksNode for UreqStacksNode {
             .post(format!("{}/v2/transactions", self.url))
             .header("Content-Type", "application/octet-stream")
             .send(raw)
-            .map_err(transport)?;
+            .map_err(transport(&self.url))?;
         let (status, text) = Self::read(&mut resp)?;
         match status {
             200 => {
