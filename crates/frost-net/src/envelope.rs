@@ -308,6 +308,25 @@ impl Codec {
         Ok(out)
     }
 
+    /// Seals arbitrary bytes as the body of `kind` from `sender`, signed
+    /// with `key`, with no cap or sender check: what an authentic but
+    /// hostile party (one holding a message key) can post. Fault tests only.
+    #[cfg(feature = "testing")]
+    pub fn seal_raw(&self, sender: Sender, key: &SecretKey, kind: Kind, body: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + SIGNATURE_LEN);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.push(kind as u8);
+        out.extend_from_slice(&sender.wire().to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
+        let secp = Secp256k1::signing_only();
+        let sig = secp.sign_ecdsa(&digest(&self.domain, &out, body), key);
+        out.extend_from_slice(body);
+        out.extend_from_slice(&sig.serialize_compact());
+        out
+    }
+
     /// Opens a packet from the relay: header, sender and size checked, then
     /// the signature verified over the whole packet, and only then the body
     /// decoded and its ids checked against the signer set.
