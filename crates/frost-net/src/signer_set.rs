@@ -620,4 +620,47 @@ subsidy_sats = 500
         let p = back.policy(&path, bitcoin::Network::Regtest).unwrap();
         assert_eq!(p.max_request, Some(bitcoin::Amount::from_sat(1_000)));
     }
+
+    fn small_set(n: u32, threshold: u32) -> SignerSet {
+        let secp = bitcoin::secp256k1::Secp256k1::new();
+        SignerSet {
+            threshold,
+            dkg_threshold: None,
+            signers: (1..=n)
+                .map(|id| SignerInfo {
+                    id,
+                    public_key: SecretKey::from_slice(&[u8::try_from(id).unwrap(); 32])
+                        .unwrap()
+                        .public_key(&secp),
+                    key_ids: vec![id],
+                    private_key: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_key_set_fits_added_removed_and_rekeyed_signers_but_not_moved_key_ids() {
+        let three = small_set(3, 2);
+        let k = KeySet::of(&three);
+        assert_eq!(k.hash, hex::encode(three.hash()));
+        assert_eq!(k.key_ids_of(2), Some(&[2u32][..]));
+        // Added, removed, a threshold or a message key changed: all fit.
+        k.fits(&small_set(4, 3)).unwrap();
+        k.fits(&small_set(2, 2)).unwrap();
+        let mut rekeyed = three.clone();
+        rekeyed.signers[0].public_key = small_set(4, 2).signers[3].public_key;
+        k.fits(&rekeyed).unwrap();
+        assert_ne!(rekeyed.hash(), three.hash());
+        // A kept signer's key ids moved: refused, naming it.
+        let mut moved = three.clone();
+        moved.signers[0].key_ids = vec![2];
+        moved.signers[1].key_ids = vec![1];
+        let e = k.fits(&moved).unwrap_err();
+        assert!(e.contains("signer 1") && e.contains("never change"), "{e}");
+        // A record whose set was edited no longer matches its hash.
+        let mut edited = k.clone();
+        edited.set.threshold = 1;
+        assert!(edited.fits(&three).unwrap_err().contains("hash"));
+    }
 }
