@@ -279,3 +279,30 @@ fn no_share_when_the_request_lists_a_signer_the_key_was_not_made_with() {
         &cores[0].handle(&share_request(key, fresh)).unwrap()
     ));
 }
+
+/// A state file written before keys recorded their signer set is read as
+/// made under the set it is read with (its parameters must fit it, as
+/// before), and the set is recorded from then on; under a changed set such
+/// a file is refused rather than guessed at.
+#[test]
+fn a_history_without_recorded_sets_is_read_as_made_under_the_current_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let _ = keyed_cores(dir.path(), true);
+    let path = dir.path().join("s1.json");
+    let mut h = KeyHistory::load(&path, &set(), 1).unwrap();
+    assert_eq!(h.keys[0].set, Some(frost_net::KeySet::of(&set())));
+    h.keys[0].set = None;
+    h.save(&path).unwrap();
+    assert!(!std::fs::read_to_string(&path).unwrap().contains("\"hash\""));
+    let back = KeyHistory::load(&path, &set(), 1).unwrap();
+    assert_eq!(back.keys[0].set, Some(frost_net::KeySet::of(&set())));
+    let mut four = set();
+    four.signers.push(frost_net::SignerInfo {
+        id: 4,
+        public_key: sk(0x5e, 3).public_key(&Secp256k1::new()),
+        key_ids: vec![4],
+        private_key: None,
+    });
+    let e = KeyHistory::load(&path, &four, 1).unwrap_err();
+    assert!(e.contains("do not fit"), "{e}");
+}
