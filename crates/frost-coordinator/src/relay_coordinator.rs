@@ -9,6 +9,12 @@
 //! DKG is gated: FIRE's result counts only once every signer reported
 //! `KeyStored` for that key and a test signature by **every** signer
 //! verified against it. Only then is the key added to the key history.
+//!
+//! Each key in the history records the signer set it was made under
+//! ([`KeySet`]): after a signer-set change its signing rounds still run with
+//! that set's threshold, signers and key ids (FIRE configured from it, nonces
+//! taken only from its holders), while envelopes are opened with the current
+//! set's message keys.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;

@@ -34,7 +34,9 @@
 //!   held, never a nonce or a DKG polynomial. A DKG runs in its own wsts
 //!   state machine and only appends to the history once it succeeded; the
 //!   signer joins a DKG only while it holds no key, or when its operator
-//!   allowed a rotation.
+//!   allowed a rotation. Each key records the signer set it was made under:
+//!   after a signer-set change, a share request for an old key is answered
+//!   only if every signer it lists held that key with the listed key ids.
 
 pub mod state;
 
