@@ -36,7 +36,7 @@ const N: u32 = 3;
 /// Every case's packets are bounded: at most this many per request and signer.
 const MAX_COPIES: usize = 8;
 /// Growth of the process's resident memory over all cases, at most.
-const RSS_BOUND: u64 = 96 << 20;
+const RSS_BOUND: u64 = 32 << 20;
 
 fn key(tag: u8, i: u32) -> SecretKey {
     let mut b = [tag; 32];
