@@ -295,11 +295,18 @@ impl RelayFrostCoordinator {
                 if k.set.is_none() {
                     k.set = Some(KeySet::of(&c.opts.set));
                 }
-                let hash = k.set.as_ref().map_or("", |s| &s.hash[..16]);
-                debug!(
-                    "coordinator: key {} of DKG round {} was made under signer set {hash}",
-                    k.key, k.dkg_id
-                );
+                let current = hex::encode(c.opts.set.hash());
+                if let Some(made_under) = k.set.as_ref().filter(|s| s.hash != current) {
+                    info!(
+                        "coordinator: key {} of DKG round {} was made under another signer set \
+                         ({}: {} signers, threshold {}); its rounds ask those holders",
+                        k.key,
+                        k.dkg_id,
+                        made_under.hash.get(..16).unwrap_or_default(),
+                        made_under.set.num_signers(),
+                        made_under.set.threshold
+                    );
+                }
             }
             info!(
                 "coordinator: loaded {} key(s) from {}",

@@ -299,7 +299,7 @@ impl KeySet {
                     "signer {} held key ids {a:?} under set {}, the signer set now gives it {b:?}: \
                      a signer's key ids never change while a key made with them is kept",
                     m.id,
-                    &self.hash[..16]
+                    self.hash.get(..16).unwrap_or_default()
                 ));
             }
         }
