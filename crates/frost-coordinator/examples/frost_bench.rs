@@ -4,7 +4,7 @@
 //! opened by each party that processes it), for 5×1, 15×1 and 15×10 (signers × keys each);
 //! and relay delivery latency to 128 long-polling clients.
 //!
-//! `cargo run --release -p frost-coordinator --example frost_bench`
+//! `cargo run --release -p frost-coordinator --example frost_bench [-- 15x1 …]`
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -338,7 +338,20 @@ fn main() {
     println!("FROST rounds (wsts v2 + FIRE), median of {rounds} signing rounds");
     println!("| signers × keys | path | DKG | signing round (median) |");
     println!("|---|---|---|---|");
-    for (n, k) in [(5, 1), (15, 1), (15, 10)] {
+    // `-- 15x1 5x1` runs only those sizes (and not the relay latency).
+    let only: Vec<(u32, u32)> = std::env::args()
+        .skip(1)
+        .filter_map(|a| {
+            let (n, k) = a.split_once('x')?;
+            Some((n.parse().ok()?, k.parse().ok()?))
+        })
+        .collect();
+    let sizes = if only.is_empty() {
+        vec![(5, 1), (15, 1), (15, 10)]
+    } else {
+        only.clone()
+    };
+    for (n, k) in sizes {
         let (d_in, s_in) = in_process(n, k, rounds);
         eprintln!("{n}x{k} in-process done");
         let (d_relay, s_relay) = through_relay(n, k, rounds);
@@ -356,6 +369,9 @@ fn main() {
             m_relay.as_secs_f64() * 1e3,
             m_relay.as_secs_f64() / m_in.as_secs_f64()
         );
+    }
+    if !only.is_empty() {
+        return;
     }
     let (p50, p99, max) = relay_latency(128, 50);
     println!();

@@ -2,7 +2,7 @@
 //!
 //! The coordinator never holds a key share: it runs the rounds and aggregates
 //! the signers' answers. Keys cross this crate's surface as
-//! [`bitcoin::secp256k1`] types; [`point_to_public_key`] converts wsts'
+//! [`bitcoin::secp256k1`] types; [`frost_net::public_key`] converts wsts'
 //! curve points.
 //!
 //! With the `mock` feature the crate exports `MockFrostCoordinator`.

@@ -9,6 +9,12 @@
 //! DKG is gated: FIRE's result counts only once every signer reported
 //! `KeyStored` for that key and a test signature by **every** signer
 //! verified against it. Only then is the key added to the key history.
+//!
+//! Each key in the history records the signer set it was made under
+//! ([`KeySet`]): after a signer-set change its signing rounds still run with
+//! that set's threshold, signers and key ids (FIRE configured from it, nonces
+//! taken only from its holders), while envelopes are opened with the current
+//! set's message keys.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
@@ -19,8 +25,8 @@ use bitcoin::secp256k1::{schnorr, Message as SecpMessage, PublicKey, SecretKey};
 use frost_net::messages::{KeyStored, Keyed, Message, Refusal};
 use frost_net::wsts::net as w;
 use frost_net::{
-    point, public_key, scalar, write_private_atomically, Codec, Envelope, SignItem, SignRequest,
-    SignerFile, SignerSet, ToSign,
+    point, public_key, scalar, write_private_atomically, Codec, Envelope, KeySet, SignItem,
+    SignRequest, SignerFile, SignerSet, ToSign,
 };
 use log::{debug, info, warn};
 use relay::RelayClient;
@@ -80,6 +86,18 @@ struct StoredKey {
     dkg_id: u64,
     key: PublicKey,
     party_polynomials: Vec<(u32, PolyCommitment)>,
+    /// The signer set the key was made under (its rounds ask its members,
+    /// with its threshold and key ids). Files written before the field:
+    /// the set they are read with, checked, then recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    set: Option<KeySet>,
+}
+
+impl StoredKey {
+    /// The set the key was made under (always recorded once loaded).
+    fn made_under<'a>(&'a self, current: &'a SignerSet) -> &'a SignerSet {
+        self.set.as_ref().map_or(current, |k| &k.set)
+    }
 }
 
 /// What survives a restart: the key history and the round counters (saved
@@ -128,7 +146,11 @@ fn to_one_based(ids: impl IntoIterator<Item = u32>) -> Vec<u32> {
     v
 }
 
-fn check_stored(set: &SignerSet, k: &StoredKey) -> Result<(), String> {
+fn check_stored(current: &SignerSet, k: &StoredKey) -> Result<(), String> {
+    if let Some(made_under) = &k.set {
+        made_under.fits(current)?;
+    }
+    let set = k.made_under(current);
     let t = usize::try_from(set.threshold).unwrap_or(0);
     if k.party_polynomials.is_empty() {
         return Err("no party polynomials".into());
@@ -148,6 +170,28 @@ fn check_stored(set: &SignerSet, k: &StoredKey) -> Result<(), String> {
         return Err("the polynomials do not add up to the key".into());
     }
     Ok(())
+}
+
+/// FIRE's configuration for rounds among `set` (the current set for a DKG,
+/// a key's own set for its signing rounds).
+fn fire_config(opts: &RelayCoordinatorOptions, set: &SignerSet) -> Result<Config, String> {
+    // FIRE's per-phase timeouts; the whole round is bounded by our deadline too.
+    let dkg_phase = opts.dkg_timeout / 3;
+    let sign_phase = opts.sign_timeout / 2;
+    Ok(Config::with_timeouts(
+        set.num_signers(),
+        set.num_keys(),
+        set.threshold,
+        set.dkg_threshold(),
+        scalar(&opts.private_key),
+        Some(dkg_phase),
+        Some(dkg_phase),
+        Some(dkg_phase),
+        Some(sign_phase),
+        Some(sign_phase),
+        set.wsts_key_ids(),
+        set.wsts_signer_points().map_err(|e| e.to_string())?,
+    ))
 }
 
 /// The tweaked key-path check every signature passes before it is returned.
@@ -213,25 +257,7 @@ impl RelayFrostCoordinator {
             &coordinator,
         );
         let codec = Codec::with_domain(domain, opts.set.clone(), coordinator);
-        // FIRE's per-phase timeouts; the whole round is bounded by our deadline too.
-        let dkg_phase = opts.dkg_timeout / 3;
-        let sign_phase = opts.sign_timeout / 2;
-        let config = Config::with_timeouts(
-            opts.set.num_signers(),
-            opts.set.num_keys(),
-            opts.set.threshold,
-            opts.set.dkg_threshold(),
-            scalar(&opts.private_key),
-            Some(dkg_phase),
-            Some(dkg_phase),
-            Some(dkg_phase),
-            Some(sign_phase),
-            Some(sign_phase),
-            opts.set.wsts_key_ids(),
-            opts.set
-                .wsts_signer_points()
-                .map_err(|e| cfg_err(e.to_string()))?,
-        );
+        let config = fire_config(&opts, &opts.set).map_err(cfg_err)?;
         let relay = RelayClient::new(&opts.relay_url, Duration::from_secs(10));
         let head = relay.head().map_err(|e| Error::Relay(e.to_string()))?;
         let mut c = RelayFrostCoordinator {
@@ -265,6 +291,23 @@ impl RelayFrostCoordinator {
             c.dkg_id = p.dkg_id;
             c.sign_id = p.sign_id;
             c.keys = p.keys;
+            for k in &mut c.keys {
+                if k.set.is_none() {
+                    k.set = Some(KeySet::of(&c.opts.set));
+                }
+                let current = hex::encode(c.opts.set.hash());
+                if let Some(made_under) = k.set.as_ref().filter(|s| s.hash != current) {
+                    info!(
+                        "coordinator: key {} of DKG round {} was made under another signer set \
+                         ({}: {} signers, threshold {}); its rounds ask those holders",
+                        k.key,
+                        k.dkg_id,
+                        made_under.hash.get(..16).unwrap_or_default(),
+                        made_under.set.num_signers(),
+                        made_under.set.threshold
+                    );
+                }
+            }
             info!(
                 "coordinator: loaded {} key(s) from {}",
                 c.keys.len(),
@@ -424,8 +467,8 @@ impl RelayFrostCoordinator {
             .ok_or_else(|| Error::SigningFailed(format!("no key {key} in the key history")))
     }
 
-    fn signer_keys(&self, ids: impl Iterator<Item = u32>) -> u32 {
-        ids.filter_map(|id| self.opts.set.signer(id))
+    fn signer_keys(set: &SignerSet, ids: impl Iterator<Item = u32>) -> u32 {
+        ids.filter_map(|id| set.signer(id))
             .map(|s| u32::try_from(s.key_ids.len()).unwrap_or(u32::MAX))
             .fold(0, u32::saturating_add)
     }
@@ -434,6 +477,7 @@ impl RelayFrostCoordinator {
     /// of reach.
     fn refusal(
         &mut self,
+        set: &SignerSet,
         refusals: &mut BTreeMap<u32, String>,
         sender: u32,
         r: &Refusal,
@@ -444,8 +488,10 @@ impl RelayFrostCoordinator {
             r.request, r.rule
         );
         refusals.entry(sender).or_insert_with(|| r.rule.clone());
-        let refused = self.signer_keys(refusals.keys().copied());
-        if self.opts.set.num_keys().saturating_sub(refused) < self.opts.set.threshold {
+        // Only the key's holders count: a signer the key's set never had
+        // refuses a round of it, and that changes nothing.
+        let refused = Self::signer_keys(set, refusals.keys().copied());
+        if set.num_keys().saturating_sub(refused) < set.threshold {
             // The round ends now; refusals already on the relay are named too.
             if let Ok(more) = self.poll(Duration::ZERO) {
                 for env in more {
@@ -461,8 +507,8 @@ impl RelayFrostCoordinator {
             info!(
                 "coordinator: request {} refused by signers holding {refused} of {} keys; the threshold {} is out of reach",
                 r.request,
-                self.opts.set.num_keys(),
-                self.opts.set.threshold
+                set.num_keys(),
+                set.threshold
             );
             return Err(Error::Refused {
                 refusals: refusals
@@ -476,8 +522,10 @@ impl RelayFrostCoordinator {
 
     /// A FIRE coordinator holding `k`, idle at our counters.
     fn fire_for(&self, k: &StoredKey, sign_id: u64) -> Result<Fire, Error> {
+        let config = fire_config(&self.opts, k.made_under(&self.opts.set))
+            .map_err(|e| Error::SigningFailed(format!("the signer set of key {}: {e}", k.key)))?;
         let mut s = SavedState {
-            config: self.config.clone(),
+            config,
             ..SavedState::default()
         };
         s.current_dkg_id = k.dkg_id;
@@ -503,6 +551,7 @@ impl RelayFrostCoordinator {
     ) -> Result<schnorr::Signature, Error> {
         // `sign_id` was persisted as spent before the request went out.
         let mut fire = self.fire_for(k, sign_id - 1)?;
+        let holders = k.made_under(&self.opts.set).clone();
         let start = fire
             .start_signing_round(digest, SignatureType::Taproot(None))
             .map_err(|e| Error::SigningFailed(format!("signing: {e:?}")))?;
@@ -541,7 +590,8 @@ impl RelayFrostCoordinator {
                     Message::NonceResponse(r)
                         if r.key == track.key
                             && track.ids(r.msg.dkg_id, r.msg.sign_id, r.msg.sign_iter_id)
-                            && r.msg.message == track.message =>
+                            && r.msg.message == track.message
+                            && holds(&holders, sender, &r.msg.key_ids) =>
                     {
                         if track.nonce_from.insert(sender) {
                             packets.push(Packet {
@@ -572,7 +622,13 @@ impl RelayFrostCoordinator {
                     Message::Refusal(r)
                         if r.request == track.request_id || r.request == track.sign_id =>
                     {
-                        self.refusal(refusals, sender, &r, &[track.request_id, track.sign_id])?;
+                        self.refusal(
+                            &holders,
+                            refusals,
+                            sender,
+                            &r,
+                            &[track.request_id, track.sign_id],
+                        )?;
                     }
                     other => {
                         self.stale(format_args!(
@@ -620,9 +676,7 @@ impl RelayFrostCoordinator {
             OperationResult::SignError(e) => Err(match e {
                 SignError::NonceTimeout(answered, malicious) => {
                     let answered: HashSet<u32> = answered.into_iter().collect();
-                    let missing = self
-                        .opts
-                        .set
+                    let missing = holders
                         .signers
                         .iter()
                         .map(|s| s.wsts_id())
@@ -1099,6 +1153,7 @@ impl RelayFrostCoordinator {
             dkg_id,
             key,
             party_polynomials,
+            set: Some(KeySet::of(&self.opts.set)),
         };
         check_stored(&self.opts.set, &stored).map_err(|e| Error::DkgFailed {
             bad_signers: vec![],
@@ -1118,6 +1173,19 @@ impl RelayFrostCoordinator {
         }
         Ok(key)
     }
+}
+
+/// Whether signer `id` (1-based) holds a share of a key made under `set`,
+/// with exactly `key_ids`: nonces of anyone else never reach FIRE (it
+/// indexes its per-signer state with their ids).
+fn holds(set: &SignerSet, id: u32, key_ids: &[u32]) -> bool {
+    set.signer(id).is_some_and(|s| {
+        let mut a = s.key_ids.clone();
+        let mut b = key_ids.to_vec();
+        a.sort_unstable();
+        b.sort_unstable();
+        a == b
+    })
 }
 
 fn dkg_failure(errors: &hashbrown::HashMap<u32, DkgFailure>) -> Error {

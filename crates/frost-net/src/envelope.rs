@@ -198,6 +198,9 @@ pub struct Codec {
     set: SignerSet,
     coordinator: PublicKey,
     caps: crate::messages::Caps,
+    /// One libsecp256k1 context for every seal and open: making one per
+    /// packet cost about as much as the verification itself.
+    secp: Secp256k1<bitcoin::secp256k1::All>,
 }
 
 impl std::fmt::Debug for Codec {
@@ -247,6 +250,7 @@ impl Codec {
             set,
             coordinator,
             caps,
+            secp: Secp256k1::new(),
         }
     }
 
@@ -301,11 +305,30 @@ impl Codec {
         out.push(kind as u8);
         out.extend_from_slice(&sender.wire().to_be_bytes());
         out.extend_from_slice(&len.to_be_bytes());
-        let secp = Secp256k1::signing_only();
-        let sig = secp.sign_ecdsa(&digest(&self.domain, &out, &body), key);
+        let sig = self
+            .secp
+            .sign_ecdsa(&digest(&self.domain, &out, &body), key);
         out.extend_from_slice(&body);
         out.extend_from_slice(&sig.serialize_compact());
         Ok(out)
+    }
+
+    /// Seals arbitrary bytes as the body of `kind` from `sender`, signed
+    /// with `key`, with no cap or sender check: what an authentic but
+    /// hostile party (one holding a message key) can post. Fault tests only.
+    #[cfg(feature = "testing")]
+    pub fn seal_raw(&self, sender: Sender, key: &SecretKey, kind: Kind, body: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + SIGNATURE_LEN);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.push(kind as u8);
+        out.extend_from_slice(&sender.wire().to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
+        let sig = self.secp.sign_ecdsa(&digest(&self.domain, &out, body), key);
+        out.extend_from_slice(body);
+        out.extend_from_slice(&sig.serialize_compact());
+        out
     }
 
     /// Opens a packet from the relay: header, sender and size checked, then
@@ -342,9 +365,9 @@ impl Codec {
         let body = &bytes[HEADER_LEN..HEADER_LEN + len];
         let sig = ecdsa::Signature::from_compact(&bytes[HEADER_LEN + len..])
             .map_err(|_| EnvelopeError::BadSignature { kind, sender })?;
-        let secp = Secp256k1::verification_only();
         // libsecp256k1 refuses high-S signatures: no malleated copies.
-        secp.verify_ecdsa(&digest(&self.domain, header, body), &sig, &key)
+        self.secp
+            .verify_ecdsa(&digest(&self.domain, header, body), &sig, &key)
             .map_err(|_| EnvelopeError::BadSignature { kind, sender })?;
         let message =
             Message::decode_body(kind, body).map_err(|reason| EnvelopeError::Undecodable {

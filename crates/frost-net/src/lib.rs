@@ -24,7 +24,7 @@ pub use envelope::{
     verify_attestations, AttestationTally, Codec, Domain, Envelope, EnvelopeError, Sender,
 };
 pub use messages::{Attestation, Kind, RoundId, SignItem, SignRequest, ToSign};
-pub use signer_set::{SignerFile, SignerInfo, SignerSet, SignerSetError};
+pub use signer_set::{KeySet, SignerFile, SignerInfo, SignerSet, SignerSetError};
 pub use wsts;
 
 use std::path::Path;

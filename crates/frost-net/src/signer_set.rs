@@ -214,6 +214,99 @@ impl SignerSet {
     }
 }
 
+impl SignerSet {
+    /// A digest of the set: thresholds, and each signer's id, message key
+    /// and key ids, every field length-prefixed. Names the set a key was
+    /// made under ([`KeySet`]).
+    pub fn hash(&self) -> [u8; 32] {
+        use bitcoin::hashes::{sha256, Hash, HashEngine};
+        let mut e = sha256::Hash::engine();
+        let mut put = |b: &[u8]| {
+            e.input(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes());
+            e.input(b);
+        };
+        put(b"sbtc-coordinator/signer-set/v1");
+        put(&self.threshold.to_be_bytes());
+        put(&self.dkg_threshold().to_be_bytes());
+        put(&self.num_signers().to_be_bytes());
+        for s in &self.signers {
+            put(&s.id.to_be_bytes());
+            put(&s.public_key.serialize());
+            let ids: Vec<u8> = s.key_ids.iter().flat_map(|k| k.to_be_bytes()).collect();
+            put(&ids);
+        }
+        sha256::Hash::from_engine(e).to_byte_array()
+    }
+}
+
+/// The signer set an aggregate key was made under, kept with the key in the
+/// signers' and the coordinator's key histories: a round for that key asks
+/// that set's members, with that set's threshold and key ids, while
+/// envelopes are verified against the current set's message keys.
+///
+/// Signer ids and key ids are a signer's for good: a later set may add
+/// signers (new ids, new key ids), drop the highest-numbered ones, change a
+/// threshold or a signer's message key, but a signer present in both sets
+/// must hold the same key ids in both ([`KeySet::fits`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySet {
+    /// The set as it was (no demo private keys).
+    pub set: SignerSet,
+    /// [`SignerSet::hash`] of it, hex: checked when read back.
+    pub hash: String,
+}
+
+impl KeySet {
+    /// The record of `set`, demo private keys left out.
+    pub fn of(set: &SignerSet) -> KeySet {
+        let mut set = set.clone();
+        for s in &mut set.signers {
+            s.private_key = None;
+        }
+        KeySet {
+            hash: hex::encode(set.hash()),
+            set,
+        }
+    }
+
+    /// The key ids signer `id` (1-based) held under this set.
+    pub fn key_ids_of(&self, id: u32) -> Option<&[u32]> {
+        self.set.signer(id).map(|s| s.key_ids.as_slice())
+    }
+
+    /// Checks the record is a valid set whose hash matches, and that it
+    /// fits the `current` set: every signer in both holds the same key ids.
+    ///
+    /// # Errors
+    /// What does not fit, in words.
+    pub fn fits(&self, current: &SignerSet) -> Result<(), String> {
+        self.set
+            .validate()
+            .map_err(|e| format!("the recorded signer set: {e}"))?;
+        if hex::encode(self.set.hash()) != self.hash {
+            return Err("the recorded signer set does not match its hash".into());
+        }
+        for m in &self.set.signers {
+            let Some(now) = current.signer(m.id) else {
+                continue;
+            };
+            let (mut a, mut b) = (m.key_ids.clone(), now.key_ids.clone());
+            a.sort_unstable();
+            b.sort_unstable();
+            if a != b {
+                return Err(format!(
+                    "signer {} held key ids {a:?} under set {}, the signer set now gives it {b:?}: \
+                     a signer's key ids never change while a key made with them is kept",
+                    m.id,
+                    self.hash.get(..16).unwrap_or_default()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The shared signer file (`conf/signer.toml`): the signer set plus what the
 /// signers need to find the relay and the coordinator.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -526,5 +619,48 @@ subsidy_sats = 500
         assert_eq!(back.set, f.set);
         let p = back.policy(&path, bitcoin::Network::Regtest).unwrap();
         assert_eq!(p.max_request, Some(bitcoin::Amount::from_sat(1_000)));
+    }
+
+    fn small_set(n: u32, threshold: u32) -> SignerSet {
+        let secp = bitcoin::secp256k1::Secp256k1::new();
+        SignerSet {
+            threshold,
+            dkg_threshold: None,
+            signers: (1..=n)
+                .map(|id| SignerInfo {
+                    id,
+                    public_key: SecretKey::from_slice(&[u8::try_from(id).unwrap(); 32])
+                        .unwrap()
+                        .public_key(&secp),
+                    key_ids: vec![id],
+                    private_key: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_key_set_fits_added_removed_and_rekeyed_signers_but_not_moved_key_ids() {
+        let three = small_set(3, 2);
+        let k = KeySet::of(&three);
+        assert_eq!(k.hash, hex::encode(three.hash()));
+        assert_eq!(k.key_ids_of(2), Some(&[2u32][..]));
+        // Added, removed, a threshold or a message key changed: all fit.
+        k.fits(&small_set(4, 3)).unwrap();
+        k.fits(&small_set(2, 2)).unwrap();
+        let mut rekeyed = three.clone();
+        rekeyed.signers[0].public_key = small_set(4, 2).signers[3].public_key;
+        k.fits(&rekeyed).unwrap();
+        assert_ne!(rekeyed.hash(), three.hash());
+        // A kept signer's key ids moved: refused, naming it.
+        let mut moved = three.clone();
+        moved.signers[0].key_ids = vec![2];
+        moved.signers[1].key_ids = vec![1];
+        let e = k.fits(&moved).unwrap_err();
+        assert!(e.contains("signer 1") && e.contains("never change"), "{e}");
+        // A record whose set was edited no longer matches its hash.
+        let mut edited = k.clone();
+        edited.set.threshold = 1;
+        assert!(edited.fits(&three).unwrap_err().contains("hash"));
     }
 }

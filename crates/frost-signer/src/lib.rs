@@ -34,7 +34,9 @@
 //!   held, never a nonce or a DKG polynomial. A DKG runs in its own wsts
 //!   state machine and only appends to the history once it succeeded; the
 //!   signer joins a DKG only while it holds no key, or when its operator
-//!   allowed a rotation.
+//!   allowed a rotation. Each key records the signer set it was made under:
+//!   after a signer-set change, a share request for an old key is answered
+//!   only if every signer it lists held that key with the listed key ids.
 
 pub mod state;
 
@@ -537,9 +539,14 @@ impl SignerCore {
                             .iter()
                             .map(|(k, v)| (*k, v.clone()))
                             .collect();
-                        let entry =
-                            KeyEntry::from_dkg(dkg_id, self.id, &signer.signer, commitments)
-                                .and_then(|e| e.validate(&self.set, self.id).map(|()| e));
+                        let entry = KeyEntry::from_dkg(
+                            dkg_id,
+                            self.id,
+                            &signer.signer,
+                            commitments,
+                            &self.set,
+                        )
+                        .and_then(|e| e.validate(&self.set, self.id).map(|()| e));
                         let entry = match entry {
                             Ok(e) => e,
                             Err(e) => {
@@ -777,6 +784,35 @@ impl SignerCore {
             self.reject(format_args!(
                 "no share for signing round {}/{}: the request does not list our own nonce and message",
                 m.sign_id, m.sign_iter_id
+            ));
+            return vec![];
+        }
+        // Every listed signer must be a holder of this key, with the key ids
+        // it held under the set the key was made under (after a signer-set
+        // change the current set may list signers the key never had).
+        let strangers: Vec<u32> = match self.history.set_of(&r.key) {
+            Some(made_under) => m
+                .nonce_responses
+                .iter()
+                .filter(|n| {
+                    let mut listed = n.key_ids.clone();
+                    listed.sort_unstable();
+                    let held = made_under.signer(n.signer_id.saturating_add(1)).map(|s| {
+                        let mut k = s.key_ids.clone();
+                        k.sort_unstable();
+                        k
+                    });
+                    held != Some(listed)
+                })
+                .map(|n| n.signer_id.saturating_add(1))
+                .collect(),
+            None => vec![],
+        };
+        if !strangers.is_empty() {
+            self.rounds.remove(&round);
+            self.reject(format_args!(
+                "no share for signing round {}/{}: signers {strangers:?} do not hold key {} with the key ids listed",
+                m.sign_id, m.sign_iter_id, r.key
             ));
             return vec![];
         }

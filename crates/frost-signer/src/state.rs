@@ -9,8 +9,13 @@
 //! ```json
 //! {"version":2,"signer_id":1,"keys":[{"dkg_id":1,"aggregate_key":"02…",
 //!   "params":{"signer_id":1,"key_ids":[1],"num_signers":3,"num_keys":3,"threshold":2},
-//!   "private_keys":[[1,"…"]],"commitments":[[0,{"id":…,"poly":[…]}]]}]}
+//!   "private_keys":[[1,"…"]],"commitments":[[0,{"id":…,"poly":[…]}]],
+//!   "accepted":true,"set":{"set":{"threshold":2,"signers":[…]},"hash":"…"}}]}
 //! ```
+//!
+//! Each key records the signer set it was made under ([`KeySet`]): after a
+//! signer-set change (a signer added or removed, a message key rotated) an
+//! old key still signs with its own holders, threshold and key ids.
 //!
 //! Everything read back is checked: a corrupt or foreign file is an error
 //! at start, never a panic later.
@@ -18,7 +23,7 @@
 use std::path::Path;
 
 use bitcoin::secp256k1::PublicKey;
-use frost_net::{point, public_key, SignerSet};
+use frost_net::{point, public_key, KeySet, SignerSet};
 use serde::{Deserialize, Serialize};
 use wsts::common::{Nonce, PolyCommitment};
 use wsts::curve::point::{Point, G};
@@ -66,6 +71,12 @@ pub struct KeyEntry {
     /// accepted.
     #[serde(default = "accepted_by_default")]
     pub accepted: bool,
+    /// The signer set the key was made under: its rounds ask that set's
+    /// members with its threshold and key ids. Files written before the
+    /// field were made under the set they are read with (checked on load,
+    /// then recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<KeySet>,
 }
 
 fn accepted_by_default() -> bool {
@@ -90,24 +101,35 @@ impl KeyEntry {
     /// What does not fit, in words.
     pub fn validate(&self, set: &SignerSet, id: u32) -> Result<(), String> {
         let p = &self.params;
-        let me = set
-            .signer(id)
-            .ok_or_else(|| format!("no signer {id} in the signer set"))?;
+        if set.signer(id).is_none() {
+            return Err(format!("no signer {id} in the signer set"));
+        }
         if p.signer_id != id {
             return Err(format!("belongs to signer {}, not {id}", p.signer_id));
         }
-        if p.key_ids != me.key_ids
-            || p.num_signers != set.num_signers()
-            || p.num_keys != set.num_keys()
-            || p.threshold != set.threshold
+        let made_under = match &self.set {
+            Some(k) => {
+                k.fits(set)?;
+                &k.set
+            }
+            // Written before keys recorded their set: made under this one.
+            None => set,
+        };
+        let mine = made_under
+            .signer(id)
+            .ok_or_else(|| format!("signer {id} was not in the set the key was made under"))?;
+        if p.key_ids != mine.key_ids
+            || p.num_signers != made_under.num_signers()
+            || p.num_keys != made_under.num_keys()
+            || p.threshold != made_under.threshold
         {
             return Err(format!(
-                "parameters {p:?} do not fit the signer set (signer {id} holds key ids {:?}; \
-                 {} signers, {} keys, threshold {})",
-                me.key_ids,
-                set.num_signers(),
-                set.num_keys(),
-                set.threshold
+                "parameters {p:?} do not fit the signer set the key was made under (signer {id} \
+                 holds key ids {:?}; {} signers, {} keys, threshold {})",
+                mine.key_ids,
+                made_under.num_signers(),
+                made_under.num_keys(),
+                made_under.threshold
             ));
         }
         let mut held: Vec<u32> = self.private_keys.iter().map(|(k, _)| *k).collect();
@@ -184,7 +206,8 @@ impl KeyEntry {
         Ok(wsts::v2::Party::load(&state))
     }
 
-    /// The entry for a finished DKG of `party` with `commitments`.
+    /// The entry for a finished DKG of `party` with `commitments`, made
+    /// under `set`.
     ///
     /// # Errors
     /// When the party holds no valid group key.
@@ -193,6 +216,7 @@ impl KeyEntry {
         signer_id: u32,
         party: &wsts::v2::Party,
         commitments: Vec<(u32, PolyCommitment)>,
+        set: &SignerSet,
     ) -> Result<KeyEntry, String> {
         let s = party.save();
         let aggregate_key = public_key(&s.group_key).map_err(|e| e.to_string())?;
@@ -216,6 +240,7 @@ impl KeyEntry {
             private_keys,
             commitments,
             accepted: false,
+            set: Some(KeySet::of(set)),
         })
     }
 }
@@ -259,10 +284,14 @@ impl KeyHistory {
         if h.signer_id != id {
             return Err(format!("belongs to signer {}, not {id}", h.signer_id));
         }
+        let mut h = h;
         let mut last = 0;
-        for k in &h.keys {
+        for k in &mut h.keys {
             k.validate(set, id)
                 .map_err(|e| format!("key of DKG round {}: {e}", k.dkg_id))?;
+            if k.set.is_none() {
+                k.set = Some(KeySet::of(set));
+            }
             if k.dkg_id <= last {
                 return Err(format!(
                     "DKG rounds out of order ({} after {last})",
@@ -291,6 +320,11 @@ impl KeyHistory {
     /// The share of `key`, if held.
     pub fn find(&self, key: &PublicKey) -> Option<&KeyEntry> {
         self.keys.iter().find(|k| k.aggregate_key == *key)
+    }
+
+    /// The signer set `key` was made under, if held.
+    pub fn set_of(&self, key: &PublicKey) -> Option<&SignerSet> {
+        self.find(key).and_then(|k| k.set.as_ref()).map(|k| &k.set)
     }
 
     /// The aggregate keys held, oldest first.

@@ -236,3 +236,73 @@ fn a_key_is_pending_until_the_coordinator_accepts_it_and_acceptance_survives_a_r
         "rotation is not allowed"
     );
 }
+
+/// After a signer-set change the current set may list signers an old key
+/// was never made with: a share request naming one of them (or a holder
+/// with other key ids) gets no share, and the round's nonce is dropped.
+#[test]
+fn no_share_when_the_request_lists_a_signer_the_key_was_not_made_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path(), true);
+    let h = [4u8; 32];
+    let mut nonces = vec![];
+    for c in cores.iter_mut().take(2) {
+        assert!(c.handle(&sign_request(key, h)).unwrap().is_empty());
+        nonces.push(nonce_of(&c.handle(&nonce_request(key, 5, 1, h)).unwrap()));
+    }
+    let mut stranger = nonces[1].clone();
+    stranger.signer_id = 3;
+    stranger.key_ids = vec![4];
+    let mut listed = nonces.clone();
+    listed.push(stranger);
+    let before = cores[0].rejected();
+    assert!(cores[0]
+        .handle(&share_request(key, listed))
+        .unwrap()
+        .is_empty());
+    assert!(cores[0].rejected() > before);
+    assert_eq!(cores[0].open_rounds(), 0, "the nonce is gone");
+    // A holder listed with key ids it did not hold under the key's set.
+    let mut relabelled = nonces.clone();
+    relabelled[0].key_ids = vec![1, 3];
+    assert!(cores[1]
+        .handle(&share_request(key, relabelled))
+        .unwrap()
+        .is_empty());
+    assert_eq!(cores[1].open_rounds(), 0);
+    // The key's own holders, as they answered, get shares (fresh round).
+    let mut fresh = vec![];
+    for c in cores.iter_mut().take(2) {
+        fresh.push(nonce_of(&c.handle(&nonce_request(key, 6, 1, h)).unwrap()));
+    }
+    assert!(is_share(
+        &cores[0].handle(&share_request(key, fresh)).unwrap()
+    ));
+}
+
+/// A state file written before keys recorded their signer set is read as
+/// made under the set it is read with (its parameters must fit it, as
+/// before), and the set is recorded from then on; under a changed set such
+/// a file is refused rather than guessed at.
+#[test]
+fn a_history_without_recorded_sets_is_read_as_made_under_the_current_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let _ = keyed_cores(dir.path(), true);
+    let path = dir.path().join("s1.json");
+    let mut h = KeyHistory::load(&path, &set(), 1).unwrap();
+    assert_eq!(h.keys[0].set, Some(frost_net::KeySet::of(&set())));
+    h.keys[0].set = None;
+    h.save(&path).unwrap();
+    assert!(!std::fs::read_to_string(&path).unwrap().contains("\"hash\""));
+    let back = KeyHistory::load(&path, &set(), 1).unwrap();
+    assert_eq!(back.keys[0].set, Some(frost_net::KeySet::of(&set())));
+    let mut four = set();
+    four.signers.push(frost_net::SignerInfo {
+        id: 4,
+        public_key: sk(0x5e, 3).public_key(&Secp256k1::new()),
+        key_ids: vec![4],
+        private_key: None,
+    });
+    let e = KeyHistory::load(&path, &four, 1).unwrap_err();
+    assert!(e.contains("do not fit"), "{e}");
+}

@@ -46,7 +46,7 @@ pub(crate) fn keyed_cores(dir: &std::path::Path, accepted: bool) -> (Vec<SignerC
         .enumerate()
         .map(|(i, p)| {
             let id = u32::try_from(i).unwrap() + 1;
-            let mut entry = KeyEntry::from_dkg(1, id, p, comms.clone()).unwrap();
+            let mut entry = KeyEntry::from_dkg(1, id, p, comms.clone(), &set).unwrap();
             entry.accepted = accepted;
             key = Some(entry.aggregate_key);
             let mut h = KeyHistory::empty(id);

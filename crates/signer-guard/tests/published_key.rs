@@ -1,0 +1,277 @@
+//! A new key counts for a signer only once its own stacks-node shows the
+//! contract publishing it, at the final block (issue #11): the coordinator
+//! has made key B (every signer holds a share) and published it, but this
+//! signer's node still shows key A. Until B is final there, the signer's
+//! guard refuses a sweep to B and a payout whose change goes to B, attests
+//! A, and pays with change to A; once its node shows B final, it follows B.
+//! Real HTTP to the devnet's bitcoind and stacks-node emulators, a real
+//! signer file and allowlist, real SQLite files.
+
+use std::time::Duration;
+
+use bitcoin::hashes::Hash as _;
+use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use bitcoin::{absolute, transaction, Amount, OutPoint, ScriptBuf, Transaction, TxIn, TxOut, Txid};
+use devnet::{BitcoinEmulator, BitcoinState, StacksEmulator, StacksState, User};
+use frost_net::{SignItem, SignRequest, SignerFile, ToSign};
+use frost_signer::Validator;
+use peg_rules::SignPayload;
+use signer_guard::{BitcoinNodeConfig, Confirmations, Guard, GuardConfig, StacksNodeConfig};
+use stacks_wire::{ContractId, PrincipalData, Value};
+
+const MAGIC: [u8; 2] = *b"id";
+
+fn key(i: u8) -> PublicKey {
+    SecretKey::from_slice(&[i; 32])
+        .unwrap()
+        .public_key(&Secp256k1::new())
+}
+
+fn request(id: u64, payload: &SignPayload, key: &PublicKey) -> SignRequest {
+    SignRequest {
+        id,
+        payload: payload.encode(),
+        items: payload
+            .sighashes()
+            .unwrap()
+            .into_iter()
+            .map(|sighash| SignItem {
+                key: *key,
+                message: ToSign::Taproot { sighash },
+            })
+            .collect(),
+    }
+}
+
+fn find(b: &BitcoinState, txid: &Txid) -> Transaction {
+    b.locate(txid).unwrap().0
+}
+
+#[test]
+fn a_key_published_by_the_coordinator_counts_only_once_the_signers_own_node_shows_it_final() {
+    let peg_key = key(7);
+    let new_key = key(8);
+    let new_peg = peg_rules::peg_wallet_address(&new_key, bitcoin::Network::Regtest);
+    let peg = peg_rules::peg_wallet_address(&peg_key, bitcoin::Network::Regtest);
+    let burn = ScriptBuf::new_op_return([0u8]);
+    let mut b = BitcoinState::new();
+    let mut alice = User::new("alice", 1);
+    alice.fund(&mut b, &burn);
+    let start_height = b.height();
+    let stx = alice.stx.clone();
+    let peg_in = alice
+        .peg_in(&mut b, MAGIC, &peg, &stx, Amount::from_sat(100_000))
+        .unwrap();
+    b.mine(&burn);
+    let req = alice
+        .peg_out(
+            &mut b,
+            MAGIC,
+            &peg,
+            Amount::from_sat(30_000),
+            Amount::from_sat(5_000),
+        )
+        .unwrap();
+    b.mine(&burn);
+    // The operator's float (a plain payment, no peg-in): a sweep's fee is
+    // paid from the surplus, never from the backing.
+    alice
+        .pay(&mut b, &peg.script_pubkey(), Amount::from_sat(20_000))
+        .unwrap();
+    b.mine(&burn);
+    let peg_in_tx = find(&b, &peg_in);
+    let req_tx = find(&b, &req);
+
+    let contract: ContractId = "ST000000000000000000002AMW42H.sbtc-alpha".parse().unwrap();
+    let mut s = StacksState::new(contract.clone());
+    let owner = PrincipalData::Standard(contract.address);
+    s.model.coordinator = Some((owner.clone(), key(9).serialize().to_vec()));
+    s.model.wallet_key = Some(peg_key.serialize().to_vec());
+    let txid = |t: &Txid| Value::StringAscii(t.to_string());
+    let mint = s.model.call(
+        &owner,
+        "mint!",
+        &[
+            Value::UInt(100_000),
+            Value::Principal(stx.clone()),
+            txid(&peg_in),
+        ],
+    );
+    assert_eq!(mint.result, Value::Ok(Box::new(Value::Bool(true))));
+    let burned = s.model.call(
+        &owner,
+        "burn!",
+        &[
+            Value::UInt(30_000),
+            Value::Principal(stx.clone()),
+            txid(&req),
+        ],
+    );
+    assert_eq!(burned.result, Value::Ok(Box::new(Value::Bool(true))));
+    s.mine();
+    s.mine();
+
+    let btc = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
+    let stacks = StacksEmulator::start("127.0.0.1:0", s).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("allowlist.toml"),
+        format!("stacks = [\"{stx}\"]\nbitcoin = [\"{}\"]\n", alice.btc),
+    )
+    .unwrap();
+    let signer_file = format!(
+        r#"relay_url = "http://127.0.0.1:1"
+coordinator_public_key = "{}"
+network = "regtest"
+contract = "{contract}"
+magic_bytes = "id"
+threshold = 1
+[policy]
+allowlist_file = "allowlist.toml"
+[[signers]]
+id = 1
+public_key = "{}"
+key_ids = [1]
+"#,
+        key(1),
+        key(2)
+    );
+    let path = dir.path().join("signer.toml");
+    std::fs::write(&path, signer_file).unwrap();
+    let file = SignerFile::load(&path).unwrap();
+    let config = GuardConfig {
+        bitcoin_node: BitcoinNodeConfig {
+            url: btc.url(),
+            user: None,
+            password: None,
+            cookie_file: None,
+        },
+        stacks_node: StacksNodeConfig { url: stacks.url() },
+        confirmations: Confirmations {
+            bitcoin: 1,
+            stacks: 2,
+        },
+        start_height,
+        data_dir: dir.path().join("guard"),
+        rpc_timeout_ms: 5_000,
+    };
+    // The signer holds both keys: the new one passed the DKG gate.
+    let mut guard = Guard::open(&config, &file, &path, &[peg_key, new_key]).unwrap();
+    assert_eq!(guard.attest(), Some(peg_key));
+
+    let coins = [
+        (OutPoint::new(req, 2), req_tx.output[2].clone()),
+        (OutPoint::new(peg_in, 1), peg_in_tx.output[1].clone()),
+    ];
+    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
+    let prevouts: Vec<TxOut> = coins.iter().map(|(_, o)| o.clone()).collect();
+    let payout_with_change_to = |change: &ScriptBuf, id: u64| {
+        let tx = Transaction {
+            version: transaction::Version::TWO,
+            lock_time: absolute::LockTime::ZERO,
+            input: coins
+                .iter()
+                .map(|(o, _)| TxIn {
+                    previous_output: *o,
+                    ..TxIn::default()
+                })
+                .collect(),
+            output: vec![
+                TxOut {
+                    value: Amount::ZERO,
+                    script_pubkey: peg_rules::fulfilment_op_return(MAGIC, &[0; 32]),
+                },
+                TxOut {
+                    value: Amount::from_sat(30_000),
+                    script_pubkey: alice.btc.script_pubkey(),
+                },
+                TxOut {
+                    value: Amount::from_sat(total - 30_000 - 1_000),
+                    script_pubkey: change.clone(),
+                },
+            ],
+        };
+        request(
+            id,
+            &SignPayload::Fulfilment {
+                request: req,
+                tx,
+                prevouts: prevouts.clone(),
+            },
+            &peg_key,
+        )
+    };
+    let sweep_to_new = |id: u64| {
+        let tx = Transaction {
+            version: transaction::Version::TWO,
+            lock_time: absolute::LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: OutPoint::new(peg_in, 1),
+                ..TxIn::default()
+            }],
+            output: vec![TxOut {
+                value: Amount::from_sat(99_000),
+                script_pubkey: new_peg.script_pubkey(),
+            }],
+        };
+        request(
+            id,
+            &SignPayload::Sweep {
+                tx,
+                prevouts: vec![prevouts[1].clone()],
+            },
+            &peg_key,
+        )
+    };
+
+    // The coordinator published B, but this signer's node shows it only at
+    // the tip (one block of the two `confirmations.stacks` asks for).
+    // (The emulator's live state is its tip's; `mine` seals it into that
+    // block and starts the next.)
+    stacks.with(|s| {
+        s.mine();
+        s.model.wallet_key = Some(new_key.serialize().to_vec());
+    });
+    assert_eq!(
+        stacks.with(|s| s.model.wallet_key.clone()),
+        Some(new_key.serialize().to_vec()),
+        "the node's tip shows B"
+    );
+    for round in 0..2 {
+        let e = guard.check(&sweep_to_new(10 + round)).unwrap_err();
+        assert!(e.starts_with("sweep.output"), "{e}");
+        let e = guard
+            .check(&payout_with_change_to(&new_peg.script_pubkey(), 20 + round))
+            .unwrap_err();
+        assert!(e.starts_with("fulfilment.change"), "{e}");
+        assert_eq!(guard.attest(), Some(peg_key), "A is still the current key");
+        assert_eq!(guard.status().published_key, Some(peg_key));
+        // Nothing of B's was recorded as will-sign.
+        let r = sweep_to_new(10 + round);
+        assert!(r
+            .items
+            .iter()
+            .all(|i| !guard.will_sign(&i.key, &i.message.digest())));
+    }
+    // With A current, the payout with change to A passes.
+    let to_a = payout_with_change_to(&peg.script_pubkey(), 30);
+    guard.check(&to_a).unwrap();
+
+    // Once B is final on this signer's own node, B is current.
+    stacks.with(|s| s.mine());
+    assert_eq!(guard.attest(), Some(new_key));
+    let e = guard
+        .check(&payout_with_change_to(&peg.script_pubkey(), 40))
+        .unwrap_err();
+    assert!(
+        e.starts_with("fulfilment.change"),
+        "change to the old key now: {e}"
+    );
+    // The same payout with its change to B (a replacement of the one above).
+    guard
+        .check(&payout_with_change_to(&new_peg.script_pubkey(), 41))
+        .unwrap();
+    // And the sweep of A's coin to B passes.
+    guard.check(&sweep_to_new(42)).unwrap();
+    let _ = (Duration::ZERO, Txid::all_zeros());
+}
