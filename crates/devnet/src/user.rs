@@ -242,3 +242,37 @@ impl User {
         self.send_built(built, send)
     }
 }
+
+/// Writes `sbtc.toml` in the peg's folder for the testers' command line
+/// (`sbtc --config FILE …`) against this peg: its nodes, its contract, the
+/// coordinator's status endpoint at `coordinator_url` (`/attestations`,
+/// `/ops/TXID`), and the signers' own signer set file (with their
+/// allowlist). Returns its path.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_sbtc_config(
+    peg: &crate::Peg,
+    coordinator_url: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let path = peg.options().dir.join("sbtc.toml");
+    let text = format!(
+        r#"# Written by the devnet for `sbtc --config {path}`.
+network = "regtest"
+contract = "{contract}"
+# The signers' signer set file (with its [policy] and allowlist), relative to this file.
+signer_set_file = "signers/signer.toml"
+coordinator_url = "{coordinator_url}"
+stacks_node_url = "{stacks}"
+
+[bitcoin_node]
+url = "{bitcoind}"
+"#,
+        path = path.display(),
+        contract = peg.contract,
+        stacks = peg.stacks.url(),
+        bitcoind = peg.bitcoind.url(),
+    );
+    std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    Ok(path)
+}

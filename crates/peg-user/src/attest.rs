@@ -71,6 +71,12 @@ pub fn check_attestations<B: AsRef<[u8]>>(
         file.set.num_signers(),
         tally.key_ids,
     );
+    if envelopes.is_empty() {
+        why.push_str(
+            "; the coordinator serves no attestations (yet: signers attest the published key \
+             within a minute of seeing it; try again shortly)",
+        );
+    }
     if !tally.rejected.is_empty() {
         let reasons: Vec<String> = tally
             .rejected
