@@ -283,7 +283,7 @@ fn selections(coins: &[Coin], needed: Amount) -> Vec<Vec<Coin>> {
         .map(|c| vec![c.clone()])
         .collect();
     let mut by_value: Vec<Coin> = coins.to_vec();
-    by_value.sort_by(|a, b| b.txout.value.cmp(&a.txout.value));
+    by_value.sort_by_key(|c| std::cmp::Reverse(c.txout.value));
     for n in 2..=by_value.len() {
         out.push(by_value[..n].to_vec());
     }
@@ -388,7 +388,7 @@ fn sign(
         .output
         .iter()
         .enumerate()
-        .last()
+        .next_back()
         .filter(|_| has_change)
         .map(|(i, o)| Coin {
             outpoint: OutPoint::new(txid, u32::try_from(i).unwrap_or(u32::MAX)),

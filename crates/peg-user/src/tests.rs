@@ -568,7 +568,7 @@ fn no_estimate_falls_back_to_the_floor_and_mempool_spent_coins_are_skipped() {
         .times(2)
         .returning(|o, include_mempool| {
             assert!(include_mempool);
-            Ok((o.vout == 2).then(|| bitcoin_node_client::Utxo {
+            Ok((o.vout == 2).then_some(bitcoin_node_client::Utxo {
                 outpoint: *o,
                 txout: TxOut::NULL,
                 confirmations: 1,
