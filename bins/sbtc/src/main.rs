@@ -5,12 +5,27 @@
 //! Exit codes: 0 success, 1 a node or the coordinator failed, 2 bad usage or
 //! configuration, 3 refused (the peg would refuse the op, or too few signers
 //! attest the peg wallet key): nothing was paid.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod config;
 mod nodes;
 
-use std::io::BufRead as _;
+/// Writes a line to stdout; a closed stdout (`sbtc … | head`) is an error,
+/// never a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+            .map_err(|e| anyhow::anyhow!("writing to stdout: {e}"))
+    };
+}
+
+/// Writes a line to stderr, for people; a closed stderr is ignored.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -184,7 +199,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = e.downcast_ref::<Exit>().map_or(1, |x| x.0);
-            eprintln!("sbtc: {e:#}");
+            tell!("sbtc: {e:#}");
             ExitCode::from(code)
         }
     }
@@ -381,7 +396,7 @@ fn attested_peg_wallet(
         tally.key_ids,
         c.signer_file.set.threshold
     );
-    eprintln!(
+    tell!(
         "peg wallet {address}: key attested by {} of {} signers ({} key ids; {} needed)",
         tally.signers.len(),
         c.signer_file.set.num_signers(),
@@ -409,8 +424,8 @@ fn finish(
     what: &str,
 ) -> Result<()> {
     match print {
-        Some(Print::Unsigned) => println!("{}", built.unsigned_hex()),
-        Some(Print::Signed) => println!("{}", built.signed_hex()),
+        Some(Print::Unsigned) => say!("{}", built.unsigned_hex())?,
+        Some(Print::Signed) => say!("{}", built.signed_hex())?,
         None => {
             let txid = bitcoin.send_raw_transaction(&built.signed).map_err(|e| {
                 anyhow!(
@@ -418,8 +433,8 @@ fn finish(
                     c.bitcoin_url
                 )
             })?;
-            println!("{txid}");
-            eprintln!(
+            say!("{txid}")?;
+            tell!(
                 "{what} {txid} broadcast (miner fee {}); follow it with: sbtc status {txid}",
                 built.miner_fee
             );
@@ -479,7 +494,7 @@ fn withdraw(
     let (_, peg) = attested_peg_wallet(c, &stacks, &requester)?;
     let estimate = chain::fee_estimate(&bitcoin).map_err(|e| anyhow!("{e} ({})", c.bitcoin_url))?;
     let fee_output = peg_user::request_fee_output(&c.policy, estimate, &to.script_pubkey());
-    eprintln!(
+    tell!(
         "fee output {fee_output} toward the payout's miner fee (at {} sat/vB{})",
         peg_user::miner_fee_rate(&c.policy, estimate).to_sat_per_vb_ceil(),
         if estimate.is_none() {
@@ -521,13 +536,13 @@ fn balance(c: &Config, scan: Option<&str>, principal: Option<&PrincipalData>) ->
         let total = found.iter().fold(Amount::ZERO, |s, f| {
             s.checked_add(f.coin.txout.value).unwrap_or(Amount::MAX)
         });
-        println!(
+        say!(
             "BTC  {} sats in {} coin(s)  ({desc})",
             total.to_sat(),
             found.len()
-        );
+        )?;
         for f in &found {
-            println!(
+            say!(
                 "  {}  {} sats  {} confirmation(s){}",
                 f.coin.outpoint,
                 f.coin.txout.value.to_sat(),
@@ -537,13 +552,13 @@ fn balance(c: &Config, scan: Option<&str>, principal: Option<&PrincipalData>) ->
                 } else {
                     ""
                 }
-            );
+            )?;
         }
     }
     if let Some(p) = principal {
         let sats = chain::sbtc_balance(&stacks, &c.contract, p)
             .map_err(|e| anyhow!("{e} (stacks-node {})", c.stacks_node_url))?;
-        println!("sBTC {sats} sats  ({p})");
+        say!("sBTC {sats} sats  ({p})")?;
     }
     Ok(())
 }
@@ -568,11 +583,12 @@ fn status(c: &Config, txid: &Txid, json: bool) -> Result<()> {
         code => bail!("{url} answered http {code}: {}", nodes::snippet(&text)),
     }
     if json {
-        println!("{text}");
+        say!("{text}")?;
         return Ok(());
     }
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| anyhow!("{url}: not JSON: {e}"))?;
-    print!("{}", nodes::render_status(&v));
+    write!(std::io::stdout().lock(), "{}", nodes::render_status(&v))
+        .map_err(|e| anyhow!("writing to stdout: {e}"))?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! `scantxoutset`, and how a status answer is shown.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -150,7 +151,8 @@ pub(crate) fn coins(
         .map(|f| f.coin)
         .collect();
     if mine.len() < all {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr().lock(),
             "note: {} of the {all} coin(s) {desc} finds are immature or not the key's P2WPKH \
              output ({}); they are not spent",
             all - mine.len(),

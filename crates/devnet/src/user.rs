@@ -255,7 +255,42 @@ pub fn write_sbtc_config(
     peg: &crate::Peg,
     coordinator_url: &str,
 ) -> anyhow::Result<std::path::PathBuf> {
-    let path = peg.options().dir.join("sbtc.toml");
+    write_sbtc_toml(&SbtcToml {
+        dir: &peg.options().dir,
+        contract: &peg.contract,
+        stacks_node_url: &peg.stacks.url(),
+        bitcoind_url: &peg.bitcoind.url(),
+        bitcoind_auth: None,
+        coordinator_url,
+    })
+}
+
+/// What `sbtc.toml` names, for [`write_sbtc_toml`].
+#[derive(Debug, Clone)]
+pub struct SbtcToml<'a> {
+    /// The peg's folder: the file goes there, next to `signers/signer.toml`.
+    pub dir: &'a std::path::Path,
+    /// The sBTC contract.
+    pub contract: &'a stacks_wire::ContractId,
+    /// The stacks-node's RPC.
+    pub stacks_node_url: &'a str,
+    /// The bitcoind's JSON-RPC.
+    pub bitcoind_url: &'a str,
+    /// Its user and password, if it needs them.
+    pub bitcoind_auth: Option<(&'a str, &'a str)>,
+    /// The coordinator's status endpoint.
+    pub coordinator_url: &'a str,
+}
+
+/// Writes `DIR/sbtc.toml` (see [`write_sbtc_config`]); returns its path.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_sbtc_toml(t: &SbtcToml<'_>) -> anyhow::Result<std::path::PathBuf> {
+    let path = t.dir.join("sbtc.toml");
+    let auth = t.bitcoind_auth.map_or(String::new(), |(u, p)| {
+        format!("user = \"{u}\"\npassword = \"{p}\"\n")
+    });
     let text = format!(
         r#"# Written by the devnet for `sbtc --config {path}`.
 network = "regtest"
@@ -267,11 +302,12 @@ stacks_node_url = "{stacks}"
 
 [bitcoin_node]
 url = "{bitcoind}"
-"#,
+{auth}"#,
         path = path.display(),
-        contract = peg.contract,
-        stacks = peg.stacks.url(),
-        bitcoind = peg.bitcoind.url(),
+        contract = t.contract,
+        coordinator_url = t.coordinator_url,
+        stacks = t.stacks_node_url,
+        bitcoind = t.bitcoind_url,
     );
     std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     Ok(path)

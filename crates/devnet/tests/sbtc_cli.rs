@@ -5,6 +5,10 @@
 //! and a file) and bob's address is paid; `balance` agrees with both. With a
 //! signer set file of a higher threshold, `deposit` refuses and pays nothing.
 //!
+//! The same flow runs on Bitcoin Core and a stacks-node (`--real-nodes`)
+//! when `BITCOIND_EXE` and `STACKS_NODE_EXE` name them; it skips, saying
+//! so, when they are unset.
+//!
 //! The binaries are the workspace's `target/debug/sbtc` and
 //! `target/debug/coordinator-cli` (`scripts/test.sh` builds them first; when
 //! one is missing the test builds both with cargo).
@@ -23,8 +27,9 @@ use peg_ops::{BurnHeight, PegOp};
 
 /// The most the devnet scenario may take before it serves.
 const START_TIMEOUT: Duration = Duration::from_secs(300);
-/// The most a mint or a payout may take once broadcast.
-const OP_TIMEOUT: Duration = Duration::from_secs(90);
+/// The most a mint or a payout may take once broadcast, or the signers'
+/// attestations to reach a new coordinator (signers attest every minute).
+const OP_TIMEOUT: Duration = Duration::from_secs(150);
 
 fn bin_dir() -> PathBuf {
     // target/debug/deps/sbtc_cli-HASH → target/debug
@@ -83,9 +88,9 @@ impl Drop for Devnet {
 }
 
 impl Devnet {
-    fn start(cli: &Path, log: &Path) -> Devnet {
+    fn start(cli: &Path, args: &[&str], log: &Path) -> Devnet {
         let mut child = Command::new(cli)
-            .args(["devnet", "--serve"])
+            .args(args)
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log).expect("log file"))
@@ -244,16 +249,46 @@ fn at() -> Position {
 
 #[test]
 fn a_tester_pegs_in_and_out_with_sbtc_on_devnet_serve() {
+    flow(&["devnet", "--serve"]);
+}
+
+/// The same on Bitcoin Core and a stacks-node (`devnet --real-nodes --serve`).
+#[test]
+fn a_tester_pegs_in_and_out_with_sbtc_on_real_nodes() {
+    for var in ["BITCOIND_EXE", "STACKS_NODE_EXE"] {
+        match std::env::var_os(var) {
+            None => {
+                eprintln!("skipped: {var} is unset (it names the node binary this test runs)");
+                return;
+            }
+            Some(p) => assert!(
+                Path::new(&p).is_file(),
+                "{var}={} is not a file",
+                p.to_string_lossy()
+            ),
+        }
+    }
+    flow(&["devnet", "--real-nodes", "--serve"]);
+}
+
+fn flow(devnet_args: &[&str]) {
     let (exe, cli) = binaries();
     let tmp = tempfile::tempdir().unwrap();
-    let devnet = Devnet::start(&cli, &tmp.path().join("devnet.log"));
+    let devnet = Devnet::start(&cli, devnet_args, &tmp.path().join("devnet.log"));
     let config = devnet.sbtc_config();
     let (alice_btc, alice_stx, alice_wif) = devnet.user("alice");
     let (bob_btc, _, _) = devnet.user("bob");
     let key_env = [("SBTC_BTC_KEY", alice_wif.as_str())];
     // The signers attest the published key within seconds of serving; the
     // coordinator serves what it read from the relay.
-    let attestations = format!("{}/attestations", devnet.line("coordinator")[1]);
+    let coordinator = devnet
+        .lines
+        .iter()
+        .find(|l| l.contains("(/status, /attestations)"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("the coordinator's URL")
+        .to_owned();
+    let attestations = format!("{coordinator}/attestations");
     wait_for("the signers' attestations", || {
         ureq::get(&attestations)
             .call()
