@@ -380,7 +380,7 @@ pub(crate) fn run_real(
         let sbtc_config = devnet::user::write_sbtc_toml(&devnet::user::SbtcToml {
             dir: &dir,
             contract: &peg_net.contract,
-            stacks_node_url: &peg_net.stacks.url(),
+            stacks_node_url: peg_net.stacks.url(),
             bitcoind_url: &peg_net.bitcoind.rpc_url(),
             bitcoind_auth: Some((peg_net.bitcoind.rpc_user(), peg_net.bitcoind.rpc_password())),
             coordinator_url: &coordinator_url,

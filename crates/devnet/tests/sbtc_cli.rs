@@ -13,6 +13,8 @@
 //! `target/debug/coordinator-cli` (`scripts/test.sh` builds them first; when
 //! one is missing the test builds both with cargo).
 
+#![allow(clippy::print_stderr)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
