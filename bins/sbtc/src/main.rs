@@ -516,6 +516,8 @@ fn withdraw(
             requester: stacks_key.secret_key(),
             peg_wallet: &peg,
             fee_output,
+            // A fresh signature each time: repeating a request is not a copy.
+            nonce_data: Some(bitcoin::secp256k1::rand::random()),
         },
         fee,
     )

@@ -236,6 +236,7 @@ impl User {
                 requester: self.key.secret_key(),
                 peg_wallet: peg,
                 fee_output: fee,
+                nonce_data: None,
             },
             MinerFee::Fixed(USER_FEE),
         );

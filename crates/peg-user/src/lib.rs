@@ -26,8 +26,8 @@ use bitcoin::hashes::Hash as _;
 use bitcoin::secp256k1::{Message, PublicKey, Secp256k1, SecretKey};
 use bitcoin::sighash::{EcdsaSighashType, SighashCache};
 use bitcoin::{
-    Address, Amount, CompressedPublicKey, FeeRate, Network, OutPoint, Script, ScriptBuf,
-    Transaction, TxIn, TxOut, Witness,
+    Address, Amount, CompressedPublicKey, FeeRate, Network, OutPoint, Script, Transaction, TxIn,
+    TxOut, Witness,
 };
 use peg_ops::{peg_out_request_sighash, wire, MessageSignature};
 use peg_rules::Policy;
@@ -441,6 +441,33 @@ pub struct Request<'a> {
     /// What output 2 carries toward the fulfilment's fee
     /// ([`request_fee_output`]).
     pub fee_output: Amount,
+    /// Extra entropy for the request's signature nonce (RFC 6979 with
+    /// additional data). `None` signs deterministically: two requests of the
+    /// same amount to the same recipient then carry the same signature, and
+    /// the peg pays only the first (it refuses copies,
+    /// [`peg_rules::request_signature_digest`]). `sbtc` passes fresh random
+    /// bytes, so a tester may repeat a request.
+    pub nonce_data: Option<[u8; 32]>,
+}
+
+/// Signs a request's digest in Stacks' recoverable layout, with `nonce_data`
+/// mixed into the nonce when given.
+fn sign_request(
+    digest: [u8; 32],
+    key: &SecretKey,
+    nonce_data: Option<&[u8; 32]>,
+) -> MessageSignature {
+    let Some(extra) = nonce_data else {
+        return MessageSignature::sign(digest, key);
+    };
+    let secp = Secp256k1::signing_only();
+    let sig = secp.sign_ecdsa_recoverable_with_noncedata(&Message::from_digest(digest), key, extra);
+    let (recid, rs) = sig.serialize_compact();
+    let mut out = [0u8; 65];
+    // Recovery ids are 0 to 3.
+    out[0] = u8::try_from(recid.to_i32()).unwrap_or(0);
+    out[1..].copy_from_slice(&rs);
+    MessageSignature(out)
 }
 
 /// A peg-out request, funded from `key`'s coins: output 0 the OP_RETURN
@@ -459,9 +486,10 @@ pub fn peg_out_request(
     fee: MinerFee,
 ) -> Result<Built, Error> {
     let recipient_script = request.recipient.script_pubkey();
-    let sig = MessageSignature::sign(
+    let sig = sign_request(
         peg_out_request_sighash(request.amount, &recipient_script),
         request.requester,
+        request.nonce_data.as_ref(),
     );
     let op_return =
         wire::peg_out_request_op_return(magic, request.amount, &sig, b"").map_err(Error::Build)?;
@@ -614,11 +642,6 @@ pub fn check_request(
         }
     }
     Ok(())
-}
-
-/// A P2WPKH script of `key`, for matching coins.
-pub fn p2wpkh_script(key: &UserKey, network: Network) -> ScriptBuf {
-    key.btc_address(network).script_pubkey()
 }
 
 #[cfg(test)]

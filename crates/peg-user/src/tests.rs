@@ -204,6 +204,7 @@ fn a_request_carries_the_fee_output_the_rules_need_and_recovers_its_requester() 
                 requester: requester.secret_key(),
                 peg_wallet: &peg_wallet(),
                 fee_output,
+                nonce_data: None,
             },
             MinerFee::Fixed(Amount::from_sat(1_000)),
         )
@@ -578,4 +579,46 @@ fn no_estimate_falls_back_to_the_floor_and_mempool_spent_coins_are_skipped() {
         unspent_now(&b, coins.clone()).unwrap(),
         vec![coins[1].clone()]
     );
+}
+
+#[test]
+fn requests_repeat_as_copies_unless_signed_with_fresh_nonce_data() {
+    let k = user();
+    let to = k.btc_address(NET);
+    let p = policy(&[&k]);
+    let sign = |nonce_data| {
+        let b = peg_out_request(
+            &k,
+            NET,
+            &[coin(&k, 3, 300_000)],
+            MAGIC,
+            &Request {
+                amount: Amount::from_sat(100_000),
+                recipient: &to,
+                requester: k.secret_key(),
+                peg_wallet: &peg_wallet(),
+                fee_output: request_fee_output(&p, None, &to.script_pubkey()),
+                nonce_data,
+            },
+            MinerFee::Fixed(Amount::from_sat(1_000)),
+        )
+        .unwrap();
+        let Some(PegOp::PegOutRequest(op)) =
+            parse_transaction(&b.signed, MAGIC, NET, at()).unwrap()
+        else {
+            panic!("not a request")
+        };
+        assert_eq!(
+            op.requester(StacksNetwork::Testnet).unwrap(),
+            k.stacks_address(StacksNetwork::Testnet)
+        );
+        peg_rules::request_signature_digest(&op)
+    };
+    assert_eq!(sign(None), sign(None), "deterministic: the peg sees a copy");
+    assert_ne!(
+        sign(Some([1; 32])),
+        sign(Some([2; 32])),
+        "fresh: not a copy"
+    );
+    assert_ne!(sign(Some([1; 32])), sign(None));
 }
