@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use bitcoin::{Amount, Txid};
 use coordinator::config::OpSourceKind;
+use coordinator::metrics::{StatusServer, StatusSnapshot};
 use coordinator::HttpCoordinator;
 use devnet::peg::{burn_script, Blocks, MAGIC};
 use devnet::real_peg::demo_users;
@@ -226,9 +228,31 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
     if serve {
         let start = peg_net.bitcoind.with(|b| b.height());
         let config = peg_net.write_config(&allowed_now(&users), start)?;
+        // The coordinator's status endpoint, as `run` serves it: testers'
+        // `sbtc` checks the signers' attestations on `/attestations`.
+        let snapshot = Arc::new(Mutex::new(StatusSnapshot {
+            aggregate_key: Some(agg.to_string()),
+            peg_wallet_address: Some(peg.to_string()),
+            ..StatusSnapshot::default()
+        }));
+        let refresh = |l: &HttpCoordinator| {
+            if let (Ok(ops), Ok(mut s)) = (l.components().queue.counts(), snapshot.lock()) {
+                s.ops = ops;
+                s.attestations = l.attestations().to_vec();
+            }
+        };
+        refresh(&l);
+        let endpoint = StatusServer::start("127.0.0.1:0", l.metrics(), snapshot.clone())?;
+        let coordinator_url = format!("http://{}", endpoint.addr());
+        let sbtc_config = devnet::user::write_sbtc_config(&peg_net, &coordinator_url)?;
         println!(
             "-- serving until Ctrl-C; a block on each chain every second; state in {}",
             dir.display()
+        );
+        println!("   coordinator         {coordinator_url}  (/status, /attestations)");
+        println!(
+            "   testers' sbtc       cargo run -p sbtc -- --config {} balance --address ADDRESS",
+            sbtc_config.display()
         );
         println!("   bitcoind JSON-RPC   {}  (no auth; getblockcount, getblock, sendrawtransaction, generatetoaddress, …)", bitcoind.url());
         println!(
@@ -252,9 +276,11 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
         );
         while !stop.load(Ordering::SeqCst) {
             l.tick(stop)?;
+            refresh(&l);
             peg_net.mine();
             std::thread::sleep(Duration::from_secs(1));
         }
+        drop(endpoint);
     }
     drop(l);
     drop(peg_net);
@@ -334,9 +360,39 @@ pub(crate) fn run_real(
         let allowed = allowed_now(&users);
         let config = peg_net.write_config(&allowed, start)?;
         let peg = peg_net.peg_wallet()?;
+        let settings = peg_net.settings(&allowed)?;
+        let mut l = peg_net.coordinator(settings)?;
+        // The coordinator's status endpoint, as `run` serves it: testers'
+        // `sbtc` checks the signers' attestations on `/attestations`.
+        let snapshot = Arc::new(Mutex::new(StatusSnapshot {
+            peg_wallet_address: Some(peg.to_string()),
+            ..StatusSnapshot::default()
+        }));
+        let refresh = |l: &HttpCoordinator| {
+            if let (Ok(ops), Ok(mut s)) = (l.components().queue.counts(), snapshot.lock()) {
+                s.ops = ops;
+                s.attestations = l.attestations().to_vec();
+            }
+        };
+        refresh(&l);
+        let endpoint = StatusServer::start("127.0.0.1:0", l.metrics(), snapshot.clone())?;
+        let coordinator_url = format!("http://{}", endpoint.addr());
+        let sbtc_config = devnet::user::write_sbtc_toml(&devnet::user::SbtcToml {
+            dir: &dir,
+            contract: &peg_net.contract,
+            stacks_node_url: peg_net.stacks.url(),
+            bitcoind_url: &peg_net.bitcoind.rpc_url(),
+            bitcoind_auth: Some((peg_net.bitcoind.rpc_user(), peg_net.bitcoind.rpc_password())),
+            coordinator_url: &coordinator_url,
+        })?;
         println!(
             "-- serving until Ctrl-C; a Bitcoin block every second (the stacks-node mines on its own); state in {}",
             dir.display()
+        );
+        println!("   coordinator         {coordinator_url}  (/status, /attestations)");
+        println!(
+            "   testers' sbtc       cargo run -p sbtc -- --config {} balance --address ADDRESS",
+            sbtc_config.display()
         );
         println!(
             "   bitcoind JSON-RPC   {}  (user {}, password {}; no wallet: sign your own, generatetoaddress mines)",
@@ -359,15 +415,15 @@ pub(crate) fn run_real(
             "     cargo run -p coordinator-cli -- --config {} status",
             config.display()
         );
-        let settings = peg_net.settings(&allowed)?;
-        let mut l = peg_net.coordinator(settings)?;
         let _miner = peg_net.miner(Duration::from_secs(1));
         while !stop.load(Ordering::SeqCst) {
             if let Err(e) = l.tick(stop) {
                 eprintln!("warning: a coordinator tick: {e}");
             }
+            refresh(&l);
             std::thread::sleep(Duration::from_millis(500));
         }
+        drop(endpoint);
     }
     let ok = summary.ok();
     drop(peg_net);

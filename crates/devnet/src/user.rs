@@ -1,15 +1,15 @@
 //! A devnet user: one secp256k1 key used as a Bitcoin P2WPKH wallet and a
 //! Stacks account, able to peg in and request peg-outs with real, signed
 //! Bitcoin transactions.
+//!
+//! A thin wrapper over the testers' library, [`peg_user`]: the demo users
+//! build and sign exactly what `sbtc` does; this only remembers their coins
+//! and hands transactions to the emulator (or to a real bitcoind).
 
-use bitcoin::secp256k1::{Message, Secp256k1, SecretKey};
-use bitcoin::sighash::{EcdsaSighashType, SighashCache};
-use bitcoin::{
-    Address, Amount, CompressedPublicKey, Network, OutPoint, Transaction, TxIn, TxOut, Txid,
-    Witness,
-};
-use peg_ops::{peg_out_request_sighash, wire, MessageSignature};
-use stacks_wire::{PrincipalData, StacksAddress, StacksNetwork};
+use bitcoin::secp256k1::SecretKey;
+use bitcoin::{Address, Amount, Network, OutPoint, Transaction, TxOut, Txid};
+use peg_user::{Built, Coin, MinerFee, Request, UserKey};
+use stacks_wire::{PrincipalData, StacksNetwork};
 
 use crate::bitcoin::{BitcoinState, Refusal};
 
@@ -18,7 +18,7 @@ use crate::bitcoin::{BitcoinState, Refusal};
 pub struct User {
     /// A name for summaries.
     pub name: String,
-    sk: SecretKey,
+    key: UserKey,
     /// The user's Bitcoin address (P2WPKH, regtest).
     pub btc: Address,
     /// The user's Stacks principal.
@@ -29,21 +29,36 @@ pub struct User {
 /// Miner fee the user pays on its own transactions.
 const USER_FEE: Amount = Amount::from_sat(5_000);
 
+fn refusal(name: &str, e: &peg_user::Error) -> Refusal {
+    let code = match e {
+        peg_user::Error::InsufficientFunds { .. } => -6,
+        _ => -1,
+    };
+    Refusal {
+        code,
+        message: format!("{name}: {e}"),
+    }
+}
+
 impl User {
     /// A user whose key is derived from `seed`.
     pub fn new(name: &str, seed: u8) -> Self {
         let mut b = [seed; 32];
         b[0] = 0x42;
         let sk = SecretKey::from_slice(&b).expect("a fixed valid key");
-        let secp = Secp256k1::signing_only();
-        let pk = sk.public_key(&secp);
+        let key = UserKey::new(sk);
         User {
             name: name.to_owned(),
-            sk,
-            btc: Address::p2wpkh(&CompressedPublicKey(pk), Network::Regtest),
-            stx: StacksAddress::p2pkh(StacksNetwork::Testnet, &pk, true).into(),
+            btc: key.btc_address(Network::Regtest),
+            stx: key.stacks_address(StacksNetwork::Testnet).into(),
+            key,
             coins: Vec::new(),
         }
+    }
+
+    /// The user's key, as the testers' library holds it.
+    pub fn key(&self) -> &UserKey {
+        &self.key
     }
 
     /// Mines a block paying the user, then 100 more so the coinbase matures.
@@ -72,65 +87,32 @@ impl User {
         self.coins.push((outpoint, output));
     }
 
-    fn spend(
-        &mut self,
-        needed: Amount,
-        build: impl FnOnce(Vec<TxIn>, TxOut) -> Transaction,
-        b: &mut BitcoinState,
-    ) -> Result<Txid, Refusal> {
-        self.spend_with(needed, build, |tx| b.send(tx))
+    fn wallet_coins(&self) -> Vec<Coin> {
+        self.coins
+            .iter()
+            .map(|(outpoint, txout)| Coin {
+                outpoint: *outpoint,
+                txout: txout.clone(),
+            })
+            .collect()
     }
 
-    /// Builds, signs and hands to `send` a transaction spending one of the
-    /// user's coins; the coin stays the user's if `send` refuses it.
-    fn spend_with(
+    /// Hands a transaction the library built to `send`; on success the
+    /// coins it spent are gone and its change is the user's.
+    fn send_built(
         &mut self,
-        needed: Amount,
-        build: impl FnOnce(Vec<TxIn>, TxOut) -> Transaction,
+        built: Result<Built, peg_user::Error>,
         send: impl FnOnce(Transaction) -> Result<Txid, Refusal>,
     ) -> Result<Txid, Refusal> {
-        let i = self
-            .coins
-            .iter()
-            .position(|(_, o)| o.value >= needed + USER_FEE + Amount::from_sat(1_000))
-            .ok_or(Refusal {
-                code: -6,
-                message: format!("{} has no coin of {needed}", self.name),
-            })?;
-        let (outpoint, prev) = self.coins.remove(i);
-        let change = TxOut {
-            value: prev.value - needed - USER_FEE,
-            script_pubkey: self.btc.script_pubkey(),
-        };
-        let mut tx = build(
-            vec![TxIn {
-                previous_output: outpoint,
-                ..TxIn::default()
-            }],
-            change,
-        );
-        let secp = Secp256k1::signing_only();
-        let h = SighashCache::new(&tx)
-            .p2wpkh_signature_hash(0, &prev.script_pubkey, prev.value, EcdsaSighashType::All)
-            .map_err(|e| Refusal {
-                code: -1,
-                message: e.to_string(),
-            })?;
-        let sig = bitcoin::ecdsa::Signature::sighash_all(
-            secp.sign_ecdsa(&Message::from_digest(h.to_byte_array()), &self.sk),
-        );
-        tx.input[0].witness = Witness::p2wpkh(&sig, &self.sk.public_key(&secp));
-        let txid = match send(tx.clone()) {
-            Ok(t) => t,
-            Err(r) => {
-                // Refused: the coin is still ours.
-                self.coins.insert(i, (outpoint, prev));
-                return Err(r);
-            }
-        };
-        let last = tx.output.len() - 1;
+        let built = built.map_err(|e| refusal(&self.name, &e))?;
+        // Refused: the coins are still ours.
+        let txid = send(built.signed.clone())?;
         self.coins
-            .push((OutPoint::new(txid, last as u32), tx.output[last].clone()));
+            .retain(|(o, _)| !built.spent.iter().any(|c| c.outpoint == *o));
+        if let Some(c) = built.change {
+            self.coins
+                .push((OutPoint::new(txid, c.outpoint.vout), c.txout));
+        }
         Ok(txid)
     }
 
@@ -144,44 +126,28 @@ impl User {
         to: &bitcoin::Script,
         amount: Amount,
     ) -> Result<Txid, Refusal> {
-        let out = TxOut {
-            value: amount,
-            script_pubkey: to.to_owned(),
-        };
-        self.spend(
+        let built = peg_user::payment(
+            &self.key,
+            Network::Regtest,
+            &self.wallet_coins(),
+            to,
             amount,
-            |input, change| Transaction {
-                version: bitcoin::transaction::Version::TWO,
-                lock_time: bitcoin::absolute::LockTime::ZERO,
-                input,
-                output: vec![out, change],
-            },
-            b,
-        )
+            MinerFee::Fixed(USER_FEE),
+        );
+        self.send_built(built, |tx| b.send(tx))
     }
 
     /// Signs input `index` of `tx`, which spends the user's P2WPKH output `prev`.
     pub fn sign_input(&self, tx: &mut Transaction, index: usize, prev: &TxOut) {
-        let secp = Secp256k1::signing_only();
-        if let Ok(h) = SighashCache::new(&*tx).p2wpkh_signature_hash(
-            index,
-            &prev.script_pubkey,
-            prev.value,
-            EcdsaSighashType::All,
-        ) {
-            let sig = bitcoin::ecdsa::Signature::sighash_all(
-                secp.sign_ecdsa(&Message::from_digest(h.to_byte_array()), &self.sk),
-            );
-            if let Some(i) = tx.input.get_mut(index) {
-                i.witness = Witness::p2wpkh(&sig, &self.sk.public_key(&secp));
-            }
+        if let Err(e) = self.key.sign_input(tx, index, prev) {
+            log::warn!("{}: input {index} not signed: {e}", self.name);
         }
     }
 
     /// The user's key as regtest WIF, for driving the devnet by hand with
     /// other Bitcoin tools. A devnet key: never for real funds.
     pub fn wif(&self) -> String {
-        bitcoin::PrivateKey::new(self.sk, Network::Regtest).to_wif()
+        self.key.wif(Network::Regtest)
     }
 
     /// The user's spendable coins, as the wallet tracks them.
@@ -217,15 +183,17 @@ impl User {
         recipient: &PrincipalData,
         amount: Amount,
     ) -> Result<Txid, Refusal> {
-        let op_return = wire::peg_in_op_return(magic, recipient, b"").map_err(|m| Refusal {
-            code: -1,
-            message: m,
-        })?;
-        self.spend_with(
+        let built = peg_user::peg_in(
+            &self.key,
+            Network::Regtest,
+            &self.wallet_coins(),
+            magic,
+            peg,
+            recipient,
             amount,
-            |inputs, change| wire::peg_in_transaction(inputs, op_return, peg, amount, Some(change)),
-            send,
-        )
+            MinerFee::Fixed(USER_FEE),
+        );
+        self.send_built(built, send)
     }
 
     /// Requests a peg-out of `amount` to the user's Bitcoin address, paying
@@ -256,25 +224,92 @@ impl User {
         amount: Amount,
         fee: Amount,
     ) -> Result<Txid, Refusal> {
-        let sig = MessageSignature::sign(
-            peg_out_request_sighash(amount, &self.btc.script_pubkey()),
-            &self.sk,
-        );
-        let op_return =
-            wire::peg_out_request_op_return(magic, amount, &sig, b"").map_err(|m| Refusal {
-                code: -1,
-                message: m,
-            })?;
-        let dust = self.btc.script_pubkey().minimal_non_dust();
         let to = self.btc.clone();
-        self.spend_with(
-            fee + dust,
-            |inputs, change| {
-                wire::peg_out_request_transaction(inputs, op_return, &to, peg, fee, Some(change))
+        let built = peg_user::peg_out_request(
+            &self.key,
+            Network::Regtest,
+            &self.wallet_coins(),
+            magic,
+            &Request {
+                amount,
+                recipient: &to,
+                requester: self.key.secret_key(),
+                peg_wallet: peg,
+                fee_output: fee,
+                nonce_data: None,
             },
-            send,
-        )
+            MinerFee::Fixed(USER_FEE),
+        );
+        self.send_built(built, send)
     }
 }
 
-use bitcoin::hashes::Hash as _;
+/// Writes `sbtc.toml` in the peg's folder for the testers' command line
+/// (`sbtc --config FILE …`) against this peg: its nodes, its contract, the
+/// coordinator's status endpoint at `coordinator_url` (`/attestations`,
+/// `/ops/TXID`), and the signers' own signer set file (with their
+/// allowlist). Returns its path.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_sbtc_config(
+    peg: &crate::Peg,
+    coordinator_url: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    write_sbtc_toml(&SbtcToml {
+        dir: &peg.options().dir,
+        contract: &peg.contract,
+        stacks_node_url: &peg.stacks.url(),
+        bitcoind_url: &peg.bitcoind.url(),
+        bitcoind_auth: None,
+        coordinator_url,
+    })
+}
+
+/// What `sbtc.toml` names, for [`write_sbtc_toml`].
+#[derive(Debug, Clone)]
+pub struct SbtcToml<'a> {
+    /// The peg's folder: the file goes there, next to `signers/signer.toml`.
+    pub dir: &'a std::path::Path,
+    /// The sBTC contract.
+    pub contract: &'a stacks_wire::ContractId,
+    /// The stacks-node's RPC.
+    pub stacks_node_url: &'a str,
+    /// The bitcoind's JSON-RPC.
+    pub bitcoind_url: &'a str,
+    /// Its user and password, if it needs them.
+    pub bitcoind_auth: Option<(&'a str, &'a str)>,
+    /// The coordinator's status endpoint.
+    pub coordinator_url: &'a str,
+}
+
+/// Writes `DIR/sbtc.toml` (see [`write_sbtc_config`]); returns its path.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_sbtc_toml(t: &SbtcToml<'_>) -> anyhow::Result<std::path::PathBuf> {
+    let path = t.dir.join("sbtc.toml");
+    let auth = t.bitcoind_auth.map_or(String::new(), |(u, p)| {
+        format!("user = \"{u}\"\npassword = \"{p}\"\n")
+    });
+    let text = format!(
+        r#"# Written by the devnet for `sbtc --config {path}`.
+network = "regtest"
+contract = "{contract}"
+# The signers' signer set file (with its [policy] and allowlist), relative to this file.
+signer_set_file = "signers/signer.toml"
+coordinator_url = "{coordinator_url}"
+stacks_node_url = "{stacks}"
+
+[bitcoin_node]
+url = "{bitcoind}"
+{auth}"#,
+        path = path.display(),
+        contract = t.contract,
+        coordinator_url = t.coordinator_url,
+        stacks = t.stacks_node_url,
+        bitcoind = t.bitcoind_url,
+    );
+    std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    Ok(path)
+}
