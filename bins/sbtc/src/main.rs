@@ -56,9 +56,8 @@ struct Cli {
     #[arg(short, long, default_value = "sbtc.toml", global = true)]
     config: PathBuf,
 
-    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
+    #[command(flatten)]
+    log: cli_log::LogArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -189,12 +188,7 @@ fn lib(e: peg_user::Error) -> anyhow::Error {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => "warn",
-        1 => "debug",
-        _ => "trace",
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    cli_log::init(&cli.log);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

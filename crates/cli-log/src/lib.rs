@@ -52,6 +52,7 @@ pub const OUR_CRATES: &[&str] = &[
     "peg_ops",
     "peg_queue",
     "peg_rules",
+    "peg_user",
     "relay",
     "relay_server",
     "sbtc",
