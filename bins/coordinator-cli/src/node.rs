@@ -265,21 +265,21 @@ pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> R
     .context("the coordinator loop stopped")
 }
 
-/// `process-peg-in` / `process-peg-out`: find one op (in the queue, else on
-/// chain) and drive it as far as it goes now.
-pub(crate) fn process(c: &Config, txid: Txid, kind: PegOpKind, stop: &AtomicBool) -> Result<()> {
-    let _lock = lock(c, &format!("process-{kind}"))?;
-    let mut l = build(c, None)?;
-    let known = l.components().queue.get(&txid)?;
-    if known.is_none() {
-        let status = bitcoin_node(c)
-            .get_raw_transaction(&txid)
+/// The height of the block holding `txid` on the node's best chain. The
+/// confirmations and the tip are two reads: a block mined between them
+/// would shift the height by one, so the block found there must be the one
+/// the node says holds the transaction (else read both again).
+fn confirmed_height(c: &Config, txid: &Txid) -> Result<u64> {
+    let node = bitcoin_node(c);
+    for _ in 0..5 {
+        let status = node
+            .get_raw_transaction(txid)
             .context("looking the transaction up on the Bitcoin node")?
             .ok_or_else(|| anyhow!("the Bitcoin node does not know transaction {txid}"))?;
-        if status.confirmations == 0 {
+        let Some(block) = status.block_hash.filter(|_| status.confirmations > 0) else {
             bail!("transaction {txid} is not confirmed yet");
-        }
-        let tip = bitcoin_node(c).get_block_count()?;
+        };
+        let tip = node.get_block_count()?;
         let height = tip
             .saturating_add(1)
             .checked_sub(u64::from(status.confirmations))
@@ -289,6 +289,21 @@ pub(crate) fn process(c: &Config, txid: Txid, kind: PegOpKind, stop: &AtomicBool
                     status.confirmations
                 )
             })?;
+        if node.get_block_hash(height)? == block {
+            return Ok(height);
+        }
+    }
+    bail!("the Bitcoin node's chain kept moving while transaction {txid}'s block was looked up; try again")
+}
+
+/// `process-peg-in` / `process-peg-out`: find one op (in the queue, else on
+/// chain) and drive it as far as it goes now.
+pub(crate) fn process(c: &Config, txid: Txid, kind: PegOpKind, stop: &AtomicBool) -> Result<()> {
+    let _lock = lock(c, &format!("process-{kind}"))?;
+    let mut l = build(c, None)?;
+    let known = l.components().queue.get(&txid)?;
+    if known.is_none() {
+        let height = confirmed_height(c, &txid)?;
         let ops = l
             .components()
             .source
