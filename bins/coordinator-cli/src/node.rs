@@ -9,7 +9,7 @@ use bitcoin_node_client::{Auth, BitcoinNode, UreqBitcoinNode};
 use coordinator::bitcoin::Txid;
 use coordinator::config::{BitcoinAuth, Config, OpSourceKind};
 use coordinator::lock::DataDirLock;
-use coordinator::metrics::{StatusServer, StatusSnapshot, RECENT_EVENTS};
+use coordinator::metrics::{StatusServer, StatusSnapshot, Watch};
 use coordinator::retry::{retry_decision, ContractReader, RetryDecision};
 use coordinator::startup::{
     contract_signer_set, contract_wallet_key, ensure_wallet_key, rotate_key,
@@ -57,6 +57,13 @@ pub(crate) fn queue(c: &Config) -> Result<SqlitePegQueue> {
 }
 
 type Loop = coordinator::HttpCoordinator;
+
+/// How often `run`'s watch checks the nodes and the relay.
+const WATCH_EVERY: Duration = Duration::from_secs(5);
+/// How often it reads the peg wallet's balance (a UTXO-set scan).
+const BALANCE_EVERY: Duration = Duration::from_secs(30);
+/// How often the status snapshot is refreshed from the queue.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 /// Builds every component, checks the contract holds our key, returns the loop.
 fn stacks_wallet(c: &Config, stacks: &UreqStacksNode) -> ContractCallWallet<UreqStacksNode> {
@@ -229,8 +236,30 @@ pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> R
         aggregate_key: key.map(|k| k.to_string()),
         peg_wallet_address: key.map(|k| fee_wallet::peg_wallet_address(&k, c.network).to_string()),
         stacks_address: c.stacks_address().to_string(),
+        signer_ids: c.signer_set.signers.iter().map(|s| s.id).collect(),
+        start_height: c.start_height.0,
+        started_unix: Some(coordinator::metrics::unix_now()),
+        unhealthy_after: Some(c.unhealthy_after),
         ..StatusSnapshot::default()
     }));
+    // Checks the nodes and the relay on a thread of its own: `/health`
+    // sees an outage even while the loop waits in a step.
+    let _watch = c.status_listen.as_ref().map(|_| {
+        Watch {
+            bitcoin: bitcoin_node(c),
+            bitcoin_url: c.bitcoin_node_url.clone(),
+            stacks: UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout),
+            stacks_url: c.stacks_node_url.clone(),
+            relay_url: c.relay_url.clone(),
+            contract: c.contract.clone(),
+            sender: PrincipalData::Standard(c.stacks_address()),
+            every: WATCH_EVERY
+                .min(c.unhealthy_after / 3)
+                .max(Duration::from_millis(200)),
+            balance_every: BALANCE_EVERY,
+        }
+        .spawn(snapshot.clone())
+    });
     let _endpoint = match &c.status_listen {
         Some(addr) => Some(
             // `/ops/{txid}` reads the queue through a connection of its own.
@@ -244,20 +273,32 @@ pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> R
         ),
         None => None,
     };
+    let mut refreshed: Option<std::time::Instant> = None;
     l.run_observed(stop, |l| {
-        let q = &l.components().queue;
-        if let (Ok(ops), Ok(h), Ok(waiting), Ok(events), Ok(mut s)) = (
-            q.counts(),
-            q.last_scanned_height(),
-            q.waiting(),
-            q.recent_events(RECENT_EVENTS),
-            snapshot.lock(),
-        ) {
-            s.ops = ops;
-            s.last_scanned_height = h.map(|h| h.0);
-            s.waiting = waiting;
-            s.recent_events = events;
-            s.attestations = l.attestations().to_vec();
+        // At most every REFRESH_EVERY: the ages read each pending op's history.
+        if refreshed.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+            return;
+        }
+        refreshed = Some(std::time::Instant::now());
+        let mut next = match snapshot.lock() {
+            Ok(s) => s.clone(),
+            Err(_) => return,
+        };
+        match next.refresh_from_queue(&l.components().queue) {
+            Ok(()) => {
+                next.attestations = l.attestations().to_vec();
+                if let Ok(mut s) = snapshot.lock() {
+                    // The watch's fields may have moved meanwhile: copy ours.
+                    s.ops = next.ops;
+                    s.last_scanned_height = next.last_scanned_height;
+                    s.waiting = next.waiting;
+                    s.recent_events = next.recent_events;
+                    s.recent_ops = next.recent_ops;
+                    s.oldest_pending_age_seconds = next.oldest_pending_age_seconds;
+                    s.attestations = next.attestations;
+                }
+            }
+            Err(e) => log::warn!("refreshing the status from the queue: {e}"),
         }
     })
     .context("the coordinator loop stopped")
