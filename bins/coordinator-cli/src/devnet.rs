@@ -5,15 +5,18 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use bitcoin::{Amount, Txid};
 use coordinator::config::OpSourceKind;
+use coordinator::metrics::{self, StatusServer, StatusSnapshot, Watch};
 use coordinator::HttpCoordinator;
 use devnet::peg::{burn_script, Blocks, MAGIC};
 use devnet::real_peg::demo_users;
 use devnet::{Peg, PegOptions, RealPeg, RealPegOptions, RealPegStart, User};
+use fee_wallet::StacksWallet as _;
 use peg_queue::{OpState, PegQueue, SqlitePegQueue};
 use stacks_wire::PrincipalData;
 
@@ -25,6 +28,17 @@ fn btc(a: Amount) -> String {
 
 fn sbtc(sats: u128) -> String {
     format!("{}.{:08} sBTC", sats / 100_000_000, sats % 100_000_000)
+}
+
+/// Refreshes the status endpoint's snapshot from the loop's queue.
+fn refresh(l: &HttpCoordinator, snapshot: &Mutex<StatusSnapshot>) {
+    let Ok(mut s) = snapshot.lock() else {
+        return;
+    };
+    if let Err(e) = s.refresh_from_queue(&l.components().queue) {
+        eprintln!("warning: refreshing the status from the queue: {e}");
+    }
+    s.attestations = l.attestations().to_vec();
 }
 
 /// The users on the allowlist: all but mallory.
@@ -241,6 +255,38 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
         for u in &users {
             println!("   {:<8} {}  {}  key {}", u.name, u.btc, u.stx, u.wif());
         }
+        // The status endpoint and operator page, as `run` serves them.
+        let snapshot = Arc::new(Mutex::new(StatusSnapshot {
+            aggregate_key: Some(agg.to_string()),
+            peg_wallet_address: Some(peg.to_string()),
+            stacks_address: l.components().stacks_wallet.address().to_string(),
+            signer_ids: (1..=SIGNERS).collect(),
+            start_height: 0,
+            started_unix: Some(metrics::unix_now()),
+            ..StatusSnapshot::default()
+        }));
+        let _watch = Watch {
+            bitcoin: peg_net.bitcoin_client(),
+            bitcoin_url: bitcoind.url(),
+            stacks: peg_net.stacks_client(),
+            stacks_url: stacks_em.url(),
+            relay_url: peg_net.relay.url(),
+            contract: peg_net.contract.clone(),
+            sender: PrincipalData::Standard(l.components().stacks_wallet.address()),
+            every: Duration::from_secs(2),
+            balance_every: Duration::from_secs(5),
+        }
+        .spawn(snapshot.clone());
+        let endpoint = StatusServer::start_with_queue(
+            "127.0.0.1:0",
+            l.metrics(),
+            snapshot.clone(),
+            Box::new(SqlitePegQueue::open(&peg_net.queue_path())?),
+        )?;
+        println!(
+            "   operator page       http://{}/  (/status, /metrics, /health, /attestations, /ops/{{txid}})",
+            endpoint.addr()
+        );
         println!("   inspect it (the running coordinator's queue and nodes):");
         println!(
             "     cargo run -p coordinator-cli -- --config {} status",
@@ -252,6 +298,7 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
         );
         while !stop.load(Ordering::SeqCst) {
             l.tick(stop)?;
+            refresh(&l, &snapshot);
             peg_net.mine();
             std::thread::sleep(Duration::from_secs(1));
         }

@@ -292,7 +292,10 @@ impl StatusSnapshot {
                 recent_ops.insert(
                     key,
                     OpSummary {
-                        kind: o.op.kind().to_string(),
+                        kind: serde_json::to_value(o.op.kind())
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
                         state: o.state.name().to_owned(),
                         amount_sats: o.op.amount().to_sat(),
                         recipient: recipient(&o.op),
@@ -1364,6 +1367,87 @@ mod tests {
         assert!(ureq::get(format!("http://{}/nope", s.addr()))
             .call()
             .is_err());
+    }
+
+    #[test]
+    fn health_fails_naming_a_node_down_past_the_limit_and_a_missing_good_tick() {
+        let m = Metrics::default();
+        let now = 1_700_000_100;
+        let mut s = StatusSnapshot {
+            started_unix: Some(now - 5),
+            unhealthy_after: Some(Duration::from_secs(30)),
+            ..StatusSnapshot::default()
+        };
+        m.last_good_tick_unix.store(now - 1, Ordering::Relaxed);
+        record(&mut s, "bitcoind", "http://b", Ok(()), now - 40);
+        record(&mut s, "relay", "http://r", Ok(()), now - 1);
+        assert!(health_problems(&m, &s, now).is_empty());
+        record(
+            &mut s,
+            "bitcoind",
+            "http://b",
+            Err("refused".into()),
+            now - 20,
+        );
+        let mut s2 = s.clone();
+        // Down, but its last answer is within the limit: still healthy.
+        s2.nodes.get_mut("bitcoind").unwrap().last_success_unix = Some(now - 29);
+        assert!(health_problems(&m, &s2, now).is_empty());
+        // Its last answer 40 s ago: past the limit.
+        let p = health_problems(&m, &s, now);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("bitcoind at http://b unreachable for 40 s") && p[0].contains("refused"),
+            "{p:?}"
+        );
+        let s2 = s;
+        m.last_good_tick_unix.store(now - 45, Ordering::Relaxed);
+        let p = health_problems(&m, &s2, now);
+        assert!(
+            p.iter()
+                .any(|l| l.contains("no tick has succeeded for 45 s")),
+            "{p:?}"
+        );
+        let metrics = render_metrics(&m, &s2);
+        assert!(
+            metrics.contains("sbtc_node_up{node=\"bitcoind\"} 0"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("sbtc_node_errors_total{node=\"bitcoind\"} 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("sbtc_healthy 0"), "{metrics}");
+    }
+
+    #[test]
+    fn metrics_show_every_state_and_no_nan_before_the_first_scan() {
+        let s = StatusSnapshot {
+            start_height: 100,
+            signer_ids: vec![1, 2],
+            ..StatusSnapshot::default()
+        };
+        let text = render_metrics(&Metrics::default(), &s);
+        assert!(!text.contains("NaN"), "{text}");
+        assert!(
+            text.lines().any(|l| l == "sbtc_last_scanned_height 99"),
+            "{text}"
+        );
+        for st in STATES {
+            assert!(
+                text.contains(&format!("sbtc_ops{{state=\"{st}\"}} 0")),
+                "{st}: {text}"
+            );
+        }
+        assert!(text.contains("sbtc_oldest_pending_op_age_seconds{state=\"accepted\"} 0"));
+        assert!(text.contains("sbtc_signer_last_heartbeat_timestamp_seconds{signer=\"2\"} 0"));
+        assert!(text.contains("sbtc_build_info{version=\""));
+        let backed = StatusSnapshot {
+            peg_wallet_sats: Some(150),
+            sbtc_supply_sats: Some(100),
+            ..StatusSnapshot::default()
+        };
+        assert_eq!(backed.backing_ratio(), Some(1.5));
     }
 
     #[test]
