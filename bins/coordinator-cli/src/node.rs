@@ -256,7 +256,7 @@ pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> R
             every: WATCH_EVERY
                 .min(c.unhealthy_after / 3)
                 .max(Duration::from_millis(200)),
-            balance_every: BALANCE_EVERY,
+            balance_every: BALANCE_EVERY.min(c.unhealthy_after),
         }
         .spawn(snapshot.clone())
     });

@@ -908,7 +908,7 @@ td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 td.txid {{ font-family: monospace; font-size: 85%; }}
 .ok {{ color: #070; }} .bad {{ color: #b00; }} .foot {{ color: #777; font-size: 85%; }}
 </style></head>
-<body><h1>sBTC coordinator</h1>
+<body data-rendered="{now}"><h1>sBTC coordinator</h1>
 <p>Stacks address {addr}; <a href="/status">/status</a> · <a href="/metrics">/metrics</a> · <a href="/health">/health</a></p>
 <div id="live">
 {body}</div>
@@ -927,7 +927,8 @@ td.txid {{ font-family: monospace; font-size: 85%; }}
 </body></html>
 "#,
         addr = esc(&s.stacks_address),
-        body = operator_fragment(m, s, now)
+        body = operator_fragment(m, s, now),
+        now = now
     )
 }
 
