@@ -408,9 +408,9 @@ fn health_metrics_status_queue_and_the_operator_page_on_the_devnet() {
         Ok(exe) => {
             let url = format!("http://{addr}/");
             // Virtual time runs ahead while the page idles and waits for
-            // each poll's answer: ~1800 polls, some 20 s of real time.
+            // each poll's answer: 300 polls, some 20 s of real time here.
             let browser = chromium_command(&exe)
-                .args(["--virtual-time-budget=3600000", "--dump-dom", &url])
+                .args(["--virtual-time-budget=600000", "--dump-dom", &url])
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap();
@@ -431,6 +431,10 @@ fn health_metrics_status_queue_and_the_operator_page_on_the_devnet() {
                 minted_in.elapsed()
             );
             let o = browser.wait_with_output().unwrap();
+            eprintln!(
+                "chromium ran {:?} in all",
+                minted_in.elapsed() + Duration::from_secs(4)
+            );
             let dom = String::from_utf8_lossy(&o.stdout).into_owned();
             let rendered: u64 = dom
                 .split("data-rendered=\"")

@@ -841,11 +841,21 @@ pub fn operator_fragment(m: &Metrics, s: &StatusSnapshot, now: u64) -> String {
     );
     let _ = writeln!(o, "</table>");
     let _ = writeln!(o, "<h2>Operations by state</h2><table id=\"ops\"><tr><th>state</th><th>ops</th><th>oldest</th></tr>");
-    for (state, n) in &s.ops {
+    let ordered = STATES
+        .iter()
+        .map(|st| ((*st).to_owned(), s.ops.get(*st).copied().unwrap_or(0)))
+        .chain(
+            s.ops
+                .iter()
+                .filter(|(k, _)| !STATES.contains(&k.as_str()))
+                .map(|(k, n)| (k.clone(), *n)),
+        );
+    for (state, n) in ordered {
+        let state = &state;
         let oldest = s
             .oldest_pending_age_seconds
             .get(state)
-            .filter(|a| **a > 0 && *n > 0);
+            .filter(|a| **a > 0 && n > 0);
         let _ = writeln!(
             o,
             "<tr class=\"state\" data-state=\"{}\" data-count=\"{n}\"><td>{}</td><td class=\"num\">{n}</td><td class=\"num\">{}</td></tr>",
@@ -1449,6 +1459,35 @@ mod tests {
             ..StatusSnapshot::default()
         };
         assert_eq!(backed.backing_ratio(), Some(1.5));
+    }
+
+    #[test]
+    fn every_metric_the_alert_rules_name_is_rendered() {
+        let rules = include_str!("../../../contrib/prometheus/alerts.yml");
+        let mut s = StatusSnapshot {
+            signer_ids: vec![1],
+            bitcoin_tip: Some(1),
+            stacks_tip: Some(1),
+            peg_wallet_sats: Some(1),
+            stx_balance: Some(1),
+            sbtc_supply_sats: Some(1),
+            ..StatusSnapshot::default()
+        };
+        for n in NODES {
+            record(&mut s, n, "http://x", Ok(()), 1);
+        }
+        let text = render_metrics(&Metrics::default(), &s);
+        let mut named = 0;
+        for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("sbtc_") {
+                named += 1;
+                assert!(
+                    text.contains(&format!("# TYPE {word} ")),
+                    "alerts.yml names {word}, which /metrics does not serve"
+                );
+            }
+        }
+        assert!(named >= 10, "{named}");
     }
 
     #[test]
