@@ -393,12 +393,7 @@ pub(crate) fn status(c: &Config, json: bool) -> Result<()> {
     s.refresh_from_queue(&q)
         .with_context(|| format!("reading the queue in {}", c.data_dir.display()))?;
     if let Some(b) = s.stx_balance {
-        if b < c
-            .fees
-            .stx_low_balance_warning
-            .try_into()
-            .unwrap_or(u64::MAX)
-        {
+        if b < c.fees.stx_low_balance_warning {
             log::warn!(
                 "the coordinator's STX balance ({b} µSTX) is below the warning threshold of {} µSTX: top up {me}",
                 c.fees.stx_low_balance_warning
@@ -763,7 +758,7 @@ fn list_text(rows: &[(&peg_queue::QueuedOp, Option<u64>)], states: &[String]) ->
             o.attempts,
         );
     }
-    let _ = write!(out, "{} operation(s)\n", rows.len());
+    let _ = writeln!(out, "{} operation(s)", rows.len());
     out
 }
 

@@ -17,6 +17,10 @@
 //!   `scripts/prereqs.sh`; skipped, saying why, when it cannot be), shows
 //!   the queue's txids and amounts, and a mint made after it loaded appears
 //!   without a reload; a screenshot is kept under `target/`.
+//!
+//! It prints what it measured (how fast `/health` saw the outage and the
+//! recovery) and why it skipped the page, if it did.
+#![allow(clippy::print_stderr)]
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
