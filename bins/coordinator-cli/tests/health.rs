@@ -175,6 +175,88 @@ fn rows(dom: &str, class: &str, attrs: &[&str]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// A TCP forwarder on a fixed port to `upstream`: the node as the
+/// coordinator sees it, stopped (connections refused, open ones cut) and
+/// started again on the same port.
+struct Forwarder {
+    port: u16,
+    upstream: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Forwarder {
+    fn start(port: u16, upstream: &str) -> Forwarder {
+        let mut f = Forwarder {
+            port,
+            upstream: upstream.trim_start_matches("http://").to_owned(),
+            stop: Default::default(),
+            open: Default::default(),
+            thread: None,
+        };
+        f.resume();
+        f
+    }
+
+    fn resume(&mut self) {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        self.stop.store(false, Ordering::SeqCst);
+        let (stop, open, upstream) = (self.stop.clone(), self.open.clone(), self.upstream.clone());
+        self.thread = Some(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok((down, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = down.set_nonblocking(false);
+                let Ok(up) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let mut open = open.lock().unwrap();
+                open.push(down.try_clone().unwrap());
+                open.push(up.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, down),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        }));
+    }
+
+    /// Stops listening and cuts every open connection.
+    fn pause(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        for c in self.open.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.pause();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -202,9 +284,22 @@ fn health_metrics_status_queue_and_the_operator_page_on_the_devnet() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let toml = std::fs::read_to_string(&config).unwrap().replace(
-        "status_listen = \"off\"",
-        &format!("status_listen = \"{addr}\"\nunhealthy_after_ms = 2000"),
+    // The coordinator reaches the stacks-node through a forwarder the test
+    // stops and starts.
+    let mut stacks_fwd = Forwarder::start(free_port(), &peg.stacks.url());
+    let toml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            "status_listen = \"off\"",
+            &format!("status_listen = \"{addr}\"\nunhealthy_after_ms = 2000"),
+        )
+        .replace(
+            &format!("stacks_node_url = \"{}\"", peg.stacks.url()),
+            &format!("stacks_node_url = \"http://127.0.0.1:{}\"", stacks_fwd.port),
+        );
+    assert!(
+        toml.contains(&format!("127.0.0.1:{}", stacks_fwd.port)),
+        "{toml}"
     );
     std::fs::write(&config, toml).unwrap();
     let log = std::fs::File::create(dir.path().join("run.log")).unwrap();
@@ -298,6 +393,17 @@ fn health_metrics_status_queue_and_the_operator_page_on_the_devnet() {
     assert_eq!(v["health"]["ok"], true, "{v}");
     assert_eq!(v["sbtc_supply_sats"], 50_000_000, "{v}");
     assert_eq!(v["signers"].as_array().unwrap().len(), 5, "{v}");
+    // Every signer's signed attestation is its heartbeat (sent every 60 s).
+    wait_until(Duration::from_secs(75), "every signer's heartbeat", || {
+        let m = http_get(&addr, "/metrics").1;
+        (1..=5).all(|i| {
+            metric(
+                &m,
+                &format!("sbtc_signer_last_heartbeat_timestamp_seconds{{signer=\"{i}\"}}"),
+            )
+            .is_some_and(|t| t > 0.0)
+        })
+    });
     assert_eq!(v["nodes"]["bitcoind"]["up"], true, "{v}");
 
     // `status`: aligned, every part named, exit 0.
@@ -562,6 +668,49 @@ fn health_metrics_status_queue_and_the_operator_page_on_the_devnet() {
         Some(1.0),
         "{m}"
     );
+
+    // The stacks-node stops (connections refused) and starts again.
+    let (_, m) = http_get(&addr, "/metrics");
+    let errors_before = metric(&m, "sbtc_node_errors_total{node=\"stacks-node\"}").unwrap();
+    stacks_fwd.pause();
+    let took = wait_until(
+        Duration::from_secs(20),
+        "/health 503 naming the stacks-node",
+        || {
+            let (code, b) = http_get(&addr, "/health");
+            body = b;
+            code == 503 && body.contains("stacks-node at http://127.0.0.1:")
+        },
+    );
+    eprintln!("/health went 503 {took:?} after the stacks-node stopped:\n{body}");
+    let (_, m) = http_get(&addr, "/metrics");
+    assert_eq!(
+        metric(&m, "sbtc_node_up{node=\"stacks-node\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(metric(&m, "sbtc_node_errors_total{node=\"stacks-node\"}").unwrap() > errors_before);
+    let o = cli(&config, &["status"]);
+    assert!(
+        !o.status.success() && text(&o).contains("stacks-node at http://"),
+        "{}",
+        text(&o)
+    );
+    stacks_fwd.resume();
+    let took = wait_until(
+        Duration::from_secs(20),
+        "/health 200 after the restart",
+        || http_get(&addr, "/health").0 == 200,
+    );
+    eprintln!("/health recovered {took:?} after the stacks-node started again");
+    let (_, m) = http_get(&addr, "/metrics");
+    assert_eq!(
+        metric(&m, "sbtc_node_up{node=\"stacks-node\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(cli(&config, &["status"]).status.success());
+
     assert!(
         run.0.try_wait().unwrap().is_none(),
         "run exited: {}",
