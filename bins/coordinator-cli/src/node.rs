@@ -616,12 +616,12 @@ pub(crate) fn queue_command(c: &Config, cmd: &crate::QueueCommand) -> Result<()>
                 .ok_or_else(|| anyhow!("no operation {txid} in the queue"))?;
             let history = q.history(txid)?;
             if *json {
-                println!(
-                    "{}",
+                write_stdout(&format!(
+                    "{}\n",
                     serde_json::to_string_pretty(&show_json(&o, &history)?)?
-                );
+                ))?;
             } else {
-                print!("{}", show_text(&o, &history));
+                write_stdout(&show_text(&o, &history))?;
             }
         }
         crate::QueueCommand::Fail { txid, reason } => {
