@@ -9,7 +9,7 @@ use bitcoin_node_client::{Auth, BitcoinNode, UreqBitcoinNode};
 use coordinator::bitcoin::Txid;
 use coordinator::config::{BitcoinAuth, Config, OpSourceKind};
 use coordinator::lock::DataDirLock;
-use coordinator::metrics::{StatusServer, StatusSnapshot, Watch, STATES};
+use coordinator::metrics::{kind_name, StatusServer, StatusSnapshot, Watch, STATES};
 use coordinator::retry::{retry_decision, ContractReader, RetryDecision};
 use coordinator::startup::{
     contract_signer_set, contract_wallet_key, ensure_wallet_key, rotate_key,
@@ -400,11 +400,6 @@ pub(crate) fn status(c: &Config, json: bool) -> Result<()> {
             );
         }
     }
-    let stuck: Vec<_> = q
-        .pending()?
-        .into_iter()
-        .filter(|o| o.attempts > 0 || o.waiting.is_some())
-        .collect();
     let down: Vec<String> = s
         .nodes
         .iter()
@@ -423,17 +418,9 @@ pub(crate) fn status(c: &Config, json: bool) -> Result<()> {
         v["backing_ratio"] = s.backing_ratio().into();
         v["signer_threshold"] = c.signer_set.threshold.into();
         v["aggregate_key_error"] = key.as_ref().err().map(|e| e.to_string()).into();
-        v["stuck"] = stuck
-            .iter()
-            .map(|o| {
-                serde_json::json!({"txid": o.op.txid().to_string(), "kind": kind_name(&o.op),
-                    "state": o.state.name(), "amount_sats": o.op.amount().to_sat(), "attempts": o.attempts,
-                    "last_error": o.last_error, "waiting": o.waiting})
-            })
-            .collect();
         write_stdout(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
     } else {
-        write_stdout(&status_text(c, &s, &key, &stuck))?;
+        write_stdout(&status_text(c, &s, &key))?;
     }
     if !down.is_empty() {
         bail!("{}", down.join("; "));
@@ -446,7 +433,6 @@ fn status_text(
     c: &Config,
     s: &StatusSnapshot,
     key: &std::result::Result<Option<coordinator::bitcoin::secp256k1::PublicKey>, StartupError>,
-    stuck: &[peg_queue::QueuedOp],
 ) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -553,8 +539,8 @@ fn status_text(
             ops.join(", ")
         },
     );
-    line("stuck ops", stuck.len().to_string());
-    for o in stuck {
+    line("stuck ops", s.stuck.len().to_string());
+    for o in &s.stuck {
         let why = o
             .waiting
             .as_deref()
@@ -562,11 +548,12 @@ fn status_text(
             .unwrap_or("");
         let _ = writeln!(
             out,
-            "  {} {} {} sats in {} (attempts {}): {why}",
-            o.op.txid(),
-            kind_name(&o.op),
-            o.op.amount().to_sat(),
-            o.state.name(),
+            "  {} {} {} sats in {} for {} (attempts {}): {why}",
+            o.txid,
+            o.kind,
+            o.amount_sats,
+            o.state,
+            age_text(o.age_seconds),
             o.attempts
         );
     }
@@ -690,15 +677,6 @@ pub(crate) fn queue_command(c: &Config, cmd: &crate::QueueCommand) -> Result<()>
         }
     }
     Ok(())
-}
-
-/// An op kind as JSON names it (`peg_in`, `peg_out_request`): text output
-/// uses the same names.
-fn kind_name(op: &PegOp) -> &'static str {
-    match op.kind() {
-        PegOpKind::PegIn => "peg_in",
-        PegOpKind::PegOutRequest => "peg_out_request",
-    }
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is no error.

@@ -213,6 +213,30 @@ pub struct StatusSnapshot {
     /// The ops of [`StatusSnapshot::recent_events`] by txid: kind, amount,
     /// recipient and state.
     pub recent_ops: BTreeMap<String, OpSummary>,
+    /// Pending ops that failed a step or wait for something the operator
+    /// should see, longest in their state first.
+    pub stuck: Vec<StuckOp>,
+}
+
+/// A pending op that failed a step or waits with a reason.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StuckOp {
+    /// Its Bitcoin txid.
+    pub txid: String,
+    /// `peg_in` or `peg_out_request`.
+    pub kind: String,
+    /// Its state's name.
+    pub state: String,
+    /// Its amount, sats.
+    pub amount_sats: u64,
+    /// Failed attempts of its current step.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// What it waits for.
+    pub waiting: Option<String>,
+    /// Seconds in its state.
+    pub age_seconds: u64,
 }
 
 /// An op in short, for the operator page and `/status`.
@@ -292,10 +316,7 @@ impl StatusSnapshot {
                 recent_ops.insert(
                     key,
                     OpSummary {
-                        kind: serde_json::to_value(o.op.kind())
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default(),
+                        kind: kind_name(&o.op).to_owned(),
                         state: o.state.name().to_owned(),
                         amount_sats: o.op.amount().to_sat(),
                         recipient: recipient(&o.op),
@@ -307,13 +328,28 @@ impl StatusSnapshot {
         let now = unix_now();
         let mut oldest: BTreeMap<String, u64> =
             pending_states().map(|s| (s.to_owned(), 0)).collect();
+        let mut stuck = Vec::new();
         for p in q.pending()? {
             let since = q.history(&p.op.txid())?.last().map_or(now, |e| e.at_unix);
             let age = now.saturating_sub(since);
             let e = oldest.entry(p.state.name().to_owned()).or_default();
             *e = (*e).max(age);
+            if p.attempts > 0 || p.waiting.is_some() {
+                stuck.push(StuckOp {
+                    txid: p.op.txid().to_string(),
+                    kind: kind_name(&p.op).to_owned(),
+                    state: p.state.name().to_owned(),
+                    amount_sats: p.op.amount().to_sat(),
+                    attempts: p.attempts,
+                    last_error: p.last_error.clone(),
+                    waiting: p.waiting.clone(),
+                    age_seconds: age,
+                });
+            }
         }
+        stuck.sort_by_key(|s| std::cmp::Reverse(s.age_seconds));
         self.oldest_pending_age_seconds = oldest;
+        self.stuck = stuck;
         Ok(())
     }
 }
@@ -378,6 +414,15 @@ pub fn status_json(m: &Metrics, s: &StatusSnapshot, now: u64) -> serde_json::Val
 
 /// How many of the newest state changes `/status` shows.
 pub const RECENT_EVENTS: usize = 50;
+
+/// An op's kind as JSON names it, and text too: `peg_in` or
+/// `peg_out_request`.
+pub fn kind_name(op: &PegOp) -> &'static str {
+    match op {
+        PegOp::PegIn(_) => "peg_in",
+        PegOp::PegOutRequest(_) => "peg_out_request",
+    }
+}
 
 /// Returns the recipient of an op as text: a peg-in's Stacks principal, a
 /// peg-out request's Bitcoin address.
@@ -863,6 +908,22 @@ pub fn operator_fragment(m: &Metrics, s: &StatusSnapshot, now: u64) -> String {
         );
     }
     let _ = writeln!(o, "</table>");
+    if !s.stuck.is_empty() {
+        let _ = writeln!(o, "<h2>Stuck operations</h2><table id=\"stuck\"><tr><th>op</th><th>kind</th><th>state</th><th>amount (sats)</th><th>in state</th><th>attempts</th><th>why</th></tr>");
+        for st in &s.stuck {
+            let why = st
+                .waiting
+                .as_deref()
+                .or(st.last_error.as_deref())
+                .unwrap_or("");
+            let _ = writeln!(
+                o,
+                "<tr class=\"stuck\" data-txid=\"{}\"><td class=\"txid\">{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{} s</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                esc(&st.txid), esc(&st.txid), esc(&st.kind), esc(&st.state), st.amount_sats, st.age_seconds, st.attempts, esc(why)
+            );
+        }
+        let _ = writeln!(o, "</table>");
+    }
     let _ = writeln!(
         o,
         "<h2>Signers</h2><table id=\"signers\"><tr><th>signer</th><th>last heartbeat</th></tr>"
@@ -1459,6 +1520,44 @@ mod tests {
             ..StatusSnapshot::default()
         };
         assert_eq!(backed.backing_ratio(), Some(1.5));
+    }
+
+    #[test]
+    fn the_snapshot_from_a_real_queue_counts_every_state_and_lists_stuck_ops() {
+        use crate::testing::{peg_out, ALLOWED_BTC};
+        let dir = tempfile::tempdir().unwrap();
+        let q = SqlitePegQueue::open(&dir.path().join("queue.sqlite")).unwrap();
+        let op = peg_out(1, 5, ALLOWED_BTC, 20_000_000);
+        q.insert_op(&op).unwrap();
+        q.record_failure(&op.txid(), "bitcoind: connection refused")
+            .unwrap();
+        let mut s = StatusSnapshot::default();
+        s.refresh_from_queue(&q).unwrap();
+        assert_eq!(s.ops.len(), STATES.len(), "{:?}", s.ops);
+        assert_eq!(s.ops["detected"], 1);
+        assert_eq!(s.ops["done"], 0);
+        assert_eq!(s.stuck.len(), 1);
+        let st = &s.stuck[0];
+        assert_eq!(
+            (
+                st.kind.as_str(),
+                st.state.as_str(),
+                st.amount_sats,
+                st.attempts
+            ),
+            ("peg_out_request", "detected", 20_000_000, 1)
+        );
+        assert_eq!(
+            st.last_error.as_deref(),
+            Some("bitcoind: connection refused")
+        );
+        assert_eq!(s.recent_ops[&op.txid().to_string()].amount_sats, 20_000_000);
+        let page = operator_fragment(&Metrics::default(), &s, unix_now());
+        assert!(
+            page.contains(&format!("<tr class=\"stuck\" data-txid=\"{}\"", op.txid())),
+            "{page}"
+        );
+        assert!(page.contains("connection refused"), "{page}");
     }
 
     #[test]
