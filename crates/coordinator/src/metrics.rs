@@ -355,7 +355,8 @@ impl StatusSnapshot {
 }
 
 /// Why `/health` fails now, one line per cause; empty when healthy. A node
-/// down since longer than the threshold (since start when it never
+/// down since longer than the threshold (whole seconds, so more than the
+/// threshold has passed when it fails) (since start when it never
 /// answered), and no successful tick within it (the baseline is
 /// [`StatusSnapshot::started_unix`]; without one, only the nodes count).
 pub fn health_problems(m: &Metrics, s: &StatusSnapshot, now: u64) -> Vec<String> {
@@ -373,7 +374,7 @@ pub fn health_problems(m: &Metrics, s: &StatusSnapshot, now: u64) -> Vec<String>
             continue;
         };
         let down = now.saturating_sub(since);
-        if down >= limit {
+        if down > limit {
             out.push(format!(
                 "{name} at {} unreachable for {down} s (limit {limit} s): {}",
                 n.url,
@@ -385,7 +386,7 @@ pub fn health_problems(m: &Metrics, s: &StatusSnapshot, now: u64) -> Vec<String>
     let since = if good > 0 { Some(good) } else { s.started_unix };
     if let Some(since) = since {
         let ago = now.saturating_sub(since);
-        if ago >= limit {
+        if ago > limit {
             out.push(format!(
                 "no tick has succeeded for {ago} s (limit {limit} s; {} scan errors)",
                 m.scan_errors.load(Ordering::Relaxed)
