@@ -274,6 +274,7 @@ pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> R
         None => None,
     };
     let mut refreshed: Option<std::time::Instant> = None;
+    let mut refresh_failing = false;
     l.run_observed(stop, |l| {
         // At most every REFRESH_EVERY: the ages read each pending op's history.
         if refreshed.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
@@ -286,6 +287,7 @@ pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> R
         };
         match next.refresh_from_queue(&l.components().queue) {
             Ok(()) => {
+                refresh_failing = false;
                 next.attestations = l.attestations().to_vec();
                 if let Ok(mut s) = snapshot.lock() {
                     // The watch's fields may have moved meanwhile: copy ours.
@@ -298,7 +300,12 @@ pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> R
                     s.attestations = next.attestations;
                 }
             }
-            Err(e) => log::warn!("refreshing the status from the queue: {e}"),
+            // Once per spell, not every second.
+            Err(e) if !refresh_failing => {
+                refresh_failing = true;
+                log::warn!("refreshing the status from the queue: {e}");
+            }
+            Err(_) => {}
         }
     })
     .context("the coordinator loop stopped")
