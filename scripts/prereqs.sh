@@ -58,3 +58,13 @@ ensure_js_deps() {
         (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
     fi
 }
+
+# Installs Debian's chromium for the operator-page test (headless) when
+# missing. Returns non-zero when it cannot (not root, no package): the test
+# then skips and says why.
+ensure_chromium() {
+    if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+        return 0
+    fi
+    apt_install chromium
+}

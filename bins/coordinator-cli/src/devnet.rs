@@ -11,11 +11,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use bitcoin::{Amount, Txid};
 use coordinator::config::OpSourceKind;
-use coordinator::metrics::{StatusServer, StatusSnapshot};
+use coordinator::metrics::{self, StatusServer, StatusSnapshot, Watch};
 use coordinator::HttpCoordinator;
 use devnet::peg::{burn_script, Blocks, MAGIC};
 use devnet::real_peg::demo_users;
 use devnet::{Peg, PegOptions, RealPeg, RealPegOptions, RealPegStart, User};
+use fee_wallet::StacksWallet as _;
 use peg_queue::{OpState, PegQueue, SqlitePegQueue};
 use stacks_wire::PrincipalData;
 
@@ -27,6 +28,17 @@ fn btc(a: Amount) -> String {
 
 fn sbtc(sats: u128) -> String {
     format!("{}.{:08} sBTC", sats / 100_000_000, sats % 100_000_000)
+}
+
+/// Refreshes the status endpoint's snapshot from the loop's queue.
+fn refresh(l: &HttpCoordinator, snapshot: &Mutex<StatusSnapshot>) {
+    let Ok(mut s) = snapshot.lock() else {
+        return;
+    };
+    if let Err(e) = s.refresh_from_queue(&l.components().queue) {
+        eprintln!("warning: refreshing the status from the queue: {e}");
+    }
+    s.attestations = l.attestations().to_vec();
 }
 
 /// The users on the allowlist: all but mallory.
@@ -228,28 +240,44 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
     if serve {
         let start = peg_net.bitcoind.with(|b| b.height());
         let config = peg_net.write_config(&allowed_now(&users), start)?;
-        // The coordinator's status endpoint, as `run` serves it: testers'
-        // `sbtc` checks the signers' attestations on `/attestations`.
+        // The status endpoint and operator page, as `run` serves them
+        // (testers' `sbtc` checks the signers' attestations on
+        // `/attestations` and follows its ops on `/ops/{txid}`).
         let snapshot = Arc::new(Mutex::new(StatusSnapshot {
             aggregate_key: Some(agg.to_string()),
             peg_wallet_address: Some(peg.to_string()),
+            stacks_address: l.components().stacks_wallet.address().to_string(),
+            signer_ids: (1..=SIGNERS).collect(),
+            start_height: 0,
+            started_unix: Some(metrics::unix_now()),
             ..StatusSnapshot::default()
         }));
-        let refresh = |l: &HttpCoordinator| {
-            if let (Ok(ops), Ok(mut s)) = (l.components().queue.counts(), snapshot.lock()) {
-                s.ops = ops;
-                s.attestations = l.attestations().to_vec();
-            }
-        };
-        refresh(&l);
-        let endpoint = StatusServer::start("127.0.0.1:0", l.metrics(), snapshot.clone())?;
+        let _watch = Watch {
+            bitcoin: peg_net.bitcoin_client(),
+            bitcoin_url: bitcoind.url(),
+            stacks: peg_net.stacks_client(),
+            stacks_url: stacks_em.url(),
+            relay_url: peg_net.relay.url(),
+            contract: peg_net.contract.clone(),
+            sender: PrincipalData::Standard(l.components().stacks_wallet.address()),
+            every: Duration::from_secs(2),
+            balance_every: Duration::from_secs(5),
+        }
+        .spawn(snapshot.clone());
+        let endpoint = StatusServer::start_with_queue(
+            "127.0.0.1:0",
+            l.metrics(),
+            snapshot.clone(),
+            Box::new(SqlitePegQueue::open(&peg_net.queue_path())?),
+        )?;
+        refresh(&l, &snapshot);
         let coordinator_url = format!("http://{}", endpoint.addr());
         let sbtc_config = devnet::user::write_sbtc_config(&peg_net, &coordinator_url)?;
         println!(
             "-- serving until Ctrl-C; a block on each chain every second; state in {}",
             dir.display()
         );
-        println!("   coordinator         {coordinator_url}  (/status, /attestations)");
+        println!("   coordinator         {coordinator_url}  (the operator page; /status, /metrics, /health, /attestations, /ops/{{txid}})");
         println!(
             "   testers' sbtc       cargo run -p sbtc -- --config {} balance --address ADDRESS",
             sbtc_config.display()
@@ -276,7 +304,7 @@ pub(crate) fn run(serve: bool, stop: &AtomicBool) -> Result<()> {
         );
         while !stop.load(Ordering::SeqCst) {
             l.tick(stop)?;
-            refresh(&l);
+            refresh(&l, &snapshot);
             peg_net.mine();
             std::thread::sleep(Duration::from_secs(1));
         }

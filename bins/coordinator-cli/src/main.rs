@@ -115,6 +115,9 @@ enum QueueCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Only ops in this state (`pending` for every non-final one); repeatable.
+        #[arg(long, value_name = "STATE")]
+        state: Vec<String>,
     },
     /// Show one operation in full: amount, recipient and every recorded state change
     /// (with the mint/burn Stacks txid and the payout's or refund's Bitcoin txid).

@@ -9,7 +9,7 @@ use bitcoin_node_client::{Auth, BitcoinNode, UreqBitcoinNode};
 use coordinator::bitcoin::Txid;
 use coordinator::config::{BitcoinAuth, Config, OpSourceKind};
 use coordinator::lock::DataDirLock;
-use coordinator::metrics::{StatusServer, StatusSnapshot, RECENT_EVENTS};
+use coordinator::metrics::{kind_name, StatusServer, StatusSnapshot, Watch, STATES};
 use coordinator::retry::{retry_decision, ContractReader, RetryDecision};
 use coordinator::source::NamedSource;
 use coordinator::startup::{
@@ -24,7 +24,7 @@ use fee_wallet::{BitcoinFeePolicy, ContractCallWallet, PegWallet, StacksFeePolic
 use frost_coordinator::FrostCoordinator;
 use peg_queue::peg_ops::{PegOp, PegOpKind};
 use peg_queue::{OpState, PegQueue, SqlitePegQueue};
-use stacks_node_client::{StacksNode, UreqStacksNode};
+use stacks_node_client::UreqStacksNode;
 use stacks_wire::PrincipalData;
 
 fn bitcoin_node(c: &Config) -> UreqBitcoinNode {
@@ -57,6 +57,13 @@ pub(crate) fn queue(c: &Config) -> Result<SqlitePegQueue> {
 }
 
 type Loop = coordinator::HttpCoordinator;
+
+/// How often `run`'s watch checks the nodes and the relay.
+const WATCH_EVERY: Duration = Duration::from_secs(5);
+/// How often it reads the peg wallet's balance (a UTXO-set scan).
+const BALANCE_EVERY: Duration = Duration::from_secs(30);
+/// How often the status snapshot is refreshed from the queue.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 /// Builds every component, checks the contract holds our key, returns the loop.
 fn stacks_wallet(c: &Config, stacks: &UreqStacksNode) -> ContractCallWallet<UreqStacksNode> {
@@ -231,8 +238,30 @@ pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> R
         aggregate_key: key.map(|k| k.to_string()),
         peg_wallet_address: key.map(|k| fee_wallet::peg_wallet_address(&k, c.network).to_string()),
         stacks_address: c.stacks_address().to_string(),
+        signer_ids: c.signer_set.signers.iter().map(|s| s.id).collect(),
+        start_height: c.start_height.0,
+        started_unix: Some(coordinator::metrics::unix_now()),
+        unhealthy_after: Some(c.unhealthy_after),
         ..StatusSnapshot::default()
     }));
+    // Checks the nodes and the relay on a thread of its own: `/health`
+    // sees an outage even while the loop waits in a step.
+    let _watch = c.status_listen.as_ref().map(|_| {
+        Watch {
+            bitcoin: bitcoin_node(c),
+            bitcoin_url: c.bitcoin_node_url.clone(),
+            stacks: UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout),
+            stacks_url: c.stacks_node_url.clone(),
+            relay_url: c.relay_url.clone(),
+            contract: c.contract.clone(),
+            sender: PrincipalData::Standard(c.stacks_address()),
+            every: WATCH_EVERY
+                .min(c.unhealthy_after / 3)
+                .max(Duration::from_millis(200)),
+            balance_every: BALANCE_EVERY.min(c.unhealthy_after),
+        }
+        .spawn(snapshot.clone())
+    });
     let _endpoint = match &c.status_listen {
         Some(addr) => Some(
             // `/ops/{txid}` reads the queue through a connection of its own.
@@ -246,20 +275,39 @@ pub(crate) fn run(c: &Config, start_height: Option<u64>, stop: &AtomicBool) -> R
         ),
         None => None,
     };
+    let mut refreshed: Option<std::time::Instant> = None;
+    let mut refresh_failing = false;
     l.run_observed(stop, |l| {
-        let q = &l.components().queue;
-        if let (Ok(ops), Ok(h), Ok(waiting), Ok(events), Ok(mut s)) = (
-            q.counts(),
-            q.last_scanned_height(),
-            q.waiting(),
-            q.recent_events(RECENT_EVENTS),
-            snapshot.lock(),
-        ) {
-            s.ops = ops;
-            s.last_scanned_height = h.map(|h| h.0);
-            s.waiting = waiting;
-            s.recent_events = events;
-            s.attestations = l.attestations().to_vec();
+        // At most every REFRESH_EVERY: the ages read each pending op's history.
+        if refreshed.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+            return;
+        }
+        refreshed = Some(std::time::Instant::now());
+        let mut next = match snapshot.lock() {
+            Ok(s) => s.clone(),
+            Err(_) => return,
+        };
+        match next.refresh_from_queue(&l.components().queue) {
+            Ok(()) => {
+                refresh_failing = false;
+                next.attestations = l.attestations().to_vec();
+                if let Ok(mut s) = snapshot.lock() {
+                    // The watch's fields may have moved meanwhile: copy ours.
+                    s.ops = next.ops;
+                    s.last_scanned_height = next.last_scanned_height;
+                    s.waiting = next.waiting;
+                    s.recent_events = next.recent_events;
+                    s.recent_ops = next.recent_ops;
+                    s.oldest_pending_age_seconds = next.oldest_pending_age_seconds;
+                    s.attestations = next.attestations;
+                }
+            }
+            // Once per spell, not every second.
+            Err(e) if !refresh_failing => {
+                refresh_failing = true;
+                log::warn!("refreshing the status from the queue: {e}");
+            }
+            Err(_) => {}
         }
     })
     .context("the coordinator loop stopped")
@@ -328,85 +376,250 @@ pub(crate) fn process(c: &Config, txid: Txid, kind: PegOpKind, stop: &AtomicBool
     Ok(())
 }
 
-/// `status`: queue, balances and key; a failing node shows as an error field.
+/// `status`: an aligned summary (or `--json`) of the nodes, tips,
+/// balances, supply, signers and the queue with its stuck ops, read from
+/// the nodes and the queue now; exits non-zero (after printing) when a node
+/// or the relay does not answer.
 pub(crate) fn status(c: &Config, json: bool) -> Result<()> {
     let q = queue(c)?;
     let stacks = UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout);
     let me = PrincipalData::Standard(c.stacks_address());
-    let account = stacks.get_account(&me);
-    if let Ok(a) = &account {
-        if a.balance < u128::from(c.fees.stx_low_balance_warning) {
-            log::warn!(
-                "the coordinator's STX balance ({} µSTX) is below the warning threshold",
-                a.balance
-            );
-        }
-    }
     let key = contract_wallet_key(&stacks, &c.contract, &me);
     let peg = key
         .as_ref()
         .ok()
         .and_then(|k| *k)
         .map(|k| fee_wallet::peg_wallet_address(&k, c.network));
-    let peg_balance = peg.as_ref().map(|a| {
-        bitcoin_node(c)
-            .list_unspent(&a.script_pubkey())
-            .map(|u| u.iter().map(|u| u.txout.value.to_sat()).sum::<u64>())
+    let snapshot = Mutex::new(StatusSnapshot {
+        aggregate_key: key.as_ref().ok().and_then(|k| k.map(|k| k.to_string())),
+        peg_wallet_address: peg.as_ref().map(|a| a.to_string()),
+        stacks_address: me.to_string(),
+        signer_ids: c.signer_set.signers.iter().map(|s| s.id).collect(),
+        start_height: c.start_height.0,
+        unhealthy_after: Some(c.unhealthy_after),
+        ..StatusSnapshot::default()
     });
-    let err = |e: &dyn std::fmt::Display| serde_json::json!({ "error": e.to_string() });
-    let v = serde_json::json!({
-        "last_scanned_height": q.last_scanned_height()?.map(|h| h.0),
-        "ops": q.counts()?,
-        "waiting": q.waiting()?,
-        "stacks_address": me.to_string(),
-        "stx_balance": account.as_ref().map(|a| serde_json::json!(a.balance.to_string())).unwrap_or_else(|e| err(e)),
-        "stacks_nonce": account.as_ref().map(|a| serde_json::json!(a.nonce)).unwrap_or_else(|e| err(e)),
-        "aggregate_key": key.as_ref().map(|k| serde_json::json!(k.map(|k| k.to_string()))).unwrap_or_else(|e| err(e)),
-        "peg_wallet_address": peg.as_ref().map(|a| a.to_string()),
-        "peg_wallet_sats": match peg_balance {
-            None => serde_json::Value::Null,
-            Some(Ok(s)) => serde_json::json!(s),
-            Some(Err(e)) => err(&e),
-        },
-    });
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        for (k, val) in v.as_object().into_iter().flatten() {
-            println!("{k:<20} {val}");
+    Watch {
+        bitcoin: bitcoin_node(c),
+        bitcoin_url: c.bitcoin_node_url.clone(),
+        stacks,
+        stacks_url: c.stacks_node_url.clone(),
+        relay_url: c.relay_url.clone(),
+        contract: c.contract.clone(),
+        sender: me.clone(),
+        every: c.rpc_timeout,
+        balance_every: Duration::ZERO,
+    }
+    .check(&snapshot, true);
+    let mut s = snapshot
+        .into_inner()
+        .map_err(|_| anyhow!("the status snapshot is poisoned"))?;
+    s.refresh_from_queue(&q)
+        .with_context(|| format!("reading the queue in {}", c.data_dir.display()))?;
+    if let Some(b) = s.stx_balance {
+        if b < c.fees.stx_low_balance_warning {
+            log::warn!(
+                "the coordinator's STX balance ({b} µSTX) is below the warning threshold of {} µSTX: top up {me}",
+                c.fees.stx_low_balance_warning
+            );
         }
     }
+    let down: Vec<String> = s
+        .nodes
+        .iter()
+        .filter(|(_, n)| !n.up)
+        .map(|(name, n)| {
+            format!(
+                "{name} at {} does not answer: {}",
+                n.url,
+                n.last_error.as_deref().unwrap_or("no answer")
+            )
+        })
+        .collect();
+    if json {
+        let mut v = serde_json::to_value(&s)?;
+        v["scan_lag"] = s.scan_lag().into();
+        v["backing_ratio"] = s.backing_ratio().into();
+        v["signer_threshold"] = c.signer_set.threshold.into();
+        v["aggregate_key_error"] = key.as_ref().err().map(|e| e.to_string()).into();
+        write_stdout(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
+    } else {
+        write_stdout(&status_text(c, &s, &key))?;
+    }
+    if !down.is_empty() {
+        bail!("{}", down.join("; "));
+    }
     Ok(())
+}
+
+/// `status`'s text: one `name  value` line each, the names aligned.
+fn status_text(
+    c: &Config,
+    s: &StatusSnapshot,
+    key: &std::result::Result<Option<coordinator::bitcoin::secp256k1::PublicKey>, StartupError>,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| {
+        let _ = writeln!(out, "{k:<22} {v}");
+    };
+    let unknown = || "unknown".to_owned();
+    let btc = |sats: u64| format!("{}.{:08} BTC", sats / 100_000_000, sats % 100_000_000);
+    for (name, n) in &s.nodes {
+        line(
+            name,
+            if n.up {
+                format!("up      {}", n.url)
+            } else {
+                format!(
+                    "DOWN    {}: {}",
+                    n.url,
+                    n.last_error.as_deref().unwrap_or("no answer")
+                )
+            },
+        );
+    }
+    line(
+        "bitcoin tip",
+        s.bitcoin_tip.map_or_else(unknown, |h| h.to_string()),
+    );
+    line(
+        "stacks tip",
+        s.stacks_tip.map_or_else(unknown, |h| {
+            format!(
+                "{h} (bitcoin height {})",
+                s.stacks_burn_height.map_or_else(unknown, |b| b.to_string())
+            )
+        }),
+    );
+    line(
+        "last scanned height",
+        match s.last_scanned_height {
+            Some(h) => format!(
+                "{h} ({} behind the tip)",
+                s.scan_lag().map_or_else(unknown, |l| l.to_string())
+            ),
+            None => format!("none yet (starts at {})", s.start_height),
+        },
+    );
+    line("stacks address", s.stacks_address.clone());
+    line(
+        "STX balance",
+        s.stx_balance.map_or_else(unknown, |b| {
+            format!("{b} µSTX (nonce {})", s.stacks_nonce.unwrap_or(0))
+        }),
+    );
+    line(
+        "aggregate key",
+        match key {
+            Ok(Some(k)) => k.to_string(),
+            Ok(None) => "none published in the contract".into(),
+            Err(e) => format!("unknown: {e}"),
+        },
+    );
+    line(
+        "peg wallet",
+        s.peg_wallet_address.clone().unwrap_or_else(unknown),
+    );
+    line(
+        "peg wallet holds",
+        s.peg_wallet_sats.map_or_else(unknown, btc),
+    );
+    line(
+        "sBTC supply",
+        s.sbtc_supply_sats.map_or_else(unknown, |v| {
+            format!("{}.{:08} sBTC", v / 100_000_000, v % 100_000_000)
+        }),
+    );
+    line(
+        "backing ratio",
+        s.backing_ratio()
+            .map_or_else(unknown, |r| format!("{r:.4}")),
+    );
+    line(
+        "signers",
+        format!(
+            "{} (threshold {}): ids {}",
+            c.signer_set.signers.len(),
+            c.signer_set.threshold,
+            s.signer_ids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let ops: Vec<String> = s
+        .ops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    line(
+        "ops",
+        if ops.is_empty() {
+            "none".into()
+        } else {
+            ops.join(", ")
+        },
+    );
+    line("stuck ops", s.stuck.len().to_string());
+    for o in &s.stuck {
+        let why = o
+            .waiting
+            .as_deref()
+            .or(o.last_error.as_deref())
+            .unwrap_or("");
+        let _ = writeln!(
+            out,
+            "  {} {} {} sats in {} for {} (attempts {}): {why}",
+            o.txid,
+            o.kind,
+            o.amount_sats,
+            o.state,
+            age_text(o.age_seconds),
+            o.attempts
+        );
+    }
+    out
 }
 
 /// `queue list|show|retry`.
 pub(crate) fn queue_command(c: &Config, cmd: &crate::QueueCommand) -> Result<()> {
     let q = queue(c)?;
     match cmd {
-        crate::QueueCommand::List { json } => {
-            let all = q.all()?;
-            if *json {
-                let rows: Vec<_> = all
-                    .iter()
-                    .map(|o| serde_json::json!({"txid": o.op.txid().to_string(), "kind": o.op.kind(), "height": o.op.block_height().0, "state": o.state.name(), "attempts": o.attempts, "last_error": o.last_error, "waiting": o.waiting}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                for o in all {
-                    println!(
-                        "{}  {:<8} {:>8}  {}  attempts {}{}",
-                        o.op.txid(),
-                        o.op.kind().to_string(),
-                        o.op.block_height().0,
-                        o.state,
-                        o.attempts,
-                        o.waiting
-                            .as_deref()
-                            .map(|w| format!("  waiting: {w}"))
-                            .unwrap_or_default()
-                    );
+        crate::QueueCommand::List { json, state } => {
+            for s in state {
+                if s != "pending" && !STATES.contains(&s.as_str()) {
+                    bail!("no state {s:?}: one of pending, {}", STATES.join(", "));
                 }
             }
+            let all: Vec<_> = q
+                .all()?
+                .into_iter()
+                .filter(|o| {
+                    state.is_empty()
+                        || state.iter().any(|s| {
+                            s == o.state.name() || (s == "pending" && !o.state.is_terminal())
+                        })
+                })
+                .collect();
+            let now = coordinator::metrics::unix_now();
+            let mut rows = Vec::with_capacity(all.len());
+            for o in &all {
+                let since = q.history(&o.op.txid())?.last().map(|e| e.at_unix);
+                rows.push((o, since.map(|t| now.saturating_sub(t))));
+            }
+            let text = if *json {
+                let rows: Vec<_> = rows
+                    .iter()
+                    .map(|(o, age)| serde_json::json!({"txid": o.op.txid().to_string(), "kind": kind_name(&o.op), "height": o.op.block_height().0, "state": o.state.name(), "amount_sats": o.op.amount().to_sat(), "recipient": coordinator::metrics::recipient(&o.op), "age_seconds": age, "attempts": o.attempts, "last_error": o.last_error, "waiting": o.waiting}))
+                    .collect();
+                format!("{}\n", serde_json::to_string_pretty(&rows)?)
+            } else {
+                list_text(&rows, state)
+            };
+            write_stdout(&text)?;
         }
         crate::QueueCommand::Show { txid, json } => {
             let o = q
@@ -414,12 +627,12 @@ pub(crate) fn queue_command(c: &Config, cmd: &crate::QueueCommand) -> Result<()>
                 .ok_or_else(|| anyhow!("no operation {txid} in the queue"))?;
             let history = q.history(txid)?;
             if *json {
-                println!(
-                    "{}",
+                write_stdout(&format!(
+                    "{}\n",
                     serde_json::to_string_pretty(&show_json(&o, &history)?)?
-                );
+                ))?;
             } else {
-                print!("{}", show_text(&o, &history));
+                write_stdout(&show_text(&o, &history))?;
             }
         }
         crate::QueueCommand::Fail { txid, reason } => {
@@ -490,6 +703,67 @@ pub(crate) fn queue_command(c: &Config, cmd: &crate::QueueCommand) -> Result<()>
     Ok(())
 }
 
+/// Writes to stdout; a closed pipe (`| head`) is no error.
+fn write_stdout(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::from(e).context("writing to stdout"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Seconds as `45s`, `12m`, `3h`, `2d`.
+fn age_text(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7_200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// `queue list`'s text: a header and one aligned row per op, or a line
+/// saying there are none.
+fn list_text(rows: &[(&peg_queue::QueuedOp, Option<u64>)], states: &[String]) -> String {
+    use std::fmt::Write as _;
+    if rows.is_empty() {
+        return if states.is_empty() {
+            "the queue holds no operations\n".to_owned()
+        } else {
+            format!("no operations in {}\n", states.join(" or "))
+        };
+    }
+    let mut out = format!(
+        "{:<64}  {:<15}  {:>8}  {:<20}  {:>16}  {:>5}  {:>8}  {}\n",
+        "TXID", "KIND", "HEIGHT", "STATE", "AMOUNT (sats)", "AGE", "ATTEMPTS", "NOTE"
+    );
+    for (o, age) in rows {
+        let note = o
+            .waiting
+            .as_deref()
+            .map(|w| format!("waiting: {w}"))
+            .or_else(|| o.state.reason().map(|r| format!("reason: {r}")))
+            .or_else(|| o.last_error.as_deref().map(|e| format!("last error: {e}")))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<64}  {:<15}  {:>8}  {:<20}  {:>16}  {:>5}  {:>8}  {note}",
+            o.op.txid(),
+            kind_name(&o.op),
+            o.op.block_height().0,
+            o.state.name(),
+            o.op.amount().to_sat(),
+            age.map_or("?".into(), age_text),
+            o.attempts,
+        );
+    }
+    let _ = writeln!(out, "{} operation(s)", rows.len());
+    out
+}
+
 /// `queue show --json`: the `/ops/{txid}` shape, its events in full (with
 /// their sequence and reasons), and the op as stored.
 fn show_json(o: &peg_queue::QueuedOp, history: &[peg_queue::OpEvent]) -> Result<serde_json::Value> {
@@ -514,7 +788,7 @@ fn show_text(o: &peg_queue::QueuedOp, history: &[peg_queue::OpEvent]) -> String 
         let _ = writeln!(out, "{k:<12} {v}");
     };
     line("txid", o.op.txid().to_string());
-    line("kind", o.op.kind().to_string());
+    line("kind", kind_name(&o.op).to_owned());
     line("state", o.state.to_string());
     line("amount", format!("{} sats", o.op.amount().to_sat()));
     line("recipient", coordinator::metrics::recipient(&o.op));

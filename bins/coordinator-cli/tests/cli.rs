@@ -241,21 +241,41 @@ fn status_reports_what_it_can_and_names_what_failed() {
     let dir = tempfile::tempdir().unwrap();
     let c = config_in(dir.path());
     let o = cli(&["--config", c.to_str().unwrap(), "status", "--json"], &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    // It prints what it could read, then fails naming every node down.
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["last_scanned_height"], serde_json::Value::Null);
-    assert_eq!(v["ops"], serde_json::json!({}));
+    assert_eq!(v["ops"]["done"], 0, "every state, 0 too: {v}");
     assert_eq!(
         v["stacks_address"],
         "ST3Z0MHYA9ZHQQKX0XYZ6MJYJXDJYBFZEZCGP88N0"
     );
+    assert_eq!(v["stx_balance"], serde_json::Value::Null, "{v}");
+    for node in ["bitcoind", "stacks-node", "relay"] {
+        assert_eq!(v["nodes"][node]["up"], false, "{v}");
+        assert!(
+            stderr(&o).contains(&format!("{node} at http://127.0.0.1:9")),
+            "{node}: {}",
+            stderr(&o)
+        );
+    }
     assert!(
-        v["stx_balance"]["error"]
+        v["nodes"]["stacks-node"]["last_error"]
             .as_str()
             .unwrap()
             .contains("unreachable"),
         "{v}"
     );
+    // The text summary too: aligned, DOWN named, exit 1.
+    let o = cli(&["--config", c.to_str().unwrap(), "status"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("bitcoind               DOWN    http://127.0.0.1:9")),
+        "{out}"
+    );
+    assert!(out.contains("sBTC supply            unknown"), "{out}");
 }
 
 #[test]
@@ -306,7 +326,13 @@ fn queue_retry_sends_a_rejected_op_back_to_validation() {
     }
     let txid = op.txid().to_string();
     let o = cli(&["--config", c.to_str().unwrap(), "queue", "list"], &[]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("rejected (not on the allowlist)"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("TXID")
+            && out.contains(" rejected ")
+            && out.contains("reason: not on the allowlist"),
+        "{out}"
+    );
     let o = cli(
         &["--config", c.to_str().unwrap(), "queue", "retry", &txid],
         &[],

@@ -63,6 +63,9 @@ pub struct RawConfig {
     /// Where `run` serves /health, /status and /metrics (default
     /// `127.0.0.1:9181`; `off` for none).
     pub status_listen: Option<String>,
+    /// How long, in milliseconds, a node or the relay may stay unreachable
+    /// (or no tick succeed) before `/health` answers 503 (default 60000).
+    pub unhealthy_after_ms: Option<u64>,
     /// The bitcoind connection.
     #[serde(default)]
     pub bitcoin_node: RawBitcoinNode,
@@ -250,6 +253,9 @@ pub struct Config {
     /// How long `run` waits at start for its nodes and the relay (`None`:
     /// until they answer or it is stopped).
     pub startup_wait: Option<Duration>,
+    /// How long a node or the relay may be unreachable, or no tick succeed,
+    /// before `/health` fails.
+    pub unhealthy_after: Duration,
     /// Confirmations before acting on an op.
     pub op_confirmations: u32,
     /// Confirmations before a fulfilment is done.
@@ -793,6 +799,7 @@ impl Config {
         };
         let poll_interval = c.positive_ms("poll_interval_ms", raw.poll_interval_ms, 5_000);
         let rpc_timeout = c.positive_ms("rpc_timeout_ms", raw.rpc_timeout_ms, 10_000);
+        let unhealthy_after = c.positive_ms("unhealthy_after_ms", raw.unhealthy_after_ms, 60_000);
 
         let default_depth = match network {
             Network::Bitcoin => 6,
@@ -939,6 +946,7 @@ impl Config {
                         None => Some("127.0.0.1:9181".to_owned()),
                     },
                     startup_wait: raw.startup_wait_secs.map(Duration::from_secs),
+                    unhealthy_after,
                     op_confirmations,
                     fulfillment_confirmations,
                     stacks_confirmations,

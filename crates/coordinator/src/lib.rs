@@ -605,6 +605,7 @@ where
             Err(StepError::Retry { .. }) if scan_waits => None,
             Err(StepError::Retry { message, transient }) => {
                 log_failure("scanning", &message, transient);
+                self.metrics.scan_errors.fetch_add(1, Ordering::Relaxed);
                 self.scan_backoff = Some(self.next_backoff(self.scan_backoff));
                 None
             }
@@ -707,7 +708,7 @@ where
             self.next_attestations = Some(Instant::now() + ATTESTATION_REFRESH);
             self.attestations = self.c.frost.attestations();
         }
-        self.metrics.tick();
+        self.metrics.tick(tip.is_some());
         Ok(report)
     }
 
