@@ -255,3 +255,31 @@ fn exit(r: anyhow::Result<()>) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `ExecStart=` line of a unit in `contrib/systemd/`, split in words.
+    fn exec_start(unit: &str) -> Vec<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../contrib/systemd")
+            .join(unit);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap_or_else(|| panic!("{} has no ExecStart", path.display()));
+        line.split_whitespace()
+            .map(|w| w.replace("%i", "1"))
+            .collect()
+    }
+
+    #[test]
+    fn the_systemd_unit_runs_a_command_this_binary_accepts() {
+        let words = exec_start("sbtc-coordinator.service");
+        assert!(words[0].ends_with("/coordinator-cli"), "{words:?}");
+        let cli = Cli::try_parse_from(&words).unwrap();
+        assert!(matches!(cli.command, Command::Run { .. }), "{cli:?}");
+    }
+}

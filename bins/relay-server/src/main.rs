@@ -163,3 +163,23 @@ fn main() -> ExitCode {
     server.shutdown();
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn the_systemd_unit_runs_a_command_this_binary_accepts() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../contrib/systemd/sbtc-relay.service");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("an ExecStart line");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert!(words[0].ends_with("/relay-server"), "{words:?}");
+        let args = Args::try_parse_from(&words).unwrap();
+        assert_eq!(args.listen, "127.0.0.1:3000");
+    }
+}

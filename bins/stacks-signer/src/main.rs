@@ -374,3 +374,26 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn the_systemd_unit_runs_a_command_this_binary_accepts() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../contrib/systemd/sbtc-signer@.service");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("an ExecStart line");
+        let words: Vec<String> = line
+            .split_whitespace()
+            .map(|w| w.replace("%i", "1"))
+            .collect();
+        assert!(words[0].ends_with("/stacks-signer"), "{words:?}");
+        let args = Args::try_parse_from(&words).unwrap();
+        assert!(matches!(args.command, Some(Command::Run { .. })), "{args:?}");
+    }
+}
