@@ -34,7 +34,7 @@
 //!   held, never a nonce or a DKG polynomial. A DKG runs in its own wsts
 //!   state machine and only appends to the history once it succeeded; the
 //!   signer joins a DKG only while it holds no key, or when its operator
-//!   allowed a rotation. Each key records the signer set it was made under:
+//!   allowed a rotation, and each DKG round id once (recorded on disk). Each key records the signer set it was made under:
 //!   after a signer-set change, a share request for an old key is answered
 //!   only if every signer it lists held that key with the listed key ids.
 
@@ -244,6 +244,7 @@ impl SignerCore {
                 history.last_dkg_id()
             );
         }
+        let dkg_joined = history.joined_dkg_id.max(history.last_dkg_id());
         if allow_rotation {
             warn!("signer {id}: key rotation allowed: this signer joins a new DKG even though it holds a key");
         }
@@ -256,7 +257,7 @@ impl SignerCore {
             allow_rotation,
             validator: Box::new(AcceptAll),
             dkg: None,
-            dkg_joined: 0,
+            dkg_joined,
             allowed: HashMap::new(),
             rounds: HashMap::new(),
             rejected: 0,
@@ -502,6 +503,20 @@ impl SignerCore {
                 return vec![];
             }
         };
+        // On disk before anything of the round is sent: joined once, even
+        // across a restart.
+        let mut history = self.history.clone();
+        history.joined_dkg_id = b.dkg_id;
+        if let Err(e) = history.save(&self.state_path) {
+            warn!(
+                "signer {}: not joining DKG round {}: cannot record it in {}: {e}",
+                self.id,
+                b.dkg_id,
+                self.state_path.display()
+            );
+            return vec![];
+        }
+        self.history = history;
         info!("signer {}: DKG round {} started", self.id, b.dkg_id);
         self.dkg = Some((b.dkg_id, signer));
         self.dkg_joined = b.dkg_id;

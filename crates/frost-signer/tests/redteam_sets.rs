@@ -176,6 +176,14 @@ fn a_failed_dkg_round_replayed_by_the_relay_is_not_joined_again() {
     let out = c.handle(&begin).unwrap();
     assert!(out.is_empty(), "joined round 2 a second time: {out:?}");
     assert!(c.rejected() > before);
+    // Nor after a restart: the round joined is on disk.
+    let mut c =
+        SignerCore::new(1, &set(), &sk(0x5e, 0), dir.path().join("s1.json"), false).unwrap();
+    assert!(
+        c.handle(&begin).unwrap().is_empty(),
+        "joined after a restart"
+    );
+    assert_eq!(c.history().joined_dkg_id, 2);
     // The coordinator's retry, a new id, is joined.
     let retry = from_coordinator(Message::DkgBegin(w::DkgBegin { dkg_id: 3 }));
     assert!(matches!(
