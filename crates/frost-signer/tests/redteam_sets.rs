@@ -255,3 +255,65 @@ fn every_round_has_its_own_nonce_and_a_round_id_never_gets_a_second() {
     }
     assert_eq!(c.open_rounds(), 5);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// Attack (held), across a signer-set change: signer 1 runs under a
+    /// four-signer set and holds a key made by the first three. Hostile
+    /// listings — any subset and order of genuine nonces of signers 2 and 3,
+    /// the newcomer (signer 4, key id 4) listed with a nonce, entries moved
+    /// to other ids — get a share only when they list exactly our own nonce,
+    /// in ascending id order, and only holders of the key with the key ids
+    /// they held; never a panic.
+    #[test]
+    fn across_a_set_change_a_share_only_for_ascending_listings_of_the_keys_holders(
+        picks in proptest::collection::vec((0usize..4, 0u32..4), 1..5),
+        ours_at in 0usize..5,
+        sign_id in 10u64..1_000,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut cores, key) = keyed_cores(dir.path(), true);
+        let secp = bitcoin::secp256k1::Secp256k1::new();
+        let mut four = set();
+        four.signers.push(frost_net::SignerInfo {
+            id: 4,
+            public_key: sk(0x5e, 3).public_key(&secp),
+            key_ids: vec![4],
+            private_key: None,
+        });
+        let mut me = SignerCore::new(1, &four, &sk(0x5e, 0), dir.path().join("s1.json"), false)
+            .unwrap();
+        let h = [9u8; 32];
+        me.handle(&sign_request(key, h)).unwrap();
+        let ours = nonce_of(&me.handle(&nonce_request(key, sign_id, 1, h)).unwrap());
+        let mut pool = vec![];
+        for c in cores.iter_mut().skip(1) {
+            c.handle(&sign_request(key, h)).unwrap();
+            pool.push(nonce_of(&c.handle(&nonce_request(key, sign_id, 1, h)).unwrap()));
+        }
+        // Entries: (which nonce: 0/1 genuine of signers 2/3, 2 ours, 3 a
+        // copy of signer 2's; listed under wsts id 0..=3).
+        let mut list = vec![];
+        for (which, as_id) in picks {
+            let mut n = match which {
+                0 | 3 => pool[0].clone(),
+                1 => pool[1].clone(),
+                _ => ours.clone(),
+            };
+            n.signer_id = as_id;
+            n.key_ids = vec![as_id + 1];
+            list.push(n);
+        }
+        list.insert(ours_at.min(list.len()), ours.clone());
+        let out = me.handle(&share_request(key, list.clone())).unwrap();
+        let ascending = list.windows(2).all(|p| p[0].signer_id < p[1].signer_id);
+        let holders_only = list.iter().all(|n| n.signer_id < 3);
+        let exactly_ours = list.iter().filter(|n| n.signer_id == 0).count() == 1
+            && list.iter().any(|n| n.signer_id == 0 && n.nonces == ours.nonces);
+        if is_share(&out) {
+            proptest::prop_assert!(ascending && holders_only && exactly_ours, "{list:?}");
+        }
+        // Every listing names us: the round is answered or dropped, never kept.
+        proptest::prop_assert_eq!(me.open_rounds(), 0);
+    }
+}
