@@ -296,6 +296,12 @@ impl RelayFrostCoordinator {
                     k.set = Some(KeySet::of(&c.opts.set));
                 }
                 let current = hex::encode(c.opts.set.hash());
+                if let Some(Err(e)) = k.set.as_ref().map(|s| s.can_sign_under(&c.opts.set)) {
+                    warn!(
+                        "coordinator: key {} of DKG round {} under this signer set: {e}",
+                        k.key, k.dkg_id
+                    );
+                }
                 if let Some(made_under) = k.set.as_ref().filter(|s| s.hash != current) {
                     info!(
                         "coordinator: key {} of DKG round {} was made under another signer set \

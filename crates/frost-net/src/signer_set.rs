@@ -307,6 +307,44 @@ impl KeySet {
     }
 }
 
+impl KeySet {
+    /// Checks that the key can still sign under `current`: envelopes are
+    /// verified against the current set only, so the key's holders that
+    /// are still in it (same id, same key ids) must hold at least the key's
+    /// threshold of key ids. A set change that removes too many holders
+    /// leaves the key's coins unspendable (no sweep can be signed) until
+    /// the old file is restored.
+    ///
+    /// # Errors
+    /// How many key ids the remaining holders hold, against the threshold.
+    pub fn can_sign_under(&self, current: &SignerSet) -> Result<(), String> {
+        let held: u32 = self
+            .set
+            .signers
+            .iter()
+            .filter(|m| {
+                current.signer(m.id).is_some_and(|now| {
+                    let (mut a, mut b) = (m.key_ids.clone(), now.key_ids.clone());
+                    a.sort_unstable();
+                    b.sort_unstable();
+                    a == b
+                })
+            })
+            .map(|m| u32::try_from(m.key_ids.len()).unwrap_or(u32::MAX))
+            .fold(0, u32::saturating_add);
+        if held < self.set.threshold {
+            return Err(format!(
+                "its holders still in the signer set hold {held} of its {} key ids, below its \
+                 threshold {}: it can no longer sign (sweep an old key's coins before removing \
+                 its holders)",
+                self.set.num_keys(),
+                self.set.threshold
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The shared signer file (`conf/signer.toml`): the signer set plus what the
 /// signers need to find the relay and the coordinator.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -658,6 +696,15 @@ subsidy_sats = 500
         moved.signers[1].key_ids = vec![1];
         let e = k.fits(&moved).unwrap_err();
         assert!(e.contains("signer 1") && e.contains("never change"), "{e}");
+        // Removing a holder keeps the key signable only while the rest
+        // reach its threshold.
+        k.can_sign_under(&small_set(2, 2)).unwrap();
+        k.can_sign_under(&small_set(4, 3)).unwrap();
+        let e = KeySet::of(&small_set(3, 3))
+            .can_sign_under(&small_set(2, 2))
+            .unwrap_err();
+        assert!(e.contains("2 of its 3") && e.contains("threshold 3"), "{e}");
+        assert!(k.can_sign_under(&small_set(1, 1)).is_err());
         // A record whose set was edited no longer matches its hash.
         let mut edited = k.clone();
         edited.set.threshold = 1;

@@ -34,7 +34,7 @@
 //!   held, never a nonce or a DKG polynomial. A DKG runs in its own wsts
 //!   state machine and only appends to the history once it succeeded; the
 //!   signer joins a DKG only while it holds no key, or when its operator
-//!   allowed a rotation. Each key records the signer set it was made under:
+//!   allowed a rotation, and each DKG round id once (recorded on disk). Each key records the signer set it was made under:
 //!   after a signer-set change, a share request for an old key is answered
 //!   only if every signer it lists held that key with the listed key ids.
 
@@ -189,6 +189,10 @@ pub struct SignerCore {
     allow_rotation: bool,
     validator: Box<dyn Validator>,
     dkg: Option<(u64, WstsSigner)>,
+    /// The highest DKG round this signer has joined since it started: a
+    /// round is joined once, even when it failed and left no key (a relay
+    /// replaying its `DkgBegin` must not start it again).
+    dkg_joined: u64,
     allowed: HashMap<(PublicKey, [u8; 32]), Instant>,
     rounds: HashMap<RoundId, OpenRound>,
     rejected: u64,
@@ -240,6 +244,7 @@ impl SignerCore {
                 history.last_dkg_id()
             );
         }
+        let dkg_joined = history.joined_dkg_id.max(history.last_dkg_id());
         if allow_rotation {
             warn!("signer {id}: key rotation allowed: this signer joins a new DKG even though it holds a key");
         }
@@ -252,6 +257,7 @@ impl SignerCore {
             allow_rotation,
             validator: Box::new(AcceptAll),
             dkg: None,
+            dkg_joined,
             allowed: HashMap::new(),
             rounds: HashMap::new(),
             rejected: 0,
@@ -437,6 +443,14 @@ impl SignerCore {
             ));
             return vec![];
         }
+        if b.dkg_id <= self.dkg_joined && self.dkg.is_none() {
+            let joined = self.dkg_joined;
+            self.reject(format_args!(
+                "refused DKG round {}: round {joined} was already joined (a round is joined once)",
+                b.dkg_id
+            ));
+            return vec![];
+        }
         if let Some((current, _)) = &self.dkg {
             if b.dkg_id <= *current {
                 let current = *current;
@@ -489,8 +503,23 @@ impl SignerCore {
                 return vec![];
             }
         };
+        // On disk before anything of the round is sent: joined once, even
+        // across a restart.
+        let mut history = self.history.clone();
+        history.joined_dkg_id = b.dkg_id;
+        if let Err(e) = history.save(&self.state_path) {
+            warn!(
+                "signer {}: not joining DKG round {}: cannot record it in {}: {e}",
+                self.id,
+                b.dkg_id,
+                self.state_path.display()
+            );
+            return vec![];
+        }
+        self.history = history;
         info!("signer {}: DKG round {} started", self.id, b.dkg_id);
         self.dkg = Some((b.dkg_id, signer));
+        self.dkg_joined = b.dkg_id;
         match self.dkg_step(b.dkg_id, w::Message::DkgBegin(b.clone())) {
             Ok(out) => out,
             Err(e) => {
@@ -772,6 +801,24 @@ impl SignerCore {
             ));
             return vec![];
         };
+        // wsts' binding value hashes the list of nonces but not the signer
+        // each is listed under: with the nonce list fixed, another order of
+        // ids would keep our effective nonce and change the challenge. FIRE
+        // and the DKG test round list signers in ascending id order; only
+        // that order is answered, so a nonce list and a set of signers give
+        // one assignment.
+        if !m
+            .nonce_responses
+            .windows(2)
+            .all(|p| p[0].signer_id < p[1].signer_id)
+        {
+            self.rounds.remove(&round);
+            self.reject(format_args!(
+                "no share for signing round {}/{}: signers not listed in ascending id order",
+                m.sign_id, m.sign_iter_id
+            ));
+            return vec![];
+        }
         let listed_ok = mine.len() == 1
             && mine[0].nonces == open.response.nonces
             && mine[0].key_ids == open.response.key_ids

@@ -255,6 +255,16 @@ pub struct KeyHistory {
     pub signer_id: u32,
     /// Every key share held, oldest first.
     pub keys: Vec<KeyEntry>,
+    /// The highest DKG round the signer joined, written before it sends
+    /// anything for the round: a round is joined once, even one that failed
+    /// and left no key, across restarts too (a relay replaying an old
+    /// `DkgBegin` must not start it again). Absent in older files (0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub joined_dkg_id: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl KeyHistory {
@@ -264,6 +274,7 @@ impl KeyHistory {
             version: STATE_VERSION,
             signer_id: id,
             keys: vec![],
+            joined_dkg_id: 0,
         }
     }
 
