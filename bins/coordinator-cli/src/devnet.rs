@@ -396,14 +396,13 @@ pub(crate) fn run_real(
             peg_wallet_address: Some(peg.to_string()),
             ..StatusSnapshot::default()
         }));
-        let refresh = |l: &HttpCoordinator| {
-            if let (Ok(ops), Ok(mut s)) = (l.components().queue.counts(), snapshot.lock()) {
-                s.ops = ops;
-                s.attestations = l.attestations().to_vec();
-            }
-        };
-        refresh(&l);
-        let endpoint = StatusServer::start("127.0.0.1:0", l.metrics(), snapshot.clone())?;
+        refresh(&l, &snapshot);
+        let endpoint = StatusServer::start_with_queue(
+            "127.0.0.1:0",
+            l.metrics(),
+            snapshot.clone(),
+            Box::new(SqlitePegQueue::open(&peg_net.queue_path())?),
+        )?;
         let coordinator_url = format!("http://{}", endpoint.addr());
         let sbtc_config = devnet::user::write_sbtc_toml(&devnet::user::SbtcToml {
             dir: &dir,
@@ -417,7 +416,9 @@ pub(crate) fn run_real(
             "-- serving until Ctrl-C; a Bitcoin block every second (the stacks-node mines on its own); state in {}",
             dir.display()
         );
-        println!("   coordinator         {coordinator_url}  (/status, /attestations)");
+        println!(
+            "   coordinator         {coordinator_url}  (/status, /attestations, /ops/{{txid}})"
+        );
         println!(
             "   testers' sbtc       cargo run -p sbtc -- --config {} balance --address ADDRESS",
             sbtc_config.display()
@@ -448,7 +449,7 @@ pub(crate) fn run_real(
             if let Err(e) = l.tick(stop) {
                 eprintln!("warning: a coordinator tick: {e}");
             }
-            refresh(&l);
+            refresh(&l, &snapshot);
             std::thread::sleep(Duration::from_millis(500));
         }
         drop(endpoint);

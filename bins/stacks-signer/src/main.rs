@@ -394,6 +394,9 @@ mod unit_tests {
             .collect();
         assert!(words[0].ends_with("/stacks-signer"), "{words:?}");
         let args = Args::try_parse_from(&words).unwrap();
-        assert!(matches!(args.command, Some(Command::Run { .. })), "{args:?}");
+        assert!(
+            matches!(args.command, Some(Command::Run { .. })),
+            "{args:?}"
+        );
     }
 }

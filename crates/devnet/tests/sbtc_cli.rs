@@ -286,7 +286,7 @@ fn flow(devnet_args: &[&str]) {
     let coordinator = devnet
         .lines
         .iter()
-        .find(|l| l.contains("(/status, /attestations)"))
+        .find(|l| l.trim_start().starts_with("coordinator "))
         .and_then(|l| l.split_whitespace().nth(1))
         .expect("the coordinator's URL")
         .to_owned();
@@ -431,6 +431,26 @@ fn flow(devnet_args: &[&str]) {
         ),
         "the request's dust output to bob"
     );
+    // `sbtc status` follows the request through the coordinator's /ops:
+    // done, with the burn's Stacks txid and the payout's Bitcoin txid.
+    let mut last = String::new();
+    wait_for("the request done in sbtc status", || {
+        let o = sbtc(&exe, &config, &["status", &request, "--json"], &[], None);
+        last = String::from_utf8_lossy(&o.stdout).into_owned();
+        serde_json::from_str::<serde_json::Value>(&last).is_ok_and(|v| v["state"] == "done")
+    });
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["txid"], request.as_str(), "{v}");
+    assert_eq!(v["amount_sats"], 500_000, "{v}");
+    let events = v["events"].as_array().expect("events");
+    assert!(events.iter().any(|e| e["stacks_txid"].is_string()), "{v}");
+    assert!(events.iter().any(|e| e["bitcoin_txid"].is_string()), "{v}");
+    let text = ok(
+        &sbtc(&exe, &config, &["status", &request], &[], None),
+        "status",
+    );
+    assert!(text.contains("done"), "{text}");
+
     // Alice paid the peg-in, the request's dust and fee outputs and two miner fees.
     let (alice_now, _, _) = balance(&exe, &config, &["--address", &alice_btc]);
     let spent = alice_sats - alice_now.expect("alice's BTC");
