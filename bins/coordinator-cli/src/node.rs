@@ -321,6 +321,9 @@ pub(crate) fn refund(c: &Config, txid: Txid, reason: &str, stop: &AtomicBool) ->
             l.request_refund(&txid, &who, reason)?;
             let state = l.process_one(&txid, stop)?;
             println!("peg-in {txid}: {state}");
+            if let Some(e) = l.components().queue.get(&txid)?.and_then(|o| o.last_error) {
+                println!("last error: {e}");
+            }
             if !state.is_terminal() {
                 println!(
                     "`run` (or `process-peg-in {txid}`) takes it on from here ({})",
@@ -331,9 +334,22 @@ pub(crate) fn refund(c: &Config, txid: Txid, reason: &str, stop: &AtomicBool) ->
         }
         Err(coordinator::lock::LockError::Held { holder, .. }) => {
             let stacks = UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout);
+            // The running loop writes the queue: opening it may meet its
+            // lock (the queue sets journal_mode before its busy timeout), so
+            // try a few times, bounded.
+            let mut opened = queue(c);
+            for _ in 0..20 {
+                match &opened {
+                    Err(e) if format!("{e:#}").contains("locked") => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        opened = queue(c);
+                    }
+                    _ => break,
+                }
+            }
             let mut l = StacksCoordinator::new(
                 Components {
-                    queue: queue(c)?,
+                    queue: opened?,
                     stacks_wallet: stacks_wallet(c, &stacks),
                     stacks,
                     bitcoin: bitcoin_node(c),
