@@ -125,7 +125,6 @@ fn refund_pays_a_rejected_peg_in_back_once_with_run_stopped_or_running() {
     assert!(o.status.success(), "{}", text(&o));
     // Usually broadcast at once; when a signer's node is a block behind it
     // refuses for now, the request stays stored, and the next run goes on.
-    eprintln!("refund: {}", text(&o));
     assert!(
         text(&o).contains(&format!("peg-in {t}: refund_")),
         "{}",
