@@ -444,3 +444,23 @@ fn a_sweep_of_an_old_key_never_spends_a_peg_in_neither_minted_nor_refunded() {
         "only the minted peg-in's coin and the plain coin"
     );
 }
+
+#[test]
+fn a_peg_in_to_an_old_key_is_refunded_with_that_key() {
+    let b = B::default();
+    let old = SecretKey::from_slice(&[4; 32]).unwrap().public_key(&secp());
+    let op = deposit(&b, 1, stranger_principal(), 150_000, &old);
+    let t = op.txid();
+    let w = world(10, vec![(5, vec![op])]);
+    let q = MemQueue::default();
+    let mut l = refund_loop(&w, &b, &q, vec![old, aggregate_key()]);
+    l.tick(&no_stop()).unwrap();
+    assert!(matches!(q.state(&t), OpState::Rejected { .. }));
+    l.request_refund(&t, "test", "an old key's peg-in").unwrap();
+    let state = l.process_one(&t, &no_stop()).unwrap();
+    assert!(matches!(state, OpState::RefundBroadcast { .. }), "{state}");
+    let g = b.lock().unwrap();
+    // Finalized only if the old key's signature passes consensus.
+    assert_eq!(g.broadcast.len(), 1);
+    assert_eq!(g.broadcast[0].output[0].script_pubkey, depositor_script());
+}
