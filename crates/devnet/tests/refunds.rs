@@ -419,3 +419,79 @@ fn a_stolen_coordinator_key_cannot_refund_elsewhere_twice_a_minted_or_a_mintable
     assert_refused_by_all(&n, &before, &r, "refund.spent");
     assert_eq!(n.held(), held, "no BTC moved");
 }
+
+/// The same refund on real nodes: Bitcoin Core (regtest) and a stacks-node
+/// (mocknet), five guarded signers. Skips, saying why, when `BITCOIND_EXE`
+/// or `STACKS_NODE_EXE` is unset.
+#[test]
+#[allow(clippy::print_stdout)]
+fn a_rejected_peg_in_is_refunded_on_real_nodes() {
+    use devnet::real_peg::demo_users;
+    use devnet::{RealPeg, RealPegOptions, RealPegStart};
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let peg = match RealPeg::start(RealPegOptions::new(dir.path())) {
+        Ok(RealPegStart::Started(p)) => p,
+        Ok(RealPegStart::Skipped(why)) => {
+            println!("skipped: {why}");
+            return;
+        }
+        Err(e) => panic!("{e:#}"),
+    };
+    let stop = AtomicBool::new(false);
+    peg.publish_key().unwrap();
+    let wallet = peg.peg_wallet().unwrap();
+    let mut users = demo_users();
+    peg.fund_users(&mut users).unwrap();
+    let from = peg.bitcoin_height().unwrap();
+    let allowed: Vec<&User> = users.iter().take(3).collect();
+    let mut l = peg.coordinator(peg.settings(&allowed).unwrap()).unwrap();
+    let _miner = peg.miner(Duration::from_millis(200));
+    // Mallory (demo user 4) is on neither allowlist.
+    let mallory = &mut users[3];
+    let to = mallory.stx.clone();
+    let t = mallory
+        .peg_in_with(
+            |tx| peg.send(tx),
+            MAGIC,
+            &wallet,
+            &to,
+            Amount::from_sat(BTC / 10),
+        )
+        .unwrap();
+    let rejected = peg.run_until(&mut l, Duration::from_secs(60), &stop, |l| {
+        matches!(state(l, &t), Some(OpState::Rejected { .. }))
+    });
+    assert!(rejected, "{:?}\n{}", state(&l, &t), peg.log_tails());
+    l.request_refund(&t, "the real-node refund test", "not on the allowlist")
+        .unwrap();
+    let refunded = peg.run_until(&mut l, Duration::from_secs(90), &stop, |l| {
+        state(l, &t) == Some(OpState::Refunded)
+    });
+    assert!(refunded, "{:?}\n{}", state(&l, &t), peg.log_tails());
+    // On Core: output 1 is spent, by a transaction paying her script only.
+    let node = peg.bitcoin_client();
+    assert!(node
+        .get_tx_out(&OutPoint::new(t, 1), true)
+        .unwrap()
+        .is_none());
+    let tip = peg.bitcoin_height().unwrap();
+    let refund = (from..=tip)
+        .rev()
+        .find_map(|h| {
+            let block = node.get_block(&node.get_block_hash(h).unwrap()).unwrap();
+            block.txdata.into_iter().find(|tx| {
+                tx.input
+                    .iter()
+                    .any(|i| i.previous_output == OutPoint::new(t, 1))
+            })
+        })
+        .expect("the refund is in a block");
+    assert_eq!(refund.output.len(), 1);
+    assert_eq!(refund.output[0].script_pubkey, users[3].btc.script_pubkey());
+    assert!(!peg.was_minted(&t).unwrap());
+    let e = l
+        .request_refund(&t, "the real-node refund test", "twice")
+        .unwrap_err();
+    assert!(e.to_string().contains("refunded already"), "{e}");
+}
