@@ -464,3 +464,56 @@ fn a_peg_in_to_an_old_key_is_refunded_with_that_key() {
     assert_eq!(g.broadcast.len(), 1);
     assert_eq!(g.broadcast[0].output[0].script_pubkey, depositor_script());
 }
+
+/// Killed right after the refund is stored: the restart broadcasts the
+/// stored bytes and signs nothing. Killed right before it is stored: the
+/// restart signs again, the same transaction (same coin, script and rate),
+/// and one refund is broadcast.
+#[test]
+fn a_crash_around_storing_the_signed_refund_neither_loses_it_nor_pays_twice() {
+    for (point, signs) in [
+        (CrashPoint::AfterStoring("refund_signed"), 1),
+        (CrashPoint::BeforeStoring("refund_signed"), 2),
+    ] {
+        let b = B::default();
+        let op = deposit(&b, 1, stranger_principal(), 200_000, &aggregate_key());
+        let t = op.txid();
+        let w = world(10, vec![(5, vec![op])]);
+        let q = MemQueue::default();
+        let mut l = refund_loop(&w, &b, &q, vec![aggregate_key()]);
+        l.tick(&no_stop()).unwrap();
+        l.request_refund(&t, "test", "crash").unwrap();
+        l.set_crash_point(Some(point));
+        let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = l.process_one(&t, &no_stop());
+        }));
+        assert!(crashed.is_err(), "{point:?}: the injected crash");
+        assert!(
+            b.lock().unwrap().broadcast.is_empty(),
+            "nothing left before the crash"
+        );
+        drop(l);
+        let mut l = refund_loop(&w, &b, &q, vec![aggregate_key()]);
+        run_ticks_refund(&mut l, 3);
+        assert!(
+            matches!(q.state(&t), OpState::RefundBroadcast { .. }),
+            "{point:?}: {}",
+            q.state(&t)
+        );
+        assert_eq!(w.lock().unwrap().sign_calls, signs, "{point:?}");
+        let g = b.lock().unwrap();
+        assert_eq!(g.broadcast.len(), 1, "{point:?}: one refund");
+        let payloads = &w.lock().unwrap().sign_payloads;
+        let txids: Vec<Txid> = payloads
+            .iter()
+            .map(|p| match peg_rules::SignPayload::decode(p).unwrap() {
+                peg_rules::SignPayload::Refund { tx, .. } => tx.compute_txid(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(
+            txids.iter().all(|x| *x == g.broadcast[0].compute_txid()),
+            "{point:?}: the same refund each time"
+        );
+    }
+}
