@@ -751,8 +751,8 @@ where
     /// pending peg-out request's fee output is never swept: that request's
     /// fulfilment spends it as input 0. Peg-ins that still arrive at an old
     /// address are swept the same way once minted (`done`); until then —
-    /// and for good when rejected, until refunded — their output 1 stays. Returns the
-    /// sweep transactions broadcast (one per old key holding coins).
+    /// and, when rejected, until refunded — their output 1 stays. Returns
+    /// the sweep transactions broadcast (one per old key holding coins).
     ///
     /// # Errors
     /// When the queue fails; node and signing failures are logged and the
