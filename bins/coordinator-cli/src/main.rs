@@ -78,6 +78,16 @@ enum Command {
         /// The peg-out request's Bitcoin txid.
         txid: Txid,
     },
+    /// Refund a rejected, never-minted peg-in: its BTC back to the script its input 0 spent,
+    /// less the fee, signed by the signers after their own checks. Done here when `run` is
+    /// stopped; recorded for the running loop otherwise.
+    Refund {
+        /// The peg-in's Bitcoin txid.
+        txid: Txid,
+        /// Why, for the log.
+        #[arg(long, default_value = "operator's refund")]
+        reason: String,
+    },
     /// Show the queue, balances and the aggregate key.
     Status {
         /// Print JSON instead of text.
@@ -206,6 +216,7 @@ fn main() -> ExitCode {
             PegOpKind::PegOutRequest,
             &stop,
         )),
+        Command::Refund { txid, reason } => exit(node::refund(&config, *txid, reason, &stop)),
         Command::Status { json } => exit(node::status(&config, *json)),
         Command::Queue(q) => exit(node::queue_command(&config, q)),
         Command::CoinsRepair => exit(node::coins_repair(&config)),

@@ -376,6 +376,78 @@ pub(crate) fn process(c: &Config, txid: Txid, kind: PegOpKind, stop: &AtomicBool
     Ok(())
 }
 
+/// `refund TXID`: asks for the refund of a rejected, never-minted peg-in
+/// (the coordinator's checks in `StacksCoordinator::request_refund`, logged
+/// with who asked and why). With the data directory free, this process then
+/// builds the refund, has the signers sign it, stores and broadcasts it, as
+/// `process-peg-in` does; while `run` holds the directory, only the request
+/// is stored (a rejected op is terminal: the running loop never writes it,
+/// and every other writer takes the lock) and the running loop does the rest.
+pub(crate) fn refund(c: &Config, txid: Txid, reason: &str, stop: &AtomicBool) -> Result<()> {
+    let who = format!(
+        "{} (coordinator-cli refund, pid {})",
+        std::env::var("USER").unwrap_or_else(|_| "operator".into()),
+        std::process::id()
+    );
+    match DataDirLock::acquire(&c.data_dir, "refund") {
+        Ok(_lock) => {
+            let mut l = build(c, None)?;
+            l.request_refund(&txid, &who, reason)?;
+            let state = l.process_one(&txid, stop)?;
+            println!("peg-in {txid}: {state}");
+            if let Some(e) = l.components().queue.get(&txid)?.and_then(|o| o.last_error) {
+                println!("last error: {e}");
+            }
+            if !state.is_terminal() {
+                println!(
+                    "`run` (or `process-peg-in {txid}`) takes it on from here ({})",
+                    state.name()
+                );
+            }
+            Ok(())
+        }
+        Err(coordinator::lock::LockError::Held { holder, .. }) => {
+            let stacks = UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout);
+            // The running loop writes the queue: opening it may meet its
+            // lock (the queue sets journal_mode before its busy timeout), so
+            // try a few times, bounded.
+            let mut opened = queue(c);
+            for _ in 0..20 {
+                match &opened {
+                    Err(e) if format!("{e:#}").contains("locked") => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        opened = queue(c);
+                    }
+                    _ => break,
+                }
+            }
+            let mut l = StacksCoordinator::new(
+                Components {
+                    queue: opened?,
+                    stacks_wallet: stacks_wallet(c, &stacks),
+                    stacks,
+                    bitcoin: bitcoin_node(c),
+                    bitcoin_wallet: PegWallet::new(
+                        c.network,
+                        c.magic_bytes,
+                        BitcoinFeePolicy::from_policy(&c.policy),
+                    ),
+                    frost: crate::frost::coordinator(c)?,
+                    source: source(c),
+                },
+                LoopSettings::from_config(c),
+            )
+            .with_checks(PegChecks::from_config(c));
+            l.request_refund(&txid, &who, reason)?;
+            println!(
+                "peg-in {txid}: refund_requested; the running coordinator ({holder}) builds, signs and broadcasts it"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `status`: an aligned summary (or `--json`) of the nodes, tips,
 /// balances, supply, signers and the queue with its stuck ops, read from
 /// the nodes and the queue now; exits non-zero (after printing) when a node

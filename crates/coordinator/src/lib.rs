@@ -33,11 +33,16 @@
 //! the loop; only a failing queue does, since without it nothing can be
 //! promised.
 //!
+//! A rejected peg-in may be refunded on the operator's request
+//! ([`StacksCoordinator::request_refund`], `coordinator-cli refund`): see
+//! the `refund` module; `refunded` is terminal.
+//!
 //! The loop never prints; it logs through the `log` crate.
 
 pub mod config;
 pub mod lock;
 pub mod metrics;
+mod refund;
 pub mod retry;
 pub mod secret;
 pub mod source;
@@ -91,6 +96,9 @@ pub enum Error {
     /// A one-off command named an operation the queue does not hold.
     #[error("no operation with txid {0} in the queue")]
     UnknownOp(Txid),
+    /// `refund` named an op that may not be refunded, and why.
+    #[error("{0} is not refunded: {1}")]
+    NotRefundable(Txid, String),
 }
 
 /// How far below a reorged op's height the scan restarts: the new branch may
@@ -489,7 +497,8 @@ where
         script: &ScriptBuf,
     ) -> Result<Vec<bitcoin_node_client::Utxo>, StepError> {
         let Some((coins, first_height)) = &self.coins else {
-            return Ok(self.c.bitcoin.list_unspent(script)?);
+            let coins = self.c.bitcoin.list_unspent(script)?;
+            return self.without_owed(coins);
         };
         let mut record = coins.borrow_mut();
         let rescan = record.watch(script, *first_height)?;
@@ -510,7 +519,22 @@ where
             }
             self.coins_synced = true;
         }
-        Ok(record.unspent(script, peg_coins::Include::Confirmed)?)
+        let coins = record.unspent(script, peg_coins::Include::Confirmed)?;
+        drop(record);
+        self.without_owed(coins)
+    }
+
+    /// `coins` without the output 1 of peg-ins not `done` (see
+    /// `owed_peg_in_coins`): no fulfilment or sweep spends those.
+    fn without_owed(
+        &self,
+        coins: Vec<bitcoin_node_client::Utxo>,
+    ) -> Result<Vec<bitcoin_node_client::Utxo>, StepError> {
+        let owed = self.owed_peg_in_coins(&coins)?;
+        Ok(coins
+            .into_iter()
+            .filter(|u| !owed.contains(&u.outpoint))
+            .collect())
     }
 
     /// Records a transaction of ours (fulfilment or sweep) about to be
@@ -722,8 +746,9 @@ where
     /// the current peg wallet, each input signed with its own (old) key. A
     /// pending peg-out request's fee output is never swept: that request's
     /// fulfilment spends it as input 0. Peg-ins that still arrive at an old
-    /// address are swept the same way once minted or rejected. Returns the
-    /// sweep transactions broadcast (one per old key holding coins).
+    /// address are swept the same way once minted (`done`); until then —
+    /// and, when rejected, until refunded — their output 1 stays. Returns
+    /// the sweep transactions broadcast (one per old key holding coins).
     ///
     /// # Errors
     /// When the queue fails; node and signing failures are logged and the
@@ -1201,6 +1226,9 @@ where
             (OpState::BitcoinTxBroadcast { tx }, PegOp::PegOutRequest(_)) => {
                 self.confirm_fulfillment(tx)
             }
+            (OpState::RefundRequested, PegOp::PegIn(p)) => self.build_refund(p),
+            (OpState::RefundSigned { tx }, PegOp::PegIn(p)) => self.broadcast_refund(p, tx),
+            (OpState::RefundBroadcast { tx }, PegOp::PegIn(p)) => self.confirm_refund(p, tx),
             (state, op) => Ok(Step::Moved(OpState::Failed {
                 reason: format!("a {} cannot be in state {}", op.kind(), state.name()),
             })),
@@ -1259,8 +1287,14 @@ where
         let confirmations = self.settings.op_confirmations;
         let op = match op {
             PegOp::PegIn(op) => {
-                // Output 1 is not checked: a peg-in to an old key may be
-                // swept before it is minted, and refunds come with #14.
+                // Output 1 must be unspent (mempool included): a refunded
+                // peg-in is never minted. Fulfilments and sweeps never spend
+                // a peg-in's output 1 before it is `done`.
+                let output1_unspent = self
+                    .c
+                    .bitcoin
+                    .get_tx_out(&OutPoint::new(op.txid, 1), true)?
+                    .is_some();
                 return Ok(peg_rules::peg_in_mintable(
                     &self.checks.policy,
                     networks,
@@ -1269,7 +1303,7 @@ where
                         tip_height: tip.0,
                         confirmations,
                         peg_scripts: &scripts,
-                        output1_unspent: None,
+                        output1_unspent: Some(output1_unspent),
                     },
                 ));
             }
@@ -1896,3 +1930,6 @@ pub mod testing;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod refund_tests;

@@ -2,8 +2,8 @@
 //!
 //! - [`StacksWallet`] builds and signs the contract calls that mint and burn
 //!   sBTC and publish the peg wallet key; it pays their fees in STX.
-//! - [`BitcoinWallet`] builds peg-out fulfilment transactions that spend the
-//!   peg wallet (a taproot output of the signers' aggregate key), and attaches
+//! - [`BitcoinWallet`] builds peg-out fulfilment transactions (and sweeps,
+//!   and refunds of rejected peg-ins) that spend the peg wallet (a taproot output of the signers' aggregate key), and attaches
 //!   the signatures the signers produce.
 //!
 //! Both return signed bytes; the caller persists them before broadcasting.
@@ -190,6 +190,18 @@ pub trait BitcoinWallet {
         &self,
         coins: &[Utxo],
         to_key: &PublicKey,
+        fee_rate: Option<FeeRate>,
+    ) -> Result<UnsignedFulfillment, Error>;
+
+    /// Builds the refund of a rejected peg-in: its output 1 (`coin`, paid
+    /// to the peg wallet of whichever key it names) spent to one output
+    /// paying `to` — the scriptPubKey of the output the peg-in's input 0
+    /// spent, and nothing else — its value less the fee at the rate clamped
+    /// to the policy. Fails when the fee leaves dust.
+    fn build_refund(
+        &self,
+        coin: &Utxo,
+        to: &bitcoin::ScriptBuf,
         fee_rate: Option<FeeRate>,
     ) -> Result<UnsignedFulfillment, Error>;
 

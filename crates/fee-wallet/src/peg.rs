@@ -313,6 +313,47 @@ impl BitcoinWallet for PegWallet {
         })
     }
 
+    fn build_refund(
+        &self,
+        coin: &Utxo,
+        to: &bitcoin::ScriptBuf,
+        fee_rate: Option<FeeRate>,
+    ) -> Result<UnsignedFulfillment, Error> {
+        let rate = self.fees.rate(fee_rate);
+        let mut tx = Transaction {
+            version: transaction::Version::TWO,
+            lock_time: absolute::LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: coin.outpoint,
+                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                ..TxIn::default()
+            }],
+            output: vec![TxOut {
+                value: Amount::ZERO,
+                script_pubkey: to.clone(),
+            }],
+        };
+        let fee = fee_at(rate, signed_vsize(&tx))?;
+        let dust = to.minimal_non_dust();
+        match coin.amount().checked_sub(fee) {
+            Some(v) if v >= dust => tx.output[0].value = v,
+            _ => {
+                return Err(Error::Build(format!(
+                    "a refund of {} at {} sat/vB leaves less than the dust limit {dust}",
+                    coin.amount(),
+                    rate.to_sat_per_vb_ceil()
+                )))
+            }
+        }
+        let prevouts = vec![coin.txout.clone()];
+        let sighashes = sighashes(&tx, &prevouts)?;
+        Ok(UnsignedFulfillment {
+            tx,
+            prevouts,
+            sighashes,
+        })
+    }
+
     fn finalize_fulfillment(
         &self,
         unsigned: &UnsignedFulfillment,

@@ -11,8 +11,8 @@
 //!   limits and the allowlist, read from the `[policy]` table of the signer
 //!   set file that the coordinator and every signer share ([`PolicyFile`]).
 //! - [`peg_in_mintable`], [`peg_out_payable`]: may this op be minted / burned?
-//! - [`check_fulfilment`], [`check_sweep`]: is this transaction one the peg
-//!   may sign?
+//! - [`check_fulfilment`], [`check_sweep`], [`check_refund`]: is this
+//!   transaction one the peg may sign?
 //! - [`check_backing`]: after a payout, does the peg wallet still hold the
 //!   sBTC supply plus what it owes?
 //! - [`SignPayload`]: what a `SignRequest` carries for the signers to check,
@@ -504,6 +504,155 @@ pub fn check_sweep(
         ));
     }
     Ok(())
+}
+
+/// The scriptPubKey a refund of `peg_in_tx` pays: that of the output its
+/// input 0 spent, read from `funding` (the transaction holding that output).
+///
+/// # Errors
+/// `refund.funding` when `funding` is not the transaction input 0 spends, or
+/// has no such output; `refund.peg-in` when the peg-in has no input.
+pub fn refund_script(peg_in_tx: &Transaction, funding: &Transaction) -> Result<ScriptBuf, Rule> {
+    let Some(input0) = peg_in_tx.input.first() else {
+        return Err(Rule::new("refund.peg-in", "the peg-in has no input"));
+    };
+    let spent = input0.previous_output;
+    let funding_txid = funding.compute_txid();
+    if funding_txid != spent.txid {
+        return Err(Rule::new(
+            "refund.funding",
+            format!(
+                "the funding transaction is {funding_txid}, the peg-in's input 0 spends {spent}"
+            ),
+        ));
+    }
+    usize::try_from(spent.vout)
+        .ok()
+        .and_then(|v| funding.output.get(v))
+        .map(|o| o.script_pubkey.clone())
+        .ok_or_else(|| {
+            Rule::new(
+                "refund.funding",
+                format!(
+                    "the funding transaction {funding_txid} has no output {}",
+                    spent.vout
+                ),
+            )
+        })
+}
+
+/// Checks a refund of the rejected peg-in `peg_in` (whose transaction is
+/// `peg_in_tx`; `funding` is the transaction whose output its input 0
+/// spent). Whether the peg-in may be refunded at all (not mintable, never
+/// minted, output 1 unspent) is the caller's to read from its own nodes;
+/// this checks the transaction.
+///
+/// Rules: `refund.peg-in` (`peg_in_tx` is not the peg-in, or its output 1
+/// is not the peg-in's amount to its peg wallet address), `refund.funding`
+/// (see [`refund_script`]), `refund.shape` (one input and one prevout, one
+/// output, lock time 0), `refund.input` (the input is not the peg-in's
+/// output 1, or the prevout is not that output), `refund.destination` (the
+/// output pays another script than the one the peg-in's input 0 spent),
+/// `refund.fee` (outputs above inputs, or a fee above [`Policy::max_fee`]
+/// for its size), `refund.dust` (what is left is dust for its script).
+pub fn check_refund(
+    policy: &Policy,
+    peg_in: &PegInOp,
+    peg_in_tx: &Transaction,
+    funding: &Transaction,
+    tx: &Transaction,
+    prevouts: &[TxOut],
+) -> Result<(), Rule> {
+    let peg_coin = TxOut {
+        value: peg_in.amount,
+        script_pubkey: peg_in.peg_wallet_address.script_pubkey(),
+    };
+    if peg_in_tx.compute_txid() != peg_in.txid || peg_in_tx.output.get(1) != Some(&peg_coin) {
+        return Err(Rule::new(
+            "refund.peg-in",
+            format!(
+                "transaction {} is not the peg-in {} paying {} to {} in output 1",
+                peg_in_tx.compute_txid(),
+                peg_in.txid,
+                peg_in.amount,
+                peg_in.peg_wallet_address
+            ),
+        ));
+    }
+    let to = refund_script(peg_in_tx, funding)?;
+    if tx.input.len() != 1 || prevouts.len() != 1 || tx.output.len() != 1 {
+        return Err(Rule::new(
+            "refund.shape",
+            format!(
+                "{} inputs, {} prevouts, {} outputs: a refund has one of each",
+                tx.input.len(),
+                prevouts.len(),
+                tx.output.len()
+            ),
+        ));
+    }
+    no_lock_time(tx, "refund.shape")?;
+    let own = OutPoint::new(peg_in.txid, 1);
+    if tx.input[0].previous_output != own || prevouts[0] != peg_coin {
+        return Err(Rule::new(
+            "refund.input",
+            format!(
+                "the input spends {} ({} to {:?}), not the peg-in's output {own} ({} to {})",
+                tx.input[0].previous_output,
+                prevouts[0].value,
+                prevouts[0].script_pubkey,
+                peg_in.amount,
+                peg_in.peg_wallet_address
+            ),
+        ));
+    }
+    let out = &tx.output[0];
+    if out.script_pubkey != to {
+        return Err(Rule::new(
+            "refund.destination",
+            format!(
+                "the refund pays {:?}, not {:?}, the script the peg-in's input 0 spent",
+                out.script_pubkey, to
+            ),
+        ));
+    }
+    let fee = tx_fee(tx, prevouts).map_err(|e| Rule::new("refund.fee", e))?;
+    let vsize = signed_vsize(tx);
+    let max = policy.max_fee(vsize);
+    if fee > max {
+        return Err(Rule::new(
+            "refund.fee",
+            format!("fee {fee} for {vsize} vB is above the cap's {max}"),
+        ));
+    }
+    let dust = to.minimal_non_dust();
+    if out.value < dust {
+        return Err(Rule::new(
+            "refund.dust",
+            format!(
+                "the refund pays {}, below its script's dust limit {dust}",
+                out.value
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The vsize of a refund paying `to`: one taproot key-path input (64-byte
+/// signature), one output — what the wallet builds.
+pub fn refund_vsize(to: &Script) -> u64 {
+    let to_len = u64::try_from(to.len()).unwrap_or(u64::MAX);
+    let output = 8u64
+        .saturating_add(varint_len(to_len))
+        .saturating_add(to_len);
+    let base = 4u64 // version
+        .saturating_add(1) // input count
+        .saturating_add(32 + 4 + 1 + 4) // outpoint, empty scriptSig, sequence
+        .saturating_add(1) // output count
+        .saturating_add(output)
+        .saturating_add(4); // lock time
+    let witness = 2u64 + 1 + 1 + 64;
+    base.saturating_mul(4).saturating_add(witness).div_ceil(4)
 }
 
 /// The peg's books after a payout, as a signer reads them from its own nodes.

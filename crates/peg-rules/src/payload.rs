@@ -34,10 +34,18 @@ pub enum SignPayload {
         #[serde(with = "txouts")]
         prevouts: Vec<TxOut>,
     },
-    /// A refund of a rejected, never-minted peg-in (issue #14).
+    /// A refund of a rejected, never-minted peg-in (issue #14): its
+    /// output 1 paid back to the script its input 0 spent
+    /// ([`crate::check_refund`]).
     Refund {
         /// The peg-in's txid.
         peg_in: Txid,
+        /// The transaction whose output the peg-in's input 0 spent: the
+        /// signer checks its txid against the peg-in's input 0 and takes the
+        /// refund's script from it (a bitcoind without `-txindex` cannot
+        /// look it up).
+        #[serde(with = "tx_hex")]
+        funding: Transaction,
         /// The unsigned transaction.
         #[serde(with = "tx_hex")]
         tx: Transaction,

@@ -45,23 +45,26 @@ fn tx_strategy() -> impl Strategy<Value = (Transaction, Vec<TxOut>)> {
 }
 
 fn payload_strategy() -> impl Strategy<Value = SignPayload> {
-    (tx_strategy(), any::<[u8; 32]>(), 0u8..4).prop_map(|((tx, prevouts), id, kind)| {
-        let txid = Txid::from_byte_array(id);
-        match kind {
-            0 => SignPayload::Fulfilment {
-                request: txid,
-                tx,
-                prevouts,
-            },
-            1 => SignPayload::Sweep { tx, prevouts },
-            2 => SignPayload::Refund {
-                peg_in: txid,
-                tx,
-                prevouts,
-            },
-            _ => SignPayload::Test,
-        }
-    })
+    (tx_strategy(), tx_strategy(), any::<[u8; 32]>(), 0u8..4).prop_map(
+        |((tx, prevouts), (funding, _), id, kind)| {
+            let txid = Txid::from_byte_array(id);
+            match kind {
+                0 => SignPayload::Fulfilment {
+                    request: txid,
+                    tx,
+                    prevouts,
+                },
+                1 => SignPayload::Sweep { tx, prevouts },
+                2 => SignPayload::Refund {
+                    peg_in: txid,
+                    funding,
+                    tx,
+                    prevouts,
+                },
+                _ => SignPayload::Test,
+            }
+        },
+    )
 }
 
 proptest! {
@@ -85,9 +88,10 @@ proptest! {
         script in "[0-9a-fA-Fz]{0,40}",
     ) {
         let json = format!(
-            r#"{{"kind":"{kind}","request":"{}","peg_in":"{}","tx":"{}","prevouts":[{{"value":{value},"script":"{script}"}}]}}"#,
+            r#"{{"kind":"{kind}","request":"{}","peg_in":"{}","funding":"{}","tx":"{}","prevouts":[{{"value":{value},"script":"{script}"}}]}}"#,
             "11".repeat(32),
             "22".repeat(32),
+            hex::encode(&tx),
             hex::encode(&tx),
         );
         let _ = SignPayload::decode(json.as_bytes());
@@ -149,6 +153,38 @@ fn the_json_is_tagged_with_consensus_hex_and_sats() {
         SignPayload::decode(br#"{"kind":"test"}"#),
         Ok(SignPayload::Test)
     );
+}
+
+#[test]
+fn a_refund_carries_the_funding_transaction_in_consensus_hex() {
+    let (tx, prevouts) = sample();
+    let (mut funding, _) = sample();
+    funding.version = transaction::Version::ONE;
+    let p = SignPayload::Refund {
+        peg_in: Txid::from_byte_array([2; 32]),
+        funding: funding.clone(),
+        tx: tx.clone(),
+        prevouts,
+    };
+    let v: serde_json::Value = serde_json::from_slice(&p.encode()).unwrap();
+    assert_eq!(v["kind"], "refund");
+    assert_eq!(v["peg_in"], "02".repeat(32));
+    assert_eq!(
+        v["funding"],
+        bitcoin::consensus::encode::serialize_hex(&funding)
+    );
+    assert_eq!(v["tx"], bitcoin::consensus::encode::serialize_hex(&tx));
+    assert_eq!(v["prevouts"][0]["value"], 5_000);
+    assert_eq!(SignPayload::decode(&p.encode()), Ok(p.clone()));
+    // The sighashes are the refund transaction's, not the funding's.
+    assert_eq!(p.sighashes().unwrap().len(), 1);
+    // A refund without its funding transaction is no payload.
+    let hex = bitcoin::consensus::encode::serialize_hex(&tx);
+    let json = format!(
+        r#"{{"kind":"refund","peg_in":"{}","tx":"{hex}","prevouts":[{{"value":5000,"script":"51"}}]}}"#,
+        "02".repeat(32)
+    );
+    assert!(SignPayload::decode(json.as_bytes()).is_err());
 }
 
 #[test]

@@ -29,7 +29,23 @@
 //! - **Test messages** (`SignPayload::Test` with only `ToSign::Test` items,
 //!   tagged so no test message can be a transaction sighash), always: the
 //!   DKG test round runs before the new key is published.
-//! - **Refunds** are refused (`refund.unsupported`) until issue #14.
+//! - **Refunds** of a rejected peg-in (issue #14): the peg-in is confirmed
+//!   on the signer's best chain, is *not* mintable by the signer's own rule
+//!   (`peg_rules::peg_in_mintable` with the signer set file's allowlist), was
+//!   never minted (`get-mint` at the final Stacks block and at the tip), the
+//!   transaction passes `peg_rules::check_refund` (its one input the
+//!   peg-in's output 1, its one output the scriptPubKey the peg-in's input 0
+//!   spent — read from the funding transaction the payload carries, checked
+//!   against that input's txid — fee within the cap), output 1 is an unspent
+//!   coin of the guard's record, and the books hold after it (the refund
+//!   pays the peg-in's debt). Every refund signed is kept; a replacement
+//!   spends the same output 1, so at most one confirms. A peg-in whose
+//!   output 1 a refund spent backs no sBTC any more.
+//!
+//! **Owed coins.** The output 1 of a peg-in not minted at the final block
+//! (nor refunded) is owed to its depositor: no fulfilment or sweep may
+//! spend it (`fulfilment.input` / `sweep.input`), since a peg-in whose
+//! output 1 is spent can never be minted (`peg-in.spent`).
 //!
 //! **The published key.** When the contract's `get-bitcoin-wallet-public-key`
 //! (at the final Stacks block) is not a key the signer holds, every payout
@@ -57,7 +73,9 @@
 //! of the guard's own: `key.not-ours`, `stacks.not-final`, `burn.not-final`,
 //! `burn.mismatch`, `request.unknown`, `request.not-final`,
 //! `request.replay`, `input.not-peg-coin`, `items.mismatch`,
-//! `payload.decode`, `payload.prevouts`, `refund.unsupported`, and
+//! `payload.decode`, `payload.prevouts`, `refund.unknown`,
+//! `refund.not-final`, `refund.mintable`, `refund.minted`, `refund.spent`
+//! (with `peg_rules::check_refund`'s `refund.*` rules), and
 //! `node.bitcoin` / `node.stacks` / `guard.store` when the signer's own node
 //! or file fails (then nothing is signed either).
 //!
@@ -83,13 +101,13 @@ use frost_net::{SignRequest, SignerFile, ToSign};
 use frost_signer::Validator;
 use peg_coins::CoinRecord;
 use peg_ops::wire::Position;
-use peg_ops::{contract, BurnHeight, PegOp, PegOutRequestOp};
-use peg_rules::{Books, Networks, Policy, RequestFacts, Rule, SignPayload, Verdict};
+use peg_ops::{contract, BurnHeight, PegInOp, PegOp, PegOutRequestOp};
+use peg_rules::{Books, Networks, PegInFacts, Policy, RequestFacts, Rule, SignPayload, Verdict};
 use serde::{Deserialize, Serialize};
 use stacks_node_client::{StacksNode, UreqStacksNode};
 use stacks_wire::{ContractId, PrincipalData, StacksNetwork, Value};
 
-use store::{CoinKind, Fulfilment, Promise, Store};
+use store::{CoinKind, Fulfilment, Promise, Refund, Signed, Store};
 
 /// `get-burn` and `get-mint`, re-exported from `peg_ops::contract`.
 pub use peg_ops::contract::{GET_BURN, GET_MINT};
@@ -357,8 +375,13 @@ struct Wallet {
     unspent: HashMap<OutPoint, TxOut>,
     /// Those that are a peg-out request's fee output (its output 2).
     fee_outputs: HashSet<OutPoint>,
-    /// Peg-in coins ever paid to the wallet whose mint is not yet final.
+    /// Peg-in coins ever paid to the wallet whose mint is not yet final
+    /// (and that no refund spent).
     unminted: Vec<(Txid, Amount)>,
+    /// Those still unspent: owed to their depositor (as sBTC or a refund),
+    /// never an input of a fulfilment or sweep (a peg-in whose output 1 is
+    /// spent can never be minted).
+    owed_coins: HashSet<OutPoint>,
     /// The peg-ins minted for their own amount and recipient: the sBTC
     /// that BTC backs.
     minted: Amount,
@@ -653,6 +676,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             unspent: HashMap::new(),
             fee_outputs: HashSet::new(),
             unminted: Vec::new(),
+            owed_coins: HashSet::new(),
             minted: Amount::ZERO,
             requests: Vec::new(),
         };
@@ -670,38 +694,77 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             if kind == CoinKind::Request && c.outpoint.vout == 2 {
                 w.requests.push(c.outpoint.txid);
             }
-            if kind == CoinKind::PegIn && c.outpoint.vout == 1 && minted {
-                w.minted = w.minted.checked_add(c.txout.value).unwrap_or(Amount::MAX);
+            if kind != CoinKind::PegIn || c.outpoint.vout != 1 {
+                continue;
             }
-            if kind == CoinKind::PegIn && c.outpoint.vout == 1 && !minted {
-                if let Some(tip) = mints_at {
-                    let v =
-                        self.read_final(GET_MINT, &[contract::txid_arg(&c.outpoint.txid)], tip)?;
-                    match decode_entry(&v).map_err(|e| stx_err(GET_MINT, e))? {
-                        // Minted only for the peg-in's own amount and
-                        // recipient: a mint under its txid to anyone else
-                        // (a stolen coordinator Stacks key) leaves the
-                        // peg-in owed, so the books show the hole.
-                        Some((amount, principal))
-                            if amount == c.txout.value.to_sat()
-                                && self.peg_in_recipient(&c.outpoint.txid, c.height)?
-                                    == Some(principal.clone()) =>
-                        {
-                            self.store
-                                .mark_minted(&c.outpoint.txid)
-                                .map_err(|e| rule("guard.store", e))?;
-                            w.minted = w.minted.checked_add(c.txout.value).unwrap_or(Amount::MAX);
-                        }
-                        Some((amount, principal)) => {
-                            log::error!(
-                                "peg-in {} ({} sats) has a mint of {amount} sats to {principal} under its txid: not its own, still owed",
-                                c.outpoint.txid,
-                                c.txout.value.to_sat()
-                            );
-                            w.unminted.push((c.outpoint.txid, c.txout.value));
-                        }
-                        None => w.unminted.push((c.outpoint.txid, c.txout.value)),
+            let txid = c.outpoint.txid;
+            // Refunded: its output 1 spent by a refund this guard signed (or
+            // seen so before). It backs no sBTC and is owed no more, whatever
+            // the contract shows under its txid later.
+            let mut refunded = self
+                .store
+                .refunded(&txid)
+                .map_err(|e| rule("guard.store", e))?;
+            if !refunded && c.spent_in_block && !minted {
+                refunded = !self
+                    .store
+                    .refunds_of(&txid)
+                    .map_err(|e| rule("guard.store", e))?
+                    .is_empty();
+                if refunded {
+                    self.store
+                        .mark_refunded(&txid)
+                        .map_err(|e| rule("guard.store", e))?;
+                }
+            }
+            if refunded {
+                if minted {
+                    log::error!(
+                        "peg-in {txid} was refunded and has a mint under its txid: that sBTC has no BTC behind it"
+                    );
+                }
+                continue;
+            }
+            if minted {
+                w.minted = w.minted.checked_add(c.txout.value).unwrap_or(Amount::MAX);
+                continue;
+            }
+            let Some(tip) = mints_at else { continue };
+            let v = self.read_final(GET_MINT, &[contract::txid_arg(&txid)], tip)?;
+            match decode_entry(&v).map_err(|e| stx_err(GET_MINT, e))? {
+                // Minted only for the peg-in's own amount and recipient: a
+                // mint under its txid to anyone else (a stolen coordinator
+                // Stacks key) leaves the peg-in owed, so the books show the
+                // hole.
+                Some((amount, principal))
+                    if amount == c.txout.value.to_sat()
+                        && self.peg_in_recipient(&txid, c.height)? == Some(principal.clone()) =>
+                {
+                    self.store
+                        .mark_minted(&txid)
+                        .map_err(|e| rule("guard.store", e))?;
+                    w.minted = w.minted.checked_add(c.txout.value).unwrap_or(Amount::MAX);
+                }
+                Some((amount, principal)) => {
+                    log::error!(
+                        "peg-in {txid} ({} sats) has a mint of {amount} sats to {principal} under its txid: not its own, still owed",
+                        c.txout.value.to_sat()
+                    );
+                    w.unminted.push((txid, c.txout.value));
+                    if !c.spent_in_block {
+                        w.owed_coins.insert(c.outpoint);
                     }
+                }
+                None if c.spent_in_block => {
+                    // Spent, never minted, and no refund of ours: an older
+                    // peg wallet's spend, or a refund other signers signed
+                    // while this one was away. Still counted as owed (the
+                    // safe side: the breaker may trip; see SECURITY.md).
+                    w.unminted.push((txid, c.txout.value));
+                }
+                None => {
+                    w.unminted.push((txid, c.txout.value));
+                    w.owed_coins.insert(c.outpoint);
                 }
             }
         }
@@ -768,8 +831,15 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         Ok(expected)
     }
 
-    /// The request's transaction on the signer's best chain, parsed.
-    fn request_op(&self, txid: &Txid) -> Result<(PegOutRequestOp, u64), Rule> {
+    /// The transaction `txid` in its block on the signer's best chain, with
+    /// its position and the tip height; refusals are named `unknown` (not on
+    /// the best chain, unknown) and `not_final` (unconfirmed).
+    fn on_best_chain(
+        &self,
+        txid: &Txid,
+        unknown: &'static str,
+        not_final: &'static str,
+    ) -> Result<(Transaction, Position, u64), Rule> {
         // The transaction's confirmations and the tip height must come from
         // one chain: read the tip before and after, and try again when a
         // block arrived in between (else the height would be off by one and
@@ -786,7 +856,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 .map_err(|e| btc_err("getrawtransaction", e))?
                 .ok_or_else(|| {
                     rule(
-                        "request.unknown",
+                        unknown,
                         format!("{txid} is unknown to this signer's bitcoind"),
                     )
                 })?;
@@ -800,10 +870,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             }
         };
         let Some(block_hash) = status.block_hash.filter(|_| status.confirmations > 0) else {
-            return Err(rule(
-                "request.not-final",
-                format!("{txid} is not confirmed"),
-            ));
+            return Err(rule(not_final, format!("{txid} is not confirmed")));
         };
         let height = tip
             .checked_add(1)
@@ -820,7 +887,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             .map_err(|e| btc_err("getblockhash", e))?;
         if best != block_hash {
             return Err(rule(
-                "request.unknown",
+                unknown,
                 format!("{txid}'s block {block_hash} is not on this signer's best chain"),
             ));
         }
@@ -836,7 +903,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         }
         let Some(vtxindex) = block.txdata.iter().position(|t| t.compute_txid() == *txid) else {
             return Err(rule(
-                "request.unknown",
+                unknown,
                 format!("{txid} is not in its block {block_hash}"),
             ));
         };
@@ -845,8 +912,14 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             block_hash,
             vtxindex: u32::try_from(vtxindex).unwrap_or(u32::MAX),
         };
+        Ok((block.txdata[vtxindex].clone(), at, tip))
+    }
+
+    /// The request's transaction on the signer's best chain, parsed.
+    fn request_op(&self, txid: &Txid) -> Result<(PegOutRequestOp, u64), Rule> {
+        let (tx, at, tip) = self.on_best_chain(txid, "request.unknown", "request.not-final")?;
         match peg_ops::wire::parse_transaction(
-            &block.txdata[vtxindex],
+            &tx,
             self.params.magic,
             self.params.networks.bitcoin,
             at,
@@ -859,6 +932,24 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             Err(e) => Err(rule(
                 "request.unknown",
                 format!("{txid} is a malformed peg-out request: {e}"),
+            )),
+        }
+    }
+
+    /// The peg-in's transaction on the signer's best chain, parsed.
+    fn peg_in_op(&self, txid: &Txid) -> Result<(PegInOp, Transaction, u64), Rule> {
+        let (tx, at, tip) = self.on_best_chain(txid, "refund.unknown", "refund.not-final")?;
+        match peg_ops::wire::parse_transaction(
+            &tx,
+            self.params.magic,
+            self.params.networks.bitcoin,
+            at,
+        ) {
+            Ok(Some(PegOp::PegIn(op))) => Ok((op, tx, tip)),
+            Ok(_) => Err(rule("refund.unknown", format!("{txid} is no peg-in"))),
+            Err(e) => Err(rule(
+                "refund.unknown",
+                format!("{txid} is a malformed peg-in: {e}"),
             )),
         }
     }
@@ -953,7 +1044,9 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         let wallet = self.wallet(Some(final_tip))?;
         let current_script = script_of(current, self.params.networks.bitcoin);
         let is_peg_coin = |o: &OutPoint, out: &TxOut| {
-            wallet.unspent.get(o) == Some(out) && !wallet.fee_outputs.contains(o)
+            wallet.unspent.get(o) == Some(out)
+                && !wallet.fee_outputs.contains(o)
+                && !wallet.owed_coins.contains(o)
         };
         peg_rules::check_fulfilment(
             &self.params.policy,
@@ -964,7 +1057,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             &current_script,
             &is_peg_coin,
         )?;
-        self.check_books(&wallet, tx, prevouts, final_tip, Some(request_txid))?;
+        self.check_books(&wallet, tx, prevouts, final_tip, Some(request_txid), None)?;
         let spent = sum(prevouts.iter().map(|p| p.value)).unwrap_or(Amount::MAX);
         let fee = spent.checked_sub(sum(tx.output.iter().map(|o| o.value)).unwrap_or(Amount::MAX));
         let outflow = op
@@ -986,9 +1079,10 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     }
 
     /// The circuit breaker: the peg's books after `tx` (a payout of
-    /// `this_request`, or a sweep), with the other payouts signed in the last
-    /// day and not yet confirmed (their request's fee output still unspent)
-    /// taken out of what the wallet holds.
+    /// `this_request`, a refund of the peg-in `refunding`, or a sweep), with
+    /// the other payouts signed in the last day and not yet confirmed (their
+    /// request's fee output still unspent) taken out of what the wallet
+    /// holds. A refund pays a debt: the peg-in it refunds is owed no more.
     fn check_books(
         &mut self,
         wallet: &Wallet,
@@ -996,6 +1090,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         prevouts: &[TxOut],
         final_tip: &[u8; 32],
         this_request: Option<&Txid>,
+        refunding: Option<&Txid>,
     ) -> Result<(), Rule> {
         let now = now();
         let signed = self
@@ -1097,6 +1192,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         let debts = sum(wallet
             .unminted
             .iter()
+            .filter(|(t, _)| Some(t) != refunding)
             .map(|(_, a)| *a)
             .chain(owed_to_requests));
         let (Some(held_now), Some(spent), Some(change), Some(pending_out), Some(debts)) =
@@ -1129,7 +1225,9 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         let wallet = self.wallet(Some(final_tip))?;
         let current_script = script_of(current, self.params.networks.bitcoin);
         let is_sweepable = |o: &OutPoint, out: &TxOut| {
-            wallet.unspent.get(o) == Some(out) && !wallet.fee_outputs.contains(o)
+            wallet.unspent.get(o) == Some(out)
+                && !wallet.fee_outputs.contains(o)
+                && !wallet.owed_coins.contains(o)
         };
         peg_rules::check_sweep(
             &self.params.policy,
@@ -1138,14 +1236,98 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             &current_script,
             &is_sweepable,
         )?;
-        self.check_books(&wallet, tx, prevouts, final_tip, None)
+        self.check_books(&wallet, tx, prevouts, final_tip, None, None)
     }
 
-    /// The whole check: the promises to record, and the fulfilment signed.
-    fn evaluate(
+    /// A refund of the peg-in `peg_in_txid`, checked on this signer's own
+    /// nodes: the peg-in confirmed on its best chain, not mintable by its
+    /// own rule (its policy's allowlist), never minted (`get-mint` at the
+    /// final block and at the tip), the transaction passing
+    /// `peg_rules::check_refund` against `funding`, its input the peg-in's
+    /// output 1 unspent in the coin record, and the books holding after it.
+    fn check_refund(
         &mut self,
-        request: &SignRequest,
-    ) -> Result<(Vec<Promise>, Option<Fulfilment>), Rule> {
+        peg_in_txid: &Txid,
+        funding: &Transaction,
+        tx: &Transaction,
+        prevouts: &[TxOut],
+        final_tip: &[u8; 32],
+    ) -> Result<Refund, Rule> {
+        let (op, peg_in_tx, tip_height) = self.peg_in_op(peg_in_txid)?;
+        let seen = tip_height
+            .saturating_add(1)
+            .saturating_sub(op.block_height.0);
+        if seen < u64::from(self.confirmations.bitcoin) {
+            return Err(rule(
+                "refund.not-final",
+                format!(
+                    "{peg_in_txid}: {seen} of {} confirmations",
+                    self.confirmations.bitcoin
+                ),
+            ));
+        }
+        let scripts = self.held_scripts();
+        let facts = PegInFacts {
+            tip_height,
+            confirmations: self.confirmations.bitcoin,
+            peg_scripts: &scripts,
+            output1_unspent: None,
+        };
+        match peg_rules::peg_in_mintable(&self.params.policy, self.params.networks, &op, &facts) {
+            Verdict::Reject(why) => {
+                log::info!("refund of {peg_in_txid}: not mintable here ({why})");
+            }
+            Verdict::Accept | Verdict::Wait(_) => {
+                return Err(rule(
+                    "refund.mintable",
+                    format!(
+                        "{peg_in_txid} passes this signer's mint rule (recipient {} allowed): it is minted, not refunded",
+                        op.recipient
+                    ),
+                ))
+            }
+        }
+        let args = [contract::txid_arg(peg_in_txid)];
+        let at_final = self.read_final(GET_MINT, &args, final_tip)?;
+        let at_tip = self
+            .stacks
+            .call_read(&self.params.contract, GET_MINT, &args, &self.sender())
+            .map_err(|e| stx_err(GET_MINT, e))?;
+        for (where_, v) in [
+            ("the final Stacks block", at_final),
+            ("the Stacks tip", at_tip),
+        ] {
+            if let Some((amount, principal)) = decode_entry(&v).map_err(|e| stx_err(GET_MINT, e))? {
+                return Err(rule(
+                    "refund.minted",
+                    format!("{peg_in_txid} was minted ({amount} sats to {principal}) at {where_}"),
+                ));
+            }
+        }
+        peg_rules::check_refund(&self.params.policy, &op, &peg_in_tx, funding, tx, prevouts)?;
+        let wallet = self.wallet(Some(final_tip))?;
+        let own = OutPoint::new(*peg_in_txid, 1);
+        if prevouts
+            .first()
+            .is_none_or(|p| wallet.unspent.get(&own) != Some(p))
+        {
+            return Err(rule(
+                "refund.spent",
+                format!("{own} is no unspent coin of this signer's record (refunded, swept, or unconfirmed)"),
+            ));
+        }
+        self.check_books(&wallet, tx, prevouts, final_tip, None, Some(peg_in_txid))?;
+        Ok(Refund {
+            peg_in: *peg_in_txid,
+            txid: tx.compute_txid(),
+            tx: tx.clone(),
+            time: now(),
+        })
+    }
+
+    /// The whole check: the promises to record, and the fulfilment or
+    /// refund signed.
+    fn evaluate(&mut self, request: &SignRequest) -> Result<(Vec<Promise>, Signed), Rule> {
         let payload =
             SignPayload::decode(&request.payload).map_err(|e| rule("payload.decode", e))?;
         if request.items.is_empty() {
@@ -1175,26 +1357,36 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                     }
                     promises.push((item.key, item.message.digest()));
                 }
-                Ok((promises, None))
+                Ok((promises, Signed::Nothing))
             }
-            SignPayload::Refund { peg_in, .. } => Err(rule(
-                "refund.unsupported",
-                format!("refund of {peg_in}: refunds are not signed yet (issue #14)"),
-            )),
-            SignPayload::Fulfilment { .. } | SignPayload::Sweep { .. } => {
+            SignPayload::Fulfilment { .. }
+            | SignPayload::Sweep { .. }
+            | SignPayload::Refund { .. } => {
                 let final_tip = self.final_tip()?;
                 let current = self.published_key(&final_tip)?;
                 self.sync_coins()?;
                 let promises = self.match_items(&payload, request)?;
                 match &payload {
+                    SignPayload::Refund {
+                        peg_in,
+                        funding,
+                        tx,
+                        prevouts,
+                    } => {
+                        let refund =
+                            self.check_refund(peg_in, funding, tx, prevouts, &final_tip)?;
+                        Ok((promises, Signed::Refund(refund)))
+                    }
                     SignPayload::Fulfilment {
                         request: r,
                         tx,
                         prevouts,
-                    } => self.check_fulfilment(r, tx, prevouts, promises, &final_tip, &current),
+                    } => self
+                        .check_fulfilment(r, tx, prevouts, promises, &final_tip, &current)
+                        .map(|(p, f)| (p, f.map_or(Signed::Nothing, Signed::Fulfilment))),
                     SignPayload::Sweep { tx, prevouts } => {
                         self.check_sweep(tx, prevouts, &current, &final_tip)?;
-                        Ok((promises, None))
+                        Ok((promises, Signed::Nothing))
                     }
                     _ => Err(rule("payload.decode", "unreachable payload kind")),
                 }
@@ -1246,9 +1438,9 @@ impl Guard<UreqBitcoinNode, UreqStacksNode> {
 
 impl<B: BitcoinNode + Send, S: StacksNode + Send> Validator for Guard<B, S> {
     fn check(&mut self, request: &SignRequest) -> Result<(), String> {
-        let outcome = self.evaluate(request).and_then(|(promises, fulfilment)| {
+        let outcome = self.evaluate(request).and_then(|(promises, signed)| {
             self.store
-                .commit(request.id, now(), &promises, fulfilment.as_ref())
+                .commit(request.id, now(), &promises, &signed)
                 .map_err(|e| rule("guard.store", e))
         });
         match outcome {

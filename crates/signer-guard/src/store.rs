@@ -14,6 +14,11 @@
 //!   peg wallet, classified once by their output 0 (`peg-in`, `request`,
 //!   `other`); `minted_final` once a peg-in's mint is seen at the final tip.
 //!
+//! - `refunds(peg_in, txid, tx, time)`: every refund signed (a replacement
+//!   is another row of the same peg-in; each spends the peg-in's output 1,
+//!   so at most one confirms); `coin_txs.refunded` once a peg-in's output 1
+//!   is seen spent by a refund.
+//!
 //! The file uses WAL and `synchronous=FULL`: a row is on disk when the
 //! write returns.
 
@@ -64,6 +69,16 @@ const MIGRATIONS: &[&str] = &[
         first_seen INTEGER NOT NULL
     ) STRICT;
     ALTER TABLE coin_txs ADD COLUMN burned_final INTEGER;",
+    // Refunds of rejected peg-ins (issue #14): every refund signed, and the
+    // peg-ins whose output 1 a refund spent (never backing sBTC again).
+    "CREATE TABLE refunds (
+        peg_in BLOB NOT NULL,
+        txid BLOB PRIMARY KEY NOT NULL,
+        tx BLOB NOT NULL,
+        time INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX refunds_by_peg_in ON refunds (peg_in);
+    ALTER TABLE coin_txs ADD COLUMN refunded INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// How a transaction that paid the peg wallet is classified.
@@ -113,6 +128,30 @@ pub(crate) struct Fulfilment {
     pub signature_digest: [u8; 32],
     /// When it was signed (Unix seconds).
     pub time: u64,
+}
+
+/// A refund signed, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refund {
+    /// The peg-in it refunds.
+    pub peg_in: Txid,
+    /// The refund's txid.
+    pub txid: Txid,
+    /// The unsigned transaction.
+    pub tx: Transaction,
+    /// When it was signed (Unix seconds).
+    pub time: u64,
+}
+
+/// What a passed check signs besides its promises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Signed {
+    /// A test message or a sweep: nothing more to keep.
+    Nothing,
+    /// A fulfilment of a peg-out request.
+    Fulfilment(Fulfilment),
+    /// A refund of a rejected peg-in.
+    Refund(Refund),
 }
 
 /// The store.
@@ -180,14 +219,18 @@ impl Store {
     }
 
     /// Records, in one committed transaction, the promises of a passed
-    /// check and the fulfilment it signs (if any).
+    /// check and the fulfilment or refund it signs (if any).
     pub(crate) fn commit(
         &mut self,
         request: u64,
         now: u64,
         promises: &[Promise],
-        fulfilment: Option<&Fulfilment>,
+        signed: &Signed,
     ) -> Result<(), String> {
+        let fulfilment = match signed {
+            Signed::Fulfilment(f) => Some(f),
+            _ => None,
+        };
         let tx = db(self.conn.transaction())?;
         // A promise outlives the signer's in-memory allowance (10 minutes)
         // by far after an hour: older ones answer nothing, so they go, and
@@ -239,7 +282,74 @@ impl Store {
                 ],
             ))?;
         }
+        if let Signed::Refund(r) = signed {
+            db(tx.execute(
+                "INSERT INTO refunds (peg_in, txid, tx, time) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (txid) DO NOTHING",
+                params![
+                    r.peg_in.to_byte_array().to_vec(),
+                    r.txid.to_byte_array().to_vec(),
+                    encode::serialize(&r.tx),
+                    sql_u64(r.time)?
+                ],
+            ))?;
+            db(tx.execute(
+                "DELETE FROM refunds WHERE peg_in = ?1 AND txid NOT IN
+                 (SELECT txid FROM refunds WHERE peg_in = ?1
+                  ORDER BY time DESC, rowid DESC LIMIT ?2)",
+                params![
+                    r.peg_in.to_byte_array().to_vec(),
+                    sql_u64(KEEP_FULFILMENTS_PER_REQUEST)?
+                ],
+            ))?;
+        }
         db(tx.commit())
+    }
+
+    /// The refunds signed of `peg_in`, oldest first.
+    pub(crate) fn refunds_of(&self, peg_in: &Txid) -> Result<Vec<Refund>, String> {
+        let mut stmt = db(self.conn.prepare_cached(
+            "SELECT txid, tx, time FROM refunds WHERE peg_in = ?1 ORDER BY time, rowid",
+        ))?;
+        let rows = db(stmt.query_map([peg_in.to_byte_array().to_vec()], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        }))?;
+        rows.map(|r| {
+            let (txid, tx, time) = db(r)?;
+            Ok(Refund {
+                peg_in: *peg_in,
+                txid: txid_sql(&txid)?,
+                tx: encode::deserialize(&tx)
+                    .map_err(|e| format!("guard store corrupt: a refund: {e}"))?,
+                time: u64_sql(time)?,
+            })
+        })
+        .collect()
+    }
+
+    /// Whether a peg-in's output 1 was seen spent by a refund.
+    pub(crate) fn refunded(&self, txid: &Txid) -> Result<bool, String> {
+        let v: Option<i64> = db(self
+            .conn
+            .prepare_cached("SELECT refunded FROM coin_txs WHERE txid = ?1")
+            .and_then(|mut s| {
+                s.query_row([txid.to_byte_array().to_vec()], |r| r.get(0))
+                    .optional()
+            }))?;
+        Ok(v.is_some_and(|n| n != 0))
+    }
+
+    /// Records that a peg-in's output 1 was spent by a refund.
+    pub(crate) fn mark_refunded(&mut self, txid: &Txid) -> Result<(), String> {
+        db(self.conn.execute(
+            "UPDATE coin_txs SET refunded = 1 WHERE txid = ?1",
+            [txid.to_byte_array().to_vec()],
+        ))?;
+        Ok(())
     }
 
     /// Whether `(key, digest)` is recorded.
@@ -411,7 +521,8 @@ mod tests {
         {
             let mut s = Store::open(&path).unwrap();
             assert!(!s.will_sign(&key, &[1; 32]).unwrap());
-            s.commit(4, 42, &[(key, [1; 32])], Some(&f)).unwrap();
+            s.commit(4, 42, &[(key, [1; 32])], &Signed::Fulfilment(f.clone()))
+                .unwrap();
             s.classify(&f.request_txid, CoinKind::PegIn).unwrap();
             s.classify(&f.request_txid, CoinKind::Other).unwrap();
             s.mark_minted(&f.request_txid).unwrap();

@@ -205,6 +205,22 @@ fn stacks_mock(stx: Arc<Mutex<Stx>>) -> MockStacksNode {
         let n = s.lock().unwrap().blocks.len();
         Ok(n.checked_sub(d as usize + 1).map(|i| [i as u8 + 1; 32]))
     });
+    let s = stx.clone();
+    m.expect_call_read().returning(move |_, function, args, _| {
+        let stx = s.lock().unwrap();
+        let Some(state) = stx.blocks.last() else {
+            return Err(StacksError::UnknownTip("no blocks".into()));
+        };
+        let arg = || match args.first() {
+            Some(Value::StringAscii(t)) => t.clone(),
+            _ => panic!("no txid argument"),
+        };
+        Ok(match function {
+            GET_MINT => state.mints.get(&arg()).map_or(Value::none(), entry),
+            GET_BURN => state.burns.get(&arg()).map_or(Value::none(), entry),
+            other => panic!("unexpected read at the tip {other}"),
+        })
+    });
     let s = stx;
     m.expect_call_read_at()
         .returning(move |_, function, args, _, tip| {
@@ -537,22 +553,6 @@ fn a_garbage_payload_is_refused() {
     for item in &req.items {
         assert!(!g.will_sign(&item.key, &item.message.digest()));
     }
-}
-
-#[test]
-fn refunds_are_refused_until_issue_14() {
-    let fx = Fx::new();
-    let mut g = fx.guard();
-    let (tx, prevouts) = fx.payout();
-    let payload = SignPayload::Refund {
-        peg_in: fx.peg_in.compute_txid(),
-        tx,
-        prevouts,
-    };
-    assert_eq!(
-        refused(g.check(&sign_request(1, &payload, &fx.key))),
-        "refund.unsupported"
-    );
 }
 
 #[test]
@@ -1217,3 +1217,5 @@ fn a_payout_signed_and_not_confirmed_yet_is_no_longer_held() {
         "backing"
     );
 }
+
+mod refunds;
