@@ -100,11 +100,13 @@ impl SqlitePegQueue {
         }
         let mut conn = Connection::open(path)
             .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
+        // The busy timeout first: setting the journal mode needs a lock that
+        // a running coordinator's write may hold for a moment.
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(storage)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(storage)?;
         conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(storage)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(storage)?;
         migrate(&mut conn)?;
         Ok(SqlitePegQueue {
@@ -198,7 +200,9 @@ fn row_to_op((op, state, attempts, last_error, waiting): Row) -> Result<QueuedOp
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), Error> {
-    let tx = conn.transaction().map_err(storage)?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(storage)?;
     tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL) STRICT")
         .map_err(storage)?;
     let version: i64 = tx
@@ -443,7 +447,9 @@ impl SqlitePegQueue {
 impl PegQueue for SqlitePegQueue {
     fn record_scanned_block(&self, height: BurnHeight, ops: &[PegOp]) -> Result<(), Error> {
         let mut conn = self.lock();
-        let tx = conn.transaction().map_err(storage)?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
         for op in ops {
             insert(&tx, op)?;
         }
@@ -471,7 +477,9 @@ impl PegQueue for SqlitePegQueue {
 
     fn insert_op(&self, op: &PegOp) -> Result<bool, Error> {
         let mut conn = self.lock();
-        let tx = conn.transaction().map_err(storage)?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
         let inserted = insert(&tx, op)?;
         tx.commit().map_err(storage)?;
         Ok(inserted)
@@ -500,7 +508,9 @@ impl PegQueue for SqlitePegQueue {
 
     fn set_states(&self, moves: &[(Txid, OpState)]) -> Result<(), Error> {
         let mut conn = self.lock();
-        let tx = conn.transaction().map_err(storage)?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
         for (txid, state) in moves {
             let nonce = match state {
                 OpState::StacksTxSigned { tx } | OpState::StacksTxBroadcast { tx } => {
@@ -546,7 +556,9 @@ impl PegQueue for SqlitePegQueue {
 
     fn remove_unacted(&self, txid: &Txid) -> Result<bool, Error> {
         let mut conn = self.lock();
-        let tx = conn.transaction().map_err(storage)?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
         let n = tx
             .execute(
                 "DELETE FROM ops WHERE txid = ?1 AND state IN ('detected', 'accepted', 'rejected', 'refund_requested')",

@@ -742,3 +742,24 @@ fn a_full_walk_leaves_every_txid_in_the_history_after_done() {
     );
     assert!(q.history(&op(77, 1).txid()).unwrap().is_empty());
 }
+
+#[test]
+fn opening_waits_for_a_writer_that_holds_the_database_for_a_moment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.sqlite");
+    let q = SqlitePegQueue::open(&path).unwrap();
+    q.insert_op(&op(1, 100)).unwrap();
+    drop(q);
+    // Another process's write transaction, held 300 ms (a running
+    // coordinator's group commit under load).
+    let writer = rusqlite::Connection::open(&path).unwrap();
+    writer.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        writer.execute_batch("COMMIT").unwrap();
+    });
+    let opened = SqlitePegQueue::open(&path);
+    release.join().unwrap();
+    let q = opened.expect("open waits for the lock instead of failing");
+    assert!(q.get(&op(1, 100).txid()).unwrap().is_some());
+}
