@@ -56,6 +56,19 @@ pub(crate) fn queue(c: &Config) -> Result<SqlitePegQueue> {
     SqlitePegQueue::open(&path).with_context(|| format!("cannot open the queue {}", path.display()))
 }
 
+/// The queue of an existing data directory, for the commands that only
+/// read or amend it (`status`, `queue`): a mistyped `data_dir` is named
+/// instead of getting a new, empty queue.
+pub(crate) fn existing_queue(c: &Config) -> Result<SqlitePegQueue> {
+    if !c.data_dir.is_dir() {
+        bail!(
+            "the data directory {} does not exist (check data_dir in the configuration; `run` creates it)",
+            c.data_dir.display()
+        );
+    }
+    queue(c)
+}
+
 type Loop = coordinator::HttpCoordinator;
 
 /// How often `run`'s watch checks the nodes and the relay.
@@ -453,7 +466,7 @@ pub(crate) fn refund(c: &Config, txid: Txid, reason: &str, stop: &AtomicBool) ->
 /// the nodes and the queue now; exits non-zero (after printing) when a node
 /// or the relay does not answer.
 pub(crate) fn status(c: &Config, json: bool) -> Result<()> {
-    let q = queue(c)?;
+    let q = existing_queue(c)?;
     let stacks = UreqStacksNode::new(&c.stacks_node_url, c.rpc_timeout);
     let me = PrincipalData::Standard(c.stacks_address());
     let key = contract_wallet_key(&stacks, &c.contract, &me);
@@ -658,7 +671,7 @@ fn status_text(
 
 /// `queue list|show|retry`.
 pub(crate) fn queue_command(c: &Config, cmd: &crate::QueueCommand) -> Result<()> {
-    let q = queue(c)?;
+    let q = existing_queue(c)?;
     match cmd {
         crate::QueueCommand::List { json, state } => {
             for s in state {

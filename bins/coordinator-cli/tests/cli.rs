@@ -108,9 +108,33 @@ fn config_in(dir: &Path) -> PathBuf {
             "\"allowlist.toml\"",
             &format!("{:?}", conf("allowlist.toml")),
         );
+    std::fs::create_dir_all(dir.join("data")).unwrap();
     let path = dir.join("c.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+#[test]
+fn status_and_queue_on_a_data_directory_that_does_not_exist_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config_in(dir.path());
+    std::fs::remove_dir(dir.path().join("data")).unwrap();
+    for args in [
+        &["status"][..],
+        &["queue", "list"],
+        &["queue", "show", &"0".repeat(64)],
+    ] {
+        let mut all = vec!["--config", c.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let o = cli(&all, &[]);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("data directory") && stderr(&o).contains("does not exist"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        assert!(!dir.path().join("data").exists(), "{args:?} created it");
+    }
 }
 
 /// `run` waits for its nodes (see tests/ops.rs); with `startup_wait_secs`
