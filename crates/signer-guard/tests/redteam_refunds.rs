@@ -1,0 +1,428 @@
+//! Red team (issue #14's refunds): attacks on the guard's refund check and
+//! its books, over real HTTP against the devnet's emulators, with real
+//! signatures and SQLite files. Each test is an attack; it passes when the
+//! guard holds.
+
+use bitcoin::hashes::Hash as _;
+use bitcoin::key::{Keypair, TapTweak as _};
+use bitcoin::secp256k1::{Message, PublicKey, Secp256k1, SecretKey};
+use bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
+use bitcoin::{
+    absolute, transaction, Amount, OutPoint, ScriptBuf, Transaction, TxIn, TxOut, Txid, Witness,
+};
+use devnet::{BitcoinEmulator, BitcoinState, StacksEmulator, StacksState, User};
+use frost_net::{SignItem, SignRequest, SignerFile, ToSign};
+use frost_signer::Validator;
+use peg_rules::SignPayload;
+use signer_guard::{BitcoinNodeConfig, Confirmations, Guard, GuardConfig, StacksNodeConfig};
+use stacks_wire::{ContractId, PrincipalData, Value};
+
+const MAGIC: [u8; 2] = *b"id";
+const PEG_SECRET: u8 = 7;
+
+fn secret(i: u8) -> SecretKey {
+    SecretKey::from_slice(&[i; 32]).unwrap()
+}
+
+fn key(i: u8) -> PublicKey {
+    secret(i).public_key(&Secp256k1::new())
+}
+
+fn request(id: u64, payload: &SignPayload, key: &PublicKey) -> SignRequest {
+    SignRequest {
+        id,
+        payload: payload.encode(),
+        items: payload
+            .sighashes()
+            .unwrap()
+            .into_iter()
+            .map(|sighash| SignItem {
+                key: *key,
+                message: ToSign::Taproot { sighash },
+            })
+            .collect(),
+    }
+}
+
+fn find(b: &BitcoinState, txid: &Txid) -> Transaction {
+    b.locate(txid).unwrap().0
+}
+
+/// Signs every input of `tx` with the peg wallet key (what a threshold of
+/// signers' shares would aggregate to): the key-path signature.
+fn sign_with_peg_key(tx: &mut Transaction, prevouts: &[TxOut]) {
+    let secp = Secp256k1::new();
+    let keypair = Keypair::from_secret_key(&secp, &secret(PEG_SECRET)).tap_tweak(&secp, None);
+    for i in 0..tx.input.len() {
+        let sighash = SighashCache::new(&*tx)
+            .taproot_key_spend_signature_hash(i, &Prevouts::All(prevouts), TapSighashType::Default)
+            .unwrap();
+        let sig = secp.sign_schnorr_no_aux_rand(
+            &Message::from_digest(sighash.to_raw_hash().to_byte_array()),
+            &keypair.to_keypair(),
+        );
+        tx.input[i].witness = Witness::from_slice(&[sig.as_ref().to_vec()]);
+    }
+}
+
+fn spend(coins: &[(OutPoint, TxOut)], output: Vec<TxOut>) -> (Transaction, Vec<TxOut>) {
+    (
+        Transaction {
+            version: transaction::Version::TWO,
+            lock_time: absolute::LockTime::ZERO,
+            input: coins
+                .iter()
+                .map(|(o, _)| TxIn {
+                    previous_output: *o,
+                    ..TxIn::default()
+                })
+                .collect(),
+            output,
+        },
+        coins.iter().map(|(_, o)| o.clone()).collect(),
+    )
+}
+
+/// The devnet peg of the attacks: alice (allowlisted) pegged in 100 000
+/// sats, minted, and asked for 30 000 back (burned); alice also paid 60 000
+/// sats into the peg wallet (a surplus: what fee leftovers and plain
+/// payments leave); mallory (not allowlisted) pegged in 50 000 sats,
+/// rejected and never minted.
+struct Peg {
+    btc: BitcoinEmulator,
+    stacks: StacksEmulator,
+    guard: Guard<bitcoin_node_client::UreqBitcoinNode, stacks_node_client::UreqStacksNode>,
+    owner: PrincipalData,
+    peg: bitcoin::Address,
+    alice: User,
+    mallory: User,
+    request: Txid,
+    surplus: Txid,
+    rejected: Txid,
+    _dir: tempfile::TempDir,
+}
+
+fn burn_script() -> ScriptBuf {
+    ScriptBuf::new_op_return([0u8])
+}
+
+fn peg() -> Peg {
+    let peg_key = key(PEG_SECRET);
+    let peg = peg_rules::peg_wallet_address(&peg_key, bitcoin::Network::Regtest);
+    let burn = burn_script();
+    let mut b = BitcoinState::new();
+    let mut alice = User::new("alice", 1);
+    let mut mallory = User::new("mallory", 2);
+    alice.fund(&mut b, &burn);
+    mallory.fund(&mut b, &burn);
+    let start_height = b.height();
+    let stx = alice.stx.clone();
+    let peg_in = alice
+        .peg_in(&mut b, MAGIC, &peg, &stx, Amount::from_sat(100_000))
+        .unwrap();
+    b.mine(&burn);
+    let surplus = alice
+        .pay(&mut b, &peg.script_pubkey(), Amount::from_sat(60_000))
+        .unwrap();
+    let mstx = mallory.stx.clone();
+    let rejected = mallory
+        .peg_in(&mut b, MAGIC, &peg, &mstx, Amount::from_sat(50_000))
+        .unwrap();
+    b.mine(&burn);
+    let req = alice
+        .peg_out(
+            &mut b,
+            MAGIC,
+            &peg,
+            Amount::from_sat(30_000),
+            Amount::from_sat(5_000),
+        )
+        .unwrap();
+    b.mine(&burn);
+
+    let contract: ContractId = "ST000000000000000000002AMW42H.sbtc-alpha".parse().unwrap();
+    let mut s = StacksState::new(contract.clone());
+    let owner = PrincipalData::Standard(contract.address);
+    s.model.coordinator = Some((owner.clone(), key(9).serialize().to_vec()));
+    s.model.wallet_key = Some(peg_key.serialize().to_vec());
+    let txid = |t: &Txid| Value::StringAscii(t.to_string());
+    let mint = s.model.call(
+        &owner,
+        "mint!",
+        &[
+            Value::UInt(100_000),
+            Value::Principal(stx.clone()),
+            txid(&peg_in),
+        ],
+    );
+    assert_eq!(mint.result, Value::Ok(Box::new(Value::Bool(true))));
+    let burned = s.model.call(
+        &owner,
+        "burn!",
+        &[Value::UInt(30_000), Value::Principal(stx), txid(&req)],
+    );
+    assert_eq!(burned.result, Value::Ok(Box::new(Value::Bool(true))));
+    s.mine();
+    s.mine();
+
+    let btc = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
+    let stacks = StacksEmulator::start("127.0.0.1:0", s).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("allowlist.toml"),
+        format!(
+            "stacks = [\"{}\"]\nbitcoin = [\"{}\"]\n",
+            alice.stx, alice.btc
+        ),
+    )
+    .unwrap();
+    let signer_file = format!(
+        r#"relay_url = "http://127.0.0.1:1"
+coordinator_public_key = "{}"
+network = "regtest"
+contract = "{contract}"
+magic_bytes = "id"
+threshold = 1
+[policy]
+allowlist_file = "allowlist.toml"
+[[signers]]
+id = 1
+public_key = "{}"
+key_ids = [1]
+"#,
+        key(1),
+        key(2)
+    );
+    let path = dir.path().join("signer.toml");
+    std::fs::write(&path, signer_file).unwrap();
+    let file = SignerFile::load(&path).unwrap();
+    let config = GuardConfig {
+        bitcoin_node: BitcoinNodeConfig {
+            url: btc.url(),
+            user: None,
+            password: None,
+            cookie_file: None,
+        },
+        stacks_node: StacksNodeConfig { url: stacks.url() },
+        confirmations: Confirmations {
+            bitcoin: 1,
+            stacks: 2,
+        },
+        start_height,
+        data_dir: dir.path().join("guard"),
+        rpc_timeout_ms: 5_000,
+    };
+    let mut guard = Guard::open(&config, &file, &path, &[peg_key]).unwrap();
+    assert_eq!(guard.attest(), Some(peg_key));
+    Peg {
+        btc,
+        stacks,
+        guard,
+        owner,
+        peg,
+        alice,
+        mallory,
+        request: req,
+        surplus,
+        rejected,
+        _dir: dir,
+    }
+}
+
+impl Peg {
+    fn tx(&self, txid: &Txid) -> Transaction {
+        self.btc.with(|b| find(b, txid))
+    }
+
+    fn coin(&self, txid: &Txid, vout: u32) -> (OutPoint, TxOut) {
+        let tx = self.tx(txid);
+        (OutPoint::new(*txid, vout), tx.output[vout as usize].clone())
+    }
+
+    /// The surplus payment's coin (alice's `pay` puts the payment first).
+    fn surplus_coin(&self) -> (OutPoint, TxOut) {
+        self.coin(&self.surplus, 0)
+    }
+
+    /// The honest refund of mallory's peg-in: her own script, 1 000 sats fee.
+    fn honest_refund(&self) -> (SignPayload, Transaction, Vec<TxOut>) {
+        let peg_in = self.tx(&self.rejected);
+        let funding = self.tx(&peg_in.input[0].previous_output.txid);
+        let to = funding.output[peg_in.input[0].previous_output.vout as usize]
+            .script_pubkey
+            .clone();
+        let coin = self.coin(&self.rejected, 1);
+        let (tx, prevouts) = spend(
+            std::slice::from_ref(&coin),
+            vec![TxOut {
+                value: coin.1.value - Amount::from_sat(1_000),
+                script_pubkey: to,
+            }],
+        );
+        (
+            SignPayload::Refund {
+                peg_in: self.rejected,
+                funding,
+                tx: tx.clone(),
+                prevouts: prevouts.clone(),
+            },
+            tx,
+            prevouts,
+        )
+    }
+
+    /// Alice's payout: her request's fee output and the surplus coin, 30 000
+    /// sats to her, 1 000 sats fee, the rest back to the peg wallet.
+    fn payout(&self) -> SignPayload {
+        let coins = [self.coin(&self.request, 2), self.surplus_coin()];
+        let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
+        let (tx, prevouts) = spend(
+            &coins,
+            vec![
+                TxOut {
+                    value: Amount::ZERO,
+                    script_pubkey: peg_rules::fulfilment_op_return(MAGIC, &[0; 32]),
+                },
+                TxOut {
+                    value: Amount::from_sat(30_000),
+                    script_pubkey: self.alice.btc.script_pubkey(),
+                },
+                TxOut {
+                    value: Amount::from_sat(total - 30_000 - 1_000),
+                    script_pubkey: self.peg.script_pubkey(),
+                },
+            ],
+        );
+        SignPayload::Fulfilment {
+            request: self.request,
+            tx,
+            prevouts,
+        }
+    }
+
+    /// The coordinator's stolen Stacks key mints under `peg_in`'s txid;
+    /// then two Stacks blocks make it final.
+    fn stolen_mint(&self, amount: u64, to: &PrincipalData, peg_in: &Txid) {
+        let owner = self.owner.clone();
+        let to = to.clone();
+        let peg_in = *peg_in;
+        self.stacks.with(move |s| {
+            let r = s.model.call(
+                &owner,
+                "mint!",
+                &[
+                    Value::UInt(u128::from(amount)),
+                    Value::Principal(to),
+                    Value::StringAscii(peg_in.to_string()),
+                ],
+            );
+            assert_eq!(r.result, Value::Ok(Box::new(Value::Bool(true))));
+            s.mine();
+            s.mine();
+        });
+    }
+
+    fn broadcast_and_mine(&self, mut tx: Transaction, prevouts: &[TxOut]) -> Txid {
+        sign_with_peg_key(&mut tx, prevouts);
+        self.btc.with(|b| {
+            let txid = b.send(tx).unwrap();
+            b.mine(&burn_script());
+            txid
+        })
+    }
+}
+
+/// Attack: the coordinator (message key and Stacks key stolen) asks for
+/// mallory's refund — honest, so signed — and, before broadcasting it, mints
+/// her 50 000 sats of sBTC under her peg-in's txid. The guard looks at its
+/// books while the mint is final and the coin still unspent (any sign
+/// request), then the refund confirms. Mallory has her BTC back *and* the
+/// sBTC: the guard must count that sBTC as backed by nothing, so the
+/// circuit breaker refuses every payout — even one the surplus could cover.
+#[test]
+fn a_mint_made_final_between_signing_and_confirming_a_refund_backs_nothing() {
+    let mut p = peg();
+    let peg_key = key(PEG_SECRET);
+    let (refund, refund_tx, refund_prevouts) = p.honest_refund();
+    p.guard.check(&request(1, &refund, &peg_key)).unwrap();
+
+    let mstx = p.mallory.stx.clone();
+    p.stolen_mint(50_000, &mstx, &p.rejected.clone());
+    // Any sign request makes the guard read its books with the mint final
+    // and mallory's coin unspent: a sweep of the surplus to the peg's key.
+    let surplus = p.surplus_coin();
+    let (sweep, sweep_prevouts) = spend(
+        std::slice::from_ref(&surplus),
+        vec![TxOut {
+            value: surplus.1.value - Amount::from_sat(1_000),
+            script_pubkey: p.peg.script_pubkey(),
+        }],
+    );
+    let _ = p.guard.check(&request(
+        2,
+        &SignPayload::Sweep {
+            tx: sweep,
+            prevouts: sweep_prevouts,
+        },
+        &peg_key,
+    ));
+
+    p.broadcast_and_mine(refund_tx, &refund_prevouts);
+    let e = p
+        .guard
+        .check(&request(3, &p.payout(), &peg_key))
+        .expect_err("a payout while mallory's refunded peg-in's sBTC has no BTC behind it");
+    assert!(e.starts_with("backing"), "{e}");
+}
+
+/// Attack: as above, but the refund is kept back (a hostile coordinator or
+/// relay holds it) while the mint is final: the coin backs nothing while
+/// that refund may still confirm, stays owed (no sweep may spend it), and
+/// the breaker refuses the payout.
+#[test]
+fn a_mint_of_a_peg_in_with_a_refund_signed_and_held_back_backs_nothing() {
+    let mut p = peg();
+    let peg_key = key(PEG_SECRET);
+    let (refund, _, _) = p.honest_refund();
+    p.guard.check(&request(1, &refund, &peg_key)).unwrap();
+    let mstx = p.mallory.stx.clone();
+    p.stolen_mint(50_000, &mstx, &p.rejected.clone());
+
+    let e = p
+        .guard
+        .check(&request(2, &p.payout(), &peg_key))
+        .expect_err("a payout while a signed refund may take the minted peg-in's coin");
+    assert!(e.starts_with("backing"), "{e}");
+    let coin = p.coin(&p.rejected, 1);
+    let (sweep, prevouts) = spend(
+        std::slice::from_ref(&coin),
+        vec![TxOut {
+            value: coin.1.value - Amount::from_sat(1_000),
+            script_pubkey: p.peg.script_pubkey(),
+        }],
+    );
+    let e = p
+        .guard
+        .check(&request(
+            3,
+            &SignPayload::Sweep {
+                tx: sweep,
+                prevouts,
+            },
+            &peg_key,
+        ))
+        .expect_err("a sweep of an owed coin");
+    assert!(e.starts_with("sweep.input"), "{e}");
+}
+
+/// Control: with no stolen mint, the honest refund confirms and the same
+/// payout passes (the attacks above fail for the mint, not the set-up).
+#[test]
+fn without_a_stolen_mint_the_refund_and_then_the_payout_pass() {
+    let mut p = peg();
+    let peg_key = key(PEG_SECRET);
+    let (refund, refund_tx, refund_prevouts) = p.honest_refund();
+    p.guard.check(&request(1, &refund, &peg_key)).unwrap();
+    p.broadcast_and_mine(refund_tx, &refund_prevouts);
+    p.guard.check(&request(2, &p.payout(), &peg_key)).unwrap();
+}
