@@ -829,3 +829,57 @@ fn malformed_refunds_are_refused_without_panicking() {
     let e = p.guard.check(&r).expect_err("garbage passed");
     assert!(e.starts_with("payload.decode"), "{e}");
 }
+
+/// Attack: a refund and a payout racing for mallory's coin — the
+/// coordinator, holding a signed refund, asks for alice's payout funded by
+/// mallory's owed coin (then the refund could never confirm, or the payout
+/// would be paid with a depositor's BTC). Refused while the coin is owed.
+#[test]
+fn a_payout_spending_a_coin_with_a_refund_signed_is_refused() {
+    let mut p = peg();
+    let peg_key = key(PEG_SECRET);
+    let (refund, _, _) = p.honest_refund();
+    p.guard.check(&request(1, &refund, &peg_key)).unwrap();
+    let coins = [p.coin(&p.request, 2), p.coin(&p.rejected, 1)];
+    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
+    let (tx, prevouts) = spend(
+        &coins,
+        vec![
+            TxOut {
+                value: Amount::ZERO,
+                script_pubkey: peg_rules::fulfilment_op_return(MAGIC, &[0; 32]),
+            },
+            TxOut {
+                value: Amount::from_sat(30_000),
+                script_pubkey: p.alice.btc.script_pubkey(),
+            },
+            TxOut {
+                value: Amount::from_sat(total - 30_000 - 1_000),
+                script_pubkey: p.peg.script_pubkey(),
+            },
+        ],
+    );
+    let e = p.refused(
+        2,
+        &SignPayload::Fulfilment {
+            request: p.request,
+            tx,
+            prevouts,
+        },
+    );
+    assert!(e.starts_with("fulfilment.input"), "{e}");
+}
+
+/// While the peg is unbacked (a stolen-key mint with no peg-in behind it),
+/// even the honest refund is refused by the breaker: conservative (every
+/// payout stops).
+#[test]
+fn the_breaker_stops_refunds_too_while_the_peg_is_unbacked() {
+    let mut p = peg();
+    let nobody = Txid::from_byte_array([0x77; 32]);
+    let mstx = p.mallory.stx.clone();
+    p.stolen_mint(10_000, &mstx, &nobody);
+    let (refund, _, _) = p.honest_refund();
+    let e = p.refused(1, &refund);
+    assert!(e.starts_with("backing"), "{e}");
+}
