@@ -700,22 +700,25 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             let txid = c.outpoint.txid;
             // Refunded: its output 1 spent by a refund this guard signed (or
             // seen so before). It backs no sBTC and is owed no more, whatever
-            // the contract shows under its txid later.
+            // the contract shows under its txid — even a mint this guard saw
+            // final before the refund confirmed (it signed the refund only
+            // with no mint at the final block nor the tip, so such a mint is
+            // a stolen Stacks key's).
             let mut refunded = self
                 .store
                 .refunded(&txid)
                 .map_err(|e| rule("guard.store", e))?;
-            if !refunded && c.spent_in_block && !minted {
-                refunded = !self
+            let refund_signed = !refunded
+                && !self
                     .store
                     .refunds_of(&txid)
                     .map_err(|e| rule("guard.store", e))?
                     .is_empty();
-                if refunded {
-                    self.store
-                        .mark_refunded(&txid)
-                        .map_err(|e| rule("guard.store", e))?;
-                }
+            if refund_signed && c.spent_in_block {
+                refunded = true;
+                self.store
+                    .mark_refunded(&txid)
+                    .map_err(|e| rule("guard.store", e))?;
             }
             if refunded {
                 if minted {
@@ -723,6 +726,19 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                         "peg-in {txid} was refunded and has a mint under its txid: that sBTC has no BTC behind it"
                     );
                 }
+                continue;
+            }
+            if refund_signed {
+                // A refund this guard signed may still confirm: the coin
+                // backs no sBTC (whatever mint shows under its txid) and
+                // stays owed to its depositor until it is spent.
+                if minted {
+                    log::error!(
+                        "peg-in {txid} has a refund signed and a mint under its txid: that sBTC has no BTC behind it"
+                    );
+                }
+                w.unminted.push((txid, c.txout.value));
+                w.owed_coins.insert(c.outpoint);
                 continue;
             }
             if minted {
