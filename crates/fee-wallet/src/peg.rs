@@ -333,7 +333,14 @@ impl BitcoinWallet for PegWallet {
                 script_pubkey: to.clone(),
             }],
         };
-        let fee = fee_at(rate, signed_vsize(&tx))?;
+        let vsize = signed_vsize(&tx);
+        // The rate's fee, within what the signers accept for a refund.
+        let fee = fee_at(rate, vsize)?.min(peg_rules::max_refund_fee(
+            self.fees.floor,
+            self.fees.cap,
+            coin.amount(),
+            vsize,
+        ));
         let dust = to.minimal_non_dust();
         match coin.amount().checked_sub(fee) {
             Some(v) if v >= dust => tx.output[0].value = v,

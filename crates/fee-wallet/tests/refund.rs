@@ -134,11 +134,35 @@ fn a_refund_that_would_leave_dust_is_not_built() {
     let p = policy();
     let w = PegWallet::new(Network::Regtest, MAGIC, BitcoinFeePolicy::from_policy(&p));
     let to = scripts()[0].clone();
-    let (_, tx, _) = peg_in(&to, 1_000);
+    // Even at the floor's fee (the least a refund pays), 300 sats leave dust.
+    let (_, tx, _) = peg_in(&to, 300);
     let e = w
         .build_refund(&coin(&tx), &to, FeeRate::from_sat_per_vb(50))
         .unwrap_err();
     assert!(e.to_string().contains("dust"), "{e}");
+}
+
+#[test]
+fn a_refund_pays_no_more_fee_than_the_signers_accept() {
+    let p = policy();
+    let w = PegWallet::new(Network::Regtest, MAGIC, BitcoinFeePolicy::from_policy(&p));
+    let to = scripts()[0].clone();
+    // 1,000 sats at 50 sat/vB would pay ~5,550 sats; a refund pays at most
+    // the larger of the floor's fee and 10 % of the amount.
+    let (funding, tx, op) = peg_in(&to, 1_000);
+    let u = w
+        .build_refund(&coin(&tx), &to, FeeRate::from_sat_per_vb(50))
+        .unwrap();
+    let vsize = signed_vsize(&u.tx);
+    let fee = 1_000 - u.tx.output[0].value.to_sat();
+    assert_eq!(
+        bitcoin::Amount::from_sat(fee),
+        peg_rules::max_refund_fee(p.fee_floor, p.fee_cap, op.amount, vsize)
+    );
+    assert_eq!(
+        check_refund(&p, &op, &tx, &funding, &u.tx, &u.prevouts),
+        Ok(())
+    );
 }
 
 /// Signed with the tweak of the key whose address output 1 pays, the

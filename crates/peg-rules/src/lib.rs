@@ -553,8 +553,7 @@ pub fn refund_script(peg_in_tx: &Transaction, funding: &Transaction) -> Result<S
 /// output, lock time 0), `refund.input` (the input is not the peg-in's
 /// output 1, or the prevout is not that output), `refund.destination` (the
 /// output pays another script than the one the peg-in's input 0 spent),
-/// `refund.fee` (outputs above inputs, or a fee above [`Policy::max_fee`]
-/// for its size), `refund.dust` (what is left is dust for its script).
+/// `refund.fee` (outputs above inputs, or a fee above [`max_refund_fee`]), `refund.dust` (what is left is dust for its script).
 pub fn check_refund(
     policy: &Policy,
     peg_in: &PegInOp,
@@ -618,11 +617,16 @@ pub fn check_refund(
     }
     let fee = tx_fee(tx, prevouts).map_err(|e| Rule::new("refund.fee", e))?;
     let vsize = signed_vsize(tx);
-    let max = policy.max_fee(vsize);
+    let max = max_refund_fee(policy.fee_floor, policy.fee_cap, peg_in.amount, vsize);
     if fee > max {
         return Err(Rule::new(
             "refund.fee",
-            format!("fee {fee} for {vsize} vB is above the cap's {max}"),
+            format!(
+                "fee {fee} for {vsize} vB is above {max}, the most a refund of {} may pay \
+                 (the fee cap's, and at most {REFUND_MAX_FEE_PERCENT} % of the amount above \
+                 the floor's fee)",
+                peg_in.amount
+            ),
         ));
     }
     let dust = to.minimal_non_dust();
@@ -636,6 +640,22 @@ pub fn check_refund(
         ));
     }
     Ok(())
+}
+
+/// The share of a refunded amount that may go to fees (beyond the fee at
+/// the policy's floor rate): a refund's fee is the depositor's money, and
+/// the fee cap alone would let a stolen coordinator key give most of a
+/// small deposit to miners.
+pub const REFUND_MAX_FEE_PERCENT: u64 = 10;
+
+/// The most a refund of `amount` of `vsize` vB may pay in fees: the fee at
+/// `cap`, and no more than the larger of the fee at `floor` and
+/// [`REFUND_MAX_FEE_PERCENT`] of the amount.
+pub fn max_refund_fee(floor: FeeRate, cap: FeeRate, amount: Amount, vsize: u64) -> Amount {
+    let at_cap = cap.fee_vb(vsize).unwrap_or(Amount::MAX);
+    let at_floor = floor.fee_vb(vsize).unwrap_or(Amount::MAX);
+    let share = Amount::from_sat(amount.to_sat() / 100 * REFUND_MAX_FEE_PERCENT);
+    at_cap.min(at_floor.max(share))
 }
 
 /// The vsize of a refund paying `to`: one taproot key-path input (64-byte

@@ -282,3 +282,25 @@ fn the_fee_stays_within_the_cap_and_what_is_left_is_no_dust() {
     let r = check_refund(&p, &peg_in(), &peg_in_tx(), &funding(), &dust, &prevouts);
     assert_eq!(rule(r.clone()), "refund.dust", "{r:?}");
 }
+
+#[test]
+fn a_refunds_fee_is_bounded_by_a_share_of_the_amount_above_the_floors_fee() {
+    use bitcoin::{Amount, FeeRate};
+    use peg_rules::{max_refund_fee, REFUND_MAX_FEE_PERCENT};
+    let floor = FeeRate::from_sat_per_vb(1).unwrap();
+    let cap = FeeRate::from_sat_per_vb(500).unwrap();
+    // 50,000 sats, 111 vB: the cap would allow 55,500; the share is 5,000.
+    let max = max_refund_fee(floor, cap, Amount::from_sat(50_000), 111);
+    assert_eq!(REFUND_MAX_FEE_PERCENT, 10);
+    assert_eq!(max, Amount::from_sat(5_000));
+    // A tiny deposit still pays the floor's fee.
+    assert_eq!(
+        max_refund_fee(floor, cap, Amount::from_sat(1_000), 111),
+        Amount::from_sat(111)
+    );
+    // A large one stays under the cap's fee.
+    assert_eq!(
+        max_refund_fee(floor, cap, Amount::from_sat(100_000_000), 111),
+        Amount::from_sat(55_500)
+    );
+}

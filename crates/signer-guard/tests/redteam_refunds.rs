@@ -730,8 +730,9 @@ fn a_refund_of_a_peg_in_to_another_wallet_is_refused() {
 /// give nearly all of a small rejected peg-in to miners (its own, with
 /// hash power): mallory's 50 000 sats refunded as 500 sats plus a 49 500
 /// sat fee passes `check_refund` (~111 vB × 500 = 55 500 sats cap).
+/// Fixed: a refund pays at most `peg_rules::REFUND_MAX_FEE_PERCENT` of
+/// the amount above the floor's fee (`peg_rules::max_refund_fee`).
 #[test]
-#[ignore = "open: a refund's fee is capped by the policy's fee-rate cap only, not by the node's estimate; a stolen coordinator key can burn a rejected peg-in into fees"]
 fn a_refund_that_gives_the_deposit_to_miners_is_refused() {
     let mut p = peg();
     let to = p.mallory_script();
