@@ -18,8 +18,8 @@ pub enum Error {
     #[error("bitcoin node unreachable: {0}")]
     Transport(String),
     /// The node did not answer in time.
-    #[error("bitcoin node timed out")]
-    Timeout,
+    #[error("bitcoin node timed out: {0}")]
+    Timeout(String),
     /// The node answered with an HTTP status and no RPC error object.
     #[error("bitcoin node answered http {status}")]
     Http {
@@ -44,7 +44,7 @@ impl Error {
     /// timeout, 5xx, an undecodable answer from a node in a bad state).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Transport(_) | Error::Timeout | Error::Decode(_) => true,
+            Error::Transport(_) | Error::Timeout(_) | Error::Decode(_) => true,
             Error::Http { status } => *status >= 500 || *status == 429,
             // -28: still warming up; -9/-10: not connected / in initial download.
             Error::Rpc { code, .. } => matches!(code, -28 | -9 | -10),

@@ -73,9 +73,19 @@ struct RpcErrorObject {
 
 /// Maps a ureq error; an unreachable node is named by its URL (without
 /// any user and password in it).
-fn transport(url: &str) -> impl Fn(ureq::Error) -> Error + '_ {
+///
+/// A timeout names the node and the time waited since `started`.
+fn transport(url: &str, started: std::time::Instant) -> impl Fn(ureq::Error) -> Error + '_ {
     move |e| match e {
-        ureq::Error::Timeout(_) => Error::Timeout,
+        ureq::Error::Timeout(_) => Error::Timeout(format!(
+            "no answer from {} after {:.1} s",
+            if url.is_empty() {
+                "the node".to_owned()
+            } else {
+                without_userinfo(url)
+            },
+            started.elapsed().as_secs_f64()
+        )),
         ureq::Error::BodyExceedsLimit(n) => Error::Decode(format!("answer larger than {n} bytes")),
         other if url.is_empty() => Error::Transport(other.to_string()),
         other => Error::Transport(format!("{}: {other}", without_userinfo(url))),
@@ -151,6 +161,7 @@ impl UreqBitcoinNode {
     pub fn call(&self, method: &str, params: Value) -> Result<Value, Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "1.0", "id": id, "method": method, "params": params});
+        let started = std::time::Instant::now();
         let mut req = self
             .agent
             .post(&self.url)
@@ -160,14 +171,14 @@ impl UreqBitcoinNode {
         }
         let mut resp = req
             .send(body.to_string().as_bytes())
-            .map_err(transport(&self.url))?;
+            .map_err(transport(&self.url, started))?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
             .with_config()
             .limit(MAX_BODY)
             .read_to_string()
-            .map_err(transport(&self.url))?;
+            .map_err(transport(&self.url, started))?;
         let reply: Option<RpcReply> = serde_json::from_str(&text).ok();
         match reply {
             Some(RpcReply { error: Some(e), .. }) => Err(Error::Rpc {

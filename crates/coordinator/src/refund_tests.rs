@@ -290,7 +290,7 @@ fn a_stored_refund_is_rebroadcast_after_a_restart_never_signed_again() {
     b.lock()
         .unwrap()
         .refuse_next
-        .push(bitcoin_node_client::Error::Timeout);
+        .push(bitcoin_node_client::Error::Timeout("test".into()));
     let state = l.process_one(&t, &no_stop()).unwrap();
     let OpState::RefundSigned { tx } = state else {
         panic!("{state}")

@@ -445,7 +445,7 @@ mod tests {
         let q = failed(peg_out(1, 5, ALLOWED_BTC, AMOUNT));
         let mut s = MockStacksNode::new();
         s.expect_block_at_depth()
-            .returning(|_| Err(stacks_node_client::Error::Timeout));
+            .returning(|_| Err(stacks_node_client::Error::Timeout("test".into())));
         let contract = contract_id();
         let sender = PrincipalData::Standard(wallet_address());
         let reader = ContractReader {

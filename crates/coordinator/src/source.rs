@@ -241,7 +241,7 @@ mod tests {
             })
         });
         node.expect_get_info()
-            .returning(|| Err(stacks_node_client::Error::Timeout));
+            .returning(|| Err(stacks_node_client::Error::Timeout("test".into())));
         let src = StacksNodeSource::new(node);
         assert_eq!(src.tip_height().unwrap(), BurnHeight(42));
         let e = src.tip_height().unwrap_err();

@@ -410,7 +410,7 @@ mod tests {
         );
         assert!(e.is_transient());
         // An unreachable node: a transient error, not a guess.
-        let down = Err(stacks_node_client::Error::Timeout);
+        let down = Err(stacks_node_client::Error::Timeout("test".into()));
         assert!(wallet(node_estimating(down))
             .build_mint(&peg_in(), 0, None)
             .unwrap_err()

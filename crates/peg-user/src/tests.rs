@@ -483,7 +483,7 @@ fn contract_reads_decode_the_contracts_answers_and_name_the_call_on_failure() {
         Ok(Value::Optional(None)),
         Ok(Value::Optional(Some(Box::new(Value::Buffer(vec![1, 2]))))),
         Ok(Value::UInt(3)),
-        Err(stacks_node_client::Error::Timeout),
+        Err(stacks_node_client::Error::Timeout("test".into())),
     ];
     let mut s = MockStacksNode::new();
     let mut it = answers.into_iter();

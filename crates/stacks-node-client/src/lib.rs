@@ -119,8 +119,8 @@ pub enum Error {
     #[error("stacks node unreachable: {0}")]
     Transport(String),
     /// The node did not answer in time.
-    #[error("stacks node timed out")]
-    Timeout,
+    #[error("stacks node timed out: {0}")]
+    Timeout(String),
     /// The node answered with an unexpected HTTP status.
     #[error("stacks node answered http {status}: {body}")]
     Http {
@@ -161,7 +161,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Transport(_)
-            | Error::Timeout
+            | Error::Timeout(_)
             | Error::Decode(_)
             | Error::NoEstimate
             | Error::UnknownTip(_) => true,

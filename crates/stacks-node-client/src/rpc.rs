@@ -22,9 +22,19 @@ pub struct UreqStacksNode {
 
 /// Maps a ureq error; an unreachable node is named by its URL (without
 /// any user and password in it).
-fn transport(url: &str) -> impl Fn(ureq::Error) -> Error + '_ {
+///
+/// A timeout names the node and the time waited since `started`.
+fn transport(url: &str, started: std::time::Instant) -> impl Fn(ureq::Error) -> Error + '_ {
     move |e| match e {
-        ureq::Error::Timeout(_) => Error::Timeout,
+        ureq::Error::Timeout(_) => Error::Timeout(format!(
+            "no answer from {} after {:.1} s",
+            if url.is_empty() {
+                "the node".to_owned()
+            } else {
+                without_userinfo(url)
+            },
+            started.elapsed().as_secs_f64()
+        )),
         ureq::Error::BodyExceedsLimit(n) => Error::Decode(format!("answer larger than {n} bytes")),
         other if url.is_empty() => Error::Transport(other.to_string()),
         other => Error::Transport(format!("{}: {other}", without_userinfo(url))),
@@ -69,34 +79,39 @@ impl UreqStacksNode {
         }
     }
 
-    fn read(resp: &mut ureq::http::Response<ureq::Body>) -> Result<(u16, String), Error> {
+    fn read(
+        resp: &mut ureq::http::Response<ureq::Body>,
+        started: std::time::Instant,
+    ) -> Result<(u16, String), Error> {
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
             .with_config()
             .limit(MAX_BODY)
             .read_to_string()
-            .map_err(transport(""))?;
+            .map_err(transport("", started))?;
         Ok((status, text))
     }
 
     fn get(&self, path: &str) -> Result<(u16, String), Error> {
+        let started = std::time::Instant::now();
         let mut resp = self
             .agent
             .get(format!("{}{path}", self.url))
             .call()
-            .map_err(transport(&self.url))?;
-        Self::read(&mut resp)
+            .map_err(transport(&self.url, started))?;
+        Self::read(&mut resp, started)
     }
 
     fn post_json(&self, path: &str, body: &Json) -> Result<(u16, String), Error> {
+        let started = std::time::Instant::now();
         let mut resp = self
             .agent
             .post(format!("{}{path}", self.url))
             .header("Content-Type", "application/json")
             .send(body.to_string().as_bytes())
-            .map_err(transport(&self.url))?;
-        Self::read(&mut resp)
+            .map_err(transport(&self.url, started))?;
+        Self::read(&mut resp, started)
     }
 
     fn http(status: u16, text: &str) -> Error {
@@ -316,13 +331,14 @@ impl StacksNode for UreqStacksNode {
     }
 
     fn broadcast_transaction(&self, raw: &[u8]) -> Result<StacksTxid, Error> {
+        let started = std::time::Instant::now();
         let mut resp = self
             .agent
             .post(format!("{}/v2/transactions", self.url))
             .header("Content-Type", "application/octet-stream")
             .send(raw)
-            .map_err(transport(&self.url))?;
-        let (status, text) = Self::read(&mut resp)?;
+            .map_err(transport(&self.url, started))?;
+        let (status, text) = Self::read(&mut resp, started)?;
         match status {
             200 => {
                 let txid: String = decode("/v2/transactions", &text)?;

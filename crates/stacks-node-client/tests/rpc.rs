@@ -263,7 +263,13 @@ fn broken_nodes_give_typed_errors_never_panics() {
         Reply::Delay(Duration::from_secs(3), Box::new(Reply::json(200, "{}")))
     });
     let t = Instant::now();
-    assert_eq!(client(&slow).get_info().unwrap_err(), Error::Timeout);
+    match client(&slow).get_info().unwrap_err() {
+        Error::Timeout(why) => assert!(
+            why.contains(&slow.url()) && why.contains(" s"),
+            "the node and the time waited: {why}"
+        ),
+        other => panic!("not a timeout: {other:?}"),
+    }
     assert!(t.elapsed() < Duration::from_secs(2));
 }
 

@@ -1077,7 +1077,7 @@ fn a_node_failure_refuses_and_shows_in_status() {
     let mut failing = MockStacksNode::new();
     failing
         .expect_block_at_depth()
-        .returning(|_| Err(StacksError::Timeout));
+        .returning(|_| Err(StacksError::Timeout("test".into())));
     g.stacks = failing;
     let (tx, p) = fx.payout();
     assert_eq!(
