@@ -1235,6 +1235,41 @@ where
         }
     }
 
+    /// Has the signers sign `unsigned`'s inputs (`items`, with `payload`
+    /// for their checks) and attaches the signatures. `Ok(Err(step))`: the
+    /// wallet's transaction is not the one checked (signing adds witnesses
+    /// only; anything else would be a transaction nobody checked), so the
+    /// op fails.
+    fn sign_checked(
+        &mut self,
+        payload: &[u8],
+        items: &[frost_coordinator::SignItem],
+        unsigned: &fee_wallet::UnsignedFulfillment,
+        what: &str,
+    ) -> Result<Result<Transaction, Step>, StepError> {
+        let signatures = self.c.frost.sign(payload, items)?;
+        if signatures.len() != items.len() {
+            return Err(StepError::retry(
+                format!("{} signatures for {} inputs", signatures.len(), items.len()),
+                false,
+            ));
+        }
+        let tx = self
+            .c
+            .bitcoin_wallet
+            .finalize_fulfillment(unsigned, &signatures)?;
+        if tx.compute_txid() != unsigned.tx.compute_txid() {
+            return Ok(Err(Step::Moved(OpState::Failed {
+                reason: format!(
+                    "wallet finalized transaction {} for the checked {what} {}",
+                    tx.compute_txid(),
+                    unsigned.tx.compute_txid()
+                ),
+            })));
+        }
+        Ok(Ok(tx))
+    }
+
     fn aggregate_key(&self) -> Result<PublicKey, StepError> {
         self.c
             .frost
@@ -1819,29 +1854,12 @@ where
             prevouts: unsigned.prevouts.clone(),
         }
         .encode();
-        let signatures = self.c.frost.sign(&payload, &items)?;
+        let signed = self.sign_checked(&payload, &items, &unsigned, "fulfilment")?;
         self.metrics.signing_round(started.elapsed());
-        if signatures.len() != items.len() {
-            return Err(StepError::retry(
-                format!("{} signatures for {} inputs", signatures.len(), items.len()),
-                false,
-            ));
-        }
-        let tx = self
-            .c
-            .bitcoin_wallet
-            .finalize_fulfillment(&unsigned, &signatures)?;
-        // Signing adds witnesses only: anything else would be a transaction
-        // nobody checked.
-        if tx.compute_txid() != unsigned.tx.compute_txid() {
-            return Ok(Step::Moved(OpState::Failed {
-                reason: format!(
-                    "wallet finalized transaction {} for the checked fulfilment {}",
-                    tx.compute_txid(),
-                    unsigned.tx.compute_txid()
-                ),
-            }));
-        }
+        let tx = match signed {
+            Ok(tx) => tx,
+            Err(step) => return Ok(step),
+        };
         self.round_spent
             .extend(tx.input.iter().map(|i| i.previous_output));
         Ok(Step::Moved(OpState::BitcoinTxSigned { tx }))

@@ -244,26 +244,10 @@ where
             prevouts: unsigned.prevouts.clone(),
         }
         .encode();
-        let signatures = self.c.frost.sign(&payload, &items)?;
-        if signatures.len() != items.len() {
-            return Err(StepError::retry(
-                format!("{} signatures for {} inputs", signatures.len(), items.len()),
-                false,
-            ));
-        }
-        let tx = self
-            .c
-            .bitcoin_wallet
-            .finalize_fulfillment(&unsigned, &signatures)?;
-        if tx.compute_txid() != unsigned.tx.compute_txid() {
-            return Ok(Step::Moved(OpState::Failed {
-                reason: format!(
-                    "wallet finalized transaction {} for the checked refund {}",
-                    tx.compute_txid(),
-                    unsigned.tx.compute_txid()
-                ),
-            }));
-        }
+        let tx = match self.sign_checked(&payload, &items, &unsigned, "refund")? {
+            Ok(tx) => tx,
+            Err(step) => return Ok(step),
+        };
         info!(
             "peg-in {}: refund {} signed: {} back to {:?}",
             op.txid,
