@@ -150,6 +150,11 @@ pub fn retry_decision<S: StacksNode + ?Sized, B: BitcoinNode + ?Sized>(
     match &q.state {
         OpState::Rejected { .. } => return Ok(RetryDecision::To(OpState::Detected)),
         OpState::Failed { .. } => {}
+        OpState::Refunded => {
+            return Ok(RetryDecision::Refused(format!(
+                "{txid} is refunded: terminal, never retried nor minted (only rejected or failed operations are retried by hand)"
+            )))
+        }
         other => {
             return Ok(RetryDecision::Refused(format!(
                 "{txid} is {other}; only rejected or failed operations are retried by hand"
@@ -310,6 +315,15 @@ mod tests {
     }
 
     const AMOUNT: u64 = 20_000_000;
+
+    #[test]
+    fn a_refunded_peg_in_is_never_retried() {
+        let mut q = failed(peg_in(2, 5, allowed_principal(), AMOUNT));
+        q.state = OpState::Refunded;
+        // Decided without reading a node: the mocks expect no call.
+        let d = decide(&MockStacksNode::new(), &MockBitcoinNode::new(), &q);
+        refused(&d, "refunded: terminal");
+    }
 
     #[test]
     fn a_failed_request_whose_burn_is_final_is_paid_not_burned_again() {
