@@ -18,7 +18,10 @@
 //!   ([`frost_net::RoundId`]) gets a fresh `v2::Party` built from the key
 //!   share and a fresh nonce. A share request is answered only for an open
 //!   round, only if it lists exactly this signer's nonce response as sent,
-//!   and for the same message; then the round is dropped with its nonce. A
+//!   and for the same message, and only if every other listed entry comes
+//!   with that signer's own sealed nonce response saying the same
+//!   ([`frost_net::Codec::check_listed_nonces`]: wsts' binding value omits
+//!   the signer ids); then the round is dropped with its nonce. A
 //!   restarted signer has no open rounds, so nothing it signed before can be
 //!   made to sign again.
 //! - **Nonce requests only for what was asked and validated.** A
