@@ -24,7 +24,7 @@ use frost_coordinator::{
 use frost_net::envelope::peek;
 use frost_net::messages::{Keyed, Message};
 use frost_net::wsts::net as w;
-use frost_net::{scalar, Codec, Sender, SignItem, SignRequest, ToSign};
+use frost_net::{scalar, Codec, Sender, ShareRequest, SignItem, SignRequest, ToSign};
 use frost_signer::{SignerCore, SignerNode, SignerOptions};
 use relay::{RelayClient, RelayConfig, RelayServer};
 use wsts::net::{Packet, SignatureType};
@@ -99,10 +99,16 @@ fn in_process(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
                 false,
             )
             .unwrap();
+            let mut core = core;
+            core.set_codec(codec.clone()).unwrap();
             (s.id, core, sk)
         })
         .collect();
     let agg_key = std::cell::Cell::new(None::<bitcoin::secp256k1::PublicKey>);
+    // The sealed nonce responses by (sign id, iteration, wsts signer id):
+    // a share request embeds those of the signers it lists.
+    let sealed_nonces =
+        std::cell::RefCell::new(std::collections::HashMap::<(u64, u64, u32), Vec<u8>>::new());
     let key_ids_of = |ids: &[u32]| -> Vec<u32> {
         let mut k: Vec<u32> = ids
             .iter()
@@ -128,10 +134,19 @@ fn in_process(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
                 key: agg_key.get().unwrap(),
                 msg,
             }),
-            w::Message::SignatureShareRequest(msg) => Message::SignatureShareRequest(Keyed {
-                key: agg_key.get().unwrap(),
-                msg,
-            }),
+            w::Message::SignatureShareRequest(msg) => {
+                let sealed = sealed_nonces.borrow();
+                let nonce_envelopes = msg
+                    .nonce_responses
+                    .iter()
+                    .map(|n| sealed[&(n.sign_id, n.sign_iter_id, n.signer_id)].clone())
+                    .collect();
+                Message::SignatureShareRequest(ShareRequest {
+                    key: agg_key.get().unwrap(),
+                    msg,
+                    nonce_envelopes,
+                })
+            }
             other => panic!("unexpected {other:?}"),
         }
     };
@@ -164,7 +179,13 @@ fn in_process(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
                         Message::DkgPublicShares(m) => w::Message::DkgPublicShares(m),
                         Message::DkgPrivateShares(m) => w::Message::DkgPrivateShares(m),
                         Message::DkgEnd(m) => w::Message::DkgEnd(m),
-                        Message::NonceResponse(r) => w::Message::NonceResponse(r.msg),
+                        Message::NonceResponse(r) => {
+                            sealed_nonces.borrow_mut().insert(
+                                (r.msg.sign_id, r.msg.sign_iter_id, r.msg.signer_id),
+                                b.clone(),
+                            );
+                            w::Message::NonceResponse(r.msg)
+                        }
                         Message::SignatureShareResponse(r) => {
                             w::Message::SignatureShareResponse(r.msg)
                         }

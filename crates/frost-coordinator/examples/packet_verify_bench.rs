@@ -200,9 +200,12 @@ fn messages(f: &SignerFile) -> Vec<(w::Message, Message)> {
         ),
         (
             w::Message::SignatureShareRequest(share_request.clone()),
-            Message::SignatureShareRequest(Keyed {
+            // Without the embedded sealed nonce responses (a signer opens
+            // those separately, one `NonceResponse` open each).
+            Message::SignatureShareRequest(frost_net::ShareRequest {
                 key,
                 msg: share_request,
+                nonce_envelopes: vec![],
             }),
         ),
         (

@@ -16,7 +16,7 @@
 //! taken only from its holders), while envelopes are opened with the current
 //! set's message keys.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,8 @@ use bitcoin::secp256k1::{schnorr, Message as SecpMessage, PublicKey, SecretKey};
 use frost_net::messages::{KeyStored, Keyed, Message, Refusal};
 use frost_net::wsts::net as w;
 use frost_net::{
-    point, public_key, scalar, write_private_atomically, Codec, Envelope, KeySet, SignItem,
-    SignRequest, SignerFile, SignerSet, ToSign,
+    point, public_key, scalar, write_private_atomically, Codec, Envelope, KeySet, RoundId,
+    ShareRequest, SignItem, SignRequest, SignerFile, SignerSet, ToSign,
 };
 use log::{debug, info, warn};
 use relay::RelayClient;
@@ -126,7 +126,21 @@ pub struct RelayFrostCoordinator {
     rejected: u64,
     refused: u64,
     attestations: BTreeMap<u32, SignerAttestation>,
+    /// The sealed envelopes of the nonce responses of the current signing
+    /// round, by round and (1-based) signer, exactly as posted: a share
+    /// request embeds those of every signer it lists.
+    nonce_envelopes: NonceEnvelopes,
 }
+
+/// Sealed nonce responses by (round, 1-based signer): the decoded response
+/// and its envelope's bytes.
+type NonceEnvelopes = HashMap<(RoundId, u32), Vec<(w::NonceResponse, Vec<u8>)>>;
+
+/// At most this many different nonce responses are kept per signer and
+/// round (an honest signer sends one, repeated identically).
+const NONCE_ENVELOPES_PER_SIGNER: usize = 4;
+/// At most this many (round, signer) entries are kept between rounds.
+const NONCE_ENVELOPE_ENTRIES: usize = 4096;
 
 impl std::fmt::Debug for RelayFrostCoordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -271,6 +285,7 @@ impl RelayFrostCoordinator {
             rejected: 0,
             refused: 0,
             attestations: BTreeMap::new(),
+            nonce_envelopes: HashMap::new(),
             opts,
         };
         if let Some(path) = c.opts.state_path.clone().filter(|p| p.exists()) {
@@ -378,7 +393,7 @@ impl RelayFrostCoordinator {
                 Message::NonceRequest(Keyed { key: *key, msg })
             }
             (w::Message::SignatureShareRequest(msg), Some(key)) => {
-                Message::SignatureShareRequest(Keyed { key: *key, msg })
+                Message::SignatureShareRequest(self.share_request(*key, msg)?)
             }
             (other, _) => {
                 return Err(Error::SigningFailed(format!(
@@ -387,6 +402,61 @@ impl RelayFrostCoordinator {
             }
         };
         self.post(&m)
+    }
+
+    /// A share request for `msg` embedding the sealed nonce response of
+    /// every signer it lists, as each posted it: signers answer only when
+    /// every other listed entry is that signer's own signed response.
+    fn share_request(
+        &self,
+        key: PublicKey,
+        msg: w::SignatureShareRequest,
+    ) -> Result<ShareRequest, Error> {
+        let round = RoundId {
+            key,
+            dkg_id: msg.dkg_id,
+            sign_id: msg.sign_id,
+            sign_iter_id: msg.sign_iter_id,
+        };
+        let mut nonce_envelopes = Vec::with_capacity(msg.nonce_responses.len());
+        for n in &msg.nonce_responses {
+            let signer = n.signer_id.saturating_add(1);
+            let sealed = self
+                .nonce_envelopes
+                .get(&(round, signer))
+                .and_then(|v| v.iter().find(|(r, _)| r == n))
+                .ok_or_else(|| {
+                    Error::SigningFailed(format!(
+                        "no sealed nonce response of signer {signer} for round {}/{} to embed",
+                        msg.sign_id, msg.sign_iter_id
+                    ))
+                })?;
+            nonce_envelopes.push(sealed.1.clone());
+        }
+        Ok(ShareRequest {
+            key,
+            msg,
+            nonce_envelopes,
+        })
+    }
+
+    /// Keeps the sealed envelope of an authentic nonce response.
+    fn keep_nonce_envelope(&mut self, signer: u32, r: &Keyed<w::NonceResponse>, bytes: Vec<u8>) {
+        let round = RoundId {
+            key: r.key,
+            dkg_id: r.msg.dkg_id,
+            sign_id: r.msg.sign_id,
+            sign_iter_id: r.msg.sign_iter_id,
+        };
+        if !self.nonce_envelopes.contains_key(&(round, signer))
+            && self.nonce_envelopes.len() >= NONCE_ENVELOPE_ENTRIES
+        {
+            return;
+        }
+        let kept = self.nonce_envelopes.entry((round, signer)).or_default();
+        if kept.len() < NONCE_ENVELOPES_PER_SIGNER && !kept.iter().any(|(m, _)| *m == r.msg) {
+            kept.push((r.msg.clone(), bytes));
+        }
     }
 
     /// The key ids of the (wsts, 0-based) signers `ids`, sorted.
@@ -417,7 +487,14 @@ impl RelayFrostCoordinator {
                     sender: frost_net::Sender::Signer(signer),
                     message: Message::Attestation(a),
                 }) => self.keep_attestation(signer, a, bytes),
-                Ok(e) => out.push(e),
+                Ok(e) => {
+                    if let (frost_net::Sender::Signer(signer), Message::NonceResponse(r)) =
+                        (e.sender, &e.message)
+                    {
+                        self.keep_nonce_envelope(signer, r, bytes);
+                    }
+                    out.push(e);
+                }
                 Err(e) => {
                     self.refused += 1;
                     warn!("coordinator: message {seq} refused: {e}");
@@ -557,6 +634,7 @@ impl RelayFrostCoordinator {
     ) -> Result<schnorr::Signature, Error> {
         // `sign_id` was persisted as spent before the request went out.
         let mut fire = self.fire_for(k, sign_id - 1)?;
+        self.nonce_envelopes.clear();
         let holders = k.made_under(&self.opts.set).clone();
         let start = fire
             .start_signing_round(digest, SignatureType::Taproot(None))
@@ -1011,6 +1089,7 @@ impl RelayFrostCoordinator {
         self.sign_id += 1;
         let sign_id = self.sign_id;
         self.persist()?;
+        self.nonce_envelopes.clear();
         self.post(&Message::SignRequest(SignRequest {
             id: request_id,
             payload: peg_rules::SignPayload::Test.encode(),
@@ -1050,9 +1129,9 @@ impl RelayFrostCoordinator {
             (request_id, sign_id),
         )?;
         let nonce_responses: Vec<w::NonceResponse> = nonces.values().cloned().collect();
-        self.post(&Message::SignatureShareRequest(Keyed {
-            key: k.key,
-            msg: w::SignatureShareRequest {
+        let request = self.share_request(
+            k.key,
+            w::SignatureShareRequest {
                 dkg_id: k.dkg_id,
                 sign_id,
                 sign_iter_id: 1,
@@ -1060,7 +1139,8 @@ impl RelayFrostCoordinator {
                 message: digest.to_vec(),
                 signature_type: SignatureType::Taproot(None),
             },
-        }))?;
+        )?;
+        self.post(&Message::SignatureShareRequest(request))?;
         let shares = self.gather_all(
             deadline,
             "signature share",

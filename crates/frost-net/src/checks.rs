@@ -147,6 +147,13 @@ pub fn check(set: &SignerSet, sender: Sender, message: &Message) -> Check {
             })?;
             let ids: Vec<u32> = m.nonce_responses.iter().map(|n| n.signer_id).collect();
             distinct(&ids).ok_or("a signer listed twice")?;
+            ensure(r.nonce_envelopes.len() <= ids.len(), || {
+                format!(
+                    "{} embedded nonce responses for {} listed signers",
+                    r.nonce_envelopes.len(),
+                    ids.len()
+                )
+            })?;
             for n in &m.nonce_responses {
                 nonce_response(set, n)?;
                 ensure(

@@ -386,6 +386,83 @@ impl Codec {
     }
 }
 
+impl Codec {
+    /// Checks that every signer a share request lists, other than `me` (a
+    /// wsts, 0-based id), comes with its own signed nonce response saying
+    /// exactly what the listing says.
+    ///
+    /// wsts' binding value covers the nonces and the message but not the
+    /// signer id each nonce is listed under, so without this a coordinator
+    /// could list one signer's genuine nonce under another signer's id. Each
+    /// embedded envelope must open under this codec (signed by that
+    /// signer's message key in the current set, this domain) as a
+    /// `NonceResponse` for the request's key whose signer id, key ids,
+    /// nonces, round and message equal its listed entry; at most one per
+    /// signer, none for a signer not listed. `me`'s own entry may come with
+    /// or without an envelope (the signer checks it against its own round).
+    ///
+    /// # Errors
+    /// The first envelope or entry that does not fit, in words for the log.
+    pub fn check_listed_nonces(&self, r: &crate::ShareRequest, me: u32) -> Result<(), String> {
+        let m = &r.msg;
+        let mut proved = std::collections::BTreeSet::new();
+        for (i, bytes) in r.nonce_envelopes.iter().enumerate() {
+            let env = self
+                .open(bytes)
+                .map_err(|e| format!("embedded nonce response {i}: {e}"))?;
+            let (Sender::Signer(id), Message::NonceResponse(n)) = (env.sender, &env.message) else {
+                return Err(format!(
+                    "embedded envelope {i} is a {:?} from {}, not a nonce response",
+                    env.message.kind(),
+                    env.sender
+                ));
+            };
+            let wsts_id = id.saturating_sub(1);
+            if !proved.insert(wsts_id) {
+                return Err(format!("two embedded nonce responses of signer {id}"));
+            }
+            let Some(listed) = m.nonce_responses.iter().find(|l| l.signer_id == wsts_id) else {
+                return Err(format!(
+                    "an embedded nonce response of signer {id}, who is not listed"
+                ));
+            };
+            let n = (&n.key, &n.msg);
+            let mismatch = if *n.0 != r.key {
+                Some("another key")
+            } else if (n.1.dkg_id, n.1.sign_id, n.1.sign_iter_id)
+                != (m.dkg_id, m.sign_id, m.sign_iter_id)
+            {
+                Some("another round")
+            } else if n.1.message != m.message || listed.message != m.message {
+                Some("another message")
+            } else if n.1.key_ids != listed.key_ids {
+                Some("other key ids than listed")
+            } else if n.1.nonces != listed.nonces {
+                Some("another nonce than listed")
+            } else {
+                None
+            };
+            if let Some(what) = mismatch {
+                return Err(format!("signer {id}'s signed nonce response is for {what}"));
+            }
+        }
+        let missing: Vec<u32> = m
+            .nonce_responses
+            .iter()
+            .map(|l| l.signer_id)
+            .filter(|s| *s != me && !proved.contains(s))
+            .map(|s| s.saturating_add(1))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "no signed nonce response of listed signers {missing:?}"
+            ))
+        }
+    }
+}
+
 /// What a list of attestation envelopes says about one peg wallet key: which
 /// signers of the set attest that their own stacks-node shows the contract
 /// publishing it ([`verify_attestations`]).

@@ -23,7 +23,7 @@ mod signer_set;
 pub use envelope::{
     verify_attestations, AttestationTally, Codec, Domain, Envelope, EnvelopeError, Sender,
 };
-pub use messages::{Attestation, Kind, RoundId, SignItem, SignRequest, ToSign};
+pub use messages::{Attestation, Kind, RoundId, ShareRequest, SignItem, SignRequest, ToSign};
 pub use signer_set::{KeySet, SignerFile, SignerInfo, SignerSet, SignerSetError};
 pub use wsts;
 

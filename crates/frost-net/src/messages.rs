@@ -127,6 +127,26 @@ pub struct Keyed<T> {
     pub msg: T,
 }
 
+/// A signature share request: wsts' request for the round's key, with the
+/// sealed envelope of every nonce response it lists, exactly as each signer
+/// posted it.
+///
+/// wsts' binding value covers the list of nonces and the message but not
+/// which signer id each nonce is listed under; a signer therefore answers
+/// only when every other listed entry comes with that signer's own signed
+/// nonce response saying the same ([`crate::Codec::check_listed_nonces`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShareRequest {
+    /// The aggregate key of the round.
+    pub key: PublicKey,
+    /// The wsts request.
+    pub msg: w::SignatureShareRequest,
+    /// The sealed `NonceResponse` envelopes of the listed signers (raw
+    /// bytes, hex in the JSON body), at most one per listed signer.
+    #[serde(with = "hex_list")]
+    pub nonce_envelopes: Vec<Vec<u8>>,
+}
+
 /// What one signature is asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ToSign {
@@ -262,7 +282,7 @@ pub enum Message {
     /// See [`Kind::NonceRequest`].
     NonceRequest(Keyed<w::NonceRequest>),
     /// See [`Kind::SignatureShareRequest`].
-    SignatureShareRequest(Keyed<w::SignatureShareRequest>),
+    SignatureShareRequest(ShareRequest),
     /// See [`Kind::DkgPublicShares`].
     DkgPublicShares(w::DkgPublicShares),
     /// See [`Kind::DkgPrivateShares`].
@@ -420,6 +440,10 @@ impl Caps {
         // One nonce response: two points per party, key ids, a 32-byte message
         // (or a test digest), fixed fields.
         let nonce_response = BASE + 4 * ELEM + k * 16;
+        // The same, sealed (header, signature) and hex-encoded, with quotes
+        // and a comma: what a share request embeds per listed signer.
+        let sealed_nonce_response =
+            2 * (crate::envelope::HEADER_LEN + nonce_response + crate::envelope::SIGNATURE_LEN) + 4;
         let mut caps = [0usize; Kind::ALL.len() + 1];
         let mut set_cap = |kind: Kind, v: usize| caps[kind as usize] = v;
         set_cap(Kind::DkgBegin, BASE);
@@ -430,7 +454,10 @@ impl Caps {
             BASE + 2 * MAX_SIGN_PAYLOAD + MAX_SIGN_ITEMS * (2 * MAX_TEST_TEXT + ELEM),
         );
         set_cap(Kind::NonceRequest, BASE + 2 * ELEM);
-        set_cap(Kind::SignatureShareRequest, BASE + n * nonce_response);
+        set_cap(
+            Kind::SignatureShareRequest,
+            BASE + n * (nonce_response + sealed_nonce_response),
+        );
         // One polynomial commitment: the proof (point, two scalars) and t points.
         set_cap(Kind::DkgPublicShares, BASE + (t + 4) * ELEM);
         // An encrypted share per key id (ciphertext of ~60 bytes as JSON).
@@ -449,6 +476,21 @@ impl Caps {
 
     pub(crate) fn of_kind(&self, kind: Kind) -> usize {
         self.caps[kind as usize]
+    }
+}
+
+mod hex_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(hex::encode))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let v = Vec::<String>::deserialize(d)?;
+        v.iter()
+            .map(|h| hex::decode(h).map_err(serde::de::Error::custom))
+            .collect()
     }
 }
 

@@ -245,6 +245,97 @@ fn caps_fit_the_largest_honest_messages() {
     assert!(c.cap(Kind::SignatureShareRequest) < 1 << 20);
 }
 
+/// A 15-signer set with `k` keys each (signer `i`'s message key sk(i)).
+fn fifteen(k: u32) -> SignerSet {
+    SignerSet {
+        threshold: 15 * k * 7 / 10,
+        dkg_threshold: None,
+        signers: (1..=15u8)
+            .map(|i| SignerInfo {
+                id: u32::from(i),
+                public_key: pk(i),
+                key_ids: (1..=k).map(|j| (u32::from(i) - 1) * k + j).collect(),
+                private_key: None,
+            })
+            .collect(),
+    }
+}
+
+/// The largest share request a 15-signer set sends: every signer listed,
+/// each with its real sealed nonce response embedded (hex in the body),
+/// fits its cap (checked when sealed and again when opened), and stays far
+/// below the relay's 4 MiB packet limit; each embedded envelope checks.
+#[test]
+fn a_share_request_embedding_fifteen_sealed_nonce_responses_fits_its_cap() {
+    let mut rng = wsts::util::create_rng();
+    for k in [1u32, 10] {
+        let set = fifteen(k);
+        let c = Codec::with_domain(Domain::new("", "", &set, &pk(0)), set.clone(), pk(0));
+        let key = pk(99);
+        let responses: Vec<w::NonceResponse> = set
+            .signers
+            .iter()
+            .map(|s| w::NonceResponse {
+                dkg_id: u64::MAX,
+                sign_id: u64::MAX,
+                sign_iter_id: u64::MAX,
+                signer_id: s.id - 1,
+                key_ids: s.key_ids.clone(),
+                nonces: vec![wsts::common::Nonce::random(&mut rng).into()],
+                message: vec![0xff; 32],
+            })
+            .collect();
+        let sealed: Vec<Vec<u8>> = responses
+            .iter()
+            .map(|n| {
+                let m = Message::NonceResponse(Keyed {
+                    key,
+                    msg: n.clone(),
+                });
+                c.seal(
+                    Sender::Signer(n.signer_id + 1),
+                    &sk(u8::try_from(n.signer_id + 1).unwrap()),
+                    &m,
+                )
+                .unwrap()
+            })
+            .collect();
+        let request = frost_net::ShareRequest {
+            key,
+            msg: w::SignatureShareRequest {
+                dkg_id: u64::MAX,
+                sign_id: u64::MAX,
+                sign_iter_id: u64::MAX,
+                nonce_responses: responses,
+                message: vec![0xff; 32],
+                signature_type: w::SignatureType::Taproot(None),
+            },
+            nonce_envelopes: sealed,
+        };
+        let m = Message::SignatureShareRequest(request.clone());
+        let body = m.encode_body().len();
+        let cap = c.cap(Kind::SignatureShareRequest);
+        assert!(body <= cap, "{k} keys: {body} bytes over the cap of {cap}");
+        assert!(cap < 1 << 20, "{k} keys: cap {cap}");
+        let bytes = c.seal(Sender::Coordinator, &sk(0), &m).unwrap();
+        assert_eq!(c.open(&bytes).unwrap().message, m);
+        for me in 0..15 {
+            c.check_listed_nonces(&request, me).unwrap();
+        }
+        // One more embedded envelope than listed signers is refused at open.
+        let mut extra = request.clone();
+        extra.nonce_envelopes.push(extra.nonce_envelopes[0].clone());
+        let bytes = c
+            .seal(
+                Sender::Coordinator,
+                &sk(0),
+                &Message::SignatureShareRequest(extra),
+            )
+            .unwrap();
+        assert!(matches!(c.open(&bytes), Err(EnvelopeError::BadIds { .. })));
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
     /// Arbitrary bytes never panic the decoder.

@@ -18,7 +18,10 @@
 //!   ([`frost_net::RoundId`]) gets a fresh `v2::Party` built from the key
 //!   share and a fresh nonce. A share request is answered only for an open
 //!   round, only if it lists exactly this signer's nonce response as sent,
-//!   and for the same message; then the round is dropped with its nonce. A
+//!   and for the same message, and only if every other listed entry comes
+//!   with that signer's own sealed nonce response saying the same
+//!   ([`frost_net::Codec::check_listed_nonces`]: wsts' binding value omits
+//!   the signer ids); then the round is dropped with its nonce. A
 //!   restarted signer has no open rounds, so nothing it signed before can be
 //!   made to sign again.
 //! - **Nonce requests only for what was asked and validated.** A
@@ -49,7 +52,8 @@ use bitcoin::secp256k1::{PublicKey, SecretKey};
 use frost_net::messages::{Attestation, KeyStored, Keyed, Message, Refusal};
 use frost_net::wsts::net as w;
 use frost_net::{
-    scalar, Codec, Envelope, Kind, RoundId, Sender, SignRequest, SignerFile, SignerSet,
+    scalar, Codec, Envelope, Kind, RoundId, Sender, ShareRequest, SignRequest, SignerFile,
+    SignerSet,
 };
 use log::{debug, info, warn};
 use relay::RelayClient;
@@ -200,6 +204,9 @@ pub struct SignerCore {
     attest_checked: Option<Instant>,
     attested: Option<(PublicKey, Instant)>,
     not_ours: Option<PublicKey>,
+    /// Opens the other signers' nonce responses a share request embeds;
+    /// until one is set ([`SignerCore::set_codec`]) no share is made.
+    codec: Option<Codec>,
 }
 
 impl std::fmt::Debug for SignerCore {
@@ -265,7 +272,24 @@ impl SignerCore {
             attest_checked: None,
             attested: None,
             not_ours: None,
+            codec: None,
         })
+    }
+
+    /// Sets the codec of this peg (its domain and the current signer set)
+    /// that the other signers' nonce responses embedded in a share request
+    /// must open under. Without one every share request is refused.
+    ///
+    /// # Errors
+    /// When the codec checks against another signer set than this signer's.
+    pub fn set_codec(&mut self, codec: Codec) -> Result<(), SignerError> {
+        if *codec.set() != self.set {
+            return Err(SignerError::Config(
+                "the codec's signer set is not this signer's".into(),
+            ));
+        }
+        self.codec = Some(codec);
+        Ok(())
     }
 
     /// Replaces the validation hook ([`AcceptAll`] until then: protocol
@@ -775,7 +799,7 @@ impl SignerCore {
         })]
     }
 
-    fn share_request(&mut self, r: &Keyed<w::SignatureShareRequest>) -> Vec<Message> {
+    fn share_request(&mut self, r: &ShareRequest) -> Vec<Message> {
         let m = &r.msg;
         let round = RoundId {
             key: r.key,
@@ -860,6 +884,23 @@ impl SignerCore {
             self.reject(format_args!(
                 "no share for signing round {}/{}: signers {strangers:?} do not hold key {} with the key ids listed",
                 m.sign_id, m.sign_iter_id, r.key
+            ));
+            return vec![];
+        }
+        // wsts' binding value omits which signer id each nonce is listed
+        // under: every other listed entry must be that signer's own signed
+        // nonce response for this round, or a coordinator could move a
+        // genuine nonce to another id (our effective nonce unchanged, the
+        // challenge and our Lagrange coefficient changed).
+        let proved = match &self.codec {
+            Some(codec) => codec.check_listed_nonces(r, me),
+            None => Err("this signer has no codec to open them with".into()),
+        };
+        if let Err(why) = proved {
+            self.rounds.remove(&round);
+            self.reject(format_args!(
+                "no share for signing round {}/{}: the listed nonces are not the signers' own: {why}",
+                m.sign_id, m.sign_iter_id
             ));
             return vec![];
         }
@@ -951,6 +992,7 @@ impl SignerNode {
             opts.allow_rotation,
         )?;
         core.set_attest_interval(opts.attest_interval);
+        core.set_codec(Codec::new(&opts.file))?;
         let relay = RelayClient::new(&opts.file.relay_url, Duration::from_secs(10));
         let head = relay
             .head()

@@ -6,7 +6,7 @@
 
 use frost_net::messages::Message;
 use frost_net::wsts::net as w;
-use frost_signer::{SignerCore, MAX_OPEN_ROUNDS};
+use frost_signer::MAX_OPEN_ROUNDS;
 
 mod common;
 use common::*;
@@ -135,8 +135,7 @@ fn a_key_the_coordinator_never_accepted_does_not_block_later_dkgs() {
 fn probe_a_replayed_dkg_begin_does_not_restart_the_dkg() {
     let dir = tempfile::tempdir().unwrap();
     let set = set();
-    let mut c =
-        SignerCore::new(1, &set, &sk(0x5e, 0), dir.path().join("fresh.json"), false).unwrap();
+    let mut c = core_of(1, &set, dir.path().join("fresh.json"), false).unwrap();
     let out = c
         .handle(&from_coordinator(Message::DkgBegin(w::DkgBegin {
             dkg_id: 5,

@@ -82,24 +82,24 @@ fn a_share_request_whose_signers_are_not_in_ascending_order_gets_no_share() {
     ));
 }
 
-/// Attack, open: with the listing in ascending order, a coordinator can
-/// still move another signer's nonce to a signer id that sent none (signer
-/// 2's nonce listed as signer 3's): the nonce list, hence our binding
-/// value, stays the same while the challenge and our Lagrange coefficient
-/// change. The signer cannot tell whose nonce an entry is — the share
-/// request carries no proof from the other signers — and wsts' binding
-/// leaves the ids out. Closing it needs the binding value to cover every
-/// (signer id, key ids, nonce) entry (a change to wsts' signing math on
-/// both sides), or share requests that carry each other signer's signed
-/// nonce response.
+/// Attack (held since share requests embed the signers' own signed nonce
+/// responses): with the listing in ascending order, a coordinator moves
+/// another signer's nonce to a signer id that sent none (signer 2's nonce
+/// listed as signer 3's): the nonce list, hence our binding value, stays
+/// the same while the challenge and our Lagrange coefficient change (wsts'
+/// binding leaves the ids out). The coordinator holds signer 2's genuine
+/// envelope, not one of signer 3 saying that nonce: no share.
 #[test]
-#[ignore = "open: wsts' binding value omits signer ids; a nonce moved to another signer id keeps our effective nonce while the challenge changes"]
 fn a_nonce_moved_to_another_signer_id_gets_no_share() {
     let dir = tempfile::tempdir().unwrap();
     let (mut cores, key) = keyed_cores(dir.path(), true);
     let h = [8u8; 32];
     let nonces = open_round(&mut cores, key, 5, h);
     let honest = vec![nonces[0].clone(), nonces[1].clone()];
+    let genuine: Vec<Vec<u8>> = honest
+        .iter()
+        .map(|n| seal_nonce(&codec(), key, n))
+        .collect();
     let mut moved = honest.clone();
     moved[1].signer_id = 2;
     moved[1].key_ids = vec![3];
@@ -107,11 +107,221 @@ fn a_nonce_moved_to_another_signer_id_gets_no_share() {
     let (rho_moved, c_moved) = binding_and_challenge(&key, &moved, 0);
     assert_eq!(rho, rho_moved);
     assert_ne!(c, c_moved);
-    let out = cores[0].handle(&share_request(key, moved)).unwrap();
+    let before = cores[0].rejected();
+    let out = cores[0]
+        .handle(&share_request_with(key, moved, genuine.clone()))
+        .unwrap();
     assert!(
         out.is_empty(),
         "signer 1 signed signer 2's nonce listed as signer 3's: {out:?}"
     );
+    assert!(cores[0].rejected() > before);
+    assert_eq!(cores[0].open_rounds(), 0, "the round's nonce is dropped");
+    // Signer 2's envelope relabelled as signer 3's: its signature is
+    // signer 2's, so it does not open as signer 3's.
+    let fresh = open_round(&mut cores, key, 6, h);
+    let mut relabelled = seal_nonce(&codec(), key, &fresh[1]);
+    relabelled[6..10].copy_from_slice(&3u32.to_be_bytes());
+    let mut moved = vec![fresh[0].clone(), fresh[1].clone()];
+    moved[1].signer_id = 2;
+    moved[1].key_ids = vec![3];
+    let out = cores[0]
+        .handle(&share_request_with(key, moved, vec![relabelled]))
+        .unwrap();
+    assert!(out.is_empty(), "{out:?}");
+    // The honest listing of a fresh round, with the genuine envelopes, is
+    // answered.
+    let fresh = open_round(&mut cores, key, 7, h);
+    let listed = vec![fresh[0].clone(), fresh[1].clone()];
+    let genuine = listed
+        .iter()
+        .map(|n| seal_nonce(&codec(), key, n))
+        .collect();
+    assert!(is_share(
+        &cores[0]
+            .handle(&share_request_with(key, listed, genuine))
+            .unwrap()
+    ));
+}
+
+/// Asserts that signer 1 makes no share for `request`, counts it as
+/// rejected and drops the round's nonce.
+fn no_share(core: &mut SignerCore, request: &frost_net::Envelope, what: &str) {
+    let before = core.rejected();
+    let open = core.open_rounds();
+    let out = core.handle(request).unwrap();
+    assert!(out.is_empty(), "{what}: a share: {out:?}");
+    assert!(core.rejected() > before, "{what}: not counted as rejected");
+    assert_eq!(core.open_rounds(), open - 1, "{what}: the nonce is kept");
+}
+
+/// Attack: a listed signer's envelope left out (the coordinator lists a
+/// nonce no signer signed for this entry). Ours may be left out: we check
+/// our own entry against our round.
+#[test]
+fn a_listed_signer_without_its_signed_nonce_response_gets_no_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path(), true);
+    let h = [10u8; 32];
+    let c = codec();
+    let n = open_round(&mut cores, key, 5, h);
+    let listed = vec![n[0].clone(), n[1].clone(), n[2].clone()];
+    // Signer 3's left out.
+    let sealed = vec![seal_nonce(&c, key, &n[0]), seal_nonce(&c, key, &n[1])];
+    no_share(
+        &mut cores[0],
+        &share_request_with(key, listed.clone(), sealed),
+        "signer 3's left out",
+    );
+    // None at all (what every share request was before).
+    let n = open_round(&mut cores, key, 6, h);
+    let listed = vec![n[0].clone(), n[1].clone()];
+    no_share(
+        &mut cores[0],
+        &share_request_with(key, listed, vec![]),
+        "no envelopes",
+    );
+    // Signer 2's twice in place of signer 3's.
+    let n = open_round(&mut cores, key, 7, h);
+    let listed = vec![n[0].clone(), n[1].clone(), n[2].clone()];
+    let two = seal_nonce(&c, key, &n[1]);
+    no_share(
+        &mut cores[0],
+        &share_request_with(key, listed, vec![two.clone(), two]),
+        "signer 2's twice",
+    );
+    // Only the others', not ours: answered.
+    let n = open_round(&mut cores, key, 8, h);
+    let listed = vec![n[0].clone(), n[1].clone()];
+    let others = vec![seal_nonce(&c, key, &n[1])];
+    assert!(is_share(
+        &cores[0]
+            .handle(&share_request_with(key, listed, others))
+            .unwrap()
+    ));
+}
+
+/// Attack: an envelope that does not open as the listed signer's nonce
+/// response: signed by another signer's key, sealed for another peg (its
+/// domain), a signer's packet of another kind, or bytes flipped.
+#[test]
+fn an_embedded_nonce_response_not_signed_by_its_signer_gets_no_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path(), true);
+    let h = [11u8; 32];
+    let c = codec();
+    let mut sign_id = 5;
+    let mut with = |cores: &mut Vec<SignerCore>, forge: &dyn Fn(&w::NonceResponse) -> Vec<u8>| {
+        let n = open_round(cores, key, sign_id, h);
+        sign_id += 1;
+        let listed = vec![n[0].clone(), n[1].clone()];
+        share_request_with(key, listed, vec![forge(&n[1])])
+    };
+    let wrapped = |n: &w::NonceResponse| {
+        Message::NonceResponse(frost_net::messages::Keyed {
+            key,
+            msg: n.clone(),
+        })
+    };
+    // Signer 3's key signing signer 2's response.
+    let r = with(&mut cores, &|n| {
+        c.seal(frost_net::Sender::Signer(2), &sk(0x5e, 2), &wrapped(n))
+            .unwrap()
+    });
+    no_share(&mut cores[0], &r, "signed by signer 3's key");
+    // Signer 3 sealing signer 2's response as its own.
+    let r = with(&mut cores, &|n| {
+        c.seal(frost_net::Sender::Signer(3), &sk(0x5e, 2), &wrapped(n))
+            .unwrap()
+    });
+    no_share(&mut cores[0], &r, "signer 3 sealing signer 2's response");
+    // Signer 2's own, for another peg.
+    let mut other = set();
+    other.threshold = 3;
+    let elsewhere = codec_of(&other);
+    let r = with(&mut cores, &|n| seal_nonce(&elsewhere, key, n));
+    no_share(&mut cores[0], &r, "another peg's domain");
+    // Signer 2's heartbeat.
+    let r = with(&mut cores, &|_| {
+        c.seal(
+            frost_net::Sender::Signer(2),
+            &sk(0x5e, 1),
+            &Message::Heartbeat(frost_net::messages::Heartbeat {
+                time: 1,
+                keys: vec![key],
+            }),
+        )
+        .unwrap()
+    });
+    no_share(&mut cores[0], &r, "a heartbeat");
+    // A bit flipped in the body.
+    let r = with(&mut cores, &|n| {
+        let mut b = seal_nonce(&c, key, n);
+        b[20] ^= 1;
+        b
+    });
+    no_share(&mut cores[0], &r, "a bit flipped");
+}
+
+/// Attack: signer 2's genuine, signed nonce response, but of another round
+/// (another sign id, another iteration) or another message, embedded for
+/// this round's listing.
+#[test]
+fn an_embedded_nonce_response_of_another_round_or_message_gets_no_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path(), true);
+    let (h, other_h) = ([12u8; 32], [13u8; 32]);
+    let c = codec();
+    for (i, (sign_id, iter, msg)) in [(99u64, 1u64, h), (20, 2, h), (21, 1, other_h)]
+        .into_iter()
+        .enumerate()
+    {
+        let this = 30 + u64::try_from(i).unwrap();
+        let n = open_round(&mut cores, key, this, h);
+        cores[1].handle(&sign_request(key, msg)).unwrap();
+        let elsewhere = nonce_of(
+            &cores[1]
+                .handle(&nonce_request(key, sign_id, iter, msg))
+                .unwrap(),
+        );
+        // The listing keeps signer 2's entry of this round; the envelope is
+        // what signer 2 really signed elsewhere (any edit to it would break
+        // its signature).
+        let listed = vec![n[0].clone(), n[1].clone()];
+        let r = share_request_with(key, listed, vec![seal_nonce(&c, key, &elsewhere)]);
+        no_share(
+            &mut cores[0],
+            &r,
+            &format!("signer 2's response of {sign_id}/{iter}"),
+        );
+    }
+}
+
+/// Attack: the entry lists another nonce than the one its signer signed
+/// (signer 2's nonce of another round, or signer 3's, under signer 2's id
+/// with signer 2's genuine envelope of this round), or other key ids.
+#[test]
+fn an_entry_with_another_nonce_than_its_signer_signed_gets_no_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path(), true);
+    let h = [14u8; 32];
+    let c = codec();
+    let other = open_round(&mut cores, key, 40, h);
+    for (i, nonce) in [other[1].nonces.clone(), other[2].nonces.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        let n = open_round(&mut cores, key, 50 + u64::try_from(i).unwrap(), h);
+        let genuine = seal_nonce(&c, key, &n[1]);
+        let mut swapped = n[1].clone();
+        swapped.nonces = nonce;
+        let listed = vec![n[0].clone(), swapped];
+        no_share(
+            &mut cores[0],
+            &share_request_with(key, listed, vec![genuine]),
+            "another nonce than signed",
+        );
+    }
 }
 
 /// Attack: a relay keeps the coordinator's `DkgBegin` of a round that
@@ -177,8 +387,7 @@ fn a_failed_dkg_round_replayed_by_the_relay_is_not_joined_again() {
     assert!(out.is_empty(), "joined round 2 a second time: {out:?}");
     assert!(c.rejected() > before);
     // Nor after a restart: the round joined is on disk.
-    let mut c =
-        SignerCore::new(1, &set(), &sk(0x5e, 0), dir.path().join("s1.json"), false).unwrap();
+    let mut c = core_of(1, &set(), dir.path().join("s1.json"), false).unwrap();
     assert!(
         c.handle(&begin).unwrap().is_empty(),
         "joined after a restart"
@@ -281,7 +490,7 @@ proptest::proptest! {
             key_ids: vec![4],
             private_key: None,
         });
-        let mut me = SignerCore::new(1, &four, &sk(0x5e, 0), dir.path().join("s1.json"), false)
+        let mut me = core_of(1, &four, dir.path().join("s1.json"), false)
             .unwrap();
         let h = [9u8; 32];
         me.handle(&sign_request(key, h)).unwrap();
@@ -305,7 +514,9 @@ proptest::proptest! {
             list.push(n);
         }
         list.insert(ours_at.min(list.len()), ours.clone());
-        let out = me.handle(&share_request(key, list.clone())).unwrap();
+        let out = me
+            .handle(&share_request_under(&codec_of(&four), key, list.clone()))
+            .unwrap();
         let ascending = list.windows(2).all(|p| p[0].signer_id < p[1].signer_id);
         let holders_only = list.iter().all(|n| n.signer_id < 3);
         let exactly_ours = list.iter().filter(|n| n.signer_id == 0).count() == 1

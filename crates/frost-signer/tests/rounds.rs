@@ -5,7 +5,7 @@
 use bitcoin::secp256k1::Secp256k1;
 use frost_net::messages::Message;
 use frost_net::wsts::net as w;
-use frost_signer::{KeyHistory, SignerCore};
+use frost_signer::KeyHistory;
 use proptest::prelude::*;
 
 mod common;
@@ -86,8 +86,7 @@ fn a_restarted_signer_has_no_nonce_to_sign_with() {
         nonces.push(nonce_of(&c.handle(&nonce_request(key, 6, 1, h)).unwrap()));
     }
     let set = set();
-    let mut restarted =
-        SignerCore::new(1, &set, &sk(0x5e, 0), dir.path().join("s1.json"), false).unwrap();
+    let mut restarted = core_of(1, &set, dir.path().join("s1.json"), false).unwrap();
     assert!(restarted
         .handle(&share_request(key, nonces.clone()))
         .unwrap()
@@ -112,8 +111,7 @@ fn nonces_only_for_asked_digests_and_held_keys_without_panics() {
     assert!(matches!(out.as_slice(), [Message::Refusal(_)]), "{out:?}");
     // A signer without any key: refusals, never a panic.
     let set = set();
-    let mut keyless =
-        SignerCore::new(2, &set, &sk(0x5e, 1), dir.path().join("none.json"), false).unwrap();
+    let mut keyless = core_of(2, &set, dir.path().join("none.json"), false).unwrap();
     keyless.handle(&sign_request(key, [9; 32])).unwrap();
     let out = keyless.handle(&nonce_request(key, 1, 1, [9; 32])).unwrap();
     assert!(matches!(out.as_slice(), [Message::Refusal(_)]), "{out:?}");
@@ -127,8 +125,7 @@ fn a_signer_holding_a_key_refuses_a_new_dkg_unless_rotation_is_allowed() {
     let begin = from_coordinator(Message::DkgBegin(w::DkgBegin { dkg_id: 2 }));
     assert!(cores[0].handle(&begin).unwrap().is_empty());
     let set = set();
-    let mut rotating =
-        SignerCore::new(1, &set, &sk(0x5e, 0), dir.path().join("s1.json"), true).unwrap();
+    let mut rotating = core_of(1, &set, dir.path().join("s1.json"), true).unwrap();
     let out = rotating.handle(&begin).unwrap();
     assert!(
         matches!(out.as_slice(), [Message::DkgPublicShares(_)]),
@@ -214,7 +211,7 @@ fn a_key_is_pending_until_the_coordinator_accepts_it_and_acceptance_survives_a_r
     let mut h = KeyHistory::load(&path, &set, 1).unwrap();
     h.keys[0].accepted = false;
     h.save(&path).unwrap();
-    let mut c = SignerCore::new(1, &set, &sk(0x5e, 0), path.clone(), false).unwrap();
+    let mut c = core_of(1, &set, path.clone(), false).unwrap();
     // A pending key (its DKG's gate may have failed) does not block the retry...
     let begin = from_coordinator(Message::DkgBegin(w::DkgBegin { dkg_id: 2 }));
     assert!(matches!(
@@ -228,7 +225,7 @@ fn a_key_is_pending_until_the_coordinator_accepts_it_and_acceptance_survives_a_r
         key,
     }));
     assert!(c.handle(&accepted).unwrap().is_empty());
-    let mut restarted = SignerCore::new(1, &set, &sk(0x5e, 0), path, false).unwrap();
+    let mut restarted = core_of(1, &set, path, false).unwrap();
     assert!(restarted.history().keys[0].accepted);
     let next = from_coordinator(Message::DkgBegin(w::DkgBegin { dkg_id: 3 }));
     assert!(

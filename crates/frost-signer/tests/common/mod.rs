@@ -5,7 +5,10 @@
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use frost_net::messages::{Keyed, Message};
 use frost_net::wsts::net as w;
-use frost_net::{Envelope, Sender, SignItem, SignRequest, SignerInfo, SignerSet, ToSign};
+use frost_net::{
+    Codec, Domain, Envelope, Sender, ShareRequest, SignItem, SignRequest, SignerInfo, SignerSet,
+    ToSign,
+};
 use frost_signer::{KeyEntry, KeyHistory, SignerCore};
 
 pub(crate) fn sk(tag: u8, i: u32) -> SecretKey {
@@ -28,6 +31,49 @@ pub(crate) fn set() -> SignerSet {
             })
             .collect(),
     }
+}
+
+/// The coordinator's message key.
+pub(crate) fn coordinator_key() -> PublicKey {
+    sk(0xc0, 0).public_key(&Secp256k1::new())
+}
+
+/// The codec of a test peg with signer set `set`.
+pub(crate) fn codec_of(set: &SignerSet) -> Codec {
+    let c = coordinator_key();
+    Codec::with_domain(Domain::new("test", "", set, &c), set.clone(), c)
+}
+
+/// The codec of the three-signer test peg.
+pub(crate) fn codec() -> Codec {
+    codec_of(&set())
+}
+
+/// A signer core of `set` with the test peg's codec installed.
+pub(crate) fn core_of(
+    id: u32,
+    set: &SignerSet,
+    path: std::path::PathBuf,
+    allow_rotation: bool,
+) -> Result<SignerCore, frost_signer::SignerError> {
+    let mut c = SignerCore::new(id, set, &sk(0x5e, id - 1), path, allow_rotation)?;
+    c.set_codec(codec_of(set))?;
+    Ok(c)
+}
+
+/// A nonce response sealed by the signer it names (signer id + 1), under
+/// `codec`: what that signer posts.
+pub(crate) fn seal_nonce(codec: &Codec, key: PublicKey, n: &w::NonceResponse) -> Vec<u8> {
+    codec
+        .seal(
+            Sender::Signer(n.signer_id + 1),
+            &sk(0x5e, n.signer_id),
+            &Message::NonceResponse(Keyed {
+                key,
+                msg: n.clone(),
+            }),
+        )
+        .unwrap()
 }
 
 /// A DKG run in memory with wsts' helper; every signer's state file written,
@@ -53,7 +99,7 @@ pub(crate) fn keyed_cores(dir: &std::path::Path, accepted: bool) -> (Vec<SignerC
             h.keys.push(entry);
             let path = dir.join(format!("s{id}.json"));
             h.save(&path).unwrap();
-            SignerCore::new(id, &set, &sk(0x5e, id - 1), path, false).unwrap()
+            core_of(id, &set, path, false).unwrap()
         })
         .collect();
     (cores, key.unwrap())
@@ -95,10 +141,32 @@ pub(crate) fn nonce_request(
     }))
 }
 
+/// A share request listing `nonces`, each embedded as sealed by the signer
+/// it is listed under (so every entry is "that signer's own").
 pub(crate) fn share_request(key: PublicKey, nonces: Vec<w::NonceResponse>) -> Envelope {
+    share_request_under(&codec(), key, nonces)
+}
+
+/// [`share_request`] with the envelopes sealed under `codec`.
+pub(crate) fn share_request_under(
+    codec: &Codec,
+    key: PublicKey,
+    nonces: Vec<w::NonceResponse>,
+) -> Envelope {
+    let sealed = nonces.iter().map(|n| seal_nonce(codec, key, n)).collect();
+    share_request_with(key, nonces, sealed)
+}
+
+/// A share request listing `nonces` and embedding `nonce_envelopes` as given.
+pub(crate) fn share_request_with(
+    key: PublicKey,
+    nonces: Vec<w::NonceResponse>,
+    nonce_envelopes: Vec<Vec<u8>>,
+) -> Envelope {
     let n = &nonces[0];
-    from_coordinator(Message::SignatureShareRequest(Keyed {
+    from_coordinator(Message::SignatureShareRequest(ShareRequest {
         key,
+        nonce_envelopes,
         msg: w::SignatureShareRequest {
             dkg_id: n.dkg_id,
             sign_id: n.sign_id,
