@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use bitcoin::hashes::Hash as _;
 use bitcoin::{absolute, transaction, Amount, OutPoint, ScriptBuf, Transaction, TxIn, TxOut, Txid};
-use devnet::{BitcoinState, User};
 use frost_signer::Validator;
 use peg_rules::SignPayload;
 
 mod common;
-use common::{find, guard_on_emulators, key, request, stacks_state, MAGIC};
+use common::{
+    alice_pegged_in_and_out, find, guard_on_emulators, key, request, stacks_state, MAGIC,
+};
 
 #[test]
 fn a_key_published_by_the_coordinator_counts_only_once_the_signers_own_node_shows_it_final() {
@@ -25,25 +26,8 @@ fn a_key_published_by_the_coordinator_counts_only_once_the_signers_own_node_show
     let new_peg = peg_rules::peg_wallet_address(&new_key, bitcoin::Network::Regtest);
     let peg = peg_rules::peg_wallet_address(&peg_key, bitcoin::Network::Regtest);
     let burn = ScriptBuf::new_op_return([0u8]);
-    let mut b = BitcoinState::new();
-    let mut alice = User::new("alice", 1);
-    alice.fund(&mut b, &burn);
-    let start_height = b.height();
+    let (mut b, mut alice, start_height, peg_in, req) = alice_pegged_in_and_out(&peg);
     let stx = alice.stx.clone();
-    let peg_in = alice
-        .peg_in(&mut b, MAGIC, &peg, &stx, Amount::from_sat(100_000))
-        .unwrap();
-    b.mine(&burn);
-    let req = alice
-        .peg_out(
-            &mut b,
-            MAGIC,
-            &peg,
-            Amount::from_sat(30_000),
-            Amount::from_sat(5_000),
-        )
-        .unwrap();
-    b.mine(&burn);
     // The operator's float (a plain payment, no peg-in): a sweep's fee is
     // paid from the surplus, never from the backing.
     alice

@@ -8,7 +8,7 @@
 //! the `dead_code` allowances.
 
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
-use bitcoin::{Transaction, Txid};
+use bitcoin::{Address, Amount, ScriptBuf, Transaction, Txid};
 use devnet::{BitcoinEmulator, BitcoinState, StacksEmulator, StacksState, User};
 use frost_net::{SignItem, SignRequest, SignerFile, ToSign};
 use peg_rules::SignPayload;
@@ -57,6 +57,35 @@ pub(crate) fn request(id: u64, payload: &SignPayload, key: &PublicKey) -> SignRe
 #[allow(dead_code)]
 pub(crate) fn find(b: &BitcoinState, txid: &Txid) -> Transaction {
     b.locate(txid).unwrap().0
+}
+
+/// The Bitcoin side of the peg at `peg`: alice funded (the scan starts at
+/// that height), her peg-in of 100 000 sats mined, then her peg-out request
+/// of 30 000 sats (a 5 000 sat fee output) mined; blocks pay `OP_RETURN 0`.
+/// Returns the chain, alice, the start height, the peg-in and the request.
+#[allow(dead_code)]
+pub(crate) fn alice_pegged_in_and_out(peg: &Address) -> (BitcoinState, User, u64, Txid, Txid) {
+    let burn = ScriptBuf::new_op_return([0u8]);
+    let mut b = BitcoinState::new();
+    let mut alice = User::new("alice", 1);
+    alice.fund(&mut b, &burn);
+    let start_height = b.height();
+    let stx = alice.stx.clone();
+    let peg_in = alice
+        .peg_in(&mut b, MAGIC, peg, &stx, Amount::from_sat(100_000))
+        .unwrap();
+    b.mine(&burn);
+    let req = alice
+        .peg_out(
+            &mut b,
+            MAGIC,
+            peg,
+            Amount::from_sat(30_000),
+            Amount::from_sat(5_000),
+        )
+        .unwrap();
+    b.mine(&burn);
+    (b, alice, start_height, peg_in, req)
 }
 
 /// The sBTC contract of the fixture.
