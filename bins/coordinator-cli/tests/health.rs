@@ -22,58 +22,16 @@
 //! recovery) and why it skipped the page, if it did.
 #![allow(clippy::print_stderr)]
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bitcoin::Amount;
 use devnet::peg::MAGIC;
 use devnet::{Fault, Peg, PegOptions};
 
-fn cli(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_coordinator-cli"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// A GET over plain HTTP/1.0: (status code, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    let code = r
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap();
-    let body = r.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap();
-    (code, body)
-}
-
-/// Kills the `run` process when the test ends, also on a failed assertion.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{cli, config_from_next_block, http_get, spawn_run, start_peg, text};
 
 /// Mines on both chains until `done` holds or `limit` passes.
 fn mine_until(peg: &Peg, limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
@@ -268,16 +226,9 @@ fn unix_now() -> u64 {
 fn health_metrics_status_queue_and_the_operator_page_on_the_devnet() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let peg = Peg::start(PegOptions::new(dir.path())).unwrap();
-    peg.publish_key().unwrap();
-    let wallet = peg.peg_wallet().unwrap();
+    let (peg, wallet) = start_peg(PegOptions::new(dir.path()));
     let mut users = peg.users(2);
-    let config = peg
-        .write_config(
-            &[&users[0], &users[1]],
-            peg.bitcoind.with(|b| b.height()) + 1,
-        )
-        .unwrap();
+    let config = config_from_next_block(&peg, &[&users[0], &users[1]]);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -303,17 +254,7 @@ fn health_metrics_status_queue_and_the_operator_page_on_the_devnet() {
     );
     std::fs::write(&config, toml).unwrap();
     let log = std::fs::File::create(dir.path().join("run.log")).unwrap();
-    let mut run = Running(
-        Command::new(env!("CARGO_BIN_EXE_coordinator-cli"))
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let mut run = spawn_run(&config, log);
     let run_log = || std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
     wait_until(Duration::from_secs(30), "the status endpoint", || {
         assert!(

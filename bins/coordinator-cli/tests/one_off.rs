@@ -4,30 +4,14 @@
 //! is repeated; wrong txids get clear refusals.
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use bitcoin::{Amount, Txid};
 use devnet::peg::MAGIC;
-use devnet::{Peg, PegOptions, User};
+use devnet::{PegOptions, User};
 
-fn cli(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_coordinator-cli"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod common;
+use common::{cli, config_from_next_block, peg_out, start_peg, text};
 
 /// Runs `command TXID` until it reports `done` (the Stacks and Bitcoin
 /// chains need blocks between steps; an unconfirmed op is refused until mined); returns how many runs it took.
@@ -49,14 +33,10 @@ fn until_done(config: &Path, command: &str, t: &Txid) -> usize {
 #[test]
 fn process_peg_in_and_peg_out_by_txid_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let peg = Peg::start(PegOptions::new(dir.path())).unwrap();
-    peg.publish_key().unwrap();
-    let wallet = peg.peg_wallet().unwrap();
+    let (peg, wallet) = start_peg(PegOptions::new(dir.path()));
     let mut users = peg.users(2);
     let allowed: Vec<&User> = users.iter().take(1).collect();
-    let config = peg
-        .write_config(&allowed, peg.bitcoind.with(|b| b.height()) + 1)
-        .unwrap();
+    let config = config_from_next_block(&peg, &allowed);
     let _miner = peg.miner(Duration::from_millis(100));
     let (alice, rest) = users.split_first_mut().unwrap();
     let mallory = &mut rest[0];
@@ -116,17 +96,7 @@ fn process_peg_in_and_peg_out_by_txid_exactly_once() {
     assert!(text(&o).contains("not a peg-out"), "{}", text(&o));
 
     // A peg-out request: burned, paid once, to alice's scriptPubKey.
-    let request = peg
-        .with_bitcoin(|b| {
-            alice.peg_out(
-                b,
-                MAGIC,
-                &wallet,
-                Amount::from_sat(20_000_000),
-                Amount::from_sat(20_000),
-            )
-        })
-        .unwrap();
+    let request = peg_out(&peg, alice, &wallet, 20_000_000);
     until_done(&config, "process-peg-out", &request);
     until_done(&config, "process-peg-out", &request);
     assert_eq!(peg.contract_calls("burn!", &request), (1, 0));

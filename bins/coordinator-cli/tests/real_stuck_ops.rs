@@ -9,7 +9,6 @@
 #![allow(clippy::print_stdout)]
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use bitcoin::{Amount, OutPoint, Txid};
@@ -18,23 +17,8 @@ use devnet::peg::MAGIC;
 use devnet::real_peg::demo_users;
 use devnet::{RealPeg, RealPegOptions, RealPegStart};
 
-fn cli(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_coordinator-cli"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod common;
+use common::{cli, text};
 
 /// Runs `command TXID` until it reports `state` (mining a Bitcoin block
 /// between runs when `mine`), within 120 s.

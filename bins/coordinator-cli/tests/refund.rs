@@ -8,7 +8,6 @@
 //! the command only records the request and the running loop refunds.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bitcoin::{Amount, OutPoint, Transaction, Txid};
@@ -16,23 +15,8 @@ use devnet::peg::MAGIC;
 use devnet::{Peg, PegOptions, User};
 use peg_queue::{OpState, PegQueue, SqlitePegQueue};
 
-fn cli(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_coordinator-cli"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod common;
+use common::{cli, config_from_next_block, spawn_run, start_peg, text};
 
 /// Runs `args` until its output contains `want` (blocks must come in
 /// between; an unconfirmed op is refused until mined), for at most 60 s.
@@ -64,30 +48,16 @@ fn spender(peg: &Peg, o: OutPoint) -> Option<Transaction> {
     })
 }
 
-struct Run(Child);
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        // Only the child this test started, by its handle.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn refund_pays_a_rejected_peg_in_back_once_with_run_stopped_or_running() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = PegOptions::new(dir.path());
     opts.allowlist = vec![1];
     opts.sign_timeout = Duration::from_secs(20);
-    let peg = Peg::start(opts).unwrap();
-    peg.publish_key().unwrap();
-    let wallet = peg.peg_wallet().unwrap();
+    let (peg, wallet) = start_peg(opts);
     let mut users = peg.users(2);
     let allowed: Vec<&User> = users.iter().take(1).collect();
-    let config = peg
-        .write_config(&allowed, peg.bitcoind.with(|b| b.height()) + 1)
-        .unwrap();
+    let config = config_from_next_block(&peg, &allowed);
     let _miner = peg.miner(Duration::from_millis(100));
     let (alice, rest) = users.split_first_mut().unwrap();
     let mallory = &mut rest[0];
@@ -155,15 +125,7 @@ fn refund_pays_a_rejected_peg_in_back_once_with_run_stopped_or_running() {
         .unwrap();
     let log_path = dir.path().join("run.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let _run = Run(Command::new(env!("CARGO_BIN_EXE_coordinator-cli"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap());
+    let _run = spawn_run(&config, log);
     let run_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     // Open our own view of the queue once `run` has opened its own (two
     // processes opening the file at the same instant may meet its lock).

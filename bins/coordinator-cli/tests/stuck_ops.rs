@@ -14,9 +14,8 @@
 //!   payout's Bitcoin txid after `done`; `/ops/{txid}` and `/status` of a
 //!   running `coordinator-cli run`, over real HTTP on 127.0.0.1.
 
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bitcoin::{Amount, Txid};
@@ -24,27 +23,8 @@ use devnet::peg::MAGIC;
 use devnet::{Peg, PegOptions};
 use stacks_wire::{Payload, Value};
 
-fn cli(config: &Path, args: &[&str]) -> Output {
-    cli_logging(config, args, "error")
-}
-
-fn cli_logging(config: &Path, args: &[&str], level: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_coordinator-cli"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", level)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod common;
+use common::{cli, cli_logging, config_from_next_block, http_get, peg_out, start_peg, text};
 
 /// Runs `command TXID` (`process-peg-in`/`-out`), mining a block on both
 /// chains between runs, until it reports `state`; at most 30 runs. Returns
@@ -111,35 +91,15 @@ fn fulfilments(peg: &Peg, request: &Txid) -> Vec<Txid> {
     })
 }
 
-/// A GET over plain HTTP/1.0: (status code, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    let code = r
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap();
-    let body = r.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap();
-    (code, body)
-}
-
 #[test]
 fn stuck_ops_are_failed_retried_from_what_the_chains_show_and_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = PegOptions::new(dir.path());
     opts.stacks_confirmations = 3;
-    let peg = Peg::start(opts).unwrap();
-    peg.publish_key().unwrap();
-    let wallet = peg.peg_wallet().unwrap();
+    let (peg, wallet) = start_peg(opts);
     let mut users = peg.users(1);
     let alice = &mut users[0];
-    let config = peg
-        .write_config(&[&*alice], peg.bitcoind.with(|b| b.height()) + 1)
-        .unwrap();
+    let config = config_from_next_block(&peg, &[&*alice]);
     let alice_stx = alice.stx.clone();
 
     // A peg-in, minted; then failed by hand after its mint was broadcast:
@@ -204,17 +164,7 @@ fn stuck_ops_are_failed_retried_from_what_the_chains_show_and_recorded() {
     assert_eq!(o.status.code(), Some(1));
 
     // A peg-out request failed by hand after its burn was broadcast.
-    let request = peg
-        .with_bitcoin(|b| {
-            alice.peg_out(
-                b,
-                MAGIC,
-                &wallet,
-                Amount::from_sat(20_000_000),
-                Amount::from_sat(20_000),
-            )
-        })
-        .unwrap();
+    let request = peg_out(&peg, alice, &wallet, 20_000_000);
     peg.mine();
     drive_to(
         &peg,
@@ -316,17 +266,7 @@ fn stuck_ops_are_failed_retried_from_what_the_chains_show_and_recorded() {
 
     // A request failed after its fulfilment was broadcast: output 2 is spent
     // (in the mempool), so it is never retried; it is paid once.
-    let second = peg
-        .with_bitcoin(|b| {
-            alice.peg_out(
-                b,
-                MAGIC,
-                &wallet,
-                Amount::from_sat(10_000_000),
-                Amount::from_sat(20_000),
-            )
-        })
-        .unwrap();
+    let second = peg_out(&peg, alice, &wallet, 10_000_000);
     peg.mine();
     drive_to(
         &peg,

@@ -10,42 +10,14 @@
 use std::time::Duration;
 
 use bitcoin::hashes::Hash as _;
-use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use bitcoin::{absolute, transaction, Amount, OutPoint, ScriptBuf, Transaction, TxIn, TxOut, Txid};
-use devnet::{BitcoinEmulator, BitcoinState, StacksEmulator, StacksState, User};
-use frost_net::{SignItem, SignRequest, SignerFile, ToSign};
 use frost_signer::Validator;
 use peg_rules::SignPayload;
-use signer_guard::{BitcoinNodeConfig, Confirmations, Guard, GuardConfig, StacksNodeConfig};
-use stacks_wire::{ContractId, PrincipalData, Value};
 
-const MAGIC: [u8; 2] = *b"id";
-
-fn key(i: u8) -> PublicKey {
-    SecretKey::from_slice(&[i; 32])
-        .unwrap()
-        .public_key(&Secp256k1::new())
-}
-
-fn request(id: u64, payload: &SignPayload, key: &PublicKey) -> SignRequest {
-    SignRequest {
-        id,
-        payload: payload.encode(),
-        items: payload
-            .sighashes()
-            .unwrap()
-            .into_iter()
-            .map(|sighash| SignItem {
-                key: *key,
-                message: ToSign::Taproot { sighash },
-            })
-            .collect(),
-    }
-}
-
-fn find(b: &BitcoinState, txid: &Txid) -> Transaction {
-    b.locate(txid).unwrap().0
-}
+mod common;
+use common::{
+    alice_pegged_in_and_out, find, guard_on_emulators, key, request, stacks_state, MAGIC,
+};
 
 #[test]
 fn a_key_published_by_the_coordinator_counts_only_once_the_signers_own_node_shows_it_final() {
@@ -54,25 +26,8 @@ fn a_key_published_by_the_coordinator_counts_only_once_the_signers_own_node_show
     let new_peg = peg_rules::peg_wallet_address(&new_key, bitcoin::Network::Regtest);
     let peg = peg_rules::peg_wallet_address(&peg_key, bitcoin::Network::Regtest);
     let burn = ScriptBuf::new_op_return([0u8]);
-    let mut b = BitcoinState::new();
-    let mut alice = User::new("alice", 1);
-    alice.fund(&mut b, &burn);
-    let start_height = b.height();
+    let (mut b, mut alice, start_height, peg_in, req) = alice_pegged_in_and_out(&peg);
     let stx = alice.stx.clone();
-    let peg_in = alice
-        .peg_in(&mut b, MAGIC, &peg, &stx, Amount::from_sat(100_000))
-        .unwrap();
-    b.mine(&burn);
-    let req = alice
-        .peg_out(
-            &mut b,
-            MAGIC,
-            &peg,
-            Amount::from_sat(30_000),
-            Amount::from_sat(5_000),
-        )
-        .unwrap();
-    b.mine(&burn);
     // The operator's float (a plain payment, no peg-in): a sweep's fee is
     // paid from the surplus, never from the backing.
     alice
@@ -82,81 +37,11 @@ fn a_key_published_by_the_coordinator_counts_only_once_the_signers_own_node_show
     let peg_in_tx = find(&b, &peg_in);
     let req_tx = find(&b, &req);
 
-    let contract: ContractId = "ST000000000000000000002AMW42H.sbtc-alpha".parse().unwrap();
-    let mut s = StacksState::new(contract.clone());
-    let owner = PrincipalData::Standard(contract.address);
-    s.model.coordinator = Some((owner.clone(), key(9).serialize().to_vec()));
-    s.model.wallet_key = Some(peg_key.serialize().to_vec());
-    let txid = |t: &Txid| Value::StringAscii(t.to_string());
-    let mint = s.model.call(
-        &owner,
-        "mint!",
-        &[
-            Value::UInt(100_000),
-            Value::Principal(stx.clone()),
-            txid(&peg_in),
-        ],
-    );
-    assert_eq!(mint.result, Value::Ok(Box::new(Value::Bool(true))));
-    let burned = s.model.call(
-        &owner,
-        "burn!",
-        &[
-            Value::UInt(30_000),
-            Value::Principal(stx.clone()),
-            txid(&req),
-        ],
-    );
-    assert_eq!(burned.result, Value::Ok(Box::new(Value::Bool(true))));
-    s.mine();
-    s.mine();
+    let s = stacks_state(&peg_key, &stx, &peg_in, &req);
 
-    let btc = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
-    let stacks = StacksEmulator::start("127.0.0.1:0", s).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("allowlist.toml"),
-        format!("stacks = [\"{stx}\"]\nbitcoin = [\"{}\"]\n", alice.btc),
-    )
-    .unwrap();
-    let signer_file = format!(
-        r#"relay_url = "http://127.0.0.1:1"
-coordinator_public_key = "{}"
-network = "regtest"
-contract = "{contract}"
-magic_bytes = "id"
-threshold = 1
-[policy]
-allowlist_file = "allowlist.toml"
-[[signers]]
-id = 1
-public_key = "{}"
-key_ids = [1]
-"#,
-        key(1),
-        key(2)
-    );
-    let path = dir.path().join("signer.toml");
-    std::fs::write(&path, signer_file).unwrap();
-    let file = SignerFile::load(&path).unwrap();
-    let config = GuardConfig {
-        bitcoin_node: BitcoinNodeConfig {
-            url: btc.url(),
-            user: None,
-            password: None,
-            cookie_file: None,
-        },
-        stacks_node: StacksNodeConfig { url: stacks.url() },
-        confirmations: Confirmations {
-            bitcoin: 1,
-            stacks: 2,
-        },
-        start_height,
-        data_dir: dir.path().join("guard"),
-        rpc_timeout_ms: 5_000,
-    };
     // The signer holds both keys: the new one passed the DKG gate.
-    let mut guard = Guard::open(&config, &file, &path, &[peg_key, new_key]).unwrap();
+    let (_btc, stacks, mut guard, _dir) =
+        guard_on_emulators(b, s, start_height, &alice, &[peg_key, new_key]);
     assert_eq!(guard.attest(), Some(peg_key));
 
     let coins = [

@@ -5,48 +5,23 @@
 
 use bitcoin::hashes::Hash as _;
 use bitcoin::key::{Keypair, TapTweak as _};
-use bitcoin::secp256k1::{Message, PublicKey, Secp256k1, SecretKey};
+use bitcoin::secp256k1::{Message, Secp256k1};
 use bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
 use bitcoin::{
     absolute, transaction, Amount, OutPoint, ScriptBuf, Transaction, TxIn, TxOut, Txid, Witness,
 };
-use devnet::{BitcoinEmulator, BitcoinState, StacksEmulator, StacksState, User};
-use frost_net::{SignItem, SignRequest, SignerFile, ToSign};
+use devnet::{BitcoinEmulator, BitcoinState, StacksEmulator, User};
+use frost_net::SignRequest;
 use frost_signer::Validator;
 use peg_rules::SignPayload;
-use signer_guard::{BitcoinNodeConfig, Confirmations, Guard, GuardConfig, StacksNodeConfig};
-use stacks_wire::{ContractId, PrincipalData, Value};
+use stacks_wire::{PrincipalData, Value};
 
-const MAGIC: [u8; 2] = *b"id";
+mod common;
+use common::{
+    find, guard_on_emulators, key, owner, request, secret, stacks_state, EmulatorGuard, MAGIC,
+};
+
 const PEG_SECRET: u8 = 7;
-
-fn secret(i: u8) -> SecretKey {
-    SecretKey::from_slice(&[i; 32]).unwrap()
-}
-
-fn key(i: u8) -> PublicKey {
-    secret(i).public_key(&Secp256k1::new())
-}
-
-fn request(id: u64, payload: &SignPayload, key: &PublicKey) -> SignRequest {
-    SignRequest {
-        id,
-        payload: payload.encode(),
-        items: payload
-            .sighashes()
-            .unwrap()
-            .into_iter()
-            .map(|sighash| SignItem {
-                key: *key,
-                message: ToSign::Taproot { sighash },
-            })
-            .collect(),
-    }
-}
-
-fn find(b: &BitcoinState, txid: &Txid) -> Transaction {
-    b.locate(txid).unwrap().0
-}
 
 /// Signs every input of `tx` with the peg wallet key (what a threshold of
 /// signers' shares would aggregate to): the key-path signature.
@@ -91,7 +66,7 @@ fn spend(coins: &[(OutPoint, TxOut)], output: Vec<TxOut>) -> (Transaction, Vec<T
 struct Peg {
     btc: BitcoinEmulator,
     stacks: StacksEmulator,
-    guard: Guard<bitcoin_node_client::UreqBitcoinNode, stacks_node_client::UreqStacksNode>,
+    guard: EmulatorGuard,
     owner: PrincipalData,
     peg: bitcoin::Address,
     alice: User,
@@ -141,79 +116,10 @@ fn peg() -> Peg {
         .unwrap();
     b.mine(&burn);
 
-    let contract: ContractId = "ST000000000000000000002AMW42H.sbtc-alpha".parse().unwrap();
-    let mut s = StacksState::new(contract.clone());
-    let owner = PrincipalData::Standard(contract.address);
-    s.model.coordinator = Some((owner.clone(), key(9).serialize().to_vec()));
-    s.model.wallet_key = Some(peg_key.serialize().to_vec());
-    let txid = |t: &Txid| Value::StringAscii(t.to_string());
-    let mint = s.model.call(
-        &owner,
-        "mint!",
-        &[
-            Value::UInt(100_000),
-            Value::Principal(stx.clone()),
-            txid(&peg_in),
-        ],
-    );
-    assert_eq!(mint.result, Value::Ok(Box::new(Value::Bool(true))));
-    let burned = s.model.call(
-        &owner,
-        "burn!",
-        &[Value::UInt(30_000), Value::Principal(stx), txid(&req)],
-    );
-    assert_eq!(burned.result, Value::Ok(Box::new(Value::Bool(true))));
-    s.mine();
-    s.mine();
+    let s = stacks_state(&peg_key, &stx, &peg_in, &req);
 
-    let btc = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
-    let stacks = StacksEmulator::start("127.0.0.1:0", s).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("allowlist.toml"),
-        format!(
-            "stacks = [\"{}\"]\nbitcoin = [\"{}\"]\n",
-            alice.stx, alice.btc
-        ),
-    )
-    .unwrap();
-    let signer_file = format!(
-        r#"relay_url = "http://127.0.0.1:1"
-coordinator_public_key = "{}"
-network = "regtest"
-contract = "{contract}"
-magic_bytes = "id"
-threshold = 1
-[policy]
-allowlist_file = "allowlist.toml"
-[[signers]]
-id = 1
-public_key = "{}"
-key_ids = [1]
-"#,
-        key(1),
-        key(2)
-    );
-    let path = dir.path().join("signer.toml");
-    std::fs::write(&path, signer_file).unwrap();
-    let file = SignerFile::load(&path).unwrap();
-    let config = GuardConfig {
-        bitcoin_node: BitcoinNodeConfig {
-            url: btc.url(),
-            user: None,
-            password: None,
-            cookie_file: None,
-        },
-        stacks_node: StacksNodeConfig { url: stacks.url() },
-        confirmations: Confirmations {
-            bitcoin: 1,
-            stacks: 2,
-        },
-        start_height,
-        data_dir: dir.path().join("guard"),
-        rpc_timeout_ms: 5_000,
-    };
-    let mut guard = Guard::open(&config, &file, &path, &[peg_key]).unwrap();
+    let (btc, stacks, mut guard, dir) = guard_on_emulators(b, s, start_height, &alice, &[peg_key]);
+    let owner = owner();
     assert_eq!(guard.attest(), Some(peg_key));
     Peg {
         btc,

@@ -1,0 +1,206 @@
+//! The emulator fixture shared by the guard's tests over real HTTP: keys
+//! from fixed secrets, sign requests, the Stacks side of a peg (its key
+//! published, a peg-in minted, a request burned) and a guard opened on the
+//! devnet's bitcoind and stacks-node emulators with a real signer set file,
+//! allowlist and SQLite store.
+//!
+//! Each test binary compiles its own copy and uses only part of it, hence
+//! the `dead_code` allowances.
+
+use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use bitcoin::{Address, Amount, ScriptBuf, Transaction, Txid};
+use devnet::{BitcoinEmulator, BitcoinState, StacksEmulator, StacksState, User};
+use frost_net::{SignItem, SignRequest, SignerFile, ToSign};
+use peg_rules::SignPayload;
+use signer_guard::{BitcoinNodeConfig, Confirmations, Guard, GuardConfig, StacksNodeConfig};
+use stacks_wire::{ContractId, PrincipalData, Value};
+
+/// The peg's magic bytes.
+#[allow(dead_code)]
+pub(crate) const MAGIC: [u8; 2] = *b"id";
+
+/// The guard of the fixture, on the emulators through the real clients.
+pub(crate) type EmulatorGuard =
+    Guard<bitcoin_node_client::UreqBitcoinNode, stacks_node_client::UreqStacksNode>;
+
+/// The secret key `[i; 32]`.
+#[allow(dead_code)]
+pub(crate) fn secret(i: u8) -> SecretKey {
+    SecretKey::from_slice(&[i; 32]).unwrap()
+}
+
+/// The public key of `secret(i)`.
+#[allow(dead_code)]
+pub(crate) fn key(i: u8) -> PublicKey {
+    secret(i).public_key(&Secp256k1::new())
+}
+
+/// A sign request for `payload`, every sighash to be signed by `key`.
+#[allow(dead_code)]
+pub(crate) fn request(id: u64, payload: &SignPayload, key: &PublicKey) -> SignRequest {
+    SignRequest {
+        id,
+        payload: payload.encode(),
+        items: payload
+            .sighashes()
+            .unwrap()
+            .into_iter()
+            .map(|sighash| SignItem {
+                key: *key,
+                message: ToSign::Taproot { sighash },
+            })
+            .collect(),
+    }
+}
+
+/// The transaction `txid` on the emulated chain.
+#[allow(dead_code)]
+pub(crate) fn find(b: &BitcoinState, txid: &Txid) -> Transaction {
+    b.locate(txid).unwrap().0
+}
+
+/// The Bitcoin side of the peg at `peg`: alice funded (the scan starts at
+/// that height), her peg-in of 100 000 sats mined, then her peg-out request
+/// of 30 000 sats (a 5 000 sat fee output) mined; blocks pay `OP_RETURN 0`.
+/// Returns the chain, alice, the start height, the peg-in and the request.
+#[allow(dead_code)]
+pub(crate) fn alice_pegged_in_and_out(peg: &Address) -> (BitcoinState, User, u64, Txid, Txid) {
+    let burn = ScriptBuf::new_op_return([0u8]);
+    let mut b = BitcoinState::new();
+    let mut alice = User::new("alice", 1);
+    alice.fund(&mut b, &burn);
+    let start_height = b.height();
+    let stx = alice.stx.clone();
+    let peg_in = alice
+        .peg_in(&mut b, MAGIC, peg, &stx, Amount::from_sat(100_000))
+        .unwrap();
+    b.mine(&burn);
+    let req = alice
+        .peg_out(
+            &mut b,
+            MAGIC,
+            peg,
+            Amount::from_sat(30_000),
+            Amount::from_sat(5_000),
+        )
+        .unwrap();
+    b.mine(&burn);
+    (b, alice, start_height, peg_in, req)
+}
+
+/// The sBTC contract of the fixture.
+pub(crate) fn contract() -> ContractId {
+    "ST000000000000000000002AMW42H.sbtc-alpha".parse().unwrap()
+}
+
+/// The contract's deployer, which mints and burns in the fixture.
+pub(crate) fn owner() -> PrincipalData {
+    PrincipalData::Standard(contract().address)
+}
+
+/// The Stacks side of the peg: the coordinator's key is `key(9)`, the
+/// contract publishes `peg_key`, `peg_in`'s 100 000 sats are minted to
+/// `stx` and `request`'s 30 000 burned from it, both two blocks deep.
+pub(crate) fn stacks_state(
+    peg_key: &PublicKey,
+    stx: &PrincipalData,
+    peg_in: &Txid,
+    request: &Txid,
+) -> StacksState {
+    let mut s = StacksState::new(contract());
+    let owner = owner();
+    s.model.coordinator = Some((owner.clone(), key(9).serialize().to_vec()));
+    s.model.wallet_key = Some(peg_key.serialize().to_vec());
+    let txid = |t: &Txid| Value::StringAscii(t.to_string());
+    let mint = s.model.call(
+        &owner,
+        "mint!",
+        &[
+            Value::UInt(100_000),
+            Value::Principal(stx.clone()),
+            txid(peg_in),
+        ],
+    );
+    assert_eq!(mint.result, Value::Ok(Box::new(Value::Bool(true))));
+    let burned = s.model.call(
+        &owner,
+        "burn!",
+        &[
+            Value::UInt(30_000),
+            Value::Principal(stx.clone()),
+            txid(request),
+        ],
+    );
+    assert_eq!(burned.result, Value::Ok(Box::new(Value::Bool(true))));
+    s.mine();
+    s.mine();
+    s
+}
+
+/// The emulators serving `b` and `s` over HTTP on 127.0.0.1, and the guard
+/// of signer 1 (a one-signer set, threshold 1) on them: its allowlist holds
+/// `allowed` only, it scans from `start_height`, asks 1 Bitcoin and 2
+/// Stacks confirmations and holds `keys`. The directory holds its files.
+pub(crate) fn guard_on_emulators(
+    b: BitcoinState,
+    s: StacksState,
+    start_height: u64,
+    allowed: &User,
+    keys: &[PublicKey],
+) -> (
+    BitcoinEmulator,
+    StacksEmulator,
+    EmulatorGuard,
+    tempfile::TempDir,
+) {
+    let btc = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
+    let stacks = StacksEmulator::start("127.0.0.1:0", s).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("allowlist.toml"),
+        format!(
+            "stacks = [\"{}\"]\nbitcoin = [\"{}\"]\n",
+            allowed.stx, allowed.btc
+        ),
+    )
+    .unwrap();
+    let signer_file = format!(
+        r#"relay_url = "http://127.0.0.1:1"
+coordinator_public_key = "{}"
+network = "regtest"
+contract = "{}"
+magic_bytes = "id"
+threshold = 1
+[policy]
+allowlist_file = "allowlist.toml"
+[[signers]]
+id = 1
+public_key = "{}"
+key_ids = [1]
+"#,
+        key(1),
+        contract(),
+        key(2)
+    );
+    let path = dir.path().join("signer.toml");
+    std::fs::write(&path, signer_file).unwrap();
+    let file = SignerFile::load(&path).unwrap();
+    let config = GuardConfig {
+        bitcoin_node: BitcoinNodeConfig {
+            url: btc.url(),
+            user: None,
+            password: None,
+            cookie_file: None,
+        },
+        stacks_node: StacksNodeConfig { url: stacks.url() },
+        confirmations: Confirmations {
+            bitcoin: 1,
+            stacks: 2,
+        },
+        start_height,
+        data_dir: dir.path().join("guard"),
+        rpc_timeout_ms: 5_000,
+    };
+    let guard = Guard::open(&config, &file, &path, keys).unwrap();
+    (btc, stacks, guard, dir)
+}
