@@ -181,6 +181,25 @@ impl RealStacksNode {
     /// # Errors
     /// As [`RealStacksNode::start`].
     pub fn start_exe(exe: &Path, options: &RealNodeOptions) -> anyhow::Result<Self> {
+        // stacks-node 4.0.2 sometimes aborts at boot with its own SQLite
+        // "database is locked" (opening the cost estimator while another of
+        // its threads holds the file), more often on a loaded machine: a
+        // fresh start is the node's own remedy. Any other failure is final.
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(exe, options) {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("database is locked") => {
+                    log::warn!(
+                        "stacks-node aborted at boot on its own SQLite lock (attempt {attempt}); starting it again"
+                    );
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(exe: &Path, options: &RealNodeOptions) -> anyhow::Result<Self> {
         let dir = fresh_dir()?;
         let child = match Self::spawn(exe, &dir, options) {
             Ok(c) => c,
