@@ -286,7 +286,9 @@ fn flow(devnet_args: &[&str]) {
     let coordinator = devnet
         .lines
         .iter()
-        .find(|l| l.trim_start().starts_with("coordinator "))
+        // The indented "coordinator  URL" line of what it serves (not the
+        // summary's "coordinator transactions mined").
+        .find(|l| l.starts_with("   coordinator ") && l.contains("http://"))
         .and_then(|l| l.split_whitespace().nth(1))
         .expect("the coordinator's URL")
         .to_owned();
