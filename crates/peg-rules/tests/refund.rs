@@ -273,12 +273,18 @@ fn the_fee_stays_within_the_cap_and_what_is_left_is_no_dust() {
     inflated.output[0].value = amount + Amount::from_sat(1);
     assert_eq!(check(&inflated, &prevouts), "refund.fee");
 
-    // A peg-in so small that the fee leaves dust: with a generous cap the
-    // fee passes, the dust does not.
+    // What the fee leaves is dust: with a floor so high that its fee (the
+    // least a refund may pay, above the 10 % share) leaves 248 sats, the
+    // fee passes and the dust does not.
     let mut p = policy();
     p.fee_cap = rate(10_000);
+    p.fee_floor = rate(5_048);
     let mut dust = tx.clone();
-    dust.output[0].value = Amount::from_sat(200);
+    dust.output[0].value = Amount::from_sat(248);
+    assert_eq!(
+        amount - Amount::from_sat(248),
+        Amount::from_sat(5_048 * vsize)
+    );
     let r = check_refund(&p, &peg_in(), &peg_in_tx(), &funding(), &dust, &prevouts);
     assert_eq!(rule(r.clone()), "refund.dust", "{r:?}");
 }
