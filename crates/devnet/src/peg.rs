@@ -774,6 +774,7 @@ impl Peg {
             state_path: Some(self.opts.dir.join("frost-coordinator.json")),
             network: self.file.network.clone(),
             contract: self.file.contract.clone(),
+            rounds_in_flight: frost_coordinator::DEFAULT_ROUNDS_IN_FLIGHT,
         })?)
     }
 

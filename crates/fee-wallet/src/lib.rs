@@ -110,6 +110,28 @@ pub trait StacksWallet {
         min_fee: Option<u64>,
     ) -> Result<SignedStacksTx, Error>;
 
+    /// Builds one `mint-many!` minting every peg-in of `ops` (at most
+    /// [`peg_ops::contract::MAX_BATCH`], none twice), signed with `nonce`;
+    /// fees as for [`StacksWallet::build_mint`].
+    fn build_mint_many(
+        &self,
+        ops: &[PegInOp],
+        nonce: u64,
+        min_fee: Option<u64>,
+    ) -> Result<SignedStacksTx, Error>;
+
+    /// Builds one `burn-many!` burning, for each `(request, requester)`,
+    /// the request's amount of the requester's sBTC (at most
+    /// [`peg_ops::contract::MAX_BATCH`], no request twice), signed with
+    /// `nonce`, in deny mode: each requester can lose at most the sum of
+    /// its requests' amounts. Fees as for [`StacksWallet::build_mint`].
+    fn build_burn_many(
+        &self,
+        burns: &[(PegOutRequestOp, StacksAddress)],
+        nonce: u64,
+        min_fee: Option<u64>,
+    ) -> Result<SignedStacksTx, Error>;
+
     /// Builds `set-bitcoin-wallet-public-key`, signed with `nonce`.
     fn build_set_wallet_public_key(
         &self,

@@ -1,6 +1,8 @@
 //! The Stacks half: contract calls to the sBTC alpha contract, signed with
 //! the coordinator's key, fees from the node's estimate within a policy.
 
+use std::collections::BTreeMap;
+
 use bitcoin::secp256k1::PublicKey;
 use peg_ops::{contract, PegInOp, PegOutRequestOp, SignedStacksTx};
 use stacks_node_client::StacksNode;
@@ -129,6 +131,25 @@ fn amount_arg(sats: u64) -> Value {
     Value::UInt(u128::from(sats))
 }
 
+/// A batch is 1 to [`contract::MAX_BATCH`] elements, no txid twice (the
+/// contract would refuse the second; it is a caller's mistake).
+fn check_batch(txids: impl ExactSizeIterator<Item = bitcoin::Txid>) -> Result<(), Error> {
+    let n = txids.len();
+    if n == 0 || n > contract::MAX_BATCH {
+        return Err(Error::Build(format!(
+            "a batch of {n} calls (1 to {} allowed)",
+            contract::MAX_BATCH
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    for t in txids {
+        if !seen.insert(t) {
+            return Err(Error::Build(format!("txid {t} twice in one batch")));
+        }
+    }
+    Ok(())
+}
+
 fn key_arg(key: &PublicKey) -> Value {
     Value::Buffer(key.serialize().to_vec())
 }
@@ -177,6 +198,83 @@ impl<S: StacksNode> StacksWallet for ContractCallWallet<S> {
             amount,
         };
         self.call(contract::BURN, args, vec![pc], nonce, min_fee)
+    }
+
+    fn build_mint_many(
+        &self,
+        ops: &[PegInOp],
+        nonce: u64,
+        min_fee: Option<u64>,
+    ) -> Result<SignedStacksTx, Error> {
+        check_batch(ops.iter().map(|o| o.txid))?;
+        let mints = ops
+            .iter()
+            .map(|op| {
+                Value::Tuple(BTreeMap::from([
+                    ("amount".to_owned(), amount_arg(op.amount.to_sat())),
+                    ("dst".to_owned(), Value::Principal(op.recipient.clone())),
+                    ("peg-in-txid".to_owned(), contract::txid_arg(&op.txid)),
+                ]))
+            })
+            .collect();
+        // Minting moves nobody's tokens: deny mode with no post condition.
+        self.call(
+            contract::MINT_MANY,
+            vec![Value::List(mints)],
+            vec![],
+            nonce,
+            min_fee,
+        )
+    }
+
+    fn build_burn_many(
+        &self,
+        burns: &[(PegOutRequestOp, StacksAddress)],
+        nonce: u64,
+        min_fee: Option<u64>,
+    ) -> Result<SignedStacksTx, Error> {
+        check_batch(burns.iter().map(|(o, _)| o.txid))?;
+        let mut per_requester: BTreeMap<String, (StacksAddress, u64)> = BTreeMap::new();
+        let mut elements = Vec::with_capacity(burns.len());
+        for (op, requester) in burns {
+            let amount = op.amount.to_sat();
+            let e = per_requester
+                .entry(requester.to_string())
+                .or_insert((*requester, 0));
+            e.1 = e.1.checked_add(amount).ok_or_else(|| {
+                Error::Build(format!("the burns of {requester} overflow 64 bits"))
+            })?;
+            elements.push(Value::Tuple(BTreeMap::from([
+                ("amount".to_owned(), amount_arg(amount)),
+                (
+                    "src".to_owned(),
+                    Value::Principal(PrincipalData::Standard(*requester)),
+                ),
+                ("peg-out-txid".to_owned(), contract::txid_arg(&op.txid)),
+            ])));
+        }
+        // Deny mode: each requester loses at most the sum of its requests
+        // (an element that fails burns nothing of it, so "at most", not
+        // "exactly": one requester short of sBTC must not abort the others).
+        let pcs = per_requester
+            .into_values()
+            .map(|(requester, amount)| PostCondition::Fungible {
+                principal: PostConditionPrincipal::Standard(requester),
+                asset: AssetInfo {
+                    contract: self.contract.clone(),
+                    asset_name: contract::SBTC_ASSET_NAME.into(),
+                },
+                code: FungibleConditionCode::SentLe,
+                amount,
+            })
+            .collect();
+        self.call(
+            contract::BURN_MANY,
+            vec![Value::List(elements)],
+            pcs,
+            nonce,
+            min_fee,
+        )
     }
 
     fn build_set_wallet_public_key(

@@ -279,6 +279,7 @@ fn through_relay(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
         state_path: None,
         network: None,
         contract: None,
+        rounds_in_flight: frost_coordinator::DEFAULT_ROUNDS_IN_FLIGHT,
     })
     .unwrap();
     let t = Instant::now();

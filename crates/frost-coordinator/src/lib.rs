@@ -11,7 +11,9 @@ mod relay_coordinator;
 
 pub use bitcoin;
 pub use frost_net::{SignItem, SignerFile, SignerInfo, SignerSet, SignerSetError, ToSign};
-pub use relay_coordinator::{RelayCoordinatorOptions, RelayFrostCoordinator};
+pub use relay_coordinator::{
+    RelayCoordinatorOptions, RelayFrostCoordinator, DEFAULT_ROUNDS_IN_FLIGHT,
+};
 pub use wsts;
 
 use bitcoin::secp256k1::{schnorr, PublicKey};
@@ -99,6 +101,17 @@ impl Error {
     }
 }
 
+/// One signing request: what [`FrostCoordinator::sign`] takes, for
+/// [`FrostCoordinator::sign_many`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignJob {
+    /// What the signers validate the request against (for a payout, the
+    /// unsigned transaction).
+    pub payload: Vec<u8>,
+    /// What to sign, in order.
+    pub items: Vec<SignItem>,
+}
+
 /// Runs FROST rounds with the signers.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 pub trait FrostCoordinator {
@@ -119,6 +132,16 @@ pub trait FrostCoordinator {
         payload: &[u8],
         items: &[SignItem],
     ) -> Result<Vec<schnorr::Signature>, Error>;
+
+    /// Signs every job as [`FrostCoordinator::sign`] would, with rounds of
+    /// several jobs (and of each job's items) in flight together; one
+    /// result per job, in order. A job's failure (a timeout, refusals)
+    /// leaves the others' results standing.
+    fn sign_many(&mut self, jobs: &[SignJob]) -> Vec<Result<Vec<schnorr::Signature>, Error>> {
+        jobs.iter()
+            .map(|j| self.sign(&j.payload, &j.items))
+            .collect()
+    }
 
     /// Returns the newest verified aggregate key, if any DKG succeeded.
     fn aggregate_public_key(&self) -> Option<PublicKey>;

@@ -61,7 +61,12 @@ pub struct RelayCoordinatorOptions {
     pub network: Option<String>,
     /// The contract of the envelope's domain (the signer file's `contract`).
     pub contract: Option<String>,
+    /// How many signing rounds may be in flight at once (at least 1).
+    pub rounds_in_flight: usize,
 }
+
+/// [`RelayCoordinatorOptions::rounds_in_flight`] unless configured.
+pub const DEFAULT_ROUNDS_IN_FLIGHT: usize = 8;
 
 impl RelayCoordinatorOptions {
     /// Options for the peg `file` describes, with the coordinator's key.
@@ -75,6 +80,7 @@ impl RelayCoordinatorOptions {
             state_path: None,
             network: file.network.clone(),
             contract: file.contract.clone(),
+            rounds_in_flight: DEFAULT_ROUNDS_IN_FLIGHT,
         }
     }
 }

@@ -137,6 +137,7 @@ impl Cluster {
             state_path: Some(self.dir.path().join("coordinator.json")),
             network: None,
             contract: None,
+            rounds_in_flight: frost_coordinator::DEFAULT_ROUNDS_IN_FLIGHT,
         })
         .unwrap()
     }

@@ -12,6 +12,18 @@ pub const SBTC_ASSET_NAME: &str = "sbtc";
 pub const MINT: &str = "mint!";
 /// `(burn! (amount uint) (src principal) (peg-out-txid (string-ascii 72)))`.
 pub const BURN: &str = "burn!";
+/// `(mint-many! (mints (list 200 {amount: uint, dst: principal, peg-in-txid: (string-ascii 72)})))`
+/// → `(ok (list 200 (response bool uint)))`: each element is a [`MINT`]
+/// under the same per-txid guard and with the same error codes; a failed
+/// element takes no effect and leaves the others standing.
+pub const MINT_MANY: &str = "mint-many!";
+/// `(burn-many! (burns (list 200 {amount: uint, src: principal, peg-out-txid: (string-ascii 72)})))`
+/// → `(ok (list 200 (response bool uint)))`, each element a [`BURN`], as for
+/// [`MINT_MANY`].
+pub const BURN_MANY: &str = "burn-many!";
+/// The most elements one [`MINT_MANY`] or [`BURN_MANY`] call takes (the
+/// contract's list bound).
+pub const MAX_BATCH: usize = 200;
 /// `(set-bitcoin-wallet-public-key (public-key (buff 33)))`.
 pub const SET_BITCOIN_WALLET_PUBLIC_KEY: &str = "set-bitcoin-wallet-public-key";
 /// `(set-coordinator-data (data {addr: principal, key: (buff 33)}))`.
