@@ -86,6 +86,9 @@
 
 mod store;
 
+// The shared mock fixture (`tests/mock_fixture`) names the crate.
+#[cfg(test)]
+extern crate self as signer_guard;
 #[cfg(test)]
 mod tests;
 
