@@ -16,7 +16,10 @@
 //! same-nonce replacement by a higher fee. Transactions are decoded with `stacks-wire`;
 //! signature, chain, nonce, fee and balance are checked as the node checks
 //! them, contract calls are type-checked against the sBTC contract and run on
-//! [`SbtcModel`] when mined, and post conditions are enforced.
+//! [`SbtcModel`] when mined (`mint-many!` / `burn-many!` element by
+//! element, post conditions judged on what the whole call moved), and post
+//! conditions are enforced. A mined block holds at most [`MAX_BLOCK_LEN`]
+//! bytes, as the real miner's blocks do; the rest waits for the next.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
