@@ -1,10 +1,16 @@
 //! [`FrostCoordinator`] over the relay, with wsts' FIRE coordinator.
 //!
 //! Every packet travels in the authenticated envelope ([`Codec`]). What an
-//! opened envelope says is then checked against the round in progress —
-//! only responses to this round, only from signers it asked, each once —
-//! before FIRE sees it, because FIRE trusts what it is given (it indexes
-//! maps with ids taken from messages).
+//! opened envelope says is then checked against the round it names — only
+//! responses to an open round's current iteration, only from signers it
+//! asked, each once — before that round's FIRE sees it, because FIRE trusts
+//! what it is given (it indexes maps with ids taken from messages).
+//!
+//! Signing rounds run several at once ([`RelayCoordinatorOptions::rounds_in_flight`]):
+//! one FIRE coordinator, deadline and set of sealed nonces per round, one
+//! poll loop routing each packet by its round id, every open round driven
+//! each pass so FIRE's timeouts advance; a job's refusal or timeout ends
+//! only that job's rounds.
 //!
 //! DKG is gated: FIRE's result counts only once every signer reported
 //! `KeyStored` for that key and a test signature by **every** signer
