@@ -230,7 +230,7 @@ fn many_jobs_of_several_items_sign_with_1_4_and_8_rounds_in_flight() {
             18,
             "one round per item, no retries"
         );
-        eprintln!("{n} in flight: 18 rounds in {took:?}");
+        log::info!("{n} in flight: 18 rounds in {took:?}");
     }
     // `sign` runs one job's items in parallel too.
     let mut coord = c.coordinator(Duration::from_secs(10), 8);
