@@ -67,9 +67,15 @@ pub struct RelayCoordinatorOptions {
     pub network: Option<String>,
     /// The contract of the envelope's domain (the signer file's `contract`).
     pub contract: Option<String>,
-    /// How many signing rounds may be in flight at once (at least 1).
+    /// How many signing rounds may be in flight at once (at least 1, at
+    /// most 64: a signer keeps 64 rounds' nonces open, so more in flight
+    /// would make it drop the nonces of rounds still running).
     pub rounds_in_flight: usize,
 }
+
+/// The most rounds in flight used whatever is configured: a signer's open
+/// rounds (`frost_signer::MAX_OPEN_ROUNDS`).
+const MAX_ROUNDS_IN_FLIGHT: usize = 64;
 
 /// [`RelayCoordinatorOptions::rounds_in_flight`] unless configured.
 pub const DEFAULT_ROUNDS_IN_FLIGHT: usize = 8;
@@ -377,6 +383,12 @@ impl RelayFrostCoordinator {
         );
         let codec = Codec::with_domain(domain, opts.set.clone(), coordinator);
         let config = fire_config(&opts, &opts.set).map_err(cfg_err)?;
+        if opts.rounds_in_flight > MAX_ROUNDS_IN_FLIGHT {
+            warn!(
+                "coordinator: {} rounds in flight configured; at most {MAX_ROUNDS_IN_FLIGHT} are run (the signers' open rounds)",
+                opts.rounds_in_flight
+            );
+        }
         let relay = RelayClient::new(&opts.relay_url, Duration::from_secs(10));
         let head = relay.head().map_err(|e| Error::Relay(e.to_string()))?;
         let mut c = RelayFrostCoordinator {
@@ -749,7 +761,7 @@ impl RelayFrostCoordinator {
         runs: &mut [JobRun],
         out: &mut [Option<Result<Vec<schnorr::Signature>, Error>>],
     ) {
-        let limit = self.opts.rounds_in_flight.max(1);
+        let limit = self.opts.rounds_in_flight.clamp(1, MAX_ROUNDS_IN_FLIGHT);
         let mut pending: VecDeque<(usize, usize)> = runs
             .iter()
             .enumerate()

@@ -483,3 +483,18 @@ fn a_relay_replaying_earlier_rounds_responses_into_open_rounds_changes_nothing()
         "{dropped} dropped of {replays} replayed"
     );
 }
+
+#[test]
+fn more_rounds_in_flight_than_a_signer_keeps_open_is_capped_at_its_table() {
+    let c = Cluster::new(3, 2, |_, _| {});
+    let agg = c
+        .coordinator(Duration::from_secs(10), 1)
+        .run_dkg_round()
+        .unwrap();
+    let mut coord = c.coordinator(Duration::from_secs(10), 1000);
+    let batch = jobs(agg, 0, 40, 2, b"payout");
+    for (job, r) in batch.iter().zip(coord.sign_many(&batch)) {
+        verify(&agg, job, &r.unwrap());
+    }
+    assert_eq!(coord.most_rounds_in_flight(), frost_signer::MAX_OPEN_ROUNDS);
+}
