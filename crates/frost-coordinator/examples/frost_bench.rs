@@ -5,6 +5,11 @@
 //! and relay delivery latency to 128 long-polling clients.
 //!
 //! `cargo run --release -p frost-coordinator --example frost_bench [-- 15x1 …]`
+//!
+//! `-- inflight [5x1 15x1 …] [jobs=200]`: `sign_many` of that many jobs of
+//! two items (like payouts) through the relay with 1, 4, 8 and 16 rounds in
+//! flight, beside the in-process CPU floor of the same rounds (all parties'
+//! CPU in one thread, over the cores).
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -18,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use frost_coordinator::{
-    FrostCoordinator, RelayCoordinatorOptions, RelayFrostCoordinator, SignerFile, SignerInfo,
-    SignerSet,
+    FrostCoordinator, RelayCoordinatorOptions, RelayFrostCoordinator, SignJob, SignerFile,
+    SignerInfo, SignerSet,
 };
 use frost_net::envelope::peek;
 use frost_net::messages::{Keyed, Message};
@@ -220,12 +225,12 @@ fn in_process(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
             items: vec![SignItem {
                 key: agg_key.get().unwrap(),
                 message: ToSign::Taproot {
-                    sighash: [i as u8; 32],
+                    sighash: round_sighash(i),
                 },
             }],
         });
         let start = coord
-            .start_signing_round(&[i as u8; 32], SignatureType::Taproot(None))
+            .start_signing_round(&round_sighash(i), SignatureType::Taproot(None))
             .unwrap();
         assert!(matches!(
             run(vec![request, wrap(start)], &mut coord),
@@ -304,6 +309,141 @@ fn through_relay(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
     (dkg, signs)
 }
 
+/// A distinct sighash per round.
+fn round_sighash(i: usize) -> [u8; 32] {
+    let mut h = [0x5a; 32];
+    h[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    h
+}
+
+/// `sign_many` of `jobs` jobs of two items through the relay, once per
+/// entry of `in_flight` (one cluster and key for all): the time of each.
+fn through_relay_many(n: u32, k: u32, jobs: usize, in_flight: &[usize]) -> Vec<Duration> {
+    let relay = RelayServer::start("127.0.0.1:0", RelayConfig::default()).unwrap();
+    let set = signer_set(n, k);
+    let secp = Secp256k1::new();
+    let ckey = key(0xc0, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = SignerFile {
+        relay_url: relay.url(),
+        coordinator_public_key: ckey.public_key(&secp),
+        state_dir: None,
+        network: None,
+        contract: None,
+        magic_bytes: None,
+        policy: Default::default(),
+        set: set.clone(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (1..=n)
+        .map(|id| {
+            let mut node = SignerNode::new(SignerOptions {
+                id,
+                file: file.clone(),
+                private_key: key(0x5e, id - 1),
+                state_path: dir.path().join(format!("s{id}.json")),
+                poll_wait: Duration::from_millis(500),
+                allow_rotation: false,
+                attest_interval: frost_signer::ATTEST_INTERVAL,
+            })
+            .unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || node.run(&stop))
+        })
+        .collect();
+    let coordinator = |rounds_in_flight: usize| {
+        RelayFrostCoordinator::new(RelayCoordinatorOptions {
+            set: set.clone(),
+            private_key: ckey,
+            relay_url: relay.url(),
+            dkg_timeout: Duration::from_secs(120),
+            sign_timeout: Duration::from_secs(60),
+            state_path: Some(dir.path().join("coordinator.json")),
+            network: None,
+            contract: None,
+            rounds_in_flight,
+        })
+        .unwrap()
+    };
+    let agg = coordinator(1).run_dkg_round().unwrap();
+    let mut times = vec![];
+    for (run, &f) in in_flight.iter().enumerate() {
+        let mut coord = coordinator(f);
+        let batch: Vec<SignJob> = (0..jobs)
+            .map(|j| SignJob {
+                payload: vec![],
+                items: (0..2)
+                    .map(|i| SignItem {
+                        key: agg,
+                        message: ToSign::Taproot {
+                            sighash: round_sighash((run * jobs + j) * 2 + i),
+                        },
+                    })
+                    .collect(),
+            })
+            .collect();
+        let t = Instant::now();
+        let out = coord.sign_many(&batch);
+        times.push(t.elapsed());
+        assert!(out.iter().all(Result::is_ok), "every job signed");
+        assert_eq!(coord.most_rounds_in_flight(), f.min(2 * jobs));
+        eprintln!("{n}x{k}: {f} in flight done");
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    times
+}
+
+/// `-- inflight`: rounds/s with 1, 4, 8, 16 rounds in flight, and the floor.
+fn inflight(args: &[String]) {
+    let jobs: usize = args
+        .iter()
+        .find_map(|a| a.strip_prefix("jobs=")?.parse().ok())
+        .unwrap_or(200);
+    let mut sizes: Vec<(u32, u32)> = args
+        .iter()
+        .filter_map(|a| {
+            let (n, k) = a.split_once('x')?;
+            Some((n.parse().ok()?, k.parse().ok()?))
+        })
+        .collect();
+    if sizes.is_empty() {
+        sizes = vec![(5, 1), (15, 1)];
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let rounds = 2 * jobs;
+    let in_flight = [1, 4, 8, 16];
+    println!(
+        "{jobs} jobs of 2 items ({rounds} rounds) through the relay, {cores} cores; \
+         floor = in-process CPU of the same rounds (all parties, one thread) / {cores}"
+    );
+    println!("| signers × keys | rounds in flight | time | rounds/s | vs 1 in flight | vs floor |");
+    println!("|---|---|---|---|---|---|");
+    for (n, k) in sizes {
+        let (_, signs) = in_process(n, k, rounds);
+        let cpu: Duration = signs.iter().sum();
+        let floor = cpu / u32::try_from(cores).unwrap_or(1);
+        eprintln!("{n}x{k} in-process done");
+        let times = through_relay_many(n, k, jobs, &in_flight);
+        println!(
+            "| {n}×{k} | floor | {:.2} s | {:.0} | | |",
+            floor.as_secs_f64(),
+            rounds as f64 / floor.as_secs_f64()
+        );
+        for (f, t) in in_flight.iter().zip(&times) {
+            println!(
+                "| {n}×{k} | {f} | {:.2} s | {:.0} | {:.2}× | {:.2}× |",
+                t.as_secs_f64(),
+                rounds as f64 / t.as_secs_f64(),
+                times[0].as_secs_f64() / t.as_secs_f64(),
+                t.as_secs_f64() / floor.as_secs_f64()
+            );
+        }
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -356,6 +496,11 @@ fn relay_latency(clients: usize, messages: usize) -> (Duration, Duration, Durati
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "inflight") {
+        inflight(&args[1..]);
+        return;
+    }
     let rounds = 10;
     println!("FROST rounds (wsts v2 + FIRE), median of {rounds} signing rounds");
     println!("| signers × keys | path | DKG | signing round (median) |");

@@ -1,10 +1,16 @@
 //! [`FrostCoordinator`] over the relay, with wsts' FIRE coordinator.
 //!
 //! Every packet travels in the authenticated envelope ([`Codec`]). What an
-//! opened envelope says is then checked against the round in progress —
-//! only responses to this round, only from signers it asked, each once —
-//! before FIRE sees it, because FIRE trusts what it is given (it indexes
-//! maps with ids taken from messages).
+//! opened envelope says is then checked against the round it names — only
+//! responses to an open round's current iteration, only from signers it
+//! asked, each once — before that round's FIRE sees it, because FIRE trusts
+//! what it is given (it indexes maps with ids taken from messages).
+//!
+//! Signing rounds run several at once ([`RelayCoordinatorOptions::rounds_in_flight`]):
+//! one FIRE coordinator, deadline and set of sealed nonces per round, one
+//! poll loop routing each packet by its round id, every open round driven
+//! each pass so FIRE's timeouts advance; a job's refusal or timeout ends
+//! only that job's rounds.
 //!
 //! DKG is gated: FIRE's result counts only once every signer reported
 //! `KeyStored` for that key and a test signature by **every** signer
@@ -16,17 +22,17 @@
 //! taken only from its holders), while envelopes are opened with the current
 //! set's message keys.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bitcoin::key::{Secp256k1, TapTweak};
 use bitcoin::secp256k1::{schnorr, Message as SecpMessage, PublicKey, SecretKey};
-use frost_net::messages::{KeyStored, Keyed, Message, Refusal};
+use frost_net::messages::{KeyStored, Keyed, Message};
 use frost_net::wsts::net as w;
 use frost_net::{
-    point, public_key, scalar, write_private_atomically, Codec, Envelope, KeySet, RoundId,
-    ShareRequest, SignItem, SignRequest, SignerFile, SignerSet, ToSign,
+    point, public_key, scalar, write_private_atomically, Codec, Envelope, KeySet, ShareRequest,
+    SignItem, SignRequest, SignerFile, SignerSet, ToSign,
 };
 use log::{debug, info, warn};
 use relay::RelayClient;
@@ -38,7 +44,7 @@ use wsts::state_machine::coordinator::{fire, Config, Coordinator as _, SavedStat
 use wsts::state_machine::{DkgError, OperationResult, SignError};
 use wsts::traits::Aggregator as _;
 
-use crate::{Error, FrostCoordinator, SignerAttestation};
+use crate::{Error, FrostCoordinator, SignJob, SignerAttestation};
 
 type Fire = fire::Coordinator<wsts::v2::Aggregator>;
 
@@ -61,9 +67,15 @@ pub struct RelayCoordinatorOptions {
     pub network: Option<String>,
     /// The contract of the envelope's domain (the signer file's `contract`).
     pub contract: Option<String>,
-    /// How many signing rounds may be in flight at once (at least 1).
+    /// How many signing rounds may be in flight at once (at least 1, at
+    /// most 64: a signer keeps 64 rounds' nonces open, so more in flight
+    /// would make it drop the nonces of rounds still running).
     pub rounds_in_flight: usize,
 }
+
+/// The most rounds in flight used whatever is configured: a signer's open
+/// rounds (`frost_signer::MAX_OPEN_ROUNDS`).
+const MAX_ROUNDS_IN_FLIGHT: usize = 64;
 
 /// [`RelayCoordinatorOptions::rounds_in_flight`] unless configured.
 pub const DEFAULT_ROUNDS_IN_FLIGHT: usize = 8;
@@ -132,21 +144,17 @@ pub struct RelayFrostCoordinator {
     rejected: u64,
     refused: u64,
     attestations: BTreeMap<u32, SignerAttestation>,
-    /// The sealed envelopes of the nonce responses of the current signing
-    /// round, by round and (1-based) signer, exactly as posted: a share
-    /// request embeds those of every signer it lists.
-    nonce_envelopes: NonceEnvelopes,
+    /// The most signing rounds open at once so far.
+    peak_in_flight: usize,
 }
 
-/// Sealed nonce responses by (round, 1-based signer): the decoded response
-/// and its envelope's bytes.
-type NonceEnvelopes = HashMap<(RoundId, u32), Vec<(w::NonceResponse, Vec<u8>)>>;
-
-/// At most this many different nonce responses are kept per signer and
-/// round (an honest signer sends one, repeated identically).
-const NONCE_ENVELOPES_PER_SIGNER: usize = 4;
-/// At most this many (round, signer) entries are kept between rounds.
-const NONCE_ENVELOPE_ENTRIES: usize = 4096;
+/// The sealed nonce responses one signing round (its current iteration)
+/// gave FIRE, by (1-based) signer: the decoded response and its envelope's
+/// bytes, exactly as posted. A share request embeds those of every signer
+/// it lists. Each round holds its own (at most one per holder of its key)
+/// and drops them when it ends or starts another iteration, so with N
+/// rounds open at most N × (signers) are kept.
+type Sealed = HashMap<u32, (w::NonceResponse, Vec<u8>)>;
 
 impl std::fmt::Debug for RelayFrostCoordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -226,23 +234,120 @@ fn verifies(key: &PublicKey, digest: &[u8; 32], sig: &schnorr::Signature) -> boo
     .is_ok()
 }
 
-/// What the current signing round accepts.
+/// What a signing round accepts.
 struct SignTrack {
     key: PublicKey,
     dkg_id: u64,
     sign_id: u64,
     iter: u64,
     message: Vec<u8>,
-    request_id: u64,
     nonce_from: HashSet<u32>,
     share_asked: HashSet<u32>,
     share_from: HashSet<u32>,
 }
 
 impl SignTrack {
-    fn ids(&self, dkg_id: u64, sign_id: u64, iter: u64) -> bool {
-        (dkg_id, sign_id, iter) == (self.dkg_id, self.sign_id, self.iter)
+    /// Whether (key, DKG round, signing round, iteration) are this round's
+    /// current ones.
+    fn is(&self, key: &PublicKey, dkg_id: u64, sign_id: u64, iter: u64) -> bool {
+        *key == self.key && (dkg_id, sign_id, iter) == (self.dkg_id, self.sign_id, self.iter)
     }
+}
+
+/// One signing round in flight: its own FIRE coordinator, what it accepts,
+/// the sealed nonces its share request embeds, and its own deadline.
+struct Round {
+    /// Its job's index in the run's jobs, and its item's in the job.
+    job: usize,
+    item: usize,
+    /// The set its key was made under.
+    holders: SignerSet,
+    digest: [u8; 32],
+    fire: Fire,
+    track: SignTrack,
+    sealed: Sealed,
+    began: Instant,
+    deadline: Instant,
+    /// What was routed to it since its FIRE last ran.
+    inbox: Vec<Packet>,
+}
+
+impl Round {
+    /// Records what the round's FIRE sent: a nonce request starts an
+    /// iteration (what the last one accepted, and its nonces, are dropped).
+    fn sent(&mut self, p: &Packet) {
+        let track = &mut self.track;
+        match &p.msg {
+            w::Message::NonceRequest(r) => {
+                track.iter = r.sign_iter_id;
+                track.nonce_from.clear();
+                track.share_asked.clear();
+                track.share_from.clear();
+                self.sealed.clear();
+            }
+            w::Message::SignatureShareRequest(r) => {
+                track.share_asked = r.nonce_responses.iter().map(|n| n.signer_id + 1).collect();
+                track.share_from.clear();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One job of a [`FrostCoordinator::sign_many`] call while its rounds run.
+struct JobRun {
+    /// Its index in the caller's jobs.
+    index: usize,
+    /// Its request's id; its rounds' ids follow, one per item.
+    request_id: u64,
+    /// Each item's key.
+    entries: Vec<StoredKey>,
+    /// Who refused it, and the rule each named.
+    refusals: BTreeMap<u32, String>,
+    /// The refusals put a key's threshold out of reach: it fails once what
+    /// is on the relay was read.
+    refused: bool,
+    /// Each item's verified signature, once made.
+    sigs: Vec<Option<schnorr::Signature>>,
+    /// It has its result.
+    done: bool,
+}
+
+impl JobRun {
+    /// The round id of item `item`.
+    fn sign_id(&self, item: usize) -> u64 {
+        self.request_id
+            .saturating_add(1)
+            .saturating_add(u64::try_from(item).unwrap_or(u64::MAX))
+    }
+
+    /// Whether `id` is this job's request id or one of its round ids.
+    fn covers(&self, id: u64) -> bool {
+        let rounds = u64::try_from(self.entries.len()).unwrap_or(u64::MAX);
+        (self.request_id..=self.request_id.saturating_add(rounds)).contains(&id)
+    }
+}
+
+/// Ends job `j` with `e` unless it has its result: its other rounds stop
+/// (their FIRE state and sealed nonces are dropped); the other jobs' rounds
+/// run on.
+fn fail_job(
+    runs: &mut [JobRun],
+    out: &mut [Option<Result<Vec<schnorr::Signature>, Error>>],
+    open: &mut BTreeMap<u64, Round>,
+    j: usize,
+    e: Error,
+) {
+    let Some(run) = runs.get_mut(j) else {
+        return;
+    };
+    if run.done {
+        return;
+    }
+    run.done = true;
+    warn!("coordinator: sign request {} failed: {e}", run.request_id);
+    open.retain(|_, r| r.job != j);
+    out[run.index] = Some(Err(e));
 }
 
 /// What the current DKG accepts, and what it has seen.
@@ -278,6 +383,12 @@ impl RelayFrostCoordinator {
         );
         let codec = Codec::with_domain(domain, opts.set.clone(), coordinator);
         let config = fire_config(&opts, &opts.set).map_err(cfg_err)?;
+        if opts.rounds_in_flight > MAX_ROUNDS_IN_FLIGHT {
+            warn!(
+                "coordinator: {} rounds in flight configured; at most {MAX_ROUNDS_IN_FLIGHT} are run (the signers' open rounds)",
+                opts.rounds_in_flight
+            );
+        }
         let relay = RelayClient::new(&opts.relay_url, Duration::from_secs(10));
         let head = relay.head().map_err(|e| Error::Relay(e.to_string()))?;
         let mut c = RelayFrostCoordinator {
@@ -291,7 +402,7 @@ impl RelayFrostCoordinator {
             rejected: 0,
             refused: 0,
             attestations: BTreeMap::new(),
-            nonce_envelopes: HashMap::new(),
+            peak_in_flight: 0,
             opts,
         };
         if let Some(path) = c.opts.state_path.clone().filter(|p| p.exists()) {
@@ -350,6 +461,12 @@ impl RelayFrostCoordinator {
         self.rejected
     }
 
+    /// Returns the most signing rounds that were open at once (in flight
+    /// together) since the coordinator was built.
+    pub fn most_rounds_in_flight(&self) -> usize {
+        self.peak_in_flight
+    }
+
     /// Returns how many packets were refused before decoding (bad envelope).
     pub fn refused_packets(&self) -> u64 {
         self.refused
@@ -381,9 +498,10 @@ impl RelayFrostCoordinator {
             .map_err(|e| Error::Relay(e.to_string()))
     }
 
-    /// Posts a FIRE packet, wrapped for the round's key.
-    fn post_fire(&self, p: Packet, key: Option<&PublicKey>) -> Result<(), Error> {
-        let m = match (p.msg, key) {
+    /// Posts a FIRE packet, wrapped for the round's key (a signing round
+    /// also gives the sealed nonce responses its share request embeds).
+    fn post_fire(&self, p: Packet, round: Option<(&PublicKey, &Sealed)>) -> Result<(), Error> {
+        let m = match (p.msg, round) {
             (w::Message::DkgBegin(m), _) => Message::DkgBegin(m),
             // FIRE leaves the key ids empty; the signers' checks want exactly
             // the listed signers' key ids (so the list is covered twice).
@@ -395,11 +513,11 @@ impl RelayFrostCoordinator {
                 m.key_ids = self.key_ids_of(&m.signer_ids);
                 Message::DkgEndBegin(m)
             }
-            (w::Message::NonceRequest(msg), Some(key)) => {
+            (w::Message::NonceRequest(msg), Some((key, _))) => {
                 Message::NonceRequest(Keyed { key: *key, msg })
             }
-            (w::Message::SignatureShareRequest(msg), Some(key)) => {
-                Message::SignatureShareRequest(self.share_request(*key, msg)?)
+            (w::Message::SignatureShareRequest(msg), Some((key, sealed))) => {
+                Message::SignatureShareRequest(Self::share_request(*key, msg, sealed)?)
             }
             (other, _) => {
                 return Err(Error::SigningFailed(format!(
@@ -411,58 +529,30 @@ impl RelayFrostCoordinator {
     }
 
     /// A share request for `msg` embedding the sealed nonce response of
-    /// every signer it lists, as each posted it: signers answer only when
-    /// every other listed entry is that signer's own signed response.
+    /// every signer it lists, as each posted it (`sealed`, the round's own):
+    /// signers answer only when every other listed entry is that signer's
+    /// own signed response.
     fn share_request(
-        &self,
         key: PublicKey,
         msg: w::SignatureShareRequest,
+        sealed: &Sealed,
     ) -> Result<ShareRequest, Error> {
-        let round = RoundId {
-            key,
-            dkg_id: msg.dkg_id,
-            sign_id: msg.sign_id,
-            sign_iter_id: msg.sign_iter_id,
-        };
         let mut nonce_envelopes = Vec::with_capacity(msg.nonce_responses.len());
         for n in &msg.nonce_responses {
             let signer = n.signer_id.saturating_add(1);
-            let sealed = self
-                .nonce_envelopes
-                .get(&(round, signer))
-                .and_then(|v| v.iter().find(|(r, _)| r == n))
-                .ok_or_else(|| {
-                    Error::SigningFailed(format!(
-                        "no sealed nonce response of signer {signer} for round {}/{} to embed",
-                        msg.sign_id, msg.sign_iter_id
-                    ))
-                })?;
-            nonce_envelopes.push(sealed.1.clone());
+            let bytes = sealed.get(&signer).filter(|(r, _)| r == n).ok_or_else(|| {
+                Error::SigningFailed(format!(
+                    "no sealed nonce response of signer {signer} for round {}/{} to embed",
+                    msg.sign_id, msg.sign_iter_id
+                ))
+            })?;
+            nonce_envelopes.push(bytes.1.clone());
         }
         Ok(ShareRequest {
             key,
             msg,
             nonce_envelopes,
         })
-    }
-
-    /// Keeps the sealed envelope of an authentic nonce response.
-    fn keep_nonce_envelope(&mut self, signer: u32, r: &Keyed<w::NonceResponse>, bytes: Vec<u8>) {
-        let round = RoundId {
-            key: r.key,
-            dkg_id: r.msg.dkg_id,
-            sign_id: r.msg.sign_id,
-            sign_iter_id: r.msg.sign_iter_id,
-        };
-        if !self.nonce_envelopes.contains_key(&(round, signer))
-            && self.nonce_envelopes.len() >= NONCE_ENVELOPE_ENTRIES
-        {
-            return;
-        }
-        let kept = self.nonce_envelopes.entry((round, signer)).or_default();
-        if kept.len() < NONCE_ENVELOPES_PER_SIGNER && !kept.iter().any(|(m, _)| *m == r.msg) {
-            kept.push((r.msg.clone(), bytes));
-        }
     }
 
     /// The key ids of the (wsts, 0-based) signers `ids`, sorted.
@@ -478,6 +568,16 @@ impl RelayFrostCoordinator {
 
     /// Reads what arrived within `wait`: authentic envelopes only.
     fn poll(&mut self, wait: Duration) -> Result<Vec<Envelope>, Error> {
+        Ok(self
+            .poll_sealed(wait)?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect())
+    }
+
+    /// Reads what arrived within `wait`: authentic envelopes, each with its
+    /// sealed bytes (what a share request embeds of a nonce response).
+    fn poll_sealed(&mut self, wait: Duration) -> Result<Vec<(Envelope, Vec<u8>)>, Error> {
         let batch = self
             .relay
             .poll_tags(self.cursor, wait, frost_net::COORDINATOR_TAGS)
@@ -493,14 +593,7 @@ impl RelayFrostCoordinator {
                     sender: frost_net::Sender::Signer(signer),
                     message: Message::Attestation(a),
                 }) => self.keep_attestation(signer, a, bytes),
-                Ok(e) => {
-                    if let (frost_net::Sender::Signer(signer), Message::NonceResponse(r)) =
-                        (e.sender, &e.message)
-                    {
-                        self.keep_nonce_envelope(signer, r, bytes);
-                    }
-                    out.push(e);
-                }
+                Ok(e) => out.push((e, bytes)),
                 Err(e) => {
                     self.refused += 1;
                     warn!("coordinator: message {seq} refused: {e}");
@@ -562,51 +655,12 @@ impl RelayFrostCoordinator {
             .fold(0, u32::saturating_add)
     }
 
-    /// Records a refusal; fails when the refusals leave the threshold out
-    /// of reach.
-    fn refusal(
-        &mut self,
-        set: &SignerSet,
-        refusals: &mut BTreeMap<u32, String>,
-        sender: u32,
-        r: &Refusal,
-        ids: &[u64],
-    ) -> Result<(), Error> {
-        warn!(
-            "coordinator: signer {sender} refused request {}: {}",
-            r.request, r.rule
-        );
-        refusals.entry(sender).or_insert_with(|| r.rule.clone());
-        // Only the key's holders count: a signer the key's set never had
-        // refuses a round of it, and that changes nothing.
+    /// Whether `refusals` leave the threshold of a key made under `set` out
+    /// of reach. Only the key's holders count: a signer the key's set never
+    /// had refuses a round of it, and that changes nothing.
+    fn out_of_reach(set: &SignerSet, refusals: &BTreeMap<u32, String>) -> bool {
         let refused = Self::signer_keys(set, refusals.keys().copied());
-        if set.num_keys().saturating_sub(refused) < set.threshold {
-            // The round ends now; refusals already on the relay are named too.
-            if let Ok(more) = self.poll(Duration::ZERO) {
-                for env in more {
-                    if let (frost_net::Sender::Signer(id), Message::Refusal(r)) =
-                        (env.sender, &env.message)
-                    {
-                        if ids.contains(&r.request) {
-                            refusals.entry(id).or_insert_with(|| r.rule.clone());
-                        }
-                    }
-                }
-            }
-            info!(
-                "coordinator: request {} refused by signers holding {refused} of {} keys; the threshold {} is out of reach",
-                r.request,
-                set.num_keys(),
-                set.threshold
-            );
-            return Err(Error::Refused {
-                refusals: refusals
-                    .iter()
-                    .map(|(id, rule)| (*id, rule.clone()))
-                    .collect(),
-            });
-        }
-        Ok(())
+        set.num_keys().saturating_sub(refused) < set.threshold
     }
 
     /// A FIRE coordinator holding `k`, idle at our counters.
@@ -629,133 +683,379 @@ impl RelayFrostCoordinator {
         Ok(fire)
     }
 
-    /// One FIRE signing round of `digest` with key `k`.
-    fn fire_round(
-        &mut self,
-        k: &StoredKey,
-        digest: &[u8; 32],
-        request_id: u64,
-        sign_id: u64,
-        refusals: &mut BTreeMap<u32, String>,
-    ) -> Result<schnorr::Signature, Error> {
-        // `sign_id` was persisted as spent before the request went out.
-        let mut fire = self.fire_for(k, sign_id - 1)?;
-        self.nonce_envelopes.clear();
-        let holders = k.made_under(&self.opts.set).clone();
-        let start = fire
-            .start_signing_round(digest, SignatureType::Taproot(None))
-            .map_err(|e| Error::SigningFailed(format!("signing: {e:?}")))?;
-        let mut track = SignTrack {
-            key: k.key,
-            dkg_id: k.dkg_id,
-            sign_id,
-            iter: 0,
-            message: digest.to_vec(),
-            request_id,
-            nonce_from: HashSet::new(),
-            share_asked: HashSet::new(),
-            share_from: HashSet::new(),
-        };
-        let timeout = self.opts.sign_timeout;
-        let began = Instant::now();
-        let deadline = began + timeout;
-        Self::track_sent(&mut track, &start);
-        self.post_fire(start, Some(&k.key))?;
-        let result = loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Timeout {
-                    round: "signing",
-                    waited: began.elapsed(),
-                    missing: self.silent(&track.nonce_from),
-                });
+    /// Runs every job's rounds, up to `rounds_in_flight` at once; one
+    /// result per job, in order.
+    fn run_jobs(&mut self, jobs: &[SignJob]) -> Vec<Result<Vec<schnorr::Signature>, Error>> {
+        let mut out: Vec<Option<Result<Vec<schnorr::Signature>, Error>>> = vec![None; jobs.len()];
+        let mut runs = Vec::with_capacity(jobs.len());
+        for (index, job) in jobs.iter().enumerate() {
+            if job.items.is_empty() {
+                out[index] = Some(Ok(vec![]));
+                continue;
             }
-            let inbound = self.poll((deadline - now).min(Duration::from_millis(100)))?;
-            let mut packets = Vec::with_capacity(inbound.len());
-            for env in inbound {
-                let frost_net::Sender::Signer(sender) = env.sender else {
+            match job
+                .items
+                .iter()
+                .map(|i| self.key_entry(&i.key))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(entries) => runs.push(JobRun {
+                    index,
+                    request_id: 0,
+                    sigs: vec![None; entries.len()],
+                    entries,
+                    refusals: BTreeMap::new(),
+                    refused: false,
+                    done: false,
+                }),
+                Err(e) => out[index] = Some(Err(e)),
+            }
+        }
+        if !runs.is_empty() {
+            // Every request's id and one round id per item, all spent
+            // (persisted) at once before anything goes out: one fsync for
+            // the whole batch.
+            for r in &mut runs {
+                r.request_id = self.sign_id.saturating_add(1);
+                let rounds = u64::try_from(r.entries.len()).unwrap_or(u64::MAX);
+                self.sign_id = r.request_id.saturating_add(rounds);
+            }
+            if let Err(e) = self.persist() {
+                for r in &mut runs {
+                    out[r.index] = Some(Err(e.clone()));
+                    r.done = true;
+                }
+            }
+        }
+        for r in runs.iter_mut().filter(|r| !r.done) {
+            let job = &jobs[r.index];
+            let request = Message::SignRequest(SignRequest {
+                id: r.request_id,
+                payload: job.payload.clone(),
+                items: job.items.clone(),
+            });
+            if let Err(e) = self.post(&request) {
+                out[r.index] = Some(Err(e));
+                r.done = true;
+            }
+        }
+        self.drive_rounds(jobs, &mut runs, &mut out);
+        out.into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Err(Error::SigningFailed(
+                        "the request ended with no result".into(),
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The poll loop of [`Self::run_jobs`]: opens rounds while fewer than
+    /// `rounds_in_flight` are open, reads the relay once per pass, routes
+    /// each packet to the round its ids name, and drives every open round's
+    /// FIRE (with no packets too, so its timeouts and iterations advance).
+    fn drive_rounds(
+        &mut self,
+        jobs: &[SignJob],
+        runs: &mut [JobRun],
+        out: &mut [Option<Result<Vec<schnorr::Signature>, Error>>],
+    ) {
+        let limit = self.opts.rounds_in_flight.clamp(1, MAX_ROUNDS_IN_FLIGHT);
+        let mut pending: VecDeque<(usize, usize)> = runs
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.done)
+            .flat_map(|(j, r)| (0..r.entries.len()).map(move |i| (j, i)))
+            .collect();
+        let mut open: BTreeMap<u64, Round> = BTreeMap::new();
+        loop {
+            while open.len() < limit {
+                let Some((j, i)) = pending.pop_front() else {
+                    break;
+                };
+                if runs[j].done {
+                    continue;
+                }
+                let item = &jobs[runs[j].index].items[i];
+                match self.open_round(&runs[j], j, i, item) {
+                    Ok(r) => {
+                        open.insert(r.track.sign_id, r);
+                    }
+                    Err(e) => fail_job(runs, out, &mut open, j, e),
+                }
+            }
+            self.peak_in_flight = self.peak_in_flight.max(open.len());
+            if open.is_empty() {
+                // Fewer than `limit` open and nothing pending: all done.
+                break;
+            }
+            // Each round has its own deadline.
+            let now = Instant::now();
+            let expired: Vec<u64> = open
+                .iter()
+                .filter(|(_, r)| now >= r.deadline)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                if let Some(r) = open.remove(&id) {
+                    let e = Error::Timeout {
+                        round: "signing",
+                        waited: r.began.elapsed(),
+                        missing: self.silent(&r.track.nonce_from),
+                    };
+                    fail_job(runs, out, &mut open, r.job, e);
+                }
+            }
+            let Some(wait) = open
+                .values()
+                .map(|r| r.deadline.saturating_duration_since(now))
+                .min()
+            else {
+                continue;
+            };
+            let inbound = match self.poll_sealed(wait.min(Duration::from_millis(100))) {
+                Ok(v) => v,
+                Err(e) => {
+                    for j in 0..runs.len() {
+                        fail_job(runs, out, &mut open, j, e.clone());
+                    }
+                    return;
+                }
+            };
+            self.route(inbound, runs, &mut open);
+            if runs.iter().any(|r| r.refused && !r.done) {
+                // Those jobs end now; refusals already on the relay are
+                // named too.
+                if let Ok(more) = self.poll_sealed(Duration::ZERO) {
+                    self.route(more, runs, &mut open);
+                }
+                for j in 0..runs.len() {
+                    if runs[j].refused && !runs[j].done {
+                        info!(
+                            "coordinator: request {} refused by signers {:?}; the threshold is out of reach",
+                            runs[j].request_id,
+                            runs[j].refusals.keys().collect::<Vec<_>>()
+                        );
+                        let e = Error::Refused {
+                            refusals: runs[j]
+                                .refusals
+                                .iter()
+                                .map(|(id, rule)| (*id, rule.clone()))
+                                .collect(),
+                        };
+                        fail_job(runs, out, &mut open, j, e);
+                    }
+                }
+            }
+            let ids: Vec<u64> = open.keys().copied().collect();
+            for id in ids {
+                let Some(mut r) = open.remove(&id) else {
                     continue;
                 };
-                match env.message {
-                    Message::NonceResponse(r)
-                        if r.key == track.key
-                            && track.ids(r.msg.dkg_id, r.msg.sign_id, r.msg.sign_iter_id)
-                            && r.msg.message == track.message
-                            && holds(&holders, sender, &r.msg.key_ids) =>
-                    {
-                        if track.nonce_from.insert(sender) {
-                            packets.push(Packet {
-                                msg: w::Message::NonceResponse(r.msg),
-                                sig: vec![],
-                            });
-                        } else {
-                            self.stale(format_args!(
-                                "a duplicate nonce response of signer {sender}"
-                            ));
+                match self.step_round(&mut r) {
+                    Ok(None) => {
+                        open.insert(id, r);
+                    }
+                    Ok(Some(sig)) => {
+                        let run = &mut runs[r.job];
+                        if let Some(slot) = run.sigs.get_mut(r.item) {
+                            *slot = Some(sig);
+                        }
+                        if !run.done && run.sigs.iter().all(Option::is_some) {
+                            run.done = true;
+                            out[run.index] = Some(Ok(run.sigs.iter().flatten().copied().collect()));
                         }
                     }
-                    Message::SignatureShareResponse(r)
-                        if r.key == track.key
-                            && track.ids(r.msg.dkg_id, r.msg.sign_id, r.msg.sign_iter_id) =>
-                    {
-                        if track.share_asked.contains(&sender) && track.share_from.insert(sender) {
-                            packets.push(Packet {
-                                msg: w::Message::SignatureShareResponse(r.msg),
-                                sig: vec![],
-                            });
-                        } else {
-                            self.stale(format_args!(
-                                "an unasked or duplicate share of signer {sender}"
-                            ));
-                        }
-                    }
-                    Message::Refusal(r)
-                        if r.request == track.request_id || r.request == track.sign_id =>
-                    {
-                        self.refusal(
-                            &holders,
-                            refusals,
-                            sender,
-                            &r,
-                            &[track.request_id, track.sign_id],
-                        )?;
-                    }
-                    other => {
+                    Err(e) => fail_job(runs, out, &mut open, r.job, e),
+                }
+            }
+        }
+    }
+
+    /// Opens round `item` of job `j`: its own FIRE coordinator, deadline and
+    /// sealed nonces; posts its nonce request.
+    fn open_round(
+        &self,
+        run: &JobRun,
+        job: usize,
+        item: usize,
+        what: &SignItem,
+    ) -> Result<Round, Error> {
+        let k = run
+            .entries
+            .get(item)
+            .ok_or_else(|| Error::SigningFailed(format!("no item {item} in the request")))?;
+        let sign_id = run.sign_id(item);
+        let digest = what.message.digest();
+        // `sign_id` was persisted as spent before the request went out.
+        let mut fire = self.fire_for(k, sign_id - 1)?;
+        let start = fire
+            .start_signing_round(&digest, SignatureType::Taproot(None))
+            .map_err(|e| Error::SigningFailed(format!("signing: {e:?}")))?;
+        let began = Instant::now();
+        let mut r = Round {
+            job,
+            item,
+            holders: k.made_under(&self.opts.set).clone(),
+            digest,
+            fire,
+            track: SignTrack {
+                key: k.key,
+                dkg_id: k.dkg_id,
+                sign_id,
+                iter: 0,
+                message: digest.to_vec(),
+                nonce_from: HashSet::new(),
+                share_asked: HashSet::new(),
+                share_from: HashSet::new(),
+            },
+            sealed: Sealed::new(),
+            began,
+            deadline: began + self.opts.sign_timeout,
+            inbox: vec![],
+        };
+        r.sent(&start);
+        self.post_fire(start, Some((&r.track.key, &r.sealed)))?;
+        Ok(r)
+    }
+
+    /// Routes what was read to the rounds its ids (key, DKG round, signing
+    /// round, iteration) name, and refusals to the job whose request or
+    /// round they name; everything else is stale.
+    fn route(
+        &mut self,
+        inbound: Vec<(Envelope, Vec<u8>)>,
+        runs: &mut [JobRun],
+        open: &mut BTreeMap<u64, Round>,
+    ) {
+        for (env, bytes) in inbound {
+            let frost_net::Sender::Signer(sender) = env.sender else {
+                continue;
+            };
+            match env.message {
+                Message::NonceResponse(r) => {
+                    let m = &r.msg;
+                    let Some(round) = open.get_mut(&m.sign_id).filter(|o| {
+                        o.track.is(&r.key, m.dkg_id, m.sign_id, m.sign_iter_id)
+                            && m.message == o.track.message
+                            && holds(&o.holders, sender, &m.key_ids)
+                    }) else {
                         self.stale(format_args!(
-                            "a {:?} of signer {sender} not for this round",
-                            other.kind()
+                            "a nonce response of signer {sender} for no open round ({}/{})",
+                            m.sign_id, m.sign_iter_id
+                        ));
+                        continue;
+                    };
+                    if round.track.nonce_from.insert(sender) {
+                        round.sealed.insert(sender, (r.msg.clone(), bytes));
+                        round.inbox.push(Packet {
+                            msg: w::Message::NonceResponse(r.msg),
+                            sig: vec![],
+                        });
+                    } else {
+                        self.stale(format_args!(
+                            "a duplicate nonce response of signer {sender}"
                         ));
                     }
                 }
-            }
-            let (outbound, results) = fire.process_inbound_messages(&packets).map_err(|e| {
-                match e {
-                    // FIRE's nonce phase ended with no nonce at all: every
-                    // signer is silent; name them.
-                    wsts::state_machine::coordinator::Error::MissingMessageNonceInfo => {
-                        Error::Timeout {
-                            round: "signing",
-                            waited: began.elapsed(),
-                            missing: self.silent(&track.nonce_from),
-                        }
+                Message::SignatureShareResponse(r) => {
+                    let m = &r.msg;
+                    let Some(round) = open
+                        .get_mut(&m.sign_id)
+                        .filter(|o| o.track.is(&r.key, m.dkg_id, m.sign_id, m.sign_iter_id))
+                    else {
+                        self.stale(format_args!(
+                            "a share of signer {sender} for no open round ({}/{})",
+                            m.sign_id, m.sign_iter_id
+                        ));
+                        continue;
+                    };
+                    if round.track.share_asked.contains(&sender)
+                        && round.track.share_from.insert(sender)
+                    {
+                        round.inbox.push(Packet {
+                            msg: w::Message::SignatureShareResponse(r.msg),
+                            sig: vec![],
+                        });
+                    } else {
+                        self.stale(format_args!(
+                            "an unasked or duplicate share of signer {sender}"
+                        ));
                     }
-                    other => Error::SigningFailed(format!("signing: {other:?}")),
                 }
-            })?;
-            for p in outbound {
-                Self::track_sent(&mut track, &p);
-                self.post_fire(p, Some(&k.key))?;
+                Message::Refusal(r) => {
+                    let Some(run) = runs
+                        .iter_mut()
+                        .find(|run| !run.done && run.covers(r.request))
+                    else {
+                        self.stale(format_args!(
+                            "a refusal of signer {sender} of no open request ({})",
+                            r.request
+                        ));
+                        continue;
+                    };
+                    warn!(
+                        "coordinator: signer {sender} refused request {}: {}",
+                        r.request, r.rule
+                    );
+                    run.refusals.entry(sender).or_insert(r.rule);
+                    let current = &self.opts.set;
+                    if run
+                        .entries
+                        .iter()
+                        .any(|k| Self::out_of_reach(k.made_under(current), &run.refusals))
+                    {
+                        run.refused = true;
+                    }
+                }
+                other => {
+                    self.stale(format_args!(
+                        "a {:?} of signer {sender} not for an open round",
+                        other.kind()
+                    ));
+                }
             }
-            if let Some(r) = results.into_iter().next() {
-                break r;
+        }
+    }
+
+    /// Feeds round `r`'s FIRE what was routed to it (maybe nothing), posts
+    /// what it answers; its signature, verified, once it has one.
+    fn step_round(&self, r: &mut Round) -> Result<Option<schnorr::Signature>, Error> {
+        let packets = std::mem::take(&mut r.inbox);
+        let (outbound, results) = r.fire.process_inbound_messages(&packets).map_err(|e| {
+            match e {
+                // FIRE's nonce phase ended with no nonce at all: every
+                // signer is silent; name them.
+                wsts::state_machine::coordinator::Error::MissingMessageNonceInfo => {
+                    Error::Timeout {
+                        round: "signing",
+                        waited: r.began.elapsed(),
+                        missing: self.silent(&r.track.nonce_from),
+                    }
+                }
+                other => Error::SigningFailed(format!("signing: {other:?}")),
             }
-        };
+        })?;
+        for p in outbound {
+            r.sent(&p);
+            self.post_fire(p, Some((&r.track.key, &r.sealed)))?;
+        }
+        match results.into_iter().next() {
+            None => Ok(None),
+            Some(result) => Self::round_result(r, result).map(Some),
+        }
+    }
+
+    /// What FIRE's `result` of round `r` means: a signature that verifies
+    /// against the round's key, or the error naming who is missing.
+    fn round_result(r: &Round, result: OperationResult) -> Result<schnorr::Signature, Error> {
         match result {
             OperationResult::SignTaproot(proof) => {
                 let sig = schnorr::Signature::from_slice(&proof.to_bytes())
                     .map_err(|e| Error::SigningFailed(format!("aggregate signature: {e}")))?;
                 // Check it before anyone relies on it.
-                if verifies(&k.key, digest, &sig) {
+                if verifies(&r.track.key, &r.digest, &sig) {
                     Ok(sig)
                 } else {
                     Err(Error::SigningFailed(
@@ -766,7 +1066,8 @@ impl RelayFrostCoordinator {
             OperationResult::SignError(e) => Err(match e {
                 SignError::NonceTimeout(answered, malicious) => {
                     let answered: HashSet<u32> = answered.into_iter().collect();
-                    let missing = holders
+                    let missing = r
+                        .holders
                         .signers
                         .iter()
                         .map(|s| s.wsts_id())
@@ -774,13 +1075,13 @@ impl RelayFrostCoordinator {
                         .chain(malicious);
                     Error::Timeout {
                         round: "signing",
-                        waited: began.elapsed(),
+                        waited: r.began.elapsed(),
                         missing: to_one_based(missing),
                     }
                 }
                 SignError::InsufficientSigners(bad) => Error::Timeout {
                     round: "signing",
-                    waited: began.elapsed(),
+                    waited: r.began.elapsed(),
                     missing: to_one_based(bad),
                 },
                 other => Error::SigningFailed(format!("{other:?}")),
@@ -800,22 +1101,6 @@ impl RelayFrostCoordinator {
             .map(|s| s.id)
             .filter(|id| !answered.contains(id))
             .collect()
-    }
-
-    fn track_sent(track: &mut SignTrack, p: &Packet) {
-        match &p.msg {
-            w::Message::NonceRequest(r) => {
-                track.iter = r.sign_iter_id;
-                track.nonce_from.clear();
-                track.share_asked.clear();
-                track.share_from.clear();
-            }
-            w::Message::SignatureShareRequest(r) => {
-                track.share_asked = r.nonce_responses.iter().map(|n| n.signer_id + 1).collect();
-                track.share_from.clear();
-            }
-            _ => {}
-        }
     }
 
     /// Whether FIRE can safely judge a DKG failure report: every signer,
@@ -1033,7 +1318,7 @@ impl RelayFrostCoordinator {
         &mut self,
         deadline: Instant,
         what: &str,
-        mut want: impl FnMut(u32, &Message) -> Option<T>,
+        mut want: impl FnMut(u32, &Message, &[u8]) -> Option<T>,
         refusal_ids: (u64, u64),
     ) -> Result<BTreeMap<u32, T>, Error> {
         let n = self.opts.set.signers.len();
@@ -1054,7 +1339,9 @@ impl RelayFrostCoordinator {
                     reason: format!("the DKG test signature: no {what} by the deadline"),
                 });
             }
-            for env in self.poll((deadline - now).min(Duration::from_millis(100)))? {
+            for (env, bytes) in
+                self.poll_sealed((deadline - now).min(Duration::from_millis(100)))?
+            {
                 let frost_net::Sender::Signer(sender) = env.sender else {
                     continue;
                 };
@@ -1069,7 +1356,7 @@ impl RelayFrostCoordinator {
                         });
                     }
                 }
-                match want(sender, &env.message) {
+                match want(sender, &env.message, &bytes) {
                     Some(v) if !got.contains_key(&sender) => {
                         got.insert(sender, v);
                     }
@@ -1095,7 +1382,6 @@ impl RelayFrostCoordinator {
         self.sign_id += 1;
         let sign_id = self.sign_id;
         self.persist()?;
-        self.nonce_envelopes.clear();
         self.post(&Message::SignRequest(SignRequest {
             id: request_id,
             payload: peg_rules::SignPayload::Test.encode(),
@@ -1122,20 +1408,23 @@ impl RelayFrostCoordinator {
         let nonces = self.gather_all(
             deadline,
             "nonce",
-            |_, m| match m {
+            |_, m, bytes| match m {
                 Message::NonceResponse(r)
                     if r.key == key
                         && same_round(r.msg.dkg_id, r.msg.sign_id, r.msg.sign_iter_id)
                         && r.msg.message == digest =>
                 {
-                    Some(r.msg.clone())
+                    Some((r.msg.clone(), bytes.to_vec()))
                 }
                 _ => None,
             },
             (request_id, sign_id),
         )?;
-        let nonce_responses: Vec<w::NonceResponse> = nonces.values().cloned().collect();
-        let request = self.share_request(
+        let nonce_responses: Vec<w::NonceResponse> =
+            nonces.values().map(|(r, _)| r.clone()).collect();
+        // The round's own sealed nonces, dropped when it ends.
+        let sealed: Sealed = nonces.into_iter().collect();
+        let request = Self::share_request(
             k.key,
             w::SignatureShareRequest {
                 dkg_id: k.dkg_id,
@@ -1145,12 +1434,13 @@ impl RelayFrostCoordinator {
                 message: digest.to_vec(),
                 signature_type: SignatureType::Taproot(None),
             },
+            &sealed,
         )?;
         self.post(&Message::SignatureShareRequest(request))?;
         let shares = self.gather_all(
             deadline,
             "signature share",
-            |_, m| match m {
+            |_, m, _| match m {
                 Message::SignatureShareResponse(r)
                     if r.key == key
                         && same_round(r.msg.dkg_id, r.msg.sign_id, r.msg.sign_iter_id) =>
@@ -1318,29 +1608,22 @@ impl FrostCoordinator for RelayFrostCoordinator {
         if items.is_empty() {
             return Ok(vec![]);
         }
-        let entries = items
-            .iter()
-            .map(|i| self.key_entry(&i.key))
-            .collect::<Result<Vec<_>, _>>()?;
-        // The request's id and one round id per item, all spent (persisted)
-        // at once before anything goes out: one fsync per request.
-        let request_id = self.sign_id + 1;
-        let rounds = u64::try_from(items.len()).unwrap_or(u64::MAX);
-        self.sign_id = request_id.saturating_add(rounds);
-        self.persist()?;
-        self.post(&Message::SignRequest(SignRequest {
-            id: request_id,
+        // One job: its items' rounds run in parallel.
+        let job = SignJob {
             payload: payload.to_vec(),
             items: items.to_vec(),
-        }))?;
-        let mut refusals = BTreeMap::new();
-        let mut out = Vec::with_capacity(items.len());
-        for (i, (item, k)) in items.iter().zip(&entries).enumerate() {
-            let digest = item.message.digest();
-            let sign_id = request_id + 1 + u64::try_from(i).unwrap_or(u64::MAX);
-            out.push(self.fire_round(k, &digest, request_id, sign_id, &mut refusals)?);
-        }
-        Ok(out)
+        };
+        self.run_jobs(std::slice::from_ref(&job))
+            .pop()
+            .unwrap_or_else(|| {
+                Err(Error::SigningFailed(
+                    "the request ended with no result".into(),
+                ))
+            })
+    }
+
+    fn sign_many(&mut self, jobs: &[SignJob]) -> Vec<Result<Vec<schnorr::Signature>, Error>> {
+        self.run_jobs(jobs)
     }
 
     fn aggregate_public_key(&self) -> Option<PublicKey> {

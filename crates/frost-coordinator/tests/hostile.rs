@@ -11,10 +11,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bitcoin::key::Secp256k1;
-use bitcoin::secp256k1::SecretKey;
+use bitcoin::secp256k1::{PublicKey, SecretKey};
 use frost_coordinator::{
-    FrostCoordinator, RelayCoordinatorOptions, RelayFrostCoordinator, SignItem, SignerFile,
-    SignerInfo, SignerSet, ToSign,
+    FrostCoordinator, RelayCoordinatorOptions, RelayFrostCoordinator, SignItem, SignJob,
+    SignerFile, SignerInfo, SignerSet, ToSign,
 };
 use frost_net::envelope::{peek, HEADER_LEN};
 use frost_net::messages::{KeyStored, Message};
@@ -455,6 +455,14 @@ fn a_relay_in_the_middle_gets_nothing_through() {
         assert!(r.is_err(), "{mode:?}: DKG through the proxy: {r:?}");
         let r = coord.sign(b"x", std::slice::from_ref(&item));
         assert!(r.is_err(), "{mode:?}: signing through the proxy: {r:?}");
+        // Several rounds in flight together: the proxy mixes (and, replaying
+        // older packets, substitutes) packets of concurrent rounds.
+        for r in coord.sign_many(&jobs(good, 4)) {
+            assert!(
+                r.is_err(),
+                "{mode:?}: concurrent rounds through the proxy: {r:?}"
+            );
+        }
         assert!(
             p.altered.load(Ordering::SeqCst) > before,
             "{mode:?}: the proxy altered packets"
@@ -481,4 +489,25 @@ fn a_relay_in_the_middle_gets_nothing_through() {
     let _signers = Signers::start(&f, dir.path());
     let sig = coord.sign(b"x", std::slice::from_ref(&item)).unwrap();
     assert_eq!(sig.len(), 1);
+    for r in coord.sign_many(&jobs(good, 4)) {
+        assert_eq!(r.unwrap().len(), 2);
+    }
+    assert!(coord.most_rounds_in_flight() >= 8);
+}
+
+/// `n` jobs of two items each for `key`.
+fn jobs(key: PublicKey, n: u8) -> Vec<SignJob> {
+    (0..n)
+        .map(|j| SignJob {
+            payload: b"x".to_vec(),
+            items: (0..2u8)
+                .map(|i| SignItem {
+                    key,
+                    message: ToSign::Taproot {
+                        sighash: [0x40 + j * 2 + i; 32],
+                    },
+                })
+                .collect(),
+        })
+        .collect()
 }

@@ -181,6 +181,10 @@ struct OpenRound {
     response: w::NonceResponse,
     signature_type: w::SignatureType,
     opened: Instant,
+    /// A share request of the round came without our nonce (FIRE had the
+    /// threshold without us): kept, but the first to go when full, so
+    /// rounds in flight together keep theirs.
+    passed_over: bool,
 }
 
 /// The signer's logic, without the relay: envelopes in, messages out.
@@ -774,10 +778,11 @@ impl SignerCore {
             message: m.message.clone(),
         };
         while self.rounds.len() >= MAX_OPEN_ROUNDS {
+            // Rounds passed over go first, then the oldest.
             let Some(oldest) = self
                 .rounds
                 .iter()
-                .min_by_key(|(_, r)| r.opened)
+                .min_by_key(|(_, r)| (!r.passed_over, r.opened))
                 .map(|(k, _)| *k)
             else {
                 break;
@@ -791,6 +796,7 @@ impl SignerCore {
                 response: response.clone(),
                 signature_type: m.signature_type,
                 opened: Instant::now(),
+                passed_over: false,
             },
         );
         vec![Message::NonceResponse(Keyed {
@@ -815,7 +821,11 @@ impl SignerCore {
             .collect();
         if mine.is_empty() {
             // Not asked this time: the round keeps its nonce until it expires
-            // (FIRE may retry with another iteration, which is another round).
+            // (FIRE may retry with another iteration, which is another round),
+            // but makes room first.
+            if let Some(open) = self.rounds.get_mut(&round) {
+                open.passed_over = true;
+            }
             return vec![];
         }
         let Some(open) = self.rounds.get(&round) else {

@@ -303,3 +303,37 @@ fn a_history_without_recorded_sets_is_read_as_made_under_the_current_set() {
     let e = KeyHistory::load(&path, &four, 1).unwrap_err();
     assert!(e.contains("do not fit"), "{e}");
 }
+
+#[test]
+fn rounds_in_flight_keep_their_nonces_while_passed_over_rounds_fill_the_table() {
+    // Round A is in flight (our nonce listed in its coming share request)
+    // while MAX_OPEN_ROUNDS newer rounds open and pass signer 3 over (FIRE
+    // had their threshold without it): A's nonce stays, and signs once.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path(), true);
+    let h = [9u8; 32];
+    for c in &mut cores {
+        assert!(c.handle(&sign_request(key, h)).unwrap().is_empty());
+    }
+    let a: Vec<_> = cores
+        .iter_mut()
+        .map(|c| nonce_of(&c.handle(&nonce_request(key, 100, 1, h)).unwrap()))
+        .collect();
+    let passed = frost_signer::MAX_OPEN_ROUNDS as u64;
+    for sign_id in 101..=100 + passed {
+        let n: Vec<_> = cores
+            .iter_mut()
+            .map(|c| nonce_of(&c.handle(&nonce_request(key, sign_id, 1, h)).unwrap()))
+            .collect();
+        // The request lists signers 1 and 2 only.
+        assert!(cores[2]
+            .handle(&share_request(key, n[..2].to_vec()))
+            .unwrap()
+            .is_empty());
+    }
+    assert_eq!(cores[2].open_rounds(), frost_signer::MAX_OPEN_ROUNDS);
+    let out = cores[2].handle(&share_request(key, a.clone())).unwrap();
+    assert!(is_share(&out), "round A's nonce was dropped: {out:?}");
+    // Once only: the nonce is gone after its share.
+    assert!(cores[2].handle(&share_request(key, a)).unwrap().is_empty());
+}
