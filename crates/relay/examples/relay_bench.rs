@@ -1,41 +1,110 @@
-//! Relay delivery latency to many long-polling clients: the relay figure of
-//! `docs/PERFORMANCE.md` (frost_bench's `relay_latency`), for the relay
-//! alone so it builds quickly.
+//! Relay delivery latency to many long-polling clients, beside a bare
+//! fan-out baseline measured in the same run: the relay figures of
+//! `docs/PERFORMANCE.md` ("Relay fan-out against a bare baseline").
 //!
 //! ```sh
-//! cargo run --release -p relay --example relay_bench [CLIENTS] [MESSAGES]
+//! cargo run --release -p relay --example relay_bench [CLIENTS] [MESSAGES] [GROUPS] [REPEATS]
 //! ```
 //!
 //! `CLIENTS` (128) threads long-poll one in-process relay on 127.0.0.1;
 //! `MESSAGES` (50) of 512 bytes are posted 20 ms apart; the time from each
 //! `POST` to each client holding the message is reported as p50/p99/max.
-#![allow(clippy::print_stdout, clippy::indexing_slicing, missing_docs)]
+//!
+//! The *bare* baseline is the floor: a minimal server on plain std TCP (no
+//! HTTP framework, no routing, no limits) holding the same number of waiting
+//! loopback connections; a message arrives over one loopback connection and
+//! the server writes one prebuilt answer, byte for byte the shape of the
+//! relay's (its headers captured from a real relay answer, the same frame
+//! body), to every waiting connection. Its clients time it the same way.
+//!
+//! *Tagged* runs split the clients into `GROUPS` (8) tags, as signers and the
+//! coordinator poll different tags; message `i` is tagged for group
+//! `i % GROUPS`, so only `CLIENTS / GROUPS` clients are addressed by each.
+//! The relay's wakeup counter shows how many long polls each message woke.
+//!
+//! Each of the four runs (relay, bare, relay tagged, bare tagged) is done
+//! `REPEATS` (1) times, interleaved, and medians are printed with the ratio.
+#![allow(
+    clippy::print_stdout,
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs
+)]
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use relay::{RelayClient, RelayConfig, RelayServer};
+use relay::{nodelay_listener, RelayClient, RelayConfig, RelayServer};
 
-fn main() {
-    let mut args = std::env::args().skip(1);
-    let clients: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(128);
-    let messages: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(50);
-    let relay = RelayServer::start("127.0.0.1:0", RelayConfig::default()).expect("relay starts");
-    let poster = RelayClient::new(&relay.url(), Duration::from_secs(5));
+const MESSAGE_LEN: usize = 512;
+
+/// p50, p99, max in milliseconds.
+#[derive(Clone, Copy, Debug)]
+struct Stats {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn stats(mut all: Vec<Duration>) -> Stats {
+    all.sort();
+    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    Stats {
+        p50: at(0.5).as_secs_f64() * 1e3,
+        p99: at(0.99).as_secs_f64() * 1e3,
+        max: all[all.len() - 1].as_secs_f64() * 1e3,
+    }
+}
+
+/// The tag of group `g` of `groups` ("" when there is only one group).
+fn tag(groups: usize, g: usize) -> String {
+    if groups <= 1 {
+        String::new()
+    } else {
+        format!("g{g}")
+    }
+}
+
+/// How many of messages `1..=messages` are for client `c`.
+fn expected(messages: usize, groups: usize, c: usize) -> usize {
+    (1..=messages)
+        .filter(|i| groups <= 1 || i % groups == c % groups)
+        .count()
+}
+
+/// Runs `clients` threads, each made by `make(c)` (a blocking poll after a
+/// cursor that returns the sequence numbers it got), posts `messages` with
+/// `post(i, tag)` 20 ms apart and returns every delivery latency.
+fn measure<P, M>(
+    clients: usize,
+    messages: usize,
+    groups: usize,
+    make: M,
+    mut post: impl FnMut(&str),
+) -> Vec<Duration>
+where
+    P: FnMut(u64) -> Vec<u64> + Send + 'static,
+    M: Fn(usize) -> P,
+{
     let ready = Arc::new(Barrier::new(clients + 1));
     let sent_at = Arc::new(Mutex::new(vec![None::<Instant>; messages + 1]));
     let readers: Vec<_> = (0..clients)
-        .map(|_| {
-            let (c, ready, sent_at) = (poster.clone(), ready.clone(), sent_at.clone());
+        .map(|c| {
+            let (ready, sent_at) = (ready.clone(), sent_at.clone());
+            let mut poll = make(c);
+            let want = expected(messages, groups, c);
             std::thread::spawn(move || {
                 ready.wait();
-                let mut lat = vec![];
+                let mut lat = Vec::with_capacity(want);
                 let mut after = 0;
-                while lat.len() < messages {
-                    let b = c.poll(after, Duration::from_secs(5)).expect("poll");
+                while lat.len() < want {
+                    let seqs = poll(after);
                     let now = Instant::now();
-                    after = b.last_seq(after);
-                    for (seq, _) in b.messages {
+                    for seq in seqs {
+                        after = after.max(seq);
                         let sent = sent_at.lock().expect("lock")[seq as usize];
                         lat.push(now - sent.unwrap_or(now));
                     }
@@ -48,20 +117,333 @@ fn main() {
     std::thread::sleep(Duration::from_millis(300));
     for i in 1..=messages {
         sent_at.lock().expect("lock")[i] = Some(Instant::now());
-        poster.post(&[0u8; 512]).expect("post");
+        post(&tag(groups, i % groups.max(1)));
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut all: Vec<Duration> = readers
+    readers
         .into_iter()
         .flat_map(|r| r.join().expect("reader"))
-        .collect();
-    all.sort();
-    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+        .collect()
+}
+
+/// One run through the relay; also returns the long polls woken per message.
+fn relay_run(clients: usize, messages: usize, groups: usize) -> (Stats, f64) {
+    let relay = RelayServer::start("127.0.0.1:0", RelayConfig::default()).expect("relay starts");
+    let poster = RelayClient::new(&relay.url(), Duration::from_secs(5));
+    let woken_before = relay.wakeups();
+    let lat = measure(
+        clients,
+        messages,
+        groups,
+        |c| {
+            let client = poster.clone();
+            let t = tag(groups, c % groups.max(1));
+            move |after| {
+                let tags: Vec<&str> = if t.is_empty() { vec![] } else { vec![&t] };
+                let b = client
+                    .poll_tags(after, Duration::from_secs(5), &tags)
+                    .expect("poll");
+                b.messages.into_iter().map(|(s, _)| s).collect()
+            }
+        },
+        |t| {
+            poster.post_tagged(&[0u8; MESSAGE_LEN], t).expect("post");
+        },
+    );
+    let woken = (relay.wakeups() - woken_before) as f64 / messages as f64;
+    relay.shutdown();
+    (stats(lat), woken)
+}
+
+/// Reads one HTTP/1.1 head (up to the blank line) and its body of
+/// `Content-Length` bytes; `None` at end of stream.
+fn read_http(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+/// The head of a real relay answer carrying one message (captured from a
+/// scratch relay), so the bare server writes the same bytes.
+fn captured_head() -> String {
+    let relay = RelayServer::start("127.0.0.1:0", RelayConfig::default()).expect("relay starts");
+    RelayClient::new(&relay.url(), Duration::from_secs(5))
+        .post(&[0u8; MESSAGE_LEN])
+        .expect("post");
+    let mut s = TcpStream::connect(relay.addr()).expect("connect");
+    write!(
+        s,
+        "GET /messages?after=0 HTTP/1.1\r\nHost: {}\r\n\r\n",
+        relay.addr()
+    )
+    .expect("write");
+    let (head, body) = read_http(&mut BufReader::new(s)).expect("an answer");
+    assert_eq!(body.len(), 12 + MESSAGE_LEN);
+    head
+}
+
+/// The relay answer's head with `next`, `lowest` and the length set.
+fn head_for(template: &str, next: u64, lowest: u64, len: usize) -> String {
+    template
+        .split_inclusive("\r\n")
+        .map(|line| {
+            let name = line.split_once(':').map(|(k, _)| k.to_ascii_lowercase());
+            match name.as_deref() {
+                Some("x-relay-next") => format!("x-relay-next: {next}\r\n"),
+                Some("x-relay-lowest") => format!("x-relay-lowest: {lowest}\r\n"),
+                Some("content-length") => format!("content-length: {len}\r\n"),
+                _ => line.to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// The value of `key` in the request line's query.
+fn query<'a>(head: &'a str, key: &str) -> &'a str {
+    let target = head.split(' ').nth(1).unwrap_or("");
+    let q = target.split_once('?').map_or("", |(_, q)| q);
+    q.split('&')
+        .find_map(|p| p.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or("")
+}
+
+#[derive(Default)]
+struct BareState {
+    /// `(tag, message)`; message `i + 1` at index `i`.
+    log: Vec<(String, Vec<u8>)>,
+    /// `(tags, stream)` of the connections waiting.
+    waiting: Vec<(String, TcpStream)>,
+}
+
+fn wants(tags: &str, tag: &str) -> bool {
+    tags.is_empty() || tags.split(',').any(|t| t == tag)
+}
+
+/// The whole answer (head and frames) for `msgs`.
+fn bare_answer(template: &str, next: u64, msgs: &[(u64, &[u8])]) -> Vec<u8> {
+    let len: usize = msgs.iter().map(|(_, m)| 12 + m.len()).sum();
+    let mut out = head_for(template, next, 1, len).into_bytes();
+    for (seq, m) in msgs {
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        out.extend_from_slice(m);
+    }
+    out
+}
+
+/// Starts the bare server; returns its client address and its posting
+/// address (frames `tag_len u8 ‖ tag ‖ len u32 BE ‖ bytes`).
+fn bare_server(template: String) -> (SocketAddr, SocketAddr) {
+    let state = Arc::new(Mutex::new(BareState::default()));
+    let template = Arc::new(template);
+    let clients = nodelay_listener("127.0.0.1:0").expect("bind");
+    let posts = nodelay_listener("127.0.0.1:0").expect("bind");
+    let addrs = (clients.local_addr().unwrap(), posts.local_addr().unwrap());
+    {
+        let (state, template) = (state.clone(), template.clone());
+        std::thread::spawn(move || {
+            for conn in clients.incoming() {
+                let Ok(conn) = conn else { break };
+                let (state, template) = (state.clone(), template.clone());
+                std::thread::spawn(move || {
+                    let mut w = conn.try_clone().expect("clone");
+                    let mut r = BufReader::new(conn);
+                    while let Some((head, _)) = read_http(&mut r) {
+                        let after: u64 = query(&head, "after").parse().unwrap_or(0);
+                        let tags = query(&head, "tags").to_owned();
+                        let mut st = state.lock().expect("lock");
+                        let found: Vec<(u64, &[u8])> = st
+                            .log
+                            .iter()
+                            .enumerate()
+                            .skip(after as usize)
+                            .filter(|(_, (t, _))| wants(&tags, t))
+                            .map(|(i, (_, m))| (i as u64 + 1, m.as_slice()))
+                            .collect();
+                        if found.is_empty() {
+                            st.waiting.push((tags, w.try_clone().expect("clone")));
+                        } else {
+                            let answer = bare_answer(&template, st.log.len() as u64 + 1, &found);
+                            drop(st);
+                            if w.write_all(&answer).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+    std::thread::spawn(move || {
+        let Ok((conn, _)) = posts.accept() else {
+            return;
+        };
+        let mut r = BufReader::new(conn);
+        loop {
+            let mut n = [0u8; 1];
+            if r.read_exact(&mut n).is_err() {
+                break;
+            }
+            let mut t = vec![0u8; n[0] as usize];
+            let mut len = [0u8; 4];
+            r.read_exact(&mut t).expect("tag");
+            r.read_exact(&mut len).expect("len");
+            let mut msg = vec![0u8; u32::from_be_bytes(len) as usize];
+            r.read_exact(&mut msg).expect("message");
+            let t = String::from_utf8(t).expect("tag");
+            let mut st = state.lock().expect("lock");
+            st.log.push((t.clone(), msg));
+            let seq = st.log.len() as u64;
+            // One answer built per message, written to every addressed waiter.
+            let answer = bare_answer(&template, seq + 1, &[(seq, &st.log[seq as usize - 1].1)]);
+            let (go, stay): (Vec<_>, Vec<_>) =
+                st.waiting.drain(..).partition(|(tags, _)| wants(tags, &t));
+            st.waiting = stay;
+            drop(st);
+            for (_, mut s) in go {
+                let _ = s.write_all(&answer);
+            }
+        }
+    });
+    addrs
+}
+
+fn bare_run(template: &str, clients: usize, messages: usize, groups: usize) -> Stats {
+    let (addr, post_addr) = bare_server(template.to_owned());
+    let mut poster = TcpStream::connect(post_addr).expect("connect");
+    poster.set_nodelay(true).expect("nodelay");
+    let lat = measure(
+        clients,
+        messages,
+        groups,
+        |c| {
+            let s = TcpStream::connect(addr).expect("connect");
+            s.set_nodelay(true).expect("nodelay");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut w = s.try_clone().expect("clone");
+            let mut r = BufReader::new(s);
+            let t = tag(groups, c % groups.max(1));
+            move |after| {
+                write!(
+                    w,
+                    "GET /messages?after={after}&wait_ms=5000&tags={t} HTTP/1.1\r\n\
+                     host: {addr}\r\nuser-agent: ureq\r\naccept: */*\r\n\r\n"
+                )
+                .expect("request");
+                let (_, body) = read_http(&mut r).expect("answer");
+                let mut seqs = vec![];
+                let mut rest = &body[..];
+                while rest.len() >= 12 {
+                    let seq = u64::from_be_bytes(rest[..8].try_into().unwrap());
+                    let len = u32::from_be_bytes(rest[8..12].try_into().unwrap()) as usize;
+                    seqs.push(seq);
+                    rest = &rest[12 + len..];
+                }
+                seqs
+            }
+        },
+        |t| {
+            let mut frame = vec![t.len() as u8];
+            frame.extend_from_slice(t.as_bytes());
+            frame.extend_from_slice(&(MESSAGE_LEN as u32).to_be_bytes());
+            frame.extend_from_slice(&[0u8; MESSAGE_LEN]);
+            poster.write_all(&frame).expect("post");
+        },
+    );
+    stats(lat)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let clients: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(128);
+    let messages: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(50);
+    let groups: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(8).max(2);
+    let repeats: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1).max(1);
+    let template = captured_head();
     println!(
-        "relay delivery to {clients} long pollers, {messages} messages of 512 bytes: \
-         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        at(0.5).as_secs_f64() * 1e3,
-        at(0.99).as_secs_f64() * 1e3,
-        all[all.len() - 1].as_secs_f64() * 1e3
+        "{clients} long pollers, {messages} messages of {MESSAGE_LEN} bytes 20 ms apart; \
+         tagged: {groups} tags; load average {}",
+        loadavg()
+    );
+    let show = |name: &str, s: Stats| {
+        println!(
+            "  {name:<14} p50 {:6.2} ms  p99 {:6.2} ms  max {:6.2} ms",
+            s.p50, s.p99, s.max
+        );
+    };
+    let mut runs: Vec<(&str, Vec<Stats>)> = ["relay", "bare", "relay tagged", "bare tagged"]
+        .into_iter()
+        .map(|n| (n, vec![]))
+        .collect();
+    let mut woken = (vec![], vec![]);
+    for r in 1..=repeats {
+        println!("run {r} (load average {})", loadavg());
+        let (s, w) = relay_run(clients, messages, 1);
+        show("relay", s);
+        println!("    long polls woken per message: {w:.1}");
+        runs[0].1.push(s);
+        woken.0.push(w);
+        let s = bare_run(&template, clients, messages, 1);
+        show("bare", s);
+        runs[1].1.push(s);
+        let (s, w) = relay_run(clients, messages, groups);
+        show("relay tagged", s);
+        println!("    long polls woken per message: {w:.1}");
+        runs[2].1.push(s);
+        woken.1.push(w);
+        let s = bare_run(&template, clients, messages, groups);
+        show("bare tagged", s);
+        runs[3].1.push(s);
+    }
+    let med = |v: &[Stats]| Stats {
+        p50: median(v.iter().map(|s| s.p50).collect()),
+        p99: median(v.iter().map(|s| s.p99).collect()),
+        max: median(v.iter().map(|s| s.max).collect()),
+    };
+    println!("medians of {repeats} run(s) (load average {}):", loadavg());
+    for (name, v) in &runs {
+        show(name, med(v));
+    }
+    let ratio = |a: usize, b: usize| {
+        let (r, f) = (med(&runs[a].1), med(&runs[b].1));
+        format!("p50 {:.2}x  p99 {:.2}x", r.p50 / f.p50, r.p99 / f.p99)
+    };
+    println!("  relay / bare:               {}", ratio(0, 1));
+    println!("  relay tagged / bare tagged: {}", ratio(2, 3));
+    println!(
+        "  long polls woken per message: {:.1} untagged, {:.1} tagged",
+        median(woken.0),
+        median(woken.1)
     );
 }

@@ -576,6 +576,10 @@ struct Shared {
     /// Bumped when a connection ends, for shutdown to wait on.
     ended: Notify,
     served: AtomicU64,
+    /// Long polls woken by a new message (or shutdown), for monitoring and tests.
+    wakeups: AtomicU64,
+    /// Connections accepted (admitted or refused), for monitoring and tests.
+    accepted: AtomicU64,
 }
 
 impl Shared {
@@ -672,6 +676,8 @@ impl RelayServer {
             }),
             ended: Notify::new(),
             served: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             instance,
             instance_header,
             config,
@@ -723,6 +729,18 @@ impl RelayServer {
     /// tests.
     pub fn answer_bytes_in_flight(&self) -> usize {
         self.shared.in_flight.lock().0
+    }
+
+    /// Returns how many waiting long polls new messages have woken so far (a
+    /// message wakes only the polls it is for); for monitoring and tests.
+    pub fn wakeups(&self) -> u64 {
+        self.shared.wakeups.load(Ordering::Relaxed)
+    }
+
+    /// Returns how many TCP connections the relay has accepted so far
+    /// (kept-alive connections count once); for monitoring and tests.
+    pub fn connections_accepted(&self) -> u64 {
+        self.shared.accepted.load(Ordering::Relaxed)
     }
 
     /// Stops accepting connections, answers the waiting long polls at once,
@@ -806,6 +824,7 @@ async fn serve(
 /// Serves a connection if its client is within the limits; otherwise
 /// answers `503`/`429` at once (if the socket takes it) and closes.
 fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
+    shared.accepted.fetch_add(1, Ordering::Relaxed);
     let client = ClientKey::of(peer.ip());
     let held = match shared.connections.acquire(client) {
         Ok(h) => h,
@@ -1309,6 +1328,7 @@ async fn post(req: Request<Incoming>, shared: &Shared, tag: String) -> Answer {
         for w in log.waiters.values() {
             if w.tags.is_empty() || w.tags.contains(&tag) {
                 w.notify.notify_one();
+                shared.wakeups.fetch_add(1, Ordering::Relaxed);
             }
         }
         log.entries.push_back(Entry {
