@@ -24,6 +24,7 @@
 //!
 //! Each of the four runs (relay, bare, relay tagged, bare tagged) is done
 //! `REPEATS` (1) times, interleaved, and medians are printed with the ratio.
+//! `RELAY_BENCH_ONLY=relay` runs the untagged relay alone (for a profiler).
 #![allow(
     clippy::print_stdout,
     clippy::indexing_slicing,
@@ -41,21 +42,38 @@ use relay::{nodelay_listener, RelayClient, RelayConfig, RelayServer};
 
 const MESSAGE_LEN: usize = 512;
 
-/// p50, p99, max in milliseconds.
+/// p50, p99, max in milliseconds; CPU time of the whole process (server
+/// and clients) per message, in milliseconds.
 #[derive(Clone, Copy, Debug)]
 struct Stats {
     p50: f64,
     p99: f64,
     max: f64,
+    cpu: f64,
 }
 
-fn stats(mut all: Vec<Duration>) -> Stats {
+/// CPU time this process has used so far (user and system), in
+/// milliseconds, at the kernel's 10 ms tick.
+fn cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are
+    // the 14th and 15th of the line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) * 10.0
+}
+
+fn stats((mut all, cpu): (Vec<Duration>, f64)) -> Stats {
     all.sort();
     let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
     Stats {
         p50: at(0.5).as_secs_f64() * 1e3,
         p99: at(0.99).as_secs_f64() * 1e3,
         max: all[all.len() - 1].as_secs_f64() * 1e3,
+        cpu,
     }
 }
 
@@ -77,14 +95,15 @@ fn expected(messages: usize, groups: usize, c: usize) -> usize {
 
 /// Runs `clients` threads, each made by `make(c)` (a blocking poll after a
 /// cursor that returns the sequence numbers it got), posts `messages` with
-/// `post(i, tag)` 20 ms apart and returns every delivery latency.
+/// `post(i, tag)` 20 ms apart and returns every delivery latency and the
+/// CPU time used per message from the first post to the last delivery.
 fn measure<P, M>(
     clients: usize,
     messages: usize,
     groups: usize,
     make: M,
     mut post: impl FnMut(&str),
-) -> Vec<Duration>
+) -> (Vec<Duration>, f64)
 where
     P: FnMut(u64) -> Vec<u64> + Send + 'static,
     M: Fn(usize) -> P,
@@ -115,19 +134,22 @@ where
         .collect();
     ready.wait();
     std::thread::sleep(Duration::from_millis(300));
+    let cpu = cpu_ms();
     for i in 1..=messages {
         sent_at.lock().expect("lock")[i] = Some(Instant::now());
         post(&tag(groups, i % groups.max(1)));
         std::thread::sleep(Duration::from_millis(20));
     }
-    readers
+    let lat = readers
         .into_iter()
         .flat_map(|r| r.join().expect("reader"))
-        .collect()
+        .collect();
+    (lat, (cpu_ms() - cpu) / messages as f64)
 }
 
-/// One run through the relay; also returns the long polls woken per message.
-fn relay_run(clients: usize, messages: usize, groups: usize) -> (Stats, f64) {
+/// One run through the relay; also returns the long polls woken per message
+/// and the connections it accepted.
+fn relay_run(clients: usize, messages: usize, groups: usize) -> (Stats, f64, u64) {
     let relay = RelayServer::start("127.0.0.1:0", RelayConfig::default()).expect("relay starts");
     let poster = RelayClient::new(&relay.url(), Duration::from_secs(5));
     let woken_before = relay.wakeups();
@@ -151,8 +173,9 @@ fn relay_run(clients: usize, messages: usize, groups: usize) -> (Stats, f64) {
         },
     );
     let woken = (relay.wakeups() - woken_before) as f64 / messages as f64;
+    let accepted = relay.connections_accepted();
     relay.shutdown();
-    (stats(lat), woken)
+    (stats(lat), woken, accepted)
 }
 
 /// Reads one HTTP/1.1 head (up to the blank line) and its body of
@@ -398,8 +421,8 @@ fn main() {
     );
     let show = |name: &str, s: Stats| {
         println!(
-            "  {name:<14} p50 {:6.2} ms  p99 {:6.2} ms  max {:6.2} ms",
-            s.p50, s.p99, s.max
+            "  {name:<14} p50 {:6.2} ms  p99 {:6.2} ms  max {:6.2} ms  CPU {:5.2} ms/message",
+            s.p50, s.p99, s.max, s.cpu
         );
     };
     let mut runs: Vec<(&str, Vec<Stats>)> = ["relay", "bare", "relay tagged", "bare tagged"]
@@ -409,27 +432,36 @@ fn main() {
     let mut woken = (vec![], vec![]);
     for r in 1..=repeats {
         println!("run {r} (load average {})", loadavg());
-        let (s, w) = relay_run(clients, messages, 1);
+        if std::env::var("RELAY_BENCH_ONLY").is_ok_and(|m| m == "relay") {
+            // For a profiler: the untagged relay run alone.
+            show("relay", relay_run(clients, messages, 1).0);
+            continue;
+        }
+        let (s, w, a) = relay_run(clients, messages, 1);
         show("relay", s);
-        println!("    long polls woken per message: {w:.1}");
+        println!("    long polls woken per message: {w:.1}; connections accepted: {a}");
         runs[0].1.push(s);
         woken.0.push(w);
         let s = bare_run(&template, clients, messages, 1);
         show("bare", s);
         runs[1].1.push(s);
-        let (s, w) = relay_run(clients, messages, groups);
+        let (s, w, a) = relay_run(clients, messages, groups);
         show("relay tagged", s);
-        println!("    long polls woken per message: {w:.1}");
+        println!("    long polls woken per message: {w:.1}; connections accepted: {a}");
         runs[2].1.push(s);
         woken.1.push(w);
         let s = bare_run(&template, clients, messages, groups);
         show("bare tagged", s);
         runs[3].1.push(s);
     }
+    if runs[0].1.is_empty() {
+        return;
+    }
     let med = |v: &[Stats]| Stats {
         p50: median(v.iter().map(|s| s.p50).collect()),
         p99: median(v.iter().map(|s| s.p99).collect()),
         max: median(v.iter().map(|s| s.max).collect()),
+        cpu: median(v.iter().map(|s| s.cpu).collect()),
     };
     println!("medians of {repeats} run(s) (load average {}):", loadavg());
     for (name, v) in &runs {
@@ -437,7 +469,12 @@ fn main() {
     }
     let ratio = |a: usize, b: usize| {
         let (r, f) = (med(&runs[a].1), med(&runs[b].1));
-        format!("p50 {:.2}x  p99 {:.2}x", r.p50 / f.p50, r.p99 / f.p99)
+        format!(
+            "p50 {:.2}x  p99 {:.2}x  CPU {:.2}x",
+            r.p50 / f.p50,
+            r.p99 / f.p99,
+            r.cpu / f.cpu
+        )
     };
     println!("  relay / bare:               {}", ratio(0, 1));
     println!("  relay tagged / bare tagged: {}", ratio(2, 3));

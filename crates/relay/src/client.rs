@@ -1,9 +1,12 @@
 //! The relay client.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use log::info;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::{read_frames, HEADER_INSTANCE, HEADER_LOWEST, HEADER_NEXT, MAX_ANSWER_BODY};
 
@@ -42,6 +45,47 @@ fn message(body: &str) -> String {
         .ok()
         .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
         .unwrap_or_else(|| body.to_owned())
+}
+
+/// Idle connections a client (and its clones) keeps open to the relay for
+/// reuse: as many as the relay lets one address hold long polls by default.
+const POOLED_CONNECTIONS: usize = 128;
+
+/// Resolves a relay URL whose host is an IP address (`http://127.0.0.1:3000`)
+/// in place. ureq's default resolver starts a thread for every request that
+/// has a timeout, to time the lookup out, even when a pooled connection is
+/// then reused: a thread spawned (and its stack mapped and unmapped) per
+/// long poll, which dominated a client's cost. Host names still go to the
+/// default resolver.
+#[derive(Debug, Default)]
+struct LiteralFirst(DefaultResolver);
+
+impl Resolver for LiteralFirst {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let literal = uri.authority().and_then(|a| {
+            let host = a.host().trim_start_matches('[').trim_end_matches(']');
+            let ip: IpAddr = host.parse().ok()?;
+            let port = a.port_u16().or_else(|| match uri.scheme_str() {
+                Some("https") => Some(443),
+                Some("http") => Some(80),
+                _ => None,
+            })?;
+            Some(SocketAddr::new(ip, port))
+        });
+        match literal {
+            Some(addr) => {
+                let mut addrs = self.empty();
+                addrs.push(addr);
+                Ok(addrs)
+            }
+            None => self.0.resolve(uri, config, timeout),
+        }
+    }
 }
 
 /// A batch of messages.
@@ -134,9 +178,18 @@ impl RelayClient {
             // Below the relay's keep-alive timeout (10 s by default), so a
             // pooled connection is not reused as the relay closes it.
             .max_idle_age(Duration::from_secs(4))
+            // Clones share the agent and its pool, and each long poll holds
+            // a connection: ureq keeps 3 idle per host by default, so every
+            // poll past the third would open a fresh connection.
+            .max_idle_connections(POOLED_CONNECTIONS)
+            .max_idle_connections_per_host(POOLED_CONNECTIONS)
             .build();
         RelayClient {
-            agent: ureq::Agent::new_with_config(config),
+            agent: ureq::Agent::with_parts(
+                config,
+                DefaultConnector::default(),
+                LiteralFirst::default(),
+            ),
             url: url.trim_end_matches('/').to_owned(),
             timeout,
             token: None,
