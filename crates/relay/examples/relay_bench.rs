@@ -10,12 +10,15 @@
 //! `MESSAGES` (50) of 512 bytes are posted 20 ms apart; the time from each
 //! `POST` to each client holding the message is reported as p50/p99/max.
 //!
-//! The *bare* baseline is the floor: a minimal server on plain std TCP (no
-//! HTTP framework, no routing, no limits) holding the same number of waiting
-//! loopback connections; a message arrives over one loopback connection and
-//! the server writes one prebuilt answer, byte for byte the shape of the
-//! relay's (its headers captured from a real relay answer, the same frame
-//! body), to every waiting connection. Its clients time it the same way.
+//! The *bare* baseline is the floor: a minimal server on tokio TCP (two
+//! worker threads, as the relay; no HTTP framework, no routing, no limits)
+//! holding the same number of waiting loopback connections; a message
+//! arrives over one loopback connection and the server writes one prebuilt
+//! answer, byte for byte the shape of the relay's (its headers captured from
+//! a real relay answer, the same frame body), to every waiting connection
+//! it is for, one nonblocking write each from the task that read the
+//! message. Its clients (plain std TCP, one thread each) time it the same
+//! way.
 //!
 //! *Tagged* runs split the clients into `GROUPS` (8) tags, as signers and the
 //! coordinator poll different tags; message `i` is tagged for group
@@ -254,7 +257,7 @@ struct BareState {
     /// `(tag, message)`; message `i + 1` at index `i`.
     log: Vec<(String, Vec<u8>)>,
     /// `(tags, stream)` of the connections waiting.
-    waiting: Vec<(String, TcpStream)>,
+    waiting: Vec<(String, Arc<tokio::net::TcpStream>)>,
 }
 
 fn wants(tags: &str, tag: &str) -> bool {
@@ -273,85 +276,181 @@ fn bare_answer(template: &str, next: u64, msgs: &[(u64, &[u8])]) -> Vec<u8> {
     out
 }
 
-/// Starts the bare server; returns its client address and its posting
-/// address (frames `tag_len u8 ‖ tag ‖ len u32 BE ‖ bytes`).
-fn bare_server(template: String) -> (SocketAddr, SocketAddr) {
+/// Writes all of `bytes` to `s`.
+async fn write_all(s: &tokio::net::TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        s.writable().await?;
+        match s.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads from `s` into `buf` until `done(buf)` says how much to take.
+async fn read_until(
+    s: &tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    done: impl Fn(&[u8]) -> Option<usize>,
+) -> Option<Vec<u8>> {
+    loop {
+        if let Some(n) = done(buf) {
+            return Some(buf.drain(..n).collect());
+        }
+        s.readable().await.ok()?;
+        let mut chunk = [0u8; 4096];
+        match s.try_read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// One bare client connection: reads a request head, answers at once from
+/// the log or waits (registered) for the poster to answer.
+async fn bare_connection(
+    s: Arc<tokio::net::TcpStream>,
+    state: Arc<Mutex<BareState>>,
+    template: Arc<String>,
+) {
+    let mut buf = Vec::new();
+    let head_end = |b: &[u8]| b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    while let Some(head) = read_until(&s, &mut buf, head_end).await {
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let after: u64 = query(&head, "after").parse().unwrap_or(0);
+        let tags = query(&head, "tags").to_owned();
+        let answer = {
+            let mut st = state.lock().expect("lock");
+            let found: Vec<(u64, &[u8])> = st
+                .log
+                .iter()
+                .enumerate()
+                .skip(after as usize)
+                .filter(|(_, (t, _))| wants(&tags, t))
+                .map(|(i, (_, m))| (i as u64 + 1, m.as_slice()))
+                .collect();
+            if found.is_empty() {
+                st.waiting.push((tags, s.clone()));
+                None
+            } else {
+                Some(bare_answer(&template, st.log.len() as u64 + 1, &found))
+            }
+        };
+        if let Some(answer) = answer {
+            if write_all(&s, &answer).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// The poster's connection: frames `tag_len u8 ‖ tag ‖ len u32 BE ‖
+/// bytes`; each message is logged and one answer built for it is written
+/// to every addressed waiting connection.
+async fn bare_poster(
+    s: tokio::net::TcpStream,
+    state: Arc<Mutex<BareState>>,
+    template: Arc<String>,
+) {
+    let mut buf = Vec::new();
+    let frame_len = |b: &[u8]| {
+        let t = usize::from(*b.first()?);
+        let len = b.get(1 + t..5 + t)?;
+        let n = 5 + t + u32::from_be_bytes(len.try_into().ok()?) as usize;
+        (b.len() >= n).then_some(n)
+    };
+    while let Some(frame) = read_until(&s, &mut buf, frame_len).await {
+        let t = usize::from(frame[0]);
+        let tag = String::from_utf8_lossy(&frame[1..1 + t]).into_owned();
+        let msg = frame[5 + t..].to_vec();
+        let (answer, go) = {
+            let mut st = state.lock().expect("lock");
+            let seq = st.log.len() as u64 + 1;
+            let answer = bare_answer(&template, seq + 1, &[(seq, &msg)]);
+            st.log.push((tag.clone(), msg));
+            let (go, stay): (Vec<_>, Vec<_>) = st
+                .waiting
+                .drain(..)
+                .partition(|(tags, _)| wants(tags, &tag));
+            st.waiting = stay;
+            (answer, go)
+        };
+        // One nonblocking write each into an empty socket buffer, in
+        // batches of 16 connections spread over the runtime's workers (as
+        // the relay's answers are); a connection that cannot take it all at
+        // once finishes on its own.
+        let answer = Arc::new(answer);
+        let mut go = go.into_iter().map(|(_, c)| c).peekable();
+        while go.peek().is_some() {
+            let batch: Vec<_> = go.by_ref().take(16).collect();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                for c in batch {
+                    match c.try_write(&answer) {
+                        Ok(n) if n == answer.len() => {}
+                        Ok(n) => {
+                            let answer = answer.clone();
+                            tokio::spawn(async move { write_all(&c, &answer[n..]).await });
+                        }
+                        Err(_) => {
+                            let answer = answer.clone();
+                            tokio::spawn(async move { write_all(&c, &answer).await });
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Starts the bare server on its own tokio runtime of two worker threads
+/// (as the relay's); returns the runtime, its client address and its
+/// posting address.
+fn bare_server(template: String) -> (tokio::runtime::Runtime, SocketAddr, SocketAddr) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(RelayConfig::default().threads)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let state = Arc::new(Mutex::new(BareState::default()));
     let template = Arc::new(template);
     let clients = nodelay_listener("127.0.0.1:0").expect("bind");
     let posts = nodelay_listener("127.0.0.1:0").expect("bind");
-    let addrs = (clients.local_addr().unwrap(), posts.local_addr().unwrap());
+    let (addr, post_addr) = (clients.local_addr().unwrap(), posts.local_addr().unwrap());
+    clients.set_nonblocking(true).expect("nonblocking");
+    posts.set_nonblocking(true).expect("nonblocking");
+    let _in = runtime.enter();
+    let clients = tokio::net::TcpListener::from_std(clients).expect("listener");
+    let posts = tokio::net::TcpListener::from_std(posts).expect("listener");
     {
         let (state, template) = (state.clone(), template.clone());
-        std::thread::spawn(move || {
-            for conn in clients.incoming() {
-                let Ok(conn) = conn else { break };
-                let (state, template) = (state.clone(), template.clone());
-                std::thread::spawn(move || {
-                    let mut w = conn.try_clone().expect("clone");
-                    let mut r = BufReader::new(conn);
-                    while let Some((head, _)) = read_http(&mut r) {
-                        let after: u64 = query(&head, "after").parse().unwrap_or(0);
-                        let tags = query(&head, "tags").to_owned();
-                        let mut st = state.lock().expect("lock");
-                        let found: Vec<(u64, &[u8])> = st
-                            .log
-                            .iter()
-                            .enumerate()
-                            .skip(after as usize)
-                            .filter(|(_, (t, _))| wants(&tags, t))
-                            .map(|(i, (_, m))| (i as u64 + 1, m.as_slice()))
-                            .collect();
-                        if found.is_empty() {
-                            st.waiting.push((tags, w.try_clone().expect("clone")));
-                        } else {
-                            let answer = bare_answer(&template, st.log.len() as u64 + 1, &found);
-                            drop(st);
-                            if w.write_all(&answer).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                });
+        runtime.spawn(async move {
+            while let Ok((c, _)) = clients.accept().await {
+                let _ = c.set_nodelay(true);
+                tokio::spawn(bare_connection(
+                    Arc::new(c),
+                    state.clone(),
+                    template.clone(),
+                ));
             }
         });
     }
-    std::thread::spawn(move || {
-        let Ok((conn, _)) = posts.accept() else {
-            return;
-        };
-        let mut r = BufReader::new(conn);
-        loop {
-            let mut n = [0u8; 1];
-            if r.read_exact(&mut n).is_err() {
-                break;
-            }
-            let mut t = vec![0u8; n[0] as usize];
-            let mut len = [0u8; 4];
-            r.read_exact(&mut t).expect("tag");
-            r.read_exact(&mut len).expect("len");
-            let mut msg = vec![0u8; u32::from_be_bytes(len) as usize];
-            r.read_exact(&mut msg).expect("message");
-            let t = String::from_utf8(t).expect("tag");
-            let mut st = state.lock().expect("lock");
-            st.log.push((t.clone(), msg));
-            let seq = st.log.len() as u64;
-            // One answer built per message, written to every addressed waiter.
-            let answer = bare_answer(&template, seq + 1, &[(seq, &st.log[seq as usize - 1].1)]);
-            let (go, stay): (Vec<_>, Vec<_>) =
-                st.waiting.drain(..).partition(|(tags, _)| wants(tags, &t));
-            st.waiting = stay;
-            drop(st);
-            for (_, mut s) in go {
-                let _ = s.write_all(&answer);
-            }
+    runtime.spawn(async move {
+        if let Ok((c, _)) = posts.accept().await {
+            let _ = c.set_nodelay(true);
+            bare_poster(c, state, template).await;
         }
     });
-    addrs
+    drop(_in);
+    (runtime, addr, post_addr)
 }
 
 fn bare_run(template: &str, clients: usize, messages: usize, groups: usize) -> Stats {
-    let (addr, post_addr) = bare_server(template.to_owned());
+    let (runtime, addr, post_addr) = bare_server(template.to_owned());
     let mut poster = TcpStream::connect(post_addr).expect("connect");
     poster.set_nodelay(true).expect("nodelay");
     let lat = measure(
@@ -393,6 +492,7 @@ fn bare_run(template: &str, clients: usize, messages: usize, groups: usize) -> S
             poster.write_all(&frame).expect("post");
         },
     );
+    runtime.shutdown_background();
     stats(lat)
 }
 
