@@ -419,3 +419,49 @@ impl RelayClient {
         Ok(next)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(url: &str) -> Vec<SocketAddr> {
+        let uri: ureq::http::Uri = url.parse().unwrap();
+        let config = ureq::config::Config::default();
+        let timeout = NextTimeout {
+            after: Duration::from_secs(1).into(),
+            reason: ureq::Timeout::Resolve,
+            ..NextTimeout::default()
+        };
+        LiteralFirst::default()
+            .resolve(&uri, &config, timeout)
+            .unwrap()
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn ip_literal_urls_resolve_in_place_and_names_still_resolve() {
+        assert_eq!(
+            resolve("http://127.0.0.1:3000/messages"),
+            vec!["127.0.0.1:3000".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve("http://[::1]:8080/head"),
+            vec!["[::1]:8080".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve("http://127.0.0.9/"),
+            vec!["127.0.0.9:80".parse().unwrap()],
+            "the scheme's default port"
+        );
+        let local = resolve("http://localhost:3000/");
+        assert!(
+            !local.is_empty()
+                && local
+                    .iter()
+                    .all(|a| a.ip().is_loopback() && a.port() == 3000),
+            "{local:?}"
+        );
+    }
+}

@@ -659,7 +659,7 @@ struct Shared {
     /// Bumped when a connection ends, for shutdown to wait on.
     ended: Notify,
     served: AtomicU64,
-    /// Long polls woken by a new message (or shutdown), for monitoring and tests.
+    /// Long polls woken by new messages, for monitoring and tests.
     wakeups: AtomicU64,
     /// Connections accepted (admitted or refused), for monitoring and tests.
     accepted: AtomicU64,
@@ -821,6 +821,12 @@ impl RelayServer {
     /// (kept-alive connections count once); for monitoring and tests.
     pub fn connections_accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Returns how many GETs are waiting for messages now (at most
+    /// [`RelayConfig::max_long_polls`]); for monitoring and tests.
+    pub fn long_polls_waiting(&self) -> usize {
+        self.shared.long_polls.total()
     }
 
     /// Stops accepting connections, answers the waiting long polls at once,
@@ -1594,7 +1600,7 @@ mod tests {
         }
         let seqs = |(v, _): (Vec<Bytes>, usize)| {
             v.into_iter()
-                .map(|f| crate::read_frames(&f).unwrap()[0].0)
+                .map(|f| crate::read_frames(&f).unwrap().first().unwrap().0)
                 .collect::<Vec<_>>()
         };
         assert_eq!(seqs(log.after(0, 100, 25, &[])), vec![1, 2]);
