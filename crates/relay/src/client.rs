@@ -175,6 +175,10 @@ impl RelayClient {
     pub fn new(url: &str, timeout: Duration) -> Self {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // TCP_NODELAY (ureq's default, said here because it matters): a
+            // request written in parts must not wait for a delayed ACK. The
+            // relay's side sets it on its listener and every accepted socket.
+            .no_delay(true)
             // Below the relay's keep-alive timeout (10 s by default), so a
             // pooled connection is not reused as the relay closes it.
             .max_idle_age(Duration::from_secs(4))
