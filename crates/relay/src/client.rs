@@ -51,14 +51,23 @@ fn message(body: &str) -> String {
 /// reuse: as many as the relay lets one address hold long polls by default.
 const POOLED_CONNECTIONS: usize = 128;
 
+/// How long a host name's addresses are reused before it is looked up
+/// again.
+const NAME_TTL: Duration = Duration::from_secs(30);
+
 /// Resolves a relay URL whose host is an IP address (`http://127.0.0.1:3000`)
-/// in place. ureq's default resolver starts a thread for every request that
-/// has a timeout, to time the lookup out, even when a pooled connection is
-/// then reused: a thread spawned (and its stack mapped and unmapped) per
-/// long poll, which dominated a client's cost. Host names still go to the
-/// default resolver.
+/// in place, and remembers a host name's addresses for [`NAME_TTL`]. ureq's
+/// default resolver starts a thread for every request that has a timeout, to
+/// time the lookup out, even when a pooled connection is then reused: a
+/// thread spawned (and its stack mapped and unmapped) per long poll, which
+/// dominated a client's cost. A name is still looked up by ureq's resolver,
+/// with its timeout, when not remembered.
 #[derive(Debug, Default)]
-struct LiteralFirst(DefaultResolver);
+struct LiteralFirst {
+    default: DefaultResolver,
+    /// The last name looked up (`host:port`), when, and its addresses.
+    cached: Mutex<Option<(String, std::time::Instant, ResolvedSocketAddrs)>>,
+}
 
 impl Resolver for LiteralFirst {
     fn resolve(
@@ -67,24 +76,39 @@ impl Resolver for LiteralFirst {
         config: &ureq::config::Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let literal = uri.authority().and_then(|a| {
-            let host = a.host().trim_start_matches('[').trim_end_matches(']');
-            let ip: IpAddr = host.parse().ok()?;
-            let port = a.port_u16().or_else(|| match uri.scheme_str() {
+        let port = uri.authority().and_then(|a| {
+            a.port_u16().or_else(|| match uri.scheme_str() {
                 Some("https") => Some(443),
                 Some("http") => Some(80),
                 _ => None,
-            })?;
-            Some(SocketAddr::new(ip, port))
+            })
         });
-        match literal {
-            Some(addr) => {
-                let mut addrs = self.empty();
-                addrs.push(addr);
-                Ok(addrs)
-            }
-            None => self.0.resolve(uri, config, timeout),
+        let (Some(authority), Some(port)) = (uri.authority(), port) else {
+            return self.default.resolve(uri, config, timeout);
+        };
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            let mut addrs = self.empty();
+            addrs.push(SocketAddr::new(ip, port));
+            return Ok(addrs);
         }
+        let key = format!("{host}:{port}");
+        let now = std::time::Instant::now();
+        {
+            let cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((k, at, addrs)) = cached.as_ref() {
+                if *k == key && now.duration_since(*at) < NAME_TTL {
+                    return Ok(addrs.clone());
+                }
+            }
+        }
+        let addrs = self.default.resolve(uri, config, timeout)?;
+        *self.cached.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((key, now, addrs.clone()));
+        Ok(addrs)
     }
 }
 
@@ -445,7 +469,7 @@ mod tests {
     }
 
     #[test]
-    fn ip_literal_urls_resolve_in_place_and_names_still_resolve() {
+    fn ip_literal_urls_resolve_in_place_and_names_are_remembered_briefly() {
         assert_eq!(
             resolve("http://127.0.0.1:3000/messages"),
             vec!["127.0.0.1:3000".parse().unwrap()]
@@ -467,5 +491,33 @@ mod tests {
                     .all(|a| a.ip().is_loopback() && a.port() == 3000),
             "{local:?}"
         );
+        // A name is remembered for NAME_TTL: a planted answer is returned
+        // while fresh, and looked up again once stale.
+        let r = LiteralFirst::default();
+        let uri: ureq::http::Uri = "http://localhost:3001/".parse().unwrap();
+        let config = ureq::config::Config::default();
+        let planted: SocketAddr = "127.0.0.42:3001".parse().unwrap();
+        let plant = |age: Duration| {
+            let mut addrs = r.empty();
+            addrs.push(planted);
+            let at = std::time::Instant::now().checked_sub(age).unwrap();
+            *r.cached.lock().unwrap() = Some(("localhost:3001".into(), at, addrs));
+        };
+        let lookup = || -> Vec<SocketAddr> {
+            r.resolve(&uri, &config, NextTimeout::default())
+                .unwrap()
+                .iter()
+                .copied()
+                .collect()
+        };
+        plant(Duration::ZERO);
+        assert_eq!(lookup(), vec![planted], "remembered");
+        plant(NAME_TTL + Duration::from_secs(1));
+        let fresh = lookup();
+        assert!(
+            !fresh.contains(&planted) && fresh.iter().all(|a| a.port() == 3001),
+            "{fresh:?}"
+        );
+        assert_eq!(lookup(), fresh, "the new answer is remembered");
     }
 }
