@@ -1,9 +1,12 @@
 //! The relay client.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use log::info;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::{read_frames, HEADER_INSTANCE, HEADER_LOWEST, HEADER_NEXT, MAX_ANSWER_BODY};
 
@@ -42,6 +45,71 @@ fn message(body: &str) -> String {
         .ok()
         .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
         .unwrap_or_else(|| body.to_owned())
+}
+
+/// Idle connections a client (and its clones) keeps open to the relay for
+/// reuse: as many as the relay lets one address hold long polls by default.
+const POOLED_CONNECTIONS: usize = 128;
+
+/// How long a host name's addresses are reused before it is looked up
+/// again.
+const NAME_TTL: Duration = Duration::from_secs(30);
+
+/// Resolves a relay URL whose host is an IP address (`http://127.0.0.1:3000`)
+/// in place, and remembers a host name's addresses for [`NAME_TTL`]. ureq's
+/// default resolver starts a thread for every request that has a timeout, to
+/// time the lookup out, even when a pooled connection is then reused: a
+/// thread spawned (and its stack mapped and unmapped) per long poll, which
+/// dominated a client's cost. A name is still looked up by ureq's resolver,
+/// with its timeout, when not remembered.
+#[derive(Debug, Default)]
+struct LiteralFirst {
+    default: DefaultResolver,
+    /// The last name looked up (`host:port`), when, and its addresses.
+    cached: Mutex<Option<(String, std::time::Instant, ResolvedSocketAddrs)>>,
+}
+
+impl Resolver for LiteralFirst {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let port = uri.authority().and_then(|a| {
+            a.port_u16().or_else(|| match uri.scheme_str() {
+                Some("https") => Some(443),
+                Some("http") => Some(80),
+                _ => None,
+            })
+        });
+        let (Some(authority), Some(port)) = (uri.authority(), port) else {
+            return self.default.resolve(uri, config, timeout);
+        };
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            let mut addrs = self.empty();
+            addrs.push(SocketAddr::new(ip, port));
+            return Ok(addrs);
+        }
+        let key = format!("{host}:{port}");
+        let now = std::time::Instant::now();
+        {
+            let cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((k, at, addrs)) = cached.as_ref() {
+                if *k == key && now.duration_since(*at) < NAME_TTL {
+                    return Ok(addrs.clone());
+                }
+            }
+        }
+        let addrs = self.default.resolve(uri, config, timeout)?;
+        *self.cached.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((key, now, addrs.clone()));
+        Ok(addrs)
+    }
 }
 
 /// A batch of messages.
@@ -131,12 +199,25 @@ impl RelayClient {
     pub fn new(url: &str, timeout: Duration) -> Self {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // TCP_NODELAY (ureq's default, said here because it matters): a
+            // request written in parts must not wait for a delayed ACK. The
+            // relay's side sets it on its listener and every accepted socket.
+            .no_delay(true)
             // Below the relay's keep-alive timeout (10 s by default), so a
             // pooled connection is not reused as the relay closes it.
             .max_idle_age(Duration::from_secs(4))
+            // Clones share the agent and its pool, and each long poll holds
+            // a connection: ureq keeps 3 idle per host by default, so every
+            // poll past the third would open a fresh connection.
+            .max_idle_connections(POOLED_CONNECTIONS)
+            .max_idle_connections_per_host(POOLED_CONNECTIONS)
             .build();
         RelayClient {
-            agent: ureq::Agent::new_with_config(config),
+            agent: ureq::Agent::with_parts(
+                config,
+                DefaultConnector::default(),
+                LiteralFirst::default(),
+            ),
             url: url.trim_end_matches('/').to_owned(),
             timeout,
             token: None,
@@ -364,5 +445,79 @@ impl RelayClient {
             .ok_or_else(|| RelayError::Malformed(format!("{}: no next in {v}", self.url)))?;
         let _ = self.note_instance(answer.instance.as_deref());
         Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(url: &str) -> Vec<SocketAddr> {
+        let uri: ureq::http::Uri = url.parse().unwrap();
+        let config = ureq::config::Config::default();
+        let timeout = NextTimeout {
+            after: Duration::from_secs(1).into(),
+            reason: ureq::Timeout::Resolve,
+            ..NextTimeout::default()
+        };
+        LiteralFirst::default()
+            .resolve(&uri, &config, timeout)
+            .unwrap()
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn ip_literal_urls_resolve_in_place_and_names_are_remembered_briefly() {
+        assert_eq!(
+            resolve("http://127.0.0.1:3000/messages"),
+            vec!["127.0.0.1:3000".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve("http://[::1]:8080/head"),
+            vec!["[::1]:8080".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve("http://127.0.0.9/"),
+            vec!["127.0.0.9:80".parse().unwrap()],
+            "the scheme's default port"
+        );
+        let local = resolve("http://localhost:3000/");
+        assert!(
+            !local.is_empty()
+                && local
+                    .iter()
+                    .all(|a| a.ip().is_loopback() && a.port() == 3000),
+            "{local:?}"
+        );
+        // A name is remembered for NAME_TTL: a planted answer is returned
+        // while fresh, and looked up again once stale.
+        let r = LiteralFirst::default();
+        let uri: ureq::http::Uri = "http://localhost:3001/".parse().unwrap();
+        let config = ureq::config::Config::default();
+        let planted: SocketAddr = "127.0.0.42:3001".parse().unwrap();
+        let plant = |age: Duration| {
+            let mut addrs = r.empty();
+            addrs.push(planted);
+            let at = std::time::Instant::now().checked_sub(age).unwrap();
+            *r.cached.lock().unwrap() = Some(("localhost:3001".into(), at, addrs));
+        };
+        let lookup = || -> Vec<SocketAddr> {
+            r.resolve(&uri, &config, NextTimeout::default())
+                .unwrap()
+                .iter()
+                .copied()
+                .collect()
+        };
+        plant(Duration::ZERO);
+        assert_eq!(lookup(), vec![planted], "remembered");
+        plant(NAME_TTL + Duration::from_secs(1));
+        let fresh = lookup();
+        assert!(
+            !fresh.contains(&planted) && fresh.iter().all(|a| a.port() == 3001),
+            "{fresh:?}"
+        );
+        assert_eq!(lookup(), fresh, "the new answer is remembered");
     }
 }

@@ -8,7 +8,7 @@
 //! (in total and per address). Answers share the logged message bytes
 //! (`Bytes`), never copying them per client.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -213,7 +213,29 @@ struct Entry {
     seq: u64,
     at: Instant,
     tag: String,
-    bytes: Bytes,
+    /// The message's frame as answers carry it, `seq u64 BE ‖ len u32 BE ‖
+    /// bytes`: encoded once when posted, shared (never copied) by every
+    /// answer that carries it.
+    frame: Bytes,
+}
+
+impl Entry {
+    fn new(seq: u64, at: Instant, tag: String, bytes: &[u8]) -> Entry {
+        let mut frame = Vec::with_capacity(12 + bytes.len());
+        frame.extend_from_slice(&frame_head(seq, bytes.len()));
+        frame.extend_from_slice(bytes);
+        Entry {
+            seq,
+            at,
+            tag,
+            frame: Bytes::from(frame),
+        }
+    }
+
+    /// The message's length (its frame less the header).
+    fn len(&self) -> usize {
+        self.frame.len().saturating_sub(12)
+    }
 }
 
 /// The longest routing tag.
@@ -227,11 +249,71 @@ struct Waiter {
     notify: Arc<Notify>,
 }
 
+/// The waiting long polls, indexed by the tags they wait for, so that a
+/// message wakes only the polls it is for (a waiting poll has nothing after
+/// its cursor, so every new message it matches is one it wants), and the
+/// work of a post is the number of polls it wakes, not of all the polls.
+#[derive(Default)]
+struct Waiters {
+    all: HashMap<u64, Waiter>,
+    /// Ids of the polls waiting for any message (no tags).
+    any: HashSet<u64>,
+    /// Ids of the polls waiting for each tag.
+    by_tag: HashMap<String, HashSet<u64>>,
+}
+
+impl Waiters {
+    fn insert(&mut self, id: u64, waiter: Waiter) {
+        if waiter.tags.is_empty() {
+            self.any.insert(id);
+        }
+        for t in &waiter.tags {
+            self.by_tag.entry(t.clone()).or_default().insert(id);
+        }
+        self.all.insert(id, waiter);
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(w) = self.all.remove(&id) else {
+            return;
+        };
+        self.any.remove(&id);
+        for t in &w.tags {
+            if let Some(ids) = self.by_tag.get_mut(t) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.by_tag.remove(t);
+                }
+            }
+        }
+    }
+
+    /// Wakes the polls waiting for a message tagged `tag`; returns how many.
+    fn wake(&self, tag: &str) -> usize {
+        let tagged = self.by_tag.get(tag).into_iter().flatten();
+        let mut woken = 0;
+        for id in self.any.iter().chain(tagged) {
+            if let Some(w) = self.all.get(id) {
+                w.notify.notify_one();
+                woken += 1;
+            }
+        }
+        woken
+    }
+
+    /// Wakes every waiting poll (at shutdown).
+    fn wake_all(&self) {
+        for w in self.all.values() {
+            w.notify.notify_one();
+        }
+    }
+}
+
 struct Log {
     entries: VecDeque<Entry>,
     bytes: usize,
     next_seq: u64,
-    waiters: HashMap<u64, Waiter>,
+    waiters: Waiters,
     next_waiter: u64,
 }
 
@@ -245,7 +327,7 @@ impl Log {
             let too_old = now.duration_since(front.at) > config.max_age;
             if self.entries.len() > config.max_messages || self.bytes > config.max_bytes || too_old
             {
-                self.bytes -= front.bytes.len();
+                self.bytes -= front.len();
                 self.entries.pop_front();
             } else {
                 break;
@@ -253,9 +335,10 @@ impl Log {
         }
     }
 
-    /// Messages after `after` tagged with one of `tags` (all when empty), at
-    /// most `max` of them and at most `budget` bytes (but at least one).
-    fn after(&self, after: u64, max: usize, budget: usize, tags: &[String]) -> Vec<(u64, Bytes)> {
+    /// The frames of the messages after `after` tagged with one of `tags`
+    /// (all when empty), at most `max` of them and at most `budget` message
+    /// bytes (but at least one), and their message bytes.
+    fn after(&self, after: u64, max: usize, budget: usize, tags: &[String]) -> (Vec<Bytes>, usize) {
         let lowest = self.lowest();
         let start =
             usize::try_from(after.saturating_add(1).saturating_sub(lowest)).unwrap_or(usize::MAX);
@@ -267,13 +350,13 @@ impl Log {
             .skip(start)
             .filter(|e| tags.is_empty() || tags.contains(&e.tag))
         {
-            if out.len() >= max || (!out.is_empty() && bytes + e.bytes.len() > budget) {
+            if out.len() >= max || (!out.is_empty() && bytes + e.len() > budget) {
                 break;
             }
-            bytes += e.bytes.len();
-            out.push((e.seq, e.bytes.clone()));
+            bytes += e.len();
+            out.push(e.frame.clone());
         }
-        out
+        (out, bytes)
     }
 }
 
@@ -576,6 +659,10 @@ struct Shared {
     /// Bumped when a connection ends, for shutdown to wait on.
     ended: Notify,
     served: AtomicU64,
+    /// Long polls woken by new messages, for monitoring and tests.
+    wakeups: AtomicU64,
+    /// Connections accepted (admitted or refused), for monitoring and tests.
+    accepted: AtomicU64,
 }
 
 impl Shared {
@@ -587,10 +674,7 @@ impl Shared {
 
     /// Wakes every waiting GET (they see `stop` and answer).
     fn wake_all(&self) {
-        let log = self.lock();
-        for w in log.waiters.values() {
-            w.notify.notify_one();
-        }
+        self.lock().waiters.wake_all();
     }
 }
 
@@ -647,7 +731,7 @@ impl RelayServer {
                 entries: VecDeque::new(),
                 bytes: 0,
                 next_seq: 1,
-                waiters: HashMap::new(),
+                waiters: Waiters::default(),
                 next_waiter: 0,
             }),
             stop: AtomicBool::new(false),
@@ -672,6 +756,8 @@ impl RelayServer {
             }),
             ended: Notify::new(),
             served: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             instance,
             instance_header,
             config,
@@ -723,6 +809,24 @@ impl RelayServer {
     /// tests.
     pub fn answer_bytes_in_flight(&self) -> usize {
         self.shared.in_flight.lock().0
+    }
+
+    /// Returns how many waiting long polls new messages have woken so far (a
+    /// message wakes only the polls it is for); for monitoring and tests.
+    pub fn wakeups(&self) -> u64 {
+        self.shared.wakeups.load(Ordering::Relaxed)
+    }
+
+    /// Returns how many TCP connections the relay has accepted so far
+    /// (kept-alive connections count once); for monitoring and tests.
+    pub fn connections_accepted(&self) -> u64 {
+        self.shared.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Returns how many GETs are waiting for messages now (at most
+    /// [`RelayConfig::max_long_polls`]); for monitoring and tests.
+    pub fn long_polls_waiting(&self) -> usize {
+        self.shared.long_polls.total()
     }
 
     /// Stops accepting connections, answers the waiting long polls at once,
@@ -806,6 +910,7 @@ async fn serve(
 /// Serves a connection if its client is within the limits; otherwise
 /// answers `503`/`429` at once (if the socket takes it) and closes.
 fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
+    shared.accepted.fetch_add(1, Ordering::Relaxed);
     let client = ClientKey::of(peer.ip());
     let held = match shared.connections.acquire(client) {
         Ok(h) => h,
@@ -1306,34 +1411,31 @@ async fn post(req: Request<Incoming>, shared: &Shared, tag: String) -> Answer {
         let seq = log.next_seq;
         log.next_seq += 1;
         log.bytes += body.len();
-        for w in log.waiters.values() {
-            if w.tags.is_empty() || w.tags.contains(&tag) {
-                w.notify.notify_one();
-            }
-        }
-        log.entries.push_back(Entry {
-            seq,
-            at: Instant::now(),
-            tag,
-            bytes: body,
-        });
+        let woken = log.waiters.wake(&tag);
+        shared.wakeups.fetch_add(woken as u64, Ordering::Relaxed);
+        log.entries
+            .push_back(Entry::new(seq, Instant::now(), tag, &body));
         log.evict(&shared.config, Instant::now());
         seq
     };
     json(StatusCode::OK, &serde_json::json!({ "seq": seq }))
 }
 
-/// A registered waiter, removed from the log on drop.
+/// A registered waiter, removed from the log on drop (unless the answer
+/// already removed it under the lock it held).
 struct Waiting<'a> {
     shared: &'a Shared,
     id: u64,
     notify: Arc<Notify>,
+    registered: bool,
     _slot: Held,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.shared.lock().waiters.remove(&self.id);
+        if self.registered {
+            self.shared.lock().waiters.remove(self.id);
+        }
     }
 }
 
@@ -1366,7 +1468,7 @@ async fn get(
                     return error(status, &message);
                 }
             };
-            let found = log.after(after, max, config.max_answer_bytes.min(left), &tags);
+            let (found, bytes) = log.after(after, max, config.max_answer_bytes.min(left), &tags);
             // A cursor at or past the head is answered at once: it comes
             // from an earlier relay (this one restarted), and the client
             // learns so from the instance header.
@@ -1376,9 +1478,12 @@ async fn get(
                 || after >= log.next_seq
             {
                 let (next, lowest) = (log.next_seq, log.lowest());
+                if let Some(w) = waiting.as_mut() {
+                    log.waiters.remove(w.id);
+                    w.registered = false;
+                }
                 drop(log);
                 drop(waiting);
-                let bytes: usize = found.iter().map(|(_, b)| b.len()).sum();
                 let reservation = if found.is_empty() {
                     None
                 } else {
@@ -1392,7 +1497,7 @@ async fn get(
                         }
                     }
                 };
-                return batch(&found, next, lowest, reservation.as_ref());
+                return batch(found, next, lowest, reservation.as_ref());
             }
             match &waiting {
                 Some(w) => w.notify.clone(),
@@ -1419,6 +1524,7 @@ async fn get(
                         shared,
                         id,
                         notify: notify.clone(),
+                        registered: true,
                         _slot: slot,
                     });
                     notify
@@ -1429,10 +1535,10 @@ async fn get(
     }
 }
 
-/// The answer carrying `found`; every chunk holds `reservation` (if any)
-/// until dropped.
+/// The answer carrying the frames `found` (shared with the log, one chunk
+/// each); every chunk holds `reservation` (if any) until dropped.
 fn batch(
-    found: &[(u64, Bytes)],
+    found: Vec<Bytes>,
     next: u64,
     lowest: u64,
     reservation: Option<&Arc<Reservation>>,
@@ -1444,15 +1550,9 @@ fn batch(
         }),
         None => bytes,
     };
-    let mut heads = Vec::with_capacity(found.len() * 12);
-    for (seq, bytes) in found {
-        heads.extend_from_slice(&frame_head(*seq, bytes.len()));
-    }
-    let heads = Bytes::from(heads);
     let mut body = Chunks::default();
-    for (i, (_, bytes)) in found.iter().enumerate() {
-        body.push(pin(heads.slice(i * 12..i * 12 + 12)));
-        body.push(pin(bytes.clone()));
+    for frame in found {
+        body.push(pin(frame));
     }
     let mut resp = answer(StatusCode::OK, "application/octet-stream", body);
     let h = resp.headers_mut();
@@ -1485,19 +1585,24 @@ mod tests {
             entries: VecDeque::new(),
             bytes: 0,
             next_seq: 1,
-            waiters: HashMap::new(),
+            waiters: Waiters::default(),
             next_waiter: 0,
         };
         for (i, len) in [10usize, 10, 10, 50, 10].iter().enumerate() {
-            log.entries.push_back(Entry {
-                seq: i as u64 + 1,
-                at: Instant::now(),
-                tag: String::new(),
-                bytes: Bytes::from(vec![0u8; *len]),
-            });
+            let seq = i as u64 + 1;
+            log.entries.push_back(Entry::new(
+                seq,
+                Instant::now(),
+                String::new(),
+                &vec![0u8; *len],
+            ));
             log.next_seq += 1;
         }
-        let seqs = |v: Vec<(u64, Bytes)>| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        let seqs = |(v, _): (Vec<Bytes>, usize)| {
+            v.into_iter()
+                .map(|f| crate::read_frames(&f).unwrap().first().unwrap().0)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(seqs(log.after(0, 100, 25, &[])), vec![1, 2]);
         assert_eq!(seqs(log.after(0, 2, 1000, &[])), vec![1, 2]);
         assert_eq!(
@@ -1506,8 +1611,38 @@ mod tests {
             "one too big goes alone"
         );
         assert_eq!(seqs(log.after(4, 100, 25, &[])), vec![5]);
-        assert!(log.after(5, 100, 25, &[]).is_empty());
-        assert!(log.after(u64::MAX, 100, 25, &[]).is_empty());
+        assert_eq!(log.after(0, 100, 25, &[]).1, 20, "message bytes counted");
+        assert!(log.after(5, 100, 25, &[]).0.is_empty());
+        assert!(log.after(u64::MAX, 100, 25, &[]).0.is_empty());
+    }
+
+    #[test]
+    fn a_post_wakes_only_the_polls_waiting_for_its_tag_and_removed_ones_never() {
+        let mut w = Waiters::default();
+        let tags = |t: &[&str]| t.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let mut notifies = vec![];
+        for (id, t) in [
+            (1, tags(&["x"])),
+            (2, tags(&["y"])),
+            (3, tags(&["x", "y"])),
+            (4, vec![]),
+        ] {
+            let notify = Arc::new(Notify::new());
+            notifies.push(notify.clone());
+            w.insert(id, Waiter { tags: t, notify });
+        }
+        assert_eq!(w.wake("x"), 3, "1, 3 and the untagged 4");
+        assert_eq!(w.wake("y"), 3, "2, 3 and 4");
+        assert_eq!(w.wake("z"), 1, "only the untagged");
+        assert_eq!(w.wake(""), 1, "an untagged post: only the untagged");
+        w.remove(3);
+        w.remove(4);
+        w.remove(4);
+        assert_eq!(w.wake("x"), 1);
+        assert_eq!(w.wake("z"), 0);
+        w.remove(1);
+        w.remove(2);
+        assert!(w.all.is_empty() && w.any.is_empty() && w.by_tag.is_empty());
     }
 
     #[test]

@@ -261,3 +261,99 @@ fn tagged_polls_wake_only_for_their_tags() {
         Err(RelayError::Http { status: 400, .. })
     ));
 }
+
+/// Waits (at most 10 s) until exactly `n` GETs wait at the relay.
+fn until_waiting(s: &RelayServer, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.long_polls_waiting() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} long polls waiting, expected {n}",
+            s.long_polls_waiting()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_message_tagged_x_wakes_no_poller_of_tag_y() {
+    let (s, c) = start(RelayConfig::default());
+    // One-shot long polls: 4 for `x`, 4 for `y`, 2 for anything.
+    let spawn = |tags: &'static [&'static str]| {
+        let c = c.clone();
+        std::thread::spawn(move || c.poll_tags(0, Duration::from_secs(20), tags).unwrap())
+    };
+    let xs: Vec<_> = (0..4).map(|_| spawn(&["x"])).collect();
+    let ys: Vec<_> = (0..4).map(|_| spawn(&["y", "w"])).collect();
+    let anys: Vec<_> = (0..2).map(|_| spawn(&[])).collect();
+    until_waiting(&s, 10);
+    assert_eq!(s.wakeups(), 0);
+
+    c.post_tagged(b"for x", "x").unwrap();
+    for h in xs.into_iter().chain(anys) {
+        assert_eq!(h.join().unwrap().messages, vec![(1, b"for x".to_vec())]);
+    }
+    until_waiting(&s, 4);
+    assert_eq!(s.wakeups(), 6, "the x and the untagged polls only");
+
+    // Neither an untagged message nor another tag wakes the `y` polls.
+    c.post(b"untagged").unwrap();
+    c.post_tagged(b"for z", "z").unwrap();
+    assert_eq!(s.wakeups(), 6);
+    assert_eq!(s.long_polls_waiting(), 4);
+
+    c.post_tagged(b"for y", "y").unwrap();
+    for h in ys {
+        assert_eq!(h.join().unwrap().messages, vec![(4, b"for y".to_vec())]);
+    }
+    assert_eq!(s.wakeups(), 10, "each y poll once");
+    until_waiting(&s, 0);
+}
+
+#[test]
+fn polls_and_posts_reuse_kept_alive_connections() {
+    let _turn = heavy();
+    let (s, c) = start(RelayConfig::default());
+    for i in 1..=20u64 {
+        assert_eq!(c.post(b"m").unwrap(), i);
+        assert_eq!(c.poll(i - 1, Duration::ZERO).unwrap().last_seq(i - 1), i);
+    }
+    assert_eq!(
+        s.connections_accepted(),
+        1,
+        "one connection for 40 requests"
+    );
+
+    // 32 clones of one client long-poll 10 rounds at once, all idle together
+    // between rounds: the pool keeps every connection (ureq's default kept 3
+    // per host and closed the others, so every round opened ~29 new ones).
+    const POLLERS: usize = 32;
+    const ROUNDS: u64 = 10;
+    let idle = Arc::new(Barrier::new(POLLERS + 1));
+    let readers: Vec<_> = (0..POLLERS)
+        .map(|_| {
+            let (c, idle) = (c.clone(), idle.clone());
+            std::thread::spawn(move || {
+                for after in 20..20 + ROUNDS {
+                    idle.wait();
+                    let b = c.poll(after, Duration::from_secs(20)).unwrap();
+                    assert_eq!(b.last_seq(after), after + 1);
+                }
+            })
+        })
+        .collect();
+    for round in 1..=ROUNDS {
+        idle.wait();
+        until_waiting(&s, POLLERS);
+        assert_eq!(c.post(b"r").unwrap(), 20 + round);
+    }
+    for r in readers {
+        r.join().unwrap();
+    }
+    let accepted = s.connections_accepted();
+    assert!(
+        accepted <= 1 + POLLERS as u64,
+        "{accepted} connections for {} requests",
+        POLLERS as u64 * ROUNDS + ROUNDS
+    );
+}
