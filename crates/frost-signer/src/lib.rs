@@ -43,7 +43,7 @@
 
 pub mod state;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -73,6 +73,11 @@ pub const ROUND_TTL: Duration = Duration::from_secs(120);
 pub const MAX_ALLOWED: usize = 4096;
 /// How long a sign request's items stay allowed.
 pub const ALLOWED_TTL: Duration = Duration::from_secs(600);
+/// How many round ids a signer remembers as having had their nonce (for
+/// [`ALLOWED_TTL`], the oldest forgotten first): a nonce request for one of
+/// them is dropped, so a relay replaying the nonce requests of rounds long
+/// signed cannot reopen them and evict the rounds in flight.
+pub const MAX_NONCED: usize = 4 * MAX_ALLOWED;
 /// How often an unchanged attestation is sent again, by default.
 pub const ATTEST_INTERVAL: Duration = Duration::from_secs(60);
 /// How often [`Validator::attest`] is asked at most (so a changed key is
@@ -203,6 +208,10 @@ pub struct SignerCore {
     dkg_joined: u64,
     allowed: HashMap<(PublicKey, [u8; 32]), Instant>,
     rounds: HashMap<RoundId, OpenRound>,
+    /// Every round id given a nonce within [`ALLOWED_TTL`] (at most
+    /// [`MAX_NONCED`]), oldest first: a round id gets one nonce, ever.
+    nonced: VecDeque<(Instant, RoundId)>,
+    nonced_ids: HashSet<RoundId>,
     rejected: u64,
     attest_interval: Duration,
     attest_checked: Option<Instant>,
@@ -271,6 +280,8 @@ impl SignerCore {
             dkg_joined,
             allowed: HashMap::new(),
             rounds: HashMap::new(),
+            nonced: VecDeque::new(),
+            nonced_ids: HashSet::new(),
             rejected: 0,
             attest_interval: ATTEST_INTERVAL,
             attest_checked: None,
@@ -460,6 +471,13 @@ impl SignerCore {
             .retain(|_, r| now.duration_since(r.opened) < ROUND_TTL);
         self.allowed
             .retain(|_, t| now.duration_since(*t) < ALLOWED_TTL);
+        while let Some((t, id)) = self.nonced.front().copied() {
+            if now.duration_since(t) < ALLOWED_TTL && self.nonced.len() <= MAX_NONCED {
+                break;
+            }
+            self.nonced.pop_front();
+            self.nonced_ids.remove(&id);
+        }
     }
 
     fn dkg_begin(&mut self, b: &w::DkgBegin) -> Vec<Message> {
@@ -727,6 +745,16 @@ impl SignerCore {
                 "a second nonce request for an open round, with another message".into(),
             );
         }
+        if self.nonced_ids.contains(&round) {
+            // Its nonce was made and is gone (signed, dropped, evicted or
+            // expired): a replay. Dropped without a refusal, which would
+            // count against the job of that round while it still runs.
+            self.reject(format_args!(
+                "no nonce for signing round {}/{}: it already had one",
+                m.sign_id, m.sign_iter_id
+            ));
+            return vec![];
+        }
         let Some(entry) = self.history.find(&r.key) else {
             return self.refuse_round(m.sign_id, format!("holds no share of key {}", r.key));
         };
@@ -788,6 +816,14 @@ impl SignerCore {
                 break;
             };
             self.rounds.remove(&oldest);
+        }
+        let now = Instant::now();
+        self.nonced.push_back((now, round));
+        self.nonced_ids.insert(round);
+        while self.nonced.len() > MAX_NONCED {
+            if let Some((_, id)) = self.nonced.pop_front() {
+                self.nonced_ids.remove(&id);
+            }
         }
         self.rounds.insert(
             round,
