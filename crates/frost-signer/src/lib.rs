@@ -73,10 +73,11 @@ pub const ROUND_TTL: Duration = Duration::from_secs(120);
 pub const MAX_ALLOWED: usize = 4096;
 /// How long a sign request's items stay allowed.
 pub const ALLOWED_TTL: Duration = Duration::from_secs(600);
-/// How many round ids a signer remembers as having had their nonce (for
-/// [`ALLOWED_TTL`], the oldest forgotten first): a nonce request for one of
-/// them is dropped, so a relay replaying the nonce requests of rounds long
-/// signed cannot reopen them and evict the rounds in flight.
+/// How many round ids a signer remembers as having had their nonce (the
+/// oldest forgotten first; not by time, since a relay replaying a sign
+/// request the validator still passes renews its allowance): a nonce request
+/// for one of them is dropped, so a relay replaying the nonce requests of
+/// rounds already signed cannot reopen them and evict the rounds in flight.
 pub const MAX_NONCED: usize = 4 * MAX_ALLOWED;
 /// How often an unchanged attestation is sent again, by default.
 pub const ATTEST_INTERVAL: Duration = Duration::from_secs(60);
@@ -208,9 +209,9 @@ pub struct SignerCore {
     dkg_joined: u64,
     allowed: HashMap<(PublicKey, [u8; 32]), Instant>,
     rounds: HashMap<RoundId, OpenRound>,
-    /// Every round id given a nonce within [`ALLOWED_TTL`] (at most
-    /// [`MAX_NONCED`]), oldest first: a round id gets one nonce, ever.
-    nonced: VecDeque<(Instant, RoundId)>,
+    /// The last [`MAX_NONCED`] round ids given a nonce, oldest first: a
+    /// round id gets one nonce, ever.
+    nonced: VecDeque<RoundId>,
     nonced_ids: HashSet<RoundId>,
     rejected: u64,
     attest_interval: Duration,
@@ -471,13 +472,6 @@ impl SignerCore {
             .retain(|_, r| now.duration_since(r.opened) < ROUND_TTL);
         self.allowed
             .retain(|_, t| now.duration_since(*t) < ALLOWED_TTL);
-        while let Some((t, id)) = self.nonced.front().copied() {
-            if now.duration_since(t) < ALLOWED_TTL && self.nonced.len() <= MAX_NONCED {
-                break;
-            }
-            self.nonced.pop_front();
-            self.nonced_ids.remove(&id);
-        }
     }
 
     fn dkg_begin(&mut self, b: &w::DkgBegin) -> Vec<Message> {
@@ -817,11 +811,10 @@ impl SignerCore {
             };
             self.rounds.remove(&oldest);
         }
-        let now = Instant::now();
-        self.nonced.push_back((now, round));
+        self.nonced.push_back(round);
         self.nonced_ids.insert(round);
         while self.nonced.len() > MAX_NONCED {
-            if let Some((_, id)) = self.nonced.pop_front() {
+            if let Some(id) = self.nonced.pop_front() {
                 self.nonced_ids.remove(&id);
             }
         }

@@ -223,8 +223,9 @@ fn interleave(ops: Vec<Op>) -> usize {
 /// share and its job timed out. The relay needs no key: the packets are the
 /// coordinator's own, within the allowance's ten minutes, and it delivers
 /// everything (nothing the operator would see as a relay fault). Now a round
-/// id gets one nonce, ever (`MAX_NONCED` ids remembered for `ALLOWED_TTL`):
-/// the replays are dropped without a refusal, and A signs.
+/// id gets one nonce, ever (the last `MAX_NONCED` round ids are remembered,
+/// not by time: a replayed sign request the validator passes again renews
+/// its allowance): the replays are dropped without a refusal, and A signs.
 #[test]
 fn replayed_nonce_requests_of_signed_rounds_do_not_evict_a_round_in_flight() {
     let dir = tempfile::tempdir().unwrap();
