@@ -269,3 +269,62 @@ fn replayed_nonce_requests_of_signed_rounds_do_not_evict_a_round_in_flight() {
         "signed round ids were reopened with fresh nonces"
     );
 }
+
+/// Attack (held; liveness only): a thief of the coordinator's message key
+/// marks live round A "passed over" with a share request that leaves signer 3
+/// out, fills the table so A goes first, then asks A's nonce again and sends
+/// A's genuine share request. A's nonce is gone with the eviction: no second
+/// nonce for A's round id, no share for the old listing, and each nonce
+/// signer 3 ever issued signs at most once.
+#[test]
+fn a_live_round_marked_passed_over_and_evicted_gets_no_second_nonce_or_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path(), true);
+    let h = [5u8; 32];
+    for c in &mut cores {
+        c.handle(&sign_request(key, h)).unwrap();
+    }
+    let a: Vec<_> = cores
+        .iter_mut()
+        .map(|c| nonce_of(&c.handle(&nonce_request(key, 500, 1, h)).unwrap()))
+        .collect();
+    // Signer 3 passed over in A (a forged listing of signers 1 and 2).
+    assert!(cores[2]
+        .handle(&share_request(key, a[..2].to_vec()))
+        .unwrap()
+        .is_empty());
+    // A full table of fresh rounds: A, passed over, is evicted first.
+    for sign_id in 1_000..1_000 + frost_signer::MAX_OPEN_ROUNDS as u64 {
+        nonce_of(&cores[2].handle(&nonce_request(key, sign_id, 1, h)).unwrap());
+    }
+    assert_eq!(cores[2].open_rounds(), frost_signer::MAX_OPEN_ROUNDS);
+    let again = cores[2].handle(&nonce_request(key, 500, 1, h)).unwrap();
+    assert!(
+        again.is_empty(),
+        "A's round id got a second nonce: {again:?}"
+    );
+    let out = cores[2].handle(&share_request(key, a.clone())).unwrap();
+    assert!(out.is_empty(), "a share for an evicted round: {out:?}");
+    // The fresh rounds still sign, once each.
+    let mut shares = 0;
+    for sign_id in 1_000..1_000 + frost_signer::MAX_OPEN_ROUNDS as u64 {
+        let mut listed: Vec<_> = cores[..2]
+            .iter_mut()
+            .map(|c| nonce_of(&c.handle(&nonce_request(key, sign_id, 1, h)).unwrap()))
+            .collect();
+        let ours = nonce_of(&cores[2].handle(&nonce_request(key, sign_id, 1, h)).unwrap());
+        listed.push(ours);
+        if is_share(
+            &cores[2]
+                .handle(&share_request(key, listed.clone()))
+                .unwrap(),
+        ) {
+            shares += 1;
+        }
+        assert!(cores[2]
+            .handle(&share_request(key, listed))
+            .unwrap()
+            .is_empty());
+    }
+    assert_eq!(shares, frost_signer::MAX_OPEN_ROUNDS);
+}
