@@ -683,7 +683,12 @@ impl SignerCore {
         }
         let now = Instant::now();
         for item in &r.items {
-            self.allowed.insert((item.key, item.message.digest()), now);
+            // The time it was first allowed: a replayed request must not
+            // make its pairs newer than those of requests still waiting
+            // for their rounds (the oldest go first when the table is full).
+            self.allowed
+                .entry((item.key, item.message.digest()))
+                .or_insert(now);
         }
         while self.allowed.len() > MAX_ALLOWED {
             let Some(oldest) = self

@@ -328,3 +328,41 @@ fn a_live_round_marked_passed_over_and_evicted_gets_no_second_nonce_or_share() {
     }
     assert_eq!(shares, frost_signer::MAX_OPEN_ROUNDS);
 }
+
+/// Attack (liveness, keyless relay; broke, fixed): the signer's table of
+/// allowed (key, digest) pairs drops the oldest when full. A relay re-posting
+/// the coordinator's earlier sign requests (the validator passes them again)
+/// refreshed their pairs' time, so the pair of a request still waiting for
+/// its rounds became the oldest and was the one dropped when the next honest
+/// request came: its nonce request was refused `nonce.not-requested`. Now a
+/// pair keeps the time it was first allowed; a replay changes nothing.
+#[test]
+fn replayed_sign_requests_do_not_push_a_waiting_requests_allowance_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cores, key) = keyed_cores(dir.path(), true);
+    let c = &mut cores[0];
+    let digest = |i: usize| {
+        let mut h = [0u8; 32];
+        h[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        h[31] = 1;
+        h
+    };
+    let max = frost_signer::MAX_ALLOWED;
+    // Honest requests 0..max-1, then the waiting one (max-1 is its item).
+    for i in 0..max {
+        c.handle(&sign_request(key, digest(i))).unwrap();
+    }
+    // The relay re-posts every earlier request.
+    for i in 0..max - 1 {
+        c.handle(&sign_request(key, digest(i))).unwrap();
+    }
+    // The next honest request fills the table past its size.
+    c.handle(&sign_request(key, digest(max))).unwrap();
+    let out = c
+        .handle(&nonce_request(key, 1, 1, digest(max - 1)))
+        .unwrap();
+    assert!(
+        matches!(out.as_slice(), [Message::NonceResponse(_)]),
+        "the waiting request's allowance was pushed out: {out:?}"
+    );
+}
