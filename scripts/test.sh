@@ -25,4 +25,4 @@ echo "==> contract tests on the Clarity VM (clarinet simnet), and the devnet's m
 # The model side runs the example built above (cargo run would rebuild it
 # with other features).
 replay="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/examples/model_replay"
-(cd tests/js && MODEL_REPLAY="$replay" node --test contract.test.mjs model-crosscheck.test.mjs)
+(cd tests/js && MODEL_REPLAY="$replay" node --test contract.test.mjs model-crosscheck.test.mjs redteam-batches.test.mjs)

@@ -76,6 +76,11 @@ pub struct RelayCoordinatorOptions {
 /// The most rounds in flight used whatever is configured: a signer's open
 /// rounds (`frost_signer::MAX_OPEN_ROUNDS`).
 const MAX_ROUNDS_IN_FLIGHT: usize = 64;
+/// The most items one run of `sign_many` posts
+/// sign requests for before their rounds: a quarter of the (key, digest)
+/// pairs a signer keeps allowed (`frost_signer::MAX_ALLOWED` = 4096), so the
+/// first job's are still there when its nonce requests come.
+const MAX_BATCH_ITEMS: usize = 1024;
 
 /// [`RelayCoordinatorOptions::rounds_in_flight`] unless configured.
 pub const DEFAULT_ROUNDS_IN_FLIGHT: usize = 8;
@@ -1623,7 +1628,28 @@ impl FrostCoordinator for RelayFrostCoordinator {
     }
 
     fn sign_many(&mut self, jobs: &[SignJob]) -> Vec<Result<Vec<schnorr::Signature>, Error>> {
-        self.run_jobs(jobs)
+        // Every request of a run is posted before its first round opens,
+        // and a signer keeps a bounded table of the (key, digest) pairs its
+        // accepted requests named, oldest dropped first: a run of more items
+        // than that would have the first jobs' pairs dropped before their
+        // nonce requests come (red team: `tests/redteam_inflight.rs`). So a
+        // call runs in chunks of at most MAX_BATCH_ITEMS items (a job larger
+        // than that runs alone).
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut start = 0;
+        while start < jobs.len() {
+            let mut end = start;
+            let mut items = 0usize;
+            while end < jobs.len()
+                && (end == start || items.saturating_add(jobs[end].items.len()) <= MAX_BATCH_ITEMS)
+            {
+                items = items.saturating_add(jobs[end].items.len());
+                end += 1;
+            }
+            out.extend(self.run_jobs(&jobs[start..end]));
+            start = end;
+        }
+        out
     }
 
     fn aggregate_public_key(&self) -> Option<PublicKey> {

@@ -43,7 +43,7 @@
 
 pub mod state;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -73,6 +73,12 @@ pub const ROUND_TTL: Duration = Duration::from_secs(120);
 pub const MAX_ALLOWED: usize = 4096;
 /// How long a sign request's items stay allowed.
 pub const ALLOWED_TTL: Duration = Duration::from_secs(600);
+/// How many round ids a signer remembers as having had their nonce (the
+/// oldest forgotten first; not by time, since a relay replaying a sign
+/// request the validator still passes renews its allowance): a nonce request
+/// for one of them is dropped, so a relay replaying the nonce requests of
+/// rounds already signed cannot reopen them and evict the rounds in flight.
+pub const MAX_NONCED: usize = 4 * MAX_ALLOWED;
 /// How often an unchanged attestation is sent again, by default.
 pub const ATTEST_INTERVAL: Duration = Duration::from_secs(60);
 /// How often [`Validator::attest`] is asked at most (so a changed key is
@@ -203,6 +209,10 @@ pub struct SignerCore {
     dkg_joined: u64,
     allowed: HashMap<(PublicKey, [u8; 32]), Instant>,
     rounds: HashMap<RoundId, OpenRound>,
+    /// The last [`MAX_NONCED`] round ids given a nonce, oldest first: a
+    /// round id gets one nonce, ever.
+    nonced: VecDeque<RoundId>,
+    nonced_ids: HashSet<RoundId>,
     rejected: u64,
     attest_interval: Duration,
     attest_checked: Option<Instant>,
@@ -271,6 +281,8 @@ impl SignerCore {
             dkg_joined,
             allowed: HashMap::new(),
             rounds: HashMap::new(),
+            nonced: VecDeque::new(),
+            nonced_ids: HashSet::new(),
             rejected: 0,
             attest_interval: ATTEST_INTERVAL,
             attest_checked: None,
@@ -671,7 +683,12 @@ impl SignerCore {
         }
         let now = Instant::now();
         for item in &r.items {
-            self.allowed.insert((item.key, item.message.digest()), now);
+            // The time it was first allowed: a replayed request must not
+            // make its pairs newer than those of requests still waiting
+            // for their rounds (the oldest go first when the table is full).
+            self.allowed
+                .entry((item.key, item.message.digest()))
+                .or_insert(now);
         }
         while self.allowed.len() > MAX_ALLOWED {
             let Some(oldest) = self
@@ -726,6 +743,16 @@ impl SignerCore {
                 m.sign_id,
                 "a second nonce request for an open round, with another message".into(),
             );
+        }
+        if self.nonced_ids.contains(&round) {
+            // Its nonce was made and is gone (signed, dropped, evicted or
+            // expired): a replay. Dropped without a refusal, which would
+            // count against the job of that round while it still runs.
+            self.reject(format_args!(
+                "no nonce for signing round {}/{}: it already had one",
+                m.sign_id, m.sign_iter_id
+            ));
+            return vec![];
         }
         let Some(entry) = self.history.find(&r.key) else {
             return self.refuse_round(m.sign_id, format!("holds no share of key {}", r.key));
@@ -788,6 +815,13 @@ impl SignerCore {
                 break;
             };
             self.rounds.remove(&oldest);
+        }
+        self.nonced.push_back(round);
+        self.nonced_ids.insert(round);
+        while self.nonced.len() > MAX_NONCED {
+            if let Some(id) = self.nonced.pop_front() {
+                self.nonced_ids.remove(&id);
+            }
         }
         self.rounds.insert(
             round,
