@@ -19,6 +19,7 @@ pub mod checks;
 pub mod envelope;
 pub mod messages;
 mod signer_set;
+mod wire;
 
 pub use envelope::{
     verify_attestations, AttestationTally, Codec, Domain, Envelope, EnvelopeError, Sender,
