@@ -141,8 +141,9 @@ pub struct ShareRequest {
     pub key: PublicKey,
     /// The wsts request.
     pub msg: w::SignatureShareRequest,
-    /// The sealed `NonceResponse` envelopes of the listed signers (raw
-    /// bytes, hex in the JSON body), at most one per listed signer.
+    /// The sealed `NonceResponse` envelopes of the listed signers, as
+    /// posted (raw bytes in the binary body; hex in this type's serde
+    /// form), at most one per listed signer.
     #[serde(with = "hex_list")]
     pub nonce_envelopes: Vec<Vec<u8>>,
 }
