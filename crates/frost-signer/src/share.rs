@@ -6,12 +6,11 @@
 //! party — compressing each point again every time, one field inversion per
 //! point: 15 × 30 = 450 compressions in a 15-signer round — and then makes
 //! one scalar multiplication per party. That was most of a signer's CPU per
-//! share (and a 15×1 round runs 15 signers). Here the nonces are compressed
-//! once, every party's binding value is hashed from those bytes
-//! (`compute::binding_compressed`, the same hash), and the aggregate nonce
-//! is one multi-scalar multiplication (what wsts' own
-//! `compute::aggregate_nonce` does). The share is the same scalar: the unit
-//! test below compares the two on random keys and nonces.
+//! share (and a 15×1 round runs 15 signers). Here the aggregate nonce is
+//! [`frost_net::taproot::aggregate_nonce`] (the nonces compressed once, one
+//! multi-scalar multiplication) and the own binding value is hashed from the
+//! same compressed bytes. The share is the same scalar: the unit tests below
+//! compare the two on random keys and nonces.
 
 use wsts::common::{PublicNonce, SignatureShare};
 use wsts::compute;
@@ -46,9 +45,6 @@ fn share(
     nonces: &[PublicNonce],
     merkle_root: Option<[u8; 32]>,
 ) -> Option<SignatureShare> {
-    if party_ids.len() != nonces.len() || nonces.is_empty() {
-        return None;
-    }
     // The private values wsts keeps inside the party.
     let state = party.save();
     let [(_, own)] = state.parties.as_slice() else {
@@ -73,21 +69,7 @@ fn share(
     };
 
     // R = Σ (D_i + ρ_i E_i), each ρ_i over the nonces compressed once.
-    let compressed: Vec<_> = nonces
-        .iter()
-        .map(|n| (n.D.compress(), n.E.compress()))
-        .collect();
-    let mut scalars = Vec::with_capacity(2 * nonces.len());
-    for i in party_ids {
-        scalars.push(Scalar::from(1u32));
-        scalars.push(compute::binding_compressed(
-            &compute::id(*i),
-            &compressed,
-            msg,
-        ));
-    }
-    let points: Vec<Point> = nonces.iter().flat_map(|n| [n.D, n.E]).collect();
-    let R = Point::multimult(scalars, points).ok()?;
+    let (R, compressed) = frost_net::taproot::aggregate_nonce(msg, party_ids, nonces)?;
 
     let c = compute::challenge(&tweaked_public_key, &R, msg);
     let rho = compute::binding_compressed(&compute::id(party.party_id), &compressed, msg);
