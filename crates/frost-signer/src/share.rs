@@ -73,14 +73,14 @@ fn share(
 
     let c = compute::challenge(&tweaked_public_key, &R, msg);
     let rho = compute::binding_compressed(&compute::id(party.party_id), &compressed, msg);
-    let mut r = &own.nonce.d + &own.nonce.e * rho;
+    let mut r = own.nonce.d + own.nonce.e * rho;
     if !R.has_even_y() {
         r = -r;
     }
     let mut cx = Scalar::from(0u32);
     for key_id in &party.key_ids {
         let private = own.private_keys.iter().find(|(k, _)| k == key_id)?.1;
-        cx += c * &private * compute::lambda(*key_id, key_ids);
+        cx += c * private * compute::lambda(*key_id, key_ids);
     }
     cx = cx_sign * cx;
     Some(SignatureShare {
@@ -167,7 +167,14 @@ mod tests {
             None
         )
         .is_none());
-        let ours = sign_taproot(p, &[1; 32], &[0, 1], &[1, 2], &[nonce.clone()], None);
+        let ours = sign_taproot(
+            p,
+            &[1; 32],
+            &[0, 1],
+            &[1, 2],
+            std::slice::from_ref(&nonce),
+            None,
+        );
         let theirs = p.sign_taproot(&[1; 32], &[0, 1], &[1, 2], &[nonce], None);
         assert_eq!(ours, theirs);
     }
