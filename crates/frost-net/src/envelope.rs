@@ -506,8 +506,19 @@ impl Codec {
         let same_round = (listed.dkg_id, listed.sign_id, listed.sign_iter_id)
             == (m.dkg_id, m.sign_id, m.sign_iter_id)
             && listed.message == m.message;
-        (same_round && crate::wire::encode_nonce_response(&r.key, listed) == body)
-            .then_some(wsts_id)
+        if !same_round || crate::wire::encode_nonce_response(&r.key, listed) != body {
+            return None;
+        }
+        // The body is the listed entry: the id checks `open` would run on
+        // it (its own signer id, its own key ids, one valid nonce), here on
+        // the entry, so the answer does not depend on how `r` was checked.
+        let embedded = Message::NonceResponse(crate::messages::Keyed {
+            key: r.key,
+            msg: listed.clone(),
+        });
+        crate::checks::check(&self.set, sender, &embedded)
+            .ok()
+            .map(|()| wsts_id)
     }
 }
 

@@ -375,3 +375,28 @@ proptest! {
         }
     }
 }
+
+/// An embedded response identical to its listed entry but with key ids
+/// that are not its signer's own is refused even when the request never
+/// went through `Codec::open` (the byte comparison runs the id checks too).
+#[test]
+fn a_matching_embedded_response_with_foreign_key_ids_is_refused() {
+    let c = codec();
+    let mut r = share_request(&c);
+    let n = &mut r.msg.nonce_responses[2];
+    n.key_ids = vec![9];
+    let sealed = c
+        .seal(
+            Sender::Signer(3),
+            &sk(3),
+            &Message::NonceResponse(Keyed {
+                key: r.key,
+                msg: n.clone(),
+            }),
+        )
+        .unwrap();
+    r.nonce_envelopes[2] = sealed;
+    let e = c.check_listed_nonces(&r, 0).unwrap_err();
+    assert!(e.contains("embedded nonce response 2"), "{e}");
+    assert!(e.contains("key ids of signer 2 are not its own"), "{e}");
+}
