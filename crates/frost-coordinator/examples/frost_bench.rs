@@ -4,7 +4,7 @@
 //! opened by each party that processes it), for 5×1, 15×1 and 15×10 (signers × keys each);
 //! and relay delivery latency to 128 long-polling clients.
 //!
-//! `cargo run --release -p frost-coordinator --example frost_bench [-- 15x1 …]`
+//! `cargo run --release -p frost-coordinator --example frost_bench [-- 15x1 … --rounds=N]`
 //!
 //! `-- inflight [5x1 15x1 …] [jobs=200]`: `sign_many` of that many jobs of
 //! two items (like payouts) through the relay with 1, 4, 8 and 16 rounds in
@@ -501,7 +501,11 @@ fn main() {
         inflight(&args[1..]);
         return;
     }
-    let rounds = 10;
+    // `--rounds=N` signs N rounds per size (default 10), e.g. to profile
+    // signing rather than the DKG.
+    let rounds = std::env::args()
+        .find_map(|a| a.strip_prefix("--rounds=")?.parse().ok())
+        .unwrap_or(10usize);
     println!("FROST rounds (wsts v2 + FIRE), median of {rounds} signing rounds");
     println!("| signers × keys | path | DKG | signing round (median) |");
     println!("|---|---|---|---|");

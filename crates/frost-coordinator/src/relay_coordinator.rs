@@ -46,7 +46,9 @@ use wsts::traits::Aggregator as _;
 
 use crate::{Error, FrostCoordinator, SignJob, SignerAttestation};
 
-type Fire = fire::Coordinator<wsts::v2::Aggregator>;
+/// wsts' FIRE with wsts' v2 aggregator, but the aggregate nonce of a
+/// taproot signature computed once (`frost_net::taproot`).
+type Fire = fire::Coordinator<frost_net::taproot::Aggregator>;
 
 /// How the coordinator is set up.
 #[derive(Debug, Clone)]

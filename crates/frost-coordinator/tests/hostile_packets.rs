@@ -188,12 +188,28 @@ fn some_id(a: u32) -> u32 {
     [0, 1, 2, 3, 4, N, u32::MAX, a][a as usize % 8]
 }
 
-/// Arbitrary bodies for `kind`: bytes, JSON of another kind, truncated JSON.
-fn junk_body(m: Move, kind: Kind, valid_json_of_other: &[u8]) -> Vec<u8> {
-    match m.b % 4 {
+/// Arbitrary bodies for `kind`: bytes, the body (JSON or binary) of another
+/// kind, truncated, with a byte flipped or a length or count word set to
+/// 2^32 - 1 (binary bodies), JSON of nothing.
+fn junk_body(m: Move, kind: Kind, valid_body_of_other: &[u8]) -> Vec<u8> {
+    let at = (m.a as usize) % valid_body_of_other.len().max(1);
+    match m.b % 6 {
         0 => m.b.to_be_bytes().repeat(1 + (m.a as usize % 64)),
-        1 => valid_json_of_other.to_vec(),
-        2 => valid_json_of_other[..valid_json_of_other.len() / 2].to_vec(),
+        1 => valid_body_of_other.to_vec(),
+        2 => valid_body_of_other[..valid_body_of_other.len() / 2].to_vec(),
+        3 => {
+            let mut b = valid_body_of_other.to_vec();
+            if let Some(x) = b.get_mut(at) {
+                *x ^= 1 << (m.b % 8);
+            }
+            b
+        }
+        4 => {
+            let mut b = valid_body_of_other.to_vec();
+            let end = (at + 4).min(b.len());
+            b[at..end].copy_from_slice(&u32::MAX.to_be_bytes()[..end - at]);
+            b
+        }
         _ => format!("{{\"kind\":{},\"x\":{}}}", kind as u8, m.a).into_bytes(),
     }
 }
@@ -409,10 +425,13 @@ fn hostile(fx: &'static Fixture, plan: Vec<Move>) -> Hostile {
                     // Arbitrary bodies under a valid signature, of any signer kind.
                     if m.op >= 12 {
                         let kind = Kind::ALL[(m.a as usize) % Kind::ALL.len()];
-                        let template = out
+                        let (own, template) = out
                             .first()
-                            .map(Message::encode_body)
-                            .unwrap_or_else(|| b"{}".to_vec());
+                            .map(|t| (t.kind(), t.encode_body()))
+                            .unwrap_or_else(|| (kind, b"{}".to_vec()));
+                        // A flipped byte or a huge count is sent as the
+                        // template's own kind, to reach its decoder.
+                        let kind = if matches!(m.b % 6, 3 | 4) { own } else { kind };
                         raw.push((kind, junk_body(m, kind, &template)));
                     }
                     for _ in 0..m.copies {

@@ -11,6 +11,8 @@
 //! - [`verify_attestations`]: for users' tools, how many signers (and key
 //!   ids) attest that the contract publishes a key.
 //! - [`write_private_atomically`]: how parties write their state files.
+//! - [`taproot`]: the aggregate nonce and a FIRE aggregator without wsts'
+//!   quadratic nonce hashing.
 //!
 //! Round rules (which request a party answers) live in the signer and
 //! coordinator crates: see `docs/relay-protocol.md`, "Round rules".
@@ -19,6 +21,8 @@ pub mod checks;
 pub mod envelope;
 pub mod messages;
 mod signer_set;
+pub mod taproot;
+mod wire;
 
 pub use envelope::{
     verify_attestations, AttestationTally, Codec, Domain, Envelope, EnvelopeError, Sender,

@@ -141,8 +141,9 @@ pub struct ShareRequest {
     pub key: PublicKey,
     /// The wsts request.
     pub msg: w::SignatureShareRequest,
-    /// The sealed `NonceResponse` envelopes of the listed signers (raw
-    /// bytes, hex in the JSON body), at most one per listed signer.
+    /// The sealed `NonceResponse` envelopes of the listed signers, as
+    /// posted (raw bytes in the binary body; hex in this type's serde
+    /// form), at most one per listed signer.
     #[serde(with = "hex_list")]
     pub nonce_envelopes: Vec<Vec<u8>>,
 }
@@ -336,8 +337,13 @@ impl Message {
         }
     }
 
-    /// The body bytes (JSON of the inner message).
+    /// The body bytes: binary for the signing-round kinds (see the
+    /// envelope's version 2 format in `docs/relay-protocol.md`), JSON of
+    /// the inner message for the others.
     pub fn encode_body(&self) -> Vec<u8> {
+        if let Some(body) = crate::wire::encode(self) {
+            return body;
+        }
         match self {
             Message::DkgBegin(m) => json(m),
             Message::DkgPrivateBegin(m) => json(m),
@@ -363,6 +369,9 @@ impl Message {
     /// # Errors
     /// When the body is not a message of that kind.
     pub fn decode_body(kind: Kind, body: &[u8]) -> Result<Message, String> {
+        if let Some(m) = crate::wire::decode(kind, body) {
+            return m;
+        }
         Ok(match kind {
             Kind::DkgBegin => Message::DkgBegin(parse(body)?),
             Kind::DkgPrivateBegin => Message::DkgPrivateBegin(parse(body)?),

@@ -41,6 +41,7 @@
 //!   after a signer-set change, a share request for an old key is answered
 //!   only if every signer it lists held that key with the listed key ids.
 
+mod share;
 pub mod state;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -58,7 +59,6 @@ use frost_net::{
 use log::{debug, info, warn};
 use relay::RelayClient;
 use wsts::state_machine::signer::Signer;
-use wsts::traits::Signer as _;
 
 pub use state::{KeyEntry, KeyHistory, KeyParams};
 
@@ -969,9 +969,14 @@ impl SignerCore {
                 return vec![];
             }
         };
-        let shares =
-            open.party
-                .sign_taproot(&m.message, &signer_ids, &key_ids, &nonces, merkle_root);
+        let shares = share::sign_taproot(
+            &open.party,
+            &m.message,
+            &signer_ids,
+            &key_ids,
+            &nonces,
+            merkle_root,
+        );
         // `open` (the party and its nonce) is dropped here: the nonce is gone.
         vec![Message::SignatureShareResponse(Keyed {
             key: r.key,
