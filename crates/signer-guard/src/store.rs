@@ -700,6 +700,27 @@ mod tests {
     }
 
     #[test]
+    fn facts_learnt_are_written_with_the_commit_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("guard.sqlite");
+        let txid = Txid::from_byte_array([5; 32]);
+        let mut s = Store::open(&path).unwrap();
+        s.classify(&txid, CoinKind::Request).unwrap();
+        s.mark_burned(&txid, 30_000).unwrap();
+        assert_eq!(
+            s.burned(&txid).unwrap(),
+            Some(30_000),
+            "read from memory at once"
+        );
+        s.commit(1, 42, &[], &Signed::Nothing).unwrap();
+        // A crash right after the commit: nothing flushed at close.
+        std::mem::forget(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.coin_tx(&txid).unwrap(), Some((CoinKind::Request, false)));
+        assert_eq!(s.burned(&txid).unwrap(), Some(30_000));
+    }
+
+    #[test]
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("guard.sqlite");
