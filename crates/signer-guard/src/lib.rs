@@ -325,6 +325,10 @@ pub struct Guard<B, S> {
     /// The position of each transaction in blocks read by hash (a block's
     /// hash fixes its transactions), a bounded number of blocks.
     block_txs: HashMap<BlockHash, HashMap<Txid, u32>>,
+    /// The node's tip height the coin record reached in this check's
+    /// sync (`getblockcount` read then), for the first read of
+    /// [`Guard::on_best_chain`]'s bracket; taken by it, cleared per check.
+    node_tip_synced: Option<u64>,
     /// The time each phase of the last check took (for benchmarks).
     phases: Vec<(&'static str, Duration)>,
 }
@@ -462,6 +466,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             at_tip: None,
             coins_at: None,
             block_txs: HashMap::new(),
+            node_tip_synced: None,
             phases: Vec::new(),
         };
         guard.set_keys(keys)?;
@@ -655,6 +660,9 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 self.coins_at = None;
             }
             if rep.caught_up {
+                // Caught up: the record's tip is the node's `getblockcount`
+                // read at the start of this sync.
+                self.node_tip_synced = rep.tip;
                 return Ok(());
             }
         }
@@ -981,12 +989,17 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         // one chain: read the tip before and after, and try again when a
         // block arrived in between (else the height would be off by one and
         // an honest request refused as off the best chain).
+        // The first "before" may be the count this check's sync read: an
+        // earlier read only widens the bracket.
         let mut attempt = 0;
         let (status, tip) = loop {
-            let before = self
-                .bitcoin
-                .get_block_count()
-                .map_err(|e| btc_err("getblockcount", e))?;
+            let before = match self.node_tip_synced.take() {
+                Some(t) => t,
+                None => self
+                    .bitcoin
+                    .get_block_count()
+                    .map_err(|e| btc_err("getblockcount", e))?,
+            };
             let status = self
                 .bitcoin
                 .get_raw_transaction(txid)
@@ -1612,6 +1625,7 @@ impl Guard<UreqBitcoinNode, UreqStacksNode> {
 impl<B: BitcoinNode + Send, S: StacksNode + Send> Validator for Guard<B, S> {
     fn check(&mut self, request: &SignRequest) -> Result<(), String> {
         self.phases.clear();
+        self.node_tip_synced = None;
         let outcome = self.evaluate(request).and_then(|(promises, signed)| {
             self.timed("commit", |g| {
                 g.store
