@@ -648,6 +648,9 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     fn sync_coins(&mut self) -> Result<(), Rule> {
         for _ in 0..MAX_SYNC_CALLS {
             let rep = self.coins.sync(&self.bitcoin).map_err(|e| {
+                // A sync cut short may have changed the record: read it
+                // again next time.
+                self.coins_at = None;
                 if e.is_transient() {
                     btc_err("coin record sync", e)
                 } else {
