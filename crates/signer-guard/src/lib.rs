@@ -1374,7 +1374,17 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             if let Some(t) = wallet.unspent.get(o) {
                 owed_to_requests.push(t.value);
             }
-            if let Some((amount, _)) = self.burn_at(&o.txid, final_tip)? {
+            // A burn seen final is owed from then on (as the supply above
+            // counts it): no read again at every new Stacks block.
+            let burned = match self
+                .store
+                .burned(&o.txid)
+                .map_err(|e| rule("guard.store", e))?
+            {
+                Some(a) => Some(a),
+                None => self.burn_at(&o.txid, final_tip)?.map(|(a, _)| a),
+            };
+            if let Some(amount) = burned {
                 owed_to_requests.push(Amount::from_sat(amount));
             }
         }
