@@ -94,7 +94,8 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bitcoin::hashes::Hash as _;
 use bitcoin::secp256k1::PublicKey;
@@ -102,7 +103,7 @@ use bitcoin::{Amount, BlockHash, Network, OutPoint, ScriptBuf, Transaction, TxOu
 use bitcoin_node_client::{Auth, BitcoinNode, UreqBitcoinNode};
 use frost_net::{SignRequest, SignerFile, ToSign};
 use frost_signer::Validator;
-use peg_coins::CoinRecord;
+use peg_coins::{CoinRecord, RecordedCoin};
 use peg_ops::wire::Position;
 use peg_ops::{contract, BurnHeight, PegInOp, PegOp, PegOutRequestOp};
 use peg_rules::{Books, Networks, PegInFacts, Policy, RequestFacts, Rule, SignPayload, Verdict};
@@ -312,10 +313,24 @@ pub struct Guard<B, S> {
     coins: CoinRecord,
     store: Store,
     status: GuardStatus,
-    /// `get-burn` answers read at one final Stacks block: the same block
-    /// answers the same, so checks under one block read each request once
-    /// (without it every check read every unpaid request: quadratic).
-    burns_at: Option<([u8; 32], BurnReads)>,
+    /// What the contract answered at one final Stacks block (keyed by its
+    /// index block hash, never by height: the same block answers the
+    /// same), so the checks under one block read each value once (without
+    /// it every check read every unpaid request: quadratic).
+    at_tip: Option<TipReads>,
+    /// The coin record's confirmed coins of the keys held, as read at its
+    /// synced tip (height, hash): read again when a sync changed anything
+    /// (a block applied, rescanned or rolled back) or the keys change.
+    coins_at: Option<(SyncedTip, Arc<Vec<RecordedCoin>>)>,
+    /// The position of each transaction in blocks read by hash (a block's
+    /// hash fixes its transactions), a bounded number of blocks.
+    block_txs: HashMap<BlockHash, HashMap<Txid, u32>>,
+    /// The node's tip height the coin record reached in this check's
+    /// sync (`getblockcount` read then), for the first read of
+    /// [`Guard::on_best_chain`]'s bracket; taken by it, cleared per check.
+    node_tip_synced: Option<u64>,
+    /// The time each phase of the last check took (for benchmarks).
+    phases: Vec<(&'static str, Duration)>,
 }
 
 impl<B, S> std::fmt::Debug for Guard<B, S> {
@@ -369,8 +384,29 @@ fn sum(it: impl Iterator<Item = Amount>) -> Option<Amount> {
     it.try_fold(Amount::ZERO, |s, a| s.checked_add(a))
 }
 
-/// `get-burn` answers at one Stacks block: amount and source, or none.
-type BurnReads = HashMap<Txid, Option<(u64, PrincipalData)>>;
+/// `get-burn` / `get-mint` answers at one Stacks block: amount and
+/// principal, or none.
+type RecordReads = HashMap<Txid, Option<(u64, PrincipalData)>>;
+
+/// The coin record's synced tip: height and block hash.
+type SyncedTip = (u64, BlockHash);
+
+/// How many blocks' transaction positions [`Guard`] keeps.
+const MAX_BLOCKS_INDEXED: usize = 64;
+
+/// The contract's answers at one Stacks block.
+struct TipReads {
+    /// The block's index block hash.
+    tip: [u8; 32],
+    /// `get-burn` answers.
+    burns: RecordReads,
+    /// `get-mint` answers.
+    mints: RecordReads,
+    /// `get-total-supply`.
+    supply: Option<Value>,
+    /// `get-bitcoin-wallet-public-key`.
+    key: Option<Value>,
+}
 
 /// Everything the guard knows of the peg wallet at one check.
 struct Wallet {
@@ -427,7 +463,11 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             coins,
             store,
             status: GuardStatus::default(),
-            burns_at: None,
+            at_tip: None,
+            coins_at: None,
+            block_txs: HashMap::new(),
+            node_tip_synced: None,
+            phases: Vec::new(),
         };
         guard.set_keys(keys)?;
         Ok(guard)
@@ -448,12 +488,32 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 .map_err(|e| GuardError::Storage(e.to_string()))?;
         }
         self.keys = keys.to_vec();
+        self.coins_at = None;
         Ok(())
     }
 
     /// What the guard last saw.
     pub fn status(&self) -> &GuardStatus {
         &self.status
+    }
+
+    /// The phases of the last [`Validator::check`] and the time each took,
+    /// in order (a phase run several times appears once, with its total;
+    /// `check_books` includes its `burn_at` reads). For benchmarks.
+    pub fn last_check_phases(&self) -> &[(&'static str, Duration)] {
+        &self.phases
+    }
+
+    /// Runs `f` as the phase `name` of the current check.
+    fn timed<T>(&mut self, name: &'static str, f: impl FnOnce(&mut Self) -> T) -> T {
+        let started = Instant::now();
+        let out = f(self);
+        let took = started.elapsed();
+        match self.phases.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, d)) => *d += took,
+            None => self.phases.push((name, took)),
+        }
+        out
     }
 
     fn held_scripts(&self) -> Vec<ScriptBuf> {
@@ -487,9 +547,31 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             .map_err(|e| stx_err(function, e))
     }
 
+    /// The reads cached at the Stacks block `tip` (emptied when it is
+    /// another block).
+    fn tip_reads(&mut self, tip: &[u8; 32]) -> &mut TipReads {
+        if self.at_tip.as_ref().map(|t| &t.tip) != Some(tip) {
+            self.at_tip = None;
+        }
+        self.at_tip.get_or_insert_with(|| TipReads {
+            tip: *tip,
+            burns: HashMap::new(),
+            mints: HashMap::new(),
+            supply: None,
+            key: None,
+        })
+    }
+
     /// The key the contract publishes at the final block, if it is ours.
     fn published_key(&mut self, tip: &[u8; 32]) -> Result<PublicKey, Rule> {
-        let v = self.read_final(contract::GET_BITCOIN_WALLET_PUBLIC_KEY, &[], tip)?;
+        let v = match self.tip_reads(tip).key.clone() {
+            Some(v) => v,
+            None => {
+                let v = self.read_final(contract::GET_BITCOIN_WALLET_PUBLIC_KEY, &[], tip)?;
+                self.tip_reads(tip).key = Some(v.clone());
+                v
+            }
+        };
         let key = match &v {
             Value::Optional(None) => None,
             Value::Optional(Some(b)) => match b.as_ref() {
@@ -566,13 +648,24 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     fn sync_coins(&mut self) -> Result<(), Rule> {
         for _ in 0..MAX_SYNC_CALLS {
             let rep = self.coins.sync(&self.bitcoin).map_err(|e| {
+                // A sync cut short may have changed the record: read it
+                // again next time.
+                self.coins_at = None;
                 if e.is_transient() {
                     btc_err("coin record sync", e)
                 } else {
                     rule("guard.store", format!("coin record: {e}"))
                 }
             })?;
+            if rep.blocks_applied + rep.blocks_rescanned + rep.blocks_rolled_back > 0
+                || rep.coins_added + rep.coins_spent > 0
+            {
+                self.coins_at = None;
+            }
             if rep.caught_up {
+                // Caught up: the record's tip is the node's `getblockcount`
+                // read at the start of this sync.
+                self.node_tip_synced = rep.tip;
                 return Ok(());
             }
         }
@@ -592,7 +685,26 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         {
             return Ok(k);
         }
-        let kind = match self.coin_op(txid, height)? {
+        // A fulfilment this guard signed is known by its txid: no read.
+        let op = match self.store.fulfilment_tx(txid) {
+            Some(tx) => {
+                let at = Position {
+                    height: BurnHeight(height),
+                    block_hash: BlockHash::all_zeros(),
+                    vtxindex: 0,
+                };
+                peg_ops::wire::parse_transaction(
+                    tx,
+                    self.params.magic,
+                    self.params.networks.bitcoin,
+                    at,
+                )
+                .ok()
+                .flatten()
+            }
+            None => self.coin_op(txid, height)?,
+        };
+        let kind = match op {
             Some(PegOp::PegIn(_)) => CoinKind::PegIn,
             Some(PegOp::PegOutRequest(_)) => CoinKind::Request,
             _ => CoinKind::Other,
@@ -609,23 +721,53 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         txid: &Txid,
         tip: &[u8; 32],
     ) -> Result<Option<(u64, PrincipalData)>, Rule> {
-        if self.burns_at.as_ref().map(|(t, _)| t) != Some(tip) {
-            self.burns_at = Some((*tip, HashMap::new()));
-        }
-        if let Some(hit) = self
-            .burns_at
-            .as_ref()
-            .and_then(|(_, m)| m.get(txid))
-            .cloned()
-        {
+        if let Some(hit) = self.tip_reads(tip).burns.get(txid).cloned() {
             return Ok(hit);
         }
         let v = self.read_final(GET_BURN, &[contract::txid_arg(txid)], tip)?;
         let got = decode_entry(&v).map_err(|e| stx_err(GET_BURN, e))?;
-        if let Some((_, m)) = self.burns_at.as_mut() {
-            m.insert(*txid, got.clone());
-        }
+        self.tip_reads(tip).burns.insert(*txid, got.clone());
         Ok(got)
+    }
+
+    /// The final mint recorded under `txid` at `tip`, read once per block.
+    fn mint_at(
+        &mut self,
+        txid: &Txid,
+        tip: &[u8; 32],
+    ) -> Result<Option<(u64, PrincipalData)>, Rule> {
+        if let Some(hit) = self.tip_reads(tip).mints.get(txid).cloned() {
+            return Ok(hit);
+        }
+        let v = self.read_final(GET_MINT, &[contract::txid_arg(txid)], tip)?;
+        let got = decode_entry(&v).map_err(|e| stx_err(GET_MINT, e))?;
+        self.tip_reads(tip).mints.insert(*txid, got.clone());
+        Ok(got)
+    }
+
+    /// The coin record's confirmed coins of the keys held, read again only
+    /// when the record changed since.
+    fn held_coins(&mut self) -> Result<Arc<Vec<RecordedCoin>>, Rule> {
+        let at = self
+            .coins
+            .synced_tip()
+            .map_err(|e| rule("guard.store", format!("coin record: {e}")))?;
+        if let (Some(at), Some((cached_at, coins))) = (at, &self.coins_at) {
+            if at == *cached_at {
+                return Ok(coins.clone());
+            }
+        }
+        let held: HashSet<ScriptBuf> = self.held_scripts().into_iter().collect();
+        let coins: Arc<Vec<RecordedCoin>> = Arc::new(
+            self.coins
+                .confirmed_coins()
+                .map_err(|e| rule("guard.store", format!("coin record: {e}")))?
+                .into_iter()
+                .filter(|c| held.contains(&c.txout.script_pubkey))
+                .collect(),
+        );
+        self.coins_at = at.map(|at| (at, coins.clone()));
+        Ok(coins)
     }
 
     /// The peg op of a peg wallet coin's transaction `txid` (at `height`),
@@ -670,11 +812,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     /// Reads the wallet from the coin record; with `mints_at`, also which
     /// peg-ins are not minted at that Stacks block.
     fn wallet(&mut self, mints_at: Option<&[u8; 32]>) -> Result<Wallet, Rule> {
-        let held: HashSet<ScriptBuf> = self.held_scripts().into_iter().collect();
-        let all = self
-            .coins
-            .confirmed_coins()
-            .map_err(|e| rule("guard.store", format!("coin record: {e}")))?;
+        let all = self.held_coins()?;
         let mut w = Wallet {
             unspent: HashMap::new(),
             fee_outputs: HashSet::new(),
@@ -683,10 +821,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             minted: Amount::ZERO,
             requests: Vec::new(),
         };
-        for c in all {
-            if !held.contains(&c.txout.script_pubkey) {
-                continue;
-            }
+        for c in all.iter() {
             let (kind, minted) = self.classify(&c.outpoint.txid, c.height)?;
             if !c.spent_in_block {
                 w.unspent.insert(c.outpoint, c.txout.clone());
@@ -711,12 +846,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 .store
                 .refunded(&txid)
                 .map_err(|e| rule("guard.store", e))?;
-            let refund_signed = !refunded
-                && !self
-                    .store
-                    .refunds_of(&txid)
-                    .map_err(|e| rule("guard.store", e))?
-                    .is_empty();
+            let refund_signed = !refunded && self.store.has_refunds(&txid);
             if refund_signed && c.spent_in_block {
                 refunded = true;
                 self.store
@@ -749,8 +879,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 continue;
             }
             let Some(tip) = mints_at else { continue };
-            let v = self.read_final(GET_MINT, &[contract::txid_arg(&txid)], tip)?;
-            match decode_entry(&v).map_err(|e| stx_err(GET_MINT, e))? {
+            match self.mint_at(&txid, tip)? {
                 // Minted only for the peg-in's own amount and recipient: a
                 // mint under its txid to anyone else (a stolen coordinator
                 // Stacks key) leaves the peg-in owed, so the books show the
@@ -854,7 +983,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     /// its position and the tip height; refusals are named `unknown` (not on
     /// the best chain, unknown) and `not_final` (unconfirmed).
     fn on_best_chain(
-        &self,
+        &mut self,
         txid: &Txid,
         unknown: &'static str,
         not_final: &'static str,
@@ -863,12 +992,17 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         // one chain: read the tip before and after, and try again when a
         // block arrived in between (else the height would be off by one and
         // an honest request refused as off the best chain).
+        // The first "before" may be the count this check's sync read: an
+        // earlier read only widens the bracket.
         let mut attempt = 0;
         let (status, tip) = loop {
-            let before = self
-                .bitcoin
-                .get_block_count()
-                .map_err(|e| btc_err("getblockcount", e))?;
+            let before = match self.node_tip_synced.take() {
+                Some(t) => t,
+                None => self
+                    .bitcoin
+                    .get_block_count()
+                    .map_err(|e| btc_err("getblockcount", e))?,
+            };
             let status = self
                 .bitcoin
                 .get_raw_transaction(txid)
@@ -910,17 +1044,44 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 format!("{txid}'s block {block_hash} is not on this signer's best chain"),
             ));
         }
-        let block = self
-            .bitcoin
-            .get_block(&block_hash)
-            .map_err(|e| btc_err("getblock", e))?;
-        if block.block_hash() != block_hash {
+        // The transaction as the node gave it must be the one asked for
+        // (its position below is looked up by that txid).
+        if status.tx.compute_txid() != *txid {
             return Err(btc_err(
-                "getblock",
-                format!("asked for {block_hash}, got another block"),
+                "getrawtransaction",
+                format!("asked for {txid}, got {}", status.tx.compute_txid()),
             ));
         }
-        let Some(vtxindex) = block.txdata.iter().position(|t| t.compute_txid() == *txid) else {
+        // Its position in its block: a block's hash fixes its transactions,
+        // so each block is read (and checked) once.
+        if !self.block_txs.contains_key(&block_hash) {
+            let block = self
+                .bitcoin
+                .get_block(&block_hash)
+                .map_err(|e| btc_err("getblock", e))?;
+            if block.block_hash() != block_hash {
+                return Err(btc_err(
+                    "getblock",
+                    format!("asked for {block_hash}, got another block"),
+                ));
+            }
+            if self.block_txs.len() >= MAX_BLOCKS_INDEXED {
+                self.block_txs.clear();
+            }
+            let positions = block
+                .txdata
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.compute_txid(), u32::try_from(i).unwrap_or(u32::MAX)))
+                .collect();
+            self.block_txs.insert(block_hash, positions);
+        }
+        let Some(vtxindex) = self
+            .block_txs
+            .get(&block_hash)
+            .and_then(|m| m.get(txid))
+            .copied()
+        else {
             return Err(rule(
                 unknown,
                 format!("{txid} is not in its block {block_hash}"),
@@ -929,13 +1090,13 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         let at = Position {
             height: BurnHeight(height),
             block_hash,
-            vtxindex: u32::try_from(vtxindex).unwrap_or(u32::MAX),
+            vtxindex,
         };
-        Ok((block.txdata[vtxindex].clone(), at, tip))
+        Ok((status.tx, at, tip))
     }
 
     /// The request's transaction on the signer's best chain, parsed.
-    fn request_op(&self, txid: &Txid) -> Result<(PegOutRequestOp, u64), Rule> {
+    fn request_op(&mut self, txid: &Txid) -> Result<(PegOutRequestOp, u64), Rule> {
         let (tx, at, tip) = self.on_best_chain(txid, "request.unknown", "request.not-final")?;
         match peg_ops::wire::parse_transaction(
             &tx,
@@ -956,7 +1117,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     }
 
     /// The peg-in's transaction on the signer's best chain, parsed.
-    fn peg_in_op(&self, txid: &Txid) -> Result<(PegInOp, Transaction, u64), Rule> {
+    fn peg_in_op(&mut self, txid: &Txid) -> Result<(PegInOp, Transaction, u64), Rule> {
         let (tx, at, tip) = self.on_best_chain(txid, "refund.unknown", "refund.not-final")?;
         match peg_ops::wire::parse_transaction(
             &tx,
@@ -982,7 +1143,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         final_tip: &[u8; 32],
         current: &PublicKey,
     ) -> Result<(Vec<Promise>, Option<Fulfilment>), Rule> {
-        let (op, tip_height) = self.request_op(request_txid)?;
+        let (op, tip_height) = self.timed("on_best_chain", |g| g.request_op(request_txid))?;
         let now = now();
         let signed = self
             .store
@@ -1016,10 +1177,10 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             .values()
             .map(|(a, _)| *a)
             .fold(Amount::ZERO, |s, a| s.checked_add(a).unwrap_or(Amount::MAX));
+        drop(recent);
         let fee_outpoint = OutPoint::new(*request_txid, 2);
         let output2_unspent = self
-            .bitcoin
-            .get_tx_out(&fee_outpoint, false)
+            .timed("gettxout", |g| g.bitcoin.get_tx_out(&fee_outpoint, false))
             .map_err(|e| btc_err("gettxout", e))?
             .is_some();
         let scripts = self.held_scripts();
@@ -1040,8 +1201,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         let requester = op
             .requester(self.params.networks.stacks)
             .map_err(|e| rule("request.signature", e.to_string()))?;
-        let burn = self.read_final(GET_BURN, &[contract::txid_arg(request_txid)], final_tip)?;
-        match decode_entry(&burn).map_err(|e| stx_err(GET_BURN, e))? {
+        match self.timed("burn_at", |g| g.burn_at(request_txid, final_tip))? {
             None => {
                 return Err(rule(
                     "burn.not-final",
@@ -1060,7 +1220,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 }
             }
         }
-        let wallet = self.wallet(Some(final_tip))?;
+        let wallet = self.timed("wallet", |g| g.wallet(Some(final_tip)))?;
         let current_script = script_of(current, self.params.networks.bitcoin);
         let is_peg_coin = |o: &OutPoint, out: &TxOut| {
             wallet.unspent.get(o) == Some(out)
@@ -1076,7 +1236,9 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             &current_script,
             &is_peg_coin,
         )?;
-        self.check_books(&wallet, tx, prevouts, final_tip, Some(request_txid), None)?;
+        self.timed("check_books", |g| {
+            g.check_books(&wallet, tx, prevouts, final_tip, Some(request_txid), None)
+        })?;
         let spent = sum(prevouts.iter().map(|p| p.value)).unwrap_or(Amount::MAX);
         let fee = spent.checked_sub(sum(tx.output.iter().map(|o| o.value)).unwrap_or(Amount::MAX));
         let outflow = op
@@ -1129,7 +1291,15 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         // The books after this payout, with the other payouts signed and
         // not yet confirmed (their request's fee output still unspent)
         // taken out.
-        let supply = match self.read_final(GET_TOTAL_SUPPLY, &[], final_tip)? {
+        let supply = match self.tip_reads(final_tip).supply.clone() {
+            Some(v) => v,
+            None => {
+                let v = self.read_final(GET_TOTAL_SUPPLY, &[], final_tip)?;
+                self.tip_reads(final_tip).supply = Some(v.clone());
+                v
+            }
+        };
+        let supply = match supply {
             Value::Ok(v) => match *v {
                 Value::UInt(n) => n,
                 other => return Err(stx_err(GET_TOTAL_SUPPLY, format!("(ok {other})"))),
@@ -1204,7 +1374,17 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             if let Some(t) = wallet.unspent.get(o) {
                 owed_to_requests.push(t.value);
             }
-            if let Some((amount, _)) = self.burn_at(&o.txid, final_tip)? {
+            // A burn seen final is owed from then on (as the supply above
+            // counts it): no read again at every new Stacks block.
+            let burned = match self
+                .store
+                .burned(&o.txid)
+                .map_err(|e| rule("guard.store", e))?
+            {
+                Some(a) => Some(a),
+                None => self.burn_at(&o.txid, final_tip)?.map(|(a, _)| a),
+            };
+            if let Some(amount) = burned {
                 owed_to_requests.push(Amount::from_sat(amount));
             }
         }
@@ -1381,10 +1561,10 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             SignPayload::Fulfilment { .. }
             | SignPayload::Sweep { .. }
             | SignPayload::Refund { .. } => {
-                let final_tip = self.final_tip()?;
-                let current = self.published_key(&final_tip)?;
-                self.sync_coins()?;
-                let promises = self.match_items(&payload, request)?;
+                let final_tip = self.timed("final_tip", |g| g.final_tip())?;
+                let current = self.timed("published_key", |g| g.published_key(&final_tip))?;
+                self.timed("sync_coins", |g| g.sync_coins())?;
+                let promises = self.timed("match_items", |g| g.match_items(&payload, request))?;
                 match &payload {
                     SignPayload::Refund {
                         peg_in,
@@ -1457,10 +1637,14 @@ impl Guard<UreqBitcoinNode, UreqStacksNode> {
 
 impl<B: BitcoinNode + Send, S: StacksNode + Send> Validator for Guard<B, S> {
     fn check(&mut self, request: &SignRequest) -> Result<(), String> {
+        self.phases.clear();
+        self.node_tip_synced = None;
         let outcome = self.evaluate(request).and_then(|(promises, signed)| {
-            self.store
-                .commit(request.id, now(), &promises, &signed)
-                .map_err(|e| rule("guard.store", e))
+            self.timed("commit", |g| {
+                g.store
+                    .commit(request.id, now(), &promises, &signed)
+                    .map_err(|e| rule("guard.store", e))
+            })
         });
         match outcome {
             Ok(()) => {
@@ -1473,6 +1657,10 @@ impl<B: BitcoinNode + Send, S: StacksNode + Send> Validator for Guard<B, S> {
                 Ok(())
             }
             Err(r) => {
+                // What the check learnt stays learnt.
+                if let Err(e) = self.store.flush() {
+                    log::warn!("guard store: {e}");
+                }
                 self.status.refused += 1;
                 let text = r.to_string();
                 if r.name.starts_with("node.") || r.name.starts_with("guard.") {

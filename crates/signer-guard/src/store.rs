@@ -19,9 +19,17 @@
 //!   so at most one confirms); `coin_txs.refunded` once a peg-in's output 1
 //!   is seen spent by a refund.
 //!
-//! The file uses WAL and `synchronous=FULL`: a row is on disk when the
-//! write returns.
+//! The file uses WAL and `synchronous=FULL`. The store keeps what every
+//! check reads (the classified coin transactions, the fulfilments and
+//! refunds signed, the keys seen published) in memory as well, loaded at
+//! open and changed only by its own writes, so a check reads no row of it
+//! (issue #16). The facts a check learns (`classify`, `mark_*`) are held
+//! and written in one transaction with the check's promises
+//! ([`Store::commit`]) or by [`Store::flush`]: a row is on disk when that
+//! returns. A fact lost with a crash before it is written is learnt again
+//! from the nodes.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use bitcoin::consensus::encode;
@@ -154,10 +162,69 @@ pub(crate) enum Signed {
     Refund(Refund),
 }
 
+/// What the store knows of a transaction that paid the wallet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CoinTx {
+    kind: CoinKind,
+    minted: bool,
+    burned: Option<u64>,
+    refunded: bool,
+}
+
+/// A fact learnt by a check, not written yet.
+#[derive(Debug, Clone, Copy)]
+enum Fact {
+    Classified(Txid, CoinKind),
+    Minted(Txid),
+    Burned(Txid, u64),
+    Refunded(Txid),
+}
+
 /// The store.
 #[derive(Debug)]
 pub(crate) struct Store {
     conn: Connection,
+    /// `coin_txs`, as on disk plus `pending`.
+    coin_txs: HashMap<Txid, CoinTx>,
+    /// `fulfilments`, oldest first.
+    fulfilments: Vec<Fulfilment>,
+    /// The peg-ins with a refund signed.
+    refunded_by_us: HashSet<Txid>,
+    /// `published_keys`.
+    published: Vec<PublicKey>,
+    /// Facts to write with the next commit or flush.
+    pending: Vec<Fact>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            log::warn!("guard store: facts not written at close (learnt again later): {e}");
+        }
+    }
+}
+
+fn write_fact(tx: &rusqlite::Transaction<'_>, fact: &Fact) -> Result<(), String> {
+    match fact {
+        Fact::Classified(txid, kind) => db(tx
+            .prepare_cached(
+                "INSERT INTO coin_txs (txid, kind) VALUES (?1, ?2) ON CONFLICT (txid) DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![txid.to_byte_array().to_vec(), kind.as_str()]))),
+        Fact::Minted(txid) => db(tx
+            .prepare_cached("UPDATE coin_txs SET minted_final = 1 WHERE txid = ?1")
+            .and_then(|mut s| s.execute([txid.to_byte_array().to_vec()]))),
+        Fact::Burned(txid, amount) => {
+            let amount = sql_u64(*amount)?;
+            db(tx
+                .prepare_cached("UPDATE coin_txs SET burned_final = ?2 WHERE txid = ?1")
+                .and_then(|mut s| s.execute(params![txid.to_byte_array().to_vec(), amount])))
+        }
+        Fact::Refunded(txid) => db(tx
+            .prepare_cached("UPDATE coin_txs SET refunded = 1 WHERE txid = ?1")
+            .and_then(|mut s| s.execute([txid.to_byte_array().to_vec()]))),
+    }
+    .map(|_| ())
 }
 
 fn db<T>(r: rusqlite::Result<T>) -> Result<T, String> {
@@ -215,7 +282,86 @@ impl Store {
         db(tx.execute("DELETE FROM schema_version", []))?;
         db(tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [known]))?;
         db(tx.commit())?;
-        Ok(Store { conn })
+        let mut store = Store {
+            conn,
+            coin_txs: HashMap::new(),
+            fulfilments: Vec::new(),
+            refunded_by_us: HashSet::new(),
+            published: Vec::new(),
+            pending: Vec::new(),
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    /// Reads what checks read into memory.
+    fn load(&mut self) -> Result<(), String> {
+        let mut stmt = db(self
+            .conn
+            .prepare("SELECT txid, kind, minted_final, burned_final, refunded FROM coin_txs"))?;
+        let rows = db(stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        }))?;
+        let mut coin_txs = HashMap::new();
+        for r in rows {
+            let (txid, kind, minted, burned, refunded) = db(r)?;
+            let kind = CoinKind::parse(&kind)
+                .ok_or_else(|| format!("guard store corrupt: coin kind {kind:?}"))?;
+            coin_txs.insert(
+                txid_sql(&txid)?,
+                CoinTx {
+                    kind,
+                    minted: minted != 0,
+                    burned: burned.map(|n| u64::try_from(n).unwrap_or(0)),
+                    refunded: refunded != 0,
+                },
+            );
+        }
+        drop(stmt);
+        let mut stmt = db(self.conn.prepare("SELECT DISTINCT peg_in FROM refunds"))?;
+        let rows = db(stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)))?;
+        let mut refunded_by_us = HashSet::new();
+        for r in rows {
+            refunded_by_us.insert(txid_sql(&db(r)?)?);
+        }
+        drop(stmt);
+        let mut st = db(self.conn.prepare("SELECT key FROM published_keys"))?;
+        let rows = db(st.query_map([], |r| r.get::<_, Vec<u8>>(0)))?;
+        let mut published = Vec::new();
+        for r in rows {
+            let bytes = db(r)?;
+            published.push(
+                PublicKey::from_slice(&bytes)
+                    .map_err(|e| format!("guard store: a published key that is no key: {e}"))?,
+            );
+        }
+        drop(st);
+        self.fulfilments = self.read_fulfilments(None)?;
+        self.coin_txs = coin_txs;
+        self.refunded_by_us = refunded_by_us;
+        self.published = published;
+        Ok(())
+    }
+
+    /// Writes the facts learnt since the last commit or flush, in one
+    /// transaction.
+    pub(crate) fn flush(&mut self) -> Result<(), String> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let tx = db(self.conn.transaction())?;
+        for f in &self.pending {
+            write_fact(&tx, f)?;
+        }
+        db(tx.commit())?;
+        self.pending.clear();
+        Ok(())
     }
 
     /// Records, in one committed transaction, the promises of a passed
@@ -232,6 +378,9 @@ impl Store {
             _ => None,
         };
         let tx = db(self.conn.transaction())?;
+        for f in &self.pending {
+            write_fact(&tx, f)?;
+        }
         // A promise outlives the signer's in-memory allowance (10 minutes)
         // by far after an hour: older ones answer nothing, so they go, and
         // the table stays as big as an hour of requests (fulfilments are
@@ -303,10 +452,24 @@ impl Store {
                 ],
             ))?;
         }
-        db(tx.commit())
+        db(tx.commit())?;
+        self.pending.clear();
+        if let Some(f) = fulfilment {
+            // What the table holds of that request now (the kept newest).
+            let kept = self.read_fulfilments(Some(&f.request_txid))?;
+            self.fulfilments
+                .retain(|g| g.request_txid != f.request_txid);
+            self.fulfilments.extend(kept);
+            self.fulfilments.sort_by_key(|g| g.time);
+        }
+        if let Signed::Refund(r) = signed {
+            self.refunded_by_us.insert(r.peg_in);
+        }
+        Ok(())
     }
 
     /// The refunds signed of `peg_in`, oldest first.
+    #[cfg(test)]
     pub(crate) fn refunds_of(&self, peg_in: &Txid) -> Result<Vec<Refund>, String> {
         let mut stmt = db(self.conn.prepare_cached(
             "SELECT txid, tx, time FROM refunds WHERE peg_in = ?1 ORDER BY time, rowid",
@@ -331,24 +494,22 @@ impl Store {
         .collect()
     }
 
+    /// Whether a refund of `peg_in` was signed.
+    pub(crate) fn has_refunds(&self, peg_in: &Txid) -> bool {
+        self.refunded_by_us.contains(peg_in)
+    }
+
     /// Whether a peg-in's output 1 was seen spent by a refund.
     pub(crate) fn refunded(&self, txid: &Txid) -> Result<bool, String> {
-        let v: Option<i64> = db(self
-            .conn
-            .prepare_cached("SELECT refunded FROM coin_txs WHERE txid = ?1")
-            .and_then(|mut s| {
-                s.query_row([txid.to_byte_array().to_vec()], |r| r.get(0))
-                    .optional()
-            }))?;
-        Ok(v.is_some_and(|n| n != 0))
+        Ok(self.coin_txs.get(txid).is_some_and(|c| c.refunded))
     }
 
     /// Records that a peg-in's output 1 was spent by a refund.
     pub(crate) fn mark_refunded(&mut self, txid: &Txid) -> Result<(), String> {
-        db(self.conn.execute(
-            "UPDATE coin_txs SET refunded = 1 WHERE txid = ?1",
-            [txid.to_byte_array().to_vec()],
-        ))?;
+        if let Some(c) = self.coin_txs.get_mut(txid) {
+            c.refunded = true;
+            self.pending.push(Fact::Refunded(*txid));
+        }
         Ok(())
     }
 
@@ -367,22 +528,38 @@ impl Store {
     }
 
     /// Every fulfilment signed, oldest first.
-    pub(crate) fn fulfilments(&self) -> Result<Vec<Fulfilment>, String> {
-        let mut stmt = db(self.conn.prepare(
+    pub(crate) fn fulfilments(&self) -> Result<&[Fulfilment], String> {
+        Ok(&self.fulfilments)
+    }
+
+    /// The transaction of the fulfilment signed whose txid is `txid`.
+    pub(crate) fn fulfilment_tx(&self, txid: &Txid) -> Option<&Transaction> {
+        self.fulfilments
+            .iter()
+            .rev()
+            .find(|f| f.txid == *txid)
+            .map(|f| &f.tx)
+    }
+
+    /// The fulfilments on disk (of `request` only, if given), oldest first.
+    fn read_fulfilments(&self, request: Option<&Txid>) -> Result<Vec<Fulfilment>, String> {
+        let mut stmt = db(self.conn.prepare_cached(
             "SELECT request_txid, txid, tx, amount, outflow, signature_digest, time
-             FROM fulfilments ORDER BY time, rowid",
+             FROM fulfilments WHERE ?1 IS NULL OR request_txid = ?1 ORDER BY time, rowid",
         ))?;
-        let rows = db(stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, Vec<u8>>(5)?,
-                r.get::<_, i64>(6)?,
-            ))
-        }))?;
+        let rows = db(
+            stmt.query_map([request.map(|r| r.to_byte_array().to_vec())], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                    r.get::<_, i64>(6)?,
+                ))
+            }),
+        )?;
         rows.map(|r| {
             let (request, txid, tx, amount, outflow, digest, time) = db(r)?;
             Ok(Fulfilment {
@@ -403,50 +580,38 @@ impl Store {
     /// The stored classification of a transaction that paid the wallet,
     /// with whether its mint is final.
     pub(crate) fn coin_tx(&self, txid: &Txid) -> Result<Option<(CoinKind, bool)>, String> {
-        let row: Option<(String, i64)> = db(self
-            .conn
-            .prepare_cached("SELECT kind, minted_final FROM coin_txs WHERE txid = ?1")
-            .and_then(|mut s| {
-                s.query_row([txid.to_byte_array().to_vec()], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()
-            }))?;
-        row.map(|(k, m)| {
-            CoinKind::parse(&k)
-                .map(|k| (k, m != 0))
-                .ok_or_else(|| format!("guard store corrupt: coin kind {k:?}"))
-        })
-        .transpose()
+        Ok(self.coin_txs.get(txid).map(|c| (c.kind, c.minted)))
     }
 
     /// Stores a classification (once).
     pub(crate) fn classify(&mut self, txid: &Txid, kind: CoinKind) -> Result<(), String> {
-        db(self.conn.execute(
-            "INSERT INTO coin_txs (txid, kind) VALUES (?1, ?2) ON CONFLICT (txid) DO NOTHING",
-            params![txid.to_byte_array().to_vec(), kind.as_str()],
-        ))?;
+        if !self.coin_txs.contains_key(txid) {
+            self.coin_txs.insert(
+                *txid,
+                CoinTx {
+                    kind,
+                    minted: false,
+                    burned: None,
+                    refunded: false,
+                },
+            );
+            self.pending.push(Fact::Classified(*txid, kind));
+        }
         Ok(())
     }
 
     /// The final burn recorded for a peg-out request, sats.
     pub(crate) fn burned(&self, txid: &Txid) -> Result<Option<u64>, String> {
-        let v: Option<Option<i64>> = db(self
-            .conn
-            .prepare_cached("SELECT burned_final FROM coin_txs WHERE txid = ?1")
-            .and_then(|mut s| {
-                s.query_row([txid.to_byte_array().to_vec()], |r| r.get(0))
-                    .optional()
-            }))?;
-        Ok(v.flatten().map(|n| u64::try_from(n).unwrap_or(0)))
+        Ok(self.coin_txs.get(txid).and_then(|c| c.burned))
     }
 
     /// Records a peg-out request's final burn.
     pub(crate) fn mark_burned(&mut self, txid: &Txid, amount: u64) -> Result<(), String> {
-        db(self.conn.execute(
-            "UPDATE coin_txs SET burned_final = ?2 WHERE txid = ?1",
-            params![txid.to_byte_array().to_vec(), sql_u64(amount)?],
-        ))?;
+        sql_u64(amount)?;
+        if let Some(c) = self.coin_txs.get_mut(txid) {
+            c.burned = Some(amount);
+            self.pending.push(Fact::Burned(*txid, amount));
+        }
         Ok(())
     }
 
@@ -456,6 +621,11 @@ impl Store {
         key: &bitcoin::secp256k1::PublicKey,
         now: u64,
     ) -> Result<(), String> {
+        if self.published.contains(key) {
+            return Ok(());
+        }
+        // Written at once: the rule "never back to an older key" must
+        // survive a crash.
         db(self.conn.execute(
             "INSERT OR IGNORE INTO published_keys (key, first_seen) VALUES (?1, ?2)",
             params![
@@ -463,30 +633,21 @@ impl Store {
                 i64::try_from(now).unwrap_or(i64::MAX)
             ],
         ))?;
+        self.published.push(*key);
         Ok(())
     }
 
     /// Every key seen published.
-    pub(crate) fn published_keys(&self) -> Result<Vec<bitcoin::secp256k1::PublicKey>, String> {
-        let mut st = db(self.conn.prepare("SELECT key FROM published_keys"))?;
-        let rows = db(st.query_map([], |r| r.get::<_, Vec<u8>>(0)))?;
-        let mut out = Vec::new();
-        for r in rows {
-            let bytes = db(r)?;
-            out.push(
-                bitcoin::secp256k1::PublicKey::from_slice(&bytes)
-                    .map_err(|e| format!("guard store: a published key that is no key: {e}"))?,
-            );
-        }
-        Ok(out)
+    pub(crate) fn published_keys(&self) -> Result<&[bitcoin::secp256k1::PublicKey], String> {
+        Ok(&self.published)
     }
 
     /// Records that a peg-in's mint is final.
     pub(crate) fn mark_minted(&mut self, txid: &Txid) -> Result<(), String> {
-        db(self.conn.execute(
-            "UPDATE coin_txs SET minted_final = 1 WHERE txid = ?1",
-            [txid.to_byte_array().to_vec()],
-        ))?;
+        if let Some(c) = self.coin_txs.get_mut(txid) {
+            c.minted = true;
+            self.pending.push(Fact::Minted(*txid));
+        }
         Ok(())
     }
 }
@@ -536,6 +697,27 @@ mod tests {
             Some((CoinKind::PegIn, true)),
             "classified once"
         );
+    }
+
+    #[test]
+    fn facts_learnt_are_written_with_the_commit_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("guard.sqlite");
+        let txid = Txid::from_byte_array([5; 32]);
+        let mut s = Store::open(&path).unwrap();
+        s.classify(&txid, CoinKind::Request).unwrap();
+        s.mark_burned(&txid, 30_000).unwrap();
+        assert_eq!(
+            s.burned(&txid).unwrap(),
+            Some(30_000),
+            "read from memory at once"
+        );
+        s.commit(1, 42, &[], &Signed::Nothing).unwrap();
+        // A crash right after the commit: nothing flushed at close.
+        std::mem::forget(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.coin_tx(&txid).unwrap(), Some((CoinKind::Request, false)));
+        assert_eq!(s.burned(&txid).unwrap(), Some(30_000));
     }
 
     #[test]

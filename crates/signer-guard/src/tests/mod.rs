@@ -726,3 +726,53 @@ fn a_payout_signed_and_not_confirmed_yet_is_no_longer_held() {
 }
 
 mod refunds;
+
+/// The caches of a check (issue #16) follow the chain: a Bitcoin reorg
+/// under the same final Stacks block takes a coin out of the wallet for
+/// the very next check.
+#[test]
+fn a_reorg_under_the_same_stacks_block_is_seen_by_the_next_check() {
+    let mut fx = Fx::new();
+    let second = fx.peg_in_tx(&fx.key.clone(), PEG_IN, &fx.alice.clone());
+    let txid = second.compute_txid().to_string();
+    let who = fx.alice.clone();
+    fx.stacks(move |s| {
+        s.mints.insert(txid, (u128::from(PEG_IN), who));
+        s.supply += u128::from(PEG_IN);
+    });
+    fx.mine(vec![second.clone()]);
+    let mut g = fx.guard();
+    let coin = (
+        OutPoint::new(second.compute_txid(), 1),
+        second.output[1].clone(),
+    );
+    let (tx, p) = fx.fulfilment(&fx.request, &[coin], 1_000);
+    g.check(&fulfilment_request(&fx, &fx.request, tx.clone(), p.clone()))
+        .unwrap();
+    // The block holding the second peg-in is replaced by a longer chain
+    // without it; the Stacks chain does not move.
+    {
+        let mut c = fx.chain.lock().unwrap();
+        let gone = c.blocks.pop().unwrap();
+        let height = c.blocks.len() as u64;
+        // The fixture's block hash is its header's: another nonce.
+        let mut other = block(gone.header.prev_blockhash, height, vec![]);
+        other.header.nonce += 1_000;
+        c.blocks.push(other);
+        c.mine(vec![]);
+    }
+    let mut again = fulfilment_request(&fx, &fx.request, tx, p);
+    again.id = 2;
+    let e = refused(g.check(&again));
+    assert_eq!(
+        e,
+        "fulfilment.input",
+        "{}",
+        g.status().last_refusal.clone().unwrap_or_default()
+    );
+    // Its mint now has no BTC behind it: the books say so too.
+    let (tx, p) = fx.payout();
+    let mut req = fulfilment_request(&fx, &fx.request, tx, p);
+    req.id = 3;
+    assert_eq!(refused(g.check(&req)), "backing");
+}
