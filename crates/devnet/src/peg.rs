@@ -75,6 +75,12 @@ pub struct PegOptions {
     /// of their own ([`Peg::bitcoin_proxy`], [`Peg::stacks_proxy`]), so a
     /// test can make their nodes lie; the others read the emulators.
     pub proxied: Vec<u32>,
+    /// How many signing rounds the coordinator keeps in flight at once
+    /// ([`Peg::frost`]; the benchmark compares 1 and more).
+    pub rounds_in_flight: usize,
+    /// The most mints (or burns) one Stacks transaction of the coordinator
+    /// carries ([`Peg::settings`]; 1: one `mint!`/`burn!` per op).
+    pub stacks_batch: usize,
 }
 
 impl PegOptions {
@@ -92,6 +98,8 @@ impl PegOptions {
             bitcoin_confirmations: 1,
             stacks_confirmations: 1,
             proxied: Vec::new(),
+            rounds_in_flight: frost_coordinator::DEFAULT_ROUNDS_IN_FLIGHT,
+            stacks_batch: coordinator::DEFAULT_STACKS_BATCH,
         }
     }
 }
@@ -774,7 +782,7 @@ impl Peg {
             state_path: Some(self.opts.dir.join("frost-coordinator.json")),
             network: self.file.network.clone(),
             contract: self.file.contract.clone(),
-            rounds_in_flight: frost_coordinator::DEFAULT_ROUNDS_IN_FLIGHT,
+            rounds_in_flight: self.opts.rounds_in_flight,
         })?)
     }
 
@@ -859,6 +867,7 @@ impl Peg {
                 allowed.iter().map(|u| u.btc.script_pubkey()),
             ),
             stx_low_balance_warning: 1,
+            stacks_batch: self.opts.stacks_batch,
         }
     }
 
@@ -953,6 +962,7 @@ data_dir = "."
 op_source = "bitcoin"
 magic_bytes = "id"
 start_height = {start_height}
+stacks_batch = {stacks_batch}
 poll_interval_ms = 20
 rpc_timeout_ms = 2000
 status_listen = "off"
@@ -967,6 +977,7 @@ network_private_key = "{msg_key}"
 signer_config = "signer.toml"
 dkg_timeout_ms = 30000
 sign_timeout_ms = {sign_timeout}
+rounds_in_flight = {rounds_in_flight}
 
 [confirmations]
 ops = {ops}
@@ -987,6 +998,8 @@ stx_low_balance_warning = 1
             relay = self.relay.url(),
             msg_key = hex::encode(self.coordinator_key.secret_bytes()),
             sign_timeout = self.opts.sign_timeout.as_millis(),
+            rounds_in_flight = self.opts.rounds_in_flight,
+            stacks_batch = self.opts.stacks_batch,
             ops = self.opts.bitcoin_confirmations,
             stacks_depth = self.opts.stacks_confirmations,
         );
