@@ -116,6 +116,59 @@
     (unwrap! (ft-burn? sbtc amount src) ERR-INSUFFICIENT-BALANCE)
     (ok true)))
 
+;; --- batches ----------------------------------------------------------------
+;; `mint-many!` / `burn-many!`: up to 200 `mint!` / `burn!` in one call, so one
+;; transaction (one nonce) carries a whole batch. Each element goes through
+;; exactly the checks of `mint!` / `burn!`, in the same order, with the same
+;; error codes and the same `minted` / `burned` replay guard (a txid twice in
+;; one batch: the second is ERR-ALREADY-MINTED / ERR-ALREADY-BURNED). The
+;; result is `(ok (list ...))`, one response per element, in order. A failed
+;; element takes no effect at all and leaves the others standing: an err from
+;; a private function does not roll anything back, so `mint-one` / `burn-one`
+;; check everything (the supply left, the replay guard, the balance) before
+;; their first write, and their writes cannot fail once the checks passed.
+;; Only the coordinator may call either; anyone else gets ERR-NOT-COORDINATOR
+;; for the whole call (and nothing happens). An empty list is allowed and does
+;; nothing: `(ok ())`.
+
+(define-private (mint-one (m {amount: uint, dst: principal, peg-in-txid: (string-ascii 72)}))
+  (let ((amount (get amount m))
+        (dst (get dst m))
+        (peg-in-txid (get peg-in-txid m)))
+    (asserts! (> amount u0) ERR-INVALID-AMOUNT)
+    (asserts! (> (len peg-in-txid) u0) ERR-INVALID-TXID)
+    (asserts! (<= amount (- MAX-SUPPLY (ft-get-supply sbtc))) ERR-SUPPLY-CAP)
+    (asserts! (is-none (map-get? minted peg-in-txid)) ERR-ALREADY-MINTED)
+    ;; All checks passed: the mint cannot fail now (amount > 0, within the
+    ;; cap), and the record goes in only after it.
+    (unwrap! (ft-mint? sbtc amount dst) ERR-SUPPLY-CAP)
+    (map-set minted peg-in-txid {amount: amount, principal: dst})
+    (ok true)))
+
+(define-private (burn-one (b {amount: uint, src: principal, peg-out-txid: (string-ascii 72)}))
+  (let ((amount (get amount b))
+        (src (get src b))
+        (peg-out-txid (get peg-out-txid b)))
+    (asserts! (> amount u0) ERR-INVALID-AMOUNT)
+    (asserts! (> (len peg-out-txid) u0) ERR-INVALID-TXID)
+    (asserts! (is-none (map-get? burned peg-out-txid)) ERR-ALREADY-BURNED)
+    ;; The balance is checked here, not left to ft-burn?: in `burn!` its
+    ;; failure rolls the whole call back, here it would leave the record.
+    (asserts! (<= amount (ft-get-balance sbtc src)) ERR-INSUFFICIENT-BALANCE)
+    (unwrap! (ft-burn? sbtc amount src) ERR-INSUFFICIENT-BALANCE)
+    (map-set burned peg-out-txid {amount: amount, principal: src})
+    (ok true)))
+
+(define-public (mint-many! (mints (list 200 {amount: uint, dst: principal, peg-in-txid: (string-ascii 72)})))
+  (begin
+    (asserts! (is-coordinator) ERR-NOT-COORDINATOR)
+    (ok (map mint-one mints))))
+
+(define-public (burn-many! (burns (list 200 {amount: uint, src: principal, peg-out-txid: (string-ascii 72)})))
+  (begin
+    (asserts! (is-coordinator) ERR-NOT-COORDINATOR)
+    (ok (map burn-one burns))))
+
 ;; --- SIP-010 -----------------------------------------------------------------
 
 (define-public (transfer (amount uint) (sender principal) (recipient principal) (memo (optional (buff 34))))

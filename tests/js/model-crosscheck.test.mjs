@@ -3,7 +3,8 @@
 // mints, burns, replays, unauthorized callers, transfers, halts, owner and
 // coordinator changes, the supply cap — must give the same result after
 // every call, the same balances, the same supply and the same `get-mint` /
-// `get-burn` records (amount and principal) for every txid. The model side runs as
+// `get-burn` records (amount and principal) for every txid; batches
+// (mint-many! / burn-many!) are compared element by element. The model side runs as
 // `cargo run -p devnet --example model_replay` (or $MODEL_REPLAY, a built one).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,7 +13,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initSimnet } from '@stacks/clarinet-sdk';
-import { Cl, serializeCV } from '@stacks/transactions';
+import { Cl, deserializeCV, serializeCV } from '@stacks/transactions';
 
 const root = new URL('../../', import.meta.url).pathname;
 const simnet = await initSimnet(join(root, 'contracts/Clarinet.toml'));
@@ -182,4 +183,110 @@ test('the supply cap, replays and halts, step by step, match', () => {
   assert.equal(clarity[1].mints[TXIDS[0]], rec(MAX_SUPPLY - 1n, a), 'the mint is recorded with its recipient');
   assert.equal(clarity[6].burns[TXIDS[0]], rec(5n, a), 'the burn is recorded with its source');
   assert.equal(clarity[7].burns[TXIDS[0]], rec(5n, a), 'a refused replay leaves the record');
+});
+
+// --- batches: mint-many! / burn-many! ----------------------------------------
+
+const mintEl = (amount, dst, txid) =>
+  Cl.tuple({ amount: Cl.uint(amount), dst: Cl.principal(dst), 'peg-in-txid': Cl.stringAscii(txid) });
+const burnEl = (amount, src, txid) =>
+  Cl.tuple({ amount: Cl.uint(amount), src: Cl.principal(src), 'peg-out-txid': Cl.stringAscii(txid) });
+
+/// Random batches (failing elements included: zero amounts, empty and
+/// repeated txids, the cap, short balances), mixed with single calls and
+/// transfers, so the batches meet state the singles built and vice versa.
+function batchSequence(seed, length) {
+  const r = rng(seed);
+  const [coordinator] = people;
+  const steps = [
+    { sender: owner, fn: 'set-coordinator-data', args: [Cl.tuple({ addr: Cl.principal(coordinator), key: key('11') })] },
+  ];
+  const amount = () =>
+    r.pick([0n, 1n, 1000n, BigInt(r.int(100_000_000)), BigInt(r.int(5_000_000_000)), MAX_SUPPLY / 4n, MAX_SUPPLY + 1n]);
+  const caller = () => (r.chance(0.9) ? coordinator : r.pick(everyone));
+  for (let i = 0; i < length; i += 1) {
+    const kind = r.int(100);
+    const n = r.pick([0, 1, 2, 5, 12]);
+    if (kind < 40) {
+      const els = Array.from({ length: n }, () => mintEl(amount(), r.pick(everyone), r.pick(TXIDS)));
+      steps.push({ sender: caller(), fn: 'mint-many!', args: [Cl.list(els)] });
+    } else if (kind < 75) {
+      const els = Array.from({ length: n }, () => burnEl(amount(), r.pick(people), r.pick(TXIDS)));
+      steps.push({ sender: caller(), fn: 'burn-many!', args: [Cl.list(els)] });
+    } else if (kind < 85) {
+      steps.push({ sender: caller(), fn: 'mint!', args: [Cl.uint(amount()), Cl.principal(r.pick(people)), Cl.stringAscii(r.pick(TXIDS))] });
+    } else if (kind < 92) {
+      steps.push({ sender: caller(), fn: 'burn!', args: [Cl.uint(amount()), Cl.principal(r.pick(people)), Cl.stringAscii(r.pick(TXIDS))] });
+    } else {
+      const from = r.pick(people);
+      steps.push({ sender: from, fn: 'transfer', args: [Cl.uint(amount()), Cl.principal(from), Cl.principal(r.pick(everyone)), Cl.none()] });
+    }
+  }
+  return steps;
+}
+
+const isBatch = (s) => s.fn === 'mint-many!' || s.fn === 'burn-many!';
+/// Every element response of the batch results, as hex.
+const elementOutcomes = (steps, clarity) => {
+  const seen = new Set();
+  steps.forEach((s, i) => {
+    if (!isBatch(s)) return;
+    const cv = deserializeCV(clarity[i].result);
+    if (cv.type !== 'ok') return;
+    for (const e of cv.value.value) seen.add(serializeCV(e));
+  });
+  return seen;
+};
+
+for (const seed of [11, 12, 13, 14, 15, 16]) {
+  test(`random batches ${seed}: the model matches the Clarity VM, element by element`, () => {
+    const steps = batchSequence(seed, 60);
+    const clarity = onClarity(steps);
+    compare(steps, clarity, onModel(steps));
+    const els = elementOutcomes(steps, clarity);
+    // The batches reached successes and failures inside one call.
+    assert.ok(els.has(serializeCV(Cl.ok(Cl.bool(true)))), 'some elements succeed');
+    assert.ok(els.size >= 3, `several distinct element outcomes: ${[...els]}`);
+  });
+}
+
+test('batches: the cap mid-batch, replays inside and across batches, short balances, match', () => {
+  const [c, a, b] = people;
+  const [T0, T1, T2, T3] = TXIDS;
+  const mm = (els, sender = c) => ({ sender, fn: 'mint-many!', args: [Cl.list(els)] });
+  const bm = (els, sender = c) => ({ sender, fn: 'burn-many!', args: [Cl.list(els)] });
+  const steps = [
+    { sender: owner, fn: 'set-coordinator-data', args: [Cl.tuple({ addr: Cl.principal(c), key: key('11') })] },
+    mm([]), // empty: (ok ()), nothing
+    mm([mintEl(10n, a, T0)], a), // not the coordinator
+    // The cap hit mid-batch: T0 and T1 stand, T2 fails (50 > 40 left), T3 still fits.
+    mm([mintEl(MAX_SUPPLY - 100n, a, T0), mintEl(60n, b, T1), mintEl(50n, b, T2), mintEl(30n, b, T3)]),
+    mm([mintEl(1n, a, T2), mintEl(1n, b, T2), mintEl(0n, a, T3), mintEl(1n, a, '')]), // replay inside the batch
+    { sender: c, fn: 'mint!', args: [Cl.uint(1n), Cl.principal(a), Cl.stringAscii(T0)] }, // replay of a batch mint
+    // b holds 90: the first burn takes 60, the second is short (31 > 30), the
+    // third is a replay, the fourth reuses the short one's txid and stands.
+    bm([burnEl(60n, b, T0), burnEl(31n, b, T1), burnEl(1n, b, T0), burnEl(1n, b, T1)]),
+    { sender: c, fn: 'burn!', args: [Cl.uint(1n), Cl.principal(a), Cl.stringAscii(T1)] }, // replay of a batch burn
+    bm([burnEl(0n, a, T2), burnEl(1n, a, ''), burnEl(MAX_SUPPLY, a, T2), burnEl(5n, a, T2)]),
+  ];
+  const clarity = onClarity(steps);
+  compare(steps, clarity, onModel(steps));
+  assert.equal(clarity[1].result, serializeCV(Cl.ok(Cl.list([]))), 'an empty batch is (ok ())');
+  assert.equal(clarity[2].result, serializeCV(Cl.error(Cl.uint(1002))), 'only the coordinator');
+  assert.equal(
+    clarity[3].result,
+    serializeCV(Cl.ok(Cl.list([Cl.ok(Cl.bool(true)), Cl.ok(Cl.bool(true)), Cl.error(Cl.uint(1006)), Cl.ok(Cl.bool(true))]))),
+  );
+  assert.equal(clarity[3].mints[T2], serializeCV(Cl.none()), 'a failed element leaves no record');
+  assert.equal(
+    clarity[4].result,
+    serializeCV(Cl.ok(Cl.list([Cl.ok(Cl.bool(true)), Cl.error(Cl.uint(1004)), Cl.error(Cl.uint(1003)), Cl.error(Cl.uint(1010))]))),
+  );
+  assert.equal(clarity[5].result, serializeCV(Cl.error(Cl.uint(1004))), 'mint! refuses a txid a batch minted');
+  assert.equal(
+    clarity[6].result,
+    serializeCV(Cl.ok(Cl.list([Cl.ok(Cl.bool(true)), Cl.error(Cl.uint(1007)), Cl.error(Cl.uint(1005)), Cl.ok(Cl.bool(true))]))),
+  );
+  assert.equal(clarity[7].result, serializeCV(Cl.error(Cl.uint(1005))), 'burn! refuses a txid a batch burned');
+  assert.equal(clarity[6].burns[T1], serializeCV(Cl.some(Cl.tuple({ amount: Cl.uint(1n), principal: Cl.principal(b) }))));
 });

@@ -1,7 +1,8 @@
 //! Replays a sequence of contract calls on the Rust model of
 //! `contracts/sbtc-alpha.clar` and prints, after each call, its result and
 //! every balance and the supply (as `get-balance` / `get-total-supply`
-//! answer them). `tests/js/model-crosscheck.test.mjs` runs the same sequence
+//! answer them), batches (`mint-many!` / `burn-many!`) included, their result
+//! carrying every element's response. `tests/js/model-crosscheck.test.mjs` runs the same sequence
 //! on the real Clarity VM and requires identical output.
 //!
 //! Input (a file named by the first argument):

@@ -1,4 +1,4 @@
-//! A Rust model of `contracts/sbtc-alpha.clar`: the same checks in the same
+//! A Rust model of `contracts/sbtc-alpha.clar` (batches included): the same checks in the same
 //! order, the same error codes. Cross-checked against the Clarity VM.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -115,6 +115,31 @@ fn txid_arg(v: &Value) -> Option<&str> {
     }
 }
 
+/// One `{amount, <who>, <txid>}` element of a `mint-many!` / `burn-many!`
+/// list, if it has exactly the contract's type.
+fn batch_element<'a>(
+    v: &'a Value,
+    who: &str,
+    txid: &str,
+) -> Option<(u128, &'a PrincipalData, &'a str)> {
+    let Value::Tuple(t) = v else { return None };
+    if t.len() != 3 {
+        return None;
+    }
+    match (t.get("amount"), t.get(who), t.get(txid).and_then(txid_arg)) {
+        (Some(Value::UInt(a)), Some(Value::Principal(p)), Some(id)) => Some((*a, p, id)),
+        _ => None,
+    }
+}
+
+/// The argument of `mint-many!` / `burn-many!`: `(list 200 {amount: uint,
+/// <who>: principal, <txid>: (string-ascii 72)})`, a tuple with exactly
+/// those fields (the node's type check admits no more, no fewer).
+fn batch_arg(xs: &[Value], who: &str, txid: &str) -> bool {
+    xs.len() <= peg_ops::contract::MAX_BATCH
+        && xs.iter().all(|x| batch_element(x, who, txid).is_some())
+}
+
 impl SbtcModel {
     /// A freshly deployed contract owned by `owner`.
     pub fn new(owner: PrincipalData) -> Self {
@@ -137,6 +162,64 @@ impl SbtcModel {
         self.coordinator.as_ref().is_some_and(|(a, _)| a == sender)
     }
 
+    /// `mint!` past its coordinator check (and one element of
+    /// `mint-many!`): the contract's checks in its order, then the write.
+    fn mint_one(&mut self, amount: u128, dst: &PrincipalData, txid: &str) -> Value {
+        if amount == 0 {
+            error(err::INVALID_AMOUNT)
+        } else if txid.is_empty() {
+            error(err::INVALID_TXID)
+        } else if amount > MAX_SUPPLY - self.supply {
+            error(err::SUPPLY_CAP)
+        } else if self.minted.contains_key(txid) {
+            error(err::ALREADY_MINTED)
+        } else {
+            self.minted.insert(
+                txid.to_owned(),
+                TxidRecord {
+                    amount,
+                    principal: dst.clone(),
+                },
+            );
+            *self.balances.entry(dst.clone()).or_insert(0) += amount;
+            self.supply += amount;
+            ok_true()
+        }
+    }
+
+    /// `burn!` past its coordinator check (and one element of
+    /// `burn-many!`); what it burns is added to `sent`.
+    fn burn_one(
+        &mut self,
+        amount: u128,
+        src: &PrincipalData,
+        txid: &str,
+        sent: &mut HashMap<PrincipalData, u128>,
+    ) -> Value {
+        let balance = self.balances.get(src).copied().unwrap_or(0);
+        if amount == 0 {
+            error(err::INVALID_AMOUNT)
+        } else if txid.is_empty() {
+            error(err::INVALID_TXID)
+        } else if self.burned.contains_key(txid) {
+            error(err::ALREADY_BURNED)
+        } else if balance < amount {
+            error(err::INSUFFICIENT_BALANCE)
+        } else {
+            self.burned.insert(
+                txid.to_owned(),
+                TxidRecord {
+                    amount,
+                    principal: src.clone(),
+                },
+            );
+            self.balances.insert(src.clone(), balance - amount);
+            self.supply -= amount;
+            *sent.entry(src.clone()).or_insert(0) += amount;
+            ok_true()
+        }
+    }
+
     /// Checks a public call's function name and argument types, as the node
     /// does when admitting the transaction.
     pub fn check_args(function: &str, args: &[Value]) -> Result<(), ArgError> {
@@ -144,6 +227,8 @@ impl SbtcModel {
             || ArgError::BadArgument(format!("{function}: arguments do not match the signature"));
         let ok = match (function, args) {
             ("mint!" | "burn!", [Value::UInt(_), Value::Principal(_), t]) => txid_arg(t).is_some(),
+            ("mint-many!", [Value::List(xs)]) => batch_arg(xs, "dst", "peg-in-txid"),
+            ("burn-many!", [Value::List(xs)]) => batch_arg(xs, "src", "peg-out-txid"),
             ("set-bitcoin-wallet-public-key", [Value::Buffer(b)]) => b.len() <= 33,
             ("set-coordinator-data", [Value::Tuple(t)]) => {
                 t.len() == 2
@@ -161,6 +246,8 @@ impl SbtcModel {
             (
                 "mint!"
                 | "burn!"
+                | "mint-many!"
+                | "burn-many!"
                 | "set-bitcoin-wallet-public-key"
                 | "set-coordinator-data"
                 | "set-trading-halted"
@@ -187,55 +274,50 @@ impl SbtcModel {
         let mut sent = HashMap::new();
         let result = match (function, args) {
             ("mint!", [Value::UInt(amount), Value::Principal(dst), t]) => {
-                let txid = txid_arg(t).unwrap_or_default();
-                if !self.is_coordinator(sender) {
-                    error(err::NOT_COORDINATOR)
-                } else if *amount == 0 {
-                    error(err::INVALID_AMOUNT)
-                } else if txid.is_empty() {
-                    error(err::INVALID_TXID)
-                } else if *amount > MAX_SUPPLY - self.supply {
-                    error(err::SUPPLY_CAP)
-                } else if self.minted.contains_key(txid) {
-                    error(err::ALREADY_MINTED)
+                if self.is_coordinator(sender) {
+                    self.mint_one(*amount, dst, txid_arg(t).unwrap_or_default())
                 } else {
-                    self.minted.insert(
-                        txid.to_owned(),
-                        TxidRecord {
-                            amount: *amount,
-                            principal: dst.clone(),
-                        },
-                    );
-                    *self.balances.entry(dst.clone()).or_insert(0) += amount;
-                    self.supply += amount;
-                    ok_true()
+                    error(err::NOT_COORDINATOR)
                 }
             }
             ("burn!", [Value::UInt(amount), Value::Principal(src), t]) => {
-                let txid = txid_arg(t).unwrap_or_default();
-                let balance = self.balances.get(src).copied().unwrap_or(0);
-                if !self.is_coordinator(sender) {
-                    error(err::NOT_COORDINATOR)
-                } else if *amount == 0 {
-                    error(err::INVALID_AMOUNT)
-                } else if txid.is_empty() {
-                    error(err::INVALID_TXID)
-                } else if self.burned.contains_key(txid) {
-                    error(err::ALREADY_BURNED)
-                } else if balance < *amount {
-                    error(err::INSUFFICIENT_BALANCE)
+                if self.is_coordinator(sender) {
+                    self.burn_one(*amount, src, txid_arg(t).unwrap_or_default(), &mut sent)
                 } else {
-                    self.burned.insert(
-                        txid.to_owned(),
-                        TxidRecord {
-                            amount: *amount,
-                            principal: src.clone(),
-                        },
-                    );
-                    self.balances.insert(src.clone(), balance - amount);
-                    self.supply -= amount;
-                    sent.insert(src.clone(), *amount);
-                    ok_true()
+                    error(err::NOT_COORDINATOR)
+                }
+            }
+            // One response per element, each element a `mint!` / `burn!`
+            // past the coordinator check; a failed element changes nothing.
+            ("mint-many!", [Value::List(mints)]) => {
+                if self.is_coordinator(sender) {
+                    let results = mints
+                        .iter()
+                        .map(|m| match batch_element(m, "dst", "peg-in-txid") {
+                            Some((amount, dst, txid)) => self.mint_one(amount, dst, txid),
+                            // Refused by check_args; never reached.
+                            None => Value::Err(Box::new(Value::UInt(0))),
+                        })
+                        .collect();
+                    Value::Ok(Box::new(Value::List(results)))
+                } else {
+                    error(err::NOT_COORDINATOR)
+                }
+            }
+            ("burn-many!", [Value::List(burns)]) => {
+                if self.is_coordinator(sender) {
+                    let results = burns
+                        .iter()
+                        .map(|b| match batch_element(b, "src", "peg-out-txid") {
+                            Some((amount, src, txid)) => {
+                                self.burn_one(amount, src, txid, &mut sent)
+                            }
+                            None => Value::Err(Box::new(Value::UInt(0))),
+                        })
+                        .collect();
+                    Value::Ok(Box::new(Value::List(results)))
+                } else {
+                    error(err::NOT_COORDINATOR)
                 }
             }
             ("set-bitcoin-wallet-public-key", [Value::Buffer(k)]) => {
