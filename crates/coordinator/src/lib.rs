@@ -291,6 +291,13 @@ enum StacksCall {
     },
 }
 
+/// The outcomes of a round's deferred steps: one per op.
+type Outcomes = Vec<(QueuedOp, Result<Step, StepError>)>;
+
+/// A transaction to replace, the least fee asked, and the ops that asked
+/// (`true`: stuck, rather than refused for its fee).
+type Replacement = (SignedStacksTx, u64, Vec<(QueuedOp, bool)>);
+
 /// A payout built and checked, waiting for the round's signing.
 #[derive(Debug)]
 struct PendingSign {
@@ -1363,10 +1370,7 @@ where
     /// Signs the round's payouts with one [`FrostCoordinator::sign_many`]
     /// (the signers run their rounds together), then finalizes each: one
     /// outcome per op, a job's failure its op's alone.
-    fn sign_round(
-        &mut self,
-        signs: Vec<(QueuedOp, Box<PendingSign>)>,
-    ) -> Vec<(QueuedOp, Result<Step, StepError>)> {
+    fn sign_round(&mut self, signs: Vec<(QueuedOp, Box<PendingSign>)>) -> Outcomes {
         if signs.is_empty() {
             return Vec::new();
         }
@@ -1698,10 +1702,10 @@ where
         &mut self,
         calls: Vec<(QueuedOp, StacksCall)>,
         moved: &HashSet<Txid>,
-    ) -> Result<Vec<(QueuedOp, Result<Step, StepError>)>, Error> {
+    ) -> Result<Outcomes, Error> {
         let mut out = Vec::new();
         let mut to_sign = Vec::new();
-        let mut replaces: Vec<(SignedStacksTx, u64, Vec<(QueuedOp, bool)>)> = Vec::new();
+        let mut replaces: Vec<Replacement> = Vec::new();
         for (q, c) in calls {
             match c {
                 StacksCall::Sign => to_sign.push(q),
@@ -1745,7 +1749,7 @@ where
         &mut self,
         chunk: &[QueuedOp],
         limit: &mut Option<String>,
-        out: &mut Vec<(QueuedOp, Result<Step, StepError>)>,
+        out: &mut Outcomes,
     ) -> Result<(), Error> {
         if let Some(why) = limit {
             // Every transaction that waits counts, as the first one did.
@@ -1835,7 +1839,7 @@ where
         min_fee: u64,
         asked: Vec<(QueuedOp, bool)>,
         moved: &HashSet<Txid>,
-        out: &mut Vec<(QueuedOp, Result<Step, StepError>)>,
+        out: &mut Outcomes,
     ) -> Result<(), Error> {
         let mut members: Vec<QueuedOp> = asked.iter().map(|(q, _)| q.clone()).collect();
         let listed: HashSet<Txid> = members.iter().map(|q| q.op.txid()).collect();
@@ -2386,3 +2390,6 @@ mod tests;
 
 #[cfg(test)]
 mod refund_tests;
+
+#[cfg(test)]
+mod batch_tests;

@@ -311,6 +311,17 @@ pub struct World {
     pub fee_shortfall: bool,
     /// What the FROST coordinator holds of the signers' attestations.
     pub attestations: Vec<frost_coordinator::SignerAttestation>,
+    /// Peg wallet coins besides [`peg_utxo`] (`listunspent` lists them
+    /// after it; the wallet double spends the first one not reserved).
+    pub extra_peg_utxos: Vec<Utxo>,
+}
+
+/// The `n`th extra peg wallet coin (`World::extra_peg_utxos`).
+pub fn extra_peg_utxo(n: u8) -> Utxo {
+    Utxo {
+        outpoint: OutPoint::new(txid(200), u32::from(n) + 1),
+        ..peg_utxo()
+    }
 }
 
 /// What the contract records for `op`'s mint or burn in the world.
@@ -631,7 +642,17 @@ pub fn bitcoin_wallet(w: &W) -> MockBitcoinWallet {
                 .unwrap_or_else(|| op.recipient.script_pubkey());
             // What the real wallet builds: the request's fee output and one
             // peg coin in, OP_RETURN, recipient, change; a 3,000-sat fee.
-            let coin = peg_utxo();
+            // The coin: the first one listed and not reserved (else the
+            // first, which the loop's own checks then refuse).
+            let coin = inputs
+                .utxos
+                .iter()
+                .find(|u| {
+                    u.txout.script_pubkey == peg_address().script_pubkey()
+                        && !inputs.reserved.contains(&u.outpoint)
+                })
+                .cloned()
+                .unwrap_or_else(peg_utxo);
             let tx = Transaction {
                 version: transaction::Version::TWO,
                 lock_time: absolute::LockTime::ZERO,
@@ -688,9 +709,12 @@ pub fn bitcoin_wallet(w: &W) -> MockBitcoinWallet {
 
 pub fn bitcoin_node(w: &W) -> MockBitcoinNode {
     let mut m = MockBitcoinNode::new();
-    m.expect_list_unspent().returning(|s| {
+    let w4 = w.clone();
+    m.expect_list_unspent().returning(move |s| {
         assert_eq!(*s, *peg_address().script_pubkey());
-        Ok(vec![peg_utxo()])
+        let mut coins = vec![peg_utxo()];
+        coins.extend(w4.lock().unwrap().extra_peg_utxos.iter().cloned());
+        Ok(coins)
     });
     let w0 = w.clone();
     m.expect_estimate_smart_fee().returning(move |_| {
