@@ -86,12 +86,26 @@ fn main() {
     frost
         .expect_aggregate_public_key()
         .returning(|| Some(aggregate_key()));
+    frost.expect_keys().returning(|| vec![aggregate_key()]);
+    frost.expect_attestations().returning(Vec::new);
+    // Every peg-in's output 1 is unspent (the mint rule asks the node).
+    let mut bitcoin_node = MockBitcoinNode::new();
+    bitcoin_node.expect_get_tx_out().returning(|o, _| {
+        Ok(Some(bitcoin_node_client::Utxo {
+            outpoint: *o,
+            txout: bitcoin::TxOut {
+                value: Amount::from_sat(10_000),
+                script_pubkey: bitcoin::ScriptBuf::new(),
+            },
+            confirmations: 1,
+        }))
+    });
     let queue = SqlitePegQueue::open(&dir.path().join("queue.sqlite")).unwrap();
     let mut l = StacksCoordinator::new(
         Components {
             queue,
             stacks: stacks.clone(),
-            bitcoin: MockBitcoinNode::new(),
+            bitcoin: bitcoin_node,
             stacks_wallet: ContractCallWallet::new(
                 StacksNetwork::Testnet,
                 contract.clone(),

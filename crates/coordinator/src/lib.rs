@@ -1377,7 +1377,9 @@ where
         let jobs: Vec<frost_coordinator::SignJob> =
             signs.iter().map(|(_, p)| p.job.clone()).collect();
         let started = Instant::now();
-        let mut results = self.c.frost.sign_many(&jobs).into_iter();
+        let results = self.c.frost.sign_many(&jobs);
+        let answered = results.len();
+        let mut results = results.into_iter();
         let took = started.elapsed();
         debug!("{} payouts signed together in {took:?}", jobs.len());
         let mut out = Vec::with_capacity(signs.len());
@@ -1390,8 +1392,7 @@ where
                 Some(Err(e)) => Err(e.into()),
                 None => Err(StepError::retry(
                     format!(
-                        "the signers' coordinator answered {} of {} signing jobs",
-                        jobs.len().saturating_sub(1),
+                        "the signers' coordinator answered {answered} of {} signing jobs",
                         jobs.len()
                     ),
                     true,
