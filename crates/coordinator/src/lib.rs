@@ -2086,27 +2086,11 @@ where
     }
 
     fn confirm_stacks_tx(&mut self, op: &PegOp, tx: &SignedStacksTx) -> Result<Step, StepError> {
-        match self.effect(op)? {
-            Effect::Final => {
-                self.next_to_mine_since.remove(&tx.txid);
-                return Ok(Step::Moved(Self::after_stacks_effect(op)));
-            }
-            Effect::Mismatch(reason) => {
-                error!("{} {}: {reason}", op.kind(), op.txid());
-                return Ok(Step::Moved(OpState::Failed { reason }));
-            }
-            Effect::AtTip => {
-                self.next_to_mine_since.remove(&tx.txid);
-                return Ok(Step::Wait(format!(
-                    "stacks tx {} mined, not yet {} Stacks blocks deep",
-                    tx.txid, self.checks.stacks_confirmations
-                )));
-            }
-            Effect::Absent => {}
-        }
-        // Read after this op's first check (or before it, for an earlier op
-        // of the round): a nonce consumed by then is a transaction mined by
-        // then, whose effect the second check below sees.
+        // The account first, once per round for every op (a batch's ops
+        // all hold one transaction): while our nonce is not consumed the
+        // transaction is not mined, and its ops wait without reading the
+        // contract one by one. Once it is consumed, each op's own get-mint /
+        // get-burn, read after the nonce, shows the effect if it took one.
         let account_nonce = self.account_nonce()?;
         if account_nonce == tx.nonce {
             // Next to mine, yet not mined: after a while, replace it on
@@ -2139,17 +2123,21 @@ where
             }
             return Ok(Step::Wait(format!("stacks tx {} not yet mined", tx.txid)));
         }
-        // Our nonce was consumed. The nonce was read after the first check,
-        // so if the transaction had succeeded the contract would now say so.
+        self.next_to_mine_since.remove(&tx.txid);
+        // Our nonce was consumed before this read: if the transaction had
+        // succeeded for this op, the contract would now say so.
         match self.effect(op)? {
             Effect::Final => return Ok(Step::Moved(Self::after_stacks_effect(op))),
             Effect::AtTip => {
                 return Ok(Step::Wait(format!(
-                    "stacks tx {} mined, not yet final",
-                    tx.txid
+                    "stacks tx {} mined, not yet {} Stacks blocks deep",
+                    tx.txid, self.checks.stacks_confirmations
                 )))
             }
-            Effect::Mismatch(reason) => return Ok(Step::Moved(OpState::Failed { reason })),
+            Effect::Mismatch(reason) => {
+                error!("{} {}: {reason}", op.kind(), op.txid());
+                return Ok(Step::Moved(OpState::Failed { reason }));
+            }
             Effect::Absent => {}
         }
         let what = match op {
