@@ -1,5 +1,5 @@
 // The sBTC alpha contract on the real Clarity VM (clarinet simnet, offline).
-// Covers every public function, every error path and the replay guard.
+// Covers every public function, every error path and the replay guard, batches included.
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { initSimnet } from '@stacks/clarinet-sdk';
@@ -196,4 +196,195 @@ test('a contract with no coordinator refuses every coordinator call', () => {
   simnet.deployContract('sbtc-fresh', simnet.getContractSource('sbtc-alpha'), { clarityVersion: 2 }, owner);
   const r = simnet.callPublicFn('sbtc-fresh', 'mint!', [Cl.uint(1), Cl.principal(alice), Cl.stringAscii(TXID_A)], owner);
   assert.deepEqual(r.result, err(ERR.NOT_COORDINATOR));
+});
+
+// --- batches: mint-many! / burn-many! ----------------------------------------
+// Each element is a mint!/burn! under the same checks, order, errors and
+// replay guard; a failed element takes no effect and leaves the others.
+
+const MAX_BATCH = 200;
+const MAX_SUPPLY = 2100000000000000n;
+const mintEl = (amount, dst, txid) =>
+  Cl.tuple({ amount: Cl.uint(amount), dst: Cl.principal(dst), 'peg-in-txid': Cl.stringAscii(txid) });
+const burnEl = (amount, src, txid) =>
+  Cl.tuple({ amount: Cl.uint(amount), src: Cl.principal(src), 'peg-out-txid': Cl.stringAscii(txid) });
+const mintMany = (els, sender = coordinator) => simnet.callPublicFn(contract, 'mint-many!', [Cl.list(els)], sender);
+const burnMany = (els, sender = coordinator) => simnet.callPublicFn(contract, 'burn-many!', [Cl.list(els)], sender);
+const results = (...rs) => ok(Cl.list(rs));
+const T = (i) => `${i}`.padStart(64, 'c');
+const supply = () => read('get-total-supply');
+const minted = (txid) => read('get-mint', [Cl.stringAscii(txid)]);
+const burned = (txid) => read('get-burn', [Cl.stringAscii(txid)]);
+
+test('mint-many!: one result per element, each with mint!\'s error codes', () => {
+  const r = mintMany([
+    mintEl(100, alice, T(1)),
+    mintEl(0, alice, T(2)), // ERR-INVALID-AMOUNT
+    mintEl(200, bob, ''), // ERR-INVALID-TXID
+    mintEl(300, bob, T(3)),
+    mintEl(2100000000000001n, bob, T(4)), // past the cap on its own
+    mintEl(7, `${owner}.sbtc-alpha`, T(5)), // a contract principal
+  ]);
+  assert.deepEqual(r.result, results(
+    ok(Cl.bool(true)), err(ERR.INVALID_AMOUNT), err(ERR.INVALID_TXID), ok(Cl.bool(true)),
+    err(ERR.SUPPLY_CAP), ok(Cl.bool(true)),
+  ));
+  assert.deepEqual(minted(T(1)), record(100, alice));
+  assert.deepEqual(minted(T(2)), Cl.none());
+  assert.deepEqual(minted(T(3)), record(300, bob));
+  assert.deepEqual(minted(T(4)), Cl.none());
+  assert.deepEqual(minted(T(5)), record(7, `${owner}.sbtc-alpha`));
+  assert.deepEqual(minted(''), Cl.none());
+  assert.deepEqual(balance(alice), ok(Cl.uint(100)));
+  assert.deepEqual(balance(bob), ok(Cl.uint(300)));
+  assert.deepEqual(supply(), ok(Cl.uint(407)));
+  // One ft_mint_event per element that took effect, none for the others.
+  assert.deepEqual(r.events.map((e) => [e.event, e.data.amount, e.data.recipient]), [
+    ['ft_mint_event', '100', alice], ['ft_mint_event', '300', bob], ['ft_mint_event', '7', `${owner}.sbtc-alpha`],
+  ]);
+});
+
+test('mint-many!: replays inside a batch, across batches and against mint!', () => {
+  // Inside one batch: the second use of a txid is refused, the first stands.
+  assert.deepEqual(
+    mintMany([mintEl(10, alice, T(1)), mintEl(20, bob, T(1)), mintEl(30, bob, T(2))]).result,
+    results(ok(Cl.bool(true)), err(ERR.ALREADY_MINTED), ok(Cl.bool(true))),
+  );
+  assert.deepEqual(minted(T(1)), record(10, alice));
+  // Across batches.
+  assert.deepEqual(
+    mintMany([mintEl(30, bob, T(2)), mintEl(40, bob, T(3))]).result,
+    results(err(ERR.ALREADY_MINTED), ok(Cl.bool(true))),
+  );
+  // A batch's txid against mint!, and mint!'s against a batch.
+  assert.deepEqual(mint(10, alice, T(1)), err(ERR.ALREADY_MINTED));
+  assert.deepEqual(mint(50, alice, T(4)), ok(Cl.bool(true)));
+  assert.deepEqual(mintMany([mintEl(50, bob, T(4))]).result, results(err(ERR.ALREADY_MINTED)));
+  // A minted txid can still be burned once (the maps are separate).
+  assert.deepEqual(burnMany([burnEl(5, alice, T(1))]).result, results(ok(Cl.bool(true))));
+  assert.deepEqual(balance(alice), ok(Cl.uint(55)));
+  assert.deepEqual(balance(bob), ok(Cl.uint(70)));
+  assert.deepEqual(supply(), ok(Cl.uint(125)));
+});
+
+test('mint-many!: the supply cap hit mid-batch: earlier elements stand, later ones fail, nothing half-written', () => {
+  assert.deepEqual(mint(MAX_SUPPLY - 100n, alice, T(0)), ok(Cl.bool(true)));
+  const r = mintMany([
+    mintEl(60, bob, T(1)), // 40 left
+    mintEl(50, bob, T(2)), // ERR-SUPPLY-CAP
+    mintEl(40, alice, T(3)), // exactly the cap
+    mintEl(1, bob, T(4)), // ERR-SUPPLY-CAP
+    mintEl(1, bob, T(1)), // the cap is checked before the replay guard, as in mint!
+  ]);
+  assert.deepEqual(r.result, results(
+    ok(Cl.bool(true)), err(ERR.SUPPLY_CAP), ok(Cl.bool(true)), err(ERR.SUPPLY_CAP), err(ERR.SUPPLY_CAP),
+  ));
+  assert.deepEqual(supply(), ok(Cl.uint(MAX_SUPPLY)));
+  assert.deepEqual(minted(T(1)), record(60, bob));
+  // The failed elements: no record, no token, the txid still free.
+  assert.deepEqual(minted(T(2)), Cl.none());
+  assert.deepEqual(minted(T(4)), Cl.none());
+  assert.deepEqual(read('was-minted', [Cl.stringAscii(T(2))]), Cl.bool(false));
+  assert.deepEqual(balance(bob), ok(Cl.uint(60)));
+  assert.deepEqual(r.events.length, 2);
+  // Once supply is freed, the failed txid mints.
+  assert.deepEqual(burn(50, alice, T(9)), ok(Cl.bool(true)));
+  assert.deepEqual(mintMany([mintEl(50, bob, T(2))]).result, results(ok(Cl.bool(true))));
+});
+
+test('burn-many!: a burn short of balance mid-batch fails alone and leaves no record', () => {
+  mint(1000, alice, T(0));
+  mint(300, bob, T(100));
+  const r = burnMany([
+    burnEl(600, alice, T(1)), // 400 left
+    burnEl(500, alice, T(2)), // ERR-INSUFFICIENT-BALANCE
+    burnEl(100, bob, T(3)),
+    burnEl(400, alice, T(4)), // exactly what is left
+    burnEl(0, bob, T(5)), // ERR-INVALID-AMOUNT
+    burnEl(1, bob, ''), // ERR-INVALID-TXID
+  ]);
+  assert.deepEqual(r.result, results(
+    ok(Cl.bool(true)), err(ERR.INSUFFICIENT_BALANCE), ok(Cl.bool(true)), ok(Cl.bool(true)),
+    err(ERR.INVALID_AMOUNT), err(ERR.INVALID_TXID),
+  ));
+  assert.deepEqual(burned(T(1)), record(600, alice));
+  assert.deepEqual(burned(T(2)), Cl.none());
+  assert.deepEqual(read('was-burned', [Cl.stringAscii(T(2))]), Cl.bool(false));
+  assert.deepEqual(burned(T(3)), record(100, bob));
+  assert.deepEqual(burned(T(4)), record(400, alice));
+  assert.deepEqual(burned(T(5)), Cl.none());
+  assert.deepEqual(balance(alice), ok(Cl.uint(0)));
+  assert.deepEqual(balance(bob), ok(Cl.uint(200)));
+  assert.deepEqual(supply(), ok(Cl.uint(200)));
+  // The short txid was not consumed: it burns once there is balance.
+  mint(500, alice, T(101));
+  assert.deepEqual(burnMany([burnEl(500, alice, T(2))]).result, results(ok(Cl.bool(true))));
+});
+
+test('burn-many!: the same requester twice, replays inside and across batches and against burn!', () => {
+  mint(1000, alice, T(0));
+  const r = burnMany([
+    burnEl(100, alice, T(1)),
+    burnEl(200, alice, T(2)), // the same requester again: both burn
+    burnEl(300, alice, T(1)), // ERR-ALREADY-BURNED inside the batch
+  ]);
+  assert.deepEqual(r.result, results(ok(Cl.bool(true)), ok(Cl.bool(true)), err(ERR.ALREADY_BURNED)));
+  // What a deny-mode `SentLe` post condition judges: the burns per
+  // principal (simnet does not evaluate post conditions; the real-node and
+  // emulator tests do). 300 burned of alice's, <= the 600 the wallet's
+  // condition would allow for these three requests.
+  const sent = r.events.filter((e) => e.event === 'ft_burn_event').reduce((s, e) => s + BigInt(e.data.amount), 0n);
+  assert.equal(sent, 300n);
+  assert.ok(r.events.every((e) => e.data.sender === alice));
+  assert.deepEqual(burned(T(1)), record(100, alice));
+  assert.deepEqual(balance(alice), ok(Cl.uint(700)));
+  // Across batches, and against burn!.
+  assert.deepEqual(burnMany([burnEl(1, alice, T(2)), burnEl(1, alice, T(3))]).result, results(err(ERR.ALREADY_BURNED), ok(Cl.bool(true))));
+  assert.deepEqual(burn(1, alice, T(3)), err(ERR.ALREADY_BURNED));
+  assert.deepEqual(burn(1, alice, T(4)), ok(Cl.bool(true)));
+  assert.deepEqual(burnMany([burnEl(1, alice, T(4))]).result, results(err(ERR.ALREADY_BURNED)));
+  assert.deepEqual(balance(alice), ok(Cl.uint(698)));
+});
+
+test('batches: only the coordinator, and the whole call fails for anyone else', () => {
+  mint(1000, alice, T(0));
+  for (const sender of [alice, owner, bob]) {
+    assert.deepEqual(mintMany([mintEl(1, alice, T(1))], sender).result, err(ERR.NOT_COORDINATOR));
+    assert.deepEqual(burnMany([burnEl(1, alice, T(2))], sender).result, err(ERR.NOT_COORDINATOR));
+    assert.deepEqual(mintMany([], sender).result, err(ERR.NOT_COORDINATOR));
+  }
+  assert.deepEqual(minted(T(1)), Cl.none());
+  assert.deepEqual(burned(T(2)), Cl.none());
+  assert.deepEqual(balance(alice), ok(Cl.uint(1000)));
+  // A contract with no coordinator at all.
+  simnet.deployContract('sbtc-fresh-batch', simnet.getContractSource('sbtc-alpha'), { clarityVersion: 2 }, owner);
+  const r = simnet.callPublicFn('sbtc-fresh-batch', 'mint-many!', [Cl.list([mintEl(1, alice, T(1))])], owner);
+  assert.deepEqual(r.result, err(ERR.NOT_COORDINATOR));
+});
+
+test('batches: an empty list is (ok ()) and changes nothing', () => {
+  mint(10, alice, T(0));
+  for (const f of [mintMany, burnMany]) {
+    const r = f([]);
+    assert.deepEqual(r.result, results());
+    assert.deepEqual(r.events, []);
+  }
+  assert.deepEqual(supply(), ok(Cl.uint(10)));
+});
+
+test(`batches: ${MAX_BATCH} elements mint and burn; ${MAX_BATCH + 1} do not type-check`, () => {
+  const els = Array.from({ length: MAX_BATCH }, (_, i) => mintEl(i + 1, i % 2 ? alice : bob, T(i)));
+  const r = mintMany(els);
+  assert.deepEqual(r.result, results(...els.map(() => ok(Cl.bool(true)))));
+  const total = (MAX_BATCH * (MAX_BATCH + 1)) / 2;
+  assert.deepEqual(supply(), ok(Cl.uint(total)));
+  assert.deepEqual(minted(T(MAX_BATCH - 1)), record(MAX_BATCH, alice));
+  const burns = Array.from({ length: MAX_BATCH }, (_, i) => burnEl(i + 1, i % 2 ? alice : bob, T(1000 + i)));
+  assert.deepEqual(burnMany(burns).result, results(...burns.map(() => ok(Cl.bool(true)))));
+  assert.deepEqual(supply(), ok(Cl.uint(0)));
+  assert.deepEqual(burned(T(1000 + MAX_BATCH - 1)), record(MAX_BATCH, alice));
+  // One more than the list bound: refused before running (a type error).
+  const over = [...els, mintEl(1, alice, T(5000))].map((e, i) => (i < MAX_BATCH ? mintEl(1, alice, T(2000 + i)) : e));
+  assert.throws(() => mintMany(over));
+  assert.deepEqual(minted(T(2000)), Cl.none());
 });

@@ -999,3 +999,584 @@ fn finality_reads_on_the_real_node() {
     assert_eq!(real, ours);
     println!("finality checks in {:?}", started.elapsed());
 }
+
+// --- batched calls: mint-many! / burn-many! -----------------------------------
+
+use bitcoin::hashes::Hash as _;
+use fee_wallet::{ContractCallWallet, StacksFeePolicy, StacksWallet};
+use peg_ops::contract::{txid_arg, BURN_MANY, MAX_BATCH, MINT_MANY};
+use peg_ops::{BurnHeight, MessageSignature, PegInOp, PegOutRequestOp};
+use stacks_wire::{AssetInfo, FungibleConditionCode, PostCondition, PostConditionPrincipal};
+
+/// The coordinator of the batch tests (set by the deployer).
+const COORDINATOR: u8 = 2;
+
+/// A Bitcoin txid for test element `n`.
+fn btc_txid(n: u32) -> bitcoin::Txid {
+    let mut b = [0x5a; 32];
+    b[..4].copy_from_slice(&n.to_be_bytes());
+    bitcoin::Txid::from_byte_array(b)
+}
+
+fn peg_in(n: u32, amount: u64, to: u8) -> PegInOp {
+    PegInOp {
+        recipient: addr(to).into(),
+        peg_wallet_address: "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+            .parse()
+            .unwrap(),
+        amount: bitcoin::Amount::from_sat(amount),
+        memo: vec![],
+        txid: btc_txid(n),
+        vtxindex: 1,
+        block_height: BurnHeight(10),
+        burn_header_hash: bitcoin::BlockHash::all_zeros(),
+    }
+}
+
+fn peg_out(n: u32, amount: u64, from: u8) -> (PegOutRequestOp, StacksAddress) {
+    let recipient: peg_ops::BtcAddress = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+        .parse()
+        .unwrap();
+    let op = PegOutRequestOp {
+        amount: bitcoin::Amount::from_sat(amount),
+        // Not checked by the contract (the signers check it).
+        signature: MessageSignature::sign(
+            peg_ops::peg_out_request_sighash(
+                bitcoin::Amount::from_sat(amount),
+                &recipient.script_pubkey(),
+            ),
+            &key(from).key,
+        ),
+        recipient: recipient.clone(),
+        peg_wallet_address: recipient,
+        fulfillment_fee: bitcoin::Amount::from_sat(1_000),
+        memo: vec![],
+        txid: btc_txid(n),
+        vtxindex: 2,
+        block_height: BurnHeight(11),
+        burn_header_hash: bitcoin::BlockHash::all_zeros(),
+    };
+    (op, addr(from))
+}
+
+fn node_at(url: &str) -> stacks_node_client::UreqStacksNode {
+    stacks_node_client::UreqStacksNode::new(url, Duration::from_secs(30))
+}
+
+/// The coordinator's wallet against the node at `url` (fee from the node's
+/// estimate, at least 1 µSTX/byte, no cap that matters here).
+fn batch_wallet(url: &str) -> ContractCallWallet<stacks_node_client::UreqStacksNode> {
+    ContractCallWallet::new(
+        StacksNetwork::Testnet,
+        contract(),
+        key(COORDINATOR),
+        StacksFeePolicy {
+            floor: 1_000,
+            cap: 10_000_000,
+        },
+        node_at(url),
+    )
+}
+
+/// `get-mint` / `get-burn` of element `n`, and `get-balance` of `who`.
+fn record_of(url: &str, f: &str, n: u32) -> Option<TxidRecord> {
+    let c = node_at(url);
+    let v = c
+        .call_read(
+            &contract(),
+            f,
+            &[txid_arg(&btc_txid(n))],
+            &addr(USER).into(),
+        )
+        .unwrap();
+    decode_record(&v).unwrap()
+}
+
+fn balance_of(url: &str, who: u8) -> Value {
+    node_at(url)
+        .call_read(
+            &contract(),
+            "get-balance",
+            &[Value::Principal(addr(who).into())],
+            &addr(USER).into(),
+        )
+        .unwrap()
+}
+
+/// Batches with failing elements, through the wallet's builders, then a
+/// burn-many! whose deny-mode `SentLe` is one short: what took effect
+/// (records, balances, nonces), as the node at `t` answers it.
+fn batch_scenario(t: &dyn Target) -> Vec<String> {
+    let url = t.url();
+    let u = url.as_str();
+    let c = node_at(u);
+    let w = batch_wallet(u);
+    // The owner names the coordinator.
+    let coordinator = Value::tuple([
+        ("addr", Value::Principal(addr(COORDINATOR).into())),
+        ("key", Value::Buffer(vec![2; 33])),
+    ])
+    .unwrap();
+    let set = call(
+        DEPLOYER,
+        confirmed_nonce(u, DEPLOYER),
+        2000,
+        contract(),
+        "set-coordinator-data",
+        vec![coordinator],
+    );
+    assert_eq!(post_tx(u, &set).status, 200);
+    t.mined(DEPLOYER, set.auth.nonce + 1);
+    let start = confirmed_nonce(u, COORDINATOR);
+    // 1..=4 to the user, element 3 of amount 0 (ERR-INVALID-AMOUNT).
+    let a = w
+        .build_mint_many(
+            &[
+                peg_in(1, 1000, USER),
+                peg_in(2, 2000, USER),
+                peg_in(3, 0, USER),
+                peg_in(4, 3000, USER),
+            ],
+            start,
+            None,
+        )
+        .unwrap();
+    // Element 1 again (ERR-ALREADY-MINTED across batches), 5 to 4.
+    let b = w
+        .build_mint_many(
+            &[peg_in(1, 7, CHAINER), peg_in(5, 5000, CHAINER)],
+            start + 1,
+            None,
+        )
+        .unwrap();
+    for tx in [&a, &b] {
+        c.broadcast_transaction(&tx.raw).unwrap();
+    }
+    t.mined(COORDINATOR, start + 2);
+    // The user holds 6000, 4 holds 5000: 11 burns 1500 of the user's, 12 is
+    // short (10,000 > 4,500 left: ERR-INSUFFICIENT-BALANCE), 13 takes 4's
+    // 5000, 14 another 500 of the user's. SentLe per requester: 12,000 and
+    // 5,000 — what the failed element did not burn is still "at most".
+    let burns = w
+        .build_burn_many(
+            &[
+                peg_out(11, 1500, USER),
+                peg_out(12, 10_000, USER),
+                peg_out(13, 5000, CHAINER),
+                peg_out(14, 500, USER),
+            ],
+            start + 2,
+            None,
+        )
+        .unwrap();
+    let decoded = StacksTransaction::deserialize(&burns.raw).unwrap();
+    assert_eq!(decoded.post_conditions.len(), 2);
+    c.broadcast_transaction(&burns.raw).unwrap();
+    t.mined(COORDINATOR, start + 3);
+    // Deny mode enforced: a burn of 100 under `SentLe 99` aborts as a whole
+    // (the nonce is spent, nothing is burned or recorded).
+    let mut strict = StacksTransaction::new(
+        StacksNetwork::Testnet,
+        &key(COORDINATOR),
+        start + 3,
+        100_000,
+        PostConditionMode::Deny,
+        vec![PostCondition::Fungible {
+            principal: PostConditionPrincipal::Standard(addr(USER)),
+            asset: AssetInfo {
+                contract: contract(),
+                asset_name: "sbtc".into(),
+            },
+            code: FungibleConditionCode::SentLe,
+            amount: 99,
+        }],
+        Payload::ContractCall {
+            contract: contract(),
+            function_name: BURN_MANY.into(),
+            args: vec![Value::List(vec![Value::tuple([
+                ("amount", Value::UInt(100)),
+                ("src", Value::Principal(addr(USER).into())),
+                ("peg-out-txid", txid_arg(&btc_txid(15))),
+            ])
+            .unwrap()])],
+        },
+    )
+    .unwrap();
+    strict.sign(&key(COORDINATOR)).unwrap();
+    assert_eq!(post_tx(u, &strict).status, 200);
+    t.mined(COORDINATOR, start + 4);
+    let mut out = Vec::new();
+    for n in 1..=5 {
+        out.push(format!("mint {n}: {:?}", record_of(u, GET_MINT, n)));
+    }
+    for n in 11..=15 {
+        out.push(format!("burn {n}: {:?}", record_of(u, GET_BURN, n)));
+    }
+    for who in [USER, CHAINER] {
+        out.push(format!("balance {who}: {:?}", balance_of(u, who)));
+    }
+    out.push(format!(
+        "coordinator nonce: {}",
+        confirmed_nonce(u, COORDINATOR) - start
+    ));
+    for l in &out {
+        println!("{l}");
+    }
+    out
+}
+
+/// On the real node: the batches take effect element by element (failed
+/// elements leave no record, the others stand), deny-mode `SentLe` holds
+/// for "at most" and aborts a call that burns more; then the emulator,
+/// given the same transactions, ends in the same state.
+#[test]
+fn batched_calls_on_the_real_node_and_the_emulator() {
+    let Some(node) = start_real(1000) else { return };
+    let started = Instant::now();
+    node.deploy_sbtc(&key(DEPLOYER)).unwrap();
+    println!("-- real node");
+    let real = batch_scenario(&node);
+    let rec = |amount, who: u8| {
+        Some(TxidRecord {
+            amount,
+            principal: addr(who).into(),
+        })
+    };
+    let expected = vec![
+        format!("mint 1: {:?}", rec(1000, USER)),
+        format!("mint 2: {:?}", rec(2000, USER)),
+        "mint 3: None".to_owned(),
+        format!("mint 4: {:?}", rec(3000, USER)),
+        format!("mint 5: {:?}", rec(5000, CHAINER)),
+        format!("burn 11: {:?}", rec(1500, USER)),
+        "burn 12: None".to_owned(),
+        format!("burn 13: {:?}", rec(5000, CHAINER)),
+        format!("burn 14: {:?}", rec(500, USER)),
+        "burn 15: None".to_owned(),
+        format!(
+            "balance {USER}: {:?}",
+            Value::Ok(Box::new(Value::UInt(4000)))
+        ),
+        format!(
+            "balance {CHAINER}: {:?}",
+            Value::Ok(Box::new(Value::UInt(0)))
+        ),
+        "coordinator nonce: 4".to_owned(),
+    ];
+    assert_eq!(real, expected);
+    println!("-- emulator");
+    let emu = emulator();
+    assert_eq!(batch_scenario(&emu), expected);
+    println!("batch checks in {:?}", started.elapsed());
+}
+
+/// Sends `txs` (consecutive nonces of the coordinator from `start`) and
+/// returns, per Stacks block that mined some, how many (polling the tip and
+/// the nonce every 50 ms, at most `timeout`).
+fn calls_per_block(
+    node: &RealStacksNode,
+    txs: &[peg_ops::SignedStacksTx],
+    start: u64,
+    timeout: Duration,
+) -> Vec<(u64, u64)> {
+    let c = node.client();
+    for t in txs {
+        c.broadcast_transaction(&t.raw)
+            .unwrap_or_else(|e| panic!("nonce {}: {e}; log:\n{}", t.nonce, node.log_tail(20)));
+    }
+    let me = PrincipalData::Standard(addr(COORDINATOR));
+    let end = start + txs.len() as u64;
+    let deadline = Instant::now() + timeout;
+    let mut per_block: Vec<(u64, u64)> = Vec::new();
+    let mut seen = start;
+    while seen < end {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} calls mined within {timeout:?}: {per_block:?}; log:\n{}",
+            seen - start,
+            txs.len(),
+            node.log_tail(30)
+        );
+        let height = c.get_info().unwrap().stacks_tip_height;
+        let nonce = c.get_account(&me).unwrap().nonce;
+        if nonce > seen {
+            per_block.push((height, nonce - seen));
+            seen = nonce;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    per_block
+}
+
+/// What the real node does with full batches: a 201-element list is
+/// refused at admission (as the emulator refuses it); 200-element
+/// `mint-many!` and `burn-many!` calls are admitted and mined, 25 of them
+/// pending at once (the node's chaining limit), and every element takes
+/// effect. Prints bytes per call, fee at the node's minimum, and calls
+/// mined per block.
+#[test]
+fn full_batches_on_the_real_node() {
+    let Some(node) = start_real(1000) else { return };
+    let started = Instant::now();
+    node.deploy_sbtc(&key(DEPLOYER)).unwrap();
+    let u = node.url().to_owned();
+    let c = node.client();
+    let w = batch_wallet(&u);
+    let set = call(
+        DEPLOYER,
+        confirmed_nonce(&u, DEPLOYER),
+        2000,
+        contract(),
+        "set-coordinator-data",
+        vec![Value::tuple([
+            ("addr", Value::Principal(addr(COORDINATOR).into())),
+            ("key", Value::Buffer(vec![2; 33])),
+        ])
+        .unwrap()],
+    );
+    assert_eq!(post_tx(&u, &set).status, 200);
+    node.mined(DEPLOYER, set.auth.nonce + 1);
+
+    // One over the list bound: the node's type check refuses it, and so
+    // does the emulator, with the same reason.
+    let over: Vec<Value> = (0..=MAX_BATCH as u32)
+        .map(|n| {
+            Value::tuple([
+                ("amount", Value::UInt(1)),
+                ("dst", Value::Principal(addr(USER).into())),
+                ("peg-in-txid", txid_arg(&btc_txid(900_000 + n))),
+            ])
+            .unwrap()
+        })
+        .collect();
+    let too_long = call(
+        COORDINATOR,
+        0,
+        100_000,
+        contract(),
+        MINT_MANY,
+        vec![Value::List(over)],
+    );
+    let real = post_tx(&u, &too_long);
+    println!(
+        "201 elements: {} {:?} {:.300}",
+        real.status, real.reason, real.body
+    );
+    assert_eq!(real.status, 400);
+    assert_eq!(real.reason.as_deref(), Some("BadFunctionArgument"));
+    let emu = emulator();
+    let ours = post_tx(&emu.url(), &too_long);
+    assert_eq!((ours.status, ours.reason), (real.status, real.reason));
+
+    // 25 full mint-many! calls, 5,000 mints, 1,000 sats each, to the user.
+    const CALLS: u32 = 25;
+    let per = MAX_BATCH as u32;
+    let start = confirmed_nonce(&u, COORDINATOR);
+    let mints: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let ops: Vec<_> = (0..per).map(|j| peg_in(i * per + j, 1000, USER)).collect();
+            w.build_mint_many(&ops, start + u64::from(i), None).unwrap()
+        })
+        .collect();
+    let t = Instant::now();
+    let blocks = calls_per_block(&node, &mints, start, Duration::from_secs(180));
+    println!(
+        "mint-many! x{CALLS} of {per}: {} bytes, fee {} µSTX each; mined per block {blocks:?} in {:?}",
+        mints[0].raw.len(),
+        mints[0].fee,
+        t.elapsed()
+    );
+    let supply = c
+        .call_read(&contract(), "get-total-supply", &[], &addr(USER).into())
+        .unwrap();
+    assert_eq!(
+        supply,
+        Value::Ok(Box::new(Value::UInt(u128::from(CALLS * per) * 1000)))
+    );
+    for n in [0, per - 1, CALLS * per - 1] {
+        assert_eq!(
+            record_of(&u, GET_MINT, n),
+            Some(TxidRecord {
+                amount: 1000,
+                principal: addr(USER).into()
+            })
+        );
+    }
+
+    // 25 full burn-many! calls, all of the user's sBTC, deny mode.
+    let start = confirmed_nonce(&u, COORDINATOR);
+    let burns: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let ops: Vec<_> = (0..per)
+                .map(|j| peg_out(100_000 + i * per + j, 1000, USER))
+                .collect();
+            w.build_burn_many(&ops, start + u64::from(i), None).unwrap()
+        })
+        .collect();
+    let t = Instant::now();
+    let blocks = calls_per_block(&node, &burns, start, Duration::from_secs(180));
+    println!(
+        "burn-many! x{CALLS} of {per}: {} bytes, fee {} µSTX each; mined per block {blocks:?} in {:?}",
+        burns[0].raw.len(),
+        burns[0].fee,
+        t.elapsed()
+    );
+    let supply = c
+        .call_read(&contract(), "get-total-supply", &[], &addr(USER).into())
+        .unwrap();
+    assert_eq!(supply, Value::Ok(Box::new(Value::UInt(0))));
+    assert_eq!(
+        record_of(&u, GET_BURN, 100_000 + CALLS * per - 1),
+        Some(TxidRecord {
+            amount: 1000,
+            principal: addr(USER).into()
+        })
+    );
+    println!("full batches in {:?}", started.elapsed());
+}
+
+/// How many full `mint-many!` calls the real node's miner puts in one
+/// block when more are pending than one account may chain: four copies
+/// of the contract (deployers 1, 3, 4 and 6, each its own coordinator),
+/// 25 calls of 200 each pending at once, 100 calls, 20,000 mints. Prints
+/// the calls mined per block and the node's own cost lines. A measurement,
+/// bounded (100 calls, 4 minutes); run with `--ignored`.
+///
+/// Measured (stacks-node 4.0.2 mocknet, this machine): the first block took
+/// 76 calls (15,200 mints), 2,080,363 bytes, "Miner stopping due to limit
+/// reached": the 2 MiB block size, not cost (mocknet's cost limit is far
+/// above; the block consumed runtime 317,290,120, read_cnt 76,304,
+/// write_cnt 45,600 — per call ~4.17 M runtime, 1,004 reads, 600 writes,
+/// read_len 24,332, write_len 26,600), assembled in 11.9 s; the next block
+/// the other 24. `a_block_holds_at_most_two_mib_of_transactions` holds the
+/// emulator to the same.
+#[test]
+#[ignore = "a measurement of the real node's block capacity (minutes); run with --ignored"]
+fn block_capacity_for_full_batches_on_the_real_node() {
+    let Some(node) = start_real(10_000) else {
+        return;
+    };
+    let started = Instant::now();
+    let u = node.url().to_owned();
+    let c = node.client();
+    let deployers = [1u8, 3, 4, 6];
+    let mut all = Vec::new();
+    for d in deployers {
+        let id = node.deploy_sbtc(&key(d)).unwrap();
+        let set = tx(
+            d,
+            confirmed_nonce(&u, d),
+            2000,
+            Payload::ContractCall {
+                contract: id.clone(),
+                function_name: "set-coordinator-data".into(),
+                args: vec![Value::tuple([
+                    ("addr", Value::Principal(addr(d).into())),
+                    ("key", Value::Buffer(vec![2; 33])),
+                ])
+                .unwrap()],
+            },
+        );
+        assert_eq!(post_tx(&u, &set).status, 200);
+        node.mined(d, set.auth.nonce + 1);
+        let w = ContractCallWallet::new(
+            StacksNetwork::Testnet,
+            id,
+            key(d),
+            StacksFeePolicy {
+                floor: 1_000,
+                cap: 10_000_000,
+            },
+            node_at(&u),
+        );
+        let start = confirmed_nonce(&u, d);
+        let per = MAX_BATCH as u32;
+        for i in 0..25u32 {
+            let ops: Vec<_> = (0..per)
+                .map(|j| peg_in(u32::from(d) * 1_000_000 + i * per + j, 1000, USER))
+                .collect();
+            all.push((
+                d,
+                w.build_mint_many(&ops, start + u64::from(i), None).unwrap(),
+            ));
+        }
+    }
+    let h0 = c.get_info().unwrap().stacks_tip_height;
+    let t = Instant::now();
+    for (d, s) in &all {
+        c.broadcast_transaction(&s.raw)
+            .unwrap_or_else(|e| panic!("{d} nonce {}: {e}", s.nonce));
+    }
+    println!(
+        "broadcast {} calls in {:?} (tip {h0})",
+        all.len(),
+        t.elapsed()
+    );
+    let targets: Vec<(u8, u64)> = deployers
+        .iter()
+        .map(|d| {
+            (
+                *d,
+                all.iter()
+                    .filter(|(x, _)| x == d)
+                    .map(|(_, s)| s.nonce)
+                    .max()
+                    .unwrap()
+                    + 1,
+            )
+        })
+        .collect();
+    let nonces = || -> Vec<u64> { deployers.iter().map(|d| confirmed_nonce(&u, *d)).collect() };
+    let mut last = nonces();
+    let first = last.clone();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut per_block = Vec::new();
+    loop {
+        let height = c.get_info().unwrap().stacks_tip_height;
+        let now = nonces();
+        let mined: u64 = now.iter().zip(&last).map(|(a, b)| a - b).sum();
+        if mined > 0 {
+            per_block.push((height, mined));
+            last = now.clone();
+        }
+        if targets.iter().zip(&now).all(|((_, want), got)| got >= want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all mined within 4 minutes: {per_block:?}, nonces {now:?} from {first:?}; log:\n{}",
+            node.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "{} full mint-many! calls ({} bytes each) mined per block {per_block:?} in {:?}",
+        all.len(),
+        all[0].1.raw.len(),
+        t.elapsed()
+    );
+    let log = node.log_tail(1_000_000);
+    // The node's account of one call (its tail names the execution cost)
+    // and of the blocks it mined.
+    if let Some(l) = log.lines().find(|l| l.contains("mint-many!")) {
+        println!("log (one call): {}", &l[l.len().saturating_sub(700)..]);
+    }
+    for l in log
+        .lines()
+        .filter(|l| !l.contains("Contract-call successfully processed"))
+        .filter(|l| {
+            let l = l.to_lowercase();
+            l.contains("cost")
+                || l.contains("limit")
+                || l.contains("mined")
+                || l.contains("anchored")
+        })
+        .take(60)
+    {
+        match l.find("execution_consumed") {
+            Some(i) if l.contains("tx_count") => println!("log: {:.200} … {}", l, &l[i..]),
+            _ => println!("log: {l:.300}"),
+        }
+    }
+    println!("capacity probe in {:?}", started.elapsed());
+}

@@ -990,3 +990,216 @@ fn direct_changes_belong_to_the_tip_they_were_made_at() {
     em.with(|s| s.drop_blocks(2, Orphaned::Discard)).unwrap();
     assert_eq!(em.with(|s| s.model.threshold), 7);
 }
+
+// --- batches: mint-many! / burn-many! -----------------------------------------
+
+fn sbtc_le(who: u8, amount: u64) -> PostCondition {
+    PostCondition::Fungible {
+        principal: PostConditionPrincipal::Standard(addr(who)),
+        asset: AssetInfo {
+            contract: contract(),
+            asset_name: "sbtc".into(),
+        },
+        code: FungibleConditionCode::SentLe,
+        amount,
+    }
+}
+
+fn element(amount: u128, who: u8, field: &str, txid_field: &str, txid: &str) -> Value {
+    Value::tuple([
+        ("amount", Value::UInt(amount)),
+        (field, Value::Principal(addr(who).into())),
+        (txid_field, Value::StringAscii(txid.into())),
+    ])
+    .unwrap()
+}
+
+fn mint_many(k: u8, nonce: u64, fee: u64, els: &[(u128, u8, &str)]) -> StacksTransaction {
+    let list = els
+        .iter()
+        .map(|(a, w, t)| element(*a, *w, "dst", "peg-in-txid", t))
+        .collect();
+    call(
+        &key(k),
+        nonce,
+        fee,
+        "mint-many!",
+        vec![Value::List(list)],
+        vec![],
+    )
+}
+
+fn burn_many(nonce: u64, els: &[(u128, u8, &str)], pcs: Vec<PostCondition>) -> StacksTransaction {
+    let list = els
+        .iter()
+        .map(|(a, w, t)| element(*a, *w, "src", "peg-out-txid", t))
+        .collect();
+    call(
+        &key(1),
+        nonce,
+        5000,
+        "burn-many!",
+        vec![Value::List(list)],
+        pcs,
+    )
+}
+
+fn oks(rs: &[Result<(), u128>]) -> Result<Value, String> {
+    Ok(Value::Ok(Box::new(Value::List(
+        rs.iter()
+            .map(|r| match r {
+                Ok(()) => Value::Ok(Box::new(Value::Bool(true))),
+                Err(c) => Value::Err(Box::new(Value::UInt(*c))),
+            })
+            .collect(),
+    ))))
+}
+
+/// The emulator runs batches element by element and judges deny-mode
+/// `SentLe` on what the whole call burned per principal, as the real node
+/// does (`batched_calls_on_the_real_node_and_the_emulator` compares them).
+#[test]
+fn batches_run_element_by_element_under_deny_mode_sent_le() {
+    let mut s = state();
+    let one = |s: &mut StacksState, tx: StacksTransaction| {
+        s.admit(&tx.serialize()).unwrap();
+        assert_eq!(s.mine(), 1);
+        last_result(s)
+    };
+    let r = one(
+        &mut s,
+        mint_many(
+            1,
+            0,
+            5000,
+            &[(1000, 2, "a"), (0, 2, "b"), (500, 3, "c"), (1, 3, "a")],
+        ),
+    );
+    assert_eq!(
+        r,
+        oks(&[
+            Ok(()),
+            Err(err::INVALID_AMOUNT),
+            Ok(()),
+            Err(err::ALREADY_MINTED)
+        ])
+    );
+    assert_eq!(s.model.balances[&addr(2).into()], 1000);
+    // Not the coordinator: the whole call fails.
+    let r = one(&mut s, mint_many(2, 0, 5000, &[(1, 2, "z")]));
+    assert_eq!(r, err_u(err::NOT_COORDINATOR));
+    // 2 burns 300 + 800 (short: 700 left) + 100; 3 burns 500. SentLe 1,200
+    // and 500 hold although the short element burned nothing.
+    let r = one(
+        &mut s,
+        burn_many(
+            1,
+            &[(300, 2, "p"), (800, 2, "q"), (500, 3, "r"), (100, 2, "s")],
+            vec![sbtc_le(2, 1200), sbtc_le(3, 500)],
+        ),
+    );
+    assert_eq!(
+        r,
+        oks(&[Ok(()), Err(err::INSUFFICIENT_BALANCE), Ok(()), Ok(())])
+    );
+    assert_eq!(s.model.balances[&addr(2).into()], 600);
+    assert_eq!(s.model.balances[&addr(3).into()], 0);
+    assert!(!s.model.burned.contains_key("q"));
+    // One short: the call aborts as a whole, nonce spent, nothing burned.
+    let r = one(
+        &mut s,
+        burn_many(2, &[(100, 2, "t"), (100, 2, "u")], vec![sbtc_le(2, 199)]),
+    );
+    assert!(
+        matches!(&r, Err(e) if e.contains("post condition")),
+        "{r:?}"
+    );
+    assert_eq!(s.model.balances[&addr(2).into()], 600);
+    assert!(!s.model.burned.contains_key("t"));
+    // Deny mode: a requester burned with no condition covering it aborts too.
+    let r = one(
+        &mut s,
+        burn_many(3, &[(100, 2, "v")], vec![sbtc_le(3, 100)]),
+    );
+    assert!(matches!(&r, Err(e) if e.contains("deny mode")), "{r:?}");
+    assert_eq!(s.model.balances[&addr(2).into()], 600);
+    assert_eq!(s.model.supply, 600);
+}
+
+/// What the real node refuses at admission, the emulator refuses: a list
+/// over 200, a tuple with a missing or extra field, a txid over 72
+/// characters; an empty list is admitted (and answers `(ok ())`).
+#[test]
+fn batch_arguments_are_type_checked_at_admission() {
+    let mut s = state();
+    let reason =
+        |s: &mut StacksState, tx: StacksTransaction| s.admit(&tx.serialize()).map_err(|e| e.0);
+    let els: Vec<(u128, u8, String)> = (0..=200).map(|i| (1, 2, format!("t{i}"))).collect();
+    let refs: Vec<(u128, u8, &str)> = els.iter().map(|(a, w, t)| (*a, *w, t.as_str())).collect();
+    assert_eq!(
+        reason(&mut s, mint_many(1, 0, 50_000, &refs)),
+        Err("BadFunctionArgument".to_owned())
+    );
+    let bad = |args: Vec<Value>| call(&key(1), 0, 5000, "burn-many!", args, vec![]);
+    let missing = Value::tuple([
+        ("amount", Value::UInt(1)),
+        ("src", Value::Principal(addr(2).into())),
+    ])
+    .unwrap();
+    let extra = Value::tuple([
+        ("amount", Value::UInt(1)),
+        ("src", Value::Principal(addr(2).into())),
+        ("peg-out-txid", Value::StringAscii("a".into())),
+        ("memo", Value::UInt(1)),
+    ])
+    .unwrap();
+    let long = element(1, 2, "src", "peg-out-txid", &"a".repeat(73));
+    let mint_shaped = element(1, 2, "dst", "peg-in-txid", "a");
+    for args in [
+        vec![Value::List(vec![missing])],
+        vec![Value::List(vec![extra])],
+        vec![Value::List(vec![long])],
+        vec![Value::List(vec![mint_shaped])],
+        vec![Value::UInt(1)],
+        vec![],
+    ] {
+        assert_eq!(
+            reason(&mut s, bad(args.clone())),
+            Err("BadFunctionArgument".to_owned()),
+            "{args:?}"
+        );
+    }
+    // Exactly 200, and the empty list, are admitted.
+    assert!(reason(&mut s, mint_many(1, 0, 50_000, &refs[..200])).is_ok());
+    assert!(reason(&mut s, mint_many(1, 1, 5000, &[])).is_ok());
+    assert_eq!(s.mine(), 2);
+    assert_eq!(last_result(&s), oks(&[]));
+    assert_eq!(s.model.supply, 200);
+}
+
+/// A block holds at most 2 MiB, as on the real node: of 100 full
+/// `mint-many!` calls (27,368 bytes each) pending from four accounts, one
+/// block mines 76, the next the other 24 (what stacks-node 4.0.2 did).
+#[test]
+fn a_block_holds_at_most_two_mib_of_transactions() {
+    let mut s = state();
+    s.fund(addr(4), 10_000_000);
+    let txids: Vec<String> = (0..25 * 200).map(|i| format!("{i:064x}")).collect();
+    let mut len = 0;
+    for k in 1..=4u8 {
+        for n in 0..25u64 {
+            let els: Vec<(u128, u8, &str)> = (0..200)
+                .map(|j| (1000, 2, txids[(n * 200 + j) as usize].as_str()))
+                .collect();
+            let tx = mint_many(k, n, 30_000, &els);
+            len = tx.serialize().len();
+            s.admit(&tx.serialize()).unwrap();
+        }
+    }
+    assert_eq!(len, 27_368, "the size measured on the real node");
+    assert_eq!(s.mine(), 76);
+    assert_eq!(s.mine(), 24);
+    assert_eq!(s.mine(), 0);
+    // The coordinator's 25 calls all took effect, over the two blocks.
+    assert_eq!(s.model.supply, 25 * 200 * 1000);
+}

@@ -590,4 +590,250 @@ mod tests {
             )
         );
     }
+
+    // --- batches -----------------------------------------------------------
+
+    fn peg_in_n(n: u8, amount: u64, to: &str) -> PegInOp {
+        PegInOp {
+            recipient: to.parse().unwrap(),
+            amount: Amount::from_sat(amount),
+            txid: Txid::from_byte_array([n; 32]),
+            ..peg_in()
+        }
+    }
+
+    fn peg_out_n(n: u8, amount: u64) -> PegOutRequestOp {
+        let recipient: peg_ops::BtcAddress = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+            .parse()
+            .unwrap();
+        let amount = Amount::from_sat(amount);
+        PegOutRequestOp {
+            amount,
+            signature: MessageSignature::sign(
+                peg_out_request_sighash(amount, &recipient.script_pubkey()),
+                &SecretKey::from_slice(&[5; 32]).unwrap(),
+            ),
+            recipient: recipient.clone(),
+            peg_wallet_address: recipient,
+            fulfillment_fee: Amount::from_sat(1_000),
+            memo: vec![],
+            txid: Txid::from_byte_array([n; 32]),
+            vtxindex: 2,
+            block_height: BurnHeight(11),
+            burn_header_hash: BlockHash::all_zeros(),
+        }
+    }
+
+    fn requester(i: u8) -> StacksAddress {
+        StacksAddress::new(26, [i; 20]).unwrap()
+    }
+
+    /// A wallet whose node must not be asked anything (a refused batch is
+    /// refused before any fee estimate).
+    fn silent_wallet() -> ContractCallWallet<MockStacksNode> {
+        wallet(MockStacksNode::new())
+    }
+
+    const ALICE: &str = "ST2J6ZY48GV1EZ5V2V5RB9MP66SW86PYKKQYAC0RQ";
+    const BOB: &str = "ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG";
+
+    #[test]
+    fn mint_many_is_one_call_with_a_tuple_per_peg_in_in_order() {
+        let ops = [
+            peg_in_n(1, 10_000, ALICE),
+            peg_in_n(2, 20_000, BOB),
+            peg_in_n(3, 30_000, ALICE),
+        ];
+        let tx = wallet(node_estimating(Ok(4_000)))
+            .build_mint_many(&ops, 9, None)
+            .unwrap();
+        let t = decode(&tx);
+        assert_eq!((tx.nonce, tx.fee), (9, 4_000));
+        let (c, f, args) = call_of(&t);
+        assert_eq!((c, f), (&contract_id(), "mint-many!"));
+        let [Value::List(elements)] = args else {
+            panic!("one list argument: {args:?}")
+        };
+        assert_eq!(elements.len(), 3);
+        for (e, op) in elements.iter().zip(&ops) {
+            assert_eq!(
+                e,
+                &Value::tuple([
+                    ("amount", Value::UInt(u128::from(op.amount.to_sat()))),
+                    ("dst", Value::Principal(op.recipient.clone())),
+                    ("peg-in-txid", Value::StringAscii(op.txid.to_string())),
+                ])
+                .unwrap()
+            );
+        }
+        // Minting moves nobody's tokens: deny mode, no condition.
+        assert_eq!(t.post_condition_mode, PostConditionMode::Deny);
+        assert!(t.post_conditions.is_empty());
+        assert_eq!(t.origin(), wallet(MockStacksNode::new()).address());
+    }
+
+    #[test]
+    fn burn_many_limits_each_requester_to_the_sum_of_its_requests() {
+        let burns = [
+            (peg_out_n(1, 1_000), requester(1)),
+            (peg_out_n(2, 2_000), requester(2)),
+            (peg_out_n(3, 4_000), requester(1)),
+            (peg_out_n(4, 8_000), requester(3)),
+            (peg_out_n(5, 16_000), requester(1)),
+        ];
+        let tx = wallet(node_estimating(Ok(5_000)))
+            .build_burn_many(&burns, 4, None)
+            .unwrap();
+        let t = decode(&tx);
+        let (_, f, args) = call_of(&t);
+        assert_eq!(f, "burn-many!");
+        let [Value::List(elements)] = args else {
+            panic!("one list argument: {args:?}")
+        };
+        // One element per request, in order, each its own amount and source.
+        assert_eq!(elements.len(), burns.len());
+        for (e, (op, who)) in elements.iter().zip(&burns) {
+            assert_eq!(
+                e,
+                &Value::tuple([
+                    ("amount", Value::UInt(u128::from(op.amount.to_sat()))),
+                    ("src", Value::Principal(PrincipalData::Standard(*who))),
+                    ("peg-out-txid", Value::StringAscii(op.txid.to_string())),
+                ])
+                .unwrap()
+            );
+        }
+        // Deny mode, one SentLe per requester summing its requests: the
+        // same requester three times is one condition of 21,000.
+        assert_eq!(t.post_condition_mode, PostConditionMode::Deny);
+        let mut got: Vec<_> = t
+            .post_conditions
+            .iter()
+            .map(|pc| match pc {
+                PostCondition::Fungible {
+                    principal: PostConditionPrincipal::Standard(a),
+                    asset,
+                    code,
+                    amount,
+                } => {
+                    assert_eq!(asset.contract, contract_id());
+                    assert_eq!(asset.asset_name, "sbtc");
+                    assert_eq!(*code, FungibleConditionCode::SentLe);
+                    (*a, *amount)
+                }
+                other => panic!("not a fungible condition on a requester: {other:?}"),
+            })
+            .collect();
+        got.sort_by_key(|(a, _)| a.to_string());
+        let mut want = vec![
+            (requester(1), 21_000),
+            (requester(2), 2_000),
+            (requester(3), 8_000),
+        ];
+        want.sort_by_key(|(a, _)| a.to_string());
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn batches_of_exactly_max_batch_are_built() {
+        let ops: Vec<_> = (0..contract::MAX_BATCH)
+            .map(|i| PegInOp {
+                txid: Txid::from_byte_array([u8::try_from(i % 256).unwrap(); 32]),
+                ..peg_in()
+            })
+            .collect();
+        // 200 distinct txids (the byte pattern repeats only past 256).
+        let w = ContractCallWallet::new(
+            StacksNetwork::Testnet,
+            contract_id(),
+            key(),
+            StacksFeePolicy {
+                floor: 1_000,
+                cap: 100_000,
+            },
+            node_estimating(Err(stacks_node_client::Error::NoEstimate)),
+        );
+        let tx = w.build_mint_many(&ops, 0, None).unwrap();
+        let t = decode(&tx);
+        let (_, _, args) = call_of(&t);
+        assert!(matches!(&args[0], Value::List(l) if l.len() == contract::MAX_BATCH));
+        // At least 1 µSTX per byte, the node's minimum.
+        assert!(
+            tx.fee >= tx.raw.len() as u64,
+            "{} < {}",
+            tx.fee,
+            tx.raw.len()
+        );
+    }
+
+    #[test]
+    fn empty_oversized_and_duplicate_batches_are_refused() {
+        let w = silent_wallet();
+        let is_build = |e: Error, what: &str| {
+            assert!(matches!(&e, Error::Build(m) if m.contains(what)), "{e}");
+            assert!(
+                !e.is_transient(),
+                "a caller's mistake, not worth a retry: {e}"
+            );
+        };
+        is_build(w.build_mint_many(&[], 0, None).unwrap_err(), "a batch of 0");
+        is_build(w.build_burn_many(&[], 0, None).unwrap_err(), "a batch of 0");
+        let over: Vec<_> = (0..=contract::MAX_BATCH)
+            .map(|i| PegInOp {
+                txid: Txid::from_byte_array({
+                    let mut b = [0; 32];
+                    b[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                    b
+                }),
+                ..peg_in()
+            })
+            .collect();
+        is_build(
+            w.build_mint_many(&over, 0, None).unwrap_err(),
+            "a batch of 201",
+        );
+        let over_burns: Vec<_> = over
+            .iter()
+            .map(|op| {
+                (
+                    PegOutRequestOp {
+                        txid: op.txid,
+                        ..peg_out_n(0, 1)
+                    },
+                    requester(1),
+                )
+            })
+            .collect();
+        is_build(
+            w.build_burn_many(&over_burns, 0, None).unwrap_err(),
+            "a batch of 201",
+        );
+        // The same txid twice: the contract would refuse the second.
+        let twice = [
+            peg_in_n(7, 1, ALICE),
+            peg_in_n(8, 1, ALICE),
+            peg_in_n(7, 2, BOB),
+        ];
+        is_build(w.build_mint_many(&twice, 0, None).unwrap_err(), "twice");
+        let twice = [
+            (peg_out_n(7, 1), requester(1)),
+            (peg_out_n(7, 1), requester(2)),
+        ];
+        is_build(w.build_burn_many(&twice, 0, None).unwrap_err(), "twice");
+    }
+
+    #[test]
+    fn a_requester_whose_burns_overflow_is_refused() {
+        let burns = [
+            (peg_out_n(1, u64::MAX / 2 + 1), requester(1)),
+            (peg_out_n(2, u64::MAX / 2 + 1), requester(1)),
+        ];
+        let e = silent_wallet()
+            .build_burn_many(&burns, 0, None)
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Build(m) if m.contains("overflow")),
+            "{e}"
+        );
+    }
 }

@@ -227,3 +227,187 @@ fn stacks_js_accepts_what_we_build_and_rejects_tampering() {
     assert_eq!(summary["checked"], CASES + expected_tampered, "{summary}");
     assert_eq!(summary["failures"], serde_json::json!([]), "{summary:#}");
 }
+
+/// The JSON description `check-transactions.mjs` builds a Clarity value
+/// from (its own encoder, not our bytes).
+fn describe(v: &Value) -> serde_json::Value {
+    use serde_json::json;
+    match v {
+        Value::UInt(n) => json!({ "uint": n.to_string() }),
+        Value::Int(n) => json!({ "int": n.to_string() }),
+        Value::StringAscii(s) => json!({ "ascii": s }),
+        Value::Principal(p) => json!({ "principal": p.to_string() }),
+        Value::Bool(b) => json!({ "bool": b }),
+        Value::Buffer(b) => json!({ "buffer": hex::encode(b) }),
+        Value::List(xs) => json!({ "list": xs.iter().map(describe).collect::<Vec<_>>() }),
+        Value::Tuple(t) => json!({
+            "tuple": t.iter().map(|(k, v)| (k.clone(), describe(v))).collect::<serde_json::Map<_, _>>()
+        }),
+        other => panic!("no description for {other:?}"),
+    }
+}
+
+/// A signed deny-mode `mint-many!` / `burn-many!` as the fee wallet builds
+/// it (a list of `{amount, dst|src, peg-*-txid}` tuples; for burns one
+/// `SentLe` per requester), and the description stacks.js builds it from.
+fn batch_call(
+    seed: u8,
+    function: &str,
+    who: &str,
+    txid: &str,
+    n: usize,
+    requesters: u8,
+) -> (StacksTransaction, serde_json::Value) {
+    let k = StacksPrivateKey {
+        key: SecretKey::from_slice(&[seed; 32]).unwrap(),
+        compressed: true,
+    };
+    let sbtc = contract(26, 9, "sbtc-alpha");
+    let mut sums = std::collections::BTreeMap::<u8, u64>::new();
+    let elements: Vec<Value> = (0..n)
+        .map(|i| {
+            let r = (i % usize::from(requesters)) as u8 + 1;
+            let amount = 1_000 + i as u64 * 7_919;
+            *sums.entry(r).or_default() += amount;
+            Value::tuple([
+                ("amount", Value::UInt(u128::from(amount))),
+                (
+                    who,
+                    Value::Principal(PrincipalData::Standard(address(26, r))),
+                ),
+                (
+                    txid,
+                    Value::StringAscii(format!("{:064x}", i * 0x1234_5678 + 1)),
+                ),
+            ])
+            .unwrap()
+        })
+        .collect();
+    let pcs: Vec<PostCondition> = if function == "burn-many!" {
+        sums.iter()
+            .map(|(r, amount)| PostCondition::Fungible {
+                principal: PostConditionPrincipal::Standard(address(26, *r)),
+                asset: AssetInfo {
+                    contract: sbtc.clone(),
+                    asset_name: "sbtc".into(),
+                },
+                code: FungibleConditionCode::SentLe,
+                amount: *amount,
+            })
+            .collect()
+    } else {
+        vec![]
+    };
+    let args = vec![Value::List(elements)];
+    let nonce = u64::from(seed) * 1_000 + 7;
+    let fee = 27_368 + u64::from(seed);
+    let description = serde_json::json!({
+        "key": format!("{}01", hex::encode(k.key.secret_bytes())),
+        "network": "testnet",
+        "nonce": nonce.to_string(),
+        "fee": fee.to_string(),
+        "contract": sbtc.to_string(),
+        "function": function,
+        "args": args.iter().map(describe).collect::<Vec<_>>(),
+        "postConditions": pcs.iter().map(|pc| match pc {
+            PostCondition::Fungible { principal: PostConditionPrincipal::Standard(a), asset, amount, .. } => serde_json::json!({
+                "principal": a.to_string(), "code": "lte", "amount": amount.to_string(),
+                "asset": format!("{}::{}", asset.contract, asset.asset_name),
+            }),
+            other => panic!("not described: {other:?}"),
+        }).collect::<Vec<_>>(),
+    });
+    let mut tx = StacksTransaction::new(
+        StacksNetwork::Testnet,
+        &k,
+        nonce,
+        fee,
+        PostConditionMode::Deny,
+        pcs,
+        Payload::ContractCall {
+            contract: sbtc,
+            function_name: function.into(),
+            args,
+        },
+    )
+    .unwrap();
+    tx.sign(&k).unwrap();
+    (tx, description)
+}
+
+/// `mint-many!` with a list of tuples and `burn-many!` with several
+/// `SentLe` post conditions: stacks.js builds the very same bytes from the
+/// same description (so list, tuple and post-condition encodings are
+/// proven, not only round-tripped), up to the 200-element list; a
+/// description one µsat off must not match.
+#[test]
+fn stacks_js_builds_our_batch_calls_byte_for_byte() {
+    if !js_dir().join("node_modules/@stacks/transactions").is_dir() {
+        panic!("tests/js/node_modules is missing: run `npm ci` in tests/js (scripts/test.sh does)");
+    }
+    let mut lines = String::new();
+    let mut cases = 0;
+    let mut builds = 0;
+    for (seed, function, who, txid, n, requesters) in [
+        (1, "mint-many!", "dst", "peg-in-txid", 1, 1),
+        (2, "mint-many!", "dst", "peg-in-txid", 5, 3),
+        (3, "mint-many!", "dst", "peg-in-txid", 200, 7),
+        (4, "burn-many!", "src", "peg-out-txid", 1, 1),
+        (5, "burn-many!", "src", "peg-out-txid", 6, 3),
+        (6, "burn-many!", "src", "peg-out-txid", 200, 20),
+    ] {
+        let (tx, mut description) = batch_call(seed, function, who, txid, n, requesters);
+        let pcs = tx.post_conditions.len();
+        assert_eq!(
+            pcs,
+            if function == "burn-many!" {
+                requesters as usize
+            } else {
+                0
+            }
+        );
+        let line = |d: &serde_json::Value, tampered: bool| {
+            format!(
+                "{}\n",
+                serde_json::json!({
+                    "hex": hex::encode(tx.serialize()),
+                    "txid": tx.txid().to_string(),
+                    "tampered": tampered,
+                    "build": d,
+                })
+            )
+        };
+        lines.push_str(&line(&description, false));
+        // One amount changed in the description: stacks.js builds other bytes.
+        description["args"][0]["list"][n - 1]["tuple"]["amount"]["uint"] = "1".into();
+        lines.push_str(&line(&description, true));
+        cases += 2;
+        builds += 2;
+    }
+    let mut child = Command::new("node")
+        .arg(js_dir().join("check-transactions.mjs"))
+        .current_dir(js_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "node failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.trim()).expect("one JSON summary line");
+    assert_eq!(summary["checked"], cases, "{summary}");
+    assert_eq!(summary["built"], builds, "{summary}");
+    assert_eq!(summary["failures"], serde_json::json!([]), "{summary:#}");
+}
