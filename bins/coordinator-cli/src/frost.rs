@@ -19,7 +19,7 @@ pub(crate) fn coordinator(config: &Config) -> Result<RelayFrostCoordinator> {
         state_path: Some(config.data_dir.join("frost-coordinator.json")),
         network: config.signer_domain.0.clone(),
         contract: config.signer_domain.1.clone(),
-        rounds_in_flight: frost_coordinator::DEFAULT_ROUNDS_IN_FLIGHT,
+        rounds_in_flight: config.rounds_in_flight,
     })
     .with_context(|| {
         format!(

@@ -58,6 +58,9 @@ pub struct RawConfig {
     /// Failed attempts of a step that waiting cannot fix before the op ends
     /// in `failed` with the reason (default 10).
     pub max_attempts: Option<u32>,
+    /// The most mints (or burns) one Stacks transaction carries
+    /// (`mint-many!`, `burn-many!`): 1 to 200, default 100.
+    pub stacks_batch: Option<u64>,
     /// Timeout of every node call, in milliseconds.
     pub rpc_timeout_ms: Option<u64>,
     /// Where `run` serves /health, /status and /metrics (default
@@ -115,6 +118,9 @@ pub struct RawRelay {
     pub dkg_timeout_ms: Option<u64>,
     /// How long one signing round may take, in milliseconds.
     pub sign_timeout_ms: Option<u64>,
+    /// How many signing rounds may be in flight at once (default
+    /// [`frost_coordinator::DEFAULT_ROUNDS_IN_FLIGHT`]).
+    pub rounds_in_flight: Option<u64>,
     /// Require the signer set published in the contract (it must match the
     /// signer file). Without it, the contract's set is still compared when
     /// there is one.
@@ -234,6 +240,8 @@ pub struct Config {
     pub dkg_timeout: Duration,
     /// Signing round time limit.
     pub sign_timeout: Duration,
+    /// How many signing rounds may be in flight at once (at least 1).
+    pub rounds_in_flight: usize,
     /// Whether the contract must publish the signer set.
     pub signer_set_from_contract: bool,
     /// Data directory.
@@ -264,6 +272,9 @@ pub struct Config {
     pub stacks_confirmations: u32,
     /// Failed attempts of a step before the op ends in `failed`.
     pub max_attempts: u32,
+    /// The most mints (or burns) one Stacks transaction carries (1 to
+    /// [`peg_ops::contract::MAX_BATCH`]).
+    pub stacks_batch: usize,
     /// The coordinator's own fee settings.
     pub fees: FeePolicy,
     /// The peg's policy (fees, outflow limits, allowlist), from the signer
@@ -828,6 +839,30 @@ impl Config {
         if max_attempts == 0 {
             c.fail("max_attempts", "must be at least 1");
         }
+        let max_batch = peg_ops::contract::MAX_BATCH;
+        let stacks_batch = match raw.stacks_batch {
+            None => crate::DEFAULT_STACKS_BATCH,
+            Some(n) => match usize::try_from(n) {
+                Ok(n) if (1..=max_batch).contains(&n) => n,
+                _ => {
+                    c.fail(
+                        "stacks_batch",
+                        format!("must be 1 to {max_batch} (the contract's list bound)"),
+                    );
+                    1
+                }
+            },
+        };
+        let rounds_in_flight = match raw.relay.rounds_in_flight {
+            None => frost_coordinator::DEFAULT_ROUNDS_IN_FLIGHT,
+            Some(n) => match usize::try_from(n) {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    c.fail("relay.rounds_in_flight", "must be at least 1");
+                    1
+                }
+            },
+        };
 
         let f = &raw.fees;
         let stacks_fee_floor = f.stacks_fee_floor.unwrap_or(1_000);
@@ -933,6 +968,7 @@ impl Config {
                     signer_domain,
                     dkg_timeout,
                     sign_timeout,
+                    rounds_in_flight,
                     signer_set_from_contract: raw.relay.signer_set_from_contract.unwrap_or(false),
                     data_dir,
                     op_source,
@@ -951,6 +987,7 @@ impl Config {
                     fulfillment_confirmations,
                     stacks_confirmations,
                     max_attempts,
+                    stacks_batch,
                     fees,
                     policy,
                 })
@@ -1122,6 +1159,17 @@ mod tests {
         assert_eq!(c.policy.allowlist.len(), (2, 1));
         assert_eq!(c.stacks_confirmations, 1);
         assert_eq!(c.max_attempts, 10);
+        assert_eq!(c.stacks_batch, 100);
+        assert_eq!(c.rounds_in_flight, 8);
+        let unset = sample()
+            .replace("stacks_batch = 100", "")
+            .replace("rounds_in_flight = 8", "");
+        let d = check(&unset, vec![]).unwrap();
+        assert_eq!(d.stacks_batch, crate::DEFAULT_STACKS_BATCH);
+        assert_eq!(
+            d.rounds_in_flight,
+            frost_coordinator::DEFAULT_ROUNDS_IN_FLIGHT
+        );
         assert_eq!(c.op_source, OpSourceKind::Bitcoin);
         assert_eq!(&c.magic_bytes, b"id");
         assert_eq!(c.status_listen.as_deref(), Some("127.0.0.1:9181"));
@@ -1280,6 +1328,24 @@ mod tests {
                 "max_attempts = 10",
                 "max_attempts = 0",
                 "max_attempts",
+                "at least 1",
+            ),
+            (
+                "stacks_batch = 100",
+                "stacks_batch = 0",
+                "stacks_batch",
+                "1 to 200",
+            ),
+            (
+                "stacks_batch = 100",
+                "stacks_batch = 201",
+                "stacks_batch",
+                "1 to 200",
+            ),
+            (
+                "rounds_in_flight = 8",
+                "rounds_in_flight = 0",
+                "relay.rounds_in_flight",
                 "at least 1",
             ),
             (

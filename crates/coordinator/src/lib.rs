@@ -147,7 +147,17 @@ pub struct LoopSettings {
     pub allowlist: Allowlist,
     /// Warn when the coordinator's STX balance is below this, µSTX.
     pub stx_low_balance_warning: u128,
+    /// The most mints (or burns) one Stacks transaction carries: a round's
+    /// mints are signed as `mint-many!` calls of up to this many (its burns
+    /// as `burn-many!`), one nonce each; a batch of one is a plain `mint!`
+    /// or `burn!`. 1 to [`peg_ops::contract::MAX_BATCH`] (a larger value
+    /// counts as the maximum, 0 as 1).
+    pub stacks_batch: usize,
 }
+
+/// The default of [`LoopSettings::stacks_batch`] (`stacks_batch` in the
+/// configuration).
+pub const DEFAULT_STACKS_BATCH: usize = 100;
 
 impl LoopSettings {
     /// Takes the loop's settings from a checked configuration.
@@ -166,6 +176,7 @@ impl LoopSettings {
             max_heights_per_tick: 100,
             allowlist: c.policy.allowlist.clone(),
             stx_low_balance_warning: u128::from(c.fees.stx_low_balance_warning),
+            stacks_batch: c.stacks_batch,
         }
     }
 }
@@ -256,6 +267,55 @@ enum Step {
     Held(String),
     /// The op left the queue (its block left the best chain before we acted).
     Removed,
+    /// The op's mint or burn is signed at the end of the round, batched with
+    /// the round's others (or its batch's transaction replaced).
+    Call(StacksCall),
+    /// A payout (fulfilment or refund) built and checked: signed at the end
+    /// of the round, with the round's other payouts, in one
+    /// [`FrostCoordinator::sign_many`].
+    Sign(Box<PendingSign>),
+}
+
+/// A Stacks call an op waits for at the end of its round.
+#[derive(Debug)]
+enum StacksCall {
+    /// Sign its mint or burn, in a batch of the round's others.
+    Sign,
+    /// Replace the transaction it holds (all of its batch, every op holding
+    /// it) by one with the same nonce and at least `min_fee`: the node asked
+    /// for that fee, or (`stuck`) it has waited too long as the next nonce.
+    Replace {
+        old: SignedStacksTx,
+        min_fee: u64,
+        stuck: bool,
+    },
+}
+
+/// The outcomes of a round's deferred steps: one per op.
+type Outcomes = Vec<(QueuedOp, Result<Step, StepError>)>;
+
+/// A transaction to replace, the least fee asked, and the ops that asked
+/// (`true`: stuck, rather than refused for its fee).
+type Replacement = (SignedStacksTx, u64, Vec<(QueuedOp, bool)>);
+
+/// A payout built and checked, waiting for the round's signing.
+#[derive(Debug)]
+struct PendingSign {
+    job: frost_coordinator::SignJob,
+    unsigned: fee_wallet::UnsignedFulfillment,
+    /// `fulfilment` or `refund`, for messages.
+    what: &'static str,
+    /// The state the signed transaction moves the op to.
+    signed: fn(Transaction) -> OpState,
+}
+
+/// What the node answered to one Stacks transaction's broadcast this round
+/// (a batch's transaction is broadcast once; its other ops see the answer).
+#[derive(Debug, Clone)]
+enum Broadcast {
+    Accepted,
+    Rejected(stacks_node_client::Rejection),
+    Failed { message: String, transient: bool },
 }
 
 /// A step that failed; it is recorded and retried after a backoff.
@@ -356,6 +416,11 @@ pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
     round_nonce: Option<u64>,
     /// The confirmed Stacks nonce, read once per round.
     round_confirmed_nonce: Option<u64>,
+    /// The coordinator's account nonce as the round's confirmations read it
+    /// (once per round, not once per op).
+    round_account_nonce: Option<u64>,
+    /// The node's answer to each Stacks transaction broadcast this round.
+    round_broadcasts: HashMap<stacks_wire::StacksTxid, Broadcast>,
     /// Whether the pending-transaction limit was hit (logged once per spell).
     pending_limit_hit: bool,
     /// When each broadcast Stacks transaction was first seen as the next
@@ -432,6 +497,8 @@ where
             chain_cache: HashMap::new(),
             round_nonce: None,
             round_confirmed_nonce: None,
+            round_account_nonce: None,
+            round_broadcasts: HashMap::new(),
             pending_limit_hit: false,
             next_to_mine_since: HashMap::new(),
             stacks_replace_after: DEFAULT_STACKS_REPLACE_AFTER,
@@ -462,6 +529,8 @@ where
     fn new_round(&mut self) {
         self.round_nonce = None;
         self.round_confirmed_nonce = None;
+        self.round_account_nonce = None;
+        self.round_broadcasts.clear();
         self.round_spent.clear();
         self.round_chain = None;
         self.coins_synced = false;
@@ -651,36 +720,34 @@ where
         // stored in one transaction (one fsync), before any op takes its
         // next step. A signed transaction is thus always stored before it is
         // broadcast, which happens in a later round.
+        //
+        // Within a round, the payouts (fulfilments, refunds) are built and
+        // checked op by op, then signed together in one `sign_many`; the
+        // mints and burns are signed together in batches (`mint-many!`,
+        // `burn-many!`), one nonce per batch. Each op's outcome is its own.
         let mut rounds = 0;
         while !active.is_empty() && !stop.load(Ordering::SeqCst) && rounds < MAX_STEPS_PER_DRIVE {
             rounds += 1;
             self.new_round();
-            let mut moves: Vec<(usize, OpState)> = Vec::new();
-            for (i, q) in active.iter().enumerate() {
+            let mut moves: Vec<(QueuedOp, OpState)> = Vec::new();
+            let mut calls: Vec<(QueuedOp, StacksCall)> = Vec::new();
+            let mut signs: Vec<(QueuedOp, Box<PendingSign>)> = Vec::new();
+            for q in &active {
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
                 match self.step(q, tip) {
-                    Ok(Step::Moved(state)) => moves.push((i, state)),
-                    Ok(Step::Removed) => {}
-                    Ok(Step::Wait(why)) => {
-                        debug!(
-                            "{} {}: waiting in {}: {why}",
-                            q.op.kind(),
-                            q.op.txid(),
-                            q.state.name()
-                        );
-                    }
-                    Ok(Step::Held(why)) => self.held(q, why).map_err(Error::Queue)?,
-                    Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
-                    Err(StepError::Retry { message, transient }) => {
-                        if let Some(state) =
-                            self.failed_step(q, &message, transient, &mut report)?
-                        {
-                            moves.push((i, state));
-                        }
-                    }
+                    Ok(Step::Call(c)) => calls.push((q.clone(), c)),
+                    Ok(Step::Sign(p)) => signs.push((q.clone(), p)),
+                    r => self.settle(q, r, &mut moves, &mut report)?,
                 }
+            }
+            for (q, r) in self.sign_round(signs) {
+                self.settle(&q, r, &mut moves, &mut report)?;
+            }
+            let moved: HashSet<Txid> = moves.iter().map(|(q, _)| q.op.txid()).collect();
+            for (q, r) in self.call_round(calls, &moved)? {
+                self.settle(&q, r, &mut moves, &mut report)?;
             }
             if moves.is_empty() {
                 break;
@@ -688,7 +755,7 @@ where
             report.rounds += 1;
             let batch: Vec<(Txid, OpState)> = moves
                 .iter()
-                .map(|(i, s)| (active[*i].op.txid(), s.clone()))
+                .map(|(q, s)| (q.op.txid(), s.clone()))
                 .collect();
             for (_, s) in &batch {
                 self.maybe_crash(CrashPoint::BeforeStoring(s.name()));
@@ -698,8 +765,7 @@ where
                 self.maybe_crash(CrashPoint::AfterStoring(s.name()));
             }
             let mut next = Vec::with_capacity(moves.len());
-            for (i, state) in moves {
-                let mut q = active[i].clone();
+            for (mut q, state) in moves {
                 info!(
                     "{} {}: {} -> {state}",
                     q.op.kind(),
@@ -1003,46 +1069,95 @@ where
                 break;
             }
             steps += 1;
-            match self.step(&q, tip) {
-                Ok(Step::Moved(state)) => {
-                    self.maybe_crash(CrashPoint::BeforeStoring(state.name()));
-                    self.c
-                        .queue
-                        .set_state(&txid, &state)
-                        .map_err(Error::Queue)?;
-                    self.maybe_crash(CrashPoint::AfterStoring(state.name()));
-                    info!("{} {txid}: {} -> {state}", q.op.kind(), q.state.name());
-                    metrics::log_progress(&self.c.queue, &q.op, &state);
-                    self.backoff.remove(&txid);
+            self.new_round();
+            // A deferred step (a mint or burn, a payout to sign) is finished
+            // at once, as a round of this op alone; a batch's replacement
+            // moves every op holding the batch, stored together.
+            let results = match self.step(&q, tip) {
+                Ok(Step::Call(c)) => self.call_round(vec![(q.clone(), c)], &HashSet::new())?,
+                Ok(Step::Sign(p)) => self.sign_round(vec![(q.clone(), p)]),
+                r => vec![(q.clone(), r)],
+            };
+            let mut moves: Vec<(QueuedOp, OpState)> = Vec::new();
+            let mut own_moved = false;
+            for (o, r) in results {
+                if o.op.txid() == txid {
+                    own_moved = matches!(r, Ok(Step::Moved(_)));
+                }
+                self.settle(&o, r, &mut moves, report)?;
+            }
+            if !moves.is_empty() {
+                let batch: Vec<(Txid, OpState)> = moves
+                    .iter()
+                    .map(|(o, s)| (o.op.txid(), s.clone()))
+                    .collect();
+                for (_, s) in &batch {
+                    self.maybe_crash(CrashPoint::BeforeStoring(s.name()));
+                }
+                self.c.queue.set_states(&batch).map_err(Error::Queue)?;
+                for (_, s) in &batch {
+                    self.maybe_crash(CrashPoint::AfterStoring(s.name()));
+                }
+            }
+            let mut advanced = false;
+            for (o, state) in moves {
+                info!(
+                    "{} {}: {} -> {state}",
+                    o.op.kind(),
+                    o.op.txid(),
+                    o.state.name()
+                );
+                metrics::log_progress(&self.c.queue, &o.op, &state);
+                self.backoff.remove(&o.op.txid());
+                if o.op.txid() == txid && own_moved {
                     self.metrics.steps.fetch_add(1, Ordering::Relaxed);
                     report.steps += 1;
                     q.state = state;
                     q.waiting = None;
                     q.last_error = None;
+                    advanced = true;
                 }
-                Ok(Step::Removed) => break,
-                Ok(Step::Wait(why)) => {
-                    debug!(
-                        "{} {txid}: waiting in {}: {why}",
-                        q.op.kind(),
-                        q.state.name()
-                    );
-                    break;
-                }
-                Ok(Step::Held(why)) => {
-                    self.held(&q, why).map_err(Error::Queue)?;
-                    break;
-                }
-                Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
-                Err(StepError::Retry { message, transient }) => {
-                    if let Some(state) = self.failed_step(&q, &message, transient, report)? {
-                        self.c
-                            .queue
-                            .set_state(&txid, &state)
-                            .map_err(Error::Queue)?;
-                        info!("{} {txid}: {} -> {state}", q.op.kind(), q.state.name());
-                    }
-                    break;
+            }
+            if !advanced {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the outcome of one op's step in its round: a move joins the
+    /// round's `moves`, a wait is logged (or stored when held), a failure
+    /// is recorded and backed off (its terminal state, after the last
+    /// attempt, joins `moves`).
+    fn settle(
+        &mut self,
+        q: &QueuedOp,
+        r: Result<Step, StepError>,
+        moves: &mut Vec<(QueuedOp, OpState)>,
+        report: &mut TickReport,
+    ) -> Result<(), Error> {
+        match r {
+            Ok(Step::Moved(state)) => moves.push((q.clone(), state)),
+            Ok(Step::Removed) => {}
+            Ok(Step::Wait(why)) => debug!(
+                "{} {}: waiting in {}: {why}",
+                q.op.kind(),
+                q.op.txid(),
+                q.state.name()
+            ),
+            Ok(Step::Held(why)) => self.held(q, why).map_err(Error::Queue)?,
+            Ok(Step::Call(_) | Step::Sign(_)) => {
+                // Only a step returns these; the round's end never does.
+                error!(
+                    "{} {}: a deferred step deferred again (a bug); retried next round",
+                    q.op.kind(),
+                    q.op.txid()
+                );
+            }
+            Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
+            Err(StepError::Retry { message, transient }) => {
+                if let Some(state) = self.failed_step(q, &message, transient, report)? {
+                    moves.push((q.clone(), state));
                 }
             }
         }
@@ -1190,15 +1305,9 @@ where
                         }
                         Ok(Step::Moved(OpState::Accepted))
                     }
-                    peg_rules::Verdict::Accept => {
-                        let nonce = self.next_stacks_nonce()?;
-                        if let Some(why) = self.pending_limit(nonce) {
-                            return Ok(Step::Wait(why));
-                        }
-                        let tx = self.sign_stacks_tx(op, nonce, None)?;
-                        self.round_nonce = self.round_nonce.max(Some(tx.nonce));
-                        Ok(Step::Moved(OpState::StacksTxSigned { tx }))
-                    }
+                    // Signed at the end of the round, in a batch with the
+                    // round's other mints (or burns): see `call_round`.
+                    peg_rules::Verdict::Accept => Ok(Step::Call(StacksCall::Sign)),
                     peg_rules::Verdict::Reject(rule) => {
                         warn!("{} {}: rejected: {rule}", op.kind(), op.txid());
                         Ok(Step::Moved(OpState::Rejected {
@@ -1235,19 +1344,75 @@ where
         }
     }
 
-    /// Has the signers sign `unsigned`'s inputs (`items`, with `payload`
-    /// for their checks) and attaches the signatures. `Ok(Err(step))`: the
-    /// wallet's transaction is not the one checked (signing adds witnesses
-    /// only; anything else would be a transaction nobody checked), so the
-    /// op fails.
-    fn sign_checked(
+    /// A payout to sign at the end of the round: the signers sign
+    /// `unsigned`'s inputs (`items`, with `payload` for their checks), then
+    /// [`Self::finish_signed`] attaches the signatures. The inputs count as
+    /// spent for the rest of the round at once, so no other payout of the
+    /// round builds on them.
+    fn defer_signing(
         &mut self,
-        payload: &[u8],
-        items: &[frost_coordinator::SignItem],
-        unsigned: &fee_wallet::UnsignedFulfillment,
-        what: &str,
-    ) -> Result<Result<Transaction, Step>, StepError> {
-        let signatures = self.c.frost.sign(payload, items)?;
+        payload: Vec<u8>,
+        items: Vec<frost_coordinator::SignItem>,
+        unsigned: fee_wallet::UnsignedFulfillment,
+        what: &'static str,
+        signed: fn(Transaction) -> OpState,
+    ) -> Step {
+        self.round_spent
+            .extend(unsigned.tx.input.iter().map(|i| i.previous_output));
+        Step::Sign(Box::new(PendingSign {
+            job: frost_coordinator::SignJob { payload, items },
+            unsigned,
+            what,
+            signed,
+        }))
+    }
+
+    /// Signs the round's payouts with one [`FrostCoordinator::sign_many`]
+    /// (the signers run their rounds together), then finalizes each: one
+    /// outcome per op, a job's failure its op's alone.
+    fn sign_round(&mut self, signs: Vec<(QueuedOp, Box<PendingSign>)>) -> Outcomes {
+        if signs.is_empty() {
+            return Vec::new();
+        }
+        let jobs: Vec<frost_coordinator::SignJob> =
+            signs.iter().map(|(_, p)| p.job.clone()).collect();
+        let started = Instant::now();
+        let results = self.c.frost.sign_many(&jobs);
+        let answered = results.len();
+        let mut results = results.into_iter();
+        let took = started.elapsed();
+        debug!("{} payouts signed together in {took:?}", jobs.len());
+        let mut out = Vec::with_capacity(signs.len());
+        for (q, p) in signs {
+            let r = match results.next() {
+                Some(Ok(signatures)) => {
+                    self.metrics.signing_round(took);
+                    self.finish_signed(&p, &signatures)
+                }
+                Some(Err(e)) => Err(e.into()),
+                None => Err(StepError::retry(
+                    format!(
+                        "the signers' coordinator answered {answered} of {} signing jobs",
+                        jobs.len()
+                    ),
+                    true,
+                )),
+            };
+            out.push((q, r));
+        }
+        out
+    }
+
+    /// Attaches the signers' signatures to a checked payout. The wallet's
+    /// transaction must be the one checked (signing adds witnesses only;
+    /// anything else would be a transaction nobody checked), else the op
+    /// fails.
+    fn finish_signed(
+        &self,
+        p: &PendingSign,
+        signatures: &[bitcoin::secp256k1::schnorr::Signature],
+    ) -> Result<Step, StepError> {
+        let items = &p.job.items;
         if signatures.len() != items.len() {
             return Err(StepError::retry(
                 format!("{} signatures for {} inputs", signatures.len(), items.len()),
@@ -1257,17 +1422,18 @@ where
         let tx = self
             .c
             .bitcoin_wallet
-            .finalize_fulfillment(unsigned, &signatures)?;
-        if tx.compute_txid() != unsigned.tx.compute_txid() {
-            return Ok(Err(Step::Moved(OpState::Failed {
+            .finalize_fulfillment(&p.unsigned, signatures)?;
+        if tx.compute_txid() != p.unsigned.tx.compute_txid() {
+            return Ok(Step::Moved(OpState::Failed {
                 reason: format!(
-                    "wallet finalized transaction {} for the checked {what} {}",
+                    "wallet finalized transaction {} for the checked {} {}",
                     tx.compute_txid(),
-                    unsigned.tx.compute_txid()
+                    p.what,
+                    p.unsigned.tx.compute_txid()
                 ),
-            })));
+            }));
         }
-        Ok(Ok(tx))
+        Ok(Step::Moved((p.signed)(tx)))
     }
 
     fn aggregate_key(&self) -> Result<PublicKey, StepError> {
@@ -1483,6 +1649,268 @@ where
         })
     }
 
+    /// Signs one Stacks transaction for `ops` (all peg-ins or all peg-out
+    /// requests) with `nonce`: a plain `mint!` or `burn!` for one op, a
+    /// `mint-many!` or `burn-many!` for several.
+    fn build_stacks_call(
+        &self,
+        ops: &[QueuedOp],
+        nonce: u64,
+        min_fee: Option<u64>,
+    ) -> Result<SignedStacksTx, StepError> {
+        if let [q] = ops {
+            return self.sign_stacks_tx(&q.op, nonce, min_fee);
+        }
+        let mut mints = Vec::new();
+        let mut burns = Vec::new();
+        for q in ops {
+            match &q.op {
+                PegOp::PegIn(p) => mints.push(p.clone()),
+                PegOp::PegOutRequest(r) => {
+                    let requester = r.requester(self.settings.stacks_network).map_err(|e| {
+                        StepError::retry(format!("requester of {}: {e}", r.txid), false)
+                    })?;
+                    burns.push((r.clone(), requester));
+                }
+            }
+        }
+        Ok(match (mints.is_empty(), burns.is_empty()) {
+            (false, true) => self
+                .c
+                .stacks_wallet
+                .build_mint_many(&mints, nonce, min_fee)?,
+            (true, false) => self
+                .c
+                .stacks_wallet
+                .build_burn_many(&burns, nonce, min_fee)?,
+            _ => {
+                return Err(StepError::retry(
+                    "a batch of mints and burns together (a bug)",
+                    false,
+                ))
+            }
+        })
+    }
+
+    /// Finishes the round's Stacks calls. The ops to mint, then those to
+    /// burn, are signed in batches of [`LoopSettings::stacks_batch`], one
+    /// nonce per batch (so the pending limit counts transactions, not ops);
+    /// every op of a batch moves to `stacks_tx_signed` with the batch's
+    /// transaction. A batch whose transaction is to be replaced is signed
+    /// again with its nonce, for every op holding it. One outcome per op
+    /// (and per op a replacement moves besides those that asked).
+    fn call_round(
+        &mut self,
+        calls: Vec<(QueuedOp, StacksCall)>,
+        moved: &HashSet<Txid>,
+    ) -> Result<Outcomes, Error> {
+        let mut out = Vec::new();
+        let mut to_sign = Vec::new();
+        let mut replaces: Vec<Replacement> = Vec::new();
+        for (q, c) in calls {
+            match c {
+                StacksCall::Sign => to_sign.push(q),
+                StacksCall::Replace {
+                    old,
+                    min_fee,
+                    stuck,
+                } => match replaces.iter_mut().find(|r| r.0.txid == old.txid) {
+                    Some(r) => {
+                        r.1 = r.1.max(min_fee);
+                        r.2.push((q, stuck));
+                    }
+                    None => replaces.push((old, min_fee, vec![(q, stuck)])),
+                },
+            }
+        }
+        for (old, min_fee, asked) in replaces {
+            self.replace_batch(&old, min_fee, asked, moved, &mut out)?;
+        }
+        let size = self
+            .settings
+            .stacks_batch
+            .clamp(1, peg_ops::contract::MAX_BATCH);
+        let (mints, burns): (Vec<QueuedOp>, Vec<QueuedOp>) = to_sign
+            .into_iter()
+            .partition(|q| matches!(q.op, PegOp::PegIn(_)));
+        let mut limit = None;
+        for group in [mints, burns] {
+            for chunk in group.chunks(size) {
+                self.sign_batch(chunk, &mut limit, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Signs one batch of mints (or burns) with the next nonce, unless the
+    /// pending limit is reached (`limit`: then this batch and the round's
+    /// later ones wait). A batch the wallet cannot build for good is signed
+    /// op by op, so one bad op fails alone.
+    fn sign_batch(
+        &mut self,
+        chunk: &[QueuedOp],
+        limit: &mut Option<String>,
+        out: &mut Outcomes,
+    ) -> Result<(), Error> {
+        if let Some(why) = limit {
+            // Every transaction that waits counts, as the first one did.
+            self.metrics
+                .stacks_pending_limit_waits
+                .fetch_add(1, Ordering::Relaxed);
+            out.extend(
+                chunk
+                    .iter()
+                    .map(|q| (q.clone(), Ok(Step::Wait(why.clone())))),
+            );
+            return Ok(());
+        }
+        let each = |out: &mut Vec<_>, message: &str, transient: bool| {
+            out.extend(
+                chunk
+                    .iter()
+                    .map(|q| (q.clone(), Err(StepError::retry(message, transient)))),
+            );
+        };
+        let nonce = match self.next_stacks_nonce() {
+            Ok(n) => n,
+            Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
+            Err(StepError::Retry { message, transient }) => {
+                each(out, &message, transient);
+                return Ok(());
+            }
+        };
+        if let Some(why) = self.pending_limit(nonce) {
+            out.extend(
+                chunk
+                    .iter()
+                    .map(|q| (q.clone(), Ok(Step::Wait(why.clone())))),
+            );
+            *limit = Some(why);
+            return Ok(());
+        }
+        match self.build_stacks_call(chunk, nonce, None) {
+            Ok(tx) => {
+                self.round_nonce = self.round_nonce.max(Some(tx.nonce));
+                if chunk.len() > 1 {
+                    info!(
+                        "{} {}s signed in one transaction: stacks tx {} (nonce {}, fee {} µSTX)",
+                        chunk.len(),
+                        if matches!(chunk[0].op, PegOp::PegIn(_)) {
+                            "mint"
+                        } else {
+                            "burn"
+                        },
+                        tx.txid,
+                        tx.nonce,
+                        tx.fee
+                    );
+                }
+                out.extend(chunk.iter().map(|q| {
+                    (
+                        q.clone(),
+                        Ok(Step::Moved(OpState::StacksTxSigned { tx: tx.clone() })),
+                    )
+                }));
+            }
+            Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
+            Err(StepError::Retry { message, transient }) if !transient && chunk.len() > 1 => {
+                warn!(
+                    "a batch of {} cannot be built: {message}; signing each alone",
+                    chunk.len()
+                );
+                for q in chunk {
+                    self.sign_batch(std::slice::from_ref(q), limit, out)?;
+                }
+            }
+            Err(StepError::Retry { message, transient }) => each(out, &message, transient),
+        }
+        Ok(())
+    }
+
+    /// Replaces `old` (same nonce, at least `min_fee`) for every op holding
+    /// it: those that `asked` and every other pending holder that did not
+    /// move this round (`moved`), even one backing off. All of them move to
+    /// the replacement in the round's one queue transaction, so no op keeps
+    /// a transaction whose nonce another took. When it cannot be signed, an
+    /// op that asked because the node wants a higher fee fails its step; one
+    /// whose transaction is merely stuck keeps waiting with it.
+    fn replace_batch(
+        &mut self,
+        old: &SignedStacksTx,
+        min_fee: u64,
+        asked: Vec<(QueuedOp, bool)>,
+        moved: &HashSet<Txid>,
+        out: &mut Outcomes,
+    ) -> Result<(), Error> {
+        let mut members: Vec<QueuedOp> = asked.iter().map(|(q, _)| q.clone()).collect();
+        let listed: HashSet<Txid> = members.iter().map(|q| q.op.txid()).collect();
+        for p in self.c.queue.pending().map_err(Error::Queue)? {
+            let holds = matches!(&p.state,
+                OpState::StacksTxSigned { tx } | OpState::StacksTxBroadcast { tx } if tx.txid == old.txid);
+            if holds && !listed.contains(&p.op.txid()) && !moved.contains(&p.op.txid()) {
+                members.push(p);
+            }
+        }
+        let stuck = asked.iter().any(|(_, s)| *s);
+        match self.build_stacks_call(&members, old.nonce, Some(min_fee)) {
+            Ok(again) => {
+                warn!(
+                    "stacks tx {} (nonce {}, {} op(s): {}) {}: replacing it with {} (same nonce, fee {} -> {})",
+                    old.txid,
+                    old.nonce,
+                    members.len(),
+                    members
+                        .iter()
+                        .map(|m| m.op.txid().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if stuck {
+                        format!("not mined after {:?}", self.stacks_replace_after)
+                    } else {
+                        format!("refused: the node asks a fee of {min_fee}")
+                    },
+                    again.txid,
+                    old.fee,
+                    again.fee
+                );
+                if stuck {
+                    self.metrics
+                        .stacks_replacements
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                self.next_to_mine_since.remove(&old.txid);
+                out.extend(members.into_iter().map(|m| {
+                    (
+                        m,
+                        Ok(Step::Moved(OpState::StacksTxSigned { tx: again.clone() })),
+                    )
+                }));
+            }
+            Err(StepError::Fatal(e)) => return Err(Error::Queue(e)),
+            Err(StepError::Retry { message, transient }) => {
+                if stuck {
+                    warn!(
+                        "stacks tx {} is stuck and cannot be replaced: {message}",
+                        old.txid
+                    );
+                    let _ = self.broadcast_once(old, false);
+                }
+                for (q, s) in asked {
+                    let r = if s {
+                        Ok(Step::Wait(format!(
+                            "stacks tx {} not yet mined, and cannot be replaced: {message}",
+                            old.txid
+                        )))
+                    } else {
+                        Err(StepError::retry(message.clone(), transient))
+                    };
+                    out.push((q, r));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The Stacks block whose state is final: [`PegChecks::stacks_confirmations`]
     /// `− 1` below the tip (`None`: the chain is not that long). Read once
     /// per round.
@@ -1540,18 +1968,41 @@ where
         }
     }
 
-    fn broadcast_stacks_tx(&mut self, op: &PegOp, tx: &SignedStacksTx) -> Result<Step, StepError> {
-        match self.c.stacks.broadcast_transaction(&tx.raw) {
+    /// Offers `tx` to the node once per round: a batch's other ops see the
+    /// first one's answer. `counted`: a refusal counts in
+    /// `sbtc_stacks_broadcast_errors` (not for a pending one's re-offer).
+    fn broadcast_once(&mut self, tx: &SignedStacksTx, counted: bool) -> Broadcast {
+        if let Some(b) = self.round_broadcasts.get(&tx.txid) {
+            return b.clone();
+        }
+        let b = match self.c.stacks.broadcast_transaction(&tx.raw) {
             Ok(txid) => {
                 if txid != tx.txid {
                     warn!("node reports txid {txid} for our transaction {}", tx.txid);
                 }
-                Ok(Step::Moved(OpState::StacksTxBroadcast { tx: tx.clone() }))
+                Broadcast::Accepted
             }
             Err(stacks_node_client::Error::Rejected(r)) => {
-                self.metrics
-                    .stacks_broadcast_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                if counted {
+                    self.metrics
+                        .stacks_broadcast_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Broadcast::Rejected(r)
+            }
+            Err(e) => Broadcast::Failed {
+                message: e.to_string(),
+                transient: e.is_transient(),
+            },
+        };
+        self.round_broadcasts.insert(tx.txid, b.clone());
+        b
+    }
+
+    fn broadcast_stacks_tx(&mut self, op: &PegOp, tx: &SignedStacksTx) -> Result<Step, StepError> {
+        match self.broadcast_once(tx, true) {
+            Broadcast::Accepted => Ok(Step::Moved(OpState::StacksTxBroadcast { tx: tx.clone() })),
+            Broadcast::Rejected(r) => {
                 // A rebroadcast after a crash can be refused because the
                 // transaction was already mined: ask the contract first.
                 match self.effect(op)? {
@@ -1566,17 +2017,13 @@ where
                     "FeeTooLow" => {
                         let expected = r.reason_data_u64("expected");
                         match expected {
-                            Some(fee) if fee > tx.fee => {
-                                // Same nonce, the fee the node asks for.
-                                warn!(
-                                    "{} {}: fee {} too low, signing again with {fee}",
-                                    op.kind(),
-                                    op.txid(),
-                                    tx.fee
-                                );
-                                let again = self.sign_stacks_tx(op, tx.nonce, Some(fee))?;
-                                Ok(Step::Moved(OpState::StacksTxSigned { tx: again }))
-                            }
+                            // Same nonce, the fee the node asks for: the
+                            // whole batch is signed again (`call_round`).
+                            Some(fee) if fee > tx.fee => Ok(Step::Call(StacksCall::Replace {
+                                old: tx.clone(),
+                                min_fee: fee,
+                                stuck: false,
+                            })),
                             _ => Err(StepError::retry(format!("node refused the fee: {r}"), true)),
                         }
                     }
@@ -1622,32 +2069,30 @@ where
                     })),
                 }
             }
-            Err(e) => Err(e.into()),
+            Broadcast::Failed { message, transient } => Err(StepError::retry(message, transient)),
         }
     }
 
-    fn confirm_stacks_tx(&mut self, op: &PegOp, tx: &SignedStacksTx) -> Result<Step, StepError> {
-        match self.effect(op)? {
-            Effect::Final => {
-                self.next_to_mine_since.remove(&tx.txid);
-                return Ok(Step::Moved(Self::after_stacks_effect(op)));
-            }
-            Effect::Mismatch(reason) => {
-                error!("{} {}: {reason}", op.kind(), op.txid());
-                return Ok(Step::Moved(OpState::Failed { reason }));
-            }
-            Effect::AtTip => {
-                self.next_to_mine_since.remove(&tx.txid);
-                return Ok(Step::Wait(format!(
-                    "stacks tx {} mined, not yet {} Stacks blocks deep",
-                    tx.txid, self.checks.stacks_confirmations
-                )));
-            }
-            Effect::Absent => {}
+    /// The coordinator's confirmed Stacks nonce, read once per round for
+    /// every op's confirmation.
+    fn account_nonce(&mut self) -> Result<u64, StepError> {
+        if let Some(n) = self.round_account_nonce {
+            return Ok(n);
         }
         let me = PrincipalData::Standard(self.c.stacks_wallet.address());
-        let account = self.c.stacks.get_account(&me)?;
-        if account.nonce == tx.nonce {
+        let n = self.c.stacks.get_account(&me)?.nonce;
+        self.round_account_nonce = Some(n);
+        Ok(n)
+    }
+
+    fn confirm_stacks_tx(&mut self, op: &PegOp, tx: &SignedStacksTx) -> Result<Step, StepError> {
+        // The account first, once per round for every op (a batch's ops
+        // all hold one transaction): while our nonce is not consumed the
+        // transaction is not mined, and its ops wait without reading the
+        // contract one by one. Once it is consumed, each op's own get-mint /
+        // get-burn, read after the nonce, shows the effect if it took one.
+        let account_nonce = self.account_nonce()?;
+        if account_nonce == tx.nonce {
             // Next to mine, yet not mined: after a while, replace it on
             // purpose with the same nonce and a higher fee (the node admits a
             // same-nonce transaction that pays more, and drops the other).
@@ -1656,55 +2101,43 @@ where
                 .entry(tx.txid)
                 .or_insert_with(Instant::now);
             if since.elapsed() >= self.stacks_replace_after {
+                // Replaced with every op holding it (its batch): `call_round`.
                 let bumped = tx.fee.saturating_add((tx.fee / 4).max(1));
-                match self.sign_stacks_tx(op, tx.nonce, Some(bumped)) {
-                    Ok(again) => {
-                        warn!(
-                            "{} {}: stacks tx {} (nonce {}) not mined after {:?}: replacing it with {} (same nonce, fee {} -> {})",
-                            op.kind(),
-                            op.txid(),
-                            tx.txid,
-                            tx.nonce,
-                            since.elapsed(),
-                            again.txid,
-                            tx.fee,
-                            again.fee
-                        );
-                        self.metrics
-                            .stacks_replacements
-                            .fetch_add(1, Ordering::Relaxed);
-                        self.next_to_mine_since.remove(&tx.txid);
-                        return Ok(Step::Moved(OpState::StacksTxSigned { tx: again }));
-                    }
-                    Err(StepError::Fatal(e)) => return Err(StepError::Fatal(e)),
-                    Err(StepError::Retry { message, .. }) => warn!(
-                        "{} {}: stacks tx {} is stuck and cannot be replaced: {message}",
-                        op.kind(),
-                        op.txid(),
-                        tx.txid
-                    ),
-                }
+                return Ok(Step::Call(StacksCall::Replace {
+                    old: tx.clone(),
+                    min_fee: bumped,
+                    stuck: true,
+                }));
             }
         }
-        if account.nonce <= tx.nonce {
+        if account_nonce <= tx.nonce {
             // Still pending. Offer the same bytes again in case the mempool
-            // dropped them; the node answers with the same txid if it has them.
-            if let Err(e) = self.c.stacks.broadcast_transaction(&tx.raw) {
-                debug!("rebroadcast of {}: {e}", tx.txid);
+            // dropped them (once per round for a whole batch); the node
+            // answers with the same txid if it has them.
+            match self.broadcast_once(tx, false) {
+                Broadcast::Accepted => {}
+                Broadcast::Rejected(r) => debug!("rebroadcast of {}: {r}", tx.txid),
+                Broadcast::Failed { message, .. } => {
+                    debug!("rebroadcast of {}: {message}", tx.txid)
+                }
             }
             return Ok(Step::Wait(format!("stacks tx {} not yet mined", tx.txid)));
         }
-        // Our nonce was consumed. The nonce was read after the first check,
-        // so if the transaction had succeeded the contract would now say so.
+        self.next_to_mine_since.remove(&tx.txid);
+        // Our nonce was consumed before this read: if the transaction had
+        // succeeded for this op, the contract would now say so.
         match self.effect(op)? {
             Effect::Final => return Ok(Step::Moved(Self::after_stacks_effect(op))),
             Effect::AtTip => {
                 return Ok(Step::Wait(format!(
-                    "stacks tx {} mined, not yet final",
-                    tx.txid
+                    "stacks tx {} mined, not yet {} Stacks blocks deep",
+                    tx.txid, self.checks.stacks_confirmations
                 )))
             }
-            Effect::Mismatch(reason) => return Ok(Step::Moved(OpState::Failed { reason })),
+            Effect::Mismatch(reason) => {
+                error!("{} {}: {reason}", op.kind(), op.txid());
+                return Ok(Step::Moved(OpState::Failed { reason }));
+            }
             Effect::Absent => {}
         }
         let what = match op {
@@ -1847,22 +2280,17 @@ where
                 reason: format!("wallet built an unsafe fulfilment: {rule}"),
             }));
         }
-        let started = Instant::now();
         let payload = peg_rules::SignPayload::Fulfilment {
             request: op.txid,
             tx: unsigned.tx.clone(),
             prevouts: unsigned.prevouts.clone(),
         }
         .encode();
-        let signed = self.sign_checked(&payload, &items, &unsigned, "fulfilment")?;
-        self.metrics.signing_round(started.elapsed());
-        let tx = match signed {
-            Ok(tx) => tx,
-            Err(step) => return Ok(step),
-        };
-        self.round_spent
-            .extend(tx.input.iter().map(|i| i.previous_output));
-        Ok(Step::Moved(OpState::BitcoinTxSigned { tx }))
+        Ok(
+            self.defer_signing(payload, items, unsigned, "fulfilment", |tx| {
+                OpState::BitcoinTxSigned { tx }
+            }),
+        )
     }
 
     fn broadcast_fulfillment(&self, tx: &Transaction) -> Result<Step, StepError> {
@@ -1951,3 +2379,6 @@ mod tests;
 
 #[cfg(test)]
 mod refund_tests;
+
+#[cfg(test)]
+mod batch_tests;

@@ -244,18 +244,23 @@ where
             prevouts: unsigned.prevouts.clone(),
         }
         .encode();
-        let tx = match self.sign_checked(&payload, &items, &unsigned, "refund")? {
-            Ok(tx) => tx,
-            Err(step) => return Ok(step),
-        };
         info!(
-            "peg-in {}: refund {} signed: {} back to {:?}",
+            "peg-in {}: refund {} built: {} back to {:?}; signing",
             op.txid,
-            tx.compute_txid(),
-            tx.output[0].value,
-            tx.output[0].script_pubkey
+            unsigned.tx.compute_txid(),
+            unsigned
+                .tx
+                .output
+                .first()
+                .map(|o| o.value)
+                .unwrap_or_default(),
+            unsigned.tx.output.first().map(|o| o.script_pubkey.clone())
         );
-        Ok(Step::Moved(OpState::RefundSigned { tx }))
+        Ok(
+            self.defer_signing(payload, items, unsigned, "refund", |tx| {
+                OpState::RefundSigned { tx }
+            }),
+        )
     }
 
     /// Broadcasts the stored refund (the same bytes, also after a restart),

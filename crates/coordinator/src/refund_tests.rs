@@ -109,7 +109,7 @@ fn signing_frost(w: &W, keys: Vec<PublicKey>) -> MockFrostCoordinator {
     m.expect_keys().returning(move || keys.clone());
     m.expect_attestations().returning(Vec::new);
     let w1 = w.clone();
-    m.expect_sign().returning(move |payload, items| {
+    sign_with(&mut m, w, move |payload, items| {
         let mut g = w1.lock().unwrap();
         g.sign_payloads.push(payload.to_vec());
         g.sign_calls += 1;

@@ -272,6 +272,15 @@ pub struct World {
     /// Scripted failures of the next signing rounds.
     pub frost_failures: VecDeque<frost_coordinator::Error>,
     pub sign_calls: usize,
+    /// The number of jobs of every `sign_many` call, in order.
+    pub sign_many_calls: Vec<usize>,
+    /// The op txids of every batched mint or burn built (`mint-many!`,
+    /// `burn-many!`), with its nonce.
+    pub batches: Vec<(Vec<Txid>, u64)>,
+    /// What happened in the world, in order: `signed <stacks txid>` when a
+    /// Stacks transaction is built, `stored` is not seen here (the queue
+    /// tells), `broadcast <stacks txid>` when one reaches the node.
+    pub stacks_log: Vec<String>,
     pub btc_broadcasts: Vec<Transaction>,
     pub btc_broadcast_script: VecDeque<bitcoin_node_client::Error>,
     /// Confirmations of Bitcoin txs the node knows.
@@ -302,6 +311,17 @@ pub struct World {
     pub fee_shortfall: bool,
     /// What the FROST coordinator holds of the signers' attestations.
     pub attestations: Vec<frost_coordinator::SignerAttestation>,
+    /// Peg wallet coins besides [`peg_utxo`] (`listunspent` lists them
+    /// after it; the wallet double spends the first one not reserved).
+    pub extra_peg_utxos: Vec<Utxo>,
+}
+
+/// The `n`th extra peg wallet coin (`World::extra_peg_utxos`).
+pub fn extra_peg_utxo(n: u8) -> Utxo {
+    Utxo {
+        outpoint: OutPoint::new(txid(200), u32::from(n) + 1),
+        ..peg_utxo()
+    }
 }
 
 /// What the contract records for `op`'s mint or burn in the world.
@@ -407,7 +427,14 @@ pub fn peg_out(n: u8, height: u64, recipient: &str, amount: u64) -> PegOp {
 
 /// A signed Stacks tx whose bytes name the op, nonce and fee.
 pub fn fake_stacks_tx(op: Txid, nonce: u64, fee: u64) -> SignedStacksTx {
-    let raw = format!("{op}:{nonce}:{fee}").into_bytes();
+    fake_stacks_batch(&[op], nonce, fee)
+}
+
+/// A signed Stacks tx of several ops (a `mint-many!` or `burn-many!`):
+/// its bytes name the ops, nonce and fee.
+pub fn fake_stacks_batch(ops: &[Txid], nonce: u64, fee: u64) -> SignedStacksTx {
+    let ops: Vec<String> = ops.iter().map(Txid::to_string).collect();
+    let raw = format!("{}:{nonce}:{fee}", ops.join(",")).into_bytes();
     SignedStacksTx {
         txid: StacksTxid(sha256::Hash::hash(&raw).to_byte_array()),
         nonce,
@@ -416,24 +443,39 @@ pub fn fake_stacks_tx(op: Txid, nonce: u64, fee: u64) -> SignedStacksTx {
     }
 }
 
+/// The first op a fake Stacks tx names, and its nonce.
 pub fn parse_fake(raw: &[u8]) -> (Txid, u64) {
+    let (ops, nonce) = parse_fake_many(raw);
+    (ops[0], nonce)
+}
+
+/// The ops a fake Stacks tx names, and its nonce.
+pub fn parse_fake_many(raw: &[u8]) -> (Vec<Txid>, u64) {
     let s = std::str::from_utf8(raw).unwrap();
     let mut parts = s.split(':');
     (
-        parts.next().unwrap().parse().unwrap(),
+        parts
+            .next()
+            .unwrap()
+            .split(',')
+            .map(|t| t.parse().unwrap())
+            .collect(),
         parts.next().unwrap().parse().unwrap(),
     )
 }
 
-/// Mines a fake Stacks tx in the world: the nonce advances, the effect
-/// happens unless the op is set to fail on chain.
+/// Mines a fake Stacks tx in the world: the nonce advances, each op's
+/// effect happens unless the op is set to fail on chain (a failed element
+/// of a batch takes no effect; the others stand).
 pub fn mine(w: &mut World, raw: &[u8]) {
-    let (op, nonce) = parse_fake(raw);
+    let (ops, nonce) = parse_fake_many(raw);
     if nonce == w.account_nonce {
         w.account_nonce += 1;
-        *w.mined.entry(op).or_insert(0) += 1;
-        if !w.fail_on_chain.contains(&op) {
-            w.processed.insert(op);
+        for op in ops {
+            *w.mined.entry(op).or_insert(0) += 1;
+            if !w.fail_on_chain.contains(&op) {
+                w.processed.insert(op);
+            }
         }
     }
 }
@@ -452,6 +494,8 @@ pub fn stacks_node(w: &W) -> MockStacksNode {
     m.expect_broadcast_transaction().returning(move |raw| {
         let mut g = w2.lock().unwrap();
         g.stacks_broadcasts.push(raw.to_vec());
+        let id = StacksTxid(sha256::Hash::hash(raw).to_byte_array());
+        g.stacks_log.push(format!("broadcast {id}"));
         if let Some(r) = g.stacks_broadcast_script.pop_front() {
             return r;
         }
@@ -509,16 +553,55 @@ pub fn stacks_wallet(w: &W) -> MockStacksWallet {
     let w1 = w.clone();
     m.expect_build_mint().returning(move |op, nonce, min_fee| {
         let fee = min_fee.unwrap_or(1_000);
-        w1.lock().unwrap().signed.push((op.txid, nonce, fee));
-        Ok(fake_stacks_tx(op.txid, nonce, fee))
+        let tx = fake_stacks_tx(op.txid, nonce, fee);
+        let mut g = w1.lock().unwrap();
+        g.signed.push((op.txid, nonce, fee));
+        g.stacks_log.push(format!("signed {}", tx.txid));
+        Ok(tx)
     });
     let w2 = w.clone();
     m.expect_build_burn()
         .returning(move |op, requester, nonce, min_fee| {
             assert_eq!(PrincipalData::Standard(*requester), allowed_principal());
             let fee = min_fee.unwrap_or(1_000);
-            w2.lock().unwrap().signed.push((op.txid, nonce, fee));
-            Ok(fake_stacks_tx(op.txid, nonce, fee))
+            let tx = fake_stacks_tx(op.txid, nonce, fee);
+            let mut g = w2.lock().unwrap();
+            g.signed.push((op.txid, nonce, fee));
+            g.stacks_log.push(format!("signed {}", tx.txid));
+            Ok(tx)
+        });
+    // A batch: every op signed once with the batch's nonce and fee (fee
+    // per op: a batch of n pays n times a single call's).
+    let batch = |w: &W, ops: Vec<Txid>, nonce: u64, min_fee: Option<u64>| {
+        assert!(ops.len() >= 2, "a batch of one is a plain call");
+        assert!(ops.len() <= contract::MAX_BATCH);
+        let fee = min_fee.unwrap_or(1_000 * ops.len() as u64);
+        let tx = fake_stacks_batch(&ops, nonce, fee);
+        let mut g = w.lock().unwrap();
+        for t in &ops {
+            g.signed.push((*t, nonce, fee));
+        }
+        g.batches.push((ops, nonce));
+        g.stacks_log.push(format!("signed {}", tx.txid));
+        Ok(tx)
+    };
+    let w3 = w.clone();
+    m.expect_build_mint_many()
+        .returning(move |ops, nonce, min_fee| {
+            batch(&w3, ops.iter().map(|o| o.txid).collect(), nonce, min_fee)
+        });
+    let w4 = w.clone();
+    m.expect_build_burn_many()
+        .returning(move |burns, nonce, min_fee| {
+            for (_, requester) in burns {
+                assert_eq!(PrincipalData::Standard(*requester), allowed_principal());
+            }
+            batch(
+                &w4,
+                burns.iter().map(|(o, _)| o.txid).collect(),
+                nonce,
+                min_fee,
+            )
         });
     m
 }
@@ -559,7 +642,17 @@ pub fn bitcoin_wallet(w: &W) -> MockBitcoinWallet {
                 .unwrap_or_else(|| op.recipient.script_pubkey());
             // What the real wallet builds: the request's fee output and one
             // peg coin in, OP_RETURN, recipient, change; a 3,000-sat fee.
-            let coin = peg_utxo();
+            // The coin: the first one listed and not reserved (else the
+            // first, which the loop's own checks then refuse).
+            let coin = inputs
+                .utxos
+                .iter()
+                .find(|u| {
+                    u.txout.script_pubkey == peg_address().script_pubkey()
+                        && !inputs.reserved.contains(&u.outpoint)
+                })
+                .cloned()
+                .unwrap_or_else(peg_utxo);
             let tx = Transaction {
                 version: transaction::Version::TWO,
                 lock_time: absolute::LockTime::ZERO,
@@ -616,9 +709,12 @@ pub fn bitcoin_wallet(w: &W) -> MockBitcoinWallet {
 
 pub fn bitcoin_node(w: &W) -> MockBitcoinNode {
     let mut m = MockBitcoinNode::new();
-    m.expect_list_unspent().returning(|s| {
+    let w4 = w.clone();
+    m.expect_list_unspent().returning(move |s| {
         assert_eq!(*s, *peg_address().script_pubkey());
-        Ok(vec![peg_utxo()])
+        let mut coins = vec![peg_utxo()];
+        coins.extend(w4.lock().unwrap().extra_peg_utxos.iter().cloned());
+        Ok(coins)
     });
     let w0 = w.clone();
     m.expect_estimate_smart_fee().returning(move |_| {
@@ -678,7 +774,7 @@ pub fn frost(w: &W) -> MockFrostCoordinator {
     let w2 = w.clone();
     m.expect_attestations()
         .returning(move || w2.lock().unwrap().attestations.clone());
-    m.expect_sign().returning(move |payload, items| {
+    sign_with(&mut m, w, move |payload, items| {
         let mut g = w1.lock().unwrap();
         g.sign_payloads.push(payload.to_vec());
         let mut sigs = Vec::with_capacity(items.len());
@@ -692,6 +788,39 @@ pub fn frost(w: &W) -> MockFrostCoordinator {
         Ok(sigs)
     });
     m
+}
+
+/// What a double signs one job with.
+pub type SignFn = dyn Fn(
+        &[u8],
+        &[frost_coordinator::SignItem],
+    ) -> Result<Vec<schnorr::Signature>, frost_coordinator::Error>
+    + Send
+    + Sync;
+
+/// Makes `m` sign with `f`, both one job at a time (`sign`) and several
+/// (`sign_many`, each job through `f`, its call recorded in
+/// [`World::sign_many_calls`]).
+pub fn sign_with(
+    m: &mut MockFrostCoordinator,
+    w: &W,
+    f: impl Fn(
+            &[u8],
+            &[frost_coordinator::SignItem],
+        ) -> Result<Vec<schnorr::Signature>, frost_coordinator::Error>
+        + Send
+        + Sync
+        + 'static,
+) {
+    let f: Arc<SignFn> = Arc::new(f);
+    let one = f.clone();
+    m.expect_sign()
+        .returning(move |payload, items| one(payload, items));
+    let w = w.clone();
+    m.expect_sign_many().returning(move |jobs| {
+        w.lock().unwrap().sign_many_calls.push(jobs.len());
+        jobs.iter().map(|j| f(&j.payload, &j.items)).collect()
+    });
 }
 
 pub fn source(w: &W) -> MockOpSource {
@@ -738,6 +867,7 @@ pub fn settings() -> LoopSettings {
             [ALLOWED_BTC.parse::<BtcAddress>().unwrap().script_pubkey()],
         ),
         stx_low_balance_warning: 1,
+        stacks_batch: crate::DEFAULT_STACKS_BATCH,
     }
 }
 

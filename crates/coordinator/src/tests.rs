@@ -454,7 +454,10 @@ fn nonces_follow_the_ops_in_order() {
     );
     w.lock().unwrap().auto_mine = false;
     let q = MemQueue::default();
-    run_ticks(&mut coordinator(&w, &q, settings()), 1);
+    // One op per transaction (batches: `batches_take_one_nonce_each_in_order`).
+    let mut s = settings();
+    s.stacks_batch = 1;
+    run_ticks(&mut coordinator(&w, &q, s), 1);
     // Neither is mined yet: the second must take the next nonce, not reuse 0.
     let nonces: Vec<u64> = w.lock().unwrap().signed.iter().map(|s| s.1).collect();
     assert_eq!(nonces, vec![0, 1]);
@@ -753,7 +756,11 @@ fn never_more_than_25_stacks_transactions_are_pending() {
     let w = world(3, vec![(2, ops)]);
     w.lock().unwrap().auto_mine = false;
     let q = MemQueue::default();
-    let mut l = coordinator(&w, &q, settings());
+    // One op per transaction: the limit counts transactions (with batches,
+    // `batches_lift_the_25_pending_cap_on_ops`).
+    let mut s = settings();
+    s.stacks_batch = 1;
+    let mut l = coordinator(&w, &q, s);
     run_ticks(&mut l, 3);
     let nonces = |w: &W| -> Vec<u64> { w.lock().unwrap().signed.iter().map(|s| s.1).collect() };
     assert_eq!(

@@ -126,3 +126,92 @@ fn a_crash_at_any_step_never_repeats_or_loses_an_effect() {
         assert_eq!(output[1].value, peg_ops_out.amount, "{point:?}");
     }
 }
+
+/// The same with batches (issue #16): three peg-ins minted by one
+/// `mint-many!`, three requests burned by one `burn-many!` and paid by
+/// fulfilments signed in one `sign_many`. A crash at any point, before or
+/// after storing any step, never mints, burns or pays an op twice and never
+/// loses one.
+#[test]
+fn a_crash_at_any_step_of_a_batch_never_repeats_or_loses_an_effect() {
+    let stop = AtomicBool::new(false);
+    let mut points = vec![];
+    for s in STATES {
+        points.push(CrashPoint::BeforeStoring(s));
+        points.push(CrashPoint::AfterStoring(s));
+    }
+    for point in points {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("queue.sqlite");
+        let pins: Vec<_> = (1..=3)
+            .map(|n| peg_in(n, 2, allowed_principal(), 150_000 + u64::from(n)))
+            .collect();
+        let pouts: Vec<_> = (11..=13)
+            .map(|n| peg_out(n, 2, ALLOWED_BTC, 40_000 + u64::from(n)))
+            .collect();
+        let ops: Vec<_> = pins.iter().chain(&pouts).cloned().collect();
+        let w = world(3, vec![(2, ops.clone())]);
+        w.lock().unwrap().extra_peg_utxos = vec![extra_peg_utxo(1), extra_peg_utxo(2)];
+
+        let mut first = looped(&w, SqlitePegQueue::open(&db).unwrap());
+        first.set_crash_point(Some(point));
+        let crashed = catch_unwind(AssertUnwindSafe(|| {
+            for _ in 0..6 {
+                first.tick(&stop).unwrap();
+                mine_bitcoin(&w);
+            }
+        }));
+        assert!(crashed.is_err(), "{point:?} was never reached");
+        drop(first);
+
+        let mut second = looped(&w, SqlitePegQueue::open(&db).unwrap());
+        for _ in 0..6 {
+            second.tick(&stop).unwrap();
+            mine_bitcoin(&w);
+        }
+        let q = SqlitePegQueue::open(&db).unwrap();
+        let g = w.lock().unwrap();
+        assert!(
+            g.batches.iter().any(|b| b.0.len() == 3),
+            "{point:?}: batched"
+        );
+        for op in &ops {
+            assert_eq!(
+                q.get(&op.txid()).unwrap().unwrap().state,
+                OpState::Done,
+                "{point:?}: {op:?}"
+            );
+            assert_eq!(
+                g.mined.get(&op.txid()),
+                Some(&1),
+                "{point:?}: one mint or burn of {} reached the chain",
+                op.txid()
+            );
+        }
+        for op in &pouts {
+            let peg_queue::peg_ops::PegOp::PegOutRequest(r) = op else {
+                unreachable!()
+            };
+            let own = coordinator::bitcoin::OutPoint::new(r.txid, 2);
+            let paid: std::collections::HashSet<_> = g
+                .btc_broadcasts
+                .iter()
+                .filter(|t| t.input[0].previous_output == own)
+                .map(|t| t.compute_txid())
+                .collect();
+            assert_eq!(
+                paid.len(),
+                1,
+                "{point:?}: {} paid by one fulfilment",
+                r.txid
+            );
+            let tx = g
+                .btc_broadcasts
+                .iter()
+                .find(|t| t.input[0].previous_output == own)
+                .unwrap();
+            assert_eq!(tx.output[1].script_pubkey, r.recipient.script_pubkey());
+            assert_eq!(tx.output[1].value, r.amount, "{point:?}");
+        }
+    }
+}

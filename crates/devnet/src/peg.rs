@@ -75,6 +75,12 @@ pub struct PegOptions {
     /// of their own ([`Peg::bitcoin_proxy`], [`Peg::stacks_proxy`]), so a
     /// test can make their nodes lie; the others read the emulators.
     pub proxied: Vec<u32>,
+    /// How many signing rounds the coordinator keeps in flight at once
+    /// ([`Peg::frost`]; the benchmark compares 1 and more).
+    pub rounds_in_flight: usize,
+    /// The most mints (or burns) one Stacks transaction of the coordinator
+    /// carries ([`Peg::settings`]; 1: one `mint!`/`burn!` per op).
+    pub stacks_batch: usize,
 }
 
 impl PegOptions {
@@ -92,6 +98,8 @@ impl PegOptions {
             bitcoin_confirmations: 1,
             stacks_confirmations: 1,
             proxied: Vec::new(),
+            rounds_in_flight: frost_coordinator::DEFAULT_ROUNDS_IN_FLIGHT,
+            stacks_batch: coordinator::DEFAULT_STACKS_BATCH,
         }
     }
 }
@@ -675,18 +683,54 @@ impl Peg {
     }
 
     /// Mined calls of contract function `function` (`mint!`, `burn!`) for
-    /// Bitcoin transaction `txid`: how many succeeded, how many failed.
+    /// Bitcoin transaction `txid`: how many succeeded, how many failed. The
+    /// elements of `mint-many!` (`burn-many!`) count as `mint!` (`burn!`)
+    /// calls: each by its own response in the batch's list (a batch that
+    /// failed as a whole fails each of its elements).
     pub fn contract_calls(&self, function: &str, txid: &bitcoin::Txid) -> (usize, usize) {
         let arg = peg_ops::contract::txid_arg(txid);
+        let (many, key) = match function {
+            peg_ops::contract::MINT => (peg_ops::contract::MINT_MANY, "peg-in-txid"),
+            peg_ops::contract::BURN => (peg_ops::contract::BURN_MANY, "peg-out-txid"),
+            _ => ("", ""),
+        };
         self.stacks.with(|s| {
             s.receipts
                 .iter()
-                .filter(|r| {
-                    matches!(&r.tx.payload, Payload::ContractCall { function_name, args, .. }
-                        if function_name == function && args.contains(&arg))
+                .filter_map(|r| {
+                    let Payload::ContractCall {
+                        function_name,
+                        args,
+                        ..
+                    } = &r.tx.payload
+                    else {
+                        return None;
+                    };
+                    let whole_ok = r.result.as_ref().is_ok_and(|v| matches!(v, Value::Ok(_)));
+                    if function_name == function && args.contains(&arg) {
+                        return Some(whole_ok);
+                    }
+                    if function_name != many {
+                        return None;
+                    }
+                    let Some(Value::List(elements)) = args.first() else {
+                        return None;
+                    };
+                    let i = elements
+                        .iter()
+                        .position(|e| matches!(e, Value::Tuple(m) if m.get(key) == Some(&arg)))?;
+                    Some(match &r.result {
+                        Ok(Value::Ok(list)) => match list.as_ref() {
+                            Value::List(results) => {
+                                matches!(results.get(i), Some(Value::Ok(_)))
+                            }
+                            _ => false,
+                        },
+                        _ => false,
+                    })
                 })
-                .fold((0, 0), |(ok, err), r| {
-                    if r.result.as_ref().is_ok_and(|v| matches!(v, Value::Ok(_))) {
+                .fold((0, 0), |(ok, err), succeeded| {
+                    if succeeded {
                         (ok + 1, err)
                     } else {
                         (ok, err + 1)
@@ -695,21 +739,59 @@ impl Peg {
         })
     }
 
-    /// Mined contract calls whose result was an error or a runtime failure.
-    pub fn failed_contract_calls(&self) -> Vec<String> {
+    /// The elements of each mined `mint-many!` / `burn-many!` call named
+    /// `function`, in mining order, with the Stacks height that mined it.
+    pub fn batch_sizes(&self, function: &str) -> Vec<(u64, usize)> {
         self.stacks.with(|s| {
             s.receipts
                 .iter()
-                .filter(|r| !r.result.as_ref().is_ok_and(|v| matches!(v, Value::Ok(_))))
-                .map(|r| {
-                    format!(
-                        "{} at Stacks height {}: {:?}",
-                        r.tx.txid(),
-                        r.height,
-                        r.result
-                    )
+                .filter_map(|r| match &r.tx.payload {
+                    Payload::ContractCall {
+                        function_name,
+                        args,
+                        ..
+                    } if function_name == function => match args.first() {
+                        Some(Value::List(v)) => Some((r.height, v.len())),
+                        _ => None,
+                    },
+                    _ => None,
                 })
                 .collect()
+        })
+    }
+
+    /// Mined contract calls whose result was an error or a runtime failure.
+    /// A failed element of a `mint-many!` / `burn-many!` that succeeded
+    /// counts too (`element i of …`).
+    pub fn failed_contract_calls(&self) -> Vec<String> {
+        self.stacks.with(|s| {
+            let mut failed = Vec::new();
+            for r in &s.receipts {
+                match &r.result {
+                    Ok(Value::Ok(v)) => {
+                        let batch = matches!(&r.tx.payload, Payload::ContractCall { function_name, .. }
+                            if function_name == peg_ops::contract::MINT_MANY
+                                || function_name == peg_ops::contract::BURN_MANY);
+                        if let (true, Value::List(results)) = (batch, v.as_ref()) {
+                            for (i, e) in results.iter().enumerate() {
+                                if !matches!(e, Value::Ok(_)) {
+                                    failed.push(format!(
+                                        "element {i} of {} at Stacks height {}: {e:?}",
+                                        r.tx.txid(),
+                                        r.height
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    other => failed.push(format!(
+                        "{} at Stacks height {}: {other:?}",
+                        r.tx.txid(),
+                        r.height
+                    )),
+                }
+            }
+            failed
         })
     }
 
@@ -774,7 +856,7 @@ impl Peg {
             state_path: Some(self.opts.dir.join("frost-coordinator.json")),
             network: self.file.network.clone(),
             contract: self.file.contract.clone(),
-            rounds_in_flight: frost_coordinator::DEFAULT_ROUNDS_IN_FLIGHT,
+            rounds_in_flight: self.opts.rounds_in_flight,
         })?)
     }
 
@@ -859,6 +941,7 @@ impl Peg {
                 allowed.iter().map(|u| u.btc.script_pubkey()),
             ),
             stx_low_balance_warning: 1,
+            stacks_batch: self.opts.stacks_batch,
         }
     }
 
@@ -953,6 +1036,7 @@ data_dir = "."
 op_source = "bitcoin"
 magic_bytes = "id"
 start_height = {start_height}
+stacks_batch = {stacks_batch}
 poll_interval_ms = 20
 rpc_timeout_ms = 2000
 status_listen = "off"
@@ -967,6 +1051,7 @@ network_private_key = "{msg_key}"
 signer_config = "signer.toml"
 dkg_timeout_ms = 30000
 sign_timeout_ms = {sign_timeout}
+rounds_in_flight = {rounds_in_flight}
 
 [confirmations]
 ops = {ops}
@@ -987,6 +1072,8 @@ stx_low_balance_warning = 1
             relay = self.relay.url(),
             msg_key = hex::encode(self.coordinator_key.secret_bytes()),
             sign_timeout = self.opts.sign_timeout.as_millis(),
+            rounds_in_flight = self.opts.rounds_in_flight,
+            stacks_batch = self.opts.stacks_batch,
             ops = self.opts.bitcoin_confirmations,
             stacks_depth = self.opts.stacks_confirmations,
         );
