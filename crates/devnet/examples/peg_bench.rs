@@ -6,7 +6,15 @@
 //! `cargo run --release -p devnet --example peg_bench -- --signers 5`
 //! (`--signers 15`, `--ops N`, `--deadline-secs S`: how long each phase may
 //! take, 600 by default — a 15-signer run with validation on needs more on
-//! two cores).
+//! two cores; `--rounds-in-flight N`, signing rounds the coordinator keeps in
+//! flight, 8 by default; `--stacks-batch N`, mints or burns per Stacks
+//! transaction, 100 by default; `--pegins-only`).
+//!
+//! Beside the peg-out time it prints the run's CPU floor, measured in the
+//! same process: the CPU the signers' guards spent validating (their own
+//! threads) plus the CPU of the same number of taproot signing rounds done
+//! in one thread with wsts alone (every party's nonce and share, the
+//! aggregation), over the cores; and the whole process's CPU over the cores.
 #![allow(clippy::print_stdout, clippy::unwrap_used, missing_docs)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +29,63 @@ use peg_queue::{OpState, PegQueue};
 
 /// Ops per user and block: under bitcoind's 25-transaction chain limit.
 const PER_USER: usize = 20;
+
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+/// CPU time the whole process has used (user + system, `/proc/self/stat`).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name's closing parenthesis; utime and stime
+    // are the 14th and 15th fields, in clock ticks (100 per second on Linux).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    Duration::from_millis((f[0] + f[1]) * 10)
+}
+
+/// CPU time the calling thread has used (`/proc/thread-self/schedstat`).
+fn thread_cpu() -> Duration {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    Duration::from_nanos(s.split_whitespace().next().unwrap().parse().unwrap())
+}
+
+/// The CPU one taproot signing round of `signers` parties (one key each,
+/// threshold `threshold`) takes with wsts alone in one thread: every party's
+/// nonce and share, then the aggregation; the mean of `rounds`.
+fn signing_round_cpu(signers: u32, threshold: u32, rounds: u32) -> Duration {
+    use frost_coordinator::wsts;
+    use wsts::traits::{Aggregator as _, Signer as _};
+    let mut rng = wsts::util::create_rng();
+    let mut parties: Vec<wsts::v2::Party> = (0..signers)
+        .map(|i| wsts::v2::Party::new(i, &[i + 1], signers, signers, threshold, &mut rng))
+        .collect();
+    let comms = wsts::v2::test_helpers::dkg(&mut parties, &mut rng).unwrap();
+    let party_ids: Vec<u32> = (0..threshold).collect();
+    let key_ids: Vec<u32> = (1..=threshold).collect();
+    let start = thread_cpu();
+    for r in 0..rounds {
+        let msg = [r as u8; 32];
+        let nonces: Vec<_> = parties[..threshold as usize]
+            .iter_mut()
+            .map(|p| p.gen_nonce(&mut rng))
+            .collect();
+        let shares: Vec<_> = parties[..threshold as usize]
+            .iter()
+            .flat_map(|p| p.sign_taproot(&msg, &party_ids, &key_ids, &nonces, None))
+            .collect();
+        let mut agg = wsts::v2::Aggregator::new(signers, threshold);
+        agg.init(&comms).unwrap();
+        agg.sign_taproot(&msg, &nonces, &shares, &key_ids, None)
+            .unwrap();
+    }
+    (thread_cpu() - start) / rounds
+}
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -64,6 +129,7 @@ fn run(l: &mut HttpCoordinator, peg: &Peg, ts: &[Txid]) -> usize {
 }
 
 fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
     let signers = arg("--signers", 5) as u32;
     let ops = arg("--ops", 1000);
     let dir = tempfile::tempdir().unwrap();
@@ -71,6 +137,12 @@ fn main() {
     opts.signers = signers;
     opts.threshold = signers * 7 / 10 + 1;
     opts.sign_timeout = Duration::from_secs(30);
+    opts.rounds_in_flight = arg(
+        "--rounds-in-flight",
+        frost_coordinator::DEFAULT_ROUNDS_IN_FLIGHT,
+    );
+    opts.stacks_batch = arg("--stacks-batch", coordinator::DEFAULT_STACKS_BATCH);
+    let (in_flight, batch) = (opts.rounds_in_flight, opts.stacks_batch);
     let threshold = opts.threshold;
     let peg = Peg::start(opts).unwrap();
     peg.publish_key().unwrap();
@@ -82,7 +154,8 @@ fn main() {
     settings.max_heights_per_tick = 1000;
     let mut l = peg.coordinator(settings, OpSourceKind::Bitcoin).unwrap();
     println!(
-        "devnet: {signers} signers (threshold {threshold}), {ops} ops from {n_users} users, over HTTP on 127.0.0.1"
+        "devnet: {signers} signers (threshold {threshold}), {ops} ops from {n_users} users, over HTTP on 127.0.0.1; {in_flight} signing rounds in flight, {batch} mints or burns per Stacks transaction; load average {}",
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
 
     // Peg-ins: all in one block, then minted.
@@ -106,10 +179,27 @@ fn main() {
     let ticks = run(&mut l, &peg, &ins);
     let took = start.elapsed();
     println!(
-        "peg-ins: {ops} minted in {:.2} s = {:.0}/s ({ticks} ticks; each: validated, mint! signed, stored, broadcast, mined, confirmed)",
+        "peg-ins: {ops} minted in {:.2} s = {:.0}/s ({ticks} ticks; each: validated, signed into a mint-many! (or mint!), stored, broadcast, mined, confirmed)",
         took.as_secs_f64(),
         ops as f64 / took.as_secs_f64()
     );
+    // Mints per Stacks block: the emulator enforces the real node's limit of
+    // 25 pending transactions per account (and 2 MiB per block).
+    let mut per_block = std::collections::BTreeMap::<u64, usize>::new();
+    for (h, n) in peg.batch_sizes(coordinator_mint_many()) {
+        *per_block.entry(h).or_default() += n;
+    }
+    for h in single_mint_heights(&peg) {
+        *per_block.entry(h).or_default() += 1;
+    }
+    println!(
+        "mints per Stacks block: {:?} (height: mints), at most {} in one block",
+        per_block,
+        per_block.values().max().copied().unwrap_or(0)
+    );
+    if flag("--pegins-only") {
+        return;
+    }
 
     // Peg-out requests: all in one block, then paid.
     let outs: Vec<Txid> = peg.with_bitcoin(|b| {
@@ -140,9 +230,11 @@ fn main() {
         metrics.signing_rounds.load(Ordering::Relaxed),
         metrics.signing_micros.load(Ordering::Relaxed),
     );
+    let (cpu0, validation0) = (process_cpu(), peg.validation_cpu());
     let start = Instant::now();
     let ticks = run(&mut l, &peg, &outs);
     let took = start.elapsed();
+    let (cpu, validation) = (process_cpu() - cpu0, peg.validation_cpu() - validation0);
     let rounds = metrics.signing_rounds.load(Ordering::Relaxed) - rounds0;
     let signing = Duration::from_micros(metrics.signing_micros.load(Ordering::Relaxed) - micros0);
     let inputs: usize = peg.bitcoind.with(|b| {
@@ -165,6 +257,21 @@ fn main() {
         signing.as_secs_f64() * 1000.0 / rounds.max(1) as f64,
         (took - signing.min(took)).as_secs_f64(),
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let per_round = signing_round_cpu(signers, threshold, 50);
+    let signing_cpu = per_round * u32::try_from(inputs).unwrap();
+    let floor = (signing_cpu + validation) / cores;
+    println!(
+        "CPU floor: {inputs} signing rounds × {:.2} ms (wsts alone, one thread) = {:.2} s, plus the guards' validation {:.2} s, over {cores} cores = {:.2} s; this run took {:.2}× its floor. The whole process used {:.2} s of CPU ({:.2} s over the cores, {:.2}×)",
+        per_round.as_secs_f64() * 1000.0,
+        signing_cpu.as_secs_f64(),
+        validation.as_secs_f64(),
+        floor.as_secs_f64(),
+        took.as_secs_f64() / floor.as_secs_f64(),
+        cpu.as_secs_f64(),
+        (cpu / cores).as_secs_f64(),
+        took.as_secs_f64() / (cpu / cores).as_secs_f64(),
+    );
     let paid = outs
         .iter()
         .zip(
@@ -177,4 +284,22 @@ fn main() {
         })
         .count();
     assert_eq!(paid, ops, "every peg-out paid exactly once");
+}
+
+fn coordinator_mint_many() -> &'static str {
+    peg_ops::contract::MINT_MANY
+}
+
+/// The heights of the mined single `mint!` calls (a batch of one).
+fn single_mint_heights(peg: &Peg) -> Vec<u64> {
+    peg.stacks.with(|s| {
+        s.receipts
+            .iter()
+            .filter(|r| {
+                matches!(&r.tx.payload, stacks_wire::Payload::ContractCall { function_name, .. }
+                    if function_name == peg_ops::contract::MINT)
+            })
+            .map(|r| r.height)
+            .collect()
+    })
 }

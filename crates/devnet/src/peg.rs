@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -200,6 +200,16 @@ pub(crate) struct DevnetGuard {
     id: u32,
     seen: Option<(std::time::SystemTime, u64)>,
     status: Arc<Mutex<GuardStatus>>,
+    /// CPU time this guard's checks took on their own thread, added to a
+    /// total shared by the peg's guards (ns).
+    cpu: Arc<AtomicU64>,
+}
+
+/// The CPU time the calling thread has used so far (Linux's
+/// `/proc/thread-self/schedstat`, in ns), if readable.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
 }
 
 impl DevnetGuard {
@@ -215,6 +225,7 @@ impl DevnetGuard {
         history: &Path,
         id: u32,
         status: Arc<Mutex<GuardStatus>>,
+        cpu: Arc<AtomicU64>,
     ) -> Result<DevnetGuard> {
         let keys: Vec<PublicKey> = KeyHistory::load(history, &file.set, id)
             .map_err(|e| anyhow!("signer {id}'s key history: {e}"))?
@@ -231,6 +242,7 @@ impl DevnetGuard {
             id,
             seen: None,
             status,
+            cpu,
         };
         g.seen = g.stamp();
         Ok(g)
@@ -266,9 +278,13 @@ impl DevnetGuard {
 
 impl Validator for DevnetGuard {
     fn check(&mut self, request: &SignRequest) -> std::result::Result<(), String> {
+        let before = thread_cpu_ns();
         self.refresh();
         let r = self.guard.check(request);
         self.share_status();
+        if let (Some(a), Some(b)) = (before, thread_cpu_ns()) {
+            self.cpu.fetch_add(b.saturating_sub(a), Ordering::Relaxed);
+        }
         r
     }
 
@@ -347,6 +363,7 @@ pub struct Peg {
     file_path: PathBuf,
     signers: Vec<Option<RunningSigner>>,
     statuses: Vec<Arc<Mutex<GuardStatus>>>,
+    validation_cpu: Arc<AtomicU64>,
     proxies: BTreeMap<u32, (Proxy, Proxy)>,
     guard_start: u64,
     stacks_key: StacksPrivateKey,
@@ -441,6 +458,7 @@ impl Peg {
             contract,
             signers: (0..opts.signers).map(|_| None).collect(),
             statuses: (0..opts.signers).map(|_| Arc::default()).collect(),
+            validation_cpu: Arc::default(),
             proxies,
             guard_start,
             opts,
@@ -501,6 +519,7 @@ impl Peg {
             &state_path,
             id,
             status,
+            self.validation_cpu.clone(),
         )?;
         let mut node = SignerNode::new(SignerOptions {
             id,
@@ -520,6 +539,13 @@ impl Peg {
             *slot = Some(RunningSigner { stop, thread });
         }
         Ok(())
+    }
+
+    /// The CPU time every signer's guard has spent checking sign requests
+    /// so far, summed over the signers (each measured on its own thread;
+    /// what the nodes spent answering it is not included).
+    pub fn validation_cpu(&self) -> Duration {
+        Duration::from_nanos(self.validation_cpu.load(Ordering::Relaxed))
     }
 
     /// Stops signer `id` (1-based): it no longer answers the relay.

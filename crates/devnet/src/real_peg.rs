@@ -340,6 +340,7 @@ impl RealPeg {
                 &state_path,
                 id,
                 status.clone(),
+                Arc::default(),
             )?;
             peg.statuses.push(status);
             let mut node = SignerNode::new(SignerOptions {

@@ -72,6 +72,14 @@ impl UreqStacksNode {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
+            // No idle connection is kept: each call opens its own (≈ 0.1 ms
+            // on loopback or a LAN). A node server that gives every open
+            // connection a worker — tiny_http, under the devnet's emulators,
+            // whose pool can leave a new connection queued behind idle ones
+            // for as long as those stay open — then never holds a call
+            // until the client's timeout (seen: 30 s stalls of the guards).
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
             .build();
         UreqStacksNode {
             agent: ureq::Agent::new_with_config(config),
