@@ -79,3 +79,54 @@ fn a_stuck_batch_replaced_while_its_other_ops_are_broadcast_keeps_them() {
         assert_eq!(g.mined.get(&op.txid()), Some(&1), "mined once");
     }
 }
+
+/// A crash in the round that replaces a stuck batch, before or after the
+/// replacement is stored; then either the node mines the old transaction
+/// (it was in its mempool all along) or nothing was mined and the restarted
+/// loop goes on. Each op is done, minted once, whichever way.
+#[test]
+fn a_crash_while_replacing_a_batch_never_loses_or_repeats_a_mint() {
+    for point in [
+        CrashPoint::BeforeStoring("stacks_tx_signed"),
+        CrashPoint::AfterStoring("stacks_tx_signed"),
+    ] {
+        for old_mined in [true, false] {
+            let ops = peg_ins(4);
+            let w = world(3, vec![(2, ops.clone())]);
+            w.lock().unwrap().auto_mine = false;
+            let q = MemQueue::default();
+            let mut first = coordinator(&w, &q, settings());
+            run_ticks(&mut first, 1);
+            let old = held(&q, txid(1)).expect("pending");
+            assert!(ops.iter().all(|o| held(&q, o.txid()) == Some(old.clone())));
+            first.set_stacks_replace_after(Duration::ZERO);
+            first.set_crash_point(Some(point));
+            assert!(
+                catch_unwind(AssertUnwindSafe(|| first.tick(&no_stop()))).is_err(),
+                "{point:?} reached"
+            );
+            drop(first);
+            if old_mined {
+                let mut g = w.lock().unwrap();
+                mine(&mut g, &old.raw);
+            }
+            w.lock().unwrap().auto_mine = true;
+            let mut second = coordinator(&w, &q, settings());
+            run_ticks(&mut second, 4);
+            let g = w.lock().unwrap();
+            for op in &ops {
+                assert_eq!(
+                    q.state(&op.txid()),
+                    OpState::Done,
+                    "{point:?}, old mined {old_mined}: {}",
+                    op.txid()
+                );
+                assert_eq!(
+                    g.mined.get(&op.txid()),
+                    Some(&1),
+                    "{point:?}, old mined {old_mined}: mined once"
+                );
+            }
+        }
+    }
+}
