@@ -1844,12 +1844,37 @@ where
     ) -> Result<(), Error> {
         let mut members: Vec<QueuedOp> = asked.iter().map(|(q, _)| q.clone()).collect();
         let listed: HashSet<Txid> = members.iter().map(|q| q.op.txid()).collect();
+        let mut holder_moved = None;
         for p in self.c.queue.pending().map_err(Error::Queue)? {
             let holds = matches!(&p.state,
                 OpState::StacksTxSigned { tx } | OpState::StacksTxBroadcast { tx } if tx.txid == old.txid);
-            if holds && !listed.contains(&p.op.txid()) && !moved.contains(&p.op.txid()) {
+            if !holds || listed.contains(&p.op.txid()) {
+                continue;
+            }
+            if moved.contains(&p.op.txid()) {
+                holder_moved = Some(p.op.txid());
+            } else {
                 members.push(p);
             }
+        }
+        // A holder that moved this round (from `stacks_tx_signed` to
+        // `stacks_tx_broadcast` of this very transaction, when a one-off
+        // `process_one` or a stop left the batch's ops in two states) still
+        // needs its element: a replacement without it, mined in place of
+        // `old` (same nonce), would leave it "mined but without effect".
+        // Its move is stored this round; the whole batch is replaced the
+        // next (red team #16).
+        if let Some(m) = holder_moved {
+            for (q, _) in asked {
+                out.push((
+                    q,
+                    Ok(Step::Wait(format!(
+                        "stacks tx {} is replaced with its whole batch next round ({m} of it moved this round)",
+                        old.txid
+                    ))),
+                ));
+            }
+            return Ok(());
         }
         let stuck = asked.iter().any(|(_, s)| *s);
         match self.build_stacks_call(&members, old.nonce, Some(min_fee)) {
@@ -2382,3 +2407,6 @@ mod refund_tests;
 
 #[cfg(test)]
 mod batch_tests;
+
+#[cfg(test)]
+mod redteam_batches;

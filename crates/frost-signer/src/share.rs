@@ -91,6 +91,10 @@ fn share(
 }
 
 #[cfg(test)]
+#[path = "redteam_share.rs"]
+mod redteam_share;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use wsts::common::Nonce;

@@ -842,10 +842,16 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             // final before the refund confirmed (it signed the refund only
             // with no mint at the final block nor the tip, so such a mint is
             // a stolen Stacks key's).
-            let mut refunded = self
-                .store
-                .refunded(&txid)
-                .map_err(|e| rule("guard.store", e))?;
+            // The mark holds only while the coin record shows output 1
+            // spent: a Bitcoin reorg that drops the refund's block (and the
+            // refund with it) makes the coin unspent again, and then it is
+            // owed to its depositor as before the refund confirmed (red
+            // team #16).
+            let mut refunded = c.spent_in_block
+                && self
+                    .store
+                    .refunded(&txid)
+                    .map_err(|e| rule("guard.store", e))?;
             let refund_signed = !refunded && self.store.has_refunds(&txid);
             if refund_signed && c.spent_in_block {
                 refunded = true;
