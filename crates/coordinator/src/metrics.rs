@@ -42,9 +42,11 @@ pub struct Metrics {
     pub stacks_broadcast_errors: AtomicU64,
     /// Bitcoin broadcasts the node refused or that failed.
     pub bitcoin_broadcast_errors: AtomicU64,
-    /// Signing rounds completed.
+    /// Signing requests completed (one per payout, sweep or refund: all
+    /// its inputs' rounds).
     pub signing_rounds: AtomicU64,
-    /// Total time of completed signing rounds, microseconds.
+    /// Wall time spent signing, microseconds: each signing call once (the
+    /// rounds of its payouts overlap).
     pub signing_micros: AtomicU64,
     /// Unix time of the last completed tick.
     pub last_tick_unix: AtomicU64,
@@ -610,7 +612,7 @@ pub fn render_metrics(m: &Metrics, s: &StatusSnapshot) -> String {
     let secs = m.signing_micros.load(Ordering::Relaxed) as f64 / 1e6;
     gauge(
         "sbtc_signing_round_seconds_total",
-        "Time spent in completed signing rounds.",
+        "Wall time spent signing (each signing call once; its payouts' rounds overlap).",
         "counter",
         format!("{secs}"),
     );
