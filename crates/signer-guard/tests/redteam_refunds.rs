@@ -790,3 +790,77 @@ fn the_breaker_stops_refunds_too_while_the_peg_is_unbacked() {
     let e = p.refused(1, &refund);
     assert!(e.starts_with("backing"), "{e}");
 }
+
+// Issue #16 red team (the guard caches): a fact the guard stores
+// outliving what made it true.
+/// A Bitcoin reorg removes the block that confirmed mallory's refund (the
+/// refund this guard signed), and the new chain does not carry it (yet):
+/// her peg-in's output 1 is unspent again and still owed to her. Between
+/// the refund's confirmation and the reorg the guard checked a request and
+/// marked the peg-in "refunded" (its output 1 seen spent while a refund of
+/// it was signed). A payout that now spends her coin must be refused as it
+/// is before the refund confirms (`fulfilment.input`): signed, it makes her
+/// refund unconfirmable forever and hands her 50 000 sats to the peg wallet
+/// as a surplus — a theft from the depositor by whoever holds the
+/// coordinator's keys, at the price of one stale block.
+#[test]
+fn a_refund_reorged_out_leaves_its_peg_in_owed() {
+    let mut p = peg();
+    let peg_key = key(PEG_SECRET);
+    let (refund, refund_tx, refund_prevouts) = p.honest_refund();
+    p.guard.check(&request(1, &refund, &peg_key)).unwrap();
+    p.broadcast_and_mine(refund_tx, &refund_prevouts);
+    // Any check now sees the refund's spend confirmed (and the honest
+    // payout passes, as without a reorg).
+    p.guard.check(&request(2, &p.payout(), &peg_key)).unwrap();
+    // The reorg: the refund's block goes stale, the refund is not mined
+    // again (dropped from the mempool: out-fee'd, or a miner's choice), and
+    // the new chain is longer.
+    p.btc.with(|b| {
+        b.invalidate_tip();
+        let dropped = b.take_mempool();
+        assert!(!dropped.is_empty(), "the refund went back to the mempool");
+        b.mine(&burn_script());
+        b.mine(&burn_script());
+    });
+    assert!(
+        p.btc.with(|b| {
+            b.unspent(&p.peg.script_pubkey())
+                .iter()
+                .any(|(o, _, _)| *o == OutPoint::new(p.rejected, 1))
+        }),
+        "mallory's peg-in output 1 is unspent again"
+    );
+    let coins = [p.coin(&p.request, 2), p.coin(&p.rejected, 1)];
+    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
+    let (tx, prevouts) = spend(
+        &coins,
+        vec![
+            TxOut {
+                value: Amount::ZERO,
+                script_pubkey: peg_rules::fulfilment_op_return(MAGIC, &[0; 32]),
+            },
+            TxOut {
+                value: Amount::from_sat(30_000),
+                script_pubkey: p.alice.btc.script_pubkey(),
+            },
+            TxOut {
+                value: Amount::from_sat(total - 30_000 - 1_000),
+                script_pubkey: p.peg.script_pubkey(),
+            },
+        ],
+    );
+    let e = p
+        .guard
+        .check(&request(
+            3,
+            &SignPayload::Fulfilment {
+                request: p.request,
+                tx,
+                prevouts,
+            },
+            &peg_key,
+        ))
+        .expect_err("a payout spending a peg-in owed to its depositor passed");
+    assert!(e.starts_with("fulfilment.input"), "{e}");
+}
