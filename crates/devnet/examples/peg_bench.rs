@@ -8,7 +8,9 @@
 //! take, 600 by default — a 15-signer run with validation on needs more on
 //! two cores; `--rounds-in-flight N`, signing rounds the coordinator keeps in
 //! flight, 8 by default; `--stacks-batch N`, mints or burns per Stacks
-//! transaction, 100 by default; `--pegins-only`).
+//! transaction, 100 by default; `--pegins-only`; `--relay-latency-ms D`,
+//! the relay D ms away from the signers and the coordinator each way, as
+//! across a real network — the latency that rounds in flight hide).
 //!
 //! Beside the peg-out time it prints the run's CPU floor, measured in the
 //! same process: the CPU the signers' guards spent validating (their own
@@ -142,7 +144,9 @@ fn main() {
         frost_coordinator::DEFAULT_ROUNDS_IN_FLIGHT,
     );
     opts.stacks_batch = arg("--stacks-batch", coordinator::DEFAULT_STACKS_BATCH);
-    let (in_flight, batch) = (opts.rounds_in_flight, opts.stacks_batch);
+    opts.relay_latency = Duration::from_millis(arg("--relay-latency-ms", 0) as u64);
+    let (in_flight, batch, latency) =
+        (opts.rounds_in_flight, opts.stacks_batch, opts.relay_latency);
     let threshold = opts.threshold;
     let peg = Peg::start(opts).unwrap();
     peg.publish_key().unwrap();
@@ -154,7 +158,8 @@ fn main() {
     settings.max_heights_per_tick = 1000;
     let mut l = peg.coordinator(settings, OpSourceKind::Bitcoin).unwrap();
     println!(
-        "devnet: {signers} signers (threshold {threshold}), {ops} ops from {n_users} users, over HTTP on 127.0.0.1; {in_flight} signing rounds in flight, {batch} mints or burns per Stacks transaction; load average {}",
+        "devnet: {signers} signers (threshold {threshold}), {ops} ops from {n_users} users, over HTTP on 127.0.0.1 (the relay {} ms away each way); {in_flight} signing rounds in flight, {batch} mints or burns per Stacks transaction; load average {}",
+        latency.as_millis(),
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
 

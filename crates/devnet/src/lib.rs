@@ -6,6 +6,7 @@
 
 pub mod bitcoin;
 pub mod bitcoind;
+pub mod latency;
 pub mod model;
 pub mod peg;
 pub mod proxy;
@@ -17,6 +18,7 @@ pub mod user;
 
 pub use bitcoin::{BitcoinEmulator, BitcoinState};
 pub use bitcoind::RealBitcoind;
+pub use latency::LatencyLink;
 pub use model::SbtcModel;
 pub use peg::{Peg, PegOptions};
 pub use proxy::{Lie, Proxy};

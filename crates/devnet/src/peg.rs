@@ -32,6 +32,8 @@ use frost_signer::{KeyHistory, SignerNode, SignerOptions, Validator};
 use peg_ops::{BurnHeight, PegOp};
 use peg_queue::SqlitePegQueue;
 use relay::{RelayConfig, RelayServer};
+
+use crate::latency::LatencyLink;
 use stacks_node_client::UreqStacksNode;
 use stacks_wire::{ContractId, Payload, PrincipalData, StacksNetwork, StacksPrivateKey, Value};
 
@@ -81,6 +83,10 @@ pub struct PegOptions {
     /// The most mints (or burns) one Stacks transaction of the coordinator
     /// carries ([`Peg::settings`]; 1: one `mint!`/`burn!` per op).
     pub stacks_batch: usize,
+    /// How far the relay is from the signers and the coordinator, each
+    /// way: zero (the default) connects them straight to it; more puts a
+    /// [`LatencyLink`] in between, as a relay across a real network.
+    pub relay_latency: Duration,
 }
 
 impl PegOptions {
@@ -100,6 +106,7 @@ impl PegOptions {
             proxied: Vec::new(),
             rounds_in_flight: frost_coordinator::DEFAULT_ROUNDS_IN_FLIGHT,
             stacks_batch: coordinator::DEFAULT_STACKS_BATCH,
+            relay_latency: Duration::ZERO,
         }
     }
 }
@@ -356,6 +363,9 @@ pub struct Peg {
     pub stacks: StacksEmulator,
     /// The relay signers and coordinator talk through.
     pub relay: RelayServer,
+    /// The delay between the relay and its clients, when
+    /// [`PegOptions::relay_latency`] asks for one (held to keep it running).
+    _relay_link: Option<LatencyLink>,
     /// The sBTC contract.
     pub contract: ContractId,
     opts: PegOptions,
@@ -400,6 +410,14 @@ impl Peg {
             .with_context(|| format!("creating {}", opts.dir.display()))?;
         let bitcoind = BitcoinEmulator::start("127.0.0.1:0", BitcoinState::new())?;
         let relay = RelayServer::start("127.0.0.1:0", RelayConfig::default())?;
+        let relay_link = if opts.relay_latency.is_zero() {
+            None
+        } else {
+            Some(LatencyLink::start(relay.addr(), opts.relay_latency)?)
+        };
+        let relay_url = relay_link
+            .as_ref()
+            .map_or_else(|| relay.url(), LatencyLink::url);
         let coordinator_key = key(0xc0, 0)?;
         let set = SignerSet {
             threshold: opts.threshold,
@@ -422,7 +440,7 @@ impl Peg {
         let me = stacks_key.address(StacksNetwork::Testnet);
         let contract: ContractId = format!("{me}.sbtc-alpha").parse()?;
         let file = SignerFile {
-            relay_url: relay.url(),
+            relay_url: relay_url.clone(),
             coordinator_public_key: coordinator_key.public_key(&secp),
             state_dir: None,
             network: Some("regtest".into()),
@@ -455,6 +473,7 @@ impl Peg {
             bitcoind,
             stacks,
             relay,
+            _relay_link: relay_link,
             contract,
             signers: (0..opts.signers).map(|_| None).collect(),
             statuses: (0..opts.signers).map(|_| Arc::default()).collect(),
@@ -876,7 +895,7 @@ impl Peg {
         Ok(RelayFrostCoordinator::new(RelayCoordinatorOptions {
             set: self.file.set.clone(),
             private_key: self.coordinator_key,
-            relay_url: self.relay.url(),
+            relay_url: self.file.relay_url.clone(),
             dkg_timeout: Duration::from_secs(30),
             sign_timeout: self.opts.sign_timeout,
             state_path: Some(self.opts.dir.join("frost-coordinator.json")),
@@ -1095,7 +1114,7 @@ stx_low_balance_warning = 1
             stacks_key = hex::encode(self.stacks_key.key.secret_bytes()),
             stacks = self.stacks.url(),
             bitcoind = self.bitcoind.url(),
-            relay = self.relay.url(),
+            relay = self.file.relay_url,
             msg_key = hex::encode(self.coordinator_key.secret_bytes()),
             sign_timeout = self.opts.sign_timeout.as_millis(),
             rounds_in_flight = self.opts.rounds_in_flight,
