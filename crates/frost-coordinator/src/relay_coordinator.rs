@@ -163,6 +163,13 @@ pub struct RelayFrostCoordinator {
 /// rounds open at most N × (signers) are kept.
 type Sealed = HashMap<u32, (w::NonceResponse, Vec<u8>)>;
 
+/// A sealed message and its relay tag, ready to post.
+type Outgoing = (Vec<u8>, &'static str);
+
+/// The most posts [`RelayFrostCoordinator`] makes side by side (independent
+/// rounds' messages), within the relay client's pool of connections.
+const POST_THREADS: usize = 16;
+
 impl std::fmt::Debug for RelayFrostCoordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayFrostCoordinator")
@@ -495,19 +502,71 @@ impl RelayFrostCoordinator {
     }
 
     fn post(&self, m: &Message) -> Result<(), Error> {
+        let (bytes, tag) = self.seal(m)?;
+        self.post_sealed(&bytes, tag)
+    }
+
+    /// Seals `m` from the coordinator, with its relay tag.
+    fn seal(&self, m: &Message) -> Result<Outgoing, Error> {
         let bytes = self
             .codec
             .seal(frost_net::Sender::Coordinator, &self.opts.private_key, m)
             .map_err(|e| Error::SigningFailed(format!("sealing a {:?}: {e}", m.kind())))?;
+        Ok((bytes, m.kind().relay_tag()))
+    }
+
+    fn post_sealed(&self, bytes: &[u8], tag: &str) -> Result<(), Error> {
         self.relay
-            .post_tagged(&bytes, m.kind().relay_tag())
+            .post_tagged(bytes, tag)
             .map(|_| ())
             .map_err(|e| Error::Relay(e.to_string()))
+    }
+
+    /// Posts groups of sealed messages: each group's in order, the groups
+    /// (independent rounds or requests) side by side on up to
+    /// [`POST_THREADS`] threads, so a relay across a network costs about
+    /// one round trip per pass rather than one per round. Returns each
+    /// group's outcome, in order; everything is posted when it returns.
+    fn post_groups(&self, groups: &[Vec<Outgoing>]) -> Vec<Result<(), Error>> {
+        let post_group = |g: &Vec<Outgoing>| -> Result<(), Error> {
+            for (bytes, tag) in g {
+                self.post_sealed(bytes, tag)?;
+            }
+            Ok(())
+        };
+        if groups.len() <= 1 {
+            return groups.iter().map(post_group).collect();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<std::sync::OnceLock<Result<(), Error>>> =
+            groups.iter().map(|_| std::sync::OnceLock::new()).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..groups.len().min(POST_THREADS) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(g) = groups.get(i) else { break };
+                    let _ = results[i].set(post_group(g));
+                });
+            }
+        });
+        results
+            .into_iter()
+            .map(|r| {
+                r.into_inner()
+                    .unwrap_or_else(|| Err(Error::Relay("a post was not made".into())))
+            })
+            .collect()
     }
 
     /// Posts a FIRE packet, wrapped for the round's key (a signing round
     /// also gives the sealed nonce responses its share request embeds).
     fn post_fire(&self, p: Packet, round: Option<(&PublicKey, &Sealed)>) -> Result<(), Error> {
+        let (bytes, tag) = self.seal_fire(p, round)?;
+        self.post_sealed(&bytes, tag)
+    }
+
+    /// Seals a FIRE packet as [`Self::post_fire`] posts it.
+    fn seal_fire(&self, p: Packet, round: Option<(&PublicKey, &Sealed)>) -> Result<Outgoing, Error> {
         let m = match (p.msg, round) {
             (w::Message::DkgBegin(m), _) => Message::DkgBegin(m),
             // FIRE leaves the key ids empty; the signers' checks want exactly
@@ -532,7 +591,7 @@ impl RelayFrostCoordinator {
                 )))
             }
         };
-        self.post(&m)
+        self.seal(&m)
     }
 
     /// A share request for `msg` embedding the sealed nonce response of
@@ -734,16 +793,33 @@ impl RelayFrostCoordinator {
                 }
             }
         }
-        for r in runs.iter_mut().filter(|r| !r.done) {
+        // Every request out (side by side: they are independent) before any
+        // round's nonce request, which signers answer only for a request
+        // they checked.
+        let mut posting = Vec::new();
+        let mut groups = Vec::new();
+        for (at, r) in runs.iter_mut().enumerate().filter(|(_, r)| !r.done) {
             let job = &jobs[r.index];
             let request = Message::SignRequest(SignRequest {
                 id: r.request_id,
                 payload: job.payload.clone(),
                 items: job.items.clone(),
             });
-            if let Err(e) = self.post(&request) {
-                out[r.index] = Some(Err(e));
-                r.done = true;
+            match self.seal(&request) {
+                Ok(sealed) => {
+                    posting.push(at);
+                    groups.push(vec![sealed]);
+                }
+                Err(e) => {
+                    out[r.index] = Some(Err(e));
+                    r.done = true;
+                }
+            }
+        }
+        for (at, result) in posting.into_iter().zip(self.post_groups(&groups)) {
+            if let Err(e) = result {
+                out[runs[at].index] = Some(Err(e));
+                runs[at].done = true;
             }
         }
         self.drive_rounds(jobs, &mut runs, &mut out);
@@ -777,6 +853,8 @@ impl RelayFrostCoordinator {
             .collect();
         let mut open: BTreeMap<u64, Round> = BTreeMap::new();
         loop {
+            let mut opened = Vec::new();
+            let mut groups = Vec::new();
             while open.len() < limit {
                 let Some((j, i)) = pending.pop_front() else {
                     break;
@@ -786,10 +864,17 @@ impl RelayFrostCoordinator {
                 }
                 let item = &jobs[runs[j].index].items[i];
                 match self.open_round(&runs[j], j, i, item) {
-                    Ok(r) => {
+                    Ok((r, nonce_request)) => {
+                        opened.push(r.job);
+                        groups.push(vec![nonce_request]);
                         open.insert(r.track.sign_id, r);
                     }
                     Err(e) => fail_job(runs, out, &mut open, j, e),
+                }
+            }
+            for (j, result) in opened.into_iter().zip(self.post_groups(&groups)) {
+                if let Err(e) = result {
+                    fail_job(runs, out, &mut open, j, e);
                 }
             }
             self.peak_in_flight = self.peak_in_flight.max(open.len());
@@ -856,15 +941,21 @@ impl RelayFrostCoordinator {
                 }
             }
             let ids: Vec<u64> = open.keys().copied().collect();
+            let mut stepped = Vec::new();
+            let mut groups = Vec::new();
             for id in ids {
                 let Some(mut r) = open.remove(&id) else {
                     continue;
                 };
                 match self.step_round(&mut r) {
-                    Ok(None) => {
+                    Ok((None, outbound)) => {
+                        if !outbound.is_empty() {
+                            stepped.push(r.job);
+                            groups.push(outbound);
+                        }
                         open.insert(id, r);
                     }
-                    Ok(Some(sig)) => {
+                    Ok((Some(sig), _)) => {
                         let run = &mut runs[r.job];
                         if let Some(slot) = run.sigs.get_mut(r.item) {
                             *slot = Some(sig);
@@ -877,18 +968,23 @@ impl RelayFrostCoordinator {
                     Err(e) => fail_job(runs, out, &mut open, r.job, e),
                 }
             }
+            for (j, result) in stepped.into_iter().zip(self.post_groups(&groups)) {
+                if let Err(e) = result {
+                    fail_job(runs, out, &mut open, j, e);
+                }
+            }
         }
     }
 
     /// Opens round `item` of job `j`: its own FIRE coordinator, deadline and
-    /// sealed nonces; posts its nonce request.
+    /// sealed nonces; returns it with its nonce request, sealed, to post.
     fn open_round(
         &self,
         run: &JobRun,
         job: usize,
         item: usize,
         what: &SignItem,
-    ) -> Result<Round, Error> {
+    ) -> Result<(Round, Outgoing), Error> {
         let k = run
             .entries
             .get(item)
@@ -923,8 +1019,8 @@ impl RelayFrostCoordinator {
             inbox: vec![],
         };
         r.sent(&start);
-        self.post_fire(start, Some((&r.track.key, &r.sealed)))?;
-        Ok(r)
+        let nonce_request = self.seal_fire(start, Some((&r.track.key, &r.sealed)))?;
+        Ok((r, nonce_request))
     }
 
     /// Routes what was read to the rounds its ids (key, DKG round, signing
@@ -1026,9 +1122,13 @@ impl RelayFrostCoordinator {
         }
     }
 
-    /// Feeds round `r`'s FIRE what was routed to it (maybe nothing), posts
-    /// what it answers; its signature, verified, once it has one.
-    fn step_round(&self, r: &mut Round) -> Result<Option<schnorr::Signature>, Error> {
+    /// Feeds round `r`'s FIRE what was routed to it (maybe nothing); returns
+    /// its signature, verified, once it has one, and what it answers,
+    /// sealed, to post in order.
+    fn step_round(
+        &self,
+        r: &mut Round,
+    ) -> Result<(Option<schnorr::Signature>, Vec<Outgoing>), Error> {
         let packets = std::mem::take(&mut r.inbox);
         let (outbound, results) = r.fire.process_inbound_messages(&packets).map_err(|e| {
             match e {
@@ -1044,13 +1144,14 @@ impl RelayFrostCoordinator {
                 other => Error::SigningFailed(format!("signing: {other:?}")),
             }
         })?;
+        let mut sealed = Vec::with_capacity(outbound.len());
         for p in outbound {
             r.sent(&p);
-            self.post_fire(p, Some((&r.track.key, &r.sealed)))?;
+            sealed.push(self.seal_fire(p, Some((&r.track.key, &r.sealed)))?);
         }
         match results.into_iter().next() {
-            None => Ok(None),
-            Some(result) => Self::round_result(r, result).map(Some),
+            None => Ok((None, sealed)),
+            Some(result) => Self::round_result(r, result).map(|sig| (Some(sig), sealed)),
         }
     }
 

@@ -1130,51 +1130,107 @@ impl SignerNode {
             );
         }
         self.cursor = batch.last_seq(self.cursor);
-        let mut processed = 0;
-        for (seq, bytes) in batch.messages {
-            // Unauthenticated: only to skip what signers ignore anyway.
-            if frost_net::envelope::peek(&bytes).is_some_and(|(k, _)| !k.for_signers()) {
-                continue;
-            }
-            let env = match self.codec.open(&bytes) {
-                Ok(e) => e,
-                Err(e) => {
-                    self.refused += 1;
-                    warn!("signer {}: message {seq} refused: {e}", self.core.id);
+        // The answers to a batch of several packets (rounds in flight) are
+        // posted together, each packet's on its own thread, in the order
+        // that packet produced them: a relay across a network then costs
+        // one round trip per step, not one per answer. Every answer is
+        // posted before the step returns, as when they went one by one.
+        let several = batch.messages.len() > 1;
+        let SignerNode {
+            core,
+            codec,
+            private_key,
+            relay,
+            refused,
+            #[cfg(feature = "testing")]
+            hook,
+            ..
+        } = self;
+        let relay: &RelayClient = relay;
+        std::thread::scope(|scope| {
+            let mut processed = 0;
+            for (seq, bytes) in batch.messages {
+                // Unauthenticated: only to skip what signers ignore anyway.
+                if frost_net::envelope::peek(&bytes).is_some_and(|(k, _)| !k.for_signers()) {
                     continue;
                 }
-            };
-            let out = self.core.handle(&env)?;
-            for m in out {
-                self.send(m);
+                let env = match codec.open(&bytes) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        *refused += 1;
+                        warn!("signer {}: message {seq} refused: {e}", core.id);
+                        continue;
+                    }
+                };
+                let out = core.handle(&env)?;
+                let sealed: Vec<(Vec<u8>, Kind)> = out
+                    .into_iter()
+                    .filter_map(|m| {
+                        seal(
+                            codec,
+                            private_key,
+                            core.id,
+                            #[cfg(feature = "testing")]
+                            hook,
+                            m,
+                        )
+                    })
+                    .collect();
+                let id = core.id;
+                if several {
+                    scope.spawn(move || post_all(relay, id, &sealed));
+                } else {
+                    post_all(relay, id, &sealed);
+                }
+                processed += 1;
             }
-            processed += 1;
-        }
-        Ok(processed)
+            Ok(processed)
+        })
     }
 
     fn send(&mut self, m: Message) {
-        #[cfg(feature = "testing")]
-        let m = match self.hook.as_mut() {
-            Some(h) => match h(m) {
-                Some(m) => m,
-                None => return,
-            },
-            None => m,
-        };
-        let kind: Kind = m.kind();
-        let bytes = match self
-            .codec
-            .seal(Sender::Signer(self.core.id), &self.private_key, &m)
-        {
-            Ok(b) => b,
-            Err(e) => {
-                warn!("signer {}: cannot seal a {kind:?}: {e}", self.core.id);
-                return;
-            }
-        };
-        if let Err(e) = self.relay.post_tagged(&bytes, kind.relay_tag()) {
-            warn!("signer {}: could not post a {kind:?}: {e}", self.core.id);
+        let sealed = seal(
+            &self.codec,
+            &self.private_key,
+            self.core.id,
+            #[cfg(feature = "testing")]
+            &mut self.hook,
+            m,
+        );
+        post_all(&self.relay, self.core.id, sealed.as_slice());
+    }
+}
+
+/// Seals `m` from signer `id` (after the fault tests' rewrite, which may
+/// drop it), with its kind; `None` when it cannot be sealed (logged).
+fn seal(
+    codec: &Codec,
+    private_key: &SecretKey,
+    id: u32,
+    #[cfg(feature = "testing")] hook: &mut Option<OutboundHook>,
+    m: Message,
+) -> Option<(Vec<u8>, Kind)> {
+    #[cfg(feature = "testing")]
+    let m = match hook.as_mut() {
+        Some(h) => h(m)?,
+        None => m,
+    };
+    let kind: Kind = m.kind();
+    match codec.seal(Sender::Signer(id), private_key, &m) {
+        Ok(b) => Some((b, kind)),
+        Err(e) => {
+            warn!("signer {id}: cannot seal a {kind:?}: {e}");
+            None
+        }
+    }
+}
+
+/// Posts sealed messages in order; a failure is logged (the coordinator's
+/// round times out without the answer, as when the relay lost it).
+fn post_all(relay: &RelayClient, id: u32, sealed: &[(Vec<u8>, Kind)]) {
+    for (bytes, kind) in sealed {
+        if let Err(e) = relay.post_tagged(bytes, kind.relay_tag()) {
+            warn!("signer {id}: could not post a {kind:?}: {e}");
         }
     }
 }
