@@ -1053,6 +1053,9 @@ fn batch_kill_test_writer() {
         let ops: Vec<PegOp> = (0..BATCH_OPS).map(|k| batch_op(i, k)).collect();
         q.record_scanned_block(BurnHeight(u64::from(i)), &ops)
             .unwrap();
+        // The parent kills on this line: while the batch is being stored.
+        writeln!(out, "scanned {i}").unwrap();
+        out.flush().unwrap();
         let tx = big_stx(u64::from(i), 500);
         q.set_states(
             &ops.iter()
@@ -1074,7 +1077,12 @@ fn a_batch_killed_while_being_stored_is_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("kill.sqlite");
     let mut next = 0u32;
-    for round in 0..3u32 {
+    // How long after the batch's transaction starts the writer dies: at
+    // once, in the middle, near or after its commit.
+    let delays_micros = [0u64, 300, 1_000, 3_000, 10_000];
+    // (round, batch, stored) of every batch found after a kill.
+    let mut outcomes = Vec::new();
+    for (round, delay) in (0u32..).zip(delays_micros) {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -1089,17 +1097,17 @@ fn a_batch_killed_while_being_stored_is_all_or_nothing() {
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut acked = None;
-        let stop_after = 5 + round * 7;
+        let stop_at = 5 + round * 7;
         while let Some(Ok(line)) = lines.next() {
             if let Some(n) = line.strip_prefix("acked ") {
                 acked = Some(n.parse::<u32>().unwrap());
-                if acked == Some(stop_after) {
-                    break;
-                }
+            }
+            if line == format!("scanned {stop_at}") {
+                break;
             }
         }
-        // Let the next batch's transaction start, then kill it.
-        std::thread::sleep(std::time::Duration::from_micros(u64::from(round) * 700));
+        // The batch's transaction is under way: kill it at some point in it.
+        std::thread::sleep(std::time::Duration::from_micros(delay));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let acked = acked.expect("the writer acknowledged writes");
@@ -1128,6 +1136,7 @@ fn a_batch_killed_while_being_stored_is_all_or_nothing() {
             let signed = Some(OpState::StacksTxSigned {
                 tx: big_stx(u64::from(i), 500),
             });
+            outcomes.push((round, i, states[0] == signed));
             assert!(
                 states.iter().all(|s| *s == Some(OpState::Detected))
                     || states.iter().all(|s| *s == signed),
@@ -1147,6 +1156,10 @@ fn a_batch_killed_while_being_stored_is_all_or_nothing() {
             0,
             "round {round}: a batch stored without its ops"
         );
+        assert!(
+            i > stop_at,
+            "round {round}: the batch in flight was scanned"
+        );
         next = next.max(i);
         let held = count(
             &db,
@@ -1157,5 +1170,5 @@ fn a_batch_killed_while_being_stored_is_all_or_nothing() {
             Some(u64::try_from(held).unwrap())
         );
     }
-    assert!(next > 0);
+    assert!(next > 0, "{outcomes:?}");
 }
