@@ -411,7 +411,10 @@ pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
     scan_backoff: Option<Backoff>,
     rescan: Option<BurnHeight>,
     metrics: std::sync::Arc<metrics::Metrics>,
-    chain_cache: HashMap<BurnHeight, Option<Vec<(Txid, bitcoin::BlockHash)>>>,
+    /// Each height's ops (txid, block) as the source shows them, read once
+    /// per tick: a set, so a block of many ops is not copied nor searched
+    /// once per op.
+    chain_cache: HashMap<BurnHeight, Option<HashSet<(Txid, bitcoin::BlockHash)>>>,
     /// The highest nonce signed in the current round, not yet stored.
     round_nonce: Option<u64>,
     /// The confirmed Stacks nonce, read once per round.
@@ -451,6 +454,9 @@ pub struct StacksCoordinator<Q, S, B, SW, BW, F, O> {
     /// Requests accepted in the current round, not yet stored: txid,
     /// signature digest, amount.
     round_accepted: Vec<(Txid, [u8; 32], bitcoin::Amount)>,
+    /// [`Self::peg_wallet_scripts`], computed once per round (a taproot
+    /// tweak per key, not per op checked).
+    round_peg_scripts: Option<Vec<(ScriptBuf, PublicKey)>>,
     /// The signers' newest attestations, and when they were last read.
     attestations: Vec<frost_coordinator::SignerAttestation>,
     next_attestations: Option<Instant>,
@@ -511,6 +517,7 @@ where
             round_fee_rate: None,
             round_final_block: None,
             round_accepted: Vec::new(),
+            round_peg_scripts: None,
             attestations: Vec::new(),
             next_attestations: None,
             #[cfg(any(test, feature = "testing"))]
@@ -537,6 +544,7 @@ where
         self.round_fee_rate = None;
         self.round_final_block = None;
         self.round_accepted.clear();
+        self.round_peg_scripts = None;
     }
 
     /// Sets how long a Stacks transaction may wait as the next nonce to mine
@@ -753,10 +761,10 @@ where
                 break;
             }
             report.rounds += 1;
-            let batch: Vec<(Txid, OpState)> = moves
-                .iter()
-                .map(|(q, s)| (q.op.txid(), s.clone()))
-                .collect();
+            // The states move into the round's batch and back (a batch's
+            // ops each hold its transaction: no copy of it per op here).
+            let (ops, states): (Vec<QueuedOp>, Vec<OpState>) = moves.into_iter().unzip();
+            let batch: Vec<(Txid, OpState)> = ops.iter().map(|q| q.op.txid()).zip(states).collect();
             for (_, s) in &batch {
                 self.maybe_crash(CrashPoint::BeforeStoring(s.name()));
             }
@@ -764,8 +772,8 @@ where
             for (_, s) in &batch {
                 self.maybe_crash(CrashPoint::AfterStoring(s.name()));
             }
-            let mut next = Vec::with_capacity(moves.len());
-            for (mut q, state) in moves {
+            let mut next = Vec::with_capacity(ops.len());
+            for (mut q, (_, state)) in ops.into_iter().zip(batch) {
                 info!(
                     "{} {}: {} -> {state}",
                     q.op.kind(),
@@ -1046,6 +1054,16 @@ where
                 info!("height {next}: {} peg operation(s)", ops.len());
             }
             self.c.queue.record_scanned_block(BurnHeight(next), &ops)?;
+            // What the source shows at this height now: the tick's steps
+            // ask `on_best_chain` the same, so they need not read it again.
+            self.chain_cache.insert(
+                BurnHeight(next),
+                Some(
+                    ops.iter()
+                        .map(|o| (o.txid(), o.burn_header_hash()))
+                        .collect(),
+                ),
+            );
             report.heights_scanned += 1;
             next += 1;
         }
@@ -1226,19 +1244,19 @@ where
     /// the tick.
     fn on_best_chain(&mut self, op: &PegOp) -> Result<Option<bool>, StepError> {
         let h = op.block_height();
-        let ops = match self.chain_cache.get(&h) {
-            Some(v) => v.clone(),
-            None => {
-                let v = self.c.source.ops_at(h)?.map(|ops| {
-                    ops.iter()
-                        .map(|o| (o.txid(), o.burn_header_hash()))
-                        .collect::<Vec<_>>()
-                });
-                self.chain_cache.insert(h, v.clone());
-                v
-            }
-        };
-        Ok(ops.map(|ops| ops.contains(&(op.txid(), op.burn_header_hash()))))
+        if !self.chain_cache.contains_key(&h) {
+            let v = self.c.source.ops_at(h)?.map(|ops| {
+                ops.iter()
+                    .map(|o| (o.txid(), o.burn_header_hash()))
+                    .collect::<HashSet<_>>()
+            });
+            self.chain_cache.insert(h, v);
+        }
+        Ok(self
+            .chain_cache
+            .get(&h)
+            .and_then(Option::as_ref)
+            .map(|ops| ops.contains(&(op.txid(), op.burn_header_hash()))))
     }
 
     /// Decides and performs the next step of one op.
@@ -1451,13 +1469,17 @@ where
     /// The scriptPubKey of every key we hold, with its key: the current
     /// peg wallet and the addresses of keys rotated away from (whose coins,
     /// including peg-ins that still arrive there, are swept to the current
-    /// key).
-    fn peg_wallet_scripts(&self) -> Result<Vec<(ScriptBuf, PublicKey)>, StepError> {
+    /// key). Computed once per round: the keys change only with a DKG, never
+    /// within a round.
+    fn peg_wallet_scripts(&mut self) -> Result<Vec<(ScriptBuf, PublicKey)>, StepError> {
+        if let Some(s) = &self.round_peg_scripts {
+            return Ok(s.clone());
+        }
         let mut keys = self.c.frost.keys();
         if keys.is_empty() {
             keys.push(self.aggregate_key()?);
         }
-        Ok(keys
+        let scripts: Vec<(ScriptBuf, PublicKey)> = keys
             .into_iter()
             .map(|k| {
                 (
@@ -1465,7 +1487,9 @@ where
                     k,
                 )
             })
-            .collect())
+            .collect();
+        self.round_peg_scripts = Some(scripts.clone());
+        Ok(scripts)
     }
 
     /// Checks an op against the rules of the peg, on what our nodes show

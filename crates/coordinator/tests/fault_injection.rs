@@ -215,3 +215,103 @@ fn a_crash_at_any_step_of_a_batch_never_repeats_or_loses_an_effect() {
         }
     }
 }
+
+/// The schema as the previous coordinator (queue schema 3) wrote it: every
+/// op of a batch carried the whole transaction in its own `state_data`.
+const SCHEMA_V3: &str = "CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT;
+    INSERT INTO schema_version (version) VALUES (3);
+    CREATE TABLE ops (
+        txid TEXT PRIMARY KEY NOT NULL, kind TEXT NOT NULL,
+        block_height INTEGER NOT NULL, vtxindex INTEGER NOT NULL,
+        burn_header_hash TEXT NOT NULL, op TEXT NOT NULL, state TEXT NOT NULL,
+        state_data TEXT NOT NULL, stacks_nonce INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+        created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+        signature_digest TEXT, amount_sats INTEGER, accepted_at INTEGER, waiting TEXT) STRICT;
+    CREATE INDEX ops_by_state ON ops (state, block_height, vtxindex);
+    CREATE TABLE scan (id INTEGER PRIMARY KEY CHECK (id = 1),
+        last_scanned_height INTEGER NOT NULL) STRICT;
+    INSERT INTO scan (id, last_scanned_height) VALUES (1, 2);
+    CREATE TABLE op_events (
+        id INTEGER PRIMARY KEY, txid TEXT NOT NULL, seq INTEGER NOT NULL,
+        at_unix INTEGER NOT NULL, state TEXT NOT NULL, stacks_txid TEXT,
+        bitcoin_txid TEXT, reason TEXT, UNIQUE (txid, seq)) STRICT;";
+
+/// A queue file of the previous schema, holding a signed, not yet broadcast
+/// `mint-many!` in each of its three ops' rows and a fourth peg-in
+/// accepted, is opened (migrated) and processed by the loop: the stored
+/// batch is broadcast as stored, never signed again, the fourth is signed in
+/// a batch of its own after it (the next nonce), and each is minted once.
+#[test]
+fn a_queue_of_the_previous_schema_is_opened_and_processed_to_done() {
+    let stop = AtomicBool::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("queue.sqlite");
+    let pins: Vec<_> = (1..=4)
+        .map(|n| peg_in(n, 2, allowed_principal(), 150_000 + u64::from(n)))
+        .collect();
+    let w = world(3, vec![(2, pins.clone())]);
+    let stored = fake_stacks_batch(
+        &pins[..3].iter().map(|p| p.txid()).collect::<Vec<_>>(),
+        0,
+        1_000,
+    );
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(SCHEMA_V3).unwrap();
+        for (i, p) in pins.iter().enumerate() {
+            let state = if i < 3 {
+                OpState::StacksTxSigned { tx: stored.clone() }
+            } else {
+                OpState::Accepted
+            };
+            conn.execute(
+                "INSERT INTO ops (txid, kind, block_height, vtxindex, burn_header_hash, op, state, state_data, stacks_nonce, created_at, updated_at, accepted_at)
+                 VALUES (?1, 'peg_in', 2, ?2, ?3, ?4, ?5, ?6, ?7, 100, 100, 100)",
+                rusqlite::params![
+                    p.txid().to_string(),
+                    i as i64,
+                    p.burn_header_hash().to_string(),
+                    serde_json::to_string(p).unwrap(),
+                    state.name(),
+                    serde_json::to_string(&state).unwrap(),
+                    (i < 3).then_some(0i64),
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let q = SqlitePegQueue::open(&db).unwrap();
+    assert_eq!(q.last_signed_stacks_nonce().unwrap(), Some(0));
+    let mut l = looped(&w, q);
+    for _ in 0..6 {
+        l.tick(&stop).unwrap();
+        mine_bitcoin(&w);
+    }
+    let q = SqlitePegQueue::open(&db).unwrap();
+    let g = w.lock().unwrap();
+    for p in &pins {
+        assert_eq!(q.get(&p.txid()).unwrap().unwrap().state, OpState::Done);
+        assert_eq!(g.mined.get(&p.txid()), Some(&1), "{} minted once", p.txid());
+    }
+    assert_eq!(
+        g.stacks_broadcasts.first(),
+        Some(&stored.raw),
+        "the stored batch is broadcast first, as stored"
+    );
+    assert!(
+        g.signed
+            .iter()
+            .all(|(t, _, _)| !pins[..3].iter().any(|p| p.txid() == *t)),
+        "the stored batch's ops are never signed again: {:?}",
+        g.signed
+    );
+    assert!(
+        g.signed
+            .iter()
+            .any(|(t, n, _)| *t == pins[3].txid() && *n == 1),
+        "the accepted one is signed with the next nonce: {:?}",
+        g.signed
+    );
+    assert!(q.pending().unwrap().is_empty());
+}

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bitcoin::Txid;
-use peg_ops::{BurnHeight, PegOp};
+use peg_ops::{BurnHeight, PegOp, SignedStacksTx};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::{Error, OpEvent, OpState, PegQueue, QueuedOp};
@@ -58,6 +58,22 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT,
         UNIQUE (txid, seq)
     ) STRICT;",
+    // 4: batches (issue #16): a signed Stacks transaction is stored once in
+    // `stacks_txs`, and every op holding it (a `mint-many!` or `burn-many!`
+    // batch's ops) refers to it by `batch_id` instead of carrying its bytes
+    // in its own `state_data`. Rows stored before keep `batch_id` NULL and
+    // their full state in `state_data`, read as before.
+    "CREATE TABLE stacks_txs (
+        id INTEGER PRIMARY KEY,
+        stacks_txid TEXT NOT NULL,
+        nonce INTEGER NOT NULL,
+        fee INTEGER NOT NULL,
+        raw BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX stacks_txs_by_txid ON stacks_txs (stacks_txid);
+    ALTER TABLE ops ADD COLUMN batch_id INTEGER REFERENCES stacks_txs (id);
+    CREATE INDEX ops_by_batch ON ops (batch_id) WHERE batch_id IS NOT NULL;",
 ];
 
 /// States in which a peg-out request's signature is not (or no longer)
@@ -168,35 +184,129 @@ impl SqlitePegQueue {
     fn select(&self, condition: &str) -> Result<Vec<QueuedOp>, Error> {
         let conn = self.lock();
         let sql = format!(
-            "SELECT op, state_data, attempts, last_error, waiting FROM ops WHERE {condition} ORDER BY block_height, vtxindex, txid"
+            "SELECT {OP_COLUMNS} FROM {OP_FROM} WHERE {condition} ORDER BY o.block_height, o.vtxindex, o.txid"
         );
         let mut stmt = conn.prepare(&sql).map_err(storage)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                ))
-            })
-            .map_err(storage)?;
+        let rows = stmt.query_map([], op_row).map_err(storage)?;
         rows.map(|r| r.map_err(storage).and_then(row_to_op))
             .collect()
     }
 }
 
-type Row = (String, String, i64, Option<String>, Option<String>);
+/// The columns [`op_row`] reads: the op's own, then the batch it holds
+/// (all `NULL` when it holds none).
+const OP_COLUMNS: &str = "o.op, o.state, o.state_data, o.attempts, o.last_error, o.waiting, o.batch_id, b.stacks_txid, b.nonce, b.fee, b.raw";
 
-fn row_to_op((op, state, attempts, last_error, waiting): Row) -> Result<QueuedOp, Error> {
-    Ok(QueuedOp {
-        op: serde_json::from_str(&op).map_err(|e| Error::Corrupt(format!("op: {e}")))?,
-        state: serde_json::from_str(&state).map_err(|e| Error::Corrupt(format!("state: {e}")))?,
-        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-        last_error,
-        waiting,
+/// Every op with the batch (`stacks_txs` row) it refers to, if any.
+const OP_FROM: &str = "ops o LEFT JOIN stacks_txs b ON b.id = o.batch_id";
+
+/// One row of [`OP_COLUMNS`].
+struct Row {
+    op: String,
+    state: String,
+    state_data: String,
+    attempts: i64,
+    last_error: Option<String>,
+    waiting: Option<String>,
+    batch_id: Option<i64>,
+    batch: (Option<String>, Option<i64>, Option<i64>, Option<Vec<u8>>),
+}
+
+fn op_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        op: r.get(0)?,
+        state: r.get(1)?,
+        state_data: r.get(2)?,
+        attempts: r.get(3)?,
+        last_error: r.get(4)?,
+        waiting: r.get(5)?,
+        batch_id: r.get(6)?,
+        batch: (r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?),
     })
+}
+
+fn row_to_op(row: Row) -> Result<QueuedOp, Error> {
+    let op: PegOp =
+        serde_json::from_str(&row.op).map_err(|e| Error::Corrupt(format!("op: {e}")))?;
+    let state = match row.batch_id {
+        // No batch: the whole state is in `state_data` (every state but a
+        // batch holder's, and every row stored before migration 4).
+        None => serde_json::from_str(&row.state_data)
+            .map_err(|e| Error::Corrupt(format!("state of {}: {e}", op.txid())))?,
+        Some(id) => {
+            let tx = batch_tx(id, row.batch)
+                .map_err(|e| Error::Corrupt(format!("state of {}: {e}", op.txid())))?;
+            match row.state.as_str() {
+                "stacks_tx_signed" => OpState::StacksTxSigned { tx },
+                "stacks_tx_broadcast" => OpState::StacksTxBroadcast { tx },
+                other => {
+                    return Err(Error::Corrupt(format!(
+                        "state of {}: {other} refers to stacks transaction {id}",
+                        op.txid()
+                    )))
+                }
+            }
+        }
+    };
+    Ok(QueuedOp {
+        op,
+        state,
+        attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
+        last_error: row.last_error,
+        waiting: row.waiting,
+    })
+}
+
+/// The signed transaction of batch `id`, from its `stacks_txs` columns.
+fn batch_tx(
+    id: i64,
+    (txid, nonce, fee, raw): (Option<String>, Option<i64>, Option<i64>, Option<Vec<u8>>),
+) -> Result<SignedStacksTx, String> {
+    let (Some(txid), Some(nonce), Some(fee), Some(raw)) = (txid, nonce, fee, raw) else {
+        return Err(format!("its stacks transaction {id} is missing"));
+    };
+    let n = |what: &str, v: i64| {
+        u64::try_from(v).map_err(|_| format!("stacks transaction {id}: {what} {v} is negative"))
+    };
+    Ok(SignedStacksTx {
+        txid: txid
+            .parse()
+            .map_err(|e| format!("stacks transaction {id}: txid {txid:?}: {e}"))?,
+        nonce: n("nonce", nonce)?,
+        fee: n("fee", fee)?,
+        raw,
+    })
+}
+
+/// Stores `s` in `stacks_txs` unless an identical row is there already
+/// (the same transaction stored by an earlier round); returns its id.
+fn store_batch(tx: &Transaction<'_>, s: &SignedStacksTx) -> Result<i64, Error> {
+    let int = |what: &str, v: u64| {
+        i64::try_from(v)
+            .map_err(|_| Error::Storage(format!("stacks tx {}: {what} {v} out of range", s.txid)))
+    };
+    let (txid, nonce, fee) = (
+        s.txid.to_string(),
+        int("nonce", s.nonce)?,
+        int("fee", s.fee)?,
+    );
+    let found: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM stacks_txs WHERE stacks_txid = ?1 AND nonce = ?2 AND fee = ?3 AND raw = ?4 LIMIT 1",
+            params![txid, nonce, fee, s.raw],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(storage)?;
+    if let Some(id) = found {
+        return Ok(id);
+    }
+    tx.execute(
+        "INSERT INTO stacks_txs (stacks_txid, nonce, fee, raw, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![txid, nonce, fee, s.raw, now()],
+    )
+    .map_err(storage)?;
+    Ok(tx.last_insert_rowid())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), Error> {
@@ -314,11 +424,13 @@ fn insert(tx: &Transaction<'_>, op: &PegOp) -> Result<bool, Error> {
         serde_json::to_string(&OpState::Detected).map_err(|e| Error::Storage(e.to_string()))?;
     let (digest, amount) = request_columns(op);
     let n = tx
-        .execute(
+        .prepare_cached(
             "INSERT INTO ops (txid, kind, block_height, vtxindex, burn_header_hash, op, state, state_data, created_at, updated_at, signature_digest, amount_sats)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'detected', ?7, ?8, ?8, ?9, ?10)
              ON CONFLICT (txid) DO NOTHING",
-            params![
+        )
+        .and_then(|mut s| {
+            s.execute(params![
                 op.txid().to_string(),
                 kind,
                 to_i64(op.block_height().0),
@@ -332,8 +444,8 @@ fn insert(tx: &Transaction<'_>, op: &PegOp) -> Result<bool, Error> {
                 now(),
                 digest,
                 amount
-            ],
-        )
+            ])
+        })
         .map_err(storage)?;
     if n == 1 {
         record_event(
@@ -367,11 +479,12 @@ impl<'a> Event<'a> {
 
 /// Appends an event to the history of `txid`, in the caller's transaction.
 fn record_event(tx: &Transaction<'_>, txid: &str, e: &Event<'_>, at: i64) -> Result<(), Error> {
-    tx.execute(
+    // Cached: a round of many ops runs it once per op.
+    tx.prepare_cached(
         "INSERT INTO op_events (txid, seq, at_unix, state, stacks_txid, bitcoin_txid, reason)
          VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM op_events WHERE txid = ?1), ?2, ?3, ?4, ?5, ?6)",
-        params![txid, at, e.state, e.stacks_txid, e.bitcoin_txid, e.reason],
     )
+    .and_then(|mut s| s.execute(params![txid, at, e.state, e.stacks_txid, e.bitcoin_txid, e.reason]))
     .map_err(storage)?;
     Ok(())
 }
@@ -486,16 +599,16 @@ impl PegQueue for SqlitePegQueue {
     }
 
     fn pending(&self) -> Result<Vec<QueuedOp>, Error> {
-        self.select(&format!("state NOT IN {TERMINAL}"))
+        self.select(&format!("o.state NOT IN {TERMINAL}"))
     }
 
     fn get(&self, txid: &Txid) -> Result<Option<QueuedOp>, Error> {
         let conn = self.lock();
         let row = conn
             .query_row(
-                "SELECT op, state_data, attempts, last_error, waiting FROM ops WHERE txid = ?1",
+                &format!("SELECT {OP_COLUMNS} FROM {OP_FROM} WHERE o.txid = ?1"),
                 [txid.to_string()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                op_row,
             )
             .optional()
             .map_err(storage)?;
@@ -511,24 +624,48 @@ impl PegQueue for SqlitePegQueue {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
+        // Each signed Stacks transaction of the round is stored once, in
+        // `stacks_txs`; its ops refer to it (a batch of 100 mints: one copy
+        // of its bytes, not 100).
+        let mut batches: Vec<(&SignedStacksTx, i64)> = Vec::new();
         for (txid, state) in moves {
-            let nonce = match state {
-                OpState::StacksTxSigned { tx } | OpState::StacksTxBroadcast { tx } => {
-                    Some(to_i64(tx.nonce))
+            let (nonce, batch_id, data) = match state {
+                OpState::StacksTxSigned { tx: s } | OpState::StacksTxBroadcast { tx: s } => {
+                    let id = match batches.iter().find(|(b, _)| *b == s) {
+                        Some((_, id)) => *id,
+                        None => {
+                            let id = store_batch(&tx, s)?;
+                            batches.push((s, id));
+                            id
+                        }
+                    };
+                    // What the row holds for an operator reading it with
+                    // `sqlite3`; the transaction itself is batch `id`.
+                    let data = format!(
+                        r#"{{"state":"{}","stacks_txid":"{}","batch_id":{id}}}"#,
+                        state.name(),
+                        s.txid
+                    );
+                    (Some(to_i64(s.nonce)), Some(id), data)
                 }
-                _ => None,
+                _ => (
+                    None,
+                    None,
+                    serde_json::to_string(state).map_err(|e| Error::Storage(e.to_string()))?,
+                ),
             };
-            let data = serde_json::to_string(state).map_err(|e| Error::Storage(e.to_string()))?;
             let n = tx
-                .execute(
-                    "UPDATE ops SET state = ?2, state_data = ?3, stacks_nonce = ?4, last_error = NULL, waiting = NULL, updated_at = ?5,
+                .prepare_cached(
+                    "UPDATE ops SET state = ?2, state_data = ?3, stacks_nonce = ?4, batch_id = ?6, last_error = NULL, waiting = NULL, updated_at = ?5,
                         accepted_at = CASE
                             WHEN ?2 IN ('detected', 'rejected') THEN NULL
                             ELSE COALESCE(accepted_at, ?5)
                         END
                      WHERE txid = ?1",
-                    params![txid.to_string(), state.name(), data, nonce, now()],
                 )
+                .and_then(|mut s| {
+                    s.execute(params![txid.to_string(), state.name(), data, nonce, now(), batch_id])
+                })
                 .map_err(storage)?;
             if n == 0 {
                 // Dropping the transaction rolls the whole round back.
@@ -536,6 +673,15 @@ impl PegQueue for SqlitePegQueue {
             }
             record_event(&tx, &txid.to_string(), &Event::of(state), now())?;
         }
+        // A transaction no op holds any more (its ops moved on, or a
+        // replacement took its nonce) goes, as its bytes left `state_data`
+        // before batches; the history keeps its txid. The table holds the
+        // live transactions only, so this is a short scan.
+        tx.execute(
+            "DELETE FROM stacks_txs WHERE NOT EXISTS (SELECT 1 FROM ops WHERE ops.batch_id = stacks_txs.id)",
+            [],
+        )
+        .map_err(storage)?;
         tx.commit().map_err(storage)
     }
 

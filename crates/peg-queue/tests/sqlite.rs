@@ -135,7 +135,7 @@ fn migrations_are_versioned_and_a_newer_schema_is_refused() {
     let v: i64 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 3);
+    assert_eq!(v, 4);
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -590,7 +590,7 @@ fn a_v2_queue_migrates_and_backfills_one_event_per_op() {
         .unwrap()
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     for (o, state, at) in &rows {
         let h = q.history(&o.txid()).unwrap();
         assert_eq!(h.len(), 1, "{state}: {h:?}");
@@ -762,4 +762,413 @@ fn opening_waits_for_a_writer_that_holds_the_database_for_a_moment() {
     release.join().unwrap();
     let q = opened.expect("open waits for the lock instead of failing");
     assert!(q.get(&op(1, 100).txid()).unwrap().is_some());
+}
+
+/// A batch-sized signed transaction (a `mint-many!` of 100 is about 14 KB):
+/// its txid follows its nonce and fee.
+fn big_stx(nonce: u64, fee: u64) -> SignedStacksTx {
+    let mut txid = [0u8; 32];
+    txid[..8].copy_from_slice(&nonce.to_be_bytes());
+    txid[8..16].copy_from_slice(&fee.to_be_bytes());
+    SignedStacksTx {
+        txid: stacks_wire::StacksTxid(txid),
+        nonce,
+        fee,
+        raw: (0..14_000u32)
+            .map(|i| (i as u8) ^ (nonce as u8) ^ (fee as u8))
+            .collect(),
+    }
+}
+
+fn count(path: &std::path::Path, sql: &str) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A batch's transaction is stored once for all its ops (not once per op),
+/// every op reads it back whole, across reopening; a replacement takes its
+/// place for every holder; the bytes go once no op holds them, and the
+/// nonce high-water mark follows the live batches.
+#[test]
+fn a_batch_is_stored_once_and_every_op_reads_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.sqlite");
+    let ops: Vec<PegOp> = (0..100).map(|i| op(i, 5)).collect();
+    let a = big_stx(7, 1_000);
+    let all = |state: &OpState| -> Vec<(Txid, OpState)> {
+        ops.iter().map(|o| (o.txid(), state.clone())).collect()
+    };
+    {
+        let q = SqlitePegQueue::open(&path).unwrap();
+        q.record_scanned_block(BurnHeight(5), &ops).unwrap();
+        q.set_states(&all(&OpState::Accepted)).unwrap();
+        q.set_states(&all(&OpState::StacksTxSigned { tx: a.clone() }))
+            .unwrap();
+        assert_eq!(q.last_signed_stacks_nonce().unwrap(), Some(7));
+    }
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM stacks_txs"), 1);
+    assert_eq!(
+        count(&path, "SELECT SUM(LENGTH(raw)) FROM stacks_txs"),
+        14_000
+    );
+    assert!(
+        count(&path, "SELECT MAX(LENGTH(state_data)) FROM ops") < 200,
+        "no op carries the batch's bytes"
+    );
+    let q = SqlitePegQueue::open(&path).unwrap();
+    let pending = q.pending().unwrap();
+    assert_eq!(pending.len(), 100);
+    for p in &pending {
+        assert_eq!(p.state, OpState::StacksTxSigned { tx: a.clone() });
+    }
+    assert_eq!(
+        q.get(&ops[42].txid()).unwrap().unwrap().state,
+        OpState::StacksTxSigned { tx: a.clone() }
+    );
+    // Broadcast: the same transaction, still one copy.
+    q.set_states(&all(&OpState::StacksTxBroadcast { tx: a.clone() }))
+        .unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM stacks_txs"), 1);
+    // Replaced whole (same nonce, a higher fee): the old bytes go.
+    let b = big_stx(7, 1_250);
+    q.set_states(&all(&OpState::StacksTxSigned { tx: b.clone() }))
+        .unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM stacks_txs"), 1);
+    assert_eq!(
+        q.get(&ops[0].txid()).unwrap().unwrap().state,
+        OpState::StacksTxSigned { tx: b.clone() }
+    );
+    let history: Vec<_> = q
+        .history(&ops[0].txid())
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.stacks_txid)
+        .collect();
+    assert_eq!(history, vec![a.txid, a.txid, b.txid]);
+    // Each op confirmed by its own record: half done, the rest still hold it.
+    let (first, rest) = ops.split_at(50);
+    q.set_states(
+        &first
+            .iter()
+            .map(|o| (o.txid(), OpState::Done))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM stacks_txs"), 1);
+    assert_eq!(q.last_signed_stacks_nonce().unwrap(), Some(7));
+    assert_eq!(
+        q.get(&rest[0].txid()).unwrap().unwrap().state,
+        OpState::StacksTxSigned { tx: b.clone() }
+    );
+    // Two batches in one round, each stored once.
+    let (c, d) = (big_stx(8, 900), big_stx(9, 900));
+    let mut moves: Vec<(Txid, OpState)> = rest[..25]
+        .iter()
+        .map(|o| (o.txid(), OpState::StacksTxSigned { tx: c.clone() }))
+        .collect();
+    moves.extend(
+        rest[25..]
+            .iter()
+            .map(|o| (o.txid(), OpState::StacksTxSigned { tx: d.clone() })),
+    );
+    q.set_states(&moves).unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM stacks_txs"), 2);
+    assert_eq!(q.last_signed_stacks_nonce().unwrap(), Some(9));
+    assert_eq!(
+        q.get(&rest[24].txid()).unwrap().unwrap().state,
+        OpState::StacksTxSigned { tx: c }
+    );
+    assert_eq!(
+        q.get(&rest[25].txid()).unwrap().unwrap().state,
+        OpState::StacksTxSigned { tx: d }
+    );
+    q.set_states(
+        &rest
+            .iter()
+            .map(|o| (o.txid(), OpState::Done))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM stacks_txs"), 0);
+    assert_eq!(q.last_signed_stacks_nonce().unwrap(), None);
+}
+
+/// The schema as version 3 wrote it: version 2 and the events table.
+fn schema_v3() -> String {
+    SCHEMA_V2.replace(
+        "INSERT INTO schema_version (version) VALUES (2);",
+        "INSERT INTO schema_version (version) VALUES (3);",
+    ) + "CREATE TABLE op_events (
+        id INTEGER PRIMARY KEY, txid TEXT NOT NULL, seq INTEGER NOT NULL,
+        at_unix INTEGER NOT NULL, state TEXT NOT NULL, stacks_txid TEXT,
+        bitcoin_txid TEXT, reason TEXT, UNIQUE (txid, seq)) STRICT;"
+}
+
+/// A queue file of schema 3, whose batch holders each carry the whole
+/// transaction in `state_data`, opens, migrates, reads those rows as before
+/// (nonce high-water mark included), and its ops are processed on: moved to
+/// the new form, a new batch signed beside the old one, all done.
+#[test]
+fn a_v3_queue_with_batches_in_every_row_opens_and_is_processed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.sqlite");
+    let old = big_stx(4, 700);
+    let rows = [
+        (op(1, 5), OpState::StacksTxBroadcast { tx: old.clone() }),
+        (op(2, 5), OpState::StacksTxSigned { tx: old.clone() }),
+        (op(3, 5), OpState::Accepted),
+    ];
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&schema_v3()).unwrap();
+        for (o, state) in &rows {
+            let nonce = state.stacks_txid().map(|_| 4i64);
+            conn.execute(
+                "INSERT INTO ops (txid, kind, block_height, vtxindex, burn_header_hash, op, state, state_data, stacks_nonce, created_at, updated_at, accepted_at)
+                 VALUES (?1, 'peg_in', 5, ?2, ?3, ?4, ?5, ?6, ?7, 100, 100, 100)",
+                rusqlite::params![
+                    o.txid().to_string(),
+                    i64::from(match o {
+                        PegOp::PegIn(p) => p.vtxindex,
+                        PegOp::PegOutRequest(r) => r.vtxindex,
+                    }),
+                    o.burn_header_hash().to_string(),
+                    serde_json::to_string(o).unwrap(),
+                    state.name(),
+                    serde_json::to_string(state).unwrap(),
+                    nonce,
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let q = SqlitePegQueue::open(&path).unwrap();
+    assert_eq!(count(&path, "SELECT version FROM schema_version"), 4);
+    for (o, state) in &rows {
+        assert_eq!(&q.get(&o.txid()).unwrap().unwrap().state, state);
+    }
+    assert_eq!(
+        q.pending()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.state)
+            .collect::<Vec<_>>(),
+        rows.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(q.last_signed_stacks_nonce().unwrap(), Some(4));
+    // Processed on: the signed one is broadcast (now stored once), the
+    // accepted one signed in a new batch, the broadcast one done.
+    let new = big_stx(5, 700);
+    q.set_states(&[
+        (
+            op(2, 5).txid(),
+            OpState::StacksTxBroadcast { tx: old.clone() },
+        ),
+        (op(3, 5).txid(), OpState::StacksTxSigned { tx: new.clone() }),
+        (op(1, 5).txid(), OpState::Done),
+    ])
+    .unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM stacks_txs"), 2);
+    assert_eq!(
+        q.get(&op(2, 5).txid()).unwrap().unwrap().state,
+        OpState::StacksTxBroadcast { tx: old }
+    );
+    assert_eq!(q.last_signed_stacks_nonce().unwrap(), Some(5));
+    q.set_states(&[
+        (op(2, 5).txid(), OpState::Done),
+        (op(3, 5).txid(), OpState::Done),
+    ])
+    .unwrap();
+    assert!(q.pending().unwrap().is_empty());
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM stacks_txs"), 0);
+    assert_eq!(q.last_signed_stacks_nonce().unwrap(), None);
+    let h: Vec<String> = q
+        .history(&op(2, 5).txid())
+        .unwrap()
+        .into_iter()
+        .map(|e| e.state)
+        .collect();
+    // The fixture wrote no events; the changes since are all recorded.
+    assert_eq!(h, vec!["stacks_tx_broadcast", "done"]);
+}
+
+/// A batch row no op refers to — what a crash between storing a batch and
+/// marking its ops would leave if the two were not one transaction — is
+/// never read as anyone's state, does not count for the nonce, and goes
+/// with the next round; an op whose batch row is missing is reported as
+/// corrupt, not read as another state.
+#[test]
+fn an_orphan_batch_counts_for_nothing_and_a_missing_one_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.sqlite");
+    let q = SqlitePegQueue::open(&path).unwrap();
+    q.insert_op(&op(1, 5)).unwrap();
+    q.set_state(&op(1, 5).txid(), &OpState::Accepted).unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "INSERT INTO stacks_txs (stacks_txid, nonce, fee, raw, created_at) VALUES (?1, 9, 1, x'00', 0)",
+            [big_stx(9, 1).txid.to_string()],
+        )
+        .unwrap();
+    assert_eq!(q.last_signed_stacks_nonce().unwrap(), None);
+    assert_eq!(
+        q.get(&op(1, 5).txid()).unwrap().unwrap().state,
+        OpState::Accepted
+    );
+    q.set_state(&op(1, 5).txid(), &OpState::StacksTxSigned { tx: stx(3) })
+        .unwrap();
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM stacks_txs"), 1);
+    assert_eq!(q.last_signed_stacks_nonce().unwrap(), Some(3));
+    // The foreign key refuses to drop a batch that ops hold …
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert!(conn.execute("DELETE FROM stacks_txs", []).is_err());
+    // … so only a file damaged outside the queue lacks it.
+    conn.execute_batch("PRAGMA foreign_keys = OFF; DELETE FROM stacks_txs;")
+        .unwrap();
+    assert!(
+        matches!(q.get(&op(1, 5).txid()), Err(peg_queue::Error::Corrupt(m)) if m.contains("missing"))
+    );
+    assert!(matches!(q.pending(), Err(peg_queue::Error::Corrupt(_))));
+}
+
+const BATCH_OPS: u32 = 20;
+
+fn batch_op(batch: u32, k: u32) -> PegOp {
+    op(batch * BATCH_OPS + k, u64::from(batch))
+}
+
+/// The writer half of the batch kill test: runs only in the child process.
+/// Each round scans a block of ops and signs them in one batch.
+#[test]
+fn batch_kill_test_writer() {
+    let Ok(path) = std::env::var("PEG_QUEUE_BATCH_KILL_TEST_DB") else {
+        return;
+    };
+    let q = SqlitePegQueue::open(std::path::Path::new(&path)).unwrap();
+    let mut out = std::io::stdout();
+    for i in 0..10_000u32 {
+        let ops: Vec<PegOp> = (0..BATCH_OPS).map(|k| batch_op(i, k)).collect();
+        q.record_scanned_block(BurnHeight(u64::from(i)), &ops)
+            .unwrap();
+        // The parent kills on this line: while the batch is being stored.
+        writeln!(out, "scanned {i}").unwrap();
+        out.flush().unwrap();
+        let tx = big_stx(u64::from(i), 500);
+        q.set_states(
+            &ops.iter()
+                .map(|o| (o.txid(), OpState::StacksTxSigned { tx: tx.clone() }))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        writeln!(out, "acked {i}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+/// Killed with SIGKILL while storing batches: every acknowledged batch is
+/// whole for each of its ops, the batch in flight is all or nothing (never
+/// stored without its ops marked, never some ops marked), and no batch row
+/// is left that no op holds.
+#[test]
+fn a_batch_killed_while_being_stored_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kill.sqlite");
+    let mut next = 0u32;
+    // How long after the batch's transaction starts the writer dies: at
+    // once, in the middle, near or after its commit.
+    let delays_micros = [0u64, 300, 1_000, 3_000, 10_000];
+    // (round, batch, stored) of every batch found after a kill.
+    let mut outcomes = Vec::new();
+    for (round, delay) in (0u32..).zip(delays_micros) {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "batch_kill_test_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("PEG_QUEUE_BATCH_KILL_TEST_DB", &db)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut acked = None;
+        let stop_at = 5 + round * 7;
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(n) = line.strip_prefix("acked ") {
+                acked = Some(n.parse::<u32>().unwrap());
+            }
+            if line == format!("scanned {stop_at}") {
+                break;
+            }
+        }
+        // The batch's transaction is under way: kill it at some point in it.
+        std::thread::sleep(std::time::Duration::from_micros(delay));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let acked = acked.expect("the writer acknowledged writes");
+        let q = SqlitePegQueue::open(&db).unwrap();
+        for i in 0..=acked {
+            for k in 0..BATCH_OPS {
+                let got = q.get(&batch_op(i, k).txid()).unwrap();
+                assert_eq!(
+                    got.map(|g| g.state),
+                    Some(OpState::StacksTxSigned {
+                        tx: big_stx(u64::from(i), 500)
+                    }),
+                    "acknowledged batch {i}, op {k} (round {round})"
+                );
+            }
+        }
+        // The batch in flight (and any after it): all or nothing.
+        let mut i = acked + 1;
+        loop {
+            let states: Vec<Option<OpState>> = (0..BATCH_OPS)
+                .map(|k| q.get(&batch_op(i, k).txid()).unwrap().map(|g| g.state))
+                .collect();
+            if states.iter().all(Option::is_none) {
+                break;
+            }
+            let signed = Some(OpState::StacksTxSigned {
+                tx: big_stx(u64::from(i), 500),
+            });
+            outcomes.push((round, i, states[0] == signed));
+            assert!(
+                states.iter().all(|s| *s == Some(OpState::Detected))
+                    || states.iter().all(|s| *s == signed),
+                "batch {i} half stored: {:?}",
+                states
+                    .iter()
+                    .map(|s| s.as_ref().map(OpState::name))
+                    .collect::<Vec<_>>()
+            );
+            i += 1;
+        }
+        assert_eq!(
+            count(
+                &db,
+                "SELECT COUNT(*) FROM stacks_txs WHERE NOT EXISTS (SELECT 1 FROM ops WHERE ops.batch_id = stacks_txs.id)"
+            ),
+            0,
+            "round {round}: a batch stored without its ops"
+        );
+        assert!(
+            i > stop_at,
+            "round {round}: the batch in flight was scanned"
+        );
+        next = next.max(i);
+        let held = count(
+            &db,
+            "SELECT MAX(stacks_nonce) FROM ops WHERE state = 'stacks_tx_signed'",
+        );
+        assert_eq!(
+            q.last_signed_stacks_nonce().unwrap(),
+            Some(u64::try_from(held).unwrap())
+        );
+    }
+    assert!(next > 0, "{outcomes:?}");
 }
