@@ -4,7 +4,7 @@
 //! opened by each party that processes it), for 5×1, 15×1 and 15×10 (signers × keys each);
 //! and relay delivery latency to 128 long-polling clients.
 //!
-//! `cargo run --release -p frost-coordinator --example frost_bench [-- 15x1 … --rounds=N]`
+//! `cargo run --release -p frost-coordinator --example frost_bench [-- 15x1 … --rounds=N --relay-only]`
 //!
 //! `-- inflight [5x1 15x1 …] [jobs=200]`: `sign_many` of that many jobs of
 //! two items (like payouts) through the relay with 1, 4, 8 and 16 rounds in
@@ -522,8 +522,14 @@ fn main() {
     } else {
         only.clone()
     };
+    // `--relay-only` skips the in-process rounds (to profile the relay path).
+    let relay_only = std::env::args().any(|a| a == "--relay-only");
     for (n, k) in sizes {
-        let (d_in, s_in) = in_process(n, k, rounds);
+        let (d_in, s_in) = if relay_only {
+            (Duration::from_nanos(1), vec![Duration::from_nanos(1)])
+        } else {
+            in_process(n, k, rounds)
+        };
         eprintln!("{n}x{k} in-process done");
         let (d_relay, s_relay) = through_relay(n, k, rounds);
         eprintln!("{n}x{k} relay done");
