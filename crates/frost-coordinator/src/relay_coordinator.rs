@@ -1037,6 +1037,8 @@ impl RelayFrostCoordinator {
     /// coordinator between the nonce and the share phase), so that response
     /// is recorded in FIRE's saved state exactly as its `gather_nonces`
     /// records it ([`Self::complete_nonces`]) and FIRE goes on from there.
+    // FIRE's own error, as its `process_inbound_messages` returns it.
+    #[allow(clippy::result_large_err)]
     fn feed(
         r: &mut Round,
         packets: &[Packet],
