@@ -1760,3 +1760,105 @@ impl FrostCoordinator for RelayFrostCoordinator {
         self.attestations.values().cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wsts::common::Nonce;
+    use wsts::curve::scalar::Scalar;
+
+    /// A FIRE of 5 signers (one key each, threshold 3) holding a real key,
+    /// asking for nonces; and a nonce response of each signer.
+    fn fire_and_nonces() -> (Fire, Vec<Packet>) {
+        let mut rng = wsts::util::create_rng();
+        let (n, t) = (5u32, 3u32);
+        let mut parties: Vec<wsts::v2::Party> = (0..n)
+            .map(|i| wsts::v2::Party::new(i, &[i + 1], n, n, t, &mut rng))
+            .collect();
+        let comms = wsts::v2::test_helpers::dkg(&mut parties, &mut rng).unwrap();
+        let mut config = Config::new(n, n, t, Scalar::random(&mut rng));
+        for i in 0..n {
+            config
+                .signer_public_keys
+                .insert(i, Point::from(Scalar::random(&mut rng)));
+            config
+                .signer_key_ids
+                .insert(i, [i + 1].into_iter().collect());
+        }
+        let mut fire = Fire::new(config);
+        let key = comms.values().fold(Point::new(), |k, c| k + c.poly[0]);
+        fire.set_key_and_party_polynomials(key, comms.into_iter().collect())
+            .unwrap();
+        let msg = [7u8; 32];
+        let start = fire
+            .start_signing_round(&msg, SignatureType::Taproot(None))
+            .unwrap();
+        let w::Message::NonceRequest(req) = start.msg else {
+            panic!("a nonce request first")
+        };
+        let responses = parties
+            .iter_mut()
+            .map(|p| Packet {
+                msg: w::Message::NonceResponse(w::NonceResponse {
+                    dkg_id: req.dkg_id,
+                    sign_id: req.sign_id,
+                    sign_iter_id: req.sign_iter_id,
+                    signer_id: p.party_id,
+                    key_ids: vec![p.party_id + 1],
+                    nonces: vec![p.gen_nonce(&mut rng)],
+                    message: msg.to_vec(),
+                }),
+                sig: vec![],
+            })
+            .collect();
+        (fire, responses)
+    }
+
+    fn nonce_of(p: &Packet) -> &w::NonceResponse {
+        let w::Message::NonceResponse(n) = &p.msg else {
+            panic!("a nonce response")
+        };
+        n
+    }
+
+    /// The share request FIRE sends after the threshold's nonce response is
+    /// the same whether FIRE recorded that response or `complete_nonces`
+    /// did, and FIRE is in the same state after it (but for its clocks).
+    #[test]
+    fn completing_the_nonces_is_what_fire_does_without_the_aggregate_nonce() {
+        let (mut theirs, nonces) = fire_and_nonces();
+        let mut ours = theirs.clone();
+        let t = SignatureType::Taproot(None);
+        for p in &nonces[..2] {
+            assert!(theirs.process_message(p).unwrap().0.is_none());
+            // Below the threshold: left to FIRE.
+            assert!(RelayFrostCoordinator::complete_nonces(&ours, nonce_of(p), t).is_none());
+            assert!(ours.process_message(p).unwrap().0.is_none());
+        }
+        // A duplicate, or a response with other key ids, is left to FIRE.
+        assert!(RelayFrostCoordinator::complete_nonces(&ours, nonce_of(&nonces[1]), t).is_none());
+        let mut other_ids = nonce_of(&nonces[2]).clone();
+        other_ids.key_ids = vec![1];
+        assert!(RelayFrostCoordinator::complete_nonces(&ours, &other_ids, t).is_none());
+        let mut other_round = nonce_of(&nonces[2]).clone();
+        other_round.sign_iter_id += 1;
+        assert!(RelayFrostCoordinator::complete_nonces(&ours, &other_round, t).is_none());
+        let mut invalid = nonce_of(&nonces[2]).clone();
+        invalid.nonces = vec![Nonce::random(&mut wsts::util::create_rng()).into()];
+        invalid.nonces[0].D = Point::new();
+        assert!(RelayFrostCoordinator::complete_nonces(&ours, &invalid, t).is_none());
+
+        let (want, _) = theirs.process_message(&nonces[2]).unwrap();
+        ours = RelayFrostCoordinator::complete_nonces(&ours, nonce_of(&nonces[2]), t).unwrap();
+        let (got, _) = ours.process_message(&nonces[2]).unwrap();
+        let (want, got) = (want.unwrap(), got.unwrap());
+        assert!(matches!(want.msg, w::Message::SignatureShareRequest(_)));
+        assert_eq!(got.msg, want.msg);
+        let (mut a, mut b) = (theirs.save(), ours.save());
+        for s in [&mut a, &mut b] {
+            s.nonce_start = None;
+            s.sign_start = None;
+        }
+        assert_eq!(a, b);
+    }
+}

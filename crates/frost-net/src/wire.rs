@@ -175,8 +175,11 @@ pub(crate) fn decode(kind: Kind, body: &[u8]) -> Option<Result<Message, String>>
 /// them a signer checks the embedded nonce responses by comparing bytes and
 /// hashes its binding values without compressing a point again (each
 /// compression costs a field inversion).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListedNonces {
+    /// The entries as decoded from `entries` (what a request must list for
+    /// this listing to be used with it).
+    decoded: Vec<w::NonceResponse>,
     entries: Vec<Vec<u8>>,
     compressed: Vec<([u8; 33], [u8; 33])>,
 }
@@ -199,6 +202,7 @@ impl ListedNonces {
             );
         }
         ListedNonces {
+            decoded: m.nonce_responses.clone(),
             entries,
             compressed,
         }
@@ -213,17 +217,12 @@ impl ListedNonces {
             .collect()
     }
 
-    /// Whether this is the listing of `r`: as many entries as `r` lists, and
-    /// as many nonces. A listing of another request is never used; the
-    /// caller makes `r`'s own ([`ListedNonces::of`]).
+    /// Whether this is the listing of `r`: its entries decode to exactly
+    /// what `r` lists (a point comparison is a point subtraction, not a
+    /// compression). A listing of another request is never used; the caller
+    /// makes `r`'s own ([`ListedNonces::of`]).
     pub(crate) fn fits(&self, r: &ShareRequest) -> bool {
-        let m = &r.msg;
-        self.entries.len() == m.nonce_responses.len()
-            && self.compressed.len()
-                == m.nonce_responses
-                    .iter()
-                    .map(|n| n.nonces.len())
-                    .sum::<usize>()
+        self.decoded == r.msg.nonce_responses
     }
 
     /// Whether `body` is the `NonceResponse` body of `key` and listed entry
@@ -302,9 +301,14 @@ fn share_request(r: &mut Reader<'_>) -> Result<(Message, ListedNonces), String> 
         },
         nonce_envelopes,
     });
+    let decoded = match &m {
+        Message::SignatureShareRequest(r) => r.msg.nonce_responses.clone(),
+        _ => vec![],
+    };
     Ok((
         m,
         ListedNonces {
+            decoded,
             entries,
             compressed,
         },
