@@ -29,7 +29,7 @@ use frost_coordinator::{
 use frost_net::envelope::peek;
 use frost_net::messages::{Keyed, Message};
 use frost_net::wsts::net as w;
-use frost_net::{scalar, Codec, Sender, ShareRequest, SignItem, SignRequest, ToSign};
+use frost_net::{scalar, Codec, ForSigner, Sender, ShareRequest, SignItem, SignRequest, ToSign};
 use frost_signer::{SignerCore, SignerNode, SignerOptions};
 use relay::{RelayClient, RelayConfig, RelayServer};
 use wsts::net::{Packet, SignatureType};
@@ -171,8 +171,17 @@ fn in_process(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
                     if peek(bytes).is_some_and(|(k, _)| !k.for_signers()) {
                         continue;
                     }
-                    let env = codec.open(bytes).unwrap();
-                    for out in s.handle(&env).unwrap() {
+                    // As a `SignerNode` opens them: a share request with its
+                    // listing, one not listing the signer stops there.
+                    let me = *id - 1;
+                    let (env, listed) = match codec.open_for_signer(bytes, me).unwrap() {
+                        ForSigner::Open(env, listed) => (env, listed),
+                        ForSigner::NotListed(round) => {
+                            s.passed_over(&round);
+                            continue;
+                        }
+                    };
+                    for out in s.handle_listed(&env, listed.as_ref()).unwrap() {
                         produced.push(codec.seal(Sender::Signer(*id), sk, &out).unwrap());
                     }
                 }
