@@ -4,7 +4,7 @@
 //! opened by each party that processes it), for 5×1, 15×1 and 15×10 (signers × keys each);
 //! and relay delivery latency to 128 long-polling clients.
 //!
-//! `cargo run --release -p frost-coordinator --example frost_bench [-- 15x1 … --rounds=N]`
+//! `cargo run --release -p frost-coordinator --example frost_bench [-- 15x1 … --rounds=N --relay-only]`
 //!
 //! `-- inflight [5x1 15x1 …] [jobs=200]`: `sign_many` of that many jobs of
 //! two items (like payouts) through the relay with 1, 4, 8 and 16 rounds in
@@ -29,7 +29,7 @@ use frost_coordinator::{
 use frost_net::envelope::peek;
 use frost_net::messages::{Keyed, Message};
 use frost_net::wsts::net as w;
-use frost_net::{scalar, Codec, Sender, ShareRequest, SignItem, SignRequest, ToSign};
+use frost_net::{scalar, Codec, ForSigner, Sender, ShareRequest, SignItem, SignRequest, ToSign};
 use frost_signer::{SignerCore, SignerNode, SignerOptions};
 use relay::{RelayClient, RelayConfig, RelayServer};
 use wsts::net::{Packet, SignatureType};
@@ -171,8 +171,17 @@ fn in_process(n: u32, k: u32, rounds: usize) -> (Duration, Vec<Duration>) {
                     if peek(bytes).is_some_and(|(k, _)| !k.for_signers()) {
                         continue;
                     }
-                    let env = codec.open(bytes).unwrap();
-                    for out in s.handle(&env).unwrap() {
+                    // As a `SignerNode` opens them: a share request with its
+                    // listing, one not listing the signer stops there.
+                    let me = *id - 1;
+                    let (env, listed) = match codec.open_for_signer(bytes, me).unwrap() {
+                        ForSigner::Open(env, listed) => (env, listed),
+                        ForSigner::NotListed(round) => {
+                            s.passed_over(&round);
+                            continue;
+                        }
+                    };
+                    for out in s.handle_listed(&env, listed.as_ref()).unwrap() {
                         produced.push(codec.seal(Sender::Signer(*id), sk, &out).unwrap());
                     }
                 }
@@ -522,8 +531,14 @@ fn main() {
     } else {
         only.clone()
     };
+    // `--relay-only` skips the in-process rounds (to profile the relay path).
+    let relay_only = std::env::args().any(|a| a == "--relay-only");
     for (n, k) in sizes {
-        let (d_in, s_in) = in_process(n, k, rounds);
+        let (d_in, s_in) = if relay_only {
+            (Duration::from_nanos(1), vec![Duration::from_nanos(1)])
+        } else {
+            in_process(n, k, rounds)
+        };
         eprintln!("{n}x{k} in-process done");
         let (d_relay, s_relay) = through_relay(n, k, rounds);
         eprintln!("{n}x{k} relay done");

@@ -34,6 +34,7 @@ use bitcoin::secp256k1::{ecdsa, Message as SecpMessage, PublicKey, Secp256k1, Se
 use serde::{Deserialize, Serialize};
 
 use crate::messages::{Kind, Message};
+pub use crate::wire::ListedNonces;
 use crate::{SignerFile, SignerSet};
 
 const MAGIC: &[u8; 4] = b"SBTF";
@@ -196,6 +197,18 @@ pub struct Envelope {
     pub message: Message,
 }
 
+/// What [`Codec::open_for_signer`] found in an authentic packet.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ForSigner {
+    /// Decoded and id-checked, as [`Codec::open`] gives it; a share request
+    /// with its listing as the body carried it.
+    Open(Envelope, Option<ListedNonces>),
+    /// A share request, signed by the coordinator, for this round, that
+    /// does not list the signer: not decoded further, nothing in it is
+    /// acted on but the fact that the signer was passed over.
+    NotListed(crate::RoundId),
+}
+
 /// Seals and opens envelopes for one peg.
 #[derive(Clone)]
 pub struct Codec {
@@ -344,12 +357,61 @@ impl Codec {
     /// Whatever is wrong with the packet, first failure first.
     pub fn open(&self, bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         let (kind, sender, body) = self.authenticate(bytes)?;
+        self.decoded(kind, sender, body)
+    }
+
+    /// [`Codec::open`] for a signer with wsts (0-based) id `me`: a share
+    /// request comes with its [`ListedNonces`] as its body carried them, and
+    /// one that does not list `me` is authenticated but not decoded further
+    /// ([`ForSigner::NotListed`]: a signer passed over has nothing to check
+    /// in it, and its points cost a square root each to decode).
+    ///
+    /// # Errors
+    /// As [`Codec::open`], for everything it does decode.
+    pub fn open_for_signer(&self, bytes: &[u8], me: u32) -> Result<ForSigner, EnvelopeError> {
+        let (kind, sender, body) = self.authenticate(bytes)?;
+        if kind != Kind::SignatureShareRequest {
+            return self
+                .decoded(kind, sender, body)
+                .map(|e| ForSigner::Open(e, None));
+        }
+        if let Some((key, dkg_id, sign_id, sign_iter_id)) =
+            crate::wire::share_request_without(body, me)
+        {
+            return Ok(ForSigner::NotListed(crate::RoundId {
+                key,
+                dkg_id,
+                sign_id,
+                sign_iter_id,
+            }));
+        }
+        let (message, listed) = crate::wire::decode_share_request(body).map_err(|reason| {
+            EnvelopeError::Undecodable {
+                kind,
+                sender,
+                reason,
+            }
+        })?;
+        self.checked(kind, sender, message)
+            .map(|e| ForSigner::Open(e, Some(listed)))
+    }
+
+    fn decoded(&self, kind: Kind, sender: Sender, body: &[u8]) -> Result<Envelope, EnvelopeError> {
         let message =
             Message::decode_body(kind, body).map_err(|reason| EnvelopeError::Undecodable {
                 kind,
                 sender,
                 reason,
             })?;
+        self.checked(kind, sender, message)
+    }
+
+    fn checked(
+        &self,
+        kind: Kind,
+        sender: Sender,
+        message: Message,
+    ) -> Result<Envelope, EnvelopeError> {
         crate::checks::check(&self.set, sender, &message).map_err(|reason| {
             EnvelopeError::BadIds {
                 kind,
@@ -417,6 +479,25 @@ impl Codec {
     /// # Errors
     /// The first envelope or entry that does not fit, in words for the log.
     pub fn check_listed_nonces(&self, r: &crate::ShareRequest, me: u32) -> Result<(), String> {
+        self.check_listed_nonces_with(r, me, &ListedNonces::of(r))
+    }
+
+    /// [`Codec::check_listed_nonces`] with `r`'s listing as its packet
+    /// carried it ([`Codec::open_for_signer`]): the embedded bodies are
+    /// compared with those bytes, no point is compressed. A listing that
+    /// does not fit `r` is not used (`r`'s own is made).
+    ///
+    /// # Errors
+    /// As [`Codec::check_listed_nonces`].
+    pub fn check_listed_nonces_with(
+        &self,
+        r: &crate::ShareRequest,
+        me: u32,
+        listed: &ListedNonces,
+    ) -> Result<(), String> {
+        if !listed.fits(r) {
+            return self.check_listed_nonces(r, me);
+        }
         let m = &r.msg;
         let mut proved = std::collections::BTreeSet::new();
         for (i, bytes) in r.nonce_envelopes.iter().enumerate() {
@@ -425,7 +506,7 @@ impl Codec {
             // listed entry for this key; the listed entry's ids and round
             // were checked with the share request. Anything else goes the
             // long way below, which decodes and says what differs.
-            if let Some(wsts_id) = self.matches_listed(bytes, r) {
+            if let Some(wsts_id) = self.matches_listed(bytes, r, listed) {
                 if !proved.insert(wsts_id) {
                     return Err(format!(
                         "two embedded nonce responses of signer {}",
@@ -495,18 +576,29 @@ impl Codec {
     /// `bytes` is, when its body is exactly the encoding of the entry `r`
     /// lists for that signer, of `r`'s key, round and message; `None`
     /// otherwise (including every failure, which the caller then explains).
-    fn matches_listed(&self, bytes: &[u8], r: &crate::ShareRequest) -> Option<u32> {
+    fn matches_listed(
+        &self,
+        bytes: &[u8],
+        r: &crate::ShareRequest,
+        listing: &ListedNonces,
+    ) -> Option<u32> {
         let (kind, sender, body) = self.authenticate(bytes).ok()?;
         let (Kind::NonceResponse, Sender::Signer(id)) = (kind, sender) else {
             return None;
         };
         let wsts_id = id.checked_sub(1)?;
         let m = &r.msg;
-        let listed = m.nonce_responses.iter().find(|l| l.signer_id == wsts_id)?;
+        let index = m
+            .nonce_responses
+            .iter()
+            .position(|l| l.signer_id == wsts_id)?;
+        let listed = &m.nonce_responses[index];
         let same_round = (listed.dkg_id, listed.sign_id, listed.sign_iter_id)
             == (m.dkg_id, m.sign_id, m.sign_iter_id)
             && listed.message == m.message;
-        if !same_round || crate::wire::encode_nonce_response(&r.key, listed) != body {
+        // The listing's entry is the canonical encoding of `listed` (read
+        // from the same body, or encoded from it).
+        if !same_round || !listing.is_body_of(index, &r.key, body) {
             return None;
         }
         // The body is the listed entry: the id checks `open` would run on

@@ -25,7 +25,8 @@ pub mod taproot;
 mod wire;
 
 pub use envelope::{
-    verify_attestations, AttestationTally, Codec, Domain, Envelope, EnvelopeError, Sender,
+    verify_attestations, AttestationTally, Codec, Domain, Envelope, EnvelopeError, ForSigner,
+    ListedNonces, Sender,
 };
 pub use messages::{Attestation, Kind, RoundId, ShareRequest, SignItem, SignRequest, ToSign};
 pub use signer_set::{KeySet, SignerFile, SignerInfo, SignerSet, SignerSetError};

@@ -28,25 +28,41 @@ pub fn aggregate_nonce(
     party_ids: &[u32],
     nonces: &[PublicNonce],
 ) -> Option<(Point, Vec<(Compressed, Compressed)>)> {
-    if party_ids.len() != nonces.len() || nonces.is_empty() {
-        return None;
-    }
     let compressed: Vec<(Compressed, Compressed)> = nonces
         .iter()
         .map(|n| (n.D.compress(), n.E.compress()))
         .collect();
-    let mut scalars = Vec::with_capacity(2 * nonces.len());
-    for i in party_ids {
-        scalars.push(Scalar::from(1u32));
-        scalars.push(compute::binding_compressed(
-            &compute::id(*i),
-            &compressed,
-            msg,
-        ));
-    }
-    let points: Vec<Point> = nonces.iter().flat_map(|n| [n.D, n.E]).collect();
-    let r = Point::multimult(scalars, points).ok()?;
+    let r = aggregate_nonce_compressed(msg, party_ids, nonces, &compressed)?;
     Some((r, compressed))
+}
+
+/// [`aggregate_nonce`] with the nonces' compressed encodings already known
+/// (as a packet carried them: compressing a point costs a field inversion).
+/// `compressed[i]` must be the encoding of `nonces[i]`'s `(D, E)`; `None`
+/// when the lengths differ or the sum is not a point.
+///
+/// The `D_i` have coefficient one: they are added, and only the `E_i` go
+/// through the multi-scalar multiplication (with the `D_i` in it too, each
+/// cost a table of multiples for nothing: ≈ 30 % of the whole).
+pub fn aggregate_nonce_compressed(
+    msg: &[u8],
+    party_ids: &[u32],
+    nonces: &[PublicNonce],
+    compressed: &[(Compressed, Compressed)],
+) -> Option<Point> {
+    if party_ids.len() != nonces.len() || nonces.is_empty() || compressed.len() != nonces.len() {
+        return None;
+    }
+    let scalars: Vec<Scalar> = party_ids
+        .iter()
+        .map(|i| compute::binding_compressed(&compute::id(*i), compressed, msg))
+        .collect();
+    let points: Vec<Point> = nonces.iter().map(|n| n.E).collect();
+    let mut r = Point::multimult(scalars, points).ok()?;
+    for n in nonces {
+        r += n.D;
+    }
+    Some(r)
 }
 
 /// wsts' v2 aggregator, with the aggregate nonce of [`aggregate_nonce`] for
@@ -164,8 +180,16 @@ mod tests {
             let key_ids: Vec<u32> = parties.iter().flat_map(|p| p.key_ids.clone()).collect();
             let nonces: Vec<PublicNonce> =
                 parties.iter_mut().map(|p| p.gen_nonce(&mut rng)).collect();
-            let (r, _) = aggregate_nonce(&msg, &party_ids, &nonces).unwrap();
+            let (r, compressed) = aggregate_nonce(&msg, &party_ids, &nonces).unwrap();
             assert_eq!(r, compute::intermediate(&msg, &party_ids, &nonces).1);
+            assert_eq!(
+                aggregate_nonce_compressed(&msg, &party_ids, &nonces, &compressed),
+                Some(r)
+            );
+            assert_eq!(
+                aggregate_nonce_compressed(&msg, &party_ids, &nonces, &compressed[1..]),
+                None
+            );
             let shares: Vec<SignatureShare> = parties
                 .iter()
                 .flat_map(|p| p.sign_taproot(&msg, &party_ids, &key_ids, &nonces, root))

@@ -105,17 +105,6 @@ pub(crate) fn encode(m: &Message) -> Option<Vec<u8>> {
     Some(w.0)
 }
 
-/// The binary body of a nonce response for `key`: what
-/// `encode(&Message::NonceResponse(..))` gives, without building the message.
-pub(crate) fn encode_nonce_response(key: &PublicKey, r: &w::NonceResponse) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(
-        33 + 24 + 4 + 4 + 4 * r.key_ids.len() + 4 + 66 * r.nonces.len() + 4 + r.message.len(),
-    ));
-    w.key(key);
-    w.nonce_response(r);
-    w.0
-}
-
 /// Decodes a binary body of `kind`; `None` for a kind that keeps JSON.
 pub(crate) fn decode(kind: Kind, body: &[u8]) -> Option<Result<Message, String>> {
     if !is_binary(kind) {
@@ -145,35 +134,7 @@ pub(crate) fn decode(kind: Kind, body: &[u8]) -> Option<Result<Message, String>>
                 let msg = r.nonce_response()?;
                 Message::NonceResponse(Keyed { key, msg })
             }
-            Kind::SignatureShareRequest => {
-                let key = r.key()?;
-                let (dkg_id, sign_id, sign_iter_id) = r.round()?;
-                // A nonce response is at least 24 + 4 + 4 + 4 + 4 bytes.
-                let n = r.count(40)?;
-                let mut nonce_responses = Vec::with_capacity(n);
-                for _ in 0..n {
-                    nonce_responses.push(r.nonce_response()?);
-                }
-                let message = r.bytes()?.to_vec();
-                let signature_type = r.sig_type()?;
-                let n = r.count(4)?;
-                let mut nonce_envelopes = Vec::with_capacity(n);
-                for _ in 0..n {
-                    nonce_envelopes.push(r.bytes()?.to_vec());
-                }
-                Message::SignatureShareRequest(ShareRequest {
-                    key,
-                    msg: w::SignatureShareRequest {
-                        dkg_id,
-                        sign_id,
-                        sign_iter_id,
-                        nonce_responses,
-                        message,
-                        signature_type,
-                    },
-                    nonce_envelopes,
-                })
-            }
+            Kind::SignatureShareRequest => return share_request(&mut r).map(|(m, _)| m),
             Kind::SignatureShareResponse => {
                 let key = r.key()?;
                 let (dkg_id, sign_id, sign_iter_id) = r.round()?;
@@ -206,6 +167,152 @@ pub(crate) fn decode(kind: Kind, body: &[u8]) -> Option<Result<Message, String>>
         }
     })();
     Some(m)
+}
+
+/// A share request's listed nonce responses as its body carried them: each
+/// entry's encoding (what a `NonceResponse` body holds after the key) and
+/// every listed nonce's two points compressed, in the listed order. With
+/// them a signer checks the embedded nonce responses by comparing bytes and
+/// hashes its binding values without compressing a point again (each
+/// compression costs a field inversion).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedNonces {
+    /// The entries as decoded from `entries` (what a request must list for
+    /// this listing to be used with it).
+    decoded: Vec<w::NonceResponse>,
+    entries: Vec<Vec<u8>>,
+    compressed: Vec<([u8; 33], [u8; 33])>,
+}
+
+impl ListedNonces {
+    /// The listing of `r`, encoded from its decoded entries (what a share
+    /// request built in memory, not read from a packet, needs).
+    pub fn of(r: &ShareRequest) -> ListedNonces {
+        let m = &r.msg;
+        let mut entries = Vec::with_capacity(m.nonce_responses.len());
+        let mut compressed = Vec::with_capacity(m.nonce_responses.len());
+        for n in &m.nonce_responses {
+            let mut w = Writer(Vec::with_capacity(160));
+            w.nonce_response(n);
+            entries.push(w.0);
+            compressed.extend(
+                n.nonces
+                    .iter()
+                    .map(|n| (n.D.compress().data, n.E.compress().data)),
+            );
+        }
+        ListedNonces {
+            decoded: m.nonce_responses.clone(),
+            entries,
+            compressed,
+        }
+    }
+
+    /// Every listed nonce's `(D, E)` compressed, in the listed order (the
+    /// entries' nonces one after another).
+    pub fn compressed(&self) -> Vec<(Compressed, Compressed)> {
+        self.compressed
+            .iter()
+            .map(|(d, e)| (Compressed::from(*d), Compressed::from(*e)))
+            .collect()
+    }
+
+    /// Whether this is the listing of `r`: its entries decode to exactly
+    /// what `r` lists (a point comparison is a point subtraction, not a
+    /// compression). A listing of another request is never used; the caller
+    /// makes `r`'s own ([`ListedNonces::of`]).
+    pub(crate) fn fits(&self, r: &ShareRequest) -> bool {
+        self.decoded == r.msg.nonce_responses
+    }
+
+    /// Whether `body` is the `NonceResponse` body of `key` and listed entry
+    /// `index`, byte for byte.
+    pub(crate) fn is_body_of(&self, index: usize, key: &PublicKey, body: &[u8]) -> bool {
+        let Some(entry) = self.entries.get(index) else {
+            return false;
+        };
+        body.len() == 33 + entry.len() && body[..33] == key.serialize() && body[33..] == entry[..]
+    }
+}
+
+/// Decodes a `SignatureShareRequest` body with its listing.
+pub(crate) fn decode_share_request(body: &[u8]) -> Result<(Message, ListedNonces), String> {
+    let mut r = Reader(body);
+    let out = share_request(&mut r)?;
+    Ok(out)
+}
+
+/// The round of a `SignatureShareRequest` body that does not list the signer
+/// with wsts id `me`, read without decoding a point (beyond the key); `None`
+/// when it lists `me` or does not parse (then the whole body is decoded, and
+/// refused with a reason if it is bad).
+pub(crate) fn share_request_without(body: &[u8], me: u32) -> Option<(PublicKey, u64, u64, u64)> {
+    let mut r = Reader(body);
+    let key = r.key().ok()?;
+    let (dkg_id, sign_id, sign_iter_id) = r.round().ok()?;
+    let n = r.count(40).ok()?;
+    for _ in 0..n {
+        r.round().ok()?;
+        if r.u32().ok()? == me {
+            return None;
+        }
+        let k = r.count(4).ok()?;
+        r.take(4 * k).ok()?;
+        let k = r.count(66).ok()?;
+        r.take(66 * k).ok()?;
+        r.bytes().ok()?;
+    }
+    Some((key, dkg_id, sign_id, sign_iter_id))
+}
+
+/// The rest of a share request body after nothing was read, to its end.
+fn share_request(r: &mut Reader<'_>) -> Result<(Message, ListedNonces), String> {
+    let key = r.key()?;
+    let (dkg_id, sign_id, sign_iter_id) = r.round()?;
+    // A nonce response is at least 24 + 4 + 4 + 4 + 4 bytes.
+    let n = r.count(40)?;
+    let mut nonce_responses = Vec::with_capacity(n);
+    let mut entries = Vec::with_capacity(n);
+    let mut compressed = Vec::with_capacity(n);
+    for _ in 0..n {
+        let before = r.0;
+        nonce_responses.push(r.nonce_response_into(&mut compressed)?);
+        entries.push(before[..before.len() - r.0.len()].to_vec());
+    }
+    let message = r.bytes()?.to_vec();
+    let signature_type = r.sig_type()?;
+    let n = r.count(4)?;
+    let mut nonce_envelopes = Vec::with_capacity(n);
+    for _ in 0..n {
+        nonce_envelopes.push(r.bytes()?.to_vec());
+    }
+    if !r.0.is_empty() {
+        return Err(format!("{} trailing bytes", r.0.len()));
+    }
+    let m = Message::SignatureShareRequest(ShareRequest {
+        key,
+        msg: w::SignatureShareRequest {
+            dkg_id,
+            sign_id,
+            sign_iter_id,
+            nonce_responses,
+            message,
+            signature_type,
+        },
+        nonce_envelopes,
+    });
+    let decoded = match &m {
+        Message::SignatureShareRequest(r) => r.msg.nonce_responses.clone(),
+        _ => vec![],
+    };
+    Ok((
+        m,
+        ListedNonces {
+            decoded,
+            entries,
+            compressed,
+        },
+    ))
 }
 
 struct Writer(Vec<u8>);
@@ -345,12 +452,15 @@ impl<'a> Reader<'a> {
         PublicKey::from_slice(b).map_err(|e| format!("bad key: {e}"))
     }
 
-    fn point(&mut self) -> Result<Point, String> {
+    /// A point and its encoding.
+    fn point_compressed(&mut self) -> Result<(Point, Compressed), String> {
         let b: [u8; 33] = self.array()?;
         if b[0] != 2 && b[0] != 3 {
             return Err(format!("a point with tag byte {}", b[0]));
         }
-        Point::try_from(&Compressed::from(b)).map_err(|e| format!("bad point: {e:?}"))
+        let c = Compressed::from(b);
+        let p = Point::try_from(&c).map_err(|e| format!("bad point: {e:?}"))?;
+        Ok((p, c))
     }
 
     fn scalar(&mut self) -> Result<Scalar, String> {
@@ -379,15 +489,25 @@ impl<'a> Reader<'a> {
     }
 
     fn nonce_response(&mut self) -> Result<w::NonceResponse, String> {
+        self.nonce_response_into(&mut Vec::new())
+    }
+
+    /// A nonce response, its nonces' encodings appended to `compressed`.
+    fn nonce_response_into(
+        &mut self,
+        compressed: &mut Vec<([u8; 33], [u8; 33])>,
+    ) -> Result<w::NonceResponse, String> {
         let (dkg_id, sign_id, sign_iter_id) = self.round()?;
         let signer_id = self.u32()?;
         let key_ids = self.u32_list()?;
         let n = self.count(66)?;
         let mut nonces = Vec::with_capacity(n);
+        compressed.reserve(n);
         for _ in 0..n {
-            let d = self.point()?;
-            let e = self.point()?;
+            let (d, dc) = self.point_compressed()?;
+            let (e, ec) = self.point_compressed()?;
             nonces.push(PublicNonce { D: d, E: e });
+            compressed.push((dc.data, ec.data));
         }
         let message = self.bytes()?.to_vec();
         Ok(w::NonceResponse {

@@ -53,8 +53,8 @@ use bitcoin::secp256k1::{PublicKey, SecretKey};
 use frost_net::messages::{Attestation, KeyStored, Keyed, Message, Refusal};
 use frost_net::wsts::net as w;
 use frost_net::{
-    scalar, Codec, Envelope, Kind, RoundId, Sender, ShareRequest, SignRequest, SignerFile,
-    SignerSet,
+    scalar, Codec, Envelope, ForSigner, Kind, ListedNonces, RoundId, Sender, ShareRequest,
+    SignRequest, SignerFile, SignerSet,
 };
 use log::{debug, info, warn};
 use relay::RelayClient;
@@ -410,6 +410,20 @@ impl SignerCore {
     /// # Errors
     /// Only when the key history cannot be written after a DKG.
     pub fn handle(&mut self, env: &Envelope) -> Result<Vec<Message>, SignerError> {
+        self.handle_listed(env, None)
+    }
+
+    /// [`SignerCore::handle`] with a share request's listing as its packet
+    /// carried it ([`Codec::open_for_signer`]), so no listed point is
+    /// compressed again; without one it is encoded from the request.
+    ///
+    /// # Errors
+    /// As [`SignerCore::handle`].
+    pub fn handle_listed(
+        &mut self,
+        env: &Envelope,
+        listed: Option<&ListedNonces>,
+    ) -> Result<Vec<Message>, SignerError> {
         self.expire();
         match &env.message {
             Message::DkgBegin(b) => Ok(self.dkg_begin(b)),
@@ -425,7 +439,7 @@ impl SignerCore {
             }
             Message::SignRequest(r) => Ok(self.sign_request(r)),
             Message::NonceRequest(r) => Ok(self.nonce_request(r)),
-            Message::SignatureShareRequest(r) => Ok(self.share_request(r)),
+            Message::SignatureShareRequest(r) => Ok(self.share_request(r, listed)),
             Message::KeyAccepted(k) => self.key_accepted(k),
             // Responses are for the coordinator.
             _ => Ok(vec![]),
@@ -839,7 +853,18 @@ impl SignerCore {
         })]
     }
 
-    fn share_request(&mut self, r: &ShareRequest) -> Vec<Message> {
+    /// An authentic share request of the coordinator's for round `round`
+    /// that does not list this signer ([`frost_net::ForSigner::NotListed`]):
+    /// the round keeps its nonce until it expires (FIRE may retry with
+    /// another iteration, which is another round), but goes first when room
+    /// is needed.
+    pub fn passed_over(&mut self, round: &RoundId) {
+        if let Some(open) = self.rounds.get_mut(round) {
+            open.passed_over = true;
+        }
+    }
+
+    fn share_request(&mut self, r: &ShareRequest, listed: Option<&ListedNonces>) -> Vec<Message> {
         let m = &r.msg;
         let round = RoundId {
             key: r.key,
@@ -854,12 +879,8 @@ impl SignerCore {
             .filter(|n| n.signer_id == me)
             .collect();
         if mine.is_empty() {
-            // Not asked this time: the round keeps its nonce until it expires
-            // (FIRE may retry with another iteration, which is another round),
-            // but makes room first.
-            if let Some(open) = self.rounds.get_mut(&round) {
-                open.passed_over = true;
-            }
+            // Not asked this time.
+            self.passed_over(&round);
             return vec![];
         }
         let Some(open) = self.rounds.get(&round) else {
@@ -936,8 +957,16 @@ impl SignerCore {
         // nonce response for this round, or a coordinator could move a
         // genuine nonce to another id (our effective nonce unchanged, the
         // challenge and our Lagrange coefficient changed).
+        let own_listing;
+        let listed = match listed {
+            Some(l) => l,
+            None => {
+                own_listing = ListedNonces::of(r);
+                &own_listing
+            }
+        };
         let proved = match &self.codec {
-            Some(codec) => codec.check_listed_nonces(r, me),
+            Some(codec) => codec.check_listed_nonces_with(r, me, listed),
             None => Err("this signer has no codec to open them with".into()),
         };
         if let Err(why) = proved {
@@ -969,12 +998,15 @@ impl SignerCore {
                 return vec![];
             }
         };
+        // The listing fits `r` (checked above: it proved the nonces).
+        let compressed = listed.compressed();
         let shares = share::sign_taproot(
             &open.party,
             &m.message,
             &signer_ids,
             &key_ids,
             &nonces,
+            &compressed,
             merkle_root,
         );
         // `open` (the party and its nonce) is dropped here: the nonce is gone.
@@ -1154,15 +1186,20 @@ impl SignerNode {
                 if frost_net::envelope::peek(&bytes).is_some_and(|(k, _)| !k.for_signers()) {
                     continue;
                 }
-                let env = match codec.open(&bytes) {
-                    Ok(e) => e,
+                let (env, listed) = match codec.open_for_signer(&bytes, core.wsts_id()) {
+                    Ok(ForSigner::Open(e, listed)) => (e, listed),
+                    Ok(ForSigner::NotListed(round)) => {
+                        core.passed_over(&round);
+                        processed += 1;
+                        continue;
+                    }
                     Err(e) => {
                         *refused += 1;
                         warn!("signer {}: message {seq} refused: {e}", core.id);
                         continue;
                     }
                 };
-                let out = core.handle(&env)?;
+                let out = core.handle_listed(&env, listed.as_ref())?;
                 let sealed: Vec<(Vec<u8>, Kind)> = out
                     .into_iter()
                     .filter_map(|m| {

@@ -6,7 +6,7 @@
 //! for any input is a leak of the key share (two different `z` for one
 //! nonce), so every shape is compared, not only the honest one.
 
-use super::{share, sign_taproot};
+use super::{compressed_of, share, sign_taproot};
 use wsts::common::PublicNonce;
 use wsts::traits::Signer as _;
 
@@ -102,7 +102,15 @@ fn compare(n: u32, k: u32, threshold: u32, rounds: u32, seed: u64) {
         }
         for p in &parties {
             let theirs = p.sign_taproot(&msg, &party_ids, &key_ids, &nonces, root);
-            let ours = sign_taproot(p, &msg, &party_ids, &key_ids, &nonces, root);
+            let ours = sign_taproot(
+                p,
+                &msg,
+                &party_ids,
+                &key_ids,
+                &nonces,
+                &compressed_of(&nonces),
+                root,
+            );
             assert_eq!(
                 ours, theirs,
                 "party {} round {round}: ids {party_ids:?} keys {key_ids:?} {} nonces root {root:?}",
@@ -110,8 +118,16 @@ fn compare(n: u32, k: u32, threshold: u32, rounds: u32, seed: u64) {
                 nonces.len()
             );
             if party_ids.len() == nonces.len() {
-                let direct = share(p, &msg, &party_ids, &key_ids, &nonces, root)
-                    .expect("equal lengths are computed here");
+                let direct = share(
+                    p,
+                    &msg,
+                    &party_ids,
+                    &key_ids,
+                    &nonces,
+                    &compressed_of(&nonces),
+                    root,
+                )
+                .expect("equal lengths are computed here");
                 assert_eq!(vec![direct], theirs, "party {} round {round}", p.party_id);
             }
         }
@@ -164,7 +180,16 @@ fn hostile_shapes_uneven_keys_equal_wsts() {
         let root = (round % 2 == 1).then_some([round; 32]);
         for p in &parties {
             let theirs = p.sign_taproot(&[round; 32], &party_ids, &key_ids, &nonces, root);
-            let ours = share(p, &[round; 32], &party_ids, &key_ids, &nonces, root).unwrap();
+            let ours = share(
+                p,
+                &[round; 32],
+                &party_ids,
+                &key_ids,
+                &nonces,
+                &compressed_of(&nonces),
+                root,
+            )
+            .unwrap();
             assert_eq!(vec![ours], theirs, "party {} round {round}", p.party_id);
         }
     }

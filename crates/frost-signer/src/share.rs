@@ -14,13 +14,14 @@
 
 use wsts::common::{PublicNonce, SignatureShare};
 use wsts::compute;
-use wsts::curve::point::{Point, G};
+use wsts::curve::point::{Compressed, Point, G};
 use wsts::curve::scalar::Scalar;
 use wsts::traits::Signer as _;
 
 /// The taproot signature share of `party` for `msg`, signed by the parties
 /// `party_ids` with `key_ids` and `nonces` (one nonce per party, in the
-/// listed order), for the key-path tweak with `merkle_root`: equal to
+/// listed order; `compressed` their encodings, as the share request carried
+/// them), for the key-path tweak with `merkle_root`: equal to
 /// `party.sign_taproot(..)`. Inputs that do not fit that shape go to wsts.
 pub(crate) fn sign_taproot(
     party: &wsts::v2::Party,
@@ -28,9 +29,18 @@ pub(crate) fn sign_taproot(
     party_ids: &[u32],
     key_ids: &[u32],
     nonces: &[PublicNonce],
+    compressed: &[(Compressed, Compressed)],
     merkle_root: Option<[u8; 32]>,
 ) -> Vec<SignatureShare> {
-    match share(party, msg, party_ids, key_ids, nonces, merkle_root) {
+    match share(
+        party,
+        msg,
+        party_ids,
+        key_ids,
+        nonces,
+        compressed,
+        merkle_root,
+    ) {
         Some(s) => vec![s],
         None => party.sign_taproot(msg, party_ids, key_ids, nonces, merkle_root),
     }
@@ -43,6 +53,7 @@ fn share(
     party_ids: &[u32],
     key_ids: &[u32],
     nonces: &[PublicNonce],
+    compressed: &[(Compressed, Compressed)],
     merkle_root: Option<[u8; 32]>,
 ) -> Option<SignatureShare> {
     // The private values wsts keeps inside the party.
@@ -68,11 +79,12 @@ fn share(
         group_key
     };
 
-    // R = Σ (D_i + ρ_i E_i), each ρ_i over the nonces compressed once.
-    let (R, compressed) = frost_net::taproot::aggregate_nonce(msg, party_ids, nonces)?;
+    // R = Σ (D_i + ρ_i E_i), each ρ_i over the nonces as the request
+    // carried them compressed.
+    let R = frost_net::taproot::aggregate_nonce_compressed(msg, party_ids, nonces, compressed)?;
 
     let c = compute::challenge(&tweaked_public_key, &R, msg);
-    let rho = compute::binding_compressed(&compute::id(party.party_id), &compressed, msg);
+    let rho = compute::binding_compressed(&compute::id(party.party_id), compressed, msg);
     let mut r = own.nonce.d + own.nonce.e * rho;
     if !R.has_even_y() {
         r = -r;
@@ -88,6 +100,15 @@ fn share(
         z_i: r + cx,
         key_ids: party.key_ids.clone(),
     })
+}
+
+/// The nonces' encodings, as a share request carries them (tests).
+#[cfg(test)]
+fn compressed_of(nonces: &[PublicNonce]) -> Vec<(Compressed, Compressed)> {
+    nonces
+        .iter()
+        .map(|n| (n.D.compress(), n.E.compress()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -131,8 +152,16 @@ mod tests {
                 signers.into_iter().map(|p| p.gen_nonce(&mut rng)).collect();
             let mut shares = vec![];
             for p in parties.iter().filter(|p| party_ids.contains(&p.party_id)) {
-                let ours = share(p, &msg, &party_ids, &key_ids, &nonces, root)
-                    .expect("this shape is computed here, not by wsts");
+                let ours = share(
+                    p,
+                    &msg,
+                    &party_ids,
+                    &key_ids,
+                    &nonces,
+                    &compressed_of(&nonces),
+                    root,
+                )
+                .expect("this shape is computed here, not by wsts");
                 let theirs = p.sign_taproot(&msg, &party_ids, &key_ids, &nonces, root);
                 assert_eq!(vec![ours], theirs, "party {}, round {round}", p.party_id);
                 shares.extend(theirs);
@@ -171,6 +200,7 @@ mod tests {
             &[0, 1],
             &[1, 2],
             std::slice::from_ref(&nonce),
+            &compressed_of(std::slice::from_ref(&nonce)),
             None
         )
         .is_none());
@@ -180,6 +210,7 @@ mod tests {
             &[0, 1],
             &[1, 2],
             std::slice::from_ref(&nonce),
+            &compressed_of(std::slice::from_ref(&nonce)),
             None,
         );
         let theirs = p.sign_taproot(&[1; 32], &[0, 1], &[1, 2], &[nonce], None);
