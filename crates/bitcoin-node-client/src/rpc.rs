@@ -287,6 +287,13 @@ impl BitcoinNode for UreqBitcoinNode {
         decode("getblockhash", self.call("getblockhash", json!([height]))?)
     }
 
+    fn get_best_block_hash(&self) -> Result<BlockHash, Error> {
+        decode(
+            "getbestblockhash",
+            self.call("getbestblockhash", json!([]))?,
+        )
+    }
+
     fn get_block(&self, hash: &BlockHash) -> Result<Block, Error> {
         let hex: String = decode("getblock", self.call("getblock", json!([hash, 0]))?)?;
         let block: Block =

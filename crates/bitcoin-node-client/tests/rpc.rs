@@ -169,12 +169,14 @@ fn blocks_are_decoded_and_checked() {
     let hex = serialize_hex(&block);
     let server = FixtureServer::start(move |r| match method(r) {
         (m, p) if m == "getblockhash" && p == json!([0]) => ok(json!(hash)),
+        (m, p) if m == "getbestblockhash" && p == json!([]) => ok(json!(hash)),
         (m, p) if m == "getblock" && p == json!([hash, 0]) => ok(json!(hex)),
         (m, _) if m == "getblock" => ok(json!(serialize_hex(&genesis()))),
         _ => rpc_error(-32601, "Method not found"),
     });
     let c = client(&server);
     assert_eq!(c.get_block_hash(0).unwrap(), hash);
+    assert_eq!(c.get_best_block_hash().unwrap(), hash);
     assert_eq!(c.get_block(&hash).unwrap(), block);
     // The node answering with another block than asked is caught.
     let other = bitcoin::BlockHash::from_byte_array([1; 32]);

@@ -100,7 +100,7 @@ use std::time::{Duration, Instant};
 use bitcoin::hashes::Hash as _;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, BlockHash, Network, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
-use bitcoin_node_client::{Auth, BitcoinNode, UreqBitcoinNode};
+use bitcoin_node_client::{Auth, BitcoinNode, TxStatus, UreqBitcoinNode};
 use frost_net::{SignRequest, SignerFile, ToSign};
 use frost_signer::Validator;
 use peg_coins::{CoinRecord, RecordedCoin};
@@ -329,6 +329,22 @@ pub struct Guard<B, S> {
     /// sync (`getblockcount` read then), for the first read of
     /// [`Guard::on_best_chain`]'s bracket; taken by it, cleared per check.
     node_tip_synced: Option<u64>,
+    /// The coin record's tip (height, hash) after its last sync that
+    /// caught up with the node's `getbestblockhash` read just before it:
+    /// while the node's best block hash is still this one, the record is
+    /// caught up without a sync (one node call per check, not two or more).
+    /// Cleared when a sync fails or the keys change (a new key's coins
+    /// need a rescan).
+    record_at_best: Option<SyncedTip>,
+    /// This check's best chain tip (height, hash), read by its sync
+    /// (`getbestblockhash`) with the record caught up to it: the fast path
+    /// of [`Guard::on_best_chain`]; taken by it, cleared per check.
+    best_tip: Option<SyncedTip>,
+    /// The hashes of blocks on the chain whose tip is `.0`, by height
+    /// (each read by `getblockhash` between two `getbestblockhash` reads
+    /// both answering `.0`). A block hash fixes its whole ancestry, so
+    /// these never change while the tip is `.0`; another tip empties them.
+    best_hashes: Option<(BlockHash, HashMap<u64, BlockHash>)>,
     /// The time each phase of the last check took (for benchmarks).
     phases: Vec<(&'static str, Duration)>,
 }
@@ -393,6 +409,9 @@ type SyncedTip = (u64, BlockHash);
 
 /// How many blocks' transaction positions [`Guard`] keeps.
 const MAX_BLOCKS_INDEXED: usize = 64;
+
+/// How many block hashes of one best chain [`Guard`] keeps.
+const MAX_HASHES_KEPT: usize = 4096;
 
 /// The contract's answers at one Stacks block.
 struct TipReads {
@@ -467,6 +486,9 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             coins_at: None,
             block_txs: HashMap::new(),
             node_tip_synced: None,
+            record_at_best: None,
+            best_tip: None,
+            best_hashes: None,
             phases: Vec::new(),
         };
         guard.set_keys(keys)?;
@@ -489,6 +511,8 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         }
         self.keys = keys.to_vec();
         self.coins_at = None;
+        // A key watched from now needs a rescan: the next check syncs.
+        self.record_at_best = None;
         Ok(())
     }
 
@@ -646,6 +670,20 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     }
 
     fn sync_coins(&mut self) -> Result<(), Rule> {
+        let best = self
+            .bitcoin
+            .get_best_block_hash()
+            .map_err(|e| btc_err("getbestblockhash", e))?;
+        if let Some((height, hash)) = self.record_at_best {
+            if hash == best {
+                // The node's best chain is the one the record follows, up
+                // to its tip: nothing to sync.
+                self.node_tip_synced = Some(height);
+                self.best_tip = Some((height, hash));
+                return Ok(());
+            }
+        }
+        self.record_at_best = None;
         for _ in 0..MAX_SYNC_CALLS {
             let rep = self.coins.sync(&self.bitcoin).map_err(|e| {
                 // A sync cut short may have changed the record: read it
@@ -666,6 +704,17 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 // Caught up: the record's tip is the node's `getblockcount`
                 // read at the start of this sync.
                 self.node_tip_synced = rep.tip;
+                // And if that tip is the best block read before the sync,
+                // the node's chain did not move meanwhile: the record
+                // follows `best` (else the next check syncs again).
+                let at = self
+                    .coins
+                    .synced_tip()
+                    .map_err(|e| rule("guard.store", format!("coin record: {e}")))?;
+                if let Some((height, hash)) = at.filter(|(_, h)| *h == best) {
+                    self.record_at_best = Some((height, hash));
+                    self.best_tip = Some((height, hash));
+                }
                 return Ok(());
             }
         }
@@ -994,6 +1043,137 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         unknown: &'static str,
         not_final: &'static str,
     ) -> Result<(Transaction, Position, u64), Rule> {
+        let found = match self.best_tip.take() {
+            Some(best) => self.at_best_tip(txid, best, unknown, not_final)?,
+            None => None,
+        };
+        let (status, block_hash, height, tip) = match found {
+            Some(f) => f,
+            None => self.bracketed(txid, unknown, not_final)?,
+        };
+        // The transaction as the node gave it must be the one asked for
+        // (its position below is looked up by that txid).
+        if status.tx.compute_txid() != *txid {
+            return Err(btc_err(
+                "getrawtransaction",
+                format!("asked for {txid}, got {}", status.tx.compute_txid()),
+            ));
+        }
+        // Its position in its block: a block's hash fixes its transactions,
+        // so each block is read (and checked) once.
+        if !self.block_txs.contains_key(&block_hash) {
+            let block = self
+                .bitcoin
+                .get_block(&block_hash)
+                .map_err(|e| btc_err("getblock", e))?;
+            if block.block_hash() != block_hash {
+                return Err(btc_err(
+                    "getblock",
+                    format!("asked for {block_hash}, got another block"),
+                ));
+            }
+            if self.block_txs.len() >= MAX_BLOCKS_INDEXED {
+                self.block_txs.clear();
+            }
+            let positions = block
+                .txdata
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.compute_txid(), u32::try_from(i).unwrap_or(u32::MAX)))
+                .collect();
+            self.block_txs.insert(block_hash, positions);
+        }
+        let Some(vtxindex) = self
+            .block_txs
+            .get(&block_hash)
+            .and_then(|m| m.get(txid))
+            .copied()
+        else {
+            return Err(rule(
+                unknown,
+                format!("{txid} is not in its block {block_hash}"),
+            ));
+        };
+        let at = Position {
+            height: BurnHeight(height),
+            block_hash,
+            vtxindex,
+        };
+        Ok((status.tx, at, tip))
+    }
+
+    /// [`Guard::on_best_chain`]'s fast path, at the tip `best` this check's
+    /// sync read (`getbestblockhash`): the transaction's block must be the
+    /// one at `best`'s height + 1 − confirmations on the chain ending at
+    /// `best` ([`Guard::hash_on`]). `None` when that does not hold (a block
+    /// arrived since, a reorg, a node failure): then the bracketed reads
+    /// decide, as without this path. (status, block hash, height, tip).
+    fn at_best_tip(
+        &mut self,
+        txid: &Txid,
+        best: SyncedTip,
+        unknown: &'static str,
+        not_final: &'static str,
+    ) -> Result<Option<(TxStatus, BlockHash, u64, u64)>, Rule> {
+        let status = self
+            .bitcoin
+            .get_raw_transaction(txid)
+            .map_err(|e| btc_err("getrawtransaction", e))?
+            .ok_or_else(|| {
+                rule(
+                    unknown,
+                    format!("{txid} is unknown to this signer's bitcoind"),
+                )
+            })?;
+        let Some(block_hash) = status.block_hash.filter(|_| status.confirmations > 0) else {
+            return Err(rule(not_final, format!("{txid} is not confirmed")));
+        };
+        let (tip, tip_hash) = best;
+        let Some(height) = tip
+            .checked_add(1)
+            .and_then(|t| t.checked_sub(u64::from(status.confirmations)))
+        else {
+            return Ok(None);
+        };
+        if self.hash_on(&tip_hash, height) != Some(block_hash) {
+            return Ok(None);
+        }
+        Ok(Some((status, block_hash, height, tip)))
+    }
+
+    /// The hash of the block at `height` on the chain whose tip is `tip`:
+    /// from [`Guard::best_hashes`], or read by `getblockhash` and kept only
+    /// if `getbestblockhash` still answers `tip` after it (the node's best
+    /// chain was `tip`'s before the read, in this check's sync, and after
+    /// it). `None` when the node moved or failed.
+    fn hash_on(&mut self, tip: &BlockHash, height: u64) -> Option<BlockHash> {
+        if let Some((t, hashes)) = &self.best_hashes {
+            if t == tip {
+                if let Some(h) = hashes.get(&height) {
+                    return Some(*h);
+                }
+            }
+        }
+        let hash = self.bitcoin.get_block_hash(height).ok()?;
+        if self.bitcoin.get_best_block_hash().ok()? != *tip {
+            return None;
+        }
+        let hashes = match &mut self.best_hashes {
+            Some((t, hashes)) if t == tip && hashes.len() < MAX_HASHES_KEPT => hashes,
+            slot => &mut slot.insert((*tip, HashMap::new())).1,
+        };
+        hashes.insert(height, hash);
+        Some(hash)
+    }
+
+    /// [`Guard::on_best_chain`]'s reads bracketed by the tip height:
+    /// (status, block hash, height, tip).
+    fn bracketed(
+        &mut self,
+        txid: &Txid,
+        unknown: &'static str,
+        not_final: &'static str,
+    ) -> Result<(TxStatus, BlockHash, u64, u64), Rule> {
         // The transaction's confirmations and the tip height must come from
         // one chain: read the tip before and after, and try again when a
         // block arrived in between (else the height would be off by one and
@@ -1050,55 +1230,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 format!("{txid}'s block {block_hash} is not on this signer's best chain"),
             ));
         }
-        // The transaction as the node gave it must be the one asked for
-        // (its position below is looked up by that txid).
-        if status.tx.compute_txid() != *txid {
-            return Err(btc_err(
-                "getrawtransaction",
-                format!("asked for {txid}, got {}", status.tx.compute_txid()),
-            ));
-        }
-        // Its position in its block: a block's hash fixes its transactions,
-        // so each block is read (and checked) once.
-        if !self.block_txs.contains_key(&block_hash) {
-            let block = self
-                .bitcoin
-                .get_block(&block_hash)
-                .map_err(|e| btc_err("getblock", e))?;
-            if block.block_hash() != block_hash {
-                return Err(btc_err(
-                    "getblock",
-                    format!("asked for {block_hash}, got another block"),
-                ));
-            }
-            if self.block_txs.len() >= MAX_BLOCKS_INDEXED {
-                self.block_txs.clear();
-            }
-            let positions = block
-                .txdata
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (t.compute_txid(), u32::try_from(i).unwrap_or(u32::MAX)))
-                .collect();
-            self.block_txs.insert(block_hash, positions);
-        }
-        let Some(vtxindex) = self
-            .block_txs
-            .get(&block_hash)
-            .and_then(|m| m.get(txid))
-            .copied()
-        else {
-            return Err(rule(
-                unknown,
-                format!("{txid} is not in its block {block_hash}"),
-            ));
-        };
-        let at = Position {
-            height: BurnHeight(height),
-            block_hash,
-            vtxindex,
-        };
-        Ok((status.tx, at, tip))
+        Ok((status, block_hash, height, tip))
     }
 
     /// The request's transaction on the signer's best chain, parsed.
@@ -1645,6 +1777,7 @@ impl<B: BitcoinNode + Send, S: StacksNode + Send> Validator for Guard<B, S> {
     fn check(&mut self, request: &SignRequest) -> Result<(), String> {
         self.phases.clear();
         self.node_tip_synced = None;
+        self.best_tip = None;
         let outcome = self.evaluate(request).and_then(|(promises, signed)| {
             self.timed("commit", |g| {
                 g.store
