@@ -345,6 +345,12 @@ pub struct Guard<B, S> {
     /// both answering `.0`). A block hash fixes its whole ancestry, so
     /// these never change while the tip is `.0`; another tip empties them.
     best_hashes: Option<(BlockHash, HashMap<u64, BlockHash>)>,
+    /// The last wallet read, with what it was read from: the coin
+    /// record's coins (the same `Arc` while the record is unchanged), the
+    /// Stacks block of its mint reads and the store's
+    /// [`Store::wallet_generation`]. Every input the same, the same wallet
+    /// (without it each check walked every coin of the wallet again).
+    wallet_at: Option<(WalletInputs, Arc<Wallet>)>,
     /// The time each phase of the last check took (for benchmarks).
     phases: Vec<(&'static str, Duration)>,
 }
@@ -427,6 +433,13 @@ struct TipReads {
     key: Option<Value>,
 }
 
+/// What a [`Wallet`] was read from.
+struct WalletInputs {
+    coins: Arc<Vec<RecordedCoin>>,
+    mints_at: Option<[u8; 32]>,
+    store: u64,
+}
+
 /// Everything the guard knows of the peg wallet at one check.
 struct Wallet {
     /// Confirmed unspent coins of every key held.
@@ -489,6 +502,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             record_at_best: None,
             best_tip: None,
             best_hashes: None,
+            wallet_at: None,
             phases: Vec::new(),
         };
         guard.set_keys(keys)?;
@@ -858,10 +872,40 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         })
     }
 
-    /// Reads the wallet from the coin record; with `mints_at`, also which
-    /// peg-ins are not minted at that Stacks block.
-    fn wallet(&mut self, mints_at: Option<&[u8; 32]>) -> Result<Wallet, Rule> {
+    /// The wallet ([`Guard::read_wallet`]), read again only when the coin
+    /// record, the Stacks block or the store's coin facts changed since.
+    fn wallet(&mut self, mints_at: Option<&[u8; 32]>) -> Result<Arc<Wallet>, Rule> {
         let all = self.held_coins()?;
+        if let Some((at, w)) = &self.wallet_at {
+            if Arc::ptr_eq(&at.coins, &all)
+                && at.mints_at.as_ref() == mints_at
+                && at.store == self.store.wallet_generation()
+            {
+                return Ok(w.clone());
+            }
+        }
+        self.wallet_at = None;
+        let w = Arc::new(self.read_wallet(&all, mints_at)?);
+        // Its own reads may have taught the store facts: the generation
+        // after them is the one this wallet answers for.
+        self.wallet_at = Some((
+            WalletInputs {
+                coins: all,
+                mints_at: mints_at.copied(),
+                store: self.store.wallet_generation(),
+            },
+            w.clone(),
+        ));
+        Ok(w)
+    }
+
+    /// Reads the wallet from the coin record's coins `all`; with
+    /// `mints_at`, also which peg-ins are not minted at that Stacks block.
+    fn read_wallet(
+        &mut self,
+        all: &[RecordedCoin],
+        mints_at: Option<&[u8; 32]>,
+    ) -> Result<Wallet, Rule> {
         let mut w = Wallet {
             unspent: HashMap::new(),
             fee_outputs: HashSet::new(),

@@ -857,3 +857,38 @@ fn a_reorg_of_the_requests_block_at_the_same_height_refuses_the_next_check() {
         assert!(e.contains("best chain"), "extend {extend}: {e}");
     }
 }
+
+/// The wallet kept from one check is read again at another final Stacks
+/// block, the Bitcoin chain unchanged: a peg-in owed at one block (its
+/// coin not spendable) is minted at the next, and its coin pays.
+#[test]
+fn the_wallet_kept_between_checks_follows_the_final_stacks_block() {
+    let mut fx = Fx::new();
+    let second = fx.peg_in_tx(&fx.key.clone(), PEG_IN, &fx.alice.clone());
+    fx.mine(vec![second.clone()]);
+    let coin = (
+        OutPoint::new(second.compute_txid(), 1),
+        second.output[1].clone(),
+    );
+    let mut g = fx.guard();
+    // The standard payout passes (the books read, the burn marked).
+    let (ok_tx, ok_p) = fx.payout();
+    g.check(&fulfilment_request(&fx, &fx.request, ok_tx, ok_p))
+        .unwrap();
+    // Not minted yet: owed to its depositor, no input of a payout (the
+    // wallet is the one kept from the first check).
+    let (tx, p) = fx.fulfilment(&fx.request, &[coin], 1_000);
+    let mut owed = fulfilment_request(&fx, &fx.request, tx.clone(), p.clone());
+    owed.id = 2;
+    assert_eq!(refused(g.check(&owed)), "fulfilment.input");
+    // Minted at the next Stacks block; Bitcoin does not move.
+    let txid = second.compute_txid().to_string();
+    let who = fx.alice.clone();
+    fx.stacks(move |s| {
+        s.mints.insert(txid, (u128::from(PEG_IN), who));
+        s.supply += u128::from(PEG_IN);
+    });
+    let mut again = fulfilment_request(&fx, &fx.request, tx, p);
+    again.id = 3;
+    g.check(&again).unwrap();
+}
