@@ -351,6 +351,12 @@ pub struct Guard<B, S> {
     /// [`Store::wallet_generation`]. Every input the same, the same wallet
     /// (without it each check walked every coin of the wallet again).
     wallet_at: Option<(WalletInputs, Arc<Wallet>)>,
+    /// What the wallet's requests burned (the sum [`Guard::check_books`]
+    /// takes out of the peg-ins minted), with the wallet it was summed
+    /// for, the final Stacks block of its `get-burn` reads and the store's
+    /// [`Store::wallet_generation`] after them: the same three, the same
+    /// sum (else every check read every request's burn mark again).
+    burned_at: Option<(Arc<Wallet>, [u8; 32], u64, Amount)>,
     /// The time each phase of the last check took (for benchmarks).
     phases: Vec<(&'static str, Duration)>,
 }
@@ -503,6 +509,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             best_tip: None,
             best_hashes: None,
             wallet_at: None,
+            burned_at: None,
             phases: Vec::new(),
         };
         guard.set_keys(keys)?;
@@ -1448,7 +1455,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     /// holds. A refund pays a debt: the peg-in it refunds is owed no more.
     fn check_books(
         &mut self,
-        wallet: &Wallet,
+        wallet: &Arc<Wallet>,
         tx: &Transaction,
         prevouts: &[TxOut],
         final_tip: &[u8; 32],
@@ -1495,26 +1502,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         // coordinator's Stacks key with no peg-in behind it makes the supply
         // larger, and then nothing is paid — however much surplus (fee
         // leftovers, plain payments) the wallet holds.
-        let mut burned = Amount::ZERO;
-        for r in &wallet.requests {
-            let amount = match self.store.burned(r).map_err(|e| rule("guard.store", e))? {
-                Some(a) => Some(a),
-                None => match self.burn_at(r, final_tip)? {
-                    Some((a, _)) => {
-                        self.store
-                            .mark_burned(r, a)
-                            .map_err(|e| rule("guard.store", e))?;
-                        Some(a)
-                    }
-                    None => None,
-                },
-            };
-            if let Some(a) = amount {
-                burned = burned
-                    .checked_add(Amount::from_sat(a))
-                    .unwrap_or(Amount::MAX);
-            }
-        }
+        let burned = self.burned_by_requests(wallet, final_tip)?;
         let backed = wallet.minted.checked_sub(burned).unwrap_or(Amount::ZERO);
         if Amount::from_sat(supply) > backed {
             return Err(rule(
@@ -1592,6 +1580,52 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             debts,
         })?;
         Ok(())
+    }
+
+    /// What the wallet's requests burned, final at `final_tip` (each burn
+    /// seen final is marked in the store and counted from then on), summed
+    /// again only when the wallet, the block or the store's facts changed.
+    fn burned_by_requests(
+        &mut self,
+        wallet: &Arc<Wallet>,
+        final_tip: &[u8; 32],
+    ) -> Result<Amount, Rule> {
+        if let Some((w, tip, generation, sum)) = &self.burned_at {
+            if Arc::ptr_eq(w, wallet)
+                && tip == final_tip
+                && *generation == self.store.wallet_generation()
+            {
+                return Ok(*sum);
+            }
+        }
+        self.burned_at = None;
+        let mut burned = Amount::ZERO;
+        for r in &wallet.requests {
+            let amount = match self.store.burned(r).map_err(|e| rule("guard.store", e))? {
+                Some(a) => Some(a),
+                None => match self.burn_at(r, final_tip)? {
+                    Some((a, _)) => {
+                        self.store
+                            .mark_burned(r, a)
+                            .map_err(|e| rule("guard.store", e))?;
+                        Some(a)
+                    }
+                    None => None,
+                },
+            };
+            if let Some(a) = amount {
+                burned = burned
+                    .checked_add(Amount::from_sat(a))
+                    .unwrap_or(Amount::MAX);
+            }
+        }
+        self.burned_at = Some((
+            wallet.clone(),
+            *final_tip,
+            self.store.wallet_generation(),
+            burned,
+        ));
+        Ok(burned)
     }
 
     fn check_sweep(
