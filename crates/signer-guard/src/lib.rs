@@ -310,6 +310,9 @@ pub struct Guard<B, S> {
     confirmations: Confirmations,
     start_height: u64,
     keys: Vec<PublicKey>,
+    /// The peg wallet scriptPubKey of each key of `keys` (a taproot tweak
+    /// each: computed once per key set, not several times per check).
+    scripts: Vec<ScriptBuf>,
     coins: CoinRecord,
     store: Store,
     status: GuardStatus,
@@ -498,6 +501,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             confirmations,
             start_height,
             keys: Vec::new(),
+            scripts: Vec::new(),
             coins,
             store,
             status: GuardStatus::default(),
@@ -522,15 +526,17 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     /// # Errors
     /// When the coin record cannot be written.
     pub fn set_keys(&mut self, keys: &[PublicKey]) -> Result<(), GuardError> {
-        for k in keys {
+        let scripts: Vec<ScriptBuf> = keys
+            .iter()
+            .map(|k| script_of(k, self.params.networks.bitcoin))
+            .collect();
+        for script in &scripts {
             self.coins
-                .watch(
-                    &script_of(k, self.params.networks.bitcoin),
-                    self.start_height,
-                )
+                .watch(script, self.start_height)
                 .map_err(|e| GuardError::Storage(e.to_string()))?;
         }
         self.keys = keys.to_vec();
+        self.scripts = scripts;
         self.coins_at = None;
         // A key watched from now needs a rescan: the next check syncs.
         self.record_at_best = None;
@@ -562,10 +568,16 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     }
 
     fn held_scripts(&self) -> Vec<ScriptBuf> {
+        self.scripts.clone()
+    }
+
+    /// The peg wallet scriptPubKey of `key`.
+    fn script_for(&self, key: &PublicKey) -> ScriptBuf {
         self.keys
             .iter()
-            .map(|k| script_of(k, self.params.networks.bitcoin))
-            .collect()
+            .position(|k| k == key)
+            .and_then(|i| self.scripts.get(i).cloned())
+            .unwrap_or_else(|| script_of(key, self.params.networks.bitcoin))
     }
 
     fn sender(&self) -> PrincipalData {
@@ -1038,13 +1050,14 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         let sighashes = payload
             .sighashes()
             .map_err(|e| rule("payload.prevouts", e))?;
-        let network = self.params.networks.bitcoin;
         let mut expected = Vec::with_capacity(sighashes.len());
         for (i, (sighash, prevout)) in sighashes.iter().zip(prevouts).enumerate() {
             let key = self
                 .keys
                 .iter()
-                .find(|k| script_of(k, network) == prevout.script_pubkey)
+                .zip(&self.scripts)
+                .find(|(_, script)| **script == prevout.script_pubkey)
+                .map(|(k, _)| k)
                 .ok_or_else(|| {
                     rule(
                         "input.not-peg-coin",
@@ -1410,7 +1423,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             }
         }
         let wallet = self.timed("wallet", |g| g.wallet(Some(final_tip)))?;
-        let current_script = script_of(current, self.params.networks.bitcoin);
+        let current_script = self.script_for(current);
         let is_peg_coin = |o: &OutPoint, out: &TxOut| {
             wallet.unspent.get(o) == Some(out)
                 && !wallet.fee_outputs.contains(o)
@@ -1638,7 +1651,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         // The books too: a sweep's fee comes out of the backing, so a
         // stream of consolidations at the fee cap could drain it.
         let wallet = self.wallet(Some(final_tip))?;
-        let current_script = script_of(current, self.params.networks.bitcoin);
+        let current_script = self.script_for(current);
         let is_sweepable = |o: &OutPoint, out: &TxOut| {
             wallet.unspent.get(o) == Some(out)
                 && !wallet.fee_outputs.contains(o)
