@@ -99,6 +99,17 @@ pub trait BitcoinNode {
     /// Returns the hash of the best-chain block at `height` (`getblockhash`).
     fn get_block_hash(&self, height: u64) -> Result<BlockHash, Error>;
 
+    /// Returns the hash of the best chain's tip (`getbestblockhash`): one
+    /// call that tells whether the chain moved since a tip seen before.
+    ///
+    /// The default asks [`BitcoinNode::get_block_count`], then
+    /// [`BitcoinNode::get_block_hash`] of that height (a block arriving in
+    /// between makes it the new tip's ancestor, as if it came just after).
+    fn get_best_block_hash(&self) -> Result<BlockHash, Error> {
+        let height = self.get_block_count()?;
+        self.get_block_hash(height)
+    }
+
     /// Returns a block with its transactions (`getblock HASH 0`).
     fn get_block(&self, hash: &BlockHash) -> Result<Block, Error>;
 

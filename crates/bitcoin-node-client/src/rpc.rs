@@ -119,6 +119,10 @@ fn btc(v: &Value) -> Result<Amount, Error> {
         .map_err(|e| Error::Decode(format!("BTC amount {n}: {e}")))
 }
 
+/// The size of a connection's input and output buffers (and the most
+/// the answer's status line and headers may take).
+const CONNECTION_BUFFER: usize = 16 * 1024;
+
 impl UreqBitcoinNode {
     /// Creates a client for `url` (e.g. `http://127.0.0.1:18443`, or a
     /// `/wallet/<name>` path) with a per-call `timeout`.
@@ -134,6 +138,14 @@ impl UreqBitcoinNode {
             // until the client's timeout (seen: 30 s stalls of the guards).
             .max_idle_connections(0)
             .max_idle_connections_per_host(0)
+            // Each connection allocates its buffers: ureq's 128 KiB each
+            // way made every call grow and trim the heap (page faults,
+            // TLB shootdowns: a fifth of a signer guard's check CPU in
+            // peg_bench). A node's answer headers are far smaller; bodies
+            // stream through the buffer whatever its size.
+            .input_buffer_size(CONNECTION_BUFFER)
+            .output_buffer_size(CONNECTION_BUFFER)
+            .max_response_header_size(CONNECTION_BUFFER)
             .build();
         UreqBitcoinNode {
             agent: ureq::Agent::new_with_config(config),
@@ -285,6 +297,13 @@ impl BitcoinNode for UreqBitcoinNode {
 
     fn get_block_hash(&self, height: u64) -> Result<BlockHash, Error> {
         decode("getblockhash", self.call("getblockhash", json!([height]))?)
+    }
+
+    fn get_best_block_hash(&self) -> Result<BlockHash, Error> {
+        decode(
+            "getbestblockhash",
+            self.call("getbestblockhash", json!([]))?,
+        )
     }
 
     fn get_block(&self, hash: &BlockHash) -> Result<Block, Error> {

@@ -169,12 +169,14 @@ fn blocks_are_decoded_and_checked() {
     let hex = serialize_hex(&block);
     let server = FixtureServer::start(move |r| match method(r) {
         (m, p) if m == "getblockhash" && p == json!([0]) => ok(json!(hash)),
+        (m, p) if m == "getbestblockhash" && p == json!([]) => ok(json!(hash)),
         (m, p) if m == "getblock" && p == json!([hash, 0]) => ok(json!(hex)),
         (m, _) if m == "getblock" => ok(json!(serialize_hex(&genesis()))),
         _ => rpc_error(-32601, "Method not found"),
     });
     let c = client(&server);
     assert_eq!(c.get_block_hash(0).unwrap(), hash);
+    assert_eq!(c.get_best_block_hash().unwrap(), hash);
     assert_eq!(c.get_block(&hash).unwrap(), block);
     // The node answering with another block than asked is caught.
     let other = bitcoin::BlockHash::from_byte_array([1; 32]);
@@ -393,4 +395,34 @@ fn unspent_outputs_from_gettxout() {
     );
     assert_eq!(c.get_tx_out(&spent, false).unwrap(), None);
     assert!(matches!(c.get_tx_out(&bad, true), Err(Error::Decode(_))));
+}
+
+/// Answers and requests far larger than a connection's buffers stream
+/// through them whole: a 2 MB block read, a 400 kB transaction sent.
+#[test]
+fn large_blocks_and_transactions_pass_through_the_connection_buffers() {
+    let mut block = genesis();
+    let filler = {
+        let mut t = coinbase();
+        t.output[0].script_pubkey = ScriptBuf::from_bytes(vec![0x6a; 10_000]);
+        t
+    };
+    block
+        .txdata
+        .extend(std::iter::repeat_n(filler.clone(), 100));
+    let hash = block.block_hash();
+    let hex = serialize_hex(&block);
+    assert!(hex.len() > 2_000_000, "{}", hex.len());
+    let mut big = filler;
+    big.output[0].script_pubkey = ScriptBuf::from_bytes(vec![0x6a; 200_000]);
+    let big_txid = big.compute_txid();
+    let big_hex = serialize_hex(&big);
+    let server = FixtureServer::start(move |r| match method(r) {
+        (m, p) if m == "getblock" && p == json!([hash, 0]) => ok(json!(hex)),
+        (m, p) if m == "sendrawtransaction" && p == json!([big_hex]) => ok(json!(big_txid)),
+        _ => rpc_error(-32601, "Method not found"),
+    });
+    let c = client(&server);
+    assert_eq!(c.get_block(&hash).unwrap(), block);
+    assert_eq!(c.send_raw_transaction(&big).unwrap(), big_txid);
 }

@@ -162,14 +162,30 @@ fn refuse(code: i64, message: impl Into<String>) -> Refusal {
 #[derive(Debug)]
 pub struct BitcoinState {
     blocks: Vec<Block>,
+    /// The hash of each block of `blocks`, by height.
+    block_hashes: Vec<BlockHash>,
+    /// The height of each block of `blocks`, by hash.
+    heights: HashMap<BlockHash, u64>,
+    /// Where each transaction of `blocks` is: (height, index in its block).
+    /// Every answer that finds a transaction by txid reads it (no scan of
+    /// the chain, no txid computed again per request: issue #16).
+    tx_index: HashMap<Txid, (u64, usize)>,
     undo: Vec<Vec<(OutPoint, Coin)>>,
     utxos: HashMap<OutPoint, Coin>,
-    mempool: Vec<Transaction>,
+    /// In arrival order, each with its txid.
+    mempool: Vec<Pooled>,
     /// Blocks taken off the best chain (`invalidate_tip`), as Core keeps
     /// them: `getblock` still finds them (confirmations -1).
     stale: Vec<Stale>,
     /// Minimum relay fee rate.
     pub min_relay_fee: FeeRate,
+}
+
+/// A mempool transaction with its txid, computed once.
+#[derive(Debug, Clone)]
+struct Pooled {
+    txid: Txid,
+    tx: Transaction,
 }
 
 /// A block no longer on the best chain.
@@ -200,14 +216,55 @@ impl Default for BitcoinState {
 impl BitcoinState {
     /// A regtest chain holding only the genesis block.
     pub fn new() -> Self {
-        BitcoinState {
-            blocks: vec![genesis_block(Network::Regtest)],
-            undo: vec![vec![]],
+        let mut state = BitcoinState {
+            blocks: Vec::new(),
+            block_hashes: Vec::new(),
+            heights: HashMap::new(),
+            tx_index: HashMap::new(),
+            undo: Vec::new(),
             utxos: HashMap::new(),
             mempool: Vec::new(),
             stale: Vec::new(),
             min_relay_fee: FeeRate::from_sat_per_vb(1).expect("1 sat/vB is representable"),
+        };
+        state.push_block(genesis_block(Network::Regtest), vec![]);
+        state
+    }
+
+    /// Appends `block` (with its undo data) to the best chain, indexed.
+    fn push_block(&mut self, block: Block, undo: Vec<(OutPoint, Coin)>) {
+        let height = self.blocks.len() as u64;
+        let hash = block.block_hash();
+        for (i, tx) in block.txdata.iter().enumerate() {
+            self.tx_index.insert(tx.compute_txid(), (height, i));
         }
+        self.heights.insert(hash, height);
+        self.block_hashes.push(hash);
+        self.blocks.push(block);
+        self.undo.push(undo);
+    }
+
+    /// Takes the tip block (and its undo data) off the best chain and out
+    /// of the indexes.
+    fn pop_block(&mut self) -> Option<(Block, Vec<(OutPoint, Coin)>)> {
+        let block = self.blocks.pop()?;
+        let height = self.blocks.len() as u64;
+        let undo = self.undo.pop().unwrap_or_default();
+        if let Some(hash) = self.block_hashes.pop() {
+            self.heights.remove(&hash);
+        }
+        for tx in &block.txdata {
+            let txid = tx.compute_txid();
+            if self.tx_index.get(&txid).map(|(h, _)| *h) == Some(height) {
+                self.tx_index.remove(&txid);
+            }
+        }
+        Some((block, undo))
+    }
+
+    /// The mempool transaction `txid`.
+    fn pooled(&self, txid: &Txid) -> Option<&Transaction> {
+        self.mempool.iter().find(|p| p.txid == *txid).map(|p| &p.tx)
     }
 
     /// The tip height.
@@ -221,11 +278,8 @@ impl BitcoinState {
     }
 
     fn find_block(&self, hash: &BlockHash) -> Option<(u64, &Block)> {
-        self.blocks
-            .iter()
-            .enumerate()
-            .find(|(_, b)| b.block_hash() == *hash)
-            .map(|(h, b)| (h as u64, b))
+        let height = *self.heights.get(hash)?;
+        Some((height, self.block(height)?))
     }
 
     /// A block on the best chain or a stale one.
@@ -277,15 +331,12 @@ impl BitcoinState {
     /// Where a transaction is: `Some(None)` in the mempool, `Some(Some(h))`
     /// confirmed at height `h`.
     pub fn locate(&self, txid: &Txid) -> Option<(Transaction, Option<u64>)> {
-        if let Some(t) = self.mempool.iter().find(|t| t.compute_txid() == *txid) {
+        if let Some(t) = self.pooled(txid) {
             return Some((t.clone(), None));
         }
-        self.blocks.iter().enumerate().rev().find_map(|(h, b)| {
-            b.txdata
-                .iter()
-                .find(|t| t.compute_txid() == *txid)
-                .map(|t| (t.clone(), Some(h as u64)))
-        })
+        let (height, i) = *self.tx_index.get(txid)?;
+        let tx = self.block(height)?.txdata.get(i)?;
+        Some((tx.clone(), Some(height)))
     }
 
     /// Unspent confirmed outputs paying `script`: (outpoint, output, height).
@@ -293,7 +344,7 @@ impl BitcoinState {
         let spent_in_mempool: HashSet<OutPoint> = self
             .mempool
             .iter()
-            .flat_map(|t| t.input.iter().map(|i| i.previous_output))
+            .flat_map(|p| p.tx.input.iter().map(|i| i.previous_output))
             .collect();
         let mut v: Vec<_> = self
             .utxos
@@ -328,24 +379,24 @@ impl BitcoinState {
         if !self.is_final_at_tip(tx) {
             return Err(refuse(-26, "non-final"));
         }
-        let mempool_outputs: HashMap<OutPoint, TxOut> = self
+        let mempool_output = |o: &OutPoint| -> Option<TxOut> {
+            self.pooled(&o.txid)?
+                .output
+                .get(usize::try_from(o.vout).ok()?)
+                .cloned()
+        };
+        let inputs: HashSet<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
+        let conflicting: Vec<&Pooled> = self
             .mempool
             .iter()
-            .flat_map(|t| {
-                let txid = t.compute_txid();
-                t.output
+            .filter(|p| {
+                p.tx.input
                     .iter()
-                    .enumerate()
-                    .map(move |(i, o)| (OutPoint::new(txid, i as u32), o.clone()))
+                    .any(|i| inputs.contains(&i.previous_output))
             })
             .collect();
-        let inputs: HashSet<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
-        let conflicts: Vec<&Transaction> = self
-            .mempool
-            .iter()
-            .filter(|t| t.input.iter().any(|i| inputs.contains(&i.previous_output)))
-            .collect();
-        let evicted = self.with_descendants(conflicts.iter().map(|t| t.compute_txid()));
+        let evicted = self.with_descendants(conflicting.iter().map(|p| p.txid));
+        let conflicts: Vec<&Transaction> = conflicting.iter().map(|p| &p.tx).collect();
         let mut seen = HashSet::new();
         let mut prevouts = Vec::with_capacity(tx.input.len());
         let mut heights = Vec::with_capacity(tx.input.len());
@@ -357,14 +408,14 @@ impl BitcoinState {
             if evicted.contains(&o.txid) {
                 return Err(refuse(-26, "bad-txns-spends-conflicting-tx"));
             }
-            let (out, height) = match (self.utxos.get(&o), mempool_outputs.get(&o)) {
+            let (out, height) = match (self.utxos.get(&o), mempool_output(&o)) {
                 (Some(c), _) => {
                     if c.coinbase && self.height() + 1 - c.height < COINBASE_MATURITY {
                         return Err(refuse(-26, "bad-txns-premature-spend-of-coinbase"));
                     }
                     (c.txout.clone(), c.height)
                 }
-                (None, Some(m)) => (m.clone(), self.height() + 1),
+                (None, Some(m)) => (m, self.height() + 1),
                 (None, None) => return Err(refuse(-25, "bad-txns-inputs-missingorspent")),
             };
             prevouts.push(out);
@@ -427,12 +478,13 @@ impl BitcoinState {
     fn with_descendants(&self, roots: impl Iterator<Item = Txid>) -> HashSet<Txid> {
         let mut set: HashSet<Txid> = roots.collect();
         // The mempool is in arrival order: a child comes after its parents.
-        for t in &self.mempool {
-            if t.input
+        for p in &self.mempool {
+            if p.tx
+                .input
                 .iter()
                 .any(|i| set.contains(&i.previous_output.txid))
             {
-                set.insert(t.compute_txid());
+                set.insert(p.txid);
             }
         }
         set
@@ -445,9 +497,7 @@ impl BitcoinState {
             match self.utxos.get(o) {
                 Some(c) => Some(c.txout.value),
                 None => self
-                    .mempool
-                    .iter()
-                    .find(|t| t.compute_txid() == o.txid)?
+                    .pooled(&o.txid)?
                     .output
                     .get(usize::try_from(o.vout).ok()?)
                     .map(|x| x.value),
@@ -489,7 +539,7 @@ impl BitcoinState {
                 ),
             ));
         }
-        let in_mempool: HashSet<Txid> = self.mempool.iter().map(|t| t.compute_txid()).collect();
+        let in_mempool: HashSet<Txid> = self.mempool.iter().map(|p| p.txid).collect();
         let conflict_parents: HashSet<Txid> = conflicts
             .iter()
             .flat_map(|c| c.input.iter().map(|i| i.previous_output.txid))
@@ -506,8 +556,8 @@ impl BitcoinState {
         let old_fees = self
             .mempool
             .iter()
-            .filter(|t| evicted.contains(&t.compute_txid()))
-            .map(|t| self.mempool_fee(t))
+            .filter(|p| evicted.contains(&p.txid))
+            .map(|p| self.mempool_fee(&p.tx))
             .fold(Amount::ZERO, |a, f| a.checked_add(f).unwrap_or(Amount::MAX));
         if fee < old_fees {
             return Err(refuse(
@@ -631,7 +681,7 @@ impl BitcoinState {
     /// at most [`MEMPOOL_CHAIN_LIMIT`] transactions.
     fn check_chain_limits(&self, tx: &Transaction) -> Result<(), Refusal> {
         let by_txid: HashMap<Txid, &Transaction> =
-            self.mempool.iter().map(|t| (t.compute_txid(), t)).collect();
+            self.mempool.iter().map(|p| (p.txid, &p.tx)).collect();
         let parents = |t: &Transaction| -> Vec<Txid> {
             t.input
                 .iter()
@@ -681,20 +731,32 @@ impl BitcoinState {
 
     /// Adds a transaction to the mempool (`sendrawtransaction`).
     pub fn send(&mut self, tx: Transaction) -> Result<Txid, Refusal> {
+        self.send_capped(tx, |_, _| Ok(()))
+    }
+
+    /// As [`BitcoinState::send`], refusing with `cap`'s refusal a
+    /// transaction whose (fee, vsize) it refuses, after the mempool's
+    /// checks and before it enters (`sendrawtransaction`'s maxfeerate): the
+    /// scripts are verified once.
+    fn send_capped(
+        &mut self,
+        tx: Transaction,
+        cap: impl FnOnce(Amount, u64) -> Result<(), Refusal>,
+    ) -> Result<Txid, Refusal> {
         let txid = tx.compute_txid();
-        if self.mempool.iter().any(|t| t.compute_txid() == txid) {
+        if self.pooled(&txid).is_some() {
             return Ok(txid);
         }
         if (0..tx.output.len()).any(|i| self.utxos.contains_key(&OutPoint::new(txid, i as u32))) {
             return Err(refuse(-27, "Transaction outputs already in utxo set"));
         }
-        let (_, evicted) = self.check_replacing(&tx)?;
+        let (fee, evicted) = self.check_replacing(&tx)?;
+        cap(fee, tx.vsize() as u64)?;
         if !evicted.is_empty() {
             log::debug!("{txid} replaces {} mempool transactions", evicted.len());
-            self.mempool
-                .retain(|t| !evicted.contains(&t.compute_txid()));
+            self.mempool.retain(|p| !evicted.contains(&p.txid));
         }
-        self.mempool.push(tx);
+        self.mempool.push(Pooled { txid, tx });
         Ok(txid)
     }
 
@@ -756,8 +818,7 @@ impl BitcoinState {
         }
         let hash = block.block_hash();
         self.stale.retain(|s| s.block.block_hash() != hash);
-        self.blocks.push(block);
-        self.undo.push(undo);
+        self.push_block(block, undo);
         hash
     }
 
@@ -773,7 +834,7 @@ impl BitcoinState {
         let mut fees = Amount::ZERO;
         let mut created: HashMap<OutPoint, TxOut> = HashMap::new();
         let mut n = 0;
-        for tx in &self.mempool {
+        for Pooled { txid, tx } in &self.mempool {
             let lookup = |o: &OutPoint| {
                 self.utxos
                     .get(o)
@@ -801,21 +862,27 @@ impl BitcoinState {
             fees = fees.checked_add(fee).unwrap_or(fees);
             weight += w;
             sigops += s;
-            let txid = tx.compute_txid();
             for (v, o) in tx.output.iter().enumerate() {
-                created.insert(OutPoint::new(txid, v as u32), o.clone());
+                created.insert(OutPoint::new(*txid, v as u32), o.clone());
             }
             n += 1;
         }
-        (self.mempool.drain(..n).collect(), fees)
+        (self.mempool.drain(..n).map(|p| p.tx).collect(), fees)
     }
 
     /// The best chain's tip hash.
     pub fn tip_hash(&self) -> BlockHash {
-        self.blocks
+        self.block_hashes
             .last()
-            .map(|b| b.block_hash())
+            .copied()
             .unwrap_or_else(|| genesis_block(Network::Regtest).block_hash())
+    }
+
+    /// The hash of the best-chain block at `height`.
+    pub fn block_hash(&self, height: u64) -> Option<BlockHash> {
+        self.block_hashes
+            .get(usize::try_from(height).ok()?)
+            .copied()
     }
 
     /// The median time of the 11 blocks ending at `height` (BIP113), as
@@ -843,6 +910,9 @@ impl BitcoinState {
     /// Empties the mempool, returning what it held (to mine blocks without it).
     pub fn take_mempool(&mut self) -> Vec<Transaction> {
         std::mem::take(&mut self.mempool)
+            .into_iter()
+            .map(|p| p.tx)
+            .collect()
     }
 
     /// Offers `txs` to the mempool again; those no longer valid are dropped,
@@ -860,8 +930,9 @@ impl BitcoinState {
         if self.blocks.len() <= 1 {
             return;
         }
-        let block = self.blocks.pop().expect("checked above");
-        let undo = self.undo.pop().unwrap_or_default();
+        let Some((block, undo)) = self.pop_block() else {
+            return;
+        };
         for tx in &block.txdata {
             let txid = tx.compute_txid();
             for v in 0..tx.output.len() {
@@ -880,7 +951,7 @@ impl BitcoinState {
         if self.stale.len() > MAX_STALE {
             self.stale.remove(0);
         }
-        let old = std::mem::take(&mut self.mempool);
+        let old = self.take_mempool();
         for tx in txs.into_iter().chain(old) {
             let _ = self.send(tx);
         }
@@ -891,9 +962,9 @@ impl BitcoinState {
 /// apply, for P2WPKH spends: LOW_S and WITNESS_PUBKEYTYPE.
 fn check_p2wpkh_policy(tx: &Transaction, prevouts: &[TxOut]) -> Result<(), Refusal> {
     // Core's text: the flag, then which input of which transaction.
-    let (txid, wtxid) = (tx.compute_txid(), tx.compute_wtxid());
     for (i, (input, prev)) in tx.input.iter().zip(prevouts).enumerate() {
         let failed = |why: &str| {
+            let (txid, wtxid) = (tx.compute_txid(), tx.compute_wtxid());
             refuse(
                 -26,
                 format!(
@@ -1163,8 +1234,8 @@ impl BitcoinState {
         if height > 0 {
             v["previousblockhash"] = json!(h.prev_blockhash.to_string());
         }
-        if let Some(next) = self.block(height + 1).filter(|_| found.active) {
-            v["nextblockhash"] = json!(next.block_hash().to_string());
+        if let Some(next) = self.block_hash(height + 1).filter(|_| found.active) {
+            v["nextblockhash"] = json!(next.to_string());
         }
         v
     }
@@ -1200,11 +1271,15 @@ impl BitcoinState {
         type Where<'a> = Option<(&'a Block, &'a [(OutPoint, Coin)], Option<u64>)>;
         let (tx, place): (Transaction, Where<'_>) = match &in_block {
             Some(f) => {
-                let tx = f
-                    .block
-                    .txdata
-                    .iter()
-                    .find(|t| t.compute_txid() == txid)
+                // A best-chain block's transactions are indexed; a stale
+                // block is searched.
+                let indexed = self
+                    .tx_index
+                    .get(&txid)
+                    .filter(|(h, _)| f.active && *h == f.height)
+                    .and_then(|(_, i)| f.block.txdata.get(*i));
+                let tx = indexed
+                    .or_else(|| f.block.txdata.iter().find(|t| t.compute_txid() == txid))
                     .cloned()
                     .ok_or_else(|| {
                         refuse(
@@ -1301,7 +1376,7 @@ impl BitcoinState {
                     && self
                         .mempool
                         .iter()
-                        .any(|t| t.input.iter().any(|i| i.previous_output == outpoint));
+                        .any(|p| p.tx.input.iter().any(|i| i.previous_output == outpoint));
                 (!spent_in_mempool).then(|| {
                     (
                         c.txout.clone(),
@@ -1311,14 +1386,12 @@ impl BitcoinState {
                 })
             }
             None if include_mempool => self
-                .mempool
-                .iter()
-                .find(|t| t.compute_txid() == txid)
+                .pooled(&txid)
                 .filter(|_| {
                     !self
                         .mempool
                         .iter()
-                        .any(|t| t.input.iter().any(|i| i.previous_output == outpoint))
+                        .any(|p| p.tx.input.iter().any(|i| i.previous_output == outpoint))
                 })
                 .and_then(|t| t.output.get(usize::try_from(outpoint.vout).ok()?))
                 .map(|o| (o.clone(), 0, false)),
@@ -1388,8 +1461,8 @@ fn rpc(state: &mut BitcoinState, method: &str, params: &[Json]) -> Result<Json, 
             let h = p(0).as_i64().ok_or_else(bad)?;
             u64::try_from(h)
                 .ok()
-                .and_then(|h| state.block(h))
-                .map(|b| json!(b.block_hash().to_string()))
+                .and_then(|h| state.block_hash(h))
+                .map(|b| json!(b.to_string()))
                 .ok_or_else(|| refuse(-8, "Block height out of range"))
         }
         "getblock" => {
@@ -1441,17 +1514,17 @@ fn rpc(state: &mut BitcoinState, method: &str, params: &[Json]) -> Result<Json, 
                     Amount::from_btc(rate).map_err(|_| bad())?.to_sat()
                 }
             };
-            let fee = state.check(&tx);
-            if let Ok(fee) = fee {
-                let vsize = tx.vsize() as u64;
-                if max_per_kvb > 0 && fee.to_sat() > max_per_kvb.saturating_mul(vsize) / 1000 {
-                    return Err(refuse(
-                        -25,
-                        "Fee exceeds maximum configured by user (e.g. -maxtxfee, maxfeerate)",
-                    ));
-                }
-            }
-            state.send(tx).map(|t| json!(t.to_string()))
+            state
+                .send_capped(tx, |fee, vsize| {
+                    if max_per_kvb > 0 && fee.to_sat() > max_per_kvb.saturating_mul(vsize) / 1000 {
+                        return Err(refuse(
+                            -25,
+                            "Fee exceeds maximum configured by user (e.g. -maxtxfee, maxfeerate)",
+                        ));
+                    }
+                    Ok(())
+                })
+                .map(|t| json!(t.to_string()))
         }
         "testmempoolaccept" => {
             let hex = p(0)

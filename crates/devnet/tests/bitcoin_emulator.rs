@@ -377,3 +377,75 @@ fn transactions_not_final_for_the_next_block_wait() {
     }
     b.send(tx).unwrap();
 }
+
+/// The emulator's indexes (block hash → height, txid → place) follow a
+/// reorg: the dropped block is stale (found, off the best chain), the
+/// transaction it held is found in its new block, and height lookups
+/// answer the new chain.
+#[test]
+fn lookups_by_hash_and_txid_follow_a_reorg_over_json_rpc() {
+    let (mut b, mut u) = funded();
+    let other = User::new("o", 2).btc.script_pubkey();
+    let txid = u.pay(&mut b, &other, Amount::from_sat(10_000)).unwrap();
+    let old_tip = b.mine(&burn());
+    let h = b.height();
+    b.invalidate_tip();
+    let new_tip = b.mine(&u.btc.script_pubkey());
+    let em = devnet::BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
+    let call = |method: &str, params: serde_json::Value| -> serde_json::Value {
+        ureq::post(&em.url())
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_json(
+                serde_json::json!({"jsonrpc": "1.0", "id": 1, "method": method, "params": params}),
+            )
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    };
+    let r = call("getblockhash", serde_json::json!([h]));
+    assert_eq!(r["result"], new_tip.to_string(), "{r}");
+    assert_eq!(
+        call("getbestblockhash", serde_json::json!([]))["result"],
+        new_tip.to_string()
+    );
+    let r = call("getblock", serde_json::json!([old_tip.to_string(), 1]));
+    assert_eq!(
+        r["result"]["confirmations"], -1,
+        "the old tip is stale: {r}"
+    );
+    let r = call("getblock", serde_json::json!([new_tip.to_string(), 1]));
+    assert_eq!(r["result"]["confirmations"], 1, "{r}");
+    assert_eq!(r["result"]["height"], h, "{r}");
+    let r = call(
+        "getrawtransaction",
+        serde_json::json!([txid.to_string(), 1]),
+    );
+    assert_eq!(r["result"]["blockhash"], new_tip.to_string(), "{r}");
+    assert_eq!(r["result"]["confirmations"], 1, "{r}");
+    let r = call(
+        "getrawtransaction",
+        serde_json::json!([txid.to_string(), 1, old_tip.to_string()]),
+    );
+    assert_eq!(r["result"]["in_active_chain"], false, "{r}");
+    assert_eq!(r["result"]["confirmations"], 0, "{r}");
+    let r = call(
+        "getrawtransaction",
+        serde_json::json!([txid.to_string(), 1, new_tip.to_string()]),
+    );
+    assert_eq!(r["result"]["in_active_chain"], true, "{r}");
+    // The tip dropped again: its transaction is back in the mempool only.
+    em.with(|b| b.invalidate_tip());
+    let r = call(
+        "getrawtransaction",
+        serde_json::json!([txid.to_string(), 1]),
+    );
+    assert!(
+        r["result"].get("blockhash").is_none(),
+        "in the mempool: {r}"
+    );
+    let r = call("getblockhash", serde_json::json!([h]));
+    assert_eq!(r["error"]["code"], -8, "{r}");
+}

@@ -69,6 +69,10 @@ impl BitcoinNode for CountingBitcoin {
         count(&self.1, "btc getblockhash");
         self.0.get_block_hash(height)
     }
+    fn get_best_block_hash(&self) -> Result<BlockHash, bitcoin_node_client::Error> {
+        count(&self.1, "btc getbestblockhash");
+        self.0.get_best_block_hash()
+    }
     fn get_block(&self, hash: &BlockHash) -> Result<Block, bitcoin_node_client::Error> {
         count(&self.1, "btc getblock");
         self.0.get_block(hash)

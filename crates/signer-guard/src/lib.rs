@@ -100,7 +100,7 @@ use std::time::{Duration, Instant};
 use bitcoin::hashes::Hash as _;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, BlockHash, Network, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
-use bitcoin_node_client::{Auth, BitcoinNode, UreqBitcoinNode};
+use bitcoin_node_client::{Auth, BitcoinNode, TxStatus, UreqBitcoinNode};
 use frost_net::{SignRequest, SignerFile, ToSign};
 use frost_signer::Validator;
 use peg_coins::{CoinRecord, RecordedCoin};
@@ -310,6 +310,9 @@ pub struct Guard<B, S> {
     confirmations: Confirmations,
     start_height: u64,
     keys: Vec<PublicKey>,
+    /// The peg wallet scriptPubKey of each key of `keys` (a taproot tweak
+    /// each: computed once per key set, not several times per check).
+    scripts: Vec<ScriptBuf>,
     coins: CoinRecord,
     store: Store,
     status: GuardStatus,
@@ -329,6 +332,34 @@ pub struct Guard<B, S> {
     /// sync (`getblockcount` read then), for the first read of
     /// [`Guard::on_best_chain`]'s bracket; taken by it, cleared per check.
     node_tip_synced: Option<u64>,
+    /// The coin record's tip (height, hash) after its last sync that
+    /// caught up with the node's `getbestblockhash` read just before it:
+    /// while the node's best block hash is still this one, the record is
+    /// caught up without a sync (one node call per check, not two or more).
+    /// Cleared when a sync fails or the keys change (a new key's coins
+    /// need a rescan).
+    record_at_best: Option<SyncedTip>,
+    /// This check's best chain tip (height, hash), read by its sync
+    /// (`getbestblockhash`) with the record caught up to it: the fast path
+    /// of [`Guard::on_best_chain`]; taken by it, cleared per check.
+    best_tip: Option<SyncedTip>,
+    /// The hashes of blocks on the chain whose tip is `.0`, by height
+    /// (each read by `getblockhash` between two `getbestblockhash` reads
+    /// both answering `.0`). A block hash fixes its whole ancestry, so
+    /// these never change while the tip is `.0`; another tip empties them.
+    best_hashes: Option<(BlockHash, HashMap<u64, BlockHash>)>,
+    /// The last wallet read, with what it was read from: the coin
+    /// record's coins (the same `Arc` while the record is unchanged), the
+    /// Stacks block of its mint reads and the store's
+    /// [`Store::wallet_generation`]. Every input the same, the same wallet
+    /// (without it each check walked every coin of the wallet again).
+    wallet_at: Option<(WalletInputs, Arc<Wallet>)>,
+    /// What the wallet's requests burned (the sum [`Guard::check_books`]
+    /// takes out of the peg-ins minted), with the wallet it was summed
+    /// for, the final Stacks block of its `get-burn` reads and the store's
+    /// [`Store::wallet_generation`] after them: the same three, the same
+    /// sum (else every check read every request's burn mark again).
+    burned_at: Option<(Arc<Wallet>, [u8; 32], u64, Amount)>,
     /// The time each phase of the last check took (for benchmarks).
     phases: Vec<(&'static str, Duration)>,
 }
@@ -394,6 +425,9 @@ type SyncedTip = (u64, BlockHash);
 /// How many blocks' transaction positions [`Guard`] keeps.
 const MAX_BLOCKS_INDEXED: usize = 64;
 
+/// How many block hashes of one best chain [`Guard`] keeps.
+const MAX_HASHES_KEPT: usize = 4096;
+
 /// The contract's answers at one Stacks block.
 struct TipReads {
     /// The block's index block hash.
@@ -406,6 +440,13 @@ struct TipReads {
     supply: Option<Value>,
     /// `get-bitcoin-wallet-public-key`.
     key: Option<Value>,
+}
+
+/// What a [`Wallet`] was read from.
+struct WalletInputs {
+    coins: Arc<Vec<RecordedCoin>>,
+    mints_at: Option<[u8; 32]>,
+    store: u64,
 }
 
 /// Everything the guard knows of the peg wallet at one check.
@@ -460,6 +501,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             confirmations,
             start_height,
             keys: Vec::new(),
+            scripts: Vec::new(),
             coins,
             store,
             status: GuardStatus::default(),
@@ -467,6 +509,11 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             coins_at: None,
             block_txs: HashMap::new(),
             node_tip_synced: None,
+            record_at_best: None,
+            best_tip: None,
+            best_hashes: None,
+            wallet_at: None,
+            burned_at: None,
             phases: Vec::new(),
         };
         guard.set_keys(keys)?;
@@ -479,16 +526,20 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     /// # Errors
     /// When the coin record cannot be written.
     pub fn set_keys(&mut self, keys: &[PublicKey]) -> Result<(), GuardError> {
-        for k in keys {
+        let scripts: Vec<ScriptBuf> = keys
+            .iter()
+            .map(|k| script_of(k, self.params.networks.bitcoin))
+            .collect();
+        for script in &scripts {
             self.coins
-                .watch(
-                    &script_of(k, self.params.networks.bitcoin),
-                    self.start_height,
-                )
+                .watch(script, self.start_height)
                 .map_err(|e| GuardError::Storage(e.to_string()))?;
         }
         self.keys = keys.to_vec();
+        self.scripts = scripts;
         self.coins_at = None;
+        // A key watched from now needs a rescan: the next check syncs.
+        self.record_at_best = None;
         Ok(())
     }
 
@@ -517,10 +568,16 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     }
 
     fn held_scripts(&self) -> Vec<ScriptBuf> {
+        self.scripts.clone()
+    }
+
+    /// The peg wallet scriptPubKey of `key`.
+    fn script_for(&self, key: &PublicKey) -> ScriptBuf {
         self.keys
             .iter()
-            .map(|k| script_of(k, self.params.networks.bitcoin))
-            .collect()
+            .position(|k| k == key)
+            .and_then(|i| self.scripts.get(i).cloned())
+            .unwrap_or_else(|| script_of(key, self.params.networks.bitcoin))
     }
 
     fn sender(&self) -> PrincipalData {
@@ -646,6 +703,20 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     }
 
     fn sync_coins(&mut self) -> Result<(), Rule> {
+        let best = self
+            .bitcoin
+            .get_best_block_hash()
+            .map_err(|e| btc_err("getbestblockhash", e))?;
+        if let Some((height, hash)) = self.record_at_best {
+            if hash == best {
+                // The node's best chain is the one the record follows, up
+                // to its tip: nothing to sync.
+                self.node_tip_synced = Some(height);
+                self.best_tip = Some((height, hash));
+                return Ok(());
+            }
+        }
+        self.record_at_best = None;
         for _ in 0..MAX_SYNC_CALLS {
             let rep = self.coins.sync(&self.bitcoin).map_err(|e| {
                 // A sync cut short may have changed the record: read it
@@ -666,6 +737,17 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 // Caught up: the record's tip is the node's `getblockcount`
                 // read at the start of this sync.
                 self.node_tip_synced = rep.tip;
+                // And if that tip is the best block read before the sync,
+                // the node's chain did not move meanwhile: the record
+                // follows `best` (else the next check syncs again).
+                let at = self
+                    .coins
+                    .synced_tip()
+                    .map_err(|e| rule("guard.store", format!("coin record: {e}")))?;
+                if let Some((height, hash)) = at.filter(|(_, h)| *h == best) {
+                    self.record_at_best = Some((height, hash));
+                    self.best_tip = Some((height, hash));
+                }
                 return Ok(());
             }
         }
@@ -809,10 +891,40 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         })
     }
 
-    /// Reads the wallet from the coin record; with `mints_at`, also which
-    /// peg-ins are not minted at that Stacks block.
-    fn wallet(&mut self, mints_at: Option<&[u8; 32]>) -> Result<Wallet, Rule> {
+    /// The wallet ([`Guard::read_wallet`]), read again only when the coin
+    /// record, the Stacks block or the store's coin facts changed since.
+    fn wallet(&mut self, mints_at: Option<&[u8; 32]>) -> Result<Arc<Wallet>, Rule> {
         let all = self.held_coins()?;
+        if let Some((at, w)) = &self.wallet_at {
+            if Arc::ptr_eq(&at.coins, &all)
+                && at.mints_at.as_ref() == mints_at
+                && at.store == self.store.wallet_generation()
+            {
+                return Ok(w.clone());
+            }
+        }
+        self.wallet_at = None;
+        let w = Arc::new(self.read_wallet(&all, mints_at)?);
+        // Its own reads may have taught the store facts: the generation
+        // after them is the one this wallet answers for.
+        self.wallet_at = Some((
+            WalletInputs {
+                coins: all,
+                mints_at: mints_at.copied(),
+                store: self.store.wallet_generation(),
+            },
+            w.clone(),
+        ));
+        Ok(w)
+    }
+
+    /// Reads the wallet from the coin record's coins `all`; with
+    /// `mints_at`, also which peg-ins are not minted at that Stacks block.
+    fn read_wallet(
+        &mut self,
+        all: &[RecordedCoin],
+        mints_at: Option<&[u8; 32]>,
+    ) -> Result<Wallet, Rule> {
         let mut w = Wallet {
             unspent: HashMap::new(),
             fee_outputs: HashSet::new(),
@@ -938,13 +1050,14 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         let sighashes = payload
             .sighashes()
             .map_err(|e| rule("payload.prevouts", e))?;
-        let network = self.params.networks.bitcoin;
         let mut expected = Vec::with_capacity(sighashes.len());
         for (i, (sighash, prevout)) in sighashes.iter().zip(prevouts).enumerate() {
             let key = self
                 .keys
                 .iter()
-                .find(|k| script_of(k, network) == prevout.script_pubkey)
+                .zip(&self.scripts)
+                .find(|(_, script)| **script == prevout.script_pubkey)
+                .map(|(k, _)| k)
                 .ok_or_else(|| {
                     rule(
                         "input.not-peg-coin",
@@ -994,6 +1107,137 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         unknown: &'static str,
         not_final: &'static str,
     ) -> Result<(Transaction, Position, u64), Rule> {
+        let found = match self.best_tip.take() {
+            Some(best) => self.at_best_tip(txid, best, unknown, not_final)?,
+            None => None,
+        };
+        let (status, block_hash, height, tip) = match found {
+            Some(f) => f,
+            None => self.bracketed(txid, unknown, not_final)?,
+        };
+        // The transaction as the node gave it must be the one asked for
+        // (its position below is looked up by that txid).
+        if status.tx.compute_txid() != *txid {
+            return Err(btc_err(
+                "getrawtransaction",
+                format!("asked for {txid}, got {}", status.tx.compute_txid()),
+            ));
+        }
+        // Its position in its block: a block's hash fixes its transactions,
+        // so each block is read (and checked) once.
+        if !self.block_txs.contains_key(&block_hash) {
+            let block = self
+                .bitcoin
+                .get_block(&block_hash)
+                .map_err(|e| btc_err("getblock", e))?;
+            if block.block_hash() != block_hash {
+                return Err(btc_err(
+                    "getblock",
+                    format!("asked for {block_hash}, got another block"),
+                ));
+            }
+            if self.block_txs.len() >= MAX_BLOCKS_INDEXED {
+                self.block_txs.clear();
+            }
+            let positions = block
+                .txdata
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.compute_txid(), u32::try_from(i).unwrap_or(u32::MAX)))
+                .collect();
+            self.block_txs.insert(block_hash, positions);
+        }
+        let Some(vtxindex) = self
+            .block_txs
+            .get(&block_hash)
+            .and_then(|m| m.get(txid))
+            .copied()
+        else {
+            return Err(rule(
+                unknown,
+                format!("{txid} is not in its block {block_hash}"),
+            ));
+        };
+        let at = Position {
+            height: BurnHeight(height),
+            block_hash,
+            vtxindex,
+        };
+        Ok((status.tx, at, tip))
+    }
+
+    /// [`Guard::on_best_chain`]'s fast path, at the tip `best` this check's
+    /// sync read (`getbestblockhash`): the transaction's block must be the
+    /// one at `best`'s height + 1 − confirmations on the chain ending at
+    /// `best` ([`Guard::hash_on`]). `None` when that does not hold (a block
+    /// arrived since, a reorg, a node failure): then the bracketed reads
+    /// decide, as without this path. (status, block hash, height, tip).
+    fn at_best_tip(
+        &mut self,
+        txid: &Txid,
+        best: SyncedTip,
+        unknown: &'static str,
+        not_final: &'static str,
+    ) -> Result<Option<(TxStatus, BlockHash, u64, u64)>, Rule> {
+        let status = self
+            .bitcoin
+            .get_raw_transaction(txid)
+            .map_err(|e| btc_err("getrawtransaction", e))?
+            .ok_or_else(|| {
+                rule(
+                    unknown,
+                    format!("{txid} is unknown to this signer's bitcoind"),
+                )
+            })?;
+        let Some(block_hash) = status.block_hash.filter(|_| status.confirmations > 0) else {
+            return Err(rule(not_final, format!("{txid} is not confirmed")));
+        };
+        let (tip, tip_hash) = best;
+        let Some(height) = tip
+            .checked_add(1)
+            .and_then(|t| t.checked_sub(u64::from(status.confirmations)))
+        else {
+            return Ok(None);
+        };
+        if self.hash_on(&tip_hash, height) != Some(block_hash) {
+            return Ok(None);
+        }
+        Ok(Some((status, block_hash, height, tip)))
+    }
+
+    /// The hash of the block at `height` on the chain whose tip is `tip`:
+    /// from [`Guard::best_hashes`], or read by `getblockhash` and kept only
+    /// if `getbestblockhash` still answers `tip` after it (the node's best
+    /// chain was `tip`'s before the read, in this check's sync, and after
+    /// it). `None` when the node moved or failed.
+    fn hash_on(&mut self, tip: &BlockHash, height: u64) -> Option<BlockHash> {
+        if let Some((t, hashes)) = &self.best_hashes {
+            if t == tip {
+                if let Some(h) = hashes.get(&height) {
+                    return Some(*h);
+                }
+            }
+        }
+        let hash = self.bitcoin.get_block_hash(height).ok()?;
+        if self.bitcoin.get_best_block_hash().ok()? != *tip {
+            return None;
+        }
+        let hashes = match &mut self.best_hashes {
+            Some((t, hashes)) if t == tip && hashes.len() < MAX_HASHES_KEPT => hashes,
+            slot => &mut slot.insert((*tip, HashMap::new())).1,
+        };
+        hashes.insert(height, hash);
+        Some(hash)
+    }
+
+    /// [`Guard::on_best_chain`]'s reads bracketed by the tip height:
+    /// (status, block hash, height, tip).
+    fn bracketed(
+        &mut self,
+        txid: &Txid,
+        unknown: &'static str,
+        not_final: &'static str,
+    ) -> Result<(TxStatus, BlockHash, u64, u64), Rule> {
         // The transaction's confirmations and the tip height must come from
         // one chain: read the tip before and after, and try again when a
         // block arrived in between (else the height would be off by one and
@@ -1050,55 +1294,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 format!("{txid}'s block {block_hash} is not on this signer's best chain"),
             ));
         }
-        // The transaction as the node gave it must be the one asked for
-        // (its position below is looked up by that txid).
-        if status.tx.compute_txid() != *txid {
-            return Err(btc_err(
-                "getrawtransaction",
-                format!("asked for {txid}, got {}", status.tx.compute_txid()),
-            ));
-        }
-        // Its position in its block: a block's hash fixes its transactions,
-        // so each block is read (and checked) once.
-        if !self.block_txs.contains_key(&block_hash) {
-            let block = self
-                .bitcoin
-                .get_block(&block_hash)
-                .map_err(|e| btc_err("getblock", e))?;
-            if block.block_hash() != block_hash {
-                return Err(btc_err(
-                    "getblock",
-                    format!("asked for {block_hash}, got another block"),
-                ));
-            }
-            if self.block_txs.len() >= MAX_BLOCKS_INDEXED {
-                self.block_txs.clear();
-            }
-            let positions = block
-                .txdata
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (t.compute_txid(), u32::try_from(i).unwrap_or(u32::MAX)))
-                .collect();
-            self.block_txs.insert(block_hash, positions);
-        }
-        let Some(vtxindex) = self
-            .block_txs
-            .get(&block_hash)
-            .and_then(|m| m.get(txid))
-            .copied()
-        else {
-            return Err(rule(
-                unknown,
-                format!("{txid} is not in its block {block_hash}"),
-            ));
-        };
-        let at = Position {
-            height: BurnHeight(height),
-            block_hash,
-            vtxindex,
-        };
-        Ok((status.tx, at, tip))
+        Ok((status, block_hash, height, tip))
     }
 
     /// The request's transaction on the signer's best chain, parsed.
@@ -1227,7 +1423,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             }
         }
         let wallet = self.timed("wallet", |g| g.wallet(Some(final_tip)))?;
-        let current_script = script_of(current, self.params.networks.bitcoin);
+        let current_script = self.script_for(current);
         let is_peg_coin = |o: &OutPoint, out: &TxOut| {
             wallet.unspent.get(o) == Some(out)
                 && !wallet.fee_outputs.contains(o)
@@ -1272,7 +1468,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     /// holds. A refund pays a debt: the peg-in it refunds is owed no more.
     fn check_books(
         &mut self,
-        wallet: &Wallet,
+        wallet: &Arc<Wallet>,
         tx: &Transaction,
         prevouts: &[TxOut],
         final_tip: &[u8; 32],
@@ -1319,26 +1515,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         // coordinator's Stacks key with no peg-in behind it makes the supply
         // larger, and then nothing is paid — however much surplus (fee
         // leftovers, plain payments) the wallet holds.
-        let mut burned = Amount::ZERO;
-        for r in &wallet.requests {
-            let amount = match self.store.burned(r).map_err(|e| rule("guard.store", e))? {
-                Some(a) => Some(a),
-                None => match self.burn_at(r, final_tip)? {
-                    Some((a, _)) => {
-                        self.store
-                            .mark_burned(r, a)
-                            .map_err(|e| rule("guard.store", e))?;
-                        Some(a)
-                    }
-                    None => None,
-                },
-            };
-            if let Some(a) = amount {
-                burned = burned
-                    .checked_add(Amount::from_sat(a))
-                    .unwrap_or(Amount::MAX);
-            }
-        }
+        let burned = self.burned_by_requests(wallet, final_tip)?;
         let backed = wallet.minted.checked_sub(burned).unwrap_or(Amount::ZERO);
         if Amount::from_sat(supply) > backed {
             return Err(rule(
@@ -1418,6 +1595,52 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         Ok(())
     }
 
+    /// What the wallet's requests burned, final at `final_tip` (each burn
+    /// seen final is marked in the store and counted from then on), summed
+    /// again only when the wallet, the block or the store's facts changed.
+    fn burned_by_requests(
+        &mut self,
+        wallet: &Arc<Wallet>,
+        final_tip: &[u8; 32],
+    ) -> Result<Amount, Rule> {
+        if let Some((w, tip, generation, sum)) = &self.burned_at {
+            if Arc::ptr_eq(w, wallet)
+                && tip == final_tip
+                && *generation == self.store.wallet_generation()
+            {
+                return Ok(*sum);
+            }
+        }
+        self.burned_at = None;
+        let mut burned = Amount::ZERO;
+        for r in &wallet.requests {
+            let amount = match self.store.burned(r).map_err(|e| rule("guard.store", e))? {
+                Some(a) => Some(a),
+                None => match self.burn_at(r, final_tip)? {
+                    Some((a, _)) => {
+                        self.store
+                            .mark_burned(r, a)
+                            .map_err(|e| rule("guard.store", e))?;
+                        Some(a)
+                    }
+                    None => None,
+                },
+            };
+            if let Some(a) = amount {
+                burned = burned
+                    .checked_add(Amount::from_sat(a))
+                    .unwrap_or(Amount::MAX);
+            }
+        }
+        self.burned_at = Some((
+            wallet.clone(),
+            *final_tip,
+            self.store.wallet_generation(),
+            burned,
+        ));
+        Ok(burned)
+    }
+
     fn check_sweep(
         &mut self,
         tx: &Transaction,
@@ -1428,7 +1651,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         // The books too: a sweep's fee comes out of the backing, so a
         // stream of consolidations at the fee cap could drain it.
         let wallet = self.wallet(Some(final_tip))?;
-        let current_script = script_of(current, self.params.networks.bitcoin);
+        let current_script = self.script_for(current);
         let is_sweepable = |o: &OutPoint, out: &TxOut| {
             wallet.unspent.get(o) == Some(out)
                 && !wallet.fee_outputs.contains(o)
@@ -1645,6 +1868,7 @@ impl<B: BitcoinNode + Send, S: StacksNode + Send> Validator for Guard<B, S> {
     fn check(&mut self, request: &SignRequest) -> Result<(), String> {
         self.phases.clear();
         self.node_tip_synced = None;
+        self.best_tip = None;
         let outcome = self.evaluate(request).and_then(|(promises, signed)| {
             self.timed("commit", |g| {
                 g.store

@@ -194,6 +194,8 @@ pub(crate) struct Store {
     published: Vec<PublicKey>,
     /// Facts to write with the next commit or flush.
     pending: Vec<Fact>,
+    /// Counts the changes to what [`Store::wallet_generation`] covers.
+    generation: u64,
 }
 
 impl Drop for Store {
@@ -289,6 +291,7 @@ impl Store {
             refunded_by_us: HashSet::new(),
             published: Vec::new(),
             pending: Vec::new(),
+            generation: 0,
         };
         store.load()?;
         Ok(store)
@@ -346,6 +349,7 @@ impl Store {
         self.coin_txs = coin_txs;
         self.refunded_by_us = refunded_by_us;
         self.published = published;
+        self.generation += 1;
         Ok(())
     }
 
@@ -464,6 +468,7 @@ impl Store {
         }
         if let Signed::Refund(r) = signed {
             self.refunded_by_us.insert(r.peg_in);
+            self.generation += 1;
         }
         Ok(())
     }
@@ -509,6 +514,7 @@ impl Store {
         if let Some(c) = self.coin_txs.get_mut(txid) {
             c.refunded = true;
             self.pending.push(Fact::Refunded(*txid));
+            self.generation += 1;
         }
         Ok(())
     }
@@ -577,6 +583,14 @@ impl Store {
         .collect()
     }
 
+    /// Changes whenever what the guard reads of the peg wallet's coins
+    /// changes here: a classification, a mint, burn or refund mark, a
+    /// refund signed (not a fulfilment or promise). Equal generations: the
+    /// same answers from `coin_tx`, `burned`, `refunded`, `has_refunds`.
+    pub(crate) fn wallet_generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The stored classification of a transaction that paid the wallet,
     /// with whether its mint is final.
     pub(crate) fn coin_tx(&self, txid: &Txid) -> Result<Option<(CoinKind, bool)>, String> {
@@ -596,6 +610,7 @@ impl Store {
                 },
             );
             self.pending.push(Fact::Classified(*txid, kind));
+            self.generation += 1;
         }
         Ok(())
     }
@@ -611,6 +626,7 @@ impl Store {
         if let Some(c) = self.coin_txs.get_mut(txid) {
             c.burned = Some(amount);
             self.pending.push(Fact::Burned(*txid, amount));
+            self.generation += 1;
         }
         Ok(())
     }
@@ -647,6 +663,7 @@ impl Store {
         if let Some(c) = self.coin_txs.get_mut(txid) {
             c.minted = true;
             self.pending.push(Fact::Minted(*txid));
+            self.generation += 1;
         }
         Ok(())
     }

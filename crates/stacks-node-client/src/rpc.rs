@@ -65,6 +65,10 @@ fn hex32(what: &str, s: &str) -> Result<[u8; 32], Error> {
         .map_err(|_| Error::Decode(format!("{what} is not 32 bytes")))
 }
 
+/// The size of a connection's input and output buffers (and the most
+/// the answer's status line and headers may take).
+const CONNECTION_BUFFER: usize = 16 * 1024;
+
 impl UreqStacksNode {
     /// Creates a client for the node at `url` (e.g. `http://127.0.0.1:20443`)
     /// with a per-call `timeout`.
@@ -80,6 +84,14 @@ impl UreqStacksNode {
             // until the client's timeout (seen: 30 s stalls of the guards).
             .max_idle_connections(0)
             .max_idle_connections_per_host(0)
+            // Each connection allocates its buffers: ureq's 128 KiB each
+            // way made every call grow and trim the heap (page faults,
+            // TLB shootdowns: a fifth of a signer guard's check CPU in
+            // peg_bench). A node's answer headers are far smaller; bodies
+            // stream through the buffer whatever its size.
+            .input_buffer_size(CONNECTION_BUFFER)
+            .output_buffer_size(CONNECTION_BUFFER)
+            .max_response_header_size(CONNECTION_BUFFER)
             .build();
         UreqStacksNode {
             agent: ureq::Agent::new_with_config(config),

@@ -776,3 +776,119 @@ fn a_reorg_under_the_same_stacks_block_is_seen_by_the_next_check() {
     req.id = 3;
     assert_eq!(refused(g.check(&req)), "backing");
 }
+
+/// At a steady tip a check reads the tip once (`getbestblockhash`): no
+/// coin record sync, no `getblockcount` bracket, the request's block hash
+/// from the first check's read; a new block is synced by the next check.
+#[test]
+fn at_a_steady_tip_a_check_reads_the_tip_once_and_a_new_block_is_synced() {
+    let mut fx = Fx::new();
+    let calls = Calls::default();
+    let mut g = fx.guard_counting(calls.clone());
+    let (tx, p) = fx.payout();
+    g.check(&fulfilment_request(&fx, &fx.request, tx.clone(), p.clone()))
+        .unwrap();
+    calls.lock().unwrap().clear();
+    let mut again = fulfilment_request(&fx, &fx.request, tx, p);
+    again.id = 2;
+    g.check(&again).unwrap();
+    let seen = calls.lock().unwrap().clone();
+    let want: HashMap<&str, usize> = [
+        ("getbestblockhash", 1),
+        ("getrawtransaction", 1),
+        ("gettxout", 1),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(seen, want, "the node calls of a check at the same tip");
+    // A new block with a peg-in: the next check syncs it, and its coin pays.
+    let second = fx.peg_in_tx(&fx.key.clone(), PEG_IN, &fx.alice.clone());
+    let txid = second.compute_txid().to_string();
+    let who = fx.alice.clone();
+    fx.stacks(move |s| {
+        s.mints.insert(txid, (u128::from(PEG_IN), who));
+        s.supply += u128::from(PEG_IN);
+    });
+    fx.mine(vec![second.clone()]);
+    let coin = (
+        OutPoint::new(second.compute_txid(), 1),
+        second.output[1].clone(),
+    );
+    let (tx, p) = fx.fulfilment(&fx.request, &[coin], 1_000);
+    let mut third = fulfilment_request(&fx, &fx.request, tx, p);
+    third.id = 3;
+    calls.lock().unwrap().clear();
+    g.check(&third).unwrap();
+    assert!(
+        calls.lock().unwrap().get("getblock").copied().unwrap_or(0) >= 1,
+        "the new block was read by the coin record's sync"
+    );
+}
+
+/// The request's block hash kept from one check is never used at another
+/// tip: a reorg that replaces the request's block at the same height (the
+/// tip's height unchanged, its hash not) refuses the next check.
+#[test]
+fn a_reorg_of_the_requests_block_at_the_same_height_refuses_the_next_check() {
+    for extend in [false, true] {
+        let fx = Fx::new();
+        let mut g = fx.guard();
+        let (tx, p) = fx.payout();
+        g.check(&fulfilment_request(&fx, &fx.request, tx.clone(), p.clone()))
+            .unwrap();
+        {
+            // The tip (the request's block) goes stale; the node still
+            // reports the request in it. Another block takes its height.
+            let mut c = fx.chain.lock().unwrap();
+            let gone = c.blocks.pop().unwrap();
+            let height = c.blocks.len() as u64;
+            let mut other = block(gone.header.prev_blockhash, height, vec![]);
+            other.header.nonce += 1_000;
+            c.blocks.push(other);
+            c.stale.push((height, gone));
+            if extend {
+                c.mine(vec![]);
+            }
+        }
+        let mut again = fulfilment_request(&fx, &fx.request, tx, p);
+        again.id = 2;
+        let e = g.check(&again).unwrap_err();
+        assert!(e.starts_with("request.unknown"), "extend {extend}: {e}");
+        assert!(e.contains("best chain"), "extend {extend}: {e}");
+    }
+}
+
+/// The wallet kept from one check is read again at another final Stacks
+/// block, the Bitcoin chain unchanged: a peg-in owed at one block (its
+/// coin not spendable) is minted at the next, and its coin pays.
+#[test]
+fn the_wallet_kept_between_checks_follows_the_final_stacks_block() {
+    let mut fx = Fx::new();
+    let second = fx.peg_in_tx(&fx.key.clone(), PEG_IN, &fx.alice.clone());
+    fx.mine(vec![second.clone()]);
+    let coin = (
+        OutPoint::new(second.compute_txid(), 1),
+        second.output[1].clone(),
+    );
+    let mut g = fx.guard();
+    // The standard payout passes (the books read, the burn marked).
+    let (ok_tx, ok_p) = fx.payout();
+    g.check(&fulfilment_request(&fx, &fx.request, ok_tx, ok_p))
+        .unwrap();
+    // Not minted yet: owed to its depositor, no input of a payout (the
+    // wallet is the one kept from the first check).
+    let (tx, p) = fx.fulfilment(&fx.request, &[coin], 1_000);
+    let mut owed = fulfilment_request(&fx, &fx.request, tx.clone(), p.clone());
+    owed.id = 2;
+    assert_eq!(refused(g.check(&owed)), "fulfilment.input");
+    // Minted at the next Stacks block; Bitcoin does not move.
+    let txid = second.compute_txid().to_string();
+    let who = fx.alice.clone();
+    fx.stacks(move |s| {
+        s.mints.insert(txid, (u128::from(PEG_IN), who));
+        s.supply += u128::from(PEG_IN);
+    });
+    let mut again = fulfilment_request(&fx, &fx.request, tx, p);
+    again.id = 3;
+    g.check(&again).unwrap();
+}

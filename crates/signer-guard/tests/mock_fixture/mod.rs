@@ -169,13 +169,30 @@ pub(crate) fn entry(e: &(u128, PrincipalData)) -> Value {
     )
 }
 
+/// Bitcoin node calls per method, counted by [`bitcoin_mock_counting`].
+pub(crate) type Calls = Arc<Mutex<HashMap<&'static str, usize>>>;
+
+fn count(calls: &Calls, what: &'static str) {
+    *calls.lock().unwrap().entry(what).or_default() += 1;
+}
+
 pub(crate) fn bitcoin_mock(chain: Arc<Mutex<Chain>>) -> MockBitcoinNode {
+    bitcoin_mock_counting(chain, Calls::default())
+}
+
+/// [`bitcoin_mock`], counting each call in `calls`.
+pub(crate) fn bitcoin_mock_counting(chain: Arc<Mutex<Chain>>, calls: Calls) -> MockBitcoinNode {
     let mut m = MockBitcoinNode::new();
     let c = chain.clone();
-    m.expect_get_block_count()
-        .returning(move || Ok(c.lock().unwrap().tip()));
+    let n = calls.clone();
+    m.expect_get_block_count().returning(move || {
+        count(&n, "getblockcount");
+        Ok(c.lock().unwrap().tip())
+    });
     let c = chain.clone();
+    let n = calls.clone();
     m.expect_get_block_hash().returning(move |h| {
+        count(&n, "getblockhash");
         c.lock()
             .unwrap()
             .blocks
@@ -187,7 +204,19 @@ pub(crate) fn bitcoin_mock(chain: Arc<Mutex<Chain>>) -> MockBitcoinNode {
             })
     });
     let c = chain.clone();
+    let n = calls.clone();
+    m.expect_get_best_block_hash().returning(move || {
+        count(&n, "getbestblockhash");
+        let c = c.lock().unwrap();
+        Ok(c.blocks
+            .last()
+            .map(Block::block_hash)
+            .unwrap_or_else(BlockHash::all_zeros))
+    });
+    let c = chain.clone();
+    let n = calls.clone();
     m.expect_get_block().returning(move |hash| {
+        count(&n, "getblock");
         let c = c.lock().unwrap();
         c.blocks
             .iter()
@@ -200,7 +229,9 @@ pub(crate) fn bitcoin_mock(chain: Arc<Mutex<Chain>>) -> MockBitcoinNode {
             })
     });
     let c = chain.clone();
+    let n = calls.clone();
     m.expect_get_raw_transaction().returning(move |txid| {
+        count(&n, "getrawtransaction");
         let c = c.lock().unwrap();
         Ok(c.find(txid).map(|(h, b, t)| TxStatus {
             tx: t.clone(),
@@ -209,8 +240,10 @@ pub(crate) fn bitcoin_mock(chain: Arc<Mutex<Chain>>) -> MockBitcoinNode {
         }))
     });
     let c = chain;
-    m.expect_get_tx_out()
-        .returning(move |o, _| Ok(c.lock().unwrap().unspent(o)));
+    m.expect_get_tx_out().returning(move |o, _| {
+        count(&calls, "gettxout");
+        Ok(c.lock().unwrap().unspent(o))
+    });
     m
 }
 
@@ -403,8 +436,13 @@ impl Fx {
     }
 
     pub(crate) fn guard(&self) -> Guard<MockBitcoinNode, MockStacksNode> {
+        self.guard_counting(Calls::default())
+    }
+
+    /// [`Fx::guard`], its Bitcoin node's calls counted in `calls`.
+    pub(crate) fn guard_counting(&self, calls: Calls) -> Guard<MockBitcoinNode, MockStacksNode> {
         Guard::new(
-            bitcoin_mock(self.chain.clone()),
+            bitcoin_mock_counting(self.chain.clone(), calls),
             stacks_mock(self.stx.clone()),
             PegParams {
                 policy: self.policy.clone(),
