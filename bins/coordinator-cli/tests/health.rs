@@ -554,11 +554,15 @@ fn health_metrics_status_queue_and_the_operator_page_on_the_devnet() {
     let mut body = String::new();
     // Under load the stalled ticks may fail /health a moment before the node
     // has been down past the limit: wait for the 503 that names it.
-    let took = wait_until(Duration::from_secs(20), "/health 503 naming bitcoind", || {
-        let (code, b) = http_get(&addr, "/health");
-        body = b;
-        code == 503 && body.contains("bitcoind at http://")
-    });
+    let took = wait_until(
+        Duration::from_secs(20),
+        "/health 503 naming bitcoind",
+        || {
+            let (code, b) = http_get(&addr, "/health");
+            body = b;
+            code == 503 && body.contains("bitcoind at http://")
+        },
+    );
     eprintln!("/health went 503 {took:?} after bitcoind failed (limit 2 s):\n{body}");
     assert!(
         body.contains("bitcoind at http://") && body.contains("unreachable"),
