@@ -527,3 +527,171 @@ fn the_aggregate_nonce_by_addition_is_wsts_on_hostile_shapes() {
         );
     }
 }
+
+/// A hostile relay on 127.0.0.1: its head is 1, its first poll answers
+/// `batch` (seq 1, 2, ...), later polls nothing after a short wait, and it
+/// holds every post `hold` before accepting it, counting the posts in
+/// flight at once.
+struct HostileRelay {
+    url: String,
+    peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    posts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HostileRelay {
+    fn start(batch: Vec<Vec<u8>>, hold: std::time::Duration) -> HostileRelay {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let mut body = vec![];
+        for (i, m) in batch.iter().enumerate() {
+            body.extend_from_slice(&(u64::try_from(i).unwrap() + 1).to_be_bytes());
+            body.extend_from_slice(&u32::try_from(m.len()).unwrap().to_be_bytes());
+            body.extend_from_slice(m);
+        }
+        let body = Arc::new(body);
+        let next = batch.len() + 1;
+        let served = Arc::new(AtomicBool::new(false));
+        let (peak, posts, now) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (p, n, k) = (peak.clone(), posts.clone(), now.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (body, served, peak, posts, now) = (
+                    body.clone(),
+                    served.clone(),
+                    p.clone(),
+                    n.clone(),
+                    k.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut req = vec![];
+                    let mut buf = [0u8; 4096];
+                    let head_end = loop {
+                        let Ok(got) = conn.read(&mut buf) else { return };
+                        if got == 0 {
+                            return;
+                        }
+                        req.extend_from_slice(&buf[..got]);
+                        if let Some(at) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&req[..head_end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                    while req.len() < head_end + length {
+                        let Ok(got) = conn.read(&mut buf) else { return };
+                        if got == 0 {
+                            return;
+                        }
+                        req.extend_from_slice(&buf[..got]);
+                    }
+                    let answer = |conn: &mut std::net::TcpStream, headers: &str, b: &[u8]| {
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
+                            b.len()
+                        );
+                        let _ = conn.write_all(b);
+                    };
+                    if head.starts_with("post ") {
+                        let in_flight = now.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(in_flight, Ordering::SeqCst);
+                        std::thread::sleep(hold);
+                        now.fetch_sub(1, Ordering::SeqCst);
+                        let seq = posts.fetch_add(1, Ordering::SeqCst) + next;
+                        answer(&mut conn, "", format!("{{\"seq\":{seq}}}").as_bytes());
+                    } else if head.starts_with("get /head") {
+                        answer(&mut conn, "", b"{\"next\":1}");
+                    } else {
+                        let first = !served.swap(true, Ordering::SeqCst);
+                        if !first {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                        let headers = format!("X-Relay-Next: {next}\r\nX-Relay-Lowest: 1\r\n");
+                        answer(&mut conn, &headers, if first { &body } else { &[] });
+                    }
+                });
+            }
+        });
+        HostileRelay { url, peak, posts }
+    }
+}
+
+/// Attack (broke, fixed): the relay — hostile, or replaying what a network
+/// attacker posted — answers one poll with a batch of authentic packets
+/// (one nonce request of the coordinator's, replayed; a signer without the
+/// key refuses each, so each has an answer to post). The signer posted
+/// every packet's answers on a thread of its own, as many threads at once
+/// as the batch had packets (a 16 MiB answer holds tens of thousands; a
+/// thread that cannot be made panics the signer). Its posts in flight at
+/// once are now bounded, and every answer is still posted before `step`
+/// returns.
+#[test]
+fn a_batch_of_replayed_packets_gets_a_bounded_number_of_posts_in_flight() {
+    use frost_signer::{SignerNode, SignerOptions};
+    use std::sync::atomic::Ordering;
+    let replays = 200usize;
+    let probe = tempfile::tempdir().unwrap();
+    let (_, key) = keyed_cores(probe.path(), true);
+    let placeholder = HostileRelay::start(vec![], std::time::Duration::ZERO);
+    let file = signer_file(&placeholder.url);
+    let c = Codec::new(&file);
+    let replayed = by_coordinator(&c, &nonce_request(key, 9, 1, [0x58; 32]).message);
+    let relay = HostileRelay::start(
+        vec![replayed; replays],
+        std::time::Duration::from_millis(250),
+    );
+    let file = signer_file(&relay.url);
+    let dir = tempfile::tempdir().unwrap();
+    // Signer 1 holds no key: it refuses every nonce request with a post.
+    let mut node = SignerNode::new(SignerOptions {
+        id: 1,
+        file,
+        private_key: sk(0x5e, 0),
+        state_path: dir.path().join("s1.json"),
+        poll_wait: std::time::Duration::from_millis(10),
+        allow_rotation: false,
+        attest_interval: std::time::Duration::from_secs(3600),
+    })
+    .unwrap();
+    let began = std::time::Instant::now();
+    assert_eq!(node.step().unwrap(), replays);
+    let took = began.elapsed();
+    // Every refusal was posted before step returned (and the attestation
+    // of a signer without a key is none).
+    assert_eq!(relay.posts.load(Ordering::SeqCst), replays);
+    let peak = relay.peak.load(Ordering::SeqCst);
+    assert!(
+        peak <= 32,
+        "{peak} posts in flight at once for a batch of {replays} packets"
+    );
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+}
+
+/// The signer file of `common::set()` on `relay`.
+fn signer_file(relay: &str) -> frost_net::SignerFile {
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let mut v = serde_json::to_value(set()).unwrap();
+    let m = v.as_object_mut().unwrap();
+    m.insert("relay_url".into(), relay.into());
+    m.insert(
+        "coordinator_public_key".into(),
+        sk(0xc0, 0).public_key(&secp).to_string().into(),
+    );
+    m.insert("network".into(), "regtest".into());
+    m.insert(
+        "contract".into(),
+        "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM.sbtc".into(),
+    );
+    serde_json::from_value(v).unwrap()
+}
