@@ -9,6 +9,32 @@
 mod inflight_fixture;
 use inflight_fixture::*;
 
+/// Five signers of one key id each (threshold 3). Once armed (after the
+/// DKG, whose test round needs everyone), each signer's nonce responses
+/// are held `holds[id]` ms before posting (a fixed order of arrival), and
+/// the signers `silent` never send a share.
+fn cluster(holds: &[(u32, u64)], silent: &[u32]) -> (Cluster, Arc<AtomicBool>) {
+    let armed = Arc::new(AtomicBool::new(false));
+    let holds: std::collections::HashMap<u32, u64> = holds.iter().copied().collect();
+    let silent = silent.to_vec();
+    let c = Cluster::new(5, 3, |id, node| {
+        let armed = armed.clone();
+        let hold = Duration::from_millis(holds[&id]);
+        let silent = silent.contains(&id);
+        node.set_outbound_hook(Box::new(move |m| match m {
+            Msg::SignatureShareResponse(_) if silent && armed.load(Ordering::SeqCst) => None,
+            Msg::NonceResponse(n) => {
+                if armed.load(Ordering::SeqCst) {
+                    std::thread::sleep(hold);
+                }
+                Some(Msg::NonceResponse(n))
+            }
+            other => Some(other),
+        }));
+    });
+    (c, armed)
+}
+
 /// Attack (held): signer 5 of 5 (threshold 3) answers every nonce request
 /// but never sends a share, so the first iteration of each of 8 rounds in
 /// flight times out; FIRE marks it malicious and retries. Its nonce
@@ -20,32 +46,7 @@ use inflight_fixture::*;
 /// deadline, as without the shortcut.)
 #[test]
 fn signers_marked_malicious_are_left_out_of_the_retry_by_the_nonce_shortcut() {
-    // Armed after the DKG (whose test signing round needs every signer).
-    let armed = Arc::new(AtomicBool::new(false));
-    // Signer 5 answers nonce requests after signers 1 and 2 and before 3
-    // and 4 (each nonce response of theirs is held this long), so its
-    // response is the third, the one that reaches the threshold, in every
-    // iteration: listed in the first, and offered to the shortcut in the
-    // retry.
-    let c = Cluster::new(5, 3, |id, node| {
-        let armed = armed.clone();
-        let hold = Duration::from_millis(match id {
-            1 => 0,
-            2 => 3,
-            5 => 8,
-            _ => 100,
-        });
-        node.set_outbound_hook(Box::new(move |m| match m {
-            Msg::SignatureShareResponse(_) if id == 5 && armed.load(Ordering::SeqCst) => None,
-            Msg::NonceResponse(n) => {
-                if armed.load(Ordering::SeqCst) {
-                    std::thread::sleep(hold);
-                }
-                Some(Msg::NonceResponse(n))
-            }
-            other => Some(other),
-        }));
-    });
+    let (c, armed) = cluster(&[(1, 0), (2, 3), (5, 8), (3, 100), (4, 100)], &[5]);
     let agg = c
         .coordinator(Duration::from_secs(6), 1)
         .run_dkg_round()
@@ -110,5 +111,40 @@ fn signers_marked_malicious_are_left_out_of_the_retry_by_the_nonce_shortcut() {
             !silent(ids),
             "retry {sign_id}/{iter} lists signers {ids:?}, marked malicious"
         );
+    }
+}
+
+/// Attack (reporting; broke, fixed): signers that answer nonce requests but
+/// never send a share hold a round up until its deadline — signer 4 is
+/// listed in the first iteration and marked, signer 5 (next in line) in the
+/// retry, which runs into the round's deadline. The timeout named no one
+/// ("no answer from signers []": its list was only the signers silent in
+/// the nonce phase), so nothing said which signers to look at. It names
+/// both now: the listed signer whose share is missing and the one FIRE
+/// marked for it before.
+#[test]
+fn a_round_held_up_by_missing_shares_names_the_signers_at_its_deadline() {
+    let (c, armed) = cluster(&[(1, 0), (2, 3), (4, 8), (5, 16), (3, 100)], &[4, 5]);
+    let agg = c
+        .coordinator(Duration::from_secs(3), 1)
+        .run_dkg_round()
+        .unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let mut coord = c.coordinator(Duration::from_secs(3), 1);
+    let work = jobs(agg, 0, 1, 1, b"payout");
+    let began = Instant::now();
+    let out = coord.sign_many(&work);
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    match &out[0] {
+        Err(Error::Timeout {
+            round: "signing",
+            missing,
+            ..
+        }) => assert_eq!(missing, &vec![4, 5], "{:?}", out[0]),
+        other => panic!("expected a signing timeout naming signers 4 and 5, got {other:?}"),
     }
 }
