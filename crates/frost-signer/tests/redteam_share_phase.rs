@@ -367,6 +367,8 @@ enum Edit {
     Insert(usize, Vec<u8>),
     /// A listed entry's signer id (entry index mod count) set to `id`.
     SignerId(usize, u32),
+    /// The count of listed entries set to `n`.
+    Count(u32),
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -376,6 +378,7 @@ fn edit() -> impl Strategy<Value = Edit> {
         1 => (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..8))
             .prop_map(|(a, b)| Edit::Insert(a, b)),
         3 => (any::<usize>(), 0u32..4).prop_map(|(a, b)| Edit::SignerId(a, b)),
+        1 => (0u32..4).prop_map(Edit::Count),
     ]
 }
 
@@ -402,7 +405,8 @@ fn the_not_listed_shortcut_never_disagrees_with_the_full_decode() {
         &c,
         &share_request(key, nonces[..2].to_vec()).message,
     ));
-    // The offsets the signer id edits aim at are the listed ids.
+    // The offsets the edits aim at: the count of entries, the listed ids.
+    assert_eq!(genuine[57..61], 2u32.to_be_bytes());
     for (i, want) in [(0usize, 0u32), (1, 1)] {
         let at = signer_id_at(i);
         assert_eq!(genuine[at..at + 4], want.to_be_bytes(), "entry {i}");
@@ -428,6 +432,12 @@ fn the_not_listed_shortcut_never_disagrees_with_the_full_decode() {
                     Edit::Insert(a, b) => {
                         let at = a % n;
                         body.splice(at..at, b);
+                    }
+                    Edit::Count(k) => {
+                        let at = 33 + 24;
+                        if body.len() >= at + 4 {
+                            body[at..at + 4].copy_from_slice(&k.to_be_bytes());
+                        }
                     }
                     Edit::SignerId(i, id) => {
                         let at = signer_id_at(i % 2);
