@@ -901,7 +901,7 @@ impl RelayFrostCoordinator {
                     let e = Error::Timeout {
                         round: "signing",
                         waited: r.began.elapsed(),
-                        missing: self.silent(&r.track.nonce_from),
+                        missing: Self::holding_up(&r, self.silent(&r.track.nonce_from)),
                     };
                     fail_job(runs, out, &mut open, r.job, e);
                 }
@@ -1283,6 +1283,24 @@ impl RelayFrostCoordinator {
                 "signing ended with {other:?}"
             ))),
         }
+    }
+
+    /// Who held round `r` up at its deadline: `silent` (no nonce this
+    /// iteration), the signers asked for a share that sent none, and those
+    /// FIRE marked for that in an earlier iteration; 1-based, sorted. A
+    /// signer that answers nonces but never shares is named, not hidden
+    /// behind the nonce phase.
+    fn holding_up(r: &Round, silent: Vec<u32>) -> Vec<u32> {
+        let mut out: BTreeSet<u32> = silent.into_iter().collect();
+        out.extend(r.track.share_asked.difference(&r.track.share_from));
+        out.extend(
+            r.fire
+                .save()
+                .malicious_signer_ids
+                .iter()
+                .map(|id| id.saturating_add(1)),
+        );
+        out.into_iter().collect()
     }
 
     /// The (1-based) signers not in `answered`.

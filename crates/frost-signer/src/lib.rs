@@ -79,6 +79,9 @@ pub const ALLOWED_TTL: Duration = Duration::from_secs(600);
 /// for one of them is dropped, so a relay replaying the nonce requests of
 /// rounds already signed cannot reopen them and evict the rounds in flight.
 pub const MAX_NONCED: usize = 4 * MAX_ALLOWED;
+/// The most threads a signer posts one batch's answers on, side by side.
+const POST_THREADS: usize = 16;
+
 /// How often an unchanged attestation is sent again, by default.
 pub const ATTEST_INTERVAL: Duration = Duration::from_secs(60);
 /// How often [`Validator::attest`] is asked at most (so a changed key is
@@ -1163,10 +1166,12 @@ impl SignerNode {
         }
         self.cursor = batch.last_seq(self.cursor);
         // The answers to a batch of several packets (rounds in flight) are
-        // posted together, each packet's on its own thread, in the order
-        // that packet produced them: a relay across a network then costs
-        // one round trip per step, not one per answer. Every answer is
-        // posted before the step returns, as when they went one by one.
+        // posted side by side, each packet's in the order it produced them,
+        // on at most POST_THREADS threads (a relay decides how many packets
+        // a batch holds: one thread per packet would be as many threads as
+        // it likes): a relay across a network then costs about one round
+        // trip per step, not one per answer. Every answer is posted before
+        // the step returns, as when they went one by one.
         let several = batch.messages.len() > 1;
         let SignerNode {
             core,
@@ -1179,7 +1184,15 @@ impl SignerNode {
             ..
         } = self;
         let relay: &RelayClient = relay;
+        let id = core.id;
+        let (to_post, queue) = std::sync::mpsc::channel::<Vec<(Vec<u8>, Kind)>>();
+        let queue = std::sync::Mutex::new(queue);
+        let queue = &queue;
         std::thread::scope(|scope| {
+            // Dropped when the closure returns (also on an error), so the
+            // posting threads end once the queue is empty.
+            let to_post = to_post;
+            let mut posters = 0usize;
             let mut processed = 0;
             for (seq, bytes) in batch.messages {
                 // Unauthenticated: only to skip what signers ignore anyway.
@@ -1200,6 +1213,7 @@ impl SignerNode {
                     }
                 };
                 let out = core.handle_listed(&env, listed.as_ref())?;
+                processed += 1;
                 let sealed: Vec<(Vec<u8>, Kind)> = out
                     .into_iter()
                     .filter_map(|m| {
@@ -1213,13 +1227,38 @@ impl SignerNode {
                         )
                     })
                     .collect();
-                let id = core.id;
-                if several {
-                    scope.spawn(move || post_all(relay, id, &sealed));
-                } else {
-                    post_all(relay, id, &sealed);
+                if sealed.is_empty() {
+                    continue;
                 }
-                processed += 1;
+                if !several {
+                    post_all(relay, id, &sealed);
+                    continue;
+                }
+                if posters < POST_THREADS {
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("signer-{id}-post"))
+                        .spawn_scoped(scope, move || loop {
+                            let next = queue
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .recv();
+                            let Ok(sealed) = next else { break };
+                            post_all(relay, id, &sealed);
+                        });
+                    match spawned {
+                        Ok(_) => posters += 1,
+                        Err(e) if posters == 0 => {
+                            warn!("signer {id}: no thread to post with ({e}): posting in turn");
+                            post_all(relay, id, &sealed);
+                            continue;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                if let Err(back) = to_post.send(sealed) {
+                    // Every posting thread is gone: post here.
+                    post_all(relay, id, &back.0);
+                }
             }
             Ok(processed)
         })
