@@ -453,3 +453,279 @@ fn a_node_answering_a_stale_best_block_hash_is_not_trusted_over_its_chain() {
     let e = r.expect_err("the guard signed on a stale tip");
     assert!(e.starts_with("backing"), "{e}");
 }
+
+/// The bitcoind emulator's indexes (issue #16: blocks by hash, transactions
+/// by txid, scripts verified once) must never accept what Bitcoin Core
+/// refuses: a chain of user payments where a reorg orphans one payment, a
+/// conflicting payment of the same coin confirms instead, and then the
+/// orphan is offered again, looked up, and its outputs spent.
+mod emulator_index {
+    use bitcoin::{
+        absolute, transaction, Amount, OutPoint, ScriptBuf, Transaction, TxIn, TxOut, Txid,
+    };
+    use bitcoin_node_client::{Auth, BitcoinNode, UreqBitcoinNode};
+    use devnet::{BitcoinEmulator, BitcoinState, User};
+
+    fn burn() -> ScriptBuf {
+        ScriptBuf::new_op_return([0u8])
+    }
+
+    fn spending(u: &User, prev: (OutPoint, TxOut), to: &ScriptBuf, fee: u64) -> Transaction {
+        let mut tx = Transaction {
+            version: transaction::Version::TWO,
+            lock_time: absolute::LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: prev.0,
+                ..TxIn::default()
+            }],
+            output: vec![TxOut {
+                value: prev.1.value - Amount::from_sat(fee),
+                script_pubkey: to.clone(),
+            }],
+        };
+        u.sign_input(&mut tx, 0, &prev.1);
+        tx
+    }
+
+    /// ATTACK: a double spend across a reorg. Payment A of coin X confirms;
+    /// the block is invalidated and, A held out of the mempool, B spending
+    /// X confirms instead. A (and a child of A) must be refused, unknown to
+    /// `getrawtransaction`, its outputs no coin to `gettxout`, whatever the
+    /// index held for it before; B is found in its new block.
+    #[test]
+    fn an_orphan_whose_coin_a_conflict_spent_is_never_accepted_or_found() {
+        let mut b = BitcoinState::new();
+        let mut u = User::new("u", 1);
+        u.fund(&mut b, &burn());
+        let x = u.coins()[0].clone();
+        let me = u.btc.script_pubkey();
+        let a = spending(&u, x.clone(), &me, 1_000);
+        let b_tx = spending(&u, x.clone(), &me, 2_000);
+        let a_id = b.send(a.clone()).unwrap();
+        b.mine(&burn());
+        assert_eq!(b.locate(&a_id).unwrap().1, Some(b.height()));
+        let a_out = (OutPoint::new(a_id, 0), a.output[0].clone());
+        let child = spending(&u, a_out, &me, 1_000);
+        b.send(child.clone()).unwrap();
+        b.mine(&burn());
+        // Two blocks down; A's child and A back in the mempool, taken out.
+        b.invalidate_tip();
+        b.invalidate_tip();
+        let held = b.take_mempool();
+        assert_eq!(held.len(), 2, "A and its child were orphaned");
+        let b_id = b.send(b_tx.clone()).unwrap();
+        b.mine(&burn());
+        b.mine(&burn());
+        // The orphans offered again: both refused (X spent, A unknown).
+        assert!(b.send(a.clone()).is_err(), "A double-spends X");
+        assert!(b.send(child.clone()).is_err(), "A's child spends nothing");
+        assert!(b.locate(&a_id).is_none());
+        assert!(b.locate(&child.compute_txid()).is_none());
+        let em = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
+        let node = UreqBitcoinNode::new(&em.url(), Auth::None, std::time::Duration::from_secs(5));
+        assert!(node.get_raw_transaction(&a_id).unwrap().is_none());
+        assert!(node
+            .get_tx_out(&OutPoint::new(a_id, 0), true)
+            .unwrap()
+            .is_none());
+        assert!(
+            node.get_tx_out(&x.0, true).unwrap().is_none(),
+            "X spent by B"
+        );
+        let found = node.get_raw_transaction(&b_id).unwrap().unwrap();
+        assert_eq!(found.confirmations, 2);
+        let block = node.get_block(&found.block_hash.unwrap()).unwrap();
+        assert!(block.txdata.iter().any(|t| t.compute_txid() == b_id));
+        // Sent again over JSON-RPC: still refused, the mempool empty.
+        assert!(node.send_raw_transaction(&a).is_err());
+        assert!(em.with(|b| b.take_mempool()).is_empty());
+    }
+
+    /// ATTACK: scripts verified once. A payment whose witness is replaced
+    /// by a forged one (the same txid, another wtxid) is refused; one over
+    /// `maxfeerate` is refused over JSON-RPC without entering the mempool;
+    /// once mined, the same transaction cannot be sent again, nor its
+    /// forged-witness twin, across a reorg that orphans the original.
+    #[test]
+    fn a_forged_witness_or_a_capped_fee_never_enters_and_a_mined_tx_is_not_sent_twice() {
+        let mut b = BitcoinState::new();
+        let mut u = User::new("u", 1);
+        u.fund(&mut b, &burn());
+        let x = u.coins()[0].clone();
+        let me = u.btc.script_pubkey();
+        let good = spending(&u, x.clone(), &me, 1_000);
+        let mut forged = good.clone();
+        let mut w: Vec<Vec<u8>> = forged.input[0].witness.iter().map(<[u8]>::to_vec).collect();
+        w[0][10] ^= 1;
+        forged.input[0].witness = bitcoin::Witness::from_slice(&w);
+        assert_eq!(forged.compute_txid(), good.compute_txid());
+        assert!(b.send(forged.clone()).is_err(), "a forged signature");
+        // A fee far over the default maxfeerate (0.10 BTC/kvB).
+        let greedy = spending(&u, x.clone(), &me, 40_000_000);
+        let em = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
+        let node = UreqBitcoinNode::new(&em.url(), Auth::None, std::time::Duration::from_secs(5));
+        assert!(node.send_raw_transaction(&greedy).is_err(), "maxfeerate");
+        assert!(em.with(|b| b.take_mempool()).is_empty(), "nothing entered");
+        let id: Txid = node.send_raw_transaction(&good).unwrap();
+        em.with(|b| {
+            b.mine(&burn());
+        });
+        // (The node client takes -27, outputs already in the UTXO set, as
+        // sent: asked of the emulator itself.)
+        let again = em.with(|b| b.send(good.clone()));
+        assert!(again.is_err(), "already mined: {again:?}");
+        assert!(
+            em.with(|b| b.send(forged.clone())).is_err(),
+            "its forged twin"
+        );
+        // The original orphaned and back in the mempool: the forged twin
+        // is still refused, the original confirms again where it is found.
+        em.with(|b| b.invalidate_tip());
+        assert!(
+            em.with(|b| b.send(forged.clone())).is_err() || {
+                // Accepted as "already in the mempool" (same txid): the mempool
+                // must still hold the original's witness, not the forgery.
+                em.with(|b| {
+                    let pool = b.take_mempool();
+                    let kept = pool.iter().any(|t| t == &good);
+                    b.restore_mempool(pool);
+                    kept
+                })
+            }
+        );
+        em.with(|b| {
+            b.mine(&burn());
+        });
+        let found = node.get_raw_transaction(&id).unwrap().unwrap();
+        assert_eq!(found.tx, good);
+        assert_eq!(found.confirmations, 1);
+    }
+}
+
+/// ATTACK: a burn that disappears after the guard read it final and kept
+/// its reads: at the next final Stacks block the request's burn is gone
+/// (a Stacks fork deeper than the guard's confirmations, the Bitcoin chain
+/// unchanged). The payout must wait for a burn final again.
+#[test]
+fn a_burn_gone_at_the_next_final_stacks_block_refuses_the_payout() {
+    let fx = Fx::new();
+    let mut g = fx.guard();
+    let (tx, p) = fx.payout();
+    g.check(&fulfilment_request(&fx, &fx.request, tx.clone(), p.clone()))
+        .unwrap();
+    let rq = fx.request.compute_txid().to_string();
+    fx.stacks(move |s| {
+        s.burns.remove(&rq);
+        s.supply += u128::from(AMOUNT);
+    });
+    let mut again = fulfilment_request(&fx, &fx.request, tx, p);
+    again.id = 2;
+    assert_eq!(verdict(&fx, &mut g, &again), "burn.not-final");
+}
+
+/// ATTACK: a Stacks fork where the final block changes but its height does
+/// not (the Stacks emulator over HTTP: the burn's block and the one on it
+/// dropped, two other blocks mined without the burn). The guard kept the
+/// burn read at the old final block; at the new one (same height, another
+/// index block hash) the payout must be refused.
+#[test]
+fn a_stacks_fork_of_the_same_height_without_the_burn_refuses_the_payout() {
+    use bitcoin::Amount;
+    use devnet::stacks::Orphaned;
+    use devnet::StacksState;
+    use stacks_wire::Value;
+    let peg_key = common::key(7);
+    let peg = peg_rules::peg_wallet_address(&peg_key, Network::Regtest);
+    let (b, alice, start_height, peg_in, req) = common::alice_pegged_in_and_out(&peg);
+    let stx = alice.stx.clone();
+    let peg_in_tx = common::find(&b, &peg_in);
+    let req_tx = common::find(&b, &req);
+    let mut s = StacksState::new(common::contract());
+    let owner = common::owner();
+    s.model.coordinator = Some((owner.clone(), common::key(9).serialize().to_vec()));
+    s.model.wallet_key = Some(peg_key.serialize().to_vec());
+    let txid = |t: &Txid| Value::StringAscii(t.to_string());
+    let ok = Value::Ok(Box::new(Value::Bool(true)));
+    let mint = s.model.call(
+        &owner,
+        "mint!",
+        &[
+            Value::UInt(100_000),
+            Value::Principal(stx.clone()),
+            txid(&peg_in),
+        ],
+    );
+    assert_eq!(mint.result, ok);
+    // A direct model change belongs to the tip block (sealed by the next
+    // mine): three blocks, so the one at height 2 holds no burn.
+    s.mine();
+    s.mine();
+    s.mine();
+    let burn = s.model.call(
+        &owner,
+        "burn!",
+        &[
+            Value::UInt(30_000),
+            Value::Principal(stx.clone()),
+            txid(&req),
+        ],
+    );
+    assert_eq!(burn.result, ok);
+    s.mine();
+    s.mine();
+    let (_btc, stacks, mut guard, _dir) =
+        common::guard_on_emulators(b, s, start_height, &alice, &[peg_key]);
+    let coins = [
+        (OutPoint::new(req, 2), req_tx.output[2].clone()),
+        (OutPoint::new(peg_in, 1), peg_in_tx.output[1].clone()),
+    ];
+    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
+    let tx = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: coins
+            .iter()
+            .map(|(o, _)| TxIn {
+                previous_output: *o,
+                ..TxIn::default()
+            })
+            .collect(),
+        output: vec![
+            TxOut {
+                value: Amount::ZERO,
+                script_pubkey: peg_rules::fulfilment_op_return(common::MAGIC, &[0; 32]),
+            },
+            TxOut {
+                value: Amount::from_sat(30_000),
+                script_pubkey: alice.btc.script_pubkey(),
+            },
+            TxOut {
+                value: Amount::from_sat(total - 30_000 - 1_000),
+                script_pubkey: peg.script_pubkey(),
+            },
+        ],
+    };
+    let prevouts: Vec<TxOut> = coins.iter().map(|(_, o)| o.clone()).collect();
+    let payload = SignPayload::Fulfilment {
+        request: req,
+        tx,
+        prevouts,
+    };
+    guard
+        .check(&common::request(1, &payload, &peg_key))
+        .unwrap();
+    let (height, final_before) = stacks.with(|s| (s.tip().height, s.block_at_depth(1)));
+    stacks.with(|s| {
+        s.drop_blocks(3, Orphaned::Discard).unwrap();
+        s.mine();
+        s.mine();
+        s.mine();
+    });
+    let (height_after, final_after) = stacks.with(|s| (s.tip().height, s.block_at_depth(1)));
+    assert_eq!(height, height_after, "the same height");
+    assert_ne!(final_before, final_after, "another final block");
+    let e = guard
+        .check(&common::request(2, &payload, &peg_key))
+        .unwrap_err();
+    assert!(e.starts_with("burn.not-final"), "{e}");
+}
