@@ -17,6 +17,8 @@ use mock_fixture::*;
 
 mod common;
 
+use serde_json::Value as Json;
+
 /// A guard opened fresh on the fixture's nodes and store: no cached read.
 fn fresh_verdict(fx: &Fx, req: &SignRequest) -> Result<(), String> {
     let mut g = fx.guard();
@@ -728,4 +730,141 @@ fn a_stacks_fork_of_the_same_height_without_the_burn_refuses_the_payout() {
         .check(&common::request(2, &payload, &peg_key))
         .unwrap_err();
     assert!(e.starts_with("burn.not-final"), "{e}");
+}
+
+/// Alice's payout of the common fixture's request (its fee output and her
+/// peg-in's coin), as a sign request payload.
+fn alice_payout(
+    b: &devnet::BitcoinState,
+    alice: &devnet::User,
+    peg: &Address,
+    peg_in: Txid,
+    req: Txid,
+) -> SignPayload {
+    let peg_in_tx = common::find(b, &peg_in);
+    let req_tx = common::find(b, &req);
+    let coins = [
+        (OutPoint::new(req, 2), req_tx.output[2].clone()),
+        (OutPoint::new(peg_in, 1), peg_in_tx.output[1].clone()),
+    ];
+    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
+    let tx = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: coins
+            .iter()
+            .map(|(o, _)| TxIn {
+                previous_output: *o,
+                ..TxIn::default()
+            })
+            .collect(),
+        output: vec![
+            TxOut {
+                value: Amount::ZERO,
+                script_pubkey: peg_rules::fulfilment_op_return(common::MAGIC, &[0; 32]),
+            },
+            TxOut {
+                value: Amount::from_sat(30_000),
+                script_pubkey: alice.btc.script_pubkey(),
+            },
+            TxOut {
+                value: Amount::from_sat(total - 30_000 - 1_000),
+                script_pubkey: peg.script_pubkey(),
+            },
+        ],
+    };
+    SignPayload::Fulfilment {
+        request: req,
+        tx,
+        prevouts: coins.iter().map(|(_, o)| o.clone()).collect(),
+    }
+}
+
+/// ATTACK (no panic on outside input): the guard's own bitcoind, through a
+/// `Proxy`, answers the calls of the new fast path (`getbestblockhash`,
+/// `getblockhash`, `getrawtransaction`'s confirmations) with garbage, huge
+/// or negative numbers, one lie at a time, at a warm tip and after a new
+/// block. Every check ends (bounded: 5 s node timeout, 30 checks) with a
+/// verdict, never a panic, and none of the lies about a confirmation count
+/// makes the request pass at another height than its own.
+#[test]
+fn garbage_from_the_fast_paths_calls_never_panics_the_guard() {
+    use devnet::proxy::{rpc_error, rpc_result};
+    use devnet::{BitcoinEmulator, Lie, Proxy, StacksEmulator};
+    use serde_json::json;
+    let peg_key = common::key(7);
+    let peg = peg_rules::peg_wallet_address(&peg_key, Network::Regtest);
+    let (b, alice, start_height, peg_in, req) = common::alice_pegged_in_and_out(&peg);
+    let payload = alice_payout(&b, &alice, &peg, peg_in, req);
+    let s = common::stacks_state(&peg_key, &alice.stx, &peg_in, &req);
+    let btc = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
+    let stacks = StacksEmulator::start("127.0.0.1:0", s).unwrap();
+    let proxy = Proxy::start(&btc.url(), std::time::Duration::from_secs(5)).unwrap();
+    let (mut guard, _dir) = guard_on(proxy.url(), stacks.url(), start_height, &alice, &[peg_key]);
+    let mut id = 0;
+    let mut check = |g: &mut common::EmulatorGuard| {
+        id += 1;
+        g.check(&common::request(id, &payload, &peg_key))
+    };
+    check(&mut guard).unwrap();
+    type Rewrite = fn(Json) -> Json;
+    let confirmations = |n: Json| {
+        move |reply: Json| {
+            let mut r = reply;
+            if r["result"].is_object() {
+                r["result"]["confirmations"] = n.clone();
+            }
+            r
+        }
+    };
+    let garbage: Vec<(&str, Rewrite)> = vec![
+        ("getbestblockhash", |_| rpc_result(json!("zz"))),
+        ("getbestblockhash", |_| rpc_result(json!(12))),
+        ("getbestblockhash", |_| rpc_result(json!("00".repeat(32)))),
+        ("getbestblockhash", |_| rpc_error(-1, "down")),
+        ("getblockhash", |_| rpc_result(json!("00".repeat(32)))),
+        ("getblockhash", |_| {
+            rpc_error(-8, "Block height out of range")
+        }),
+        ("getrawtransaction", |_| rpc_result(json!({}))),
+        ("getrawtransaction", |_| rpc_result(json!("00"))),
+    ];
+    for new_block in [false, true] {
+        if new_block {
+            btc.with(|b| {
+                b.mine(&ScriptBuf::new_op_return([2u8]));
+            });
+        }
+        for (method, lie) in &garbage {
+            let lie = *lie;
+            proxy.set(Lie::rpc(method, move |_, reply| lie(reply)));
+            let _ = check(&mut guard);
+            assert!(proxy.told_rpc(method) > 0, "{method} was asked");
+            proxy.clear();
+        }
+        for n in [
+            json!(0),
+            json!(-1),
+            json!(u32::MAX),
+            json!(1u64 << 40),
+            json!(2),
+            json!(99),
+        ] {
+            let rewrite = confirmations(n.clone());
+            proxy.set(Lie::rpc("getrawtransaction", move |_, reply| {
+                rewrite(reply)
+            }));
+            let r = check(&mut guard);
+            assert!(proxy.told_rpc("getrawtransaction") > 0);
+            proxy.clear();
+            // The request is at its own height only: 1 confirmation before
+            // the new block, 2 after; any other count must not pass.
+            let own = if new_block { json!(2) } else { json!(1) };
+            if n != own {
+                assert!(r.is_err(), "{n} confirmations (own {own}) passed");
+            }
+        }
+        // The lies gone, the honest check passes again.
+        check(&mut guard).unwrap();
+    }
 }
