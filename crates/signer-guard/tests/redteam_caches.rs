@@ -868,3 +868,52 @@ fn garbage_from_the_fast_paths_calls_never_panics_the_guard() {
         check(&mut guard).unwrap();
     }
 }
+
+/// ATTACK (an honest race): a block arrives between the check's
+/// `getbestblockhash` and its `getrawtransaction` (the proxy mines one in
+/// the emulator as the request's transaction is answered, once), so the
+/// confirmation count is one more than the tip the check read. The fast
+/// path must not place the request one block too low: it falls back to
+/// the bracketed reads and the honest payout passes at its own height;
+/// the next check syncs the new block.
+#[test]
+fn a_block_arriving_mid_check_neither_misplaces_nor_refuses_the_request() {
+    use devnet::{BitcoinEmulator, Lie, Proxy, StacksEmulator};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let peg_key = common::key(7);
+    let peg = peg_rules::peg_wallet_address(&peg_key, Network::Regtest);
+    let (b, alice, start_height, peg_in, req) = common::alice_pegged_in_and_out(&peg);
+    let payload = alice_payout(&b, &alice, &peg, peg_in, req);
+    let s = common::stacks_state(&peg_key, &alice.stx, &peg_in, &req);
+    let btc = Arc::new(BitcoinEmulator::start("127.0.0.1:0", b).unwrap());
+    let stacks = StacksEmulator::start("127.0.0.1:0", s).unwrap();
+    let proxy = Proxy::start(&btc.url(), std::time::Duration::from_secs(5)).unwrap();
+    let (mut guard, _dir) = guard_on(proxy.url(), stacks.url(), start_height, &alice, &[peg_key]);
+    guard
+        .check(&common::request(1, &payload, &peg_key))
+        .unwrap();
+    let height = btc.with(|b| b.height());
+    let mined = Arc::new(AtomicBool::new(false));
+    let (em, once) = (btc.clone(), mined.clone());
+    proxy.set(Lie::rpc("getrawtransaction", move |_, reply| {
+        let mut r = reply;
+        if !once.swap(true, Ordering::SeqCst) {
+            em.with(|b| {
+                b.mine(&ScriptBuf::new_op_return([3u8]));
+            });
+            if let Some(n) = r["result"]["confirmations"].as_u64() {
+                r["result"]["confirmations"] = serde_json::json!(n + 1);
+            }
+        }
+        r
+    }));
+    guard
+        .check(&common::request(2, &payload, &peg_key))
+        .unwrap();
+    assert!(mined.load(Ordering::SeqCst), "the block arrived mid-check");
+    assert_eq!(btc.with(|b| b.height()), height + 1);
+    proxy.clear();
+    guard
+        .check(&common::request(3, &payload, &peg_key))
+        .unwrap();
+}
