@@ -917,3 +917,136 @@ fn a_block_arriving_mid_check_neither_misplaces_nor_refuses_the_request() {
         .check(&common::request(3, &payload, &peg_key))
         .unwrap();
 }
+
+/// ATTACK: two payouts of different requests spending the same peg coin,
+/// one after the other at one tip (every cache warm for the second): the
+/// cached guard answers as a fresh one (the first payout pending in the
+/// books, its coin counted once).
+#[test]
+fn a_second_request_paid_from_the_same_coin_at_the_same_tip_answers_as_a_fresh_guard() {
+    let mut fx = Fx::new();
+    let other = fx.request_tx(11, 20_000, FEE_OUTPUT);
+    fx.mine(vec![other.clone()]);
+    let rq = other.compute_txid().to_string();
+    let who = fx.alice.clone();
+    fx.stacks(move |s| {
+        s.burns.insert(rq, (20_000, who));
+        s.supply -= 20_000;
+    });
+    let mut g = fx.guard();
+    let (tx, p) = fx.payout();
+    g.check(&fulfilment_request(&fx, &fx.request, tx, p))
+        .unwrap();
+    let (tx, p) = fx.fulfilment(&other, &[fx.peg_in_coin()], 1_000);
+    let mut req = fulfilment_request(&fx, &other, tx, p);
+    req.id = 2;
+    let _ = verdict(&fx, &mut g, &req);
+}
+
+/// ATTACK: the store's coin facts change between two checks at one tip: a
+/// refund of an unminted peg-in is signed (a store fact, no Bitcoin or
+/// Stacks change), then a sweep and a payout spend that peg-in's coin, and
+/// a payout spends another coin with the refunded amount counted. Each
+/// must be answered as by a fresh guard, the owed coin never spent.
+#[test]
+fn a_refund_signed_between_checks_at_one_tip_is_seen_by_the_next_check() {
+    let mut fx = Fx::new();
+    // Mallory, not on the allowlist: her peg-in is owed, never minted.
+    let script =
+        Address::p2wpkh(&CompressedPublicKey(public(22)), Network::Regtest).script_pubkey();
+    let funding = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: vec![fx.outside()],
+        output: vec![
+            TxOut {
+                value: Amount::from_sat(1_000),
+                script_pubkey: fx.recipient.script_pubkey(),
+            },
+            TxOut {
+                value: Amount::from_sat(65_000),
+                script_pubkey: script.clone(),
+            },
+        ],
+    };
+    let mallory = PrincipalData::Standard(StacksAddress::p2pkh(
+        StacksNetwork::Testnet,
+        &public(21),
+        true,
+    ));
+    let peg_in = wire::peg_in_transaction(
+        vec![TxIn {
+            previous_output: OutPoint::new(funding.compute_txid(), 1),
+            ..TxIn::default()
+        }],
+        wire::peg_in_op_return(MAGIC, &mallory, b"").unwrap(),
+        &peg_address(&fx.key),
+        Amount::from_sat(60_000),
+        None,
+    );
+    fx.mine(vec![peg_in.clone()]);
+    let owed = coin(&peg_in, 1);
+    let mut g = fx.guard();
+    // Every cache warm: alice's payout passes.
+    let (tx, p) = fx.payout();
+    g.check(&fulfilment_request(&fx, &fx.request, tx, p))
+        .unwrap();
+    // The refund, signed.
+    let refund = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: owed.0,
+            ..TxIn::default()
+        }],
+        output: vec![TxOut {
+            value: owed.1.value - Amount::from_sat(500),
+            script_pubkey: script,
+        }],
+    };
+    let payload = SignPayload::Refund {
+        peg_in: peg_in.compute_txid(),
+        funding,
+        tx: refund,
+        prevouts: vec![owed.1.clone()],
+    };
+    g.check(&sign_request(2, &payload, &fx.key)).unwrap();
+    // A sweep of the owed coin with alice's: refused as by a fresh guard.
+    let coins = [fx.peg_in_coin(), owed.clone()];
+    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
+    let sweep = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: coins
+            .iter()
+            .map(|(o, _)| TxIn {
+                previous_output: *o,
+                ..TxIn::default()
+            })
+            .collect(),
+        output: vec![TxOut {
+            value: Amount::from_sat(total - 500),
+            script_pubkey: peg_address(&fx.key).script_pubkey(),
+        }],
+    };
+    let prevouts = coins.iter().map(|(_, o)| o.clone()).collect();
+    let req = sign_request(
+        3,
+        &SignPayload::Sweep {
+            tx: sweep,
+            prevouts,
+        },
+        &fx.key,
+    );
+    assert_ne!(verdict(&fx, &mut g, &req), "passed");
+    // A payout from the owed coin: refused.
+    let (tx, p) = fx.fulfilment(&fx.request, &[owed], 1_000);
+    let mut from_owed = fulfilment_request(&fx, &fx.request, tx, p);
+    from_owed.id = 4;
+    assert_ne!(verdict(&fx, &mut g, &from_owed), "passed");
+    // Alice's payout again: as a fresh guard answers it.
+    let (tx, p) = fx.payout();
+    let mut again = fulfilment_request(&fx, &fx.request, tx, p);
+    again.id = 5;
+    let _ = verdict(&fx, &mut g, &again);
+}
