@@ -51,6 +51,59 @@ fn process_cpu() -> Duration {
     Duration::from_millis((f[0] + f[1]) * 10)
 }
 
+/// CPU time of each of the process's live threads (`/proc/self/task`), by
+/// thread id: its name and its user + system time.
+fn threads_cpu() -> std::collections::BTreeMap<u32, (String, Duration)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(t.path().join("comm")),
+            std::fs::read_to_string(t.path().join("stat")),
+        ) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let ticks: u64 = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum();
+        out.insert(
+            tid,
+            (comm.trim().to_owned(), Duration::from_millis(ticks * 10)),
+        );
+    }
+    out
+}
+
+/// The CPU each kind of thread used between two [`threads_cpu`] readings:
+/// threads grouped by name with the digits dropped (`signer-3` and
+/// `signer-4` are `signer-`), largest first; threads that ended between
+/// the readings are not seen (the caller counts them as the rest).
+fn cpu_by_thread_kind(
+    before: &std::collections::BTreeMap<u32, (String, Duration)>,
+    after: &std::collections::BTreeMap<u32, (String, Duration)>,
+) -> Vec<(String, Duration)> {
+    let mut kinds = std::collections::BTreeMap::<String, Duration>::new();
+    for (tid, (name, cpu)) in after {
+        let was = before.get(tid).map_or(Duration::ZERO, |(_, c)| *c);
+        let kind: String = name.chars().filter(|c| !c.is_ascii_digit()).collect();
+        *kinds.entry(kind).or_default() += cpu.saturating_sub(was);
+    }
+    let mut v: Vec<_> = kinds.into_iter().collect();
+    v.sort_by_key(|k| std::cmp::Reverse(k.1));
+    v
+}
+
 /// CPU time the calling thread has used (`/proc/thread-self/schedstat`).
 fn thread_cpu() -> Duration {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
@@ -235,11 +288,12 @@ fn main() {
         metrics.signing_rounds.load(Ordering::Relaxed),
         metrics.signing_micros.load(Ordering::Relaxed),
     );
-    let (cpu0, validation0) = (process_cpu(), peg.validation_cpu());
+    let (cpu0, validation0, threads0) = (process_cpu(), peg.validation_cpu(), threads_cpu());
     let start = Instant::now();
     let ticks = run(&mut l, &peg, &outs);
     let took = start.elapsed();
     let (cpu, validation) = (process_cpu() - cpu0, peg.validation_cpu() - validation0);
+    let by_kind = cpu_by_thread_kind(&threads0, &threads_cpu());
     let rounds = metrics.signing_rounds.load(Ordering::Relaxed) - rounds0;
     let signing = Duration::from_micros(metrics.signing_micros.load(Ordering::Relaxed) - micros0);
     let inputs: usize = peg.bitcoind.with(|b| {
@@ -276,6 +330,22 @@ fn main() {
         (cpu / cores).as_secs_f64(),
         took.as_secs_f64() / (cpu / cores).as_secs_f64(),
     );
+    // Where the CPU went, by thread: the coordinator's loop is the main
+    // thread (`peg_bench`, with the posts it starts), each signer's thread
+    // runs its guard's checks, and the emulators' and the relay's threads
+    // carry their names (devnet names them; tiny_http's workers take their
+    // creator's name).
+    let seen: Duration = by_kind.iter().map(|(_, c)| *c).sum();
+    let parts: Vec<String> = by_kind
+        .iter()
+        .filter(|(_, c)| !c.is_zero())
+        .map(|(k, c)| format!("{k} {:.2} s", c.as_secs_f64()))
+        .chain(std::iter::once(format!(
+            "threads that ended {:.2} s",
+            cpu.saturating_sub(seen).as_secs_f64()
+        )))
+        .collect();
+    println!("CPU by thread: {}", parts.join(", "));
     let paid = outs
         .iter()
         .zip(

@@ -1636,6 +1636,6 @@ impl BitcoinEmulator {
     /// # Errors
     /// When the address cannot be bound.
     pub fn start(addr: &str, state: BitcoinState) -> std::io::Result<Self> {
-        Emulator::serve(addr, state, handle)
+        Emulator::serve("bitcoind-emu", addr, state, handle)
     }
 }

@@ -40,24 +40,28 @@ impl LatencyLink {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let accept = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if flag.load(Ordering::SeqCst) {
-                    break;
+        // The pipes' threads take this thread's name (Linux gives a new
+        // thread its creator's), so a profile by thread name counts the link.
+        let accept = std::thread::Builder::new()
+            .name("latency-link".to_owned())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if flag.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(client) = conn else { continue };
+                    let Ok(server) = TcpStream::connect(target) else {
+                        continue;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                        continue;
+                    };
+                    pipe(client, s2, one_way);
+                    pipe(server, c2, one_way);
                 }
-                let Ok(client) = conn else { continue };
-                let Ok(server) = TcpStream::connect(target) else {
-                    continue;
-                };
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
-                    continue;
-                };
-                pipe(client, s2, one_way);
-                pipe(server, c2, one_way);
-            }
-        });
+            })?;
         Ok(LatencyLink {
             addr,
             stop,

@@ -553,7 +553,10 @@ impl Peg {
         node.set_validator(Box::new(guard));
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
-        let thread = std::thread::spawn(move || node.run(&s));
+        let thread = std::thread::Builder::new()
+            .name(format!("signer-{id}"))
+            .spawn(move || node.run(&s))
+            .with_context(|| format!("starting signer {id}'s thread"))?;
         if let Some(slot) = self.signers.get_mut(id as usize - 1) {
             *slot = Some(RunningSigner { stop, thread });
         }

@@ -356,7 +356,10 @@ impl RealPeg {
             node.set_validator(Box::new(guard));
             let stop = Arc::new(AtomicBool::new(false));
             let s = stop.clone();
-            let thread = std::thread::spawn(move || node.run(&s));
+            let thread = std::thread::Builder::new()
+                .name(format!("signer-{id}"))
+                .spawn(move || node.run(&s))
+                .with_context(|| format!("starting signer {id}'s thread"))?;
             peg.signers.push(RunningSigner { stop, thread });
         }
         Ok(RealPegStart::Started(Box::new(peg)))

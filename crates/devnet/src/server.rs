@@ -75,16 +75,25 @@ fn misbehave(req: Request, fault: Fault) {
 
 impl<S: Send + 'static> Emulator<S> {
     /// Serves `state` on `addr` (port 0 for a free one), answering each
-    /// request with `handle`.
+    /// request with `handle`, on threads named `name` (at most 15 bytes, as
+    /// Linux keeps them).
     pub(crate) fn serve(
+        name: &'static str,
         addr: &str,
         state: S,
         handle: fn(Request, &Mutex<S>),
     ) -> std::io::Result<Self> {
-        let server = Arc::new(
-            Server::from_listener(relay::nodelay_listener(addr)?, None)
-                .map_err(std::io::Error::other)?,
-        );
+        let listener = relay::nodelay_listener(addr)?;
+        // tiny_http starts its accept thread, which starts the workers: made
+        // from a thread named `name`, they all carry that name (Linux gives a
+        // new thread its creator's), so `top -H` or `perf report --sort comm`
+        // tells the emulator's CPU from the peg's.
+        let server = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || Server::from_listener(listener, None).map_err(std::io::Error::other))?
+            .join()
+            .map_err(|_| std::io::Error::other("the HTTP server's start panicked"))??;
+        let server = Arc::new(server);
         let addr = server
             .server_addr()
             .to_ip()
@@ -92,15 +101,17 @@ impl<S: Send + 'static> Emulator<S> {
         let state = Arc::new(Mutex::new(state));
         let fault = Arc::new(Mutex::new(None));
         let (s, st, f) = (server.clone(), state.clone(), fault.clone());
-        let thread = std::thread::spawn(move || {
-            for req in s.incoming_requests() {
-                let now = *lock(&f);
-                match now {
-                    Some(fault) => misbehave(req, fault),
-                    None => handle(req, &st),
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                for req in s.incoming_requests() {
+                    let now = *lock(&f);
+                    match now {
+                        Some(fault) => misbehave(req, fault),
+                        None => handle(req, &st),
+                    }
                 }
-            }
-        });
+            })?;
         Ok(Emulator {
             state,
             fault,

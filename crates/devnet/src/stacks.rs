@@ -763,7 +763,7 @@ impl StacksEmulator {
     /// # Errors
     /// When the address cannot be bound.
     pub fn start(addr: &str, state: StacksState) -> std::io::Result<Self> {
-        Emulator::serve(addr, state, handle)
+        Emulator::serve("stacks-emu", addr, state, handle)
     }
 }
 
