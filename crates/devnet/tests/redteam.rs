@@ -2,7 +2,7 @@
 //! emulated nodes over real HTTP, real FROST signatures, every signer
 //! running its guard. Each test FAILS today because the attack succeeds,
 //! and passes once the rule named in its comment is enforced. The fixture
-//! is a copy of `tests/attacks.rs`'s.
+//! is `tests/common`, shared with `tests/attacks.rs`.
 
 #![allow(
     clippy::unwrap_in_result,
@@ -12,6 +12,8 @@
     clippy::expect_used,
     clippy::panic
 )]
+
+mod common;
 
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -36,231 +38,7 @@ use peg_rules::SignPayload;
 use stacks_node_client::StacksNode;
 use stacks_wire::{PrincipalData, Value};
 
-const BTC: u64 = 100_000_000;
-
-/// One peg at a time: five signers doing FROST in a debug build are heavy,
-/// and four pegs at once on a small machine make nodes time out.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// A started peg with its key published and `n` funded users.
-struct Net {
-    peg: Peg,
-    _turn: std::sync::MutexGuard<'static, ()>,
-    key: PublicKey,
-    wallet: Address,
-    users: Vec<User>,
-    _dir: tempfile::TempDir,
-}
-
-fn net(n: u8, edit: impl FnOnce(&mut PegOptions)) -> Net {
-    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let mut opts = PegOptions::new(dir.path());
-    opts.sign_timeout = Duration::from_secs(20);
-    edit(&mut opts);
-    let peg = Peg::start(opts).unwrap();
-    let key = peg.publish_key().unwrap();
-    let wallet = peg.peg_wallet().unwrap();
-    let users = peg.users(n);
-    Net {
-        peg,
-        _turn: turn,
-        key,
-        wallet,
-        users,
-        _dir: dir,
-    }
-}
-
-fn peg_wallet_builder() -> PegWallet {
-    PegWallet::new(
-        Network::Regtest,
-        MAGIC,
-        BitcoinFeePolicy {
-            floor: FeeRate::from_sat_per_vb_u32(2),
-            cap: FeeRate::from_sat_per_vb_u32(100),
-            subsidy: Amount::ZERO,
-        },
-    )
-}
-
-impl Net {
-    /// Mines `n` blocks on both chains.
-    fn mine(&self, n: usize) {
-        for _ in 0..n {
-            self.peg.mine();
-        }
-    }
-
-    fn peg_in_op(&self, txid: &Txid) -> PegInOp {
-        self.peg
-            .stacks
-            .with(|s| {
-                s.burn_ops
-                    .values()
-                    .flat_map(|(ins, _)| ins.iter())
-                    .find(|o| o.txid == *txid)
-                    .cloned()
-            })
-            .expect("the peg-in is in a block")
-    }
-
-    fn request_op(&self, txid: &Txid) -> PegOutRequestOp {
-        self.peg
-            .stacks
-            .with(|s| {
-                s.burn_ops
-                    .values()
-                    .flat_map(|(_, outs)| outs.iter())
-                    .find(|o| o.txid == *txid)
-                    .cloned()
-            })
-            .expect("the request is in a block")
-    }
-
-    /// Broadcasts a contract call signed with the coordinator's Stacks key
-    /// and mines a Stacks block.
-    fn submit(&self, build: impl FnOnce(&dyn StacksWallet, u64) -> peg_ops::SignedStacksTx) {
-        let w = self.peg.stacks_wallet();
-        let me: PrincipalData = w.address().into();
-        let nonce = self.peg.stacks_client().get_account(&me).unwrap().nonce;
-        let tx = build(&w, nonce);
-        self.peg
-            .stacks_client()
-            .broadcast_transaction(&tx.raw)
-            .unwrap();
-        self.peg.stacks.with(|s| s.mine());
-    }
-
-    /// User `i` pegs `sats` in; mined, then minted with the coordinator's
-    /// Stacks key.
-    fn peg_in_and_mint(&mut self, i: usize, sats: u64) -> Txid {
-        let t = self.peg_in(i, sats);
-        let op = self.peg_in_op(&t);
-        self.submit(|w, n| w.build_mint(&op, n, None).unwrap());
-        assert_eq!(self.peg.contract_calls("mint!", &t), (1, 0));
-        t
-    }
-
-    /// User `i` pegs `sats` in (mined, not minted).
-    fn peg_in(&mut self, i: usize, sats: u64) -> Txid {
-        let (peg, users, wallet) = (&self.peg, &mut self.users, &self.wallet);
-        let u = &mut users[i];
-        let to = u.stx.clone();
-        let t = peg
-            .with_bitcoin(|b| u.peg_in(b, MAGIC, wallet, &to, Amount::from_sat(sats)))
-            .unwrap();
-        self.mine(1);
-        t
-    }
-
-    /// User `i` requests a peg-out of `sats` paying `fee` (mined).
-    fn request(&mut self, i: usize, sats: u64, fee: u64) -> PegOutRequestOp {
-        let (peg, users, wallet) = (&self.peg, &mut self.users, &self.wallet);
-        let u = &mut users[i];
-        let t = peg
-            .with_bitcoin(|b| {
-                u.peg_out(
-                    b,
-                    MAGIC,
-                    wallet,
-                    Amount::from_sat(sats),
-                    Amount::from_sat(fee),
-                )
-            })
-            .unwrap();
-        self.mine(1);
-        self.request_op(&t)
-    }
-
-    /// Burns the request's amount from its requester with the coordinator's
-    /// Stacks key.
-    fn burn(&self, op: &PegOutRequestOp) {
-        let requester = op.requester(stacks_wire::StacksNetwork::Testnet).unwrap();
-        self.submit(|w, n| w.build_burn(op, &requester, n, None).unwrap());
-        assert_eq!(self.peg.contract_calls("burn!", &op.txid), (1, 0));
-    }
-
-    fn wallet_coins(&self) -> Vec<Utxo> {
-        self.peg
-            .bitcoin_client()
-            .list_unspent(&self.wallet.script_pubkey())
-            .unwrap()
-    }
-
-    /// The fulfilment of `op` an honest coordinator would build now.
-    fn fulfilment(&self, op: &PegOutRequestOp, extra: &[Utxo]) -> UnsignedFulfillment {
-        let mut utxos = self.wallet_coins();
-        utxos.extend(extra.iter().cloned());
-        let tip = self.peg.stacks_client().get_info().unwrap().stacks_tip;
-        peg_wallet_builder()
-            .build_fulfillment(
-                op,
-                &self.key,
-                &FulfillmentInputs {
-                    utxos,
-                    fee_rate: Some(FeeRate::from_sat_per_vb_u32(2)),
-                    stacks_chain_tip: tip,
-                    reserved: Vec::new(),
-                },
-            )
-            .unwrap()
-    }
-
-    fn items(&self, u: &UnsignedFulfillment) -> Vec<SignItem> {
-        u.sighashes
-            .iter()
-            .map(|s| SignItem {
-                key: self.key,
-                message: ToSign::Taproot { sighash: *s },
-            })
-            .collect()
-    }
-
-    /// Asks the signers, with the coordinator's message key, to sign
-    /// `payload`'s items.
-    fn ask(
-        &self,
-        payload: &SignPayload,
-        items: &[SignItem],
-    ) -> Result<Vec<bitcoin::secp256k1::schnorr::Signature>, frost_coordinator::Error> {
-        let mut frost = self.peg.frost().unwrap();
-        frost.sign(&payload.encode(), items)
-    }
-
-    /// Asks for the fulfilment `u` of `op`; on success broadcasts and mines it.
-    fn pay(
-        &self,
-        op: &PegOutRequestOp,
-        u: &UnsignedFulfillment,
-    ) -> Result<Txid, frost_coordinator::Error> {
-        let payload = SignPayload::Fulfilment {
-            request: op.txid,
-            tx: u.tx.clone(),
-            prevouts: u.prevouts.clone(),
-        };
-        let sigs = self.ask(&payload, &self.items(u))?;
-        let tx = peg_wallet_builder().finalize_fulfillment(u, &sigs).unwrap();
-        let t = self.peg.with_bitcoin(|b| b.send(tx)).unwrap();
-        self.mine(1);
-        Ok(t)
-    }
-
-    fn payouts(&self, op: &PegOutRequestOp) -> Vec<Amount> {
-        self.peg.payouts(&op.txid, &op.recipient.script_pubkey())
-    }
-}
-
-/// The refusals of a failed signing round, by signer id.
-fn refusals(
-    r: Result<Vec<bitcoin::secp256k1::schnorr::Signature>, frost_coordinator::Error>,
-) -> Vec<(u32, String)> {
-    match r {
-        Err(frost_coordinator::Error::Refused { refusals }) => refusals,
-        Err(e) => panic!("expected refusals, got another error: {e}"),
-        Ok(s) => panic!("the signers signed ({} signatures)", s.len()),
-    }
-}
+use common::{attacker, net, peg_wallet_builder, refusals, Net, BTC};
 
 /// Every signer in `ids` refused, with a rule named `rule`: the refusals the
 /// coordinator got (the round ends as soon as the threshold is out of
@@ -297,25 +75,6 @@ fn assert_refused_by(n: &Net, before: &[u64], refusals: &[(u32, String)], ids: &
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-impl Net {
-    /// How many requests each signer's guard has refused so far.
-    fn refused_so_far(&self) -> Vec<u64> {
-        (1..=self.peg.options().signers)
-            .map(|id| self.peg.signer_status(id).map_or(0, |s| s.refused))
-            .collect()
-    }
-}
-
-fn attacker() -> (SecretKey, Address) {
-    let secp = Secp256k1::new();
-    let sk = SecretKey::from_slice(&[0x66; 32]).unwrap();
-    let a = Address::p2wpkh(
-        &bitcoin::CompressedPublicKey(sk.public_key(&secp)),
-        Network::Regtest,
-    );
-    (sk, a)
 }
 
 /// ATTACK 1, end to end (money): the coordinator's stolen Stacks key calls

@@ -8,95 +8,30 @@
 //! whose message key and Stacks key are stolen: it asks the signers for
 //! refunds they must refuse, naming the rule, and no BTC moves.
 
+mod common;
+
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, Transaction, Txid};
 use bitcoin_node_client::{BitcoinNode, Utxo};
 use coordinator::config::OpSourceKind;
-use coordinator::HttpCoordinator;
 use devnet::peg::{Blocks, MAGIC};
-use devnet::{Peg, PegOptions, User};
-use fee_wallet::{BitcoinFeePolicy, BitcoinWallet, PegWallet, StacksWallet, UnsignedFulfillment};
-use frost_coordinator::{FrostCoordinator, SignItem, ToSign};
-use peg_ops::PegInOp;
+use devnet::User;
+use fee_wallet::{BitcoinWallet, UnsignedFulfillment};
 use peg_queue::{OpState, PegQueue};
 use peg_rules::SignPayload;
-use stacks_node_client::StacksNode;
-use stacks_wire::PrincipalData;
 
-const BTC: u64 = 100_000_000;
-
-/// One peg at a time: five signers doing FROST in a debug build are heavy.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-struct Net {
-    peg: Peg,
-    _turn: std::sync::MutexGuard<'static, ()>,
-    key: PublicKey,
-    wallet: Address,
-    users: Vec<User>,
-    _dir: tempfile::TempDir,
-}
+use common::{peg_wallet_builder, refusals, state, Net, BTC};
 
 /// A peg whose signers allow only user 1 (alice); users 2.. are not on
 /// their allowlist.
 fn net(n: u8) -> Net {
-    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let mut opts = PegOptions::new(dir.path());
-    opts.sign_timeout = Duration::from_secs(20);
-    opts.allowlist = vec![1];
-    let peg = Peg::start(opts).unwrap();
-    let key = peg.publish_key().unwrap();
-    let wallet = peg.peg_wallet().unwrap();
-    let users = peg.users(n);
-    Net {
-        peg,
-        _turn: turn,
-        key,
-        wallet,
-        users,
-        _dir: dir,
-    }
-}
-
-fn wallet_builder() -> PegWallet {
-    PegWallet::new(
-        Network::Regtest,
-        MAGIC,
-        BitcoinFeePolicy {
-            floor: FeeRate::from_sat_per_vb_u32(2),
-            cap: FeeRate::from_sat_per_vb_u32(100),
-            subsidy: Amount::ZERO,
-        },
-    )
-}
-
-fn state(l: &HttpCoordinator, t: &Txid) -> Option<OpState> {
-    l.components().queue.get(t).unwrap().map(|o| o.state)
+    common::net(n, |opts| opts.allowlist = vec![1])
 }
 
 impl Net {
-    fn mine(&self, n: usize) {
-        for _ in 0..n {
-            self.peg.mine();
-        }
-    }
-
-    /// User `i` pegs `sats` in to their own principal (mined).
-    fn peg_in(&mut self, i: usize, sats: u64) -> Txid {
-        let (peg, users, wallet) = (&self.peg, &mut self.users, &self.wallet);
-        let u = &mut users[i];
-        let to = u.stx.clone();
-        let t = peg
-            .with_bitcoin(|b| u.peg_in(b, MAGIC, wallet, &to, Amount::from_sat(sats)))
-            .unwrap();
-        self.mine(1);
-        t
-    }
-
     fn tx(&self, t: &Txid) -> Transaction {
         self.peg
             .with_bitcoin(|b| b.locate(t))
@@ -108,34 +43,6 @@ impl Net {
     fn funding(&self, peg_in: &Txid) -> Transaction {
         let spent = self.tx(peg_in).input[0].previous_output.txid;
         self.tx(&spent)
-    }
-
-    fn peg_in_op(&self, txid: &Txid) -> PegInOp {
-        self.peg
-            .stacks
-            .with(|s| {
-                s.burn_ops
-                    .values()
-                    .flat_map(|(ins, _)| ins.iter())
-                    .find(|o| o.txid == *txid)
-                    .cloned()
-            })
-            .expect("the peg-in is in a block")
-    }
-
-    /// Mints the peg-in with the (stolen) coordinator Stacks key.
-    fn mint(&self, t: &Txid) {
-        let op = self.peg_in_op(t);
-        let w = self.peg.stacks_wallet();
-        let me: PrincipalData = w.address().into();
-        let nonce = self.peg.stacks_client().get_account(&me).unwrap().nonce;
-        let tx = w.build_mint(&op, nonce, None).unwrap();
-        self.peg
-            .stacks_client()
-            .broadcast_transaction(&tx.raw)
-            .unwrap();
-        self.peg.stacks.with(|s| s.mine());
-        assert_eq!(self.peg.contract_calls("mint!", t), (1, 0));
     }
 
     fn coin(&self, peg_in: &Txid) -> Utxo {
@@ -151,25 +58,14 @@ impl Net {
     fn refund(&self, peg_in: &Txid, to: Option<&Address>, rate: u64) -> UnsignedFulfillment {
         let depositor = peg_rules::refund_script(&self.tx(peg_in), &self.funding(peg_in)).unwrap();
         let to = to.map_or(depositor, Address::script_pubkey);
-        wallet_builder()
+        peg_wallet_builder()
             .build_refund(&self.coin(peg_in), &to, FeeRate::from_sat_per_vb(rate))
             .unwrap()
     }
 
-    fn items(&self, u: &UnsignedFulfillment) -> Vec<SignItem> {
-        u.sighashes
-            .iter()
-            .map(|s| SignItem {
-                key: self.key,
-                message: ToSign::Taproot { sighash: *s },
-            })
-            .collect()
-    }
-
     /// Asks the signers, with the coordinator's message key, to sign the
     /// refund `u` of `peg_in` (carrying `funding`).
-    #[allow(clippy::unwrap_in_result)]
-    fn ask(
+    fn ask_refund(
         &self,
         peg_in: &Txid,
         funding: Transaction,
@@ -181,26 +77,11 @@ impl Net {
             tx: u.tx.clone(),
             prevouts: u.prevouts.clone(),
         };
-        self.peg
-            .frost()
-            .unwrap()
-            .sign(&payload.encode(), &self.items(u))
+        self.ask(&payload, &self.items(u))
     }
 
     fn held(&self) -> Amount {
-        self.peg
-            .bitcoin_client()
-            .list_unspent(&self.wallet.script_pubkey())
-            .unwrap()
-            .iter()
-            .map(|u| u.txout.value)
-            .sum()
-    }
-
-    fn refused_so_far(&self) -> Vec<u64> {
-        (1..=self.peg.options().signers)
-            .map(|id| self.peg.signer_status(id).map_or(0, |s| s.refused))
-            .collect()
+        self.wallet_coins().iter().map(|u| u.txout.value).sum()
     }
 
     /// The transaction of the best chain spending `o`.
@@ -212,16 +93,6 @@ impl Net {
                 .find(|t| t.input.iter().any(|i| i.previous_output == o))
                 .cloned()
         })
-    }
-}
-
-fn refusals(
-    r: Result<Vec<bitcoin::secp256k1::schnorr::Signature>, frost_coordinator::Error>,
-) -> Vec<(u32, String)> {
-    match r {
-        Err(frost_coordinator::Error::Refused { refusals }) => refusals,
-        Err(e) => panic!("expected refusals, got another error: {e}"),
-        Ok(s) => panic!("the signers signed ({} signatures)", s.len()),
     }
 }
 
@@ -369,33 +240,35 @@ fn a_stolen_coordinator_key_cannot_refund_elsewhere_twice_a_minted_or_a_mintable
     // A refund of mallory's peg-in to the attacker's script.
     let before = n.refused_so_far();
     let u = n.refund(&mallorys, Some(&attacker), 2);
-    let r = refusals(n.ask(&mallorys, n.funding(&mallorys), &u));
+    let r = refusals(n.ask_refund(&mallorys, n.funding(&mallorys), &u));
     assert_refused_by_all(&n, &before, &r, "refund.destination");
     // The same with a funding transaction forged to name the attacker's
     // script: its txid is not what the peg-in's input 0 spends.
     let before = n.refused_so_far();
     let mut forged = n.funding(&mallorys);
     forged.output[0].script_pubkey = attacker.script_pubkey();
-    let r = refusals(n.ask(&mallorys, forged, &u));
+    let r = refusals(n.ask_refund(&mallorys, forged, &u));
     assert_refused_by_all(&n, &before, &r, "refund.funding");
     // Eve's peg-in, minted by the stolen Stacks key (she is not allowed).
     let before = n.refused_so_far();
     let u = n.refund(&eves, None, 2);
-    let r = refusals(n.ask(&eves, n.funding(&eves), &u));
+    let r = refusals(n.ask_refund(&eves, n.funding(&eves), &u));
     assert_refused_by_all(&n, &before, &r, "refund.minted");
     // Alice's peg-in: on the signers' allowlist, to be minted.
     let before = n.refused_so_far();
     let u = n.refund(&alices, None, 2);
-    let r = refusals(n.ask(&alices, n.funding(&alices), &u));
+    let r = refusals(n.ask_refund(&alices, n.funding(&alices), &u));
     assert_refused_by_all(&n, &before, &r, "refund.mintable");
     assert_eq!(n.held(), held, "no BTC moved");
 
     // The honest refund of mallory's peg-in is signed, and pays her.
     let u = n.refund(&mallorys, None, 2);
     let sigs = n
-        .ask(&mallorys, n.funding(&mallorys), &u)
+        .ask_refund(&mallorys, n.funding(&mallorys), &u)
         .expect("the honest refund is signed");
-    let tx = wallet_builder().finalize_fulfillment(&u, &sigs).unwrap();
+    let tx = peg_wallet_builder()
+        .finalize_fulfillment(&u, &sigs)
+        .unwrap();
     n.peg.with_bitcoin(|b| b.send(tx.clone())).unwrap();
     n.mine(2);
     assert_eq!(n.spender(OutPoint::new(mallorys, 1)), Some(tx.clone()));
@@ -415,7 +288,7 @@ fn a_stolen_coordinator_key_cannot_refund_elsewhere_twice_a_minted_or_a_mintable
     }
     .sighashes()
     .unwrap();
-    let r = refusals(n.ask(&mallorys, n.funding(&mallorys), &second));
+    let r = refusals(n.ask_refund(&mallorys, n.funding(&mallorys), &second));
     assert_refused_by_all(&n, &before, &r, "refund.spent");
     assert_eq!(n.held(), held, "no BTC moved");
 }
@@ -428,7 +301,7 @@ fn a_stolen_coordinator_key_cannot_refund_elsewhere_twice_a_minted_or_a_mintable
 fn a_rejected_peg_in_is_refunded_on_real_nodes() {
     use devnet::real_peg::demo_users;
     use devnet::{RealPeg, RealPegOptions, RealPegStart};
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let peg = match RealPeg::start(RealPegOptions::new(dir.path())) {
         Ok(RealPegStart::Started(p)) => p,
