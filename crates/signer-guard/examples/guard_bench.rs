@@ -23,15 +23,13 @@ use std::time::{Duration, Instant};
 
 use bitcoin::hashes::Hash as _;
 use bitcoin::key::{Keypair, TapTweak as _};
-use bitcoin::secp256k1::{Message, PublicKey, Secp256k1, SecretKey};
+use bitcoin::secp256k1::{Message, Secp256k1};
 use bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
 use bitcoin::{
-    absolute, transaction, Amount, Block, BlockHash, FeeRate, OutPoint, ScriptBuf, Transaction,
-    TxIn, TxOut, Txid, Witness,
+    Amount, Block, BlockHash, FeeRate, OutPoint, ScriptBuf, Transaction, TxOut, Txid, Witness,
 };
 use bitcoin_node_client::{Auth, BitcoinNode, MempoolAcceptance, TxStatus, UreqBitcoinNode, Utxo};
 use devnet::{BitcoinEmulator, BitcoinState, StacksEmulator, StacksState, User};
-use frost_net::{SignItem, SignRequest, SignerFile, ToSign};
 use frost_signer::Validator;
 use peg_ops::BurnHeight;
 use peg_rules::SignPayload;
@@ -39,7 +37,13 @@ use signer_guard::{Confirmations, Guard, PegParams};
 use stacks_node_client::{AccountInfo, FeeEstimates, NodeInfo, StacksNode, UreqStacksNode};
 use stacks_wire::{ContractId, PrincipalData, StacksTxid, Value};
 
-const MAGIC: [u8; 2] = *b"id";
+// The guard tests' emulator fixture (keys, the contract, the signer set
+// file, the fulfilment builder), shared without a public API for it.
+#[allow(dead_code)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{contract, fulfilment, key, request, secret, signer_file, MAGIC};
+
 const PEG_SECRET: u8 = 7;
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -201,18 +205,6 @@ impl StacksNode for CountingStacks {
     }
 }
 
-fn secret(i: u8) -> SecretKey {
-    SecretKey::from_slice(&[i; 32]).unwrap()
-}
-
-fn key(i: u8) -> PublicKey {
-    secret(i).public_key(&Secp256k1::new())
-}
-
-fn contract() -> ContractId {
-    "ST000000000000000000002AMW42H.sbtc-alpha".parse().unwrap()
-}
-
 /// Signs every input of `tx` with the peg wallet key (what a threshold of
 /// signers' shares aggregates to).
 fn sign_with_peg_key(tx: &mut Transaction, prevouts: &[TxOut]) {
@@ -227,60 +219,6 @@ fn sign_with_peg_key(tx: &mut Transaction, prevouts: &[TxOut]) {
             &keypair.to_keypair(),
         );
         tx.input[i].witness = Witness::from_slice(&[sig.as_ref().to_vec()]);
-    }
-}
-
-/// The fulfilment of `req` paying `to`, spending its fee output and the
-/// peg-in coin `coin`.
-fn fulfilment(
-    req: (Txid, &Transaction, u64),
-    coin: (OutPoint, TxOut),
-    to: &ScriptBuf,
-    peg: &ScriptBuf,
-) -> (Transaction, Vec<TxOut>) {
-    let coins = [(OutPoint::new(req.0, 2), req.1.output[2].clone()), coin];
-    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
-    let tx = Transaction {
-        version: transaction::Version::TWO,
-        lock_time: absolute::LockTime::ZERO,
-        input: coins
-            .iter()
-            .map(|(o, _)| TxIn {
-                previous_output: *o,
-                ..TxIn::default()
-            })
-            .collect(),
-        output: vec![
-            TxOut {
-                value: Amount::ZERO,
-                script_pubkey: peg_rules::fulfilment_op_return(MAGIC, &[0; 32]),
-            },
-            TxOut {
-                value: Amount::from_sat(req.2),
-                script_pubkey: to.clone(),
-            },
-            TxOut {
-                value: Amount::from_sat(total - req.2 - 1_000),
-                script_pubkey: peg.clone(),
-            },
-        ],
-    };
-    (tx, coins.iter().map(|(_, o)| o.clone()).collect())
-}
-
-fn request(id: u64, payload: &SignPayload, key: &PublicKey) -> SignRequest {
-    SignRequest {
-        id,
-        payload: payload.encode(),
-        items: payload
-            .sighashes()
-            .unwrap()
-            .into_iter()
-            .map(|sighash| SignItem {
-                key: *key,
-                message: ToSign::Taproot { sighash },
-            })
-            .collect(),
     }
 }
 
@@ -423,35 +361,7 @@ fn main() {
     let btc = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
     let stacks = StacksEmulator::start("127.0.0.1:0", s).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("allowlist.toml"),
-        format!(
-            "stacks = [\"{}\"]\nbitcoin = [\"{}\"]\n",
-            alice.stx, alice.btc
-        ),
-    )
-    .unwrap();
-    let signer_file = format!(
-        r#"relay_url = "http://127.0.0.1:1"
-coordinator_public_key = "{}"
-network = "regtest"
-contract = "{}"
-magic_bytes = "id"
-threshold = 1
-[policy]
-allowlist_file = "allowlist.toml"
-[[signers]]
-id = 1
-public_key = "{}"
-key_ids = [1]
-"#,
-        key(1),
-        contract(),
-        key(2)
-    );
-    let path = dir.path().join("signer.toml");
-    std::fs::write(&path, signer_file).unwrap();
-    let file = SignerFile::load(&path).unwrap();
+    let (path, file) = signer_file(dir.path(), &alice);
     let params = PegParams::from_signer_file(&file, &path).unwrap();
     let calls: Calls = Arc::default();
     let timeout = Duration::from_secs(10);

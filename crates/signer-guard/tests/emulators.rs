@@ -12,7 +12,7 @@ use peg_rules::SignPayload;
 
 mod common;
 use common::{
-    alice_pegged_in_and_out, find, guard_on_emulators, key, request, stacks_state, MAGIC,
+    alice_pegged_in_and_out, find, fulfilment, guard_on_emulators, key, request, stacks_state,
 };
 
 #[test]
@@ -31,37 +31,12 @@ fn the_guard_checks_a_payout_on_the_emulators_over_http() {
     assert_eq!(guard.attest(), Some(peg_key));
 
     // The payout: the request's fee output and the peg-in's coin.
-    let coins = [
-        (OutPoint::new(req, 2), req_tx.output[2].clone()),
+    let (tx, prevouts) = fulfilment(
+        (req, &req_tx, 30_000),
         (OutPoint::new(peg_in, 1), peg_in_tx.output[1].clone()),
-    ];
-    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
-    let tx = Transaction {
-        version: transaction::Version::TWO,
-        lock_time: absolute::LockTime::ZERO,
-        input: coins
-            .iter()
-            .map(|(o, _)| TxIn {
-                previous_output: *o,
-                ..TxIn::default()
-            })
-            .collect(),
-        output: vec![
-            TxOut {
-                value: Amount::ZERO,
-                script_pubkey: peg_rules::fulfilment_op_return(MAGIC, &[0; 32]),
-            },
-            TxOut {
-                value: Amount::from_sat(30_000),
-                script_pubkey: alice.btc.script_pubkey(),
-            },
-            TxOut {
-                value: Amount::from_sat(total - 30_000 - 1_000),
-                script_pubkey: peg.script_pubkey(),
-            },
-        ],
-    };
-    let prevouts: Vec<TxOut> = coins.iter().map(|(_, o)| o.clone()).collect();
+        &alice.btc.script_pubkey(),
+        &peg.script_pubkey(),
+    );
     let payout = request(
         1,
         &SignPayload::Fulfilment {

@@ -16,7 +16,7 @@ use peg_rules::SignPayload;
 
 mod common;
 use common::{
-    alice_pegged_in_and_out, find, guard_on_emulators, key, request, stacks_state, MAGIC,
+    alice_pegged_in_and_out, find, fulfilment, guard_on_emulators, key, request, stacks_state,
 };
 
 #[test]
@@ -48,40 +48,20 @@ fn a_key_published_by_the_coordinator_counts_only_once_the_signers_own_node_show
         (OutPoint::new(req, 2), req_tx.output[2].clone()),
         (OutPoint::new(peg_in, 1), peg_in_tx.output[1].clone()),
     ];
-    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
     let prevouts: Vec<TxOut> = coins.iter().map(|(_, o)| o.clone()).collect();
     let payout_with_change_to = |change: &ScriptBuf, id: u64| {
-        let tx = Transaction {
-            version: transaction::Version::TWO,
-            lock_time: absolute::LockTime::ZERO,
-            input: coins
-                .iter()
-                .map(|(o, _)| TxIn {
-                    previous_output: *o,
-                    ..TxIn::default()
-                })
-                .collect(),
-            output: vec![
-                TxOut {
-                    value: Amount::ZERO,
-                    script_pubkey: peg_rules::fulfilment_op_return(MAGIC, &[0; 32]),
-                },
-                TxOut {
-                    value: Amount::from_sat(30_000),
-                    script_pubkey: alice.btc.script_pubkey(),
-                },
-                TxOut {
-                    value: Amount::from_sat(total - 30_000 - 1_000),
-                    script_pubkey: change.clone(),
-                },
-            ],
-        };
+        let (tx, prevouts) = fulfilment(
+            (req, &req_tx, 30_000),
+            (OutPoint::new(peg_in, 1), peg_in_tx.output[1].clone()),
+            &alice.btc.script_pubkey(),
+            change,
+        );
         request(
             id,
             &SignPayload::Fulfilment {
                 request: req,
                 tx,
-                prevouts: prevouts.clone(),
+                prevouts,
             },
             &peg_key,
         )

@@ -281,67 +281,6 @@ fn a_sweep_after_a_payout_at_the_same_tip_answers_as_a_fresh_guard() {
     let _ = verdict(&fx, &mut g, &req);
 }
 
-/// The guard of signer 1 as `common::guard_on_emulators` opens it, but on
-/// the nodes at `bitcoin_url` and `stacks_url` (a proxy in front of one).
-fn guard_on(
-    bitcoin_url: String,
-    stacks_url: String,
-    start_height: u64,
-    allowed: &devnet::User,
-    keys: &[PublicKey],
-) -> (common::EmulatorGuard, tempfile::TempDir) {
-    use frost_net::SignerFile;
-    use signer_guard::{BitcoinNodeConfig, GuardConfig, StacksNodeConfig};
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("allowlist.toml"),
-        format!(
-            "stacks = [\"{}\"]\nbitcoin = [\"{}\"]\n",
-            allowed.stx, allowed.btc
-        ),
-    )
-    .unwrap();
-    let signer_file = format!(
-        r#"relay_url = "http://127.0.0.1:1"
-coordinator_public_key = "{}"
-network = "regtest"
-contract = "{}"
-magic_bytes = "id"
-threshold = 1
-[policy]
-allowlist_file = "allowlist.toml"
-[[signers]]
-id = 1
-public_key = "{}"
-key_ids = [1]
-"#,
-        common::key(1),
-        common::contract(),
-        common::key(2)
-    );
-    let path = dir.path().join("signer.toml");
-    std::fs::write(&path, signer_file).unwrap();
-    let file = SignerFile::load(&path).unwrap();
-    let config = GuardConfig {
-        bitcoin_node: BitcoinNodeConfig {
-            url: bitcoin_url,
-            user: None,
-            password: None,
-            cookie_file: None,
-        },
-        stacks_node: StacksNodeConfig { url: stacks_url },
-        confirmations: Confirmations {
-            bitcoin: 1,
-            stacks: 2,
-        },
-        start_height,
-        data_dir: dir.path().join("guard"),
-        rpc_timeout_ms: 5_000,
-    };
-    let guard = Guard::open(&config, &file, &path, keys).unwrap();
-    (guard, dir)
-}
-
 /// ATTACK (a signer's own node, inconsistent): over HTTP on 127.0.0.1, the
 /// guard's bitcoind (the emulator behind a `Proxy`) answers
 /// `getbestblockhash` with the tip the guard saw at its last check while
@@ -372,8 +311,7 @@ fn a_node_answering_a_stale_best_block_hash_is_not_trusted_over_its_chain() {
         .peg_in(&mut b, common::MAGIC, &peg, &stx, Amount::from_sat(50_000))
         .unwrap();
     b.mine(&ScriptBuf::new_op_return([0u8]));
-    let peg_in_tx = common::find(&b, &peg_in);
-    let req_tx = common::find(&b, &req);
+    let payload = common::alice_payout(&b, &alice, &peg, peg_in, req);
     let mut s = common::stacks_state(&peg_key, &stx, &peg_in, &req);
     let mint = s.model.call(
         &common::owner(),
@@ -390,44 +328,9 @@ fn a_node_answering_a_stale_best_block_hash_is_not_trusted_over_its_chain() {
     let btc = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
     let stacks = StacksEmulator::start("127.0.0.1:0", s).unwrap();
     let proxy = Proxy::start(&btc.url(), std::time::Duration::from_secs(10)).unwrap();
-    let (mut guard, _dir) = guard_on(proxy.url(), stacks.url(), start_height, &alice, &[peg_key]);
+    let (mut guard, _dir) =
+        common::guard_on(proxy.url(), stacks.url(), start_height, &alice, &[peg_key]);
 
-    let coins = [
-        (OutPoint::new(req, 2), req_tx.output[2].clone()),
-        (OutPoint::new(peg_in, 1), peg_in_tx.output[1].clone()),
-    ];
-    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
-    let tx = Transaction {
-        version: transaction::Version::TWO,
-        lock_time: absolute::LockTime::ZERO,
-        input: coins
-            .iter()
-            .map(|(o, _)| TxIn {
-                previous_output: *o,
-                ..TxIn::default()
-            })
-            .collect(),
-        output: vec![
-            TxOut {
-                value: Amount::ZERO,
-                script_pubkey: peg_rules::fulfilment_op_return(common::MAGIC, &[0; 32]),
-            },
-            TxOut {
-                value: Amount::from_sat(30_000),
-                script_pubkey: alice.btc.script_pubkey(),
-            },
-            TxOut {
-                value: Amount::from_sat(total - 30_000 - 1_000),
-                script_pubkey: peg.script_pubkey(),
-            },
-        ],
-    };
-    let prevouts: Vec<TxOut> = coins.iter().map(|(_, o)| o.clone()).collect();
-    let payload = SignPayload::Fulfilment {
-        request: req,
-        tx,
-        prevouts,
-    };
     guard
         .check(&common::request(1, &payload, &peg_key))
         .unwrap();
@@ -440,7 +343,8 @@ fn a_node_answering_a_stale_best_block_hash_is_not_trusted_over_its_chain() {
     });
     assert_ne!(btc.with(|b| b.tip_hash()), old_tip);
     // An honest node: refused by the books.
-    let (mut honest, _d) = guard_on(btc.url(), stacks.url(), start_height, &alice, &[peg_key]);
+    let (mut honest, _d) =
+        common::guard_on(btc.url(), stacks.url(), start_height, &alice, &[peg_key]);
     let e = honest
         .check(&common::request(2, &payload, &peg_key))
         .unwrap_err();
@@ -632,7 +536,6 @@ fn a_burn_gone_at_the_next_final_stacks_block_refuses_the_payout() {
 /// index block hash) the payout must be refused.
 #[test]
 fn a_stacks_fork_of_the_same_height_without_the_burn_refuses_the_payout() {
-    use bitcoin::Amount;
     use devnet::stacks::Orphaned;
     use devnet::StacksState;
     use stacks_wire::Value;
@@ -640,8 +543,7 @@ fn a_stacks_fork_of_the_same_height_without_the_burn_refuses_the_payout() {
     let peg = peg_rules::peg_wallet_address(&peg_key, Network::Regtest);
     let (b, alice, start_height, peg_in, req) = common::alice_pegged_in_and_out(&peg);
     let stx = alice.stx.clone();
-    let peg_in_tx = common::find(&b, &peg_in);
-    let req_tx = common::find(&b, &req);
+    let payload = common::alice_payout(&b, &alice, &peg, peg_in, req);
     let mut s = StacksState::new(common::contract());
     let owner = common::owner();
     s.model.coordinator = Some((owner.clone(), common::key(9).serialize().to_vec()));
@@ -677,42 +579,6 @@ fn a_stacks_fork_of_the_same_height_without_the_burn_refuses_the_payout() {
     s.mine();
     let (_btc, stacks, mut guard, _dir) =
         common::guard_on_emulators(b, s, start_height, &alice, &[peg_key]);
-    let coins = [
-        (OutPoint::new(req, 2), req_tx.output[2].clone()),
-        (OutPoint::new(peg_in, 1), peg_in_tx.output[1].clone()),
-    ];
-    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
-    let tx = Transaction {
-        version: transaction::Version::TWO,
-        lock_time: absolute::LockTime::ZERO,
-        input: coins
-            .iter()
-            .map(|(o, _)| TxIn {
-                previous_output: *o,
-                ..TxIn::default()
-            })
-            .collect(),
-        output: vec![
-            TxOut {
-                value: Amount::ZERO,
-                script_pubkey: peg_rules::fulfilment_op_return(common::MAGIC, &[0; 32]),
-            },
-            TxOut {
-                value: Amount::from_sat(30_000),
-                script_pubkey: alice.btc.script_pubkey(),
-            },
-            TxOut {
-                value: Amount::from_sat(total - 30_000 - 1_000),
-                script_pubkey: peg.script_pubkey(),
-            },
-        ],
-    };
-    let prevouts: Vec<TxOut> = coins.iter().map(|(_, o)| o.clone()).collect();
-    let payload = SignPayload::Fulfilment {
-        request: req,
-        tx,
-        prevouts,
-    };
     guard
         .check(&common::request(1, &payload, &peg_key))
         .unwrap();
@@ -732,54 +598,6 @@ fn a_stacks_fork_of_the_same_height_without_the_burn_refuses_the_payout() {
     assert!(e.starts_with("burn.not-final"), "{e}");
 }
 
-/// Alice's payout of the common fixture's request (its fee output and her
-/// peg-in's coin), as a sign request payload.
-fn alice_payout(
-    b: &devnet::BitcoinState,
-    alice: &devnet::User,
-    peg: &Address,
-    peg_in: Txid,
-    req: Txid,
-) -> SignPayload {
-    let peg_in_tx = common::find(b, &peg_in);
-    let req_tx = common::find(b, &req);
-    let coins = [
-        (OutPoint::new(req, 2), req_tx.output[2].clone()),
-        (OutPoint::new(peg_in, 1), peg_in_tx.output[1].clone()),
-    ];
-    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
-    let tx = Transaction {
-        version: transaction::Version::TWO,
-        lock_time: absolute::LockTime::ZERO,
-        input: coins
-            .iter()
-            .map(|(o, _)| TxIn {
-                previous_output: *o,
-                ..TxIn::default()
-            })
-            .collect(),
-        output: vec![
-            TxOut {
-                value: Amount::ZERO,
-                script_pubkey: peg_rules::fulfilment_op_return(common::MAGIC, &[0; 32]),
-            },
-            TxOut {
-                value: Amount::from_sat(30_000),
-                script_pubkey: alice.btc.script_pubkey(),
-            },
-            TxOut {
-                value: Amount::from_sat(total - 30_000 - 1_000),
-                script_pubkey: peg.script_pubkey(),
-            },
-        ],
-    };
-    SignPayload::Fulfilment {
-        request: req,
-        tx,
-        prevouts: coins.iter().map(|(_, o)| o.clone()).collect(),
-    }
-}
-
 /// ATTACK (no panic on outside input): the guard's own bitcoind, through a
 /// `Proxy`, answers the calls of the new fast path (`getbestblockhash`,
 /// `getblockhash`, `getrawtransaction`'s confirmations) with garbage, huge
@@ -795,12 +613,13 @@ fn garbage_from_the_fast_paths_calls_never_panics_the_guard() {
     let peg_key = common::key(7);
     let peg = peg_rules::peg_wallet_address(&peg_key, Network::Regtest);
     let (b, alice, start_height, peg_in, req) = common::alice_pegged_in_and_out(&peg);
-    let payload = alice_payout(&b, &alice, &peg, peg_in, req);
+    let payload = common::alice_payout(&b, &alice, &peg, peg_in, req);
     let s = common::stacks_state(&peg_key, &alice.stx, &peg_in, &req);
     let btc = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
     let stacks = StacksEmulator::start("127.0.0.1:0", s).unwrap();
     let proxy = Proxy::start(&btc.url(), std::time::Duration::from_secs(5)).unwrap();
-    let (mut guard, _dir) = guard_on(proxy.url(), stacks.url(), start_height, &alice, &[peg_key]);
+    let (mut guard, _dir) =
+        common::guard_on(proxy.url(), stacks.url(), start_height, &alice, &[peg_key]);
     let mut id = 0;
     let mut check = |g: &mut common::EmulatorGuard| {
         id += 1;
@@ -883,12 +702,13 @@ fn a_block_arriving_mid_check_neither_misplaces_nor_refuses_the_request() {
     let peg_key = common::key(7);
     let peg = peg_rules::peg_wallet_address(&peg_key, Network::Regtest);
     let (b, alice, start_height, peg_in, req) = common::alice_pegged_in_and_out(&peg);
-    let payload = alice_payout(&b, &alice, &peg, peg_in, req);
+    let payload = common::alice_payout(&b, &alice, &peg, peg_in, req);
     let s = common::stacks_state(&peg_key, &alice.stx, &peg_in, &req);
     let btc = Arc::new(BitcoinEmulator::start("127.0.0.1:0", b).unwrap());
     let stacks = StacksEmulator::start("127.0.0.1:0", s).unwrap();
     let proxy = Proxy::start(&btc.url(), std::time::Duration::from_secs(5)).unwrap();
-    let (mut guard, _dir) = guard_on(proxy.url(), stacks.url(), start_height, &alice, &[peg_key]);
+    let (mut guard, _dir) =
+        common::guard_on(proxy.url(), stacks.url(), start_height, &alice, &[peg_key]);
     guard
         .check(&common::request(1, &payload, &peg_key))
         .unwrap();

@@ -4,11 +4,15 @@
 //! devnet's bitcoind and stacks-node emulators with a real signer set file,
 //! allowlist and SQLite store.
 //!
-//! Each test binary compiles its own copy and uses only part of it, hence
-//! the `dead_code` allowances.
+//! Each test binary (and `examples/guard_bench.rs`, by `#[path]`) compiles
+//! its own copy and uses only part of it, hence the `dead_code` allowances.
+
+use std::path::{Path, PathBuf};
 
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
-use bitcoin::{Address, Amount, ScriptBuf, Transaction, Txid};
+use bitcoin::{
+    absolute, transaction, Address, Amount, OutPoint, ScriptBuf, Transaction, TxIn, TxOut, Txid,
+};
 use devnet::{BitcoinEmulator, BitcoinState, StacksEmulator, StacksState, User};
 use frost_net::{SignItem, SignRequest, SignerFile, ToSign};
 use peg_rules::SignPayload;
@@ -137,27 +141,79 @@ pub(crate) fn stacks_state(
     s
 }
 
-/// The emulators serving `b` and `s` over HTTP on 127.0.0.1, and the guard
-/// of signer 1 (a one-signer set, threshold 1) on them: its allowlist holds
-/// `allowed` only, it scans from `start_height`, asks 1 Bitcoin and 2
-/// Stacks confirmations and holds `keys`. The directory holds its files.
-pub(crate) fn guard_on_emulators(
-    b: BitcoinState,
-    s: StacksState,
-    start_height: u64,
-    allowed: &User,
-    keys: &[PublicKey],
-) -> (
-    BitcoinEmulator,
-    StacksEmulator,
-    EmulatorGuard,
-    tempfile::TempDir,
-) {
-    let btc = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
-    let stacks = StacksEmulator::start("127.0.0.1:0", s).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+/// The fulfilment of `req` (its txid, the request transaction and the
+/// amount it asks for) paying `to`, spending its fee output (output 2) and
+/// the peg coin `coin`, the change less a 1 000 sat fee to `peg`. Returns
+/// the transaction and its prevouts.
+#[allow(dead_code)]
+pub(crate) fn fulfilment(
+    req: (Txid, &Transaction, u64),
+    coin: (OutPoint, TxOut),
+    to: &ScriptBuf,
+    peg: &ScriptBuf,
+) -> (Transaction, Vec<TxOut>) {
+    let coins = [(OutPoint::new(req.0, 2), req.1.output[2].clone()), coin];
+    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
+    let tx = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: coins
+            .iter()
+            .map(|(o, _)| TxIn {
+                previous_output: *o,
+                ..TxIn::default()
+            })
+            .collect(),
+        output: vec![
+            TxOut {
+                value: Amount::ZERO,
+                script_pubkey: peg_rules::fulfilment_op_return(MAGIC, &[0; 32]),
+            },
+            TxOut {
+                value: Amount::from_sat(req.2),
+                script_pubkey: to.clone(),
+            },
+            TxOut {
+                value: Amount::from_sat(total - req.2 - 1_000),
+                script_pubkey: peg.clone(),
+            },
+        ],
+    };
+    (tx, coins.iter().map(|(_, o)| o.clone()).collect())
+}
+
+/// Alice's payout of `alice_pegged_in_and_out`'s request on `b` (its fee
+/// output and her peg-in's coin, 30 000 sats to her, the change to `peg`),
+/// as a sign request payload.
+#[allow(dead_code)]
+pub(crate) fn alice_payout(
+    b: &BitcoinState,
+    alice: &User,
+    peg: &Address,
+    peg_in: Txid,
+    req: Txid,
+) -> SignPayload {
+    let peg_in_tx = find(b, &peg_in);
+    let req_tx = find(b, &req);
+    let (tx, prevouts) = fulfilment(
+        (req, &req_tx, 30_000),
+        (OutPoint::new(peg_in, 1), peg_in_tx.output[1].clone()),
+        &alice.btc.script_pubkey(),
+        &peg.script_pubkey(),
+    );
+    SignPayload::Fulfilment {
+        request: req,
+        tx,
+        prevouts,
+    }
+}
+
+/// Writes into `dir` the allowlist (`allowed` only) and the signer set file
+/// of the fixture (signer 1 of a one-signer set, threshold 1). Returns the
+/// signer file's path and the file loaded.
+pub(crate) fn signer_file(dir: &Path, allowed: &User) -> (PathBuf, SignerFile) {
     std::fs::write(
-        dir.path().join("allowlist.toml"),
+        dir.join("allowlist.toml"),
         format!(
             "stacks = [\"{}\"]\nbitcoin = [\"{}\"]\n",
             allowed.stx, allowed.btc
@@ -182,17 +238,33 @@ key_ids = [1]
         contract(),
         key(2)
     );
-    let path = dir.path().join("signer.toml");
+    let path = dir.join("signer.toml");
     std::fs::write(&path, signer_file).unwrap();
     let file = SignerFile::load(&path).unwrap();
+    (path, file)
+}
+
+/// The guard of signer 1 (a one-signer set, threshold 1) on the nodes at
+/// `bitcoin_url` and `stacks_url`: its allowlist holds `allowed` only, it
+/// scans from `start_height`, asks 1 Bitcoin and 2 Stacks confirmations
+/// and holds `keys`. The directory holds its files.
+pub(crate) fn guard_on(
+    bitcoin_url: String,
+    stacks_url: String,
+    start_height: u64,
+    allowed: &User,
+    keys: &[PublicKey],
+) -> (EmulatorGuard, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, file) = signer_file(dir.path(), allowed);
     let config = GuardConfig {
         bitcoin_node: BitcoinNodeConfig {
-            url: btc.url(),
+            url: bitcoin_url,
             user: None,
             password: None,
             cookie_file: None,
         },
-        stacks_node: StacksNodeConfig { url: stacks.url() },
+        stacks_node: StacksNodeConfig { url: stacks_url },
         confirmations: Confirmations {
             bitcoin: 1,
             stacks: 2,
@@ -202,5 +274,25 @@ key_ids = [1]
         rpc_timeout_ms: 5_000,
     };
     let guard = Guard::open(&config, &file, &path, keys).unwrap();
+    (guard, dir)
+}
+
+/// The emulators serving `b` and `s` over HTTP on 127.0.0.1, and the guard
+/// of signer 1 on them (`guard_on`).
+pub(crate) fn guard_on_emulators(
+    b: BitcoinState,
+    s: StacksState,
+    start_height: u64,
+    allowed: &User,
+    keys: &[PublicKey],
+) -> (
+    BitcoinEmulator,
+    StacksEmulator,
+    EmulatorGuard,
+    tempfile::TempDir,
+) {
+    let btc = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
+    let stacks = StacksEmulator::start("127.0.0.1:0", s).unwrap();
+    let (guard, dir) = guard_on(btc.url(), stacks.url(), start_height, allowed, keys);
     (btc, stacks, guard, dir)
 }
