@@ -4,94 +4,19 @@
 //! never panic or over-allocate, and the listed-nonce check refuses what it
 //! refused with JSON bodies, with the same words.
 
-use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+mod common;
+use common::{codec, every_signer, pk, share_request, sk};
+
 use frost_net::messages::{Keyed, Message};
 use frost_net::wsts::net as w;
-use frost_net::{Codec, Domain, Kind, Sender, ShareRequest, SignerInfo, SignerSet};
+use frost_net::{Codec, Kind, Sender};
 use proptest::prelude::*;
-use wsts::common::{Nonce, PublicNonce, SignatureShare};
+use wsts::common::SignatureShare;
 use wsts::curve::scalar::Scalar;
-
-fn sk(i: u8) -> SecretKey {
-    SecretKey::from_slice(&[i + 1; 32]).unwrap()
-}
-
-fn pk(i: u8) -> PublicKey {
-    sk(i).public_key(&Secp256k1::new())
-}
-
-/// A 15-signer set with one key each (signer `i`'s message key sk(i)).
-fn fifteen() -> SignerSet {
-    SignerSet {
-        threshold: 10,
-        dkg_threshold: None,
-        signers: (1..=15u8)
-            .map(|i| SignerInfo {
-                id: u32::from(i),
-                public_key: pk(i),
-                key_ids: vec![u32::from(i)],
-                private_key: None,
-            })
-            .collect(),
-    }
-}
-
-fn codec() -> Codec {
-    let set = fifteen();
-    Codec::with_domain(Domain::new("regtest", "ST1.sbtc", &set, &pk(0)), set, pk(0))
-}
-
-fn nonce() -> PublicNonce {
-    Nonce::random(&mut wsts::util::create_rng()).into()
-}
-
-/// A 15×1 round's share request: every signer listed, each with its real
-/// sealed nonce response embedded.
-fn share_request(c: &Codec) -> ShareRequest {
-    let key = pk(99);
-    let responses: Vec<w::NonceResponse> = (0..15u32)
-        .map(|i| w::NonceResponse {
-            dkg_id: 1,
-            sign_id: 7,
-            sign_iter_id: 0,
-            signer_id: i,
-            key_ids: vec![i + 1],
-            nonces: vec![nonce()],
-            message: vec![0xab; 32],
-        })
-        .collect();
-    let nonce_envelopes = responses
-        .iter()
-        .map(|n| {
-            let id = n.signer_id + 1;
-            c.seal(
-                Sender::Signer(id),
-                &sk(u8::try_from(id).unwrap()),
-                &Message::NonceResponse(Keyed {
-                    key,
-                    msg: n.clone(),
-                }),
-            )
-            .unwrap()
-        })
-        .collect();
-    ShareRequest {
-        key,
-        msg: w::SignatureShareRequest {
-            dkg_id: 1,
-            sign_id: 7,
-            sign_iter_id: 0,
-            nonce_responses: responses,
-            message: vec![0xab; 32],
-            signature_type: w::SignatureType::Taproot(None),
-        },
-        nonce_envelopes,
-    }
-}
 
 /// One honest message of each binary kind, as a 15×1 round carries it.
 fn honest(c: &Codec) -> Vec<Message> {
-    let r = share_request(c);
+    let r = share_request(c, &every_signer());
     vec![
         Message::NonceRequest(Keyed {
             key: r.key,
@@ -168,7 +93,7 @@ fn binary_bodies_round_trip_are_smaller_than_json_and_open_sealed() {
         assert_eq!(c.open(&v1), Err(frost_net::EnvelopeError::NotEnvelope));
     }
     // The 15×1 share request: ≈ 23 KB as JSON, well under a third of it now.
-    let r = Message::SignatureShareRequest(share_request(&c));
+    let r = Message::SignatureShareRequest(share_request(&c, &every_signer()));
     assert!(r.encode_body().len() < 8 << 10, "{}", r.encode_body().len());
 }
 
@@ -256,7 +181,7 @@ fn non_canonical_encodings_are_refused() {
 #[test]
 fn listed_nonces_that_are_not_the_signers_own_are_still_refused() {
     let c = codec();
-    let r = share_request(&c);
+    let r = share_request(&c, &every_signer());
     for me in 0..15 {
         c.check_listed_nonces(&r, me).unwrap();
     }
@@ -382,7 +307,7 @@ proptest! {
 #[test]
 fn a_matching_embedded_response_with_foreign_key_ids_is_refused() {
     let c = codec();
-    let mut r = share_request(&c);
+    let mut r = share_request(&c, &every_signer());
     let n = &mut r.msg.nonce_responses[2];
     n.key_ids = vec![9];
     let sealed = c

@@ -5,87 +5,14 @@
 //! refuses. Every kind a signer acts on, forged (a body bit flipped, or
 //! sealed by someone who may not send it), is refused.
 
-use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+mod common;
+use common::{codec, pk, share_request, sk};
+
 use frost_net::messages::{Keyed, Message};
 use frost_net::wsts::net as w;
 use frost_net::{
-    Codec, Domain, EnvelopeError, ForSigner, Kind, ListedNonces, RoundId, Sender, ShareRequest,
-    SignerInfo, SignerSet,
+    Codec, EnvelopeError, ForSigner, Kind, ListedNonces, RoundId, Sender, ShareRequest,
 };
-use wsts::common::{Nonce, PublicNonce};
-
-fn sk(i: u8) -> SecretKey {
-    SecretKey::from_slice(&[i + 1; 32]).unwrap()
-}
-
-fn pk(i: u8) -> PublicKey {
-    sk(i).public_key(&Secp256k1::new())
-}
-
-fn codec() -> Codec {
-    let set = SignerSet {
-        threshold: 10,
-        dkg_threshold: None,
-        signers: (1..=15u8)
-            .map(|i| SignerInfo {
-                id: u32::from(i),
-                public_key: pk(i),
-                key_ids: vec![u32::from(i)],
-                private_key: None,
-            })
-            .collect(),
-    };
-    Codec::with_domain(Domain::new("regtest", "ST1.sbtc", &set, &pk(0)), set, pk(0))
-}
-
-fn nonce() -> PublicNonce {
-    Nonce::random(&mut wsts::util::create_rng()).into()
-}
-
-/// A share request listing the (wsts) signers `listed`, each with its
-/// sealed nonce response embedded.
-fn share_request(c: &Codec, listed: &[u32]) -> ShareRequest {
-    let key = pk(99);
-    let responses: Vec<w::NonceResponse> = listed
-        .iter()
-        .map(|&i| w::NonceResponse {
-            dkg_id: 1,
-            sign_id: 7,
-            sign_iter_id: 0,
-            signer_id: i,
-            key_ids: vec![i + 1],
-            nonces: vec![nonce()],
-            message: vec![0xab; 32],
-        })
-        .collect();
-    let nonce_envelopes = responses
-        .iter()
-        .map(|n| {
-            let id = n.signer_id + 1;
-            c.seal(
-                Sender::Signer(id),
-                &sk(u8::try_from(id).unwrap()),
-                &Message::NonceResponse(Keyed {
-                    key,
-                    msg: n.clone(),
-                }),
-            )
-            .unwrap()
-        })
-        .collect();
-    ShareRequest {
-        key,
-        msg: w::SignatureShareRequest {
-            dkg_id: 1,
-            sign_id: 7,
-            sign_iter_id: 0,
-            nonce_responses: responses,
-            message: vec![0xab; 32],
-            signature_type: w::SignatureType::Taproot(None),
-        },
-        nonce_envelopes,
-    }
-}
 
 fn sealed(c: &Codec, r: &ShareRequest) -> Vec<u8> {
     c.seal(
