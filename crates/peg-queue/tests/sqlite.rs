@@ -2,8 +2,9 @@
 //! walks that survive reopening, the nonce high-water mark, migrations, and
 //! no acknowledged write lost when the writer is killed with SIGKILL.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use bitcoin::hashes::Hash;
 use bitcoin::{Amount, BlockHash, Txid};
@@ -161,14 +162,47 @@ fn a_corrupt_row_is_reported_not_a_panic() {
     assert!(matches!(q.pending(), Err(peg_queue::Error::Corrupt(_))));
 }
 
+/// This test binary started again as a child that runs only the writer
+/// test `writer` on the database `db` (named to it in the variable `env`),
+/// and the lines of its stdout.
+fn spawn_writer(writer: &str, env: &str, db: &Path) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", writer, "--nocapture", "--test-threads=1"])
+        .env(env, db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// Kills `child` with SIGKILL and reaps it.
+fn kill(child: &mut Child) {
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// In the child process only (the variable `env` names its database): the
+/// writer's queue.
+fn writer_queue(env: &str) -> Option<SqlitePegQueue> {
+    let path = std::env::var(env).ok()?;
+    Some(SqlitePegQueue::open(Path::new(&path)).unwrap())
+}
+
+/// The writer tells the parent `line`, flushed at once.
+fn say(line: &str) {
+    let mut out = std::io::stdout();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
 /// The writer half of the kill test: runs only in the child process.
 #[test]
 fn kill_test_writer() {
-    let Ok(path) = std::env::var("PEG_QUEUE_KILL_TEST_DB") else {
+    let Some(q) = writer_queue("PEG_QUEUE_KILL_TEST_DB") else {
         return;
     };
-    let q = SqlitePegQueue::open(std::path::Path::new(&path)).unwrap();
-    let mut out = std::io::stdout();
     for i in 0..100_000u32 {
         q.record_scanned_block(BurnHeight(u64::from(i)), &[op(i, u64::from(i))])
             .unwrap();
@@ -180,8 +214,7 @@ fn kill_test_writer() {
         )
         .unwrap();
         // Acknowledged: both writes committed.
-        writeln!(out, "acked {i}").unwrap();
-        out.flush().unwrap();
+        say(&format!("acked {i}"));
     }
 }
 
@@ -190,19 +223,8 @@ fn no_acknowledged_write_is_lost_to_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("kill.sqlite");
     for round in 0..3 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "kill_test_writer",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("PEG_QUEUE_KILL_TEST_DB", &db)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut child, mut lines) =
+            spawn_writer("kill_test_writer", "PEG_QUEUE_KILL_TEST_DB", &db);
         let mut acked = None;
         let stop_after = 40 + round * 37;
         while let Some(Ok(line)) = lines.next() {
@@ -213,8 +235,7 @@ fn no_acknowledged_write_is_lost_to_sigkill() {
                 }
             }
         }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        kill(&mut child);
         let acked = acked.expect("the writer acknowledged writes");
         let q = SqlitePegQueue::open(&db).unwrap();
         for i in 0..=acked {
@@ -1044,18 +1065,15 @@ fn batch_op(batch: u32, k: u32) -> PegOp {
 /// Each round scans a block of ops and signs them in one batch.
 #[test]
 fn batch_kill_test_writer() {
-    let Ok(path) = std::env::var("PEG_QUEUE_BATCH_KILL_TEST_DB") else {
+    let Some(q) = writer_queue("PEG_QUEUE_BATCH_KILL_TEST_DB") else {
         return;
     };
-    let q = SqlitePegQueue::open(std::path::Path::new(&path)).unwrap();
-    let mut out = std::io::stdout();
     for i in 0..10_000u32 {
         let ops: Vec<PegOp> = (0..BATCH_OPS).map(|k| batch_op(i, k)).collect();
         q.record_scanned_block(BurnHeight(u64::from(i)), &ops)
             .unwrap();
         // The parent kills on this line: while the batch is being stored.
-        writeln!(out, "scanned {i}").unwrap();
-        out.flush().unwrap();
+        say(&format!("scanned {i}"));
         let tx = big_stx(u64::from(i), 500);
         q.set_states(
             &ops.iter()
@@ -1063,8 +1081,7 @@ fn batch_kill_test_writer() {
                 .collect::<Vec<_>>(),
         )
         .unwrap();
-        writeln!(out, "acked {i}").unwrap();
-        out.flush().unwrap();
+        say(&format!("acked {i}"));
     }
 }
 
@@ -1083,19 +1100,11 @@ fn a_batch_killed_while_being_stored_is_all_or_nothing() {
     // (round, batch, stored) of every batch found after a kill.
     let mut outcomes = Vec::new();
     for (round, delay) in (0u32..).zip(delays_micros) {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "batch_kill_test_writer",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("PEG_QUEUE_BATCH_KILL_TEST_DB", &db)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut child, mut lines) = spawn_writer(
+            "batch_kill_test_writer",
+            "PEG_QUEUE_BATCH_KILL_TEST_DB",
+            &db,
+        );
         let mut acked = None;
         let stop_at = 5 + round * 7;
         while let Some(Ok(line)) = lines.next() {
@@ -1108,8 +1117,7 @@ fn a_batch_killed_while_being_stored_is_all_or_nothing() {
         }
         // The batch's transaction is under way: kill it at some point in it.
         std::thread::sleep(std::time::Duration::from_micros(delay));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        kill(&mut child);
         let acked = acked.expect("the writer acknowledged writes");
         let q = SqlitePegQueue::open(&db).unwrap();
         for i in 0..=acked {
