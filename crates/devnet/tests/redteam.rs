@@ -7,7 +7,6 @@
 #![allow(
     clippy::unwrap_in_result,
     dead_code,
-    unused_imports,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic
@@ -15,30 +14,13 @@
 
 mod common;
 
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use bitcoin::hashes::Hash as _;
-use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
-use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, Transaction, TxIn, TxOut, Txid};
-use bitcoin_node_client::{BitcoinNode, Utxo};
-use coordinator::config::OpSourceKind;
-use coordinator::HttpCoordinator;
-use devnet::peg::{Blocks, MAGIC};
-use devnet::proxy::{rpc_error, rpc_result, Answer, Lie};
-use devnet::{Peg, PegOptions, User};
-use fee_wallet::{
-    BitcoinFeePolicy, BitcoinWallet, FulfillmentInputs, PegWallet, StacksWallet,
-    UnsignedFulfillment,
-};
-use frost_coordinator::{FrostCoordinator, SignItem, ToSign};
-use peg_ops::{PegInOp, PegOutRequestOp};
-use peg_queue::{OpState, PegQueue};
+use bitcoin::{Amount, Transaction, TxIn, TxOut};
+use frost_coordinator::{SignItem, ToSign};
 use peg_rules::SignPayload;
-use stacks_node_client::StacksNode;
-use stacks_wire::{PrincipalData, Value};
 
-use common::{attacker, net, peg_wallet_builder, refusals, Net, BTC};
+use common::{net, Net, BTC};
 
 /// Every signer in `ids` refused, with a rule named `rule`: the refusals the
 /// coordinator got (the round ends as soon as the threshold is out of
