@@ -31,17 +31,15 @@ use frost_net::SignRequest;
 use frost_signer::{KeyHistory, SignerNode, SignerOptions, Validator};
 use peg_ops::{BurnHeight, PegOp};
 use peg_queue::SqlitePegQueue;
-use relay::{RelayConfig, RelayServer};
-
-use crate::latency::LatencyLink;
-use stacks_node_client::UreqStacksNode;
-use stacks_wire::{ContractId, Payload, PrincipalData, StacksNetwork, StacksPrivateKey, Value};
-
 use peg_rules::PolicyFile;
+use relay::{RelayConfig, RelayServer};
 use signer_guard::{
     BitcoinNodeConfig, Confirmations, Guard, GuardConfig, GuardStatus, StacksNodeConfig,
 };
+use stacks_node_client::UreqStacksNode;
+use stacks_wire::{ContractId, Payload, PrincipalData, StacksNetwork, StacksPrivateKey, Value};
 
+use crate::latency::LatencyLink;
 use crate::server::lock;
 use crate::{BitcoinEmulator, BitcoinState, Proxy, StacksEmulator, StacksState, User};
 

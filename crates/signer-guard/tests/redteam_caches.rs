@@ -42,6 +42,36 @@ fn verdict(fx: &Fx, g: &mut Guard<MockBitcoinNode, MockStacksNode>, req: &SignRe
     name(&cached)
 }
 
+/// Request `id`: a sweep of `coins` to the peg wallet of `fx.key`, 500 sats
+/// of fee.
+fn sweep_request(fx: &Fx, id: u64, coins: &[(OutPoint, TxOut)]) -> SignRequest {
+    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
+    let sweep = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: coins
+            .iter()
+            .map(|(o, _)| TxIn {
+                previous_output: *o,
+                ..TxIn::default()
+            })
+            .collect(),
+        output: vec![TxOut {
+            value: Amount::from_sat(total - 500),
+            script_pubkey: peg_address(&fx.key).script_pubkey(),
+        }],
+    };
+    let prevouts = coins.iter().map(|(_, o)| o.clone()).collect();
+    sign_request(
+        id,
+        &SignPayload::Sweep {
+            tx: sweep,
+            prevouts,
+        },
+        &fx.key,
+    )
+}
+
 fn coin(tx: &Transaction, vout: u32) -> (OutPoint, TxOut) {
     (
         OutPoint::new(tx.compute_txid(), vout),
@@ -251,32 +281,7 @@ fn a_sweep_after_a_payout_at_the_same_tip_answers_as_a_fresh_guard() {
     let (tx, p) = fx.payout();
     g.check(&fulfilment_request(&fx, &fx.request, tx, p))
         .unwrap();
-    let coins = [fx.peg_in_coin()];
-    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
-    let sweep = Transaction {
-        version: transaction::Version::TWO,
-        lock_time: absolute::LockTime::ZERO,
-        input: coins
-            .iter()
-            .map(|(o, _)| TxIn {
-                previous_output: *o,
-                ..TxIn::default()
-            })
-            .collect(),
-        output: vec![TxOut {
-            value: Amount::from_sat(total - 500),
-            script_pubkey: peg_address(&fx.key).script_pubkey(),
-        }],
-    };
-    let prevouts = coins.iter().map(|(_, o)| o.clone()).collect();
-    let req = sign_request(
-        2,
-        &SignPayload::Sweep {
-            tx: sweep,
-            prevouts,
-        },
-        &fx.key,
-    );
+    let req = sweep_request(&fx, 2, &[fx.peg_in_coin()]);
     // Whatever the verdict, the cached guard must give the fresh one's.
     let _ = verdict(&fx, &mut g, &req);
 }
@@ -832,32 +837,7 @@ fn a_refund_signed_between_checks_at_one_tip_is_seen_by_the_next_check() {
     };
     g.check(&sign_request(2, &payload, &fx.key)).unwrap();
     // A sweep of the owed coin with alice's: refused as by a fresh guard.
-    let coins = [fx.peg_in_coin(), owed.clone()];
-    let total: u64 = coins.iter().map(|(_, o)| o.value.to_sat()).sum();
-    let sweep = Transaction {
-        version: transaction::Version::TWO,
-        lock_time: absolute::LockTime::ZERO,
-        input: coins
-            .iter()
-            .map(|(o, _)| TxIn {
-                previous_output: *o,
-                ..TxIn::default()
-            })
-            .collect(),
-        output: vec![TxOut {
-            value: Amount::from_sat(total - 500),
-            script_pubkey: peg_address(&fx.key).script_pubkey(),
-        }],
-    };
-    let prevouts = coins.iter().map(|(_, o)| o.clone()).collect();
-    let req = sign_request(
-        3,
-        &SignPayload::Sweep {
-            tx: sweep,
-            prevouts,
-        },
-        &fx.key,
-    );
+    let req = sweep_request(&fx, 3, &[fx.peg_in_coin(), owed.clone()]);
     assert_ne!(verdict(&fx, &mut g, &req), "passed");
     // A payout from the owed coin: refused.
     let (tx, p) = fx.fulfilment(&fx.request, &[owed], 1_000);
