@@ -248,8 +248,28 @@ key_ids = [1]
 /// `bitcoin_url` and `stacks_url`: its allowlist holds `allowed` only, it
 /// scans from `start_height`, asks 1 Bitcoin and 2 Stacks confirmations
 /// and holds `keys`. The directory holds its files.
+#[allow(dead_code)]
 pub(crate) fn guard_on(
     bitcoin_url: String,
+    stacks_url: String,
+    start_height: u64,
+    allowed: &User,
+    keys: &[PublicKey],
+) -> (EmulatorGuard, tempfile::TempDir) {
+    let bitcoin_node = BitcoinNodeConfig {
+        url: bitcoin_url,
+        user: None,
+        password: None,
+        cookie_file: None,
+    };
+    guard_on_node(bitcoin_node, stacks_url, start_height, allowed, keys)
+}
+
+/// [`guard_on`] with the Bitcoin node's whole configuration (a real
+/// bitcoind wants its RPC user and password).
+#[allow(dead_code)]
+pub(crate) fn guard_on_node(
+    bitcoin_node: BitcoinNodeConfig,
     stacks_url: String,
     start_height: u64,
     allowed: &User,
@@ -258,12 +278,7 @@ pub(crate) fn guard_on(
     let dir = tempfile::tempdir().unwrap();
     let (path, file) = signer_file(dir.path(), allowed);
     let config = GuardConfig {
-        bitcoin_node: BitcoinNodeConfig {
-            url: bitcoin_url,
-            user: None,
-            password: None,
-            cookie_file: None,
-        },
+        bitcoin_node,
         stacks_node: StacksNodeConfig { url: stacks_url },
         confirmations: Confirmations {
             bitcoin: 1,
@@ -279,6 +294,7 @@ pub(crate) fn guard_on(
 
 /// The emulators serving `b` and `s` over HTTP on 127.0.0.1, and the guard
 /// of signer 1 on them (`guard_on`).
+#[allow(dead_code)]
 pub(crate) fn guard_on_emulators(
     b: BitcoinState,
     s: StacksState,
