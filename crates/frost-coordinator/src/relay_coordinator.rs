@@ -543,14 +543,23 @@ impl RelayFrostCoordinator {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let results: Vec<std::sync::OnceLock<Result<(), Error>>> =
             groups.iter().map(|_| std::sync::OnceLock::new()).collect();
+        let work = || loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(g) = groups.get(i) else { break };
+            let _ = results[i].set(post_group(g));
+        };
         std::thread::scope(|scope| {
-            for _ in 0..groups.len().min(POST_THREADS) {
-                scope.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(g) = groups.get(i) else { break };
-                    let _ = results[i].set(post_group(g));
-                });
+            // This thread posts too, so a thread that cannot be made (the
+            // OS's limit) leaves less help, not a panic or a post unmade.
+            for _ in 1..groups.len().min(POST_THREADS) {
+                let spawned = std::thread::Builder::new()
+                    .name("coord-post".to_owned())
+                    .spawn_scoped(scope, work);
+                if spawned.is_err() {
+                    break;
+                }
             }
+            work();
         });
         results
             .into_iter()

@@ -219,9 +219,10 @@ impl ListedNonces {
 
     /// Whether this is the listing of `r`: its entries decode to exactly
     /// what `r` lists (a point comparison is a point subtraction, not a
-    /// compression). A listing of another request is never used; the caller
-    /// makes `r`'s own ([`ListedNonces::of`]).
-    pub(crate) fn fits(&self, r: &ShareRequest) -> bool {
+    /// compression). A listing of another request is never used, neither to
+    /// check nonces nor to hash binding values; the caller makes `r`'s own
+    /// ([`ListedNonces::of`]).
+    pub fn fits(&self, r: &ShareRequest) -> bool {
         self.decoded == r.msg.nonce_responses
     }
 

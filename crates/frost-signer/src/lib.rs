@@ -960,10 +960,13 @@ impl SignerCore {
         // nonce response for this round, or a coordinator could move a
         // genuine nonce to another id (our effective nonce unchanged, the
         // challenge and our Lagrange coefficient changed).
+        // The listing checked is the one hashed into the binding values
+        // below: one that is not `r`'s own (a caller's mix-up) is replaced
+        // by `r`'s, never used for one and not the other.
         let own_listing;
         let listed = match listed {
-            Some(l) => l,
-            None => {
+            Some(l) if l.fits(r) => l,
+            _ => {
                 own_listing = ListedNonces::of(r);
                 &own_listing
             }
@@ -1001,7 +1004,7 @@ impl SignerCore {
                 return vec![];
             }
         };
-        // The listing fits `r` (checked above: it proved the nonces).
+        // The listing fits `r` (chosen above; it proved the nonces).
         let compressed = listed.compressed();
         let shares = share::sign_taproot(
             &open.party,
