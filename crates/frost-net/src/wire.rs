@@ -238,9 +238,7 @@ impl ListedNonces {
 
 /// Decodes a `SignatureShareRequest` body with its listing.
 pub(crate) fn decode_share_request(body: &[u8]) -> Result<(Message, ListedNonces), String> {
-    let mut r = Reader(body);
-    let out = share_request(&mut r)?;
-    Ok(out)
+    share_request(&mut Reader(body))
 }
 
 /// The round of a `SignatureShareRequest` body that does not list the signer
@@ -290,6 +288,11 @@ fn share_request(r: &mut Reader<'_>) -> Result<(Message, ListedNonces), String> 
     if !r.0.is_empty() {
         return Err(format!("{} trailing bytes", r.0.len()));
     }
+    let listed = ListedNonces {
+        decoded: nonce_responses.clone(),
+        entries,
+        compressed,
+    };
     let m = Message::SignatureShareRequest(ShareRequest {
         key,
         msg: w::SignatureShareRequest {
@@ -302,18 +305,7 @@ fn share_request(r: &mut Reader<'_>) -> Result<(Message, ListedNonces), String> 
         },
         nonce_envelopes,
     });
-    let decoded = match &m {
-        Message::SignatureShareRequest(r) => r.msg.nonce_responses.clone(),
-        _ => vec![],
-    };
-    Ok((
-        m,
-        ListedNonces {
-            decoded,
-            entries,
-            compressed,
-        },
-    ))
+    Ok((m, listed))
 }
 
 struct Writer(Vec<u8>);
