@@ -1,7 +1,8 @@
 //! The guard's caches on a real Bitcoin Core (regtest): the fixture's chain
 //! submitted to Core, the guard on Core and the stacks-node emulator, and
-//! Core's own reorgs (`invalidateblock`, then a longer chain without the
-//! peg-in) reaching the next check as they reach a fresh guard. The twin of
+//! Core's own reorgs (`invalidateblock` and `generateblock`, dropping a
+//! minted peg-in the books need) reaching the next check, caches warm, as
+//! they reach a fresh guard. The twin of
 //! `redteam_caches.rs`' reorg tests, which run on mocks. Needs
 //! `BITCOIND_EXE`; without it, the test prints why it skipped and returns.
 
@@ -17,7 +18,7 @@ use serde_json::json;
 use signer_guard::BitcoinNodeConfig;
 
 mod common;
-use common::{alice_payout, alice_pegged_in_and_out, guard_on_node, key, request, stacks_state};
+use common::{alice_payout, guard_on_node, key, request, with_a_second_minted_peg_in};
 
 /// The real node, or `None` (printed) when `BITCOIND_EXE` is unset. A set
 /// variable naming a missing file, or a node that does not start, fails.
@@ -41,19 +42,16 @@ fn verdict(r: &Result<(), String>) -> String {
 }
 
 #[test]
-fn a_reorg_on_bitcoin_core_dropping_the_peg_in_is_seen_by_the_next_check() {
+fn a_reorg_on_bitcoin_core_dropping_a_minted_peg_in_is_seen_by_the_next_check() {
     let Some(core) = real_node() else { return };
     let peg_key = key(7);
     let peg = peg_rules::peg_wallet_address(&peg_key, bitcoin::Network::Regtest);
-    let (b, alice, start_height, peg_in, req) = alice_pegged_in_and_out(&peg);
+    let (b, s, alice, start_height, peg_in, req, _second) = with_a_second_minted_peg_in(&peg_key);
     core.submit_blocks(&b, 1).unwrap();
     let client = core.client();
-    assert_eq!(client.get_block_count().unwrap(), b.height());
-    let stacks = StacksEmulator::start(
-        "127.0.0.1:0",
-        stacks_state(&peg_key, &alice.stx, &peg_in, &req),
-    )
-    .unwrap();
+    let tip = b.height();
+    assert_eq!(client.get_block_count().unwrap(), tip);
+    let stacks = StacksEmulator::start("127.0.0.1:0", s).unwrap();
     let node = || BitcoinNodeConfig {
         url: core.rpc_url(),
         user: Some(core.rpc_user().to_owned()),
@@ -63,36 +61,40 @@ fn a_reorg_on_bitcoin_core_dropping_the_peg_in_is_seen_by_the_next_check() {
     let guard_on_core = || guard_on_node(node(), stacks.url(), start_height, &alice, &[peg_key]);
     let (mut guard, _dir) = guard_on_core();
     let payout = request(1, &alice_payout(&b, &alice, &peg, peg_in, req), &peg_key);
-    // What a guard that never saw the chain before says now.
+    // What a guard that never saw the chain before (its own files) says now.
     let fresh = |req: &SignRequest| verdict(&guard_on_core().0.check(req));
 
+    // Twice, so every cache is warm at this tip.
+    guard.check(&payout).unwrap();
     guard.check(&payout).unwrap();
     assert_eq!(fresh(&payout), "passed");
 
-    // Core drops the peg-in's block and the request's above it: the tip
-    // goes back down, both transactions wait in Core's mempool.
-    let peg_in_block = client.get_block_hash(start_height + 1).unwrap();
-    core.call("invalidateblock", json!([peg_in_block.to_string()]))
+    // Core replaces the second peg-in's block at the same height by an
+    // empty one: the request and the payout's own coin stay, but the peg
+    // wallet no longer backs the sBTC minted for the second peg-in.
+    let old_tip = client.get_block_hash(tip).unwrap();
+    core.call("invalidateblock", json!([old_tip.to_string()]))
         .unwrap();
-    assert_eq!(client.get_block_count().unwrap(), start_height);
-    let after_drop = verdict(&guard.check(&payout));
-    assert_ne!(
-        after_drop, "passed",
-        "the cached guard passed a payout whose request and peg-in Core dropped"
+    core.call("generateblock", json!([alice.btc.to_string(), []]))
+        .unwrap();
+    assert_eq!(client.get_block_count().unwrap(), tip);
+    assert_ne!(client.get_block_hash(tip).unwrap(), old_tip);
+    let same_height = verdict(&guard.check(&payout));
+    assert_eq!(
+        same_height, "backing",
+        "the cached guard passed a payout the reorged chain no longer backs"
     );
-    assert_eq!(after_drop, fresh(&payout));
+    assert_eq!(same_height, fresh(&payout));
 
-    // Then a longer chain without them (Core mines empty blocks): a tip
-    // higher than the one the payout first passed at.
-    for _ in 0..3 {
-        core.call("generateblock", json!([alice.btc.to_string(), []]))
-            .unwrap();
-    }
-    assert_eq!(client.get_block_count().unwrap(), start_height + 3);
-    let after_reorg = verdict(&guard.check(&payout));
-    assert_ne!(
-        after_reorg, "passed",
-        "the cached guard passed a payout whose request and peg-in Core reorged out"
+    // Then the tip goes back down below where the payout first passed.
+    let new_tip = client.get_block_hash(tip).unwrap();
+    core.call("invalidateblock", json!([new_tip.to_string()]))
+        .unwrap();
+    assert_eq!(client.get_block_count().unwrap(), tip - 1);
+    let lower = verdict(&guard.check(&payout));
+    assert_eq!(
+        lower, "backing",
+        "the cached guard passed a payout at a lower tip without the second peg-in"
     );
-    assert_eq!(after_reorg, fresh(&payout));
+    assert_eq!(lower, fresh(&payout));
 }

@@ -304,32 +304,13 @@ fn a_sweep_after_a_payout_at_the_same_tip_answers_as_a_fresh_guard() {
 #[test]
 #[ignore = "open (outside the trust model): a node lying on getbestblockhash only keeps the guard on its old tip"]
 fn a_node_answering_a_stale_best_block_hash_is_not_trusted_over_its_chain() {
-    use bitcoin::{Amount, ScriptBuf};
+    use bitcoin::ScriptBuf;
     use devnet::{BitcoinEmulator, Lie, Proxy, StacksEmulator};
-    use stacks_wire::Value;
     let peg_key = common::key(7);
     let peg = peg_rules::peg_wallet_address(&peg_key, Network::Regtest);
-    let (mut b, mut alice, start_height, peg_in, req) = common::alice_pegged_in_and_out(&peg);
-    let stx = alice.stx.clone();
-    // A second peg-in of alice, minted, in its own block at the tip.
-    let second = alice
-        .peg_in(&mut b, common::MAGIC, &peg, &stx, Amount::from_sat(50_000))
-        .unwrap();
-    b.mine(&ScriptBuf::new_op_return([0u8]));
+    let (b, s, alice, start_height, peg_in, req, _second) =
+        common::with_a_second_minted_peg_in(&peg_key);
     let payload = common::alice_payout(&b, &alice, &peg, peg_in, req);
-    let mut s = common::stacks_state(&peg_key, &stx, &peg_in, &req);
-    let mint = s.model.call(
-        &common::owner(),
-        "mint!",
-        &[
-            Value::UInt(50_000),
-            Value::Principal(stx.clone()),
-            Value::StringAscii(second.to_string()),
-        ],
-    );
-    assert_eq!(mint.result, Value::Ok(Box::new(Value::Bool(true))));
-    s.mine();
-    s.mine();
     let btc = BitcoinEmulator::start("127.0.0.1:0", b).unwrap();
     let stacks = StacksEmulator::start("127.0.0.1:0", s).unwrap();
     let proxy = Proxy::start(&btc.url(), std::time::Duration::from_secs(10)).unwrap();

@@ -92,6 +92,38 @@ pub(crate) fn alice_pegged_in_and_out(peg: &Address) -> (BitcoinState, User, u64
     (b, alice, start_height, peg_in, req)
 }
 
+/// [`alice_pegged_in_and_out`] and [`stacks_state`] for `peg_key`, then a
+/// second peg-in of alice's (50 000 sats) in its own block at the tip,
+/// minted two Stacks blocks deep: the books need it to back the supply.
+/// Returns the chains, alice, the start height, the peg-in, the request and
+/// the second peg-in.
+#[allow(dead_code)]
+pub(crate) fn with_a_second_minted_peg_in(
+    peg_key: &PublicKey,
+) -> (BitcoinState, StacksState, User, u64, Txid, Txid, Txid) {
+    let peg = peg_rules::peg_wallet_address(peg_key, bitcoin::Network::Regtest);
+    let (mut b, mut alice, start_height, peg_in, req) = alice_pegged_in_and_out(&peg);
+    let stx = alice.stx.clone();
+    let second = alice
+        .peg_in(&mut b, MAGIC, &peg, &stx, Amount::from_sat(50_000))
+        .unwrap();
+    b.mine(&ScriptBuf::new_op_return([0u8]));
+    let mut s = stacks_state(peg_key, &stx, &peg_in, &req);
+    let mint = s.model.call(
+        &owner(),
+        "mint!",
+        &[
+            Value::UInt(50_000),
+            Value::Principal(stx),
+            Value::StringAscii(second.to_string()),
+        ],
+    );
+    assert_eq!(mint.result, Value::Ok(Box::new(Value::Bool(true))));
+    s.mine();
+    s.mine();
+    (b, s, alice, start_height, peg_in, req, second)
+}
+
 /// The sBTC contract of the fixture.
 pub(crate) fn contract() -> ContractId {
     "ST000000000000000000002AMW42H.sbtc-alpha".parse().unwrap()
