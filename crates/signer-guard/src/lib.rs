@@ -445,7 +445,7 @@ struct TipReads {
 /// What a [`Wallet`] was read from.
 struct WalletInputs {
     coins: Arc<Vec<RecordedCoin>>,
-    mints_at: Option<[u8; 32]>,
+    mints_at: [u8; 32],
     store: u64,
 }
 
@@ -893,11 +893,11 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
 
     /// The wallet ([`Guard::read_wallet`]), read again only when the coin
     /// record, the Stacks block or the store's coin facts changed since.
-    fn wallet(&mut self, mints_at: Option<&[u8; 32]>) -> Result<Arc<Wallet>, Rule> {
+    fn wallet(&mut self, mints_at: &[u8; 32]) -> Result<Arc<Wallet>, Rule> {
         let all = self.held_coins()?;
         if let Some((at, w)) = &self.wallet_at {
             if Arc::ptr_eq(&at.coins, &all)
-                && at.mints_at.as_ref() == mints_at
+                && at.mints_at == *mints_at
                 && at.store == self.store.wallet_generation()
             {
                 return Ok(w.clone());
@@ -910,7 +910,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         self.wallet_at = Some((
             WalletInputs {
                 coins: all,
-                mints_at: mints_at.copied(),
+                mints_at: *mints_at,
                 store: self.store.wallet_generation(),
             },
             w.clone(),
@@ -918,12 +918,12 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
         Ok(w)
     }
 
-    /// Reads the wallet from the coin record's coins `all`; with
-    /// `mints_at`, also which peg-ins are not minted at that Stacks block.
+    /// Reads the wallet from the coin record's coins `all`, and which
+    /// peg-ins are not minted at the Stacks block `mints_at`.
     fn read_wallet(
         &mut self,
         all: &[RecordedCoin],
-        mints_at: Option<&[u8; 32]>,
+        mints_at: &[u8; 32],
     ) -> Result<Wallet, Rule> {
         let mut w = Wallet {
             unspent: HashMap::new(),
@@ -996,8 +996,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 w.minted = w.minted.checked_add(c.txout.value).unwrap_or(Amount::MAX);
                 continue;
             }
-            let Some(tip) = mints_at else { continue };
-            match self.mint_at(&txid, tip)? {
+            match self.mint_at(&txid, mints_at)? {
                 // Minted only for the peg-in's own amount and recipient: a
                 // mint under its txid to anyone else (a stolen coordinator
                 // Stacks key) leaves the peg-in owed, so the books show the
@@ -1422,7 +1421,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
                 }
             }
         }
-        let wallet = self.timed("wallet", |g| g.wallet(Some(final_tip)))?;
+        let wallet = self.timed("wallet", |g| g.wallet(final_tip))?;
         let current_script = self.script_for(current);
         let is_peg_coin = |o: &OutPoint, out: &TxOut| {
             wallet.unspent.get(o) == Some(out)
@@ -1650,7 +1649,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
     ) -> Result<(), Rule> {
         // The books too: a sweep's fee comes out of the backing, so a
         // stream of consolidations at the fee cap could drain it.
-        let wallet = self.wallet(Some(final_tip))?;
+        let wallet = self.wallet(final_tip)?;
         let current_script = self.script_for(current);
         let is_sweepable = |o: &OutPoint, out: &TxOut| {
             wallet.unspent.get(o) == Some(out)
@@ -1733,7 +1732,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
             }
         }
         peg_rules::check_refund(&self.params.policy, &op, &peg_in_tx, funding, tx, prevouts)?;
-        let wallet = self.wallet(Some(final_tip))?;
+        let wallet = self.wallet(final_tip)?;
         let own = OutPoint::new(*peg_in_txid, 1);
         if prevouts
             .first()
