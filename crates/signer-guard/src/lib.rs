@@ -920,11 +920,7 @@ impl<B: BitcoinNode, S: StacksNode> Guard<B, S> {
 
     /// Reads the wallet from the coin record's coins `all`, and which
     /// peg-ins are not minted at the Stacks block `mints_at`.
-    fn read_wallet(
-        &mut self,
-        all: &[RecordedCoin],
-        mints_at: &[u8; 32],
-    ) -> Result<Wallet, Rule> {
+    fn read_wallet(&mut self, all: &[RecordedCoin], mints_at: &[u8; 32]) -> Result<Wallet, Rule> {
         let mut w = Wallet {
             unspent: HashMap::new(),
             fee_outputs: HashSet::new(),

@@ -19,10 +19,29 @@ mod common;
 
 use serde_json::Value as Json;
 
-/// A guard opened fresh on the fixture's nodes and store: no cached read.
+/// A guard opened fresh on the fixture's nodes and on a copy of its files
+/// (the store's facts and the coin record as they are now): no cached
+/// read, and nothing it writes reaches the cached guard's files.
 fn fresh_verdict(fx: &Fx, req: &SignRequest) -> Result<(), String> {
-    let mut g = fx.guard();
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(fx.dir.path(), copy.path());
+    let mut g = fx.guard_in(copy.path(), Calls::default());
     g.check(req)
+}
+
+/// Copies the files below `from` into `to` (SQLite's `-wal` files too: the
+/// cached guard's transactions are committed when its check returns).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 /// The cached guard's verdict on `req`, asserted equal (by rule name) to

@@ -441,6 +441,17 @@ impl Fx {
 
     /// [`Fx::guard`], its Bitcoin node's calls counted in `calls`.
     pub(crate) fn guard_counting(&self, calls: Calls) -> Guard<MockBitcoinNode, MockStacksNode> {
+        self.guard_in(self.dir.path(), calls)
+    }
+
+    /// A guard on the fixture's nodes with its files in `dir` (a copy of
+    /// the fixture's, for a guard whose writes must not reach the others').
+    #[allow(dead_code)]
+    pub(crate) fn guard_in(
+        &self,
+        dir: &std::path::Path,
+        calls: Calls,
+    ) -> Guard<MockBitcoinNode, MockStacksNode> {
         Guard::new(
             bitcoin_mock_counting(self.chain.clone(), calls),
             stacks_mock(self.stx.clone()),
@@ -455,7 +466,7 @@ impl Fx {
             },
             self.confirmations,
             1,
-            self.dir.path(),
+            dir,
             &self.keys,
         )
         .unwrap()
