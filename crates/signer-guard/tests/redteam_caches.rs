@@ -23,10 +23,15 @@ use serde_json::Value as Json;
 /// (the store's facts and the coin record as they are now): no cached
 /// read, and nothing it writes reaches the cached guard's files.
 fn fresh_verdict(fx: &Fx, req: &SignRequest) -> Result<(), String> {
+    let (mut g, _copy) = fresh_guard(fx);
+    g.check(req)
+}
+
+/// The guard of [`fresh_verdict`], with the directory holding its files.
+fn fresh_guard(fx: &Fx) -> (Guard<MockBitcoinNode, MockStacksNode>, tempfile::TempDir) {
     let copy = tempfile::tempdir().unwrap();
     copy_dir(fx.dir.path(), copy.path());
-    let mut g = fx.guard_in(copy.path(), Calls::default());
-    g.check(req)
+    (fx.guard_in(copy.path(), Calls::default()), copy)
 }
 
 /// Copies the files below `from` into `to` (SQLite's `-wal` files too: the
